@@ -1,0 +1,266 @@
+"""The pobench command line: run, list, data."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pobench.errors import PobenchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  help="Benchmark preference-optimisation algorithms on the same data, budget and judge.")
+console = Console(stderr=True)
+
+DEFAULT_ALGOS = "dpo,simpo"
+DEFAULT_SUITE = "hh-rlhf"
+
+
+def _split_list(text: str, what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise PobenchError(f"{what}: empty list")
+    return items
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _split_list(text, "--seeds")]
+    except ValueError:
+        raise PobenchError(f"--seeds {text}: expected comma-separated integers") from None
+
+
+def _writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PobenchError(f"{out}: cannot create the results folder ({e.strerror})") from None
+    if not os.access(out, os.W_OK):
+        raise PobenchError(f"{out}: the results folder is not writable")
+
+
+@app.command()
+def run(
+    algo: str = typer.Option(DEFAULT_ALGOS, "--algo", help="Comma-separated algorithm names (see `pobench list`)."),
+    suite: str = typer.Option(DEFAULT_SUITE, "--suite", help="Suite name or path to a suite .yaml."),
+    model: Optional[str] = typer.Option(None, "--model", help="Policy: hub id, local folder, .gguf, or alias."),
+    data: Optional[str] = typer.Option(None, "--data", help="Data: 'sample', 'hub', a hub id, or a local file/folder."),
+    seeds: str = typer.Option("1", "--seeds", help="Comma-separated seeds; each algorithm runs once per seed."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps per run (train.max_steps)."),
+    out: Path = typer.Option(Path("results"), "--out", help="Results root."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of overrides."),
+    set_: List[str] = typer.Option([], "--set", help="Override one key, e.g. --set train.lr=1e-6 or dpo.beta=0.2."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Skip evaluation after training (no eval.json)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue unfinished runs from their checkpoints; skip finished ones."),
+    plugin: List[Path] = typer.Option([], "--plugin", help="Python file registering extra algorithms."),
+):
+    """Train every algorithm x seed on a suite and write results/<suite>/<algo>/seed<k>/."""
+    from pobench import config as C
+    from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite
+
+    discover([str(p) for p in plugin])
+    algos = _split_list(algo, "--algo")
+    seed_list = _seeds(seeds)
+    suite_cfg = load_suite(suite)
+    file_cfg = C.read_yaml(config) if config else {}
+    set_cfg = C.parse_set(set_)
+    cli_cfg: dict = {}
+    if model:
+        cli_cfg.setdefault("model", {})["name_or_path"] = model
+    if data:
+        cli_cfg.setdefault("data", {})["path"] = data
+    if max_steps is not None:
+        cli_cfg.setdefault("train", {})["max_steps"] = max_steps
+    set_cfg = C.deep_merge(cli_cfg, set_cfg)
+
+    # Resolve and check everything before anything is written.
+    plans = []
+    for name in algos:
+        algorithm = get_algorithm(name)
+        defaults = algorithm_defaults(algorithm)
+        for seed in seed_list:
+            cfg = C.resolve(suite_cfg, name, defaults, file_cfg, C.deep_merge(set_cfg, {"seed": seed}), algos)
+            run_dir = out / cfg.suite / name / f"seed{seed}"
+            done = (run_dir / "train_summary.json").exists() and (no_eval or (run_dir / "eval.json").exists())
+            if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+                raise PobenchError(f"{run_dir}: already holds a run; pass --resume to continue or skip it, "
+                                   f"or choose another --out")
+            plans.append((algorithm, cfg, run_dir, done))
+    _writable(out)
+    _run_plans(plans, out, resume, no_eval)
+
+
+def _run_plans(plans, out: Path, resume: bool, no_eval: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pobench.config import dump
+    from pobench.data import load_suite_data
+    from pobench.engine.io import atomic_write_json, atomic_write_text
+    from pobench.engine.trainer import train
+    from pobench.environment import environment_info
+
+    data_cache: dict = {}
+    tokenized: dict = {}
+    summaries = []
+    started = time.time()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        overall = progress.add_task("runs", total=len(plans))
+        for algorithm, cfg, run_dir, done in plans:
+            if done and resume:
+                summaries.append(json.loads((run_dir / "train_summary.json").read_text()))
+                progress.console.print(f"[dim]{run_dir}: finished earlier, skipped[/dim]")
+                progress.advance(overall)
+                continue
+            data_key = json.dumps(cfg.data.__dict__, sort_keys=True, default=str)
+            if data_key not in data_cache:
+                data_cache[data_key] = load_suite_data(cfg.data, cfg.seed)
+                report = data_cache[data_key].report
+                skipped = sum(report["train_skipped"].values()) + sum(report["eval_skipped"].values())
+                progress.console.print(
+                    f"data: {report['train_records']} train / {report['eval_records']} held-out records from "
+                    f"{report['train_source']}" + (f"; skipped {skipped} rows {report['train_skipped'] | report['eval_skipped']}" if skipped else ""))
+            data = data_cache[data_key]
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", dump(cfg))
+            atomic_write_json(run_dir / "data.json", data.report)
+            from pobench.models import pick_device
+            atomic_write_json(run_dir / "env.json", environment_info(pick_device(cfg.model.device)))
+            summary = train(cfg, algorithm, data, run_dir, out / ".cache", resume=resume, progress=progress,
+                            tokenized=tokenized)
+            if not no_eval:
+                atomic_write_json(run_dir / "eval.json", {
+                    "held_out_pairs": summary["held_out_final"], "held_out_pairs_initial": summary["held_out_initial"],
+                    "eval_pairs": summary["eval_pairs"], "judge": None,
+                    "note": "held-out preference-pair metrics; generation and judging are added by `pobench eval`"})
+            summaries.append(summary)
+            progress.advance(overall)
+    _print_summary(summaries, time.time() - started)
+
+
+def _print_summary(summaries: list[dict], wall: float) -> None:
+    table = Table(title=f"pobench run: {len(summaries)} run(s) in {wall:.0f} s")
+    for col in ("suite", "algorithm", "seed", "steps", "pairs", "train s", "pairs/s", "final loss",
+                "held-out acc (start -> end)", "held-out margin"):
+        table.add_column(col)
+    for s in summaries:
+        init, final = s["held_out_initial"], s["held_out_final"]
+        table.add_row(s["suite"], s["algorithm"], str(s["seed"]), str(s["steps"]), str(s["pairs_seen"]),
+                      f"{s['train_time_s']:.1f}", f"{s['pairs_per_s'] or 0:.2f}", f"{s['final_loss']:.4f}",
+                      f"{init['eval/rewards/accuracies']:.3f} -> {final['eval/rewards/accuracies']:.3f}",
+                      f"{final['eval/rewards/margins']:.4f}")
+    Console().print(table)
+
+
+@app.command("list")
+def list_(
+    json_: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    plugin: List[Path] = typer.Option([], "--plugin", help="Python file registering extra algorithms."),
+):
+    """List algorithms and suites."""
+    from pobench.registry import ALGORITHMS, algorithm_defaults, discover, load_suite, suite_files
+
+    discover([str(p) for p in plugin])
+    algos = [{"name": n, "sampler": cls.sampler, "needs_reference": bool(cls.needs_reference),
+              "defaults": algorithm_defaults(cls), "doc": (sys.modules[cls.__module__].__doc__ or "").strip()}
+             for n, cls in sorted(ALGORITHMS.items())]
+    suites = [{"name": n, "description": load_suite(n).get("description", ""), "path": str(p)}
+              for n, p in suite_files().items()]
+    if json_:
+        typer.echo(json.dumps({"algorithms": algos, "suites": suites}, indent=2))
+        return
+    con = Console()
+    t = Table(title="algorithms")
+    for c in ("name", "sampler", "reference", "defaults", "about"):
+        t.add_column(c)
+    for a in algos:
+        t.add_row(a["name"], a["sampler"], "yes" if a["needs_reference"] else "no",
+                  ", ".join(f"{k}={v}" for k, v in a["defaults"].items()), a["doc"].splitlines()[0] if a["doc"] else "")
+    con.print(t)
+    t = Table(title="suites")
+    t.add_column("name")
+    t.add_column("description")
+    for s in suites:
+        t.add_row(s["name"], s["description"])
+    con.print(t)
+
+
+@app.command()
+def data(
+    suite: str = typer.Argument(..., help="Suite name or path to a suite .yaml."),
+    data_path: Optional[str] = typer.Option(None, "--data", help="'sample', 'hub', a hub id, or a local file/folder."),
+    split: str = typer.Option("train", "--split", help="train, or eval (the held-out records)."),
+    head: int = typer.Option(0, "--head", help="Print only the first N records (0 = all)."),
+    json_: bool = typer.Option(False, "--json", help="One JSON object per line."),
+    set_: List[str] = typer.Option([], "--set", help="Override a data key, e.g. --set data.schema=hh."),
+):
+    """Print the parsed records a suite will train on."""
+    from pobench import config as C
+    from pobench.data import load_suite_data
+    from pobench.registry import load_suite
+
+    if split not in ("train", "eval"):
+        raise PobenchError(f"--split {split}: choose train or eval")
+    merged = C.deep_merge(load_suite(suite), C.parse_set(set_))
+    if data_path:
+        merged = C.deep_merge(merged, {"data": {"path": data_path}})
+    cfg = C._build(C.RunConfig, {k: v for k, v in merged.items() if k != "algorithm"}, "")
+    loaded = load_suite_data(cfg.data)
+    records = loaded.train if split == "train" else loaded.eval
+    if head:
+        records = records[:head]
+    skipped = loaded.report["train_skipped"] if split == "train" else loaded.report["eval_skipped"]
+    if skipped:
+        console.print(f"skipped rows: {skipped}")
+    if json_:
+        for r in records:
+            sys.stdout.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+        return
+    con = Console()
+    for r in records:
+        con.rule(r.id)
+        for m in r.prompt:
+            con.print(f"[bold]{m['role']}[/bold]: {m['content']}")
+        con.print(f"[green]chosen[/green]: {r.chosen}")
+        con.print(f"[red]rejected[/red]: {r.rejected}")
+        if r.candidates:
+            con.print(f"candidates: {len(r.candidates)} scores: {r.scores}")
+    console.print(f"{len(records)} records ({loaded.report['train_source'] if split == 'train' else loaded.report['eval_source']})")
+
+
+def main() -> None:
+    """Entry point: PobenchError -> one line, exit 2; anything else -> one line, exit 1."""
+    try:
+        app(standalone_mode=False)
+    except PobenchError as e:
+        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        sys.exit(code or 0)
+    except KeyboardInterrupt:
+        console.print("interrupted; rerun with --resume to continue from the last checkpoint")
+        sys.exit(130)
+    except Exception as e:  # click usage errors come here too
+        import click
+        if isinstance(e, click.exceptions.ClickException):
+            console.print(f"[red]error:[/red] {e.format_message()}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if os.environ.get("POBENCH_DEBUG"):
+            traceback.print_exc()
+        console.print(f"[red]internal error:[/red] {type(e).__name__}: {e} (set POBENCH_DEBUG=1 for the traceback)",
+                      highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

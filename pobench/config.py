@@ -1,0 +1,247 @@
+"""Typed run configuration: suite YAML < algorithm defaults < --config FILE < --set key=value.
+
+Every default is documented where it is defined. Unknown keys and wrong types are errors naming the key.
+The fully resolved config is saved as `config.yaml` in every run folder.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pobench.errors import PobenchError
+
+
+@dataclass
+class DataConfig:
+    path: str = "auto"             # auto (hub when reachable, else the shipped sample) | sample | hub | a local path or hub id
+    hub_id: str = ""               # the suite's upstream dataset on the Hugging Face hub
+    hub_data_dir: str | None = None
+    sample_train: str = ""         # shipped sample, relative to pobench/data/samples
+    sample_eval: str | None = None # shipped held-out sample; None: carve eval_size rows off the end of train
+    schema: str = "auto"           # auto | hh | ultrafeedback-binarized | ultrafeedback-raw | ultrafeedback-onpolicy
+    train_split: str = "train"
+    eval_split: str | None = "test"  # None: carve eval_size rows off the end of the train split
+    eval_size: int = 64            # held-out pairs scored every train.eval_every steps
+    max_train_records: int = 0     # 0 = all; parsing stops after this many records
+    raw_rejected: str = "worst"    # raw UltraFeedback: worst | random (among lower-scored completions)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "smollm2-135m-instruct"  # hub id, local folder, .gguf file, or a built-in alias
+    gguf_file: str | None = None   # file name inside name_or_path when it is a folder holding a GGUF
+    dtype: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    device: str = "auto"           # auto | cpu | cuda
+    chat_template: str = "auto"    # auto (the tokenizer's) | plain (User:/Assistant: lines) | a Jinja string
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    lora_r: int = 0                # 0 = full fine-tuning; >0 = LoRA (the reference is the adapter-disabled policy)
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: str = "all-linear"
+
+
+@dataclass
+class TrainConfig:
+    max_prompt_length: int = 128   # tokens; longer prompts keep their end (the turn being answered)
+    max_completion_length: int = 64  # tokens; longer completions are cut at the end
+    batch_size: int = 4            # pairs per optimizer step per process (before accumulation)
+    grad_accum: int = 1            # micro-batches per optimizer step; batch_size is split into grad_accum pieces
+    max_steps: int = 30            # optimizer steps; 0 = one pass over the training records
+    lr: float = 5.0e-6
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1      # linear warmup over this fraction of max_steps, then cosine to zero
+    max_grad_norm: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    log_every: int = 1
+    eval_every: int = 10           # held-out pair metrics every N steps (and at the end); 0 = only at the end
+    save_every: int = 0            # checkpoint every N steps (0 = only at the end); resume picks up from it
+    logps_chunk: int = 1024        # completion positions per output-layer chunk (bounds logits memory)
+    deterministic: bool = False    # torch.use_deterministic_algorithms (slower on GPU)
+    tensorboard: bool = False      # also log to TensorBoard where installed
+    wandb: bool = False            # also log to Weights & Biases where installed
+
+
+@dataclass
+class RunConfig:
+    suite: str = ""
+    algorithm_name: str = ""
+    seed: int = 1
+    description: str = ""          # the suite's one-line description
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    algorithm: dict = field(default_factory=dict)  # the algorithm's own parameters (checked against its defaults)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+TOP_LEVEL = {"suite", "algorithm_name", "seed", "description", "algorithm", *SECTIONS}
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PobenchError(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise PobenchError(f"{path}: not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise PobenchError(f"{path}{where}: bad YAML ({getattr(e, 'problem', e)})") from None
+    if not isinstance(data, dict):
+        raise PobenchError(f"{path}: expected a mapping of keys at the top level")
+    return data
+
+
+def parse_set(items: list[str]) -> dict:
+    """['train.lr=1e-6', 'dpo.beta=0.2'] -> nested dict; values are parsed as YAML scalars."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise PobenchError(f"--set {item}: expected key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise PobenchError(f"--set {item}: '{part}' is set twice")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _coerce(value, annotation, key: str):
+    """Check `value` against a field's type; accept ints for floats and numeric strings like '1e-6'."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, {"str": str, "int": int, "float": float, "bool": bool, "dict": dict})
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except PobenchError:
+                pass
+        raise PobenchError(f"config key '{key}': expected {annotation}, got {value!r}")
+    if annotation is float:
+        if isinstance(value, bool):
+            raise PobenchError(f"config key '{key}': expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise PobenchError(f"config key '{key}': expected a number, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise PobenchError(f"config key '{key}': expected an integer, got {value!r}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise PobenchError(f"config key '{key}': expected true or false, got {value!r}")
+    if annotation is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise PobenchError(f"config key '{key}': expected a string, got {value!r}")
+    if annotation is dict:
+        if isinstance(value, dict):
+            return value
+        raise PobenchError(f"config key '{key}': expected a mapping, got {value!r}")
+    return value
+
+
+def _build(cls, values: dict, prefix: str):
+    if not isinstance(values, dict):
+        raise PobenchError(f"config key '{prefix}': expected a mapping, got {values!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise PobenchError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, value in values.items():
+        f = fields[name]
+        if name in SECTIONS and cls is RunConfig:
+            kwargs[name] = _build(SECTIONS[name], value, f"{name}.")
+        else:
+            kwargs[name] = _coerce(value, f.type, prefix + name)
+    return cls(**kwargs)
+
+
+def coerce_algorithm_params(params: dict, defaults: dict, algo: str) -> dict:
+    """Algorithm parameters take the type of their default (None defaults accept anything)."""
+    out = dict(defaults)
+    for k, v in params.items():
+        if k not in defaults:
+            raise PobenchError(f"unknown config key 'algorithm.{k}' for algorithm '{algo}' "
+                               f"(known: {', '.join(sorted(defaults))})")
+        d = defaults[k]
+        out[k] = v if d is None else _coerce(v, type(d), f"algorithm.{k}")
+    return out
+
+
+def resolve(suite_cfg: dict, algo_name: str, algo_defaults: dict, file_cfg: dict, set_cfg: dict,
+            algo_names: list[str]) -> RunConfig:
+    """Merge the layers for one algorithm. In --config/--set, `algorithm.k` applies to every algorithm of the
+    run and `<algo>.k` (e.g. `dpo.beta`) to that algorithm only."""
+    layers = [suite_cfg, {"algorithm": algo_defaults}]
+    for user, origin in ((file_cfg, "--config"), (set_cfg, "--set")):
+        user = dict(user)
+        scoped = {}
+        for name in algo_names:
+            if name in user:
+                part = user.pop(name)
+                if name == algo_name:
+                    if not isinstance(part, dict):
+                        raise PobenchError(f"{origin}: '{name}' must hold algorithm parameters")
+                    scoped = part
+        for k in user:
+            if k not in TOP_LEVEL:
+                raise PobenchError(f"unknown config key '{k}' in {origin} (known: {', '.join(sorted(TOP_LEVEL))}, "
+                                   f"or an algorithm name of this run)")
+        layers.append(user)
+        if scoped:
+            layers.append({"algorithm": scoped})
+    merged: dict = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer)
+    merged["algorithm_name"] = algo_name
+    cfg = _build(RunConfig, merged, "")
+    cfg.algorithm = coerce_algorithm_params(cfg.algorithm, algo_defaults, algo_name)
+    return cfg
+
+
+def dump(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

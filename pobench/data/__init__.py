@@ -1,0 +1,68 @@
+"""Suites' data: upstream rows -> PreferenceRecords -> tokenized pairs, split into train and held-out."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pobench.data.loading import SAMPLES_DIR, LoadedSplit, hub_reachable, parse_rows, read_rows
+from pobench.data.records import PreferenceRecord
+from pobench.errors import PobenchError
+
+
+@dataclass
+class SuiteData:
+    train: list[PreferenceRecord]
+    eval: list[PreferenceRecord]
+    report: dict = field(default_factory=dict)   # sources, row counts, skip counts: saved with the run
+
+
+def resolve_source(data_cfg) -> str:
+    """'auto' -> the hub when reachable, else the shipped sample; 'sample' and 'hub' force one."""
+    path = data_cfg.path
+    if path == "auto":
+        path = "hub" if data_cfg.hub_id and hub_reachable() else "sample"
+    if path == "hub":
+        if not data_cfg.hub_id:
+            raise PobenchError("data.path hub: this suite names no data.hub_id")
+        return data_cfg.hub_id
+    if path == "sample":
+        if not data_cfg.sample_train:
+            raise PobenchError("data.path sample: this suite ships no sample (data.sample_train is empty)")
+        return "sample"
+    return path
+
+
+def _load(source: str, split: str, data_cfg, seed: int, limit: int = 0) -> LoadedSplit:
+    name, rows = read_rows(source, split, data_cfg.hub_data_dir)
+    return parse_rows(name, rows, data_cfg.schema, data_cfg.raw_rejected, seed, limit)
+
+
+def load_suite_data(data_cfg, seed: int = 0) -> SuiteData:
+    """Train and held-out records. Without a held-out split, the last `eval_size` train records are held out
+    (and never trained on)."""
+    source = resolve_source(data_cfg)
+    limit = data_cfg.max_train_records
+    if source == "sample":
+        train = _load(str(SAMPLES_DIR / data_cfg.sample_train), "train", data_cfg, seed)
+        held = _load(str(SAMPLES_DIR / data_cfg.sample_eval), "test", data_cfg, seed) if data_cfg.sample_eval else None
+    else:
+        train = _load(source, data_cfg.train_split, data_cfg, seed)
+        held = _load(source, data_cfg.eval_split, data_cfg, seed) if data_cfg.eval_split else None
+    if held is None:
+        if len(train.records) <= data_cfg.eval_size:
+            raise PobenchError(f"{train.source}: {len(train.records)} records, too few to hold out "
+                               f"data.eval_size={data_cfg.eval_size}")
+        eval_records = train.records[-data_cfg.eval_size:]
+        train_records = train.records[:-data_cfg.eval_size]
+    else:
+        eval_records = held.records[:data_cfg.eval_size]
+        train_records = train.records
+    if limit:
+        train_records = train_records[:limit]
+    report = {
+        "source": "sample" if source == "sample" else source,
+        "train_source": train.source, "train_rows": train.rows_read, "train_records": len(train_records),
+        "train_skipped": dict(train.skipped),
+        "eval_source": held.source if held else f"{train.source} (last {data_cfg.eval_size} records)",
+        "eval_records": len(eval_records), "eval_skipped": dict(held.skipped) if held else {},
+    }
+    return SuiteData(train_records, eval_records, report)

@@ -1,0 +1,187 @@
+"""Rows from the hub, a local file or folder, or the shipped sample -> PreferenceRecords, with skip counts.
+
+Local jsonl/json files are read line by line here (not through `datasets`) so that a bad line is reported
+with its file and row number; parquet, arrow, `save_to_disk` folders and hub ids go through `datasets`.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from pobench.data import hh, ultrafeedback
+from pobench.data.hh import RowSkip
+from pobench.data.records import PreferenceRecord
+from pobench.errors import PobenchError
+
+SAMPLES_DIR = Path(__file__).parent / "samples"
+JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
+SCHEMAS = ("hh", "ultrafeedback-binarized", "ultrafeedback-raw", "ultrafeedback-onpolicy")
+
+
+@dataclass
+class LoadedSplit:
+    records: list[PreferenceRecord]
+    source: str                                  # what was actually read (recorded in the run's config)
+    rows_read: int = 0
+    skipped: Counter = field(default_factory=Counter)   # reason -> count
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _open_text(path: Path):
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(1-based row number, object) for JSON Lines, or for a JSON array file."""
+    try:
+        with _open_text(path) as f:
+            head = f.read(1)
+            while head and head.isspace():
+                head = f.read(1)
+            if head == "[":
+                rows = json.loads(head + f.read())
+                for i, row in enumerate(rows, 1):
+                    yield i, row
+                return
+            first = True
+            for i, line in enumerate(f, 1):
+                if first:
+                    line, first = head + line, False
+                if not line.strip():
+                    continue
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise PobenchError(f"{path}:{i}: bad JSON line ({e.msg}, column {e.colno})") from None
+    except UnicodeDecodeError as e:
+        raise PobenchError(f"{path}: not UTF-8 text (byte {e.start} of a chunk: {e.reason})") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise PobenchError(f"{path}: unreadable gzip ({e})") from None
+    except json.JSONDecodeError as e:
+        raise PobenchError(f"{path}: bad JSON ({e.msg}, line {e.lineno})") from None
+
+
+def _dataset_rows(ds, name: str) -> Iterator[tuple[int, dict]]:
+    for i, row in enumerate(ds, 1):
+        yield i, row
+
+
+def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[str, Iterator[tuple[int, dict]]]:
+    """Resolve `path` (a local file, a local folder, or a hub id) to (source name, rows of `split`)."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        if p.name.endswith(JSON_SUFFIXES):
+            return str(p), read_json_rows(p)
+        import datasets
+        try:
+            if p.suffix == ".parquet":
+                ds = datasets.Dataset.from_parquet(str(p))
+            elif p.suffix == ".arrow":
+                ds = datasets.Dataset.from_file(str(p))
+            else:
+                raise PobenchError(f"{p}: unknown data format (use jsonl, json, parquet, arrow or a save_to_disk folder)")
+        except PobenchError:
+            raise
+        except Exception as e:
+            raise PobenchError(f"{p}: cannot read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        return str(p), _dataset_rows(ds, str(p))
+    if p.is_dir():
+        if any((p / marker).exists() for marker in ("dataset_dict.json", "state.json", "dataset_info.json")):
+            import datasets
+            try:
+                ds = datasets.load_from_disk(str(p))
+            except Exception as e:
+                raise PobenchError(f"{p}: not a readable save_to_disk folder ({type(e).__name__})") from None
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds:
+                    raise PobenchError(f"{p}: no split '{split}' (has {', '.join(ds)})")
+                ds = ds[split]
+            return f"{p}[{split}]", _dataset_rows(ds, str(p))
+        files = sorted(f for f in p.iterdir() if f.name.startswith(split) and f.name.endswith(JSON_SUFFIXES + (".parquet", ".arrow")))
+        if not files:
+            raise PobenchError(f"{p}: no file for split '{split}' (expected a name starting with '{split}')")
+        return read_rows(str(files[0]), split)
+    if path.startswith((".", "/", "~")) or path.endswith(JSON_SUFFIXES + (".parquet", ".arrow")):
+        raise PobenchError(f"{path}: no such file or folder")
+    import datasets
+    try:
+        ds = datasets.load_dataset(path, data_dir=hub_data_dir, split=split)
+    except Exception as e:
+        raise PobenchError(f"{path}: cannot load from the hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return f"hub:{path}" + (f"/{hub_data_dir}" if hub_data_dir else "") + f"[{split}]", _dataset_rows(ds, path)
+
+
+def detect_schema(row: dict) -> str:
+    if "all_generated_responses" in row:
+        return "ultrafeedback-onpolicy"
+    if "completions" in row and "instruction" in row:
+        return "ultrafeedback-raw"
+    if isinstance(row.get("chosen"), str) and isinstance(row.get("rejected"), str):
+        return "hh"
+    if isinstance(row.get("chosen"), list) and isinstance(row.get("rejected"), list):
+        return "ultrafeedback-binarized"
+    raise PobenchError(f"unknown schema: keys {sorted(row)[:8]} match none of {', '.join(SCHEMAS)}")
+
+
+def record_parser(schema: str, raw_rejected: str = "worst", seed: int = 0) -> Callable[[dict, str], PreferenceRecord]:
+    if schema == "hh":
+        return hh.hh_record
+    if schema == "ultrafeedback-binarized":
+        return ultrafeedback.binarized_record
+    if schema == "ultrafeedback-raw":
+        return lambda row, rid: ultrafeedback.raw_record(row, rid, rejected=raw_rejected, seed=seed)
+    if schema == "ultrafeedback-onpolicy":
+        return ultrafeedback.onpolicy_record
+    raise PobenchError(f"data.schema: unknown schema '{schema}' (choose auto or one of {', '.join(SCHEMAS)})")
+
+
+def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "auto",
+               raw_rejected: str = "worst", seed: int = 0, limit: int = 0) -> LoadedSplit:
+    """Parse rows into records. Schema defects (missing keys, wrong types) are errors naming the row;
+    row-level defects that occur in upstream data (RowSkip) are skipped and counted."""
+    out = LoadedSplit(records=[], source=source)
+    parser = None
+    for i, row in rows:
+        if limit and len(out.records) >= limit:
+            break
+        out.rows_read += 1
+        if not isinstance(row, dict):
+            raise PobenchError(f"{source}:{i}: a row must be a JSON object, got {type(row).__name__}")
+        if parser is None:
+            if schema == "auto":
+                try:
+                    schema = detect_schema(row)
+                except PobenchError as e:
+                    raise PobenchError(f"{source}:{i}: {e}") from None
+            parser = record_parser(schema, raw_rejected, seed)
+        try:
+            out.records.append(parser(row, f"{Path(source).name}:{i}"))
+        except RowSkip as skip:
+            out.skipped[skip.reason] += 1
+        except KeyError as e:
+            raise PobenchError(f"{source}:{i}: missing key {e} for schema {schema}") from None
+        except (TypeError, AttributeError, IndexError, ValueError) as e:
+            raise PobenchError(f"{source}:{i}: malformed row for schema {schema} ({type(e).__name__}: {e})") from None
+    if out.rows_read == 0:
+        raise PobenchError(f"{source}: no rows")
+    if not out.records:
+        raise PobenchError(f"{source}: every row was skipped ({dict(out.skipped)})")
+    return out

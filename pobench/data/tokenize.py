@@ -1,0 +1,76 @@
+"""Chat template + truncation: PreferenceRecord -> token ids of prompt, chosen and rejected."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from pobench.data.records import PreferenceRecord
+from pobench.errors import PobenchError
+
+
+@dataclass
+class TokenizedPair:
+    prompt: list[int]
+    chosen: list[int]
+    rejected: list[int]
+    key: str = ""    # content hash of the ids: the reference cache's key (template and truncation included)
+
+    def __post_init__(self):
+        if not self.key:
+            h = hashlib.sha1()
+            for part in (self.prompt, self.chosen, self.rejected):
+                h.update(b"|" + ",".join(map(str, part)).encode())
+            self.key = h.hexdigest()
+
+
+def _plain_prompt(messages: list[dict]) -> str:
+    role = {"user": "User", "assistant": "Assistant", "system": "System"}
+    return "".join(f"{role.get(m['role'], m['role'])}: {m['content']}\n\n" for m in messages) + "Assistant:"
+
+
+class ChatFormatter:
+    """Renders prompts with the tokenizer's chat template ('auto'), a plain fallback ('plain'), or a given
+    Jinja template; completions are whatever the template appends for an assistant turn (e.g. <|im_end|>)."""
+
+    def __init__(self, tokenizer, template: str = "auto"):
+        self.tokenizer = tokenizer
+        if template == "auto":
+            self.mode = "template" if getattr(tokenizer, "chat_template", None) else "plain"
+        elif template == "plain":
+            self.mode = "plain"
+        else:
+            tokenizer.chat_template = template
+            self.mode = "template"
+
+    def prompt_text(self, messages: list[dict]) -> str:
+        if self.mode == "plain":
+            bos = self.tokenizer.bos_token or ""
+            return bos + _plain_prompt(messages)
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def completion_text(self, messages: list[dict], prompt_text: str, completion: str) -> str:
+        eos = self.tokenizer.eos_token or ""
+        if self.mode == "plain":
+            return " " + completion + eos
+        full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
+                                                  tokenize=False)
+        if full.startswith(prompt_text):
+            return full[len(prompt_text):]
+        return completion + eos  # templates that rewrite earlier turns: fall back to text + EOS
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def tokenize_record(record: PreferenceRecord, formatter: ChatFormatter, max_prompt: int, max_completion: int,
+                    completions: tuple[str, str] | None = None) -> TokenizedPair:
+    """Prompt keeps its last `max_prompt` tokens (the turn being answered); completions keep their first."""
+    try:
+        prompt_text = formatter.prompt_text(record.prompt)
+    except Exception as e:  # a template that rejects the roles or their order
+        raise PobenchError(f"record {record.id}: the chat template rejects this prompt ({type(e).__name__}: {e})") from None
+    chosen, rejected = completions or (record.chosen, record.rejected)
+    prompt_ids = formatter.encode(prompt_text)[-max_prompt:]
+    chosen_ids = formatter.encode(formatter.completion_text(record.prompt, prompt_text, chosen))[:max_completion]
+    rejected_ids = formatter.encode(formatter.completion_text(record.prompt, prompt_text, rejected))[:max_completion]
+    return TokenizedPair(prompt_ids, chosen_ids, rejected_ids)

@@ -1,0 +1,71 @@
+"""UltraFeedback in its three upstream schemas: binarized (H4), raw (openbmb), on-policy (princeton-nlp)."""
+from __future__ import annotations
+
+import math
+import random
+
+from pobench.data.hh import RowSkip
+from pobench.data.records import PreferenceRecord
+
+
+def _last_assistant(messages: list[dict]) -> str:
+    if not messages or messages[-1].get("role") != "assistant":
+        raise RowSkip("no_final_assistant_turn")
+    return messages[-1]["content"]
+
+
+def _check_scores(scores: list) -> list[float]:
+    out = [float(s) if s is not None else math.nan for s in scores]
+    if any(math.isnan(s) or math.isinf(s) for s in out):
+        raise RowSkip("nan_score")
+    return out
+
+
+def binarized_record(row: dict, row_id: str) -> PreferenceRecord:
+    chosen, rejected = row["chosen"], row["rejected"]
+    prompt = chosen[:-1] if len(chosen) > 1 else [{"role": "user", "content": row["prompt"]}]
+    if rejected[:-1] and rejected[:-1] != prompt:
+        raise RowSkip("prefix_mismatch")
+    record = PreferenceRecord(prompt=prompt, chosen=_last_assistant(chosen), rejected=_last_assistant(rejected),
+                              id=str(row.get("prompt_id") or row_id))
+    if not record.chosen.strip() or not record.rejected.strip():
+        raise RowSkip("empty_completion")
+    return record
+
+
+def raw_record(row: dict, row_id: str, rejected: str = "worst", seed: int = 0) -> PreferenceRecord:
+    """openbmb/UltraFeedback: chosen = best overall_score, rejected = worst (or a random lower one)."""
+    completions = [c for c in row["completions"] if c.get("response", "").strip()]
+    if len(completions) < 2:
+        raise RowSkip("fewer_than_two_completions")
+    scores = _check_scores([c["overall_score"] for c in completions])
+    responses = [c["response"] for c in completions]
+    best = max(range(len(scores)), key=scores.__getitem__)
+    lower = [i for i in range(len(scores)) if scores[i] < scores[best]]
+    if not lower:
+        raise RowSkip("all_scores_tied")
+    if rejected == "worst":
+        worst = min(lower, key=scores.__getitem__)
+    else:  # seeded per row so every algorithm and rerun sees the same pair
+        worst = random.Random(f"{seed}:{row_id}").choice(lower)
+    return PreferenceRecord(prompt=[{"role": "user", "content": row["instruction"]}], chosen=responses[best],
+                            rejected=responses[worst], candidates=responses, scores=scores, id=row_id)
+
+
+def onpolicy_record(row: dict, row_id: str) -> PreferenceRecord:
+    """princeton-nlp/llama3-ultrafeedback-armorm: 5 policy samples scored by a reward model."""
+    responses = list(row["all_generated_responses"])
+    scores = _check_scores(row["all_rm_scores"])
+    if len(responses) != len(scores):
+        raise RowSkip("scores_do_not_match_responses")
+    if row.get("chosen"):
+        prompt = row["chosen"][:-1] or [{"role": "user", "content": row["prompt"]}]
+        chosen, rejected_text = _last_assistant(row["chosen"]), _last_assistant(row["rejected"])
+    else:
+        prompt = [{"role": "user", "content": row["prompt"]}]
+        chosen = responses[max(range(len(scores)), key=scores.__getitem__)]
+        rejected_text = responses[min(range(len(scores)), key=scores.__getitem__)]
+    if chosen == rejected_text:
+        raise RowSkip("all_scores_tied")
+    return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected_text, candidates=responses,
+                            scores=scores, id=str(row.get("prompt_id") or row_id))

@@ -1,0 +1,75 @@
+"""The latest checkpoint of a run, written atomically: a half-written checkpoint is never loaded.
+
+Layout: checkpoints/latest/{trainable.safetensors, optimizer.pt, state.json}. A new checkpoint is built in a
+temporary folder and swapped in with renames; `state.json`, written last, marks a complete checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from pobench.engine.io import atomic_write_json
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict) -> None:
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f".tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+               tmp / "optimizer.pt")
+    atomic_write_json(tmp / "state.json", state)
+    latest, old = root / "latest", root / ".old"
+    shutil.rmtree(old, ignore_errors=True)
+    if latest.exists():
+        os.replace(latest, old)
+    os.replace(tmp, latest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def find_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint: `latest`, or `.old` if a crash hit between the two renames."""
+    root = Path(run_dir) / "checkpoints"
+    for name in ("latest", ".old"):
+        if (root / name / "state.json").is_file():
+            return root / name
+    return None
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
+    weights = load_file(str(path / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].dtype))
+    extra = torch.load(path / "optimizer.pt", weights_only=False)
+    optimizer.load_state_dict(extra["optimizer"])
+    scheduler.load_state_dict(extra["scheduler"])
+    set_rng_state(extra["rng"])
+    return json.loads((path / "state.json").read_text())

@@ -1,0 +1,273 @@
+"""The training recipe: one algorithm, one seed, one run folder. Reads top to bottom.
+
+    load policy -> tokenize data -> reference log-probs (cached) -> seeded data order ->
+    for each step: sampler picks pairs -> policy log-probs -> algorithm loss -> AdamW step -> metrics
+    -> held-out pair metrics every eval_every steps -> checkpoint every save_every steps -> summary
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pobench.algorithm import SeqLogps
+from pobench.config import RunConfig
+from pobench.data import SuiteData
+from pobench.data.tokenize import ChatFormatter, TokenizedPair, tokenize_record
+from pobench.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from pobench.engine.io import MetricsLog, atomic_write_json
+from pobench.engine.logps import SequenceLogps, collate_pairs
+from pobench.engine.refcache import ReferenceCache
+from pobench.errors import PobenchError
+from pobench.models import load_policy, model_fingerprint, pick_device, pick_dtype
+from pobench.registry import get_sampler
+
+
+@dataclass
+class SamplerContext:
+    """What a sampler may use: the policy scorer, the reference cache, the config, the step."""
+    scorer: SequenceLogps
+    refcache: ReferenceCache | None
+    cfg: RunConfig
+    step: int
+    device: torch.device
+
+
+def tokenize_all(records, formatter, cfg: RunConfig) -> list[TokenizedPair]:
+    return [tokenize_record(r, formatter, cfg.train.max_prompt_length, cfg.train.max_completion_length)
+            for r in records]
+
+
+def data_order(n: int, seed: int, steps: int, batch: int) -> list[int]:
+    """Record indices for `steps` global batches: a seeded permutation per epoch, the same for every algorithm."""
+    out: list[int] = []
+    epoch = 0
+    while len(out) < steps * batch:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        out.extend(torch.randperm(n, generator=g).tolist())
+        epoch += 1
+    return out[:steps * batch]
+
+
+def lr_lambda(step: int, total: int, warmup_ratio: float) -> float:
+    warmup = max(1, int(round(total * warmup_ratio))) if warmup_ratio > 0 else 0
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def score_pairs(scorer: SequenceLogps, pairs: list[TokenizedPair], pad_id: int, device, batch_size: int) -> SeqLogps:
+    """Policy log-probs for pairs, no gradient, in batches."""
+    was_training = scorer.training
+    scorer.eval()
+    parts = []
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+        sums, counts = scorer(**batch)
+        b = len(chunk)
+        parts.append(SeqLogps(sums[:b].cpu(), sums[b:].cpu(), counts[:b].cpu(), counts[b:].cpu()))
+    scorer.train(was_training)
+    return SeqLogps(*(torch.cat([getattr(p, f) for p in parts]) for f in ("chosen", "rejected", "chosen_tokens", "rejected_tokens")))
+
+
+def pair_metrics(out, policy: SeqLogps, prefix: str = "") -> dict:
+    margins = out.chosen_rewards - out.rejected_rewards
+    return {
+        f"{prefix}loss": out.losses.mean().item(),
+        f"{prefix}rewards/chosen": out.chosen_rewards.mean().item(),
+        f"{prefix}rewards/rejected": out.rejected_rewards.mean().item(),
+        f"{prefix}rewards/margins": margins.mean().item(),
+        f"{prefix}rewards/accuracies": (margins > 0).float().mean().item(),
+        f"{prefix}logps/chosen": policy.chosen.mean().item(),
+        f"{prefix}logps/rejected": policy.rejected.mean().item(),
+    }
+
+
+def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, model, scorer, pairs, pad_id,
+                          device, fresh_policy: bool, progress=None) -> ReferenceCache:
+    """Reference log-probs for every pair the run will touch, computed before the first update.
+
+    LoRA: the reference is the policy with its adapter disabled. Full fine-tuning: the untouched policy
+    itself before step 1, or, when resuming with entries missing, a freshly loaded copy of the weights."""
+    fingerprint = f"{model_fingerprint(model_path)}-{cfg.model.dtype}"
+    cache = ReferenceCache(cache_dir / "reflogps" / f"{fingerprint}.pt")
+    missing = cache.missing(pairs)
+    if not missing:
+        return cache
+    task = progress.add_task("reference log-probs", total=len(missing)) if progress else None
+    if cfg.model.lora_r > 0:
+        ref_scorer, context = scorer, model.disable_adapter()
+    elif fresh_policy:
+        ref_scorer, context = scorer, torch.no_grad()
+    else:
+        ref_model, _, _ = load_policy(types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0}), device)
+        ref_scorer, context = SequenceLogps(ref_model, cfg.train.logps_chunk), torch.no_grad()
+    bs = max(1, cfg.train.batch_size)
+    with context:
+        for start in range(0, len(missing), bs):
+            chunk = missing[start:start + bs]
+            cache.add(chunk, score_pairs(ref_scorer, chunk, pad_id, device, bs))
+            if progress:
+                progress.advance(task, len(chunk))
+    cache.save()
+    if progress:
+        progress.remove_task(task)
+    return cache
+
+
+def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path, resume: bool = False,
+          progress=None, tokenized: dict | None = None) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    run_dir = Path(run_dir)
+    device = pick_device(cfg.model.device)
+    _, mixed_precision = pick_dtype(cfg.model.dtype, device)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
+    device = accelerator.device
+    set_seed(cfg.seed, deterministic=cfg.train.deterministic)
+    params = types.SimpleNamespace(**cfg.algorithm)
+    tc = cfg.train
+
+    # -- model and data ------------------------------------------------------------------------------
+    model, tokenizer, model_path = load_policy(cfg.model, device)
+    pad_id = tokenizer.pad_token_id
+    formatter = ChatFormatter(tokenizer, cfg.model.chat_template)
+    cache_key = (model_path, cfg.model.chat_template, tc.max_prompt_length, tc.max_completion_length)
+    if tokenized is not None and cache_key in tokenized:
+        train_pairs, eval_pairs = tokenized[cache_key]
+    else:
+        train_pairs, eval_pairs = tokenize_all(data.train, formatter, cfg), tokenize_all(data.eval, formatter, cfg)
+        if tokenized is not None:
+            tokenized[cache_key] = (train_pairs, eval_pairs)
+
+    if tc.batch_size % tc.grad_accum:
+        raise PobenchError(f"train.batch_size={tc.batch_size} must be a multiple of train.grad_accum={tc.grad_accum}")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = tc.batch_size * world
+    max_steps = tc.max_steps or max(1, len(train_pairs) // global_batch)
+    order = data_order(len(train_pairs), cfg.seed, max_steps, global_batch)
+
+    scorer = SequenceLogps(model, tc.logps_chunk)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay,
+                                  betas=(tc.adam_beta1, tc.adam_beta2))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, max_steps, tc.warmup_ratio))
+
+    # -- resume ---------------------------------------------------------------------------------------
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+    state = {"step": 0, "pairs_seen": 0, "time_s": 0.0, "initial_eval": None}
+    checkpoint = find_checkpoint(run_dir) if resume else None
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        metrics.truncate_after(state["step"])
+    elif metrics.path.exists():
+        metrics.path.unlink()  # no checkpoint to continue from: start clean
+
+    # -- reference log-probs: every pair this run touches, before the first update ----------------------
+    refcache = None
+    if algo.needs_reference:
+        needed = [train_pairs[i] for i in order] + eval_pairs
+        refcache = build_reference_cache(cfg, cache_dir, model_path, model, scorer, needed, pad_id, device,
+                                         fresh_policy=state["step"] == 0, progress=progress)
+
+    scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    sampler = get_sampler(algo.sampler)
+    eval_bs = max(2, tc.batch_size)
+
+    def held_out() -> dict:
+        policy = score_pairs(scorer, eval_pairs, pad_id, device, eval_bs)
+        reference = refcache.lookup(eval_pairs) if refcache else None
+        with torch.no_grad():
+            return pair_metrics(algo.loss(policy, reference, params), policy, prefix="eval/")
+
+    if state["initial_eval"] is None:
+        state["initial_eval"] = held_out()
+
+    # -- the loop ------------------------------------------------------------------------------------
+    task = progress.add_task(f"{cfg.algorithm_name} seed{cfg.seed}", total=max_steps, completed=state["step"]) if progress else None
+    micro = tc.batch_size // tc.grad_accum
+    scorer.train()
+    last_eval = None
+    for step in range(state["step"], max_steps):
+        t0 = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = step * global_batch + rank * tc.batch_size
+        batch = [train_pairs[i] for i in order[start:start + tc.batch_size]]
+        pairs, sampler_metrics = sampler(batch, SamplerContext(scorer, refcache, cfg, step, device))
+        step_logs, tokens = [], 0
+        for m in range(tc.grad_accum):
+            chunk = pairs[m * micro:(m + 1) * micro]
+            inputs = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
+            tokens += int(inputs["attention_mask"].sum())
+            with accelerator.no_sync(scorer) if m < tc.grad_accum - 1 else contextlib.nullcontext():
+                with accelerator.autocast():
+                    sums, counts = scorer(**inputs)
+                policy = SeqLogps(sums[:micro], sums[micro:], counts[:micro], counts[micro:])
+                reference = refcache.lookup(chunk, device) if refcache else None
+                out = algo.loss(policy, reference, params)
+                # sum / batch_size: accumulated micro-batches give the gradient of the full batch's mean
+                accelerator.backward(out.losses.sum() / tc.batch_size)
+            step_logs.append((out, policy))
+        grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm) if tc.max_grad_norm > 0 else torch.tensor(float("nan"))
+        if not torch.isfinite(torch.as_tensor(grad_norm)):
+            raise PobenchError(f"step {step + 1}: non-finite gradient norm; the last good checkpoint is kept "
+                               f"(lower train.lr or check the data)")
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - t0
+        state["step"], state["pairs_seen"] = step + 1, state["pairs_seen"] + global_batch
+        state["time_s"] += elapsed
+
+        out = type(step_logs[0][0])(*(torch.cat([getattr(o, f) for o, _ in step_logs])
+                                      for f in ("losses", "chosen_rewards", "rejected_rewards")))
+        policy = SeqLogps(*(torch.cat([getattr(p, f) for _, p in step_logs]).detach()
+                            for f in ("chosen", "rejected", "chosen_tokens", "rejected_tokens")))
+        if not torch.isfinite(out.losses).all():
+            raise PobenchError(f"step {step + 1}: non-finite loss; the last good checkpoint is kept")
+        row = {"step": step + 1, "pairs_seen": state["pairs_seen"], **pair_metrics(out, policy),
+               "learning_rate": lr, "grad_norm": float(grad_norm), "time_s": round(state["time_s"], 4),
+               "step_time_s": round(elapsed, 4), "tokens_per_s": round(tokens * world / elapsed, 1),
+               "pairs_per_s": round(global_batch / elapsed, 3), **sampler_metrics}
+        if device.type == "cuda":
+            row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        is_last = step + 1 == max_steps
+        evaluated = is_last or bool(tc.eval_every and (step + 1) % tc.eval_every == 0)
+        if evaluated:
+            last_eval = held_out()
+            row.update(last_eval)
+        if accelerator.is_main_process and (evaluated or (step + 1) % max(1, tc.log_every) == 0):
+            metrics.append(row)
+        if accelerator.is_main_process and (is_last or (tc.save_every and (step + 1) % tc.save_every == 0)):
+            save_checkpoint(run_dir, accelerator.unwrap_model(scorer).model, optimizer, scheduler, state)
+        if progress:
+            progress.update(task, completed=step + 1,
+                            description=f"{cfg.algorithm_name} seed{cfg.seed} loss {row['loss']:.3f}")
+    if progress and task is not None:
+        progress.remove_task(task)
+    if last_eval is None:
+        last_eval = held_out()
+    rows = metrics.read()
+    summary = {
+        "suite": cfg.suite, "algorithm": cfg.algorithm_name, "seed": cfg.seed, "steps": state["step"],
+        "pairs_seen": state["pairs_seen"], "train_time_s": round(state["time_s"], 3),
+        "pairs_per_s": round(state["pairs_seen"] / state["time_s"], 4) if state["time_s"] else None,
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "held_out_initial": state["initial_eval"], "held_out_final": last_eval,
+        "reference_model": model_path, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
+    }
+    if accelerator.is_main_process:
+        atomic_write_json(run_dir / "train_summary.json", summary)
+    return summary
+

