@@ -146,17 +146,17 @@ def _run_plans(plans, out: Path, resume: bool, no_eval: bool) -> None:
 
 
 def _print_summary(summaries: list[dict], wall: float) -> None:
-    table = Table(title=f"pobench run: {len(summaries)} run(s) in {wall:.0f} s")
-    for col in ("suite", "algorithm", "seed", "steps", "pairs", "train s", "pairs/s", "final loss",
-                "held-out acc (start -> end)", "held-out margin"):
-        table.add_column(col)
+    table = Table(title=f"pobench run: {len(summaries)} run(s) in {wall:.0f} s", caption="held-out: "
+                  "the algorithm's implicit-reward accuracy and margin on held-out pairs, before -> after")
+    for col in ("suite", "algo", "seed", "steps", "pairs", "train s", "pairs/s", "loss", "held-out acc", "margin"):
+        table.add_column(col, no_wrap=True)
     for s in summaries:
         init, final = s["held_out_initial"], s["held_out_final"]
         table.add_row(s["suite"], s["algorithm"], str(s["seed"]), str(s["steps"]), str(s["pairs_seen"]),
-                      f"{s['train_time_s']:.1f}", f"{s['pairs_per_s'] or 0:.2f}", f"{s['final_loss']:.4f}",
-                      f"{init['eval/rewards/accuracies']:.3f} -> {final['eval/rewards/accuracies']:.3f}",
-                      f"{final['eval/rewards/margins']:.4f}")
-    Console().print(table)
+                      f"{s['train_time_s']:.0f}", f"{s['pairs_per_s'] or 0:.2f}", f"{s['final_loss']:.3f}",
+                      f"{init['eval/rewards/accuracies']:.2f}->{final['eval/rewards/accuracies']:.2f}",
+                      f"{init['eval/rewards/margins']:.3f}->{final['eval/rewards/margins']:.3f}")
+    Console(width=max(100, Console().width)).print(table)
 
 
 @app.command("list")

@@ -85,6 +85,10 @@ class RunConfig:
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+CHOICES = {  # keys with a fixed set of values, checked when the config is resolved (before anything runs)
+    "data.schema": ("auto", "hh", "ultrafeedback-binarized", "ultrafeedback-raw", "ultrafeedback-onpolicy"),
+    "data.raw_rejected": ("worst", "random"),
+}
 TOP_LEVEL = {"suite", "algorithm_name", "seed", "description", "algorithm", *SECTIONS}
 
 
@@ -113,7 +117,10 @@ def parse_set(items: list[str]) -> dict:
         if "=" not in item:
             raise PobenchError(f"--set {item}: expected key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise PobenchError(f"--set {item}: bad value for '{key.strip()}' ({getattr(e, 'problem', None) or 'not a YAML scalar'})") from None
         node = out
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -185,7 +192,7 @@ def _coerce(value, annotation, key: str):
 
 def _build(cls, values: dict, prefix: str):
     if not isinstance(values, dict):
-        raise PobenchError(f"config key '{prefix}': expected a mapping, got {values!r}")
+        raise PobenchError(f"config key '{prefix.rstrip('.')}': expected a mapping, got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
@@ -197,6 +204,9 @@ def _build(cls, values: dict, prefix: str):
             kwargs[name] = _build(SECTIONS[name], value, f"{name}.")
         else:
             kwargs[name] = _coerce(value, f.type, prefix + name)
+            if prefix + name in CHOICES and kwargs[name] not in CHOICES[prefix + name]:
+                raise PobenchError(f"config key '{prefix}{name}': {kwargs[name]!r} is not one of "
+                                   f"{', '.join(CHOICES[prefix + name])}")
     return cls(**kwargs)
 
 

@@ -61,11 +61,20 @@ def convert_gguf(folder: Path, file: str) -> Path:
     hf_logging.disable_progress_bar()
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    from rich.console import Console
+    Console(stderr=True).print(f"converting {file} to safetensors once (about 20 s), cached in {target.parent}")
+    previous = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"  # transformers' own GGUF progress bar
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
     except Exception as e:
         raise PobenchError(f"{folder / file}: cannot read GGUF ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    finally:
+        if previous is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = previous
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config  # the weights are de-quantised now
     tmp.mkdir(parents=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pobench.data.loading import SAMPLES_DIR, LoadedSplit, hub_reachable, parse_rows, read_rows
+from pobench.data.loading import SAMPLES_DIR, LoadedSplit, hub_reachable, parse_rows, read_rows, source_has_split
 from pobench.data.records import PreferenceRecord
 from pobench.errors import PobenchError
 
@@ -46,7 +46,10 @@ def load_suite_data(data_cfg, seed: int = 0) -> SuiteData:
         held = _load(str(SAMPLES_DIR / data_cfg.sample_eval), "test", data_cfg, seed) if data_cfg.sample_eval else None
     else:
         train = _load(source, data_cfg.train_split, data_cfg, seed)
-        held = _load(source, data_cfg.eval_split, data_cfg, seed) if data_cfg.eval_split else None
+        # A local file (or a folder without the split) has no held-out split: carve it off the end, below,
+        # rather than reading the same rows again as "held out".
+        has_eval = bool(data_cfg.eval_split) and source_has_split(source, data_cfg.eval_split)
+        held = _load(source, data_cfg.eval_split, data_cfg, seed) if has_eval else None
     if held is None:
         if len(train.records) <= data_cfg.eval_size:
             raise PobenchError(f"{train.source}: {len(train.records)} records, too few to hold out "

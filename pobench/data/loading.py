@@ -43,40 +43,58 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
-def _open_text(path: Path):
+def _open_binary(path: Path):
     if path.name.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _decode(raw: bytes, path: Path, line: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PobenchError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
 
 
 def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(1-based row number, object) for JSON Lines, or for a JSON array file."""
+    """(1-based line number, object) for JSON Lines; (1-based element number, object) for a JSON array file.
+
+    Read as bytes and decoded line by line, so that a bad line, a non-UTF-8 byte or a truncated gzip is reported
+    with its line number (leading blank lines count)."""
+    line = 0
     try:
-        with _open_text(path) as f:
-            head = f.read(1)
-            while head and head.isspace():
-                head = f.read(1)
-            if head == "[":
-                rows = json.loads(head + f.read())
-                for i, row in enumerate(rows, 1):
-                    yield i, row
-                return
-            first = True
-            for i, line in enumerate(f, 1):
-                if first:
-                    line, first = head + line, False
-                if not line.strip():
+        with _open_binary(path) as f:
+            for raw in f:
+                line += 1
+                text = _decode(raw, path, line)
+                if line == 1:
+                    text = text.lstrip("\ufeff")  # a UTF-8 byte order mark
+                if not text.strip():
                     continue
+                if text.lstrip().startswith("["):   # a JSON array: one document, not JSON Lines
+                    rest = f.read()
+                    try:
+                        text += rest.decode("utf-8")
+                    except UnicodeDecodeError as e:
+                        bad_line = line + 1 + rest[:e.start].count(b"\n")
+                        raise PobenchError(f"{path}:{bad_line}: not UTF-8 text ({e.reason})") from None
+                    try:
+                        rows = json.loads(text)
+                    except json.JSONDecodeError as e:
+                        raise PobenchError(f"{path}:{line - 1 + e.lineno}: bad JSON ({e.msg}, column {e.colno})") from None
+                    for i, row in enumerate(rows, 1):
+                        yield i, row
+                    return
                 try:
-                    yield i, json.loads(line)
+                    row = json.loads(text)
                 except json.JSONDecodeError as e:
-                    raise PobenchError(f"{path}:{i}: bad JSON line ({e.msg}, column {e.colno})") from None
-    except UnicodeDecodeError as e:
-        raise PobenchError(f"{path}: not UTF-8 text (byte {e.start} of a chunk: {e.reason})") from None
+                    raise PobenchError(f"{path}:{line}: bad JSON line ({e.msg}, column {e.colno})") from None
+                yield line, row
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise PobenchError(f"{path}: unreadable gzip ({e})") from None
-    except json.JSONDecodeError as e:
-        raise PobenchError(f"{path}: bad JSON ({e.msg}, line {e.lineno})") from None
+        where = f" after line {line}" if line else ""
+        raise PobenchError(f"{path}: unreadable gzip{where} ({e})") from None
+    except OSError as e:
+        raise PobenchError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def _dataset_rows(ds, name: str) -> Iterator[tuple[int, dict]]:
@@ -129,6 +147,26 @@ def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[s
     return f"hub:{path}" + (f"/{hub_data_dir}" if hub_data_dir else "") + f"[{split}]", _dataset_rows(ds, path)
 
 
+def source_has_split(path: str, split: str) -> bool:
+    """Whether `path` holds a separate `split`. A local file or a single-Dataset save_to_disk folder is one table
+    with no splits; a DatasetDict folder has the splits it lists; a folder of files has the splits its file names
+    start with; a hub id is assumed to have it."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return False
+    if p.is_dir():
+        if (p / "dataset_dict.json").exists():
+            try:
+                return split in json.loads((p / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+            except (OSError, ValueError, AttributeError):
+                return True  # let read_rows report the folder
+        if any((p / marker).exists() for marker in ("state.json", "dataset_info.json")):
+            return False
+        return any(f.name.startswith(split) and f.name.endswith(JSON_SUFFIXES + (".parquet", ".arrow"))
+                   for f in p.iterdir())
+    return True
+
+
 def detect_schema(row: dict) -> str:
     if "all_generated_responses" in row:
         return "ultrafeedback-onpolicy"
@@ -147,6 +185,8 @@ def record_parser(schema: str, raw_rejected: str = "worst", seed: int = 0) -> Ca
     if schema == "ultrafeedback-binarized":
         return ultrafeedback.binarized_record
     if schema == "ultrafeedback-raw":
+        if raw_rejected not in ("worst", "random"):
+            raise PobenchError(f"data.raw_rejected: unknown value '{raw_rejected}' (choose worst or random)")
         return lambda row, rid: ultrafeedback.raw_record(row, rid, rejected=raw_rejected, seed=seed)
     if schema == "ultrafeedback-onpolicy":
         return ultrafeedback.onpolicy_record

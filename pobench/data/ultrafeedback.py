@@ -65,6 +65,8 @@ def onpolicy_record(row: dict, row_id: str) -> PreferenceRecord:
         prompt = [{"role": "user", "content": row["prompt"]}]
         chosen = responses[max(range(len(scores)), key=scores.__getitem__)]
         rejected_text = responses[min(range(len(scores)), key=scores.__getitem__)]
+    if not chosen.strip() or not rejected_text.strip():
+        raise RowSkip("empty_completion")
     if chosen == rejected_text:
         raise RowSkip("all_scores_tied")
     return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected_text, candidates=responses,

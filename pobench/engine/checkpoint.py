@@ -35,15 +35,17 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict) -> None:
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, with_optimizer: bool = True) -> None:
+    """`with_optimizer=False` (the final checkpoint) keeps only the weights: nothing resumes from it."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-               tmp / "optimizer.pt")
+    if with_optimizer:
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                   tmp / "optimizer.pt")
     atomic_write_json(tmp / "state.json", state)
     latest, old = root / "latest", root / ".old"
     shutil.rmtree(old, ignore_errors=True)
@@ -68,8 +70,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].dtype))
-    extra = torch.load(path / "optimizer.pt", weights_only=False)
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    set_rng_state(extra["rng"])
+    if (path / "optimizer.pt").is_file():
+        extra = torch.load(path / "optimizer.pt", weights_only=False)
+        optimizer.load_state_dict(extra["optimizer"])
+        scheduler.load_state_dict(extra["scheduler"])
+        set_rng_state(extra["rng"])
     return json.loads((path / "state.json").read_text())

@@ -250,7 +250,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         if accelerator.is_main_process and (evaluated or (step + 1) % max(1, tc.log_every) == 0):
             metrics.append(row)
         if accelerator.is_main_process and (is_last or (tc.save_every and (step + 1) % tc.save_every == 0)):
-            save_checkpoint(run_dir, accelerator.unwrap_model(scorer).model, optimizer, scheduler, state)
+            save_checkpoint(run_dir, accelerator.unwrap_model(scorer).model, optimizer, scheduler, state,
+                            with_optimizer=not is_last)
         if progress:
             progress.update(task, completed=step + 1,
                             description=f"{cfg.algorithm_name} seed{cfg.seed} loss {row['loss']:.3f}")

@@ -1,0 +1,228 @@
+"""The training engine on a tiny random model: log-probs, accumulation, determinism, resume, LoRA, plugins."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pobench import config as C
+from pobench.data import load_suite_data
+from pobench.data.tokenize import ChatFormatter, TokenizedPair
+from pobench.engine import trainer as T
+from pobench.engine.logps import SequenceLogps, collate_pairs, reference_logps_naive
+from pobench.registry import algorithm_defaults, get_algorithm, load_suite
+
+TIME_KEYS = {"time_s", "step_time_s", "tokens_per_s", "pairs_per_s", "peak_mem_gb"}
+
+
+def make_cfg(model_dir, algo="dpo", **train):
+    overrides = {"model": {"name_or_path": str(model_dir)},
+                 "data": {"path": "sample", "max_train_records": 48, "eval_size": 8},
+                 "train": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "lr": 1e-3,
+                           "max_prompt_length": 48, "max_completion_length": 24, **train}}
+    algorithm = get_algorithm(algo)
+    return C.resolve(load_suite("hh-rlhf"), algo, algorithm_defaults(algorithm), {}, overrides, [algo]), algorithm
+
+
+def run_train(tmp: Path, model_dir, algo="dpo", resume=False, cache=None, **train):
+    cfg, algorithm = make_cfg(model_dir, algo, **train)
+    data = load_suite_data(cfg.data, cfg.seed)
+    tmp.mkdir(parents=True, exist_ok=True)
+    return T.train(cfg, algorithm, data, tmp, cache or tmp / "cache", resume=resume), cfg
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(l).items() if k not in TIME_KEYS}
+            for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sequence_logps_match_full_logits(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    g = torch.Generator().manual_seed(0)
+    pairs = [TokenizedPair(torch.randint(5, 1000, (n,), generator=g).tolist(),
+                           torch.randint(5, 1000, (c,), generator=g).tolist(),
+                           torch.randint(5, 1000, (r,), generator=g).tolist())
+             for n, c, r in [(7, 5, 9), (3, 11, 2), (12, 1, 4)]]
+    batch = collate_pairs(pairs, pad_id=0)
+    want, want_counts = reference_logps_naive(model, batch)
+    for chunk in (1024, 3):  # chunking must not change the result
+        got, counts = SequenceLogps(model, chunk)(**batch)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+        assert counts.tolist() == want_counts.tolist() == [5, 11, 1, 9, 2, 4]
+
+
+def test_completion_mask_covers_completion_only(tiny_model_dir):
+    from transformers import AutoTokenizer
+    formatter = ChatFormatter(AutoTokenizer.from_pretrained(tiny_model_dir))
+    prompt = formatter.prompt_text([{"role": "user", "content": "hello"}])
+    completion = formatter.completion_text([{"role": "user", "content": "hello"}], prompt, "hi there")
+    assert completion.startswith("hi there") and completion.rstrip().endswith("<|im_end|>")
+    pair = TokenizedPair(formatter.encode(prompt), formatter.encode(completion), formatter.encode("no"))
+    batch = collate_pairs([pair], pad_id=0)
+    assert batch["completion_mask"][0].sum() == len(pair.chosen)
+    assert not batch["completion_mask"][0, :len(pair.prompt)].any()
+
+
+def test_data_order_is_seeded_and_shared():
+    a, b = T.data_order(10, 1, 5, 4), T.data_order(10, 1, 5, 4)
+    assert a == b and len(a) == 20 and sorted(a[:10]) == list(range(10))
+    assert T.data_order(10, 2, 5, 4) != a
+
+
+def test_dpo_starts_at_log2_and_learns(tmp_path, tiny_model_dir):
+    summary, _ = run_train(tmp_path / "run", tiny_model_dir, max_steps=6)
+    rows = metrics(tmp_path / "run")
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)   # policy == reference at step 1
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    for key in ("step", "pairs_seen", "loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+                "rewards/accuracies", "logps/chosen", "logps/rejected", "eval/rewards/accuracies"):
+        assert key in rows[-1]
+    assert [r["pairs_seen"] for r in rows] == [4 * (i + 1) for i in range(6)]
+    assert summary["held_out_final"]["eval/rewards/margins"] != 0
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_model_dir):
+    from safetensors.torch import load_file
+    cache = tmp_path / "cache"
+    run_train(tmp_path / "a1", tiny_model_dir, cache=cache, grad_accum=1, max_steps=3)
+    run_train(tmp_path / "a4", tiny_model_dir, cache=cache, grad_accum=4, max_steps=3)
+    w1 = load_file(str(tmp_path / "a1" / "checkpoints" / "latest" / "trainable.safetensors"))
+    w4 = load_file(str(tmp_path / "a4" / "checkpoints" / "latest" / "trainable.safetensors"))
+    for name in w1:
+        torch.testing.assert_close(w4[name], w1[name], rtol=1e-4, atol=1e-6)
+    for r1, r4 in zip(metrics(tmp_path / "a1"), metrics(tmp_path / "a4")):
+        assert r4["loss"] == pytest.approx(r1["loss"], abs=1e-5)
+
+
+def test_same_seed_same_metrics(tmp_path, tiny_model_dir):
+    cache = tmp_path / "cache"
+    run_train(tmp_path / "x", tiny_model_dir, cache=cache)
+    run_train(tmp_path / "y", tiny_model_dir, cache=cache)
+    assert metrics(tmp_path / "x") == metrics(tmp_path / "y")
+
+
+def test_resume_after_crash_reproduces_the_run(tmp_path, tiny_model_dir, monkeypatch):
+    cache = tmp_path / "cache"
+    run_train(tmp_path / "full", tiny_model_dir, cache=cache, max_steps=6, save_every=2)
+    calls = {"n": 0}
+    real = T.collate_pairs
+
+    def crash_on_fifth_step(pairs, pad_id):
+        calls["n"] += 1
+        if calls["n"] == 2 + 5:  # two held-out batches at the start, then one per step
+            raise RuntimeError("simulated crash")
+        return real(pairs, pad_id)
+
+    monkeypatch.setattr(T, "collate_pairs", crash_on_fifth_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(tmp_path / "crash", tiny_model_dir, cache=cache, max_steps=6, save_every=2, eval_every=0)
+    monkeypatch.setattr(T, "collate_pairs", real)
+    assert json.loads((tmp_path / "crash" / "checkpoints" / "latest" / "state.json").read_text())["step"] == 4
+    run_train(tmp_path / "crash", tiny_model_dir, cache=cache, max_steps=6, save_every=2, eval_every=0, resume=True)
+    full = {r["step"]: r["loss"] for r in metrics(tmp_path / "full")}
+    resumed = {r["step"]: r["loss"] for r in metrics(tmp_path / "crash")}
+    assert sorted(resumed) == list(range(1, 7))
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(full[step], abs=1e-5)
+
+
+def test_lora_reference_is_the_adapter_disabled_policy(tmp_path, tiny_model_dir):
+    from pobench.engine.refcache import ReferenceCache
+    summary, cfg = run_train(tmp_path / "lora", tiny_model_dir, max_steps=2)
+    plain_cache = list((tmp_path / "lora" / "cache" / "reflogps").glob("*.pt"))
+    cfg_lora, _ = make_cfg(tiny_model_dir)
+    cfg_lora.model.lora_r = 4
+    data = load_suite_data(cfg_lora.data, 1)
+    algorithm = get_algorithm("dpo")
+    T.train(cfg_lora, algorithm, data, tmp_path / "lora2", tmp_path / "lora2" / "cache")
+    lora_cache = list((tmp_path / "lora2" / "cache" / "reflogps").glob("*.pt"))
+    a, b = ReferenceCache(plain_cache[0]).entries, ReferenceCache(lora_cache[0]).entries
+    assert a.keys() <= b.keys()  # the LoRA run (4 steps) touches more pairs than the 2-step run
+    for key in a:
+        assert b[key] == pytest.approx(a[key], abs=1e-3)
+    rows = metrics(tmp_path / "lora2")
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_simpo_needs_no_reference(tmp_path, tiny_model_dir):
+    run_train(tmp_path / "s", tiny_model_dir, algo="simpo", max_steps=2)
+    assert not (tmp_path / "s" / "cache" / "reflogps").exists()
+    assert len(metrics(tmp_path / "s")) == 2
+
+
+PLUGIN = '''
+"""A user's algorithm kept outside the package: DPO with a doubled margin."""
+from pobench.algorithm import LossOutput
+from pobench.losses import dpo_loss
+from pobench.registry import register_algorithm
+
+
+@register_algorithm("double_dpo")
+class DoubleDPO:
+    sampler = "dataset_pair"
+    needs_reference = True
+    defaults = """
+beta: 0.1
+"""
+
+    def loss(self, policy, reference, cfg):
+        losses, chosen, rejected = dpo_loss(2 * policy.chosen, 2 * policy.rejected,
+                                            2 * reference.chosen, 2 * reference.rejected, cfg.beta)
+        return LossOutput(losses, chosen, rejected)
+'''
+
+
+def test_cli_run_with_a_plugin_algorithm_writes_the_contract(tmp_path, tiny_model_dir):
+    plugin = tmp_path / "elsewhere" / "my_algo.py"
+    plugin.parent.mkdir()
+    plugin.write_text(PLUGIN)
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "pobench.cli", "run", "--algo", "double_dpo,dpo", "--plugin", str(plugin),
+           "--model", str(tiny_model_dir), "--data", "sample", "--max-steps", "2", "--out", str(out),
+           "--set", "data.max_train_records=16", "--set", "data.eval_size=4", "--set", "double_dpo.beta=0.2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for algo in ("double_dpo", "dpo"):
+        run = out / "hh-rlhf" / algo / "seed1"
+        for name in ("config.yaml", "metrics.jsonl", "env.json", "eval.json", "train_summary.json", "data.json"):
+            assert (run / name).is_file(), name
+        assert (run / "checkpoints" / "latest" / "state.json").is_file()
+        env = json.loads((run / "env.json").read_text())
+        assert "torch" in env["packages"]
+    import yaml
+    cfg = yaml.safe_load((out / "hh-rlhf" / "double_dpo" / "seed1" / "config.yaml").read_text())
+    assert cfg["algorithm"] == {"beta": 0.2} and cfg["train"]["max_steps"] == 2
+    assert yaml.safe_load((out / "hh-rlhf" / "dpo" / "seed1" / "config.yaml").read_text())["algorithm"]["beta"] == 0.1
+    # the two algorithms trained on the same pairs in the same order: identical first-step log-probs
+    first = [json.loads((out / "hh-rlhf" / a / "seed1" / "metrics.jsonl").read_text().splitlines()[0])
+             for a in ("double_dpo", "dpo")]
+    assert first[0]["logps/chosen"] == pytest.approx(first[1]["logps/chosen"], abs=1e-5)
+    # rerun with --resume skips finished runs and changes nothing
+    before = (out / "hh-rlhf" / "dpo" / "seed1" / "metrics.jsonl").read_text()
+    proc = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0 and "skipped" in proc.stderr
+    assert (out / "hh-rlhf" / "dpo" / "seed1" / "metrics.jsonl").read_text() == before
+
+
+def test_readme_example_algorithm_loads_and_reduces_to_dpo():
+    from pobench.losses import dpo_loss
+    from pobench.registry import load_plugin
+    from pobench.algorithm import SeqLogps
+    import types
+    example = Path(__file__).resolve().parent.parent / "examples" / "rdpo.py"
+    assert example.read_text() in (example.parent.parent / "README.md").read_text()  # the README shows this file
+    load_plugin(example)
+    algo = get_algorithm("rdpo")
+    policy = SeqLogps(torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0]), torch.tensor([3, 5]), torch.tensor([4, 2]))
+    reference = SeqLogps(torch.tensor([-3.5, -4.0]), torch.tensor([-3.0, -2.5]), torch.tensor([3, 5]), torch.tensor([4, 2]))
+    out = algo.loss(policy, reference, types.SimpleNamespace(beta=0.1, eps=0.0))
+    want, _, _ = dpo_loss(policy.chosen, policy.rejected, reference.chosen, reference.rejected, 0.1)
+    torch.testing.assert_close(out.losses, want)
+    noisy = algo.loss(policy, reference, types.SimpleNamespace(beta=0.1, eps=0.2))
+    assert not torch.allclose(noisy.losses, want)
