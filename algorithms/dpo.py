@@ -8,6 +8,7 @@ from pobench.registry import register_algorithm
 class DPO:
     sampler = "dataset_pair"      # train on the pair the dataset gives
     needs_reference = True
+    choices = {"loss_type": ("sigmoid", "ipo", "hinge")}
     defaults = """
 beta: 0.1              # strength of the KL penalty to the reference policy
 label_smoothing: 0.0   # cDPO: assumed probability that a label is flipped

@@ -8,6 +8,7 @@ from pobench.registry import register_algorithm
 class SimPO:
     sampler = "dataset_pair"
     needs_reference = False
+    choices = {"loss_type": ("sigmoid", "hinge")}
     defaults = """
 beta: 2.0               # reward scale: r(y) = beta / |y| * log pi(y|x)
 gamma_beta_ratio: 0.5   # target margin gamma, given as gamma / beta (the SimPO repo's convention)

@@ -11,6 +11,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pobench.errors import PobenchError
@@ -63,6 +64,7 @@ def run(
 ):
     """Train every algorithm x seed on a suite and write results/<suite>/<algo>/seed<k>/."""
     from pobench import config as C
+    from pobench.data import load_suite_data
     from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite
 
     discover([str(p) for p in plugin])
@@ -86,27 +88,43 @@ def run(
         algorithm = get_algorithm(name)
         defaults = algorithm_defaults(algorithm)
         for seed in seed_list:
-            cfg = C.resolve(suite_cfg, name, defaults, file_cfg, C.deep_merge(set_cfg, {"seed": seed}), algos)
+            cfg = C.resolve(suite_cfg, name, defaults, file_cfg, C.deep_merge(set_cfg, {"seed": seed}), algos,
+                            getattr(algorithm, "choices", None))
             run_dir = out / cfg.suite / name / f"seed{seed}"
             done = (run_dir / "train_summary.json").exists() and (no_eval or (run_dir / "eval.json").exists())
             if run_dir.exists() and any(run_dir.iterdir()) and not resume:
                 raise PobenchError(f"{run_dir}: already holds a run; pass --resume to continue or skip it, "
                                    f"or choose another --out")
             plans.append((algorithm, cfg, run_dir, done))
+    # Data is read now too, so that bad data fails before any folder or progress bar exists.
+    datasets_by_key: dict = {}
+    for _, cfg, _, done in plans:
+        key = _data_key(cfg)
+        if not done and key not in datasets_by_key:
+            datasets_by_key[key] = load_suite_data(cfg.data, cfg.seed)
+            report = datasets_by_key[key].report
+            skipped = {**report["train_skipped"], **report["eval_skipped"]}
+            console.print(f"data: {report['train_records']} train / {report['eval_records']} held-out records from "
+                          f"{report['train_source']}" + (f"; skipped rows: {skipped}" if skipped else ""),
+                          highlight=False, markup=False)
     _writable(out)
-    _run_plans(plans, out, resume, no_eval)
+    _run_plans(plans, datasets_by_key, out, resume, no_eval)
 
 
-def _run_plans(plans, out: Path, resume: bool, no_eval: bool) -> None:
+def _data_key(cfg) -> str:
+    """Records depend on the data config, and on the seed only where a random choice is made per row."""
+    seed = cfg.seed if cfg.data.raw_rejected == "random" else None
+    return json.dumps([cfg.data.__dict__, seed], sort_keys=True, default=str)
+
+
+def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pobench.config import dump
-    from pobench.data import load_suite_data
     from pobench.engine.io import atomic_write_json, atomic_write_text
     from pobench.engine.trainer import train
     from pobench.environment import environment_info
 
-    data_cache: dict = {}
     tokenized: dict = {}
     summaries = []
     started = time.time()
@@ -119,15 +137,7 @@ def _run_plans(plans, out: Path, resume: bool, no_eval: bool) -> None:
                 progress.console.print(f"[dim]{run_dir}: finished earlier, skipped[/dim]")
                 progress.advance(overall)
                 continue
-            data_key = json.dumps(cfg.data.__dict__, sort_keys=True, default=str)
-            if data_key not in data_cache:
-                data_cache[data_key] = load_suite_data(cfg.data, cfg.seed)
-                report = data_cache[data_key].report
-                skipped = sum(report["train_skipped"].values()) + sum(report["eval_skipped"].values())
-                progress.console.print(
-                    f"data: {report['train_records']} train / {report['eval_records']} held-out records from "
-                    f"{report['train_source']}" + (f"; skipped {skipped} rows {report['train_skipped'] | report['eval_skipped']}" if skipped else ""))
-            data = data_cache[data_key]
+            data = datasets_by_key[_data_key(cfg)]
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", dump(cfg))
             atomic_write_json(run_dir / "data.json", data.report)
@@ -212,7 +222,7 @@ def data(
     if data_path:
         merged = C.deep_merge(merged, {"data": {"path": data_path}})
     cfg = C._build(C.RunConfig, {k: v for k, v in merged.items() if k != "algorithm"}, "")
-    loaded = load_suite_data(cfg.data)
+    loaded = load_suite_data(cfg.data, cfg.seed)  # the seed `run` uses, for per-row random choices
     records = loaded.train if split == "train" else loaded.eval
     if head:
         records = records[:head]
@@ -240,7 +250,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except PobenchError as e:
-        console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
@@ -249,15 +259,15 @@ def main() -> None:
         console.print("interrupted; rerun with --resume to continue from the last checkpoint")
         sys.exit(130)
     except Exception as e:  # click usage errors come here too
-        import click
-        if isinstance(e, click.exceptions.ClickException):
-            console.print(f"[red]error:[/red] {e.format_message()}", highlight=False, soft_wrap=True)
+        # typer bundles its own copy of click: recognise its usage errors by shape, not by class
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            console.print(f"[red]error:[/red] {escape(e.format_message())}", highlight=False, soft_wrap=True)
             sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "Abort":
             sys.exit(130)
         if os.environ.get("POBENCH_DEBUG"):
             traceback.print_exc()
-        console.print(f"[red]internal error:[/red] {type(e).__name__}: {e} (set POBENCH_DEBUG=1 for the traceback)",
+        console.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(str(e))} (set POBENCH_DEBUG=1 for the traceback)",
                       highlight=False, soft_wrap=True)
         sys.exit(1)
 

@@ -88,6 +88,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 CHOICES = {  # keys with a fixed set of values, checked when the config is resolved (before anything runs)
     "data.schema": ("auto", "hh", "ultrafeedback-binarized", "ultrafeedback-raw", "ultrafeedback-onpolicy"),
     "data.raw_rejected": ("worst", "random"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
 }
 TOP_LEVEL = {"suite", "algorithm_name", "seed", "description", "algorithm", *SECTIONS}
 
@@ -210,8 +211,9 @@ def _build(cls, values: dict, prefix: str):
     return cls(**kwargs)
 
 
-def coerce_algorithm_params(params: dict, defaults: dict, algo: str) -> dict:
-    """Algorithm parameters take the type of their default (None defaults accept anything)."""
+def coerce_algorithm_params(params: dict, defaults: dict, algo: str, choices: dict | None = None) -> dict:
+    """Algorithm parameters take the type of their default (None defaults accept anything); keys listed in
+    the algorithm's `choices` must take one of the listed values."""
     out = dict(defaults)
     for k, v in params.items():
         if k not in defaults:
@@ -219,11 +221,15 @@ def coerce_algorithm_params(params: dict, defaults: dict, algo: str) -> dict:
                                f"(known: {', '.join(sorted(defaults))})")
         d = defaults[k]
         out[k] = v if d is None else _coerce(v, type(d), f"algorithm.{k}")
+    for k, allowed in (choices or {}).items():
+        if out.get(k) not in allowed:
+            raise PobenchError(f"config key 'algorithm.{k}' for algorithm '{algo}': {out.get(k)!r} is not one of "
+                               f"{', '.join(map(str, allowed))}")
     return out
 
 
 def resolve(suite_cfg: dict, algo_name: str, algo_defaults: dict, file_cfg: dict, set_cfg: dict,
-            algo_names: list[str]) -> RunConfig:
+            algo_names: list[str], algo_choices: dict | None = None) -> RunConfig:
     """Merge the layers for one algorithm. In --config/--set, `algorithm.k` applies to every algorithm of the
     run and `<algo>.k` (e.g. `dpo.beta`) to that algorithm only."""
     layers = [suite_cfg, {"algorithm": algo_defaults}]
@@ -249,7 +255,7 @@ def resolve(suite_cfg: dict, algo_name: str, algo_defaults: dict, file_cfg: dict
         merged = deep_merge(merged, layer)
     merged["algorithm_name"] = algo_name
     cfg = _build(RunConfig, merged, "")
-    cfg.algorithm = coerce_algorithm_params(cfg.algorithm, algo_defaults, algo_name)
+    cfg.algorithm = coerce_algorithm_params(cfg.algorithm, algo_defaults, algo_name, algo_choices)
     return cfg
 
 

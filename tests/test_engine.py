@@ -226,3 +226,14 @@ def test_readme_example_algorithm_loads_and_reduces_to_dpo():
     torch.testing.assert_close(out.losses, want)
     noisy = algo.loss(policy, reference, types.SimpleNamespace(beta=0.1, eps=0.2))
     assert not torch.allclose(noisy.losses, want)
+
+
+def test_gradient_checkpointing_gives_the_same_run(tmp_path, tiny_model_dir):
+    cache = tmp_path / "cache"
+    run_train(tmp_path / "plain", tiny_model_dir, cache=cache, max_steps=2)
+    cfg, algorithm = make_cfg(tiny_model_dir, max_steps=2)
+    cfg.model.gradient_checkpointing = True
+    T.train(cfg, algorithm, load_suite_data(cfg.data, 1), tmp_path / "ckpt", cache)
+    for a, b in zip(metrics(tmp_path / "plain"), metrics(tmp_path / "ckpt")):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)

@@ -62,6 +62,7 @@ def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
     Read as bytes and decoded line by line, so that a bad line, a non-UTF-8 byte or a truncated gzip is reported
     with its line number (leading blank lines count)."""
     line = 0
+    first = True
     try:
         with _open_binary(path) as f:
             for raw in f:
@@ -71,7 +72,7 @@ def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
                     text = text.lstrip("\ufeff")  # a UTF-8 byte order mark
                 if not text.strip():
                     continue
-                if text.lstrip().startswith("["):   # a JSON array: one document, not JSON Lines
+                if first and text.lstrip().startswith("["):   # a JSON array: one document, not JSON Lines
                     rest = f.read()
                     try:
                         text += rest.decode("utf-8")
@@ -85,6 +86,7 @@ def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
                     for i, row in enumerate(rows, 1):
                         yield i, row
                     return
+                first = False
                 try:
                     row = json.loads(text)
                 except json.JSONDecodeError as e:

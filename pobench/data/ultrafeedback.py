@@ -8,6 +8,14 @@ from pobench.data.hh import RowSkip
 from pobench.data.records import PreferenceRecord
 
 
+def _list(row: dict, key: str) -> list:
+    """row[key], which must be a list: a string here is a schema defect (an error naming the row), not a skip."""
+    value = row[key]
+    if not isinstance(value, list):
+        raise TypeError(f"'{key}' must be a list, got {type(value).__name__}")
+    return value
+
+
 def _last_assistant(messages: list[dict]) -> str:
     if not messages or messages[-1].get("role") != "assistant":
         raise RowSkip("no_final_assistant_turn")
@@ -22,7 +30,7 @@ def _check_scores(scores: list) -> list[float]:
 
 
 def binarized_record(row: dict, row_id: str) -> PreferenceRecord:
-    chosen, rejected = row["chosen"], row["rejected"]
+    chosen, rejected = _list(row, "chosen"), _list(row, "rejected")
     prompt = chosen[:-1] if len(chosen) > 1 else [{"role": "user", "content": row["prompt"]}]
     if rejected[:-1] and rejected[:-1] != prompt:
         raise RowSkip("prefix_mismatch")
@@ -54,8 +62,8 @@ def raw_record(row: dict, row_id: str, rejected: str = "worst", seed: int = 0) -
 
 def onpolicy_record(row: dict, row_id: str) -> PreferenceRecord:
     """princeton-nlp/llama3-ultrafeedback-armorm: 5 policy samples scored by a reward model."""
-    responses = list(row["all_generated_responses"])
-    scores = _check_scores(row["all_rm_scores"])
+    responses = list(_list(row, "all_generated_responses"))
+    scores = _check_scores(_list(row, "all_rm_scores"))
     if len(responses) != len(scores):
         raise RowSkip("scores_do_not_match_responses")
     if row.get("chosen"):

@@ -21,6 +21,7 @@ from pobench.data import SuiteData
 from pobench.data.tokenize import ChatFormatter, TokenizedPair, tokenize_record
 from pobench.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from pobench.engine.io import MetricsLog, atomic_write_json
+from pobench.engine.loggers import Trackers
 from pobench.engine.logps import SequenceLogps, collate_pairs
 from pobench.engine.refcache import ReferenceCache
 from pobench.errors import PobenchError
@@ -129,6 +130,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     from accelerate.utils import set_seed
 
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.model.device)
     _, mixed_precision = pick_dtype(cfg.model.dtype, device)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
@@ -192,6 +194,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     if state["initial_eval"] is None:
         state["initial_eval"] = held_out()
 
+    trackers = Trackers(cfg, run_dir) if accelerator.is_main_process else None
     # -- the loop ------------------------------------------------------------------------------------
     task = progress.add_task(f"{cfg.algorithm_name} seed{cfg.seed}", total=max_steps, completed=state["step"]) if progress else None
     micro = tc.batch_size // tc.grad_accum
@@ -249,6 +252,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
             row.update(last_eval)
         if accelerator.is_main_process and (evaluated or (step + 1) % max(1, tc.log_every) == 0):
             metrics.append(row)
+            trackers.log(row)
         if accelerator.is_main_process and (is_last or (tc.save_every and (step + 1) % tc.save_every == 0)):
             save_checkpoint(run_dir, accelerator.unwrap_model(scorer).model, optimizer, scheduler, state,
                             with_optimizer=not is_last)
@@ -257,6 +261,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                             description=f"{cfg.algorithm_name} seed{cfg.seed} loss {row['loss']:.3f}")
     if progress and task is not None:
         progress.remove_task(task)
+    if trackers:
+        trackers.close()
     if last_eval is None:
         last_eval = held_out()
     rows = metrics.read()

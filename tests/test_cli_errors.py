@@ -1,0 +1,228 @@
+"""Bad usage and bad input through the real command line: exit code 2, one line naming the culprit, no traceback,
+nothing written under --out.
+
+Every `pobench run` case fails while configs and data are checked, before any model is loaded. As a safety net
+each one also names a model folder that does not exist, so a regression fails fast instead of training.
+The subprocesses are started together (each spends ~2 s importing torch) and checked one test per case.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from pobench.data.loading import SAMPLES_DIR, read_json_rows
+
+HH_SAMPLE = SAMPLES_DIR / "hh-rlhf" / "harmless-base-test-2000.jsonl.gz"
+RUN = ["run", "--out", "out", "--model", "no-such-model", "--max-steps", "1", "--no-eval"]
+GOOD = {"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: a\n\nAssistant: no"}
+
+
+def _env() -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "POBENCH_DEBUG"}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", COLUMNS="80",
+               NO_COLOR="1")
+    return env
+
+
+def pobench(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pobench.cli", *args], cwd=cwd, env=_env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _lines(path: Path, lines: list[bytes | str]) -> None:
+    path.write_bytes(b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x in lines))
+
+
+def _hh_rows(n: int) -> list[str]:
+    out = []
+    for _, row in read_json_rows(HH_SAMPLE):
+        out.append(json.dumps(row))
+        if len(out) == n:
+            return out
+
+
+def _setup_truncated_gzip(d: Path) -> None:
+    with gzip.open(d / "full.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(_hh_rows(300)) + "\n")
+    data = (d / "full.jsonl.gz").read_bytes()
+    (d / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+
+
+def _setup_existing_run(d: Path) -> None:
+    run_dir = d / "out" / "hh-rlhf" / "dpo" / "seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("# an earlier run\nseed: 1\n")
+
+
+# name: (arguments, setup(cwd), substrings the error line must hold)
+# `pobench run` cases pay ~2 s each for importing torch, so the rest of the data and config checks go through
+# `pobench data` (no torch), which reads the same files through the same code (and test_config/test_data cover
+# the messages in-process).
+CASES = {
+    "unknown_algorithm": (RUN + ["--algo", "dpo,nope"], None, ["unknown algorithm 'nope'", "dpo", "simpo"]),
+    "unknown_suite": (RUN + ["--suite", "nope"], None, ["unknown suite 'nope'", "hh-rlhf", "ultrafeedback"]),
+    "bad_set_key": (RUN + ["--set", "train.lrr=1e-6"], None, ["unknown config key 'train.lrr'"]),
+    "bad_set_type": (RUN + ["--set", "train.lr=fast"], None, ["config key 'train.lr'", "expected a number", "fast"]),
+    "missing_config": (RUN + ["--config", "missing.yaml"], None, ["missing.yaml: no such file"]),
+    "bad_yaml_config": (RUN + ["--config", "bad.yaml"],
+                        lambda d: (d / "bad.yaml").write_text("train:\n  lr: 1e-6\n  batch_size: [4,\n"),
+                        ["bad.yaml:4: bad YAML"]),
+    "data_missing_file": (RUN + ["--data", "missing.jsonl"], None, ["missing.jsonl: no such file or folder"]),
+    "data_bad_json_line": (RUN + ["--data", "rows.jsonl"],
+                           lambda d: _lines(d / "rows.jsonl", _hh_rows(2) + ['{"chosen": "x",'] + _hh_rows(1)),
+                           ["rows.jsonl:3: bad JSON line"]),
+    "bad_seeds": (RUN + ["--seeds", "a,b"], None, ["--seeds a,b", "integers"]),
+    "existing_run_folder": (RUN + ["--algo", "dpo", "--suite", "hh-rlhf"], _setup_existing_run,
+                            [str(Path("out") / "hh-rlhf" / "dpo" / "seed1"), "already holds a run", "--resume"]),
+    # `pobench data`: the same data and config checks, without importing torch
+    "data_cmd_bad_json_line": (["data", "hh-rlhf", "--data", "rows.jsonl"],
+                               lambda d: _lines(d / "rows.jsonl", _hh_rows(1) + ["{oops"]),
+                               ["rows.jsonl:2: bad JSON line"]),
+    "data_cmd_truncated_gzip": (["data", "hh-rlhf", "--data", "cut.jsonl.gz"], _setup_truncated_gzip,
+                                ["cut.jsonl.gz: unreadable gzip"]),
+    "data_cmd_non_utf8": (["data", "hh-rlhf", "--data", "latin.jsonl"],
+                          lambda d: _lines(d / "latin.jsonl", _hh_rows(1) + [b'{"chosen": "caf\xe9", "rejected": "x"}']),
+                          ["latin.jsonl:2: not UTF-8"]),
+    "data_cmd_bad_set_yaml": (["data", "hh-rlhf", "--set", "data.eval_size=[1,"], None,
+                              ["--set data.eval_size=[1,", "bad value for 'data.eval_size'"]),
+    "data_cmd_missing_folder": (["data", "hh-rlhf", "--data", "./nothing/here"], None,
+                                ["nothing/here: no such file or folder"]),
+    "data_cmd_missing_key": (["data", "hh-rlhf", "--data", "rows.jsonl"],
+                             lambda d: _lines(d / "rows.jsonl", _hh_rows(1) + [json.dumps({"chosen": GOOD["chosen"]})]),
+                             ["rows.jsonl:2: missing key 'rejected'"]),
+    "data_cmd_not_an_object": (["data", "hh-rlhf", "--data", "rows.jsonl"],
+                               lambda d: _lines(d / "rows.jsonl", _hh_rows(3) + ["[1, 2]"]),
+                               ["rows.jsonl:4: a row must be a JSON object"]),
+    "data_cmd_wrong_type": (["data", "ultrafeedback", "--data", "rows.jsonl"],
+                            lambda d: _lines(d / "rows.jsonl", [json.dumps({"prompt": "p", "chosen": [], "rejected": []}),
+                                                                json.dumps({"prompt": "p", "chosen": "x", "rejected": []})]),
+                            ["rows.jsonl:2: malformed row for schema ultrafeedback-binarized"]),
+    "data_cmd_empty_file": (["data", "hh-rlhf", "--data", "empty.jsonl"], lambda d: (d / "empty.jsonl").write_text(""),
+                            ["empty.jsonl: no rows"]),
+    "data_cmd_too_few_rows": (["data", "hh-rlhf", "--data", "rows.jsonl"], lambda d: _lines(d / "rows.jsonl", _hh_rows(5)),
+                              ["rows.jsonl: 5 records, too few to hold out data.eval_size=64"]),
+    "data_cmd_bad_set_type": (["data", "hh-rlhf", "--set", "data.eval_size=many"], None,
+                              ["config key 'data.eval_size'", "many"]),
+    "data_cmd_bad_choice": (["data", "hh-rlhf", "--set", "data.raw_rejected=wrost"], None,
+                            ["config key 'data.raw_rejected'", "wrost"]),
+    "data_cmd_bad_split": (["data", "hh-rlhf", "--split", "dev"], None, ["--split dev: choose train or eval"]),
+    "data_cmd_unknown_suite": (["data", "nope"], None, ["unknown suite 'nope'"]),
+    "data_cmd_wrong_schema": (["data", "hh-rlhf", "--set", "data.schema=ultrafeedback-binarized"], None,
+                              ["harmless-base-test-2000.jsonl.gz:1: malformed row for schema ultrafeedback-binarized"]),
+}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """Run every case at once; name -> (result, cwd, files under out/ before the run)."""
+    root = tmp_path_factory.mktemp("cli")
+    prepared = {}
+    for name, (args, setup, _) in CASES.items():
+        cwd = root / name
+        cwd.mkdir()
+        if setup:
+            setup(cwd)
+        prepared[name] = (args, cwd, _files(cwd / "out") if (cwd / "out").exists() else {})
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {name: pool.submit(pobench, args, cwd) for name, (args, cwd, _) in prepared.items()}
+        return {name: (futures[name].result(), prepared[name][1], prepared[name][2]) for name in CASES}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_usage_exits_2_with_one_line(outcomes, name):
+    result, cwd, before = outcomes[name]
+    expected = CASES[name][2]
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "Traceback" not in output and "internal error" not in output, output
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, result.stderr
+    line = error_lines[0]
+    for text in expected:
+        assert text in line, f"{text!r} not in {line!r}"
+    # the reason is the last thing printed, on its own line (no wrapping at 80 columns)
+    assert result.stderr.rstrip().splitlines()[-1] == line
+    assert not result.stdout.strip(), result.stdout
+    # nothing written under --out (an existing folder is left exactly as it was)
+    out = cwd / "out"
+    assert (_files(out) if out.exists() else {}) == before
+
+
+def test_existing_run_folder_is_unchanged(outcomes):
+    result, cwd, before = outcomes["existing_run_folder"]
+    config = cwd / "out" / "hh-rlhf" / "dpo" / "seed1" / "config.yaml"
+    assert config.read_text() == "# an earlier run\nseed: 1\n"
+    assert list(before) == [str(Path("hh-rlhf") / "dpo" / "seed1" / "config.yaml")]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="running as root: chmod 0o500 does not stop root from writing")
+@pytest.mark.parametrize("out", ["locked", "locked/results"])
+def test_unwritable_out(tmp_path, out):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        result = pobench(["run", "--out", out, "--model", "no-such-model", "--max-steps", "1", "--no-eval"], tmp_path)
+    finally:
+        locked.chmod(0o700)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "locked" in error_lines[0], result.stderr
+    assert not any(locked.rglob("*"))
+
+
+@pytest.mark.parametrize("args, text", [(["run", "--nope"], "No such option: --nope"),
+                                        (["run", "--max-steps", "many"], "--max-steps"),
+                                        (["frobnicate"], "frobnicate")])
+def test_click_usage_errors_exit_2(tmp_path, args, text):
+    result = pobench(args, tmp_path)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "internal error" not in result.stderr
+    assert result.returncode == 2
+    assert text in result.stderr
+
+
+@pytest.mark.parametrize("name", ["rows[v2].jsonl", "rows[/].jsonl"])
+def test_error_message_keeps_brackets(tmp_path, name):
+    result = pobench(["data", "hh-rlhf", "--data", name], tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"error: {name}: no such file or folder" in result.stderr
+
+
+def test_data_head_json(tmp_path):
+    result = pobench(["data", "hh-rlhf", "--json", "--head", "3"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3
+    records = [json.loads(line) for line in lines]
+    for rec in records:
+        assert {"prompt", "chosen", "rejected", "candidates", "scores"} <= set(rec)
+        assert rec["prompt"][-1]["role"] == "user" and rec["chosen"] and rec["rejected"]
+        assert rec["candidates"] == [] and rec["scores"] is None
+    assert records[0]["id"] == "harmless-base-test-2000.jsonl.gz:1"
+    assert not (tmp_path / "results").exists()
+
+
+def test_data_json_from_a_local_file_with_a_candidate_pool(tmp_path):
+    fixture = Path(__file__).parent / "fixtures" / "ultrafeedback-raw.jsonl"
+    rows = fixture.read_text().splitlines()
+    (tmp_path / "raw.jsonl").write_text("\n".join(rows * 3) + "\n")        # 12 rows, 6 records
+    result = pobench(["data", "ultrafeedback", "--data", "raw.jsonl", "--json", "--set", "data.eval_size=2"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 4                                               # 6 records, the last 2 held out
+    assert all(len(r["candidates"]) == len(r["scores"]) == 4 for r in records)
+    assert "skipped rows: {'all_scores_tied': 3, 'nan_score': 3}" in result.stderr

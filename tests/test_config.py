@@ -1,0 +1,314 @@
+"""Config layering, validation, --set parsing, deep_merge, and the shipped suites."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pobench.config import (DataConfig, RunConfig, TrainConfig, _build, deep_merge, dump, parse_set, read_yaml,
+                            resolve)
+from pobench.errors import PobenchError
+from pobench.registry import algorithm_defaults, get_algorithm, load_suite, suite_files
+
+DPO_DEFAULTS = {"beta": 0.1, "label_smoothing": 0.0, "loss_type": "sigmoid"}
+SIMPO_DEFAULTS = {"beta": 2.0, "gamma_beta_ratio": 0.5, "label_smoothing": 0.0, "loss_type": "sigmoid"}
+DEFAULTS = {"dpo": DPO_DEFAULTS, "simpo": SIMPO_DEFAULTS}
+SUITE = {"suite": "toy", "description": "a toy suite",
+         "data": {"path": "sample", "sample_train": "x.jsonl", "schema": "hh", "eval_size": 8},
+         "model": {"name_or_path": "suite-model"},
+         "train": {"lr": 1.0e-5, "batch_size": 2, "max_steps": 7, "warmup_ratio": 0.2}}
+
+
+def res(algo="dpo", file_cfg=None, set_cfg=None, algos=("dpo", "simpo"), suite=None) -> RunConfig:
+    return resolve(SUITE if suite is None else suite, algo, DEFAULTS[algo], file_cfg or {}, set_cfg or {}, list(algos))
+
+
+def raises(match: str):
+    return pytest.raises(PobenchError, match=match)
+
+
+# -- precedence -----------------------------------------------------------------------------------------------
+
+def test_suite_values_fill_the_config():
+    cfg = res()
+    assert (cfg.suite, cfg.algorithm_name, cfg.seed, cfg.description) == ("toy", "dpo", 1, "a toy suite")
+    assert (cfg.train.lr, cfg.train.batch_size, cfg.train.max_steps, cfg.train.warmup_ratio) == (1e-5, 2, 7, 0.2)
+    assert cfg.train.grad_accum == TrainConfig().grad_accum          # not in the suite: the dataclass default
+    assert cfg.model.name_or_path == "suite-model" and cfg.data.eval_size == 8
+    assert cfg.algorithm == DPO_DEFAULTS
+
+
+def test_precedence_suite_defaults_config_set():
+    suite = dict(SUITE, algorithm={"beta": 0.9, "label_smoothing": 0.3})
+    file_cfg = {"train": {"lr": 2e-5, "batch_size": 8}, "algorithm": {"beta": 0.2}, "model": {"dtype": "float32"}}
+    set_cfg = {"train": {"lr": 3e-5}, "model": {"device": "cpu"}}
+    cfg = res(file_cfg=file_cfg, set_cfg=set_cfg, suite=suite)
+    assert cfg.train.lr == 3e-5                # --set beats --config
+    assert cfg.train.batch_size == 8           # --config beats the suite
+    assert cfg.train.max_steps == 7            # the suite where nobody else speaks
+    assert cfg.algorithm["beta"] == 0.2        # --config beats the algorithm defaults
+    assert cfg.algorithm["label_smoothing"] == 0.0   # algorithm defaults beat the suite
+    assert (cfg.model.dtype, cfg.model.device, cfg.model.name_or_path) == ("float32", "cpu", "suite-model")
+    assert res(set_cfg={"algorithm": {"beta": 0.4}}, file_cfg=file_cfg).algorithm["beta"] == 0.4
+
+
+def test_layers_are_not_mutated():
+    suite, file_cfg, set_cfg = copy.deepcopy(SUITE), {"dpo": {"beta": 0.3}, "train": {"lr": 1}}, {"simpo": {"beta": 3}}
+    before = copy.deepcopy((suite, file_cfg, set_cfg))
+    res("dpo", file_cfg, set_cfg, suite=suite)
+    res("simpo", file_cfg, set_cfg, suite=suite)
+    assert (suite, file_cfg, set_cfg) == before
+
+
+def test_algorithm_key_applies_to_all_and_algo_key_to_one():
+    file_cfg = {"algorithm": {"label_smoothing": 0.1}, "dpo": {"beta": 0.3}, "simpo": {"gamma_beta_ratio": 0.25}}
+    dpo, simpo = res("dpo", file_cfg), res("simpo", file_cfg)
+    assert dpo.algorithm == {"beta": 0.3, "label_smoothing": 0.1, "loss_type": "sigmoid"}
+    assert simpo.algorithm == {"beta": 2.0, "gamma_beta_ratio": 0.25, "label_smoothing": 0.1, "loss_type": "sigmoid"}
+
+
+def test_scoped_key_beats_algorithm_key_within_a_layer_but_not_a_later_layer():
+    assert res(file_cfg={"algorithm": {"beta": 0.2}, "dpo": {"beta": 0.3}}).algorithm["beta"] == 0.3
+    assert res(set_cfg={"algorithm": {"beta": 0.2}, "dpo": {"beta": 0.3}}).algorithm["beta"] == 0.3
+    assert res(file_cfg={"dpo": {"beta": 0.3}}, set_cfg={"algorithm": {"beta": 0.2}}).algorithm["beta"] == 0.2
+    assert res(file_cfg={"algorithm": {"beta": 0.2}}, set_cfg={"dpo": {"beta": 0.3}}).algorithm["beta"] == 0.3
+
+
+def test_algorithm_key_unknown_to_one_algorithm_is_an_error():
+    """`algorithm.k` is for every algorithm of the run: a key only SimPO has must be given as simpo.k."""
+    with raises("unknown config key 'algorithm.gamma_beta_ratio' for algorithm 'dpo'"):
+        res("dpo", set_cfg={"algorithm": {"gamma_beta_ratio": 0.3}})
+    assert res("simpo", set_cfg={"algorithm": {"gamma_beta_ratio": 0.3}}).algorithm["gamma_beta_ratio"] == 0.3
+
+
+def test_a_key_for_an_algorithm_outside_the_run_is_an_error():
+    with raises("unknown config key 'simpo' in --set"):
+        res("dpo", set_cfg={"simpo": {"beta": 3.0}}, algos=["dpo"])
+    with raises("'dpo' must hold algorithm parameters"):
+        res("dpo", file_cfg={"dpo": 0.3})
+
+
+def test_algorithm_name_and_seed():
+    cfg = res(set_cfg={"seed": 5, "algorithm_name": "ignored"})
+    assert (cfg.seed, cfg.algorithm_name) == (5, "dpo")
+
+
+# -- unknown keys and wrong types -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where, layer, message", [
+    ("file", {"trian": {"lr": 1}}, "unknown config key 'trian' in --config"),
+    ("set", {"bogus": 1}, "unknown config key 'bogus' in --set"),
+    ("set", {"train": {"lrr": 1e-6}}, "unknown config key 'train.lrr'"),
+    ("file", {"data": {"shema": "hh"}}, "unknown config key 'data.shema'"),
+    ("file", {"model": {"name": "x"}}, "unknown config key 'model.name'"),
+    ("set", {"algorithm": {"betta": 0.1}}, "unknown config key 'algorithm.betta' for algorithm 'dpo'"),
+    ("set", {"dpo": {"gamma_beta_ratio": 0.1}}, "unknown config key 'algorithm.gamma_beta_ratio' for algorithm 'dpo'"),
+])
+def test_unknown_keys_are_named(where, layer, message):
+    with raises(message):
+        res(file_cfg=layer) if where == "file" else res(set_cfg=layer)
+
+
+def test_unknown_key_in_the_suite_is_named():
+    with raises("unknown config key 'trainer'"):
+        res(suite=dict(SUITE, trainer={"lr": 1}))
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"train": {"lr": "abc"}}, "config key 'train.lr': expected a number, got 'abc'"),
+    ({"train": {"lr": True}}, "config key 'train.lr': expected a number"),
+    ({"train": {"max_steps": 1.5}}, "config key 'train.max_steps': expected an integer, got 1.5"),
+    ({"train": {"max_steps": "10"}}, "config key 'train.max_steps': expected an integer"),
+    ({"train": {"batch_size": True}}, "config key 'train.batch_size': expected an integer"),
+    ({"train": {"deterministic": "yes please"}}, "config key 'train.deterministic': expected true or false"),
+    ({"model": {"name_or_path": ["a"]}}, "config key 'model.name_or_path': expected a string"),
+    ({"data": {"eval_split": {"a": 1}}}, "config key 'data.eval_split'"),
+    ({"train": 5}, r"config key 'train': expected a mapping, got 5"),
+    ({"algorithm": 3}, "config key 'algorithm': expected a mapping"),
+    ({"seed": "one"}, "config key 'seed': expected an integer"),
+    ({"algorithm": {"beta": "high"}}, "config key 'algorithm.beta': expected a number, got 'high'"),
+    ({"dpo": {"label_smoothing": [0.1]}}, "config key 'algorithm.label_smoothing': expected a number"),
+    ({"data": {"schema": "hhh"}}, "config key 'data.schema': 'hhh' is not one of auto, hh"),
+    ({"data": {"raw_rejected": "wrost"}}, "config key 'data.raw_rejected': 'wrost' is not one of worst, random"),
+    ({"model": {"dtype": "fp16"}}, "config key 'model.dtype': 'fp16' is not one of auto, float32"),
+])
+def test_wrong_types_are_named(layer, message):
+    with raises(message):
+        res(set_cfg=layer)
+
+
+def test_numbers_coerce():
+    cfg = res(set_cfg=parse_set(["train.lr=1e-6", "train.weight_decay=0", "train.max_grad_norm=2",
+                                 "dpo.beta=1", "train.max_steps=3.0", "data.eval_split=null"]))
+    assert cfg.train.lr == 1e-6 and isinstance(cfg.train.lr, float)      # YAML reads '1e-6' as a string
+    assert cfg.train.weight_decay == 0.0 and isinstance(cfg.train.weight_decay, float)
+    assert cfg.train.max_grad_norm == 2.0 and isinstance(cfg.train.max_grad_norm, float)
+    assert cfg.algorithm["beta"] == 1.0 and isinstance(cfg.algorithm["beta"], float)
+    assert cfg.train.max_steps == 3 and isinstance(cfg.train.max_steps, int)
+    assert cfg.data.eval_split is None
+    assert res(set_cfg={"train": {"lr": "5E-7"}, "data": {"hub_id": 12}}).data.hub_id == "12"
+
+
+# -- --set parsing --------------------------------------------------------------------------------------------
+
+def test_parse_set_nesting_and_values():
+    got = parse_set(["train.lr=1e-6", "dpo.beta=0.2", "train.batch_size=8", "model.chat_template=a=b",
+                     "data.eval_split=null", "a.b.c.d=true", "seed=3", "model.name_or_path=", " data.path = x.jsonl"])
+    assert got == {"train": {"lr": "1e-6", "batch_size": 8}, "dpo": {"beta": 0.2},
+                   "model": {"chat_template": "a=b", "name_or_path": ""}, "data": {"eval_split": None, "path": "x.jsonl"},
+                   "a": {"b": {"c": {"d": True}}}, "seed": 3}
+    assert parse_set([]) == {}
+
+
+@pytest.mark.parametrize("items, message", [
+    (["train.lr"], "--set train.lr: expected key=value"),
+    (["train=1", "train.lr=2"], "'train' is set twice"),
+    (["train.lr=[1,"], "--set train.lr=\\[1,: bad value for 'train.lr'"),
+])
+def test_parse_set_errors(items, message):
+    with raises(message):
+        parse_set(items)
+
+
+# -- deep_merge -----------------------------------------------------------------------------------------------
+
+_KEYS = st.sampled_from(["a", "b", "c", "lr", "beta"])
+_LEAVES = st.one_of(st.integers(-3, 3), st.text(max_size=3), st.none(), st.lists(st.integers(), max_size=2))
+_TREES = st.recursive(_LEAVES, lambda children: st.dictionaries(_KEYS, children, max_size=4), max_leaves=12)
+_DICTS = st.dictionaries(_KEYS, _TREES, max_size=4)
+
+
+def _leaves(d: dict, prefix=()):
+    """(path, value) for every non-dict value, and for every empty dict (it is a value too)."""
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            yield from _leaves(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+def _get(d, path):
+    for k in path:
+        d = d[k]
+    return d
+
+
+def _overridden(b: dict, path) -> bool:
+    """Whether merging b over a replaces a's value at `path`: b has a non-dict on the way, or anything at the end."""
+    node = b
+    for i, k in enumerate(path):
+        if not isinstance(node, dict) or k not in node:
+            return False
+        node = node[k]
+        if i < len(path) - 1 and not isinstance(node, dict):
+            return True
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(_DICTS, _DICTS)
+def test_deep_merge_properties(a, b):
+    a0, b0 = copy.deepcopy(a), copy.deepcopy(b)
+    merged = deep_merge(a, b)
+    assert (a, b) == (a0, b0)                                   # inputs untouched
+    for path, value in _leaves(b):
+        got = _get(merged, path)
+        assert got == value or (value == {} and isinstance(got, dict))   # every leaf of b wins
+    for path, value in _leaves(a):
+        if not _overridden(b, path):
+            assert _get(merged, path) == value                  # leaves only in a survive
+    merged_leaves = dict(_leaves(merged))
+    a_leaves, b_leaves = dict(_leaves(a)), dict(_leaves(b))
+    assert all(p in a_leaves or p in b_leaves for p in merged_leaves)   # nothing invented
+    # the result shares no mutable structure with the inputs
+    for path, value in _leaves(merged):
+        if isinstance(value, list):
+            value.append("x")
+    assert (a, b) == (a0, b0)
+
+
+def test_deep_merge_examples():
+    assert deep_merge({"t": {"lr": 1, "bs": 2}, "x": 1}, {"t": {"lr": 3}}) == {"t": {"lr": 3, "bs": 2}, "x": 1}
+    assert deep_merge({"t": {"lr": 1}}, {"t": 5}) == {"t": 5}
+    assert deep_merge({"t": 5}, {"t": {"lr": 1}}) == {"t": {"lr": 1}}
+    assert deep_merge({"t": {"lr": 1}}, {"t": None}) == {"t": None}
+
+
+# -- the shipped suites, read_yaml and dump -------------------------------------------------------------------
+
+@pytest.mark.parametrize("suite", ["hh-rlhf", "ultrafeedback"])
+@pytest.mark.parametrize("algo", ["dpo", "simpo"])
+def test_shipped_suites_resolve(suite, algo):
+    assert suite in suite_files()
+    defaults = algorithm_defaults(get_algorithm(algo))
+    assert defaults == DEFAULTS[algo]
+    cfg = resolve(load_suite(suite), algo, defaults, {}, {}, ["dpo", "simpo"])
+    assert (cfg.suite, cfg.algorithm_name) == (suite, algo)
+    assert cfg.algorithm == DEFAULTS[algo]
+    assert cfg.data.sample_train and cfg.data.hub_id and cfg.description
+    assert cfg.data.schema == {"hh-rlhf": "hh", "ultrafeedback": "auto"}[suite]
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 5e-6
+
+
+def test_load_suite_by_path(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text(yaml.safe_dump({"data": {"path": "x.jsonl"}, "train": {"max_steps": 2}}))
+    suite = load_suite(str(f))
+    assert suite["suite"] == "mine"
+    assert res(suite=suite).train.max_steps == 2
+    with raises("unknown suite 'nope'"):
+        load_suite("nope")
+
+
+@pytest.mark.parametrize("algo", ["dpo", "simpo"])
+def test_dump_round_trips(algo):
+    cfg = resolve(load_suite("ultrafeedback"), algo, DEFAULTS[algo], {"train": {"lr": 1e-6}},
+                  parse_set(["data.eval_split=null", "seed=4", f"{algo}.beta=0.25"]), ["dpo", "simpo"])
+    text = dump(cfg)
+    loaded = yaml.safe_load(text)
+    assert loaded == cfg.to_dict()
+    assert _build(RunConfig, loaded, "") == cfg
+    # a saved config.yaml given as --config (over any suite) reproduces the run's config
+    assert resolve(SUITE, algo, DEFAULTS[algo], loaded, {}, [algo]) == cfg
+    # as the suite layer its algorithm parameters would lose to the algorithm defaults (suite < defaults)
+    assert resolve(loaded, algo, DEFAULTS[algo], {}, {}, [algo]).algorithm == DEFAULTS[algo]
+    assert (loaded["seed"], loaded["algorithm"]["beta"], loaded["data"]["eval_split"]) == (4, 0.25, None)
+
+
+def test_read_yaml_errors(tmp_path):
+    with raises("no such file"):
+        read_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  lr: [1,\n")
+    with raises(f"{bad}:3: bad YAML"):
+        read_yaml(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with raises("expected a mapping of keys at the top level"):
+        read_yaml(listy)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"description: caf\xe9\n")
+    with raises("not UTF-8"):
+        read_yaml(latin)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert read_yaml(empty) == {}
+
+
+def test_data_config_defaults_are_valid():
+    assert DataConfig().schema == "auto" and DataConfig().raw_rejected == "worst"
+
+
+def test_algorithm_choices_are_checked_at_resolve_time():
+    from pobench.registry import get_algorithm, load_suite
+    dpo = get_algorithm("dpo")
+    with pytest.raises(PobenchError, match="algorithm.loss_type"):
+        resolve(load_suite("hh-rlhf"), "dpo", algorithm_defaults(dpo), {}, {"dpo": {"loss_type": "foo"}}, ["dpo"],
+                  dpo.choices)
+    simpo = get_algorithm("simpo")
+    with pytest.raises(PobenchError, match="ipo"):
+        resolve(load_suite("hh-rlhf"), "simpo", algorithm_defaults(simpo), {}, {"simpo": {"loss_type": "ipo"}},
+                  ["simpo"], simpo.choices)

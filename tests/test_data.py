@@ -1,0 +1,575 @@
+"""Data layer: HH transcripts, the three UltraFeedback schemas, local file formats, and bad input.
+
+No model is loaded here; everything runs on the shipped samples and on tiny hand-written fixtures.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from pobench.config import DataConfig
+from pobench.data import load_suite_data
+from pobench.data.hh import RowSkip, hh_record, parse_transcript
+from pobench.data.loading import SAMPLES_DIR, detect_schema, parse_rows, read_json_rows, read_rows
+from pobench.data.ultrafeedback import binarized_record, onpolicy_record, raw_record
+from pobench.errors import PobenchError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+HH_SAMPLE = SAMPLES_DIR / "hh-rlhf" / "harmless-base-test-2000.jsonl.gz"
+UF_TRAIN = SAMPLES_DIR / "ultrafeedback" / "train_prefs-1000.jsonl.gz"
+UF_TEST = SAMPLES_DIR / "ultrafeedback" / "test_prefs-100.jsonl.gz"
+UF_RAW = FIXTURES / "ultrafeedback-raw.jsonl"
+UF_ONPOLICY = FIXTURES / "ultrafeedback-onpolicy.jsonl"
+
+
+def render(turns: list[tuple[str, str]]) -> str:
+    """HH format: every turn introduced by a blank line and 'Human: ' / 'Assistant: '."""
+    names = {"user": "Human", "assistant": "Assistant"}
+    return "".join(f"\n\n{names[role]}: {text}" for role, text in turns)
+
+
+def hh_row(prompt: list[tuple[str, str]], chosen: str, rejected: str) -> dict:
+    return {"chosen": render(prompt + [("assistant", chosen)]), "rejected": render(prompt + [("assistant", rejected)])}
+
+
+def load(path: Path, **kw):
+    name, rows = read_rows(str(path), "train")
+    return parse_rows(name, rows, **kw)
+
+
+def content(record) -> tuple:
+    """A record without its id (ids carry the source file's name)."""
+    return (record.prompt, record.chosen, record.rejected, record.candidates, record.scores)
+
+
+# -- HH transcripts ------------------------------------------------------------------------------------------
+
+def test_parse_transcript_multi_turn():
+    text = "\n\nHuman: Hi there.\n\nAssistant: Hello! How can I help?\n\nHuman: Tell me a joke.\n\nAssistant: No."
+    assert parse_transcript(text) == [
+        {"role": "user", "content": "Hi there."},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke."},
+        {"role": "assistant", "content": "No."},
+    ]
+
+
+def test_parse_transcript_keeps_newlines_inside_a_turn_and_strips_the_ends():
+    text = "\n\nHuman: line one\nline two\n\nmore text  \n\nAssistant:   answer\n"
+    assert parse_transcript(text) == [
+        {"role": "user", "content": "line one\nline two\n\nmore text"},
+        {"role": "assistant", "content": "answer"},
+    ]
+
+
+def test_parse_transcript_accepts_a_missing_leading_blank_line():
+    assert parse_transcript("Human: a\n\nAssistant: b") == [
+        {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert parse_transcript("Assistant: b") == [{"role": "assistant", "content": "b"}]
+
+
+def test_parse_transcript_text_before_the_first_turn_is_a_skip():
+    with pytest.raises(RowSkip) as e:
+        parse_transcript("Preamble.\n\nHuman: a\n\nAssistant: b")
+    assert e.value.reason == "text_before_first_turn"
+    with pytest.raises(RowSkip):
+        parse_transcript(" Human: a\n\nAssistant: b")   # not at the very start: not a turn marker
+
+
+def test_parse_transcript_marker_needs_the_blank_line():
+    # "Human:" inside a turn, without a preceding blank line, is text, not a new turn
+    assert parse_transcript("\n\nHuman: I said\nHuman: hi\n\nAssistant: ok") == [
+        {"role": "user", "content": "I said\nHuman: hi"}, {"role": "assistant", "content": "ok"}]
+
+
+def test_hh_record_splits_prompt_and_final_answers():
+    prompt = [("user", "What is 2+2?"), ("assistant", "Why?"), ("user", "Just tell me.")]
+    rec = hh_record(hh_row(prompt, "4.", "5."), "f:7")
+    assert rec.prompt == [{"role": r, "content": c} for r, c in prompt]
+    assert rec.chosen == "4." and rec.rejected == "5."
+    assert rec.candidates == [] and rec.scores is None and rec.id == "f:7"
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: b\n\nAssistant: no"}, "prefix_mismatch"),
+    ({"chosen": "\n\nHuman: a\n\nAssistant: x\n\nHuman: c\n\nAssistant: yes",
+      "rejected": "\n\nHuman: a\n\nAssistant: y\n\nHuman: c\n\nAssistant: no"}, "prefix_mismatch"),
+    ({"chosen": "\n\nHuman: a\n\nAssistant: x\n\nHuman: b\n\nAssistant: yes",     # one turn more
+      "rejected": "\n\nHuman: a\n\nAssistant: no"}, "prefix_mismatch"),
+    ({"chosen": "\n\nHuman: a\n\nAssistant: yes\n\nHuman: more?", "rejected": "\n\nHuman: a\n\nAssistant: no"},
+     "no_final_assistant_turn"),
+    ({"chosen": "\n\nHuman: a", "rejected": "\n\nHuman: a"}, "no_final_assistant_turn"),
+    ({"chosen": "", "rejected": ""}, "no_final_assistant_turn"),
+    ({"chosen": "\n\nHuman: a\n\nAssistant: ", "rejected": "\n\nHuman: a\n\nAssistant: no"}, "empty_completion"),
+    ({"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: a\n\nAssistant:   \n"}, "empty_completion"),
+    ({"chosen": "\n\nAssistant: yes", "rejected": "\n\nAssistant: no"}, "no_prompt"),
+    ({"chosen": "intro\n\nHuman: a\n\nAssistant: yes", "rejected": "intro\n\nHuman: a\n\nAssistant: no"},
+     "text_before_first_turn"),
+])
+def test_hh_record_skips(row, reason):
+    with pytest.raises(RowSkip) as e:
+        hh_record(row, "f:1")
+    assert e.value.reason == reason
+
+
+# Random dialogues: text free of the turn markers, rendered in HH format and parsed back.
+_ALPHABET = st.sampled_from(list("abcXYZ :.?!\n\t-'\"é中") + ["Human", "Assistant", "Human:", "\n\n", "\r\n"])
+_TEXT = st.lists(_ALPHABET, max_size=12).map("".join).filter(
+    lambda s: "\n\nHuman:" not in s and "\n\nAssistant:" not in s)
+
+
+@st.composite
+def dialogues(draw, min_turns=1, max_turns=7):
+    n = draw(st.integers(min_turns, max_turns))
+    first = draw(st.sampled_from(["user", "assistant"]))
+    other = {"user": "assistant", "assistant": "user"}
+    roles = [first]
+    for _ in range(n - 1):
+        roles.append(other[roles[-1]])
+    return [(role, draw(_TEXT)) for role in roles]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(dialogues(), st.booleans())
+def test_parse_transcript_round_trip(turns, drop_leading_blank_line):
+    text = render(turns)
+    if drop_leading_blank_line:
+        text = text[2:]          # "Human: ..." at the very start, as in a few upstream rows
+    parsed = parse_transcript(text)
+    assert [m["role"] for m in parsed] == [role for role, _ in turns]
+    assert [m["content"] for m in parsed] == [t.strip() for _, t in turns]
+
+
+@settings(max_examples=200, deadline=None)
+@given(dialogues(min_turns=1, max_turns=6).filter(lambda d: d[-1][0] == "user"), _TEXT, _TEXT)
+def test_hh_record_round_trip(prompt, chosen, rejected):
+    assume(chosen.strip() and rejected.strip())
+    rec = hh_record(hh_row(prompt, chosen, rejected), "x:1")
+    assert rec.prompt == [{"role": r, "content": t.strip()} for r, t in prompt]
+    assert (rec.chosen, rec.rejected) == (chosen.strip(), rejected.strip())
+
+
+# -- the shipped samples --------------------------------------------------------------------------------------
+
+def test_hh_sample_parses_with_known_skips():
+    loaded = parse_rows(str(HH_SAMPLE), read_json_rows(HH_SAMPLE), schema="auto")
+    assert loaded.rows_read == 2000
+    assert len(loaded.records) == 1992
+    # upstream defects: 4 empty answers, 4 rows where a completion contains extra turns
+    assert dict(loaded.skipped) == {"empty_completion": 4, "prefix_mismatch": 4}
+    for rec in loaded.records:
+        assert rec.prompt and rec.prompt[-1]["role"] == "user"
+        assert all(m["role"] in ("user", "assistant") for m in rec.prompt)
+        assert rec.chosen.strip() and rec.rejected.strip()
+        assert rec.id.startswith(HH_SAMPLE.name + ":")
+    assert sum(r.chosen != r.rejected for r in loaded.records) >= 0.95 * len(loaded.records)
+    # roles alternate, except in 4 upstream dialogues with two assistant turns in a row (kept as they are)
+    repeats = [r.id for r in loaded.records if any(a["role"] == b["role"] for a, b in zip(r.prompt, r.prompt[1:]))]
+    assert len(repeats) == 4
+    # ids are unique and carry the 1-based line number
+    assert len({r.id for r in loaded.records}) == len(loaded.records)
+    assert loaded.records[0].id == f"{HH_SAMPLE.name}:1"
+
+
+def test_hh_suite_data_holds_out_the_last_records():
+    cfg = DataConfig(path="sample", hub_id="Anthropic/hh-rlhf", sample_train="hh-rlhf/harmless-base-test-2000.jsonl.gz",
+                     sample_eval=None, schema="hh", eval_size=64)
+    data = load_suite_data(cfg)
+    assert (len(data.train), len(data.eval)) == (1992 - 64, 64)
+    assert not {r.id for r in data.train} & {r.id for r in data.eval}
+    assert data.report["train_skipped"] == {"empty_completion": 4, "prefix_mismatch": 4}
+    assert data.report["eval_skipped"] == {}
+    assert data.report["train_rows"] == 2000
+    limited = load_suite_data(DataConfig(**{**cfg.__dict__, "max_train_records": 10}))
+    assert len(limited.train) == 10 and limited.eval == data.eval
+
+
+def test_ultrafeedback_binarized_samples():
+    train = load(UF_TRAIN)
+    test = load(UF_TEST)
+    assert detect_schema(next(read_json_rows(UF_TRAIN))[1]) == "ultrafeedback-binarized"
+    assert (train.rows_read, len(train.records), dict(train.skipped)) == (1000, 998, {"empty_completion": 2})
+    assert (test.rows_read, len(test.records), dict(test.skipped)) == (100, 100, {})
+    for rec in train.records + test.records:
+        assert rec.prompt[-1]["role"] == "user" and rec.prompt[-1]["content"].strip()
+        assert rec.chosen.strip() and rec.rejected.strip()
+    # ids are the upstream prompt ids
+    first = next(read_json_rows(UF_TRAIN))[1]
+    assert train.records[0].id == first["prompt_id"]
+    assert train.records[0].prompt == first["chosen"][:-1]
+    assert train.records[0].chosen == first["chosen"][-1]["content"]
+    assert train.records[0].rejected == first["rejected"][-1]["content"]
+
+
+def test_ultrafeedback_suite_data_uses_the_held_out_sample():
+    cfg = DataConfig(path="sample", hub_id="HuggingFaceH4/ultrafeedback_binarized",
+                     sample_train="ultrafeedback/train_prefs-1000.jsonl.gz",
+                     sample_eval="ultrafeedback/test_prefs-100.jsonl.gz", schema="auto", eval_size=64)
+    data = load_suite_data(cfg)
+    assert (len(data.train), len(data.eval)) == (998, 64)
+    assert data.report["train_skipped"] == {"empty_completion": 2}
+    assert data.report["eval_skipped"] == {}
+    assert data.report["eval_source"].endswith("test_prefs-100.jsonl.gz")
+
+
+def test_binarized_record_by_hand():
+    row = {"prompt": "Hi?", "prompt_id": "abc",
+           "chosen": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}],
+           "rejected": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Go away."}],
+           "messages": [], "score_chosen": 8.0, "score_rejected": 2.0}
+    rec = binarized_record(row, "f:1")
+    assert (rec.prompt, rec.chosen, rec.rejected, rec.id) == ([{"role": "user", "content": "Hi?"}], "Hello.", "Go away.", "abc")
+    bad = dict(row, rejected=[{"role": "user", "content": "Other?"}, {"role": "assistant", "content": "x"}])
+    with pytest.raises(RowSkip, match="prefix_mismatch"):
+        binarized_record(bad, "f:1")
+    empty = dict(row, chosen=[{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "  "}])
+    with pytest.raises(RowSkip, match="empty_completion"):
+        binarized_record(empty, "f:1")
+    no_answer = dict(row, rejected=[{"role": "user", "content": "Hi?"}])
+    with pytest.raises(RowSkip, match="no_final_assistant_turn"):
+        binarized_record(no_answer, "f:1")
+
+
+# -- UltraFeedback raw (openbmb) and on-policy (armorm) fixtures ----------------------------------------------
+
+def test_detect_schema_of_fixtures():
+    assert detect_schema(next(read_json_rows(UF_RAW))[1]) == "ultrafeedback-raw"
+    assert detect_schema(next(read_json_rows(UF_ONPOLICY))[1]) == "ultrafeedback-onpolicy"
+    assert detect_schema(next(read_json_rows(HH_SAMPLE))[1]) == "hh"
+    with pytest.raises(PobenchError, match="unknown schema"):
+        detect_schema({"question": "q", "answer": "a"})
+
+
+def test_raw_ultrafeedback_worst():
+    loaded = load(UF_RAW)
+    assert loaded.rows_read == 4
+    assert dict(loaded.skipped) == {"all_scores_tied": 1, "nan_score": 1}
+    first, last = loaded.records
+    assert first.prompt == [{"role": "user", "content": "Name three primary colors."}]
+    assert first.chosen.startswith("The three primary colors")   # 9.0, the best
+    assert first.rejected == "Green."                            # 3.0, the worst
+    assert first.candidates == ["Red, yellow and blue.", first.chosen, "Green.", "Red, blue, and green."]
+    assert first.scores == [7.5, 9.0, 3.0, 6.0]
+    assert first.id == "ultrafeedback-raw.jsonl:1"
+    assert (last.chosen, last.rejected, last.scores) == ("4", "22", [2.0, 10.0, 9.5, 1.0])
+    assert last.id == "ultrafeedback-raw.jsonl:4"
+
+
+def test_raw_ultrafeedback_random_rejected_is_lower_and_seeded():
+    rows = [row for _, row in read_json_rows(UF_RAW)]
+    row = rows[0]     # scores 7.5, 9.0, 3.0, 6.0: three lower-scored completions
+    lower = {"Red, yellow and blue.", "Green.", "Red, blue, and green."}
+    picks = {}
+    for seed in range(40):
+        rec = raw_record(row, "f:1", rejected="random", seed=seed)
+        again = raw_record(row, "f:1", rejected="random", seed=seed)
+        assert rec.rejected == again.rejected                       # deterministic per seed
+        assert rec.rejected in lower and rec.chosen not in lower
+        assert rec.candidates == [c["response"] for c in row["completions"]]
+        picks[seed] = rec.rejected
+    assert set(picks.values()) == lower                             # every lower one gets picked by some seed
+    # through parse_rows, with the seed passed along
+    a = load(UF_RAW, raw_rejected="random", seed=3)
+    b = load(UF_RAW, raw_rejected="random", seed=3)
+    assert [content(r) for r in a.records] == [content(r) for r in b.records]
+    assert a.records[0].rejected == raw_record(row, "ultrafeedback-raw.jsonl:1", rejected="random", seed=3).rejected
+
+
+def test_raw_ultrafeedback_edge_cases():
+    base = next(read_json_rows(UF_RAW))[1]
+    one = dict(base, completions=base["completions"][:1])
+    with pytest.raises(RowSkip, match="fewer_than_two_completions"):
+        raw_record(one, "f:1")
+    # an empty response drops out of the pool (and out of the scores)
+    comps = [dict(c) for c in base["completions"]]
+    comps[2]["response"] = "   "
+    rec = raw_record(dict(base, completions=comps), "f:1")
+    assert len(rec.candidates) == len(rec.scores) == 3 and rec.rejected == "Red, blue, and green."
+    # a tie for the best still gives a pair; the chosen is one of the best
+    comps = [dict(c) for c in base["completions"]]
+    comps[0]["overall_score"] = 9.0
+    rec = raw_record(dict(base, completions=comps), "f:1")
+    assert rec.rejected == "Green." and rec.chosen in {comps[0]["response"], comps[1]["response"]}
+    comps[3]["overall_score"] = math.inf
+    with pytest.raises(RowSkip, match="nan_score"):
+        raw_record(dict(base, completions=comps), "f:1")
+
+
+def test_raw_rejected_must_be_worst_or_random():
+    with pytest.raises(PobenchError, match="raw_rejected"):
+        load(UF_RAW, raw_rejected="wrost")
+
+
+def test_onpolicy_ultrafeedback():
+    loaded = load(UF_ONPOLICY)
+    assert loaded.rows_read == 4
+    assert dict(loaded.skipped) == {"nan_score": 1, "scores_do_not_match_responses": 1}
+    with_messages, without = loaded.records
+    assert with_messages.id == "p-001" and without.id == "p-002"
+    assert with_messages.prompt == [{"role": "user", "content": "Name a fruit."}]
+    assert (with_messages.chosen, with_messages.rejected) == ("A banana.", "Carrot.")
+    assert with_messages.candidates == ["Apple.", "A banana.", "Carrot.", "Cherry!", "An orange."]
+    assert with_messages.scores == [0.031, 0.052, -0.044, 0.018, 0.047]
+    # without chosen/rejected messages: best and worst by RM score
+    assert without.prompt == [{"role": "user", "content": "Count to three."}]
+    assert (without.chosen, without.rejected) == ("1, 2, 3.", "3, 2, 1")
+    assert len(without.candidates) == len(without.scores) == 5
+
+
+def test_onpolicy_skips_ties_and_empty_answers():
+    row = {"prompt_id": "p", "prompt": "q", "all_generated_responses": ["same", "same"], "all_rm_scores": [1.0, 1.0]}
+    with pytest.raises(RowSkip, match="all_scores_tied"):
+        onpolicy_record(row, "f:1")
+    row = {"prompt_id": "p", "prompt": "q", "all_generated_responses": ["", "b"], "all_rm_scores": [1.0, 0.0]}
+    with pytest.raises(RowSkip, match="empty_completion"):
+        onpolicy_record(row, "f:1")
+
+
+# -- local formats --------------------------------------------------------------------------------------------
+
+def _sample_rows(path: Path, n: int) -> list[dict]:
+    rows = []
+    for _, row in read_json_rows(path):
+        rows.append(row)
+        if len(rows) == n:
+            break
+    return rows
+
+
+@pytest.fixture(scope="module")
+def local_copies(tmp_path_factory):
+    """The same rows (HH and binarized UltraFeedback) written as jsonl, jsonl.gz, a JSON array, parquet, arrow and
+    a save_to_disk DatasetDict."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    root = tmp_path_factory.mktemp("formats")
+    out = {}
+    for name, path in (("hh", HH_SAMPLE), ("uf", UF_TRAIN)):
+        rows = _sample_rows(path, 12)
+        d = root / name
+        d.mkdir()
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        (d / "rows.jsonl").write_text(text, encoding="utf-8")
+        with gzip.open(d / "rows.jsonl.gz", "wt", encoding="utf-8") as f:
+            f.write(text)
+        (d / "rows.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
+        ds = datasets.Dataset.from_list(rows)
+        ds.to_parquet(str(d / "rows.parquet"))
+        datasets.DatasetDict(train=ds, test=datasets.Dataset.from_list(rows[:3])).save_to_disk(str(d / "saved"))
+        arrow = sorted((d / "saved" / "train").glob("*.arrow"))
+        assert len(arrow) == 1
+        (d / "rows.arrow").write_bytes(arrow[0].read_bytes())
+        out[name] = (rows, d)
+    return out
+
+
+@pytest.mark.parametrize("name", ["hh", "uf"])
+def test_local_formats_give_identical_records(local_copies, name):
+    rows, d = local_copies[name]
+    expected = parse_rows("x", enumerate(rows, 1))
+    assert len(expected.records) >= 10
+    for target in ("rows.jsonl", "rows.jsonl.gz", "rows.json", "rows.parquet", "rows.arrow", "saved"):
+        source, it = read_rows(str(d / target), "train")
+        got = parse_rows(source, it)
+        assert [content(r) for r in got.records] == [content(r) for r in expected.records], target
+        # ids: the upstream prompt id, or "<file>:<row>" with the same row numbers in every format
+        assert [r.id.rsplit(":", 1)[-1] for r in got.records] == [r.id.rsplit(":", 1)[-1] for r in expected.records]
+        assert got.rows_read == len(rows) and got.skipped == expected.skipped
+    source, it = read_rows(str(d / "saved"), "test")
+    assert source.endswith("saved[test]")
+    assert [content(r) for r in parse_rows(source, it).records] == [content(r) for r in expected.records[:3]]
+    with pytest.raises(PobenchError, match=r"no split 'validation' \(has train, test\)"):
+        read_rows(str(d / "saved"), "validation")
+
+
+def test_folder_of_split_files(tmp_path):
+    rows = _sample_rows(HH_SAMPLE, 5)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    assert read_rows(str(tmp_path), "train")[0] == str(tmp_path / "train.jsonl")
+    assert read_rows(str(tmp_path), "test")[0] == str(tmp_path / "test.jsonl")
+    with pytest.raises(PobenchError, match="no file for split 'dev'"):
+        read_rows(str(tmp_path), "dev")
+
+
+def _data_cfg(path, eval_split="test", eval_size=4):
+    return DataConfig(path=str(path), hub_id="", schema="auto", train_split="train", eval_split=eval_split,
+                      eval_size=eval_size)
+
+
+def test_a_single_local_file_holds_out_its_last_records(local_copies):
+    """A file has no splits: the held-out records must not be the first training records read again."""
+    rows, d = local_copies["hh"]
+    for target in ("rows.jsonl", "rows.parquet", "rows.arrow"):
+        data = load_suite_data(_data_cfg(d / target))
+        assert (len(data.train), len(data.eval)) == (len(rows) - 4, 4), target
+        assert not {r.id for r in data.train} & {r.id for r in data.eval}, target
+        assert [r.chosen for r in data.eval] == [hh_record(r, "").chosen for r in rows[-4:]]
+        assert "last 4 records" in data.report["eval_source"]
+
+
+def test_a_save_to_disk_folder_uses_its_splits(local_copies):
+    rows, d = local_copies["hh"]
+    data = load_suite_data(_data_cfg(d / "saved", eval_size=2))
+    assert (len(data.train), len(data.eval)) == (len(rows), 2)
+    assert data.report["eval_source"].endswith("saved[test]")
+    # a DatasetDict without the eval split: carve the held-out records off the train split instead of failing
+    data = load_suite_data(_data_cfg(d / "saved", eval_split="validation", eval_size=2))
+    assert (len(data.train), len(data.eval)) == (len(rows) - 2, 2)
+
+
+def test_too_few_records_to_hold_out(tmp_path):
+    f = tmp_path / "two.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in _sample_rows(HH_SAMPLE, 2)))
+    with pytest.raises(PobenchError, match=r"two.jsonl: 2 records, too few to hold out data.eval_size=4"):
+        load_suite_data(_data_cfg(f))
+
+
+# -- bad input: PobenchError naming the file and the row ------------------------------------------------------
+
+GOOD = {"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: a\n\nAssistant: no"}
+
+
+def _write_lines(path: Path, lines: list[str | bytes]) -> Path:
+    data = b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines)
+    path.write_bytes(data)
+    return path
+
+
+def _error(path: Path, **kw) -> str:
+    with pytest.raises(PobenchError) as e:
+        load(path, **kw)
+    message = str(e.value)
+    assert "\n" not in message
+    assert str(path) in message
+    return message
+
+
+def test_bad_json_line_names_the_row(tmp_path):
+    f = _write_lines(tmp_path / "d.jsonl", [json.dumps(GOOD)] * 3 + ['{"chosen": "x", '] + [json.dumps(GOOD)])
+    message = _error(f)
+    assert f"{f}:4: bad JSON line" in message
+
+
+def test_row_numbers_count_blank_lines(tmp_path):
+    f = _write_lines(tmp_path / "d.jsonl", ["", "  ", json.dumps(GOOD), "", "{nope}"])
+    assert f"{f}:5: bad JSON line" in _error(f)
+    f = _write_lines(tmp_path / "e.jsonl", ["", json.dumps(GOOD), json.dumps({"chosen": "\n\nHuman: a"})])
+    assert f"{f}:3: missing key 'rejected'" in _error(f)
+
+
+def test_truncated_gzip(tmp_path):
+    full = tmp_path / "full.jsonl.gz"
+    with gzip.open(full, "wt", encoding="utf-8") as f:
+        for _, row in zip(range(200), read_json_rows(HH_SAMPLE)):
+            f.write(json.dumps(row[1]) + "\n")
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    message = _error(cut)
+    assert "unreadable gzip" in message and "after line" in message
+    not_gzip = _write_lines(tmp_path / "plain.jsonl.gz", [json.dumps(GOOD)])
+    assert "unreadable gzip" in _error(not_gzip)
+
+
+def test_non_utf8_bytes_name_the_row(tmp_path):
+    f = _write_lines(tmp_path / "d.jsonl", [json.dumps(GOOD), json.dumps(GOOD), b'{"chosen": "\xff\xfe", "rejected": "x"}'])
+    message = _error(f)
+    assert f"{f}:3: not UTF-8" in message
+    latin = _write_lines(tmp_path / "d.json", [b"[", json.dumps(GOOD).encode() + b",", b'{"chosen": "caf\xe9"}', b"]"])
+    assert f"{latin}:3: not UTF-8" in _error(latin)
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    f = tmp_path / "bom.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + (json.dumps(GOOD) + "\n").encode())
+    assert len(load(f).records) == 1
+
+
+@pytest.mark.parametrize("second_row, expected", [
+    ({"chosen": GOOD["chosen"]}, "missing key 'rejected' for schema hh"),
+    ({"chosen": 5, "rejected": GOOD["rejected"]}, "malformed row for schema hh"),
+    ([1, 2], "a row must be a JSON object, got list"),
+    ("just a string", "a row must be a JSON object, got str"),
+    (None, "a row must be a JSON object, got NoneType"),
+])
+def test_bad_rows_name_the_row(tmp_path, second_row, expected):
+    f = _write_lines(tmp_path / "d.jsonl", [json.dumps(GOOD), json.dumps(second_row), json.dumps(GOOD)])
+    assert f"{f}:2: {expected}" in _error(f)
+
+
+def test_bad_rows_in_a_json_array_name_the_element(tmp_path):
+    f = tmp_path / "d.json"
+    f.write_text(json.dumps([GOOD, GOOD, 7]))
+    assert f"{f}:3: a row must be a JSON object, got int" in _error(f)
+    g = tmp_path / "e.json"
+    g.write_text('[\n  {"chosen": "a",\n  "rejected": }\n]\n')
+    assert f"{g}:3: bad JSON" in _error(g)
+
+
+def test_bad_row_in_the_binarized_schema(tmp_path):
+    rows = _sample_rows(UF_TEST, 2)
+    rows[1]["chosen"] = "not a list of messages"
+    f = _write_lines(tmp_path / "d.jsonl", [json.dumps(r) for r in rows])
+    assert f"{f}:2: malformed row for schema ultrafeedback-binarized" in _error(f)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n"])
+def test_empty_file(tmp_path, text):
+    f = tmp_path / "empty.jsonl"
+    f.write_text(text)
+    assert _error(f) == f"{f}: no rows"
+
+
+def test_unknown_schema_names_the_first_row(tmp_path):
+    f = _write_lines(tmp_path / "d.jsonl", [json.dumps({"question": "q", "answer": "a"})])
+    assert f"{f}:1: unknown schema" in _error(f)
+
+
+def test_every_row_skipped(tmp_path):
+    f = _write_lines(tmp_path / "d.jsonl", [json.dumps({"chosen": "\n\nHuman: a", "rejected": "\n\nHuman: a"})] * 2)
+    assert "every row was skipped" in _error(f) and "no_final_assistant_turn" in _error(f)
+
+
+def test_missing_and_unknown_paths(tmp_path):
+    with pytest.raises(PobenchError, match="no such file or folder"):
+        read_rows(str(tmp_path / "nope.jsonl"), "train")
+    other = tmp_path / "data.csv"
+    other.write_text("a,b\n")
+    with pytest.raises(PobenchError, match="unknown data format"):
+        read_rows(str(other), "train")
+
+
+# -- `pobench data`: which skip counts it reports -------------------------------------------------------------
+
+def _pobench_data(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-m", "pobench.cli", "data", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=60)
+
+
+@pytest.mark.parametrize("suite, split, lines, skipped", [
+    ("ultrafeedback", "eval", 64, None),                                            # test_prefs-100: nothing skipped
+    ("ultrafeedback", "train", 998, "{'empty_completion': 2}"),                     # train_prefs-1000
+    ("hh-rlhf", "train", 1992 - 64, "{'empty_completion': 4, 'prefix_mismatch': 4}"),
+    ("hh-rlhf", "eval", 64, None),                                                  # carved off the train sample
+])
+def test_pobench_data_reports_the_skips_of_the_split_it_prints(tmp_path, suite, split, lines, skipped):
+    """The UltraFeedback samples skip 2 (train) and 0 (eval) rows; the HH counts {4, 4} belong to hh-rlhf only."""
+    r = _pobench_data(suite, "--split", split, "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == lines
+    if skipped:
+        assert f"skipped rows: {skipped}" in r.stderr
+    else:
+        assert "skipped" not in r.stderr
+    assert "prefix_mismatch" not in r.stderr or suite == "hh-rlhf"
