@@ -245,6 +245,54 @@ def data(
     console.print(f"{len(records)} records ({loaded.report['train_source'] if split == 'train' else loaded.report['eval_source']})")
 
 
+@app.command("train-rm")
+def train_rm(
+    suite: str = typer.Option(DEFAULT_SUITE, "--suite", help="Suite name or path to a suite .yaml."),
+    data_path: Optional[str] = typer.Option(None, "--data", help="'sample', 'hub', a hub id, or a local file/folder."),
+    backbone: str = typer.Option("minilm", "--backbone", help="minilm (all-MiniLM-L6-v2), policy (SmolLM2-135M), or a model folder."),
+    steps: int = typer.Option(200, "--steps", help="Optimizer steps."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Preference pairs per step."),
+    lr: float = typer.Option(5e-5, "--lr", help="AdamW learning rate (linear warmup, cosine decay)."),
+    max_length: int = typer.Option(256, "--max-length", help="Tokens per conversation; longer ones keep their end."),
+    seed: int = typer.Option(1, "--seed", help="Seeds the head's init and the data order."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: results/reward_models/<suite>-<backbone>-seed<k>]."),
+    disjoint: bool = typer.Option(True, "--disjoint/--no-disjoint",
+                                  help="Train on the second half of the training records only, so a policy trained "
+                                       "on the first half is not judged by a model of its own training data."),
+):
+    """Train a Bradley-Terry reward model on a suite's preference pairs and report held-out pair accuracy."""
+    from pobench import config as C
+    from pobench.data import load_suite_data
+    from pobench.registry import load_suite
+    from pobench.rewards.train import train_reward_model
+
+    merged = load_suite(suite)
+    if data_path:
+        merged = C.deep_merge(merged, {"data": {"path": data_path}})
+    cfg = C._build(C.RunConfig, {k: v for k, v in merged.items() if k != "algorithm"}, "")
+    loaded = load_suite_data(cfg.data, cfg.seed)   # the records `run` trains on, in file order
+    train_records = loaded.train
+    first = len(train_records) // 2 if disjoint else 0
+    train_records = train_records[first:]
+    if len(train_records) < 1:
+        raise PobenchError(f"{loaded.report['train_source']}: no training records left for the reward model")
+    name = backbone if backbone in ("minilm", "policy") else Path(backbone).name
+    out = out or Path("results") / "reward_models" / f"{cfg.suite}-{name}-seed{seed}"
+    console.print(f"reward model: {len(train_records)} training pairs (records {first}..{first + len(train_records)} "
+                  f"of {len(loaded.train)}{', disjoint from the first half' if disjoint else ''}), "
+                  f"{len(loaded.eval)} held-out pairs, backbone {backbone}", highlight=False, markup=False)
+    info = train_reward_model(
+        train_records, loaded.eval, backbone=backbone, out_dir=out, steps=steps, batch_size=batch_size, lr=lr,
+        max_length=max_length, seed=seed,
+        extra_info={"suite": cfg.suite, "train_source": loaded.report["train_source"],
+                    "eval_source": loaded.report["eval_source"], "disjoint": disjoint,
+                    "train_records_range": [first, first + len(train_records)]})
+    typer.echo(f"held-out pair accuracy: {info['eval_accuracy_before']:.3f} -> {info['eval_accuracy_after']:.3f} "
+               f"(+/- {info['eval_accuracy_stderr_after']:.3f}, {info['eval_pairs']} pairs); train loss "
+               f"{info['train_loss_first']:.3f} -> {info['train_loss_last']:.3f}; {info['train_time_s']:.0f} s; "
+               f"saved to {info['out_dir']}")
+
+
 def main() -> None:
     """Entry point: PobenchError -> one line, exit 2; anything else -> one line, exit 1."""
     try:

@@ -36,9 +36,11 @@ def register_algorithm(name: str):
 
 
 def register_sampler(name: str):
-    def wrap(fn):
-        SAMPLERS[name] = fn
-        return fn
+    """Class decorator for samplers (see pobench/sampling/__init__.py for the interface)."""
+    def wrap(cls):
+        cls.name = name
+        SAMPLERS[name] = cls
+        return cls
     return wrap
 
 

@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pobench.data.records import PreferenceRecord
 from pobench.errors import PobenchError
+
+
+Sequence = tuple  # (prompt ids, completion ids): what the model scores
+
+
+def sequence_key(prompt: list[int], completion: list[int]) -> str:
+    """Content hash of a (prompt, completion): the reference cache's key (template and truncation included)."""
+    return hashlib.sha1((",".join(map(str, prompt)) + "|" + ",".join(map(str, completion))).encode()).hexdigest()
 
 
 @dataclass
@@ -13,14 +21,11 @@ class TokenizedPair:
     prompt: list[int]
     chosen: list[int]
     rejected: list[int]
-    key: str = ""    # content hash of the ids: the reference cache's key (template and truncation included)
+    candidates: list[list[int]] = field(default_factory=list)  # the record's candidate pool, tokenized
+    scores: list[float] | None = None                          # reward-model scores of the candidates
 
-    def __post_init__(self):
-        if not self.key:
-            h = hashlib.sha1()
-            for part in (self.prompt, self.chosen, self.rejected):
-                h.update(b"|" + ",".join(map(str, part)).encode())
-            self.key = h.hexdigest()
+    def with_rejected(self, rejected: list[int]) -> "TokenizedPair":
+        return TokenizedPair(self.prompt, self.chosen, rejected)
 
 
 def _plain_prompt(messages: list[dict]) -> str:
@@ -63,14 +68,16 @@ class ChatFormatter:
 
 
 def tokenize_record(record: PreferenceRecord, formatter: ChatFormatter, max_prompt: int, max_completion: int,
-                    completions: tuple[str, str] | None = None) -> TokenizedPair:
+                    with_candidates: bool = False) -> TokenizedPair:
     """Prompt keeps its last `max_prompt` tokens (the turn being answered); completions keep their first."""
     try:
         prompt_text = formatter.prompt_text(record.prompt)
     except Exception as e:  # a template that rejects the roles or their order
         raise PobenchError(f"record {record.id}: the chat template rejects this prompt ({type(e).__name__}: {e})") from None
-    chosen, rejected = completions or (record.chosen, record.rejected)
-    prompt_ids = formatter.encode(prompt_text)[-max_prompt:]
-    chosen_ids = formatter.encode(formatter.completion_text(record.prompt, prompt_text, chosen))[:max_completion]
-    rejected_ids = formatter.encode(formatter.completion_text(record.prompt, prompt_text, rejected))[:max_completion]
-    return TokenizedPair(prompt_ids, chosen_ids, rejected_ids)
+
+    def completion(text: str) -> list[int]:
+        return formatter.encode(formatter.completion_text(record.prompt, prompt_text, text))[:max_completion]
+
+    candidates = [completion(c) for c in record.candidates] if with_candidates else []
+    return TokenizedPair(formatter.encode(prompt_text)[-max_prompt:], completion(record.chosen),
+                         completion(record.rejected), candidates, record.scores if with_candidates else None)

@@ -14,7 +14,11 @@ from pobench.data.tokenize import TokenizedPair
 
 def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict:
     """Chosen sequences first, then rejected: rows [0, B) are prompt+chosen, rows [B, 2B) prompt+rejected."""
-    seqs = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+    return collate_sequences([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs], pad_id)
+
+
+def collate_sequences(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    """Right-padded (prompt + completion) rows with a mask of the completion tokens."""
     width = max(len(a) + len(b) for a, b in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(seqs), width), dtype=torch.long)

@@ -1,7 +1,8 @@
 """Reference log-probs, computed once and cached on disk, shared by every algorithm and seed.
 
-Keyed by the model's fingerprint (file name) and each pair's token-id hash (entries), so the data, the
-chat template and the truncation are all part of the key.
+The file is keyed by the model's fingerprint; its entries by each (prompt, completion) sequence's token-id
+hash, so the data, the chat template and the truncation are all part of the key. Entries are per sequence,
+so a candidate pool shared by MC-PO and RSO is scored once.
 """
 from __future__ import annotations
 
@@ -11,42 +12,48 @@ from pathlib import Path
 import torch
 
 from pobench.algorithm import SeqLogps
-from pobench.data.tokenize import TokenizedPair
+from pobench.data.tokenize import TokenizedPair, sequence_key
 
 
 class ReferenceCache:
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.entries: dict[str, tuple[float, float, int, int]] = {}
+        self.entries: dict[str, tuple[float, int]] = {}
         if self.path.exists():
             try:
                 data = torch.load(self.path, weights_only=True)
-                self.entries = dict(zip(data["keys"], map(tuple, data["values"].tolist())))
+                self.entries = {k: (float(v[0]), int(v[1])) for k, v in zip(data["keys"], data["values"].tolist())}
             except Exception:
                 self.entries = {}  # unreadable cache: recompute rather than trust it
 
-    def missing(self, pairs: list[TokenizedPair]) -> list[TokenizedPair]:
+    def missing(self, seqs: list[tuple]) -> list[tuple]:
         seen, out = set(), []
-        for p in pairs:
-            if p.key not in self.entries and p.key not in seen:
-                seen.add(p.key)
-                out.append(p)
+        for prompt, completion in seqs:
+            key = sequence_key(prompt, completion)
+            if key not in self.entries and key not in seen:
+                seen.add(key)
+                out.append((prompt, completion))
         return out
 
-    def add(self, pairs: list[TokenizedPair], logps: SeqLogps) -> None:
-        values = torch.stack([logps.chosen.double(), logps.rejected.double(),
-                              logps.chosen_tokens.double(), logps.rejected_tokens.double()], 1).tolist()
-        for p, v in zip(pairs, values):
-            self.entries[p.key] = (v[0], v[1], int(v[2]), int(v[3]))
+    def add(self, seqs: list[tuple], logps: torch.Tensor, counts: torch.Tensor) -> None:
+        for (prompt, completion), lp, n in zip(seqs, logps.tolist(), counts.tolist()):
+            self.entries[sequence_key(prompt, completion)] = (lp, int(n))
+
+    def lookup_sequences(self, seqs: list[tuple], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = [self.entries[sequence_key(p, c)] for p, c in seqs]
+        logps = torch.tensor([r[0] for r in rows], dtype=torch.float32, device=device)
+        counts = torch.tensor([r[1] for r in rows], dtype=torch.long, device=device)
+        return logps, counts
 
     def lookup(self, pairs: list[TokenizedPair], device=None) -> SeqLogps:
-        rows = torch.tensor([self.entries[p.key] for p in pairs], dtype=torch.float64)
-        return SeqLogps(rows[:, 0].float(), rows[:, 1].float(), rows[:, 2].long(), rows[:, 3].long()).to(device or "cpu")
+        chosen, chosen_n = self.lookup_sequences([(p.prompt, p.chosen) for p in pairs], device)
+        rejected, rejected_n = self.lookup_sequences([(p.prompt, p.rejected) for p in pairs], device)
+        return SeqLogps(chosen, rejected, chosen_n, rejected_n)
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         keys = list(self.entries)
-        values = torch.tensor([self.entries[k] for k in keys], dtype=torch.float64).reshape(-1, 4)
+        values = torch.tensor([self.entries[k] for k in keys], dtype=torch.float64).reshape(-1, 2)
         torch.save({"keys": keys, "values": values}, tmp)
         os.replace(tmp, self.path)

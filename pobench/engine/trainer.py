@@ -22,7 +22,7 @@ from pobench.data.tokenize import ChatFormatter, TokenizedPair, tokenize_record
 from pobench.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from pobench.engine.io import MetricsLog, atomic_write_json
 from pobench.engine.loggers import Trackers
-from pobench.engine.logps import SequenceLogps, collate_pairs
+from pobench.engine.logps import SequenceLogps, collate_pairs, collate_sequences
 from pobench.engine.refcache import ReferenceCache
 from pobench.errors import PobenchError
 from pobench.models import load_policy, model_fingerprint, pick_device, pick_dtype
@@ -39,9 +39,9 @@ class SamplerContext:
     device: torch.device
 
 
-def tokenize_all(records, formatter, cfg: RunConfig) -> list[TokenizedPair]:
-    return [tokenize_record(r, formatter, cfg.train.max_prompt_length, cfg.train.max_completion_length)
-            for r in records]
+def tokenize_all(records, formatter, cfg: RunConfig, with_candidates: bool = False) -> list[TokenizedPair]:
+    return [tokenize_record(r, formatter, cfg.train.max_prompt_length, cfg.train.max_completion_length,
+                            with_candidates) for r in records]
 
 
 def data_order(n: int, seed: int, steps: int, batch: int) -> list[int]:
@@ -64,19 +64,27 @@ def lr_lambda(step: int, total: int, warmup_ratio: float) -> float:
 
 
 @torch.no_grad()
-def score_pairs(scorer: SequenceLogps, pairs: list[TokenizedPair], pad_id: int, device, batch_size: int) -> SeqLogps:
-    """Policy log-probs for pairs, no gradient, in batches."""
+def score_sequences(scorer: SequenceLogps, seqs: list[tuple], pad_id: int, device, batch_size: int):
+    """Policy log-probs (summed over completion tokens) and token counts, no gradient, in batches."""
     was_training = scorer.training
     scorer.eval()
-    parts = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
-        sums, counts = scorer(**batch)
-        b = len(chunk)
-        parts.append(SeqLogps(sums[:b].cpu(), sums[b:].cpu(), counts[:b].cpu(), counts[b:].cpu()))
+    sums, counts = [], []
+    for start in range(0, len(seqs), batch_size):
+        batch = {k: v.to(device) for k, v in collate_sequences(seqs[start:start + batch_size], pad_id).items()}
+        s, c = scorer(**batch)
+        sums.append(s.float().cpu())
+        counts.append(c.cpu())
     scorer.train(was_training)
-    return SeqLogps(*(torch.cat([getattr(p, f) for p in parts]) for f in ("chosen", "rejected", "chosen_tokens", "rejected_tokens")))
+    if not sums:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(sums), torch.cat(counts)
+
+
+def score_pairs(scorer: SequenceLogps, pairs: list[TokenizedPair], pad_id: int, device, batch_size: int) -> SeqLogps:
+    b = len(pairs)
+    sums, counts = score_sequences(scorer, [(p.prompt, p.chosen) for p in pairs] +
+                                   [(p.prompt, p.rejected) for p in pairs], pad_id, device, 2 * batch_size)
+    return SeqLogps(sums[:b], sums[b:], counts[:b], counts[b:])
 
 
 def pair_metrics(out, policy: SeqLogps, prefix: str = "") -> dict:
@@ -92,7 +100,7 @@ def pair_metrics(out, policy: SeqLogps, prefix: str = "") -> dict:
     }
 
 
-def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, model, scorer, pairs, pad_id,
+def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, model, scorer, seqs, pad_id,
                           device, fresh_policy: bool, progress=None) -> ReferenceCache:
     """Reference log-probs for every pair the run will touch, computed before the first update.
 
@@ -100,7 +108,7 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
     itself before step 1, or, when resuming with entries missing, a freshly loaded copy of the weights."""
     fingerprint = f"{model_fingerprint(model_path)}-{cfg.model.dtype}"
     cache = ReferenceCache(cache_dir / "reflogps" / f"{fingerprint}.pt")
-    missing = cache.missing(pairs)
+    missing = cache.missing(seqs)
     if not missing:
         return cache
     task = progress.add_task("reference log-probs", total=len(missing)) if progress else None
@@ -111,11 +119,11 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
     else:
         ref_model, _, _ = load_policy(types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0}), device)
         ref_scorer, context = SequenceLogps(ref_model, cfg.train.logps_chunk), torch.no_grad()
-    bs = max(1, cfg.train.batch_size)
+    bs = max(2, 2 * cfg.train.batch_size)
     with context:
         for start in range(0, len(missing), bs):
             chunk = missing[start:start + bs]
-            cache.add(chunk, score_pairs(ref_scorer, chunk, pad_id, device, bs))
+            cache.add(chunk, *score_sequences(ref_scorer, chunk, pad_id, device, bs))
             if progress:
                 progress.advance(task, len(chunk))
     cache.save()
@@ -143,11 +151,14 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     model, tokenizer, model_path = load_policy(cfg.model, device)
     pad_id = tokenizer.pad_token_id
     formatter = ChatFormatter(tokenizer, cfg.model.chat_template)
-    cache_key = (model_path, cfg.model.chat_template, tc.max_prompt_length, tc.max_completion_length)
+    sampler = get_sampler(algo.sampler)(params, cfg)
+    cache_key = (id(data), model_path, cfg.model.chat_template, tc.max_prompt_length, tc.max_completion_length,
+                 sampler.needs_candidates)
     if tokenized is not None and cache_key in tokenized:
         train_pairs, eval_pairs = tokenized[cache_key]
     else:
-        train_pairs, eval_pairs = tokenize_all(data.train, formatter, cfg), tokenize_all(data.eval, formatter, cfg)
+        train_pairs = tokenize_all(data.train, formatter, cfg, sampler.needs_candidates)
+        eval_pairs = tokenize_all(data.eval, formatter, cfg)
         if tokenized is not None:
             tokenized[cache_key] = (train_pairs, eval_pairs)
 
@@ -166,7 +177,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
 
     # -- resume ---------------------------------------------------------------------------------------
     metrics = MetricsLog(run_dir / "metrics.jsonl")
-    state = {"step": 0, "pairs_seen": 0, "time_s": 0.0, "initial_eval": None}
+    state = {"step": 0, "records_seen": 0, "pairs_seen": 0, "time_s": 0.0, "initial_eval": None}
     checkpoint = find_checkpoint(run_dir) if resume else None
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
@@ -177,12 +188,12 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     # -- reference log-probs: every pair this run touches, before the first update ----------------------
     refcache = None
     if algo.needs_reference:
-        needed = [train_pairs[i] for i in order] + eval_pairs
+        needed = sampler.reference_sequences([train_pairs[i] for i in order]) + \
+            [(p.prompt, c) for p in eval_pairs for c in (p.chosen, p.rejected)]
         refcache = build_reference_cache(cfg, cache_dir, model_path, model, scorer, needed, pad_id, device,
                                          fresh_policy=state["step"] == 0, progress=progress)
 
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
-    sampler = get_sampler(algo.sampler)
     eval_bs = max(2, tc.batch_size)
 
     def held_out() -> dict:
@@ -197,7 +208,6 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     trackers = Trackers(cfg, run_dir) if accelerator.is_main_process else None
     # -- the loop ------------------------------------------------------------------------------------
     task = progress.add_task(f"{cfg.algorithm_name} seed{cfg.seed}", total=max_steps, completed=state["step"]) if progress else None
-    micro = tc.batch_size // tc.grad_accum
     scorer.train()
     last_eval = None
     for step in range(state["step"], max_steps):
@@ -207,6 +217,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         start = step * global_batch + rank * tc.batch_size
         batch = [train_pairs[i] for i in order[start:start + tc.batch_size]]
         pairs, sampler_metrics = sampler(batch, SamplerContext(scorer, refcache, cfg, step, device))
+        if len(pairs) % tc.grad_accum:
+            raise PobenchError(f"sampler {algo.sampler} gave {len(pairs)} pairs, not a multiple of train.grad_accum")
+        micro = len(pairs) // tc.grad_accum
         step_logs, tokens = [], 0
         for m in range(tc.grad_accum):
             chunk = pairs[m * micro:(m + 1) * micro]
@@ -218,8 +231,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                 policy = SeqLogps(sums[:micro], sums[micro:], counts[:micro], counts[micro:])
                 reference = refcache.lookup(chunk, device) if refcache else None
                 out = algo.loss(policy, reference, params)
-                # sum / batch_size: accumulated micro-batches give the gradient of the full batch's mean
-                accelerator.backward(out.losses.sum() / tc.batch_size)
+                # sum / len(pairs): accumulated micro-batches give the gradient of the full batch's mean
+                accelerator.backward(out.losses.sum() / len(pairs))
             step_logs.append((out, policy))
         grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm) if tc.max_grad_norm > 0 else torch.tensor(float("nan"))
         if not torch.isfinite(torch.as_tensor(grad_norm)):
@@ -230,7 +243,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
-        state["step"], state["pairs_seen"] = step + 1, state["pairs_seen"] + global_batch
+        state["step"] = step + 1
+        state["records_seen"] += global_batch
+        state["pairs_seen"] += len(pairs) * world
         state["time_s"] += elapsed
 
         out = type(step_logs[0][0])(*(torch.cat([getattr(o, f) for o, _ in step_logs])
@@ -239,10 +254,11 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                             for f in ("chosen", "rejected", "chosen_tokens", "rejected_tokens")))
         if not torch.isfinite(out.losses).all():
             raise PobenchError(f"step {step + 1}: non-finite loss; the last good checkpoint is kept")
-        row = {"step": step + 1, "pairs_seen": state["pairs_seen"], **pair_metrics(out, policy),
+        row = {"step": step + 1, "pairs_seen": state["pairs_seen"], "records_seen": state["records_seen"],
+               **pair_metrics(out, policy),
                "learning_rate": lr, "grad_norm": float(grad_norm), "time_s": round(state["time_s"], 4),
                "step_time_s": round(elapsed, 4), "tokens_per_s": round(tokens * world / elapsed, 1),
-               "pairs_per_s": round(global_batch / elapsed, 3), **sampler_metrics}
+               "pairs_per_s": round(len(pairs) * world / elapsed, 3), **sampler_metrics}
         if device.type == "cuda":
             row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         is_last = step + 1 == max_steps

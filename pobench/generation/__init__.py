@@ -1,0 +1,97 @@
+"""Generation backends behind one interface: prompt token ids in, n completions per prompt out.
+
+    backend = get_backend("transformers", model, tokenizer)      # or "vllm" (CUDA only, optional extra)
+    completions = backend.generate(prompt_ids, GenerationConfig(n=4))
+    completions[i][j].text / .token_ids / .finished
+
+Prompts arrive as token ids already rendered with the chat template (pobench.data.tokenize.ChatFormatter
+`prompt_text` + `encode`), so every backend sees exactly the tokens the trainer scores: no backend applies a
+template or adds special tokens of its own.
+
+Backends are registered by dotted path and imported only when asked for (the lm-evaluation-harness pattern),
+so `import pobench.generation` never imports vLLM, and a machine without it can still list and use the others.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from pobench.errors import PobenchError
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings. The defaults are SimPO's on-policy recipe (temperature 0.8, top_p 0.95), which the
+    design uses for candidate pools; temperature 0 means greedy decoding."""
+    n: int = 1                  # completions per prompt
+    temperature: float = 0.8    # 0 = greedy
+    top_p: float = 0.95         # nucleus sampling mass (1.0 = off)
+    max_new_tokens: int = 64    # completions that hit this limit come back with finished=False
+    seed: int = 0               # same seed + same inputs + same batch_size -> same outputs
+    batch_size: int = 16        # prompt x sample rows per forward (transformers backend)
+
+    def __post_init__(self):
+        # Checked here rather than deep in a backend, so a bad --set fails before any model is loaded.
+        if self.n < 1:
+            raise PobenchError(f"generation n={self.n}: must be at least 1")
+        if self.temperature < 0:
+            raise PobenchError(f"generation temperature={self.temperature}: must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise PobenchError(f"generation top_p={self.top_p}: must be in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise PobenchError(f"generation max_new_tokens={self.max_new_tokens}: must be at least 1")
+        if self.batch_size < 1:
+            raise PobenchError(f"generation batch_size={self.batch_size}: must be at least 1")
+
+
+@dataclass
+class Completion:
+    text: str              # decoded without special tokens, cut before the first EOS
+    token_ids: list[int]   # generated ids, up to and including the first EOS (what the trainer should score)
+    finished: bool         # True when generation ended at an EOS, False when it hit max_new_tokens
+
+
+def truncate_at_eos(token_ids: list[int], eos_ids) -> tuple[list[int], bool]:
+    """(ids up to and including the first EOS, whether there was one).
+
+    The EOS is kept in `token_ids` because the chat template's completions end with it (<|im_end|> for
+    SmolLM2), so a generated completion scored by the trainer looks like a dataset completion; whatever a
+    backend emits after it (padding of finished rows) is dropped."""
+    eos = set(eos_ids)
+    for i, t in enumerate(token_ids):
+        if t in eos:
+            return list(token_ids[:i + 1]), True
+    return list(token_ids), False
+
+
+# name -> "module:Class"; imported on first use so optional backends cost nothing until chosen.
+BACKENDS: dict[str, str] = {
+    "transformers": "pobench.generation.hf:TransformersBackend",
+    "vllm": "pobench.generation.vllm_backend:VLLMBackend",
+}
+
+
+def register_backend(name: str, target: str | type | None = None):
+    """Register a backend as a dotted "module:Class" path (lazy) or, used as a class decorator, a class."""
+    if target is not None:
+        BACKENDS[name] = target
+        return target
+
+    def wrap(cls):
+        BACKENDS[name] = cls
+        return cls
+    return wrap
+
+
+def get_backend(name: str = "transformers", model=None, tokenizer=None, **kw):
+    """Build a backend by name. `model` is a loaded model (transformers) or a model folder (vllm)."""
+    if name not in BACKENDS:
+        raise PobenchError(f"unknown generation backend '{name}' (known: {', '.join(sorted(BACKENDS))})")
+    target = BACKENDS[name]
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+    return target(model, tokenizer, **kw)
+
+
+__all__ = ["BACKENDS", "Completion", "GenerationConfig", "get_backend", "register_backend", "truncate_at_eos"]

@@ -1,0 +1,108 @@
+"""The default backend: batched `model.generate` from transformers, on whatever device the model is on.
+
+Works on a plain causal LM or a peft-wrapped one, in the middle of training: the model is put in eval mode
+for generation and handed back in the mode it came in, and the global torch RNG is left untouched.
+"""
+from __future__ import annotations
+
+import torch
+
+from pobench.generation import Completion, GenerationConfig, truncate_at_eos
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS plus every EOS id of the model's generation config.
+
+    Both are needed: chat models end an assistant turn with a token (<|im_end|> for SmolLM2, <|eot_id|> for
+    Llama 3) that only one of the two may name, and a completion must stop at whichever comes first."""
+    ids: set[int] = set()
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_cfg = getattr(model, "generation_config", None)
+    eos = getattr(gen_cfg, "eos_token_id", None) if gen_cfg is not None else None
+    if eos is not None:
+        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    return sorted(ids)
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding puts every prompt's last token in the last column, so the first generated token of every
+    row is predicted from the same position and new tokens are simply appended on the right."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            input_ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            attention_mask[i, width - len(r):] = 1
+    return input_ids, attention_mask
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, model, tokenizer, **_ignored):
+        if model is None or tokenizer is None:
+            from pobench.errors import PobenchError
+            raise PobenchError("the transformers generation backend needs a loaded model and its tokenizer")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.eos_ids = eos_token_ids(model, tokenizer)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
+
+    def _device(self) -> torch.device:
+        try:
+            return next(self.model.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def _sampling_kwargs(self, cfg: GenerationConfig) -> dict:
+        """Every setting is passed explicitly so the result does not depend on a checkpoint's
+        generation_config.json (some ship do_sample, top_k or repetition penalties). top_k=0 turns off
+        transformers' default top_k=50, which vLLM and SimPO's recipe do not apply."""
+        kw = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, eos_token_id=self.eos_ids,
+                  pad_token_id=self.pad_id, use_cache=True, num_beams=1, repetition_penalty=1.0)
+        if cfg.temperature > 0:
+            kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kw
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], cfg: GenerationConfig | None = None) -> list[list[Completion]]:
+        """n completions per prompt, in prompt order.
+
+        All prompt x sample rows are generated together in chunks of `batch_size`, longest prompts first so
+        that a chunk holds prompts of similar length (less padding to compute on). Seeding: the RNG is
+        forked and seeded once with cfg.seed, so the same seed, prompts and batch_size give the same outputs,
+        and the training run's own random stream (data order, dropout) is not moved by generating."""
+        cfg = cfg or GenerationConfig()
+        if not prompt_ids:
+            return []
+        rows = [(p, s) for p in range(len(prompt_ids)) for s in range(cfg.n)]
+        rows.sort(key=lambda r: -len(prompt_ids[r[0]]))   # stable: ties keep prompt-major order
+        device = self._device()
+        kwargs = self._sampling_kwargs(cfg)
+        out: list[list[Completion | None]] = [[None] * cfg.n for _ in prompt_ids]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(cfg.seed)
+                for start in range(0, len(rows), cfg.batch_size):
+                    chunk = rows[start:start + cfg.batch_size]
+                    input_ids, attention_mask = left_pad([prompt_ids[p] for p, _ in chunk], self.pad_id)
+                    sequences = self.model.generate(input_ids=input_ids.to(device),
+                                                    attention_mask=attention_mask.to(device), **kwargs)
+                    new_tokens = sequences[:, input_ids.shape[1]:].tolist()
+                    for (p, s), ids in zip(chunk, new_tokens):
+                        out[p][s] = self._completion(ids)
+        finally:
+            self.model.train(was_training)
+        return out  # type: ignore[return-value]
+
+    def _completion(self, ids: list[int]) -> Completion:
+        kept, finished = truncate_at_eos(ids, self.eos_ids)
+        body = kept[:-1] if finished else kept
+        return Completion(self.tokenizer.decode(body, skip_special_tokens=True), kept, finished)

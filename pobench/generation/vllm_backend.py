@@ -1,0 +1,147 @@
+"""The vLLM backend (CUDA only, `pip install 'pobench[vllm]'`): offline `LLM.generate` on token-id prompts.
+
+Generation dominates the cost of OnMC-PO, RSO and evaluation at scale, and vLLM's paged KV cache and
+continuous batching decode several times faster than HF `generate`. vLLM conflicts with the CPU stack, so it
+is imported inside the constructor only, and the two pieces of logic that can go wrong without a GPU, building
+the requests and reading the outputs, are plain functions that the tests exercise on every machine.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import tempfile
+
+from pobench.errors import PobenchError
+from pobench.generation import Completion, GenerationConfig, truncate_at_eos
+
+SEED_STRIDE = 1_000_003   # separates the seeds of runs with different cfg.seed (see per_prompt_sampling)
+
+
+def build_requests(prompt_ids: list[list[int]], cfg: GenerationConfig, eos_ids=()) -> tuple[list[dict], dict]:
+    """(prompts, sampling kwargs) for `LLM.generate`.
+
+    Prompts are passed as token ids (vLLM's TokensPrompt shape) so that vLLM neither re-tokenizes nor adds a
+    BOS: the ids the trainer scores are the ids the model was conditioned on. The EOS ids go in as stop
+    tokens so that vLLM stops where the transformers backend does, whatever the checkpoint's
+    generation_config says. top_k=-1 (off) is written out because it is part of the recipe."""
+    prompts = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
+    kwargs = dict(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
+                  top_k=-1, max_tokens=cfg.max_new_tokens, seed=cfg.seed)
+    if eos_ids:
+        kwargs["stop_token_ids"] = sorted(int(e) for e in eos_ids)
+    return prompts, kwargs
+
+
+def per_prompt_sampling(kwargs: dict, n_prompts: int) -> list[dict]:
+    """One sampling-kwargs dict per prompt, each with its own seed.
+
+    vLLM seeds each request's sampler with its own seed, and fans n > 1 out into children seeded
+    seed + child index. With one shared seed every prompt would draw the same random numbers (correlated
+    candidate pools); with prompt i seeded base + i * n, every (prompt, sample) pair gets a distinct seed,
+    and the outputs do not depend on how vLLM schedules or batches the requests."""
+    base = int(kwargs["seed"]) * SEED_STRIDE
+    n = int(kwargs.get("n", 1))
+    return [{**kwargs, "seed": base + i * n} for i in range(n_prompts)]
+
+
+def parse_outputs(outputs, eos_ids) -> list[list[Completion]]:
+    """vLLM RequestOutputs (one per prompt, in prompt order) -> Completions.
+
+    finish_reason "stop" means an EOS or stop token ended the sequence ("length" means max_tokens). vLLM keeps
+    the EOS token in `token_ids` but not in `text`; the ids are cut after the first EOS all the same, so the
+    two backends return identical shapes."""
+    result = []
+    for request in outputs:
+        completions = []
+        for out in sorted(request.outputs, key=lambda o: getattr(o, "index", 0)):
+            ids, _ = truncate_at_eos(list(out.token_ids), eos_ids)
+            completions.append(Completion(out.text, ids, out.finish_reason == "stop"))
+        result.append(completions)
+    return result
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, model, tokenizer=None, gpu_memory_utilization: float = 0.5, seed: int = 0,
+                 dtype: str = "auto", max_model_len: int | None = None, **llm_kwargs):
+        """`model` is a model folder or hub id: vLLM loads its own copy of the weights. gpu_memory_utilization
+        defaults to half the GPU so that the policy being trained fits beside it."""
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise PobenchError("vllm is not installed: pip install 'pobench[vllm]' (CUDA only)") from None
+        if not isinstance(model, (str, os.PathLike)):
+            raise PobenchError("the vllm backend loads weights from a model folder: save_pretrained the model "
+                               "and pass its path")
+        self.tokenizer = tokenizer
+        self._llm_args = dict(seed=seed, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
+                              max_model_len=max_model_len, enable_prefix_caching=True, **llm_kwargs)
+        self._sync_dir: tempfile.TemporaryDirectory | None = None
+        self.llm = None
+        self._load(str(model))
+
+    def _load(self, path: str) -> None:
+        from vllm import LLM
+
+        self.path = path
+        self.llm = LLM(model=path, **{k: v for k, v in self._llm_args.items() if v is not None})
+        self.eos_ids = self._eos_ids()
+
+    def _eos_ids(self) -> list[int]:
+        from pobench.generation.hf import eos_token_ids
+
+        tokenizer = self.tokenizer or self.llm.get_tokenizer()
+        ids = set(eos_token_ids(None, tokenizer))
+        try:
+            from transformers import GenerationConfig as HFGenerationConfig
+            eos = HFGenerationConfig.from_pretrained(self.path).eos_token_id
+            ids.update(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+        except Exception:  # no generation_config.json: the tokenizer's EOS is all there is
+            pass
+        return sorted(int(i) for i in ids)
+
+    def generate(self, prompt_ids: list[list[int]], cfg: GenerationConfig | None = None) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        cfg = cfg or GenerationConfig()
+        if not prompt_ids:
+            return []
+        prompts, kwargs = build_requests(prompt_ids, cfg, self.eos_ids)
+        params = [SamplingParams(**kw) for kw in per_prompt_sampling(kwargs, len(prompts))]
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        return parse_outputs(outputs, self.eos_ids)
+
+    def sync_weights(self, model_or_path) -> None:
+        """Make vLLM generate from new policy weights (online rounds of OnMC-PO / online DPO).
+
+        Today this reloads: a path is loaded as is; a transformers model is saved to a temporary folder first
+        (a peft model must be merged by the caller). The LLM is recreated, and its prefix cache reset, because
+        cached KV blocks of the old weights would otherwise be reused for prompts seen before. Loading the
+        new weights in place into the running engine (no restart, no disk) is future work."""
+        if isinstance(model_or_path, (str, os.PathLike)):
+            path = str(model_or_path)
+            self._release()
+        else:
+            if hasattr(model_or_path, "peft_config"):
+                raise PobenchError("vllm sync_weights: merge the LoRA adapter (merge_and_unload) or save the "
+                                   "merged model and pass its folder")
+            tokenizer = self.tokenizer or self.llm.get_tokenizer()
+            self._release()  # before writing: the old engine may still map the previous files
+            self._sync_dir = self._sync_dir or tempfile.TemporaryDirectory(prefix="pobench-vllm-sync-")
+            path = self._sync_dir.name
+            model_or_path.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+        self._load(path)
+        self.llm.reset_prefix_cache()
+
+    def _release(self) -> None:
+        """Free the old engine's GPU memory before the new one allocates its KV cache."""
+        self.llm = None
+        gc.collect()
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass

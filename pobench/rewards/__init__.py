@@ -1,0 +1,116 @@
+"""Reward-model scorers behind one interface, and the registry of gold reward functions.
+
+A scorer turns (prompt messages, completion text) into one float per completion:
+
+    scorer = get_scorer("results/reward_models/hh-rlhf-minilm-seed1")   # or "gold:<name>", or a hub id
+    scorer.score(prompts, completions) -> list[float]
+    scorer.name        # recorded with every result that a scorer graded, so a number always names its judge
+    scorer.describe()  # a JSON-able dict with what else identifies it (path, training info, ...)
+
+Scorers serve candidate pools (RSO, OnMC-PO pick the best of N by reward) and evaluation (reward of a
+policy's generations). No reward model ships with the suites, so `pobench train-rm` trains a Bradley-Terry
+one (pobench/rewards/train.py); where the suite has a known reward function, `gold:<name>` uses it exactly.
+The model-backed scorer imports torch/transformers only when built.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Protocol
+
+from pobench.errors import PobenchError
+
+GoldFn = Callable[[list, str], float]   # fn(prompt_messages, completion) -> reward
+GOLD_REWARDS: dict[str, GoldFn] = {}
+
+
+class Scorer(Protocol):
+    name: str
+
+    def score(self, prompts: list[list[dict]], completions: list[str]) -> list[float]: ...
+
+    def describe(self) -> dict: ...
+
+
+def register_gold(name: str):
+    """Decorator for a suite whose true reward is known (e.g. a synthetic suite):
+
+        @register_gold("synthetic-length")
+        def reward(prompt_messages, completion): return -abs(len(completion) - 100)
+
+    The registering module must be imported before `get_scorer("gold:<name>")` is called (a suite's loader
+    module is the natural place)."""
+    def wrap(fn: GoldFn) -> GoldFn:
+        known = GOLD_REWARDS.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise PobenchError(f"gold reward '{name}' is registered twice ({known.__module__} and {fn.__module__})")
+        GOLD_REWARDS[name] = fn
+        return fn
+    return wrap
+
+
+def _check_lengths(prompts, completions) -> None:
+    if len(prompts) != len(completions):
+        raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
+
+
+class GoldScorer:
+    """A registered reward function, applied as is: no model, no noise, the ground truth of a suite."""
+
+    def __init__(self, gold_name: str):
+        if gold_name not in GOLD_REWARDS:
+            known = ", ".join(sorted(GOLD_REWARDS)) or "none registered"
+            raise PobenchError(f"unknown gold reward '{gold_name}' (known: {known})")
+        self.gold_name = gold_name
+        self.fn = GOLD_REWARDS[gold_name]
+        self.name = f"gold:{gold_name}"
+
+    def score(self, prompts: list[list[dict]], completions: list[str]) -> list[float]:
+        _check_lengths(prompts, completions)
+        return [float(self.fn(p, c)) for p, c in zip(prompts, completions)]
+
+    def describe(self) -> dict:
+        doc = (self.fn.__doc__ or "").strip()
+        return {"name": self.name, "kind": "gold", "function": f"{self.fn.__module__}.{self.fn.__qualname__}",
+                "doc": doc.splitlines()[0] if doc else ""}
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    """'org/name' and nothing else: a relative path that does not exist must not silently become a hub
+    lookup (which, offline, would fail with a confusing message much later)."""
+    parts = spec.split("/")
+    return (len(parts) == 2 and all(parts) and not spec.startswith((".", "~"))
+            and all(c.isalnum() or c in "-_." for c in spec.replace("/", "")))
+
+
+def get_scorer(spec: str, **kw) -> Scorer:
+    """'gold:<name>' -> GoldScorer; a reward-model folder (e.g. from `pobench train-rm`) or a hub id ->
+    SequenceClassifierScorer (keywords such as batch_size, max_length, device go to it)."""
+    spec = str(spec).strip()
+    if spec.startswith("gold:"):
+        return GoldScorer(spec[len("gold:"):])
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise PobenchError(f"reward model {spec}: the folder has no config.json (not a saved model)")
+    elif path.exists():
+        raise PobenchError(f"reward model {spec}: expected a model folder, got a file")
+    elif not _looks_like_hub_id(spec):
+        raise PobenchError(f"unknown reward model '{spec}': expected gold:<name>, a reward-model folder, "
+                           f"or a hub id like org/name")
+    from pobench.rewards.classifier import SequenceClassifierScorer
+    return SequenceClassifierScorer(str(path) if path.is_dir() else spec, **kw)
+
+
+def __getattr__(name: str):
+    # `from pobench.rewards import SequenceClassifierScorer` works without importing torch at package import.
+    if name == "SequenceClassifierScorer":
+        from pobench.rewards.classifier import SequenceClassifierScorer
+        return SequenceClassifierScorer
+    if name == "train_reward_model":
+        from pobench.rewards.train import train_reward_model
+        return train_reward_model
+    raise AttributeError(f"module 'pobench.rewards' has no attribute '{name}'")
+
+
+__all__ = ["GOLD_REWARDS", "GoldScorer", "Scorer", "SequenceClassifierScorer", "get_scorer", "register_gold",
+           "train_reward_model"]

@@ -1,0 +1,214 @@
+"""Generation backends: the transformers backend on a tiny random Llama, vLLM's request building and output
+parsing on fake objects (every machine), and the real vLLM path where vLLM is installed."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from pobench.errors import PobenchError
+from pobench.generation import BACKENDS, Completion, GenerationConfig, get_backend, truncate_at_eos
+from pobench.generation.vllm_backend import build_requests, parse_outputs, per_prompt_sampling
+
+GREEDY = dict(temperature=0.0, max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_model_dir):
+    """The tiny Llama's shape with an untied output layer. With tied embeddings, a random 2-layer model's
+    greedy choice is mostly 'repeat the input token' (every output is '\\n\\n\\n...'), which would let a
+    padding or masking bug pass unseen; untied, greedy outputs depend on the context."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.from_pretrained(tiny_model_dir, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts(tokenizer):
+    from pobench.data.tokenize import ChatFormatter
+    f = ChatFormatter(tokenizer)
+    texts = ["hi", "Tell me a long story about dragons, knights and a very old castle by the sea.", "2+2?"]
+    return [f.encode(f.prompt_text([{"role": "user", "content": t}])) for t in texts]
+
+
+def ids(completions):
+    return [[c.token_ids for c in row] for row in completions]
+
+
+@pytest.fixture(scope="module")
+def alone(model, tokenizer, prompts):
+    """Each prompt's greedy completion, generated on its own (no padding at all): the reference outputs."""
+    backend = get_backend("transformers", model, tokenizer)
+    return [backend.generate([p], GenerationConfig(**GREEDY))[0][0].token_ids for p in prompts]
+
+
+def test_shapes_order_and_max_new_tokens(model, tokenizer, prompts, alone):
+    backend = get_backend("transformers", model, tokenizer)
+    out = backend.generate(prompts, GenerationConfig(n=3, max_new_tokens=3, batch_size=4))
+    assert len(out) == len(prompts) and all(len(row) == 3 for row in out)
+    assert all(isinstance(c, Completion) and len(c.token_ids) == 3 and not c.finished for row in out for c in row)
+    one = backend.generate(prompts[:2], GenerationConfig(n=2, max_new_tokens=1))
+    assert all(len(c.token_ids) == 1 for row in one for c in row)
+    # order is kept across batches of different composition (batch_size 2 splits the 3 prompts unevenly)
+    greedy = backend.generate(prompts, GenerationConfig(batch_size=2, **GREEDY))
+    assert ids(greedy) == [[a] for a in alone]
+
+
+def test_left_padding_does_not_change_greedy_output(model, tokenizer, prompts, alone):
+    backend = get_backend("transformers", model, tokenizer)
+    short, long_ = prompts[0], prompts[1]
+    assert len(long_) > len(short) + 5
+    batched = backend.generate([long_, short], GenerationConfig(**GREEDY))
+    assert ids(batched) == [[alone[1]], [alone[0]]]
+    assert len(set(alone[0])) > 1   # not a degenerate repeat, so the comparison means something
+
+
+def test_seeded_sampling_is_reproducible(model, tokenizer, prompts):
+    backend = get_backend("transformers", model, tokenizer)
+    cfg = GenerationConfig(n=2, max_new_tokens=4, seed=7, batch_size=4)
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    a = ids(backend.generate(prompts[:2], cfg))
+    assert torch.equal(torch.rand(3), expected)   # generating leaves the global RNG stream where it was
+    assert ids(backend.generate(prompts[:2], cfg)) == a
+    assert ids(backend.generate(prompts[:2], GenerationConfig(n=2, max_new_tokens=4, seed=8, batch_size=4))) != a
+    assert a[0][0] != a[0][1]   # the n samples of a prompt are distinct draws
+
+
+class BoostAt:
+    """A forward hook on the output layer that makes token `token` certain at decoding step `step` for
+    batch row `row`: a random model almost never emits EOS, so the test decides where it does."""
+
+    def __init__(self, token: int, step: int, row: int):
+        self.token, self.step, self.row, self.calls = token, step, row, 0
+
+    def __call__(self, module, inputs, output):
+        if self.calls == self.step:
+            output = output.clone()
+            output[self.row, -1, self.token] += 1e4
+        self.calls += 1
+        return output
+
+
+def test_stops_at_eos_and_strips_it(model, tokenizer, prompts):
+    backend = get_backend("transformers", model, tokenizer)
+    eos = tokenizer.eos_token_id
+    assert backend.eos_ids == [eos]
+    hook = model.lm_head.register_forward_hook(BoostAt(eos, step=3, row=0))
+    try:
+        out = backend.generate(prompts[:2], GenerationConfig(max_new_tokens=8, **{"temperature": 0}))
+    finally:
+        hook.remove()
+    stopped, running = out[1][0], out[0][0]     # rows are sorted longest prompt first: row 0 is prompt 1
+    assert stopped.finished and len(stopped.token_ids) == 4 and stopped.token_ids[-1] == eos
+    assert stopped.text == tokenizer.decode(stopped.token_ids[:3], skip_special_tokens=True)
+    assert tokenizer.eos_token not in stopped.text
+    assert not running.finished and len(running.token_ids) == 8
+
+
+def test_generation_config_eos_ids_also_stop(model, tokenizer, prompts):
+    """Chat models end a turn with a token only the generation config may name (Llama 3's <|eot_id|>)."""
+    other = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id, other]
+    hook = model.lm_head.register_forward_hook(BoostAt(other, step=0, row=0))
+    try:
+        backend = get_backend("transformers", model, tokenizer)
+        assert backend.eos_ids == sorted([tokenizer.eos_token_id, other])
+        out = backend.generate(prompts[:1], GenerationConfig(**GREEDY))
+    finally:
+        hook.remove()
+        model.generation_config.eos_token_id = saved
+    assert out[0][0] == Completion("", [other], True)
+
+
+def test_truncate_at_eos():
+    assert truncate_at_eos([5, 6, 2, 2, 2], [2]) == ([5, 6, 2], True)
+    assert truncate_at_eos([5, 9, 6, 2], [2, 9]) == ([5, 9], True)
+    assert truncate_at_eos([5, 6], [2]) == ([5, 6], False)
+    assert truncate_at_eos([], [2]) == ([], False)
+
+
+def test_train_mode_restored_and_peft(model, tokenizer, prompts, alone):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    peft_model.train()
+    out = get_backend("transformers", peft_model, tokenizer).generate(prompts[:2], GenerationConfig(**GREEDY))
+    assert peft_model.training and peft_model.base_model.model.model.layers[0].training
+    assert ids(out) == [[a] for a in alone[:2]]   # a fresh LoRA adapter (B = 0) does not change the model
+    model.eval()
+    get_backend("transformers", model, tokenizer).generate(prompts[:1], GenerationConfig(**GREEDY))
+    assert not model.training
+
+
+def test_bad_config_and_backend():
+    with pytest.raises(PobenchError, match="top_p"):
+        GenerationConfig(top_p=0)
+    with pytest.raises(PobenchError, match="n=0"):
+        GenerationConfig(n=0)
+    with pytest.raises(PobenchError, match="unknown generation backend 'nope'"):
+        get_backend("nope")
+    assert {"transformers", "vllm"} <= set(BACKENDS)
+
+
+# ---- vLLM, without vLLM: the request we would send and the outputs we would read ----
+
+def test_vllm_build_requests():
+    cfg = GenerationConfig(n=4, temperature=0.8, top_p=0.95, max_new_tokens=32, seed=3)
+    prompts, kw = build_requests([[1, 2, 3], [4]], cfg, eos_ids=[2, 7])
+    assert prompts == [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4]}]
+    assert kw == dict(n=4, temperature=0.8, top_p=0.95, top_k=-1, max_tokens=32, seed=3, stop_token_ids=[2, 7])
+    per = per_prompt_sampling(kw, 2)
+    assert [p["seed"] for p in per] == [3 * 1_000_003, 3 * 1_000_003 + 4]
+    # every (prompt, child) seed is distinct once vLLM adds the child index
+    child_seeds = {p["seed"] + j for p in per_prompt_sampling(kw, 50) for j in range(4)}
+    assert len(child_seeds) == 200
+    _, greedy = build_requests([[1]], GenerationConfig(temperature=0, top_p=0.5))
+    assert greedy["temperature"] == 0 and greedy["top_p"] == 1.0 and "stop_token_ids" not in greedy
+
+
+def test_vllm_parse_outputs():
+    def out(index, text, token_ids, reason):
+        return SimpleNamespace(index=index, text=text, token_ids=token_ids, finish_reason=reason)
+    outputs = [
+        SimpleNamespace(outputs=[out(1, "b", [8, 9], "length"), out(0, "a", [5, 2], "stop")]),
+        SimpleNamespace(outputs=[out(0, "x", (6, 2, 2), "stop")]),
+    ]
+    parsed = parse_outputs(outputs, eos_ids=[2])
+    assert parsed == [[Completion("a", [5, 2], True), Completion("b", [8, 9], False)],
+                      [Completion("x", [6, 2], True)]]
+
+
+def test_vllm_missing_is_a_clear_error():
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(PobenchError, match=r"vllm is not installed: pip install 'pobench\[vllm\]' \(CUDA only\)"):
+        get_backend("vllm", "some/model")
+
+
+def test_vllm_real_generation(tiny_model_dir, tokenizer, prompts):
+    pytest.importorskip("vllm", reason="vLLM is an optional CUDA-only extra: pip install 'pobench[vllm]'")
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a CUDA GPU")
+    backend = get_backend("vllm", str(tiny_model_dir), tokenizer, gpu_memory_utilization=0.2)
+    cfg = GenerationConfig(n=2, max_new_tokens=6, seed=1)
+    out = backend.generate(prompts, cfg)
+    assert [len(row) for row in out] == [2] * len(prompts)
+    assert all(1 <= len(c.token_ids) <= 6 for row in out for c in row)
+    assert ids(backend.generate(prompts, cfg)) == ids(out)
+    backend.sync_weights(tiny_model_dir)
+    assert ids(backend.generate(prompts, cfg)) == ids(out)
