@@ -37,6 +37,8 @@ class SamplerContext:
     cfg: RunConfig
     step: int
     device: torch.device
+    pad_id: int = 0
+    score_batch_size: int = 8
 
 
 def tokenize_all(records, formatter, cfg: RunConfig, with_candidates: bool = False) -> list[TokenizedPair]:
@@ -216,7 +218,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
             torch.cuda.reset_peak_memory_stats()
         start = step * global_batch + rank * tc.batch_size
         batch = [train_pairs[i] for i in order[start:start + tc.batch_size]]
-        pairs, sampler_metrics = sampler(batch, SamplerContext(scorer, refcache, cfg, step, device))
+        pairs, sampler_metrics = sampler(batch, SamplerContext(scorer, refcache, cfg, step, device, pad_id, 2 * tc.batch_size))
         if len(pairs) % tc.grad_accum:
             raise PobenchError(f"sampler {algo.sampler} gave {len(pairs)} pairs, not a multiple of train.grad_accum")
         micro = len(pairs) // tc.grad_accum

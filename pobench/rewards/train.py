@@ -217,7 +217,7 @@ def _fit(model, tokenizer, records, steps, batch_size, lr, max_length, seed, dev
             torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
             accs.append(float((r_chosen > r_rejected).float().mean()))
             recent = losses[-20:]
             progress.update(task, advance=1, status=f"loss {sum(recent) / len(recent):.3f}")

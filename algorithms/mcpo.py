@@ -1,0 +1,27 @@
+"""MC-PO (Chen et al. 2025, "Preference Optimization via Contrastive Divergence"): DPO on a negative drawn
+from a candidate pool by a Monte Carlo kernel that favours candidates the current policy rates highly."""
+from pobench.algorithm import LossOutput, SeqLogps
+from pobench.losses import dpo_loss
+from pobench.registry import register_algorithm
+
+
+@register_algorithm("mcpo")
+class MCPO:
+    sampler = "mc_kernel"
+    needs_reference = True
+    choices = {"kernel": ("sample", "argmax", "uniform"), "kernel_score": ("reward", "loglik", "loglik_mean")}
+    defaults = """
+beta: 0.1                      # DPO's KL strength; also scales the kernel's implicit reward
+num_candidates: 8              # L: pool size (the dataset's rejected first, then the record's candidates)
+kernel: sample                 # sample: j ~ softmax(score / tau) | argmax | uniform (the last two are ablations)
+tau: 1.0                       # kernel temperature
+include_chosen_in_pool: false  # let the chosen completion be drawn as its own negative
+kernel_score: reward           # reward: beta * (log pi - log ref) | loglik: log pi summed | loglik_mean: per token
+label_smoothing: 0.0
+"""
+
+    def loss(self, policy: SeqLogps, reference: SeqLogps, cfg) -> LossOutput:
+        # the drawn negative is trained against with DPO's loss (Rafailov et al. 2023, eq. 7)
+        losses, chosen, rejected = dpo_loss(policy.chosen, policy.rejected, reference.chosen, reference.rejected,
+                                            cfg.beta, cfg.label_smoothing)
+        return LossOutput(losses, chosen, rejected)

@@ -1,0 +1,120 @@
+"""MC-PO's sampler: the contrastive-divergence Monte Carlo kernel over a candidate pool (Chen et al. 2025).
+
+Preference optimisation is read as maximum likelihood of p(y|x) proportional to pi_ref(y|x) exp(r(y)); the
+normaliser is estimated with samples, and those samples are the dispreferred completions. Given the record's
+pool {y_1..y_L}, the kernel scores every candidate under the *current* policy without gradient and draws
+j ~ softmax(score_j / tau): hard negatives are the candidates the policy already rates highly.
+
+The paper's body was not available to us: the pool order, the score and the kernel are reconstructions,
+exposed as knobs (see algorithms/mcpo.py).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from pobench.registry import register_sampler
+from pobench.sampling import pair_sequences
+
+
+def kernel_probs(scores: torch.Tensor, kernel: str, tau: float) -> torch.Tensor:
+    """The kernel's distribution over one pool."""
+    if kernel == "uniform":
+        return torch.full_like(scores, 1.0 / scores.numel())
+    if kernel == "argmax":
+        probs = torch.zeros_like(scores)
+        probs[int(torch.argmax(scores))] = 1.0
+        return probs
+    return torch.softmax(scores / tau, dim=0)
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def entropy(probs: torch.Tensor) -> float:
+    p = probs[probs > 0]
+    return float(-(p * p.log()).sum())
+
+
+@register_sampler("mc_kernel")
+class MCKernel:
+    needs_candidates = True
+
+    def __init__(self, params, cfg):
+        self.num_candidates = params.num_candidates
+        self.kernel = params.kernel
+        self.tau = params.tau
+        self.include_chosen = params.include_chosen_in_pool
+        self.kernel_score = params.kernel_score
+        self.beta = params.beta
+        self.seed = cfg.seed
+
+    def pool(self, record) -> tuple[list[list[int]], list[float] | None]:
+        """The dataset's rejected first, then the record's other candidates in stored order, cut to L.
+        With L = 1 the pool is the dataset's rejected alone, and MC-PO is DPO exactly."""
+        scores_by_text = {}
+        if record.scores is not None:
+            scores_by_text = {tuple(c): s for c, s in zip(record.candidates, record.scores)}
+        items = [record.rejected]
+        if self.include_chosen:
+            items.append(record.chosen)
+        for candidate in record.candidates:
+            if candidate == record.chosen or candidate in items:
+                continue  # the chosen completion enters the pool only through include_chosen_in_pool
+            items.append(candidate)
+        items = items[:self.num_candidates]
+        scores = [scores_by_text.get(tuple(c)) for c in items] if scores_by_text else None
+        if scores is not None and any(s is None for s in scores):
+            scores = None
+        return items, scores
+
+    def reference_sequences(self, records) -> list[tuple]:
+        pools = [(r.prompt, c) for r in records for c in self.pool(r)[0]] if self.kernel_score == "reward" else []
+        return pair_sequences(records) + pools
+
+    def _scores(self, batch, pools, ctx) -> list[torch.Tensor]:
+        from pobench.engine.trainer import score_sequences
+
+        flat = [(r.prompt, c) for r, (items, _) in zip(batch, pools) for c in items]
+        logps, counts = score_sequences(ctx.scorer, flat, ctx.pad_id, ctx.device, ctx.score_batch_size)
+        if self.kernel_score == "reward":
+            ref, _ = ctx.refcache.lookup_sequences(flat)
+            values = self.beta * (logps - ref)
+        elif self.kernel_score == "loglik_mean":
+            values = logps / counts.clamp(min=1)
+        else:
+            values = logps
+        return list(torch.split(values, [len(items) for items, _ in pools]))
+
+    def __call__(self, batch, ctx):
+        pools = [self.pool(r) for r in batch]
+        trivial = all(len(items) == 1 for items, _ in pools)
+        if self.kernel == "uniform" or trivial:  # no policy scores needed: skip the forward
+            scores = [torch.zeros(len(items)) for items, _ in pools]
+        else:
+            scores = self._scores(batch, pools, ctx)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.step * 7919 + 1)
+        pairs, entropies, ranks, drawn_scores, is_rejected = [], [], [], [], []
+        for record, (items, rm_scores), s in zip(batch, pools, scores):
+            probs = kernel_probs(s, self.kernel, self.tau)
+            j = draw(probs, generator)
+            pairs.append(record.with_rejected(items[j]))
+            entropies.append(entropy(probs))
+            drawn_scores.append(float(s[j]))
+            is_rejected.append(float(j == 0))
+            if rm_scores is not None and len(items) > 1:
+                # rank of the drawn candidate by reward-model score: 0 = the pool's best, 1 = its worst
+                order = sorted(range(len(items)), key=lambda i: -rm_scores[i])
+                ranks.append(order.index(j) / (len(items) - 1))
+        metrics = {
+            "sampler/pool_size": sum(len(items) for items, _ in pools) / len(pools),
+            "sampler/kernel_entropy": sum(entropies) / len(entropies),
+            "sampler/kernel_entropy_uniform": sum(math.log(len(items)) for items, _ in pools) / len(pools),
+            "sampler/drawn_kernel_score": sum(drawn_scores) / len(drawn_scores),
+            "sampler/drawn_is_dataset_rejected": sum(is_rejected) / len(is_rejected),
+        }
+        if ranks:
+            metrics["sampler/drawn_rm_rank"] = sum(ranks) / len(ranks)
+        return pairs, metrics
