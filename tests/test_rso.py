@@ -1,0 +1,58 @@
+"""RSO: acceptance statistics against the closed form, pairing, and a run on a scored pool."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from pobench.sampling.rso import pair_up, rejection_sample
+from test_engine import metrics, run_train
+from test_mcpo import pool_data  # noqa: F401  (fixture)
+
+
+def test_first_round_acceptance_matches_the_closed_form():
+    scores, beta, trials = [2.0, 1.5, 0.0, -1.0, 1.9], 0.7, 20000
+    rng = random.Random(7)
+    first_round = [0] * len(scores)
+    for _ in range(trials):
+        accepted, rounds = rejection_sample(scores, len(scores), beta, rng)
+        assert sorted(accepted) == list(range(len(scores)))   # k = N: everything is accepted eventually
+        for i, r in zip(accepted, rounds):
+            first_round[i] += r == 0
+    for i, s in enumerate(scores):
+        p = math.exp((s - max(scores)) / beta)                  # accept with prob exp((s - s_max) / beta)
+        sd = math.sqrt(p * (1 - p) / trials) or 1e-9
+        assert abs(first_round[i] / trials - p) < 5 * sd + 1e-9, (i, first_round[i] / trials, p)
+
+
+def test_k_stops_early_and_the_best_is_always_accepted_in_round_one():
+    rng = random.Random(0)
+    for _ in range(200):
+        accepted, rounds = rejection_sample([0.1, 3.0, -2.0, 0.5], 2, 0.5, rng)
+        assert len(accepted) == 2
+        first = [i for i, r in zip(accepted, rounds) if r == 0]
+        assert 1 in first or (len(first) == 2 and 1 not in accepted)
+
+
+def test_pairing_labels_by_score():
+    scores = [0.0, 3.0, 1.0, 2.0]
+    assert pair_up([0, 1, 2, 3], scores, "first_round") == [(1, 0), (3, 2)]
+    assert pair_up([0, 1, 2, 3], scores, "tournament") == [(1, 0), (3, 2), (1, 3)]
+    assert pair_up([0, 1], [1.0, 1.0], "first_round") == []   # a tie expresses no preference
+
+
+def test_rso_trains_on_a_scored_pool(tmp_path, tiny_model_dir, pool_data):  # noqa: F811
+    run_train(tmp_path / "r", tiny_model_dir, algo="rso", data_path=str(pool_data), max_steps=3,
+              algorithm={"num_accepted": 4})
+    rows = metrics(tmp_path / "r")
+    assert len(rows) == 3
+    assert all(r["sampler/accepted"] == 4 and r["sampler/pairs_per_record"] == 2 for r in rows)
+    assert rows[0]["pairs_seen"] == 8 and rows[0]["records_seen"] == 4
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_rso_without_a_pool_says_how_to_get_one(tmp_path, tiny_model_dir):
+    from pobench.errors import PobenchError
+    with pytest.raises(PobenchError, match="pobench candidates"):
+        run_train(tmp_path / "r", tiny_model_dir, algo="rso", max_steps=1)
