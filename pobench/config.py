@@ -70,6 +70,20 @@ class TrainConfig:
 
 
 @dataclass
+class PoolConfig:
+    source: str = "auto"           # auto (the records' own scored pool where they carry one, else generated) | dataset | generated
+    num_samples: int = 8           # completions generated per prompt from the reference policy
+    temperature: float = 0.8       # SimPO's on-policy recipe
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    batch_size: int = 16           # prompt x sample rows per generation forward
+    backend: str = "transformers"  # transformers | vllm (CUDA only)
+    seed: int = 0                  # generation seed, the same for every algorithm and run seed: one shared pool
+    reward_model: str = "auto"     # auto (a MiniLM Bradley-Terry RM trained once per suite) | RM folder | hub id | gold:<name>
+    rm_steps: int = 150            # training steps of the auto reward model
+
+
+@dataclass
 class RunConfig:
     suite: str = ""
     algorithm_name: str = ""
@@ -78,17 +92,20 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
     algorithm: dict = field(default_factory=dict)  # the algorithm's own parameters (checked against its defaults)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "pool": PoolConfig}
 CHOICES = {  # keys with a fixed set of values, checked when the config is resolved (before anything runs)
     "data.schema": ("auto", "hh", "ultrafeedback-binarized", "ultrafeedback-raw", "ultrafeedback-onpolicy"),
     "data.raw_rejected": ("worst", "random"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "pool.source": ("auto", "dataset", "generated"),
+    "pool.backend": ("transformers", "vllm"),
 }
 TOP_LEVEL = {"suite", "algorithm_name", "seed", "description", "algorithm", *SECTIONS}
 

@@ -67,6 +67,11 @@ class ChatFormatter:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def encode_completion(formatter: ChatFormatter, messages: list[dict], prompt_text: str, text: str,
+                      max_completion: int) -> list[int]:
+    return formatter.encode(formatter.completion_text(messages, prompt_text, text))[:max_completion]
+
+
 def tokenize_record(record: PreferenceRecord, formatter: ChatFormatter, max_prompt: int, max_completion: int,
                     with_candidates: bool = False) -> TokenizedPair:
     """Prompt keeps its last `max_prompt` tokens (the turn being answered); completions keep their first."""
@@ -76,7 +81,7 @@ def tokenize_record(record: PreferenceRecord, formatter: ChatFormatter, max_prom
         raise PobenchError(f"record {record.id}: the chat template rejects this prompt ({type(e).__name__}: {e})") from None
 
     def completion(text: str) -> list[int]:
-        return formatter.encode(formatter.completion_text(record.prompt, prompt_text, text))[:max_completion]
+        return encode_completion(formatter, record.prompt, prompt_text, text, max_completion)
 
     candidates = [completion(c) for c in record.candidates] if with_candidates else []
     return TokenizedPair(formatter.encode(prompt_text)[-max_prompt:], completion(record.chosen),

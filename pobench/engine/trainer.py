@@ -18,7 +18,7 @@ import torch
 from pobench.algorithm import SeqLogps
 from pobench.config import RunConfig
 from pobench.data import SuiteData
-from pobench.data.tokenize import ChatFormatter, TokenizedPair, tokenize_record
+from pobench.data.tokenize import ChatFormatter, TokenizedPair, encode_completion, tokenize_record
 from pobench.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from pobench.engine.io import MetricsLog, atomic_write_json
 from pobench.engine.loggers import Trackers
@@ -102,27 +102,34 @@ def pair_metrics(out, policy: SeqLogps, prefix: str = "") -> dict:
     }
 
 
+@contextlib.contextmanager
+def reference_policy(cfg: RunConfig, model, scorer, device, fresh_policy: bool):
+    """(model, scorer) of the reference policy, without gradient. LoRA: the policy with its adapter disabled.
+    Full fine-tuning: the untouched policy itself before step 1, or, once it has been updated (resuming), a
+    freshly loaded copy of the initial weights."""
+    with torch.no_grad():
+        if cfg.model.lora_r > 0:
+            with model.disable_adapter():
+                yield model, scorer
+        elif fresh_policy:
+            yield model, scorer
+        else:
+            ref_model, _, _ = load_policy(types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0}), device)
+            yield ref_model, SequenceLogps(ref_model, cfg.train.logps_chunk)
+            del ref_model
+
+
 def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, model, scorer, seqs, pad_id,
                           device, fresh_policy: bool, progress=None) -> ReferenceCache:
-    """Reference log-probs for every pair the run will touch, computed before the first update.
-
-    LoRA: the reference is the policy with its adapter disabled. Full fine-tuning: the untouched policy
-    itself before step 1, or, when resuming with entries missing, a freshly loaded copy of the weights."""
+    """Reference log-probs for every sequence the run will touch, computed before the first update."""
     fingerprint = f"{model_fingerprint(model_path)}-{cfg.model.dtype}"
     cache = ReferenceCache(cache_dir / "reflogps" / f"{fingerprint}.pt")
     missing = cache.missing(seqs)
     if not missing:
         return cache
     task = progress.add_task("reference log-probs", total=len(missing)) if progress else None
-    if cfg.model.lora_r > 0:
-        ref_scorer, context = scorer, model.disable_adapter()
-    elif fresh_policy:
-        ref_scorer, context = scorer, torch.no_grad()
-    else:
-        ref_model, _, _ = load_policy(types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0}), device)
-        ref_scorer, context = SequenceLogps(ref_model, cfg.train.logps_chunk), torch.no_grad()
     bs = max(2, 2 * cfg.train.batch_size)
-    with context:
+    with reference_policy(cfg, model, scorer, device, fresh_policy) as (_, ref_scorer):
         for start in range(0, len(missing), bs):
             chunk = missing[start:start + bs]
             cache.add(chunk, *score_sequences(ref_scorer, chunk, pad_id, device, bs))
@@ -132,6 +139,35 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
     if progress:
         progress.remove_task(task)
     return cache
+
+
+def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, tokenizer, scorer, formatter,
+                  cache_dir: Path, model_path: str, device, fresh_policy: bool, progress=None) -> dict:
+    """Attach a scored candidate pool to every training record the run touches (see pobench/sampling/pools.py)."""
+    from pobench.sampling import pools as P
+
+    own = all(P.has_own_pool(data.train[i]) for i in indices)
+    if cfg.pool.source == "dataset" or (cfg.pool.source == "auto" and own):
+        return {"source": "dataset"}
+    rm = P.auto_reward_model(cfg, data, cache_dir, progress)
+    store = P.PoolStore(P.store_path(cache_dir, model_fingerprint(model_path), cfg, rm))
+    missing = [i for i in indices if P.prompt_key(train_pairs[i].prompt) not in store.entries]
+    if missing:
+        from pobench.rewards import get_scorer
+        rm_scorer = get_scorer(rm)
+        with reference_policy(cfg, model, scorer, device, fresh_policy) as (ref_model, _):
+            P.generate_pools([data.train[i] for i in missing], [train_pairs[i].prompt for i in missing], ref_model,
+                             tokenizer, cfg, store, rm_scorer, progress)
+        del rm_scorer
+    for i in indices:
+        texts, scores = P.pool_for(store, train_pairs[i].prompt)
+        record = data.train[i]
+        prompt_text = formatter.prompt_text(record.prompt)
+        train_pairs[i].candidates = [encode_completion(formatter, record.prompt, prompt_text, t,
+                                                       cfg.train.max_completion_length) for t in texts]
+        train_pairs[i].scores = scores
+    return {"source": "generated", "reward_model": rm, "store": str(store.path), "prompts": len(indices),
+            "samples_per_prompt": cfg.pool.num_samples}
 
 
 def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path, resume: bool = False,
@@ -187,7 +223,11 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     elif metrics.path.exists():
         metrics.path.unlink()  # no checkpoint to continue from: start clean
 
-    # -- reference log-probs: every pair this run touches, before the first update ----------------------
+    # -- candidate pools (samplers that draw from one), then reference log-probs, before the first update ---
+    pool_info = None
+    if sampler.needs_candidates:
+        pool_info = prepare_pools(cfg, data, train_pairs, sorted(set(order)), model, tokenizer, scorer, formatter,
+                                  cache_dir, model_path, device, fresh_policy=state["step"] == 0, progress=progress)
     refcache = None
     if algo.needs_reference:
         needed = sampler.reference_sequences([train_pairs[i] for i in order]) + \
@@ -291,6 +331,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "final_loss": rows[-1]["loss"] if rows else None,
         "held_out_initial": state["initial_eval"], "held_out_final": last_eval,
         "reference_model": model_path, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
+        "records_seen": state["records_seen"], "candidate_pool": pool_info,
     }
     if accelerator.is_main_process:
         atomic_write_json(run_dir / "train_summary.json", summary)

@@ -1,0 +1,118 @@
+"""Candidate pools: N completions per training prompt from the reference policy, scored by the suite's
+reward model, generated once and stored on disk, so every algorithm of a comparison sees the same pool.
+
+Records that carry their own scored pool (raw UltraFeedback, the on-policy schema) use it (`pool.source:
+auto`). Otherwise prompts are sampled with SimPO's on-policy recipe (temperature 0.8, top_p 0.95) and scored
+by `pool.reward_model`; `auto` trains a Bradley-Terry reward model on the MiniLM encoder once per suite, on the
+second half of the training records, and caches it. The store is keyed by the policy's fingerprint, the
+generation settings and the reward model; an entry is one JSON line per prompt, appended as it is made, so an
+interrupted generation resumes where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from pobench.data.records import PreferenceRecord
+from pobench.errors import PobenchError
+
+
+def prompt_key(prompt_ids: list[int]) -> str:
+    return hashlib.sha1(",".join(map(str, prompt_ids)).encode()).hexdigest()
+
+
+class PoolStore:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.entries: dict[str, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line from an interrupted write: regenerate that prompt
+                self.entries[entry["key"]] = entry
+
+    def add(self, entries: list[dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            for e in entries:
+                self.entries[e["key"]] = e
+                f.write(json.dumps(e) + "\n")
+            f.flush()
+
+
+def has_own_pool(record: PreferenceRecord) -> bool:
+    return bool(record.candidates) and record.scores is not None
+
+
+def auto_reward_model(cfg, suite_data, cache_dir: Path, progress=None) -> str:
+    """`pool.reward_model: auto` -> a MiniLM Bradley-Terry reward model trained once per suite and data."""
+    spec = cfg.pool.reward_model
+    if spec != "auto":
+        return spec
+    fingerprint = hashlib.sha1(json.dumps([cfg.suite, suite_data.report, cfg.pool.rm_steps],
+                                          sort_keys=True, default=str).encode()).hexdigest()[:12]
+    out = Path(cache_dir) / "reward_models" / f"{cfg.suite}-minilm-{fingerprint}"
+    if (out / "config.json").is_file():
+        return str(out)
+    from pobench.rewards.train import train_reward_model
+
+    half = len(suite_data.train) // 2
+    if progress:
+        progress.console.print(f"pool.reward_model auto: training a Bradley-Terry MiniLM reward model on "
+                               f"{len(suite_data.train) - half} pairs (second half of train), cached in {out}")
+    train_reward_model(suite_data.train[half:], suite_data.eval, "minilm", out, steps=cfg.pool.rm_steps,
+                       seed=0, show_progress=False,
+                       extra_info={"suite": cfg.suite, "train_records_range": [half, len(suite_data.train)],
+                                   "made_by": "pool.reward_model=auto"})
+    return str(out)
+
+
+def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Path:
+    settings = {k: getattr(cfg.pool, k) for k in ("num_samples", "temperature", "top_p", "max_new_tokens", "seed")}
+    settings.update(rm=rm_spec, template=cfg.model.chat_template, max_prompt=cfg.train.max_prompt_length)
+    key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_dir) / "pools" / f"{model_fingerprint}-{key}.jsonl"
+
+
+def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]], model, tokenizer, cfg, store: PoolStore,
+                   scorer, progress=None) -> None:
+    """Generate and score the pools of `records` missing from `store` (chunks of prompts, appended as made)."""
+    from pobench.generation import GenerationConfig, get_backend
+
+    todo = [(r, p) for r, p in zip(records, prompt_ids) if prompt_key(p) not in store.entries]
+    seen, unique = set(), []
+    for r, p in todo:
+        if prompt_key(p) not in seen:
+            seen.add(prompt_key(p))
+            unique.append((r, p))
+    if not unique:
+        return
+    backend = get_backend(cfg.pool.backend, model, tokenizer)
+    gen = GenerationConfig(n=cfg.pool.num_samples, temperature=cfg.pool.temperature, top_p=cfg.pool.top_p,
+                           max_new_tokens=cfg.pool.max_new_tokens, seed=cfg.pool.seed, batch_size=cfg.pool.batch_size)
+    task = progress.add_task(f"candidate pools ({cfg.pool.num_samples}/prompt)", total=len(unique)) if progress else None
+    chunk = max(1, cfg.pool.batch_size // cfg.pool.num_samples)
+    for start in range(0, len(unique), chunk):
+        part = unique[start:start + chunk]
+        completions = backend.generate([p for _, p in part], gen)
+        entries = []
+        for (record, ids), outs in zip(part, completions):
+            texts = [c.text for c in outs]
+            scores = scorer.score([record.prompt] * len(texts), texts)
+            entries.append({"key": prompt_key(ids), "record": record.id, "candidates": texts,
+                            "scores": [float(s) for s in scores], "finished": [c.finished for c in outs]})
+        store.add(entries)
+        if progress:
+            progress.advance(task, len(part))
+    if progress:
+        progress.remove_task(task)
+
+
+def pool_for(store: PoolStore, prompt_ids: list[int]) -> tuple[list[str], list[float]]:
+    entry = store.entries.get(prompt_key(prompt_ids))
+    if entry is None:
+        raise PobenchError("internal: a candidate pool is missing after generation")
+    return entry["candidates"], entry["scores"]
