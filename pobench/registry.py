@@ -79,6 +79,7 @@ def discover(plugins: list[str] | tuple = ()) -> None:
         import pobench.sampling  # noqa: F401  (registers the built-in samplers)
         import pobench.sampling.mc_kernel  # noqa: F401
         import pobench.sampling.rso  # noqa: F401
+        import pobench.sampling.online  # noqa: F401
         for path in sorted(builtin_dir("algorithms").glob("*.py")):
             if not path.name.startswith("_"):
                 load_plugin(path)

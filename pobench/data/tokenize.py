@@ -23,9 +23,10 @@ class TokenizedPair:
     rejected: list[int]
     candidates: list[list[int]] = field(default_factory=list)  # the record's candidate pool, tokenized
     scores: list[float] | None = None                          # reward-model scores of the candidates
+    source: PreferenceRecord | None = field(default=None, compare=False, repr=False)  # the text it came from
 
     def with_rejected(self, rejected: list[int]) -> "TokenizedPair":
-        return TokenizedPair(self.prompt, self.chosen, rejected)
+        return TokenizedPair(self.prompt, self.chosen, rejected, source=self.source)
 
 
 def _plain_prompt(messages: list[dict]) -> str:
@@ -85,4 +86,5 @@ def tokenize_record(record: PreferenceRecord, formatter: ChatFormatter, max_prom
 
     candidates = [completion(c) for c in record.candidates] if with_candidates else []
     return TokenizedPair(formatter.encode(prompt_text)[-max_prompt:], completion(record.chosen),
-                         completion(record.rejected), candidates, record.scores if with_candidates else None)
+                         completion(record.rejected), candidates, record.scores if with_candidates else None,
+                         source=record)

@@ -29,16 +29,41 @@ from pobench.models import load_policy, model_fingerprint, pick_device, pick_dty
 from pobench.registry import get_sampler
 
 
-@dataclass
 class SamplerContext:
-    """What a sampler may use: the policy scorer, the reference cache, the config, the step."""
-    scorer: SequenceLogps
-    refcache: ReferenceCache | None
-    cfg: RunConfig
-    step: int
-    device: torch.device
-    pad_id: int = 0
-    score_batch_size: int = 8
+    """What a sampler may use: the policy (to score or to generate from), the reference log-probs, the reward
+    model, the records of any step, the config. Built once per run; `step` is updated by the loop."""
+
+    def __init__(self, cfg: RunConfig, scorer, model, tokenizer, formatter, refcache, device, pad_id: int,
+                 batch_at, max_steps: int, reward_scorer, reference):
+        self.cfg, self.scorer, self.model, self.tokenizer, self.formatter = cfg, scorer, model, tokenizer, formatter
+        self.refcache, self.device, self.pad_id, self.batch_at, self.max_steps = refcache, device, pad_id, batch_at, max_steps
+        self.score_batch_size = 2 * cfg.train.batch_size
+        self.step = 0
+        self._reward_scorer, self._reference = reward_scorer, reference
+
+    def reward_scorer(self):
+        """The suite's reward model (built on first use)."""
+        return self._reward_scorer()
+
+    def policy_logps(self, seqs: list[tuple]):
+        return score_sequences(self.scorer, seqs, self.pad_id, self.device, self.score_batch_size)
+
+    def ensure_reference(self, seqs: list[tuple]) -> None:
+        """Reference log-probs for sequences that appear during training (fresh samples)."""
+        missing = self.refcache.missing(seqs)
+        if missing:
+            self.refcache.add(missing, *self._reference(missing))
+
+    def prompt_messages(self, pair: TokenizedPair) -> list[dict]:
+        return pair.source.prompt
+
+    def chosen_text(self, pair: TokenizedPair) -> str:
+        return pair.source.chosen
+
+    def encode_completion(self, pair: TokenizedPair, text: str) -> list[int]:
+        record = pair.source
+        return encode_completion(self.formatter, record.prompt, self.formatter.prompt_text(record.prompt), text,
+                                 self.cfg.train.max_completion_length)
 
 
 def tokenize_all(records, formatter, cfg: RunConfig, with_candidates: bool = False) -> list[TokenizedPair]:
@@ -236,6 +261,34 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                                          fresh_policy=state["step"] == 0, progress=progress)
 
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
+
+    def batch_at(step: int) -> list[TokenizedPair]:
+        start = step * global_batch + rank * tc.batch_size
+        return [train_pairs[i] for i in order[start:start + tc.batch_size]]
+
+    frozen: dict = {}
+
+    def reward_scorer():
+        if "rm" not in frozen:
+            from pobench.rewards import get_scorer
+            from pobench.sampling.pools import auto_reward_model
+            frozen["rm_spec"] = auto_reward_model(cfg, data, cache_dir, progress)
+            frozen["rm"] = get_scorer(frozen["rm_spec"])
+        return frozen["rm"]
+
+    def reference(seqs):
+        """Reference log-probs of sequences met during training: the adapter-disabled policy (LoRA) or a
+        frozen copy of the initial weights, loaded on first use (full fine-tuning)."""
+        if cfg.model.lora_r > 0:
+            with torch.no_grad(), model.disable_adapter():
+                return score_sequences(scorer, seqs, pad_id, device, 2 * tc.batch_size)
+        if "ref" not in frozen:
+            ref_model, _, _ = load_policy(types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0}), device)
+            frozen["ref"] = SequenceLogps(ref_model.eval().requires_grad_(False), tc.logps_chunk)
+        return score_sequences(frozen["ref"], seqs, pad_id, device, 2 * tc.batch_size)
+
+    ctx = SamplerContext(cfg, scorer, model, tokenizer, formatter, refcache, device, pad_id, batch_at, max_steps,
+                         reward_scorer, reference)
     eval_bs = max(2, tc.batch_size)
 
     def held_out() -> dict:
@@ -256,9 +309,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         t0 = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        start = step * global_batch + rank * tc.batch_size
-        batch = [train_pairs[i] for i in order[start:start + tc.batch_size]]
-        pairs, sampler_metrics = sampler(batch, SamplerContext(scorer, refcache, cfg, step, device, pad_id, 2 * tc.batch_size))
+        ctx.step = step
+        pairs, sampler_metrics = sampler(batch_at(step), ctx)
         if len(pairs) % tc.grad_accum:
             raise PobenchError(f"sampler {algo.sampler} gave {len(pairs)} pairs, not a multiple of train.grad_accum")
         micro = len(pairs) // tc.grad_accum
@@ -332,6 +384,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "held_out_initial": state["initial_eval"], "held_out_final": last_eval,
         "reference_model": model_path, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
         "records_seen": state["records_seen"], "candidate_pool": pool_info,
+        "reward_model": frozen.get("rm_spec") or (pool_info or {}).get("reward_model"),
     }
     if accelerator.is_main_process:
         atomic_write_json(run_dir / "train_summary.json", summary)

@@ -1,0 +1,98 @@
+"""OnMC-PO's and online DPO's sampler: the pool is generated from the *current* policy during training.
+
+Every `refresh_every` steps, `num_candidates` completions are sampled from the current policy for the prompts
+of the next `refresh_every` batches and scored by the suite's reward model. The preferred completion is the
+best of the generated set (with the dataset's chosen competing when `include_dataset_chosen`). The negative is
+drawn from the rest by MC-PO's kernel (OnMC-PO), or is the worst of them (online DPO, Guo et al. 2024: the
+comparator that tells the gain of being online from the gain of the kernel). Reference log-probs of the fresh
+samples are computed as they appear (LoRA: adapter disabled; full fine-tuning: a frozen copy of the initial
+weights, loaded once).
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from pobench.registry import register_sampler
+from pobench.sampling import pair_sequences
+from pobench.sampling.mc_kernel import draw, entropy, kernel_probs
+
+
+@register_sampler("online_pool")
+class OnlinePool:
+    needs_candidates = False
+
+    def __init__(self, params, cfg):
+        self.params = params
+        self.cfg = cfg
+        self.pools: dict[int, tuple] = {}   # step -> per record (candidate ids, rm scores, dataset chosen score)
+
+    def reference_sequences(self, records) -> list[tuple]:
+        return pair_sequences(records)  # the fresh samples' reference log-probs are computed as they appear
+
+    def _refresh(self, ctx) -> None:
+        """Generate and score pools for the steps [ctx.step, ctx.step + refresh_every)."""
+        from pobench.generation import GenerationConfig, get_backend
+
+        p, pc = self.params, self.cfg.pool
+        steps = [s for s in range(ctx.step, ctx.step + p.refresh_every) if s < ctx.max_steps]
+        batches = [ctx.batch_at(s) for s in steps]
+        records = [r for b in batches for r in b]
+        gen = GenerationConfig(n=p.num_candidates, temperature=pc.temperature, top_p=pc.top_p,
+                               max_new_tokens=pc.max_new_tokens, seed=self.cfg.seed * 1_000_003 + ctx.step,
+                               batch_size=pc.batch_size)
+        backend = get_backend(pc.backend, ctx.model, ctx.tokenizer)
+        completions = backend.generate([r.prompt for r in records], gen)
+        rm = ctx.reward_scorer()
+        out, k = {}, 0
+        for s, batch in zip(steps, batches):
+            per_record = []
+            for record in batch:
+                texts = [c.text for c in completions[k]]
+                messages = ctx.prompt_messages(record)
+                scores = rm.score([messages] * (len(texts) + 1), texts + [ctx.chosen_text(record)])
+                ids = [ctx.encode_completion(record, t) for t in texts]
+                per_record.append((ids, [float(x) for x in scores[:-1]], float(scores[-1])))
+                k += 1
+            out[s] = per_record
+        self.pools = out
+
+    def __call__(self, batch, ctx):
+        p = self.params
+        started = time.perf_counter()
+        if ctx.step not in self.pools:
+            self._refresh(ctx)
+        gen_time = time.perf_counter() - started
+        pairs, chosen_scores, drawn_scores, entropies, from_dataset = [], [], [], [], []
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + ctx.step * 7919 + 2)
+        for record, (ids, scores, dataset_chosen_score) in zip(batch, self.pools.pop(ctx.step)):
+            items, item_scores = list(ids), list(scores)
+            if p.include_dataset_chosen:
+                items.append(record.chosen)  # token ids, like the samples
+                item_scores.append(dataset_chosen_score)
+            best = max(range(len(items)), key=item_scores.__getitem__)
+            rest = [i for i in range(len(items)) if i != best]
+            if p.pairing == "best_worst":
+                j = min(rest, key=item_scores.__getitem__)
+                entropies.append(0.0)
+            else:
+                negatives = [(record.prompt, items[i]) for i in rest]
+                ctx.ensure_reference(negatives)
+                logps, counts = ctx.policy_logps(negatives)
+                ref, _ = ctx.refcache.lookup_sequences(negatives)
+                values = {"reward": p.beta * (logps - ref), "loglik": logps,
+                          "loglik_mean": logps / counts.clamp(min=1)}[p.kernel_score]
+                probs = kernel_probs(values, p.kernel, p.tau)
+                j = rest[draw(probs, generator)]
+                entropies.append(entropy(probs))
+            pairs.append(type(record)(record.prompt, items[best], items[j], source=record.source))
+            chosen_scores.append(item_scores[best])
+            drawn_scores.append(item_scores[j])
+            from_dataset.append(float(p.include_dataset_chosen and best == len(items) - 1))
+        ctx.ensure_reference([s for pair in pairs for s in ((pair.prompt, pair.chosen), (pair.prompt, pair.rejected))])
+        n = len(pairs)
+        return pairs, {"sampler/generation_s": round(gen_time, 3), "sampler/chosen_rm_score": sum(chosen_scores) / n,
+                       "sampler/rejected_rm_score": sum(drawn_scores) / n,
+                       "sampler/chosen_is_dataset": sum(from_dataset) / n,
+                       "sampler/kernel_entropy": sum(entropies) / n}
