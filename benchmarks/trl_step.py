@@ -29,6 +29,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DATASETS_VERBOSITY", "error")
 
 import argparse
+import contextlib
 import copy
 import functools
 import gc
@@ -52,7 +53,7 @@ from pobench.algorithm import SeqLogps  # noqa: E402
 from pobench.data.tokenize import TokenizedPair  # noqa: E402
 from pobench.engine.logps import SequenceLogps, collate_pairs  # noqa: E402
 from pobench.engine.refcache import ReferenceCache  # noqa: E402
-from pobench.engine.trainer import score_pairs  # noqa: E402
+from pobench.engine.trainer import score_sequences  # noqa: E402
 from pobench.losses import dpo_loss  # noqa: E402
 from pobench.models import load_causal_lm, load_tokenizer, resolve_model_path  # noqa: E402
 
@@ -201,11 +202,12 @@ def run_config(name: str, tokenizer, model_path: str, words: list[int], steps: i
     trainable = [p for p in model_p.parameters() if p.requires_grad]
     opt_p = torch.optim.AdamW(trainable, lr=LR, weight_decay=0.0)
 
-    # pobench's reference log-probs: computed before training and cached (as build_reference_cache does).
+    # pobench's reference log-probs: computed before training and cached per sequence (as build_reference_cache
+    # does: LoRA -> adapter disabled; full fine-tuning -> the untouched policy before step 1).
     refcache = ReferenceCache(Path(tmp) / "reflogps.pt")
-    ref_context = model_p.disable_adapter() if spec["lora"] else torch.no_grad()
-    with ref_context:
-        refcache.add(pairs, score_pairs(scorer, pairs, pad_id, torch.device("cpu"), n))
+    seqs = refcache.missing([(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs])
+    with torch.no_grad(), (model_p.disable_adapter() if spec["lora"] else contextlib.nullcontext()):
+        refcache.add(seqs, *score_sequences(scorer, seqs, pad_id, torch.device("cpu"), 2 * n))
     refcache.save()
     refcache = ReferenceCache(Path(tmp) / "reflogps.pt")   # reloaded from disk, as a training run would
 
@@ -414,6 +416,11 @@ def main(argv=None) -> int:
     tokenizer = load_tokenizer(model_path)
     words = word_token_ids(tokenizer)
     log(f"model {model_path}; {len(words)} round-trip word tokens; torch threads {torch.get_num_threads()}")
+    busy = os.getloadavg()[0]
+    if busy > 0.5 * (os.cpu_count() or 1):
+        print(f"warning: load average {busy:.1f} on {os.cpu_count()} CPUs before starting: other processes are "
+              f"running, so the timings will be noisy (the steps are interleaved, but rerun on a quiet machine)",
+              file=sys.stderr, flush=True)
 
     results = []
     for name in names:
@@ -421,7 +428,7 @@ def main(argv=None) -> int:
         results.append(run_config(name, tokenizer, model_path, words, args.steps, args.warmup, log))
         gc.collect()
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+    env = {"load_avg_1min_at_start": round(busy, 2), "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
            "trl": trl.__version__, "peft": peft.__version__, "threads": torch.get_num_threads(),
            "cpu": platform.processor() or platform.machine(), "device": "cpu",
            "steps": args.steps, "warmup": args.warmup, "total_s": round(time.perf_counter() - t0, 1)}

@@ -255,7 +255,7 @@ def train_rm(
     lr: float = typer.Option(5e-5, "--lr", help="AdamW learning rate (linear warmup, cosine decay)."),
     max_length: int = typer.Option(256, "--max-length", help="Tokens per conversation; longer ones keep their end."),
     seed: int = typer.Option(1, "--seed", help="Seeds the head's init and the data order."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder [default: results/reward_models/<suite>-<backbone>-seed<k>]."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: results/reward_models/<suite>-<backbone>-seed<k>)."),
     disjoint: bool = typer.Option(True, "--disjoint/--no-disjoint",
                                   help="Train on the second half of the training records only, so a policy trained "
                                        "on the first half is not judged by a model of its own training data."),
@@ -289,8 +289,47 @@ def train_rm(
                     "train_records_range": [first, first + len(train_records)]})
     typer.echo(f"held-out pair accuracy: {info['eval_accuracy_before']:.3f} -> {info['eval_accuracy_after']:.3f} "
                f"(+/- {info['eval_accuracy_stderr_after']:.3f}, {info['eval_pairs']} pairs); train loss "
-               f"{info['train_loss_first']:.3f} -> {info['train_loss_last']:.3f}; {info['train_time_s']:.0f} s; "
+               f"{info['train_loss_first']:.3f} -> {info['train_loss_last']:.3f}; training {info['train_time_s']:.0f} s, "
+               f"held-out scoring {info['eval_time_s']:.0f} s; "
                f"saved to {info['out_dir']}")
+
+
+@app.command()
+def candidates(
+    suite: str = typer.Option(DEFAULT_SUITE, "--suite", help="Suite name or path to a suite .yaml."),
+    model: Optional[str] = typer.Option(None, "--model", help="Reference policy: hub id, folder, .gguf, or alias."),
+    data_path: Optional[str] = typer.Option(None, "--data", help="'sample', 'hub', a hub id, or a local file/folder."),
+    seeds: str = typer.Option("1", "--seeds", help="Make the pools of the prompts these run seeds will train on."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="train.max_steps of the runs to prepare for."),
+    out: Path = typer.Option(Path("results"), "--out", help="Results root (the pools go to OUT/.cache/pools)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a key, e.g. --set pool.num_samples=16."),
+):
+    """Generate and score the candidate pools of a suite ahead of `pobench run` (stored and shared by all runs)."""
+    from pobench import config as C
+    from pobench.data import load_suite_data
+    from pobench.engine.trainer import build_pools
+    from pobench.registry import algorithm_defaults, get_algorithm, load_suite
+
+    cli_cfg: dict = {"pool": {"source": "generated"}}
+    if model:
+        cli_cfg.setdefault("model", {})["name_or_path"] = model
+    if data_path:
+        cli_cfg.setdefault("data", {})["path"] = data_path
+    if max_steps is not None:
+        cli_cfg.setdefault("train", {})["max_steps"] = max_steps
+    set_cfg = C.deep_merge(cli_cfg, C.parse_set(set_))
+    mcpo = get_algorithm("mcpo")
+    for seed in _seeds(seeds):
+        cfg = C.resolve(load_suite(suite), "mcpo", algorithm_defaults(mcpo), {}, C.deep_merge(set_cfg, {"seed": seed}),
+                        ["mcpo"], mcpo.choices)
+        suite_data = load_suite_data(cfg.data, cfg.seed)
+        _writable(out)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console) as progress:
+            info = build_pools(cfg, suite_data, out / ".cache", progress)
+        console.print(f"seed {seed}: pools of {info['prompts']} prompts x {info['samples_per_prompt']} samples, "
+                      f"scored by {info['reward_model']}, in {info['store']}", markup=False, highlight=False)
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from pobench.rewards import register_gold
 from pobench.sampling.pools import PoolStore
@@ -43,3 +44,37 @@ def test_torn_store_line_is_ignored(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"key": "a", "candidates": ["x"], "scores": [1.0]}) + "\n{\"key\": \"b\", \"cand")
     assert list(PoolStore(path).entries) == ["a"]
+
+
+def test_candidates_command_prepares_the_pool_a_run_then_reuses(tmp_path, tiny_model_dir):
+    import subprocess
+    import sys
+    out = tmp_path / "results"
+    # one process, so that the test's gold reward (registered by importing this module) is known to both commands
+    made = subprocess.run([sys.executable, "-c", CANDIDATES_THEN_RUN, str(out), str(tiny_model_dir)],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent)
+    assert made.returncode == 0, made.stderr[-2000:]
+    stores = list((out / ".cache" / "pools").glob("*.jsonl"))
+    assert len(stores) == 1 and len(PoolStore(stores[0]).entries) == 4
+    assert "unchanged" in made.stdout
+
+
+CANDIDATES_THEN_RUN = """
+import sys
+from pathlib import Path
+from typer.testing import CliRunner
+import test_pools  # registers gold:test-length in this process
+from pobench.cli import app
+out, model = sys.argv[1], sys.argv[2]
+common = ["--model", model, "--data", "sample", "--max-steps", "2", "--out", out,
+          "--set", "data.max_train_records=16", "--set", "data.eval_size=4", "--set", "train.batch_size=2",
+          "--set", "pool.reward_model=gold:test-length", "--set", "pool.num_samples=2", "--set", "pool.max_new_tokens=4"]
+runner = CliRunner()
+r = runner.invoke(app, ["candidates", *common])
+assert r.exit_code == 0, r.output
+store = next((Path(out) / ".cache" / "pools").glob("*.jsonl"))
+before = store.read_text()
+r = runner.invoke(app, ["run", "--algo", "mcpo", "--no-eval", *common])
+assert r.exit_code == 0, r.output
+print("unchanged" if store.read_text() == before else "regenerated")
+"""

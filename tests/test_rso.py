@@ -54,5 +54,5 @@ def test_rso_trains_on_a_scored_pool(tmp_path, tiny_model_dir, pool_data):  # no
 
 def test_rso_without_a_pool_says_how_to_get_one(tmp_path, tiny_model_dir):
     from pobench.errors import PobenchError
-    with pytest.raises(PobenchError, match="pobench candidates"):
-        run_train(tmp_path / "r", tiny_model_dir, algo="rso", max_steps=1)
+    with pytest.raises(PobenchError, match="pool.source=generated"):
+        run_train(tmp_path / "r", tiny_model_dir, algo="rso", max_steps=1, pool={"source": "dataset"})

@@ -195,6 +195,19 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
             "samples_per_prompt": cfg.pool.num_samples}
 
 
+def build_pools(cfg: RunConfig, data: SuiteData, cache_dir: Path, progress=None) -> dict:
+    """`pobench candidates`: the pools a run with this config would generate, made ahead of time."""
+    device = pick_device(cfg.model.device)
+    model, tokenizer, model_path = load_policy(cfg.model, device)
+    formatter = ChatFormatter(tokenizer, cfg.model.chat_template)
+    train_pairs = tokenize_all(data.train, formatter, cfg)
+    max_steps = cfg.train.max_steps or max(1, len(train_pairs) // cfg.train.batch_size)
+    order = data_order(len(train_pairs), cfg.seed, max_steps, cfg.train.batch_size)
+    scorer = SequenceLogps(model, cfg.train.logps_chunk)
+    return prepare_pools(cfg, data, train_pairs, sorted(set(order)), model, tokenizer, scorer, formatter, cache_dir,
+                         model_path, device, fresh_policy=True, progress=progress)
+
+
 def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path, resume: bool = False,
           progress=None, tokenized: dict | None = None) -> dict:
     from accelerate import Accelerator

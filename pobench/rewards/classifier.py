@@ -44,12 +44,21 @@ def _left_truncation(tokenizer):
         tokenizer.truncation_side = saved
 
 
-def encode(tokenizer, texts: list[str], max_length: int) -> dict:
-    """Right-padded batch. A chat template writes its own special tokens; plain text gets the tokenizer's
-    (BERT's [CLS] ... [SEP], whose [CLS] position the classification head pools)."""
+def length_batches(tokenizer, texts: list[str], max_length: int, batch_size: int):
+    """Yield (indices, padded batch) over `texts`, longest first, `batch_size` texts at a time.
+
+    Batches of similar length: conversations vary from 30 to 500+ tokens, and padding all 32 texts of a
+    16-pair HH-RLHF step to the longest one computed 1.6x the tokens of length-sorted groups of 8 (8168 vs
+    5193 per step at max_length 256). A chat template writes its
+    own special tokens; plain text gets the tokenizer's (BERT's [CLS] ... [SEP], whose [CLS] position the
+    classification head pools)."""
     with _left_truncation(tokenizer):
-        return tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt",
-                         add_special_tokens=not uses_chat_template(tokenizer))
+        enc = tokenizer(texts, truncation=True, max_length=max_length,
+                        add_special_tokens=not uses_chat_template(tokenizer))
+    order = sorted(range(len(texts)), key=lambda i: -len(enc["input_ids"][i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        yield idx, tokenizer.pad([{k: enc[k][i] for k in enc.keys()} for i in idx], return_tensors="pt")
 
 
 def prepare_pad_token(model, tokenizer) -> None:
@@ -112,21 +121,16 @@ class SequenceClassifierScorer:
 
     @torch.no_grad()
     def score(self, prompts: list[list[dict]], completions: list[str]) -> list[float]:
-        """One reward per completion. Texts are batched by length (less padding); the model is scored in eval
-        mode and handed back in the mode it came in."""
+        """One reward per completion, computed in eval mode; the model is handed back in the mode it came in."""
         if len(prompts) != len(completions):
             raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
         texts = self.texts(prompts, completions)
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         scores = [0.0] * len(texts)
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
-                batch = {k: v.to(self.device) for k, v in encode(self.tokenizer, [texts[i] for i in idx],
-                                                                  self.max_length).items()}
-                rewards = self.model(**batch).logits[:, 0].float().cpu().tolist()
+            for idx, batch in length_batches(self.tokenizer, texts, self.max_length, self.batch_size):
+                rewards = self.model(**batch.to(self.device)).logits[:, 0].float().cpu().tolist()
                 for i, r in zip(idx, rewards):
                     scores[i] = r
         finally:

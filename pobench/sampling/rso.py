@@ -73,7 +73,8 @@ class RejectionSampler:
     def pool(self, record) -> tuple[list[list[int]], list[float]]:
         if record.scores is None or not record.candidates:
             raise PobenchError("rso needs a scored candidate pool per prompt: use data that carries one "
-                               "(raw UltraFeedback, the on-policy schema) or generate one with `pobench candidates`")
+                               "(raw UltraFeedback, the on-policy schema) or let pobench generate one "
+                               "(pool.source=generated, or auto; `pobench candidates` makes it ahead of time)")
         return record.candidates[:self.num_candidates], record.scores[:self.num_candidates]
 
     def reference_sequences(self, records) -> list[tuple]:
