@@ -166,7 +166,7 @@ def _print_summary(summaries: list[dict], wall: float) -> None:
                       f"{s['train_time_s']:.0f}", f"{s['pairs_per_s'] or 0:.2f}", f"{s['final_loss']:.3f}",
                       f"{init['eval/rewards/accuracies']:.2f}->{final['eval/rewards/accuracies']:.2f}",
                       f"{init['eval/rewards/margins']:.3f}->{final['eval/rewards/margins']:.3f}")
-    Console(width=max(100, Console().width)).print(table)
+    Console(width=max(120, Console().width)).print(table)
 
 
 @app.command("list")
@@ -183,8 +183,19 @@ def list_(
              for n, cls in sorted(ALGORITHMS.items())]
     suites = [{"name": n, "description": load_suite(n).get("description", ""), "path": str(p)}
               for n, p in suite_files().items()]
+    import importlib.util
+
+    from pobench.generation import BACKENDS
+    from pobench.registry import SAMPLERS
+    from pobench.rewards import GOLD_REWARDS
+    backends = [{"name": n, "installed": n != "vllm" or importlib.util.find_spec("vllm") is not None}
+                for n in sorted(BACKENDS)]
+    samplers = [{"name": n, "doc": (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]}
+                for n, cls in sorted(SAMPLERS.items())]
+    scorers = ["<reward-model folder>", "<hub id>"] + [f"gold:{n}" for n in sorted(GOLD_REWARDS)]
     if json_:
-        typer.echo(json.dumps({"algorithms": algos, "suites": suites}, indent=2))
+        typer.echo(json.dumps({"algorithms": algos, "suites": suites, "samplers": samplers,
+                               "generation_backends": backends, "reward_models": scorers}, indent=2))
         return
     con = Console()
     t = Table(title="algorithms")
@@ -200,6 +211,9 @@ def list_(
     for s in suites:
         t.add_row(s["name"], s["description"])
     con.print(t)
+    con.print("generation backends: " + ", ".join(f"{b['name']}{'' if b['installed'] else ' (not installed)'}"
+                                                  for b in backends), highlight=False)
+    con.print("reward models: " + ", ".join(scorers), highlight=False, markup=False)
 
 
 @app.command()
