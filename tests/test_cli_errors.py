@@ -107,7 +107,7 @@ CASES = {
     "data_cmd_empty_file": (["data", "hh-rlhf", "--data", "empty.jsonl"], lambda d: (d / "empty.jsonl").write_text(""),
                             ["empty.jsonl: no rows"]),
     "data_cmd_too_few_rows": (["data", "hh-rlhf", "--data", "rows.jsonl"], lambda d: _lines(d / "rows.jsonl", _hh_rows(5)),
-                              ["rows.jsonl: 5 records, too few to hold out data.eval_size=64"]),
+                              ["rows.jsonl: 5 records, too few to hold out data.eval_size=32"]),
     "data_cmd_bad_set_type": (["data", "hh-rlhf", "--set", "data.eval_size=many"], None,
                               ["config key 'data.eval_size'", "many"]),
     "data_cmd_bad_choice": (["data", "hh-rlhf", "--set", "data.raw_rejected=wrost"], None,

@@ -558,10 +558,10 @@ def _pobench_data(*args, cwd):
 
 
 @pytest.mark.parametrize("suite, split, lines, skipped", [
-    ("ultrafeedback", "eval", 64, None),                                            # test_prefs-100: nothing skipped
+    ("ultrafeedback", "eval", 32, None),                                            # test_prefs-100: nothing skipped
     ("ultrafeedback", "train", 998, "{'empty_completion': 2}"),                     # train_prefs-1000
-    ("hh-rlhf", "train", 1992 - 64, "{'empty_completion': 4, 'prefix_mismatch': 4}"),
-    ("hh-rlhf", "eval", 64, None),                                                  # carved off the train sample
+    ("hh-rlhf", "train", 1992 - 32, "{'empty_completion': 4, 'prefix_mismatch': 4}"),
+    ("hh-rlhf", "eval", 32, None),                                                  # carved off the train sample
 ])
 def test_pobench_data_reports_the_skips_of_the_split_it_prints(tmp_path, suite, split, lines, skipped):
     """The UltraFeedback samples skip 2 (train) and 0 (eval) rows; the HH counts {4, 4} belong to hh-rlhf only."""

@@ -40,8 +40,6 @@ def entropy(probs: torch.Tensor) -> float:
 
 @register_sampler("mc_kernel")
 class MCKernel:
-    needs_candidates = True
-
     def __init__(self, params, cfg):
         self.num_candidates = params.num_candidates
         self.kernel = params.kernel
@@ -50,6 +48,11 @@ class MCKernel:
         self.kernel_score = params.kernel_score
         self.beta = params.beta
         self.seed = cfg.seed
+
+    @property
+    def needs_candidates(self) -> bool:
+        """With L = 1 the pool is the dataset's rejected alone: nothing to generate or tokenize."""
+        return self.num_candidates > 1
 
     def pool(self, record) -> tuple[list[list[int]], list[float] | None]:
         """The dataset's rejected first, then the record's other candidates in stored order, cut to L.
