@@ -38,6 +38,18 @@ def _seeds(text: str) -> list[int]:
         raise PobenchError(f"--seeds {text}: expected comma-separated integers") from None
 
 
+def _shortcuts(model: str | None, data: str | None, max_steps: int | None) -> dict:
+    """--model / --data / --max-steps as config overrides (they rank with --set)."""
+    out: dict = {}
+    if model:
+        out["model"] = {"name_or_path": model}
+    if data:
+        out["data"] = {"path": data}
+    if max_steps is not None:
+        out["train"] = {"max_steps": max_steps}
+    return out
+
+
 def _writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -73,14 +85,7 @@ def run(
     suite_cfg = load_suite(suite)
     file_cfg = C.read_yaml(config) if config else {}
     set_cfg = C.parse_set(set_)
-    cli_cfg: dict = {}
-    if model:
-        cli_cfg.setdefault("model", {})["name_or_path"] = model
-    if data:
-        cli_cfg.setdefault("data", {})["path"] = data
-    if max_steps is not None:
-        cli_cfg.setdefault("train", {})["max_steps"] = max_steps
-    set_cfg = C.deep_merge(cli_cfg, set_cfg)
+    set_cfg = C.deep_merge(_shortcuts(model, data, max_steps), set_cfg)
 
     # Resolve and check everything before anything is written.
     plans = []
@@ -324,13 +329,7 @@ def candidates(
     from pobench.engine.trainer import build_pools
     from pobench.registry import algorithm_defaults, get_algorithm, load_suite
 
-    cli_cfg: dict = {"pool": {"source": "generated"}}
-    if model:
-        cli_cfg.setdefault("model", {})["name_or_path"] = model
-    if data_path:
-        cli_cfg.setdefault("data", {})["path"] = data_path
-    if max_steps is not None:
-        cli_cfg.setdefault("train", {})["max_steps"] = max_steps
+    cli_cfg = C.deep_merge({"pool": {"source": "generated"}}, _shortcuts(model, data_path, max_steps))
     set_cfg = C.deep_merge(cli_cfg, C.parse_set(set_))
     mcpo = get_algorithm("mcpo")
     for seed in _seeds(seeds):

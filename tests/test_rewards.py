@@ -170,7 +170,7 @@ def test_cli_train_rm_disjoint(tiny_bert_dir, tmp_path, monkeypatch, capsys):
     n_train = len(load_suite_data(C._build(C.RunConfig, {k: v for k, v in load_suite("hh-rlhf").items()
                                                           if k != "algorithm"}, "").data, 1).train)
     assert info["disjoint"] is True and info["train_records_range"] == [n_train // 2, n_train]
-    assert info["train_pairs"] == n_train - n_train // 2 and info["eval_pairs"] == 64 and info["suite"] == "hh-rlhf"
+    assert info["train_pairs"] == n_train - n_train // 2 and info["eval_pairs"] == 32 and info["suite"] == "hh-rlhf"
     assert "held-out pair accuracy:" in capsys.readouterr().out
     # bad input: exit code 2 with a one-line reason
     assert run_cli(monkeypatch, ["train-rm", "--data", "sample", "--backbone", str(tiny_bert_dir), "--steps", "0",
