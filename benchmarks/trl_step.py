@@ -171,6 +171,32 @@ def trl_policy_logps(trainer, inputs):
     return out.log_probs[:, -seq_len:].sum(1)
 
 
+# -- other processes -----------------------------------------------------------------------------------------
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy so far (Linux /proc/stat), or None where unavailable."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + fields[4]            # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """Cores' worth of CPU that other processes used while a block ran: machine busy time minus our own."""
+
+    def __enter__(self):
+        self.busy, self.own, self.wall = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        busy, own, wall = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+        self.cores = (None if self.busy is None or busy is None
+                      else max(0.0, (busy - self.busy) - (own - self.own)) / max(wall - self.wall, 1e-9))
+        return False
+
+
 # -- one configuration ---------------------------------------------------------------------------------------
 def run_config(name: str, tokenizer, model_path: str, words: list[int], steps: int, warmup: int, log) -> dict:
     spec = CONFIGS[name]
@@ -291,20 +317,23 @@ def run_config(name: str, tokenizer, model_path: str, words: list[int], steps: i
         return t4 - t0, loss.item(), float(grad_norm)
 
     setup_s = time.perf_counter() - t_setup
-    times_p, times_t, first, last = [], [], None, None
+    times_p, times_t, others, first, last = [], [], [], None, None
     for i in range(warmup + steps):
-        if i % 2 == 0:
-            rp, rt = pobench_step(), trl_step()
-        else:
-            rt, rp = trl_step(), pobench_step()
+        with OtherLoad() as other:
+            if i % 2 == 0:
+                rp, rt = pobench_step(), trl_step()
+            else:
+                rt, rp = trl_step(), pobench_step()
         if i == 0:
             first = (rp, rt)
         last = (rp, rt)
         if i >= warmup:
             times_p.append(rp[0])
             times_t.append(rt[0])
+            others.append(other.cores)
+        busy = "" if other.cores is None else f" (other processes: {other.cores:.2f} cores)"
         log(f"  [{name}] round {i + 1}/{warmup + steps}{' (warm-up)' if i < warmup else ''}: "
-            f"pobench {rp[0] * 1e3:.1f} ms, TRL {rt[0] * 1e3:.1f} ms")
+            f"pobench {rp[0] * 1e3:.1f} ms, TRL {rt[0] * 1e3:.1f} ms{busy}")
     trainer.compute_loss = original_compute_loss
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -314,12 +343,15 @@ def run_config(name: str, tokenizer, model_path: str, words: list[int], steps: i
     med_p, med_t = statistics.median(times_p), statistics.median(times_t)
     ratio = med_p / med_t
     load = os.getloadavg()[0]
+    others = [o for o in others if o is not None]
     return {
         "config": name, "model": spec["model"], "pairs": n, "prompt_tokens": spec["prompt"],
         "completion_tokens": spec["completion"], "lora": spec["lora"],
         "trainable_params": sum(p.numel() for p in trainable),
         "pobench_ms": round(med_p * 1e3, 2), "trl_ms": round(med_t * 1e3, 2), "ratio": round(ratio, 4),
         "ratio_of_minimums": round(min(times_p) / min(times_t), 4), "load_avg_1min_after": round(load, 2),
+        "other_processes_cores_median": round(statistics.median(others), 3) if others else None,
+        "other_processes_cores_per_round": [round(o, 3) for o in others],
         "goal": spec["goal"], "goal_met": ratio <= spec["goal"],
         "pobench_ms_all": [round(t * 1e3, 2) for t in times_p], "trl_ms_all": [round(t * 1e3, 2) for t in times_t],
         "pobench_sections_ms": med_sections(sec_p), "trl_sections_ms": med_sections(sec_t),
@@ -338,13 +370,15 @@ def run_config(name: str, tokenizer, model_path: str, words: list[int], steps: i
 # -- report --------------------------------------------------------------------------------------------------
 def table(results: list[dict]) -> str:
     head = (f"{'config':<6} {'model':<46} {'batch':<12} {'pobench ms':>10} {'TRL ms':>9} "
-            f"{'ratio':>6} {'goal':>6}  met  {'min ratio':>9} {'load':>5}")
+            f"{'ratio':>6} {'goal':>6}  met  {'min ratio':>9} {'others':>6}")
     lines = [head, "-" * len(head)]
     for r in results:
         batch = f"{r['pairs']}x({r['prompt_tokens']}+{r['completion_tokens']})"
+        o = r["other_processes_cores_median"]
+        others = "n/a" if o is None else f"{o:.2f}"
         lines.append(f"{r['config']:<6} {r['model']:<46} {batch:<12} {r['pobench_ms']:>10.1f} {r['trl_ms']:>9.1f} "
                      f"{r['ratio']:>6.3f} {'<=' + str(r['goal']):>6}  {'yes' if r['goal_met'] else 'NO ':<3}  "
-                     f"{r['ratio_of_minimums']:>9.3f} {r['load_avg_1min_after']:>5.1f}")
+                     f"{r['ratio_of_minimums']:>9.3f} {others:>6}")
     return "\n".join(lines)
 
 
@@ -436,7 +470,8 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}); median of {args.steps} interleaved steps after {args.warmup} warm-up")
     print(table(results))
     print("ratio = median pobench / median TRL (the figure the goals apply to); min ratio = fastest pobench step /\n"
-          "fastest TRL step, less sensitive to other processes; load = 1-minute load average when the config ended")
+          "fastest TRL step, less sensitive to other processes; others = median CPU cores that other processes used\n"
+          "during the timed rounds (from /proc/stat): above ~0.2 on this 2-core machine the timings are disturbed")
     print("\nSame computation? (before the first step, and the first step's loss / grad norm)")
     print(checks(results))
     print("\nWhere the time goes (median ms per section)")
