@@ -347,6 +347,9 @@ def candidates(
 
 def main() -> None:
     """Entry point: PobenchError -> one line, exit 2; anything else -> one line, exit 1."""
+    import warnings
+    # deprecation notices that transformers raises from inside peft: noise for a user, nothing they can act on
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     try:
         app(standalone_mode=False)
     except PobenchError as e:
