@@ -389,7 +389,8 @@ def checks(results: list[dict]) -> str:
         lines.append(
             f"{r['config']:<6} same ids/masks: {c['same_input_ids_and_masks']}; "
             f"policy logps max|diff| {c['policy_logps_max_abs_diff']:.2e}, "
-            f"reference logps max|diff| {c['reference_logps_max_abs_diff']:.2e} (|logps| up to {c['logps_max_abs_value']:.0f}); "
+            f"reference logps max|diff| {c['reference_logps_max_abs_diff']:.2e} "
+            f"(|logps| up to {c['logps_max_abs_value']:.0f}); "
             f"step-1 loss {c['step1_loss']['pobench']:.6f} vs {c['step1_loss']['trl']:.6f}, "
             f"grad norm {c['step1_grad_norm']['pobench']:.4f} vs {c['step1_grad_norm']['trl']:.4f}; "
             f"last loss {c['last_step_loss']['pobench']:.6f} vs {c['last_step_loss']['trl']:.6f}")
@@ -462,10 +463,11 @@ def main(argv=None) -> int:
         results.append(run_config(name, tokenizer, model_path, words, args.steps, args.warmup, log))
         gc.collect()
 
-    env = {"load_avg_1min_at_start": round(busy, 2), "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+    env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
            "trl": trl.__version__, "peft": peft.__version__, "threads": torch.get_num_threads(),
-           "cpu": platform.processor() or platform.machine(), "device": "cpu",
-           "steps": args.steps, "warmup": args.warmup, "total_s": round(time.perf_counter() - t0, 1)}
+           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "device": "cpu",
+           "load_avg_1min_at_start": round(busy, 2), "steps": args.steps, "warmup": args.warmup,
+           "total_s": round(time.perf_counter() - t0, 1)}
     print(f"DPO optimizer step, pobench vs TRL {trl.__version__} DPOTrainer (CPU, {env['threads']} threads, "
           f"torch {torch.__version__}); median of {args.steps} interleaved steps after {args.warmup} warm-up")
     print(table(results))
