@@ -60,10 +60,11 @@ class SamplerContext:
     def chosen_text(self, pair: TokenizedPair) -> str:
         return pair.source.chosen
 
-    def encode_completion(self, pair: TokenizedPair, text: str) -> list[int]:
+    def encode_completions(self, pair: TokenizedPair, texts: list[str]) -> list[list[int]]:
         record = pair.source
-        return encode_completion(self.formatter, record.prompt, self.formatter.prompt_text(record.prompt), text,
-                                 self.cfg.train.max_completion_length)
+        prompt_text = self.formatter.prompt_text(record.prompt)  # rendered once for all of the prompt's samples
+        return [encode_completion(self.formatter, record.prompt, prompt_text, t, self.cfg.train.max_completion_length)
+                for t in texts]
 
 
 def tokenize_all(records, formatter, cfg: RunConfig, with_candidates: bool = False) -> list[TokenizedPair]:
