@@ -113,7 +113,7 @@ def test_resume_after_crash_reproduces_the_run(tmp_path, tiny_model_dir, monkeyp
     cache = tmp_path / "cache"
     run_train(tmp_path / "full", tiny_model_dir, cache=cache, max_steps=6, save_every=2)
     calls = {"n": 0}
-    real = T.collate_pairs
+    real = T.collate_pairs_shared
 
     def crash_on_fifth_step(pairs, pad_id):
         calls["n"] += 1
@@ -121,10 +121,10 @@ def test_resume_after_crash_reproduces_the_run(tmp_path, tiny_model_dir, monkeyp
             raise RuntimeError("simulated crash")
         return real(pairs, pad_id)
 
-    monkeypatch.setattr(T, "collate_pairs", crash_on_fifth_step)
+    monkeypatch.setattr(T, "collate_pairs_shared", crash_on_fifth_step)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_train(tmp_path / "crash", tiny_model_dir, cache=cache, max_steps=6, save_every=2, eval_every=0)
-    monkeypatch.setattr(T, "collate_pairs", real)
+    monkeypatch.setattr(T, "collate_pairs_shared", real)
     assert json.loads((tmp_path / "crash" / "checkpoints" / "latest" / "state.json").read_text())["step"] == 4
     run_train(tmp_path / "crash", tiny_model_dir, cache=cache, max_steps=6, save_every=2, eval_every=0, resume=True)
     full = {r["step"]: r["loss"] for r in metrics(tmp_path / "full")}
@@ -239,3 +239,37 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path, tiny_model_dir):
     for a, b in zip(metrics(tmp_path / "plain"), metrics(tmp_path / "ckpt")):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_shared_prompt_rows_give_the_same_logps_and_gradients(attn):
+    """prompt | chosen | rejected in one row under the block mask == two separate (prompt + completion) rows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pobench.engine.logps import collate_pairs_shared, collate_sequences, collate_sequences_shared
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                                         attn_implementation=attn))
+    g = torch.Generator().manual_seed(1)
+
+    def r(n):
+        return torch.randint(3, 300, (n,), generator=g).tolist()
+    pairs = [TokenizedPair(r(5), r(7), r(3)), TokenizedPair(r(9), r(2), r(6)), TokenizedPair(r(1), r(4), r(4))]
+    scorer = SequenceLogps(model, chunk=4)
+    grads = []
+    for collate in (collate_pairs, collate_pairs_shared):
+        model.zero_grad()
+        sums, counts = scorer(**collate(pairs, 0))
+        sums.sum().backward()
+        grads.append((sums.detach(), counts, [p.grad.clone() for p in model.parameters()]))
+    (a, ca, ga), (b, cb, gb) = grads
+    assert ca.tolist() == cb.tolist() == [7, 2, 4, 3, 6, 4]
+    assert torch.allclose(a, b, atol=1e-5)
+    assert all(torch.allclose(x, y, atol=1e-5) for x, y in zip(ga, gb))
+    # sequences sharing a prompt (an MC-PO pool) wherever they are in the list, output order kept
+    seqs = [(pairs[0].prompt, r(4)), (pairs[1].prompt, r(5)), (pairs[0].prompt, r(6)), (pairs[0].prompt, r(2))]
+    packed = collate_sequences_shared(seqs, 0)
+    assert packed["input_ids"].shape[0] == 2
+    with torch.no_grad():
+        assert torch.allclose(scorer(**collate_sequences(seqs, 0))[0], scorer(**packed)[0], atol=1e-5)

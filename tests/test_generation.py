@@ -212,3 +212,70 @@ def test_vllm_real_generation(tiny_model_dir, tokenizer, prompts):
     assert ids(backend.generate(prompts, cfg)) == ids(out)
     backend.sync_weights(tiny_model_dir)
     assert ids(backend.generate(prompts, cfg)) == ids(out)
+
+
+# -- the static-cache decoder (pobench/generation/static.py): on CPU its decode step runs eagerly, the same code
+# -- that is captured as a CUDA graph on a GPU.
+
+FAST = dict(fast="on")
+
+
+def test_static_decoder_greedy_matches_generate(model, tokenizer, prompts, alone):
+    from pobench.generation import static
+    assert static.supported(model)
+    backend = get_backend("transformers", model, tokenizer)
+    out = backend.generate(prompts, GenerationConfig(batch_size=3, **GREEDY, **FAST))
+    assert ids(out) == [[a] for a in alone]          # left padding to a multiple of 16 changes nothing
+    longer = backend.generate(prompts, GenerationConfig(batch_size=2, temperature=0.0, max_new_tokens=40, **FAST))
+    plain = backend.generate(prompts, GenerationConfig(batch_size=2, temperature=0.0, max_new_tokens=40, fast="off"))
+    assert ids(longer) == ids(plain)                 # past the 32-step early-stop check too
+
+
+def test_static_decoder_stops_at_eos_and_pads_after(model, tokenizer, prompts):
+    eos = tokenizer.eos_token_id
+    backend = get_backend("transformers", model, tokenizer)
+    hook = model.lm_head.register_forward_hook(BoostAt(eos, step=3, row=0))
+    try:
+        out = backend.generate(prompts[:2], GenerationConfig(max_new_tokens=8, temperature=0, **FAST))
+    finally:
+        hook.remove()
+    stopped, running = out[1][0], out[0][0]
+    assert stopped.finished and len(stopped.token_ids) == 4 and stopped.token_ids[-1] == eos
+    assert not running.finished and len(running.token_ids) == 8
+
+
+def test_static_decoder_reuses_its_decoder_and_sees_new_weights(model, tokenizer, prompts):
+    import copy
+    m = copy.deepcopy(model)
+    backend = get_backend("transformers", m, tokenizer)
+    cfg = GenerationConfig(batch_size=3, temperature=0.0, max_new_tokens=6, **FAST)
+    first = ids(backend.generate(prompts, cfg))
+    assert ids(backend.generate(prompts, cfg)) == first and len(backend._decoders.decoders) == 1
+    with torch.no_grad():                             # an optimizer-like in-place update of the weights
+        m.lm_head.weight.mul_(-1.0)
+    after = ids(backend.generate(prompts, cfg))
+    assert after != first and after == ids(get_backend("transformers", m, tokenizer).generate(
+        prompts, GenerationConfig(batch_size=3, temperature=0.0, max_new_tokens=6, fast="off")))
+
+
+def test_sample_tokens_follows_top_p_distribution():
+    """Temperature then top-p as transformers' TopPLogitsWarper: with probabilities (.5, .3, .15, .05) and
+    top_p .8 the kept set is the first two tokens (mass before the third is .8), renormalised to (.625, .375)."""
+    from pobench.generation.static import sample_tokens
+    torch.manual_seed(0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(20000, 1)
+    draws = sample_tokens(logits, temperature=1.0, top_p=0.8)
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert freq[2] == 0 and freq[3] == 0
+    assert abs(freq[0].item() - 0.625) < 0.015
+    plain = torch.bincount(sample_tokens(logits, 1.0, 1.0), minlength=4).float() / len(draws)
+    assert torch.allclose(plain, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015)
+    assert sample_tokens(logits[:2], 0.0, 0.5).tolist() == [0, 0]
+
+
+def test_fast_auto_is_plain_generate_on_cpu(model, tokenizer):
+    backend = get_backend("transformers", model, tokenizer)
+    assert not backend.uses_fast_path(GenerationConfig())
+    assert backend.uses_fast_path(GenerationConfig(fast="on"))
+    with pytest.raises(PobenchError, match="fast='yes'"):
+        GenerationConfig(fast="yes")

@@ -3,6 +3,12 @@
 A plain causal-LM forward materialises [batch, length, vocab] logits, prompt positions included. Here the
 decoder's hidden states are gathered at the positions that predict a completion token, and the output layer
 plus logsumexp run on those rows only, in chunks, so no full copy of the vocabulary logits ever exists.
+
+Shared prompts (`collate_shared`): the completions of one prompt (a pair's chosen and rejected, an MC-PO pool)
+go into one row, prompt | completion_1 | completion_2 | ..., with a 4D attention mask under which each
+completion sees the prompt and itself only, and position ids that restart after the prompt. Each completion's
+log-probs are then exactly those of its own (prompt + completion) row, and the prompt is computed once, not
+once per completion.
 """
 from __future__ import annotations
 
@@ -29,6 +35,68 @@ def collate_sequences(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> d
         attention_mask[i, :n] = 1
         completion_mask[i, len(prompt):n] = True
     return {"input_ids": input_ids, "attention_mask": attention_mask, "completion_mask": completion_mask}
+
+
+def collate_shared(groups: list[tuple[list[int], list[list[int]]]], pad_id: int, slots: list[int] | None = None) -> dict:
+    """One right-padded row per (prompt, completions) group; see the module docstring.
+
+    Output sequences are numbered group by group (group 0's completions first), or by `slots` (one output index
+    per completion in that order). Returns input_ids, a [rows, 1, width, width] boolean attention mask, position
+    ids, and for every predicted token its row, its column (the position that predicts it: the prompt's last
+    token for a completion's first token) and its output sequence."""
+    width = max(len(p) + sum(len(c) for c in cs) for p, cs in groups)
+    n_rows = len(groups)
+    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+    segment = torch.full((n_rows, width), -1, dtype=torch.long)         # -1 padding, 0 prompt, j + 1 completion j
+    rows, cols, targets, seq = [], [], [], []
+    k = 0
+    for r, (prompt, completions) in enumerate(groups):
+        if not prompt:
+            raise ValueError("collate_shared needs a non-empty prompt: its last token predicts each completion")
+        n_prompt = len(prompt)
+        ids = list(prompt)
+        pos = list(range(n_prompt))
+        seg = [0] * n_prompt
+        for j, completion in enumerate(completions):
+            start = len(ids)
+            ids += completion
+            pos += range(n_prompt, n_prompt + len(completion))
+            seg += [j + 1] * len(completion)
+            out = slots[k] if slots is not None else k
+            cols += [n_prompt - 1] + list(range(start, start + len(completion) - 1))
+            rows += [r] * len(completion)
+            targets += completion
+            seq += [out] * len(completion)
+            k += 1
+        input_ids[r, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+        position_ids[r, :len(ids)] = torch.tensor(pos, dtype=torch.long)
+        segment[r, :len(ids)] = torch.tensor(seg, dtype=torch.long)
+    q_seg, k_seg = segment[:, :, None], segment[:, None, :]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = causal[None] & (k_seg >= 0) & ((k_seg == 0) | (k_seg == q_seg))
+    mask |= torch.eye(width, dtype=torch.bool)[None]   # padding queries see themselves: no all-masked (NaN) rows
+    return {"input_ids": input_ids, "attention_mask": mask[:, None], "position_ids": position_ids,
+            "token_rows": torch.tensor(rows, dtype=torch.long), "token_cols": torch.tensor(cols, dtype=torch.long),
+            "token_targets": torch.tensor(targets, dtype=torch.long), "token_seqs": torch.tensor(seq, dtype=torch.long),
+            "num_seqs": torch.tensor(k)}
+
+
+def collate_pairs_shared(pairs: list[TokenizedPair], pad_id: int) -> dict:
+    """collate_pairs' output order (chosen 0..B-1, then rejected), one prompt | chosen | rejected row per pair."""
+    b = len(pairs)
+    slots = [i for p in range(b) for i in (p, b + p)]
+    return collate_shared([(p.prompt, [p.chosen, p.rejected]) for p in pairs], pad_id, slots)
+
+
+def collate_sequences_shared(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> dict:
+    """collate_sequences' output order, with sequences that share a prompt packed into one row."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (prompt, _) in enumerate(seqs):
+        groups.setdefault(tuple(prompt), []).append(i)
+    order = [i for members in groups.values() for i in members]
+    return collate_shared([(list(prompt), [seqs[i][1] for i in members]) for prompt, members in groups.items()],
+                          pad_id, order)
 
 
 def _unwrap_peft(model):
@@ -59,8 +127,19 @@ class SequenceLogps(nn.Module):
         self.model = model
         self.chunk = chunk
 
-    def forward(self, input_ids, attention_mask, completion_mask):
+    def forward(self, input_ids, attention_mask, completion_mask=None, position_ids=None, token_rows=None,
+                token_cols=None, token_targets=None, token_seqs=None, num_seqs=None):
+        """Either a padded batch with a completion mask (collate_sequences / collate_pairs) or a shared-prompt
+        batch (collate_shared and friends); both return (summed log-probs, token counts) per sequence."""
         base = _unwrap_peft(self.model)
+        if token_rows is not None:
+            attention_mask = self._mask_for(base, attention_mask)
+            hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                        use_cache=False).last_hidden_state
+            logps = token_logps(hidden[token_rows, token_cols], token_targets, base.get_output_embeddings(), self.chunk)
+            n = int(num_seqs)
+            sums = torch.zeros(n, dtype=torch.float32, device=input_ids.device).index_add(0, token_seqs, logps)
+            return sums, torch.bincount(token_seqs, minlength=n)
         hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                     use_cache=False).last_hidden_state
         predicts = completion_mask[:, 1:]               # position t predicts token t + 1
@@ -69,6 +148,16 @@ class SequenceLogps(nn.Module):
                             base.get_output_embeddings(), self.chunk)
         sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(0, rows, logps)
         return sums, predicts.sum(1)
+
+
+    @staticmethod
+    def _mask_for(base, mask: torch.Tensor) -> torch.Tensor:
+        """SDPA takes the boolean mask as it is (True = attend); eager attention adds the mask to its scores."""
+        if getattr(base.config, "_attn_implementation", "sdpa") != "eager":
+            return mask
+        dtype = torch.get_autocast_dtype(mask.device.type) if torch.is_autocast_enabled(mask.device.type) else \
+            next(base.parameters()).dtype
+        return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
 
 def reference_logps_naive(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,8 @@ from pobench.data.tokenize import ChatFormatter, TokenizedPair, encode_completio
 from pobench.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from pobench.engine.io import MetricsLog, atomic_write_json
 from pobench.engine.loggers import Trackers
-from pobench.engine.logps import SequenceLogps, collate_pairs, collate_sequences
+from pobench.engine.logps import (SequenceLogps, collate_pairs, collate_pairs_shared, collate_sequences,
+                                  collate_sequences_shared)
 from pobench.engine.refcache import ReferenceCache
 from pobench.errors import PobenchError
 from pobench.models import load_policy, model_fingerprint, pick_device, pick_dtype
@@ -92,13 +93,16 @@ def lr_lambda(step: int, total: int, warmup_ratio: float) -> float:
 
 
 @torch.no_grad()
-def score_sequences(scorer: SequenceLogps, seqs: list[tuple], pad_id: int, device, batch_size: int):
-    """Policy log-probs (summed over completion tokens) and token counts, no gradient, in batches."""
+def score_sequences(scorer: SequenceLogps, seqs: list[tuple], pad_id: int, device, batch_size: int,
+                    shared: bool = True):
+    """Policy log-probs (summed over completion tokens) and token counts, no gradient, in batches of `batch_size`
+    sequences; with `shared`, the sequences of a batch that share a prompt are packed into one row."""
     was_training = scorer.training
     scorer.eval()
     sums, counts = [], []
+    collate = collate_sequences_shared if shared else collate_sequences
     for start in range(0, len(seqs), batch_size):
-        batch = {k: v.to(device) for k, v in collate_sequences(seqs[start:start + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate(seqs[start:start + batch_size], pad_id).items()}
         s, c = scorer(**batch)
         sums.append(s.float().cpu())
         counts.append(c.cpu())
@@ -328,11 +332,13 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         if len(pairs) % tc.grad_accum:
             raise PobenchError(f"sampler {algo.sampler} gave {len(pairs)} pairs, not a multiple of train.grad_accum")
         micro = len(pairs) // tc.grad_accum
+        collate = collate_pairs_shared if tc.shared_prompt else collate_pairs
         step_logs, tokens = [], 0
         for m in range(tc.grad_accum):
             chunk = pairs[m * micro:(m + 1) * micro]
-            inputs = {k: v.to(device) for k, v in collate_pairs(chunk, pad_id).items()}
-            tokens += int(inputs["attention_mask"].sum())
+            inputs = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+            tokens += sum(len(p.prompt) + len(p.chosen) + len(p.rejected) for p in chunk) if tc.shared_prompt \
+                else int(inputs["attention_mask"].sum())
             with accelerator.no_sync(scorer) if m < tc.grad_accum - 1 else contextlib.nullcontext():
                 with accelerator.autocast():
                     sums, counts = scorer(**inputs)

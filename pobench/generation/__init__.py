@@ -29,6 +29,9 @@ class GenerationConfig:
     max_new_tokens: int = 64    # completions that hit this limit come back with finished=False
     seed: int = 0               # same seed + same inputs + same batch_size -> same outputs
     batch_size: int = 16        # prompt x sample rows per forward (transformers backend)
+    fast: str = "auto"          # transformers backend: "auto" = static cache + CUDA-graph decoding on CUDA where
+                                # the model supports it (pobench/generation/static.py), "on" = that path on any
+                                # device (eager steps off CUDA), "off" = plain `model.generate`
 
     def __post_init__(self):
         # Checked here rather than deep in a backend, so a bad --set fails before any model is loaded.
@@ -42,6 +45,8 @@ class GenerationConfig:
             raise PobenchError(f"generation max_new_tokens={self.max_new_tokens}: must be at least 1")
         if self.batch_size < 1:
             raise PobenchError(f"generation batch_size={self.batch_size}: must be at least 1")
+        if self.fast not in ("auto", "on", "off"):
+            raise PobenchError(f"generation fast={self.fast!r}: must be one of auto, on, off")
 
 
 @dataclass

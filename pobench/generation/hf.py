@@ -25,10 +25,11 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Left padding puts every prompt's last token in the last column, so the first generated token of every
-    row is predicted from the same position and new tokens are simply appended on the right."""
-    width = max(len(r) for r in rows)
+    row is predicted from the same position and new tokens are simply appended on the right. `multiple` rounds
+    the width up, so that the static-cache decoder meets few distinct shapes (one captured graph each)."""
+    width = -(-max(len(r) for r in rows) // multiple) * multiple
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
@@ -50,6 +51,15 @@ class TransformersBackend:
         self.eos_ids = eos_token_ids(model, tokenizer)
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
+        self._decoders = None   # static-cache decoders by shape, built on first fast call
+
+    def uses_fast_path(self, cfg: GenerationConfig) -> bool:
+        from pobench.generation import static
+        if cfg.fast == "off":
+            return False
+        if cfg.fast == "auto" and self._device().type != "cuda":
+            return False
+        return static.supported(self.model)
 
     def _device(self) -> torch.device:
         try:
@@ -84,6 +94,7 @@ class TransformersBackend:
         rows.sort(key=lambda r: -len(prompt_ids[r[0]]))   # stable: ties keep prompt-major order
         device = self._device()
         kwargs = self._sampling_kwargs(cfg)
+        fast = self.uses_fast_path(cfg)
         out: list[list[Completion | None]] = [[None] * cfg.n for _ in prompt_ids]
         was_training = self.model.training
         self.model.eval()
@@ -92,15 +103,27 @@ class TransformersBackend:
                 torch.manual_seed(cfg.seed)
                 for start in range(0, len(rows), cfg.batch_size):
                     chunk = rows[start:start + cfg.batch_size]
-                    input_ids, attention_mask = left_pad([prompt_ids[p] for p, _ in chunk], self.pad_id)
-                    sequences = self.model.generate(input_ids=input_ids.to(device),
-                                                    attention_mask=attention_mask.to(device), **kwargs)
-                    new_tokens = sequences[:, input_ids.shape[1]:].tolist()
+                    if fast:
+                        new_tokens = self._decode_static([prompt_ids[p] for p, _ in chunk], cfg).tolist()
+                    else:
+                        input_ids, attention_mask = left_pad([prompt_ids[p] for p, _ in chunk], self.pad_id)
+                        sequences = self.model.generate(input_ids=input_ids.to(device),
+                                                        attention_mask=attention_mask.to(device), **kwargs)
+                        new_tokens = sequences[:, input_ids.shape[1]:].tolist()
                     for (p, s), ids in zip(chunk, new_tokens):
                         out[p][s] = self._completion(ids)
         finally:
             self.model.train(was_training)
         return out  # type: ignore[return-value]
+
+    def _decode_static(self, rows: list[list[int]], cfg: GenerationConfig) -> torch.Tensor:
+        from pobench.generation.static import DecoderPool
+        if self._decoders is None:
+            self._decoders = DecoderPool()
+        input_ids, attention_mask = left_pad(rows, self.pad_id, multiple=16)
+        decoder = self._decoders.get(self.model, len(rows), input_ids.shape[1], cfg.max_new_tokens, self.eos_ids,
+                                     self.pad_id, cfg.temperature, cfg.top_p)
+        return decoder.generate(input_ids, attention_mask)
 
     def _completion(self, ids: list[int]) -> Completion:
         kept, finished = truncate_at_eos(ids, self.eos_ids)

@@ -1,0 +1,187 @@
+"""Fast decoding: a static KV cache, one decode step replayed as a CUDA graph, sampling on the device.
+
+Why it is faster than `model.generate`: decoding a small model is bound by kernel launches and host round
+trips, not by arithmetic. `generate` launches a few hundred small kernels per token from Python and waits on the
+device every step (stopping criteria, logits processors). Here the whole step - forward over one token, top-p
+sampling (Gumbel-max), EOS bookkeeping, advancing positions and the mask - is captured once as a CUDA graph and
+replayed, so a token costs one launch; the host looks at the device only every `check_every` steps to stop early.
+
+Exactness: the same model, prompts and masks as `generate`; greedy decoding gives the same tokens (tested on CPU,
+where the identical step runs eagerly). Sampling draws from the same distribution (temperature, then top-p as
+transformers' TopPLogitsWarper: keep the most probable tokens until their mass reaches top_p) but with its own
+random stream, so a seed gives other samples than `generate` with that seed.
+
+Needs transformers' StaticCache with an in-place `cumulative_length` (transformers >= 5.2x, `cache=` keyword);
+`supported(model)` says whether a model qualifies, and callers fall back to `generate` where it does not.
+"""
+from __future__ import annotations
+
+import inspect
+
+import torch
+
+
+def supported(model) -> bool:
+    """True when the model's forward takes a `cache` keyword and transformers has the static cache this needs."""
+    try:
+        from transformers import StaticCache  # noqa: F401
+        from transformers.cache_utils import StaticLayer
+    except ImportError:
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return "cache" in params and "logits_to_keep" in params and hasattr(StaticLayer(8), "cumulative_length")
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row from [rows, vocab] logits; temperature 0 = greedy. Sampling uses the Gumbel-max trick in
+    the sorted order (argmax of logits + Gumbel noise), which needs no host synchronisation, unlike multinomial."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_p >= 1:
+        noise = torch.rand_like(logits).clamp_(min=1e-20)
+        return (logits - torch.log(-torch.log(noise))).argmax(-1)
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs
+    sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))   # the first token always stays
+    noise = torch.rand_like(sorted_logits).clamp_(min=1e-20)
+    choice = (sorted_logits - torch.log(-torch.log(noise))).argmax(-1, keepdim=True)
+    return order.gather(-1, choice).squeeze(-1)
+
+
+def _mask_value(dtype: torch.dtype) -> float:
+    return torch.finfo(dtype).min
+
+
+class StaticDecoder:
+    """Decodes batches of left-padded prompts of one shape (rows x prompt width) with a static cache.
+
+    One decoder per shape: the CUDA graph is captured on the first call and replayed by later calls (the weights
+    are read in place, so an optimizer step between calls is seen, as online rounds need)."""
+
+    def __init__(self, model, rows: int, prompt_width: int, max_new_tokens: int, eos_ids: list[int], pad_id: int,
+                 temperature: float, top_p: float, use_graph: bool | None = None, check_every: int = 32):
+        from transformers import StaticCache
+
+        self.model = model
+        self.device = next(model.parameters()).device
+        self.dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+        self.rows, self.width, self.max_new = rows, prompt_width, max_new_tokens
+        self.temperature, self.top_p = temperature, top_p
+        self.check_every = check_every
+        self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
+        self.capacity = prompt_width + max_new_tokens
+        config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+        self.cache = StaticCache(config=config, max_cache_len=self.capacity)
+        dev = self.device
+        # State the decode step reads and advances in place (static addresses: the graph holds these pointers).
+        self.token = torch.zeros(rows, 1, dtype=torch.long, device=dev)
+        self.position = torch.zeros(rows, 1, dtype=torch.long, device=dev)
+        self.cursor = torch.zeros(1, dtype=torch.long, device=dev)          # cache slot of the token being fed
+        self.mask = torch.full((rows, 1, 1, self.capacity), _mask_value(self.dtype), dtype=self.dtype, device=dev)
+        self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
+        self.next_token = torch.zeros(rows, dtype=torch.long, device=dev)
+        self.eos = torch.tensor(sorted(set(eos_ids)) or [-1], dtype=torch.long, device=dev)
+        self.pad = torch.tensor(pad_id, dtype=torch.long, device=dev)
+        self.graph = None
+
+    # -- the two phases ---------------------------------------------------------------------------------------
+    def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Runs the prompts through the model, filling cache slots [0, width); returns the last position's logits."""
+        valid = attention_mask.bool()
+        q = torch.arange(self.width, device=self.device)
+        causal = q[None, :, None] >= q[None, None, :]
+        # A padding query attends to itself only, so its (unused) output stays finite: an all-masked row would be
+        # NaN in SDPA, and NaN values in the cache poison later queries even at zero weight.
+        allowed = causal & (valid[:, None, :] | torch.eye(self.width, dtype=torch.bool, device=self.device)[None])
+        mask = torch.full((self.rows, 1, self.width, self.capacity), _mask_value(self.dtype), dtype=self.dtype,
+                          device=self.device)
+        mask[:, 0, :, :self.width].masked_fill_(allowed, 0.0)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=self.cache,
+                         use_cache=True, logits_to_keep=1)
+        # Decode state: every valid prompt slot visible; the next token goes into slot `width`.
+        self.mask.fill_(_mask_value(self.dtype))
+        self.mask[:, 0, 0, :self.width].masked_fill_(valid, 0.0)
+        self.position.copy_(attention_mask.long().sum(-1, keepdim=True))
+        self.cursor.fill_(self.width)
+        return out.logits[:, -1]
+
+    def _emit(self, logits: torch.Tensor) -> None:
+        """Sample the next token, keep finished rows at padding, and make it the next step's input."""
+        token = sample_tokens(logits, self.temperature, self.top_p)
+        token = torch.where(self.done, self.pad, token)
+        self.done |= torch.isin(token, self.eos)
+        self.next_token.copy_(token)
+        self.token.copy_(token[:, None])
+
+    def _decode_step(self) -> None:
+        self.mask.index_fill_(3, self.cursor, 0.0)
+        out = self.model(input_ids=self.token, attention_mask=self.mask, position_ids=self.position,
+                         cache=self.cache, use_cache=True, logits_to_keep=1)
+        self._emit(out.logits[:, -1])
+        self.position.add_(1)
+        self.cursor.add_(1)
+
+    def _capture(self) -> None:
+        """Capture `_decode_step` as a CUDA graph. Warm-up runs happen on a side stream first (as CUDA graph capture
+        requires); they are real decode steps, so the caller counts them as emitted tokens."""
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._decode_step()
+        self.graph = graph
+
+    # -- public -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """[rows, width] left-padded prompts -> [rows, max_new_tokens] new token ids (pad after EOS)."""
+        if tuple(input_ids.shape) != (self.rows, self.width):
+            raise ValueError(f"decoder built for {self.rows}x{self.width} prompts, got {tuple(input_ids.shape)}")
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        self.cache.reset()
+        self.done.zero_()
+        out = torch.full((self.rows, self.max_new), int(self.pad), dtype=torch.long, device=self.device)
+        self._emit(self._prefill(input_ids, attention_mask))
+        out[:, 0] = self.next_token
+        step = 1
+        if self.use_graph and self.graph is None:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(min(2, self.max_new - step)):      # warm-up: allocator, cuBLAS handles, kernels
+                    self._decode_step()
+                    out[:, step] = self.next_token
+                    step += 1
+            torch.cuda.current_stream().wait_stream(side)
+            if step < self.max_new:
+                self._capture()
+        while step < self.max_new:
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._decode_step()
+            out[:, step] = self.next_token
+            step += 1
+            if step % self.check_every == 0 and bool(self.done.all()):
+                break
+        return out
+
+
+class DecoderPool:
+    """Keeps the decoders of the last few shapes, so repeated rounds (OnMC-PO refreshes, evaluation) reuse
+    their captured graphs instead of capturing again."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self.decoders: dict[tuple, StaticDecoder] = {}
+
+    def get(self, model, rows: int, width: int, max_new: int, eos_ids, pad_id: int, temperature: float,
+            top_p: float) -> StaticDecoder:
+        key = (id(model), rows, width, max_new, tuple(eos_ids), pad_id, temperature, top_p)
+        if key not in self.decoders:
+            while len(self.decoders) >= self.keep:
+                self.decoders.pop(next(iter(self.decoders)))
+            self.decoders[key] = StaticDecoder(model, rows, width, max_new, list(eos_ids), pad_id, temperature, top_p)
+        return self.decoders[key]
