@@ -1,0 +1,162 @@
+"""Evaluation metrics as pure functions of per-prompt numbers (numpy only; alpaca_eval only for its full GLM).
+
+Preferences are P(policy output beats the reference output) per prompt, in [0, 1]; a tie is 0.5. So a win
+rate is a fraction in [0, 1] (alpaca_eval reports the same number x 100, with 1 = reference, 2 = model).
+
+* `win_rate`: mean preference, its standard error (sample sd / sqrt(n)) and a percentile bootstrap 95% CI.
+* `length_controlled_win_rate`: what the win rate would be if the policy's outputs were as long as the
+  reference's. Two forms:
+  - `length_only_glm` (offline, any prompt set): logistic regression of the preference on
+    tanh(standardised length difference) with an intercept, fitted by Newton's method on the soft labels;
+    the LC win rate is the fitted probability at zero length difference, sigmoid(intercept). This is
+    alpaca_eval's `length_controlled_minimal` GLM (its length term and its per-model intercept) without
+    the per-instruction difficulty, which only exists for AlpacaEval's own 805 instructions.
+  - `alpaca_eval_glm` (`length_controlled_v1`): alpaca_eval's full GLM with instruction difficulty and its
+    regularisation towards the "gamed" baselines, on the 805 AlpacaEval instructions, fitted with
+    alpaca_eval's own functions on a local copy of its `df_gamed.csv` (never downloaded here).
+* `kl_estimate`: KL(policy || reference) ~ mean over samples y ~ policy of log pi(y|x) - log pi_ref(y|x).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pobench.errors import PobenchError
+
+DEFAULT_BOOTSTRAP = 2000   # resamples for the CI: the percentile error of a 95% bound is ~0.3 points at 2000
+
+
+def _array(values, what: str) -> np.ndarray:
+    arr = np.asarray(list(values), dtype=float)
+    if arr.size == 0:
+        raise PobenchError(f"{what}: no values")
+    if not np.all(np.isfinite(arr)):
+        raise PobenchError(f"{what}: non-finite values")
+    return arr
+
+
+def win_rate(preferences, n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
+    """{"win_rate", "win_rate_se", "win_rate_ci95": [lo, hi], "n_judged"}; ties (0.5) count half by construction."""
+    p = _array(preferences, "win rate")
+    if np.any((p < 0) | (p > 1)):
+        raise PobenchError("win rate: preferences must lie in [0, 1]")
+    n = p.size
+    se = float(p.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    rng = np.random.default_rng(seed)
+    means = p[rng.integers(0, n, size=(n_bootstrap, n))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return {"win_rate": float(p.mean()), "win_rate_se": se, "win_rate_ci95": [float(lo), float(hi)], "n_judged": n}
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-4, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """(coefficients, covariance) of a logistic regression with soft labels y in [0, 1], by Newton's method.
+
+    A tiny ridge (l2) keeps the fit finite when the data are separable (e.g. every longer output wins);
+    the covariance is the inverse Hessian at the optimum, for standard errors."""
+    w = np.zeros(X.shape[1])
+    for _ in range(iters):
+        mu = _sigmoid(X @ w)
+        grad = X.T @ (mu - y) + l2 * w
+        hess = (X * (mu * (1 - mu))[:, None]).T @ X + l2 * np.eye(X.shape[1])
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    mu = _sigmoid(X @ w)
+    hess = (X * (mu * (1 - mu))[:, None]).T @ X + l2 * np.eye(X.shape[1])
+    return w, np.linalg.inv(hess)
+
+
+def standardized_length_difference(policy_lengths, reference_lengths) -> np.ndarray:
+    """(len policy - len reference) / sd of that difference, as alpaca_eval standardises it (no centring)."""
+    delta = _array(policy_lengths, "lengths") - _array(reference_lengths, "lengths")
+    sd = delta.std(ddof=1) if delta.size > 1 else 0.0
+    return delta / sd if sd > 0 else np.zeros_like(delta)
+
+
+def length_controlled_win_rate(preferences, policy_lengths, reference_lengths) -> dict:
+    """The length-only GLM: p_i = sigmoid(a + b * tanh(z_i)), z = standardised length difference; LC = sigmoid(a).
+
+    Returns {"lc_win_rate", "lc_win_rate_se" (delta method), "lc_method", "length_coef"}. With every length
+    difference zero there is nothing to control for, and the LC win rate equals the win rate."""
+    p = _array(preferences, "LC win rate")
+    z = standardized_length_difference(policy_lengths, reference_lengths)
+    if p.size != z.size:
+        raise PobenchError(f"LC win rate: {p.size} preferences but {z.size} length pairs")
+    if not np.any(z):
+        w, cov = fit_logistic(np.ones((p.size, 1)), p)
+        coef = 0.0
+    else:
+        w, cov = fit_logistic(np.column_stack([np.ones_like(z), np.tanh(z)]), p)
+        coef = float(w[1])
+    lc = float(_sigmoid(w[0]))
+    return {"lc_win_rate": lc, "lc_win_rate_se": float(lc * (1 - lc) * math.sqrt(cov[0, 0])),
+            "lc_method": "length_only_glm", "length_coef": coef}
+
+
+def alpaca_eval_lc_win_rate(preferences, policy_outputs, reference_outputs, instruction_index,
+                            df_gamed_path: str | Path) -> dict:
+    """alpaca_eval's `length_controlled_v1` GLM, fitted by alpaca_eval's own code on a local `df_gamed.csv`.
+
+    `instruction_index`: each row's position among AlpacaEval's 805 instructions (the file's order), which is
+    how alpaca_eval looks up the instruction difficulty. Replicates `_get_featurized_data` with the file read
+    from disk instead of `hf_hub_download`."""
+    import pandas as pd
+    from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model
+
+    path = Path(df_gamed_path)
+    if not path.is_file():
+        raise PobenchError(f"eval.lc_difficulty_file {path}: no such file (alpaca_eval's df_gamed.csv)")
+    df_gamed = pd.read_csv(path).drop(columns=["model"])
+    difficulty = df_gamed.drop_duplicates("index").set_index("index")["instruction_difficulty"]
+    info = GLM_INFO["length_controlled_v1"]
+    # alpaca_eval's orientation: output_1 = reference, output_2 = model, preference 1..2 -> 0..1 = model wins
+    len_1 = np.array([len(o) for o in reference_outputs], dtype=float)
+    len_2 = np.array([len(o) for o in policy_outputs], dtype=float)
+    delta = len_1 - len_2
+    df = pd.DataFrame({"preference": _array(preferences, "LC win rate"), "index": list(instruction_index)})
+    missing = sorted(set(df["index"]) - set(difficulty.index))
+    if missing:
+        raise PobenchError(f"{path}: no instruction difficulty for AlpacaEval index {missing[0]}")
+    df["std_delta_len"] = delta / delta.std(ddof=1)
+    df["instruction_difficulty"] = df["index"].map(difficulty)
+    df["not_gamed_baseline"] = True
+    df_test = df[["instruction_difficulty", "not_gamed_baseline"]].copy()
+    df_test["std_delta_len"] = 0
+    both = pd.concat([df_gamed, df], axis=0, ignore_index=True)
+    xy_train, x_test = make_dmatrix_for_model(both, df_test, formula=info["formula"])
+    weight = both["not_gamed_baseline"].astype(float) + (
+        info["regularize_to_baseline_lambda"] * (~both["not_gamed_baseline"].astype(bool))).astype(float) / 2
+    keep = xy_train["preference"].notna()
+    import warnings
+    with warnings.catch_warnings():   # sklearn's deprecation notices about alpaca_eval's arguments
+        warnings.simplefilter("ignore", FutureWarning)
+        model = fit_LogisticRegressionCV(xy_train[keep], "preference", is_ytrue_proba=True,
+                                         sample_weight=weight[keep], **info["kwargs"])
+    predicted = model.predict_proba(x_test)[:, 1]
+    return {"lc_win_rate": float(predicted.mean()),
+            "lc_win_rate_se": float(pd.Series(predicted).sem()), "lc_method": "alpaca_eval_glm_length_controlled_v1",
+            "length_coef": float(dict(zip(x_test.columns, model.coef_[0])).get("np.tanh(std_delta_len)", float("nan")))}
+
+
+def kl_estimate(policy_logps, reference_logps) -> dict:
+    """Monte Carlo KL(policy || reference) from samples of the policy: mean of log pi(y|x) - log pi_ref(y|x)
+    (summed over each sample's tokens), with its standard error. Unbiased only when y ~ pi exactly
+    (temperature 1, no top-p cut); a single sample can give a negative term, the mean cannot be far below 0."""
+    a, b = _array(policy_logps, "KL"), _array(reference_logps, "KL")
+    if a.size != b.size:
+        raise PobenchError(f"KL: {a.size} policy log-probs but {b.size} reference log-probs")
+    d = a - b
+    return {"kl": float(d.mean()), "kl_se": float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan"),
+            "kl_samples": int(d.size)}
+
+
+def mean_or_none(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
