@@ -113,7 +113,7 @@ class StaticDecoder:
         """Sample the next token, keep finished rows at padding, and make it the next step's input."""
         token = sample_tokens(logits, self.temperature, self.top_p)
         token = torch.where(self.done, self.pad, token)
-        self.done |= torch.isin(token, self.eos)
+        self.done |= (token[:, None] == self.eos[None, :]).any(-1)   # not torch.isin: no sync inside a graph
         self.next_token.copy_(token)
         self.token.copy_(token[:, None])
 
