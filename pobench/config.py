@@ -30,6 +30,8 @@ class DataConfig:
     eval_size: int = 64            # held-out pairs scored every train.eval_every steps
     max_train_records: int = 0     # 0 = all; parsing stops after this many records
     raw_rejected: str = "worst"    # raw UltraFeedback: worst | random (among lower-scored completions)
+    synthetic: dict = field(default_factory=dict)  # data.path synthetic: the task's settings, every key documented
+                                                   # in pobench/synthetic/data.py (SyntheticSettings); {} = defaults
 
 
 @dataclass

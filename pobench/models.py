@@ -90,6 +90,9 @@ def convert_gguf(folder: Path, file: str) -> Path:
 
 def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
     """A path or hub id that `from_pretrained` can load without `gguf_file`."""
+    if name.split(":")[0] == "synthetic-ref":  # the synthetic suite's reference, trained by pobench on first use
+        from pobench.synthetic.reference import resolve_alias
+        return resolve_alias(name)
     gguf = _gguf_location(name, gguf_file)
     if gguf is not None:
         return str(convert_gguf(*gguf))

@@ -13,6 +13,9 @@ class SuiteData:
     train: list[PreferenceRecord]
     eval: list[PreferenceRecord]
     report: dict = field(default_factory=dict)   # sources, row counts, skip counts: saved with the run
+    # suites with a known reward (synthetic): evaluator(cfg, data, model, tokenizer, model_path, device) -> a hook
+    # the trainer calls at every evaluation step (hook(step) -> metrics) and at the end (hook.finish(run_dir, rows))
+    evaluator: object = None
 
 
 def resolve_source(data_cfg) -> str:
@@ -39,6 +42,9 @@ def _load(source: str, split: str, data_cfg, seed: int, limit: int = 0) -> Loade
 def load_suite_data(data_cfg, seed: int = 0) -> SuiteData:
     """Train and held-out records. Without a held-out split, the last `eval_size` train records are held out
     (and never trained on)."""
+    if data_cfg.path == "synthetic":  # generated, not read: pobench/synthetic/data.py
+        from pobench.synthetic.data import load_synthetic
+        return load_synthetic(data_cfg)
     source = resolve_source(data_cfg)
     limit = data_cfg.max_train_records
     if source == "sample":

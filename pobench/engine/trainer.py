@@ -317,6 +317,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
 
     if state["initial_eval"] is None:
         state["initial_eval"] = held_out()
+    # a suite with a known reward (synthetic) also measures the policy itself at every evaluation step
+    suite_eval = data.evaluator(cfg, data, model, tokenizer, model_path, device) \
+        if getattr(data, "evaluator", None) and accelerator.is_main_process else None
 
     trackers = Trackers(cfg, run_dir) if accelerator.is_main_process else None
     # -- the loop ------------------------------------------------------------------------------------
@@ -380,6 +383,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         if evaluated:
             last_eval = held_out()
             row.update(last_eval)
+            if suite_eval:
+                row.update(suite_eval(step + 1))
         if accelerator.is_main_process and (evaluated or (step + 1) % max(1, tc.log_every) == 0):
             metrics.append(row)
             trackers.log(row)
@@ -406,6 +411,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "records_seen": state["records_seen"], "candidate_pool": pool_info,
         "reward_model": frozen.get("rm_spec") or (pool_info or {}).get("reward_model"),
     }
+    if suite_eval:
+        summary["gold_eval_final"] = suite_eval.finish(run_dir, rows)["final"]
     if accelerator.is_main_process:
         atomic_write_json(run_dir / "train_summary.json", summary)
     return summary

@@ -1,0 +1,129 @@
+"""The synthetic suite: the gold reward's definition, the task's determinism, the tokenizer through pobench's
+generic chat code, label noise, settings checks, and a CI-sized run through the CLI (a small reference SFT'd
+in the test's own cache): gold rises above the reference for DPO and MC-PO, KL > 0, every algorithm takes a
+step, and a seed reproduces exactly."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pobench.errors import PobenchError
+from pobench.synthetic.data import SyntheticSettings, pick_pair
+from pobench.synthetic.task import (CONTENT_TOKENS, SyntheticTask, build_tokenizer, content_token_id, repeated,
+                                    tokens_text)
+
+
+def test_gold_matches_its_definition_by_hand():
+    task = SyntheticTask(0)
+    prompt = [3, 17, 42, 8]
+    q = task.u[prompt].sum(0)
+    q = q / np.linalg.norm(q)
+    s = np.tanh(task.u @ q)
+    # 3 distinct tokens, under the length floor of 8: sum / 8
+    assert task.gold(prompt, [5, 9, 11]) == pytest.approx((s[5] + s[9] + s[11]) / 8)
+    # 10 tokens with 2 repeats: sum / 10 - 0.5 * 2 / 10
+    y = [1, 2, 3, 4, 5, 6, 7, 8, 1, 2]
+    assert repeated(y) == 2
+    assert task.gold(prompt, y) == pytest.approx(s[y].sum() / 10 - 0.5 * 2 / 10)
+    assert task.gold(prompt, []) == 0.0
+    # the text form (what pobench's scorers see) is the same function
+    message = [{"role": "user", "content": tokens_text(prompt)}]
+    assert task.gold_text(message, tokens_text(y)) == pytest.approx(task.gold(prompt, y))
+    # the best answer: the 16 highest-scoring distinct tokens
+    best = np.argsort(s)[-16:]
+    assert task.gold(prompt, best) == pytest.approx(task.best_gold(prompt))
+
+
+def test_gold_depends_on_the_prompt_and_rejects_foreign_text():
+    task = SyntheticTask(0)
+    a, b = task.token_scores([0, 1, 2, 3]), task.token_scores([40, 41, 42, 43])
+    assert np.corrcoef(a, b)[0, 1] < 0.9           # different prompts prefer different tokens
+    assert (a > 0).sum() not in (0, 64)            # a soft "good half", not all or nothing
+    with pytest.raises(PobenchError, match="'hello'"):
+        task.gold_text([{"role": "user", "content": "t01 t02 t03 t04"}], "t05 hello")
+
+
+def test_task_is_a_function_of_its_seed():
+    assert np.array_equal(SyntheticTask(3).u, SyntheticTask(3).u)
+    assert not np.array_equal(SyntheticTask(3).u, SyntheticTask(4).u)
+    rng_a, rng_b = np.random.default_rng(7), np.random.default_rng(7)
+    t = SyntheticTask(3)
+    prompts = t.sample_prompts(50, rng_a)
+    assert prompts == SyntheticTask(3).sample_prompts(50, rng_b)
+    assert all(4 <= len(p) <= 6 for p in prompts)
+    assert t.sample_behaviour(prompts, np.random.default_rng(1)) == t.sample_behaviour(prompts, np.random.default_rng(1))
+
+
+def test_behaviour_process_is_mildly_tilted_towards_gold():
+    task = SyntheticTask(0)
+    rng = np.random.default_rng(0)
+    prompts = task.sample_prompts(2000, rng)
+    behaviour = [task.gold(p, y) for p, y in zip(prompts, task.sample_behaviour(prompts, rng))]
+    uniform = [task.gold(p, rng.integers(0, 64, size=10)) for p in prompts]
+    best = np.mean([task.best_gold(p) for p in prompts])
+    # better than chance, far from the best: room to learn, and a wide spread for pairs
+    assert np.mean(uniform) + 0.1 < np.mean(behaviour) < best - 0.4
+    assert np.std(behaviour) > 0.15
+    assert all(4 <= len(y) <= 16 for y in task.sample_behaviour(prompts[:100], rng))
+
+
+def test_tokenizer_works_through_the_generic_chat_code(tmp_path):
+    from transformers import AutoTokenizer
+
+    from pobench.data.tokenize import ChatFormatter, encode_completion
+
+    build_tokenizer().save_pretrained(tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)   # what pobench.models.load_tokenizer does
+    assert (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, len(tokenizer)) == (0, 1, 3, 68)
+    formatter = ChatFormatter(tokenizer)
+    messages = [{"role": "user", "content": "t03 t17 t42 t08"}]
+    prompt = formatter.prompt_text(messages)
+    assert formatter.encode(prompt) == [1] + [content_token_id(i) for i in (3, 17, 42, 8)] + [2]
+    assert encode_completion(formatter, messages, prompt, "t05 t09", 17) == [content_token_id(5), content_token_id(9), 3]
+    assert encode_completion(formatter, messages, prompt, "", 17) == [3]
+    ids = [content_token_id(i) for i in range(64)]
+    assert tokenizer.decode(ids + [3, 0], skip_special_tokens=True) == " ".join(CONTENT_TOKENS)
+
+
+def test_pairs_best_worst_ties_and_bradley_terry_noise():
+    rng = np.random.default_rng(0)
+    assert pick_pair([0.1, 0.5, -0.2, 0.3], "best_worst", 0.0, rng) == (1, 2)
+    assert pick_pair([0.2, 0.2], "best_worst", 0.0, rng) is None
+    a, b = pick_pair([0.1, 0.5, -0.2, 0.3], "random", 0.0, rng)
+    assert [0.1, 0.5, -0.2, 0.3][a] > [0.1, 0.5, -0.2, 0.3][b]
+    # noise: the worse one is chosen at the Bradley-Terry rate sigmoid(-gap / T)
+    gap, temperature, n = 0.3, 0.2, 20000
+    flips = sum(pick_pair([gap, 0.0], "best_worst", temperature, rng) == (1, 0) for _ in range(n))
+    expected = 1 / (1 + math.exp(gap / temperature))
+    assert abs(flips / n - expected) < 4 * math.sqrt(expected * (1 - expected) / n)
+
+
+def test_settings_are_checked_by_key():
+    assert SyntheticSettings.from_mapping({}) == SyntheticSettings()
+    assert SyntheticSettings.from_mapping({"label_noise": "0.5"}).label_noise == 0.5
+    with pytest.raises(PobenchError, match="data.synthetic.num_candidate'"):
+        SyntheticSettings.from_mapping({"num_candidate": 8})
+    with pytest.raises(PobenchError, match="data.synthetic.num_candidates"):
+        SyntheticSettings.from_mapping({"num_candidates": 1})
+    with pytest.raises(PobenchError, match="data.synthetic.pairs"):
+        SyntheticSettings.from_mapping({"pairs": "best"})
+    with pytest.raises(PobenchError, match="data.synthetic.train_prompts"):
+        SyntheticSettings.from_mapping({"train_prompts": "many"})
+
+
+def test_gold_is_registered_as_a_scorer():
+    import pobench.synthetic  # noqa: F401  (registers gold:synthetic)
+    from pobench.rewards import get_scorer
+    from pobench.synthetic import register_task_gold
+
+    prompts = [[{"role": "user", "content": "t01 t02 t03 t04"}]] * 2
+    assert get_scorer("gold:synthetic").score(prompts, ["t05 t06", ""]) == \
+        [pytest.approx(SyntheticTask(0).gold([1, 2, 3, 4], [5, 6])), 0.0]
+    assert register_task_gold(5) == "synthetic-5"
+    assert get_scorer("gold:synthetic-5").score(prompts[:1], ["t05 t06"]) == \
+        [pytest.approx(SyntheticTask(5).gold([1, 2, 3, 4], [5, 6]))]
