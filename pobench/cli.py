@@ -1,4 +1,4 @@
-"""The pobench command line: run, list, data."""
+"""The pobench command line: run, eval, list, data."""
 from __future__ import annotations
 
 import json
@@ -150,11 +150,9 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
             atomic_write_json(run_dir / "env.json", environment_info(pick_device(cfg.model.device)))
             summary = train(cfg, algorithm, data, run_dir, out / ".cache", resume=resume, progress=progress,
                             tokenized=tokenized)
-            if not no_eval:
-                atomic_write_json(run_dir / "eval.json", {
-                    "held_out_pairs": summary["held_out_final"], "held_out_pairs_initial": summary["held_out_initial"],
-                    "eval_pairs": summary["eval_pairs"], "judge": None,
-                    "note": "held-out preference-pair metrics; generation and judging are added by `pobench eval`"})
+            if not no_eval:  # generate, judge, metrics -> eval.json + generations.jsonl (pobench/eval/runner.py)
+                from pobench.eval.runner import evaluate_run
+                evaluate_run(run_dir, out / ".cache", progress=progress)
             summaries.append(summary)
             progress.advance(overall)
     _print_summary(summaries, time.time() - started)
@@ -343,6 +341,72 @@ def candidates(
             info = build_pools(cfg, suite_data, out / ".cache", progress)
         console.print(f"seed {seed}: pools of {info['prompts']} prompts x {info['samples_per_prompt']} samples, "
                       f"scored by {info['reward_model']}, in {info['store']}", markup=False, highlight=False)
+
+
+def _run_folders(paths: list[Path]) -> list[Path]:
+    """Run folders among `paths`: a folder with config.yaml is one; any other folder is searched for finished
+    runs (config.yaml beside train_summary.json), caches excluded."""
+    found: list[Path] = []
+    for path in paths:
+        if (path / "config.yaml").is_file():
+            found.append(path)
+        elif path.is_dir():
+            found.extend(sorted(c.parent for c in path.rglob("config.yaml")
+                                if (c.parent / "train_summary.json").is_file() and ".cache" not in c.parts))
+        else:
+            raise PobenchError(f"{path}: no such run folder")
+    if not found:
+        raise PobenchError(f"{', '.join(map(str, paths))}: no finished run folders (config.yaml + train_summary.json)")
+    return list(dict.fromkeys(found))
+
+
+@app.command("eval")
+def eval_(
+    run_dirs: List[Path] = typer.Argument(..., help="Run folders (results/<suite>/<algo>/seed<k>) or folders holding them."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="auto | rm:<folder or hub id> | gold:<name> | "
+                                        "alpaca_eval:<config> | alpaca_eval:local (eval.judge)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="sft | dataset | alpaca_eval (eval.reference)."),
+    eval_set: Optional[str] = typer.Option(None, "--eval-set", help="held_out | alpaca_eval (eval.eval_set)."),
+    eval_file: Optional[Path] = typer.Option(None, "--eval-file", help="Local alpaca_eval.json for --eval-set alpaca_eval."),
+    num_prompts: Optional[int] = typer.Option(None, "--num-prompts", help="Prompts to judge (eval.num_prompts; 0 = all)."),
+    set_: List[str] = typer.Option([], "--set", help="Override an eval key, e.g. --set eval.max_new_tokens=128."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Caches (reference outputs, judges); "
+                                             "default: <results root>/.cache."),
+    json_: bool = typer.Option(False, "--json", help="Print every eval.json as one JSON line."),
+):
+    """Generate on the eval prompts, judge against a reference, write eval.json + generations.jsonl per run."""
+    from pobench import config as C
+    from pobench.eval.runner import evaluate_run, load_run_config
+
+    shortcuts = {k: v for k, v in {"judge": judge, "reference": reference, "eval_set": eval_set,
+                                   "eval_file": str(eval_file) if eval_file else None,
+                                   "num_prompts": num_prompts}.items() if v is not None}
+    overrides = C.deep_merge({"eval": shortcuts} if shortcuts else {}, C.parse_set(set_))
+    folders = _run_folders(run_dirs)
+    for folder in folders:   # every config is checked before the first evaluation starts
+        load_run_config(folder, overrides)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    results = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        for folder in folders:
+            results.append((folder, evaluate_run(folder, cache_dir, overrides, progress)))
+    if json_:
+        for _, r in results:
+            typer.echo(json.dumps(r))
+        return
+    table = Table(title=f"pobench eval: {len(results)} run(s)", caption="win rate: P(output beats the reference), "
+                  "ties half; +/- standard error, [bootstrap 95% CI]; LC: length-controlled; length in characters")
+    for col in ("run", "judge", "reference", "n", "win rate", "95% CI", "LC", "length", "reward", "KL"):
+        table.add_column(col, no_wrap=col != "run")
+    for folder, r in results:
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        table.add_row(str(folder), r["judge"]["name"], r["reference"]["kind"], str(r["n_prompts"]),
+                      f"{r['win_rate']:.3f} +/- {r['win_rate_se']:.3f}",
+                      f"[{r['win_rate_ci95'][0]:.3f}, {r['win_rate_ci95'][1]:.3f}]", fmt(r["lc_win_rate"], ".3f"),
+                      f"{r['avg_length']:.0f} vs {r['reference_avg_length']:.0f}", fmt(r["reward_mean"], ".3f"),
+                      fmt(r["kl"], ".3f"))
+    Console(width=max(120, Console().width)).print(table)
 
 
 def main() -> None:

@@ -88,6 +88,30 @@ class PoolConfig:
 
 
 @dataclass
+class EvalConfig:
+    """`pobench eval` and the evaluation at the end of `pobench run` (pobench/eval/). The defaults keep the
+    default run affordable on a 2-core CPU: 16 prompts, 64 new tokens."""
+    eval_set: str = "held_out"     # held_out (the suite's held-out prompts) | alpaca_eval (AlpacaEval's 805 instructions)
+    eval_file: str | None = None   # alpaca_eval set: a local alpaca_eval.json; None = the hub when reachable
+    num_prompts: int = 16          # prompts generated and judged per run (0 = all of the eval set)
+    reference: str = "sft"         # sft (the reference policy's own outputs, cached per suite) | dataset (held-out
+                                   # chosen responses) | alpaca_eval (the eval file's reference outputs)
+    judge: str = "auto"            # auto (a Bradley-Terry MiniLM RM trained on pairs disjoint from the run's) |
+                                   # rm:<folder or hub id> | gold:<name> | alpaca_eval:<config> | alpaca_eval:local
+    judge_model: str = "smollm2-135m-instruct"  # the decoder of alpaca_eval:local (the default is a weak judge)
+    judge_rm_steps: int = 150      # training steps of the auto judge's reward model
+    temperature: float = 0.7       # decoding of policy and reference outputs (0 = greedy); recorded in eval.json
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    seed: int = 0                  # generation seed (and the seed of the judge's output order and the bootstrap)
+    batch_size: int = 16           # prompts per generation forward
+    kl_samples: int = 1            # pure samples (temperature 1, top_p 1) per prompt for KL(policy || reference); 0 = skip
+    bootstrap: int = 2000          # bootstrap resamples of the win-rate CI
+    lc_difficulty_file: str | None = None  # alpaca_eval's df_gamed.csv (local, never downloaded): enables its full
+                                           # length-controlled GLM on the 805 instructions
+
+
+@dataclass
 class RunConfig:
     suite: str = ""
     algorithm_name: str = ""
@@ -97,19 +121,22 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     algorithm: dict = field(default_factory=dict)  # the algorithm's own parameters (checked against its defaults)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "pool": PoolConfig}
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "pool": PoolConfig, "eval": EvalConfig}
 CHOICES = {  # keys with a fixed set of values, checked when the config is resolved (before anything runs)
     "data.schema": ("auto", "hh", "ultrafeedback-binarized", "ultrafeedback-raw", "ultrafeedback-onpolicy"),
     "data.raw_rejected": ("worst", "random"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "pool.source": ("auto", "dataset", "generated"),
     "pool.backend": ("transformers", "vllm"),
+    "eval.eval_set": ("held_out", "alpaca_eval"),
+    "eval.reference": ("sft", "dataset", "alpaca_eval"),
 }
 TOP_LEVEL = {"suite", "algorithm_name", "seed", "description", "algorithm", *SECTIONS}
 

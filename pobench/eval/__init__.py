@@ -1,0 +1,27 @@
+"""Evaluation: generate on held-out prompts, judge against a reference, and the per-run metrics.
+
+Modules: runner.py (the whole evaluation of one run folder), judges.py (reward-model, gold and the registry),
+llm_judge.py (alpaca_eval annotators, local judge decoder), metrics.py (win rate, CIs, LC win rate, KL),
+alpaca_set.py (AlpacaEval's 805 instructions, model_outputs.json).
+
+Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the end of `pobench run`:
+
+    eval_set          "held_out" | "alpaca_eval";  eval_source: where the prompts came from
+    n_prompts         prompts generated (= n_judged + n_unjudged)
+    decoding          {backend, temperature, top_p, top_k, max_new_tokens, seed, batch_size, chat_template, max_prompt_length}
+    reference         {"kind": "sft" | "dataset" | "alpaca_eval", ...}  (sft: model + the shared cache file)
+    judge             {"name", "kind": "reward_model" | "llm" | "gold", "held_out_accuracy": float | null, ...}
+    win_rate          mean P(policy output beats reference output) in [0, 1]; ties count half
+    win_rate_se, win_rate_ci95 [lo, hi]   standard error; percentile bootstrap 95% CI (eval.bootstrap resamples)
+    lc_win_rate, lc_win_rate_se, lc_method ("length_only_glm" | "alpaca_eval_glm_length_controlled_v1"), length_coef
+    avg_length, reference_avg_length      mean output length in characters (length_unit)
+    reward_mean, reference_reward_mean    mean judge score of the outputs (reward-model / gold judges; else null)
+    kl, kl_se, kl_info                    KL(policy || reference) estimated from samples (null with eval.kl_samples 0)
+    held_out          {"final": {eval/... pair metrics}, "initial": {...}, "pairs": n} from train_summary.json
+    suite, algorithm, seed, eval_time_s, versions {pobench, git_commit, python, torch, transformers, ...}
+    model_outputs     (alpaca_eval set only) path of model_outputs.json in alpaca_eval's format
+
+`<run_dir>/generations.jsonl`: one row per prompt: index, id, prompt (chat messages), output, reference_output,
+preference (P(policy wins), null if the judge gave none), policy_first (the order the judge saw), scores
+({"policy", "reference"} for scoring judges, else null), finished, output_tokens, judge (name), judge_extra.
+"""

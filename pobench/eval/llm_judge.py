@@ -1,0 +1,221 @@
+"""LLM judges through alpaca_eval's annotator machinery (optional extra: `pip install 'pobench[judge]'`).
+
+`alpaca_eval:<config>` runs alpaca_eval's `PairwiseAnnotator` with one of its annotator configs (e.g.
+`weighted_alpaca_eval_gpt4_turbo`: GPT-4-turbo's log-probabilities of the tokens 'm' and 'M' give a soft
+preference) or a config file of your own. Its OpenAI decoder reads an API key (OPENAI_API_KEY) or a client
+config (OPENAI_CLIENT_CONFIG_PATH, e.g. a local OpenAI-compatible server); pobench passes that path on at call
+time, so setting it after import works too.
+
+`alpaca_eval:local` keeps alpaca_eval's prompt (the weighted GPT-4-turbo template) and its `logprob_parser`,
+and swaps the decoder for `LocalJudgeDecoder`: a transformers causal LM (eval.judge_model, default
+SmolLM2-135M-Instruct) whose next-token log-probabilities of 'm' and 'M' after the judge prompt are returned
+in the shape of OpenAI's chat logprobs. A 135M model is a *weak* judge (close to a coin flip with a position
+bias); it exists so that the whole LLM-judge path runs offline, and a bigger local model can be named instead.
+
+Annotations are cached by alpaca_eval under the pobench cache (never inside site-packages), keyed by the
+judge's identity, so re-judging the same outputs costs nothing.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from pobench.errors import PobenchError
+from pobench.eval.judges import Comparison, prompt_text
+
+LOCAL_CONFIG = "local"
+PROMPT_TEMPLATE = "alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt"   # the weighted GPT-4-turbo judge's prompt
+CHOICE_TOKENS = ("m", "M")   # that prompt's identifiers: 'm' = output_1, 'M' = output_2
+
+
+def require_alpaca_eval():
+    import warnings
+    try:
+        with warnings.catch_warnings():   # its pkg_resources deprecation notice: nothing a user can act on
+            warnings.simplefilter("ignore", UserWarning)
+            import alpaca_eval  # noqa: F401  (imports pkg_resources: needs setuptools<81)
+    except ImportError as e:
+        raise PobenchError(f"judge alpaca_eval needs the optional extra: pip install 'pobench[judge]' "
+                           f"(alpaca-eval and setuptools<81) ({type(e).__name__}: {e})") from None
+    import alpaca_eval
+    return alpaca_eval
+
+
+@contextlib.contextmanager
+def quiet_logging():
+    """alpaca_eval logs every step at INFO on the root logger (and sets the root level to INFO on import): that
+    is silenced while it runs; its errors still show (its tqdm bars too: they time a slow remote judge)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+class LocalJudgeDecoder:
+    """An alpaca_eval decoder (`fn_completions`) backed by a local causal LM: for each judge prompt, one
+    forward pass and the log-probabilities of the choice tokens at the next position, returned like OpenAI's
+    `logprobs.content[0].top_logprobs` so that alpaca_eval's `logprob_parser` reads them unchanged."""
+
+    def __init__(self, model: str = "smollm2-135m-instruct", device: str = "auto", batch_size: int = 4,
+                 max_length: int = 2048):
+        import torch
+
+        from pobench.models import load_causal_lm, load_tokenizer, model_fingerprint, pick_device, resolve_model_path
+        self.path = resolve_model_path(model)
+        self.device = pick_device(device)
+        self.tokenizer = load_tokenizer(self.path)
+        self.model = load_causal_lm(self.path, torch.float32).to(self.device).eval()
+        self.batch_size, self.spec = batch_size, model
+        limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
+        self.max_length = min(max_length, limit)
+        self.fingerprint = model_fingerprint(self.path)
+        self.choice_ids = {}
+        for t in CHOICE_TOKENS:
+            ids = self.tokenizer.encode(t, add_special_tokens=False)
+            if len(ids) != 1:
+                raise PobenchError(f"eval.judge_model {model}: '{t}' is not a single token for its tokenizer")
+            self.choice_ids[t] = ids[0]
+
+    def encode(self, prompt: str) -> list[int]:
+        """alpaca_eval's ChatML prompt -> the judge's own chat template; a prompt longer than the model's
+        window keeps its end (the outputs and the question being asked)."""
+        from alpaca_eval.utils import prompt_to_chatml
+        messages = [{"role": m["role"], "content": m["content"]} for m in prompt_to_chatml(prompt)]
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        else:
+            text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant:"
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"][-self.max_length:]
+
+    def __call__(self, prompts, **_decoding_kwargs) -> dict:
+        import torch
+
+        from pobench.generation.hf import left_pad
+        started = time.time()
+        entries = []
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        for start in range(0, len(prompts), self.batch_size):
+            rows = [self.encode(p) for p in prompts[start:start + self.batch_size]]
+            input_ids, mask = left_pad(rows, pad)
+            with torch.no_grad():
+                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+            logps = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
+            for row, lp in zip(rows, logps):
+                top = [{"token": t, "logprob": float(lp[i])} for t, i in self.choice_ids.items()]
+                best = max(top, key=lambda x: x["logprob"])
+                entries.append({"text": best["token"], "total_tokens": len(row),
+                                "logprobs": {"content": [{"token": best["token"], "logprob": best["logprob"],
+                                                          "top_logprobs": top}]}})
+        n = max(1, len(prompts))
+        return {"completions": [e["text"] for e in entries], "completions_all": entries,
+                "price_per_example": [0.0] * len(entries), "time_per_example": [(time.time() - started) / n] * len(entries)}
+
+    def describe(self) -> dict:
+        return {"decoder": "pobench LocalJudgeDecoder (transformers)", "model": self.spec, "model_path": self.path,
+                "model_fingerprint": self.fingerprint}
+
+
+def local_config(cache_dir: Path, ident: str) -> Path:
+    """The annotators config of `alpaca_eval:local`: alpaca_eval's weighted GPT-4-turbo judge minus its
+    decoder (passed in as a function), written once under the cache."""
+    import alpaca_eval.constants as AC
+    import yaml
+    folder = Path(cache_dir) / "judges" / f"alpaca_eval_local-{ident}"
+    path = folder / "configs.yaml"
+    config = {f"pobench_local_{ident}": {
+        "prompt_template": str(Path(AC.EVALUATORS_CONFIG_DIR) / PROMPT_TEMPLATE),
+        "fn_completion_parser": "logprob_parser",
+        "completion_parser_kwargs": {"numerator_token": "m", "denominator_tokens": list(CHOICE_TOKENS),
+                                     "is_binarize": False},
+        "completion_key": "completions_all", "batch_size": 1}}
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def resolve_config(config: str) -> Path | str:
+    """An alpaca_eval config name (a folder of its evaluators_configs) or a path to a configs.yaml/folder."""
+    import alpaca_eval.constants as AC
+    own = Path(AC.EVALUATORS_CONFIG_DIR) / config
+    if own.is_dir() or own.is_file():
+        return config
+    path = Path(config).expanduser()
+    if path.is_dir() and (path / "configs.yaml").is_file():
+        return path.resolve() / "configs.yaml"
+    if path.is_file():
+        return path.resolve()
+    known = sorted(p.name for p in Path(AC.EVALUATORS_CONFIG_DIR).iterdir() if (p / "configs.yaml").is_file())
+    raise PobenchError(f"eval.judge alpaca_eval:{config}: neither an alpaca_eval annotators config "
+                       f"(e.g. {', '.join(known[:4])}, ...) nor a configs.yaml path")
+
+
+class AlpacaEvalJudge:
+    kind = "llm"
+
+    def __init__(self, config: str, cache_dir: str | Path | None = None, judge_model: str = "smollm2-135m-instruct",
+                 device: str = "auto", batch_size: int = 4, seed: int = 0, **_options):
+        require_alpaca_eval()
+        with quiet_logging():
+            import alpaca_eval.annotators  # noqa: F401
+        self.config, self.seed, self.decoder = config, seed, None
+        if config == LOCAL_CONFIG:
+            self.decoder = LocalJudgeDecoder(judge_model, device, batch_size)
+            ident = hashlib.sha1(f"{self.decoder.fingerprint}".encode()).hexdigest()[:10]
+            self.annotators_config = local_config(Path(cache_dir or ".pobench-judge"), ident)
+            self.name = f"alpaca_eval:local({judge_model})"
+        else:
+            self.annotators_config = resolve_config(config)
+            ident = hashlib.sha1(str(self.annotators_config).encode()).hexdigest()[:10]
+            self.name = f"alpaca_eval:{config}"
+        self.caching_path = (Path(cache_dir) / "judges" / f"alpaca_eval-{ident}-annotations.json") if cache_dir else None
+
+    def annotator(self):
+        from alpaca_eval.annotators import PairwiseAnnotator
+        kwargs = {"fn_completions": self.decoder} if self.decoder is not None else {}
+        if self.caching_path is not None:
+            self.caching_path.parent.mkdir(parents=True, exist_ok=True)
+        # pobench randomises the order itself (judges.judge_against_reference), the same way for every judge
+        return PairwiseAnnotator(annotators_config=self.annotators_config, seed=self.seed,
+                                 caching_path=self.caching_path, is_randomize_output_order=False, **kwargs)
+
+    def decoding_kwargs(self) -> dict:
+        """OPENAI_CLIENT_CONFIG_PATH read now, not at alpaca_eval's import (its default is frozen then)."""
+        path = os.environ.get("OPENAI_CLIENT_CONFIG_PATH")
+        return {"client_config_path": path} if path and self.decoder is None else {}
+
+    def compare(self, prompts: list[list[dict]], first: list[str], second: list[str]) -> Comparison:
+        rows = [{"instruction": prompt_text(p), "output_1": a, "output_2": b} for p, a, b in zip(prompts, first, second)]
+        with quiet_logging():
+            annotated = self.annotator().annotate_pairs(rows, **self.decoding_kwargs())
+        by_key = {(r["instruction"], r["output_1"], r["output_2"]): r for r in annotated}
+        preferences, extra = [], []
+        for row in rows:
+            got = by_key.get((row["instruction"], row["output_1"], row["output_2"]), {})
+            pref = got.get("preference")
+            # alpaca_eval: 1 = output_1 preferred, 2 = output_2, 1.5 = tie (floats in between for soft judges)
+            ok = pref is not None and pref == pref and 1.0 <= float(pref) <= 2.0
+            preferences.append(2.0 - float(pref) if ok else None)
+            raw = got.get("preference_raw_completion")
+            extra.append({"alpaca_eval_preference": float(pref) if ok else None,
+                          "raw_completion": raw if isinstance(raw, (str, type(None))) else json.dumps(raw, default=str)[:2000]})
+        return Comparison(preferences, extra=extra)
+
+    def describe(self) -> dict:
+        info = {"name": self.name, "kind": self.kind, "held_out_accuracy": None,
+                "annotators_config": str(self.annotators_config), "order": "randomised per prompt by pobench",
+                "caching_path": str(self.caching_path) if self.caching_path else None}
+        if self.decoder is not None:
+            info.update(self.decoder.describe(), note="a local judge; SmolLM2-135M-Instruct (the default) is weak")
+        return info
+
+
+def alpaca_eval_judge(config: str, **options) -> AlpacaEvalJudge:
+    return AlpacaEvalJudge(config, **options)

@@ -1,0 +1,331 @@
+"""Evaluate one finished run folder: generate on the eval prompts, judge against a reference, write the results.
+
+    policy (final checkpoint) -> outputs on the first eval.num_prompts eval prompts (eval decoding)
+    reference outputs (sft: the reference policy's, cached and shared by every run of the suite | dataset | alpaca_eval)
+    judge (auto | rm: | gold: | alpaca_eval:) -> per-prompt P(policy beats reference), order randomised per prompt
+    metrics: win rate (SE, bootstrap CI), LC win rate, lengths, mean reward, KL(policy || reference) from samples
+    -> eval.json, generations.jsonl (and model_outputs.json for the alpaca_eval set)
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import time
+import types
+from pathlib import Path
+
+from pobench.errors import PobenchError
+from pobench.eval.alpaca_set import EvalItem
+
+
+# -- inputs -------------------------------------------------------------------------------------------------------
+
+def results_root(run_dir: Path, suite: str) -> Path:
+    """The results root of a run folder (<root>/<suite>/<algo>[/<grid point>]/seed<k>): the caches live there."""
+    for parent in Path(run_dir).resolve().parents:
+        if parent.name == suite:
+            return parent.parent
+    return Path(run_dir).resolve().parent
+
+
+def load_run_config(run_dir: Path, overrides: dict | None = None):
+    """The run's resolved config.yaml, with eval.* overrides (from --set / the eval options) on top."""
+    from pobench import config as C
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise PobenchError(f"{run_dir}: not a run folder (no config.yaml)")
+    merged = C.deep_merge(C.read_yaml(path), overrides or {})
+    unknown = sorted(set(overrides or {}) - {"eval"})
+    if unknown:
+        raise PobenchError(f"pobench eval: only eval.* keys can be overridden, not '{unknown[0]}'")
+    algorithm = merged.pop("algorithm", {})
+    cfg = C._build(C.RunConfig, merged, "")
+    cfg.algorithm = algorithm
+    return cfg
+
+
+def eval_items(cfg) -> tuple[list[EvalItem], str, object]:
+    """(items, source, suite data or None): the suite's held-out records or AlpacaEval's instructions."""
+    if cfg.eval.eval_set == "alpaca_eval":
+        from pobench.eval.alpaca_set import load_alpaca_eval
+        items, source = load_alpaca_eval(cfg.eval.eval_file)
+        data = None
+    else:
+        from pobench.data import load_suite_data
+        data = load_suite_data(cfg.data, cfg.seed)
+        items = [EvalItem(r.prompt, r.chosen, r.id) for r in data.eval]
+        source = data.report.get("eval_source", "")
+    n = cfg.eval.num_prompts
+    return (items[:n] if n else items), source, data
+
+
+def load_trained_policy(cfg, run_dir: Path, device):
+    """(model, tokenizer, base path): the base model (+ LoRA adapter) with the final checkpoint's trainable
+    weights copied in by name: full fine-tuning saves every weight, LoRA saves the adapter only."""
+    import torch
+    from safetensors.torch import load_file
+
+    from pobench.engine.checkpoint import find_checkpoint
+    from pobench.models import load_policy
+
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint is None:
+        raise PobenchError(f"{run_dir}: no checkpoint to evaluate (checkpoints/latest/state.json); finish the run first")
+    model_cfg = types.SimpleNamespace(**{**vars(cfg.model), "gradient_checkpointing": False})
+    model, tokenizer, path = load_policy(model_cfg, device)
+    weights = load_file(str(checkpoint / "trainable.safetensors"))
+    params = dict(model.named_parameters())
+    missing = sorted(set(weights) - set(params))
+    if missing:
+        raise PobenchError(f"{checkpoint}: weight '{missing[0]}' does not fit model {cfg.model.name_or_path} "
+                           f"(lora_r={cfg.model.lora_r})")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].dtype))
+    return model.eval(), tokenizer, path
+
+
+@contextlib.contextmanager
+def reference_model(cfg, policy, device):
+    """The reference policy: LoRA runs disable the adapter (no second copy), full fine-tuning loads the base."""
+    import torch
+    if cfg.model.lora_r > 0:
+        with torch.no_grad(), policy.disable_adapter():
+            yield policy
+        return
+    from pobench.models import load_policy
+    model_cfg = types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0, "gradient_checkpointing": False})
+    ref, _, _ = load_policy(model_cfg, device)
+    try:
+        yield ref.eval()
+    finally:
+        del ref
+
+
+def generation_config(cfg, n: int = 1, pure: bool = False):
+    from pobench.generation import GenerationConfig
+    e = cfg.eval
+    return GenerationConfig(n=n, temperature=1.0 if pure else e.temperature, top_p=1.0 if pure else e.top_p,
+                            max_new_tokens=e.max_new_tokens, seed=e.seed, batch_size=e.batch_size)
+
+
+def decoding_record(cfg) -> dict:
+    e = cfg.eval
+    return {"backend": "transformers", "temperature": e.temperature, "top_p": e.top_p, "top_k": None,
+            "max_new_tokens": e.max_new_tokens, "seed": e.seed, "batch_size": e.batch_size,
+            "chat_template": cfg.model.chat_template, "max_prompt_length": cfg.train.max_prompt_length}
+
+
+def generate(model, tokenizer, prompt_ids, gen):
+    from pobench.generation import get_backend
+    return get_backend("transformers", model, tokenizer).generate(prompt_ids, gen)
+
+
+# -- reference outputs --------------------------------------------------------------------------------------------
+
+def sft_reference_outputs(cfg, prompt_ids, ref_model, tokenizer, model_path: str, cache_dir: Path) -> tuple[list[str], str]:
+    """The reference policy's own outputs with the eval decoding, one JSON line per prompt in a store keyed by
+    the model and the decoding: generated once and shared by every algorithm and seed of the suite."""
+    from pobench.models import model_fingerprint
+    from pobench.sampling.pools import PoolStore, prompt_key
+    settings = json.dumps(decoding_record(cfg), sort_keys=True)
+    key = hashlib.sha1(f"{model_fingerprint(model_path)}-{cfg.model.dtype}-{settings}".encode()).hexdigest()[:16]
+    store = PoolStore(Path(cache_dir) / "eval_reference" / f"{key}.jsonl")
+    todo = [p for p in dict.fromkeys(map(tuple, prompt_ids)) if prompt_key(list(p)) not in store.entries]
+    if todo:
+        outs = generate(ref_model, tokenizer, [list(p) for p in todo], generation_config(cfg))
+        store.add([{"key": prompt_key(list(p)), "output": o[0].text, "finished": o[0].finished}
+                   for p, o in zip(todo, outs)])
+    return [store.entries[prompt_key(p)]["output"] for p in prompt_ids], str(store.path)
+
+
+def reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, cache_dir) -> tuple[list[str], dict]:
+    kind = cfg.eval.reference
+    if kind == "sft":
+        with ref_ctx() as ref:
+            outs, store = sft_reference_outputs(cfg, prompt_ids, ref, tokenizer, model_path, cache_dir)
+        return outs, {"kind": "sft", "model": cfg.model.name_or_path, "store": store}
+    missing = [it.id for it in items if it.reference_output is None]
+    if missing:
+        raise PobenchError(f"eval.reference {kind}: item {missing[0]} has no reference output")
+    what = "the held-out records' chosen responses" if kind == "dataset" else "the eval file's outputs"
+    if kind == "alpaca_eval" and cfg.eval.eval_set != "alpaca_eval":
+        raise PobenchError("eval.reference alpaca_eval needs eval.eval_set alpaca_eval (--eval-set alpaca_eval)")
+    return [it.reference_output for it in items], {"kind": kind, "source": what}
+
+
+# -- the judge ----------------------------------------------------------------------------------------------------
+
+def run_training_indices(cfg, n_train: int, run_dir: Path) -> set[int]:
+    """The training records the run drew (the trainer's seeded order replayed from its summary)."""
+    from pobench.engine.trainer import data_order
+    summary_path = Path(run_dir) / "train_summary.json"
+    if not summary_path.is_file():
+        raise PobenchError(f"{run_dir}: no train_summary.json; the run has not finished")
+    summary = json.loads(summary_path.read_text())
+    steps, seen = summary.get("steps") or 0, summary.get("records_seen") or 0
+    if not steps:
+        return set()
+    return set(data_order(n_train, cfg.seed, steps, max(1, seen // steps)))
+
+
+def auto_judge_model(cfg, suite_data, used: set[int], cache_dir: Path, progress=None) -> tuple[str, dict]:
+    """A MiniLM Bradley-Terry reward model trained on the second half of the training records minus every
+    record the run trained on, so the policy is never graded by a model of its own training pairs. Runs with
+    the same records (every algorithm at one seed and budget) share it; it is cached under the results root."""
+    from pobench.rewards.train import train_reward_model
+    half = len(suite_data.train) // 2
+    keep = [i for i in range(half, len(suite_data.train)) if i not in used]
+    if not keep:
+        raise PobenchError("eval.judge auto: the run trained on every record the judge could use; pass "
+                           "--judge rm:<folder> (a reward model trained on other data) or gold:<name>")
+    excluded = hashlib.sha1(",".join(map(str, sorted(used))).encode()).hexdigest()[:10]
+    fingerprint = hashlib.sha1(json.dumps([cfg.suite, suite_data.report, cfg.eval.judge_rm_steps, excluded],
+                                          sort_keys=True, default=str).encode()).hexdigest()[:12]
+    out = Path(cache_dir) / "judges" / f"{cfg.suite}-minilm-{fingerprint}"
+    info = {"train_pairs": len(keep), "train_records": f"second half of train ({half}..{len(suite_data.train)}) "
+            f"minus the {len(used & set(range(half, len(suite_data.train))))} the run trained on",
+            "disjoint_from_policy_pairs": True, "steps": cfg.eval.judge_rm_steps}
+    if not (out / "config.json").is_file():
+        if progress:
+            progress.console.print(f"eval judge auto: training a Bradley-Terry MiniLM reward model on {len(keep)} "
+                                   f"pairs disjoint from the run's, cached in {out}", markup=False, highlight=False)
+        train_reward_model([suite_data.train[i] for i in keep], suite_data.eval, "minilm", out,
+                           steps=cfg.eval.judge_rm_steps, seed=0, show_progress=False, max_length=128,
+                           extra_info={"suite": cfg.suite, "made_by": "eval.judge=auto", **info})
+    return str(out), info
+
+
+def build_run_judge(cfg, suite_data, run_dir: Path, cache_dir: Path, device: str, progress=None):
+    from pobench.eval.judges import build_judge, rm_judge
+    spec = cfg.eval.judge
+    if spec == "auto":
+        if suite_data is None:
+            raise PobenchError("eval.judge auto trains on the suite's pairs: it needs eval.eval_set held_out; "
+                               "name a judge for the alpaca_eval set (--judge alpaca_eval:<config> or rm:<folder>)")
+        used = run_training_indices(cfg, len(suite_data.train), run_dir)
+        path, info = auto_judge_model(cfg, suite_data, used, cache_dir, progress)
+        return rm_judge(path, {"spec": "auto", **info})
+    return build_judge(spec, cache_dir=cache_dir, judge_model=cfg.eval.judge_model, device=device, seed=cfg.eval.seed)
+
+
+# -- KL -----------------------------------------------------------------------------------------------------------
+
+def sample_logps(model, seqs, pad_id: int, device, chunk: int) -> list[float]:
+    from pobench.engine.logps import SequenceLogps
+    from pobench.engine.trainer import score_sequences
+    sums, _ = score_sequences(SequenceLogps(model, chunk), seqs, pad_id, device, 8)
+    return sums.tolist()
+
+
+def estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, device) -> dict | None:
+    """KL(policy || reference) from eval.kl_samples pure samples per prompt (temperature 1, top_p 1: y ~ pi)."""
+    from pobench.eval.metrics import kl_estimate
+    if cfg.eval.kl_samples < 1:
+        return None
+    outs = generate(policy, tokenizer, prompt_ids, generation_config(cfg, n=cfg.eval.kl_samples, pure=True))
+    seqs = [(p, c.token_ids) for p, row in zip(prompt_ids, outs) for c in row if c.token_ids]
+    if not seqs:
+        return None
+    pad = tokenizer.pad_token_id
+    pol = sample_logps(policy, seqs, pad, device, cfg.train.logps_chunk)
+    with ref_ctx() as ref:
+        refl = sample_logps(ref, seqs, pad, device, cfg.train.logps_chunk)
+    return {**kl_estimate(pol, refl), "kl_decoding": "temperature 1, top_p 1", "kl_max_new_tokens": cfg.eval.max_new_tokens}
+
+
+# -- the whole evaluation -----------------------------------------------------------------------------------------
+
+def held_out_block(run_dir: Path) -> dict | None:
+    """The held-out preference-pair metrics `pobench run` measured (train_summary.json), kept in eval.json."""
+    path = Path(run_dir) / "train_summary.json"
+    if not path.is_file():
+        return None
+    s = json.loads(path.read_text())
+    return {"final": s.get("held_out_final"), "initial": s.get("held_out_initial"), "pairs": s.get("eval_pairs")}
+
+
+def versions() -> dict:
+    from pobench.environment import environment_info
+    info = environment_info()
+    return {"pobench": info["pobench"], "git_commit": info["git_commit"], "python": info["python"], **info["packages"]}
+
+
+def summarize(cfg, rows: list[dict], policy_out: list[str], ref_out: list[str], items) -> dict:
+    from pobench.eval import metrics as M
+    judged = [i for i, r in enumerate(rows) if r["preference"] is not None]
+    if not judged:
+        raise PobenchError("the judge gave no verdict on any prompt")
+    prefs = [rows[i]["preference"] for i in judged]
+    out = M.win_rate(prefs, cfg.eval.bootstrap, cfg.eval.seed)
+    pol_len = [len(policy_out[i]) for i in judged]
+    ref_len = [len(ref_out[i]) for i in judged]
+    if cfg.eval.lc_difficulty_file and cfg.eval.eval_set == "alpaca_eval":
+        lc = M.alpaca_eval_lc_win_rate(prefs, [policy_out[i] for i in judged], [ref_out[i] for i in judged],
+                                       [items[i].index for i in judged], cfg.eval.lc_difficulty_file)
+    else:
+        lc = M.length_controlled_win_rate(prefs, pol_len, ref_len)
+    scores = [rows[i]["scores"] for i in judged if rows[i]["scores"]]
+    return {**out, **lc, "n_unjudged": len(rows) - len(judged),
+            "avg_length": sum(pol_len) / len(pol_len), "reference_avg_length": sum(ref_len) / len(ref_len),
+            "length_unit": "characters",
+            "reward_mean": M.mean_or_none([s["policy"] for s in scores]),
+            "reference_reward_mean": M.mean_or_none([s["reference"] for s in scores])}
+
+
+def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict | None = None, progress=None,
+                 device: str | None = None) -> dict:
+    """Evaluate a finished run folder; writes eval.json and generations.jsonl there and returns eval.json."""
+    from pobench.data.tokenize import ChatFormatter
+    from pobench.engine.io import atomic_write_json, atomic_write_text
+    from pobench.eval.alpaca_set import model_outputs
+    from pobench.eval.judges import judge_against_reference
+    from pobench.models import pick_device
+
+    started = time.time()
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir, overrides)
+    cache_dir = Path(cache_dir) if cache_dir else results_root(run_dir, cfg.suite) / ".cache"
+    items, source, suite_data = eval_items(cfg)
+    if not items:
+        raise PobenchError(f"{run_dir}: the eval set {cfg.eval.eval_set} has no prompts")
+    dev = pick_device(device or cfg.model.device)
+    policy, tokenizer, model_path = load_trained_policy(cfg, run_dir, dev)
+    formatter = ChatFormatter(tokenizer, cfg.model.chat_template)
+    prompt_ids = [formatter.encode(formatter.prompt_text(it.prompt))[-cfg.train.max_prompt_length:] for it in items]
+    task = progress.add_task(f"eval {cfg.algorithm_name} seed{cfg.seed}", total=None) if progress else None
+
+    outs = generate(policy, tokenizer, prompt_ids, generation_config(cfg))
+    policy_out = [row[0].text for row in outs]
+    ref_ctx = lambda: reference_model(cfg, policy, dev)  # noqa: E731  (entered once per use: memory is freed between)
+    ref_out, reference = reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, cache_dir)
+    kl = estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, dev)
+    del policy
+    judge = build_run_judge(cfg, suite_data, run_dir, cache_dir, str(dev), progress)
+    prompts = [it.prompt for it in items]
+    rows = judge_against_reference(judge, prompts, policy_out, ref_out, cfg.eval.seed)
+    result = {
+        "eval_set": cfg.eval.eval_set, "eval_source": source, "n_prompts": len(items),
+        "decoding": decoding_record(cfg), "reference": reference, "judge": judge.describe(),
+        **summarize(cfg, rows, policy_out, ref_out, items),
+        "kl": kl["kl"] if kl else None, "kl_se": kl["kl_se"] if kl else None, "kl_info": kl,
+        "held_out": held_out_block(run_dir), "suite": cfg.suite, "algorithm": cfg.algorithm_name, "seed": cfg.seed,
+        "eval_time_s": None, "versions": versions(),
+    }
+    judge_name = result["judge"]["name"]
+    lines = [json.dumps({"index": i, "id": it.id, "prompt": it.prompt, "output": p, "reference_output": r,
+                         "preference": row["preference"], "policy_first": row["policy_first"],
+                         "scores": row["scores"], "finished": o[0].finished, "output_tokens": len(o[0].token_ids),
+                         "judge": judge_name, "judge_extra": row["judge_extra"]}, ensure_ascii=False)
+             for i, (it, p, r, row, o) in enumerate(zip(items, policy_out, ref_out, rows, outs))]
+    atomic_write_text(run_dir / "generations.jsonl", "\n".join(lines) + "\n")
+    if cfg.eval.eval_set == "alpaca_eval":
+        generator = f"pobench-{cfg.suite}-{cfg.algorithm_name}-seed{cfg.seed}"
+        atomic_write_json(run_dir / "model_outputs.json", model_outputs(items, policy_out, generator))
+        result["model_outputs"] = str(run_dir / "model_outputs.json")
+    result["eval_time_s"] = round(time.time() - started, 1)
+    atomic_write_json(run_dir / "eval.json", result)
+    if progress and task is not None:
+        progress.remove_task(task)
+    return result

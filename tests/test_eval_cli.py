@@ -1,0 +1,149 @@
+"""`pobench run` ends with eval.json in the evaluation contract; `pobench eval` re-judges a run folder with other
+judges, references and eval sets (tiny random model: the numbers mean nothing, the contract and the plumbing do)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pobench.errors import PobenchError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CONTRACT = {"eval_set": str, "n_prompts": int, "decoding": dict, "reference": dict, "judge": dict,
+            "win_rate": float, "win_rate_se": float, "win_rate_ci95": list, "lc_method": str, "avg_length": float,
+            "reference_avg_length": float, "held_out": dict, "versions": dict}
+ROW_KEYS = {"prompt", "output", "reference_output", "preference", "scores", "policy_first", "judge"}
+EVAL_SETTINGS = ["--set", "eval.num_prompts=4", "--set", "eval.max_new_tokens=8", "--set", "eval.judge_rm_steps=2"]
+
+
+def check_contract(result: dict, n: int) -> None:
+    for key, kind in CONTRACT.items():
+        assert isinstance(result[key], kind), key
+    assert result["n_prompts"] == n and 0 <= result["win_rate"] <= 1
+    lo, hi = result["win_rate_ci95"]
+    assert lo <= result["win_rate"] <= hi
+    assert result["judge"]["kind"] in ("reward_model", "llm", "gold") and result["judge"]["name"]
+    assert result["reference"]["kind"] in ("sft", "dataset", "alpaca_eval")
+    assert result["lc_win_rate"] is None or 0 <= result["lc_win_rate"] <= 1
+    assert "torch" in result["versions"] and result["decoding"]["max_new_tokens"] > 0
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [json.loads(l) for l in (run_dir / "generations.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    """`pobench run` on the tiny model, evaluated at the end with the default judge (auto: a MiniLM reward model
+    trained, 2 steps here, on training pairs the run did not use)."""
+    out = tmp_path_factory.mktemp("eval-cli") / "results"
+    cmd = [sys.executable, "-m", "pobench.cli", "run", "--algo", "dpo", "--model", str(tiny_model_dir), "--data",
+           "sample", "--max-steps", "2", "--out", str(out), "--set", "data.max_train_records=16", "--set",
+           "data.eval_size=4", "--set", "train.lr=1e-2", *EVAL_SETTINGS]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "hh-rlhf" / "dpo" / "seed1"
+
+
+def test_run_ends_with_eval_json_in_the_contract(finished_run):
+    result = json.loads((finished_run / "eval.json").read_text())
+    check_contract(result, 4)
+    assert result["eval_set"] == "held_out" and result["reference"]["kind"] == "sft"
+    assert result["held_out"]["pairs"] == 4 and "eval/rewards/accuracies" in result["held_out"]["final"]
+    judge = result["judge"]
+    assert judge["kind"] == "reward_model" and judge["spec"] == "auto" and judge["disjoint_from_policy_pairs"]
+    assert isinstance(judge["held_out_accuracy"], float)
+    assert result["kl"] is not None and result["reward_mean"] is not None
+    assert result["lc_method"] == "length_only_glm"
+    got = rows(finished_run)
+    assert len(got) == 4 and all(ROW_KEYS <= set(r) for r in got)
+    for r in got:   # the reward-model judge: P(policy wins) = sigmoid of the score difference
+        assert r["preference"] == pytest.approx(1 / (1 + math.exp(r["scores"]["reference"] - r["scores"]["policy"])))
+    # the reference outputs are cached once for the suite, shared by every run
+    assert Path(result["reference"]["store"]).is_file() and ".cache" in result["reference"]["store"]
+
+
+def test_auto_judge_never_trained_on_the_runs_pairs(finished_run):
+    """Replay the run's data order: the judge's training records are the second half minus those."""
+    import yaml
+
+    from pobench import config as C
+    from pobench.data import load_suite_data
+    from pobench.engine.trainer import data_order
+    cfg = C._build(C.RunConfig, {k: v for k, v in yaml.safe_load((finished_run / "config.yaml").read_text()).items()
+                                 if k != "algorithm"}, "")
+    data = load_suite_data(cfg.data, cfg.seed)
+    used = set(data_order(len(data.train), cfg.seed, 2, cfg.train.batch_size))
+    half = len(data.train) // 2
+    judge = json.loads((finished_run / "eval.json").read_text())["judge"]
+    assert judge["scorer"]["rm_info"]["train_pairs"] == len(set(range(half, len(data.train))) - used)
+    assert used & set(range(half, len(data.train)))   # the exclusion mattered in this run
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the finished run, so that re-evaluating it leaves the fixture's eval.json alone."""
+    import shutil
+    target = tmp_path / "results" / "hh-rlhf" / "dpo" / "seed1"
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def test_eval_again_with_a_gold_judge_and_the_dataset_reference(finished_run, tmp_path):
+    import test_eval_judges  # noqa: F401  registers gold:test-eval-length in this process
+
+    from pobench.cli import app
+    finished_run = copy_run(finished_run, tmp_path)
+    r = CliRunner().invoke(app, ["eval", str(finished_run), "--judge", "gold:test-eval-length", "--reference",
+                                 "dataset", "--num-prompts", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    check_contract(result, 3)
+    assert result["judge"] == {**result["judge"], "name": "gold:test-eval-length", "kind": "gold"}
+    assert result["reference"]["kind"] == "dataset" and result["held_out"]["pairs"] == 4
+    got = rows(finished_run)
+    assert len(got) == 3
+    for r in got:
+        assert r["scores"]["policy"] == pytest.approx(len(r["output"]) / 10)
+        assert r["judge"] == "gold:test-eval-length"
+    assert result["reward_mean"] == pytest.approx(sum(len(r["output"]) for r in got) / 30)
+    from pobench.eval.runner import eval_items, load_run_config
+    held_out, _, _ = eval_items(load_run_config(finished_run))
+    assert [r["reference_output"] for r in got] == [it.reference_output for it in held_out[:3]]   # the chosen answers
+
+
+def test_eval_on_alpaca_eval_instructions_with_the_local_llm_judge(finished_run, tiny_model_dir, tmp_path):
+    pytest.importorskip("alpaca_eval")
+    from pobench.cli import app
+    finished_run = copy_run(finished_run, tmp_path)
+    r = CliRunner().invoke(app, ["eval", str(finished_run), "--eval-set", "alpaca_eval", "--eval-file",
+                                 str(FIXTURES / "alpaca_eval_sample.json"), "--reference", "alpaca_eval", "--judge",
+                                 "alpaca_eval:local", "--set", f"eval.judge_model={tiny_model_dir}", "--num-prompts",
+                                 "0", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    check_contract(result, 5)
+    assert result["judge"]["kind"] == "llm" and result["eval_set"] == "alpaca_eval"
+    outputs = json.loads((finished_run / "model_outputs.json").read_text())
+    fixture = json.loads((FIXTURES / "alpaca_eval_sample.json").read_text())
+    assert [o["instruction"] for o in outputs] == [f["instruction"] for f in fixture]
+    assert all(set(o) >= {"instruction", "output", "generator"} for o in outputs)
+    assert [r["reference_output"] for r in rows(finished_run)] == [f["output"] for f in fixture]
+
+
+def test_eval_errors_name_the_problem(finished_run, tmp_path):
+    from pobench.eval.runner import evaluate_run
+    with pytest.raises(PobenchError, match="not a run folder"):
+        evaluate_run(tmp_path)
+    with pytest.raises(PobenchError, match="eval.reference"):
+        evaluate_run(finished_run, overrides={"eval": {"reference": "chosen"}})
+    with pytest.raises(PobenchError, match="--eval-file"):   # offline: the hub is unreachable, never a silent fallback
+        evaluate_run(finished_run, overrides={"eval": {"eval_set": "alpaca_eval"}})
+    with pytest.raises(PobenchError, match="only eval"):
+        evaluate_run(finished_run, overrides={"train": {"lr": 1.0}})
