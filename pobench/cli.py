@@ -73,6 +73,9 @@ def run(
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip evaluation after training (no eval.json)."),
     resume: bool = typer.Option(False, "--resume", help="Continue unfinished runs from their checkpoints; skip finished ones."),
     plugin: List[Path] = typer.Option([], "--plugin", help="Python file registering extra algorithms."),
+    grid: Optional[str] = typer.Option(None, "--grid", help="Tuning grid, e.g. 'lr=3e-7,1e-6;beta=0.01,0.1': every "
+                                       "algorithm runs at every point, in <algo>/<point>/seed<k>/; the leaderboard "
+                                       "takes each algorithm's best point on held-out pairs."),
 ):
     """Train every algorithm x seed on a suite and write results/<suite>/<algo>/seed<k>/."""
     from pobench import config as C
@@ -88,14 +91,19 @@ def run(
     set_cfg = C.deep_merge(_shortcuts(model, data, max_steps), set_cfg)
 
     # Resolve and check everything before anything is written.
+    from pobench.report.grid import plan_grid
+    grid_plan, budget_warning = plan_grid(grid, {n: algorithm_defaults(get_algorithm(n)) for n in algos})
+    if budget_warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(budget_warning)}", highlight=False)
     plans = []
     for name in algos:
         algorithm = get_algorithm(name)
         defaults = algorithm_defaults(algorithm)
-        for seed in seed_list:
-            cfg = C.resolve(suite_cfg, name, defaults, file_cfg, C.deep_merge(set_cfg, {"seed": seed}), algos,
+        for (point, point_cfg), seed in ((p, s) for p in grid_plan[name] for s in seed_list):
+            cfg = C.resolve(suite_cfg, name, defaults, file_cfg, C.deep_merge(C.deep_merge(set_cfg, point_cfg),
+                                                                              {"seed": seed}), algos,
                             getattr(algorithm, "choices", None))
-            run_dir = out / cfg.suite / name / f"seed{seed}"
+            run_dir = out / cfg.suite / name / point / f"seed{seed}"  # point '' without --grid
             done = (run_dir / "train_summary.json").exists() and (no_eval or (run_dir / "eval.json").exists())
             if run_dir.exists() and any(run_dir.iterdir()) and not resume:
                 raise PobenchError(f"{run_dir}: already holds a run; pass --resume to continue or skip it, "
@@ -156,6 +164,8 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
             summaries.append(summary)
             progress.advance(overall)
     _print_summary(summaries, time.time() - started)
+    from pobench.report.command import print_leaderboard
+    print_leaderboard(out, {cfg.suite for _, cfg, _, _ in plans})
 
 
 def _print_summary(summaries: list[dict], wall: float) -> None:
@@ -170,6 +180,11 @@ def _print_summary(summaries: list[dict], wall: float) -> None:
                       f"{init['eval/rewards/accuracies']:.2f}->{final['eval/rewards/accuracies']:.2f}",
                       f"{init['eval/rewards/margins']:.3f}->{final['eval/rewards/margins']:.3f}")
     Console(width=max(120, Console().width)).print(table)
+
+
+from pobench.report.command import report  # noqa: E402  (imports only typer; the report's work is lazy)
+
+app.command("report")(report)
 
 
 @app.command("list")

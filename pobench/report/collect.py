@@ -1,0 +1,181 @@
+"""Read finished run folders into two pandas tables: one row per run, and one row per logged step.
+
+A run folder is `<root>/<suite>/<algo>/seed<k>/` or, for a tuning grid, `<root>/<suite>/<algo>/<point>/seed<k>/`
+(`<point>` names the grid values, e.g. `beta=0.01,lr=3e-7`). A run counts once `train_summary.json` exists.
+`eval.json` is read in both of its forms: today's held-out-pairs-only form (`held_out_pairs`) and the form of
+`pobench eval` (win rates, judge, `held_out`); fields it lacks stay empty (NaN).
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from pobench.errors import PobenchError
+
+# eval.json fields that are fractions in [0, 1]: a value outside is a broken file, not a result
+FRACTIONS = ("win_rate", "lc_win_rate", "win_rate_se")
+HELD_OUT_ACC = "eval/rewards/accuracies"
+NO_GRID = ""  # the grid point of a run made without --grid
+
+
+def find_runs(root: Path) -> list[Path]:
+    """Finished run folders under `root` (caches and other hidden folders excluded), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise PobenchError(f"{root}: no such results folder")
+    runs = []
+    for summary in root.rglob("train_summary.json"):
+        rel = summary.parent.relative_to(root).parts if summary.parent != root else ()
+        if any(p.startswith(".") for p in rel):
+            continue
+        runs.append(summary.parent)
+    return sorted(runs)
+
+
+def read_json(path: Path, required: bool = True):
+    if not path.exists():
+        if required:
+            raise PobenchError(f"{path}: missing")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PobenchError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    if not path.exists():
+        return rows
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PobenchError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or "pairs_seen" not in row:
+            raise PobenchError(f"{path}:{i}: expected an object with 'pairs_seen'")
+        rows.append(row)
+    return rows
+
+
+def grid_point_of(run_dir: Path, algo: str) -> str:
+    """The folders between the algorithm's folder and `seed<k>`: the grid point's name ('' without a grid)."""
+    parts = run_dir.parts
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] == algo:
+            return "/".join(parts[i + 1:-1])
+    return NO_GRID
+
+
+def eval_fields(ev: dict | None, path: Path) -> dict:
+    """The leaderboard's fields from eval.json, old or new form; held-out pair metrics under `held_out`."""
+    if not ev:
+        return {}
+    if not isinstance(ev, dict):
+        raise PobenchError(f"{path}: expected a JSON object")
+    judge = ev.get("judge") if isinstance(ev.get("judge"), dict) else {}
+    reference = ev.get("reference") if isinstance(ev.get("reference"), dict) else {}
+    out = {
+        "win_rate": ev.get("win_rate"), "win_rate_se": ev.get("win_rate_se"), "lc_win_rate": ev.get("lc_win_rate"),
+        "lc_method": ev.get("lc_method"), "avg_length": ev.get("avg_length"),
+        "reference_avg_length": ev.get("reference_avg_length"), "length_unit": ev.get("length_unit"),
+        "reward_mean": ev.get("reward_mean"),
+        "kl": ev.get("kl"), "eval_set": ev.get("eval_set"), "n_prompts": ev.get("n_prompts"),
+        "judge": judge.get("name"), "judge_kind": judge.get("kind"),
+        "judge_held_out_accuracy": judge.get("held_out_accuracy"), "reference_kind": reference.get("kind"),
+    }
+    for key in FRACTIONS:
+        v = out[key]
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1):
+            raise PobenchError(f"{path}: '{key}' must be a fraction in [0, 1], got {v!r}")
+    for key in ("avg_length", "reward_mean", "kl", "judge_held_out_accuracy"):
+        v = out[key]
+        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            raise PobenchError(f"{path}: '{key}' must be a number, got {v!r}")
+    held = ev.get("held_out") or ev.get("held_out_pairs")  # `pobench eval`'s form, the older run-only form
+    if isinstance(held, dict) and isinstance(held.get("final"), dict):
+        held = held["final"]   # pobench eval keeps {"final", "initial", "pairs"}
+    if held is not None and not isinstance(held, dict):
+        raise PobenchError(f"{path}: 'held_out' must be an object of held-out pair metrics")
+    out["held_out"] = held or {}
+    return out
+
+
+def gold_fields(gold: dict | None, path: Path) -> dict:
+    """The final gold metrics of a suite with a known reward (gold_eval.json of the synthetic suite)."""
+    final = (gold or {}).get("final")
+    if not final:
+        return {}
+    if not isinstance(final, dict):
+        raise PobenchError(f"{path}: 'final' must be an object of gold/* metrics")
+    return {"gold_" + key: final.get("gold/" + key) for key in ("reward", "win_rate", "kl", "length")}
+
+
+def gold_initial(run_dir: Path) -> dict:
+    """gold/* metrics before training (the first point of gold_eval.json's curve; metrics.jsonl starts at step 1)."""
+    gold = read_json(run_dir / "gold_eval.json", required=False) or {}
+    curve = gold.get("curve") if isinstance(gold, dict) else None
+    if isinstance(curve, list) and curve and isinstance(curve[0], dict) and curve[0].get("pairs_seen") == 0:
+        return {k: v for k, v in curve[0].items() if k.startswith("gold/")}
+    return {}
+
+
+def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """(one leaderboard row, the run's curve rows). The curve starts at pairs_seen = 0 with the held-out
+    metrics measured before the first update (train_summary's `held_out_initial`)."""
+    summary = read_json(run_dir / "train_summary.json")
+    for key in ("suite", "algorithm", "seed"):
+        if key not in summary:
+            raise PobenchError(f"{run_dir / 'train_summary.json'}: missing key '{key}'")
+    config_path = run_dir / "config.yaml"
+    try:
+        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    except yaml.YAMLError as e:
+        raise PobenchError(f"{config_path}: bad YAML ({e})") from None
+    ev = eval_fields(read_json(run_dir / "eval.json", required=False), run_dir / "eval.json")
+    held = ev.pop("held_out", None) or summary.get("held_out_final") or {}
+    rm = summary.get("reward_model")
+    row = {
+        "suite": summary["suite"], "algo": summary["algorithm"], "grid_point": grid_point_of(run_dir, summary["algorithm"]),
+        "seed": summary["seed"], "run_dir": str(run_dir),
+        "held_out_acc": held.get(HELD_OUT_ACC), "held_out_margin": held.get("eval/rewards/margins"),
+        "held_out_loss": held.get("eval/loss"),
+        "train_time_s": summary.get("train_time_s"), "pairs_per_s": summary.get("pairs_per_s"),
+        "steps": summary.get("steps"), "pairs_seen": summary.get("pairs_seen"),
+        "eval_pairs": summary.get("eval_pairs"),
+        "reward_model": rm if isinstance(rm, str) or rm is None else json.dumps(rm, sort_keys=True),
+        "config": config or {},
+        **{k: v for k, v in ev.items()},
+        **gold_fields(read_json(run_dir / "gold_eval.json", required=False), run_dir / "gold_eval.json"),
+    }
+    curve = []
+    initial = summary.get("held_out_initial")
+    if isinstance(initial, dict):
+        curve.append({"pairs_seen": 0, "step": 0, "time_s": 0.0, **initial, **gold_initial(run_dir)})
+    curve.extend(read_metrics(run_dir / "metrics.jsonl"))
+    keys = {k: row[k] for k in ("suite", "algo", "grid_point", "seed")}
+    return row, [{**keys, **r} for r in curve]
+
+
+def collect(root: Path):
+    """(runs, curves) as pandas DataFrames; both empty when no run is finished under `root`."""
+    import pandas as pd
+
+    rows, curves = [], []
+    for run_dir in find_runs(root):
+        row, curve = read_run(run_dir)
+        rows.append(row)
+        curves.extend(curve)
+    runs = pd.DataFrame(rows)
+    if not runs.empty:
+        runs = runs.sort_values(["suite", "algo", "grid_point", "seed"], kind="stable").reset_index(drop=True)
+    return runs, pd.DataFrame(curves)
+
+
+def is_missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))

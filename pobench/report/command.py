@@ -1,0 +1,87 @@
+"""The `report` command and the leaderboard `pobench run` prints at its end (registered in pobench/cli.py)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from pobench.errors import PobenchError
+
+FORMATS = ("table", "markdown", "csv", "json", "html")
+
+
+def _points(text: str | None) -> list[float] | None:
+    if not text:
+        return None
+    try:
+        points = [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise PobenchError(f"--points {text}: expected comma-separated pairs_seen values, e.g. 48,96") from None
+    if not points or any(p < 0 for p in points) or points != sorted(points):
+        raise PobenchError(f"--points {text}: expected increasing non-negative pairs_seen values")
+    return points
+
+
+def report(
+    results: Path = typer.Argument(Path("results"), help="Results root (holds <suite>/<algo>/[<grid point>/]seed<k>/)."),
+    format_: str = typer.Option("table", "--format", help="table | markdown | csv | json | html."),
+    plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG plots (training, convergence) here."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the report to this file instead of stdout."),
+    suite: Optional[str] = typer.Option(None, "--suite", help="Comma-separated suites to report (default: all)."),
+    select: str = typer.Option("acc", "--select", help="Validation metric that picks each algorithm's best grid "
+                               "point: acc (held-out pair accuracy, max) or loss (held-out loss, min)."),
+    points: Optional[str] = typer.Option(None, "--points", help="pairs_seen points of the convergence tables "
+                                         "(default: 4 evenly spaced up to the range every run covers)."),
+    target: float = typer.Option(0.6, "--target", help="Held-out reward accuracy for 'pairs to target'."),
+):
+    """Leaderboards (mean and 95% CI over seeds), tuning grids, convergence tables, plots and an HTML report."""
+    from pobench.report.build import build_report
+    from pobench.report import render
+
+    if format_ not in FORMATS:
+        raise PobenchError(f"--format {format_}: choose one of {', '.join(FORMATS)}")
+    suites = [s.strip() for s in suite.split(",") if s.strip()] if suite else None
+    rep, runs, curves = build_report(results, select, _points(points), target, suites)
+    written = []
+    if plots or format_ == "html":
+        from pobench.report.plots import plot_report
+        with tempfile.TemporaryDirectory() as tmp:
+            written = plot_report(rep, runs, curves, plots or Path(tmp))
+            if format_ == "html":
+                from pobench.report.html import to_html
+                text = to_html(rep, render.sections(rep), written)
+    if format_ == "table":
+        if out:
+            from rich.console import Console
+            with open(out, "w", encoding="utf-8") as f:
+                render.print_tables(render.sections(rep), Console(file=f, width=160))
+        else:
+            render.print_tables(render.sections(rep))
+    else:
+        if format_ != "html":
+            text = {"markdown": lambda: render.to_markdown(render.sections(rep)), "csv": lambda: render.to_csv(rep),
+                    "json": lambda: render.to_json(rep) + "\n"}[format_]()
+        if out:
+            Path(out).write_text(text, encoding="utf-8")
+        else:
+            typer.echo(text, nl=False)
+    if plots:
+        typer.echo(f"plots: {', '.join(str(p) for _, p in written)}", err=True)
+    if out:
+        typer.echo(f"report: {out}", err=True)
+
+
+def print_leaderboard(results: Path, suites) -> None:
+    """The end of `pobench run`: the leaderboard (and tuning grid) of the suites just run, read back from the
+    results folder, so that `pobench report --format markdown` shows the same numbers."""
+    from pobench.report.build import build_report
+    from pobench.report import render
+
+    try:
+        rep, _, _ = build_report(results, suites=sorted(suites))
+    except PobenchError as e:  # the runs succeeded; a file the report cannot read must not fail them
+        typer.echo(f"leaderboard not shown: {e} (see `pobench report`)", err=True)
+        return
+    render.print_tables(render.sections(rep, convergence=False))

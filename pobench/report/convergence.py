@@ -1,0 +1,90 @@
+"""Convergence: held-out pair metrics at fixed pairs_seen points (interpolated), pairs needed to reach a target
+accuracy, and the area under each curve, per run and then over seeds."""
+from __future__ import annotations
+
+from pobench.report.stats import area_under_curve, interpolate_at, mean_ci, pairs_to_target
+
+ACCURACY = "eval/rewards/accuracies"
+HEADLINE = (ACCURACY, "eval/rewards/margins", "eval/loss", "gold/win_rate", "gold/reward", "gold/kl")  # on screen;
+# the JSON report has every eval/* and gold/* metric
+DEFAULT_TARGET = 0.6   # held-out reward accuracy a run must reach for "pairs to target" (chance is 0.5)
+DEFAULT_POINTS = 4     # evenly spaced pairs_seen points up to the range every run of the suite covers
+
+
+def run_curves(curves) -> dict:
+    """{(algo, grid_point, seed): curve rows sorted by pairs_seen} of one suite's curve table."""
+    out = {}
+    for key, frame in curves.groupby(["algo", "grid_point", "seed"], sort=True):
+        out[key] = frame.sort_values("pairs_seen", kind="stable")
+    return out
+
+
+def common_range(by_run: dict, metric: str = ACCURACY) -> float | None:
+    """The largest pairs_seen every run has evaluated `metric` at: curves compare only over a shared range."""
+    ends = []
+    for frame in by_run.values():
+        xs = frame.loc[frame[metric].notna(), "pairs_seen"] if metric in frame else []
+        if len(xs):
+            ends.append(float(xs.max()))
+    return min(ends) if ends else None
+
+
+def default_points(x_max: float | None, n: int = DEFAULT_POINTS) -> list[float]:
+    if not x_max:
+        return []
+    return [round(x_max * i / n, 2) for i in range(1, n + 1)]
+
+
+def curve(frame, metric: str) -> tuple[list, list]:
+    if metric not in frame:
+        return [], []
+    rows = frame[frame[metric].notna()]
+    return rows["pairs_seen"].tolist(), rows[metric].tolist()
+
+
+def run_summary(frame, metric: str, points: list[float], x_max: float | None, target: float | None) -> dict:
+    x, y = curve(frame, metric)
+    return {"at": interpolate_at(x, y, points),
+            "auc": area_under_curve(x, y, x_max) if x_max else None,
+            "pairs_to_target": pairs_to_target(x, y, target) if target is not None else None}
+
+
+def eval_metrics(curves) -> list[str]:
+    """Every metric measured at evaluation steps: held-out pairs (eval/*) and, on a suite with a known
+    reward, the gold metrics of the policy's samples (gold/*)."""
+    keys = [c for c in curves.columns if c.startswith("eval/") or c.startswith("gold/")]
+    return [k for k in HEADLINE if k in keys] + sorted(k for k in keys if k not in HEADLINE)
+
+
+def convergence(curves, chosen: dict, points: list[float] | None = None, target: float = DEFAULT_TARGET) -> dict:
+    """One suite: for every algorithm at its chosen grid point, each eval/* metric at `points` (mean and CI over
+    seeds), its area under the curve over [0, x_max] (the mean value over training), and, for held-out
+    accuracy, the pairs needed to reach `target` (mean over the seeds that reached it, and how many did)."""
+    by_run = run_curves(curves)
+    x_max = common_range(by_run)
+    points = list(points) if points else default_points(x_max)
+    out = {"points": points, "x_max": x_max, "target": target, "metrics": {}}
+    for metric in eval_metrics(curves):
+        rows = []
+        for algo, point in chosen.items():
+            seeds = [run_summary(f, metric, points, x_max, target if metric == ACCURACY else None)
+                     for (a, g, _), f in by_run.items() if a == algo and g == point]
+            if not seeds:
+                continue
+            reached = [s["pairs_to_target"] for s in seeds if s["pairs_to_target"] is not None]
+            rows.append({
+                "algo": algo, "grid_point": point, "seeds": len(seeds),
+                "at": [mean_ci([s["at"][i] for s in seeds]) for i in range(len(points))],
+                "auc": mean_ci([s["auc"] for s in seeds]),
+                **({"pairs_to_target": mean_ci(reached), "reached": f"{len(reached)}/{len(seeds)}"}
+                   if metric == ACCURACY else {}),
+            })
+        out["metrics"][metric] = rows
+    return out
+
+
+def accuracy_auc_by_run(curves) -> dict:
+    """{(algo, grid_point, seed): held-out accuracy AUC over the suite's common range}: the grid tie-break."""
+    by_run = run_curves(curves)
+    x_max = common_range(by_run)
+    return {k: (area_under_curve(*curve(f, ACCURACY), x_max) if x_max else None) for k, f in by_run.items()}

@@ -1,0 +1,161 @@
+"""Fair tuning: `--grid 'lr=3e-7,1e-6;beta=0.01,0.1'` -> every algorithm's grid points, and the choice of each
+algorithm's best point on the validation metric (held-out preference pairs, never the test prompts).
+
+Keys are config keys as `--set` takes them (`train.lr`, `algorithm.beta`, `dpo.beta` for one algorithm only) or
+short names (`lr`, `beta`) when exactly one place has that name: a field of the data/model/train/pool sections,
+or a parameter of the run's algorithms (then it applies to the algorithms that have it). Each point runs in
+`<root>/<suite>/<algo>/<point>/seed<k>/`, `<point>` being the values as typed, e.g. `lr=3e-7,beta=0.01`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import yaml
+
+from pobench.errors import PobenchError
+
+
+@dataclasses.dataclass
+class GridKey:
+    typed: str            # as the user wrote it, used in folder names
+    path: tuple           # ('train', 'lr') or ('algorithm', 'beta')
+    algos: tuple          # the algorithms it applies to
+    values: list          # parsed values
+    raw: list             # values as typed
+
+
+def parse_grid(text: str) -> list[tuple[str, list[str]]]:
+    """'lr=3e-7,1e-6;beta=0.01,0.1' -> [('lr', ['3e-7', '1e-6']), ('beta', ['0.01', '0.1'])]."""
+    out, seen = [], set()
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        if "=" not in part:
+            raise PobenchError(f"--grid {part}: expected key=value1,value2,...")
+        key, values = (s.strip() for s in part.split("=", 1))
+        raw = [v.strip() for v in values.split(",") if v.strip()]
+        if not key or not raw:
+            raise PobenchError(f"--grid {part}: expected key=value1,value2,...")
+        if key in seen:
+            raise PobenchError(f"--grid: key '{key}' is given twice")
+        if len(set(raw)) != len(raw):
+            raise PobenchError(f"--grid {part}: a value is repeated")
+        seen.add(key)
+        out.append((key, raw))
+    if not out:
+        raise PobenchError("--grid: empty grid")
+    return out
+
+
+def resolve_key(key: str, algo_defaults: dict[str, dict]) -> tuple[tuple, tuple]:
+    """(config path, algorithms it applies to) of a grid key; a short name must be unambiguous."""
+    from pobench.config import SECTIONS
+    algos = tuple(algo_defaults)
+    if "." in key:
+        head, name = key.split(".", 1)
+        if head in SECTIONS:
+            if name not in {f.name for f in dataclasses.fields(SECTIONS[head])}:
+                raise PobenchError(f"--grid: unknown config key '{key}'")
+            return (head, name), algos
+        if head == "algorithm" or head in algo_defaults:
+            scope = algos if head == "algorithm" else (head,)
+            lacking = [a for a in scope if name not in algo_defaults[a]]
+            if lacking:
+                raise PobenchError(f"--grid: algorithm '{lacking[0]}' has no parameter '{name}' (key '{key}')")
+            return ("algorithm", name), scope
+        raise PobenchError(f"--grid: unknown config key '{key}' (use section.key, algorithm.key or <algo>.key)")
+    places = [(s, key) for s, cls in SECTIONS.items() if key in {f.name for f in dataclasses.fields(cls)}]
+    having = tuple(a for a in algos if key in algo_defaults[a])
+    if having:
+        places.append(("algorithm", key))
+    if not places:
+        raise PobenchError(f"--grid: unknown key '{key}' (not a config field nor a parameter of {', '.join(algos)})")
+    if len(places) > 1:
+        raise PobenchError(f"--grid: key '{key}' is ambiguous ({', '.join('.'.join(p) for p in places)}); "
+                           f"write the full key")
+    return places[0], (having if places[0][0] == "algorithm" else algos)
+
+
+def grid_keys(text: str, algo_defaults: dict[str, dict]) -> list[GridKey]:
+    keys = []
+    for typed, raw in parse_grid(text):
+        path, algos = resolve_key(typed, algo_defaults)
+        values = []
+        for r in raw:
+            values.append(_scalar(r, typed))
+        keys.append(GridKey(typed, path, algos, values, raw))
+    paths = [(k.path, a) for k in keys for a in k.algos]
+    if len(set(paths)) != len(paths):
+        raise PobenchError("--grid: two keys name the same config field")
+    return keys
+
+
+def _scalar(raw: str, key: str):
+    """A YAML scalar as --set reads it, except that YAML 1.1's strings '3e-7' and '1e-6' become the numbers they
+    look like (the config would coerce them anyway; the grid keeps numbers so that values compare)."""
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise PobenchError(f"--grid {key}: bad value {raw!r}") from None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def grid_points(keys: list[GridKey], algo: str) -> list[tuple[str, dict]]:
+    """[(point name, --set-style overrides)] for one algorithm: the product of the keys that apply to it."""
+    mine = [k for k in keys if algo in k.algos]
+    points = []
+    for combo in itertools.product(*[list(zip(k.raw, k.values)) for k in mine]):
+        name = ",".join(f"{k.typed}={raw}" for k, (raw, _) in zip(mine, combo)).replace("/", "_")
+        overrides: dict = {}
+        for k, (_, value) in zip(mine, combo):
+            overrides.setdefault(k.path[0], {})[k.path[1]] = value
+        points.append((name, overrides))
+    return points
+
+
+def budget_note(points_by_algo: dict[str, list]) -> str | None:
+    """A warning when algorithms get different numbers of grid points (an unequal tuning budget)."""
+    sizes = {a: len(p) for a, p in points_by_algo.items()}
+    if len(set(sizes.values())) <= 1:
+        return None
+    return "unequal tuning budget: " + ", ".join(f"{a} {n} grid point(s)" for a, n in sizes.items())
+
+
+# -- choosing the best point --------------------------------------------------------------------------------
+SELECT = {  # validation metric -> (runs column, higher is better)
+    "acc": ("held_out_acc", True),
+    "loss": ("held_out_loss", False),
+}
+
+
+def choose_best(per_point: list[dict], select: str = "acc") -> str:
+    """The best grid point by the seed-mean of the validation metric: held-out pair accuracy by default (its
+    scale does not move with beta, unlike the loss and the margin), ties broken by the held-out accuracy's area
+    under the curve, then by the point's position in the grid. Each dict: point, value, tiebreak."""
+    if select not in SELECT:
+        raise PobenchError(f"--select {select}: choose one of {', '.join(SELECT)}")
+    higher = SELECT[select][1]
+
+    def key(item):
+        i, d = item
+        v = d["value"]
+        v = float("-inf") if v is None else (v if higher else -v)
+        t = d.get("tiebreak")
+        return (v, float("-inf") if t is None else t, -i)
+    return max(enumerate(per_point), key=key)[1]["point"]
+
+
+def plan_grid(text: str | None, algo_defaults: dict[str, dict]) -> tuple[dict[str, list[tuple[str, dict]]], str | None]:
+    """({algo: [(point name, overrides)]}, budget warning). Without --grid every algorithm has one point, named
+    '' (its runs stay in <algo>/seed<k>/)."""
+    if not text:
+        return {a: [("", {})] for a in algo_defaults}, None
+    keys = grid_keys(text, algo_defaults)
+    points = {a: grid_points(keys, a) for a in algo_defaults}
+    return points, budget_note(points)

@@ -1,0 +1,129 @@
+"""PNG plots per suite: training curves and held-out convergence curves against pairs seen (and training time),
+one line per algorithm (at its chosen grid point) with a band over seeds; reward against KL where measured."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pobench.report.convergence import ACCURACY
+
+TRAIN_PANELS = (("loss", "training loss"), ("rewards/accuracies", "training reward accuracy"),
+                ("rewards/margins", "training reward margin"))
+EVAL_PANELS = ((ACCURACY, "held-out reward accuracy"), ("eval/rewards/margins", "held-out reward margin"),
+               ("eval/loss", "held-out loss"))
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def seed_band(frames: list, metric: str, x: str = "pairs_seen", window: int = 1):
+    """(xs, mean, low, high) over seeds on the union of their x values (each seed interpolated, never
+    extrapolated: a point counts the seeds that cover it); low/high are the min and max over seeds. `window`
+    > 1 smooths each seed first with a trailing rolling mean (per-step training metrics are noisy)."""
+    import numpy as np
+
+    series = []
+    for f in frames:
+        rows = f[f[metric].notna()] if metric in f else f.iloc[0:0]
+        if rows.empty:
+            continue
+        xs = rows[x].to_numpy(dtype=float)
+        ys = rows[metric].rolling(window, min_periods=1).mean().to_numpy(dtype=float)
+        series.append((xs, ys))
+    if not series:
+        return None
+    grid = np.unique(np.concatenate([s[0] for s in series]))
+    stack = np.full((len(series), len(grid)), np.nan)
+    for i, (xs, ys) in enumerate(series):
+        inside = (grid >= xs.min()) & (grid <= xs.max())
+        stack[i, inside] = np.interp(grid[inside], xs, ys)
+    keep = ~np.isnan(stack).all(axis=0)
+    stack, grid = stack[:, keep], grid[keep]
+    return grid, np.nanmean(stack, axis=0), np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
+
+
+def _panel(ax, frames_by_algo: dict, metric: str, title: str, x: str = "pairs_seen", window: int = 1,
+           marker: str | None = None) -> bool:
+    drawn = False
+    for i, (algo, frames) in enumerate(frames_by_algo.items()):
+        band = seed_band(frames, metric, x, window)
+        if band is None:
+            continue
+        xs, mean, lo, hi = band
+        color = f"C{i}"
+        ax.plot(xs, mean, color=color, marker=marker, label=f"{algo} ({len(frames)} seed{'s' if len(frames) > 1 else ''})")
+        if len(frames) > 1:
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
+        drawn = True
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("training time (s)" if x == "time_s" else "pairs seen")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    return drawn
+
+
+def frames_by_algo(curves, chosen: dict) -> dict:
+    out = {}
+    for algo, point in chosen.items():
+        sel = curves[(curves["algo"] == algo) & (curves["grid_point"] == point)]
+        out[algo] = [f.sort_values("pairs_seen", kind="stable") for _, f in sel.groupby("seed", sort=True)]
+    return out
+
+
+def plot_suite(suite: str, curves, runs, chosen: dict, out_dir: Path) -> list[tuple[str, Path]]:
+    """Write this suite's PNGs into out_dir; returns [(caption, path)]."""
+    plt = _pyplot()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    by_algo = frames_by_algo(curves[curves["suite"] == suite], chosen)
+    written = []
+    train_only = {a: [f[f["pairs_seen"] > 0] for f in fs] for a, fs in by_algo.items()}  # step 0 has no training loss
+    steps = max((len(f) for fs in train_only.values() for f in fs), default=1)
+    window = max(1, steps // 10)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, (metric, title) in zip(axes, TRAIN_PANELS):
+        _panel(ax, train_only, metric, title + (f" (rolling mean of {window} steps)" if window > 1 else ""), window=window)
+    fig.suptitle(f"{suite}: training curves (band = min-max over seeds)")
+    fig.tight_layout()
+    written.append((f"{suite}: training curves", _save(fig, out_dir / f"{suite}-training.png", plt)))
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    for ax, (metric, title) in zip(axes.flat, EVAL_PANELS):
+        _panel(ax, by_algo, metric, title, marker="o")
+    _panel(axes.flat[3], by_algo, ACCURACY, "held-out reward accuracy against training time", x="time_s", marker="o")
+    fig.suptitle(f"{suite}: held-out convergence (band = min-max over seeds)")
+    fig.tight_layout()
+    written.append((f"{suite}: held-out convergence", _save(fig, out_dir / f"{suite}-convergence.png", plt)))
+
+    frontier = runs[(runs["suite"] == suite)]
+    if {"kl", "reward_mean"} <= set(frontier.columns) and frontier[["kl", "reward_mean"]].notna().all(axis=1).any():
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for i, (algo, point) in enumerate(chosen.items()):
+            f = frontier[(frontier["algo"] == algo) & (frontier["grid_point"] == point)].dropna(subset=["kl", "reward_mean"])
+            if len(f):
+                ax.scatter(f["kl"], f["reward_mean"], color=f"C{i}", label=algo)
+        ax.set_xlabel("KL(policy || reference)")
+        ax.set_ylabel("reward-model score")
+        ax.set_title(f"{suite}: reward against KL (one point per seed)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append((f"{suite}: reward against KL", _save(fig, out_dir / f"{suite}-reward-kl.png", plt)))
+    return written
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_report(report: dict, runs, curves, out_dir: Path) -> list[tuple[str, Path]]:
+    written = []
+    for s in report["suites"]:
+        chosen = {r["algo"]: r["grid_point"] for r in s["leaderboard"]}
+        written += plot_suite(s["suite"], curves, runs, chosen, Path(out_dir))
+    return written

@@ -1,0 +1,178 @@
+"""The report dict -> sections (title, caption, columns, rows of text) -> a rich table, markdown, CSV or JSON.
+The screen table and the markdown come from the same sections, so `pobench report --format markdown` shows
+what `pobench run` printed."""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+
+from pobench.report.convergence import ACCURACY
+from pobench.report.leaderboard import METRICS
+
+DIGITS = {"win_rate": 3, "lc_win_rate": 3, "reward_mean": 3, "kl": 3, "avg_length": 1, "held_out_acc": 3,
+          "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "pairs_per_s": 2}
+CURVE_TITLES = {ACCURACY: "held-out reward accuracy", "eval/rewards/margins": "held-out reward margin",
+                "eval/loss": "held-out loss", "gold/win_rate": "gold win rate against the reference",
+                "gold/reward": "gold reward", "gold/kl": "gold KL to the reference"}
+VALIDATION = {"acc": "reward accuracy", "loss": "loss"}  # --select -> words
+CI_NOTE = "mean ± half-width of the 95% t-interval over seeds (a single seed shows no interval)"
+
+
+@dataclasses.dataclass
+class Section:
+    title: str
+    caption: list[str]
+    columns: list[str]
+    rows: list[list[str]]
+
+
+def fmt_ci(ci: dict, digits: int = 3) -> str:
+    if ci is None or ci.get("mean") is None:
+        return "-"
+    if ci.get("lo") is None:
+        return f"{ci['mean']:.{digits}f}"
+    return f"{ci['mean']:.{digits}f} ± {(ci['hi'] - ci['lo']) / 2:.{digits}f}"
+
+
+def fmt_point(p: float) -> str:
+    return f"{int(p)}" if float(p).is_integer() else f"{p:g}"
+
+
+def _judge_line(s: dict) -> str:
+    if not s["judge"]:
+        return "judge: none yet (held-out preference pairs only; `pobench eval` adds win rates, LC win rate, score, KL)"
+    acc = f", its held-out pair accuracy {', '.join(s['judge_held_out_accuracy'])}" if s["judge_held_out_accuracy"] else ""
+    return f"judge: {', '.join(s['judge'])} ({', '.join(s['judge_kind']) or 'kind not recorded'}{acc})"
+
+
+def leaderboard_section(s: dict, select: str) -> Section:
+    rows = s["leaderboard"]
+    gridded = bool(s["grid"])
+    measured = [(c, l) for c, l in METRICS if any(r[c]["mean"] is not None for r in rows)]
+    missing = [l for c, l in METRICS if (c, l) not in measured]
+    labels = {c: (s["score_label"] if c == "reward_mean" else l) for c, l in measured}
+    caption = [_judge_line(s)]
+    if s["eval_set"] or s["reference"]:
+        caption.append(f"eval set: {', '.join(s['eval_set']) or '-'}; reference: {', '.join(s['reference']) or '-'}"
+                       + (f"; LC: {', '.join(s['lc_method'])}" if s["lc_method"] else "")
+                       + (f"; length in {', '.join(s['length_unit'])}" if s["length_unit"] else ""))
+    if s["pool_reward_model"]:
+        caption.append(f"candidate-pool reward model: {', '.join(s['pool_reward_model'])}")
+    caption.append(CI_NOTE + ("" if not missing else f"; not measured: {', '.join(missing)}"))
+    if gridded:
+        caption.append(f"each algorithm at its best grid point by {VALIDATION[select]} on the held-out "
+                       f"pairs (validation, never the test prompts' win rate); the grid is listed below")
+    columns = ["algo"] + (["grid point", "grid"] if gridded else []) + ["seeds"] + [labels[c] for c, _ in measured]
+    body = []
+    for r in rows:
+        cells = [r["algo"]] + ([r["grid_point"] or "(default)", str(r["grid_points"])] if gridded else [])
+        cells.append(",".join(map(str, r["seeds"])))
+        cells += [fmt_ci(r[c], DIGITS[c]) for c, _ in measured]
+        body.append(cells)
+    return Section(f"leaderboard: {s['suite']}", caption, columns, body)
+
+
+def grid_section(s: dict, select: str) -> Section:
+    budget = ", ".join(f"{a} {v['points']}" for a, v in s["spread"].items())
+    sizes = {v["points"] for v in s["spread"].values()}
+    spreads = ", ".join(f"{a} {v['range']:.3f}" for a, v in s["spread"].items() if v["range"] is not None)
+    caption = [f"grid points per algorithm: {budget}" + ("" if len(sizes) == 1 else " (UNEQUAL tuning budget)"),
+               f"spread (max - min over the grid of the validation metric): {spreads or '-'}",
+               "* = chosen on validation; test win rate shown for information only, never used to choose"]
+    has_wr = any(r["win_rate"]["mean"] is not None for r in s["grid"])
+    val = f"validation: held-out {'acc' if select == 'acc' else 'loss'}"
+    columns = ["algo", "grid point", "seeds", val, "acc AUC"] + (["win rate"] if has_wr else []) + ["chosen"]
+    body = [[r["algo"], r["grid_point"] or "(default)", str(r["seeds"]), fmt_ci(r["validation"]), fmt_ci(r["acc_auc"])]
+            + ([fmt_ci(r["win_rate"])] if has_wr else []) + ["*" if r["chosen"] else ""] for r in s["grid"]]
+    return Section(f"tuning grid: {s['suite']}", caption, columns, body)
+
+
+def convergence_sections(s: dict, metrics=tuple(CURVE_TITLES)) -> list[Section]:
+    conv = s["convergence"]
+    out = []
+    for metric in metrics:
+        rows = conv["metrics"].get(metric)
+        if not rows:
+            continue
+        is_acc = metric == ACCURACY
+        columns = ["algo"] + [f"@{fmt_point(p)} pairs" for p in conv["points"]] + [f"AUC 0-{fmt_point(conv['x_max'])}"]
+        if is_acc:
+            columns += [f"pairs to {conv['target']:g}", "reached"]
+        body = []
+        for r in rows:
+            cells = [r["algo"]] + [fmt_ci(ci) for ci in r["at"]] + [fmt_ci(r["auc"])]
+            if is_acc:
+                cells += [fmt_ci(r["pairs_to_target"], 0), r["reached"]]
+            body.append(cells)
+        caption = [f"{metric} interpolated linearly between evaluations at fixed pairs_seen (pairs 0 = before "
+                   f"training); AUC = mean value over pairs 0-{fmt_point(conv['x_max'])}, the range every run covers; "
+                   + CI_NOTE]
+        if is_acc:
+            caption.append(f"pairs to {conv['target']:g}: first crossing, interpolated; mean over the seeds that "
+                           f"reached it")
+        out.append(Section(f"convergence: {CURVE_TITLES[metric]} ({s['suite']})", caption, columns, body))
+    return out
+
+
+def sections(report: dict, convergence: bool = True) -> list[Section]:
+    select = report["selection"]["metric"]
+    out = []
+    for s in report["suites"]:
+        out.append(leaderboard_section(s, select))
+        if s["grid"]:
+            out.append(grid_section(s, select))
+        if convergence:
+            out.extend(convergence_sections(s))
+    return out
+
+
+def to_markdown(secs: list[Section]) -> str:
+    parts = []
+    for sec in secs:
+        lines = [f"### {sec.title}", ""]
+        lines += [f"{c}  " for c in sec.caption] + [""]
+        lines.append("| " + " | ".join(sec.columns) + " |")
+        lines.append("|" + "|".join(" --- " for _ in sec.columns) + "|")
+        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in sec.rows]
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def print_tables(secs: list[Section], console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    for sec in secs:
+        # as wide as the widest row needs, so that no number is cut (rich would squeeze to the terminal)
+        need = sum(max([len(c)] + [len(r[i]) for r in sec.rows]) + 3 for i, c in enumerate(sec.columns)) + 1
+        con = console or Console(width=max(need, Console().width))
+        table = Table(title=sec.title, caption="\n".join(sec.caption), caption_justify="left")
+        for col in sec.columns:
+            table.add_column(col, no_wrap=True, overflow="fold")
+        for row in sec.rows:
+            table.add_row(*row)
+        con.print(table, markup=False, highlight=False)
+
+
+def to_csv(report: dict) -> str:
+    """One row per suite x algorithm (at its chosen grid point): mean, lo, hi, n of every leaderboard metric."""
+    import pandas as pd
+
+    rows = []
+    for s in report["suites"]:
+        for r in s["leaderboard"]:
+            row = {"suite": s["suite"], "algo": r["algo"], "grid_point": r["grid_point"],
+                   "grid_points": r["grid_points"], "seeds": ";".join(map(str, r["seeds"])),
+                   "judge": ";".join(s["judge"])}
+            for col, _ in METRICS:
+                for k in ("mean", "lo", "hi", "n"):
+                    row[f"{col}_{k}"] = r[col][k]
+            rows.append(row)
+    buf = io.StringIO()
+    pd.DataFrame(rows).to_csv(buf, index=False)
+    return buf.getvalue()
+
+
+def to_json(report: dict) -> str:
+    return json.dumps(report, indent=2, allow_nan=False)

@@ -1,0 +1,123 @@
+"""Statistics of the report: mean and t-interval over seeds, curves interpolated at fixed pairs_seen points,
+area under a curve, pairs needed to reach a target. Pure functions of numbers; no pandas."""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Sequence
+
+
+def student_t_two_sided(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with integer df (Abramowitz & Stegun 26.7.3-4: a finite series in
+    theta = atan(t / sqrt(df)), exact for integer df, so no scipy is needed)."""
+    if t <= 0:
+        return 0.0
+    theta = math.atan(t / math.sqrt(df))
+    s, c = math.sin(theta), math.cos(theta)
+    if df % 2 == 1:
+        total, term = 0.0, s * c  # odd df: (2/pi)(theta + sin cos (1 + 2/3 cos^2 + 2*4/(3*5) cos^4 + ...))
+        for k in range(1, (df - 1) // 2 + 1):
+            total += term
+            term *= (2 * k) / (2 * k + 1) * c * c
+        return (2 / math.pi) * (theta + (total if df > 1 else 0.0))
+    total, term = 0.0, 1.0  # even df: sin (1 + 1/2 cos^2 + 1*3/(2*4) cos^4 + ...)
+    for k in range(1, df // 2 + 1):
+        total += term
+        term *= (2 * k - 1) / (2 * k) * c * c
+    return s * total
+
+
+@functools.lru_cache(maxsize=256)  # a report asks for the same few (confidence, df) many times
+def t_quantile(confidence: float, df: int) -> float:
+    """The t such that P(|T| <= t) = confidence (e.g. 0.95 -> 12.706 for df=1, 2.776 for df=4), by bisection."""
+    if df < 1 or not 0 < confidence < 1:
+        raise ValueError(f"t_quantile: need df >= 1 and 0 < confidence < 1, got df={df}, confidence={confidence}")
+    lo, hi = 0.0, 1.0
+    while student_t_two_sided(hi, df) < confidence:
+        hi *= 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if student_t_two_sided(mid, df) < confidence:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
+    """Mean over seeds with a t-interval: {mean, lo, hi, n}. Missing values (None/NaN) are dropped; with fewer
+    than two values there is no interval (lo = hi = None): one seed says nothing about seed-to-seed spread."""
+    xs = [float(v) for v in values if v is not None and not _isnan(v)]
+    n = len(xs)
+    if n == 0:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    mean = sum(xs) / n
+    if n < 2:
+        return {"mean": mean, "lo": None, "hi": None, "n": 1}
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    half = t_quantile(confidence, n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
+
+
+def interpolate_at(x: Sequence[float], y: Sequence[float], points: Sequence[float]) -> list[float | None]:
+    """Linear interpolation of the curve (x, y) at `points`; None outside [x_min, x_max] (no extrapolation:
+    a run that never got to a point has no value there). x must be increasing."""
+    pairs = _clean(x, y)
+    out: list[float | None] = []
+    for p in points:
+        out.append(_interp(pairs, p))
+    return out
+
+
+def area_under_curve(x: Sequence[float], y: Sequence[float], x_max: float) -> float | None:
+    """Trapezoid area of y over [x_0, x_max], divided by the width: the curve's mean value over training, in
+    y's own units (0.5 for an accuracy that stays at chance). None when the curve does not reach x_max."""
+    pairs = _clean(x, y)
+    if len(pairs) < 2 or x_max <= pairs[0][0] or pairs[-1][0] < x_max:
+        return None
+    area = 0.0
+    for (x0, y0), (x1, y1) in zip(pairs, pairs[1:]):
+        if x0 >= x_max:
+            break
+        if x1 > x_max:
+            y1 = y0 + (y1 - y0) * (x_max - x0) / (x1 - x0)
+            x1 = x_max
+        area += (x1 - x0) * (y0 + y1) / 2
+    return area / (x_max - pairs[0][0])
+
+
+def pairs_to_target(x: Sequence[float], y: Sequence[float], target: float) -> float | None:
+    """The first x at which the curve reaches `target`, interpolated linearly between the last point below
+    and the first point at or above it; None if it never does."""
+    pairs = _clean(x, y)
+    for i, (xi, yi) in enumerate(pairs):
+        if yi >= target:
+            if i == 0:
+                return xi
+            x0, y0 = pairs[i - 1]
+            return x0 + (xi - x0) * (target - y0) / (yi - y0)
+    return None
+
+
+def _interp(pairs: list[tuple[float, float]], p: float) -> float | None:
+    if not pairs or p < pairs[0][0] or p > pairs[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(pairs, pairs[1:]):
+        if x0 <= p <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (p - x0) / (x1 - x0)
+    return pairs[0][1]  # a single point, asked at exactly that point
+
+
+def _clean(x, y) -> list[tuple[float, float]]:
+    pairs = [(float(a), float(b)) for a, b in zip(x, y) if a is not None and b is not None
+             and not _isnan(a) and not _isnan(b)]
+    if any(b[0] < a[0] for a, b in zip(pairs, pairs[1:])):
+        raise ValueError("curve x values must be increasing")
+    return pairs
+
+
+def _isnan(v) -> bool:
+    try:
+        return math.isnan(v)
+    except TypeError:
+        return False

@@ -1,0 +1,308 @@
+"""pobench report: known-answer statistics, the grid, the reader (both eval.json forms), the tables, plots and
+HTML from run folders written here, and a real tiny-model `pobench run --grid` whose leaderboard `pobench
+report --format markdown` reproduces."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pobench.errors import PobenchError
+from pobench.report import grid as G
+from pobench.report.build import build_report
+from pobench.report.collect import collect
+from pobench.report.render import sections, to_csv, to_json, to_markdown
+from pobench.report.stats import area_under_curve, interpolate_at, mean_ci, pairs_to_target, t_quantile
+
+
+# -- statistics: known answers ---------------------------------------------------------------------------
+@pytest.mark.parametrize("df,want", [(1, 12.7062), (2, 4.3027), (3, 3.1824), (4, 2.7764), (9, 2.2622), (30, 2.0423)])
+def test_t_quantile_matches_the_table(df, want):
+    assert t_quantile(0.95, df) == pytest.approx(want, abs=1e-4)
+
+
+def test_mean_ci_of_three_seeds():
+    ci = mean_ci([1.0, 2.0, 3.0])   # sd 1, se 1/sqrt(3), t(0.975, 2) = 4.3027
+    assert ci["mean"] == 2.0 and ci["n"] == 3
+    assert ci["hi"] - 2.0 == pytest.approx(4.30265 / math.sqrt(3), abs=1e-4)
+    assert 2.0 - ci["lo"] == pytest.approx(ci["hi"] - 2.0)
+
+
+def test_mean_ci_one_seed_has_no_interval_and_missing_values_drop():
+    assert mean_ci([0.7]) == {"mean": 0.7, "lo": None, "hi": None, "n": 1}
+    assert mean_ci([None, float("nan")]) == {"mean": None, "lo": None, "hi": None, "n": 0}
+    assert mean_ci([0.5, None, 0.7])["n"] == 2
+
+
+def test_mean_ci_covers_the_true_mean_at_the_stated_rate():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    trials, covered = 3000, 0
+    for sample in rng.normal(0.3, 0.1, size=(trials, 3)):   # 3 seeds, the usual count
+        ci = mean_ci(sample.tolist())
+        covered += ci["lo"] <= 0.3 <= ci["hi"]
+    assert 0.935 <= covered / trials <= 0.965   # 95% +- 3.8 binomial standard errors
+
+
+CURVE_X, CURVE_Y = [0, 48, 96], [0.5, 0.6, 0.8]
+
+
+def test_interpolation_at_pairs_seen_points_never_extrapolates():
+    assert interpolate_at(CURVE_X, CURVE_Y, [0, 24, 72, 96]) == pytest.approx([0.5, 0.55, 0.7, 0.8])
+    assert interpolate_at(CURVE_X, CURVE_Y, [-1, 100]) == [None, None]
+    assert interpolate_at([0, 48, 96], [0.5, None, 0.8], [48]) == [pytest.approx(0.65)]  # a missing value is skipped
+
+
+def test_area_under_curve_is_the_mean_value_over_the_range():
+    assert area_under_curve(CURVE_X, CURVE_Y, 96) == pytest.approx((48 * 0.55 + 48 * 0.7) / 96)   # 0.625
+    assert area_under_curve(CURVE_X, CURVE_Y, 48) == pytest.approx(0.55)
+    assert area_under_curve(CURVE_X, CURVE_Y, 72) == pytest.approx((48 * 0.55 + 24 * 0.65) / 72)  # cut mid-segment
+    assert area_under_curve(CURVE_X, CURVE_Y, 120) is None   # the run never got there
+    assert area_under_curve([0, 10], [0.5, 0.5], 10) == pytest.approx(0.5)
+
+
+def test_pairs_to_target_interpolates_the_first_crossing():
+    assert pairs_to_target(CURVE_X, CURVE_Y, 0.7) == pytest.approx(72)
+    assert pairs_to_target(CURVE_X, CURVE_Y, 0.5) == 0
+    assert pairs_to_target(CURVE_X, CURVE_Y, 0.9) is None
+    assert pairs_to_target([0, 10, 20, 30], [0.5, 0.7, 0.4, 0.9], 0.6) == pytest.approx(5)   # first, not last
+
+
+# -- the tuning grid -------------------------------------------------------------------------------------
+DEFAULTS = {"dpo": {"beta": 0.1, "label_smoothing": 0.0}, "simpo": {"beta": 2.0, "gamma_beta_ratio": 0.5}}
+
+
+def test_grid_keys_resolve_short_names_and_scopes():
+    keys = G.grid_keys("lr=3e-7,1e-6;beta=0.01,0.1;simpo.gamma_beta_ratio=0.3,0.5", DEFAULTS)
+    assert [(k.path, k.algos) for k in keys] == [(("train", "lr"), ("dpo", "simpo")),
+                                                 (("algorithm", "beta"), ("dpo", "simpo")),
+                                                 (("algorithm", "gamma_beta_ratio"), ("simpo",))]
+    assert keys[0].values == [3e-7, 1e-6]
+    dpo, simpo = G.grid_points(keys, "dpo"), G.grid_points(keys, "simpo")
+    assert [n for n, _ in dpo] == ["lr=3e-7,beta=0.01", "lr=3e-7,beta=0.1", "lr=1e-6,beta=0.01", "lr=1e-6,beta=0.1"]
+    assert dpo[1][1] == {"train": {"lr": 3e-7}, "algorithm": {"beta": 0.1}}
+    assert len(simpo) == 8
+    assert "unequal tuning budget" in G.budget_note({"dpo": dpo, "simpo": simpo})
+    assert G.budget_note({"dpo": dpo, "simpo": dpo}) is None
+    plan, note = G.plan_grid(None, DEFAULTS)
+    assert plan == {"dpo": [("", {})], "simpo": [("", {})]} and note is None
+
+
+@pytest.mark.parametrize("text,message", [
+    ("lr", "expected key=value"), ("lr=", "expected key=value"), ("lr=1,1", "repeated"),
+    ("lr=1;lr=2", "given twice"), ("nope=1", "unknown key 'nope'"), ("train.nope=1", "unknown config key"),
+    ("dpo.gamma_beta_ratio=1", "has no parameter"), ("lr=1;train.lr=2", "same config field"),
+])
+def test_bad_grids_are_usage_errors(text, message):
+    with pytest.raises(PobenchError, match=message):
+        G.grid_keys(text, DEFAULTS)
+
+
+def test_a_short_name_in_two_places_is_ambiguous():
+    with pytest.raises(PobenchError, match="ambiguous .*train.lr, algorithm.lr"):
+        G.grid_keys("lr=1", {"weird": {"lr": 0.1}})
+
+
+def test_best_point_by_validation_ties_broken_by_auc_then_order():
+    pts = [{"point": "a", "value": 0.6, "tiebreak": 0.55}, {"point": "b", "value": 0.7, "tiebreak": 0.5},
+           {"point": "c", "value": 0.7, "tiebreak": 0.6}, {"point": "d", "value": 0.7, "tiebreak": 0.6}]
+    assert G.choose_best(pts) == "c"
+    assert G.choose_best([{"point": "a", "value": 0.4}, {"point": "b", "value": 0.3}], "loss") == "b"
+    assert G.choose_best([{"point": "a", "value": None}, {"point": "b", "value": 0.3}]) == "b"
+
+
+# -- run folders written here ----------------------------------------------------------------------------
+def write_run(root: Path, algo: str, seed: int, accs: list[float], point: str = "", suite: str = "hh-rlhf",
+              eval_json: dict | None = None, pairs_per_eval: int = 48, time_per_pair: float = 1.0) -> Path:
+    """A finished run: held-out accuracy `accs[0]` before training, then one evaluation every pairs_per_eval."""
+    run = root / suite / algo / point / f"seed{seed}"
+    run.mkdir(parents=True)
+    rows = []
+    for i, acc in enumerate(accs[1:], 1):
+        seen = i * pairs_per_eval
+        rows.append({"step": i * 12, "pairs_seen": seen, "loss": 0.69 - 0.01 * i, "rewards/accuracies": acc,
+                     "rewards/margins": 0.01 * i, "time_s": seen * time_per_pair,
+                     "eval/rewards/accuracies": acc, "eval/rewards/margins": 0.02 * i, "eval/loss": 0.69 - 0.02 * i})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    final = {k: v for k, v in rows[-1].items() if k.startswith("eval/")}
+    (run / "train_summary.json").write_text(json.dumps({
+        "suite": suite, "algorithm": algo, "seed": seed, "steps": rows[-1]["step"], "pairs_seen": rows[-1]["pairs_seen"],
+        "train_time_s": rows[-1]["time_s"], "pairs_per_s": 1 / time_per_pair, "reward_model": None,
+        "held_out_initial": {"eval/rewards/accuracies": accs[0], "eval/rewards/margins": 0.0, "eval/loss": 0.6931},
+        "held_out_final": final}))
+    (run / "config.yaml").write_text(f"suite: {suite}\nseed: {seed}\n")
+    if eval_json is None:   # today's form: held-out pairs only
+        eval_json = {"held_out_pairs": final, "judge": None, "note": "held-out preference-pair metrics"}
+    (run / "eval.json").write_text(json.dumps(eval_json))
+    return run
+
+
+def new_eval(win_rate: float, acc: float) -> dict:
+    """The form `pobench eval` writes."""
+    return {"eval_set": "hh-rlhf-test", "n_prompts": 32, "decoding": {"temperature": 0.0},
+            "reference": {"kind": "reference_policy"},
+            "judge": {"name": "bt-minilm-hh", "kind": "reward_model", "held_out_accuracy": 0.66},
+            "win_rate": win_rate, "win_rate_se": 0.05, "win_rate_ci95": [win_rate - 0.1, win_rate + 0.1],
+            "lc_win_rate": None, "lc_method": None, "avg_length": 40.0, "reference_avg_length": 38.0,
+            "reward_mean": 0.1, "kl": 2.0, "kl_se": float("nan"), "versions": {},
+            "held_out": {"final": {"eval/rewards/accuracies": acc, "eval/loss": 0.6}, "initial": {}, "pairs": 4}}
+
+
+def test_reader_accepts_both_eval_forms_and_adds_the_initial_point(tmp_path):
+    write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7])
+    write_run(tmp_path, "simpo", 1, [0.5, 0.55, 0.6], eval_json=new_eval(0.62, 0.61))
+    runs, curves = collect(tmp_path)
+    dpo, simpo = runs.set_index("algo").loc["dpo"], runs.set_index("algo").loc["simpo"]
+    assert dpo["held_out_acc"] == 0.7 and (dpo["win_rate"] is None or math.isnan(dpo["win_rate"]))
+    assert simpo["held_out_acc"] == 0.61 and simpo["win_rate"] == 0.62 and simpo["judge"] == "bt-minilm-hh"
+    flat = {**new_eval(0.3, 0.0), "held_out": {"eval/rewards/accuracies": 0.66}}   # held_out as plain metrics
+    write_run(tmp_path, "rso", 1, [0.5, 0.6], eval_json=flat)
+    assert collect(tmp_path)[0].set_index("algo").loc["rso", "held_out_acc"] == 0.66
+    assert sorted(curves[curves["algo"] == "dpo"]["pairs_seen"]) == [0, 48, 96]
+
+
+def test_reader_names_the_file_and_key_of_bad_input(tmp_path):
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6], eval_json=new_eval(1.5, 0.6))
+    with pytest.raises(PobenchError, match=r"eval.json: 'win_rate' must be a fraction"):
+        collect(tmp_path)
+    (run / "eval.json").write_text(json.dumps(new_eval(0.5, 0.6)))
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("{not json\n")
+    with pytest.raises(PobenchError, match=r"metrics.jsonl:2: not valid JSON"):
+        collect(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PobenchError, match="no finished runs"):
+        build_report(tmp_path / "empty")
+
+
+def grid_results(root: Path) -> Path:
+    """dpo at two grid points x 3 seeds: beta=0.1 is better on validation (held-out accuracy) but worse on the
+    test win rate, so a selection that peeked at the test would choose beta=0.01. simpo: one point, one seed."""
+    finals = {"beta=0.01": [0.58, 0.60, 0.62], "beta=0.1": [0.68, 0.70, 0.72]}
+    wins = {"beta=0.01": 0.9, "beta=0.1": 0.4}
+    for point, accs in finals.items():
+        for seed, acc in enumerate(accs, 1):
+            write_run(root, "dpo", seed, [0.5, (0.5 + acc) / 2, acc], point=point,
+                      eval_json=new_eval(wins[point] + 0.01 * seed, acc))
+    write_run(root, "simpo", 1, [0.5, 0.5, 0.55], point="beta=2.0", eval_json=new_eval(0.5, 0.55))
+    write_run(root, "simpo", 1, [0.5, 0.6, 0.6], point="beta=1.0", eval_json=new_eval(0.5, 0.6))
+    return root
+
+
+def test_leaderboard_takes_the_best_point_on_validation_never_on_test(tmp_path):
+    report, _, _ = build_report(grid_results(tmp_path))
+    suite = report["suites"][0]
+    rows = {r["algo"]: r for r in suite["leaderboard"]}
+    assert rows["dpo"]["grid_point"] == "beta=0.1" and rows["dpo"]["grid_points"] == 2
+    assert rows["dpo"]["seeds"] == [1, 2, 3]
+    assert rows["dpo"]["held_out_acc"] == pytest.approx(mean_ci([0.68, 0.70, 0.72]))
+    assert rows["dpo"]["win_rate"]["mean"] == pytest.approx(0.42)
+    assert rows["simpo"]["grid_point"] == "beta=1.0" and rows["simpo"]["win_rate"]["lo"] is None   # one seed
+    assert suite["spread"]["dpo"]["range"] == pytest.approx(0.10)
+    assert suite["judge"] == ["bt-minilm-hh"]
+    chosen = {(g["algo"], g["grid_point"]) for g in suite["grid"] if g["chosen"]}
+    assert chosen == {("dpo", "beta=0.1"), ("simpo", "beta=1.0")}
+    conv = suite["convergence"]
+    assert conv["x_max"] == 96 and conv["points"] == [24, 48, 72, 96]
+    acc = {r["algo"]: r for r in conv["metrics"]["eval/rewards/accuracies"]}
+    # seed 1 of dpo beta=0.1: 0.5 -> 0.59 -> 0.68; at 24 pairs: 0.545; over three seeds 0.545, 0.55, 0.555
+    assert acc["dpo"]["at"][0]["mean"] == pytest.approx(0.55)
+    assert acc["dpo"]["pairs_to_target"]["mean"] == pytest.approx(mean_ci([48 + 48 * 0.01 / 0.09, 48, 48 - 48 * 0.01 / 0.11])["mean"])
+    assert acc["dpo"]["reached"] == "3/3" and acc["simpo"]["reached"] == "1/1"
+
+
+def test_formats_agree(tmp_path):
+    report, _, _ = build_report(grid_results(tmp_path))
+    md = to_markdown(sections(report))
+    assert "| dpo | beta=0.1 | 2 | 1,2,3 | 0.420 ± 0.025 |" in md   # 0.41, 0.42, 0.43: sd 0.01 * 4.303 / sqrt 3
+    assert "judge: bt-minilm-hh (reward_model, its held-out pair accuracy 0.66)" in md
+    assert "### tuning grid: hh-rlhf" in md and "### convergence: held-out reward accuracy (hh-rlhf)" in md
+    assert json.loads(to_json(report))["suites"][0]["leaderboard"][0]["algo"] == "dpo"
+    import io
+    import pandas as pd
+    table = pd.read_csv(io.StringIO(to_csv(report)))
+    assert list(table["algo"]) == ["dpo", "simpo"] and table.loc[0, "win_rate_mean"] == pytest.approx(0.42)
+
+
+def test_columns_nobody_measured_are_named_not_shown(tmp_path):
+    write_run(tmp_path, "dpo", 1, [0.5, 0.6])
+    md = to_markdown(sections(build_report(tmp_path)[0]))
+    assert "judge: none yet" in md and "not measured: win rate, LC win rate, RM score, KL, length" in md
+    assert "| algo | seeds | held-out acc | train s | pairs/s |" in md
+
+
+def test_gold_metrics_of_a_known_reward_suite(tmp_path):
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7], suite="synthetic")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row, win in zip(rows, (0.6, 0.7)):
+        row.update({"gold/win_rate": win, "gold/reward": 2 * win, "gold/kl": win - 0.5})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    initial = {"step": 0, "pairs_seen": 0, "time_s": 0.0, "gold/win_rate": 0.5, "gold/reward": 1.0, "gold/kl": 0.0}
+    (run / "gold_eval.json").write_text(json.dumps({"final": {"gold/reward": 1.4, "gold/win_rate": 0.7, "gold/kl": 0.2,
+                                                               "gold/length": 7.5}, "curve": [initial]}))
+    suite = build_report(tmp_path)[0]["suites"][0]
+    row = suite["leaderboard"][0]
+    assert row["gold_win_rate"]["mean"] == 0.7 and row["gold_length"]["mean"] == 7.5
+    gold = suite["convergence"]["metrics"]["gold/win_rate"][0]
+    assert [ci["mean"] for ci in gold["at"]] == pytest.approx([0.55, 0.6, 0.65, 0.7])   # starts at 0.5 from the curve
+    md = to_markdown(sections(build_report(tmp_path)[0]))
+    assert "gold win rate" in md and "### convergence: gold win rate against the reference (synthetic)" in md
+
+
+def test_plots_and_self_contained_html(tmp_path):
+    from typer.testing import CliRunner
+    from pobench.cli import app
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["report", str(grid_results(tmp_path / "results")), "--format", "html",
+                                      "--out", str(out / "report.html"), "--plots", str(out / "plots")])
+    assert result.exit_code == 0, result.output
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert pngs == ["hh-rlhf-convergence.png", "hh-rlhf-reward-kl.png", "hh-rlhf-training.png"]
+    for p in (out / "plots").glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and "<h3>leaderboard: hh-rlhf</h3>" in html
+    assert "src='http" not in html and 'src="http' not in html   # nothing fetched when opened
+
+
+def test_report_usage_errors_exit_2(tmp_path):
+    from typer.testing import CliRunner
+    from pobench.cli import app
+    write_run(tmp_path, "dpo", 1, [0.5, 0.6])
+    proc = subprocess.run([sys.executable, "-m", "pobench.cli", "report", str(tmp_path), "--format", "xml"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: --format xml"), proc.stderr
+    for args, message in ((["--select", "winrate"], "--select winrate"), (["--points", "96,48"], "--points"),
+                          (["--suite", "nope"], "no runs of suite 'nope'")):
+        result = CliRunner().invoke(app, ["report", str(tmp_path), *args])
+        assert isinstance(result.exception, PobenchError) and message in str(result.exception), (args, result.output)
+
+
+def test_run_with_a_grid_ends_with_the_leaderboard_that_report_reproduces(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+    from pobench.cli import app
+    out = tmp_path / "results"
+    cmd = [sys.executable, "-m", "pobench.cli", "run", "--algo", "dpo", "--grid", "beta=0.1,0.5",
+           "--model", str(tiny_model_dir), "--data", "sample", "--max-steps", "1", "--out", str(out),
+           "--set", "data.max_train_records=8", "--set", "data.eval_size=4", "--set", "train.lr=1e-3", "--no-eval"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import yaml
+    for beta in ("0.1", "0.5"):
+        run = out / "hh-rlhf" / "dpo" / f"beta={beta}" / "seed1"
+        assert (run / "train_summary.json").is_file()
+        assert yaml.safe_load((run / "config.yaml").read_text())["algorithm"]["beta"] == float(beta)
+    assert "leaderboard: hh-rlhf" in proc.stdout and "tuning grid: hh-rlhf" in proc.stdout
+    md = CliRunner().invoke(app, ["report", str(out), "--format", "markdown"])
+    assert md.exit_code == 0, md.output
+    board = md.stdout.split("### tuning grid")[0]
+    rows = [line for line in board.splitlines() if line.startswith("| dpo ")]
+    assert len(rows) == 1 and "| 2 |" in rows[0]   # two grid points
+    for row in rows:   # every cell of the markdown leaderboard is on the screen table `run` printed
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        screen = [line for line in proc.stdout.splitlines() if line.strip("│ ").startswith(cells[0] + " ")]
+        assert screen and all(c in screen[0] for c in cells), (row, screen)
