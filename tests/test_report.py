@@ -250,7 +250,11 @@ def test_gold_metrics_of_a_known_reward_suite(tmp_path):
     gold = suite["convergence"]["metrics"]["gold/win_rate"][0]
     assert [ci["mean"] for ci in gold["at"]] == pytest.approx([0.55, 0.6, 0.65, 0.7])   # starts at 0.5 from the curve
     md = to_markdown(sections(build_report(tmp_path)[0]))
-    assert "gold win rate" in md and "### convergence: gold win rate against the reference (synthetic)" in md
+    from pobench.report.plots import plot_report
+    report, runs, curves = build_report(tmp_path)
+    written = [p.name for _, p in plot_report(report, runs, curves, tmp_path / "plots")]
+    assert "synthetic-gold.png" in written   # gold win rate, gold reward, and the reward-KL frontier
+    assert "| gold/win_rate |" in md and "### convergence: gold win rate against the reference (synthetic)" in md
 
 
 def test_plots_and_self_contained_html(tmp_path):

@@ -8,10 +8,10 @@ from pobench.report.stats import mean_ci
 # runs column -> column label; the order of the leaderboard's columns
 METRICS = (
     ("win_rate", "win rate"), ("lc_win_rate", "LC win rate"), ("reward_mean", "RM score"), ("kl", "KL"),
-    ("avg_length", "length"), ("gold_win_rate", "gold win rate"), ("gold_reward", "gold score"),
-    ("gold_kl", "gold KL"), ("gold_length", "gold length"), ("held_out_acc", "held-out acc"),
+    ("avg_length", "length"), ("gold_win_rate", "gold/win_rate"), ("gold_reward", "gold/reward"),
+    ("gold_kl", "gold/kl"), ("gold_length", "gold/length"), ("held_out_acc", "held-out acc"),
     ("train_time_s", "train s"), ("pairs_per_s", "pairs/s"),
-)  # gold_*: suites with a known reward (gold_eval.json), measured against the run's reference
+)  # gold_*: suites with a known reward: gold_eval.json, the trainer's own gold evaluation of the final policy
 
 
 def _values(frame, column: str) -> list:

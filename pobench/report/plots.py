@@ -98,6 +98,10 @@ def plot_suite(suite: str, curves, runs, chosen: dict, out_dir: Path) -> list[tu
     fig.tight_layout()
     written.append((f"{suite}: held-out convergence", _save(fig, out_dir / f"{suite}-convergence.png", plt)))
 
+    if any(c.startswith("gold/") for c in curves.columns) and any(
+            "gold/reward" in f and f["gold/reward"].notna().any() for fs in by_algo.values() for f in fs):
+        written.append((f"{suite}: gold metrics", _gold_figure(suite, by_algo, out_dir, plt)))
+
     frontier = runs[(runs["suite"] == suite)]
     if {"kl", "reward_mean"} <= set(frontier.columns) and frontier[["kl", "reward_mean"]].notna().all(axis=1).any():
         fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -113,6 +117,29 @@ def plot_suite(suite: str, curves, runs, chosen: dict, out_dir: Path) -> list[tu
         fig.tight_layout()
         written.append((f"{suite}: reward against KL", _save(fig, out_dir / f"{suite}-reward-kl.png", plt)))
     return written
+
+
+def _gold_figure(suite: str, by_algo: dict, out_dir: Path, plt) -> Path:
+    """A suite with a known reward: gold win rate and reward against pairs seen, and the reward-KL frontier
+    (gold reward against gold KL at each evaluation; one line per seed, since KL need not grow monotonically)."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    _panel(axes[0], by_algo, "gold/win_rate", "gold win rate against the reference", marker="o")
+    _panel(axes[1], by_algo, "gold/reward", "gold reward", marker="o")
+    ax = axes[2]
+    for i, (algo, frames) in enumerate(by_algo.items()):
+        for j, f in enumerate(frames):
+            rows = f.dropna(subset=["gold/kl", "gold/reward"]) if {"gold/kl", "gold/reward"} <= set(f.columns) else f.iloc[0:0]
+            if len(rows):
+                ax.plot(rows["gold/kl"], rows["gold/reward"], color=f"C{i}", marker="o", alpha=0.8,
+                        label=algo if j == 0 else None)
+    ax.set_xlabel("gold KL(policy || reference)")
+    ax.set_title("gold reward against KL (each evaluation; one line per seed)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{suite}: gold metrics of the policy's samples (band = min-max over seeds)")
+    fig.tight_layout()
+    return _save(fig, out_dir / f"{suite}-gold.png", plt)
 
 
 def _save(fig, path: Path, plt) -> Path:

@@ -50,7 +50,7 @@ def leaderboard_section(s: dict, select: str) -> Section:
     rows = s["leaderboard"]
     gridded = bool(s["grid"])
     measured = [(c, l) for c, l in METRICS if any(r[c]["mean"] is not None for r in rows)]
-    missing = [l for c, l in METRICS if (c, l) not in measured]
+    missing = [l for c, l in METRICS if (c, l) not in measured and not c.startswith("gold_")]  # gold: some suites
     labels = {c: (s["score_label"] if c == "reward_mean" else l) for c, l in measured}
     caption = [_judge_line(s)]
     if s["eval_set"] or s["reference"]:
@@ -59,6 +59,9 @@ def leaderboard_section(s: dict, select: str) -> Section:
                        + (f"; length in {', '.join(s['length_unit'])}" if s["length_unit"] else ""))
     if s["pool_reward_model"]:
         caption.append(f"candidate-pool reward model: {', '.join(s['pool_reward_model'])}")
+    if any(c.startswith("gold_") for c, _ in measured):
+        caption.append("gold/*: the suite's known reward on the final policy's samples against the reference "
+                       "(gold_eval.json, measured by the trainer)")
     caption.append(CI_NOTE + ("" if not missing else f"; not measured: {', '.join(missing)}"))
     if gridded:
         caption.append(f"each algorithm at its best grid point by {VALIDATION[select]} on the held-out "
