@@ -13,6 +13,8 @@ class DPO:
 beta: 0.1              # strength of the KL penalty to the reference policy
 label_smoothing: 0.0   # cDPO: assumed probability that a label is flipped
 loss_type: sigmoid     # sigmoid (DPO) | ipo | hinge
+grid:                  # default tuning grid (`--grid default`): 4 points, as every shipped algorithm has
+  beta: [0.01, 0.05, 0.1, 0.5]
 """
 
     def loss(self, policy: SeqLogps, reference: SeqLogps, cfg) -> LossOutput:

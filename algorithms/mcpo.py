@@ -18,6 +18,9 @@ tau: 1.0                       # kernel temperature
 include_chosen_in_pool: false  # let the chosen completion be drawn as its own negative
 kernel_score: reward           # reward: beta * (log pi - log ref) | loglik: log pi summed | loglik_mean: per token
 label_smoothing: 0.0
+grid:                          # default tuning grid (`--grid default`): 4 points, as every shipped algorithm has
+  beta: [0.05, 0.1]
+  tau: [0.5, 1.0]
 """
 
     def loss(self, policy: SeqLogps, reference: SeqLogps, cfg) -> LossOutput:

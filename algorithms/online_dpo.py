@@ -20,6 +20,8 @@ kernel: sample                # unused by best_worst; kept so configs can be sha
 tau: 1.0
 kernel_score: reward
 label_smoothing: 0.0
+grid:                         # default tuning grid (`--grid default`): 4 points, as every shipped algorithm has
+  beta: [0.01, 0.05, 0.1, 0.5]
 """
 
     def loss(self, policy: SeqLogps, reference: SeqLogps, cfg) -> LossOutput:

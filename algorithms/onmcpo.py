@@ -21,6 +21,9 @@ tau: 1.0
 kernel_score: reward          # reward | loglik | loglik_mean
 pairing: kernel               # the negative is drawn by the kernel from the non-preferred samples
 label_smoothing: 0.0
+grid:                         # default tuning grid (`--grid default`): 4 points, as every shipped algorithm has
+  beta: [0.05, 0.1]
+  tau: [0.5, 1.0]
 """
 
     def loss(self, policy: SeqLogps, reference: SeqLogps, cfg) -> LossOutput:

@@ -17,6 +17,9 @@ num_candidates: 64    # N: candidates per prompt considered (the pool is cut to 
 num_accepted: 8       # k: accepted samples per prompt
 pairing: first_round  # first_round (1-2, 3-4, ...) | tournament (every match of a knock-out bracket)
 loss_type: sigmoid    # sigmoid (sigmoid-norm) | hinge (hinge-norm)
+grid:                 # default tuning grid (`--grid default`): 4 points, as every shipped algorithm has
+  beta: [0.05, 0.1]
+  beta_rso: [0.5, 1.0]
 """
 
     def loss(self, policy: SeqLogps, reference: SeqLogps, cfg) -> LossOutput:

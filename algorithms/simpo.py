@@ -14,6 +14,9 @@ beta: 2.0               # reward scale: r(y) = beta / |y| * log pi(y|x)
 gamma_beta_ratio: 0.5   # target margin gamma, given as gamma / beta (the SimPO repo's convention)
 label_smoothing: 0.0
 loss_type: sigmoid      # sigmoid | hinge
+grid:                   # default tuning grid (`--grid default`): 4 points; the SimPO paper searched beta 2-10
+  beta: [2.0, 10.0]
+  gamma_beta_ratio: [0.3, 0.5]
 """
 
     def loss(self, policy: SeqLogps, reference, cfg) -> LossOutput:

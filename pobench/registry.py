@@ -100,9 +100,25 @@ def get_algorithm(name: str):
 
 
 def algorithm_defaults(algo) -> dict:
+    """The algorithm's parameters and their default values (its `grid:` entry is not a parameter)."""
+    data = _defaults_yaml(algo)
+    data.pop("grid", None)
+    return data
+
+
+def algorithm_grid(algo) -> dict:
+    """{parameter: [values]}: the algorithm's default tuning grid, `grid:` in its defaults (`--grid default`)."""
+    grid = _defaults_yaml(algo).get("grid") or {}
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise PobenchError(f"algorithm '{getattr(algo, 'name', algo)}': 'grid' in its defaults must map parameters "
+                           f"to non-empty lists of values")
+    return grid
+
+
+def _defaults_yaml(algo) -> dict:
     text = getattr(algo, "defaults", "") or ""
     data = yaml.safe_load(text) if isinstance(text, str) else dict(text)
-    return data or {}
+    return dict(data or {})
 
 
 def get_sampler(name: str):

@@ -92,6 +92,25 @@ def test_grid_keys_resolve_short_names_and_scopes():
     assert plan == {"dpo": [("", {})], "simpo": [("", {})]} and note is None
 
 
+def test_default_grids_give_every_shipped_algorithm_the_same_budget():
+    from pobench.registry import ALGORITHMS, algorithm_defaults, algorithm_grid, get_algorithm
+    get_algorithm("dpo")   # discovers the shipped algorithms
+    shipped = sorted(n for n, cls in ALGORITHMS.items() if cls.__module__.startswith("pobench.algorithms."))
+    defaults = {n: algorithm_defaults(get_algorithm(n)) for n in shipped}
+    assert all("grid" not in d for d in defaults.values())   # the grid is not a parameter
+    plan, note = G.plan_grid("default", defaults)
+    assert note is None and {len(points) for points in plan.values()} == {4}, plan
+    assert plan["dpo"][0] == ("beta=0.01", {"algorithm": {"beta": 0.01}})
+    assert [n for n, _ in plan["simpo"]] == ["beta=2.0,gamma_beta_ratio=0.3", "beta=2.0,gamma_beta_ratio=0.5",
+                                            "beta=10.0,gamma_beta_ratio=0.3", "beta=10.0,gamma_beta_ratio=0.5"]
+    both, _ = G.plan_grid("default;lr=1e-6,5e-6", {"dpo": defaults["dpo"]})
+    assert len(both["dpo"]) == 8 and both["dpo"][1] == ("beta=0.01,lr=5e-6",
+                                                        {"algorithm": {"beta": 0.01}, "train": {"lr": 5e-6}})
+    assert algorithm_grid(get_algorithm("dpo")) == {"beta": [0.01, 0.05, 0.1, 0.5]}
+    with pytest.raises(PobenchError, match="same config field"):
+        G.plan_grid("default;beta=0.1,0.2", {"dpo": defaults["dpo"]})
+
+
 @pytest.mark.parametrize("text,message", [
     ("lr", "expected key=value"), ("lr=", "expected key=value"), ("lr=1,1", "repeated"),
     ("lr=1;lr=2", "given twice"), ("nope=1", "unknown key 'nope'"), ("train.nope=1", "unknown config key"),

@@ -1,5 +1,7 @@
 """Fair tuning: `--grid 'lr=3e-7,1e-6;beta=0.01,0.1'` -> every algorithm's grid points, and the choice of each
 algorithm's best point on the validation metric (held-out preference pairs, never the test prompts).
+`--grid default` takes each algorithm's own grid (`grid:` in its defaults; every shipped one has 4 points, the
+same tuning budget), and combines with other keys: `--grid 'default;lr=1e-6,5e-6'`.
 
 Keys are config keys as `--set` takes them (`train.lr`, `algorithm.beta`, `dpo.beta` for one algorithm only) or
 short names (`lr`, `beta`) when exactly one place has that name: a field of the data/model/train/pool sections,
@@ -25,11 +27,17 @@ class GridKey:
     raw: list             # values as typed
 
 
+DEFAULT = "default"  # in --grid: each algorithm's own grid, `grid:` in its defaults (pobench/registry.py)
+
+
 def parse_grid(text: str) -> list[tuple[str, list[str]]]:
     """'lr=3e-7,1e-6;beta=0.01,0.1' -> [('lr', ['3e-7', '1e-6']), ('beta', ['0.01', '0.1'])]."""
     out, seen = [], set()
     for part in (p.strip() for p in text.split(";")):
         if not part:
+            continue
+        if part == DEFAULT:
+            out.append((DEFAULT, []))
             continue
         if "=" not in part:
             raise PobenchError(f"--grid {part}: expected key=value1,value2,...")
@@ -80,6 +88,9 @@ def resolve_key(key: str, algo_defaults: dict[str, dict]) -> tuple[tuple, tuple]
 def grid_keys(text: str, algo_defaults: dict[str, dict]) -> list[GridKey]:
     keys = []
     for typed, raw in parse_grid(text):
+        if typed == DEFAULT:
+            keys += default_keys(algo_defaults)
+            continue
         path, algos = resolve_key(typed, algo_defaults)
         values = []
         for r in raw:
@@ -88,6 +99,18 @@ def grid_keys(text: str, algo_defaults: dict[str, dict]) -> list[GridKey]:
     paths = [(k.path, a) for k in keys for a in k.algos]
     if len(set(paths)) != len(paths):
         raise PobenchError("--grid: two keys name the same config field")
+    return keys
+
+
+def default_keys(algo_defaults: dict[str, dict]) -> list[GridKey]:
+    """`--grid default`: every algorithm's own grid, each key scoped to its algorithm."""
+    from pobench.registry import algorithm_grid, get_algorithm
+    keys = []
+    for algo in algo_defaults:
+        for name, values in algorithm_grid(get_algorithm(algo)).items():
+            if name not in algo_defaults[algo]:
+                raise PobenchError(f"algorithm '{algo}': its default grid names '{name}', not one of its parameters")
+            keys.append(GridKey(name, ("algorithm", name), (algo,), list(values), [str(v) for v in values]))
     return keys
 
 
