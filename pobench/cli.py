@@ -91,7 +91,7 @@ def run(
     set_cfg = C.deep_merge(_shortcuts(model, data, max_steps), set_cfg)
 
     # Resolve and check everything before anything is written.
-    from pobench.report.grid import plan_grid
+    from pobench.report.grid import check_point_applied, plan_grid
     grid_plan, budget_warning = plan_grid(grid, {n: algorithm_defaults(get_algorithm(n)) for n in algos})
     if budget_warning:
         console.print(f"[yellow]warning:[/yellow] {escape(budget_warning)}", highlight=False)
@@ -103,6 +103,7 @@ def run(
             cfg = C.resolve(suite_cfg, name, defaults, file_cfg, C.deep_merge(C.deep_merge(set_cfg, point_cfg),
                                                                               {"seed": seed}), algos,
                             getattr(algorithm, "choices", None))
+            check_point_applied(cfg, point_cfg, point)
             run_dir = out / cfg.suite / name / point / f"seed{seed}"  # point '' without --grid
             done = (run_dir / "train_summary.json").exists() and (no_eval or (run_dir / "eval.json").exists())
             if run_dir.exists() and any(run_dir.iterdir()) and not resume:

@@ -329,3 +329,13 @@ def test_run_with_a_grid_ends_with_the_leaderboard_that_report_reproduces(tmp_pa
         cells = [c.strip() for c in row.strip("|").split("|")]
         screen = [line for line in proc.stdout.splitlines() if line.strip("│ ").startswith(cells[0] + " ")]
         assert screen and all(c in screen[0] for c in cells), (row, screen)
+
+
+def test_a_scoped_set_that_overrides_the_grid_is_refused(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+    from pobench.cli import app
+    result = CliRunner().invoke(app, ["run", "--algo", "dpo", "--grid", "beta=0.1,0.5", "--set", "dpo.beta=0.2",
+                                      "--model", str(tiny_model_dir), "--data", "sample", "--out", str(tmp_path / "r")])
+    assert isinstance(result.exception, PobenchError), result.output
+    assert "--grid beta=0.1: dpo's algorithm.beta resolves to 0.2" in str(result.exception)
+    assert not (tmp_path / "r").exists()   # refused before anything was written

@@ -182,3 +182,14 @@ def plan_grid(text: str | None, algo_defaults: dict[str, dict]) -> tuple[dict[st
     keys = grid_keys(text, algo_defaults)
     points = {a: grid_points(keys, a) for a in algo_defaults}
     return points, budget_note(points)
+
+
+def check_point_applied(cfg, overrides: dict, point: str) -> None:
+    """A grid value that another setting overrode (`--set dpo.beta=...` outranks the grid's `beta`) would make
+    grid points identical runs under different names: refuse it before anything runs."""
+    for section, values in overrides.items():
+        for key, want in values.items():
+            got = cfg.algorithm.get(key) if section == "algorithm" else getattr(getattr(cfg, section), key)
+            if got != want:
+                raise PobenchError(f"--grid {point}: {cfg.algorithm_name}'s {section}.{key} resolves to {got!r}, not "
+                                   f"{want!r} (a --set scoped to the algorithm outranks the grid); drop one of them")
