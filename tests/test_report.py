@@ -16,7 +16,8 @@ from pobench.report import grid as G
 from pobench.report.build import build_report
 from pobench.report.collect import collect
 from pobench.report.render import sections, to_csv, to_json, to_markdown
-from pobench.report.stats import area_under_curve, interpolate_at, mean_ci, pairs_to_target, t_quantile
+from pobench.report.stats import (area_under_curve, interpolate_at, mean_ci, pairs_to_target, t_quantile,
+                                  value_at_first_crossing)
 
 
 # -- statistics: known answers ---------------------------------------------------------------------------
@@ -70,6 +71,14 @@ def test_pairs_to_target_interpolates_the_first_crossing():
     assert pairs_to_target(CURVE_X, CURVE_Y, 0.5) == 0
     assert pairs_to_target(CURVE_X, CURVE_Y, 0.9) is None
     assert pairs_to_target([0, 10, 20, 30], [0.5, 0.7, 0.4, 0.9], 0.6) == pytest.approx(5)   # first, not last
+
+
+def test_value_at_first_crossing_follows_the_trajectory():
+    kl, reward = [0.0, 0.2, 0.1, 0.5], [0.0, 1.0, 2.0, 3.0]   # KL need not grow monotonically
+    assert value_at_first_crossing(kl, reward, 0.1) == pytest.approx(0.5)
+    assert value_at_first_crossing(kl, reward, 0.3) == pytest.approx(2.5)   # from (0.1, 2) to (0.5, 3)
+    assert value_at_first_crossing(kl, reward, 0.0) == 0.0
+    assert value_at_first_crossing(kl, reward, 0.6) is None
 
 
 # -- the tuning grid -------------------------------------------------------------------------------------
@@ -268,7 +277,11 @@ def test_gold_metrics_of_a_known_reward_suite(tmp_path):
     assert row["gold_win_rate"]["mean"] == 0.7 and row["gold_length"]["mean"] == 7.5
     gold = suite["convergence"]["metrics"]["gold/win_rate"][0]
     assert [ci["mean"] for ci in gold["at"]] == pytest.approx([0.55, 0.6, 0.65, 0.7])   # starts at 0.5 from the curve
+    frontier = build_report(tmp_path)[0]["suites"][0]["matched_kl"]   # gold/kl 0 -> 0.1 -> 0.2, reward 1.0 -> 1.4
+    assert frontier["levels"] == pytest.approx([0.05, 0.1, 0.15, 0.2])
+    assert [ci["mean"] for ci in frontier["rows"][0]["at"]] == pytest.approx([1.1, 1.2, 1.3, 1.4])
     md = to_markdown(sections(build_report(tmp_path)[0]))
+    assert "### at matched KL: gold/reward (synthetic)" in md
     from pobench.report.plots import plot_report
     report, runs, curves = build_report(tmp_path)
     written = [p.name for _, p in plot_report(report, runs, curves, tmp_path / "plots")]

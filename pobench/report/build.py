@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pobench.errors import PobenchError
 from pobench.report.collect import collect
-from pobench.report.convergence import DEFAULT_TARGET, accuracy_auc_by_run, convergence
+from pobench.report.convergence import DEFAULT_TARGET, accuracy_auc_by_run, convergence, matched_kl
 from pobench.report.leaderboard import about, grid_table, leaderboard, spread
 
 
@@ -37,5 +37,6 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
             "grid": grid_rows if any(s["points"] > 1 for s in spreads.values()) else [],
             "spread": spreads,
             "convergence": convergence(suite_curves, chosen, points, target),
+            "matched_kl": matched_kl(suite_curves, chosen),
         })
     return report, runs, curves

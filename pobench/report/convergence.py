@@ -2,7 +2,8 @@
 accuracy, and the area under each curve, per run and then over seeds."""
 from __future__ import annotations
 
-from pobench.report.stats import area_under_curve, interpolate_at, mean_ci, pairs_to_target
+from pobench.report.stats import (area_under_curve, interpolate_at, mean_ci, pairs_to_target,
+                                  value_at_first_crossing)
 
 ACCURACY = "eval/rewards/accuracies"
 HEADLINE = (ACCURACY, "eval/rewards/margins", "eval/loss", "gold/win_rate", "gold/reward", "gold/kl")  # on screen;
@@ -88,3 +89,35 @@ def accuracy_auc_by_run(curves) -> dict:
     by_run = run_curves(curves)
     x_max = common_range(by_run)
     return {k: (area_under_curve(*curve(f, ACCURACY), x_max) if x_max else None) for k, f in by_run.items()}
+
+
+FRONTIER = ("gold/kl", "gold/reward")  # (KL, reward) logged at evaluation steps by suites with a known reward
+
+
+def matched_kl(curves, chosen: dict, n: int = DEFAULT_POINTS, kl: str = FRONTIER[0], value: str = FRONTIER[1]) -> dict:
+    """Reward at matched KL: for every algorithm at its chosen grid point, `value` at the moment its `kl` first
+    reached each of n evenly spaced KL levels (up to the largest KL every run reached), mean and CI over seeds.
+    An algorithm that gains less per pair can still sit on a better reward-KL frontier; this table shows it."""
+    if kl not in curves or value not in curves:
+        return {}
+    by_run = run_curves(curves)
+    reach = []
+    for frame in by_run.values():
+        ks = frame[kl].dropna()
+        if len(ks):
+            reach.append(float(ks.max()))
+    top = min(reach) if reach else 0.0
+    if top <= 0:
+        return {}
+    levels = [top * i / n for i in range(1, n + 1)]  # unrounded: the last level is exactly reached
+    rows = []
+    for algo, point in chosen.items():
+        seeds = []
+        for (a, g, _), frame in by_run.items():
+            if a == algo and g == point:
+                both = frame.dropna(subset=[kl, value])
+                seeds.append([value_at_first_crossing(both[kl].tolist(), both[value].tolist(), k) for k in levels])
+        if seeds:
+            rows.append({"algo": algo, "grid_point": point, "seeds": len(seeds),
+                         "at": [mean_ci([s[i] for s in seeds]) for i in range(len(levels))]})
+    return {"kl": kl, "value": value, "levels": levels, "rows": rows}

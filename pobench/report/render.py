@@ -118,6 +118,17 @@ def convergence_sections(s: dict, metrics=tuple(CURVE_TITLES)) -> list[Section]:
     return out
 
 
+def matched_kl_section(s: dict) -> Section | None:
+    m = s.get("matched_kl")
+    if not m or not m["rows"]:
+        return None
+    columns = ["algo"] + [f"@{m['kl']} {k:.3g}" for k in m["levels"]]
+    body = [[r["algo"]] + [fmt_ci(ci) for ci in r["at"]] for r in m["rows"]]
+    caption = [f"{m['value']} when {m['kl']} first reached each level during training (interpolated between "
+               f"evaluations; levels up to the largest KL every run reached); " + CI_NOTE]
+    return Section(f"at matched KL: {m['value']} ({s['suite']})", caption, columns, body)
+
+
 def sections(report: dict, convergence: bool = True) -> list[Section]:
     select = report["selection"]["metric"]
     out = []
@@ -127,6 +138,9 @@ def sections(report: dict, convergence: bool = True) -> list[Section]:
             out.append(grid_section(s, select))
         if convergence:
             out.extend(convergence_sections(s))
+            frontier = matched_kl_section(s)
+            if frontier:
+                out.append(frontier)
     return out
 
 

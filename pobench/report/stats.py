@@ -121,3 +121,18 @@ def _isnan(v) -> bool:
         return math.isnan(v)
     except TypeError:
         return False
+
+
+def value_at_first_crossing(x: Sequence[float], y: Sequence[float], x_target: float) -> float | None:
+    """y where the trajectory (x, y), in time order, first reaches x >= x_target, interpolated linearly between
+    the two evaluations around the crossing; None if it never does. For curves whose x need not increase, such
+    as reward against KL over training: "the reward an algorithm had when its KL first reached k"."""
+    pts = [(float(a), float(b)) for a, b in zip(x, y) if a is not None and b is not None
+           and not _isnan(a) and not _isnan(b)]
+    for i, (xi, yi) in enumerate(pts):
+        if xi >= x_target:
+            if i == 0 or xi == pts[i - 1][0]:
+                return yi
+            x0, y0 = pts[i - 1]
+            return y0 + (yi - y0) * (x_target - x0) / (xi - x0)
+    return None
