@@ -10,7 +10,12 @@ pool recipe, pobench's default) on both sides, no top_k; no EOS is set, so every
   hf-static  `model.generate(..., cache_implementation="static")` (transformers compiles the forward itself;
              optional: its compilation takes minutes)
   pobench    pobench.generation.static.StaticDecoder (what the transformers backend uses on CUDA with fast=auto):
-             prefill, then each decode step replayed as one CUDA graph, top-p sampling on the device
+             prefill, then each decode step replayed as one CUDA graph, top-p sampling on the device (nucleus by
+             sorting each row)
+  pobench-bisect  the nucleus found by bisection on the probability threshold instead of a sort
+  pobench-greedy  greedy decoding: the forward pass alone, the ceiling for sampling
+  c-sort, c-bisect, c-greedy  the same after torch.compile of every decoder layer (c-bisect also compiles the
+             sampling function), still replayed as one CUDA graph per step
 
 New tokens/s = rows x new tokens / wall time of one call, after a warm-up call of the same shape (graph capture
 and compilation happen there and are reported separately). Median of --reps calls.
@@ -41,6 +46,14 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+# name, temperature, top-p method: the default (bisection), the sort-based nucleus, and greedy decoding (no
+# sampling at all: the forward's own ceiling)
+# name, temperature, top-p method, compiled sampling; "c-" names run after every decoder layer is compiled
+# (pobench.models.compile_decoder_layers), inside the same CUDA graph.
+DECODERS = [("pobench", 0.8, "sort", False), ("pobench-bisect", 0.8, "bisect", False), ("pobench-greedy", 0.0, "sort", False),
+            ("c-sort", 0.8, "sort", False), ("c-bisect", 0.8, "bisect", True), ("c-greedy", 0.0, "sort", False)]
+
+
 def timed(fn, reps):
     times, out = [], None
     for _ in range(reps):
@@ -60,6 +73,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--plain-reps", type=int, default=1)
     ap.add_argument("--hf-static", action="store_true")
+    ap.add_argument("--decoders", default=",".join(d[0] for d in DECODERS))
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test of the script (numbers meaningless)")
@@ -75,12 +89,16 @@ def main() -> None:
                     min_new_tokens=0, pad_token_id=0)
     out = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "results": {}}
-    for rows in [int(b) for b in args.batches.split(",")]:
+    batches = [int(b) for b in args.batches.split(",")]
+    inputs = {}
+    for rows in batches:
         g = torch.Generator().manual_seed(rows)
         ids = torch.randint(10, model.config.vocab_size, (rows, args.prompt_len), generator=g).to(device)
-        mask = torch.ones_like(ids)
-        new = rows * args.new_tokens
-        res = {}
+        inputs[rows] = (ids, torch.ones_like(ids))
+        out["results"][rows] = {}
+    for rows in batches:                                   # plain generate first: before any layer is compiled
+        ids, mask = inputs[rows]
+        res = out["results"][rows]
 
         def plain():
             return model.generate(input_ids=ids, attention_mask=mask, **sampling)
@@ -89,7 +107,6 @@ def main() -> None:
             t, seq = timed(plain, args.plain_reps)
         res["plain"] = {"s": round(t, 3), "new_tokens_per_s": round(rows * (seq.shape[1] - ids.shape[1]) / t)}
         print(rows, "plain", res["plain"], flush=True)
-
         if args.hf_static:
             def hf_static():
                 return model.generate(input_ids=ids, attention_mask=mask, cache_implementation="static", **sampling)
@@ -104,27 +121,36 @@ def main() -> None:
             except Exception as e:
                 res["hf-static"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
             print(rows, "hf-static", res["hf-static"], flush=True)
-
-        try:
-            dec = StaticDecoder(model, rows, args.prompt_len, args.new_tokens, eos_ids=[], pad_id=0,
-                                temperature=0.8, top_p=0.95)
-            t0 = time.perf_counter()
-            dec.generate(ids, mask)
-            sync()
-            warm = time.perf_counter() - t0
-            t, toks = timed(lambda: dec.generate(ids, mask), args.reps)
-            res["pobench"] = {"s": round(t, 3), "warmup_s": round(warm, 2), "graph": dec.graph is not None,
-                              "new_tokens_per_s": round(new / t),
-                              "distinct_tokens_row0": len(set(toks[0].tolist()))}
-            res["pobench"]["speedup_vs_plain"] = round(res["pobench"]["new_tokens_per_s"] /
-                                                       res["plain"]["new_tokens_per_s"], 2)
-            del dec
-        except Exception as e:
-            res["pobench"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
-        print(rows, "pobench", res["pobench"], flush=True)
-        out["results"][rows] = res
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    compiled = False
+    for name, temperature, method, compile_sampling in DECODERS:
+        if name not in args.decoders.split(","):
+            continue
+        if name.startswith("c-") and not compiled:
+            from pobench.models import compile_decoder_layers
+            compile_decoder_layers(model)
+            compiled = True
+        for rows in batches:
+            ids, mask = inputs[rows]
+            res = out["results"][rows]
+            new = rows * args.new_tokens
+            try:
+                dec = StaticDecoder(model, rows, args.prompt_len, args.new_tokens, eos_ids=[], pad_id=0,
+                                    temperature=temperature, top_p=0.95, top_p_method=method,
+                                    compile_sampling=compile_sampling)
+                t0 = time.perf_counter()
+                dec.generate(ids, mask)
+                sync()
+                warm = time.perf_counter() - t0
+                t, toks = timed(lambda: dec.generate(ids, mask), args.reps)
+                res[name] = {"s": round(t, 3), "warmup_s": round(warm, 2), "graph": dec.graph is not None,
+                             "new_tokens_per_s": round(new / t), "distinct_tokens_row0": len(set(toks[0].tolist()))}
+                res[name]["speedup_vs_plain"] = round(res[name]["new_tokens_per_s"] / res["plain"]["new_tokens_per_s"], 2)
+                del dec
+            except Exception as e:
+                res[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+            print(rows, name, res[name], flush=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
 
     # greedy agreement on a small batch
     try:

@@ -14,7 +14,8 @@ Variants (each timed on the same model, after its own warm-up, median of --steps
                logsumexp; one row per sequence
   shared       + shared-prompt rows (prompt | chosen | rejected under a block mask: the prompt computed once)
   shared-ckpt  + gradient checkpointing
-  compile      shared + torch.compile of each decoder layer (optional; compile time excluded, reported)
+  compile      shared + torch.compile of each decoder layer (train.compile; compile time excluded, reported)
+  compile-ckpt compile + gradient checkpointing (the least memory)
   mcpo         MC-PO's extra work per step, L = 8: a no-grad forward over the pool (8 prompts x 8 candidates of
                512 tokens, shared-prompt rows) before the `shared` step; reported as a ratio to `shared`
 
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pobench.data.tokenize import TokenizedPair  # noqa: E402
 from pobench.engine.logps import SequenceLogps, collate_pairs, collate_pairs_shared, collate_sequences_shared  # noqa: E402
 from pobench.losses import dpo_loss  # noqa: E402
+from pobench.models import compile_decoder_layers  # noqa: E402
 
 QWEN2_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                  num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
@@ -127,8 +129,7 @@ def time_variant(name, model, pairs, device, steps, warmup, compile_layers=False
     t_compile = None
     if compile_layers:
         t0 = time.perf_counter()
-        for layer in model.model.layers:
-            layer.compile()
+        compile_decoder_layers(model)
         step()
         sync(device)
         t_compile = time.perf_counter() - t0
@@ -167,7 +168,8 @@ def check_logps(model, pairs, device) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default="anchor,pobench,shared,shared-ckpt,mcpo")
+    # mcpo before compile*: compiling changes the model in place, and mcpo_over_dpo divides by `shared`
+    ap.add_argument("--variants", default="anchor,pobench,shared,shared-ckpt,mcpo,compile,compile-ckpt")
     ap.add_argument("--pairs", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, default=512)
     ap.add_argument("--completion-len", type=int, default=512)
@@ -197,12 +199,12 @@ def main() -> None:
     batch_tokens = args.pairs * 2 * (args.prompt_len + args.completion_len)
     results = {}
     for name in args.variants.split(","):
-        ckpt = name == "shared-ckpt"
+        ckpt = name in ("shared-ckpt", "compile-ckpt")
         if ckpt:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         try:
             r = time_variant(name, model, pairs, device, args.steps, args.warmup,
-                             compile_layers=name == "compile", mcpo=name == "mcpo")
+                             compile_layers=name.startswith("compile"), mcpo=name == "mcpo")
         except Exception as e:  # one failing variant (OOM, compile) must not lose the others' numbers
             r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
             if device.type == "cuda":

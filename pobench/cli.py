@@ -1,8 +1,10 @@
 """The pobench command line: run, eval, list, data."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -80,6 +82,7 @@ def run(
     """Train every algorithm x seed on a suite and write results/<suite>/<algo>/seed<k>/."""
     from pobench import config as C
     from pobench.data import load_suite_data
+    from pobench.models import check_model_source
     from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite
 
     discover([str(p) for p in plugin])
@@ -105,8 +108,9 @@ def run(
                             getattr(algorithm, "choices", None))
             check_point_applied(cfg, point_cfg, point)
             run_dir = out / cfg.suite / name / point / f"seed{seed}"  # point '' without --grid
+            check_model_source(cfg.model.name_or_path, cfg.model.gguf_file)
             done = (run_dir / "train_summary.json").exists() and (no_eval or (run_dir / "eval.json").exists())
-            if run_dir.exists() and any(run_dir.iterdir()) and not resume:
+            if _holds_run(run_dir) and not resume:
                 raise PobenchError(f"{run_dir}: already holds a run; pass --resume to continue or skip it, "
                                    f"or choose another --out")
             plans.append((algorithm, cfg, run_dir, done))
@@ -122,7 +126,71 @@ def run(
                           f"{report['train_source']}" + (f"; skipped rows: {skipped}" if skipped else ""),
                           highlight=False, markup=False)
     _writable(out)
-    _run_plans(plans, datasets_by_key, out, resume, no_eval)
+    locks = _lock_run_folders(plans, resume)
+    try:
+        _run_plans(plans, datasets_by_key, out, resume, no_eval)
+    finally:
+        for lock in locks:
+            lock.release()
+            _remove_if_empty(lock.path.parent, out)
+
+
+def _holds_run(run_dir: Path) -> bool:
+    """Anything but a lock file (a crash before the first write leaves only that) counts as a run."""
+    from pobench.engine.lock import LOCK_NAME
+    return run_dir.is_dir() and any(p.name != LOCK_NAME for p in run_dir.iterdir())
+
+
+def _remove_if_empty(folder: Path, root: Path) -> None:
+    """Remove `folder` and its parents up to `root` while empty: a run that stopped before writing leaves nothing."""
+    while folder != root and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
+@contextlib.contextmanager
+def _discard_if_unstarted(run_dir: Path):
+    """A run that fails with a user error (a model that does not load, out of memory) before its first metrics
+    line or checkpoint leaves no half-run behind: what this invocation wrote into a fresh folder is removed, so
+    the folder is not later refused as "already holds a run". A run that got further keeps everything (its
+    checkpoint is what --resume continues from, its metrics show what happened)."""
+    from pobench.engine.checkpoint import find_checkpoint
+    from pobench.engine.lock import LOCK_NAME
+
+    fresh = not _holds_run(run_dir)
+    try:
+        yield
+    except PobenchError:
+        if fresh and not (run_dir / "metrics.jsonl").exists() and find_checkpoint(run_dir) is None:
+            for path in run_dir.iterdir():
+                if path.name != LOCK_NAME:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
+
+
+def _lock_run_folders(plans, resume: bool) -> list:
+    """Lock every run folder this invocation will write, before writing anything (see pobench/engine/lock.py).
+    A folder that filled up since it was checked (a concurrent run finished there) is refused as before."""
+    from pobench.engine.lock import RunLock
+
+    locks: list = []
+    try:
+        for _, _, run_dir, done in plans:
+            if done and resume:
+                continue  # only read
+            run_dir.mkdir(parents=True, exist_ok=True)
+            locks.append(RunLock(run_dir).acquire())
+            if _holds_run(run_dir) and not resume:
+                raise PobenchError(f"{run_dir}: already holds a run (written by another pobench run meanwhile); "
+                                   f"pass --resume to continue it, or choose another --out")
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        for _, _, run_dir, _ in plans:
+            if run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()
+        raise
+    return locks
 
 
 def _data_key(cfg) -> str:
@@ -138,6 +206,7 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
     from pobench.engine.io import atomic_write_json, atomic_write_text
     from pobench.engine.trainer import train
     from pobench.environment import environment_info
+    from pobench.faults import out_of_memory_as_error
 
     tokenized: dict = {}
     summaries = []
@@ -153,12 +222,13 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
                 continue
             data = datasets_by_key[_data_key(cfg)]
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / "config.yaml", dump(cfg))
-            atomic_write_json(run_dir / "data.json", data.report)
-            from pobench.models import pick_device
-            atomic_write_json(run_dir / "env.json", environment_info(pick_device(cfg.model.device)))
-            summary = train(cfg, algorithm, data, run_dir, out / ".cache", resume=resume, progress=progress,
-                            tokenized=tokenized)
+            with _discard_if_unstarted(run_dir), out_of_memory_as_error(str(run_dir), cfg):
+                atomic_write_text(run_dir / "config.yaml", dump(cfg))
+                atomic_write_json(run_dir / "data.json", data.report)
+                from pobench.models import pick_device
+                atomic_write_json(run_dir / "env.json", environment_info(pick_device(cfg.model.device)))
+                summary = train(cfg, algorithm, data, run_dir, out / ".cache", resume=resume, progress=progress,
+                                tokenized=tokenized)
             if not no_eval:  # generate, judge, metrics -> eval.json + generations.jsonl (pobench/eval/runner.py)
                 from pobench.eval.runner import evaluate_run
                 evaluate_run(run_dir, out / ".cache", progress=progress)
@@ -341,6 +411,7 @@ def candidates(
     from pobench import config as C
     from pobench.data import load_suite_data
     from pobench.engine.trainer import build_pools
+    from pobench.faults import out_of_memory_as_error
     from pobench.registry import algorithm_defaults, get_algorithm, load_suite
 
     cli_cfg = C.deep_merge({"pool": {"source": "generated"}}, _shortcuts(model, data_path, max_steps))
@@ -354,7 +425,8 @@ def candidates(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console) as progress:
-            info = build_pools(cfg, suite_data, out / ".cache", progress)
+            with out_of_memory_as_error("pobench candidates", cfg):
+                info = build_pools(cfg, suite_data, out / ".cache", progress)
         console.print(f"seed {seed}: pools of {info['prompts']} prompts x {info['samples_per_prompt']} samples, "
                       f"scored by {info['reward_model']}, in {info['store']}", markup=False, highlight=False)
 

@@ -43,6 +43,8 @@ class ModelConfig:
     chat_template: str = "auto"    # auto (the tokenizer's) | plain (User:/Assistant: lines) | a Jinja string
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
+    compile: bool = False          # torch.compile each decoder layer (GPU: 1.5x step throughput measured, see
+                                   # benchmarks/GPU.md; compiling takes ~15 s at the first step)
     lora_r: int = 0                # 0 = full fine-tuning; >0 = LoRA (the reference is the adapter-disabled policy)
     lora_alpha: int = 16
     lora_dropout: float = 0.0

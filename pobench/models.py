@@ -163,6 +163,14 @@ def add_lora(model, cfg):
     return get_peft_model(model, lora)
 
 
+def compile_decoder_layers(model) -> None:
+    """torch.compile every decoder layer in place. Layers share their code, so one compiled graph serves all of
+    them; the loss, the output layer and the optimizer stay eager (their shapes vary from step to step)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for layer in base.get_decoder().layers:
+        layer.compile()
+
+
 def load_policy(cfg, device: torch.device):
     """(model, tokenizer, resolved path) for a ModelConfig."""
     path = resolve_model_path(cfg.name_or_path, cfg.gguf_file)
@@ -176,4 +184,6 @@ def load_policy(cfg, device: torch.device):
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()
         model = add_lora(model, cfg)
+    if getattr(cfg, "compile", False):
+        compile_decoder_layers(model)
     return model.to(device), tokenizer, path

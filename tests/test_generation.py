@@ -268,6 +268,7 @@ def test_sample_tokens_follows_top_p_distribution():
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     assert freq[2] == 0 and freq[3] == 0
     assert abs(freq[0].item() - 0.625) < 0.015
+    assert torch.bincount(sample_tokens(logits, 1.0, 0.8, method="sort"), minlength=4)[2:].sum() == 0
     plain = torch.bincount(sample_tokens(logits, 1.0, 1.0), minlength=4).float() / len(draws)
     assert torch.allclose(plain, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015)
     assert sample_tokens(logits[:2], 0.0, 0.5).tolist() == [0, 0]
@@ -279,3 +280,16 @@ def test_fast_auto_is_plain_generate_on_cpu(model, tokenizer):
     assert backend.uses_fast_path(GenerationConfig(fast="on"))
     with pytest.raises(PobenchError, match="fast='yes'"):
         GenerationConfig(fast="yes")
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])
+def test_top_p_bisection_keeps_the_same_tokens_as_sorting(scale):
+    """From nearly flat (a random model's) to very peaked distributions, rows x 5000 tokens, several top_p."""
+    from pobench.generation.static import top_p_keep
+    g = torch.Generator().manual_seed(3)
+    probs = (torch.randn(16, 5000, generator=g) * scale).softmax(-1)
+    for top_p in (0.5, 0.9, 0.95, 0.999):
+        bisect, by_sort = top_p_keep(probs, top_p, "bisect"), top_p_keep(probs, top_p, "sort")
+        assert torch.equal(bisect, by_sort), (scale, top_p, (bisect != by_sort).sum().item())
+        kept_mass = (probs * bisect).sum(-1)
+        assert (kept_mass >= top_p - 1e-5).all()

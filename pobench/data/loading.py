@@ -198,9 +198,11 @@ def record_parser(schema: str, raw_rejected: str = "worst", seed: int = 0) -> Ca
 def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "auto",
                raw_rejected: str = "worst", seed: int = 0, limit: int = 0) -> LoadedSplit:
     """Parse rows into records. Schema defects (missing keys, wrong types) are errors naming the row;
-    row-level defects that occur in upstream data (RowSkip) are skipped and counted."""
+    row-level defects that occur in upstream data (RowSkip) are skipped and counted, and so is a record whose
+    id (UltraFeedback's prompt_id) repeats an earlier one: the first is kept."""
     out = LoadedSplit(records=[], source=source)
     parser = None
+    seen_ids: set[str] = set()
     for i, row in rows:
         if limit and len(out.records) >= limit:
             break
@@ -215,7 +217,11 @@ def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "aut
                     raise PobenchError(f"{source}:{i}: {e}") from None
             parser = record_parser(schema, raw_rejected, seed)
         try:
-            out.records.append(parser(row, f"{Path(source).name}:{i}"))
+            record = parser(row, f"{Path(source).name}:{i}")
+            if record.id in seen_ids:  # the same prompt twice would weigh double and could straddle the held-out cut
+                raise RowSkip("duplicate_id")
+            seen_ids.add(record.id)
+            out.records.append(record)
         except RowSkip as skip:
             out.skipped[skip.reason] += 1
         except KeyError as e:

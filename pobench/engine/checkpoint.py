@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from pobench import faults
 from pobench.engine.io import atomic_write_json
 
 
@@ -39,20 +40,33 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, wit
     """`with_optimizer=False` (the final checkpoint) keeps only the weights: nothing resumes from it."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp*"):  # left by a crashed writer (the run folder's lock says none is alive)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = root / f".tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     if with_optimizer:
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
                    tmp / "optimizer.pt")
-    atomic_write_json(tmp / "state.json", state)
+    _fsync_files(tmp)  # the weights reach the disk before state.json says they are there
+    faults.kill_point("checkpoint")
+    atomic_write_json(tmp / "state.json", state)  # last: its presence marks a complete checkpoint
     latest, old = root / "latest", root / ".old"
-    shutil.rmtree(old, ignore_errors=True)
     if latest.exists():
+        shutil.rmtree(old, ignore_errors=True)  # only while `latest` is complete: `.old` may be the only good one
         os.replace(latest, old)
+    faults.kill_point("checkpoint_swap")
     os.replace(tmp, latest)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_files(folder: Path) -> None:
+    for path in folder.iterdir():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def find_checkpoint(run_dir: Path) -> Path | None:

@@ -6,6 +6,8 @@ import math
 import os
 from pathlib import Path
 
+from pobench import faults
+
 
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
@@ -19,6 +21,27 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def append_line(path: Path, line: str, kill_point: str | None = None) -> None:
+    """Append one line with a single write() on an O_APPEND descriptor: a concurrent appender cannot interleave
+    inside it. A torn last line left by a crash (power loss, a full disk) is closed with a newline first, so it
+    stays one bad line that readers skip instead of swallowing this one. `kill_point` names the crash-test hook
+    (pobench/faults.py) that stops half-way through the line."""
+    data = (line + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        if kill_point:
+            if faults.armed(kill_point):
+                os.write(fd, data[:len(data) // 2])
+            faults.kill_point(kill_point)
+        if os.write(fd, data) != len(data):
+            raise OSError(f"{path}: short write (disk full?)")
+    finally:
+        os.close(fd)
 
 
 def _clean(value):
@@ -48,9 +71,7 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def append(self, row: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({k: _clean(v) for k, v in row.items()}) + "\n")
-            f.flush()
+        append_line(self.path, json.dumps({k: _clean(v) for k, v in row.items()}), "metrics")
 
     def read(self) -> list[dict]:
         if not self.path.exists():

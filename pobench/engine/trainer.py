@@ -253,7 +253,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     scorer = SequenceLogps(model, tc.logps_chunk)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=tc.lr, weight_decay=tc.weight_decay,
-                                  betas=(tc.adam_beta1, tc.adam_beta2))
+                                  betas=(tc.adam_beta1, tc.adam_beta2), fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, max_steps, tc.warmup_ratio))
 
     # -- resume ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from pobench import faults
 from pobench.data.records import PreferenceRecord
 from pobench.errors import PobenchError
 
@@ -32,15 +33,17 @@ class PoolStore:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line from an interrupted write: regenerate that prompt
-                self.entries[entry["key"]] = entry
+                self.entries.setdefault(entry["key"], entry)  # first wins, as in add()
 
     def add(self, entries: list[dict]) -> None:
+        """Append entries for prompts not stored yet: the first pool made for a prompt is the one every run uses."""
+        from pobench.engine.io import append_line
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            for e in entries:
+        for e in entries:  # one write per line: runs sharing the store cannot interleave inside a line
+            if e["key"] not in self.entries:
                 self.entries[e["key"]] = e
-                f.write(json.dumps(e) + "\n")
-            f.flush()
+                append_line(self.path, json.dumps(e), "pool_append")
 
 
 def has_own_pool(record: PreferenceRecord) -> bool:
@@ -82,21 +85,25 @@ def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]],
     """Generate and score the pools of `records` missing from `store` (chunks of prompts, appended as made)."""
     from pobench.generation import GenerationConfig, get_backend
 
-    todo = [(r, p) for r, p in zip(records, prompt_ids) if prompt_key(p) not in store.entries]
     seen, unique = set(), []
-    for r, p in todo:
+    for r, p in zip(records, prompt_ids):
         if prompt_key(p) not in seen:
             seen.add(prompt_key(p))
             unique.append((r, p))
-    if not unique:
+    chunk = max(1, cfg.pool.batch_size // cfg.pool.num_samples)
+    # Chunks are cut from the full prompt list, not from the missing prompts: a prompt's samples depend on the
+    # batch it was generated in, so a chunk that a crash left half-stored is made again whole (giving the same
+    # samples as the uninterrupted run) and only its missing prompts are added.
+    chunks = [unique[i:i + chunk] for i in range(0, len(unique), chunk)]
+    chunks = [part for part in chunks if any(prompt_key(p) not in store.entries for _, p in part)]
+    if not chunks:
         return
     backend = get_backend(cfg.pool.backend, model, tokenizer)
     gen = GenerationConfig(n=cfg.pool.num_samples, temperature=cfg.pool.temperature, top_p=cfg.pool.top_p,
                            max_new_tokens=cfg.pool.max_new_tokens, seed=cfg.pool.seed, batch_size=cfg.pool.batch_size)
-    task = progress.add_task(f"candidate pools ({cfg.pool.num_samples}/prompt)", total=len(unique)) if progress else None
-    chunk = max(1, cfg.pool.batch_size // cfg.pool.num_samples)
-    for start in range(0, len(unique), chunk):
-        part = unique[start:start + chunk]
+    task = progress.add_task(f"candidate pools ({cfg.pool.num_samples}/prompt)",
+                             total=sum(map(len, chunks))) if progress else None
+    for part in chunks:
         completions = backend.generate([p for _, p in part], gen)
         entries = []
         for (record, ids), outs in zip(part, completions):
@@ -105,6 +112,7 @@ def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]],
             entries.append({"key": prompt_key(ids), "record": record.id, "candidates": texts,
                             "scores": [float(s) for s in scores], "finished": [c.finished for c in outs]})
         store.add(entries)
+        faults.kill_point("pool")
         if progress:
             progress.advance(task, len(part))
     if progress:

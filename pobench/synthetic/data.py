@@ -24,7 +24,7 @@ from pobench.data.records import PreferenceRecord
 from pobench.errors import PobenchError
 from pobench.synthetic.task import MAX_COMPLETION, SyntheticTask, tokens_text
 
-DATA_VERSION = 1   # bump when the record-making code changes (invalidates cached records)
+DATA_VERSION = 2   # bump when the record-making code changes (invalidates cached records)
 PAIRINGS = ("best_worst", "random")
 
 
@@ -143,7 +143,7 @@ def make_records(task: SyntheticTask, split: str, prompts: list[list[int]], cand
             continue
         records.append(PreferenceRecord(prompt=message, chosen=texts[pair[0]], rejected=texts[pair[1]],
                                         candidates=list(texts), scores=scores,
-                                        id=f"synthetic-task{task.seed}:{split}:{i}"))
+                                        id=f"synthetic-task{task.seed}-{split}-{i}"))
     return records, skipped, all_scores
 
 

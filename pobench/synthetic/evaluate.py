@@ -17,6 +17,7 @@ trainer calls at every evaluation step (`gold/*` keys in metrics.jsonl) and that
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 
@@ -120,7 +121,7 @@ class GoldEvaluator:
 
         expected = f"gold:{gold_name(settings.task_seed)}"
         rm = cfg.pool.reward_model
-        if rm.startswith("gold:synthetic") and rm != expected:
+        if re.fullmatch(r"gold:synthetic(-\d+)?", rm) and rm != expected:
             raise PobenchError(f"config key 'pool.reward_model': {rm} is the gold reward of another task; "
                                f"data.synthetic.task_seed={settings.task_seed} needs {expected}")
         dtype, _ = pick_dtype(cfg.model.dtype, device)
@@ -130,6 +131,11 @@ class GoldEvaluator:
                 "samples_per_prompt": settings.eval_samples, "generation_seed": eval_seed(cfg.seed),
                 "reference_model": model_path, "data_reference_model": data_reference,
                 "on_policy_data": data_reference is None or Path(data_reference).resolve() == Path(model_path).resolve()}
+        if not info["on_policy_data"]:
+            from rich.console import Console
+            Console(stderr=True).print(f"warning: the policy starts from {model_path}, but the synthetic data were "
+                                       f"sampled from {data_reference} (off-policy pairs; KL and win rate are "
+                                       f"measured against the policy's own start)", highlight=False, markup=False)
         return cls(SyntheticTask(settings.task_seed), [r.prompt for r in data.eval], model, reference, tokenizer,
                    eval_seed(cfg.seed), settings.eval_samples, info)
 
@@ -162,3 +168,36 @@ class GoldEvaluator:
                   "final": curve[-1] if curve else None, "curve": curve}
         atomic_write_json(Path(run_dir) / "gold_eval.json", result)
         return result
+
+
+def evaluate_run_dir(run_dir: Path, samples_per_prompt: int | None = None, seed: int | None = None) -> dict:
+    """Gold metrics of a finished synthetic run's final weights (for `pobench eval` or a notebook), against the
+    run's own reference, on its held-out prompts, with the run's evaluation seed unless `seed` is given."""
+    import types
+
+    from pobench import config as C
+    from pobench.data import load_suite_data
+    from pobench.models import load_causal_lm, load_policy, pick_device, pick_dtype
+    from pobench.synthetic.data import SyntheticSettings
+
+    run_dir = Path(run_dir)
+    weights = run_dir / "checkpoints" / "latest" / "trainable.safetensors"
+    if not weights.is_file():
+        raise PobenchError(f"{run_dir}: no final weights ({weights.relative_to(run_dir)} is missing)")
+    raw = C.read_yaml(run_dir / "config.yaml")
+    cfg = C._build(C.RunConfig, raw, "")
+    if cfg.data.path != "synthetic":
+        raise PobenchError(f"{run_dir}: not a synthetic-suite run (data.path is {cfg.data.path!r})")
+    settings = SyntheticSettings.from_mapping(cfg.data.synthetic)
+    data = load_suite_data(cfg.data, cfg.seed)
+    device = pick_device(cfg.model.device)
+    policy, tokenizer, model_path = load_policy(types.SimpleNamespace(**vars(cfg.model)), device)
+    from safetensors.torch import load_file
+    missing = set(load_file(str(weights))) - set(dict(policy.named_parameters()))
+    if missing:
+        raise PobenchError(f"{weights}: weights of another model ({sorted(missing)[0]} is not a parameter here)")
+    policy.load_state_dict(load_file(str(weights)), strict=False)
+    reference = load_causal_lm(model_path, pick_dtype(cfg.model.dtype, device)[0]).to(device)
+    return gold_evaluate(policy.eval(), reference.eval(), tokenizer, [r.prompt for r in data.eval],
+                         SyntheticTask(settings.task_seed), eval_seed(cfg.seed) if seed is None else seed,
+                         samples_per_prompt or settings.eval_samples)

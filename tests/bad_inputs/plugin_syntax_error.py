@@ -1,0 +1,4 @@
+from pobench.registry import register_algorithm
+
+def broken(:
+    pass

@@ -1,0 +1,199 @@
+"""Training faults (NaN/inf loss or gradient, out of memory), the run-folder lock, and determinism.
+
+Faults are injected by a test-only algorithm plugin (tests/plugins/faulty_loss.py, loaded with --plugin), and
+the commands go through the real entry point in-process (`pobench.cli.main`), on the tiny random model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from pobench.engine.lock import LOCK_NAME, RunLock
+from pobench.errors import PobenchError
+from test_bad_inputs import check_outcome, invoke
+
+PLUGINS = Path(__file__).parent / "plugins"
+TIME_KEYS = {"time_s", "step_time_s", "tokens_per_s", "pairs_per_s", "peak_mem_gb"}
+SMALL = ["--data", "sample", "--set", "data.max_train_records=16", "--set", "data.eval_size=4",
+         "--set", "train.max_prompt_length=32", "--set", "train.max_completion_length=16", "--set", "train.lr=1e-3",
+         "--no-eval"]
+
+
+def run_args(model_dir, *extra: str, algo: str = "faulty_dpo", steps: int = 6, out: str = "out") -> list[str]:
+    return ["run", "--algo", algo, "--plugin", str(PLUGINS / "faulty_loss.py"), "--model", str(model_dir),
+            "--max-steps", str(steps), "--out", out, *SMALL, *extra]
+
+
+# -- training faults -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fault, message", [("nan_loss", "step 3: non-finite loss (nan)"),
+                                            ("inf_loss", "step 3: non-finite loss (inf)"),
+                                            ("nan_grad", "step 3: non-finite gradient norm (nan)")])
+def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(fault, message, tmp_path, tiny_model_dir,
+                                                                       monkeypatch, capsys):
+    args = run_args(tiny_model_dir, "--set", f"faulty_dpo.fault={fault}", "--set", "train.save_every=2")
+    code, out, err = invoke(args, tmp_path, monkeypatch, capsys)
+    run_dir = tmp_path / "out" / "hh-rlhf" / "faulty_dpo" / "seed1"
+    check_outcome(code, out, err, "error", [message, "stopped before the update",
+                                            "the last good checkpoint (step 2) is kept", "train.lr"])
+    state = json.loads((run_dir / "checkpoints" / "latest" / "state.json").read_text())
+    assert state["step"] == 2
+    weights = load_file(str(run_dir / "checkpoints" / "latest" / "trainable.safetensors"))
+    assert all(bool(w.isfinite().all()) for w in weights.values())
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert not (run_dir / LOCK_NAME).exists()   # released on the way out
+    assert not (run_dir / "train_summary.json").exists()
+
+
+def test_out_of_memory_names_the_knobs_and_leaves_nothing(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """A CUDA-style OutOfMemoryError at step 1 (raised by the plugin): one line naming the knobs, exit 2, and
+    the run folder it had just started is removed again (no metrics, no checkpoint: nothing to resume)."""
+    args = run_args(tiny_model_dir, "--set", "faulty_dpo.fault=oom", "--set", "faulty_dpo.at_step=1")
+    code, out, err = invoke(args, tmp_path, monkeypatch, capsys)
+    check_outcome(code, out, err, "error", [
+        "faulty_dpo/seed1: out of memory", "train.batch_size", "train.grad_accum", "train.max_prompt_length",
+        "train.max_completion_length", "model.gradient_checkpointing=true", "now batch_size=4"])
+    assert not (tmp_path / "out" / "hh-rlhf").exists()
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and ".cache" not in p.parts]
+
+
+def test_out_of_memory_detection():
+    import torch
+
+    from pobench.faults import is_out_of_memory, out_of_memory_as_error
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: not enough memory"))
+    assert not is_out_of_memory(RuntimeError("shape mismatch"))
+    with pytest.raises(PobenchError, match="here: out of memory; lower train.batch_size"):
+        with out_of_memory_as_error("here"):
+            raise torch.OutOfMemoryError("CUDA out of memory")
+    with pytest.raises(ValueError):
+        with out_of_memory_as_error("here"):
+            raise ValueError("not memory")
+
+
+# -- the run-folder lock ---------------------------------------------------------------------------------------
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def _write_lock(folder: Path, **owner) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCK_NAME).write_text(json.dumps({"since": "earlier", **owner}))
+
+
+def test_lock_is_exclusive_and_released(tmp_path):
+    first = RunLock(tmp_path).acquire()
+    with pytest.raises(PobenchError, match=f"in use by another pobench run \\(pid {os.getpid()} on "):
+        RunLock(tmp_path).acquire()
+    first.release()
+    assert not (tmp_path / LOCK_NAME).exists()
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_stale_lock_of_a_dead_pid_is_taken_over(tmp_path):
+    _write_lock(tmp_path, pid=_dead_pid(), host=socket.gethostname())
+    lock = RunLock(tmp_path).acquire()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    lock.release()
+
+
+def test_recycled_pid_is_not_the_owner(tmp_path):
+    """Our own (live) pid with another process start time: the owner died and the pid was reused."""
+    _write_lock(tmp_path, pid=os.getpid(), host=socket.gethostname(), start="1")
+    RunLock(tmp_path).acquire().release()
+
+
+def test_lock_from_another_host_is_reported_not_broken(tmp_path):
+    _write_lock(tmp_path, pid=_dead_pid(), host="some-other-host")
+    with pytest.raises(PobenchError, match="another host: remove .*\\.lock if that run is gone"):
+        RunLock(tmp_path).acquire()
+    assert json.loads((tmp_path / LOCK_NAME).read_text())["host"] == "some-other-host"
+
+
+def test_run_refuses_a_folder_locked_by_a_live_run(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """A live owner (this test process) holds the run folder: `pobench run` and `run --resume` both stop with
+    exit 2 naming it, and write nothing."""
+    run_dir = tmp_path / "out" / "hh-rlhf" / "dpo" / "seed1"
+    run_dir.mkdir(parents=True)
+    with RunLock(run_dir):
+        for resume in ([], ["--resume"]):
+            code, out, err = invoke(run_args(tiny_model_dir, *resume, algo="dpo"), tmp_path, monkeypatch, capsys)
+            check_outcome(code, out, err, "error", [str(Path("out") / "hh-rlhf" / "dpo" / "seed1"),
+                                                    f"in use by another pobench run (pid {os.getpid()}"])
+            assert [p.name for p in run_dir.iterdir()] == [LOCK_NAME]
+
+
+def _cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("POBENCH_KILL_AT", None)
+    return subprocess.Popen([sys.executable, "-m", "pobench.cli", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_into_one_results_folder(tmp_path, tiny_model_dir):
+    """Run A is frozen (SIGSTOP) while it holds its run folder; run B aimed at the same folder is refused
+    (exit 2, naming A's pid), run C for another seed in the same results folder goes ahead and shares the
+    caches; A, resumed (SIGCONT), finishes with a complete, uncorrupted metrics.jsonl."""
+    args = run_args(tiny_model_dir, algo="dpo", steps=8)
+    a = _cli(args, tmp_path)
+    lock = tmp_path / "out" / "hh-rlhf" / "dpo" / "seed1" / LOCK_NAME
+    deadline = time.time() + 300
+    while not lock.exists() and a.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert lock.exists(), a.communicate()[1][-2000:]
+    os.kill(a.pid, signal.SIGSTOP)
+    try:
+        b = _cli(args, tmp_path)
+        _, b_err = b.communicate(timeout=300)
+        c = _cli(run_args(tiny_model_dir, "--seeds", "2", algo="dpo", steps=8), tmp_path)
+        _, c_err = c.communicate(timeout=600)
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    _, a_err = a.communicate(timeout=600)
+    assert b.returncode == 2 and f"in use by another pobench run (pid {a.pid}" in b_err, b_err
+    assert c.returncode == 0, c_err[-2000:]
+    assert a.returncode == 0, a_err[-2000:]
+    for seed in (1, 2):
+        rows = [json.loads(line) for line in
+                (tmp_path / "out" / "hh-rlhf" / "dpo" / f"seed{seed}" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == list(range(1, 9))
+    assert not lock.exists()
+
+
+# -- determinism ------------------------------------------------------------------------------------------------
+SEEDS = (1, 2, 3)
+
+
+def _metrics(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIME_KEYS}
+            for line in path.read_text().splitlines()]
+
+
+def test_same_seed_and_config_give_identical_metrics(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`pobench run --seeds 1,2,3` twice into two results folders: metrics.jsonl identical per seed (all fields
+    but wall-time ones), and different between seeds."""
+    seeds = ",".join(map(str, SEEDS))
+    for out in ("a", "b"):
+        args = run_args(tiny_model_dir, "--seeds", seeds, "--set", "train.deterministic=true", algo="dpo", steps=3,
+                        out=out)
+        code, _, err = invoke(args, tmp_path, monkeypatch, capsys)
+        assert code == 0, err
+    runs = {seed: [_metrics(tmp_path / out / "hh-rlhf" / "dpo" / f"seed{seed}" / "metrics.jsonl") for out in "ab"]
+            for seed in SEEDS}
+    for seed, (a, b) in runs.items():
+        assert len(a) == 3 and a == b, seed
+    assert runs[1][0] != runs[2][0] != runs[3][0]
