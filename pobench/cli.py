@@ -78,6 +78,12 @@ def run(
     grid: Optional[str] = typer.Option(None, "--grid", help="Tuning grid, e.g. 'lr=3e-7,1e-6;beta=0.01,0.1': every "
                                        "algorithm runs at every point, in <algo>/<point>/seed<k>/; the leaderboard "
                                        "takes each algorithm's best point on held-out pairs."),
+    num_processes: Optional[int] = typer.Option(None, "--num-processes", help="Train in N processes (DDP over GPUs, "
+                                                "or CPU processes over gloo): re-runs this command under `accelerate "
+                                                "launch`. train.batch_size is per process: the global batch is N times "
+                                                "it. Default: 1, or the --launch-config file's count."),
+    launch_config: Optional[str] = typer.Option(None, "--launch-config", help="accelerate config for the launch: a "
+                                                "preset (ddp, fsdp, deepspeed-zero2, deepspeed-zero3) or a file."),
 ):
     """Train every algorithm x seed on a suite and write results/<suite>/<algo>/seed<k>/."""
     from pobench import config as C
@@ -85,6 +91,9 @@ def run(
     from pobench.models import check_model_source
     from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite
 
+    is_main = _quiet_unless_main()
+    if num_processes is not None and num_processes < 1:
+        raise PobenchError(f"--num-processes {num_processes}: expected 1 or more")
     discover([str(p) for p in plugin])
     algos = _split_list(algo, "--algo")
     seed_list = _seeds(seeds)
@@ -110,7 +119,7 @@ def run(
             run_dir = out / cfg.suite / name / point / f"seed{seed}"  # point '' without --grid
             check_model_source(cfg.model.name_or_path, cfg.model.gguf_file)
             done = (run_dir / "train_summary.json").exists() and (no_eval or (run_dir / "eval.json").exists())
-            if _holds_run(run_dir) and not resume:
+            if _holds_run(run_dir) and not resume and is_main:  # other ranks: the main one checks (and may have written)
                 raise PobenchError(f"{run_dir}: already holds a run; pass --resume to continue or skip it, "
                                    f"or choose another --out")
             plans.append((algorithm, cfg, run_dir, done))
@@ -125,6 +134,17 @@ def run(
             console.print(f"data: {report['train_records']} train / {report['eval_records']} held-out records from "
                           f"{report['train_source']}" + (f"; skipped rows: {skipped}" if skipped else ""),
                           highlight=False, markup=False)
+    from pobench.engine.distributed import inside_launch
+    if inside_launch():
+        from pobench.launch import check_inside_launch
+        check_inside_launch(num_processes or 1)
+        if not is_main:  # the main process checks, locks and writes; the other ranks train alongside it
+            _train_other_rank(plans, datasets_by_key, out, resume)
+            return
+    elif (num_processes or 1) > 1 or launch_config:  # everything is checked: now run it again, in N processes
+        from pobench.launch import relaunch
+        _writable(out)
+        sys.exit(relaunch(sys.argv[1:], num_processes, launch_config))  # (typer.Exit's code would be dropped)
     _writable(out)
     locks = _lock_run_folders(plans, resume)
     try:
@@ -133,6 +153,27 @@ def run(
         for lock in locks:
             lock.release()
             _remove_if_empty(lock.path.parent, out)
+
+
+def _quiet_unless_main() -> bool:
+    """Under a multi-process launch only global rank 0 prints progress and tables (errors still print, see main);
+    True on the main process."""
+    from pobench.engine.distributed import launched_rank
+    is_main = launched_rank() == 0
+    console.quiet = not is_main
+    return is_main
+
+
+def _train_other_rank(plans, datasets_by_key: dict, out: Path, resume: bool) -> None:
+    """A rank other than the main one: train the same runs in the same order (every step is a collective with the
+    main process) and write nothing; the main process writes every file."""
+    from pobench.engine.trainer import train
+
+    tokenized: dict = {}
+    for algorithm, cfg, run_dir, done in plans:
+        if not (done and resume):
+            train(cfg, algorithm, datasets_by_key[_data_key(cfg)], run_dir, out / ".cache", resume=resume,
+                  tokenized=tokenized)
 
 
 def _holds_run(run_dir: Path) -> bool:
@@ -414,6 +455,7 @@ def candidates(
     from pobench.faults import out_of_memory_as_error
     from pobench.registry import algorithm_defaults, get_algorithm, load_suite
 
+    _quiet_unless_main()  # under accelerate launch each rank generates its share; the main one reports
     cli_cfg = C.deep_merge({"pool": {"source": "generated"}}, _shortcuts(model, data_path, max_steps))
     set_cfg = C.deep_merge(cli_cfg, C.parse_set(set_))
     mcpo = get_algorithm("mcpo")
@@ -505,6 +547,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except PobenchError as e:
+        console.quiet = False  # a rank's error is printed even where its progress is silenced
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except (typer.Exit, SystemExit) as e:
@@ -522,6 +565,7 @@ def main() -> None:
             sys.exit(130)
         if os.environ.get("POBENCH_DEBUG"):
             traceback.print_exc()
+        console.quiet = False
         console.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(str(e))} (set POBENCH_DEBUG=1 for the traceback)",
                       highlight=False, soft_wrap=True)
         sys.exit(1)

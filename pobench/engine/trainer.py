@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
 import time
 import types
 from dataclasses import dataclass
@@ -15,10 +17,12 @@ from pathlib import Path
 
 import torch
 
+from pobench import faults
 from pobench.algorithm import SeqLogps
 from pobench.config import RunConfig
 from pobench.data import SuiteData
 from pobench.data.tokenize import ChatFormatter, TokenizedPair, encode_completion, tokenize_record
+from pobench.engine import distributed as D
 from pobench.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from pobench.engine.io import MetricsLog, atomic_write_json
 from pobench.engine.loggers import Trackers
@@ -66,6 +70,23 @@ class SamplerContext:
         prompt_text = self.formatter.prompt_text(record.prompt)  # rendered once for all of the prompt's samples
         return [encode_completion(self.formatter, record.prompt, prompt_text, t, self.cfg.train.max_completion_length)
                 for t in texts]
+
+
+def last_good_checkpoint(run_dir: Path) -> str:
+    """For fault messages: which checkpoint survives (nothing after it was written)."""
+    found = find_checkpoint(run_dir)
+    if found is None:
+        return "no checkpoint was written yet"
+    step = json.loads((found / "state.json").read_text())["step"]
+    return f"the last good checkpoint (step {step}) is kept in {found}"
+
+
+def check_finite_loss(losses: torch.Tensor, step: int, run_dir: Path) -> None:
+    """NaN/inf loss stops the run before its backward pass, so no update and no checkpoint ever holds it."""
+    if not torch.isfinite(losses).all():
+        bad = losses[~torch.isfinite(losses)][0].item()
+        raise PobenchError(f"step {step}: non-finite loss ({bad}); stopped before the update, "
+                           f"{last_good_checkpoint(run_dir)} (lower train.lr or check the data)")
 
 
 def tokenize_all(records, formatter, cfg: RunConfig, with_candidates: bool = False) -> list[TokenizedPair]:
@@ -119,6 +140,34 @@ def score_pairs(scorer: SequenceLogps, pairs: list[TokenizedPair], pad_id: int, 
     return SeqLogps(sums[:b], sums[b:], counts[:b], counts[b:])
 
 
+def score_pairs_sharded(scorer, pairs: list[TokenizedPair], pad_id: int, device, batch_size: int,
+                        accelerator) -> SeqLogps:
+    """score_pairs over all pairs, each rank scoring its shard; every rank receives all of them, in order."""
+    if accelerator.num_processes == 1 or not pairs:
+        return score_pairs(scorer, pairs, pad_id, device, batch_size)
+
+    def share_rows(share: list) -> list:
+        s = score_pairs(scorer, share, pad_id, device, batch_size)
+        return list(zip(s.chosen.tolist(), s.rejected.tolist(), s.chosen_tokens.tolist(), s.rejected_tokens.tolist()))
+
+    chosen, rejected, chosen_n, rejected_n = zip(*D.map_sharded(share_rows, pairs, accelerator))
+    return SeqLogps(torch.tensor(chosen), torch.tensor(rejected), torch.tensor(chosen_n), torch.tensor(rejected_n))
+
+
+def gather_step(out, policy: SeqLogps, accelerator):
+    """Every rank's per-pair losses, rewards and log-probs of a step, concatenated in rank order: the logged
+    metrics are those of the global batch, exactly as one process training on it would log them."""
+    if accelerator.num_processes == 1:
+        return out, policy
+    out_fields = ("losses", "chosen_rewards", "rejected_rewards")
+    policy_fields = ("chosen", "rejected", "chosen_tokens", "rejected_tokens")
+    local = [[getattr(out, f).detach().cpu() for f in out_fields], [getattr(policy, f).cpu() for f in policy_fields]]
+    every = D.gather_lists([local], accelerator)
+    out = type(out)(*(torch.cat([rank[0][i] for rank in every]) for i in range(len(out_fields))))
+    policy = SeqLogps(*(torch.cat([rank[1][i] for rank in every]) for i in range(len(policy_fields))))
+    return out, policy
+
+
 def pair_metrics(out, policy: SeqLogps, prefix: str = "") -> dict:
     margins = out.chosen_rewards - out.rejected_rewards
     return {
@@ -150,8 +199,11 @@ def reference_policy(cfg: RunConfig, model, scorer, device, fresh_policy: bool):
 
 
 def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, model, scorer, seqs, pad_id,
-                          device, fresh_policy: bool, progress=None) -> ReferenceCache:
-    """Reference log-probs for every sequence the run will touch, computed before the first update."""
+                          device, fresh_policy: bool, progress=None, accelerator=None) -> ReferenceCache:
+    """Reference log-probs for every sequence the run will touch, computed before the first update. Under several
+    processes each rank scores its shard of the missing sequences, every rank receives all of them (each looks
+    them up during training), and the main process alone writes the cache file."""
+    world = accelerator.num_processes if accelerator is not None else 1
     fingerprint = f"{model_fingerprint(model_path)}-{cfg.model.dtype}"
     cache = ReferenceCache(cache_dir / "reflogps" / f"{fingerprint}.pt")
     missing = cache.missing(seqs)
@@ -159,36 +211,77 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
         return cache
     task = progress.add_task("reference log-probs", total=len(missing)) if progress else None
     bs = max(2, 2 * cfg.train.batch_size)
-    with reference_policy(cfg, model, scorer, device, fresh_policy) as (_, ref_scorer):
-        for start in range(0, len(missing), bs):
-            chunk = missing[start:start + bs]
-            cache.add(chunk, *score_sequences(ref_scorer, chunk, pad_id, device, bs))
+
+    def score_share(share: list) -> list:
+        rows = []
+        for start in range(0, len(share), bs):
+            chunk = share[start:start + bs]
+            sums, counts = score_sequences(ref_scorer, chunk, pad_id, device, bs)
+            rows.extend(zip(sums.tolist(), counts.tolist()))
+            faults.kill_point("refcache")
             if progress:
-                progress.advance(task, len(chunk))
-    cache.save()
+                progress.advance(task, len(chunk) * world)  # the other ranks advance alongside
+        return rows
+
+    with reference_policy(cfg, model, scorer, device, fresh_policy) as (_, ref_scorer):
+        rows = D.map_sharded(score_share, missing, accelerator) if world > 1 else score_share(missing)
+    cache.add(missing, torch.tensor([r[0] for r in rows], dtype=torch.float64), torch.tensor([r[1] for r in rows]))
+    if accelerator is None or accelerator.is_main_process:
+        cache.save()
+    if world > 1:
+        accelerator.wait_for_everyone()  # the next run's ranks read the file this one wrote
     if progress:
         progress.remove_task(task)
     return cache
 
 
+class _PoolShard:
+    """Stands in for the PoolStore while a rank generates its shard of the prompts: entries stay in memory until
+    they are gathered, and only the main process appends them to the store file."""
+
+    def __init__(self, entries: dict):
+        self.entries, self.new = dict(entries), []
+
+    def add(self, entries: list[dict]) -> None:
+        self.new.extend(entries)
+        self.entries.update((e["key"], e) for e in entries)
+
+
 def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, tokenizer, scorer, formatter,
-                  cache_dir: Path, model_path: str, device, fresh_policy: bool, progress=None) -> dict:
-    """Attach a scored candidate pool to every training record the run touches (see pobench/sampling/pools.py)."""
+                  cache_dir: Path, model_path: str, device, fresh_policy: bool, progress=None,
+                  accelerator=None) -> dict:
+    """Attach a scored candidate pool to every training record the run touches (see pobench/sampling/pools.py).
+    Under several processes each rank generates the pools of its shard of the missing prompts."""
     from pobench.sampling import pools as P
 
     own = all(P.has_own_pool(data.train[i]) for i in indices)
     if cfg.pool.source == "dataset" or (cfg.pool.source == "auto" and own):
         return {"source": "dataset"}
-    rm = P.auto_reward_model(cfg, data, cache_dir, progress)
+    rm = D.main_process_first(lambda: P.auto_reward_model(cfg, data, cache_dir, progress), accelerator)
     store = P.PoolStore(P.store_path(cache_dir, model_fingerprint(model_path), cfg, rm))
     missing = [i for i in indices if P.prompt_key(train_pairs[i].prompt) not in store.entries]
+    world = accelerator.num_processes if accelerator is not None else 1
     if missing:
         from pobench.rewards import get_scorer
         rm_scorer = get_scorer(rm)
+        target = store
+        if world > 1:
+            # unpadded shards: generation runs on each rank's whole model copy, never as a collective
+            start, stop, _ = D.shard_bounds(len(missing), accelerator.process_index, world)
+            missing, target = missing[start:stop], _PoolShard(store.entries)
         with reference_policy(cfg, model, scorer, device, fresh_policy) as (ref_model, _):
-            P.generate_pools([data.train[i] for i in missing], [train_pairs[i].prompt for i in missing], ref_model,
-                             tokenizer, cfg, store, rm_scorer, progress)
+            # one process: the run's whole prompt list, so that chunk boundaries survive a crash (generate_pools)
+            todo = missing if world > 1 else indices
+            P.generate_pools([data.train[i] for i in todo], [train_pairs[i].prompt for i in todo], ref_model,
+                             tokenizer, cfg, target, rm_scorer, progress)
         del rm_scorer
+    if world > 1:  # every rank takes part, even one whose shard was empty
+        new = list({e["key"]: e for e in D.gather_lists(target.new if missing else [], accelerator)}.values())
+        if accelerator.is_main_process and new:
+            store.add(new)
+        else:
+            store.entries.update((e["key"], e) for e in new)
+        accelerator.wait_for_everyone()
     for i in indices:
         texts, scores = P.pool_for(store, train_pairs[i].prompt)
         record = data.train[i]
@@ -203,14 +296,20 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
 def build_pools(cfg: RunConfig, data: SuiteData, cache_dir: Path, progress=None) -> dict:
     """`pobench candidates`: the pools a run with this config would generate, made ahead of time."""
     device = pick_device(cfg.model.device)
+    accelerator = None
+    if D.launched_world_size() > 1:  # under accelerate launch: each rank generates its shard of the prompts
+        from accelerate import Accelerator
+        accelerator = Accelerator(cpu=device.type == "cpu")
+        device = accelerator.device
+    global_batch = cfg.train.batch_size * (accelerator.num_processes if accelerator else 1)  # as train() reads it
     model, tokenizer, model_path = load_policy(cfg.model, device)
     formatter = ChatFormatter(tokenizer, cfg.model.chat_template)
     train_pairs = tokenize_all(data.train, formatter, cfg)
-    max_steps = cfg.train.max_steps or max(1, len(train_pairs) // cfg.train.batch_size)
-    order = data_order(len(train_pairs), cfg.seed, max_steps, cfg.train.batch_size)
+    max_steps = cfg.train.max_steps or max(1, len(train_pairs) // global_batch)
+    order = data_order(len(train_pairs), cfg.seed, max_steps, global_batch)
     scorer = SequenceLogps(model, cfg.train.logps_chunk)
     return prepare_pools(cfg, data, train_pairs, sorted(set(order)), model, tokenizer, scorer, formatter, cache_dir,
-                         model_path, device, fresh_policy=True, progress=progress)
+                         model_path, device, fresh_policy=True, progress=progress, accelerator=accelerator)
 
 
 def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path, resume: bool = False,
@@ -222,8 +321,10 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.model.device)
     _, mixed_precision = pick_dtype(cfg.model.dtype, device)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision, **D.accelerator_kwargs())
     device = accelerator.device
+    if cfg.train.deterministic:  # cuBLAS refuses deterministic mode without a fixed workspace (read at first use)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     set_seed(cfg.seed, deterministic=cfg.train.deterministic)
     params = types.SimpleNamespace(**cfg.algorithm)
     tc = cfg.train
@@ -260,25 +361,34 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     state = {"step": 0, "records_seen": 0, "pairs_seen": 0, "time_s": 0.0, "initial_eval": None}
     checkpoint = find_checkpoint(run_dir) if resume else None
+    if checkpoint is not None and D.optimizer_state_is_sharded(accelerator):
+        raise PobenchError(f"{run_dir}: --resume is supported for single-process and DDP runs; FSDP/DeepSpeed "
+                           f"checkpoints hold the weights only (start the run again, or resume it under DDP)")
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
-        metrics.truncate_after(state["step"])
-    elif metrics.path.exists():
+        if accelerator.is_main_process:
+            metrics.truncate_after(state["step"])
+    elif accelerator.is_main_process and metrics.path.exists():
         metrics.path.unlink()  # no checkpoint to continue from: start clean
 
     # -- candidate pools (samplers that draw from one), then reference log-probs, before the first update ---
     pool_info = None
     if sampler.needs_candidates:
         pool_info = prepare_pools(cfg, data, train_pairs, sorted(set(order)), model, tokenizer, scorer, formatter,
-                                  cache_dir, model_path, device, fresh_policy=state["step"] == 0, progress=progress)
+                                  cache_dir, model_path, device, fresh_policy=state["step"] == 0, progress=progress,
+                                  accelerator=accelerator)
     refcache = None
     if algo.needs_reference:
         needed = sampler.reference_sequences([train_pairs[i] for i in order]) + \
             [(p.prompt, c) for p in eval_pairs for c in (p.chosen, p.rejected)]
         refcache = build_reference_cache(cfg, cache_dir, model_path, model, scorer, needed, pad_id, device,
-                                         fresh_policy=state["step"] == 0, progress=progress)
+                                         fresh_policy=state["step"] == 0, progress=progress, accelerator=accelerator)
 
+    # FSDP's transformer auto-wrap reads the layer classes to shard from the model it is given
+    scorer._no_split_modules = getattr(model, "_no_split_modules", None)
+    D.configure_deepspeed(accelerator, tc.batch_size // tc.grad_accum, tc.max_grad_norm, tc.grad_accum)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    scoring = D.scoring_module(accelerator, scorer)  # no-grad scoring: see distributed.scoring_module
 
     def batch_at(step: int) -> list[TokenizedPair]:
         start = step * global_batch + rank * tc.batch_size
@@ -290,7 +400,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         if "rm" not in frozen:
             from pobench.rewards import get_scorer
             from pobench.sampling.pools import auto_reward_model
-            frozen["rm_spec"] = auto_reward_model(cfg, data, cache_dir, progress)
+            frozen["rm_spec"] = D.main_process_first(lambda: auto_reward_model(cfg, data, cache_dir, progress),
+                                                     accelerator)
             frozen["rm"] = get_scorer(frozen["rm_spec"])
         return frozen["rm"]
 
@@ -299,18 +410,19 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         frozen copy of the initial weights, loaded on first use (full fine-tuning)."""
         if cfg.model.lora_r > 0:
             with torch.no_grad(), model.disable_adapter():
-                return score_sequences(scorer, seqs, pad_id, device, 2 * tc.batch_size)
+                return score_sequences(scoring, seqs, pad_id, device, 2 * tc.batch_size)
         if "ref" not in frozen:
             ref_model, _, _ = load_policy(types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0}), device)
             frozen["ref"] = SequenceLogps(ref_model.eval().requires_grad_(False), tc.logps_chunk)
         return score_sequences(frozen["ref"], seqs, pad_id, device, 2 * tc.batch_size)
 
-    ctx = SamplerContext(cfg, scorer, model, tokenizer, formatter, refcache, device, pad_id, batch_at, max_steps,
+    ctx = SamplerContext(cfg, scoring, model, tokenizer, formatter, refcache, device, pad_id, batch_at, max_steps,
                          reward_scorer, reference)
     eval_bs = max(2, tc.batch_size)
 
     def held_out() -> dict:
-        policy = score_pairs(scorer, eval_pairs, pad_id, device, eval_bs)
+        policy = score_pairs_sharded(scoring, eval_pairs, pad_id, device, eval_bs, accelerator)
+        faults.kill_point("eval")
         reference = refcache.lookup(eval_pairs) if refcache else None
         with torch.no_grad():
             return pair_metrics(algo.loss(policy, reference, params), policy, prefix="eval/")
@@ -325,6 +437,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     # -- the loop ------------------------------------------------------------------------------------
     task = progress.add_task(f"{cfg.algorithm_name} seed{cfg.seed}", total=max_steps, completed=state["step"]) if progress else None
     scorer.train()
+    # FSDP clips over the wrapped model's own parameters (accelerate matches the list against them)
+    clip_params = list(scorer.parameters()) if D.forwards_need_all_ranks(accelerator) else trainable
     last_eval = None
     for step in range(state["step"], max_steps):
         t0 = time.perf_counter()
@@ -335,6 +449,10 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         if len(pairs) % tc.grad_accum:
             raise PobenchError(f"sampler {algo.sampler} gave {len(pairs)} pairs, not a multiple of train.grad_accum")
         micro = len(pairs) // tc.grad_accum
+        # DDP/FSDP average gradients over ranks: dividing each rank's loss sum by the mean pairs per rank makes that
+        # average the gradient of the global batch's mean, even where a sampler gives ranks unequal pair counts
+        step_pairs = D.sum_over_ranks(len(pairs), accelerator)
+        pairs_per_rank = step_pairs / world
         collate = collate_pairs_shared if tc.shared_prompt else collate_pairs
         step_logs, tokens = [], 0
         for m in range(tc.grad_accum):
@@ -348,13 +466,18 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                 policy = SeqLogps(sums[:micro], sums[micro:], counts[:micro], counts[micro:])
                 reference = refcache.lookup(chunk, device) if refcache else None
                 out = algo.loss(policy, reference, params)
-                # sum / len(pairs): accumulated micro-batches give the gradient of the full batch's mean
-                accelerator.backward(out.losses.sum() / len(pairs))
+                check_finite_loss(out.losses, step + 1, run_dir)
+                # sum / pairs: accumulated micro-batches give the gradient of the full batch's mean
+                accelerator.backward(out.losses.sum() / pairs_per_rank)
             step_logs.append((out, policy))
-        grad_norm = accelerator.clip_grad_norm_(trainable, tc.max_grad_norm) if tc.max_grad_norm > 0 else torch.tensor(float("nan"))
-        if not torch.isfinite(torch.as_tensor(grad_norm)):
-            raise PobenchError(f"step {step + 1}: non-finite gradient norm; the last good checkpoint is kept "
-                               f"(lower train.lr or check the data)")
+        # max_grad_norm 0 = no clipping; the norm is still measured (clipping at inf), for the log and the check
+        grad_norm = accelerator.clip_grad_norm_(clip_params, tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf)
+        if grad_norm is None:  # DeepSpeed clips inside its own step and may not report the norm
+            grad_norm = float("nan")
+        elif not torch.isfinite(torch.as_tensor(grad_norm)):
+            raise PobenchError(f"step {step + 1}: non-finite gradient norm ({float(grad_norm)}); stopped before the "
+                               f"update, {last_good_checkpoint(run_dir)} (lower train.lr or check the data)")
+        faults.kill_point("step")
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -362,20 +485,21 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         elapsed = time.perf_counter() - t0
         state["step"] = step + 1
         state["records_seen"] += global_batch
-        state["pairs_seen"] += len(pairs) * world
+        state["pairs_seen"] += step_pairs
         state["time_s"] += elapsed
+        tokens = D.sum_over_ranks(tokens, accelerator)
+        sampler_metrics = D.mean_over_ranks(sampler_metrics, accelerator)
 
         out = type(step_logs[0][0])(*(torch.cat([getattr(o, f) for o, _ in step_logs])
                                       for f in ("losses", "chosen_rewards", "rejected_rewards")))
         policy = SeqLogps(*(torch.cat([getattr(p, f) for _, p in step_logs]).detach()
                             for f in ("chosen", "rejected", "chosen_tokens", "rejected_tokens")))
-        if not torch.isfinite(out.losses).all():
-            raise PobenchError(f"step {step + 1}: non-finite loss; the last good checkpoint is kept")
+        out, policy = gather_step(out, policy, accelerator)
         row = {"step": step + 1, "pairs_seen": state["pairs_seen"], "records_seen": state["records_seen"],
                **pair_metrics(out, policy),
                "learning_rate": lr, "grad_norm": float(grad_norm), "time_s": round(state["time_s"], 4),
-               "step_time_s": round(elapsed, 4), "tokens_per_s": round(tokens * world / elapsed, 1),
-               "pairs_per_s": round(len(pairs) * world / elapsed, 3), **sampler_metrics}
+               "step_time_s": round(elapsed, 4), "tokens_per_s": round(tokens / elapsed, 1),
+               "pairs_per_s": round(step_pairs / elapsed, 3), **sampler_metrics}
         if device.type == "cuda":
             row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         is_last = step + 1 == max_steps
@@ -388,9 +512,11 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         if accelerator.is_main_process and (evaluated or (step + 1) % max(1, tc.log_every) == 0):
             metrics.append(row)
             trackers.log(row)
-        if accelerator.is_main_process and (is_last or (tc.save_every and (step + 1) % tc.save_every == 0)):
-            save_checkpoint(run_dir, accelerator.unwrap_model(scorer).model, optimizer, scheduler, state,
-                            with_optimizer=not is_last)
+        if is_last or (tc.save_every and (step + 1) % tc.save_every == 0):
+            with D.full_weights(accelerator, scorer) as weights:  # every rank enters: FSDP/ZeRO-3 gather them
+                if accelerator.is_main_process:
+                    save_checkpoint(run_dir, weights, optimizer, scheduler, state,
+                                    with_optimizer=not is_last and not D.optimizer_state_is_sharded(accelerator))
         if progress:
             progress.update(task, completed=step + 1,
                             description=f"{cfg.algorithm_name} seed{cfg.seed} loss {row['loss']:.3f}")
@@ -400,7 +526,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         trackers.close()
     if last_eval is None:
         last_eval = held_out()
-    rows = metrics.read()
+    faults.kill_point("summary")
+    rows = metrics.read() if accelerator.is_main_process else []  # the main process may still be appending
     summary = {
         "suite": cfg.suite, "algorithm": cfg.algorithm_name, "seed": cfg.seed, "steps": state["step"],
         "pairs_seen": state["pairs_seen"], "train_time_s": round(state["time_s"], 3),
@@ -409,6 +536,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "held_out_initial": state["initial_eval"], "held_out_final": last_eval,
         "reference_model": model_path, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
         "records_seen": state["records_seen"], "candidate_pool": pool_info,
+        "num_processes": world, "global_batch_size": global_batch, "distributed": str(accelerator.distributed_type),
         "reward_model": frozen.get("rm_spec") or (pool_info or {}).get("reward_model"),
     }
     if suite_eval:

@@ -1,0 +1,179 @@
+"""Multi-process helpers: shard work across ranks, merge it back in order, average metrics, pick who writes.
+
+Every helper is a no-op in a single process (no process group, nothing gathered), so a run without
+`accelerate launch` takes exactly the code path it took before distributed support existed.
+
+Sharding is contiguous and padded: rank r computes items [r*k, (r+1)*k) of n items, k = ceil(n / world), the
+last ranks padding their share with copies of the last item. Every rank then runs the same number of forwards,
+which FSDP and ZeRO-3 need (their forwards are collectives), and concatenating the gathered shards in rank order
+gives the items in their original order followed by the padding, which is cut off.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Callable, Sequence
+
+from pobench.errors import PobenchError
+
+
+def inside_launch() -> bool:
+    """True in a process started by accelerate launch / torchrun (they set WORLD_SIZE), even a launch of one."""
+    return "WORLD_SIZE" in os.environ
+
+
+def launched_world_size() -> int:
+    """Processes in this launch, read from the environment that accelerate/torchrun set (1 when not launched)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_rank() -> int:
+    """This process's global rank from the launcher's environment (0 when not launched); usable before any
+    process group exists, e.g. to silence the console of the other ranks."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int, int]:
+    """(start, stop, padded size) of rank's contiguous share of n items."""
+    size = -(-n // world) if n else 0
+    start = min(n, rank * size)
+    return start, min(n, start + size), size
+
+
+def local_shard(items: Sequence, rank: int, world: int) -> list:
+    """Rank's share of `items`, padded with copies of the last item to the common share size."""
+    start, stop, size = shard_bounds(len(items), rank, world)
+    share = list(items[start:stop])
+    return share + [items[-1]] * (size - len(share))
+
+
+def gather_lists(local: list, accelerator) -> list:
+    """Concatenate every rank's list in rank order, on every rank."""
+    if accelerator.num_processes == 1:
+        return list(local)
+    from accelerate.utils import gather_object
+    return gather_object(list(local))
+
+
+def map_sharded(fn: Callable[[list], list], items: Sequence, accelerator) -> list:
+    """fn over all items, each rank computing its shard; the per-item results in item order, on every rank.
+    `fn` returns one picklable result per item it is given."""
+    if accelerator.num_processes == 1:
+        return list(fn(list(items)))
+    if not items:
+        return []
+    share = local_shard(items, accelerator.process_index, accelerator.num_processes)
+    results = list(fn(share))
+    if len(results) != len(share):
+        raise RuntimeError(f"map_sharded: {len(results)} results for {len(share)} items")
+    return gather_lists(results, accelerator)[:len(items)]
+
+
+def mean_over_ranks(values: dict, accelerator) -> dict:
+    """Per-key mean of numeric values over the ranks that reported the key (sampler metrics of each rank's
+    share of the batch). Non-numeric values are taken from the main process."""
+    if accelerator.num_processes == 1:
+        return values
+    from accelerate.utils import gather_object
+    every = gather_object([values])
+    out = dict(every[0])
+    for key in {k for d in every for k in d}:
+        numbers = [d[key] for d in every if isinstance(d.get(key), (int, float)) and not isinstance(d.get(key), bool)]
+        if numbers:
+            out[key] = sum(numbers) / len(numbers)
+    return out
+
+
+def sum_over_ranks(value: int, accelerator) -> int:
+    if accelerator.num_processes == 1:
+        return value
+    return sum(gather_lists([value], accelerator))
+
+
+def forwards_need_all_ranks(accelerator) -> bool:
+    """FSDP and DeepSpeed shard the weights, so a forward is a collective and must go through the wrapped model on
+    every rank; under DDP (or one process) each rank holds the whole model and can score on its own."""
+    from accelerate.utils import DistributedType
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def main_process_first(fn: Callable, accelerator=None):
+    """fn() on the main process, then on the others once it is done: for work that fills a shared on-disk cache
+    (a reward model trained once, a converted model), so the others find it there instead of racing to write it."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return fn()
+    with accelerator.main_process_first():
+        return fn()
+
+
+def accelerator_kwargs() -> dict:
+    """Extra Accelerator arguments. DDP's per-forward buffer broadcast is switched off: a causal LM's buffers
+    (rotary frequencies) are constants, and the broadcast would make every no-grad scoring forward a collective
+    that ranks scoring different numbers of sequences could deadlock on."""
+    from accelerate.utils import DistributedDataParallelKwargs
+    return {"kwargs_handlers": [DistributedDataParallelKwargs(broadcast_buffers=False)]}
+
+
+def scoring_module(accelerator, wrapped):
+    """The module for no-grad scoring (held-out pairs, candidates): under DDP the plain module, so that scoring is
+    never a collective and each rank may score as much as it needs; under FSDP/DeepSpeed the wrapped one, whose
+    forward gathers the sharded weights (every rank must then score the same number of batches)."""
+    return wrapped if forwards_need_all_ranks(accelerator) else accelerator.unwrap_model(wrapped)
+
+
+def optimizer_state_is_sharded(accelerator) -> bool:
+    """FSDP and ZeRO shard the optimizer state across ranks: the main process alone cannot save it."""
+    return forwards_need_all_ranks(accelerator)
+
+
+def configure_deepspeed(accelerator, micro_batch: int, max_grad_norm: float, grad_accum: int) -> None:
+    """Fill the DeepSpeed config values that accelerate takes from a dataloader, which pobench does not use.
+    DeepSpeed clips inside its own step and steps inside `backward` at an accumulation boundary, so the loop's
+    micro-batch accumulation is not mapped onto it yet: train.grad_accum must be 1 (use more processes instead)."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    if grad_accum != 1:
+        raise PobenchError(f"train.grad_accum={grad_accum}: under DeepSpeed pobench supports train.grad_accum=1 only "
+                           f"(raise train.batch_size or the number of processes instead)")
+    config = plugin.deepspeed_config
+    config["train_micro_batch_size_per_gpu"] = micro_batch
+    config["train_batch_size"] = micro_batch * accelerator.num_processes
+    config["gradient_accumulation_steps"] = 1
+    config["gradient_clipping"] = max_grad_norm
+
+
+class _UnwrappedNames:
+    """A view of a model whose parameter names lose FSDP's wrapper prefixes, so that a checkpoint written under
+    FSDP has the same keys as one written by a single process."""
+
+    PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+    def __init__(self, model):
+        self.model = model
+
+    def named_parameters(self):
+        for name, p in self.model.named_parameters():
+            for prefix in self.PREFIXES:
+                name = name.replace(prefix, "")
+            yield name, p
+
+
+@contextlib.contextmanager
+def full_weights(accelerator, wrapped):
+    """Entered by every rank; yields the policy model whose `named_parameters()` the checkpoint code reads, holding
+    full (unsharded) weights on the main process: FSDP and ZeRO-3 gather them for the duration. Under DDP and
+    ZeRO-1/2 it is simply the unwrapped policy."""
+    from accelerate.utils import DistributedType
+    policy = accelerator.unwrap_model(wrapped).model
+    if accelerator.distributed_type == DistributedType.FSDP:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+        with FSDP.summon_full_params(wrapped, writeback=False, rank0_only=True, offload_to_cpu=True):
+            yield _UnwrappedNames(policy)
+    elif accelerator.distributed_type == DistributedType.DEEPSPEED and \
+            accelerator.state.deepspeed_plugin.zero_stage == 3:
+        import deepspeed
+        with deepspeed.zero.GatheredParameters(list(policy.parameters()), modifier_rank=None):
+            yield policy
+    else:
+        yield policy

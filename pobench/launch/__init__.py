@@ -1,0 +1,69 @@
+"""`pobench run --num-processes N [--launch-config PRESET]`: the same command, re-run under `accelerate launch`.
+
+The presets in this folder are plain accelerate config files: `ddp` (the default), `fsdp`, `deepspeed-zero2`,
+`deepspeed-zero3`, and `multinode-ddp` (an example to copy). Any accelerate config file can be named instead.
+Inside the launched processes nothing is re-launched: the launcher's WORLD_SIZE says where we are.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from pobench.errors import PobenchError
+
+PRESET_DIR = Path(__file__).parent
+DEFAULT_PRESET = "ddp"
+
+
+def presets() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(PRESET_DIR.glob("*.yaml"))}
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A shipped preset by name, or an accelerate config file by path."""
+    found = presets().get(name_or_path)
+    if found:
+        return found
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml", ".json") and path.is_file():
+        return path
+    raise PobenchError(f"--launch-config {name_or_path}: neither a preset ({', '.join(presets())}) nor an "
+                       f"accelerate config file")
+
+
+def free_port() -> int:
+    """A free TCP port for the rendezvous, so that two launches on one machine (parallel tests) do not collide."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(pobench_args: list[str], num_processes: int | None, config: Path, port: int) -> list[str]:
+    """`python -m accelerate.commands.launch ... -m pobench.cli <the same arguments>`; the child processes see
+    WORLD_SIZE and do not launch again. `num_processes` None keeps the config file's own count."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+           "--main_process_port", str(port)]
+    if num_processes is not None:
+        cmd += ["--num_processes", str(num_processes)]
+    return cmd + ["-m", "pobench.cli", *pobench_args]
+
+
+def check_inside_launch(num_processes: int) -> None:
+    """Under a launcher already: --num-processes may only repeat the launcher's own count."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if num_processes > 1 and num_processes != world:
+        raise PobenchError(f"--num-processes {num_processes}: this process was launched with {world} processes "
+                           f"(WORLD_SIZE); drop --num-processes under `accelerate launch`")
+
+
+def relaunch(pobench_args: list[str], num_processes: int | None, launch_config: str | None) -> int:
+    """Run this pobench command again under accelerate's launcher, in `num_processes` processes (None: as many as
+    the launch config says); its exit code."""
+    config = preset_path(launch_config or DEFAULT_PRESET)
+    cmd = launch_command(pobench_args, num_processes, config, free_port())
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")  # N processes on one machine: one thread each unless told otherwise
+    return subprocess.run(cmd, env=env).returncode
