@@ -8,7 +8,6 @@ A run folder is `<root>/<suite>/<algo>/seed<k>/` or, for a tuning grid, `<root>/
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import yaml
@@ -175,7 +174,3 @@ def collect(root: Path):
     if not runs.empty:
         runs = runs.sort_values(["suite", "algo", "grid_point", "seed"], kind="stable").reset_index(drop=True)
     return runs, pd.DataFrame(curves)
-
-
-def is_missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))

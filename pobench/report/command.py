@@ -37,40 +37,56 @@ def report(
     target: float = typer.Option(0.6, "--target", help="Held-out reward accuracy for 'pairs to target'."),
 ):
     """Leaderboards (mean and 95% CI over seeds), tuning grids, convergence tables, plots and an HTML report."""
-    from pobench.report.build import build_report
     from pobench.report import render
+    from pobench.report.build import build_report
 
     if format_ not in FORMATS:
         raise PobenchError(f"--format {format_}: choose one of {', '.join(FORMATS)}")
     suites = [s.strip() for s in suite.split(",") if s.strip()] if suite else None
     rep, runs, curves = build_report(results, select, _points(points), target, suites)
+    secs = render.sections(rep)
     written = []
-    if plots or format_ == "html":
-        from pobench.report.plots import plot_report
-        with tempfile.TemporaryDirectory() as tmp:
-            written = plot_report(rep, runs, curves, plots or Path(tmp))
-            if format_ == "html":
-                from pobench.report.html import to_html
-                text = to_html(rep, render.sections(rep), written)
-    if format_ == "table":
+    with tempfile.TemporaryDirectory() as tmp:  # html without --plots: the PNGs live only until embedded
+        if plots or format_ == "html":
+            from pobench.report.plots import plot_report
+            try:
+                written = plot_report(rep, runs, curves, plots or Path(tmp))
+            except OSError as e:
+                raise PobenchError(f"--plots {plots}: cannot write the plots ({e.strerror})") from None
+        text = _render(format_, rep, secs, written)
+    if text is None:  # the rich table
         if out:
             from rich.console import Console
             with open(out, "w", encoding="utf-8") as f:
-                render.print_tables(render.sections(rep), Console(file=f, width=160))
+                render.print_tables(secs, Console(file=f, width=200))
         else:
-            render.print_tables(render.sections(rep))
-    else:
-        if format_ != "html":
-            text = {"markdown": lambda: render.to_markdown(render.sections(rep)), "csv": lambda: render.to_csv(rep),
-                    "json": lambda: render.to_json(rep) + "\n"}[format_]()
-        if out:
+            render.print_tables(secs)
+    elif out:
+        try:
             Path(out).write_text(text, encoding="utf-8")
-        else:
-            typer.echo(text, nl=False)
+        except OSError as e:
+            raise PobenchError(f"--out {out}: cannot write ({e.strerror})") from None
+    else:
+        typer.echo(text, nl=False)
     if plots:
         typer.echo(f"plots: {', '.join(str(p) for _, p in written)}", err=True)
     if out:
         typer.echo(f"report: {out}", err=True)
+
+
+def _render(format_: str, rep: dict, secs: list, plots: list) -> str | None:
+    """The report as text in `format_`; None for the rich table, which is printed rather than returned."""
+    from pobench.report import render
+    if format_ == "markdown":
+        return render.to_markdown(secs)
+    if format_ == "csv":
+        return render.to_csv(rep)
+    if format_ == "json":
+        return render.to_json(rep) + "\n"
+    if format_ == "html":
+        from pobench.report.html import to_html
+        return to_html(rep, secs, plots)
+    return None
 
 
 def print_leaderboard(results: Path, suites) -> None:
