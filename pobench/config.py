@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -141,6 +142,34 @@ CHOICES = {  # keys with a fixed set of values, checked when the config is resol
     "eval.reference": ("sft", "dataset", "alpaca_eval"),
 }
 TOP_LEVEL = {"suite", "algorithm_name", "seed", "description", "algorithm", *SECTIONS}
+# Numeric keys with a valid range, checked when the config is built: a zero batch or a negative learning rate
+# would otherwise surface as a division by zero or a silently useless run, after run folders exist.
+_AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
+_NOT_NEGATIVE = ("at least 0", lambda v: v >= 0)
+_POSITIVE = ("greater than 0", lambda v: v > 0)
+_FRACTION = ("between 0 and 1", lambda v: 0 <= v <= 1)
+RANGES = {
+    "data.eval_size": _AT_LEAST_1, "data.max_train_records": _NOT_NEGATIVE,
+    "model.lora_r": _NOT_NEGATIVE, "model.lora_dropout": _FRACTION,
+    "train.max_prompt_length": _AT_LEAST_1, "train.max_completion_length": _AT_LEAST_1,
+    "train.batch_size": _AT_LEAST_1, "train.grad_accum": _AT_LEAST_1, "train.max_steps": _NOT_NEGATIVE,
+    "train.lr": _POSITIVE, "train.weight_decay": _NOT_NEGATIVE, "train.warmup_ratio": _FRACTION,
+    "train.max_grad_norm": _NOT_NEGATIVE, "train.adam_beta1": _FRACTION, "train.adam_beta2": _FRACTION,
+    "train.log_every": _NOT_NEGATIVE, "train.eval_every": _NOT_NEGATIVE, "train.save_every": _NOT_NEGATIVE,
+    "train.logps_chunk": _AT_LEAST_1,
+    "pool.num_samples": _AT_LEAST_1, "pool.temperature": _NOT_NEGATIVE, "pool.top_p": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "pool.max_new_tokens": _AT_LEAST_1, "pool.batch_size": _AT_LEAST_1, "pool.rm_steps": _AT_LEAST_1,
+    "eval.num_prompts": _NOT_NEGATIVE, "eval.judge_rm_steps": _AT_LEAST_1, "eval.temperature": _NOT_NEGATIVE,
+    "eval.top_p": ("in (0, 1]", lambda v: 0 < v <= 1), "eval.max_new_tokens": _AT_LEAST_1,
+    "eval.batch_size": _AT_LEAST_1, "eval.kl_samples": _NOT_NEGATIVE, "eval.bootstrap": _AT_LEAST_1,
+}
+
+
+def _check_range(key: str, value) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise PobenchError(f"config key '{key}': must be a finite number, got {value!r}")
+    if key in RANGES and value is not None and not RANGES[key][1](value):
+        raise PobenchError(f"config key '{key}': must be {RANGES[key][0]}, got {value!r}")
 
 
 def read_yaml(path: Path) -> dict:
@@ -255,6 +284,7 @@ def _build(cls, values: dict, prefix: str):
             kwargs[name] = _build(SECTIONS[name], value, f"{name}.")
         else:
             kwargs[name] = _coerce(value, f.type, prefix + name)
+            _check_range(prefix + name, kwargs[name])
             if prefix + name in CHOICES and kwargs[name] not in CHOICES[prefix + name]:
                 raise PobenchError(f"config key '{prefix}{name}': {kwargs[name]!r} is not one of "
                                    f"{', '.join(CHOICES[prefix + name])}")

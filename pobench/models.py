@@ -88,6 +88,55 @@ def convert_gguf(folder: Path, file: str) -> Path:
     return target
 
 
+def _check_safetensors(path: Path) -> None:
+    """The header (8-byte length + JSON) must parse and the tensors it lists must end exactly at the end of
+    the file: a truncated download or copy fails here, before anything is written, not mid-load."""
+    import struct
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise PobenchError(f"{path}: corrupt safetensors file (bad header length)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, ValueError):
+            raise PobenchError(f"{path}: corrupt safetensors file (unreadable header)") from None
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    if 8 + n + max(ends, default=0) != size:
+        raise PobenchError(f"{path}: corrupt safetensors file ({size} bytes, the header says "
+                           f"{8 + n + max(ends, default=0)}: truncated?)")
+
+
+def check_model_source(name: str, gguf_file: str | None = None) -> None:
+    """Cheap checks of a local model folder before any run folder is written: it exists, its config.json
+    parses, it has a tokenizer and intact weights. Hub ids and aliases are checked when they load."""
+    path = Path(name).expanduser()
+    if name in BUILTIN_MODELS or path.suffix == ".gguf" or gguf_file:
+        return  # checked by _gguf_location when it resolves
+    if not path.exists():
+        if name.startswith((".", "/", "~")):
+            raise PobenchError(f"model.name_or_path {name}: no such model folder")
+        return  # a hub id
+    if not path.is_dir():
+        raise PobenchError(f"model.name_or_path {name}: not a model folder (a folder with config.json) or a .gguf file")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PobenchError(f"{path}: no config.json: not a model folder") from None
+    except (UnicodeDecodeError, ValueError) as e:
+        raise PobenchError(f"{path / 'config.json'}: corrupt ({type(e).__name__}: {e})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise PobenchError(f"{path / 'config.json'}: no model_type: not a transformers model config")
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
+        raise PobenchError(f"{path}: no tokenizer files (tokenizer.json, tokenizer_config.json, ...)")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights and not list(path.glob("*.bin")):
+        raise PobenchError(f"{path}: no weights (*.safetensors or *.bin)")
+    for file in weights:
+        _check_safetensors(file)
+
+
 def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
     """A path or hub id that `from_pretrained` can load without `gguf_file`."""
     if name.split(":")[0] == "synthetic-ref":  # the synthetic suite's reference, trained by pobench on first use
