@@ -8,6 +8,7 @@ the same random draws, and at step 0 (policy = reference) the two sets of sample
     gold/reward       mean r*(x, y) of policy samples            gold/ref_reward  the same for the reference
     gold/win_rate     P(r*(policy sample) > r*(reference sample drawn with the same random numbers)), ties 1/2
     gold/kl           KL(policy || reference) ~ mean over policy samples of log pi(y|x) - log pi_ref(y|x)
+                      (unbiased; near 0 it can read slightly negative, see gold/kl_stderr)
     gold/length       mean answer length in content tokens        gold/repeats  mean repeated tokens per answer
     gold/finished     share of answers that ended with <eos> within 16 tokens
 
