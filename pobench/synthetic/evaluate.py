@@ -79,10 +79,11 @@ def answer_stats(completions) -> dict:
 
 
 def gold_evaluate(policy, reference, tokenizer, prompts: list[list[dict]], task: SyntheticTask, seed: int,
-                  samples_per_prompt: int = 2, reference_draws: dict | None = None) -> dict:
+                  samples_per_prompt: int = 2, reference_draws: dict | None = None, with_draws: bool = False) -> dict:
     """The gold metrics of `policy` against `reference` (both loaded causal LMs of the suite's tokenizer) on the
     held-out `prompts` (chat messages). `reference_draws` (from `reference_samples`) saves resampling the
-    reference when the same draws are reused (every evaluation step of a run)."""
+    reference when the same draws are reused (every evaluation step of a run). `with_draws` adds "draws": the
+    gold of every policy sample, [prompts][samples], for paired tests between runs of the same seed."""
     ids = prompt_ids(tokenizer, prompts)
     ref = reference_draws or reference_samples(reference, tokenizer, prompts, task, seed, samples_per_prompt)
     started = time.perf_counter()
@@ -94,7 +95,8 @@ def gold_evaluate(policy, reference, tokenizer, prompts: list[list[dict]], task:
             "gold/ref_reward": float(ref["gold"].mean()), "gold/win_rate": win_rate(gold, ref["gold"]),
             "gold/kl": float(log_ratio.mean()),
             "gold/kl_stderr": float(log_ratio.std(ddof=1) / math.sqrt(n)) if n > 1 else 0.0,
-            **answer_stats(completions), "gold/eval_s": round(time.perf_counter() - started, 3)}
+            **answer_stats(completions), "gold/eval_s": round(time.perf_counter() - started, 3),
+            **({"draws": gold.tolist()} if with_draws else {})}
 
 
 def reference_samples(reference, tokenizer, prompts: list[list[dict]], task: SyntheticTask, seed: int,
@@ -171,7 +173,8 @@ class GoldEvaluator:
         return result
 
 
-def evaluate_run_dir(run_dir: Path, samples_per_prompt: int | None = None, seed: int | None = None) -> dict:
+def evaluate_run_dir(run_dir: Path, samples_per_prompt: int | None = None, seed: int | None = None,
+                     with_draws: bool = False) -> dict:
     """Gold metrics of a finished synthetic run's final weights (for `pobench eval` or a notebook), against the
     run's own reference, on its held-out prompts, with the run's evaluation seed unless `seed` is given."""
     import types
@@ -201,4 +204,4 @@ def evaluate_run_dir(run_dir: Path, samples_per_prompt: int | None = None, seed:
     reference = load_causal_lm(model_path, pick_dtype(cfg.model.dtype, device)[0]).to(device)
     return gold_evaluate(policy.eval(), reference.eval(), tokenizer, [r.prompt for r in data.eval],
                          SyntheticTask(settings.task_seed), eval_seed(cfg.seed) if seed is None else seed,
-                         samples_per_prompt or settings.eval_samples)
+                         samples_per_prompt or settings.eval_samples, with_draws=with_draws)
