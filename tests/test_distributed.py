@@ -132,3 +132,46 @@ def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(tmp_
         assert _close(key, summary["held_out_final"][key], value), key
     print(f"\n2-process launch {launched_s:.1f} s; largest absolute differences: "
           + ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items()) if v))
+
+
+def _launch(tmp_path: Path, model_dir: Path, out: str, *extra: str, env_extra: dict | None = None):
+    settings = _settings(model_dir, 2)
+    settings["train"]["save_every"] = 2
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "pobench.cli", "run", "--out", str(tmp_path / out), "--no-eval",
+                           "--num-processes", "2", *_set_args(settings), *extra],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+
+
+@pytest.mark.slow
+def test_ddp_resume_after_a_crash_reproduces_the_run(tmp_path, tiny_model_dir):
+    """Both ranks die mid-step 3 (after backward, before the update); --resume under 2 processes continues from the
+    step-2 checkpoint and logs exactly what the uninterrupted 2-process run logged."""
+    whole = _launch(tmp_path, tiny_model_dir, "whole", "--algo", "dpo")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    crashed = _launch(tmp_path, tiny_model_dir, "cut", "--algo", "dpo", env_extra={"POBENCH_KILL_AT": "step:3"})
+    assert crashed.returncode != 0
+    resumed = _launch(tmp_path, tiny_model_dir, "cut", "--algo", "dpo", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    timeless = lambda row: {k: v for k, v in row.items() if not (k.endswith("_s") or k.endswith("per_s"))}  # noqa: E731
+    rows = {name: [timeless(json.loads(line)) for line in
+                   (tmp_path / name / "hh-rlhf" / "dpo" / "seed1" / "metrics.jsonl").read_text().splitlines()]
+            for name in ("whole", "cut")}
+    assert [r["step"] for r in rows["cut"]] == [1, 2, 3, 4] and rows["cut"] == rows["whole"]
+
+
+@pytest.mark.slow
+def test_ddp_mcpo_generates_each_pool_once_across_ranks(tmp_path, tiny_model_dir):
+    """Generated candidate pools are split over the ranks and written once, by the main process."""
+    plugin = Path(__file__).parent / "plugins" / "gold_length.py"
+    proc = _launch(tmp_path, tiny_model_dir, "mcpo", "--algo", "mcpo", "--plugin", str(plugin),
+                   "--set", "pool.source=generated", "--set", "pool.reward_model=gold:test-words",
+                   "--set", "pool.num_samples=3", "--set", "pool.max_new_tokens=6", "--set", "pool.batch_size=6")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "mcpo" / "hh-rlhf" / "mcpo" / "seed1" / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["pairs_seen"] == 16
+    store = tmp_path / summary["candidate_pool"]["store"]  # relative to the command's folder, or absolute
+    lines = [json.loads(line) for line in store.read_text().splitlines()]
+    assert len(lines) == len({e["key"] for e in lines}) == summary["candidate_pool"]["prompts"] == 16
+    assert all(len(e["candidates"]) == 3 for e in lines)
