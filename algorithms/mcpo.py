@@ -18,6 +18,10 @@ tau: 1.0                       # kernel temperature
 include_chosen_in_pool: false  # let the chosen completion be drawn as its own negative
 kernel_score: reward           # reward: beta * (log pi - log ref) | loglik: log pi summed | loglik_mean: per token
 label_smoothing: 0.0
+# Opt-in approximations of the kernel's scores, for cost (benchmarks/mcpo_step.py); defaults are exact:
+score_prefix_tokens: 0         # >0: score candidates by their first N tokens only (policy and reference alike)
+persistent_scores: false       # true: a candidate scored at an earlier visit of its prompt keeps that score
+                               # (exact in the first epoch; later epochs skip the pool forward)
 grid:                          # default tuning grid (`--grid default`): 4 points, as every shipped algorithm has
   beta: [0.05, 0.1]
   tau: [0.5, 1.0]

@@ -4,7 +4,12 @@ A DPO step = policy forward/backward on B pairs + AdamW. An MC-PO step adds the 
 over the pool (B prompts x L candidates) under the current policy, reference log-probs of the pool from the
 cache, a softmax draw. Steps are interleaved (DPO, MC-PO, DPO, ...) and medians reported with their ratio.
 
-    .venv/bin/python benchmarks/mcpo_step.py [--pairs 8] [--candidates 8] [--steps 10] [--warmup 2] [--json PATH]
+    .venv/bin/python benchmarks/mcpo_step.py [--pairs 8] [--candidates 8] [--steps 10] [--warmup 2]
+        [--settings exact,prefix16,persistent] [--json PATH]
+
+Settings: `exact` (the default MC-PO) and the opt-in approximations of algorithms/mcpo.py, each reported as its
+own ratio to DPO. Both sides collate prompt | chosen | rejected into one row and score a prompt's pool in one
+row (train.shared_prompt, exact).
 
 Model: a random Llama of SmolLM2's vocabulary, 2 layers, 128 wide (the speed does not depend on the weights);
 prompts 64 tokens, completions 64 tokens. Only the policy step is timed (data order, logging and checkpoints
@@ -24,7 +29,7 @@ import torch
 
 from pobench.algorithm import SeqLogps
 from pobench.data.tokenize import TokenizedPair
-from pobench.engine.logps import SequenceLogps, collate_pairs
+from pobench.engine.logps import SequenceLogps, collate_pairs_shared
 from pobench.engine.refcache import ReferenceCache
 from pobench.engine.trainer import SamplerContext, score_sequences
 from pobench.losses import dpo_loss
@@ -48,6 +53,7 @@ def main() -> None:
     ap.add_argument("--completion-len", type=int, default=64)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--settings", default="exact,prefix16,persistent")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -64,17 +70,21 @@ def main() -> None:
     batch = [TokenizedPair(ids(args.prompt_len), ids(args.completion_len), ids(args.completion_len),
                            candidates=[ids(args.completion_len) for _ in range(args.candidates - 1)],
                            scores=[float(i) for i in range(args.candidates - 1)]) for _ in range(args.pairs)]
-    params = types.SimpleNamespace(num_candidates=args.candidates, kernel="sample", tau=1.0,
-                                   include_chosen_in_pool=False, kernel_score="reward", beta=0.1)
-    sampler = MCKernel(params, types.SimpleNamespace(seed=1))
+    settings = {name: SETTINGS[name] for name in args.settings.split(",")}
+    samplers = {name: MCKernel(types.SimpleNamespace(num_candidates=args.candidates, kernel="sample", tau=1.0,
+                                                     include_chosen_in_pool=False, kernel_score="reward", beta=0.1,
+                                                     **knobs), types.SimpleNamespace(seed=1))
+                for name, knobs in settings.items()}
     cache = ReferenceCache(Path(tempfile.mkdtemp()) / "ref.pt")
-    seqs = sampler.reference_sequences(batch)
+    seqs = sorted({s for sm in samplers.values() for s in map(tuple, map(lambda x: (tuple(x[0]), tuple(x[1])),
+                                                                          sm.reference_sequences(batch)))})
+    seqs = [(list(p), list(c)) for p, c in seqs]
     cache.add(seqs, *score_sequences(scorer, seqs, 0, "cpu", 16))   # computed once before training, as in a run
     cfg = types.SimpleNamespace(train=types.SimpleNamespace(batch_size=args.pairs))
     ctx = SamplerContext(cfg, scorer, model, None, None, cache, torch.device("cpu"), 0, None, 10**6, None, None)
 
     def step(pairs) -> None:
-        sums, counts = scorer(**collate_pairs(pairs, 0))
+        sums, counts = scorer(**collate_pairs_shared(pairs, 0))   # as the trainer collates (train.shared_prompt)
         b = len(pairs)
         policy = SeqLogps(sums[:b], sums[b:], counts[:b], counts[b:])
         reference = cache.lookup(pairs)
@@ -84,31 +94,45 @@ def main() -> None:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    def dpo_step(i):
-        step(batch)
+    def runner(name):
+        if name == "dpo":
+            return lambda i: step(batch)
 
-    def mcpo_step(i):
-        ctx.step = i
-        pairs, _ = sampler(batch, ctx)
-        step(pairs)
+        def mcpo_step(i):
+            ctx.step = i
+            pairs, _ = samplers[name](batch, ctx)
+            step(pairs)
+        return mcpo_step
 
-    times = {"dpo": [], "mcpo": []}
+    names = ["dpo", *settings]
+    times = {n: [] for n in names}
     for i in range(args.warmup + args.steps):
-        for name, fn in (("dpo", dpo_step), ("mcpo", mcpo_step)) if i % 2 == 0 else (("mcpo", mcpo_step), ("dpo", dpo_step)):
+        for name in (names if i % 2 == 0 else names[::-1]):       # interleaved, order alternating each round
             t0 = time.perf_counter()
-            fn(i)
+            runner(name)(i)
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
-    dpo, mcpo = statistics.median(times["dpo"]), statistics.median(times["mcpo"])
+    dpo = statistics.median(times["dpo"])
     result = {"pairs": args.pairs, "candidates": args.candidates, "prompt_len": args.prompt_len,
-              "completion_len": args.completion_len, "dpo_ms": round(dpo * 1e3, 1), "mcpo_ms": round(mcpo * 1e3, 1),
-              "ratio": round(mcpo / dpo, 3), "torch_threads": torch.get_num_threads()}
+              "completion_len": args.completion_len, "dpo_ms": round(dpo * 1e3, 1),
+              "torch_threads": torch.get_num_threads(), "settings": {}}
     print(f"MC-PO step vs DPO step (tiny Llama, {args.pairs} pairs x ({args.prompt_len}+{args.completion_len}), "
-          f"L={args.candidates}, median of {args.steps} interleaved steps)")
-    print(f"  DPO   {result['dpo_ms']:8.1f} ms\n  MC-PO {result['mcpo_ms']:8.1f} ms\n  ratio {result['ratio']:.3f}")
+          f"L={args.candidates}, median of {args.steps} interleaved steps; DPO {dpo * 1e3:.1f} ms)")
+    for name in settings:
+        t = statistics.median(times[name])
+        result["settings"][name] = {"ms": round(t * 1e3, 1), "ratio": round(t / dpo, 3), "knobs": settings[name]}
+        print(f"  {name:<12} {t * 1e3:8.1f} ms  ratio {t / dpo:.3f}  {DESCRIPTIONS[name]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)
+
+
+# name -> MC-PO knobs (algorithms/mcpo.py); "exact" is the default
+SETTINGS = {"exact": {}, "prefix16": {"score_prefix_tokens": 16}, "persistent": {"persistent_scores": True}}
+DESCRIPTIONS = {"exact": "exact (default): the whole pool scored under the current policy every step",
+                "prefix16": "approximation: candidates scored by their first 16 tokens",
+                "persistent": "approximation: scores kept from the prompt's last visit (here: every step after "
+                              "the first revisits the same batch, i.e. a later epoch)"}
 
 
 if __name__ == "__main__":

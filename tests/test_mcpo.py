@@ -103,3 +103,58 @@ def test_mcpo_trains_on_a_pool_and_logs_the_kernel(tmp_path, tiny_model_dir, poo
     # argmax draws the candidate the policy scores highest: check against a direct computation
     algo = get_algorithm("mcpo")
     assert algo.sampler == "mc_kernel"
+
+
+class RecordingScorer:
+    """Stands in for the policy scorer inside score_sequences: log-prob = -(sum of token ids) / 100, and records
+    which sequences it was asked to score."""
+    training = False
+
+    def __init__(self):
+        self.seen = []
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+    def __call__(self, token_rows, token_cols, token_targets, token_seqs, num_seqs, **_):
+        n = int(num_seqs)
+        sums = torch.zeros(n).index_add(0, token_seqs, -token_targets.float() / 100)
+        self.seen.append(n)
+        return sums, torch.bincount(token_seqs, minlength=n)
+
+
+class ZeroReference:
+    def lookup_sequences(self, seqs, device=None):
+        return torch.zeros(len(seqs)), torch.ones(len(seqs), dtype=torch.long)
+
+
+def kernel_context():
+    return types.SimpleNamespace(scorer=RecordingScorer(), pad_id=0, device="cpu", score_batch_size=64,
+                                 refcache=ZeroReference(), step=0)
+
+
+def test_score_prefix_scores_only_the_first_tokens():
+    rec = TokenizedPair([1, 2], [10, 11], [20, 1, 1, 1], candidates=[[30, 50, 50, 50], [40, 2]])
+    ctx = kernel_context()
+    exact = sampler(num_candidates=3)._scores([rec], [sampler(num_candidates=3).pool(rec)], ctx)[0]
+    assert exact.tolist() == pytest.approx([-0.1 * 0.23, -0.1 * 1.8, -0.1 * 0.42])
+    short = sampler(num_candidates=3, score_prefix_tokens=1)
+    assert short._scores([rec], [short.pool(rec)], ctx)[0].tolist() == pytest.approx([-0.02, -0.03, -0.04])
+    assert (rec.prompt, [20]) in short.reference_sequences([rec])          # its reference entries are prefixes too
+
+
+def test_persistent_scores_skip_the_pool_forward_on_a_later_visit():
+    recs = [TokenizedPair([1], [10], [20], candidates=[[30], [40]]), TokenizedPair([2], [11], [21], candidates=[[31]])]
+    s = sampler(num_candidates=3, persistent_scores=True)
+    ctx = kernel_context()
+    first, _ = s(recs, ctx)
+    assert s.rescored == 1.0 and ctx.scorer.seen == [5]
+    scores_then = [t.tolist() for t in s._scores(recs, [s.pool(r) for r in recs], ctx)]
+    assert s.rescored == 0.0 and ctx.scorer.seen == [5]                     # nothing new to score: no forward
+    _, m = s(recs, ctx)
+    assert m["sampler/rescored_fraction"] == 0.0
+    assert scores_then[0] == pytest.approx([-0.02, -0.03, -0.04]) and scores_then[1] == pytest.approx([-0.021, -0.031])
+    assert sampler(num_candidates=3)(recs, ctx)[1]["sampler/rescored_fraction"] == 1.0   # exact by default

@@ -48,6 +48,10 @@ class MCKernel:
         self.kernel_score = params.kernel_score
         self.beta = params.beta
         self.seed = cfg.seed
+        # Opt-in approximations of the kernel's scores (cheaper pool forward; both off = exact):
+        self.prefix = int(getattr(params, "score_prefix_tokens", 0))
+        self.persistent = bool(getattr(params, "persistent_scores", False))
+        self._last_visit: dict[str, float] = {}
 
     @property
     def needs_candidates(self) -> bool:
@@ -73,27 +77,43 @@ class MCKernel:
             scores = None
         return items, scores
 
+    def scored(self, candidate: list[int]) -> list[int]:
+        """What the kernel scores of a candidate: all of it, or its first `score_prefix_tokens` tokens."""
+        return candidate[:self.prefix] if self.prefix > 0 else candidate
+
     def reference_sequences(self, records) -> list[tuple]:
-        pools = [(r.prompt, c) for r in records for c in self.pool(r)[0]] if self.kernel_score == "reward" else []
+        pools = [(r.prompt, self.scored(c)) for r in records for c in self.pool(r)[0]] \
+            if self.kernel_score == "reward" else []
         return pair_sequences(records) + pools
 
     def _scores(self, batch, pools, ctx) -> list[torch.Tensor]:
+        from pobench.data.tokenize import sequence_key
         from pobench.engine.trainer import score_sequences
 
-        flat = [(r.prompt, c) for r, (items, _) in zip(batch, pools) for c in items]
-        logps, counts = score_sequences(ctx.scorer, flat, ctx.pad_id, ctx.device, ctx.score_batch_size)
-        if self.kernel_score == "reward":
-            ref, _ = ctx.refcache.lookup_sequences(flat)
-            values = self.beta * (logps - ref)
-        elif self.kernel_score == "loglik_mean":
-            values = logps / counts.clamp(min=1)
-        else:
-            values = logps
+        flat = [(r.prompt, self.scored(c)) for r, (items, _) in zip(batch, pools) for c in items]
+        keys = [sequence_key(p, c) for p, c in flat]
+        todo = [i for i, k in enumerate(keys) if not (self.persistent and k in self._last_visit)]
+        values = torch.tensor([self._last_visit.get(k, 0.0) for k in keys], dtype=torch.float32)
+        if todo:
+            logps, counts = score_sequences(ctx.scorer, [flat[i] for i in todo], ctx.pad_id, ctx.device,
+                                            ctx.score_batch_size)
+            if self.kernel_score == "reward":
+                ref, _ = ctx.refcache.lookup_sequences([flat[i] for i in todo])
+                fresh = self.beta * (logps - ref)
+            elif self.kernel_score == "loglik_mean":
+                fresh = logps / counts.clamp(min=1)
+            else:
+                fresh = logps
+            values[todo] = fresh.float()
+            if self.persistent:
+                self._last_visit.update((keys[i], float(v)) for i, v in zip(todo, fresh))
+        self.rescored = len(todo) / max(1, len(flat))
         return list(torch.split(values, [len(items) for items, _ in pools]))
 
     def __call__(self, batch, ctx):
         pools = [self.pool(r) for r in batch]
         trivial = all(len(items) == 1 for items, _ in pools)
+        self.rescored = 0.0
         if self.kernel == "uniform" or trivial:  # no policy scores needed: skip the forward
             scores = [torch.zeros(len(items)) for items, _ in pools]
         else:
@@ -117,6 +137,7 @@ class MCKernel:
             "sampler/kernel_entropy_uniform": sum(math.log(len(items)) for items, _ in pools) / len(pools),
             "sampler/drawn_kernel_score": sum(drawn_scores) / len(drawn_scores),
             "sampler/drawn_is_dataset_rejected": sum(is_rejected) / len(is_rejected),
+            "sampler/rescored_fraction": self.rescored,
         }
         if ranks:
             metrics["sampler/drawn_rm_rank"] = sum(ranks) / len(ranks)
