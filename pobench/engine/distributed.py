@@ -106,18 +106,11 @@ def main_process_first(fn: Callable, accelerator=None):
         return fn()
 
 
-def accelerator_kwargs() -> dict:
-    """Extra Accelerator arguments. DDP's per-forward buffer broadcast is switched off: a causal LM's buffers
-    (rotary frequencies) are constants, and the broadcast would make every no-grad scoring forward a collective
-    that ranks scoring different numbers of sequences could deadlock on."""
-    from accelerate.utils import DistributedDataParallelKwargs
-    return {"kwargs_handlers": [DistributedDataParallelKwargs(broadcast_buffers=False)]}
-
-
 def scoring_module(accelerator, wrapped):
     """The module for no-grad scoring (held-out pairs, candidates): under DDP the plain module, so that scoring is
-    never a collective and each rank may score as much as it needs; under FSDP/DeepSpeed the wrapped one, whose
-    forward gathers the sharded weights (every rank must then score the same number of batches)."""
+    never a collective (a DDP forward syncs buffers across ranks) and each rank may score as much as it needs; under
+    FSDP/DeepSpeed the wrapped one, whose forward gathers the sharded weights (every rank must then score the same
+    number of batches)."""
     return wrapped if forwards_need_all_ranks(accelerator) else accelerator.unwrap_model(wrapped)
 
 

@@ -321,7 +321,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.model.device)
     _, mixed_precision = pick_dtype(cfg.model.dtype, device)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision, **D.accelerator_kwargs())
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
     device = accelerator.device
     if cfg.train.deterministic:  # cuBLAS refuses deterministic mode without a fixed workspace (read at first use)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
