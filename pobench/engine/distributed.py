@@ -136,6 +136,19 @@ def configure_deepspeed(accelerator, micro_batch: int, max_grad_norm: float, gra
     config["gradient_clipping"] = max_grad_norm
 
 
+def register_output_layer(accelerator, wrapped) -> None:
+    """ZeRO-3 gathers a weight only inside its own module's forward, but the sequence log-probs read the output
+    layer's weight rows directly (engine/logps.py); registering it as used by the whole scorer keeps it gathered
+    for the scorer's forward. A no-op elsewhere. (Untested here: needs DeepSpeed and GPUs.)"""
+    from accelerate.utils import DistributedType
+    if accelerator.distributed_type != DistributedType.DEEPSPEED or accelerator.state.deepspeed_plugin.zero_stage != 3:
+        return
+    import deepspeed
+    scorer = accelerator.unwrap_model(wrapped)
+    base = scorer.model.get_base_model() if hasattr(scorer.model, "get_base_model") else scorer.model
+    deepspeed.zero.register_external_parameter(scorer, base.get_output_embeddings().weight)
+
+
 class _UnwrappedNames:
     """A view of a model whose parameter names lose FSDP's wrapper prefixes, so that a checkpoint written under
     FSDP has the same keys as one written by a single process."""

@@ -81,6 +81,13 @@ def last_good_checkpoint(run_dir: Path) -> str:
     return f"the last good checkpoint (step {step}) is kept in {found}"
 
 
+def pair_groups(pairs: list[TokenizedPair]) -> torch.Tensor | None:
+    """Which record each pair of a micro-batch came from, for ranking objectives (None: one pair per record)."""
+    if all(p.group is None for p in pairs):
+        return None
+    return torch.tensor([p.group for p in pairs], dtype=torch.long)
+
+
 def check_finite_loss(losses: torch.Tensor, step: int, run_dir: Path) -> None:
     """NaN/inf loss stops the run before its backward pass, so no update and no checkpoint ever holds it."""
     if not torch.isfinite(losses).all():
@@ -388,6 +395,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     scorer._no_split_modules = getattr(model, "_no_split_modules", None)
     D.configure_deepspeed(accelerator, tc.batch_size // tc.grad_accum, tc.max_grad_norm, tc.grad_accum)
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    D.register_output_layer(accelerator, scorer)
     scoring = D.scoring_module(accelerator, scorer)  # no-grad scoring: see distributed.scoring_module
 
     def batch_at(step: int) -> list[TokenizedPair]:
@@ -463,7 +471,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
             with accelerator.no_sync(scorer) if m < tc.grad_accum - 1 else contextlib.nullcontext():
                 with accelerator.autocast():
                     sums, counts = scorer(**inputs)
-                policy = SeqLogps(sums[:micro], sums[micro:], counts[:micro], counts[micro:])
+                policy = SeqLogps(sums[:micro], sums[micro:], counts[:micro], counts[micro:], group=pair_groups(chunk))
                 reference = refcache.lookup(chunk, device) if refcache else None
                 out = algo.loss(policy, reference, params)
                 check_finite_loss(out.losses, step + 1, run_dir)
