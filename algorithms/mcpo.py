@@ -1,7 +1,7 @@
 """MC-PO (Chen et al. 2025, "Preference Optimization via Contrastive Divergence"): DPO on a negative drawn
 from a candidate pool by a Monte Carlo kernel that favours candidates the current policy rates highly."""
 from pobench.algorithm import LossOutput, SeqLogps
-from pobench.losses import dpo_loss
+from pobench.losses import dpo_loss, ranking_nce_loss
 from pobench.registry import register_algorithm
 
 
@@ -9,7 +9,8 @@ from pobench.registry import register_algorithm
 class MCPO:
     sampler = "mc_kernel"
     needs_reference = True
-    choices = {"kernel": ("sample", "argmax", "uniform"), "kernel_score": ("reward", "loglik", "loglik_mean")}
+    choices = {"kernel": ("sample", "argmax", "uniform"), "kernel_score": ("reward", "loglik", "loglik_mean"),
+               "objective": ("pairwise", "ranking_nce")}
     defaults = """
 beta: 0.1                      # DPO's KL strength; also scales the kernel's implicit reward
 num_candidates: 8              # L: pool size (the dataset's rejected first, then the record's candidates)
@@ -18,6 +19,9 @@ tau: 1.0                       # kernel temperature
 include_chosen_in_pool: false  # let the chosen completion be drawn as its own negative
 kernel_score: reward           # reward: beta * (log pi - log ref) | loglik: log pi summed | loglik_mean: per token
 label_smoothing: 0.0
+objective: pairwise            # pairwise: DPO's loss on one drawn negative | ranking_nce: -log softmax of the chosen
+                               # among itself and num_negatives drawn negatives (equals pairwise at 1)
+num_negatives: 1               # negatives drawn per record (with replacement); > 1 needs ranking_nce
 # Opt-in approximations of the kernel's scores, for cost (benchmarks/mcpo_step.py); defaults are exact:
 score_prefix_tokens: 0         # >0: score candidates by their first N tokens only (policy and reference alike)
 persistent_scores: false       # true: a candidate scored at an earlier visit of its prompt keeps that score
@@ -28,6 +32,10 @@ grid:                          # default tuning grid (`--grid default`): 4 point
 """
 
     def loss(self, policy: SeqLogps, reference: SeqLogps, cfg) -> LossOutput:
+        if cfg.objective == "ranking_nce":
+            losses, chosen, rejected = ranking_nce_loss(policy.chosen, policy.rejected, reference.chosen,
+                                                        reference.rejected, cfg.beta, policy.group)
+            return LossOutput(losses, chosen, rejected)
         # the drawn negative is trained against with DPO's loss (Rafailov et al. 2023, eq. 7)
         losses, chosen, rejected = dpo_loss(policy.chosen, policy.rejected, reference.chosen, reference.rejected,
                                             cfg.beta, cfg.label_smoothing)

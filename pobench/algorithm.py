@@ -13,9 +13,12 @@ class SeqLogps:
     rejected: torch.Tensor         # [B]
     chosen_tokens: torch.Tensor    # [B]
     rejected_tokens: torch.Tensor  # [B]
+    group: torch.Tensor | None = None  # [B] which record each pair came from, when a sampler draws several
+                                       # negatives per record (ranking objectives); None = one pair per record
 
     def to(self, device) -> "SeqLogps":
-        return SeqLogps(*(t.to(device) for t in (self.chosen, self.rejected, self.chosen_tokens, self.rejected_tokens)))
+        return SeqLogps(*(t.to(device) for t in (self.chosen, self.rejected, self.chosen_tokens, self.rejected_tokens)),
+                        group=None if self.group is None else self.group.to(device))
 
 
 @dataclass

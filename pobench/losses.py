@@ -27,6 +27,29 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
     return losses, chosen_rewards, rejected_rewards
 
 
+def ranking_nce_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float, group=None):
+    """Ranking NCE over a record's preferred completion and its M drawn negatives (the multi-sample MC-PO objective):
+    L = -log( exp r(y_w) / (exp r(y_w) + sum_m exp r(y_m)) ),  r(y) = beta * (log pi(y) - log ref(y)).
+
+    Rows are (y_w, y_m) pairs; `group` [B] says which record each row belongs to (None: every row its own record,
+    where the loss is DPO's sigmoid loss exactly). Each row carries its record's loss, so with M rows per record
+    the trainer's mean over rows is the mean over records. Returns (losses, chosen_rewards, rejected_rewards)."""
+    chosen = beta * (policy_chosen - ref_chosen)
+    rejected = beta * (policy_rejected - ref_rejected)
+    rows = torch.arange(len(chosen), device=chosen.device)
+    group = rows if group is None else group.to(chosen.device)
+    _, inverse = torch.unique(group, return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if len(inverse) else 0
+    first = torch.full((n_groups,), len(rows), device=rows.device).scatter_reduce(0, inverse, rows, "amin")
+    r_w = chosen[first]
+    top = torch.full((n_groups,), float("-inf"), device=chosen.device, dtype=chosen.dtype)
+    top = torch.maximum(top.scatter_reduce(0, inverse, rejected.detach(), "amax"), r_w.detach())   # stabiliser
+    mass = torch.exp(r_w - top).index_add(0, inverse, torch.exp(rejected - top[inverse]))
+    group_loss = torch.log(mass) + top - r_w
+    losses = group_loss[inverse]
+    return losses, chosen.detach(), rejected.detach()
+
+
 def simpo_loss(policy_chosen, policy_rejected, chosen_tokens, rejected_tokens, beta: float,
                gamma_beta_ratio: float, label_smoothing: float = 0.0, loss_type: str = "sigmoid"):
     """Meng et al. 2024, eq. 6 (no reference model):

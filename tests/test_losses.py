@@ -202,3 +202,21 @@ def test_simpo_algorithm_matches_the_function(over):
     assert out.chosen_rewards.tolist() == chosen.tolist() and out.rejected_rewards.tolist() == rejected.tolist()
     if not over:   # defaults beta 2.0, ratio 0.5
         assert out.losses.tolist() == approx([math.log(1 + math.exp(-1.0)), math.log(1 + math.exp(3.0))])
+
+
+def test_ranking_nce_is_dpo_with_one_negative_and_a_softmax_with_several():
+    from pobench.losses import dpo_loss, ranking_nce_loss
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(6, generator=g) for _ in range(4))
+    one, _, _ = ranking_nce_loss(pc, pr, rc, rr, 0.3)
+    assert torch.allclose(one, dpo_loss(pc, pr, rc, rr, 0.3)[0], atol=1e-6)
+    # two records with 3 and 3 drawn negatives; the chosen is repeated on its record's rows
+    pc = torch.tensor([1.0, 1.0, 1.0, -2.0, -2.0, -2.0])
+    rc = torch.zeros(6)
+    pr = torch.tensor([0.0, 2.0, -1.0, -2.0, -4.0, -3.0])
+    rr = torch.zeros(6)
+    group = torch.tensor([5, 5, 5, 9, 9, 9])
+    losses, _, _ = ranking_nce_loss(pc, pr, rc, rr, 0.5, group)
+    want0 = -0.5 + math.log(math.exp(0.5) + math.exp(0.0) + math.exp(1.0) + math.exp(-0.5))
+    want1 = 1.0 + math.log(math.exp(-1.0) + math.exp(-1.0) + math.exp(-2.0) + math.exp(-1.5))
+    assert losses.tolist() == pytest.approx([want0] * 3 + [want1] * 3, rel=1e-6)

@@ -158,3 +158,16 @@ def test_persistent_scores_skip_the_pool_forward_on_a_later_visit():
     assert m["sampler/rescored_fraction"] == 0.0
     assert scores_then[0] == pytest.approx([-0.02, -0.03, -0.04]) and scores_then[1] == pytest.approx([-0.021, -0.031])
     assert sampler(num_candidates=3)(recs, ctx)[1]["sampler/rescored_fraction"] == 1.0   # exact by default
+
+
+def test_mcpo_ranking_nce_trains_on_several_negatives(tmp_path, tiny_model_dir, pool_data):
+    """objective ranking_nce with 3 negatives per record: every step trains 3x the pairs, the first step's loss is
+    log(1 + M) (all implicit rewards 0 at initialisation), and grad_accum keeps a record's rows together."""
+    run_train(tmp_path / "r", tiny_model_dir, algo="mcpo", data_path=str(pool_data), max_steps=2, grad_accum=2,
+              algorithm={"num_candidates": 3, "objective": "ranking_nce", "num_negatives": 3})
+    rows = metrics(tmp_path / "r")
+    assert len(rows) == 2 and rows[0]["pairs_seen"] == 3 * rows[0]["records_seen"]
+    assert rows[0]["loss"] == pytest.approx(math.log(4), abs=1e-5)
+    from pobench.errors import PobenchError
+    with pytest.raises(PobenchError, match="needs mcpo.objective=ranking_nce"):
+        sampler(num_negatives=2)

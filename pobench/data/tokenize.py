@@ -24,6 +24,8 @@ class TokenizedPair:
     candidates: list[list[int]] = field(default_factory=list)  # the record's candidate pool, tokenized
     scores: list[float] | None = None                          # reward-model scores of the candidates
     source: PreferenceRecord | None = field(default=None, compare=False, repr=False)  # the text it came from
+    group: int | None = field(default=None, compare=False)     # set by samplers that draw several negatives per
+                                                               # record: pairs of one record share it
 
     def with_rejected(self, rejected: list[int]) -> "TokenizedPair":
         return TokenizedPair(self.prompt, self.chosen, rejected, source=self.source)

@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from pobench.errors import PobenchError
 from pobench.registry import register_sampler
 from pobench.sampling import pair_sequences
 
@@ -52,6 +53,11 @@ class MCKernel:
         self.prefix = int(getattr(params, "score_prefix_tokens", 0))
         self.persistent = bool(getattr(params, "persistent_scores", False))
         self._last_visit: dict[str, float] = {}
+        # ranking objectives draw several negatives per record (with replacement, as Monte Carlo samples)
+        self.num_negatives = int(getattr(params, "num_negatives", 1))
+        if getattr(params, "objective", "pairwise") == "pairwise" and self.num_negatives != 1:
+            raise PobenchError(f"mcpo.num_negatives={self.num_negatives} needs mcpo.objective=ranking_nce "
+                               f"(the pairwise objective trains one negative per record)")
 
     @property
     def needs_candidates(self) -> bool:
@@ -120,17 +126,21 @@ class MCKernel:
             scores = self._scores(batch, pools, ctx)
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.step * 7919 + 1)
         pairs, entropies, ranks, drawn_scores, is_rejected = [], [], [], [], []
-        for record, (items, rm_scores), s in zip(batch, pools, scores):
+        for index, (record, (items, rm_scores), s) in enumerate(zip(batch, pools, scores)):
             probs = kernel_probs(s, self.kernel, self.tau)
-            j = draw(probs, generator)
-            pairs.append(record.with_rejected(items[j]))
             entropies.append(entropy(probs))
-            drawn_scores.append(float(s[j]))
-            is_rejected.append(float(j == 0))
-            if rm_scores is not None and len(items) > 1:
-                # rank of the drawn candidate by reward-model score: 0 = the pool's best, 1 = its worst
-                order = sorted(range(len(items)), key=lambda i: -rm_scores[i])
-                ranks.append(order.index(j) / (len(items) - 1))
+            for _ in range(self.num_negatives):
+                j = draw(probs, generator)
+                pair = record.with_rejected(items[j])
+                if self.num_negatives > 1:
+                    pair.group = index
+                pairs.append(pair)
+                drawn_scores.append(float(s[j]))
+                is_rejected.append(float(j == 0))
+                if rm_scores is not None and len(items) > 1:
+                    # rank of the drawn candidate by reward-model score: 0 = the pool's best, 1 = its worst
+                    order = sorted(range(len(items)), key=lambda i: -rm_scores[i])
+                    ranks.append(order.index(j) / (len(items) - 1))
         metrics = {
             "sampler/pool_size": sum(len(items) for items, _ in pools) / len(pools),
             "sampler/kernel_entropy": sum(entropies) / len(entropies),
