@@ -3,7 +3,7 @@
 
 For each configuration both sides start from identical weights and train on identical token ids:
 
-  pobench: collate_pairs -> SequenceLogps forward -> reference log-probs looked up in a ReferenceCache
+  pobench: collate_pairs_shared (prompt | chosen | rejected in one row, the trainer's default) -> SequenceLogps forward -> reference log-probs looked up in a ReferenceCache
            (pobench computes them once, before training, and caches them on disk: that is its real design)
            -> dpo_loss(beta=0.1).mean().backward() -> clip grad norm 1.0 -> AdamW step -> zero_grad
   TRL:     DPOTrainer(precompute_ref_log_probs=True) data collator on the same rows (the reference log-probs
@@ -51,7 +51,7 @@ if str(REPO) not in sys.path:
 
 from pobench.algorithm import SeqLogps  # noqa: E402
 from pobench.data.tokenize import TokenizedPair  # noqa: E402
-from pobench.engine.logps import SequenceLogps, collate_pairs  # noqa: E402
+from pobench.engine.logps import SequenceLogps, collate_pairs, collate_pairs_shared  # noqa: E402
 from pobench.engine.refcache import ReferenceCache  # noqa: E402
 from pobench.engine.trainer import score_sequences  # noqa: E402
 from pobench.losses import dpo_loss  # noqa: E402
@@ -253,7 +253,7 @@ def run_config(name: str, tokenizer, model_path: str, words: list[int], steps: i
     if not same_inputs:
         raise SystemExit(f"{name}: the collated batches differ between pobench and TRL")
     with torch.no_grad():
-        sums_p, _ = scorer(**batch_p)
+        sums_p, _ = scorer(**collate_pairs_shared(pairs, pad_id))    # the rows pobench trains on (shared prompt)
         sums_t = trl_policy_logps(trainer, inputs_t)
     ref_p = refcache.lookup(pairs)
     ref_t = torch.cat([inputs_t["ref_chosen_logps"], inputs_t["ref_rejected_logps"]]).float()
@@ -267,7 +267,7 @@ def run_config(name: str, tokenizer, model_path: str, words: list[int], steps: i
 
     def pobench_step():
         t0 = time.perf_counter()
-        batch = collate_pairs(pairs, pad_id)
+        batch = collate_pairs_shared(pairs, pad_id)    # as the trainer collates (train.shared_prompt: true)
         reference = refcache.lookup(pairs)
         t1 = time.perf_counter()
         sums, counts = scorer(**batch)
@@ -414,7 +414,8 @@ Notes:
 - Reference log-probs are precomputed on both sides: pobench caches them on disk before training (its design)
   and its step is a ReferenceCache lookup; TRL runs with precompute_ref_log_probs=True, so its step reads them
   from the batch. Neither timed step runs a reference forward.
-- Each timed step includes its own collation (pobench collate_pairs; TRL DataCollatorForPreference on the same
+- Each timed step includes its own collation (pobench collate_pairs_shared, its default: prompt | chosen |
+  rejected in one row under a block mask, the prompt computed once; TRL DataCollatorForPreference on the same
   rows) but not data loading. TRL's step also logs its usual metrics (entropy, token accuracy, rewards).
 - On CPU, TRL's fused LM head scores every position (prompt and padding included; only Triton devices compact to
   the completion positions) and recomputes the logits tiles in backward; pobench projects only the positions that
