@@ -57,6 +57,7 @@ def test_run_ends_with_eval_json_in_the_contract(finished_run):
     check_contract(result, 4)
     assert result["eval_set"] == "held_out" and result["reference"]["kind"] == "sft"
     assert result["held_out"]["pairs"] == 4 and "eval/rewards/accuracies" in result["held_out"]["final"]
+    assert "eval/rewards/accuracies" in result["held_out"]["initial"]
     judge = result["judge"]
     assert judge["kind"] == "reward_model" and judge["spec"] == "auto" and judge["disjoint_from_policy_pairs"]
     assert isinstance(judge["held_out_accuracy"], float)
@@ -147,3 +148,36 @@ def test_eval_errors_name_the_problem(finished_run, tmp_path):
         evaluate_run(finished_run, overrides={"eval": {"eval_set": "alpaca_eval"}})
     with pytest.raises(PobenchError, match="only eval"):
         evaluate_run(finished_run, overrides={"train": {"lr": 1.0}})
+
+
+def test_lora_run_is_evaluated_with_its_adapter(tmp_path, tiny_model_dir):
+    """A LoRA run saves only the adapter: eval loads it onto the base model, and the reference is the same model
+    with the adapter disabled, so a trained adapter shows as KL > 0 (a forgotten one would give exactly 0)."""
+    import test_eval_judges  # noqa: F401  registers gold:test-eval-length
+
+    from pobench import config as C
+    from pobench.config import dump
+    from pobench.data import load_suite_data
+    from pobench.engine import trainer as T
+    from pobench.eval.runner import evaluate_run, load_trained_policy
+    from pobench.registry import algorithm_defaults, get_algorithm, load_suite
+    overrides = {"model": {"name_or_path": str(tiny_model_dir), "lora_r": 4, "lora_alpha": 8},
+                 "data": {"path": "sample", "max_train_records": 16, "eval_size": 4, "schema": "hh"},
+                 "train": {"max_steps": 2, "batch_size": 4, "lr": 5e-2, "max_prompt_length": 48,
+                           "max_completion_length": 16},
+                 "eval": {"num_prompts": 3, "max_new_tokens": 8, "judge": "gold:test-eval-length", "kl_samples": 2}}
+    algo = get_algorithm("dpo")
+    cfg = C.resolve(load_suite("hh-rlhf"), "dpo", algorithm_defaults(algo), {}, overrides, ["dpo"])
+    run_dir = tmp_path / "results" / "hh-rlhf" / "dpo" / "seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(dump(cfg))
+    T.train(cfg, algo, load_suite_data(cfg.data, cfg.seed), run_dir, tmp_path / "results" / ".cache")
+    from safetensors.torch import load_file
+    saved = load_file(str(run_dir / "checkpoints" / "latest" / "trainable.safetensors"))
+    assert saved and all("lora_" in k for k in saved)
+    model, _, _ = load_trained_policy(cfg, run_dir, "cpu")
+    params = dict(model.named_parameters())
+    assert all(params[k].detach().equal(v) for k, v in saved.items())
+    result = evaluate_run(run_dir, device="cpu")
+    assert result["kl"] is not None and abs(result["kl"]) > 1e-4 and result["kl_info"]["kl_samples"] == 6
+    assert result["judge"]["kind"] == "gold" and len(rows(run_dir)) == 3

@@ -138,3 +138,16 @@ def test_unknown_alpaca_eval_config_is_a_user_error(tmp_path):
     pytest.importorskip("alpaca_eval")
     with pytest.raises(PobenchError, match="alpaca_eval:no_such_config"):
         build_judge("alpaca_eval:no_such_config", cache_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_local_judge_on_the_default_model_runs_offline(tmp_path):
+    """The local judge with its default decoder, SmolLM2-135M-Instruct: it runs offline end to end, but it is a
+    weak judge (measured: it mostly prefers whichever output is shown second), so only the plumbing is checked."""
+    pytest.importorskip("alpaca_eval")
+    judge = build_judge("alpaca_eval:local", cache_dir=tmp_path, device="cpu")
+    prompts = [[{"role": "user", "content": q}] for q in ("What is the capital of France?", "What is 2+2?")]
+    rows = judge_against_reference(judge, prompts, ["The capital of France is Paris.", "2+2 equals 4."],
+                                   ["I like turtles.", "2+2 equals 5."])
+    assert all(0 < r["preference"] < 1 for r in rows)
+    assert judge.describe()["model"] == "smollm2-135m-instruct"

@@ -67,7 +67,7 @@ def test_lc_win_rate_recovers_a_quality_effect_beside_the_length_effect():
     exact = sigmoid(0.8 + 1.0 * np.tanh(z))
     soft = M.length_controlled_win_rate(exact, pol, ref)   # soft labels, no sampling noise: the fit is exact
     assert soft["lc_win_rate"] == pytest.approx(sigmoid(0.8), abs=2e-3)
-    assert soft["length_coef"] == pytest.approx(1.0, abs=5e-3)
+    assert soft["length_coef"] == pytest.approx(1.0, abs=1e-2)   # the unit ridge shrinks it by ~0.5% here
     drawn = (rng.random(z.size) < exact).astype(float)
     lc = M.length_controlled_win_rate(drawn, pol, ref)
     assert lc["lc_win_rate"] == pytest.approx(sigmoid(0.8), abs=3 * lc["lc_win_rate_se"] + 0.01)
@@ -132,3 +132,11 @@ def test_alpaca_eval_glm_removes_a_pure_length_effect(tmp_path):
 def test_sigmoid_of_judges_is_stable_for_large_differences():
     from pobench.eval.judges import _sigmoid
     assert _sigmoid(1000) == 1.0 and _sigmoid(-1000) == 0.0 and math.isclose(_sigmoid(0), 0.5)
+
+
+def test_lc_win_rate_stays_finite_when_length_separates_a_few_prompts():
+    """Eight prompts, every longer output won: without a prior the length coefficient runs off to infinity."""
+    pol = [100, 120, 140, 160, 20, 30, 40, 50]
+    ref = [50] * 4 + [90] * 4
+    lc = M.length_controlled_win_rate([1, 1, 1, 1, 0, 0, 0, 0], pol, ref)
+    assert 0.05 < lc["lc_win_rate"] < 0.95 and 0 < lc["length_coef"] < 10 and math.isfinite(lc["lc_win_rate_se"])

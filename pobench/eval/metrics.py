@@ -7,8 +7,9 @@ rate is a fraction in [0, 1] (alpaca_eval reports the same number x 100, with 1 
 * `length_controlled_win_rate`: what the win rate would be if the policy's outputs were as long as the
   reference's. Two forms:
   - `length_only_glm` (offline, any prompt set): logistic regression of the preference on
-    tanh(standardised length difference) with an intercept, fitted by Newton's method on the soft labels;
-    the LC win rate is the fitted probability at zero length difference, sigmoid(intercept). This is
+    tanh(standardised length difference) with an intercept, fitted by Newton's method on the soft labels
+    (a unit ridge on the length coefficient keeps small, length-separable sets finite); the LC win rate is the
+    fitted probability at zero length difference, sigmoid(intercept). This is
     alpaca_eval's `length_controlled_minimal` GLM (its length term and its per-model intercept) without
     the per-instruction difficulty, which only exists for AlpacaEval's own 805 instructions.
   - `alpaca_eval_glm` (`length_controlled_v1`): alpaca_eval's full GLM with instruction difficulty and its
@@ -54,22 +55,27 @@ def _sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1e-4, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
+LENGTH_RIDGE = 1.0   # a N(0, 1) prior on the length coefficient: with a few prompts that length separates
+                     # perfectly the fit stays finite; at hundreds of prompts it moves the coefficient by < 1%
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, l2=1e-4, iters: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """(coefficients, covariance) of a logistic regression with soft labels y in [0, 1], by Newton's method.
 
-    A tiny ridge (l2) keeps the fit finite when the data are separable (e.g. every longer output wins);
-    the covariance is the inverse Hessian at the optimum, for standard errors."""
+    `l2`: a ridge per coefficient (a number or one per column); a small one keeps the fit finite when the data
+    are separable. The covariance is the inverse Hessian at the optimum, for standard errors."""
     w = np.zeros(X.shape[1])
+    ridge = np.broadcast_to(np.asarray(l2, dtype=float), w.shape)
     for _ in range(iters):
         mu = _sigmoid(X @ w)
-        grad = X.T @ (mu - y) + l2 * w
-        hess = (X * (mu * (1 - mu))[:, None]).T @ X + l2 * np.eye(X.shape[1])
+        grad = X.T @ (mu - y) + ridge * w
+        hess = (X * (mu * (1 - mu))[:, None]).T @ X + np.diag(ridge)
         step = np.linalg.solve(hess, grad)
         w -= step
         if np.max(np.abs(step)) < 1e-10:
             break
     mu = _sigmoid(X @ w)
-    hess = (X * (mu * (1 - mu))[:, None]).T @ X + l2 * np.eye(X.shape[1])
+    hess = (X * (mu * (1 - mu))[:, None]).T @ X + np.diag(ridge)
     return w, np.linalg.inv(hess)
 
 
@@ -93,7 +99,7 @@ def length_controlled_win_rate(preferences, policy_lengths, reference_lengths) -
         w, cov = fit_logistic(np.ones((p.size, 1)), p)
         coef = 0.0
     else:
-        w, cov = fit_logistic(np.column_stack([np.ones_like(z), np.tanh(z)]), p)
+        w, cov = fit_logistic(np.column_stack([np.ones_like(z), np.tanh(z)]), p, l2=[1e-4, LENGTH_RIDGE])
         coef = float(w[1])
     lc = float(_sigmoid(w[0]))
     return {"lc_win_rate": lc, "lc_win_rate_se": float(lc * (1 - lc) * math.sqrt(cov[0, 0])),

@@ -69,6 +69,7 @@ def load_trained_policy(cfg, run_dir: Path, device):
     from pobench.engine.checkpoint import find_checkpoint
     from pobench.models import load_policy
 
+    device = torch.device(device)
     checkpoint = find_checkpoint(run_dir)
     if checkpoint is None:
         raise PobenchError(f"{run_dir}: no checkpoint to evaluate (checkpoints/latest/state.json); finish the run first")
