@@ -327,3 +327,28 @@ def test_set_overrides_follow_precedence(items):
     for key, value in last.items():
         section, name = key.split(".")
         assert parsed[section][name] == yaml.safe_load(str(value))
+
+
+LR = st.one_of(st.none(), st.floats(min_value=1e-9, max_value=1.0))
+
+
+@settings(max_examples=100, deadline=None)
+@given(LR, LR, LR, LR)
+def test_resolve_takes_the_highest_layer_that_sets_a_key(suite_lr, file_lr, set_lr, scoped_beta):
+    """suite < algorithm defaults < --config < --set, for a train key and for an algorithm key (with the
+    `<algo>.key` scope of --set above the run-wide `algorithm.key` of --config)."""
+    from pobench import config as C
+    from pobench.registry import algorithm_defaults, get_algorithm, load_suite
+    suite = load_suite("hh-rlhf")
+    if suite_lr is not None:
+        suite = C.deep_merge(suite, {"train": {"lr": suite_lr}})
+    file_cfg = {"train": {"lr": file_lr}} if file_lr is not None else {}
+    file_cfg["algorithm"] = {"beta": 0.3}
+    set_cfg = {"train": {"lr": set_lr}} if set_lr is not None else {}
+    if scoped_beta is not None:
+        set_cfg["dpo"] = {"beta": scoped_beta}
+    dpo = get_algorithm("dpo")
+    cfg = C.resolve(suite, "dpo", algorithm_defaults(dpo), file_cfg, set_cfg, ["dpo"])
+    want_lr = next(v for v in (set_lr, file_lr, suite_lr, load_suite("hh-rlhf")["train"]["lr"]) if v is not None)
+    assert cfg.train.lr == pytest.approx(want_lr)
+    assert cfg.algorithm["beta"] == pytest.approx(scoped_beta if scoped_beta is not None else 0.3)
