@@ -272,7 +272,8 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
                                 tokenized=tokenized)
             if not no_eval:  # generate, judge, metrics -> eval.json + generations.jsonl (pobench/eval/runner.py)
                 from pobench.eval.runner import evaluate_run
-                evaluate_run(run_dir, out / ".cache", progress=progress)
+                with out_of_memory_as_error(f"{run_dir} (evaluation)", cfg):
+                    evaluate_run(run_dir, out / ".cache", progress=progress)
             summaries.append(summary)
             progress.advance(overall)
     _print_summary(summaries, time.time() - started)
@@ -507,6 +508,7 @@ def eval_(
     """Generate on the eval prompts, judge against a reference, write eval.json + generations.jsonl per run."""
     from pobench import config as C
     from pobench.eval.runner import evaluate_run, load_run_config
+    from pobench.faults import out_of_memory_as_error
 
     shortcuts = {k: v for k, v in {"judge": judge, "reference": reference, "eval_set": eval_set,
                                    "eval_file": str(eval_file) if eval_file else None,
@@ -520,7 +522,8 @@ def eval_(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         for folder in folders:
-            results.append((folder, evaluate_run(folder, cache_dir, overrides, progress)))
+            with out_of_memory_as_error(f"{folder} (evaluation)"):
+                results.append((folder, evaluate_run(folder, cache_dir, overrides, progress)))
     if json_:
         for _, r in results:
             typer.echo(json.dumps(r))

@@ -62,8 +62,9 @@ def kill_now() -> None:
 
 
 OOM_KNOBS = ("train.batch_size (with train.grad_accum to keep the effective batch)",
-             "train.max_prompt_length / train.max_completion_length", "model.gradient_checkpointing=true",
-             "model.lora_r (LoRA instead of full fine-tuning)", "pool.batch_size (generation)")
+             "train.max_prompt_length / train.max_completion_length",
+             "pool.batch_size / eval.batch_size (generation)", "model.gradient_checkpointing=true",
+             "model.lora_r (LoRA instead of full fine-tuning)")
 
 
 def oom_message(where: str, cfg=None) -> str:
@@ -73,9 +74,10 @@ def oom_message(where: str, cfg=None) -> str:
         t, m = cfg.train, cfg.model
         now = (f" (now batch_size={t.batch_size}, grad_accum={t.grad_accum}, max_prompt_length={t.max_prompt_length}, "
                f"max_completion_length={t.max_completion_length}, gradient_checkpointing={m.gradient_checkpointing}, "
-               f"lora_r={m.lora_r}, pool.batch_size={cfg.pool.batch_size})")
-    return f"{where}: out of memory; lower " + ", ".join(OOM_KNOBS[:2]) + ", or set " + \
-        ", ".join(OOM_KNOBS[2:]) + now
+               f"lora_r={m.lora_r}, pool.batch_size={cfg.pool.batch_size}"
+               + (f", eval.batch_size={cfg.eval.batch_size})" if hasattr(cfg, "eval") else ")"))
+    return f"{where}: out of memory; lower " + ", ".join(OOM_KNOBS[:3]) + ", or set " + \
+        ", ".join(OOM_KNOBS[3:]) + now
 
 
 def is_out_of_memory(error: BaseException) -> bool:
