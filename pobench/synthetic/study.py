@@ -24,6 +24,7 @@ import numpy as np
 from pobench.errors import PobenchError
 
 KL_LEVELS = (0.5, 1.0, 2.0, 4.0)
+PAIR_LEVELS = (400, 800, 1600)   # the suite's default run: 16 pairs a step, 100 steps
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -99,19 +100,29 @@ def summarise(runs: dict, base: str = "dpo") -> dict:
             values = [crossing(r["gold"]["curve"], "gold/kl", level, "gold/reward") for r in by_seed.values()]
             row["gold_at_kl"][level] = {"reached": sum(v is not None for v in values),
                                         "mean_ci": mean_ci([v for v in values if v is not None])}
+        row["gold_at_pairs"] = {}
+        for level in PAIR_LEVELS:
+            values = [crossing(r["gold"]["curve"], "pairs_seen", level, "gold/reward") for r in by_seed.values()]
+            row["gold_at_pairs"][level] = mean_ci([v for v in values if v is not None])
         out["algorithms"][algo] = row
     return out
+
+
+def final_draws(run: dict) -> np.ndarray:
+    """Gold of every evaluation draw of a run's final weights, [prompts, samples], measured once per run."""
+    from pobench.synthetic.evaluate import evaluate_run_dir
+
+    if "draws" not in run:
+        run["draws"] = np.asarray(evaluate_run_dir(run["dir"], with_draws=True)["draws"])
+    return run["draws"]
 
 
 def draw_level_test(runs: dict, algo: str, base: str = "dpo") -> dict:
     """Paired per-draw gold differences of the final weights (the runs' own evaluation seed, so draw i of both
     runs used the same random numbers), pooled over seeds, averaged per (seed, prompt); mean, 95% CI, p."""
-    from pobench.synthetic.evaluate import evaluate_run_dir
-
     units = []
     for seed in sorted(set(runs[algo]) & set(runs[base])):
-        a = np.asarray(evaluate_run_dir(runs[algo][seed]["dir"], with_draws=True)["draws"])
-        b = np.asarray(evaluate_run_dir(runs[base][seed]["dir"], with_draws=True)["draws"])
+        a, b = final_draws(runs[algo][seed]), final_draws(runs[base][seed])
         units.extend((a - b).mean(axis=1).tolist())
     d = np.asarray(units)
     se = float(d.std(ddof=1) / math.sqrt(d.size))
@@ -142,14 +153,15 @@ def markdown(summary: dict, draws: dict | None = None) -> str:
                      f"{row['pairs'][0]:.0f} | {fmt(diff['mean_ci'])} | "
                      f"{'-' if math.isnan(diff['p_over_seeds']) else format(diff['p_over_seeds'], '.2g')} |" + extra)
     lines += ["", f"To 90% of {base}'s final gold gain ({0.9 * summary['base_final_gain']:.3f}), and gold at matched KL:", "",
-              "| algorithm | reached | pairs | train s | " + " | ".join(f"gold @ KL {k:g}" for k in KL_LEVELS) + " |",
-              "|---" * (4 + len(KL_LEVELS)) + "|"]
+              "| algorithm | reached | pairs | train s | " + " | ".join(f"gold @ KL {k:g}" for k in KL_LEVELS) + " | "
+              + " | ".join(f"gold @ {n} pairs" for n in PAIR_LEVELS) + " |",
+              "|---" * (4 + len(KL_LEVELS) + len(PAIR_LEVELS)) + "|"]
     for algo, row in summary["algorithms"].items():
         r = row["to_90pct_of_base_gain"]
         at = [fmt(row["gold_at_kl"][k]["mean_ci"]) + ("" if row["gold_at_kl"][k]["reached"] == len(row["seeds"])
               else f" ({row['gold_at_kl'][k]['reached']}/{len(row['seeds'])})") for k in KL_LEVELS]
         lines.append(f"| {algo} | {r['reached']}/{r['of']} | {fmt(r['pairs'], 0)} | {fmt(r['seconds'], 1)} | "
-                     + " | ".join(at) + " |")
+                     + " | ".join(at) + " | " + " | ".join(fmt(row["gold_at_pairs"][n]) for n in PAIR_LEVELS) + " |")
     return "\n".join(lines)
 
 
@@ -167,7 +179,7 @@ def frontier_plot(runs: dict, path: Path) -> None:
                     alpha=0.8, label=algo if j == 0 else None)
     ax.set_xlabel("KL(policy || reference), estimated from samples")
     ax.set_ylabel("gold reward of policy samples")
-    ax.set_title("synthetic suite: reward-KL frontier (each line one run, points every eval step)")
+    ax.set_title("synthetic suite: reward-KL frontier (one line per run)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
