@@ -324,9 +324,12 @@ def list_(
     samplers = [{"name": n, "doc": (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]}
                 for n, cls in sorted(SAMPLERS.items())]
     scorers = ["<reward-model folder>", "<hub id>"] + [f"gold:{n}" for n in sorted(GOLD_REWARDS)]
+    judges = ["auto", "rm:<reward-model folder or hub id>"] + [f"gold:{n}" for n in sorted(GOLD_REWARDS)] + \
+        ["alpaca_eval:<annotators config>" + ("" if importlib.util.find_spec("alpaca_eval") else " (not installed)"),
+         "alpaca_eval:local"]
     if json_:
         typer.echo(json.dumps({"algorithms": algos, "suites": suites, "samplers": samplers,
-                               "generation_backends": backends, "reward_models": scorers}, indent=2))
+                               "generation_backends": backends, "reward_models": scorers, "judges": judges}, indent=2))
         return
     con = Console()
     t = Table(title="algorithms")
@@ -345,6 +348,7 @@ def list_(
     con.print("generation backends: " + ", ".join(f"{b['name']}{'' if b['installed'] else ' (not installed)'}"
                                                   for b in backends), highlight=False)
     con.print("reward models: " + ", ".join(scorers), highlight=False, markup=False)
+    con.print("judges (pobench eval --judge): " + ", ".join(judges), highlight=False, markup=False)
 
 
 @app.command()
@@ -528,13 +532,15 @@ def eval_(
         for _, r in results:
             typer.echo(json.dumps(r))
         return
-    table = Table(title=f"pobench eval: {len(results)} run(s)", caption="win rate: P(output beats the reference), "
-                  "ties half; +/- standard error, [bootstrap 95% CI]; LC: length-controlled; length in characters")
-    for col in ("run", "judge", "reference", "n", "win rate", "95% CI", "LC", "length", "reward", "KL"):
-        table.add_column(col, no_wrap=col != "run")
-    for folder, r in results:
+    table = Table(title=f"pobench eval: {len(results)} run(s)", caption=escape(
+        "win rate: P(output beats the reference), ties half, +/- standard error; 95% CI: bootstrap; LC: length-"
+        "controlled; length: characters, policy vs reference; judges: " +
+        "; ".join(sorted({f"{r['judge']['name']} ({r['judge']['kind']})" for _, r in results}))))
+    for col in ("suite", "algo", "seed", "reference", "n", "win rate", "95% CI", "LC", "length", "reward", "KL"):
+        table.add_column(col, no_wrap=True)
+    for _, r in results:
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        table.add_row(str(folder), r["judge"]["name"], r["reference"]["kind"], str(r["n_prompts"]),
+        table.add_row(r["suite"], r["algorithm"], str(r["seed"]), r["reference"]["kind"], str(r["n_prompts"]),
                       f"{r['win_rate']:.3f} +/- {r['win_rate_se']:.3f}",
                       f"[{r['win_rate_ci95'][0]:.3f}, {r['win_rate_ci95'][1]:.3f}]", fmt(r["lc_win_rate"], ".3f"),
                       f"{r['avg_length']:.0f} vs {r['reference_avg_length']:.0f}", fmt(r["reward_mean"], ".3f"),
