@@ -188,7 +188,7 @@ def test_cli_run_with_a_plugin_algorithm_writes_the_contract(tmp_path, tiny_mode
     cmd = [sys.executable, "-m", "pobench.cli", "run", "--algo", "double_dpo,dpo", "--plugin", str(plugin),
            "--model", str(tiny_model_dir), "--data", "sample", "--max-steps", "2", "--out", str(out),
            "--set", "data.max_train_records=16", "--set", "data.eval_size=4", "--set", "double_dpo.beta=0.2",
-           "--set", "eval.num_prompts=2", "--set", "eval.max_new_tokens=4", "--set", "eval.judge_rm_steps=2"]
+           "--set", "eval.num_prompts=2", "--set", "eval.max_new_tokens=4", "--set", "eval.judge_rm_steps=1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     for algo in ("double_dpo", "dpo"):

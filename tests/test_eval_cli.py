@@ -19,7 +19,7 @@ CONTRACT = {"eval_set": str, "n_prompts": int, "decoding": dict, "reference": di
             "win_rate": float, "win_rate_se": float, "win_rate_ci95": list, "lc_method": str, "avg_length": float,
             "reference_avg_length": float, "held_out": dict, "versions": dict}
 ROW_KEYS = {"prompt", "output", "reference_output", "preference", "scores", "policy_first", "judge"}
-EVAL_SETTINGS = ["--set", "eval.num_prompts=4", "--set", "eval.max_new_tokens=8", "--set", "eval.judge_rm_steps=2"]
+EVAL_SETTINGS = ["--set", "eval.num_prompts=4", "--set", "eval.max_new_tokens=8", "--set", "eval.judge_rm_steps=1"]
 
 
 def check_contract(result: dict, n: int) -> None:
