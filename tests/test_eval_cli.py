@@ -142,6 +142,9 @@ def test_eval_errors_name_the_problem(finished_run, tmp_path):
     from pobench.eval.runner import evaluate_run
     with pytest.raises(PobenchError, match="not a run folder"):
         evaluate_run(tmp_path)
+    (tmp_path / "config.yaml").write_text((finished_run / "config.yaml").read_text())
+    with pytest.raises(PobenchError, match="has not finished"):
+        evaluate_run(tmp_path)
     with pytest.raises(PobenchError, match="eval.reference"):
         evaluate_run(finished_run, overrides={"eval": {"reference": "chosen"}})
     with pytest.raises(PobenchError, match="--eval-file"):   # offline: the hub is unreachable, never a silent fallback

@@ -287,6 +287,9 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     started = time.time()
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
+    if not (run_dir / "train_summary.json").is_file():
+        raise PobenchError(f"{run_dir}: the run has not finished (no train_summary.json); finish it with "
+                           f"pobench run --resume first")
     cache_dir = Path(cache_dir) if cache_dir else results_root(run_dir, cfg.suite) / ".cache"
     items, source, suite_data = eval_items(cfg)
     if not items:
