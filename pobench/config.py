@@ -114,6 +114,8 @@ class EvalConfig:
     bootstrap: int = 2000          # bootstrap resamples of the win-rate CI
     lc_difficulty_file: str | None = None  # alpaca_eval's df_gamed.csv (local, never downloaded): enables its full
                                            # length-controlled GLM on the 805 instructions
+    judge_check_pairs: int = 0     # also let the judge pick between chosen and rejected on this many held-out pairs and
+                                   # report its agreement (judge.held_out_agreement); 0 = skip (LLM judges cost per call)
 
 
 @dataclass

@@ -102,7 +102,7 @@ def test_eval_again_with_a_gold_judge_and_the_dataset_reference(finished_run, tm
     from pobench.cli import app
     finished_run = copy_run(finished_run, tmp_path)
     r = CliRunner().invoke(app, ["eval", str(finished_run), "--judge", "gold:test-eval-length", "--reference",
-                                 "dataset", "--num-prompts", "3", "--json"])
+                                 "dataset", "--num-prompts", "3", "--set", "eval.judge_check_pairs=4", "--json"])
     assert r.exit_code == 0, r.output
     result = json.loads(r.output.strip().splitlines()[-1])
     check_contract(result, 3)
@@ -115,8 +115,13 @@ def test_eval_again_with_a_gold_judge_and_the_dataset_reference(finished_run, tm
         assert r["judge"] == "gold:test-eval-length"
     assert result["reward_mean"] == pytest.approx(sum(len(r["output"]) for r in got) / 30)
     from pobench.eval.runner import eval_items, load_run_config
-    held_out, _, _ = eval_items(load_run_config(finished_run))
+    held_out, _, data = eval_items(load_run_config(finished_run))
     assert [r["reference_output"] for r in got] == [it.reference_output for it in held_out[:3]]   # the chosen answers
+    # the judge's own check on 4 held-out pairs: the length judge agrees where the chosen answer is the longer one
+    want = [1.0 if len(r.chosen) > len(r.rejected) else 0.5 if len(r.chosen) == len(r.rejected) else 0.0
+            for r in data.eval[:4]]
+    assert result["judge"]["held_out_agreement"]["agreement"] == pytest.approx(sum(want) / 4)
+    assert result["judge"]["held_out_agreement"]["pairs"] == 4
 
 
 def test_eval_on_alpaca_eval_instructions_with_the_local_llm_judge(finished_run, tiny_model_dir, tmp_path):

@@ -10,7 +10,10 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
     n_prompts         prompts generated (= n_judged + n_unjudged)
     decoding          {backend, temperature, top_p, top_k, max_new_tokens, seed, batch_size, chat_template, max_prompt_length}
     reference         {"kind": "sft" | "dataset" | "alpaca_eval", ...}  (sft: model + the shared cache file)
-    judge             {"name", "kind": "reward_model" | "llm" | "gold", "held_out_accuracy": float | null, ...}
+    judge             {"name", "kind": "reward_model" | "llm" | "gold", "held_out_accuracy": float | null, ...};
+                      held_out_accuracy: a pobench-trained reward model's pair accuracy (rm_info.json); with
+                      eval.judge_check_pairs > 0 also held_out_agreement {agreement, pairs, mean_preference}: how
+                      often this judge picked the held-out chosen answer over the rejected one (any judge)
     win_rate          mean P(policy output beats reference output) in [0, 1]; ties count half
     win_rate_se, win_rate_ci95 [lo, hi]   standard error; percentile bootstrap 95% CI (eval.bootstrap resamples)
     lc_win_rate, lc_win_rate_se, lc_method ("length_only_glm" | "alpaca_eval_glm_length_controlled_v1"), length_coef

@@ -211,6 +211,22 @@ def build_run_judge(cfg, suite_data, run_dir: Path, cache_dir: Path, device: str
     return build_judge(spec, cache_dir=cache_dir, judge_model=cfg.eval.judge_model, device=device, seed=cfg.eval.seed)
 
 
+def judge_agreement(judge, suite_data, n: int, seed: int) -> dict | None:
+    """How often the judge prefers the dataset's chosen answer to its rejected one on the first n held-out pairs
+    (ties half): a reading of its quality on this suite, for any judge, beside its win rates."""
+    from pobench.eval.judges import judge_against_reference
+    if n < 1 or suite_data is None or not suite_data.eval:
+        return None
+    records = suite_data.eval[:n]
+    rows = judge_against_reference(judge, [r.prompt for r in records], [r.chosen for r in records],
+                                   [r.rejected for r in records], seed)
+    prefs = [r["preference"] for r in rows if r["preference"] is not None]
+    if not prefs:
+        return None
+    agree = [1.0 if p > 0.5 else 0.5 if p == 0.5 else 0.0 for p in prefs]
+    return {"agreement": sum(agree) / len(agree), "pairs": len(agree), "mean_preference": sum(prefs) / len(prefs)}
+
+
 # -- KL -----------------------------------------------------------------------------------------------------------
 
 def sample_logps(model, seqs, pad_id: int, device, chunk: int) -> list[float]:
@@ -309,9 +325,13 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     judge = build_run_judge(cfg, suite_data, run_dir, cache_dir, str(dev), progress)
     prompts = [it.prompt for it in items]
     rows = judge_against_reference(judge, prompts, policy_out, ref_out, cfg.eval.seed)
+    judge_info = judge.describe()
+    check = judge_agreement(judge, suite_data, cfg.eval.judge_check_pairs, cfg.eval.seed)
+    if check:
+        judge_info["held_out_agreement"] = check
     result = {
         "eval_set": cfg.eval.eval_set, "eval_source": source, "n_prompts": len(items),
-        "decoding": decoding_record(cfg), "reference": reference, "judge": judge.describe(),
+        "decoding": decoding_record(cfg), "reference": reference, "judge": judge_info,
         **summarize(cfg, rows, policy_out, ref_out, items),
         "kl": kl["kl"] if kl else None, "kl_se": kl["kl_se"] if kl else None, "kl_info": kl,
         "held_out": held_out_block(run_dir), "suite": cfg.suite, "algorithm": cfg.algorithm_name, "seed": cfg.seed,
