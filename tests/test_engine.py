@@ -274,3 +274,22 @@ def test_shared_prompt_rows_give_the_same_logps_and_gradients(attn):
     assert packed["input_ids"].shape[0] == 2
     with torch.no_grad():
         assert torch.allclose(scorer(**collate_sequences(seqs, 0))[0], scorer(**packed)[0], atol=1e-5)
+
+
+def test_truncated_records_are_counted_and_reported(tmp_path, tiny_model_dir, capsys):
+    """Prompts over the limit keep their end, completions their start (documented); the run counts both, prints a
+    one-line warning and records the counts in train_summary.json."""
+    from transformers import AutoTokenizer
+
+    from pobench.data.records import PreferenceRecord
+    from pobench.data.tokenize import ChatFormatter, tokenize_record, truncation_counts
+    f = ChatFormatter(AutoTokenizer.from_pretrained(tiny_model_dir))
+    rec = PreferenceRecord(id="r", prompt=[{"role": "user", "content": "word " * 40}], chosen="ok", rejected="no " * 30)
+    pair = tokenize_record(rec, f, max_prompt=16, max_completion=8)
+    assert pair.truncated == (True, True) and len(pair.prompt) == 16 and len(pair.rejected) == 8
+    whole = tokenize_record(rec, f, max_prompt=1000, max_completion=1000)
+    assert whole.truncated == (False, False) and pair.prompt == whole.prompt[-16:] and pair.chosen == whole.chosen
+    assert truncation_counts([pair, whole]) == {"prompts": 1, "completions": 1}
+    summary, _ = run_train(tmp_path / "t", tiny_model_dir, max_steps=1, max_prompt_length=24, max_completion_length=8)
+    assert summary["truncated"]["prompts"] > 0 and summary["truncated"]["completions"] > 0
+    assert "had prompts over train.max_prompt_length=24" in capsys.readouterr().out

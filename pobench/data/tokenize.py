@@ -24,6 +24,7 @@ class TokenizedPair:
     candidates: list[list[int]] = field(default_factory=list)  # the record's candidate pool, tokenized
     scores: list[float] | None = None                          # reward-model scores of the candidates
     source: PreferenceRecord | None = field(default=None, compare=False, repr=False)  # the text it came from
+    truncated: tuple[bool, bool] = field(default=(False, False), compare=False)  # (prompt cut, a completion cut)
     group: int | None = field(default=None, compare=False)     # set by samplers that draw several negatives per
                                                                # record: pairs of one record share it
 
@@ -87,6 +88,15 @@ def tokenize_record(record: PreferenceRecord, formatter: ChatFormatter, max_prom
         return encode_completion(formatter, record.prompt, prompt_text, text, max_completion)
 
     candidates = [completion(c) for c in record.candidates] if with_candidates else []
-    return TokenizedPair(formatter.encode(prompt_text)[-max_prompt:], completion(record.chosen),
-                         completion(record.rejected), candidates, record.scores if with_candidates else None,
-                         source=record)
+    prompt_ids = formatter.encode(prompt_text)
+    full = [formatter.encode(formatter.completion_text(record.prompt, prompt_text, t))
+            for t in (record.chosen, record.rejected)]
+    return TokenizedPair(prompt_ids[-max_prompt:], full[0][:max_completion], full[1][:max_completion], candidates,
+                         record.scores if with_candidates else None, source=record,
+                         truncated=(len(prompt_ids) > max_prompt, any(len(c) > max_completion for c in full)))
+
+
+def truncation_counts(pairs: list[TokenizedPair]) -> dict:
+    """How many records lost prompt tokens (their start) or completion tokens (their end) to the length limits:
+    documented behaviour, counted so that a run says how much of its data it did not see whole."""
+    return {"prompts": sum(p.truncated[0] for p in pairs), "completions": sum(p.truncated[1] for p in pairs)}

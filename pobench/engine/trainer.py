@@ -21,7 +21,7 @@ from pobench import faults
 from pobench.algorithm import SeqLogps
 from pobench.config import RunConfig
 from pobench.data import SuiteData
-from pobench.data.tokenize import ChatFormatter, TokenizedPair, encode_completion, tokenize_record
+from pobench.data.tokenize import ChatFormatter, TokenizedPair, encode_completion, tokenize_record, truncation_counts
 from pobench.engine import distributed as D
 from pobench.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from pobench.engine.io import MetricsLog, atomic_write_json
@@ -350,6 +350,13 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         eval_pairs = tokenize_all(data.eval, formatter, cfg)
         if tokenized is not None:
             tokenized[cache_key] = (train_pairs, eval_pairs)
+    truncated = truncation_counts(train_pairs + eval_pairs)
+    if any(truncated.values()) and accelerator.is_main_process:
+        message = (f"warning: {truncated['prompts']} of {len(train_pairs) + len(eval_pairs)} records had prompts over "
+                   f"train.max_prompt_length={tc.max_prompt_length} (their last tokens kept) and "
+                   f"{truncated['completions']} had a completion over train.max_completion_length="
+                   f"{tc.max_completion_length} (cut at the end)")
+        (progress.console.print if progress is not None else print)(message)
 
     if tc.batch_size % tc.grad_accum:
         raise PobenchError(f"train.batch_size={tc.batch_size} must be a multiple of train.grad_accum={tc.grad_accum}")
@@ -543,7 +550,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "final_loss": rows[-1]["loss"] if rows else None,
         "held_out_initial": state["initial_eval"], "held_out_final": last_eval,
         "reference_model": model_path, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
-        "records_seen": state["records_seen"], "candidate_pool": pool_info,
+        "records_seen": state["records_seen"], "candidate_pool": pool_info, "truncated": truncated,
         "num_processes": world, "global_batch_size": global_batch, "distributed": str(accelerator.distributed_type),
         "reward_model": frozen.get("rm_spec") or (pool_info or {}).get("reward_model"),
     }
