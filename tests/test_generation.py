@@ -293,3 +293,20 @@ def test_top_p_bisection_keeps_the_same_tokens_as_sorting(scale):
         assert torch.equal(bisect, by_sort), (scale, top_p, (bisect != by_sort).sum().item())
         kept_mass = (probs * bisect).sum(-1)
         assert (kept_mass >= top_p - 1e-5).all()
+
+
+def test_static_decoder_on_a_peft_model_with_a_trained_adapter(model, tokenizer, prompts):
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():                      # a non-zero adapter, so that it changes the outputs
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    backend = get_backend("transformers", peft_model, tokenizer)
+    fast = backend.generate(prompts, GenerationConfig(temperature=0, max_new_tokens=10, **FAST))
+    plain = backend.generate(prompts, GenerationConfig(temperature=0, max_new_tokens=10, fast="off"))
+    assert ids(fast) == ids(plain)
+    assert ids(plain) != ids(get_backend("transformers", model, tokenizer).generate(
+        prompts, GenerationConfig(temperature=0, max_new_tokens=10, fast="off")))
