@@ -69,8 +69,8 @@ class TrainConfig:
     eval_every: int = 10           # held-out pair metrics every N steps (and at the end); 0 = only at the end
     save_every: int = 0            # checkpoint every N steps (0 = only at the end); resume picks up from it
     logps_chunk: int = 1024        # completion positions per output-layer chunk (bounds logits memory)
-    shared_prompt: bool = True     # one row per prompt holding all its completions (chosen | rejected, a pool),
-                                   # so the prompt is computed once; exact (pobench/engine/logps.py)
+    shared_prompt: bool = True     # training step: prompt | chosen | rejected in one row, the prompt computed once;
+                                   # exact (pobench/engine/logps.py). Scoring without gradient always packs so.
     deterministic: bool = False    # torch.use_deterministic_algorithms (slower on GPU)
     tensorboard: bool = False      # also log to TensorBoard where installed
     wandb: bool = False            # also log to Weights & Biases where installed

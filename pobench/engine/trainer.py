@@ -26,8 +26,7 @@ from pobench.engine import distributed as D
 from pobench.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from pobench.engine.io import MetricsLog, atomic_write_json
 from pobench.engine.loggers import Trackers
-from pobench.engine.logps import (SequenceLogps, collate_pairs, collate_pairs_shared, collate_sequences,
-                                  collate_sequences_shared)
+from pobench.engine.logps import SequenceLogps, collate_pairs, collate_pairs_shared, collate_sequences_shared
 from pobench.engine.refcache import ReferenceCache
 from pobench.errors import PobenchError
 from pobench.models import load_policy, model_fingerprint, pick_device, pick_dtype
@@ -121,16 +120,14 @@ def lr_lambda(step: int, total: int, warmup_ratio: float) -> float:
 
 
 @torch.no_grad()
-def score_sequences(scorer: SequenceLogps, seqs: list[tuple], pad_id: int, device, batch_size: int,
-                    shared: bool = True):
+def score_sequences(scorer: SequenceLogps, seqs: list[tuple], pad_id: int, device, batch_size: int):
     """Policy log-probs (summed over completion tokens) and token counts, no gradient, in batches of `batch_size`
-    sequences; with `shared`, the sequences of a batch that share a prompt are packed into one row."""
+    sequences; the sequences of a batch that share a prompt are packed into one row (exact)."""
     was_training = scorer.training
     scorer.eval()
     sums, counts = [], []
-    collate = collate_sequences_shared if shared else collate_sequences
     for start in range(0, len(seqs), batch_size):
-        batch = {k: v.to(device) for k, v in collate(seqs[start:start + batch_size], pad_id).items()}
+        batch = {k: v.to(device) for k, v in collate_sequences_shared(seqs[start:start + batch_size], pad_id).items()}
         s, c = scorer(**batch)
         sums.append(s.float().cpu())
         counts.append(c.cpu())

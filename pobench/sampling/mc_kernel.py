@@ -97,9 +97,12 @@ class MCKernel:
         from pobench.engine.trainer import score_sequences
 
         flat = [(r.prompt, self.scored(c)) for r, (items, _) in zip(batch, pools) for c in items]
-        keys = [sequence_key(p, c) for p, c in flat]
-        todo = [i for i, k in enumerate(keys) if not (self.persistent and k in self._last_visit)]
-        values = torch.tensor([self._last_visit.get(k, 0.0) for k in keys], dtype=torch.float32)
+        values = torch.zeros(len(flat))
+        todo = list(range(len(flat)))
+        if self.persistent:                      # hash sequences only when scores are kept between visits
+            keys = [sequence_key(p, c) for p, c in flat]
+            todo = [i for i, k in enumerate(keys) if k not in self._last_visit]
+            values = torch.tensor([self._last_visit.get(k, 0.0) for k in keys], dtype=torch.float32)
         if todo:
             logps, counts = score_sequences(ctx.scorer, [flat[i] for i in todo], ctx.pad_id, ctx.device,
                                             ctx.score_batch_size)
