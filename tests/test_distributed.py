@@ -3,7 +3,8 @@
 The equivalence test launches `pobench run --num-processes 2` (accelerate's launcher, the shipped `ddp` preset),
 each process training on half of every global batch, and compares its metrics with one process training on the
 whole batch: same pairs, same order, same updates. What may differ is float rounding: padded batch shapes differ
-(4 vs 8 sequences per forward) and DDP sums two half-batch gradients.
+(4 vs 8 sequences per forward) and DDP sums two half-batch gradients. A sibling does the same for MC-PO, whose random
+draws are keyed by each record's place in the global batch, so that 2 processes draw the negatives 1 process draws.
 
 Tolerance: every metric within 1e-5 relative, except the implicit rewards, which are beta times the difference of
 two summed log-probs of ~-250 whose float32 resolution is ~1.5e-5: they are compared within 1e-5 absolute.
@@ -27,6 +28,7 @@ from hypothesis import strategies as st
 
 from pobench.engine import distributed as D
 from pobench.errors import PobenchError
+from test_mcpo import pool_data  # noqa: F401  (fixture)
 
 # metrics compared between the 2-process and the 1-process run; time and throughput are not
 COMPARED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
@@ -94,44 +96,65 @@ def _close(key: str, a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=REL_TOL)
 
 
-def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(tmp_path, tiny_model_dir):
+def _two_processes_against_one(tmp_path: Path, model_dir: Path, algo: str, extra: dict | None = None,
+                               compared: tuple = COMPARED) -> tuple[dict, float]:
+    """`pobench run --num-processes 2` with 2 pairs per process against one process with 4 pairs, 4 steps: every
+    compared metric of every step (and the held-out metrics) must agree. Returns the largest absolute difference
+    per metric and the launch's wall time."""
     from pobench import config as C
     from pobench.data import load_suite_data
     from pobench.engine.trainer import train
     from pobench.registry import algorithm_defaults, get_algorithm, load_suite
 
+    settings = lambda batch: C.deep_merge(_settings(model_dir, batch), extra or {})  # noqa: E731
     # two processes x 2 pairs, launched through the CLI (its own reference cache, built sharded across the ranks)
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "pobench.cli", "run", "--algo", "dpo", "--out", str(out),
-                           "--no-eval", "--num-processes", "2", *_set_args(_settings(tiny_model_dir, 2))],
+    proc = subprocess.run([sys.executable, "-m", "pobench.cli", "run", "--algo", algo, "--out", str(out),
+                           "--no-eval", "--num-processes", "2", *_set_args(settings(2))],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     launched_s = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = out / "hh-rlhf" / "dpo" / "seed1"
+    run = out / "hh-rlhf" / algo / "seed1"
     two = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["global_batch_size"] == 4
     assert [r["step"] for r in two] == [1, 2, 3, 4]       # written once, by the main process
 
     # one process x 4 pairs, in this process
-    algorithm = get_algorithm("dpo")
-    cfg = C.resolve(load_suite("hh-rlhf"), "dpo", algorithm_defaults(algorithm), {}, _settings(tiny_model_dir, 4),
-                    ["dpo"])
+    algorithm = get_algorithm(algo)
+    cfg = C.resolve(load_suite("hh-rlhf"), algo, algorithm_defaults(algorithm), {}, settings(4), [algo])
     one_summary = train(cfg, algorithm, load_suite_data(cfg.data, cfg.seed), tmp_path / "one", tmp_path / "one-cache")
     one = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
 
     assert len(two) == len(one) == 4
     worst: dict = {}
     for a, b in zip(two, one):
-        for key in COMPARED + tuple(k for k in b if k.startswith("eval/")):
+        for key in compared + tuple(k for k in b if k.startswith("eval/")):
             assert _close(key, a[key], b[key]), f"step {b['step']} {key}: 2 processes {a[key]!r}, 1 process {b[key]!r}"
             worst[key] = max(worst.get(key, 0.0), abs(a[key] - b[key]))
     for key, value in one_summary["held_out_final"].items():
         assert _close(key, summary["held_out_final"][key], value), key
+    return worst, launched_s
+
+
+def _report(worst: dict, launched_s: float) -> None:
     print(f"\n2-process launch {launched_s:.1f} s; largest absolute differences: "
           + ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items()) if v))
+
+
+def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(tmp_path, tiny_model_dir):
+    _report(*_two_processes_against_one(tmp_path, tiny_model_dir, "dpo"))
+
+
+def test_two_process_mcpo_run_draws_what_one_process_draws(tmp_path, tiny_model_dir, pool_data):
+    """MC-PO on the records' own 4-candidate pools (3 per record in the kernel's pool): each record's negative is
+    drawn from a stream keyed by its place in the global batch (pobench.sampling.record_generator), so 2 processes
+    draw the negatives 1 process draws, and train and log the same (the sampler's metrics included)."""
+    extra = {"data": {"path": str(pool_data), "schema": "auto"}, "algorithm": {"num_candidates": 3}}
+    sampler_keys = ("sampler/drawn_is_dataset_rejected", "sampler/drawn_rm_rank", "sampler/kernel_entropy")
+    _report(*_two_processes_against_one(tmp_path, tiny_model_dir, "mcpo", extra, COMPARED + sampler_keys))
 
 
 def _launch(tmp_path: Path, model_dir: Path, out: str, *extra: str, env_extra: dict | None = None):

@@ -131,9 +131,51 @@ class ZeroReference:
         return torch.zeros(len(seqs)), torch.ones(len(seqs), dtype=torch.long)
 
 
-def kernel_context():
+def kernel_context(step=0, batch_offset=0):
     return types.SimpleNamespace(scorer=RecordingScorer(), pad_id=0, device="cpu", score_batch_size=64,
-                                 refcache=ZeroReference(), step=0)
+                                 refcache=ZeroReference(), step=step, batch_offset=batch_offset)
+
+
+def drawn(pairs) -> list[list[int]]:
+    return [p.rejected for p in pairs]
+
+
+@pytest.mark.parametrize("kw", [dict(kernel="uniform"), dict(kernel="sample", tau=0.01),
+                                dict(kernel="uniform", objective="ranking_nce", num_negatives=3)])
+def test_kernel_draws_do_not_depend_on_how_the_batch_is_split_over_ranks(kw):
+    """A record's draws are keyed by its place in the step's global batch: one process drawing for 6 records gives
+    each record what it gets when two simulated ranks draw for 3 records each (ctx.batch_offset 0 and 3)."""
+    recs = [TokenizedPair([i + 1], [10], [20 + i], candidates=[[30 + i], [40 + i], [50 + i], [60 + i]])
+            for i in range(6)]
+    s = sampler(num_candidates=5, **kw)
+    whole, _ = s(recs, kernel_context(step=7))
+    split = s(recs[:3], kernel_context(step=7))[0] + s(recs[3:], kernel_context(step=7, batch_offset=3))[0]
+    assert drawn(split) == drawn(whole)
+    assert drawn(s(recs, kernel_context(step=8))[0]) != drawn(whole)       # and another step draws anew
+
+
+def test_records_of_one_step_do_not_share_a_random_stream():
+    """Identical pools under the uniform kernel: the two simulated ranks (offsets 0 and 8) draw differently for
+    the same records (with one stream per step, as before, every rank drew the same indices), and within a rank
+    the records' draws are not all the same."""
+    recs = [TokenizedPair([1], [10], [20], candidates=[[30 + j] for j in range(7)]) for _ in range(8)]
+    s = sampler(kernel="uniform")
+    rank0 = drawn(s(recs, kernel_context(step=3, batch_offset=0))[0])
+    rank1 = drawn(s(recs, kernel_context(step=3, batch_offset=8))[0])
+    assert rank0 != rank1
+    assert len({tuple(d) for d in rank0}) > 1 and len({tuple(d) for d in rank1}) > 1
+
+
+def test_record_seeds_are_distinct_across_steps_positions_and_streams():
+    from pobench.sampling import record_generator, record_random, record_seed
+    seeds = {record_seed(1, step, pos, stream) for step in range(64) for pos in range(64)
+             for stream in ("mc_kernel", "rso")}
+    assert len(seeds) == 64 * 64 * 2 and all(0 <= x < 2 ** 63 for x in seeds)
+    assert record_seed(1, 0, 0, "mc_kernel") != record_seed(2, 0, 0, "mc_kernel")        # the run seed counts
+    assert all(0 <= record_seed(s, 5, 3, "g", bits=32) < 2 ** 32 for s in range(100))
+    a, b = record_generator(1, 2, 3, "x"), record_generator(1, 2, 3, "x")
+    assert torch.rand(4, generator=a).tolist() == torch.rand(4, generator=b).tolist()   # deterministic
+    assert record_random(1, 2, 3, "x").random() == record_random(1, 2, 3, "x").random()
 
 
 def test_score_prefix_scores_only_the_first_tokens():

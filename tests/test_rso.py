@@ -42,6 +42,38 @@ def test_pairing_labels_by_score():
     assert pair_up([0, 1], [1.0, 1.0], "first_round") == []   # a tie expresses no preference
 
 
+def rso_sampler(**kw):
+    import types
+
+    from pobench.sampling.rso import RejectionSampler
+    params = dict(num_candidates=8, num_accepted=4, beta_rso=0.5, pairing="first_round")
+    params.update(kw)
+    return RejectionSampler(types.SimpleNamespace(**params), types.SimpleNamespace(seed=1))
+
+
+def rso_ctx(step=0, batch_offset=0):
+    import types
+    return types.SimpleNamespace(step=step, batch_offset=batch_offset)
+
+
+def test_rso_draws_do_not_depend_on_how_the_batch_is_split_over_ranks():
+    """Each record's acceptance draws are keyed by its place in the step's global batch: one process sampling 6
+    records gives the pairs of two simulated ranks sampling 3 each (ctx.batch_offset 0 and 3); and two ranks
+    sampling identical records do not draw alike (one stream per step, as before, made them identical)."""
+    from pobench.data.tokenize import TokenizedPair
+    scores = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3]
+    recs = [TokenizedPair([i + 1], [10], [20], candidates=[[30 + j] for j in range(8)], scores=scores)
+            for i in range(6)]
+    s = rso_sampler()
+    pairs = lambda ps: [(tuple(p.chosen), tuple(p.rejected)) for p in ps]  # noqa: E731
+    whole = pairs(s(recs, rso_ctx(step=5))[0])
+    split = pairs(s(recs[:3], rso_ctx(step=5))[0] + s(recs[3:], rso_ctx(step=5, batch_offset=3))[0])
+    assert split == whole
+    same = [recs[0]] * 6
+    rank0, rank1 = pairs(s(same, rso_ctx(step=5))[0]), pairs(s(same, rso_ctx(step=5, batch_offset=6))[0])
+    assert rank0 != rank1 and len(set(rank0)) > 1
+
+
 def test_rso_trains_on_a_scored_pool(tmp_path, tiny_model_dir, pool_data):  # noqa: F811
     run_train(tmp_path / "r", tiny_model_dir, algo="rso", data_path=str(pool_data), max_steps=3,
               algorithm={"num_accepted": 4})

@@ -35,12 +35,18 @@ from pobench.registry import get_sampler
 
 class SamplerContext:
     """What a sampler may use: the policy (to score or to generate from), the reference log-probs, the reward
-    model, the records of any step, the config. Built once per run; `step` is updated by the loop."""
+    model, the records of any step, the config. Built once per run; `step` is updated by the loop.
+
+    `batch_offset` is the position, in every step's global batch, of the first record of this process's batch
+    (rank * train.batch_size; 0 in one process; train.grad_accum splits a batch only after sampling, so it does
+    not move it): the i-th record of `batch_at(step)` is record `batch_offset + i` of the global batch, which is
+    what samplers key their per-record random draws on (pobench.sampling.record_generator)."""
 
     def __init__(self, cfg: RunConfig, scorer, model, tokenizer, formatter, refcache, device, pad_id: int,
-                 batch_at, max_steps: int, reward_scorer, reference):
+                 batch_at, max_steps: int, reward_scorer, reference, batch_offset: int = 0):
         self.cfg, self.scorer, self.model, self.tokenizer, self.formatter = cfg, scorer, model, tokenizer, formatter
         self.refcache, self.device, self.pad_id, self.batch_at, self.max_steps = refcache, device, pad_id, batch_at, max_steps
+        self.batch_offset = batch_offset
         self.score_batch_size = 2 * cfg.train.batch_size
         self.step = 0
         self._reward_scorer, self._reference = reward_scorer, reference
@@ -402,8 +408,10 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     D.register_output_layer(accelerator, scorer)
     scoring = D.scoring_module(accelerator, scorer)  # no-grad scoring: see distributed.scoring_module
 
+    batch_offset = rank * tc.batch_size  # this rank's first record in every global batch (SamplerContext)
+
     def batch_at(step: int) -> list[TokenizedPair]:
-        start = step * global_batch + rank * tc.batch_size
+        start = step * global_batch + batch_offset
         return [train_pairs[i] for i in order[start:start + tc.batch_size]]
 
     frozen: dict = {}
@@ -429,7 +437,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         return score_sequences(frozen["ref"], seqs, pad_id, device, 2 * tc.batch_size)
 
     ctx = SamplerContext(cfg, scoring, model, tokenizer, formatter, refcache, device, pad_id, batch_at, max_steps,
-                         reward_scorer, reference)
+                         reward_scorer, reference, batch_offset=batch_offset)
     eval_bs = max(2, tc.batch_size)
 
     def held_out() -> dict:

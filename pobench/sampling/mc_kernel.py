@@ -16,7 +16,7 @@ import torch
 
 from pobench.errors import PobenchError
 from pobench.registry import register_sampler
-from pobench.sampling import pair_sequences
+from pobench.sampling import pair_sequences, record_generator
 
 
 def kernel_probs(scores: torch.Tensor, kernel: str, tau: float) -> torch.Tensor:
@@ -127,9 +127,10 @@ class MCKernel:
             scores = [torch.zeros(len(items)) for items, _ in pools]
         else:
             scores = self._scores(batch, pools, ctx)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + ctx.step * 7919 + 1)
         pairs, entropies, ranks, drawn_scores, is_rejected = [], [], [], [], []
         for index, (record, (items, rm_scores), s) in enumerate(zip(batch, pools, scores)):
+            # one stream per record, keyed by its place in the global batch: independent of the rank that draws it
+            generator = record_generator(self.seed, ctx.step, ctx.batch_offset + index, "mc_kernel")
             probs = kernel_probs(s, self.kernel, self.tau)
             entropies.append(entropy(probs))
             for _ in range(self.num_negatives):

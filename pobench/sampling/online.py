@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from pobench.registry import register_sampler
-from pobench.sampling import pair_sequences
+from pobench.sampling import pair_sequences, record_generator, record_seed
 from pobench.sampling.mc_kernel import draw, entropy, kernel_probs
 
 
@@ -31,6 +29,20 @@ class OnlinePool:
     def reference_sequences(self, records) -> list[tuple]:
         return pair_sequences(records)  # the fresh samples' reference log-probs are computed as they appear
 
+    def generation_seed(self, ctx, seeds_each_prompt: bool = False) -> int:
+        """The seed of one refresh's generate call.
+
+        A backend whose `seeds_each_prompt` is true draws every (prompt, sample) from a stream of its own, keyed by
+        the call's seed and the prompt itself, not by the other prompts of the call: the call's seed is then keyed
+        by (run seed, step) alone, the same on every rank, and a prompt gets the samples a 1-process run gives it
+        (up to float rounding across batch shapes). Any other backend seeds the call, not the prompt (vLLM: prompt
+        i of the call gets seed*1_000_003 + i*n), so the seed also takes the position of this rank's first record
+        in the global batch: ranks never share it (no shared random numbers for different prompts), but a prompt's
+        samples depend on which prompts share its call, hence on the number of processes. 32 bits, because the
+        vLLM backend multiplies the seed by 1_000_003 and its generators take 64-bit seeds."""
+        offset = 0 if seeds_each_prompt else ctx.batch_offset
+        return record_seed(self.cfg.seed, ctx.step, offset, "online_generation", bits=32)
+
     def _refresh(self, ctx) -> None:
         """Generate and score pools for the steps [ctx.step, ctx.step + refresh_every)."""
         from pobench.generation import GenerationConfig, get_backend
@@ -39,10 +51,10 @@ class OnlinePool:
         steps = [s for s in range(ctx.step, ctx.step + p.refresh_every) if s < ctx.max_steps]
         batches = [ctx.batch_at(s) for s in steps]
         records = [r for b in batches for r in b]
-        gen = GenerationConfig(n=p.num_candidates, temperature=pc.temperature, top_p=pc.top_p,
-                               max_new_tokens=pc.max_new_tokens, seed=self.cfg.seed * 1_000_003 + ctx.step,
-                               batch_size=pc.batch_size)
         backend = get_backend(pc.backend, ctx.model, ctx.tokenizer)
+        seed = self.generation_seed(ctx, bool(getattr(backend, "seeds_each_prompt", False)))
+        gen = GenerationConfig(n=p.num_candidates, temperature=pc.temperature, top_p=pc.top_p,
+                               max_new_tokens=pc.max_new_tokens, seed=seed, batch_size=pc.batch_size)
         completions = backend.generate([r.prompt for r in records], gen)
         rm = ctx.reward_scorer()
         out, k = {}, 0
@@ -65,8 +77,7 @@ class OnlinePool:
             self._refresh(ctx)
         gen_time = time.perf_counter() - started
         pairs, chosen_scores, drawn_scores, entropies, from_dataset = [], [], [], [], []
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + ctx.step * 7919 + 2)
-        for record, (ids, scores, dataset_chosen_score) in zip(batch, self.pools.pop(ctx.step)):
+        for index, (record, (ids, scores, dataset_chosen_score)) in enumerate(zip(batch, self.pools.pop(ctx.step))):
             items, item_scores = list(ids), list(scores)
             if p.include_dataset_chosen:
                 items.append(record.chosen)  # token ids, like the samples
@@ -84,6 +95,7 @@ class OnlinePool:
                 values = {"reward": p.beta * (logps - ref), "loglik": logps,
                           "loglik_mean": logps / counts.clamp(min=1)}[p.kernel_score]
                 probs = kernel_probs(values, p.kernel, p.tau)
+                generator = record_generator(self.cfg.seed, ctx.step, ctx.batch_offset + index, "online_kernel")
                 j = rest[draw(probs, generator)]
                 entropies.append(entropy(probs))
             pairs.append(type(record)(record.prompt, items[best], items[j], source=record.source))

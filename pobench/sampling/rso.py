@@ -12,7 +12,7 @@ import random
 
 from pobench.errors import PobenchError
 from pobench.registry import register_sampler
-from pobench.sampling import pair_sequences
+from pobench.sampling import pair_sequences, record_random
 
 
 def rejection_sample(scores: list[float], k: int, beta: float, rng: random.Random) -> tuple[list[int], list[int]]:
@@ -81,10 +81,10 @@ class RejectionSampler:
         return pair_sequences(records) + [(r.prompt, c) for r in records for c in self.pool(r)[0]]
 
     def __call__(self, batch, ctx):
-        rng = random.Random(self.seed * 1_000_003 + ctx.step)
         pairs, accepted_counts, rounds_used = [], [], []
-        for record in batch:
+        for index, record in enumerate(batch):
             items, scores = self.pool(record)
+            rng = record_random(self.seed, ctx.step, ctx.batch_offset + index, "rso")  # per record, rank-independent
             accepted, rounds = rejection_sample(scores, self.k, self.beta_rso, rng)
             accepted_counts.append(len(accepted))
             rounds_used.append(max(rounds) + 1 if rounds else 0)
