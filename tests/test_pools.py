@@ -78,3 +78,31 @@ r = runner.invoke(app, ["run", "--algo", "mcpo", "--no-eval", *common])
 assert r.exit_code == 0, r.output
 print("unchanged" if store.read_text() == before else "regenerated")
 """
+
+
+def test_pool_reward_model_and_eval_judge_train_on_disjoint_records(tmp_path, monkeypatch):
+    """RSO and OnMC-PO are trained on pairs the pool reward model labels; the auto eval judge must not be a
+    sibling of that labeller, so the two train on disjoint halves of the training records."""
+    import types
+
+    import pobench.rewards.train as rm_train
+    from pobench.eval.runner import auto_judge_model
+    from pobench.sampling.pools import auto_reward_model
+
+    trained = {}
+
+    def fake_train(records, eval_records, backbone, out, **kw):   # records who trains on what; no training
+        trained[kw["extra_info"]["made_by"]] = {r.id for r in records}
+        Path(out).mkdir(parents=True)
+        (Path(out) / "config.json").write_text("{}")
+
+    monkeypatch.setattr(rm_train, "train_reward_model", fake_train)
+    records = [types.SimpleNamespace(id=f"row{i}") for i in range(40)]
+    data = types.SimpleNamespace(train=records, eval=[], report={"n": 40})
+    cfg = types.SimpleNamespace(suite="s", pool=types.SimpleNamespace(reward_model="auto", rm_steps=3),
+                                eval=types.SimpleNamespace(judge_rm_steps=3))
+    auto_reward_model(cfg, data, tmp_path)
+    auto_judge_model(cfg, data, used={1, 25}, cache_dir=tmp_path)
+    pool_rm, judge = trained["pool.reward_model=auto"], trained["eval.judge=auto"]
+    assert pool_rm and judge and not (pool_rm & judge)
+    assert "row25" not in judge and len(pool_rm) + len(judge) == 39   # the run's record 25 is out of both

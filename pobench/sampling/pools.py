@@ -4,7 +4,8 @@ reward model, generated once and stored on disk, so every algorithm of a compari
 Records that carry their own scored pool (raw UltraFeedback, the on-policy schema) use it (`pool.source:
 auto`). Otherwise prompts are sampled with SimPO's on-policy recipe (temperature 0.8, top_p 0.95) and scored
 by `pool.reward_model`; `auto` trains a Bradley-Terry reward model on the MiniLM encoder once per suite, on the
-second half of the training records, and caches it. The store is keyed by the policy's fingerprint, the
+first half of the training records, and caches it (the eval judge `auto` trains on the second half: an algorithm
+whose pairs this model labels, RSO or OnMC-PO, is never graded by a sibling of its own labeller). The store is keyed by the policy's fingerprint, the
 generation settings and the reward model; an entry is one JSON line per prompt, appended as it is made, so an
 interrupted generation resumes where it stopped.
 """
@@ -55,20 +56,21 @@ def auto_reward_model(cfg, suite_data, cache_dir: Path, progress=None) -> str:
     spec = cfg.pool.reward_model
     if spec != "auto":
         return spec
-    fingerprint = hashlib.sha1(json.dumps([cfg.suite, suite_data.report, cfg.pool.rm_steps],
+    half = len(suite_data.train) // 2
+    records = [0, half]   # the first half: the eval judge `auto` trains on the second (eval/runner.py)
+    fingerprint = hashlib.sha1(json.dumps([cfg.suite, suite_data.report, cfg.pool.rm_steps, records],
                                           sort_keys=True, default=str).encode()).hexdigest()[:12]
     out = Path(cache_dir) / "reward_models" / f"{cfg.suite}-minilm-{fingerprint}"
     if (out / "config.json").is_file():
         return str(out)
     from pobench.rewards.train import train_reward_model
 
-    half = len(suite_data.train) // 2
     if progress:
         progress.console.print(f"pool.reward_model auto: training a Bradley-Terry MiniLM reward model on "
-                               f"{len(suite_data.train) - half} pairs (second half of train), cached in {out}")
-    train_reward_model(suite_data.train[half:], suite_data.eval, "minilm", out, steps=cfg.pool.rm_steps,
+                               f"{half} pairs (first half of train), cached in {out}")
+    train_reward_model(suite_data.train[:half], suite_data.eval, "minilm", out, steps=cfg.pool.rm_steps,
                        seed=0, show_progress=False, max_length=128,
-                       extra_info={"suite": cfg.suite, "train_records_range": [half, len(suite_data.train)],
+                       extra_info={"suite": cfg.suite, "train_records_range": records,
                                    "made_by": "pool.reward_model=auto"})
     return str(out)
 
