@@ -102,6 +102,10 @@ class EvalConfig:
     judge: str = "auto"            # auto (a Bradley-Terry MiniLM RM trained on pairs disjoint from the run's) |
                                    # rm:<folder or hub id> | gold:<name> | alpaca_eval:<config> | alpaca_eval:local
     judge_model: str = "smollm2-135m-instruct"  # the decoder of alpaca_eval:local (the default is a weak judge)
+    judge_decoder: str = "auto"    # the engine that runs judge_model: transformers | vllm (CUDA only, pip install
+                                   # 'pobench[vllm]'; the same log-probs, see pobench/eval/vllm_judge.py) | auto (vllm
+                                   # where it is installed and CUDA is available, transformers otherwise); recorded in
+                                   # eval.json (judge.judge_decoder)
     judge_rm_steps: int = 40       # training steps (16 pairs each) of the auto judge's reward model, once per seed x
                                    # budget; on this 2-core CPU a step costs ~4 s of CPU, and 150 steps reached only
                                    # 0.53 held-out pair accuracy on HH (32 pairs): a weak judge either way
@@ -144,6 +148,7 @@ CHOICES = {  # keys with a fixed set of values, checked when the config is resol
     "pool.backend": ("transformers", "vllm"),
     "eval.eval_set": ("held_out", "alpaca_eval"),
     "eval.reference": ("sft", "dataset", "alpaca_eval"),
+    "eval.judge_decoder": ("auto", "transformers", "vllm"),
 }
 TOP_LEVEL = {"suite", "algorithm_name", "seed", "description", "algorithm", *SECTIONS}
 # Numeric keys with a valid range, checked when the config is built: a zero batch or a negative learning rate

@@ -136,6 +136,8 @@ def test_eval_on_alpaca_eval_instructions_with_the_local_llm_judge(finished_run,
     result = json.loads(r.output.strip().splitlines()[-1])
     check_contract(result, 5)
     assert result["judge"]["kind"] == "llm" and result["eval_set"] == "alpaca_eval"
+    # the decoder's identity is part of the judge's (eval.judge_decoder auto: vLLM only where it and CUDA are here)
+    assert result["judge"]["judge_decoder"] in ("transformers", "vllm") and result["judge"]["model_fingerprint"]
     outputs = json.loads((finished_run / "model_outputs.json").read_text())
     fixture = json.loads((FIXTURES / "alpaca_eval_sample.json").read_text())
     assert [o["instruction"] for o in outputs] == [f["instruction"] for f in fixture]

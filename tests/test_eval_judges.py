@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -151,3 +152,269 @@ def test_local_judge_on_the_default_model_runs_offline(tmp_path):
                                    ["I like turtles.", "2+2 equals 5."])
     assert all(0 < r["preference"] < 1 for r in rows)
     assert judge.describe()["model"] == "smollm2-135m-instruct"
+
+
+# ---- alpaca_eval:local on vLLM (pobench/eval/vllm_judge.py), without vLLM: test doubles shaped like its outputs ----
+
+@dataclass
+class FakeLogprob:
+    """Test double of vllm.logprobs.Logprob."""
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+@dataclass
+class FakeCompletionOutput:
+    """Test double of vllm.outputs.CompletionOutput (the fields vLLM fills for one generated token)."""
+    index: int
+    text: str
+    token_ids: list
+    logprobs: list | None            # per generated position: {token id: FakeLogprob}, top-k plus the sampled token
+    finish_reason: str = "length"
+
+
+@dataclass
+class FakeRequestOutput:
+    """Test double of vllm.outputs.RequestOutput."""
+    prompt_token_ids: list
+    outputs: list
+    prompt_logprobs: list | None = None   # [None, {token id: FakeLogprob}, ...]: the first prompt token has no context
+
+
+def fake_vllm_output(prompt_ids, position=None, prompt_logprobs=None):
+    """One FakeRequestOutput: `position` {token id: log-prob} of the generated token, `prompt_logprobs` a list."""
+    position = {t: FakeLogprob(lp, rank) for rank, (t, lp) in enumerate((position or {}).items(), 1)}
+    sampled = next(iter(position), 0)
+    return FakeRequestOutput(list(prompt_ids), [FakeCompletionOutput(0, "", [sampled], [position])],
+                             None if prompt_logprobs is None else [None] + [
+                                 {t: FakeLogprob(lp)} for t, lp in prompt_logprobs])
+
+
+class FakeVLLMEngine:
+    """Test double of `LLM.generate` for the judge, backed by a transformers model on the CPU: one greedy token
+    with the top-k log-probabilities of its position plus the sampled token's, and with prompt_logprobs=0 each
+    prompt token's own log-probability, as vLLM builds them. It enforces vLLM's limit on logprobs (max_logprobs,
+    20 by default) and records every call."""
+
+    def __init__(self, model, max_logprobs: int = 20):
+        self.model, self.max_logprobs, self.calls = model, max_logprobs, []
+
+    def __call__(self, prompts, kw):
+        import torch
+        self.calls.append((prompts, dict(kw)))
+        assert kw["max_tokens"] == 1 and kw["temperature"] == 0.0 and kw.get("n", 1) == 1
+        k = kw.get("logprobs")
+        assert k is None or 0 <= k <= self.max_logprobs, "vLLM raises: logprobs above max_logprobs"
+        outputs = []
+        for p in prompts:
+            ids = p["prompt_token_ids"]
+            with torch.no_grad():
+                lp = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+            greedy = int(lp[-1].argmax())
+            top = {}
+            if k is not None:
+                values, indices = torch.topk(lp[-1], k)
+                top = dict(zip(indices.tolist(), values.tolist()))
+                top.setdefault(greedy, float(lp[-1, greedy]))
+            prompt_lps = None
+            if kw.get("prompt_logprobs") is not None:
+                prompt_lps = [(ids[j + 1], float(lp[j, ids[j + 1]])) for j in range(len(ids) - 1)]
+            outputs.append(fake_vllm_output(ids, top, prompt_lps))
+        return outputs
+
+
+def test_vllm_judge_requests_and_the_reading_of_vllm_outputs():
+    from pobench.eval.vllm_judge import (build_fallback_requests, build_judge_requests, choice_logprobs,
+                                         read_choice_logprobs, read_fallback_logprobs)
+    choice = {"m": 10, "M": 20}
+    rows = [[1, 2], [3], [4, 5, 6]]
+    prompts, kw = build_judge_requests(rows, top_logprobs=5)
+    assert prompts == [{"prompt_token_ids": [1, 2]}, {"prompt_token_ids": [3]}, {"prompt_token_ids": [4, 5, 6]}]
+    assert kw == dict(n=1, max_tokens=1, temperature=0.0, logprobs=5)
+    # prompt 0: both choice tokens in the top k; prompt 1: only 'M'; prompt 2: neither
+    first = [fake_vllm_output(rows[0], {10: -0.5, 20: -1.5, 7: -2.0}),
+             fake_vllm_output(rows[1], {7: -0.1, 20: -3.0}),
+             fake_vllm_output(rows[2], {7: -0.01})]
+    found, missing = read_choice_logprobs(first, choice)
+    assert found == [{"m": -0.5, "M": -1.5}, {"M": -3.0}, {}]
+    assert missing == [(1, "m"), (2, "m"), (2, "M")]
+    prompts2, kw2 = build_fallback_requests(rows, missing, choice)
+    assert prompts2 == [{"prompt_token_ids": [3, 10]}, {"prompt_token_ids": [4, 5, 6, 10]},
+                        {"prompt_token_ids": [4, 5, 6, 20]}]
+    assert kw2 == dict(n=1, max_tokens=1, temperature=0.0, prompt_logprobs=0)
+    second = [fake_vllm_output([3, 10], prompt_logprobs=[(10, -6.0)]),
+              fake_vllm_output([4, 5, 6, 10], prompt_logprobs=[(5, -1.0), (6, -1.0), (10, -7.0)]),
+              fake_vllm_output([4, 5, 6, 20], prompt_logprobs=[(5, -1.0), (6, -1.0), (20, -8.0)])]
+    assert read_fallback_logprobs(second, missing, choice) == {(1, "m"): -6.0, (2, "m"): -7.0, (2, "M"): -8.0}
+
+    def generate(prompts, kw):   # the two passes, answered from the outputs above
+        return second if "prompt_logprobs" in kw else first
+    logprobs, n_second = choice_logprobs(generate, rows, choice, top_logprobs=5)
+    assert logprobs == [{"m": -0.5, "M": -1.5}, {"m": -6.0, "M": -3.0}, {"m": -7.0, "M": -8.0}]
+    assert [list(lp) for lp in logprobs] == [["m", "M"]] * 3 and n_second == 3
+    assert choice_logprobs(generate, [], choice) == ([], 0)
+    with pytest.raises(RuntimeError, match="no prompt log-probability for the choice token 'm'"):
+        read_fallback_logprobs([fake_vllm_output([3, 10], prompt_logprobs=[(99, -1.0)])], [(1, "m")], choice)
+
+
+def test_vllm_judge_decoder_on_a_fake_engine_matches_the_transformers_decoder(tiny_model_dir):
+    """VLLMJudgeDecoder's whole call (the shared encoding, both passes, the OpenAI-shaped answers) with
+    FakeVLLMEngine in place of vLLM, against LocalJudgeDecoder on the same tiny model: the same token ids and the
+    same choice log-probabilities, whether a choice token came from the top k or from the second pass."""
+    pytest.importorskip("alpaca_eval")
+    from alpaca_eval.completion_parsers import logprob_parser
+
+    from pobench.eval.llm_judge import LocalJudgeDecoder
+    from pobench.eval.vllm_judge import VLLMJudgeDecoder
+    local = LocalJudgeDecoder(str(tiny_model_dir), device="cpu")
+    prompts = [f"<|im_start|>system\nYou compare answers.\n<|im_end|>\n<|im_start|>user\nQuestion {i}: which is "
+               f"better, m or M?\n<|im_end|>" for i in range(3)]
+    want = local(prompts)
+    vocab = local.model.config.vocab_size
+    for k in (1, vocab):   # top-1: the choice tokens come from pass 2 (a random model); the whole vocabulary: pass 1
+        engine = FakeVLLMEngine(local.model, max_logprobs=max(20, k))
+        decoder = VLLMJudgeDecoder(str(tiny_model_dir), top_logprobs=k, engine=engine)
+        got = decoder(prompts)
+        assert got["completions"] == want["completions"] and len(got["time_per_example"]) == 3
+        for a, b in zip(got["completions_all"], want["completions_all"]):
+            assert a["total_tokens"] == b["total_tokens"]
+            top_a = {t["token"]: t["logprob"] for t in a["logprobs"]["content"][0]["top_logprobs"]}
+            top_b = {t["token"]: t["logprob"] for t in b["logprobs"]["content"][0]["top_logprobs"]}
+            assert list(top_a) == ["m", "M"] and top_a == pytest.approx(top_b, abs=1e-4)
+            assert logprob_parser(a, numerator_token="m", denominator_tokens=["m", "M"], is_binarize=False) == \
+                pytest.approx(logprob_parser(b, numerator_token="m", denominator_tokens=["m", "M"], is_binarize=False))
+        first = engine.calls[0]
+        assert [p["prompt_token_ids"] for p in first[0]] == [local.encode(p) for p in prompts]
+        assert first[1]["logprobs"] == k
+        assert decoder.second_pass == sum(len(c[0]) for c in engine.calls[1:])
+        assert all("prompt_logprobs" in c[1] for c in engine.calls[1:])
+        assert decoder.second_pass == (6 if k == 1 else 0)
+    info = decoder.describe()
+    assert info["judge_decoder"] == "vllm" and info["model_fingerprint"] == local.fingerprint
+    assert info["model"] == str(tiny_model_dir) and info["top_logprobs"] == vocab
+    assert local.describe()["judge_decoder"] == "transformers"
+    assert decoder.cache_key != local.cache_key   # annotations of the two decoders are cached apart
+
+
+def fake_vllm_module(model):
+    """Test double of the `vllm` package for VLLMJudgeDecoder's constructor: `LLM` records its arguments and answers
+    `generate` through FakeVLLMEngine; `SamplingParams` keeps its keyword arguments."""
+    import types
+    module = types.ModuleType("vllm")
+    module.__version__ = "0.0+test-double"
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LLM:
+        instances = []
+
+        def __init__(self, **kwargs):
+            self.kwargs, self.engine = kwargs, FakeVLLMEngine(model, kwargs.get("max_logprobs", 20))
+            LLM.instances.append(self)
+
+        def generate(self, prompts, params, use_tqdm=True):
+            assert isinstance(params, SamplingParams) and use_tqdm is False
+            return self.engine(prompts, params.kwargs)
+
+    module.LLM, module.SamplingParams = LLM, SamplingParams
+    return module
+
+
+def test_vllm_judge_decoder_loads_vllm_as_configured(tmp_path, tiny_model_dir, monkeypatch):
+    """The constructor's vLLM path, with a stand-in `vllm` package (vLLM itself is CUDA-only): the engine gets the
+    model folder, dtype, memory share, a max_model_len that leaves room for pass 2, and prefix caching; the judge
+    built by build_judge(judge_decoder="vllm") answers through it, and its identity says vllm."""
+    pytest.importorskip("alpaca_eval")
+    import sys
+
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    fake = fake_vllm_module(model)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    judge = build_judge("alpaca_eval:local", cache_dir=tmp_path, judge_model=str(tiny_model_dir), judge_decoder="vllm",
+                        vllm_options={"dtype": "float32", "gpu_memory_utilization": 0.3})
+    (llm,) = fake.LLM.instances
+    assert llm.kwargs == dict(model=str(tiny_model_dir), dtype="float32", gpu_memory_utilization=0.3,
+                              max_model_len=1024, enable_prefix_caching=True)   # the tiny model has 1024 positions
+    assert judge.decoder.max_length == 1022
+    rows = judge_against_reference(judge, PROMPTS[:3], POLICY[:3], REFERENCE[:3], seed=0)
+    assert all(0 < r["preference"] < 1 for r in rows) and judge.decoder.second_pass == 6
+    info = judge.describe()
+    assert info["judge_decoder"] == "vllm" and info["decoder"] == "pobench VLLMJudgeDecoder (vllm 0.0+test-double)"
+    assert info["dtype"] == "float32" and info["model"] == str(tiny_model_dir)
+
+
+def test_judge_decoder_selection(monkeypatch):
+    import torch
+
+    from pobench import config
+    from pobench.eval import llm_judge
+    assert llm_judge.pick_judge_decoder("transformers") == "transformers"
+    assert llm_judge.pick_judge_decoder("vllm") == "vllm"
+    monkeypatch.setattr(llm_judge, "vllm_importable", lambda: False)
+    assert llm_judge.pick_judge_decoder("auto") == "transformers"
+    monkeypatch.setattr(llm_judge, "vllm_importable", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert llm_judge.pick_judge_decoder("auto") == "vllm"
+    assert llm_judge.pick_judge_decoder("auto", "cuda") == "vllm"
+    assert llm_judge.pick_judge_decoder("auto", "cpu") == "transformers"   # a CPU device keeps the CPU decoder
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert llm_judge.pick_judge_decoder("auto") == "transformers"
+    with pytest.raises(PobenchError, match="config key 'eval.judge_decoder': 'vlm' is not one of auto, transformers, "
+                                           "vllm"):
+        llm_judge.pick_judge_decoder("vlm")
+    assert config.EvalConfig().judge_decoder == "auto"
+    with pytest.raises(PobenchError, match="config key 'eval.judge_decoder': 'vlm' is not one of") as err:
+        config._build(config.EvalConfig, {"judge_decoder": "vlm"}, "eval.")
+    assert err.value.exit_code == 2 and "\n" not in str(err.value)
+
+
+def test_vllm_judge_decoder_without_vllm_is_a_clear_error(tmp_path, tiny_model_dir):
+    try:
+        import vllm  # noqa: F401
+        pytest.skip("vllm is installed here")
+    except ImportError:
+        pass
+    pytest.importorskip("alpaca_eval")
+    with pytest.raises(PobenchError, match=r"^eval.judge_decoder vllm: vllm is not installed: "
+                                           r"pip install 'pobench\[vllm\]' \(CUDA only\)"):
+        build_judge("alpaca_eval:local", cache_dir=tmp_path, judge_model=str(tiny_model_dir), judge_decoder="vllm")
+
+
+def test_vllm_judge_decoder_on_a_gpu_agrees_with_transformers(tmp_path):
+    """The real thing (a CUDA GPU with vLLM): the local judge through alpaca_eval on SmolLM2-135M-Instruct, decoded
+    by vLLM in float32, gives the transformers decoder's verdicts; and its log-probabilities of 'm' and 'M' match
+    whether they come from vLLM's top-k (pass 1) or, with top_logprobs=1, from prompt_logprobs (pass 2)."""
+    pytest.importorskip("vllm", reason="vLLM is an optional CUDA-only extra: pip install 'pobench[vllm]'")
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("vLLM needs a CUDA GPU")
+    pytest.importorskip("alpaca_eval")
+    from pobench.eval.vllm_judge import choice_logprobs
+    hf = build_judge("alpaca_eval:local", cache_dir=tmp_path / "hf", judge_decoder="transformers", device="cuda")
+    vl = build_judge("alpaca_eval:local", cache_dir=tmp_path / "vllm", judge_decoder="vllm",
+                     vllm_options={"dtype": "float32", "gpu_memory_utilization": 0.3})
+    info = vl.describe()
+    assert info["judge_decoder"] == "vllm" and info["decoder"].startswith("pobench VLLMJudgeDecoder (vllm ")
+    assert info["model_fingerprint"] == hf.describe()["model_fingerprint"] and vl.caching_path != hf.caching_path
+    prompts = [[{"role": "user", "content": q}] for q in ("What is the capital of France?", "What is 2+2?")]
+    good, bad = ["The capital of France is Paris.", "2+2 equals 4."], ["I like turtles.", "2+2 equals 5."]
+    want = judge_against_reference(hf, prompts, good, bad)
+    got = judge_against_reference(vl, prompts, good, bad)
+    assert [r["preference"] for r in got] == pytest.approx([r["preference"] for r in want], abs=1e-3)
+    texts = [f"<|im_start|>system\nYou compare answers.\n<|im_end|>\n<|im_start|>user\nQuestion {i}: is the "
+             f"first answer better? Reply m or M.\n<|im_end|>" for i in range(3)]
+    reference = [{t["token"]: t["logprob"] for t in e["logprobs"]["content"][0]["top_logprobs"]}
+                 for e in hf.decoder(texts)["completions_all"]]
+    ids = [vl.decoder.encode(t) for t in texts]
+    assert ids == [hf.decoder.encode(t) for t in texts]
+    for k in (20, 1):   # top-1 holds one choice token at most: the other comes from pass 2
+        got_lp, second = choice_logprobs(vl.decoder.generate, ids, vl.decoder.choice_ids, top_logprobs=k)
+        assert second >= (3 if k == 1 else 0)
+        for a, b in zip(got_lp, reference):
+            assert a == pytest.approx(b, abs=2e-3)

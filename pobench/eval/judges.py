@@ -11,8 +11,9 @@ Specs (`eval.judge`, `pobench eval --judge`):
   gold:<name>               a registered gold reward (pobench.rewards.register_gold), same Bradley-Terry reading
   alpaca_eval:<config>      an alpaca_eval annotators config, e.g. alpaca_eval:weighted_alpaca_eval_gpt4_turbo
                             (needs an API key, or OPENAI_CLIENT_CONFIG_PATH for an OpenAI-compatible server)
-  alpaca_eval:local         alpaca_eval's weighted GPT-4-turbo prompt answered by a local decoder (transformers,
-                            `eval.judge_model`, default SmolLM2-135M-Instruct: a weak judge, for offline runs)
+  alpaca_eval:local         alpaca_eval's weighted GPT-4-turbo prompt answered by a local decoder (transformers or
+                            vLLM, `eval.judge_decoder`; `eval.judge_model`, default SmolLM2-135M-Instruct: a weak
+                            judge, for offline runs)
 
 Output order is randomised per prompt (seeded on the prompt text, as alpaca_eval seeds its switch) by
 `judge_against_reference`, for every judge, and recorded per prompt; a reward-model judge is symmetric, so the

@@ -11,6 +11,9 @@ and swaps the decoder for `LocalJudgeDecoder`: a transformers causal LM (eval.ju
 SmolLM2-135M-Instruct) whose next-token log-probabilities of 'm' and 'M' after the judge prompt are returned
 in the shape of OpenAI's chat logprobs. A 135M model is a *weak* judge (close to a coin flip with a position
 bias); it exists so that the whole LLM-judge path runs offline, and a bigger local model can be named instead.
+`eval.judge_decoder` picks the engine: `transformers` (LocalJudgeDecoder), `vllm` (VLLMJudgeDecoder in
+pobench/eval/vllm_judge.py: the same prompts, token ids and log-probabilities, decoded by vLLM on a CUDA GPU), or
+`auto` (vLLM where it is installed and CUDA is available, transformers otherwise).
 
 Annotations are cached by alpaca_eval under the pobench cache (never inside site-packages), keyed by the
 judge's identity, so re-judging the same outputs costs nothing.
@@ -31,6 +34,7 @@ from pobench.eval.judges import Comparison, prompt_text
 LOCAL_CONFIG = "local"
 PROMPT_TEMPLATE = "alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt"   # the weighted GPT-4-turbo judge's prompt
 CHOICE_TOKENS = ("m", "M")   # that prompt's identifiers: 'm' = output_1, 'M' = output_2
+JUDGE_DECODERS = ("auto", "transformers", "vllm")   # eval.judge_decoder
 
 
 def require_alpaca_eval():
@@ -59,10 +63,50 @@ def quiet_logging():
         root.setLevel(level)
 
 
+def choice_token_ids(tokenizer, model: str) -> dict[str, int]:
+    """The id of each choice token ('m', 'M'): each must be one token of the judge's tokenizer."""
+    ids = {}
+    for t in CHOICE_TOKENS:
+        encoded = tokenizer.encode(t, add_special_tokens=False)
+        if len(encoded) != 1:
+            raise PobenchError(f"eval.judge_model {model}: '{t}' is not a single token for its tokenizer")
+        ids[t] = encoded[0]
+    return ids
+
+
+def encode_judge_prompt(tokenizer, prompt: str, max_length: int) -> list[int]:
+    """alpaca_eval's ChatML prompt -> the judge's own chat template, as token ids (every local decoder feeds the
+    model these ids); a prompt longer than the model's window keeps its end (the outputs and the question)."""
+    from alpaca_eval.utils import prompt_to_chatml
+    messages = [{"role": m["role"], "content": m["content"]} for m in prompt_to_chatml(prompt)]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant:"
+    return tokenizer(text, add_special_tokens=False)["input_ids"][-max_length:]
+
+
+def openai_entry(choice_logprobs: dict[str, float], total_tokens: int) -> dict:
+    """One judge answer in the shape of OpenAI's chat logprobs (`logprobs.content[0].top_logprobs`), which
+    alpaca_eval's `logprob_parser` reads: the choice tokens' log-probabilities, the likelier one as the text."""
+    top = [{"token": t, "logprob": float(lp)} for t, lp in choice_logprobs.items()]
+    best = max(top, key=lambda x: x["logprob"])
+    return {"text": best["token"], "total_tokens": total_tokens,
+            "logprobs": {"content": [{"token": best["token"], "logprob": best["logprob"], "top_logprobs": top}]}}
+
+
+def completions_result(entries: list[dict], seconds: float) -> dict:
+    """What alpaca_eval expects back from a decoder (`fn_completions`)."""
+    n = max(1, len(entries))
+    return {"completions": [e["text"] for e in entries], "completions_all": entries,
+            "price_per_example": [0.0] * len(entries), "time_per_example": [seconds / n] * len(entries)}
+
+
 class LocalJudgeDecoder:
     """An alpaca_eval decoder (`fn_completions`) backed by a local causal LM: for each judge prompt, one
     forward pass and the log-probabilities of the choice tokens at the next position, returned like OpenAI's
     `logprobs.content[0].top_logprobs` so that alpaca_eval's `logprob_parser` reads them unchanged."""
+    kind = "transformers"
 
     def __init__(self, model: str = "smollm2-135m-instruct", device: str = "auto", batch_size: int = 4,
                  max_length: int = 2048):
@@ -77,23 +121,11 @@ class LocalJudgeDecoder:
         limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
         self.max_length = min(max_length, limit)
         self.fingerprint = model_fingerprint(self.path)
-        self.choice_ids = {}
-        for t in CHOICE_TOKENS:
-            ids = self.tokenizer.encode(t, add_special_tokens=False)
-            if len(ids) != 1:
-                raise PobenchError(f"eval.judge_model {model}: '{t}' is not a single token for its tokenizer")
-            self.choice_ids[t] = ids[0]
+        self.cache_key = self.fingerprint   # the annotation cache of this decoder (unchanged since it was the only one)
+        self.choice_ids = choice_token_ids(self.tokenizer, model)
 
     def encode(self, prompt: str) -> list[int]:
-        """alpaca_eval's ChatML prompt -> the judge's own chat template; a prompt longer than the model's
-        window keeps its end (the outputs and the question being asked)."""
-        from alpaca_eval.utils import prompt_to_chatml
-        messages = [{"role": m["role"], "content": m["content"]} for m in prompt_to_chatml(prompt)]
-        if getattr(self.tokenizer, "chat_template", None):
-            text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        else:
-            text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant:"
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"][-self.max_length:]
+        return encode_judge_prompt(self.tokenizer, prompt, self.max_length)
 
     def __call__(self, prompts, **_decoding_kwargs) -> dict:
         import torch
@@ -109,18 +141,40 @@ class LocalJudgeDecoder:
                 logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
             logps = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
             for row, lp in zip(rows, logps):
-                top = [{"token": t, "logprob": float(lp[i])} for t, i in self.choice_ids.items()]
-                best = max(top, key=lambda x: x["logprob"])
-                entries.append({"text": best["token"], "total_tokens": len(row),
-                                "logprobs": {"content": [{"token": best["token"], "logprob": best["logprob"],
-                                                          "top_logprobs": top}]}})
-        n = max(1, len(prompts))
-        return {"completions": [e["text"] for e in entries], "completions_all": entries,
-                "price_per_example": [0.0] * len(entries), "time_per_example": [(time.time() - started) / n] * len(entries)}
+                entries.append(openai_entry({t: float(lp[i]) for t, i in self.choice_ids.items()}, len(row)))
+        return completions_result(entries, time.time() - started)
 
     def describe(self) -> dict:
-        return {"decoder": "pobench LocalJudgeDecoder (transformers)", "model": self.spec, "model_path": self.path,
-                "model_fingerprint": self.fingerprint}
+        return {"decoder": "pobench LocalJudgeDecoder (transformers)", "judge_decoder": self.kind, "model": self.spec,
+                "model_path": self.path, "model_fingerprint": self.fingerprint}
+
+
+def vllm_importable() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("vllm") is not None
+
+
+def pick_judge_decoder(choice: str, device: str = "auto") -> str:
+    """eval.judge_decoder -> "transformers" | "vllm". auto: vLLM where it is installed and CUDA is available
+    (and the device is not pinned to the CPU), transformers otherwise."""
+    if choice not in JUDGE_DECODERS:
+        raise PobenchError(f"config key 'eval.judge_decoder': {choice!r} is not one of {', '.join(JUDGE_DECODERS)}")
+    if choice != "auto":
+        return choice
+    if str(device).startswith(("cpu", "mps")) or not vllm_importable():
+        return "transformers"
+    import torch
+    return "vllm" if torch.cuda.is_available() else "transformers"
+
+
+def make_judge_decoder(choice: str, model: str, device: str = "auto", batch_size: int = 4,
+                       vllm_options: dict | None = None):
+    """The decoder of alpaca_eval:local that eval.judge_decoder names (vllm_options: VLLMJudgeDecoder's keyword
+    arguments, e.g. dtype or gpu_memory_utilization; not config keys)."""
+    if pick_judge_decoder(choice, device) == "vllm":
+        from pobench.eval.vllm_judge import VLLMJudgeDecoder
+        return VLLMJudgeDecoder(model, **(vllm_options or {}))
+    return LocalJudgeDecoder(model, device, batch_size)
 
 
 def local_config(cache_dir: Path, ident: str) -> Path:
@@ -161,14 +215,15 @@ class AlpacaEvalJudge:
     kind = "llm"
 
     def __init__(self, config: str, cache_dir: str | Path | None = None, judge_model: str = "smollm2-135m-instruct",
-                 device: str = "auto", batch_size: int = 4, seed: int = 0, **_options):
+                 device: str = "auto", batch_size: int = 4, seed: int = 0, judge_decoder: str = "auto",
+                 vllm_options: dict | None = None, **_options):
         require_alpaca_eval()
         with quiet_logging():
             import alpaca_eval.annotators  # noqa: F401
         self.config, self.seed, self.decoder = config, seed, None
         if config == LOCAL_CONFIG:
-            self.decoder = LocalJudgeDecoder(judge_model, device, batch_size)
-            ident = hashlib.sha1(f"{self.decoder.fingerprint}".encode()).hexdigest()[:10]
+            self.decoder = make_judge_decoder(judge_decoder, judge_model, device, batch_size, vllm_options)
+            ident = hashlib.sha1(f"{self.decoder.cache_key}".encode()).hexdigest()[:10]
             self.annotators_config = local_config(Path(cache_dir or ".pobench-judge"), ident)
             self.name = f"alpaca_eval:local({judge_model})"
         else:

@@ -208,7 +208,8 @@ def build_run_judge(cfg, suite_data, run_dir: Path, cache_dir: Path, device: str
         used = run_training_indices(cfg, len(suite_data.train), run_dir)
         path, info = auto_judge_model(cfg, suite_data, used, cache_dir, progress)
         return rm_judge(path, {"spec": "auto", **info})
-    return build_judge(spec, cache_dir=cache_dir, judge_model=cfg.eval.judge_model, device=device, seed=cfg.eval.seed)
+    return build_judge(spec, cache_dir=cache_dir, judge_model=cfg.eval.judge_model, device=device, seed=cfg.eval.seed,
+                       judge_decoder=cfg.eval.judge_decoder)
 
 
 def judge_agreement(judge, suite_data, n: int, seed: int) -> dict | None:
