@@ -84,6 +84,39 @@ def test_seeded_sampling_is_reproducible(model, tokenizer, prompts):
     assert a[0][0] != a[0][1]   # the n samples of a prompt are distinct draws
 
 
+def test_a_prompts_samples_do_not_depend_on_its_batch_position_or_shard(model, tokenizer, prompts):
+    """Seeding is per (prompt, sample): a prompt's samples are the same generated alone, in a batch at another
+    position, with another batch size, in another shard of the prompt list (as a rank of a sharded evaluation
+    generates it), and on the static-cache path. Measured here: token ids identical in every arrangement."""
+    backend = get_backend("transformers", model, tokenizer)
+    cfg = dict(n=2, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=3)
+    whole = ids(backend.generate(prompts, GenerationConfig(batch_size=4, **cfg)))
+    assert whole[0][0] != whole[0][1] and len({tuple(r[0]) for r in whole}) == 3   # distinct draws
+    alone = [ids(backend.generate([p], GenerationConfig(batch_size=4, **cfg)))[0] for p in prompts]
+    reordered = ids(backend.generate(prompts[::-1], GenerationConfig(batch_size=3, **cfg)))[::-1]
+    one_row = ids(backend.generate(prompts, GenerationConfig(batch_size=1, **cfg)))
+    shards = ids(backend.generate(prompts[:2], GenerationConfig(batch_size=4, **cfg))) + \
+        ids(backend.generate(prompts[2:] + prompts[2:], GenerationConfig(batch_size=4, **cfg)))[:1]  # padded share
+    fast = ids(backend.generate(prompts, GenerationConfig(batch_size=4, fast="on", **cfg)))
+    assert alone == whole and reordered == whole and one_row == whole and shards == whole and fast == whole
+    assert ids(backend.generate(prompts, GenerationConfig(batch_size=4, **{**cfg, "seed": 4}))) != whole
+
+
+def test_hashed_noise_draws_follow_the_top_p_distribution():
+    """The per-row path of sample_tokens (noise hashed from one key per row and step) samples the same distribution
+    as the global-stream path, and a key gives the same draw whatever the other rows of the batch."""
+    from pobench.generation.static import hashed_uniforms, sample_tokens
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(20000, 1)
+    keys = torch.randint(0, 1 << 32, (20000,), generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(sample_tokens(logits, 1.0, 0.8, keys=keys), minlength=4).float() / 20000
+    assert freq[2] == 0 and freq[3] == 0 and abs(freq[0].item() - 0.625) < 0.015
+    plain = torch.bincount(sample_tokens(logits, 1.0, 1.0, keys=keys), minlength=4).float() / 20000
+    assert torch.allclose(plain, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015)
+    u = hashed_uniforms(keys[:2000], 4096)
+    assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 1e-3 and abs(u.var().item() - 1 / 12) < 1e-3
+    assert torch.equal(hashed_uniforms(keys[5:6], 4096), u[5:6])
+
+
 class BoostAt:
     """A forward hook on the output layer that makes token `token` certain at decoding step `step` for
     batch row `row`: a random model almost never emits EOS, so the test decides where it does."""

@@ -27,7 +27,7 @@ class GenerationConfig:
     temperature: float = 0.8    # 0 = greedy
     top_p: float = 0.95         # nucleus sampling mass (1.0 = off)
     max_new_tokens: int = 64    # completions that hit this limit come back with finished=False
-    seed: int = 0               # same seed + same inputs + same batch_size -> same outputs
+    seed: int = 0               # same seed + same prompt -> same samples, whatever the batching (transformers)
     batch_size: int = 16        # prompt x sample rows per forward (transformers backend)
     fast: str = "auto"          # transformers backend: "auto" = static cache + CUDA-graph decoding on CUDA where
                                 # the model supports it (pobench/generation/static.py), "on" = that path on any

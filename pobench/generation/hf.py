@@ -2,8 +2,16 @@
 
 Works on a plain causal LM or a peft-wrapped one, in the middle of training: the model is put in eval mode
 for generation and handed back in the mode it came in, and the global torch RNG is left untouched.
+
+Seeding is per (prompt, sample): each row draws its tokens from its own random stream, seeded by the call's seed,
+the sample's index and the prompt's tokens (`row_seed`), not by the batch it lands in, its position there or the
+other prompts of the call. A prompt therefore gets the same samples generated alone, in any batch or on any rank of a
+sharded run (up to float rounding of the logits across batch shapes, which changes a draw only at a near-tie).
+Identical prompts in one call get identical samples.
 """
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
@@ -39,6 +47,37 @@ def left_pad(rows: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[tor
     return input_ids, attention_mask
 
 
+def row_seed(prompt: list[int], sample: int, seed: int) -> int:
+    """The seed of one (prompt, sample) row's random stream: a hash of the call's seed, the sample's index and the
+    prompt's token ids."""
+    text = f"{seed}|{sample}|{','.join(map(str, prompt))}".encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+
+def row_keys(prompt_ids: list[list[int]], rows: list[tuple[int, int]], seed: int, steps: int) -> torch.Tensor:
+    """[len(rows), steps] int64 noise keys in [0, 2^32): row (p, s)'s stream, one key per decoding step, from
+    which static.sample_tokens hashes that step's Gumbel noise."""
+    out = torch.empty(len(rows), steps, dtype=torch.long)
+    for i, (p, s) in enumerate(rows):
+        gen = torch.Generator().manual_seed(row_seed(prompt_ids[p], s, seed))
+        out[i] = torch.randint(0, 1 << 32, (steps,), generator=gen)
+    return out
+
+
+class _RowSampler:
+    """A logits processor for `model.generate` in greedy mode that draws each row's token with the row's own noise
+    for the step (static.sample_tokens) and leaves only that token finite, so generate's argmax takes it."""
+
+    def __init__(self, keys: torch.Tensor, prompt_width: int, temperature: float, top_p: float):
+        self.keys, self.width, self.temperature, self.top_p = keys, prompt_width, temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        from pobench.generation.static import sample_tokens
+        step = input_ids.shape[1] - self.width
+        token = sample_tokens(scores, self.temperature, self.top_p, "sort", self.keys[:, step])
+        return torch.full_like(scores, float("-inf")).scatter_(-1, token[:, None].to(scores.device), 0.0)
+
+
 class TransformersBackend:
     name = "transformers"
 
@@ -69,14 +108,13 @@ class TransformersBackend:
 
     def _sampling_kwargs(self, cfg: GenerationConfig) -> dict:
         """Every setting is passed explicitly so the result does not depend on a checkpoint's
-        generation_config.json (some ship do_sample, top_k or repetition penalties). top_k=0 turns off
-        transformers' default top_k=50, which vLLM and SimPO's recipe do not apply."""
+        generation_config.json (some ship do_sample, top_k or repetition penalties)."""
         kw = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, eos_token_id=self.eos_ids,
                   pad_token_id=self.pad_id, use_cache=True, num_beams=1, repetition_penalty=1.0)
-        if cfg.temperature > 0:
-            kw.update(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=0)
-        else:
-            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        # Sampling (temperature, then top-p) happens in _RowSampler, each row with its own noise; generate itself
+        # runs greedy over the one token left finite, so transformers' warpers (and its default top_k=50, which
+        # vLLM and SimPO's recipe do not apply) never run.
+        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         return kw
 
     @torch.no_grad()
@@ -84,9 +122,9 @@ class TransformersBackend:
         """n completions per prompt, in prompt order.
 
         All prompt x sample rows are generated together in chunks of `batch_size`, longest prompts first so
-        that a chunk holds prompts of similar length (less padding to compute on). Seeding: the RNG is
-        forked and seeded once with cfg.seed, so the same seed, prompts and batch_size give the same outputs,
-        and the training run's own random stream (data order, dropout) is not moved by generating."""
+        that a chunk holds prompts of similar length (less padding to compute on). Seeding: per row (see the
+        module docstring), so the same seed and prompt give the same samples whatever the batching; the training
+        run's own random stream (data order, dropout) is not moved by generating."""
         cfg = cfg or GenerationConfig()
         if not prompt_ids:
             return []
@@ -95,20 +133,26 @@ class TransformersBackend:
         device = self._device()
         kwargs = self._sampling_kwargs(cfg)
         fast = self.uses_fast_path(cfg)
+        sampling = cfg.temperature > 0
+        keys = row_keys(prompt_ids, rows, cfg.seed, cfg.max_new_tokens).to(device) if sampling else None
         out: list[list[Completion | None]] = [[None] * cfg.n for _ in prompt_ids]
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(cfg.seed)
                 for start in range(0, len(rows), cfg.batch_size):
                     chunk = rows[start:start + cfg.batch_size]
+                    chunk_keys = keys[start:start + len(chunk)] if sampling else None
                     if fast:
-                        new_tokens = self._decode_static([prompt_ids[p] for p, _ in chunk], cfg).tolist()
+                        new_tokens = self._decode_static([prompt_ids[p] for p, _ in chunk], cfg, chunk_keys).tolist()
                     else:
+                        from transformers import LogitsProcessorList
                         input_ids, attention_mask = left_pad([prompt_ids[p] for p, _ in chunk], self.pad_id)
+                        processors = LogitsProcessorList([_RowSampler(chunk_keys, input_ids.shape[1],
+                                                                      cfg.temperature, cfg.top_p)] if sampling else [])
                         sequences = self.model.generate(input_ids=input_ids.to(device),
-                                                        attention_mask=attention_mask.to(device), **kwargs)
+                                                        attention_mask=attention_mask.to(device),
+                                                        logits_processor=processors, **kwargs)
                         new_tokens = sequences[:, input_ids.shape[1]:].tolist()
                     for (p, s), ids in zip(chunk, new_tokens):
                         out[p][s] = self._completion(ids)
@@ -116,14 +160,15 @@ class TransformersBackend:
             self.model.train(was_training)
         return out  # type: ignore[return-value]
 
-    def _decode_static(self, rows: list[list[int]], cfg: GenerationConfig) -> torch.Tensor:
+    def _decode_static(self, rows: list[list[int]], cfg: GenerationConfig,
+                       keys: torch.Tensor | None = None) -> torch.Tensor:
         from pobench.generation.static import DecoderPool
         if self._decoders is None:
             self._decoders = DecoderPool()
         input_ids, attention_mask = left_pad(rows, self.pad_id, multiple=16)
         decoder = self._decoders.get(self.model, len(rows), input_ids.shape[1], cfg.max_new_tokens, self.eos_ids,
                                      self.pad_id, cfg.temperature, cfg.top_p)
-        return decoder.generate(input_ids, attention_mask)
+        return decoder.generate(input_ids, attention_mask, keys)
 
     def _completion(self, ids: list[int]) -> Completion:
         kept, finished = truncate_at_eos(ids, self.eos_ids)

@@ -8,8 +8,9 @@ replayed, so a token costs one launch; the host looks at the device only every `
 
 Exactness: the same model, prompts and masks as `generate`; greedy decoding gives the same tokens (tested on CPU,
 where the identical step runs eagerly). Sampling draws from the same distribution (temperature, then top-p as
-transformers' TopPLogitsWarper: keep the most probable tokens until their mass reaches top_p) but with its own
-random stream, so a seed gives other samples than `generate` with that seed.
+transformers' TopPLogitsWarper: keep the most probable tokens until their mass reaches top_p), each row with the
+noise keys the caller hands in (the transformers backend's per-prompt streams, pobench/generation/hf.py), so the
+plain and the fast path give the same samples wherever their logits agree.
 
 Needs transformers' StaticCache with an in-place `cumulative_length` (transformers >= 5.2x, `cache=` keyword);
 `supported(model)` says whether a model qualifies, and callers fall back to `generate` where it does not.
@@ -55,16 +56,44 @@ def top_p_keep(probs: torch.Tensor, top_p: float, method: str = "bisect", iters:
     return probs >= lo
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, method: str = "sort") -> torch.Tensor:
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, method: str = "sort",
+                  keys: torch.Tensor | None = None) -> torch.Tensor:
     """One token per row from [rows, vocab] logits; temperature 0 = greedy. Sampling uses the Gumbel-max trick
-    (argmax of logits + Gumbel noise), which needs no host synchronisation, unlike multinomial."""
+    (argmax of logits + Gumbel noise), which needs no host synchronisation, unlike multinomial. The noise comes from
+    `keys` ([rows] integers in [0, 2^32), one per row and step; see `hashed_uniforms`), so that a row's draw depends
+    on its own logits and key only, never on the other rows of its batch; without keys, from the global torch stream."""
     if temperature <= 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
     if top_p < 1:
         logits = logits.masked_fill(~top_p_keep(logits.softmax(-1), top_p, method), float("-inf"))
-    noise = torch.rand_like(logits).clamp_(min=1e-20)
+    noise = torch.rand_like(logits).clamp_(min=1e-20) if keys is None else hashed_uniforms(keys, logits.shape[-1])
     return (logits - torch.log(-torch.log(noise))).argmax(-1)
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for int64 x in [0, 2^32), in 16-bit halves so that no int64 product overflows."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash with good avalanche (Wellons' lowbias32), a bijection of [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def hashed_uniforms(keys: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[rows, vocab] float32 numbers in (0, 1), a counter-based hash of (row key, token id): the same key gives the
+    same numbers on any batch shape, inside a CUDA graph too (plain tensor arithmetic, no generator state)."""
+    tokens = _mix32(torch.arange(vocab, device=keys.device, dtype=torch.long) ^ 0x9E3779B9)
+    bits = _mix32(keys.to(torch.long)[:, None] ^ tokens) >> 8        # 24 bits, as torch.rand's float32
+    return (bits.float() + 0.5) * (1.0 / (1 << 24))
 
 
 def _mask_value(dtype: torch.dtype) -> float:
@@ -104,6 +133,9 @@ class StaticDecoder:
         self.next_token = torch.zeros(rows, dtype=torch.long, device=dev)
         self.eos = torch.tensor(sorted(set(eos_ids)) or [-1], dtype=torch.long, device=dev)
         self.pad = torch.tensor(pad_id, dtype=torch.long, device=dev)
+        # sampling: row r's token at step t uses noise keys[r, t] (filled per call); `step` counts emitted tokens
+        self.keys = torch.zeros(rows, max_new_tokens, dtype=torch.long, device=dev) if temperature > 0 else None
+        self.step = torch.zeros(1, dtype=torch.long, device=dev)
         self.graph = None
 
     # -- the two phases ---------------------------------------------------------------------------------------
@@ -130,7 +162,9 @@ class StaticDecoder:
 
     def _emit(self, logits: torch.Tensor) -> None:
         """Sample the next token, keep finished rows at padding, and make it the next step's input."""
-        token = self._sample(logits, self.temperature, self.top_p, self.top_p_method)
+        keys = None if self.keys is None else self.keys.index_select(1, self.step).squeeze(1)
+        token = self._sample(logits, self.temperature, self.top_p, self.top_p_method, keys)
+        self.step.add_(1)
         token = torch.where(self.done, self.pad, token)
         self.done |= (token[:, None] == self.eos[None, :]).any(-1)   # not torch.isin: no sync inside a graph
         self.next_token.copy_(token)
@@ -154,13 +188,18 @@ class StaticDecoder:
 
     # -- public -----------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """[rows, width] left-padded prompts -> [rows, max_new_tokens] new token ids (pad after EOS)."""
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 keys: torch.Tensor | None = None) -> torch.Tensor:
+        """[rows, width] left-padded prompts -> [rows, max_new_tokens] new token ids (pad after EOS). When sampling,
+        `keys` [rows, max_new_tokens] (integers in [0, 2^32)) decide the draws (default: from the global torch stream)."""
         if tuple(input_ids.shape) != (self.rows, self.width):
             raise ValueError(f"decoder built for {self.rows}x{self.width} prompts, got {tuple(input_ids.shape)}")
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         self.cache.reset()
         self.done.zero_()
+        self.step.zero_()
+        if self.keys is not None:
+            self.keys.copy_(torch.randint(0, 1 << 32, self.keys.shape) if keys is None else keys)
         out = torch.full((self.rows, self.max_new), int(self.pad), dtype=torch.long, device=self.device)
         self._emit(self._prefill(input_ids, attention_mask))
         out[:, 0] = self.next_token

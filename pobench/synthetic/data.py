@@ -24,7 +24,7 @@ from pobench.data.records import PreferenceRecord
 from pobench.errors import PobenchError
 from pobench.synthetic.task import MAX_COMPLETION, SyntheticTask, tokens_text
 
-DATA_VERSION = 2   # bump when the record-making code changes (invalidates cached records)
+DATA_VERSION = 3   # bump when the record-making code changes (invalidates cached records); 3: per-prompt sampling seeds
 PAIRINGS = ("best_worst", "random")
 
 
