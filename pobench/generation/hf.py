@@ -80,6 +80,7 @@ class _RowSampler:
 
 class TransformersBackend:
     name = "transformers"
+    seeds_each_prompt = True   # per-(prompt, sample) streams, see the module docstring (read by sampling/online.py)
 
     def __init__(self, model, tokenizer, **_ignored):
         if model is None or tokenizer is None:
