@@ -138,8 +138,8 @@ def run(
     if inside_launch():
         from pobench.launch import check_inside_launch
         check_inside_launch(num_processes or 1)
-        if not is_main:  # the main process checks, locks and writes; the other ranks train alongside it
-            _train_other_rank(plans, datasets_by_key, out, resume)
+        if not is_main:  # the main process checks, locks and writes; the other ranks train and evaluate alongside it
+            _train_other_rank(plans, datasets_by_key, out, resume, no_eval)
             return
     elif (num_processes or 1) > 1 or launch_config:  # everything is checked: now run it again, in N processes
         from pobench.launch import relaunch
@@ -164,9 +164,10 @@ def _quiet_unless_main() -> bool:
     return is_main
 
 
-def _train_other_rank(plans, datasets_by_key: dict, out: Path, resume: bool) -> None:
-    """A rank other than the main one: train the same runs in the same order (every step is a collective with the
-    main process) and write nothing; the main process writes every file."""
+def _train_other_rank(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: bool) -> None:
+    """A rank other than the main one: train and evaluate the same runs in the same order (every step is a
+    collective with the main process, and evaluation is split across the ranks) and write nothing; the main process
+    writes every file."""
     from pobench.engine.trainer import train
 
     tokenized: dict = {}
@@ -174,6 +175,9 @@ def _train_other_rank(plans, datasets_by_key: dict, out: Path, resume: bool) -> 
         if not (done and resume):
             train(cfg, algorithm, datasets_by_key[_data_key(cfg)], run_dir, out / ".cache", resume=resume,
                   tokenized=tokenized)
+            if not no_eval:
+                from pobench.eval.runner import evaluate_run
+                evaluate_run(run_dir, out / ".cache")
 
 
 def _holds_run(run_dir: Path) -> bool:
@@ -514,6 +518,7 @@ def eval_(
     from pobench.eval.runner import evaluate_run, load_run_config
     from pobench.faults import out_of_memory_as_error
 
+    is_main = _quiet_unless_main()  # under accelerate launch the ranks split each evaluation; the main one reports
     shortcuts = {k: v for k, v in {"judge": judge, "reference": reference, "eval_set": eval_set,
                                    "eval_file": str(eval_file) if eval_file else None,
                                    "num_prompts": num_prompts}.items() if v is not None}
@@ -528,6 +533,8 @@ def eval_(
         for folder in folders:
             with out_of_memory_as_error(f"{folder} (evaluation)"):
                 results.append((folder, evaluate_run(folder, cache_dir, overrides, progress)))
+    if not is_main:
+        return
     if json_:
         for _, r in results:
             typer.echo(json.dumps(r))

@@ -10,12 +10,19 @@ Tolerance: every metric within 1e-5 relative, except the implicit rewards, which
 two summed log-probs of ~-250 whose float32 resolution is ~1.5e-5: they are compared within 1e-5 absolute.
 Measured (4 steps, tiny Llama): largest relative difference 5e-7 (loss), largest reward difference 8e-7 absolute;
 log-probs differed by at most one float32 ulp and the held-out metrics were identical.
+
+The DPO launch also evaluates its run, the work split across the two ranks (policy and reference generation, KL
+samples, a gold judge). One process evaluating the same checkpoint must write the same generations.jsonl (exactly:
+generation is seeded per prompt, and a gold judge is a function of the text) and the same eval.json, where only the
+KL estimate (log-probs summed in batches of another composition) may differ, within 1e-4 absolute. An audit hook in
+every process of that launch logs each file it opens for writing under the results root: only rank 0 may appear.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -97,7 +104,8 @@ def _close(key: str, a: float, b: float) -> bool:
 
 
 def _two_processes_against_one(tmp_path: Path, model_dir: Path, algo: str, extra: dict | None = None,
-                               compared: tuple = COMPARED) -> tuple[dict, float]:
+                               compared: tuple = COMPARED, launch_args: tuple = ("--no-eval",),
+                               env_extra: dict | None = None) -> tuple[dict, float]:
     """`pobench run --num-processes 2` with 2 pairs per process against one process with 4 pairs, 4 steps: every
     compared metric of every step (and the held-out metrics) must agree. Returns the largest absolute difference
     per metric and the launch's wall time."""
@@ -109,10 +117,11 @@ def _two_processes_against_one(tmp_path: Path, model_dir: Path, algo: str, extra
     settings = lambda batch: C.deep_merge(_settings(model_dir, batch), extra or {})  # noqa: E731
     # two processes x 2 pairs, launched through the CLI (its own reference cache, built sharded across the ranks)
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           **(env_extra or {})}
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "pobench.cli", "run", "--algo", algo, "--out", str(out),
-                           "--no-eval", "--num-processes", "2", *_set_args(settings(2))],
+                           *launch_args, "--num-processes", "2", *_set_args(settings(2))],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     launched_s = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -144,8 +153,74 @@ def _report(worst: dict, launched_s: float) -> None:
           + ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items()) if v))
 
 
+# sitecustomize (put on PYTHONPATH): every process of a launch logs the files it opens for writing under a root
+WRITE_AUDIT = """
+import os, sys
+_root, _log = os.environ["POBENCH_TEST_AUDIT_ROOT"], os.environ["POBENCH_TEST_AUDIT_LOG"]
+def _hook(event, args):
+    if event == "open" and isinstance(args[0], (str, os.PathLike)):
+        mode, flags = args[1], args[2] or 0
+        writing = any(c in mode for c in "wax+") if mode else bool(flags & (os.O_WRONLY | os.O_RDWR))
+    elif event in ("os.rename", "os.replace", "os.remove") and isinstance(args[0], (str, os.PathLike)):
+        writing = True
+    else:
+        return
+    path = os.path.abspath(os.fspath(args[0]))
+    if writing and path.startswith(_root):
+        with open(_log, "a") as f:
+            f.write(os.environ.get("RANK", "launcher") + " " + event + " " + path + chr(10))
+sys.addaudithook(_hook)
+"""
+GOLD_PLUGIN = Path(__file__).parent / "plugins" / "gold_length.py"
+EVAL_SETTINGS = {"judge": "gold:test-words", "num_prompts": 5, "max_new_tokens": 8, "batch_size": 2, "kl_samples": 2,
+                 "judge_check_pairs": 3, "bootstrap": 200}   # 5 prompts: shards of 3 and 2 (+1 padding)
+KL_ABS_TOL = 1e-4
+
+
+def _write_audit(tmp_path: Path, root: Path) -> dict:
+    folder = tmp_path / "audit"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(WRITE_AUDIT)
+    return {"PYTHONPATH": os.pathsep.join([str(folder), *filter(None, [os.environ.get("PYTHONPATH")])]),
+            "POBENCH_TEST_AUDIT_ROOT": str(root), "POBENCH_TEST_AUDIT_LOG": str(tmp_path / "writes.log")}
+
+
+def _eval_matches_one_process(tmp_path: Path, run: Path) -> tuple[dict, float]:
+    """Evaluate a copy of the launched run's folder in this process (a cache of its own, so that it generates the
+    reference outputs too) and compare; returns the KL differences and this evaluation's wall time."""
+    from pobench.eval.runner import evaluate_run
+    from pobench.registry import discover
+    discover([str(GOLD_PLUGIN)])
+    single = tmp_path / "single" / "hh-rlhf" / "dpo" / "seed1"
+    shutil.copytree(run, single, ignore=shutil.ignore_patterns("eval.json", "generations.jsonl"))
+    started = time.perf_counter()
+    one = evaluate_run(single, tmp_path / "single-cache")
+    eval_s = time.perf_counter() - started
+    two = json.loads((run / "eval.json").read_text())
+    assert (single / "generations.jsonl").read_text() == (run / "generations.jsonl").read_text()
+    assert two["n_prompts"] == 5 and two["judge"]["held_out_agreement"]["pairs"] == 3 and two["kl"] is not None
+    kl_diff = {k: abs(two[k] - one[k]) for k in ("kl", "kl_se")}
+    assert max(kl_diff.values()) <= KL_ABS_TOL, kl_diff
+    skip = {"kl", "kl_se", "kl_info", "eval_time_s", "reference"}
+    assert {k: v for k, v in two.items() if k not in skip} == {k: v for k, v in one.items() if k not in skip}
+    assert {**two["reference"], "store": None} == {**one["reference"], "store": None}
+    stored = [json.loads(line)["key"] for line in Path(two["reference"]["store"]).read_text().splitlines()]
+    assert len(stored) == len(set(stored)) == 5                    # the shared reference cache, appended once
+    return kl_diff, eval_s
+
+
 def test_two_process_ddp_run_matches_one_process_with_the_same_global_batch(tmp_path, tiny_model_dir):
-    _report(*_two_processes_against_one(tmp_path, tiny_model_dir, "dpo"))
+    """Training, and then evaluation split across the ranks, as one process trains and evaluates."""
+    out = tmp_path / "ddp"
+    worst, launched_s = _two_processes_against_one(tmp_path, tiny_model_dir, "dpo", {"eval": EVAL_SETTINGS},
+                                                   launch_args=("--plugin", str(GOLD_PLUGIN)),
+                                                   env_extra=_write_audit(tmp_path, out))
+    writers = {line.split()[0] for line in (tmp_path / "writes.log").read_text().splitlines()}
+    assert writers == {"0"}, writers                               # rank 1 wrote nothing under the results root
+    kl_diff, eval_s = _eval_matches_one_process(tmp_path, out / "hh-rlhf" / "dpo" / "seed1")
+    _report(worst, launched_s)
+    print(f"(the launch trains and evaluates; one process evaluates in {eval_s:.1f} s; eval.json differences: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in kl_diff.items()) + ", every other value equal)")
 
 
 def test_two_process_mcpo_run_draws_what_one_process_draws(tmp_path, tiny_model_dir, pool_data):

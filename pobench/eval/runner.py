@@ -5,6 +5,14 @@
     judge (auto | rm: | gold: | alpaca_eval:) -> per-prompt P(policy beats reference), order randomised per prompt
     metrics: win rate (SE, bootstrap CI), LC win rate, lengths, mean reward, KL(policy || reference) from samples
     -> eval.json, generations.jsonl (and model_outputs.json for the alpaca_eval set)
+
+Under a multi-process launch (`pobench run --num-processes N`, or `accelerate launch`) every rank loads the trained
+policy and the work is split by prompt (contiguous shards, pobench/engine/distributed.py): the policy's outputs, the
+reference policy's missing outputs, the KL samples and their log-probs, and a reward-model or gold judge's scores;
+the results are gathered in prompt order. An LLM judge (alpaca_eval:*) runs on the main process alone (its
+annotation cache is one shared file). Only the main process writes: eval.json, generations.jsonl and the shared
+reference-output cache. Generation is seeded per prompt (pobench/generation/hf.py), so the samples, and with them
+the results, do not depend on the number of processes (up to float rounding of batched forwards).
 """
 from __future__ import annotations
 
@@ -114,7 +122,7 @@ def generation_config(cfg, n: int = 1, pure: bool = False):
 def decoding_record(cfg) -> dict:
     e = cfg.eval
     return {"backend": "transformers", "temperature": e.temperature, "top_p": e.top_p, "top_k": None,
-            "max_new_tokens": e.max_new_tokens, "seed": e.seed, "batch_size": e.batch_size,
+            "max_new_tokens": e.max_new_tokens, "seed": e.seed, "seeding": "per prompt", "batch_size": e.batch_size,
             "chat_template": cfg.model.chat_template, "max_prompt_length": cfg.train.max_prompt_length}
 
 
@@ -123,29 +131,73 @@ def generate(model, tokenizer, prompt_ids, gen):
     return get_backend("transformers", model, tokenizer).generate(prompt_ids, gen)
 
 
+# -- several processes --------------------------------------------------------------------------------------------
+
+def launch_state(device):
+    """accelerate's process state (rank, world size, this rank's device) under a launch of several processes; None
+    in a single process, whose code path is then the one it always was."""
+    from pobench.engine.distributed import launched_world_size
+    if launched_world_size() <= 1:
+        return None
+    from accelerate import PartialState
+    return PartialState(cpu=device.type == "cpu")
+
+
+def map_prompts(fn, items: list, state) -> list:
+    """fn over items (one result per item, in order): on every item here in one process, else each rank on its
+    shard, gathered on every rank."""
+    if state is None:
+        return fn(list(items))
+    from pobench.engine.distributed import map_sharded
+    return map_sharded(fn, items, state)
+
+
+def is_main(state) -> bool:
+    return state is None or state.is_main_process
+
+
+def shards_judge(spec: str) -> bool:
+    """Reward-model and gold judges score each output on its own, so each rank scores its shard; an LLM judge (or
+    one registered by a plugin) stays on the main process: alpaca_eval's annotation cache is one shared file."""
+    return spec == "auto" or spec.partition(":")[0] in ("rm", "gold")
+
+
 # -- reference outputs --------------------------------------------------------------------------------------------
 
-def sft_reference_outputs(cfg, prompt_ids, ref_model, tokenizer, model_path: str, cache_dir: Path) -> tuple[list[str], str]:
+def sft_reference_outputs(cfg, prompt_ids, ref_model, tokenizer, model_path: str, cache_dir: Path,
+                          state=None) -> tuple[list[str], str]:
     """The reference policy's own outputs with the eval decoding, one JSON line per prompt in a store keyed by
-    the model and the decoding: generated once and shared by every algorithm and seed of the suite."""
+    the model and the decoding: generated once and shared by every algorithm and seed of the suite. Under several
+    processes the missing prompts are split across the ranks and the main process alone appends them."""
     from pobench.models import model_fingerprint
     from pobench.sampling.pools import PoolStore, prompt_key
     settings = json.dumps(decoding_record(cfg), sort_keys=True)
     key = hashlib.sha1(f"{model_fingerprint(model_path)}-{cfg.model.dtype}-{settings}".encode()).hexdigest()[:16]
     store = PoolStore(Path(cache_dir) / "eval_reference" / f"{key}.jsonl")
     todo = [p for p in dict.fromkeys(map(tuple, prompt_ids)) if prompt_key(list(p)) not in store.entries]
+    if state is not None:   # the main process's list, should another run have appended to the store meanwhile
+        from pobench.engine.distributed import gather_lists
+        todo = gather_lists([todo] if state.is_main_process else [], state)[0]
     if todo:
-        outs = generate(ref_model, tokenizer, [list(p) for p in todo], generation_config(cfg))
-        store.add([{"key": prompt_key(list(p)), "output": o[0].text, "finished": o[0].finished}
-                   for p, o in zip(todo, outs)])
+        outs = map_prompts(lambda share: generate(ref_model, tokenizer, [list(p) for p in share], generation_config(cfg)),
+                           todo, state)
+        entries = [{"key": prompt_key(list(p)), "output": o[0].text, "finished": o[0].finished}
+                   for p, o in zip(todo, outs)]
+        if is_main(state):
+            store.add(entries)
+        else:
+            store.entries.update((e["key"], e) for e in entries)
+        if state is not None:
+            state.wait_for_everyone()
     return [store.entries[prompt_key(p)]["output"] for p in prompt_ids], str(store.path)
 
 
-def reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, cache_dir) -> tuple[list[str], dict]:
+def reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, cache_dir,
+                      state=None) -> tuple[list[str], dict]:
     kind = cfg.eval.reference
     if kind == "sft":
         with ref_ctx() as ref:
-            outs, store = sft_reference_outputs(cfg, prompt_ids, ref, tokenizer, model_path, cache_dir)
+            outs, store = sft_reference_outputs(cfg, prompt_ids, ref, tokenizer, model_path, cache_dir, state)
         return outs, {"kind": "sft", "model": cfg.model.name_or_path, "store": store}
     missing = [it.id for it in items if it.reference_output is None]
     if missing:
@@ -212,15 +264,24 @@ def build_run_judge(cfg, suite_data, run_dir: Path, cache_dir: Path, device: str
                        judge_decoder=cfg.eval.judge_decoder)
 
 
-def judge_agreement(judge, suite_data, n: int, seed: int) -> dict | None:
+def judge_rows(judge, prompts, policy: list[str], reference: list[str], seed: int, state=None) -> list[dict]:
+    """judge_against_reference, each rank judging its shard of the prompts where `state` is given."""
+    from pobench.eval.judges import judge_against_reference
+    if state is None:
+        return judge_against_reference(judge, prompts, policy, reference, seed)
+    return map_prompts(lambda idx: judge_against_reference(judge, [prompts[i] for i in idx], [policy[i] for i in idx],
+                                                           [reference[i] for i in idx], seed),
+                       list(range(len(prompts))), state)
+
+
+def judge_agreement(judge, suite_data, n: int, seed: int, state=None) -> dict | None:
     """How often the judge prefers the dataset's chosen answer to its rejected one on the first n held-out pairs
     (ties half): a reading of its quality on this suite, for any judge, beside its win rates."""
-    from pobench.eval.judges import judge_against_reference
     if n < 1 or suite_data is None or not suite_data.eval:
         return None
     records = suite_data.eval[:n]
-    rows = judge_against_reference(judge, [r.prompt for r in records], [r.chosen for r in records],
-                                   [r.rejected for r in records], seed)
+    rows = judge_rows(judge, [r.prompt for r in records], [r.chosen for r in records],
+                      [r.rejected for r in records], seed, state)
     prefs = [r["preference"] for r in rows if r["preference"] is not None]
     if not prefs:
         return None
@@ -237,20 +298,33 @@ def sample_logps(model, seqs, pad_id: int, device, chunk: int) -> list[float]:
     return sums.tolist()
 
 
-def estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, device) -> dict | None:
-    """KL(policy || reference) from eval.kl_samples pure samples per prompt (temperature 1, top_p 1: y ~ pi)."""
+def estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, device, state=None) -> dict | None:
+    """KL(policy || reference) from eval.kl_samples pure samples per prompt (temperature 1, top_p 1: y ~ pi).
+    Under several processes each rank samples and scores its shard of the prompts."""
     from pobench.eval.metrics import kl_estimate
     if cfg.eval.kl_samples < 1:
         return None
-    outs = generate(policy, tokenizer, prompt_ids, generation_config(cfg, n=cfg.eval.kl_samples, pure=True))
-    seqs = [(p, c.token_ids) for p, row in zip(prompt_ids, outs) for c in row if c.token_ids]
-    if not seqs:
-        return None
     pad = tokenizer.pad_token_id
-    pol = sample_logps(policy, seqs, pad, device, cfg.train.logps_chunk)
-    with ref_ctx() as ref:
-        refl = sample_logps(ref, seqs, pad, device, cfg.train.logps_chunk)
-    return {**kl_estimate(pol, refl), "kl_decoding": "temperature 1, top_p 1", "kl_max_new_tokens": cfg.eval.max_new_tokens}
+
+    def logps(share: list) -> list[list[tuple[float, float]]]:
+        """Per prompt, (policy, reference) log-probs of each of its non-empty samples."""
+        outs = generate(policy, tokenizer, share, generation_config(cfg, n=cfg.eval.kl_samples, pure=True))
+        seqs = [(p, c.token_ids) for p, row in zip(share, outs) for c in row if c.token_ids]
+        if not seqs:
+            return [[] for _ in share]
+        pol = sample_logps(policy, seqs, pad, device, cfg.train.logps_chunk)
+        with ref_ctx() as ref:
+            refl = sample_logps(ref, seqs, pad, device, cfg.train.logps_chunk)
+        pairs, out = iter(zip(pol, refl)), []
+        for row in outs:
+            out.append([next(pairs) for c in row if c.token_ids])
+        return out
+
+    pairs = [pair for prompt in map_prompts(logps, prompt_ids, state) for pair in prompt]
+    if not pairs:
+        return None
+    return {**kl_estimate([a for a, _ in pairs], [b for _, b in pairs]), "kl_decoding": "temperature 1, top_p 1",
+            "kl_max_new_tokens": cfg.eval.max_new_tokens}
 
 
 # -- the whole evaluation -----------------------------------------------------------------------------------------
@@ -293,17 +367,24 @@ def summarize(cfg, rows: list[dict], policy_out: list[str], ref_out: list[str], 
 
 
 def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict | None = None, progress=None,
-                 device: str | None = None) -> dict:
-    """Evaluate a finished run folder; writes eval.json and generations.jsonl there and returns eval.json."""
+                 device: str | None = None) -> dict | None:
+    """Evaluate a finished run folder; writes eval.json and generations.jsonl there and returns eval.json. Under a
+    launch of several processes every rank must call it (the work is split across them, see the module docstring);
+    the main process writes and returns eval.json, the others return None."""
     from pobench.data.tokenize import ChatFormatter
     from pobench.engine.io import atomic_write_json, atomic_write_text
     from pobench.eval.alpaca_set import model_outputs
-    from pobench.eval.judges import judge_against_reference
     from pobench.models import pick_device
 
     started = time.time()
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir, overrides)
+    dev = pick_device(device or cfg.model.device)
+    state = launch_state(dev)
+    if state is not None:
+        state.wait_for_everyone()   # the main process wrote the final checkpoint and train_summary.json
+        if dev.type == state.device.type:
+            dev = state.device      # this rank's GPU
     if not (run_dir / "train_summary.json").is_file():
         raise PobenchError(f"{run_dir}: the run has not finished (no train_summary.json); finish it with "
                            f"pobench run --resume first")
@@ -311,23 +392,32 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     items, source, suite_data = eval_items(cfg)
     if not items:
         raise PobenchError(f"{run_dir}: the eval set {cfg.eval.eval_set} has no prompts")
-    dev = pick_device(device or cfg.model.device)
     policy, tokenizer, model_path = load_trained_policy(cfg, run_dir, dev)
     formatter = ChatFormatter(tokenizer, cfg.model.chat_template)
     prompt_ids = [formatter.encode(formatter.prompt_text(it.prompt))[-cfg.train.max_prompt_length:] for it in items]
     task = progress.add_task(f"eval {cfg.algorithm_name} seed{cfg.seed}", total=None) if progress else None
 
-    outs = generate(policy, tokenizer, prompt_ids, generation_config(cfg))
+    outs = map_prompts(lambda share: generate(policy, tokenizer, share, generation_config(cfg)), prompt_ids, state)
     policy_out = [row[0].text for row in outs]
     ref_ctx = lambda: reference_model(cfg, policy, dev)  # noqa: E731  (entered once per use: memory is freed between)
-    ref_out, reference = reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, cache_dir)
-    kl = estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, dev)
+    ref_out, reference = reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, cache_dir, state)
+    kl = estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, dev, state)
     del policy
-    judge = build_run_judge(cfg, suite_data, run_dir, cache_dir, str(dev), progress)
+    judge_state = state if shards_judge(cfg.eval.judge) else None   # None: the main process judges alone
+    if state is not None and judge_state is None and not state.is_main_process:
+        return None
+    if judge_state is None:
+        judge = build_run_judge(cfg, suite_data, run_dir, cache_dir, str(dev), progress)
+    else:   # the main process trains an auto judge's reward model (or finds it cached); the others then load it
+        from pobench.engine.distributed import main_process_first
+        judge = main_process_first(lambda: build_run_judge(cfg, suite_data, run_dir, cache_dir, str(dev),
+                                                           progress if state.is_main_process else None), state)
     prompts = [it.prompt for it in items]
-    rows = judge_against_reference(judge, prompts, policy_out, ref_out, cfg.eval.seed)
-    judge_info = judge.describe()
-    check = judge_agreement(judge, suite_data, cfg.eval.judge_check_pairs, cfg.eval.seed)
+    rows = judge_rows(judge, prompts, policy_out, ref_out, cfg.eval.seed, judge_state)
+    judge_info = judge.describe() if is_main(state) else None
+    check = judge_agreement(judge, suite_data, cfg.eval.judge_check_pairs, cfg.eval.seed, judge_state)
+    if not is_main(state):
+        return None
     if check:
         judge_info["held_out_agreement"] = check
     result = {
