@@ -77,7 +77,10 @@ def auto_reward_model(cfg, suite_data, cache_dir: Path, progress=None) -> str:
 
 def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Path:
     settings = {k: getattr(cfg.pool, k) for k in ("num_samples", "temperature", "top_p", "max_new_tokens", "seed")}
-    settings.update(rm=rm_spec, template=cfg.model.chat_template, max_prompt=cfg.train.max_prompt_length)
+    # "seeding": samples are seeded per (prompt, sample) since the generation backends stopped sharing one stream
+    # per call; pools drawn the old way must not mix with new ones in one store
+    settings.update(rm=rm_spec, template=cfg.model.chat_template, max_prompt=cfg.train.max_prompt_length,
+                    seeding="per prompt")
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cache_dir) / "pools" / f"{model_fingerprint}-{key}.jsonl"
 
