@@ -6,6 +6,7 @@ transformers takes ~20 s to convert a GGUF and under a second to load safetensor
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -196,9 +197,30 @@ def load_causal_lm(path: str, dtype: torch.dtype, attn_implementation: str = "sd
 
     hf_logging.disable_progress_bar()
     try:
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+        with _whole_weights():
+            return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
     except Exception as e:
         raise PobenchError(f"model {path}: cannot load ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+@contextlib.contextmanager
+def _whole_weights():
+    """Load every weight whole, even under a DeepSpeed ZeRO-3 launch. accelerate (1.15) points transformers at the
+    ZeRO-3 config as soon as the Accelerator exists, whatever zero3_init_flag says, and from_pretrained then
+    partitions the weights at load (deepspeed.zero.Init): pobench's forwards before accelerator.prepare (reference
+    log-probs, candidate pools), its frozen reference copy and its evaluation models would hold empty shards (seen
+    on CPU: "Padding_idx must be within num_embeddings"). The engine partitions the policy in prepare instead."""
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
+        return
+    saved = getattr(hf_deepspeed, "_hf_deepspeed_config_weak_ref", None)
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:  # generate() reads it again after loading (synced_gpus under ZeRO-3)
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def add_lora(model, cfg):

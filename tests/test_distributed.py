@@ -273,3 +273,179 @@ def test_ddp_mcpo_generates_each_pool_once_across_ranks(tmp_path, tiny_model_dir
     lines = [json.loads(line) for line in store.read_text().splitlines()]
     assert len(lines) == len({e["key"] for e in lines}) == summary["candidate_pool"]["prompts"] == 16
     assert all(len(e["candidates"]) == 3 for e in lines)
+
+
+# -- FSDP and DeepSpeed on the CPU -------------------------------------------------------------------------------
+# accelerate runs FSDP and DeepSpeed on GPUs only and pobench refuses them on the CPU; tests/launch/sharded_on_cpu.py
+# lifts accelerate's rule in the launched processes, so that the shipped presets run on 2 CPU processes over gloo:
+# `fsdp` (with --fsdp_sync_module_states false: accelerate builds that broadcast for a GPU; every rank loads the
+# same weights anyway), `deepspeed-zero2` and `deepspeed-zero3` unchanged (DeepSpeed's CPU accelerator, gloo).
+# Each is compared with one process training on the same global batch, as the DDP test does and with its tolerances
+# (measured: loss within 6e-7 relative, grad_norm 5e-6 relative, rewards and held-out metrics 8e-7 absolute);
+# the checkpoint it writes has the single-process checkpoint's keys and values within CHECKPOINT_ATOL (measured: at
+# most 3.2e-6 after 4 AdamW steps at lr 1e-3, i.e. well under one step's update).
+SHARDED_ENTRY = Path(__file__).parent / "launch" / "sharded_on_cpu.py"
+CHECKPOINT_ATOL = 5e-5
+
+
+@pytest.fixture(scope="module")
+def one_process_dpo(tmp_path_factory, tiny_model_dir) -> Path:
+    """The comparison run of the sharded launches: DPO, one process x 4 pairs, 4 steps, in this process."""
+    from pobench import config as C
+    from pobench.data import load_suite_data
+    from pobench.engine.trainer import train
+    from pobench.registry import algorithm_defaults, get_algorithm, load_suite
+
+    root = tmp_path_factory.mktemp("one-process-dpo")
+    algorithm = get_algorithm("dpo")
+    cfg = C.resolve(load_suite("hh-rlhf"), "dpo", algorithm_defaults(algorithm), {}, _settings(tiny_model_dir, 4),
+                    ["dpo"])
+    train(cfg, algorithm, load_suite_data(cfg.data, cfg.seed), root / "run", root / "cache")
+    return root / "run"
+
+
+def _sharded_launch(tmp_path: Path, model_dir: Path, out: str, launch_args: list[str], *extra: str,
+                    env_extra: dict | None = None, algo: str = "dpo"):
+    from pobench.launch import free_port
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "DS_ACCELERATOR": "cpu", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch_args, "--num_processes", "2",
+                           "--main_process_port", str(free_port()), str(SHARDED_ENTRY), "run", "--algo", algo,
+                           "--out", str(tmp_path / out), "--no-eval", *_set_args(_settings(model_dir, 2)), *extra],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+
+
+def _sharded_run_matches_one_process(tmp_path: Path, model_dir: Path, one: Path, launch_args: list[str],
+                                     distributed: str) -> None:
+    """2 processes x 2 pairs under a sharded launch against one process x 4 pairs: every logged metric, the held-out
+    metrics and the final checkpoint agree."""
+    from safetensors.torch import load_file
+    started = time.perf_counter()
+    proc = _sharded_launch(tmp_path, model_dir, "sharded", launch_args)
+    launched_s = time.perf_counter() - started
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "sharded" / "hh-rlhf" / "dpo" / "seed1"
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["distributed"] == distributed and summary["num_processes"] == 2
+    assert summary["global_batch_size"] == 4
+    rows = [[json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()] for folder in (run, one)]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [1, 2, 3, 4]
+    worst: dict = {}
+    for a, b in zip(*rows):
+        for key in COMPARED + tuple(k for k in b if k.startswith("eval/")):
+            assert _close(key, a[key], b[key]), f"step {b['step']} {key}: 2 processes {a[key]!r}, 1 process {b[key]!r}"
+            worst[key] = max(worst.get(key, 0.0), abs(a[key] - b[key]))
+    one_summary = json.loads((one / "train_summary.json").read_text())
+    for key, value in one_summary["held_out_final"].items():
+        assert _close(key, summary["held_out_final"][key], value), key
+
+    # the checkpoint: the weights gathered from the shards, under the single-process names
+    sharded, single = (load_file(str(folder / "checkpoints" / "latest" / "trainable.safetensors"))
+                       for folder in (run, one))
+    assert sorted(sharded) == sorted(single)
+    assert all(sharded[k].shape == single[k].shape for k in single)
+    weight_diff = max(float((sharded[k] - single[k]).abs().max()) for k in single)
+    assert weight_diff <= CHECKPOINT_ATOL, weight_diff
+    _report(worst, launched_s)
+    print(f"checkpoint: same {len(single)} tensors, largest difference {weight_diff:.1e}")
+
+
+def _resume_is_refused(tmp_path: Path, model_dir: Path, launch_args: list[str]) -> None:
+    """Both ranks die mid-step 3; the step-2 checkpoint holds the gathered weights but no optimizer state (it is
+    sharded), so --resume under the same launch is refused with the documented message."""
+    crashed = _sharded_launch(tmp_path, model_dir, "cut", launch_args, "--set", "train.save_every=2",
+                              env_extra={"POBENCH_KILL_AT": "step:3"})
+    assert crashed.returncode != 0
+    checkpoint = tmp_path / "cut" / "hh-rlhf" / "dpo" / "seed1" / "checkpoints" / "latest"
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 2
+    assert (checkpoint / "trainable.safetensors").is_file() and not (checkpoint / "optimizer.pt").exists()
+    resumed = _sharded_launch(tmp_path, model_dir, "cut", launch_args, "--set", "train.save_every=2", "--resume")
+    assert resumed.returncode != 0
+    assert "--resume is supported for single-process and DDP runs; FSDP/DeepSpeed checkpoints hold the weights only" \
+        in " ".join((resumed.stdout + resumed.stderr).split()), resumed.stderr[-3000:]
+
+
+def test_fsdp_or_deepspeed_launch_on_the_cpu_is_refused(monkeypatch):
+    """On the CPU accelerate would train plain DDP under an FSDP/DeepSpeed launch: refused, not passed off as one."""
+    import torch
+    for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        with monkeypatch.context() as m:
+            m.setenv(variable, "true")
+            with pytest.raises(PobenchError, match=f"{name} launch on the CPU"):
+                D.refuse_sharding_on_cpu(torch.device("cpu"))
+            D.refuse_sharding_on_cpu(torch.device("cuda"))   # a GPU launch goes ahead
+    D.refuse_sharding_on_cpu(torch.device("cpu"))            # as does a CPU launch that asks for neither
+
+
+def test_models_load_whole_under_a_zero3_deepspeed_config(tiny_model_dir):
+    """Under a ZeRO-3 launch accelerate points transformers at the ZeRO-3 config, and from_pretrained would partition
+    the weights at load (leaving empty shards on every rank): pobench loads them whole, and leaves the pointer set."""
+    import weakref
+
+    import torch
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    from pobench.models import load_causal_lm
+
+    class Zero3:  # what transformers asks of the config it points to
+        def is_zero3(self):
+            return True
+
+    config = Zero3()
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = weakref.ref(config)
+    try:
+        assert hf_deepspeed.is_deepspeed_zero3_enabled()
+        model = load_causal_lm(str(tiny_model_dir), torch.float32)
+        assert tuple(model.get_input_embeddings().weight.shape) == (model.config.vocab_size, 64)
+        assert hf_deepspeed.is_deepspeed_zero3_enabled()       # restored: generate() reads it (synced_gpus)
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+
+
+def _fsdp_on_cpu() -> list[str]:
+    from pobench.launch import preset_path
+    return ["--config_file", str(preset_path("fsdp")), "--fsdp_sync_module_states", "false"]
+
+
+def test_two_process_fsdp_run_matches_one_process(tmp_path, tiny_model_dir, one_process_dpo):
+    """The shipped `fsdp` preset (FSDP1, full sharding, transformer-layer auto-wrap) on 2 CPU processes: sharded
+    forwards for the held-out pairs, clipping over the wrapped parameters, the checkpoint gathered on rank 0."""
+    _sharded_run_matches_one_process(tmp_path, tiny_model_dir, one_process_dpo, _fsdp_on_cpu(), "DistributedType.FSDP")
+
+
+@pytest.mark.slow
+def test_fsdp_resume_is_refused(tmp_path, tiny_model_dir):
+    _resume_is_refused(tmp_path, tiny_model_dir, _fsdp_on_cpu())
+
+
+@pytest.mark.slow
+def test_fsdp_onmcpo_generates_from_the_sharded_policy(tmp_path, tiny_model_dir):
+    """OnMC-PO generates from the policy during training, outside the wrapped forward: under FSDP the root unit's
+    weights (embeddings, output layer) are gathered for it (distributed.generation_weights). 2 steps under `fsdp`
+    log what 2 steps under `ddp` log, the sampler's metrics included (its samples are seeded per prompt)."""
+    online = ("--plugin", str(GOLD_PLUGIN), "--set", "pool.reward_model=gold:test-words", "--set",
+              "pool.max_new_tokens=6", "--set", "algorithm.num_candidates=3", "--set", "train.max_steps=2")
+    fsdp = _sharded_launch(tmp_path, tiny_model_dir, "fsdp", _fsdp_on_cpu(), *online, algo="onmcpo")
+    assert fsdp.returncode == 0, fsdp.stderr[-3000:]
+    ddp = _launch(tmp_path, tiny_model_dir, "ddp", "--algo", "onmcpo", *online)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    rows = [[json.loads(line) for line in (tmp_path / name / "hh-rlhf" / "onmcpo" / "seed1" / "metrics.jsonl")
+             .read_text().splitlines()] for name in ("fsdp", "ddp")]
+    assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [1, 2]
+    for a, b in zip(*rows):
+        for key in COMPARED + tuple(k for k in b if k.startswith(("eval/", "sampler/")) and not k.endswith("_s")):
+            assert _close(key, a[key], b[key]), f"step {b['step']} {key}: fsdp {a[key]!r}, ddp {b[key]!r}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["deepspeed-zero2", "deepspeed-zero3"])
+def test_two_process_deepspeed_run_matches_one_process(tmp_path, tiny_model_dir, one_process_dpo, preset):
+    """The shipped DeepSpeed presets, unchanged, on 2 CPU processes (DeepSpeed's CPU accelerator over gloo): the
+    micro-batch and clipping pobench fills in, ZeRO-3's registered output layer and gathered checkpoint."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install -e '.[deepspeed]')")
+    from pobench.launch import preset_path
+    launch_args = ["--config_file", str(preset_path(preset))]
+    _sharded_run_matches_one_process(tmp_path, tiny_model_dir, one_process_dpo, launch_args,
+                                     "DistributedType.DEEPSPEED")
+    _resume_is_refused(tmp_path, tiny_model_dir, launch_args)

@@ -90,6 +90,20 @@ def sum_over_ranks(value: int, accelerator) -> int:
     return sum(gather_lists([value], accelerator))
 
 
+def refuse_sharding_on_cpu(device) -> None:
+    """accelerate (1.15) runs FSDP and DeepSpeed on accelerators only: launched with such a config for the CPU, its
+    Accelerator either fails (the fsdp preset: sync_module_states wants a device) or trains plain DDP over gloo
+    (MULTI_CPU) and the run would pass for an FSDP/DeepSpeed one. Refused before the Accelerator is made.
+    (tests/launch/sharded_on_cpu.py lifts accelerate's rule to test these code paths on the CPU.)"""
+    if device.type != "cpu":
+        return
+    for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if os.environ.get(variable, "false").lower() == "true":
+            raise PobenchError(f"{name} launch on the CPU: accelerate runs {name} on GPUs only, and on the CPU would "
+                               f"train plain DDP instead; use the ddp preset (--num-processes N without "
+                               f"--launch-config) for CPU processes")
+
+
 def forwards_need_all_ranks(accelerator) -> bool:
     """FSDP and DeepSpeed shard the weights, so a forward is a collective and must go through the wrapped model on
     every rank; under DDP (or one process) each rank holds the whole model and can score on its own."""
@@ -112,6 +126,16 @@ def scoring_module(accelerator, wrapped):
     FSDP/DeepSpeed the wrapped one, whose forward gathers the sharded weights (every rank must then score the same
     number of batches)."""
     return wrapped if forwards_need_all_ranks(accelerator) else accelerator.unwrap_model(wrapped)
+
+
+def weights_are_sharded(accelerator) -> bool:
+    """FSDP and ZeRO-3 keep each weight on one rank outside their own forwards: the policy cannot be run by one rank
+    alone. (ZeRO-1/2 shard the optimizer state only.)"""
+    from accelerate.utils import DistributedType
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and \
+        accelerator.state.deepspeed_plugin.zero_stage == 3
 
 
 def optimizer_state_is_sharded(accelerator) -> bool:
@@ -139,7 +163,8 @@ def configure_deepspeed(accelerator, micro_batch: int, max_grad_norm: float, gra
 def register_output_layer(accelerator, wrapped) -> None:
     """ZeRO-3 gathers a weight only inside its own module's forward, but the sequence log-probs read the output
     layer's weight rows directly (engine/logps.py); registering it as used by the whole scorer keeps it gathered
-    for the scorer's forward. A no-op elsewhere. (Untested here: needs DeepSpeed and GPUs.)"""
+    for the scorer's forward (without it ZeRO-3 fails on the CPU: "index is out of bounds for dimension with size
+    0"). A no-op elsewhere."""
     from accelerate.utils import DistributedType
     if accelerator.distributed_type != DistributedType.DEEPSPEED or accelerator.state.deepspeed_plugin.zero_stage != 3:
         return
@@ -147,6 +172,22 @@ def register_output_layer(accelerator, wrapped) -> None:
     scorer = accelerator.unwrap_model(wrapped)
     base = scorer.model.get_base_model() if hasattr(scorer.model, "get_base_model") else scorer.model
     deepspeed.zero.register_external_parameter(scorer, base.get_output_embeddings().weight)
+
+
+@contextlib.contextmanager
+def generation_weights(accelerator, wrapped):
+    """Entered by every rank around generation from the policy during training (OnMC-PO, online DPO): generate()
+    runs the inner model, not the wrapped forward. Under FSDP the auto-wrapped decoder layers gather their own weights
+    in their forwards, but the root unit's (embeddings, final norm, output layer) stay sharded outside the root's
+    forward ("'weight' must be 2-D"): they are gathered on every rank for the duration. ZeRO-3's hooks gather every
+    module's weights in its own forward; DDP and ZeRO-1/2 hold them whole."""
+    from accelerate.utils import DistributedType
+    if accelerator.distributed_type != DistributedType.FSDP:
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    with FSDP.summon_full_params(wrapped, recurse=False, writeback=False):
+        yield
 
 
 class _UnwrappedNames:
@@ -174,7 +215,10 @@ def full_weights(accelerator, wrapped):
     policy = accelerator.unwrap_model(wrapped).model
     if accelerator.distributed_type == DistributedType.FSDP:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        with FSDP.summon_full_params(wrapped, writeback=False, rank0_only=True, offload_to_cpu=True):
+        # offload_to_cpu only off a CPU: on a CPU compute device torch's offload "moves" the gathered weights to the
+        # CPU (a no-op) and then frees them, leaving parameters with empty storage (seen with torch 2.13, gloo)
+        offload = accelerator.device.type != "cpu"
+        with FSDP.summon_full_params(wrapped, writeback=False, rank0_only=True, offload_to_cpu=offload):
             yield _UnwrappedNames(policy)
     elif accelerator.distributed_type == DistributedType.DEEPSPEED and \
             accelerator.state.deepspeed_plugin.zero_stage == 3:

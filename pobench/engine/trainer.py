@@ -40,16 +40,21 @@ class SamplerContext:
     `batch_offset` is the position, in every step's global batch, of the first record of this process's batch
     (rank * train.batch_size; 0 in one process; train.grad_accum splits a batch only after sampling, so it does
     not move it): the i-th record of `batch_at(step)` is record `batch_offset + i` of the global batch, which is
-    what samplers key their per-record random draws on (pobench.sampling.record_generator)."""
+    what samplers key their per-record random draws on (pobench.sampling.record_generator).
+
+    A sampler that generates from `model` does so inside `with ctx.generation_weights():` (every rank enters it:
+    under FSDP it gathers the weights that generation needs, see distributed.generation_weights)."""
 
     def __init__(self, cfg: RunConfig, scorer, model, tokenizer, formatter, refcache, device, pad_id: int,
-                 batch_at, max_steps: int, reward_scorer, reference, batch_offset: int = 0):
+                 batch_at, max_steps: int, reward_scorer, reference, batch_offset: int = 0,
+                 generation_weights=contextlib.nullcontext):
         self.cfg, self.scorer, self.model, self.tokenizer, self.formatter = cfg, scorer, model, tokenizer, formatter
         self.refcache, self.device, self.pad_id, self.batch_at, self.max_steps = refcache, device, pad_id, batch_at, max_steps
         self.batch_offset = batch_offset
         self.score_batch_size = 2 * cfg.train.batch_size
         self.step = 0
         self._reward_scorer, self._reference = reward_scorer, reference
+        self.generation_weights = generation_weights
 
     def reward_scorer(self):
         """The suite's reward model (built on first use)."""
@@ -331,7 +336,16 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.model.device)
     _, mixed_precision = pick_dtype(cfg.model.dtype, device)
+    D.refuse_sharding_on_cpu(device)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
+    if getattr(accelerator, "is_fsdp2", False):  # its weights are DTensors, which pobench's FSDP code does not handle
+        raise PobenchError("fsdp_version: 2 (FSDP2) is not supported (on the CPU it failed at gradient clipping: "
+                           "'got mixed torch.Tensor and DTensor'); use FSDP1, as the fsdp preset does")
+    # (without this, on the CPU: FSDP failed with "'weight' must be 2-D", ZeRO-3 hung at its first evaluation)
+    if getattr(data, "evaluator", None) and D.weights_are_sharded(accelerator):
+        raise PobenchError("the synthetic suite measures the policy's gold reward on the main process alone during "
+                           "training, which FSDP and ZeRO-3 cannot do (their forwards are collectives over weights "
+                           "sharded across the ranks); use the ddp preset")
     device = accelerator.device
     if cfg.train.deterministic:  # cuBLAS refuses deterministic mode without a fixed workspace (read at first use)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -380,7 +394,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     checkpoint = find_checkpoint(run_dir) if resume else None
     if checkpoint is not None and D.optimizer_state_is_sharded(accelerator):
         raise PobenchError(f"{run_dir}: --resume is supported for single-process and DDP runs; FSDP/DeepSpeed "
-                           f"checkpoints hold the weights only (start the run again, or resume it under DDP)")
+                           f"checkpoints hold the weights only (start the run again; --resume under DDP would continue "
+                           f"from these weights with a fresh optimizer and learning-rate schedule, not reproduce the "
+                           f"run)")
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         if accelerator.is_main_process:
@@ -437,7 +453,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         return score_sequences(frozen["ref"], seqs, pad_id, device, 2 * tc.batch_size)
 
     ctx = SamplerContext(cfg, scoring, model, tokenizer, formatter, refcache, device, pad_id, batch_at, max_steps,
-                         reward_scorer, reference, batch_offset=batch_offset)
+                         reward_scorer, reference, batch_offset=batch_offset,
+                         generation_weights=lambda: D.generation_weights(accelerator, scorer))
     eval_bs = max(2, tc.batch_size)
 
     def held_out() -> dict:

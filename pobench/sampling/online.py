@@ -10,6 +10,7 @@ weights, loaded once).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 from pobench.registry import register_sampler
@@ -55,7 +56,9 @@ class OnlinePool:
         seed = self.generation_seed(ctx, bool(getattr(backend, "seeds_each_prompt", False)))
         gen = GenerationConfig(n=p.num_candidates, temperature=pc.temperature, top_p=pc.top_p,
                                max_new_tokens=pc.max_new_tokens, seed=seed, batch_size=pc.batch_size)
-        completions = backend.generate([r.prompt for r in records], gen)
+        # FSDP: the weights outside the wrapped decoder layers, gathered (a context without the hook: nothing to do)
+        with getattr(ctx, "generation_weights", contextlib.nullcontext)():
+            completions = backend.generate([r.prompt for r in records], gen)
         rm = ctx.reward_scorer()
         out, k = {}, 0
         for s, batch in zip(steps, batches):
