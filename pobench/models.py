@@ -249,7 +249,10 @@ def load_policy(cfg, device: torch.device):
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(path, dtype, cfg.attn_implementation)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):   # transformers >= 5.2x; the old name is deprecated
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.lora_r > 0:
         if cfg.gradient_checkpointing:
