@@ -14,6 +14,8 @@ pool recipe, pobench's default) on both sides, no top_k; no EOS is set, so every
              sorting each row)
   pobench-bisect  the nucleus found by bisection on the probability threshold instead of a sort
   pobench-greedy  greedy decoding: the forward pass alone, the ceiling for sampling
+  w-sort, w-bisect, w-greedy  the same with the whole decode step compiled once (all layers unrolled, sampling
+             and bookkeeping included: StaticDecoder(compile_step=True), GenerationConfig(compile=True))
   c-sort, c-bisect, c-greedy  the same after torch.compile of every decoder layer (c-bisect also compiles the
              sampling function), still replayed as one CUDA graph per step
 
@@ -46,12 +48,15 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-# name, temperature, top-p method: the default (bisection), the sort-based nucleus, and greedy decoding (no
-# sampling at all: the forward's own ceiling)
-# name, temperature, top-p method, compiled sampling; "c-" names run after every decoder layer is compiled
-# (pobench.models.compile_decoder_layers), inside the same CUDA graph.
-DECODERS = [("pobench", 0.8, "sort", False), ("pobench-bisect", 0.8, "bisect", False), ("pobench-greedy", 0.0, "sort", False),
-            ("c-sort", 0.8, "sort", False), ("c-bisect", 0.8, "bisect", True), ("c-greedy", 0.0, "sort", False)]
+# name, temperature, top-p method, compiled sampling, compiled step. "w-" names compile the whole decode step once
+# (StaticDecoder(compile_step=True): every layer, the sampling and the bookkeeping in one graph), "c-" names run
+# after every decoder layer is compiled (pobench.models.compile_decoder_layers); all replay one CUDA graph per step.
+DECODERS = [("pobench", 0.8, "sort", False, False), ("pobench-bisect", 0.8, "bisect", False, False),
+            ("pobench-greedy", 0.0, "sort", False, False),
+            ("w-sort", 0.8, "sort", False, True), ("w-bisect", 0.8, "bisect", False, True),
+            ("w-greedy", 0.0, "sort", False, True),
+            ("c-sort", 0.8, "sort", False, False), ("c-bisect", 0.8, "bisect", True, False),
+            ("c-greedy", 0.0, "sort", False, False)]
 
 
 def timed(fn, reps):
@@ -122,7 +127,7 @@ def main() -> None:
                 res["hf-static"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
             print(rows, "hf-static", res["hf-static"], flush=True)
     compiled = False
-    for name, temperature, method, compile_sampling in DECODERS:
+    for name, temperature, method, compile_sampling, compile_step in DECODERS:
         if name not in args.decoders.split(","):
             continue
         if name.startswith("c-") and not compiled:
@@ -136,7 +141,7 @@ def main() -> None:
             try:
                 dec = StaticDecoder(model, rows, args.prompt_len, args.new_tokens, eos_ids=[], pad_id=0,
                                     temperature=temperature, top_p=0.95, top_p_method=method,
-                                    compile_sampling=compile_sampling)
+                                    compile_sampling=compile_sampling, compile_step=compile_step)
                 t0 = time.perf_counter()
                 dec.generate(ids, mask)
                 sync()

@@ -343,3 +343,34 @@ def test_static_decoder_on_a_peft_model_with_a_trained_adapter(model, tokenizer,
     assert ids(fast) == ids(plain)
     assert ids(plain) != ids(get_backend("transformers", model, tokenizer).generate(
         prompts, GenerationConfig(temperature=0, max_new_tokens=10, fast="off")))
+
+
+@pytest.mark.parametrize("temperature", [0.8, 0.0])
+def test_the_whole_decode_step_traces_as_one_graph(model, tokenizer, prompts, temperature):
+    """`compile=True` compiles the decode step whole (forward over every layer, sampling, EOS bookkeeping); a graph
+    break would split it into pieces and lose the fusion it is for. Dynamo's tracer alone, no code generation."""
+    import torch._dynamo as dynamo
+
+    from pobench.generation.hf import left_pad
+    from pobench.generation.static import StaticDecoder
+    input_ids, mask = left_pad(prompts, tokenizer.pad_token_id, multiple=16)
+    decoder = StaticDecoder(model, len(prompts), input_ids.shape[1], 4, [tokenizer.eos_token_id],
+                            tokenizer.pad_token_id, temperature, 0.95)
+    if decoder.keys is not None:
+        decoder.keys.random_(0, 1 << 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        decoder._emit(decoder._prefill(input_ids, mask))
+        report = dynamo.explain(decoder._decode_step)()
+    assert report.graph_count == 1 and report.graph_break_count == 0, report.break_reasons
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_gives_the_eager_steps_tokens(model, tokenizer, prompts):
+    """Inductor on the CPU (about a minute to compile): the compiled step samples the same tokens as the eager one."""
+    backend = get_backend("transformers", model, tokenizer)
+    for temperature in (0.8, 0.0):
+        cfg = dict(n=2, temperature=temperature, max_new_tokens=12, batch_size=6, fast="on")
+        eager = ids(backend.generate(prompts, GenerationConfig(**cfg)))
+        compiled = ids(backend.generate(prompts, GenerationConfig(**cfg, compile=True)))
+        assert compiled == eager
+        assert any(d.compile_step for d in backend._decoders.decoders.values())   # the compiled path really ran

@@ -32,6 +32,8 @@ class GenerationConfig:
     fast: str = "auto"          # transformers backend: "auto" = static cache + CUDA-graph decoding on CUDA where
                                 # the model supports it (pobench/generation/static.py), "on" = that path on any
                                 # device (eager steps off CUDA), "off" = plain `model.generate`
+    compile: bool = False       # fast path: torch.compile each decode step whole before capturing it (opt-in: one
+                                # compilation per prompt shape; see pobench/generation/static.py)
 
     def __post_init__(self):
         # Checked here rather than deep in a backend, so a bad --set fails before any model is loaded.

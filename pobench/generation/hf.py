@@ -168,7 +168,7 @@ class TransformersBackend:
             self._decoders = DecoderPool()
         input_ids, attention_mask = left_pad(rows, self.pad_id, multiple=16)
         decoder = self._decoders.get(self.model, len(rows), input_ids.shape[1], cfg.max_new_tokens, self.eos_ids,
-                                     self.pad_id, cfg.temperature, cfg.top_p)
+                                     self.pad_id, cfg.temperature, cfg.top_p, compile_step=cfg.compile)
         return decoder.generate(input_ids, attention_mask, keys)
 
     def _completion(self, ids: list[int]) -> Completion:

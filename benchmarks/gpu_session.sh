@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One GPU session's measurements for issue 6, most informative first, each step bounded so a slow one cannot eat
+# the others' time. Writes JSON and logs to ${OUT:-gpu-out}/.
+#
+#   bash benchmarks/gpu_session.sh                # on the GPU machine, from the repository root
+#
+# The device machines have torch with CUDA but no internet: put a transformers wheel in .whl/ (carried with the
+# working tree); it is installed into /tmp/site without touching the machine's torch.
+set -u
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  pip install -q --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
+fi
+export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+python -c "import torch, transformers; print(torch.__version__, transformers.__version__)" | tee -a "$OUT/gpu.txt"
+
+# 1. generation at batch 64 and 256: plain generate, the graph-replayed decoder, and the whole step compiled
+timeout 330 python benchmarks/gpu_generate.py --decoders pobench,w-sort,w-greedy,w-bisect \
+  --json "$OUT/gen.json" > "$OUT/gen.log" 2>&1; echo "gpu_generate rc=$?" | tee -a "$OUT/gpu.txt"
+grep -E "^(64|256) " "$OUT/gen.log"
+
+# 2. the training step (DPO variants and MC-PO with L = 8), if time is left in the call
+timeout 150 python benchmarks/gpu_step.py --json "$OUT/step.json" > "$OUT/step.log" 2>&1
+echo "gpu_step rc=$?" | tee -a "$OUT/gpu.txt"
+tail -5 "$OUT/step.log"
