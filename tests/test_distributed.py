@@ -148,8 +148,8 @@ def _two_processes_against_one(tmp_path: Path, model_dir: Path, algo: str, extra
     return worst, launched_s
 
 
-def _report(worst: dict, launched_s: float) -> None:
-    print(f"\n2-process launch {launched_s:.1f} s; largest absolute differences: "
+def _report(worst: dict, launched_s: float, processes: int = 2) -> None:
+    print(f"\n{processes}-process launch {launched_s:.1f} s; largest absolute differences: "
           + ", ".join(f"{k} {v:.1e}" for k, v in sorted(worst.items()) if v))
 
 
@@ -305,28 +305,29 @@ def one_process_dpo(tmp_path_factory, tiny_model_dir) -> Path:
 
 
 def _sharded_launch(tmp_path: Path, model_dir: Path, out: str, launch_args: list[str], *extra: str,
-                    env_extra: dict | None = None, algo: str = "dpo"):
+                    env_extra: dict | None = None, algo: str = "dpo", processes: int = 2):
     from pobench.launch import free_port
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "DS_ACCELERATOR": "cpu", **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch_args, "--num_processes", "2",
-                           "--main_process_port", str(free_port()), str(SHARDED_ENTRY), "run", "--algo", algo,
-                           "--out", str(tmp_path / out), "--no-eval", *_set_args(_settings(model_dir, 2)), *extra],
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch_args, "--num_processes",
+                           str(processes), "--main_process_port", str(free_port()), str(SHARDED_ENTRY), "run",
+                           "--algo", algo, "--out", str(tmp_path / out), "--no-eval",
+                           *_set_args(_settings(model_dir, 4 // processes)), *extra],
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
 
 
 def _sharded_run_matches_one_process(tmp_path: Path, model_dir: Path, one: Path, launch_args: list[str],
-                                     distributed: str) -> None:
-    """2 processes x 2 pairs under a sharded launch against one process x 4 pairs: every logged metric, the held-out
-    metrics and the final checkpoint agree."""
+                                     distributed: str, processes: int = 2) -> None:
+    """N processes x 4/N pairs under a sharded launch against one process x 4 pairs: every logged metric, the
+    held-out metrics and the final checkpoint agree."""
     from safetensors.torch import load_file
     started = time.perf_counter()
-    proc = _sharded_launch(tmp_path, model_dir, "sharded", launch_args)
+    proc = _sharded_launch(tmp_path, model_dir, "sharded", launch_args, processes=processes)
     launched_s = time.perf_counter() - started
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "sharded" / "hh-rlhf" / "dpo" / "seed1"
     summary = json.loads((run / "train_summary.json").read_text())
-    assert summary["distributed"] == distributed and summary["num_processes"] == 2
+    assert summary["distributed"] == distributed and summary["num_processes"] == processes
     assert summary["global_batch_size"] == 4
     rows = [[json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()] for folder in (run, one)]
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [1, 2, 3, 4]
@@ -346,7 +347,7 @@ def _sharded_run_matches_one_process(tmp_path: Path, model_dir: Path, one: Path,
     assert all(sharded[k].shape == single[k].shape for k in single)
     weight_diff = max(float((sharded[k] - single[k]).abs().max()) for k in single)
     assert weight_diff <= CHECKPOINT_ATOL, weight_diff
-    _report(worst, launched_s)
+    _report(worst, launched_s, processes)
     print(f"checkpoint: same {len(single)} tensors, largest difference {weight_diff:.1e}")
 
 
@@ -449,3 +450,17 @@ def test_two_process_deepspeed_run_matches_one_process(tmp_path, tiny_model_dir,
     _sharded_run_matches_one_process(tmp_path, tiny_model_dir, one_process_dpo, launch_args,
                                      "DistributedType.DEEPSPEED")
     _resume_is_refused(tmp_path, tiny_model_dir, launch_args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["ddp", "fsdp", "deepspeed-zero3"])
+def test_four_processes_match_one_process(tmp_path, tiny_model_dir, one_process_dpo, preset):
+    """More than two ranks: 4 processes x 1 pair (4 shards of every parameter under FSDP and ZeRO-3, a 4-way
+    all-reduce under DDP) against one process x 4 pairs, on 4 CPU processes over gloo."""
+    from pobench.launch import preset_path
+    if preset.startswith("deepspeed"):
+        pytest.importorskip("deepspeed", reason="DeepSpeed is not installed (pip install -e '.[deepspeed]')")
+    launch_args = _fsdp_on_cpu() if preset == "fsdp" else ["--config_file", str(preset_path(preset))]
+    distributed = {"ddp": "DistributedType.MULTI_CPU", "fsdp": "DistributedType.FSDP",
+                   "deepspeed-zero3": "DistributedType.DEEPSPEED"}[preset]
+    _sharded_run_matches_one_process(tmp_path, tiny_model_dir, one_process_dpo, launch_args, distributed, processes=4)
