@@ -64,7 +64,13 @@ def test_online_algorithms_train(tmp_path, tiny_model_dir, algo):
 def test_refresh_every_covers_several_steps(tmp_path, tiny_model_dir, monkeypatch):
     calls = []
     real = G.get_backend
-    monkeypatch.setattr(G, "get_backend", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def counting(*a, **k):
+        backend = real(*a, **k)
+        generate = backend.generate
+        backend.generate = lambda *ga, **gk: calls.append(1) or generate(*ga, **gk)
+        return backend
+    monkeypatch.setattr(G, "get_backend", counting)
     run_train(tmp_path / "r", tiny_model_dir, algo="online_dpo",
               algorithm={"num_candidates": 2, "refresh_every": 2}, **{**ONLINE, "max_steps": 3})
     assert len(calls) == 2   # steps 1-2 from one refresh, step 3 from the next
@@ -163,6 +169,110 @@ def test_refresh_seeds_the_call_per_rank_unless_the_backend_seeds_each_prompt(mo
     sampler.params.num_candidates, sampler.params.refresh_every = 2, 1
     for per_prompt in (False, True):
         monkeypatch.setattr(G, "get_backend", lambda *a, **k: Backend(per_prompt))
+        sampler.backend = None                       # a new backend: the sampler keeps the one it built first
         for offset in (0, 2):
             sampler._refresh(Ctx(3, offset))
     assert seeds[0] != seeds[1] and seeds[2] == seeds[3]
+
+
+# -- online rounds through the vLLM backend, with a stand-in `vllm` package (vLLM itself is CUDA-only) ----------------
+
+def stand_in_vllm():
+    """Test double of the `vllm` package for VLLMBackend: `LLM(model=folder)` loads that folder with transformers
+    (so it generates from exactly the weights handed to vLLM) and samples through pobench's transformers backend;
+    it records each engine's folder checksum and its prefix-cache resets."""
+    import types
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pobench.generation.hf import TransformersBackend
+    module = types.ModuleType("vllm")
+    module.__version__ = "0.0+test-double"
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LLM:
+        instances = []
+
+        def __init__(self, model, **kwargs):
+            self.kwargs, self.resets = kwargs, 0
+            self.model = AutoModelForCausalLM.from_pretrained(model).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            self.checksum = checksum(self.model)
+            LLM.instances.append(self)
+
+        def get_tokenizer(self):
+            return self.tokenizer
+
+        def reset_prefix_cache(self):
+            self.resets += 1
+
+        def generate(self, prompts, params, use_tqdm=True):
+            backend = TransformersBackend(self.model, self.tokenizer)
+            outputs = []
+            for prompt, p in zip(prompts, params):
+                kw = p.kwargs
+                cfg = G.GenerationConfig(n=kw["n"], temperature=kw["temperature"], top_p=kw["top_p"],
+                                         max_new_tokens=kw["max_tokens"], seed=kw["seed"], fast="off")
+                done = backend.generate([prompt["prompt_token_ids"]], cfg)[0]
+                outputs.append(types.SimpleNamespace(outputs=[
+                    types.SimpleNamespace(index=i, token_ids=c.token_ids, text=c.text,
+                                          finish_reason="stop" if c.finished else "length")
+                    for i, c in enumerate(done)]))
+            return outputs
+
+    module.LLM, module.SamplingParams = LLM, SamplingParams
+    return module
+
+
+def test_online_rounds_through_vllm_follow_the_policy(tmp_path, tiny_model_dir, monkeypatch):
+    """pool.backend=vllm: the first refresh hands vLLM the initial policy; each later one reloads the engine from the
+    policy's weights after the update (and resets its prefix cache), so the pool comes from the updated policy."""
+    import sys
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+    fake = stand_in_vllm()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    vllm_pool = {**ONLINE["pool"], "backend": "vllm"}
+    run_train(tmp_path / "one", tiny_model_dir, algo="onmcpo", algorithm={"num_candidates": 3},
+              **{**ONLINE, "pool": vllm_pool, "max_steps": 1})
+    after_one = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    after_one.load_state_dict(load_file(str(tmp_path / "one" / "checkpoints" / "latest" / "trainable.safetensors")),
+                              strict=False)
+    fake.LLM.instances.clear()
+    run_train(tmp_path / "two", tiny_model_dir, algo="onmcpo", algorithm={"num_candidates": 3},
+              **{**ONLINE, "pool": vllm_pool})
+    first, second = fake.LLM.instances                      # one engine per refresh: built, then reloaded
+    assert first.checksum == pytest.approx(checksum(AutoModelForCausalLM.from_pretrained(tiny_model_dir)), abs=1e-6)
+    assert second.checksum == pytest.approx(checksum(after_one), abs=1e-6) != first.checksum
+    assert (first.resets, second.resets) == (0, 1)
+    assert first.kwargs["enable_prefix_caching"] and first.kwargs["gpu_memory_utilization"] == 0.5
+    rows = metrics(tmp_path / "two")
+    assert rows[1]["sampler/weight_sync_s"] > 0             # the export and reload, timed
+    assert all(math.isfinite(r["loss"]) and r["sampler/chosen_rm_score"] >= r["sampler/rejected_rm_score"]
+               for r in rows)
+
+
+def test_vllm_backend_merges_a_lora_policy_into_a_copy(tiny_model_dir, monkeypatch):
+    """A LoRA policy goes to vLLM merged, and the policy itself keeps its adapter unmerged and its weights exact."""
+    import copy
+    import sys
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    fake = stand_in_vllm()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    G.get_backend("vllm", policy, AutoTokenizer.from_pretrained(tiny_model_dir))
+    (llm,) = fake.LLM.instances
+    assert llm.checksum == pytest.approx(checksum(copy.deepcopy(policy).merge_and_unload()), abs=1e-6)
+    assert llm.checksum != pytest.approx(checksum(AutoModelForCausalLM.from_pretrained(tiny_model_dir)), abs=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())   # the policy: unmerged, exact

@@ -113,3 +113,28 @@ def test_pool_reward_model_and_eval_judge_train_on_disjoint_records(tmp_path, mo
     pool_rm, judge = trained["pool.reward_model=auto"], trained["eval.judge=auto"]
     assert pool_rm and judge and not (pool_rm & judge)
     assert "row25" not in judge and len(pool_rm) + len(judge) == 39   # the run's record 25 is out of both
+
+
+def test_a_pool_generated_through_vllm_comes_from_the_reference_and_is_stored_apart(tmp_path, tiny_model_dir,
+                                                                                   monkeypatch):
+    """pool.backend=vllm (a stand-in vllm package: vLLM is CUDA-only): the engine is handed the reference policy's
+    weights, the pool it draws trains MC-PO, and it is stored apart from the transformers backend's pool."""
+    import sys
+
+    import pytest
+    from transformers import AutoModelForCausalLM
+
+    from test_online import checksum, stand_in_vllm
+    fake = stand_in_vllm()
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    cache = tmp_path / "cache"
+    pool = {"source": "generated", "reward_model": "gold:test-chars", "num_samples": 3, "max_new_tokens": 6}
+    run_train(tmp_path / "hf", tiny_model_dir, algo="mcpo", pool=pool, **pool_overrides(cache))
+    assert not fake.LLM.instances
+    run_train(tmp_path / "vllm", tiny_model_dir, algo="mcpo", pool={**pool, "backend": "vllm"},
+              **pool_overrides(cache))
+    (llm,) = fake.LLM.instances
+    assert llm.checksum == pytest.approx(checksum(AutoModelForCausalLM.from_pretrained(tiny_model_dir)), abs=1e-6)
+    stores = sorted((cache / "pools").glob("*.jsonl"))
+    assert len(stores) == 2 and all(len(PoolStore(s).entries) == 4 for s in stores)
+    assert all(r["sampler/pool_size"] == 4 for r in metrics(tmp_path / "vllm"))

@@ -346,6 +346,10 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         raise PobenchError("the synthetic suite measures the policy's gold reward on the main process alone during "
                            "training, which FSDP and ZeRO-3 cannot do (their forwards are collectives over weights "
                            "sharded across the ranks); use the ddp preset")
+    if cfg.pool.backend == "vllm" and accelerator.num_processes > 1:
+        # accelerate gives each rank a GPU by index, but every rank's vLLM engine would start on the first visible one
+        raise PobenchError("pool.backend=vllm runs in one process (each rank's engine would start on the same GPU); "
+                           "use pool.backend=transformers under a multi-process launch")
     device = accelerator.device
     if cfg.train.deterministic:  # cuBLAS refuses deterministic mode without a fixed workspace (read at first use)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

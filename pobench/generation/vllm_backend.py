@@ -7,6 +7,7 @@ the requests and reading the outputs, are plain functions that the tests exercis
 """
 from __future__ import annotations
 
+import copy
 import gc
 import os
 import tempfile
@@ -65,21 +66,19 @@ class VLLMBackend:
 
     def __init__(self, model, tokenizer=None, gpu_memory_utilization: float = 0.5, seed: int = 0,
                  dtype: str = "auto", max_model_len: int | None = None, **llm_kwargs):
-        """`model` is a model folder or hub id: vLLM loads its own copy of the weights. gpu_memory_utilization
-        defaults to half the GPU so that the policy being trained fits beside it."""
+        """`model` is a model folder or hub id, or a loaded transformers model (a peft model too), which is written
+        to a temporary folder first: vLLM loads its own copy of the weights. gpu_memory_utilization defaults to
+        half the GPU so that the policy being trained fits beside it."""
         try:
             import vllm  # noqa: F401
         except ImportError:
             raise PobenchError("vllm is not installed: pip install 'pobench[vllm]' (CUDA only)") from None
-        if not isinstance(model, (str, os.PathLike)):
-            raise PobenchError("the vllm backend loads weights from a model folder: save_pretrained the model "
-                               "and pass its path")
         self.tokenizer = tokenizer
         self._llm_args = dict(seed=seed, gpu_memory_utilization=gpu_memory_utilization, dtype=dtype,
                               max_model_len=max_model_len, enable_prefix_caching=True, **llm_kwargs)
         self._sync_dir: tempfile.TemporaryDirectory | None = None
         self.llm = None
-        self._load(str(model))
+        self._load(str(model) if isinstance(model, (str, os.PathLike)) else self._export(model))
 
     def _load(self, path: str) -> None:
         from vllm import LLM
@@ -115,25 +114,29 @@ class VLLMBackend:
     def sync_weights(self, model_or_path) -> None:
         """Make vLLM generate from new policy weights (online rounds of OnMC-PO / online DPO).
 
-        Today this reloads: a path is loaded as is; a transformers model is saved to a temporary folder first
-        (a peft model must be merged by the caller). The LLM is recreated, and its prefix cache reset, because
-        cached KV blocks of the old weights would otherwise be reused for prompts seen before. Loading the
-        new weights in place into the running engine (no restart, no disk) is future work."""
-        if isinstance(model_or_path, (str, os.PathLike)):
-            path = str(model_or_path)
-            self._release()
-        else:
-            if hasattr(model_or_path, "peft_config"):
-                raise PobenchError("vllm sync_weights: merge the LoRA adapter (merge_and_unload) or save the "
-                                   "merged model and pass its folder")
-            tokenizer = self.tokenizer or self.llm.get_tokenizer()
-            self._release()  # before writing: the old engine may still map the previous files
-            self._sync_dir = self._sync_dir or tempfile.TemporaryDirectory(prefix="pobench-vllm-sync-")
-            path = self._sync_dir.name
-            model_or_path.save_pretrained(path)
-            tokenizer.save_pretrained(path)
-        self._load(path)
+        This reloads: a path is loaded as is; a transformers model is written to a temporary folder first (see
+        `_export`). The engine is recreated, and its prefix cache reset, because cached KV blocks of the old
+        weights would otherwise be reused for prompts seen before. Loading the new weights in place into the
+        running engine (no restart, no disk) is future work."""
+        if self.tokenizer is None and self.llm is not None:
+            self.tokenizer = self.llm.get_tokenizer()
+        self._release()  # before writing: the old engine may still map the previous files
+        self._load(str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else self._export(model_or_path))
         self.llm.reset_prefix_cache()
+
+    def _export(self, model) -> str:
+        """Write a loaded model and its tokenizer to this backend's temporary folder, for vLLM to load. A peft model
+        is merged into a copy of itself: merging in place and unmerging after would leave rounding errors in the
+        weights being trained."""
+        tokenizer = self.tokenizer or (self.llm.get_tokenizer() if self.llm is not None else None)
+        if tokenizer is None:
+            raise PobenchError("the vllm backend needs the tokenizer to hand a loaded model to vLLM")
+        if hasattr(model, "peft_config"):
+            model = copy.deepcopy(model).merge_and_unload()
+        self._sync_dir = self._sync_dir or tempfile.TemporaryDirectory(prefix="pobench-vllm-sync-")
+        model.save_pretrained(self._sync_dir.name)
+        tokenizer.save_pretrained(self._sync_dir.name)
+        return self._sync_dir.name
 
     def _release(self) -> None:
         """Free the old engine's GPU memory before the new one allocates its KV cache."""

@@ -26,6 +26,9 @@ class OnlinePool:
         self.params = params
         self.cfg = cfg
         self.pools: dict[int, tuple] = {}   # step -> per record (candidate ids, rm scores, dataset chosen score)
+        self.sync_s = 0.0                   # time the last refresh spent handing the weights to the backend
+                                            # (building it at the first: vLLM's export and engine start)
+        self.backend = None                 # kept across refreshes (the fast decoder's graphs, vLLM's engine)
 
     def reference_sequences(self, records) -> list[tuple]:
         return pair_sequences(records)  # the fresh samples' reference log-probs are computed as they appear
@@ -52,7 +55,15 @@ class OnlinePool:
         steps = [s for s in range(ctx.step, ctx.step + p.refresh_every) if s < ctx.max_steps]
         batches = [ctx.batch_at(s) for s in steps]
         records = [r for b in batches for r in b]
-        backend = get_backend(pc.backend, ctx.model, ctx.tokenizer)
+        synced = time.perf_counter()
+        if self.backend is None:
+            self.backend = get_backend(pc.backend, ctx.model, ctx.tokenizer)
+        elif hasattr(self.backend, "sync_weights"):
+            # vLLM generates from its own copy of the weights, loaded when it was built: every refresh after the
+            # first follows an optimizer step, so the engine takes the current policy's weights first
+            self.backend.sync_weights(ctx.model)
+        self.sync_s = time.perf_counter() - synced
+        backend = self.backend
         seed = self.generation_seed(ctx, bool(getattr(backend, "seeds_each_prompt", False)))
         gen = GenerationConfig(n=p.num_candidates, temperature=pc.temperature, top_p=pc.top_p,
                                max_new_tokens=pc.max_new_tokens, seed=seed, batch_size=pc.batch_size)
@@ -76,7 +87,8 @@ class OnlinePool:
     def __call__(self, batch, ctx):
         p = self.params
         started = time.perf_counter()
-        if ctx.step not in self.pools:
+        refreshed = ctx.step not in self.pools
+        if refreshed:
             self._refresh(ctx)
         gen_time = time.perf_counter() - started
         pairs, chosen_scores, drawn_scores, entropies, from_dataset = [], [], [], [], []
@@ -107,7 +119,9 @@ class OnlinePool:
             from_dataset.append(float(p.include_dataset_chosen and best == len(items) - 1))
         ctx.ensure_reference([s for pair in pairs for s in ((pair.prompt, pair.chosen), (pair.prompt, pair.rejected))])
         n = len(pairs)
-        return pairs, {"sampler/generation_s": round(gen_time, 3), "sampler/chosen_rm_score": sum(chosen_scores) / n,
+        return pairs, {"sampler/generation_s": round(gen_time, 3),
+                       "sampler/weight_sync_s": round(self.sync_s if refreshed else 0.0, 3),
+                       "sampler/chosen_rm_score": sum(chosen_scores) / n,
                        "sampler/rejected_rm_score": sum(drawn_scores) / n,
                        "sampler/chosen_is_dataset": sum(from_dataset) / n,
                        "sampler/kernel_entropy": sum(entropies) / n}

@@ -81,6 +81,8 @@ def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Pa
     # per call; pools drawn the old way must not mix with new ones in one store
     settings.update(rm=rm_spec, template=cfg.model.chat_template, max_prompt=cfg.train.max_prompt_length,
                     seeding="per prompt")
+    if cfg.pool.backend != "transformers":  # other backends draw other samples (the default keeps its old keys)
+        settings["backend"] = cfg.pool.backend
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cache_dir) / "pools" / f"{model_fingerprint}-{key}.jsonl"
 
