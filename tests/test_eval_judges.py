@@ -297,9 +297,9 @@ def test_vllm_judge_decoder_on_a_fake_engine_matches_the_transformers_decoder(ti
     assert decoder.cache_key != local.cache_key   # annotations of the two decoders are cached apart
 
 
-def fake_vllm_module(model):
-    """Test double of the `vllm` package for VLLMJudgeDecoder's constructor: `LLM` records its arguments and answers
-    `generate` through FakeVLLMEngine; `SamplingParams` keeps its keyword arguments."""
+def stand_in_vllm_package(llm_class):
+    """A module to put in sys.modules["vllm"]: the given `LLM` test double, and a `SamplingParams` that keeps its
+    keyword arguments."""
     import types
     module = types.ModuleType("vllm")
     module.__version__ = "0.0+test-double"
@@ -308,6 +308,13 @@ def fake_vllm_module(model):
         def __init__(self, **kwargs):
             self.kwargs = kwargs
 
+    module.LLM, module.SamplingParams = llm_class, SamplingParams
+    return module
+
+
+def fake_vllm_module(model):
+    """Test double of the `vllm` package for VLLMJudgeDecoder's constructor: `LLM` records its arguments and answers
+    `generate` through FakeVLLMEngine."""
     class LLM:
         instances = []
 
@@ -316,11 +323,10 @@ def fake_vllm_module(model):
             LLM.instances.append(self)
 
         def generate(self, prompts, params, use_tqdm=True):
-            assert isinstance(params, SamplingParams) and use_tqdm is False
+            assert type(params).__name__ == "SamplingParams" and use_tqdm is False
             return self.engine(prompts, params.kwargs)
 
-    module.LLM, module.SamplingParams = LLM, SamplingParams
-    return module
+    return stand_in_vllm_package(LLM)
 
 
 def test_vllm_judge_decoder_loads_vllm_as_configured(tmp_path, tiny_model_dir, monkeypatch):

@@ -186,12 +186,7 @@ def stand_in_vllm():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pobench.generation.hf import TransformersBackend
-    module = types.ModuleType("vllm")
-    module.__version__ = "0.0+test-double"
-
-    class SamplingParams:
-        def __init__(self, **kwargs):
-            self.kwargs = kwargs
+    from test_eval_judges import stand_in_vllm_package
 
     class LLM:
         instances = []
@@ -223,8 +218,7 @@ def stand_in_vllm():
                     for i, c in enumerate(done)]))
             return outputs
 
-    module.LLM, module.SamplingParams = LLM, SamplingParams
-    return module
+    return stand_in_vllm_package(LLM)
 
 
 def test_online_rounds_through_vllm_follow_the_policy(tmp_path, tiny_model_dir, monkeypatch):
