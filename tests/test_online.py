@@ -270,3 +270,21 @@ def test_vllm_backend_merges_a_lora_policy_into_a_copy(tiny_model_dir, monkeypat
     assert llm.checksum == pytest.approx(checksum(copy.deepcopy(policy).merge_and_unload()), abs=1e-6)
     assert llm.checksum != pytest.approx(checksum(AutoModelForCausalLM.from_pretrained(tiny_model_dir)), abs=1e-6)
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())   # the policy: unmerged, exact
+
+
+def test_vllm_generation_is_refused_under_several_processes(tmp_path, tiny_model_dir, monkeypatch):
+    """accelerate puts rank k on GPU k, but each rank's vLLM engine would start on the first visible GPU: refused
+    before any model is loaded (an Accelerator test double reports two processes)."""
+    import accelerate
+
+    from pobench.errors import PobenchError
+
+    class TwoProcesses:
+        num_processes, is_fsdp2 = 2, False
+
+        def __init__(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(accelerate, "Accelerator", TwoProcesses)
+    with pytest.raises(PobenchError, match="pool.backend=vllm runs in one process"):
+        run_train(tmp_path / "r", tiny_model_dir, algo="onmcpo", **{**ONLINE, "pool": {**ONLINE["pool"], "backend": "vllm"}})
