@@ -374,3 +374,27 @@ def test_compiled_decode_step_gives_the_eager_steps_tokens(model, tokenizer, pro
         compiled = ids(backend.generate(prompts, GenerationConfig(**cfg, compile=True)))
         assert compiled == eager
         assert any(d.compile_step for d in backend._decoders.decoders.values())   # the compiled path really ran
+
+
+def test_hashed_noise_is_lowbias32_to_the_bit():
+    """The tensor hash against plain Python integers: 32-bit products for constants below and above 2^31, and
+    whole noise values (the samples of every cached pool depend on these bits)."""
+    from pobench.generation.static import _mix32, _mul32, hashed_uniforms
+    m = (1 << 32) - 1
+
+    def mix(x):
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & m
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & m
+        return x ^ (x >> 16)
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randint(0, 1 << 32, (500,), generator=g), torch.tensor([0, 1, m, m - 1, 1 << 31])])
+    for c in (0x7FEB352D, 0x846CA68B, m, 1, 1 << 31):
+        assert _mul32(x, c).tolist() == [(v * c) & m for v in x.tolist()]
+    assert _mix32(x).tolist() == [mix(v) for v in x.tolist()]
+    keys = torch.tensor([0, 12345, m])
+    noise = hashed_uniforms(keys, 7)
+    tokens = [mix(t ^ 0x9E3779B9) for t in range(7)]
+    bits = torch.tensor([[mix(k ^ t) >> 8 for t in tokens] for k in keys.tolist()])
+    assert torch.equal(noise, (bits.float() + 0.5) * (1.0 / (1 << 24)))

@@ -75,8 +75,12 @@ _MASK32 = 0xFFFFFFFF
 
 
 def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2^32 for int64 x in [0, 2^32), in 16-bit halves so that no int64 product overflows."""
-    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
+    """(x * c) mod 2^32 for int64 x in [0, 2^32) and a constant c in [0, 2^32), with no int64 product overflowing:
+    for c < 2^31 the product itself fits (2 passes over the tensor); otherwise x * 2^31 mod 2^32 is (x & 1) << 31
+    (5 passes). Each pass reads and writes rows x vocabulary int64s every decode step, so they are counted."""
+    if c < 1 << 31:
+        return (x * c) & _MASK32
+    return (x * (c - (1 << 31)) + ((x & 1) << 31)) & _MASK32
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
