@@ -177,10 +177,12 @@ def test_refresh_seeds_the_call_per_rank_unless_the_backend_seeds_each_prompt(mo
 
 # -- online rounds through the vLLM backend, with a stand-in `vllm` package (vLLM itself is CUDA-only) ----------------
 
-def stand_in_vllm():
+def stand_in_vllm(in_process: bool = False):
     """Test double of the `vllm` package for VLLMBackend: `LLM(model=folder)` loads that folder with transformers
     (so it generates from exactly the weights handed to vLLM) and samples through pobench's transformers backend;
-    it records each engine's folder checksum and its prefix-cache resets."""
+    it records the checksum of the weights each generate call used, and its prefix-cache resets. With `in_process`,
+    the engine's model is reachable where vLLM keeps it when the engine runs in this process, and its
+    `load_weights` takes (checkpoint name, tensor) pairs, refusing unknown names as vLLM does."""
     import types
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -188,14 +190,27 @@ def stand_in_vllm():
     from pobench.generation.hf import TransformersBackend
     from test_eval_judges import stand_in_vllm_package
 
+    class EngineModel:
+        def __init__(self, model):
+            self.model = model
+
+        def load_weights(self, weights):
+            params = self.model.state_dict()
+            with torch.no_grad():
+                for name, tensor in weights:
+                    params[name].copy_(tensor)          # KeyError on a name the model does not have
+
     class LLM:
         instances = []
 
         def __init__(self, model, **kwargs):
-            self.kwargs, self.resets = kwargs, 0
+            self.kwargs, self.resets, self.used = kwargs, 0, []
             self.model = AutoModelForCausalLM.from_pretrained(model).eval()
             self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.checksum = checksum(self.model)
+            if in_process:
+                runner = types.SimpleNamespace(model=EngineModel(self.model))
+                self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(
+                    driver_worker=types.SimpleNamespace(worker=types.SimpleNamespace(model_runner=runner))))
             LLM.instances.append(self)
 
         def get_tokenizer(self):
@@ -205,6 +220,7 @@ def stand_in_vllm():
             self.resets += 1
 
         def generate(self, prompts, params, use_tqdm=True):
+            self.used.append(checksum(self.model))
             backend = TransformersBackend(self.model, self.tokenizer)
             outputs = []
             for prompt, p in zip(prompts, params):
@@ -221,14 +237,17 @@ def stand_in_vllm():
     return stand_in_vllm_package(LLM)
 
 
-def test_online_rounds_through_vllm_follow_the_policy(tmp_path, tiny_model_dir, monkeypatch):
-    """pool.backend=vllm: the first refresh hands vLLM the initial policy; each later one reloads the engine from the
-    policy's weights after the update (and resets its prefix cache), so the pool comes from the updated policy."""
+@pytest.mark.parametrize("in_process", [False, True], ids=["reload", "in-place"])
+def test_online_rounds_through_vllm_follow_the_policy(tmp_path, tiny_model_dir, monkeypatch, in_process):
+    """pool.backend=vllm: the first refresh hands vLLM the initial policy; each later one gives the engine the
+    policy's weights after the update, so the pool comes from the updated policy, and resets its prefix cache.
+    vLLM's default engine (a child process) is rebuilt from a saved folder; an engine in this process is loaded in
+    place."""
     import sys
 
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
-    fake = stand_in_vllm()
+    fake = stand_in_vllm(in_process)
     monkeypatch.setitem(sys.modules, "vllm", fake)
     vllm_pool = {**ONLINE["pool"], "backend": "vllm"}
     run_train(tmp_path / "one", tiny_model_dir, algo="onmcpo", algorithm={"num_candidates": 3},
@@ -236,39 +255,51 @@ def test_online_rounds_through_vllm_follow_the_policy(tmp_path, tiny_model_dir, 
     after_one = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     after_one.load_state_dict(load_file(str(tmp_path / "one" / "checkpoints" / "latest" / "trainable.safetensors")),
                               strict=False)
+    initial = checksum(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     fake.LLM.instances.clear()
     run_train(tmp_path / "two", tiny_model_dir, algo="onmcpo", algorithm={"num_candidates": 3},
               **{**ONLINE, "pool": vllm_pool})
-    first, second = fake.LLM.instances                      # one engine per refresh: built, then reloaded
-    assert first.checksum == pytest.approx(checksum(AutoModelForCausalLM.from_pretrained(tiny_model_dir)), abs=1e-6)
-    assert second.checksum == pytest.approx(checksum(after_one), abs=1e-6) != first.checksum
-    assert (first.resets, second.resets) == (0, 1)
+    used = [c for llm in fake.LLM.instances for c in llm.used]
+    assert used == [pytest.approx(initial, abs=1e-6), pytest.approx(checksum(after_one), abs=1e-6)]
+    assert used[1] != pytest.approx(initial, abs=1e-6)
+    assert len(fake.LLM.instances) == (1 if in_process else 2)         # in place: the engine is never rebuilt
+    assert fake.LLM.instances[-1].resets == 1
+    first = fake.LLM.instances[0]
     assert first.kwargs["enable_prefix_caching"] and first.kwargs["gpu_memory_utilization"] == 0.5
     rows = metrics(tmp_path / "two")
-    assert rows[1]["sampler/weight_sync_s"] > 0             # the export and reload, timed
+    assert rows[1]["sampler/weight_sync_s"] > 0             # the export and reload, or the in-place load, timed
     assert all(math.isfinite(r["loss"]) and r["sampler/chosen_rm_score"] >= r["sampler/rejected_rm_score"]
                for r in rows)
 
 
-def test_vllm_backend_merges_a_lora_policy_into_a_copy(tiny_model_dir, monkeypatch):
-    """A LoRA policy goes to vLLM merged, and the policy itself keeps its adapter unmerged and its weights exact."""
+@pytest.mark.parametrize("in_process", [False, True], ids=["reload", "in-place"])
+def test_vllm_backend_merges_a_lora_policy_into_a_copy(tiny_model_dir, monkeypatch, in_process):
+    """A LoRA policy goes to vLLM merged, at the start and at every sync (through a folder, or in place by checkpoint
+    names), and the policy itself keeps its adapter unmerged and its weights exact."""
     import copy
     import sys
 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    fake = stand_in_vllm()
+    fake = stand_in_vllm(in_process)
     monkeypatch.setitem(sys.modules, "vllm", fake)
     policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules=["q_proj"]))
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+
+    def train_adapter(seed):
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5, generator=torch.Generator().manual_seed(seed))
+    train_adapter(1)
+    backend = G.get_backend("vllm", policy, AutoTokenizer.from_pretrained(tiny_model_dir))
+    merged = lambda: checksum(copy.deepcopy(policy).merge_and_unload())  # noqa: E731
+    assert checksum(fake.LLM.instances[-1].model) == pytest.approx(merged(), abs=1e-6)
+    assert merged() != pytest.approx(checksum(AutoModelForCausalLM.from_pretrained(tiny_model_dir)), abs=1e-6)
+    train_adapter(2)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
-    G.get_backend("vllm", policy, AutoTokenizer.from_pretrained(tiny_model_dir))
-    (llm,) = fake.LLM.instances
-    assert llm.checksum == pytest.approx(checksum(copy.deepcopy(policy).merge_and_unload()), abs=1e-6)
-    assert llm.checksum != pytest.approx(checksum(AutoModelForCausalLM.from_pretrained(tiny_model_dir)), abs=1e-6)
+    backend.sync_weights(policy)
+    assert len(fake.LLM.instances) == (1 if in_process else 2) and backend.in_place_syncs == int(in_process)
+    assert checksum(fake.LLM.instances[-1].model) == pytest.approx(merged(), abs=1e-6)
     assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())   # the policy: unmerged, exact
 
 

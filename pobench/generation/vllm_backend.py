@@ -78,6 +78,7 @@ class VLLMBackend:
                               max_model_len=max_model_len, enable_prefix_caching=True, **llm_kwargs)
         self._sync_dir: tempfile.TemporaryDirectory | None = None
         self.llm = None
+        self.in_place_syncs = 0
         self._load(str(model) if isinstance(model, (str, os.PathLike)) else self._export(model))
 
     def _load(self, path: str) -> None:
@@ -112,17 +113,43 @@ class VLLMBackend:
         return parse_outputs(outputs, self.eos_ids)
 
     def sync_weights(self, model_or_path) -> None:
-        """Make vLLM generate from new policy weights (online rounds of OnMC-PO / online DPO).
+        """Make vLLM generate from new policy weights (online rounds of OnMC-PO / online DPO), then reset its prefix
+        cache: cached KV blocks of the old weights would otherwise be reused for prompts seen before.
 
-        This reloads: a path is loaded as is; a transformers model is written to a temporary folder first (see
-        `_export`). The engine is recreated, and its prefix cache reset, because cached KV blocks of the old
-        weights would otherwise be reused for prompts seen before. Loading the new weights in place into the
-        running engine (no restart, no disk) is future work."""
-        if self.tokenizer is None and self.llm is not None:
-            self.tokenizer = self.llm.get_tokenizer()
-        self._release()  # before writing: the old engine may still map the previous files
-        self._load(str(model_or_path) if isinstance(model_or_path, (str, os.PathLike)) else self._export(model_or_path))
+        In place where the engine's model lives in this process (vLLM with VLLM_ENABLE_V1_MULTIPROCESSING=0, as
+        TRL's colocate mode runs it): each tensor goes through the model's own `load_weights`, no restart, no disk.
+        Otherwise (vLLM's default: the engine in a child process) it reloads: a path is loaded as is, a loaded
+        model is written to a temporary folder first (`_export`), and the engine is recreated."""
+        in_process = self._engine_model()
+        if in_process is not None and not isinstance(model_or_path, (str, os.PathLike)):
+            in_process.load_weights(self._named_weights(model_or_path))
+            self.in_place_syncs += 1
+        else:
+            if self.tokenizer is None and self.llm is not None:
+                self.tokenizer = self.llm.get_tokenizer()
+            self._release()  # before writing: the old engine may still map the previous files
+            self._load(str(model_or_path) if isinstance(model_or_path, (str, os.PathLike))
+                       else self._export(model_or_path))
         self.llm.reset_prefix_cache()
+
+    def _engine_model(self):
+        """The engine's model when it runs in this process, else None. The attribute path differs by vLLM version:
+        V1 with an in-process engine core, then the older single-process executor (TRL reads the latter)."""
+        executor = getattr(getattr(self.llm, "llm_engine", None), "model_executor", None)
+        worker = getattr(executor, "driver_worker", None)
+        for runner in (getattr(getattr(worker, "worker", None), "model_runner", None),
+                       getattr(worker, "model_runner", None)):
+            model = getattr(runner, "model", None)
+            if model is not None and hasattr(model, "load_weights"):
+                return model
+        return None
+
+    @staticmethod
+    def _named_weights(model):
+        """(checkpoint name, tensor) pairs, as save_pretrained would name them; a peft policy merged into a copy."""
+        if hasattr(model, "peft_config"):
+            model = copy.deepcopy(model).merge_and_unload()
+        return ((name, tensor.detach()) for name, tensor in model.state_dict().items())
 
     def _export(self, model) -> str:
         """Write a loaded model and its tokenizer to this backend's temporary folder, for vLLM to load. A peft model
@@ -131,7 +158,7 @@ class VLLMBackend:
         tokenizer = self.tokenizer or (self.llm.get_tokenizer() if self.llm is not None else None)
         if tokenizer is None:
             raise PobenchError("the vllm backend needs the tokenizer to hand a loaded model to vLLM")
-        if hasattr(model, "peft_config"):
+        if hasattr(model, "peft_config"):   # see _named_weights
             model = copy.deepcopy(model).merge_and_unload()
         self._sync_dir = self._sync_dir or tempfile.TemporaryDirectory(prefix="pobench-vllm-sync-")
         model.save_pretrained(self._sync_dir.name)
