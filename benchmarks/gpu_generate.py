@@ -154,6 +154,8 @@ def main() -> None:
             except Exception as e:
                 res[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
             print(rows, name, res[name], flush=True)
+            if args.json:                                  # as it goes: a timeout keeps what was measured
+                Path(args.json).write_text(json.dumps(out, indent=1))
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
