@@ -4,8 +4,9 @@
 #
 #   bash benchmarks/gpu_session.sh                # on the GPU machine, from the repository root
 #
-# The device machines have torch with CUDA but no internet: put a transformers wheel in .whl/ (carried with the
-# working tree); it is installed into /tmp/site without touching the machine's torch.
+# The device machines have torch with CUDA but no internet: put a transformers wheel in .whl/ and the tokenizer
+# files in .gpu-carry/ (both carried with the working tree: run with carry [".whl", ".gpu-carry"]); the wheel is
+# installed into /tmp/site without touching the machine's torch.
 set -u
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -21,7 +22,19 @@ timeout 330 python benchmarks/gpu_generate.py --decoders pobench,w-sort,w-greedy
   --json "$OUT/gen.json" > "$OUT/gen.log" 2>&1; echo "gpu_generate rc=$?" | tee -a "$OUT/gpu.txt"
 grep -E "^(64|256) " "$OUT/gen.log"
 
-# 2. the training step (DPO variants and MC-PO with L = 8), if time is left in the call
+# 2. FSDP on the GPUs at hand against one process (DeepSpeed presets are skipped where it is not installed);
+#    needs SmolLM2's tokenizer files in .gpu-carry/smollm2-tokenizer (tokenizer.json, tokenizer_config.json,
+#    chat_template.jinja from the converted model in ~/.cache/pobench/models), carried with the working tree
+timeout 240 python benchmarks/gpu_sharded_check.py --tokenizer .gpu-carry/smollm2-tokenizer \
+  --json "$OUT/sharded.json" > "$OUT/sharded.log" 2>&1; echo "gpu_sharded_check rc=$?" | tee -a "$OUT/gpu.txt"
+python - "$OUT/sharded.json" <<'PY' 2>/dev/null
+import json, sys
+report = json.load(open(sys.argv[1]))
+for name, entry in report["presets"].items():
+    print(name, {k: entry.get(k) for k in ("rc", "wall_s", "distributed", "largest_relative_difference", "skipped")})
+PY
+
+# 3. the training step (DPO variants and MC-PO with L = 8), if time is left in the call
 timeout 150 python benchmarks/gpu_step.py --json "$OUT/step.json" > "$OUT/step.log" 2>&1
 echo "gpu_step rc=$?" | tee -a "$OUT/gpu.txt"
 tail -5 "$OUT/step.log"
