@@ -18,14 +18,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python -c "import torch, transformers; print(torch.__version__, transformers.__version__)" | tee -a "$OUT/gpu.txt"
 
 # 1. generation at batch 64 and 256: plain generate, the graph-replayed decoder, and the whole step compiled
-timeout 330 python benchmarks/gpu_generate.py --decoders pobench,w-sort,w-greedy,w-bisect \
+timeout 300 python benchmarks/gpu_generate.py --decoders pobench,w-sort,w-greedy,w-bisect \
   --json "$OUT/gen.json" > "$OUT/gen.log" 2>&1; echo "gpu_generate rc=$?" | tee -a "$OUT/gpu.txt"
 grep -E "^(64|256) " "$OUT/gen.log"
 
 # 2. FSDP on the GPUs at hand against one process (DeepSpeed presets are skipped where it is not installed);
 #    needs SmolLM2's tokenizer files in .gpu-carry/smollm2-tokenizer (tokenizer.json, tokenizer_config.json,
 #    chat_template.jinja from the converted model in ~/.cache/pobench/models), carried with the working tree
-timeout 240 python benchmarks/gpu_sharded_check.py --tokenizer .gpu-carry/smollm2-tokenizer \
+timeout 150 python benchmarks/gpu_sharded_check.py --tokenizer .gpu-carry/smollm2-tokenizer \
   --json "$OUT/sharded.json" > "$OUT/sharded.log" 2>&1; echo "gpu_sharded_check rc=$?" | tee -a "$OUT/gpu.txt"
 python - "$OUT/sharded.json" <<'PY' 2>/dev/null
 import json, sys
@@ -35,6 +35,6 @@ for name, entry in report["presets"].items():
 PY
 
 # 3. the training step (DPO variants and MC-PO with L = 8), if time is left in the call
-timeout 150 python benchmarks/gpu_step.py --json "$OUT/step.json" > "$OUT/step.log" 2>&1
+timeout 120 python benchmarks/gpu_step.py --json "$OUT/step.json" > "$OUT/step.log" 2>&1
 echo "gpu_step rc=$?" | tee -a "$OUT/gpu.txt"
 tail -5 "$OUT/step.log"
