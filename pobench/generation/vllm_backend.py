@@ -145,21 +145,22 @@ class VLLMBackend:
         return None
 
     @staticmethod
-    def _named_weights(model):
-        """(checkpoint name, tensor) pairs, as save_pretrained would name them; a peft policy merged into a copy."""
-        if hasattr(model, "peft_config"):
-            model = copy.deepcopy(model).merge_and_unload()
-        return ((name, tensor.detach()) for name, tensor in model.state_dict().items())
+    def _merged(model):
+        """A peft policy merged into a copy of itself (merging in place and unmerging after would leave rounding
+        errors in the weights being trained); any other model as it is."""
+        return copy.deepcopy(model).merge_and_unload() if hasattr(model, "peft_config") else model
+
+    def _named_weights(self, model):
+        """(checkpoint name, tensor) pairs, named as save_pretrained names them."""
+        return ((name, tensor.detach()) for name, tensor in self._merged(model).state_dict().items())
 
     def _export(self, model) -> str:
-        """Write a loaded model and its tokenizer to this backend's temporary folder, for vLLM to load. A peft model
-        is merged into a copy of itself: merging in place and unmerging after would leave rounding errors in the
-        weights being trained."""
+        """Write a loaded model (a peft one merged: `_merged`) and its tokenizer to this backend's temporary folder,
+        for vLLM to load."""
         tokenizer = self.tokenizer or (self.llm.get_tokenizer() if self.llm is not None else None)
         if tokenizer is None:
             raise PobenchError("the vllm backend needs the tokenizer to hand a loaded model to vLLM")
-        if hasattr(model, "peft_config"):   # see _named_weights
-            model = copy.deepcopy(model).merge_and_unload()
+        model = self._merged(model)
         self._sync_dir = self._sync_dir or tempfile.TemporaryDirectory(prefix="pobench-vllm-sync-")
         model.save_pretrained(self._sync_dir.name)
         tokenizer.save_pretrained(self._sync_dir.name)
