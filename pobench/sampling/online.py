@@ -26,8 +26,6 @@ class OnlinePool:
         self.params = params
         self.cfg = cfg
         self.pools: dict[int, tuple] = {}   # step -> per record (candidate ids, rm scores, dataset chosen score)
-        self.sync_s = 0.0                   # time the last refresh spent handing the weights to the backend
-                                            # (building it at the first: vLLM's export and engine start)
         self.backend = None                 # kept across refreshes (the fast decoder's graphs, vLLM's engine)
 
     def reference_sequences(self, records) -> list[tuple]:
@@ -47,8 +45,9 @@ class OnlinePool:
         offset = 0 if seeds_each_prompt else ctx.batch_offset
         return record_seed(self.cfg.seed, ctx.step, offset, "online_generation", bits=32)
 
-    def _refresh(self, ctx) -> None:
-        """Generate and score pools for the steps [ctx.step, ctx.step + refresh_every)."""
+    def _refresh(self, ctx) -> float:
+        """Generate and score pools for the steps [ctx.step, ctx.step + refresh_every). Returns the seconds spent
+        handing the weights to the backend (building it at the first refresh: vLLM's export and engine start)."""
         from pobench.generation import GenerationConfig, get_backend
 
         p, pc = self.params, self.cfg.pool
@@ -62,7 +61,7 @@ class OnlinePool:
             # vLLM generates from its own copy of the weights, loaded when it was built: every refresh after the
             # first follows an optimizer step, so the engine takes the current policy's weights first
             self.backend.sync_weights(ctx.model)
-        self.sync_s = time.perf_counter() - synced
+        sync_s = time.perf_counter() - synced
         backend = self.backend
         seed = self.generation_seed(ctx, bool(getattr(backend, "seeds_each_prompt", False)))
         gen = GenerationConfig(n=p.num_candidates, temperature=pc.temperature, top_p=pc.top_p,
@@ -83,13 +82,12 @@ class OnlinePool:
                 k += 1
             out[s] = per_record
         self.pools = out
+        return sync_s
 
     def __call__(self, batch, ctx):
         p = self.params
         started = time.perf_counter()
-        refreshed = ctx.step not in self.pools
-        if refreshed:
-            self._refresh(ctx)
+        sync_s = self._refresh(ctx) if ctx.step not in self.pools else 0.0
         gen_time = time.perf_counter() - started
         pairs, chosen_scores, drawn_scores, entropies, from_dataset = [], [], [], [], []
         for index, (record, (ids, scores, dataset_chosen_score)) in enumerate(zip(batch, self.pools.pop(ctx.step))):
@@ -120,7 +118,7 @@ class OnlinePool:
         ctx.ensure_reference([s for pair in pairs for s in ((pair.prompt, pair.chosen), (pair.prompt, pair.rejected))])
         n = len(pairs)
         return pairs, {"sampler/generation_s": round(gen_time, 3),
-                       "sampler/weight_sync_s": round(self.sync_s if refreshed else 0.0, 3),
+                       "sampler/weight_sync_s": round(sync_s, 3),
                        "sampler/chosen_rm_score": sum(chosen_scores) / n,
                        "sampler/rejected_rm_score": sum(drawn_scores) / n,
                        "sampler/chosen_is_dataset": sum(from_dataset) / n,
