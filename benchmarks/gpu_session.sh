@@ -18,11 +18,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python -c "import torch, transformers; print(torch.__version__, transformers.__version__)" | tee -a "$OUT/gpu.txt"
 
 # 1. generation at batch 64 and 256: plain generate, the graph-replayed decoder, and the whole step compiled
-timeout 300 python benchmarks/gpu_generate.py --decoders pobench,w-sort,w-greedy,w-bisect \
+timeout 290 python benchmarks/gpu_generate.py --decoders pobench,w-sort,w-greedy,w-bisect \
   --json "$OUT/gen.json" > "$OUT/gen.log" 2>&1; echo "gpu_generate rc=$?" | tee -a "$OUT/gpu.txt"
 grep -E "^(64|256) " "$OUT/gen.log"
 
-# 2. FSDP on the GPUs at hand against one process (DeepSpeed presets are skipped where it is not installed);
+# 2. the sampler alone (inverse CDF against the hashed Gumbel-max it replaced), eager, both nucleus searches
+timeout 40 python benchmarks/sampling_step.py --device cuda --rows 64,256 --methods sort,bisect,select \
+  --json "$OUT/sampling.json" > "$OUT/sampling.log" 2>&1; echo "sampling_step rc=$?" | tee -a "$OUT/gpu.txt"
+grep "^rows" "$OUT/sampling.log"
+
+# 3. FSDP on the GPUs at hand against one process (DeepSpeed presets are skipped where it is not installed);
 #    needs SmolLM2's tokenizer files in .gpu-carry/smollm2-tokenizer (tokenizer.json, tokenizer_config.json,
 #    chat_template.jinja from the converted model in ~/.cache/pobench/models), carried with the working tree
 timeout 150 python benchmarks/gpu_sharded_check.py --tokenizer .gpu-carry/smollm2-tokenizer \
@@ -34,7 +39,7 @@ for name, entry in report["presets"].items():
     print(name, {k: entry.get(k) for k in ("rc", "wall_s", "distributed", "largest_relative_difference", "skipped")})
 PY
 
-# 3. the training step (DPO variants and MC-PO with L = 8), if time is left in the call
-timeout 120 python benchmarks/gpu_step.py --json "$OUT/step.json" > "$OUT/step.log" 2>&1
+# 4. the training step (DPO variants and MC-PO with L = 8), if time is left in the call
+timeout 90 python benchmarks/gpu_step.py --json "$OUT/step.json" > "$OUT/step.log" 2>&1
 echo "gpu_step rc=$?" | tee -a "$OUT/gpu.txt"
 tail -5 "$OUT/step.log"

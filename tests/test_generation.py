@@ -102,19 +102,38 @@ def test_a_prompts_samples_do_not_depend_on_its_batch_position_or_shard(model, t
     assert ids(backend.generate(prompts, GenerationConfig(batch_size=4, **{**cfg, "seed": 4}))) != whole
 
 
-def test_hashed_noise_draws_follow_the_top_p_distribution():
-    """The per-row path of sample_tokens (noise hashed from one key per row and step) samples the same distribution
-    as the global-stream path, and a key gives the same draw whatever the other rows of the batch."""
-    from pobench.generation.static import hashed_uniforms, sample_tokens
+def test_keyed_draws_follow_the_top_p_distribution():
+    """The per-row path of sample_tokens (one key per row and step) samples the same distribution as the
+    global-stream path, and a key gives the same draw whatever the other rows of the batch."""
+    from pobench.generation.static import sample_tokens
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(20000, 1)
     keys = torch.randint(0, 1 << 32, (20000,), generator=torch.Generator().manual_seed(0))
     freq = torch.bincount(sample_tokens(logits, 1.0, 0.8, keys=keys), minlength=4).float() / 20000
     assert freq[2] == 0 and freq[3] == 0 and abs(freq[0].item() - 0.625) < 0.015
     plain = torch.bincount(sample_tokens(logits, 1.0, 1.0, keys=keys), minlength=4).float() / 20000
     assert torch.allclose(plain, torch.tensor([0.5, 0.3, 0.15, 0.05]), atol=0.015)
-    u = hashed_uniforms(keys[:2000], 4096)
-    assert 0 < u.min() and u.max() < 1 and abs(u.mean().item() - 0.5) < 1e-3 and abs(u.var().item() - 1 / 12) < 1e-3
-    assert torch.equal(hashed_uniforms(keys[5:6], 4096), u[5:6])
+    mixed = torch.randn(64, 1000, generator=torch.Generator().manual_seed(1)) * 3
+    whole = sample_tokens(mixed, 0.8, 0.95, keys=keys[:64])
+    assert torch.equal(sample_tokens(mixed[5:9], 0.8, 0.95, keys=keys[5:9]), whole[5:9])
+    assert len(set(whole.tolist())) > 20                                 # the keys really vary the draws
+
+
+def test_a_key_picks_the_token_whose_share_of_the_nucleus_holds_it():
+    """Inverse CDF: key k stands for u = (k + 1/2) / 2^32, and the row takes the token whose interval of the
+    renormalised nucleus (in token-id order) holds u; keys 9999 either side of an interval's edge, since float32's
+    softmax is off by about 1e-7. Tokens outside the nucleus, before, between or after the kept ones, are never
+    taken, at any key."""
+    from pobench.generation.static import sample_tokens
+    probs = torch.tensor([0.02, 0.4, 0.03, 0.25, 0.3])               # top_p 0.9 keeps ids 1, 3, 4 (mass 0.95)
+    logits = probs.log()[None].repeat(9, 1)
+    q = torch.tensor([0.4, 0.25, 0.3], dtype=torch.float64) / 0.95
+    edges = [0, q[0].item(), (q[0] + q[1]).item()]
+    near_edges = [int(e * 2 ** 32) + d for e in edges[1:] for d in (-9999, 9999)]
+    keys = torch.tensor([0, (1 << 32) - 1, *near_edges, 1 << 31, 3 << 30, 1 << 30])
+    drawn = sample_tokens(logits, 1.0, 0.9, keys=keys).tolist()
+    u = ((keys.double() + 0.5) / 2 ** 32).tolist()
+    expected = [[1, 3, 4][sum(x >= e for e in edges) - 1] for x in u]
+    assert drawn == expected and drawn[:2] == [1, 4] and set(drawn) == {1, 3, 4}
 
 
 class BoostAt:
@@ -316,16 +335,26 @@ def test_fast_auto_is_plain_generate_on_cpu(model, tokenizer):
 
 
 @pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])
-def test_top_p_bisection_keeps_the_same_tokens_as_sorting(scale):
-    """From nearly flat (a random model's) to very peaked distributions, rows x 5000 tokens, several top_p."""
-    from pobench.generation.static import top_p_keep
+def test_the_three_nucleus_searches_keep_the_same_tokens(scale):
+    """From nearly flat (a random model's) to very peaked distributions, rows x 5000 tokens, several top_p: the
+    bisection keeps the sort's tokens, and selection gives the sort's threshold to the bit, whether a row's nucleus
+    fits in the selected tokens or needs the full sort (select=64 forces both kinds of rows)."""
+    from pobench.generation.static import top_p_keep, top_p_threshold
     g = torch.Generator().manual_seed(3)
     probs = (torch.randn(16, 5000, generator=g) * scale).softmax(-1)
     for top_p in (0.5, 0.9, 0.95, 0.999):
-        bisect, by_sort = top_p_keep(probs, top_p, "bisect"), top_p_keep(probs, top_p, "sort")
+        by_sort = top_p_keep(probs, top_p, "sort")
+        bisect = top_p_keep(probs, top_p, "bisect")
         assert torch.equal(bisect, by_sort), (scale, top_p, (bisect != by_sort).sum().item())
-        kept_mass = (probs * bisect).sum(-1)
+        for select in (64, 1024):
+            assert torch.equal(top_p_threshold(probs, top_p, "select", select=select),
+                               top_p_threshold(probs, top_p, "sort"))
+        kept_mass = (probs * by_sort).sum(-1)
         assert (kept_mass >= top_p - 1e-5).all()
+    mixed = torch.cat([(torch.randn(8, 5000, generator=g) * s).softmax(-1) for s in (0.05, 8.0)])
+    narrow = top_p_keep(mixed, 0.9, "sort").sum(-1) < 64
+    assert narrow[8:].all() and not narrow[:8].any()    # rows of both kinds in one call
+    assert torch.equal(top_p_threshold(mixed, 0.9, "select", select=64), top_p_threshold(mixed, 0.9, "sort"))
 
 
 def test_static_decoder_on_a_peft_model_with_a_trained_adapter(model, tokenizer, prompts):
@@ -355,7 +384,8 @@ def test_the_whole_decode_step_traces_as_one_graph(model, tokenizer, prompts, te
     from pobench.generation.static import StaticDecoder
     input_ids, mask = left_pad(prompts, tokenizer.pad_token_id, multiple=16)
     decoder = StaticDecoder(model, len(prompts), input_ids.shape[1], 4, [tokenizer.eos_token_id],
-                            tokenizer.pad_token_id, temperature, 0.95)
+                            tokenizer.pad_token_id, temperature, 0.95, compile_step=True)   # compiled lazily: unused
+    assert decoder.top_p_method == "sort"
     if decoder.keys is not None:
         decoder.keys.random_(0, 1 << 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -376,25 +406,12 @@ def test_compiled_decode_step_gives_the_eager_steps_tokens(model, tokenizer, pro
         assert any(d.compile_step for d in backend._decoders.decoders.values())   # the compiled path really ran
 
 
-def test_hashed_noise_is_lowbias32_to_the_bit():
-    """The tensor hash against plain Python integers: 32-bit products for constants below and above 2^31, and
-    whole noise values (the samples of every cached pool depend on these bits)."""
-    from pobench.generation.static import _mix32, _mul32, hashed_uniforms
-    m = (1 << 32) - 1
-
-    def mix(x):
-        x ^= x >> 16
-        x = (x * 0x7FEB352D) & m
-        x ^= x >> 15
-        x = (x * 0x846CA68B) & m
-        return x ^ (x >> 16)
-    g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randint(0, 1 << 32, (500,), generator=g), torch.tensor([0, 1, m, m - 1, 1 << 31])])
-    for c in (0x7FEB352D, 0x846CA68B, m, 1, 1 << 31):
-        assert _mul32(x, c).tolist() == [(v * c) & m for v in x.tolist()]
-    assert _mix32(x).tolist() == [mix(v) for v in x.tolist()]
-    keys = torch.tensor([0, 12345, m])
-    noise = hashed_uniforms(keys, 7)
-    tokens = [mix(t ^ 0x9E3779B9) for t in range(7)]
-    bits = torch.tensor([[mix(k ^ t) >> 8 for t in tokens] for k in keys.tolist()])
-    assert torch.equal(noise, (bits.float() + 0.5) * (1.0 / (1 << 24)))
+def test_selection_is_refused_where_the_step_is_captured_or_compiled(model, tokenizer):
+    """"select" asks the host which rows need a full sort: inside a CUDA graph or a compiled step that would fail
+    at capture (or break the graph), so the decoder refuses it up front and picks "sort" by itself."""
+    from pobench.generation.static import StaticDecoder
+    args = (model, 2, 16, 4, [tokenizer.eos_token_id], tokenizer.pad_token_id, 0.8, 0.95)
+    assert StaticDecoder(*args).top_p_method == "select"                       # CPU: eager steps
+    assert StaticDecoder(*args, use_graph=True).top_p_method == "sort"
+    with pytest.raises(ValueError, match="select"):
+        StaticDecoder(*args, compile_step=True, top_p_method="select")

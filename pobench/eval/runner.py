@@ -25,6 +25,7 @@ from pathlib import Path
 
 from pobench.errors import PobenchError
 from pobench.eval.alpaca_set import EvalItem
+from pobench.generation import SAMPLING_SCHEME
 
 
 # -- inputs -------------------------------------------------------------------------------------------------------
@@ -122,7 +123,7 @@ def generation_config(cfg, n: int = 1, pure: bool = False):
 def decoding_record(cfg) -> dict:
     e = cfg.eval
     return {"backend": "transformers", "temperature": e.temperature, "top_p": e.top_p, "top_k": None,
-            "max_new_tokens": e.max_new_tokens, "seed": e.seed, "seeding": "per prompt", "batch_size": e.batch_size,
+            "max_new_tokens": e.max_new_tokens, "seed": e.seed, "seeding": SAMPLING_SCHEME, "batch_size": e.batch_size,
             "chat_template": cfg.model.chat_template, "max_prompt_length": cfg.train.max_prompt_length}
 
 

@@ -18,6 +18,11 @@ from dataclasses import dataclass
 
 from pobench.errors import PobenchError
 
+# How the transformers backend turns seeds into draws; part of the keys of every store of generated text (pools,
+# reference outputs), so draws made another way are never mixed with these. Change it whenever the same seed and
+# logits would give other tokens. History: "per prompt" (hashed Gumbel-max noise) until inverse-CDF sampling.
+SAMPLING_SCHEME = "per-prompt keys, inverse CDF"
+
 
 @dataclass
 class GenerationConfig:

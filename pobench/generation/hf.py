@@ -56,7 +56,7 @@ def row_seed(prompt: list[int], sample: int, seed: int) -> int:
 
 def row_keys(prompt_ids: list[list[int]], rows: list[tuple[int, int]], seed: int, steps: int) -> torch.Tensor:
     """[len(rows), steps] int64 noise keys in [0, 2^32): row (p, s)'s stream, one key per decoding step, from
-    which static.sample_tokens hashes that step's Gumbel noise."""
+    from which static.sample_tokens takes that step's uniform number (key_uniforms)."""
     out = torch.empty(len(rows), steps, dtype=torch.long)
     for i, (p, s) in enumerate(rows):
         gen = torch.Generator().manual_seed(row_seed(prompt_ids[p], s, seed))
@@ -74,7 +74,7 @@ class _RowSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         from pobench.generation.static import sample_tokens
         step = input_ids.shape[1] - self.width
-        token = sample_tokens(scores, self.temperature, self.top_p, "sort", self.keys[:, step])
+        token = sample_tokens(scores, self.temperature, self.top_p, "select", self.keys[:, step])
         return torch.full_like(scores, float("-inf")).scatter_(-1, token[:, None].to(scores.device), 0.0)
 
 

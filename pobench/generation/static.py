@@ -3,8 +3,8 @@
 Why it is faster than `model.generate`: decoding a small model is bound by kernel launches and host round
 trips, not by arithmetic. `generate` launches a few hundred small kernels per token from Python and waits on the
 device every step (stopping criteria, logits processors). Here the whole step - forward over one token, top-p
-sampling (Gumbel-max), EOS bookkeeping, advancing positions and the mask - is captured once as a CUDA graph and
-replayed, so a token costs one launch; the host looks at the device only every `check_every` steps to stop early.
+sampling (inverse CDF, no host round trip), EOS bookkeeping, advancing positions and the mask - is captured once
+as a CUDA graph and replayed, so a token costs one launch; the host looks at the device only every `check_every` steps to stop early.
 
 Exactness: the same model, prompts and masks as `generate`; greedy decoding gives the same tokens (tested on CPU,
 where the identical step runs eagerly). Sampling draws from the same distribution (temperature, then top-p as
@@ -34,18 +34,31 @@ def supported(model) -> bool:
     return "cache" in params and "logits_to_keep" in params and hasattr(StaticLayer(8), "cumulative_length")
 
 
-def top_p_keep(probs: torch.Tensor, top_p: float, method: str = "bisect", iters: int = 40) -> torch.Tensor:
-    """Boolean [rows, vocab] mask of the nucleus: the most probable tokens until their mass reaches top_p (the token
-    that crosses it included), as transformers' TopPLogitsWarper keeps them.
+def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", iters: int = 40,
+                    select: int = 1024) -> torch.Tensor:
+    """[rows, 1] probability of the token that takes the nucleus's mass to top_p (transformers' TopPLogitsWarper
+    keeps the most probable tokens until their mass reaches top_p, that token included). The nucleus is
+    `probs >= threshold`: tokens tied with the crossing token are all kept, whatever order a sort puts ties in, so
+    the kept set depends on the row alone.
 
-    "sort" sorts each row (the textbook way; a full sort of a 150k vocabulary per row per step dominated a decode
-    step on an H200). "bisect" finds the probability threshold t of the crossing token instead: the largest t with
-    mass(p >= t) >= top_p, by bisection on t, each step one masked sum over the row; `iters` = 40 halvings of
-    [0, max p] resolve t to max p / 2^40, far below float32's spacing of any probabilities that could matter."""
-    if method == "sort":
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        drop_sorted = (sorted_probs.cumsum(-1) - sorted_probs) >= top_p
-        return ~torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
+    Three ways to the same threshold:
+    - "sort" sorts each row whole (the textbook way; a full sort of a 150k vocabulary per row dominated a decode
+      step on an H200, and costs 30 ms a step for 16 rows of SmolLM2's 49k on 2 CPU cores).
+    - "select" takes each row's `select` largest probabilities (a partial selection, several times cheaper than the
+      sort) and sorts a row whole only where its nucleus is wider than that. The largest values in order are the
+      sort's first values, so the threshold is the sort's to the bit. It asks the host which rows need the fallback,
+      so it cannot run inside a CUDA graph: eager decoding only.
+    - "bisect": the largest t with mass(p >= t) >= top_p, by bisection on t, each step one masked sum over the row;
+      `iters` = 40 halvings of [0, max p] resolve t to max p / 2^40, far below float32's spacing of any
+      probabilities that could matter. No sort and no host: for a compiled decode step."""
+    if method == "select" and select < probs.shape[-1]:
+        threshold, kept = _crossing(probs.topk(select, dim=-1).values, top_p)
+        wide = (kept.squeeze(-1) == select).nonzero().squeeze(-1)
+        if len(wide):
+            threshold[wide] = _crossing(probs[wide].sort(dim=-1, descending=True).values, top_p)[0]
+        return threshold
+    if method in ("sort", "select"):
+        return _crossing(probs.sort(dim=-1, descending=True).values, top_p)[0]
     lo = torch.zeros_like(probs[:, :1])
     hi = probs.amax(-1, keepdim=True)
     for _ in range(iters):
@@ -53,51 +66,49 @@ def top_p_keep(probs: torch.Tensor, top_p: float, method: str = "bisect", iters:
         enough = torch.where(probs >= mid, probs, 0.0).sum(-1, keepdim=True) >= top_p
         lo = torch.where(enough, mid, lo)
         hi = torch.where(enough, hi, mid)
-    return probs >= lo
+    return lo
 
 
-def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, method: str = "sort",
+def _crossing(sorted_probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """From probabilities sorted in descending order (a row's largest, or all of them): the crossing token's
+    probability and how many tokens are kept, both [rows, 1]. A token is kept while the mass before it is below
+    top_p, so the first always is."""
+    kept = ((sorted_probs.cumsum(-1) - sorted_probs) < top_p).sum(-1, keepdim=True)
+    return sorted_probs.gather(-1, kept - 1), kept
+
+
+def top_p_keep(probs: torch.Tensor, top_p: float, method: str = "select") -> torch.Tensor:
+    """Boolean [rows, vocab] mask of the nucleus (see top_p_threshold)."""
+    return probs >= top_p_threshold(probs, top_p, method)
+
+
+def key_uniforms(keys: torch.Tensor) -> torch.Tensor:
+    """Noise keys (integers in [0, 2^32)) -> float64 numbers in (0, 1), 32 bits of resolution."""
+    return (keys.to(torch.float64) + 0.5) * 2.0 ** -32
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, method: str = "select",
                   keys: torch.Tensor | None = None) -> torch.Tensor:
-    """One token per row from [rows, vocab] logits; temperature 0 = greedy. Sampling uses the Gumbel-max trick
-    (argmax of logits + Gumbel noise), which needs no host synchronisation, unlike multinomial. The noise comes from
-    `keys` ([rows] integers in [0, 2^32), one per row and step; see `hashed_uniforms`), so that a row's draw depends
-    on its own logits and key only, never on the other rows of its batch; without keys, from the global torch stream."""
+    """One token per row from [rows, vocab] logits; temperature 0 = greedy.
+
+    Sampling is by inverse CDF: the nucleus's probabilities are summed in token-id order (in float64, so that even
+    a 1e-9 probability keeps its share of [0, 1)) and the row takes the token whose interval holds u x the kept mass.
+    u is one number per row and step: from `keys` ([rows] integers in [0, 2^32), see `key_uniforms`), so that a
+    row's draw depends on its own logits and key only, never on the other rows of its batch; without keys, from the
+    global torch stream. Nothing here synchronises with the host (a CUDA graph can hold it). It replaces Gumbel-max,
+    which needed a random number per row and vocabulary entry every step: hashing 150k numbers per row cost more
+    than the sampling itself."""
     if temperature <= 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    probs = (logits.float() / temperature).softmax(-1)
     if top_p < 1:
-        logits = logits.masked_fill(~top_p_keep(logits.softmax(-1), top_p, method), float("-inf"))
-    noise = torch.rand_like(logits).clamp_(min=1e-20) if keys is None else hashed_uniforms(keys, logits.shape[-1])
-    return (logits - torch.log(-torch.log(noise))).argmax(-1)
-
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """(x * c) mod 2^32 for int64 x in [0, 2^32) and a constant c in [0, 2^32), with no int64 product overflowing:
-    for c < 2^31 the product itself fits (2 passes over the tensor); otherwise x * 2^31 mod 2^32 is (x & 1) << 31
-    (5 passes). Each pass reads and writes rows x vocabulary int64s every decode step, so they are counted."""
-    if c < 1 << 31:
-        return (x * c) & _MASK32
-    return (x * (c - (1 << 31)) + ((x & 1) << 31)) & _MASK32
-
-
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash with good avalanche (Wellons' lowbias32), a bijection of [0, 2^32)."""
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
-
-def hashed_uniforms(keys: torch.Tensor, vocab: int) -> torch.Tensor:
-    """[rows, vocab] float32 numbers in (0, 1), a counter-based hash of (row key, token id): the same key gives the
-    same numbers on any batch shape, inside a CUDA graph too (plain tensor arithmetic, no generator state)."""
-    tokens = _mix32(torch.arange(vocab, device=keys.device, dtype=torch.long) ^ 0x9E3779B9)
-    bits = _mix32(keys.to(torch.long)[:, None] ^ tokens) >> 8        # 24 bits, as torch.rand's float32
-    return (bits.float() + 0.5) * (1.0 / (1 << 24))
+        probs = torch.where(probs >= top_p_threshold(probs, top_p, method), probs, 0.0)
+    cdf = probs.to(torch.float64).cumsum(-1)
+    u = torch.rand(probs.shape[0], dtype=torch.float64, device=probs.device) if keys is None else key_uniforms(keys)
+    target = u.to(probs.device)[:, None] * cdf[:, -1:]
+    # The first token whose cumulative mass reaches the target; tokens outside the nucleus add nothing to the sum,
+    # so they are never the first to reach it.
+    return (cdf < target).sum(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def _mask_value(dtype: torch.dtype) -> float:
@@ -112,25 +123,31 @@ class StaticDecoder:
 
     def __init__(self, model, rows: int, prompt_width: int, max_new_tokens: int, eos_ids: list[int], pad_id: int,
                  temperature: float, top_p: float, use_graph: bool | None = None, check_every: int = 32,
-                 top_p_method: str = "sort", compile_sampling: bool = False, compile_step: bool = False):
+                 top_p_method: str | None = None, compile_sampling: bool = False, compile_step: bool = False):
         from transformers import StaticCache
 
         self.model = model
         self.device = next(model.parameters()).device
         self.dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
         self.rows, self.width, self.max_new = rows, prompt_width, max_new_tokens
-        self.temperature, self.top_p, self.top_p_method = temperature, top_p, top_p_method
+        self.temperature, self.top_p = temperature, top_p
         # Compiled, the bisection's masked sums fuse into one kernel per halving (eager, it was slower than a sort).
         self._sample = torch.compile(sample_tokens, dynamic=False) if compile_sampling else sample_tokens
         self.check_every = check_every
         # compile_step: torch.compile the whole decode step - every layer unrolled, the sampling and the bookkeeping
         # - into one graph (it traces without a graph break; tested), captured in the CUDA graph as before. This
-        # fuses the ~400 small kernels a step launches (norms, rotary, activations, the hashed noise) that bound
+        # fuses the ~400 small kernels a step launches (norms, rotary, activations, the nucleus search) that bound
         # decoding speed at batch 64. Compiling each layer instead did not work: dynamo recompiles per layer.
         # Costs one compilation per decoder shape (minutes for a 0.5B model), so it is opt-in.
         self._step = torch.compile(self._decode_step, fullgraph=True, dynamic=False) if compile_step else self._decode_step
         self.compile_step = compile_step
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
+        # "select" asks the host which rows need a full sort: fine for eager steps, impossible inside a graph.
+        traced = self.use_graph or compile_step or compile_sampling
+        self.top_p_method = top_p_method or ("sort" if traced else "select")
+        if self.top_p_method == "select" and traced:
+            raise ValueError("top_p_method='select' synchronises with the host: not inside a CUDA graph or a "
+                             "compiled step (use 'sort' or 'bisect')")
         self.capacity = prompt_width + max_new_tokens
         config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
         self.cache = StaticCache(config=config, max_cache_len=self.capacity)

@@ -18,6 +18,7 @@ from pathlib import Path
 from pobench import faults
 from pobench.data.records import PreferenceRecord
 from pobench.errors import PobenchError
+from pobench.generation import SAMPLING_SCHEME
 
 
 def prompt_key(prompt_ids: list[int]) -> str:
@@ -77,10 +78,10 @@ def auto_reward_model(cfg, suite_data, cache_dir: Path, progress=None) -> str:
 
 def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Path:
     settings = {k: getattr(cfg.pool, k) for k in ("num_samples", "temperature", "top_p", "max_new_tokens", "seed")}
-    # "seeding": samples are seeded per (prompt, sample) since the generation backends stopped sharing one stream
-    # per call; pools drawn the old way must not mix with new ones in one store
+    # "seeding": how seeds become draws (pobench.generation.SAMPLING_SCHEME); pools drawn another way must not mix
+    # with these in one store
     settings.update(rm=rm_spec, template=cfg.model.chat_template, max_prompt=cfg.train.max_prompt_length,
-                    seeding="per prompt")
+                    seeding=SAMPLING_SCHEME)
     if cfg.pool.backend != "transformers":  # other backends draw other samples (the default keeps its old keys)
         settings["backend"] = cfg.pool.backend
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]

