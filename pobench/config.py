@@ -83,7 +83,8 @@ class PoolConfig:
     temperature: float = 0.8       # SimPO's on-policy recipe
     top_p: float = 0.95
     max_new_tokens: int = 64
-    batch_size: int = 16           # prompt x sample rows per generation forward
+    batch_size: int = 0            # prompt x sample rows per generation forward; 0 = auto: 16 off CUDA, on CUDA up to
+                                   # 256 as free memory allows (pobench/generation/hf.py, auto_batch_rows)
     backend: str = "transformers"  # transformers | vllm (CUDA only)
     seed: int = 0                  # generation seed, the same for every algorithm and run seed: one shared pool
     reward_model: str = "auto"     # auto (a MiniLM Bradley-Terry RM trained once per suite) | RM folder | hub id | gold:<name>
@@ -113,7 +114,7 @@ class EvalConfig:
     top_p: float = 1.0
     max_new_tokens: int = 64
     seed: int = 0                  # generation seed (and the seed of the judge's output order and the bootstrap)
-    batch_size: int = 16           # prompts per generation forward
+    batch_size: int = 0            # prompt x sample rows per generation forward; 0 = auto, as pool.batch_size
     kl_samples: int = 1            # pure samples (temperature 1, top_p 1) per prompt for KL(policy || reference); 0 = skip
     bootstrap: int = 2000          # bootstrap resamples of the win-rate CI
     lc_difficulty_file: str | None = None  # alpaca_eval's df_gamed.csv (local, never downloaded): enables its full
@@ -167,10 +168,10 @@ RANGES = {
     "train.log_every": _NOT_NEGATIVE, "train.eval_every": _NOT_NEGATIVE, "train.save_every": _NOT_NEGATIVE,
     "train.logps_chunk": _AT_LEAST_1,
     "pool.num_samples": _AT_LEAST_1, "pool.temperature": _NOT_NEGATIVE, "pool.top_p": ("in (0, 1]", lambda v: 0 < v <= 1),
-    "pool.max_new_tokens": _AT_LEAST_1, "pool.batch_size": _AT_LEAST_1, "pool.rm_steps": _AT_LEAST_1,
+    "pool.max_new_tokens": _AT_LEAST_1, "pool.batch_size": _NOT_NEGATIVE, "pool.rm_steps": _AT_LEAST_1,
     "eval.num_prompts": _NOT_NEGATIVE, "eval.judge_rm_steps": _AT_LEAST_1, "eval.temperature": _NOT_NEGATIVE,
     "eval.top_p": ("in (0, 1]", lambda v: 0 < v <= 1), "eval.max_new_tokens": _AT_LEAST_1,
-    "eval.batch_size": _AT_LEAST_1, "eval.kl_samples": _NOT_NEGATIVE, "eval.bootstrap": _AT_LEAST_1,
+    "eval.batch_size": _NOT_NEGATIVE, "eval.kl_samples": _NOT_NEGATIVE, "eval.bootstrap": _AT_LEAST_1,
 }
 
 

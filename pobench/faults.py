@@ -67,6 +67,10 @@ OOM_KNOBS = ("train.batch_size (with train.grad_accum to keep the effective batc
              "model.lora_r (LoRA instead of full fine-tuning)")
 
 
+def _rows(batch_size: int) -> str:
+    return "0 (auto: set a number)" if batch_size == 0 else str(batch_size)
+
+
 def oom_message(where: str, cfg=None) -> str:
     """One line: where memory ran out, the knobs that bound memory, and their current values where known."""
     now = ""
@@ -74,8 +78,8 @@ def oom_message(where: str, cfg=None) -> str:
         t, m = cfg.train, cfg.model
         now = (f" (now batch_size={t.batch_size}, grad_accum={t.grad_accum}, max_prompt_length={t.max_prompt_length}, "
                f"max_completion_length={t.max_completion_length}, gradient_checkpointing={m.gradient_checkpointing}, "
-               f"lora_r={m.lora_r}, pool.batch_size={cfg.pool.batch_size}"
-               + (f", eval.batch_size={cfg.eval.batch_size})" if hasattr(cfg, "eval") else ")"))
+               f"lora_r={m.lora_r}, pool.batch_size={_rows(cfg.pool.batch_size)}"
+               + (f", eval.batch_size={_rows(cfg.eval.batch_size)})" if hasattr(cfg, "eval") else ")"))
     return f"{where}: out of memory; lower " + ", ".join(OOM_KNOBS[:3]) + ", or set " + \
         ", ".join(OOM_KNOBS[3:]) + now
 

@@ -33,7 +33,9 @@ class GenerationConfig:
     top_p: float = 0.95         # nucleus sampling mass (1.0 = off)
     max_new_tokens: int = 64    # completions that hit this limit come back with finished=False
     seed: int = 0               # same seed + same prompt -> same samples, whatever the batching (transformers)
-    batch_size: int = 16        # prompt x sample rows per forward (transformers backend)
+    batch_size: int = 0         # prompt x sample rows per forward (transformers backend); 0 = auto: 16 off CUDA,
+                                # on CUDA all of the call's rows up to 256 as far as a quarter of the free GPU
+                                # memory holds their KV cache (pobench/generation/hf.py, auto_batch_rows)
     fast: str = "auto"          # transformers backend: "auto" = static cache + CUDA-graph decoding on CUDA where
                                 # the model supports it (pobench/generation/static.py), "on" = that path on any
                                 # device (eager steps off CUDA), "off" = plain `model.generate`
@@ -50,8 +52,8 @@ class GenerationConfig:
             raise PobenchError(f"generation top_p={self.top_p}: must be in (0, 1]")
         if self.max_new_tokens < 1:
             raise PobenchError(f"generation max_new_tokens={self.max_new_tokens}: must be at least 1")
-        if self.batch_size < 1:
-            raise PobenchError(f"generation batch_size={self.batch_size}: must be at least 1")
+        if self.batch_size < 0:
+            raise PobenchError(f"generation batch_size={self.batch_size}: must be at least 1 (or 0 = auto)")
         if self.fast not in ("auto", "on", "off"):
             raise PobenchError(f"generation fast={self.fast!r}: must be one of auto, on, off")
 
@@ -81,6 +83,16 @@ BACKENDS: dict[str, str] = {
     "transformers": "pobench.generation.hf:TransformersBackend",
     "vllm": "pobench.generation.vllm_backend:VLLMBackend",
 }
+
+
+def rows_per_call(backend, prompt_ids: list[list[int]], cfg: GenerationConfig) -> int:
+    """How many prompt x sample rows a backend decodes together for these prompts: cfg.batch_size, or the backend's
+    own choice for 0 (a backend that schedules its own batches, as vLLM does, takes everything: 256 rows a call
+    bounds how much a crash can lose)."""
+    if cfg.batch_size:
+        return cfg.batch_size
+    choose = getattr(backend, "auto_batch_rows", None)
+    return choose(prompt_ids, cfg) if choose else 256
 
 
 def register_backend(name: str, target: str | type | None = None):

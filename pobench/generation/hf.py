@@ -64,6 +64,34 @@ def row_keys(prompt_ids: list[list[int]], rows: list[tuple[int, int]], seed: int
     return out
 
 
+CPU_BATCH_ROWS = 16      # off CUDA: rows per batch (2 CPU cores gain nothing from wider batches)
+MAX_BATCH_ROWS = 256     # on CUDA: on an H200 batch 256 decoded 2.1x the new tokens/s of batch 64 (benchmarks/GPU.md)
+MEMORY_SHARE = 0.25      # on CUDA: the share of free GPU memory a decode batch may take
+
+
+def decode_bytes_per_row(config, dtype_bytes: int, capacity: int) -> int:
+    """GPU memory one decoding row holds: its KV cache (layers x keys and values x KV heads x head dim x
+    `capacity` positions) plus the sampler's buffers over the vocabulary (logits, probabilities, sorted values
+    and their int64 indices, the float64 cumulative sum: about 32 bytes per entry)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv = config.num_hidden_layers * 2 * kv_heads * head_dim * dtype_bytes * capacity
+    return kv + 32 * config.vocab_size
+
+
+def auto_batch_rows(rows: int, device_type: str, bytes_per_row: int, free_bytes: int) -> int:
+    """batch_size 0: off CUDA, CPU_BATCH_ROWS. On CUDA, all `rows` of the call (a round's prompts x samples in one
+    batch: decoding a small model is bound by kernel launches, so a wider step costs little more; on an H200 a
+    step over 256 rows took 1.9x the time of one over 64), at most MAX_BATCH_ROWS, and no more than MEMORY_SHARE of
+    the free memory holds."""
+    if device_type != "cuda":
+        return min(rows, CPU_BATCH_ROWS) or 1
+    fits = int(MEMORY_SHARE * free_bytes) // max(1, bytes_per_row)
+    return max(1, min(rows, MAX_BATCH_ROWS, fits))
+
+
 class _RowSampler:
     """A logits processor for `model.generate` in greedy mode that draws each row's token with the row's own noise
     for the step (static.sample_tokens) and leaves only that token finite, so generate's argmax takes it."""
@@ -101,6 +129,20 @@ class TransformersBackend:
             return False
         return static.supported(self.model)
 
+    def auto_batch_rows(self, prompt_ids: list[list[int]], cfg: GenerationConfig) -> int:
+        """Rows per batch for batch_size 0 (see auto_batch_rows), sized for the call's longest prompt."""
+        rows = len(prompt_ids) * cfg.n
+        device = self._device()
+        if device.type != "cuda":
+            return auto_batch_rows(rows, device.type, 0, 0)
+        free, _ = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)   # torch's cached blocks
+        width = -(-max(map(len, prompt_ids)) // 16) * 16
+        dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
+        config = (self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model).config
+        per_row = decode_bytes_per_row(config, torch.finfo(dtype).bits // 8, width + cfg.max_new_tokens)
+        return auto_batch_rows(rows, device.type, per_row, free)
+
     def _device(self) -> torch.device:
         try:
             return next(self.model.parameters()).device
@@ -122,10 +164,10 @@ class TransformersBackend:
     def generate(self, prompt_ids: list[list[int]], cfg: GenerationConfig | None = None) -> list[list[Completion]]:
         """n completions per prompt, in prompt order.
 
-        All prompt x sample rows are generated together in chunks of `batch_size`, longest prompts first so
-        that a chunk holds prompts of similar length (less padding to compute on). Seeding: per row (see the
-        module docstring), so the same seed and prompt give the same samples whatever the batching; the training
-        run's own random stream (data order, dropout) is not moved by generating."""
+        All prompt x sample rows are generated together in chunks of `batch_size` (0: auto_batch_rows), longest
+        prompts first so that a chunk holds prompts of similar length (less padding to compute on). Seeding: per
+        row (see the module docstring), so the same seed and prompt give the same samples whatever the batching;
+        the training run's own random stream (data order, dropout) is not moved by generating."""
         cfg = cfg or GenerationConfig()
         if not prompt_ids:
             return []
@@ -141,8 +183,9 @@ class TransformersBackend:
         self.model.eval()
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                for start in range(0, len(rows), cfg.batch_size):
-                    chunk = rows[start:start + cfg.batch_size]
+                batch = cfg.batch_size or self.auto_batch_rows(prompt_ids, cfg)
+                for start in range(0, len(rows), batch):
+                    chunk = rows[start:start + batch]
                     chunk_keys = keys[start:start + len(chunk)] if sampling else None
                     if fast:
                         new_tokens = self._decode_static([prompt_ids[p] for p, _ in chunk], cfg, chunk_keys).tolist()

@@ -91,24 +91,25 @@ def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Pa
 def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]], model, tokenizer, cfg, store: PoolStore,
                    scorer, progress=None) -> None:
     """Generate and score the pools of `records` missing from `store` (chunks of prompts, appended as made)."""
-    from pobench.generation import GenerationConfig, get_backend
+    from pobench.generation import GenerationConfig, get_backend, rows_per_call
 
     seen, unique = set(), []
     for r, p in zip(records, prompt_ids):
         if prompt_key(p) not in seen:
             seen.add(prompt_key(p))
             unique.append((r, p))
-    chunk = max(1, cfg.pool.batch_size // cfg.pool.num_samples)
-    # Chunks are cut from the full prompt list, not from the missing prompts: a prompt's samples depend on the
-    # batch it was generated in, so a chunk that a crash left half-stored is made again whole (giving the same
-    # samples as the uninterrupted run) and only its missing prompts are added.
-    chunks = [unique[i:i + chunk] for i in range(0, len(unique), chunk)]
-    chunks = [part for part in chunks if any(prompt_key(p) not in store.entries for _, p in part)]
-    if not chunks:
+    if all(prompt_key(p) in store.entries for _, p in unique):
         return
     backend = get_backend(cfg.pool.backend, model, tokenizer)
     gen = GenerationConfig(n=cfg.pool.num_samples, temperature=cfg.pool.temperature, top_p=cfg.pool.top_p,
                            max_new_tokens=cfg.pool.max_new_tokens, seed=cfg.pool.seed, batch_size=cfg.pool.batch_size)
+    # A call's prompts are appended to the store together: one decode batch of prompts per call, so a crash loses
+    # at most one batch. Chunks are cut from the full prompt list, not from the missing prompts, so a chunk that a
+    # crash left half-stored is made again whole, in the batch the uninterrupted run used, and only its missing
+    # prompts are added.
+    chunk = max(1, rows_per_call(backend, [p for _, p in unique], gen) // cfg.pool.num_samples)
+    chunks = [unique[i:i + chunk] for i in range(0, len(unique), chunk)]
+    chunks = [part for part in chunks if any(prompt_key(p) not in store.entries for _, p in part)]
     task = progress.add_task(f"candidate pools ({cfg.pool.num_samples}/prompt)",
                              total=sum(map(len, chunks))) if progress else None
     for part in chunks:
