@@ -87,6 +87,42 @@ print("unchanged" if store.read_text() == before else "regenerated")
 """
 
 
+def record(i: int, chosen: str = "yes"):
+    from pobench.data.records import PreferenceRecord
+    return PreferenceRecord([{"role": "user", "content": f"q{i}"}], chosen, "no", id=f"row{i}")
+
+
+def test_auto_reward_models_are_keyed_by_the_records_not_their_path(tmp_path, monkeypatch):
+    """The same records read from another place (a moved checkout, another venv) reuse the cached reward models;
+    a record edited in place trains new ones, for the pool and for the judge."""
+    import types
+
+    import pobench.rewards.train as rm_train
+    from pobench.eval.runner import auto_judge_model
+    from pobench.sampling.pools import auto_reward_model
+
+    trainings = []
+
+    def fake_train(records, eval_records, backbone, out, **kw):   # counts trainings; no training
+        trainings.append(out)
+        Path(out).mkdir(parents=True)
+        (Path(out) / "config.json").write_text("{}")
+
+    monkeypatch.setattr(rm_train, "train_reward_model", fake_train)
+    cfg = types.SimpleNamespace(suite="s", pool=types.SimpleNamespace(reward_model="auto", rm_steps=3),
+                                eval=types.SimpleNamespace(judge_rm_steps=3))
+
+    def both(train, source):
+        data = types.SimpleNamespace(train=train, eval=[record(99)], report={"train_source": source})
+        return auto_reward_model(cfg, data, tmp_path), auto_judge_model(cfg, data, used={1}, cache_dir=tmp_path)[0]
+    first = both([record(i) for i in range(10)], "/old/place/train.jsonl")
+    assert both([record(i) for i in range(10)], "/new/place/train.jsonl") == first and len(trainings) == 2
+    edited_pool_half = both([record(i, "YES" if i == 2 else "yes") for i in range(10)], "/old/place/train.jsonl")
+    assert edited_pool_half[0] != first[0] and edited_pool_half[1] == first[1] and len(trainings) == 3
+    edited_judge_half = both([record(i, "YES" if i == 7 else "yes") for i in range(10)], "/old/place/train.jsonl")
+    assert edited_judge_half[0] == first[0] and edited_judge_half[1] != first[1] and len(trainings) == 4
+
+
 def test_pool_reward_model_and_eval_judge_train_on_disjoint_records(tmp_path, monkeypatch):
     """RSO and OnMC-PO are trained on pairs the pool reward model labels; the auto eval judge must not be a
     sibling of that labeller, so the two train on disjoint halves of the training records."""
@@ -104,7 +140,7 @@ def test_pool_reward_model_and_eval_judge_train_on_disjoint_records(tmp_path, mo
         (Path(out) / "config.json").write_text("{}")
 
     monkeypatch.setattr(rm_train, "train_reward_model", fake_train)
-    records = [types.SimpleNamespace(id=f"row{i}") for i in range(40)]
+    records = [record(i) for i in range(40)]
     data = types.SimpleNamespace(train=records, eval=[], report={"n": 40})
     cfg = types.SimpleNamespace(suite="s", pool=types.SimpleNamespace(reward_model="auto", rm_steps=3),
                                 eval=types.SimpleNamespace(judge_rm_steps=3))

@@ -1,6 +1,8 @@
 """The one record type every suite produces and every sampler consumes."""
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 
 
@@ -15,3 +17,14 @@ class PreferenceRecord:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+def records_digest(records) -> str:
+    """A hash of the records' content (ids, prompts, completions, pools), for the keys of models trained on them:
+    the same data read from another path hits the cache, a file edited in place does not."""
+    digest = hashlib.sha1()
+    for record in records:
+        digest.update(json.dumps(record.to_json(), sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+

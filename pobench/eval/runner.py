@@ -24,6 +24,7 @@ import types
 from pathlib import Path
 
 from pobench.errors import PobenchError
+from pobench.data.records import records_digest
 from pobench.eval.alpaca_set import EvalItem
 from pobench.generation import SAMPLING_SCHEME
 
@@ -234,8 +235,9 @@ def auto_judge_model(cfg, suite_data, used: set[int], cache_dir: Path, progress=
     if not keep:
         raise PobenchError("eval.judge auto: the run trained on every record the judge could use; pass "
                            "--judge rm:<folder> (a reward model trained on other data) or gold:<name>")
-    excluded = hashlib.sha1(",".join(map(str, sorted(used))).encode()).hexdigest()[:10]
-    fingerprint = hashlib.sha1(json.dumps([cfg.suite, suite_data.report, cfg.eval.judge_rm_steps, excluded],
+    # keyed by the content of the records it trains and is checked on, not by the data's path (records_digest)
+    content = [records_digest([suite_data.train[i] for i in keep]), records_digest(suite_data.eval)]
+    fingerprint = hashlib.sha1(json.dumps([cfg.suite, content, cfg.eval.judge_rm_steps],
                                           sort_keys=True, default=str).encode()).hexdigest()[:12]
     out = Path(cache_dir) / "judges" / f"{cfg.suite}-minilm-{fingerprint}"
     info = {"train_pairs": len(keep), "train_records": f"second half of train ({half}..{len(suite_data.train)}) "

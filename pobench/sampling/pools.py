@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from pobench import faults
-from pobench.data.records import PreferenceRecord
+from pobench.data.records import PreferenceRecord, records_digest
 from pobench.errors import PobenchError
 from pobench.generation import SAMPLING_SCHEME
 
@@ -59,7 +59,9 @@ def auto_reward_model(cfg, suite_data, cache_dir: Path, progress=None) -> str:
         return spec
     half = len(suite_data.train) // 2
     records = [0, half]   # the first half: the eval judge `auto` trains on the second (eval/runner.py)
-    fingerprint = hashlib.sha1(json.dumps([cfg.suite, suite_data.report, cfg.pool.rm_steps, records],
+    # keyed by content, not by the data's path: see records_digest
+    content = [records_digest(suite_data.train[:half]), records_digest(suite_data.eval)]
+    fingerprint = hashlib.sha1(json.dumps([cfg.suite, content, cfg.pool.rm_steps, records],
                                           sort_keys=True, default=str).encode()).hexdigest()[:12]
     out = Path(cache_dir) / "reward_models" / f"{cfg.suite}-minilm-{fingerprint}"
     if (out / "config.json").is_file():
