@@ -18,6 +18,9 @@ pool recipe, pobench's default) on both sides, no top_k; no EOS is set, so every
              and bookkeeping included: StaticDecoder(compile_step=True), GenerationConfig(compile=True))
   c-sort, c-bisect, c-greedy  the same after torch.compile of every decoder layer (c-bisect also compiles the
              sampling function), still replayed as one CUDA graph per step
+  backend    the path a pool generation takes: the transformers backend's `generate` with the defaults
+             (GenerationConfig batch_size 0 = auto, fast=auto), n=8 samples of --backend-prompts prompts, each
+             row seeded by its prompt; reports the batch it chose and new tokens/s (a warm-up call first)
 
 New tokens/s = rows x new tokens / wall time of one call, after a warm-up call of the same shape (graph capture
 and compilation happen there and are reported separately). Median of --reps calls.
@@ -70,6 +73,31 @@ def timed(fn, reps):
     return statistics.median(times), out
 
 
+def measure_backend(model, args) -> dict:
+    """Pool generation as pobench runs it on a GPU: TransformersBackend.generate with every default."""
+    from types import SimpleNamespace
+
+    from pobench.generation import GenerationConfig
+    from pobench.generation.hf import TransformersBackend
+    try:
+        tokenizer = SimpleNamespace(eos_token_id=None, pad_token_id=0, decode=lambda ids, **kw: "")  # no text needed
+        backend = TransformersBackend(model, tokenizer)
+        g = torch.Generator().manual_seed(1)
+        prompts = torch.randint(10, model.config.vocab_size, (args.backend_prompts, args.prompt_len), generator=g)
+        prompts = [p.tolist() for p in prompts]
+        cfg = GenerationConfig(n=8, temperature=0.8, top_p=0.95, max_new_tokens=args.new_tokens)
+        batch = backend.auto_batch_rows(prompts, cfg)
+        t0 = time.perf_counter()
+        backend.generate(prompts, cfg)
+        warm = time.perf_counter() - t0
+        t, outs = timed(lambda: backend.generate(prompts, cfg), 1)
+        made = sum(len(c.token_ids) for row in outs for c in row)
+        return {"rows": len(prompts) * 8, "auto_batch_rows": batch, "fast_path": backend.uses_fast_path(cfg),
+                "s": round(t, 3), "warmup_s": round(warm, 2), "new_tokens_per_s": round(made / t)}
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="64,256")
@@ -80,6 +108,7 @@ def main() -> None:
     ap.add_argument("--hf-static", action="store_true")
     ap.add_argument("--decoders", default=",".join(d[0] for d in DECODERS))
     ap.add_argument("--layers", type=int, default=None)
+    ap.add_argument("--backend-prompts", type=int, default=96, help="prompts of the `backend` measurement (x 8)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test of the script (numbers meaningless)")
     args = ap.parse_args()
@@ -126,6 +155,11 @@ def main() -> None:
             except Exception as e:
                 res["hf-static"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
             print(rows, "hf-static", res["hf-static"], flush=True)
+    if "backend" in args.decoders.split(","):
+        out["backend"] = measure_backend(model, args)
+        print("backend", out["backend"], flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(out, indent=1))
     compiled = False
     for name, temperature, method, compile_sampling, compile_step in DECODERS:
         if name not in args.decoders.split(","):

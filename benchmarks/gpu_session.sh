@@ -17,10 +17,11 @@ export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python -c "import torch, transformers; print(torch.__version__, transformers.__version__)" | tee -a "$OUT/gpu.txt"
 
-# 1. generation at batch 64 and 256: plain generate, the graph-replayed decoder, and the whole step compiled
-timeout 290 python benchmarks/gpu_generate.py --decoders pobench,w-sort,w-greedy,w-bisect \
+# 1. generation at batch 64 and 256: plain generate, the backend as pools use it (auto batch), the graph-replayed
+#    decoder, and the whole step compiled
+timeout 290 python benchmarks/gpu_generate.py --decoders backend,pobench,w-sort,w-greedy,w-bisect \
   --json "$OUT/gen.json" > "$OUT/gen.log" 2>&1; echo "gpu_generate rc=$?" | tee -a "$OUT/gpu.txt"
-grep -E "^(64|256) " "$OUT/gen.log"
+grep -E "^(64|256|backend) " "$OUT/gen.log"
 
 # 2. the sampler alone (inverse CDF against the hashed Gumbel-max it replaced), eager, both nucleus searches
 timeout 40 python benchmarks/sampling_step.py --device cuda --rows 64,256 --methods sort,bisect,select \
