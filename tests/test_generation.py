@@ -215,14 +215,14 @@ def test_bad_config_and_backend():
 
 
 def test_auto_batch_rows_fills_a_gpu_within_its_memory_share():
-    """batch_size 0: 16 rows off CUDA; on CUDA the call's rows, at most 256, at most what a quarter of the free
+    """batch_size 0: 64 rows off CUDA; on CUDA the call's rows, at most 256, at most what a quarter of the free
     memory holds (KV cache at the call's capacity plus the sampler's buffers, per row)."""
     from pobench.generation.hf import auto_batch_rows, decode_bytes_per_row
     qwen2_05b = SimpleNamespace(num_attention_heads=14, num_key_value_heads=2, hidden_size=896, num_hidden_layers=24,
                                 vocab_size=151936)
     per_row = decode_bytes_per_row(qwen2_05b, 2, 576)
     assert per_row == 24 * 2 * 2 * 64 * 2 * 576 + 32 * 151936                  # 7.1 MB of cache + 4.9 MB
-    assert [auto_batch_rows(r, "cpu", per_row, 0) for r in (1, 16, 768)] == [1, 16, 16]
+    assert [auto_batch_rows(r, "cpu", per_row, 0) for r in (1, 64, 768)] == [1, 64, 64]
     gib = 1 << 30
     assert auto_batch_rows(768, "cuda", per_row, 60 * gib) == 256            # a round of 96 prompts x 8: capped
     assert auto_batch_rows(32, "cuda", per_row, 60 * gib) == 32              # an OnMC-PO refresh: all of it
@@ -234,15 +234,15 @@ def test_auto_batch_rows_fills_a_gpu_within_its_memory_share():
 
 
 def test_batch_size_zero_is_auto_on_the_backend(model, tokenizer, prompts, monkeypatch):
-    """On CPU auto is 16 rows and gives the samples an explicit 16 gives. On CUDA (its memory queries stood in for:
+    """On CPU auto is 64 rows and gives the samples an explicit 64 gives. On CUDA (its memory queries stood in for:
     no GPU here) the backend sizes rows for the call's longest prompt, rounded up to 16, plus max_new_tokens."""
     from pobench.generation import hf, rows_per_call
     backend = get_backend("transformers", model, tokenizer)
     cfg = dict(n=6, temperature=0.8, max_new_tokens=4, seed=3)
     assert GenerationConfig().batch_size == 0
-    assert backend.auto_batch_rows(prompts, GenerationConfig(**cfg)) == min(16, 6 * len(prompts))
+    assert backend.auto_batch_rows(prompts, GenerationConfig(**cfg)) == min(64, 6 * len(prompts))
     assert ids(backend.generate(prompts, GenerationConfig(**cfg))) == \
-        ids(backend.generate(prompts, GenerationConfig(batch_size=16, **cfg)))
+        ids(backend.generate(prompts, GenerationConfig(batch_size=64, **cfg)))
     assert rows_per_call(backend, prompts, GenerationConfig(batch_size=5)) == 5
     assert rows_per_call(SimpleNamespace(), prompts, GenerationConfig()) == 256      # a self-batching backend
     with pytest.raises(PobenchError, match="batch_size=-1"):

@@ -33,7 +33,7 @@ class GenerationConfig:
     top_p: float = 0.95         # nucleus sampling mass (1.0 = off)
     max_new_tokens: int = 64    # completions that hit this limit come back with finished=False
     seed: int = 0               # same seed + same prompt -> same samples, whatever the batching (transformers)
-    batch_size: int = 0         # prompt x sample rows per forward (transformers backend); 0 = auto: 16 off CUDA,
+    batch_size: int = 0         # prompt x sample rows per forward (transformers backend); 0 = auto: 64 off CUDA,
                                 # on CUDA all of the call's rows up to 256 as far as a quarter of the free GPU
                                 # memory holds their KV cache (pobench/generation/hf.py, auto_batch_rows)
     fast: str = "auto"          # transformers backend: "auto" = static cache + CUDA-graph decoding on CUDA where

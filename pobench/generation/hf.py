@@ -64,7 +64,8 @@ def row_keys(prompt_ids: list[list[int]], rows: list[tuple[int, int]], seed: int
     return out
 
 
-CPU_BATCH_ROWS = 16      # off CUDA: rows per batch (2 CPU cores gain nothing from wider batches)
+CPU_BATCH_ROWS = 64      # off CUDA: SmolLM2-135M on 2 cores decoded 1.68x the tokens/s of 16 rows, and 128 no more
+                         # (benchmarks/cpu_generate.py --batch-sweep)
 MAX_BATCH_ROWS = 256     # on CUDA: on an H200 batch 256 decoded 2.1x the new tokens/s of batch 64 (benchmarks/GPU.md)
 MEMORY_SHARE = 0.25      # on CUDA: the share of free GPU memory a decode batch may take
 
