@@ -83,7 +83,10 @@ def top_p_keep(probs: torch.Tensor, top_p: float, method: str = "select") -> tor
 
 
 def key_uniforms(keys: torch.Tensor) -> torch.Tensor:
-    """Noise keys (integers in [0, 2^32)) -> float64 numbers in (0, 1), 32 bits of resolution."""
+    """Noise keys (integers in [0, 2^32)) -> float64 numbers in (0, 1), 32 bits of resolution (computed on the CPU
+    for a device without float64)."""
+    if keys.device.type == "mps":
+        keys = keys.cpu()
     return (keys.to(torch.float64) + 0.5) * 2.0 ** -32
 
 
@@ -103,9 +106,10 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, method
     probs = (logits.float() / temperature).softmax(-1)
     if top_p < 1:
         probs = torch.where(probs >= top_p_threshold(probs, top_p, method), probs, 0.0)
-    cdf = probs.to(torch.float64).cumsum(-1)
-    u = torch.rand(probs.shape[0], dtype=torch.float64, device=probs.device) if keys is None else key_uniforms(keys)
-    target = u.to(probs.device)[:, None] * cdf[:, -1:]
+    wide = torch.float32 if probs.device.type == "mps" else torch.float64    # MPS has no float64
+    cdf = probs.to(wide).cumsum(-1)
+    u = torch.rand(probs.shape[0], dtype=wide, device=probs.device) if keys is None else key_uniforms(keys)
+    target = u.to(probs.device, wide)[:, None] * cdf[:, -1:]
     # The first token whose cumulative mass reaches the target; tokens outside the nucleus add nothing to the sum,
     # so they are never the first to reach it.
     return (cdf < target).sum(-1).clamp_(max=probs.shape[-1] - 1)
