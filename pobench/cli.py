@@ -103,6 +103,7 @@ def run(
     set_cfg = C.deep_merge(_shortcuts(model, data, max_steps), set_cfg)
 
     # Resolve and check everything before anything is written.
+    from pobench.engine.lock import RunLock
     from pobench.report.grid import check_point_applied, plan_grid
     grid_plan, budget_warning = plan_grid(grid, {n: algorithm_defaults(get_algorithm(n)) for n in algos})
     if budget_warning:
@@ -120,6 +121,7 @@ def run(
             check_model_source(cfg.model.name_or_path, cfg.model.gguf_file)
             done = (run_dir / "train_summary.json").exists() and (no_eval or (run_dir / "eval.json").exists())
             if _holds_run(run_dir) and not resume and is_main:  # other ranks: the main one checks (and may have written)
+                RunLock(run_dir).refuse_if_in_use()   # a run writing there now is named as such
                 raise PobenchError(f"{run_dir}: already holds a run; pass --resume to continue or skip it, "
                                    f"or choose another --out")
             plans.append((algorithm, cfg, run_dir, done))

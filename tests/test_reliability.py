@@ -125,15 +125,20 @@ def test_lock_from_another_host_is_reported_not_broken(tmp_path):
 
 def test_run_refuses_a_folder_locked_by_a_live_run(tmp_path, tiny_model_dir, monkeypatch, capsys):
     """A live owner (this test process) holds the run folder: `pobench run` and `run --resume` both stop with
-    exit 2 naming it, and write nothing."""
+    exit 2 naming it, and write nothing; also once the owner has written its first files (then the folder is named
+    as in use, not as "already holds a run")."""
     run_dir = tmp_path / "out" / "hh-rlhf" / "dpo" / "seed1"
     run_dir.mkdir(parents=True)
     with RunLock(run_dir):
-        for resume in ([], ["--resume"]):
-            code, out, err = invoke(run_args(tiny_model_dir, *resume, algo="dpo"), tmp_path, monkeypatch, capsys)
-            check_outcome(code, out, err, "error", [str(Path("out") / "hh-rlhf" / "dpo" / "seed1"),
-                                                    f"in use by another pobench run (pid {os.getpid()}"])
-            assert [p.name for p in run_dir.iterdir()] == [LOCK_NAME]
+        for written in ([], ["config.yaml"]):
+            for name in written:
+                (run_dir / name).write_text("written by the owner\n")
+            for resume in ([], ["--resume"]):
+                code, out, err = invoke(run_args(tiny_model_dir, *resume, algo="dpo"), tmp_path, monkeypatch, capsys)
+                check_outcome(code, out, err, "error", [str(Path("out") / "hh-rlhf" / "dpo" / "seed1"),
+                                                        f"in use by another pobench run (pid {os.getpid()}"])
+                assert sorted(p.name for p in run_dir.iterdir()) == sorted([LOCK_NAME, *written])
+                assert all((run_dir / n).read_text() == "written by the owner\n" for n in written)
 
 
 def _cli(args: list[str], cwd: Path, **kw) -> subprocess.Popen:

@@ -109,13 +109,23 @@ class RunLock:
             owner = self._read_owner()
             if owner is None:
                 continue  # released between the two calls
-            if not self._is_stale(owner):
-                where = "" if owner.get("host") in (None, self.me["host"]) else \
-                    f" (another host: remove {self.path} if that run is gone)"
-                raise PobenchError(f"{self.path.parent}: in use by another pobench run ({_owner_text(owner)}){where}; "
-                                   f"wait for it, or choose another --out")
+            self._refuse_if_live(owner)
             self._break(owner)
         raise PobenchError(f"{self.path}: cannot take the run folder's lock (it keeps changing hands)")
+
+    def _refuse_if_live(self, owner: dict) -> None:
+        if not self._is_stale(owner):
+            where = "" if owner.get("host") in (None, self.me["host"]) else \
+                f" (another host: remove {self.path} if that run is gone)"
+            raise PobenchError(f"{self.path.parent}: in use by another pobench run ({_owner_text(owner)}){where}; "
+                               f"wait for it, or choose another --out")
+
+    def refuse_if_in_use(self) -> None:
+        """The error `acquire()` would give for a live owner, without taking the lock: a folder that a running run
+        is writing is reported as in use, not as a finished or abandoned run."""
+        owner = self._read_owner()
+        if owner is not None:
+            self._refuse_if_live(owner)
 
     def release(self) -> None:
         if not self.held:
