@@ -4,7 +4,8 @@ Why it is faster than `model.generate`: decoding a small model is bound by kerne
 trips, not by arithmetic. `generate` launches a few hundred small kernels per token from Python and waits on the
 device every step (stopping criteria, logits processors). Here the whole step - forward over one token, top-p
 sampling (inverse CDF, no host round trip), EOS bookkeeping, advancing positions and the mask - is captured once
-as a CUDA graph and replayed, so a token costs one launch; the host looks at the device only every `check_every` steps to stop early.
+as a CUDA graph and replayed, so a token costs one launch; the host looks at the device only every `check_every`
+steps to stop early.
 
 Exactness: the same model, prompts and masks as `generate`; greedy decoding gives the same tokens (tested on CPU,
 where the identical step runs eagerly). Sampling draws from the same distribution (temperature, then top-p as
@@ -46,8 +47,9 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", i
       step on an H200, and costs 30 ms a step for 16 rows of SmolLM2's 49k on 2 CPU cores).
     - "select" takes each row's `select` largest probabilities (a partial selection, several times cheaper than the
       sort) and sorts a row whole only where its nucleus is wider than that. The largest values in order are the
-      sort's first values, so the threshold is the sort's to the bit. It asks the host which rows need the fallback,
-      so it cannot run inside a CUDA graph: eager decoding only.
+      sort's first values, so the threshold is the sort's (to the bit where the running sum is sequential, as on
+      the CPU: tested). It asks the host which rows need the fallback, so it cannot run inside a CUDA graph: eager
+      decoding only.
     - "bisect": the largest t with mass(p >= t) >= top_p, by bisection on t, each step one masked sum over the row;
       `iters` = 40 halvings of [0, max p] resolve t to max p / 2^40, far below float32's spacing of any
       probabilities that could matter. No sort and no host: for a compiled decode step."""
@@ -98,7 +100,8 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, method
     a 1e-9 probability keeps its share of [0, 1)) and the row takes the token whose interval holds u x the kept mass.
     u is one number per row and step: from `keys` ([rows] integers in [0, 2^32), see `key_uniforms`), so that a
     row's draw depends on its own logits and key only, never on the other rows of its batch; without keys, from the
-    global torch stream. Nothing here synchronises with the host (a CUDA graph can hold it). It replaces Gumbel-max,
+    global torch stream. With the nucleus by "sort" or "bisect" nothing here waits on the host, so a CUDA graph or a
+    compiled step can hold it ("select", the eager default, asks the host once a step). It replaces Gumbel-max,
     which needed a random number per row and vocabulary entry every step: hashing 150k numbers per row cost more
     than the sampling itself."""
     if temperature <= 0:
