@@ -15,7 +15,7 @@ import hashlib
 
 import torch
 
-from pobench.generation import Completion, GenerationConfig, truncate_at_eos
+from pobench.generation import Completion, GenerationConfig, rows_per_call, truncate_at_eos
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -184,7 +184,7 @@ class TransformersBackend:
         self.model.eval()
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                batch = cfg.batch_size or self.auto_batch_rows(prompt_ids, cfg)
+                batch = rows_per_call(self, prompt_ids, cfg)
                 for start in range(0, len(rows), batch):
                     chunk = rows[start:start + batch]
                     chunk_keys = keys[start:start + len(chunk)] if sampling else None
