@@ -560,8 +560,21 @@ def eval_(
 def main() -> None:
     """Entry point: PobenchError -> one line, exit 2; anything else -> one line, exit 1."""
     import warnings
+    from pobench.engine.distributed import close_process_group
     # deprecation notices that transformers raises from inside peft: noise for a user, nothing they can act on
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    completed = False
+    try:
+        _run_app()
+        completed = True
+    except SystemExit as e:
+        completed = not e.code
+        raise
+    finally:
+        close_process_group(completed)  # under a launch: before exit, or gloo may abort a finished rank
+
+
+def _run_app() -> None:
     try:
         app(standalone_mode=False)
     except PobenchError as e:

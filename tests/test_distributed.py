@@ -366,6 +366,32 @@ def _resume_is_refused(tmp_path: Path, model_dir: Path, launch_args: list[str]) 
         in " ".join((resumed.stdout + resumed.stderr).split()), resumed.stderr[-3000:]
 
 
+@pytest.mark.parametrize("argv, code, met", [(["list"], None, True), (["run", "--algo", "no-such-algo"], 2, False)])
+def test_the_cli_destroys_its_process_group_before_exit(tmp_path, monkeypatch, argv, code, met):
+    """Left to interpreter shutdown, gloo can abort a rank that finished its work (SIGABRT, "terminate called without
+    an active exception"), failing the launch. The entry point destroys the group itself: after a completed command
+    the ranks first meet at a barrier; after a failure they do not (the others may never arrive)."""
+    import torch.distributed as dist
+    from pobench import cli
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    barriers = []
+    real_barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: barriers.append(1) or real_barrier(*a, **k))
+    monkeypatch.setattr(sys, "argv", ["pobench", *argv])
+    try:
+        if code is None:
+            cli.main()
+        else:
+            with pytest.raises(SystemExit) as exited:
+                cli.main()
+            assert exited.value.code == code
+        assert not dist.is_initialized()
+        assert bool(barriers) is met
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def test_fsdp_or_deepspeed_launch_on_the_cpu_is_refused(monkeypatch):
     """On the CPU accelerate would train plain DDP under an FSDP/DeepSpeed launch: refused, not passed off as one."""
     import torch

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from typing import Callable, Sequence
 
 from pobench.errors import PobenchError
@@ -88,6 +89,23 @@ def sum_over_ranks(value: int, accelerator) -> int:
     if accelerator.num_processes == 1:
         return value
     return sum(gather_lists([value], accelerator))
+
+
+def close_process_group(completed: bool) -> None:
+    """Destroy this process's default process group, if one was made, before the interpreter shuts down.
+
+    Left to interpreter finalisation, gloo's worker threads may still hold tensors whose release needs the GIL that
+    finalisation is tearing down: the process aborts ("terminate called without an active exception", SIGABRT)
+    after its work is done and written, and the launcher reports the whole launch failed (seen in CI on a 2-process
+    FSDP run). After a command that completed, the ranks first meet at a barrier, so that none closes its
+    connections while another still receives; after a failure they do not (the others may never arrive), and the
+    launcher ends them anyway."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch for a command that did not
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if completed:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def refuse_sharding_on_cpu(device) -> None:
