@@ -42,7 +42,8 @@ class ModelConfig:
     dtype: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
     device: str = "auto"           # auto | cpu | cuda
     chat_template: str = "auto"    # auto (the tokenizer's) | plain (User:/Assistant: lines) | a Jinja string
-    attn_implementation: str = "sdpa"
+    attn_implementation: str = "sdpa"  # sdpa (torch picks its fused kernel) | eager; flash-attention kernels
+                                   # cannot take the block masks of shared-prompt rows, which all scoring uses
     gradient_checkpointing: bool = False
     compile: bool = False          # torch.compile each decoder layer (GPU: 1.5x step throughput measured, see
                                    # benchmarks/GPU.md; compiling takes ~15 s at the first step)
@@ -145,6 +146,7 @@ CHOICES = {  # keys with a fixed set of values, checked when the config is resol
     "data.schema": ("auto", "hh", "ultrafeedback-binarized", "ultrafeedback-raw", "ultrafeedback-onpolicy"),
     "data.raw_rejected": ("worst", "random"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.attn_implementation": ("sdpa", "eager"),
     "pool.source": ("auto", "dataset", "generated"),
     "pool.backend": ("transformers", "vllm"),
     "eval.eval_set": ("held_out", "alpaca_eval"),

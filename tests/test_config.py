@@ -134,6 +134,8 @@ def test_unknown_key_in_the_suite_is_named():
     ({"data": {"schema": "hhh"}}, "config key 'data.schema': 'hhh' is not one of auto, hh"),
     ({"data": {"raw_rejected": "wrost"}}, "config key 'data.raw_rejected': 'wrost' is not one of worst, random"),
     ({"model": {"dtype": "fp16"}}, "config key 'model.dtype': 'fp16' is not one of auto, float32"),
+    ({"model": {"attn_implementation": "flash_attention_2"}},
+     "config key 'model.attn_implementation': 'flash_attention_2' is not one of sdpa, eager"),
 ])
 def test_wrong_types_are_named(layer, message):
     with raises(message):
