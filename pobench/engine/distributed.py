@@ -104,7 +104,10 @@ def close_process_group(completed: bool) -> None:
     if dist is None or not dist.is_available() or not dist.is_initialized():
         return
     if completed:
-        dist.barrier()
+        try:
+            dist.barrier()
+        except RuntimeError:  # a rank that failed has left: its own error is the one to read, not this one
+            pass
     dist.destroy_process_group()
 
 
