@@ -18,6 +18,7 @@ pool recipe, pobench's default) on both sides, no top_k; no EOS is set, so every
              and bookkeeping included: StaticDecoder(compile_step=True), GenerationConfig(compile=True))
   c-sort, c-bisect, c-greedy  the same after torch.compile of every decoder layer (c-bisect also compiles the
              sampling function), still replayed as one CUDA graph per step
+  name@64    a decoder at that batch only (a compiled step costs one compilation per batch)
   backend    the path a pool generation takes: the transformers backend's `generate` with the defaults
              (GenerationConfig batch_size 0 = auto, fast=auto), n=8 samples of --backend-prompts prompts, each
              row seeded by its prompt; reports the batch it chose and new tokens/s (a warm-up call first)
@@ -124,6 +125,14 @@ def main() -> None:
     out = {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "transformers": transformers.__version__,
            "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "results": {}}
     batches = [int(b) for b in args.batches.split(",")]
+    # "name" measures a decoder at every batch; "name@64" at that batch only (each compiled shape costs a compilation)
+    wanted: dict[str, list[int]] = {}
+    for entry in args.decoders.split(","):
+        name, _, only = entry.partition("@")
+        wanted.setdefault(name, []).extend([int(only)] if only else batches)
+    unknown = sorted(set(wanted) - {d[0] for d in DECODERS} - {"backend"})
+    if unknown:
+        sys.exit(f"unknown decoder(s): {', '.join(unknown)}")
     inputs = {}
     for rows in batches:
         g = torch.Generator().manual_seed(rows)
@@ -155,20 +164,20 @@ def main() -> None:
             except Exception as e:
                 res["hf-static"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
             print(rows, "hf-static", res["hf-static"], flush=True)
-    if "backend" in args.decoders.split(","):
+    if "backend" in wanted:
         out["backend"] = measure_backend(model, args)
         print("backend", out["backend"], flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1))
     compiled = False
     for name, temperature, method, compile_sampling, compile_step in DECODERS:
-        if name not in args.decoders.split(","):
+        if name not in wanted:
             continue
         if name.startswith("c-") and not compiled:
             from pobench.models import compile_decoder_layers
             compile_decoder_layers(model)
             compiled = True
-        for rows in batches:
+        for rows in [b for b in batches if b in wanted[name]]:
             ids, mask = inputs[rows]
             res = out["results"][rows]
             new = rows * args.new_tokens
