@@ -212,11 +212,14 @@ def main() -> None:
         with torch.no_grad():
             ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
                                  pad_token_id=0)[:, ids.shape[1]:]
-        dec = StaticDecoder(model, rows, args.prompt_len, n, eos_ids=[], pad_id=0, temperature=0.0, top_p=1.0)
-        got = dec.generate(ids, mask)
-        same_rows = (ref == got).all(1).float().mean().item()
-        first_tokens = (ref[:, :8] == got[:, :8]).float().mean().item()
-        out["greedy_agreement"] = {"rows_identical": same_rows, "first8_tokens_equal": first_tokens}
+        out["greedy_agreement"] = {}
+        for compile_step in (False, True) if any(name.startswith("w-") for name in wanted) else (False,):
+            dec = StaticDecoder(model, rows, args.prompt_len, n, eos_ids=[], pad_id=0, temperature=0.0, top_p=1.0,
+                                compile_step=compile_step)
+            got = dec.generate(ids, mask)
+            out["greedy_agreement"]["compiled step" if compile_step else "graph"] = {
+                "rows_identical": (ref == got).all(1).float().mean().item(),
+                "first8_tokens_equal": (ref[:, :8] == got[:, :8]).float().mean().item()}
     except Exception as e:
         out["greedy_agreement"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     print(json.dumps(out, indent=1))

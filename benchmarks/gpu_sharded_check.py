@@ -57,14 +57,17 @@ def run(out: Path, model: Path, device: str, steps: int, processes: int, preset:
         cmd += ["--set", f"{key}={value}"]
     if preset:
         cmd += ["--launch-config", preset, "--num-processes", str(processes)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "POBENCH_DEBUG": "1",
            "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
     result = {"preset": preset or "none", "processes": processes, "rc": proc.returncode,
               "wall_s": round(time.perf_counter() - started, 1)}
     if proc.returncode != 0:
-        result["error"] = (proc.stderr or proc.stdout)[-2000:]
+        # the launcher's own traceback ends stderr; the rank's error (with POBENCH_DEBUG=1, its traceback) is above it
+        text = proc.stderr or proc.stdout
+        launcher = text.find("failed (exitcode")
+        result["error"] = text[:launcher][-6000:] if launcher > 0 else text[-6000:]
         return result
     folder = out / "hh-rlhf" / "dpo" / "seed1"
     result["rows"] = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]

@@ -427,14 +427,14 @@ def test_the_whole_decode_step_traces_as_one_graph(model, tokenizer, prompts, te
     import torch._dynamo as dynamo
 
     from pobench.generation.hf import left_pad
-    from pobench.generation.static import StaticDecoder
+    from pobench.generation.static import StaticDecoder, grouped_decode_attention_in
     input_ids, mask = left_pad(prompts, tokenizer.pad_token_id, multiple=16)
     decoder = StaticDecoder(model, len(prompts), input_ids.shape[1], 4, [tokenizer.eos_token_id],
                             tokenizer.pad_token_id, temperature, 0.95, compile_step=True)   # compiled lazily: unused
     assert decoder.top_p_method == "sort"
     if decoder.keys is not None:
         decoder.keys.random_(0, 1 << 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
+    with torch.no_grad(), grouped_decode_attention_in(decoder.config):      # as _run_step traces it
         decoder._emit(decoder._prefill(input_ids, mask))
         report = dynamo.explain(decoder._decode_step)()
     assert report.graph_count == 1 and report.graph_break_count == 0, report.break_reasons
@@ -461,3 +461,53 @@ def test_selection_is_refused_where_the_step_is_captured_or_compiled(model, toke
     assert StaticDecoder(*args, use_graph=True).top_p_method == "sort"
     with pytest.raises(ValueError, match="select"):
         StaticDecoder(*args, compile_step=True, top_p_method="select")
+
+
+def test_blockwise_cumsum_gives_cumsums_sums():
+    from pobench.generation.static import blockwise_cumsum
+    g = torch.Generator().manual_seed(0)
+    wide = torch.rand(3, 5000, dtype=torch.float64, generator=g)               # not a multiple of the block
+    assert torch.allclose(blockwise_cumsum(wide, block=1024), wide.cumsum(-1), rtol=1e-12, atol=0)
+    narrow = torch.rand(2, 700, generator=g)
+    assert torch.equal(blockwise_cumsum(narrow), narrow.cumsum(-1))             # one block: the plain cumsum
+    exact = torch.ones(2, 3000, dtype=torch.float64)
+    assert torch.equal(blockwise_cumsum(exact, block=512)[:, -1], torch.full((2,), 3000.0, dtype=torch.float64))
+
+
+def test_grouped_decode_attention_is_sdpa_without_copying_the_cache(model):
+    """One query token, 4 query heads on 2 key/value heads: the grouped form gives sdpa's output (which copies
+    each key/value head per query head), masked slots included; a query of several tokens goes to sdpa itself."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from pobench.generation.static import grouped_decode_attention
+    layer = model.model.layers[0].self_attn
+    assert layer.num_key_value_groups == 2
+    g = torch.Generator().manual_seed(1)
+    rows, slots, dim = 3, 10, layer.head_dim
+    key, value = (torch.randn(rows, 2, slots, dim, generator=g) for _ in range(2))
+    mask = torch.zeros(rows, 1, 1, slots)
+    mask[0, ..., :4] = torch.finfo(torch.float32).min                       # a left-padded row
+    mask[:, ..., 7:] = torch.finfo(torch.float32).min                       # slots not written yet
+    for tokens in (1, 2):
+        query = torch.randn(rows, 4, tokens, dim, generator=g)
+        m = mask.expand(rows, 1, tokens, slots)
+        want, _ = sdpa_attention_forward(layer, query, key, value, m, scaling=layer.scaling)
+        got, _ = grouped_decode_attention(layer, query, key, value, m, scaling=layer.scaling)
+        assert got.shape == want.shape == (rows, tokens, 4, dim)
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_decode_steps_attend_grouped_and_leave_sdpa_in_place(model, tokenizer, prompts, monkeypatch):
+    from pobench.generation import static
+    from pobench.generation.hf import left_pad
+    calls = []
+    grouped = static.grouped_decode_attention
+    monkeypatch.setattr(static, "grouped_decode_attention",
+                        lambda *a, **k: calls.append(a[1].shape) or grouped(*a, **k))
+    assert model.config._attn_implementation == "sdpa"
+    input_ids, mask = left_pad(prompts, tokenizer.pad_token_id, multiple=16)
+    decoder = static.StaticDecoder(model, len(prompts), input_ids.shape[1], 5, [], tokenizer.pad_token_id, 0.0, 1.0)
+    decoder.generate(input_ids, mask)
+    assert len(calls) == 4 * len(model.model.layers)                        # every decode step's every layer
+    assert all(shape[2] == 1 for shape in calls)                            # not the prefill
+    assert model.config._attn_implementation == "sdpa"                      # training attends as before

@@ -18,9 +18,11 @@ Needs transformers' StaticCache with an in-place `cumulative_length` (transforme
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 
 import torch
+import torch.nn.functional as F
 
 
 def supported(model) -> bool:
@@ -33,6 +35,19 @@ def supported(model) -> bool:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     params = inspect.signature(base.forward).parameters
     return "cache" in params and "logits_to_keep" in params and hasattr(StaticLayer(8), "cumulative_length")
+
+
+def blockwise_cumsum(values: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """`values.cumsum(-1)`, summed in blocks of `block` entries and the blocks' totals carried over (the same sums up
+    to rounding). One scan over a 150k vocabulary did not compile on CUDA (torch 2.11's inductor failed in its
+    split-scan codegen, measured on an H200); two short scans do. Every path uses this, so eager and compiled steps
+    add in the same order."""
+    width = values.shape[-1]
+    if width <= block:
+        return values.cumsum(-1)
+    blocks = F.pad(values, (0, (-width) % block)).unflatten(-1, (-1, block)).cumsum(-1)   # zeros pad: add nothing
+    carried = F.pad(blocks[..., :-1, -1].cumsum(-1), (1, 0))          # what the blocks before each one sum to
+    return (blocks + carried[..., None]).flatten(-2)[..., :width]
 
 
 def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", iters: int = 40,
@@ -75,7 +90,7 @@ def _crossing(sorted_probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, t
     """From probabilities sorted in descending order (a row's largest, or all of them): the crossing token's
     probability and how many tokens are kept, both [rows, 1]. A token is kept while the mass before it is below
     top_p, so the first always is."""
-    kept = ((sorted_probs.cumsum(-1) - sorted_probs) < top_p).sum(-1, keepdim=True)
+    kept = ((blockwise_cumsum(sorted_probs) - sorted_probs) < top_p).sum(-1, keepdim=True)
     return sorted_probs.gather(-1, kept - 1), kept
 
 
@@ -110,12 +125,49 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, method
     if top_p < 1:
         probs = torch.where(probs >= top_p_threshold(probs, top_p, method), probs, 0.0)
     wide = torch.float32 if probs.device.type == "mps" else torch.float64    # MPS has no float64
-    cdf = probs.to(wide).cumsum(-1)
+    cdf = blockwise_cumsum(probs.to(wide))
     u = torch.rand(probs.shape[0], dtype=wide, device=probs.device) if keys is None else key_uniforms(keys)
     target = u.to(probs.device, wide)[:, None] * cdf[:, -1:]
     # The first token whose cumulative mass reaches the target; tokens outside the nucleus add nothing to the sum,
     # so they are never the first to reach it.
     return (cdf < target).sum(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+GROUPED_DECODE_ATTENTION = "pobench_grouped_decode"
+
+
+def grouped_decode_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """SDPA for one query token with each key/value head's group of query heads stacked as queries, so the cache is
+    read as it is stored, not copied once per query head (`repeat_kv`). transformers' sdpa does this for one token
+    too, but not while dynamo traces (it copies there), and the compiled decode step is traced: at batch 64 those
+    copies are about 2 GB a token for a 0.5B model with a 384-slot cache. Anything else goes to transformers' sdpa.
+    Same inputs and output layout as any transformers attention function."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    groups = getattr(module, "num_key_value_groups", 1)
+    rows, heads, tokens, dim = query.shape
+    if tokens != 1 or groups == 1 or kwargs.get("position_bias") is not None or (
+            attention_mask is not None and attention_mask.shape[1] != 1):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    grouped = query.reshape(rows, heads // groups, groups, dim)        # head h attends with key/value head h // groups
+    out = F.scaled_dot_product_attention(grouped, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.reshape(rows, heads, 1, value.shape[-1]).transpose(1, 2), None
+
+
+@contextlib.contextmanager
+def grouped_decode_attention_in(config):
+    """While decode steps run (and are captured or compiled), a model on sdpa attends with
+    grouped_decode_attention; its configuration is restored after, so training and prefill keep sdpa."""
+    if config._attn_implementation != "sdpa":
+        yield
+        return
+    from transformers import AttentionInterface
+    AttentionInterface.register(GROUPED_DECODE_ATTENTION, grouped_decode_attention)
+    config._attn_implementation = GROUPED_DECODE_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = "sdpa"
 
 
 def _mask_value(dtype: torch.dtype) -> float:
@@ -157,6 +209,7 @@ class StaticDecoder:
                              "compiled step (use 'sort' or 'bisect')")
         self.capacity = prompt_width + max_new_tokens
         config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
+        self.config = config
         self.cache = StaticCache(config=config, max_cache_len=self.capacity)
         dev = self.device
         # State the decode step reads and advances in place (static addresses: the graph holds these pointers).
@@ -214,12 +267,13 @@ class StaticDecoder:
         self.cursor.add_(1)
 
     def _run_step(self) -> None:
-        if not self.compile_step:
-            return self._decode_step()
-        # Every decoder (one per prompt shape) is a new compilation of the same code; dynamo's default limit of 8
-        # per code object would silently send later shapes back to eager steps.
-        with torch._dynamo.config.patch(recompile_limit=max(64, torch._dynamo.config.recompile_limit)):
-            self._step()
+        with grouped_decode_attention_in(self.config):
+            if not self.compile_step:
+                return self._decode_step()
+            # Every decoder (one per prompt shape) is a new compilation of the same code; dynamo's default limit of
+            # 8 per code object would silently send later shapes back to eager steps.
+            with torch._dynamo.config.patch(recompile_limit=max(64, torch._dynamo.config.recompile_limit)):
+                self._step()
 
     def _capture(self) -> None:
         """Capture `_decode_step` as a CUDA graph. Warm-up runs happen on a side stream first (as CUDA graph capture
