@@ -220,6 +220,8 @@ def main() -> None:
             out["greedy_agreement"]["compiled step" if compile_step else "graph"] = {
                 "rows_identical": (ref == got).all(1).float().mean().item(),
                 "first8_tokens_equal": (ref[:, :8] == got[:, :8]).float().mean().item()}
+            if args.json:                                  # before the next compilation: a timeout keeps it
+                Path(args.json).write_text(json.dumps(out, indent=1))
     except Exception as e:
         out["greedy_agreement"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
     print(json.dumps(out, indent=1))

@@ -490,3 +490,26 @@ def test_four_processes_match_one_process(tmp_path, tiny_model_dir, one_process_
     distributed = {"ddp": "DistributedType.MULTI_CPU", "fsdp": "DistributedType.FSDP",
                    "deepspeed-zero3": "DistributedType.DEEPSPEED"}[preset]
     _sharded_run_matches_one_process(tmp_path, tiny_model_dir, one_process_dpo, launch_args, distributed, processes=4)
+
+
+def test_gathered_weights_go_to_the_cpu_only_where_fsdp_sharded_them(tmp_path):
+    """A one-GPU launch of the fsdp preset failed when the checkpoint gathered the weights: FSDP on one process
+    runs NO_SHARD, and torch refuses offload_to_cpu there. A real FSDP wrap at world size 1 reports NO_SHARD, so the
+    offload is off; it stays on for sharded weights on a GPU and off on a CPU device."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+    from torch.distributed.fsdp import ShardingStrategy
+
+    from pobench.engine.distributed import offload_gathered_weights
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        wrapped = FSDP(torch.nn.Linear(4, 4), sharding_strategy=ShardingStrategy.FULL_SHARD,
+                       device_id=torch.device("cpu"))
+        assert wrapped.sharding_strategy == ShardingStrategy.NO_SHARD          # FSDP's own switch at world size 1
+        assert not offload_gathered_weights(torch.device("cuda"), wrapped.sharding_strategy)
+    finally:
+        dist.destroy_process_group()
+    assert offload_gathered_weights(torch.device("cuda"), ShardingStrategy.FULL_SHARD)
+    assert offload_gathered_weights(torch.device("cuda"), ShardingStrategy.SHARD_GRAD_OP)
+    assert not offload_gathered_weights(torch.device("cpu"), ShardingStrategy.FULL_SHARD)

@@ -20,8 +20,9 @@ from pobench.registry import algorithm_defaults, get_algorithm, load_suite
 TIME_KEYS = {"time_s", "step_time_s", "tokens_per_s", "pairs_per_s", "peak_mem_gb"}
 
 
-def make_cfg(model_dir, algo="dpo", algorithm=None, data_path="sample", pool=None, **train):
-    overrides = {"model": {"name_or_path": str(model_dir)}, "algorithm": algorithm or {}, "pool": pool or {},
+def make_cfg(model_dir, algo="dpo", algorithm=None, data_path="sample", pool=None, model=None, **train):
+    overrides = {"model": {"name_or_path": str(model_dir), **(model or {})}, "algorithm": algorithm or {},
+                 "pool": pool or {},
                  "data": {"path": data_path, "max_train_records": 48, "eval_size": 8,
                           "schema": "hh" if data_path == "sample" else "auto"},
                  "train": {"max_steps": 4, "batch_size": 4, "eval_every": 2, "lr": 1e-3,
@@ -31,8 +32,8 @@ def make_cfg(model_dir, algo="dpo", algorithm=None, data_path="sample", pool=Non
 
 
 def run_train(tmp: Path, model_dir, algo="dpo", resume=False, cache=None, algorithm=None, data_path="sample",
-              pool=None, **train):
-    cfg, algorithm = make_cfg(model_dir, algo, algorithm, data_path, pool, **train)
+              pool=None, model=None, **train):
+    cfg, algorithm = make_cfg(model_dir, algo, algorithm, data_path, pool, model, **train)
     data = load_suite_data(cfg.data, cfg.seed)
     tmp.mkdir(parents=True, exist_ok=True)
     return T.train(cfg, algorithm, data, tmp, cache or tmp / "cache", resume=resume), cfg

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pobench.rewards import register_gold
 from pobench.sampling.pools import PoolStore
-from test_engine import metrics, run_train
+from test_engine import make_cfg, metrics, run_train
 
 
 @register_gold("test-length")
@@ -175,3 +175,29 @@ def test_a_pool_generated_through_vllm_comes_from_the_reference_and_is_stored_ap
     stores = sorted((cache / "pools").glob("*.jsonl"))
     assert len(stores) == 2 and all(len(PoolStore(s).entries) == 4 for s in stores)
     assert all(r["sampler/pool_size"] == 4 for r in metrics(tmp_path / "vllm"))
+
+
+def test_compile_decoding_reaches_every_generation(tmp_path, tiny_model_dir, monkeypatch):
+    """`model.compile_decoding` is handed to a generated pool's, an OnMC-PO refresh's and the evaluation's
+    generation (on the CPU the plain path ignores it; on CUDA the static decoder compiles its step)."""
+    import pobench.generation as G
+    from pobench.eval.runner import generation_config
+    seen = []
+    real = G.get_backend
+
+    def spy(name, model, tokenizer, **kw):
+        backend = real(name, model, tokenizer, **kw)
+        generate = backend.generate
+        backend.generate = lambda prompt_ids, cfg=None: seen.append((name, cfg.compile)) or generate(prompt_ids, cfg)
+        return backend
+
+    monkeypatch.setattr(G, "get_backend", spy)
+    compiled = {"compile_decoding": True}
+    pool = {"source": "generated", "reward_model": "gold:test-chars", "num_samples": 2, "max_new_tokens": 4}
+    run_train(tmp_path / "mcpo", tiny_model_dir, algo="mcpo", pool=pool, model=compiled,
+              **{**pool_overrides(tmp_path / "cache"), "max_steps": 1})
+    run_train(tmp_path / "onmcpo", tiny_model_dir, algo="onmcpo", algorithm={"num_candidates": 2}, model=compiled,
+              pool={"reward_model": "gold:test-length", "max_new_tokens": 4}, max_steps=1, batch_size=2)
+    assert len(seen) == 2 and all(flag for _, flag in seen)
+    assert generation_config(make_cfg(tiny_model_dir, model=compiled)[0]).compile
+    assert not generation_config(make_cfg(tiny_model_dir)[0]).compile

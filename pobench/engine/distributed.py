@@ -227,6 +227,17 @@ class _UnwrappedNames:
             yield name, p
 
 
+def offload_gathered_weights(device, sharding_strategy) -> bool:
+    """Whether FSDP's gathered weights go to the CPU for the checkpoint (so the gathered model never sits on the GPU
+    whole). Not on a CPU compute device: torch's offload there "moves" the weights to the CPU (a no-op) and then
+    frees them, leaving parameters with empty storage (seen with torch 2.13, gloo). Not when nothing is sharded:
+    FSDP on one process runs NO_SHARD (it switches by itself at world size 1), where torch refuses the offload
+    ("offload_to_cpu=True and NO_SHARD is not supported yet": a one-GPU launch of the fsdp preset, H200, torch 2.11)
+    and the full weights are on the device already."""
+    from torch.distributed.fsdp import ShardingStrategy
+    return device.type != "cpu" and sharding_strategy != ShardingStrategy.NO_SHARD
+
+
 @contextlib.contextmanager
 def full_weights(accelerator, wrapped):
     """Entered by every rank; yields the policy model whose `named_parameters()` the checkpoint code reads, holding
@@ -236,9 +247,7 @@ def full_weights(accelerator, wrapped):
     policy = accelerator.unwrap_model(wrapped).model
     if accelerator.distributed_type == DistributedType.FSDP:
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-        # offload_to_cpu only off a CPU: on a CPU compute device torch's offload "moves" the gathered weights to the
-        # CPU (a no-op) and then frees them, leaving parameters with empty storage (seen with torch 2.13, gloo)
-        offload = accelerator.device.type != "cpu"
+        offload = offload_gathered_weights(accelerator.device, getattr(wrapped, "sharding_strategy", None))
         with FSDP.summon_full_params(wrapped, writeback=False, rank0_only=True, offload_to_cpu=offload):
             yield _UnwrappedNames(policy)
     elif accelerator.distributed_type == DistributedType.DEEPSPEED and \

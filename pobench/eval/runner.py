@@ -118,7 +118,8 @@ def generation_config(cfg, n: int = 1, pure: bool = False):
     from pobench.generation import GenerationConfig
     e = cfg.eval
     return GenerationConfig(n=n, temperature=1.0 if pure else e.temperature, top_p=1.0 if pure else e.top_p,
-                            max_new_tokens=e.max_new_tokens, seed=e.seed, batch_size=e.batch_size)
+                            max_new_tokens=e.max_new_tokens, seed=e.seed, batch_size=e.batch_size,
+                            compile=cfg.model.compile_decoding)
 
 
 def decoding_record(cfg) -> dict:

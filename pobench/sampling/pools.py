@@ -104,7 +104,8 @@ def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]],
         return
     backend = get_backend(cfg.pool.backend, model, tokenizer)
     gen = GenerationConfig(n=cfg.pool.num_samples, temperature=cfg.pool.temperature, top_p=cfg.pool.top_p,
-                           max_new_tokens=cfg.pool.max_new_tokens, seed=cfg.pool.seed, batch_size=cfg.pool.batch_size)
+                           max_new_tokens=cfg.pool.max_new_tokens, seed=cfg.pool.seed, batch_size=cfg.pool.batch_size,
+                           compile=cfg.model.compile_decoding)
     # A call's prompts are appended to the store together: one decode batch of prompts per call, so a crash loses
     # at most one batch. Chunks are cut from the full prompt list, not from the missing prompts, so a chunk that a
     # crash left half-stored is made again whole, in the batch the uninterrupted run used, and only its missing
