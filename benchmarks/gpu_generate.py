@@ -14,8 +14,9 @@ pool recipe, pobench's default) on both sides, no top_k; no EOS is set, so every
              sorting each row)
   pobench-bisect  the nucleus found by bisection on the probability threshold instead of a sort
   pobench-greedy  greedy decoding: the forward pass alone, the ceiling for sampling
-  w-sort, w-bisect, w-greedy  the same with the whole decode step compiled once (all layers unrolled, sampling
-             and bookkeeping included: StaticDecoder(compile_step=True), GenerationConfig(compile=True))
+  w-sort, w-bisect, w-kary, w-greedy  the same with the whole decode step compiled once (all layers unrolled,
+             sampling and bookkeeping included: StaticDecoder(compile_step=True), GenerationConfig(compile=True));
+             w-kary finds the nucleus by a 16-way search (10 rounds of 15 masked sums)
   c-sort, c-bisect, c-greedy  the same after torch.compile of every decoder layer (c-bisect also compiles the
              sampling function), still replayed as one CUDA graph per step
   name@64    a decoder at that batch only (a compiled step costs one compilation per batch)
@@ -58,7 +59,7 @@ def sync() -> None:
 DECODERS = [("pobench", 0.8, "sort", False, False), ("pobench-bisect", 0.8, "bisect", False, False),
             ("pobench-greedy", 0.0, "sort", False, False),
             ("w-sort", 0.8, "sort", False, True), ("w-bisect", 0.8, "bisect", False, True),
-            ("w-greedy", 0.0, "sort", False, True),
+            ("w-kary", 0.8, "kary", False, True), ("w-greedy", 0.0, "sort", False, True),
             ("c-sort", 0.8, "sort", False, False), ("c-bisect", 0.8, "bisect", True, False),
             ("c-greedy", 0.0, "sort", False, False)]
 

@@ -20,7 +20,7 @@ python -c "import torch, transformers; print(torch.__version__, transformers.__v
 export PYTHONUNBUFFERED=1
 # 1. generation at batch 64 and 256: plain generate, the backend as pools use it (auto batch), the graph-replayed
 #    decoder, and the whole step compiled (one compilation per batch: w-greedy, the forward-only ceiling, at 64 only)
-timeout 330 python benchmarks/gpu_generate.py --decoders backend,pobench@64,w-sort,w-bisect,w-greedy@64 \
+timeout 360 python benchmarks/gpu_generate.py --decoders backend,pobench@64,w-sort,w-kary,w-greedy@64 \
   --json "$OUT/gen.json" > "$OUT/gen.log" 2>&1; echo "gpu_generate rc=$?" | tee -a "$OUT/gpu.txt"
 grep -E "^(64|256|backend) " "$OUT/gen.log"
 

@@ -381,17 +381,19 @@ def test_fast_auto_is_plain_generate_on_cpu(model, tokenizer):
 
 
 @pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])
-def test_the_three_nucleus_searches_keep_the_same_tokens(scale):
+def test_the_nucleus_searches_keep_the_same_tokens(scale):
     """From nearly flat (a random model's) to very peaked distributions, rows x 5000 tokens, several top_p: the
     bisection keeps the sort's tokens, and selection gives the sort's threshold to the bit, whether a row's nucleus
-    fits in the selected tokens or needs the full sort (select=64 forces both kinds of rows)."""
+    fits in the selected tokens or needs the full sort (select=64 forces both kinds of rows). The 16-way search
+    keeps the sort's tokens too."""
     from pobench.generation.static import top_p_keep, top_p_threshold
     g = torch.Generator().manual_seed(3)
     probs = (torch.randn(16, 5000, generator=g) * scale).softmax(-1)
     for top_p in (0.5, 0.9, 0.95, 0.999):
         by_sort = top_p_keep(probs, top_p, "sort")
-        bisect = top_p_keep(probs, top_p, "bisect")
-        assert torch.equal(bisect, by_sort), (scale, top_p, (bisect != by_sort).sum().item())
+        for method in ("bisect", "kary"):
+            searched = top_p_keep(probs, top_p, method)
+            assert torch.equal(searched, by_sort), (method, scale, top_p, (searched != by_sort).sum().item())
         for select in (64, 1024):
             assert torch.equal(top_p_threshold(probs, top_p, "select", select=select),
                                top_p_threshold(probs, top_p, "sort"))
@@ -420,8 +422,8 @@ def test_static_decoder_on_a_peft_model_with_a_trained_adapter(model, tokenizer,
         prompts, GenerationConfig(temperature=0, max_new_tokens=10, fast="off")))
 
 
-@pytest.mark.parametrize("temperature", [0.8, 0.0])
-def test_the_whole_decode_step_traces_as_one_graph(model, tokenizer, prompts, temperature):
+@pytest.mark.parametrize("temperature, method", [(0.8, None), (0.8, "kary"), (0.0, None)])
+def test_the_whole_decode_step_traces_as_one_graph(model, tokenizer, prompts, temperature, method):
     """`compile=True` compiles the decode step whole (forward over every layer, sampling, EOS bookkeeping); a graph
     break would split it into pieces and lose the fusion it is for. Dynamo's tracer alone, no code generation."""
     import torch._dynamo as dynamo
@@ -430,8 +432,9 @@ def test_the_whole_decode_step_traces_as_one_graph(model, tokenizer, prompts, te
     from pobench.generation.static import StaticDecoder, grouped_decode_attention_in
     input_ids, mask = left_pad(prompts, tokenizer.pad_token_id, multiple=16)
     decoder = StaticDecoder(model, len(prompts), input_ids.shape[1], 4, [tokenizer.eos_token_id],
-                            tokenizer.pad_token_id, temperature, 0.95, compile_step=True)   # compiled lazily: unused
-    assert decoder.top_p_method == "sort"
+                            tokenizer.pad_token_id, temperature, 0.95, compile_step=True,   # compiled lazily: unused
+                            top_p_method=method)
+    assert decoder.top_p_method == (method or "sort")
     if decoder.keys is not None:
         decoder.keys.random_(0, 1 << 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad(), grouped_decode_attention_in(decoder.config):      # as _run_step traces it

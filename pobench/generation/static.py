@@ -51,7 +51,7 @@ def blockwise_cumsum(values: torch.Tensor, block: int = 1024) -> torch.Tensor:
 
 
 def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", iters: int = 40,
-                    select: int = 1024) -> torch.Tensor:
+                    select: int = 1024, ways: int = 16) -> torch.Tensor:
     """[rows, 1] probability of the token that takes the nucleus's mass to top_p (transformers' TopPLogitsWarper
     keeps the most probable tokens until their mass reaches top_p, that token included). The nucleus is
     `probs >= threshold`: tokens tied with the crossing token are all kept, whatever order a sort puts ties in, so
@@ -67,7 +67,11 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", i
       decoding only.
     - "bisect": the largest t with mass(p >= t) >= top_p, by bisection on t, each step one masked sum over the row;
       `iters` = 40 halvings of [0, max p] resolve t to max p / 2^40, far below float32's spacing of any
-      probabilities that could matter. No sort and no host: for a compiled decode step."""
+      probabilities that could matter. No sort and no host: for a compiled decode step.
+    - "kary": the bisection's search, `ways`-ary: each round the masses at `ways` - 1 thresholds spread over
+      [lo, hi], so 16 ways resolve as finely as 40 halvings in 10 rounds. A round is 15 masked sums over the same
+      row, which a compiler can make one pass; eager, it is the slowest. Measured compiled on a GPU by
+      `benchmarks/gpu_generate.py` (`w-kary`): compiled, the 40 halvings cost more than the sort (H200)."""
     if method == "select" and select < probs.shape[-1]:
         threshold, kept = _crossing(probs.topk(select, dim=-1).values, top_p)
         wide = (kept.squeeze(-1) == select).nonzero().squeeze(-1)
@@ -78,11 +82,30 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", i
         return _crossing(probs.sort(dim=-1, descending=True).values, top_p)[0]
     lo = torch.zeros_like(probs[:, :1])
     hi = probs.amax(-1, keepdim=True)
+    if method == "kary":
+        return _kary_threshold(probs, top_p, lo, hi, ways, rounds=-(-iters // (ways.bit_length() - 1)))
+    if method != "bisect":
+        raise ValueError(f"top_p method {method!r}: one of select, sort, bisect, kary")
     for _ in range(iters):
         mid = (lo + hi) * 0.5
         enough = torch.where(probs >= mid, probs, 0.0).sum(-1, keepdim=True) >= top_p
         lo = torch.where(enough, mid, lo)
         hi = torch.where(enough, hi, mid)
+    return lo
+
+
+def _kary_threshold(probs: torch.Tensor, top_p: float, lo: torch.Tensor, hi: torch.Tensor, ways: int,
+                    rounds: int) -> torch.Tensor:
+    """The largest t with mass(p >= t) >= top_p, narrowed `ways`-fold a round. mass(p >= t) falls as t rises, so
+    the thresholds with enough mass are the first `enough` of the grid: lo moves to the last of them, hi to the next.
+    lo keeps enough mass throughout (0 has all of it)."""
+    fractions = torch.arange(1, ways, device=probs.device, dtype=probs.dtype) / ways
+    for _ in range(rounds):
+        grid = lo + (hi - lo) * fractions                                      # [rows, ways - 1], ascending
+        mass = torch.stack([torch.where(probs >= grid[:, j:j + 1], probs, 0.0).sum(-1) for j in range(ways - 1)], -1)
+        enough = (mass >= top_p).sum(-1, keepdim=True)
+        lo, hi = (torch.where(enough > 0, grid.gather(-1, (enough - 1).clamp(min=0)), lo),
+                  torch.where(enough < ways - 1, grid.gather(-1, enough.clamp(max=ways - 2)), hi))
     return lo
 
 
@@ -205,6 +228,8 @@ class StaticDecoder:
         # "select" asks the host which rows need a full sort: fine for eager steps, impossible inside a graph.
         traced = self.use_graph or compile_step or compile_sampling
         self.top_p_method = top_p_method or ("sort" if traced else "select")
+        if self.top_p_method not in ("select", "sort", "bisect", "kary"):
+            raise ValueError(f"top_p_method {self.top_p_method!r}: one of select, sort, bisect, kary")
         if self.top_p_method == "select" and traced:
             raise ValueError("top_p_method='select' synchronises with the host: not inside a CUDA graph or a "
                              "compiled step (use 'sort' or 'bisect')")
