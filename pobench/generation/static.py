@@ -70,8 +70,9 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", i
       probabilities that could matter. No sort and no host: for a compiled decode step.
     - "kary": the bisection's search, `ways`-ary: each round the masses at `ways` - 1 thresholds spread over
       [lo, hi], so 16 ways resolve as finely as 40 halvings in 10 rounds. A round is 15 masked sums over the same
-      row, which a compiler can make one pass; eager, it is the slowest. Measured compiled on a GPU by
-      `benchmarks/gpu_generate.py` (`w-kary`): compiled, the 40 halvings cost more than the sort (H200)."""
+      row, which a compiler can make one pass; eager, it is the slowest. It exists because the 40 halvings,
+      compiled, cost more than the sort on an H200 (benchmarks/GPU.md); `w-kary` in benchmarks/gpu_generate.py
+      measures it, not yet on a GPU."""
     if method == "select" and select < probs.shape[-1]:
         threshold, kept = _crossing(probs.topk(select, dim=-1).values, top_p)
         wide = (kept.squeeze(-1) == select).nonzero().squeeze(-1)
