@@ -48,8 +48,8 @@ class ModelConfig:
     compile: bool = False          # torch.compile each decoder layer (GPU: 1.5x step throughput measured, see
                                    # benchmarks/GPU.md; compiling takes ~15 s at the first step)
     compile_decoding: bool = False  # generation on CUDA (pools, OnMC-PO refreshes, evaluation) compiles each decode
-                                   # step whole: 1.8x the new tokens/s at batch 64, 1.5x at 256 (H200, 0.5B model,
-                                   # benchmarks/GPU.md), but 35-50 s of compilation per batch shape, so it pays on
+                                   # step whole: 24.4k against 13.5k new tokens/s at batch 64 (H200, 0.5B model,
+                                   # benchmarks/GPU.md), but 30-50 s of compilation per batch shape, so it pays on
                                    # long generation only. Same sampling distribution and seeds as without.
     lora_r: int = 0                # 0 = full fine-tuning; >0 = LoRA (the reference is the adapter-disabled policy)
     lora_alpha: int = 16

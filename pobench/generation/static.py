@@ -233,7 +233,7 @@ class StaticDecoder:
             raise ValueError(f"top_p_method {self.top_p_method!r}: one of select, sort, bisect, kary")
         if self.top_p_method == "select" and traced:
             raise ValueError("top_p_method='select' synchronises with the host: not inside a CUDA graph or a "
-                             "compiled step (use 'sort' or 'bisect')")
+                             "compiled step (use 'sort', 'bisect' or 'kary')")
         self.capacity = prompt_width + max_new_tokens
         config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
         self.config = config
