@@ -50,6 +50,9 @@ def blockwise_cumsum(values: torch.Tensor, block: int = 1024) -> torch.Tensor:
     return (blocks + carried[..., None]).flatten(-2)[..., :width]
 
 
+TOP_P_METHODS = ("select", "sort", "bisect", "kary")   # see top_p_threshold
+
+
 def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", iters: int = 40,
                     select: int = 1024, ways: int = 16) -> torch.Tensor:
     """[rows, 1] probability of the token that takes the nucleus's mass to top_p (transformers' TopPLogitsWarper
@@ -86,7 +89,7 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", i
     if method == "kary":
         return _kary_threshold(probs, top_p, lo, hi, ways, rounds=-(-iters // (ways.bit_length() - 1)))
     if method != "bisect":
-        raise ValueError(f"top_p method {method!r}: one of select, sort, bisect, kary")
+        raise ValueError(f"top_p method {method!r}: one of {', '.join(TOP_P_METHODS)}")
     for _ in range(iters):
         mid = (lo + hi) * 0.5
         enough = torch.where(probs >= mid, probs, 0.0).sum(-1, keepdim=True) >= top_p
@@ -229,8 +232,8 @@ class StaticDecoder:
         # "select" asks the host which rows need a full sort: fine for eager steps, impossible inside a graph.
         traced = self.use_graph or compile_step or compile_sampling
         self.top_p_method = top_p_method or ("sort" if traced else "select")
-        if self.top_p_method not in ("select", "sort", "bisect", "kary"):
-            raise ValueError(f"top_p_method {self.top_p_method!r}: one of select, sort, bisect, kary")
+        if self.top_p_method not in TOP_P_METHODS:
+            raise ValueError(f"top_p method {self.top_p_method!r}: one of {', '.join(TOP_P_METHODS)}")
         if self.top_p_method == "select" and traced:
             raise ValueError("top_p_method='select' synchronises with the host: not inside a CUDA graph or a "
                              "compiled step (use 'sort', 'bisect' or 'kary')")
