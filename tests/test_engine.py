@@ -60,6 +60,28 @@ def test_sequence_logps_match_full_logits(tiny_model_dir):
         assert counts.tolist() == want_counts.tolist() == [5, 11, 1, 9, 2, 4]
 
 
+def test_output_layer_gradient_is_the_same_every_time():
+    """Two `pobench run`s of one seed on the 2-core CPU parted in the last bits of the (tied) output layer's gradient
+    from step 1: indexing the layer's rows by the target tokens adds repeated targets with threaded atomics in its
+    backward. Many repeated targets, as in a real batch, and enough work that torch splits it over threads."""
+    from pobench.engine.logps import token_logps
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        g = torch.Generator().manual_seed(0)
+        head = torch.nn.Linear(64, 50, bias=True)
+        hidden = torch.randn(4096, 64, generator=g, requires_grad=True)
+        targets = torch.randint(0, 50, (4096,), generator=g)
+        grads = set()
+        for _ in range(8):
+            head.zero_grad()
+            token_logps(hidden, targets, head, chunk=1024).sum().backward()
+            grads.add((head.weight.grad.numpy().tobytes(), head.bias.grad.numpy().tobytes()))
+        assert len(grads) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_completion_mask_covers_completion_only(tiny_model_dir):
     from transformers import AutoTokenizer
     formatter = ChatFormatter(AutoTokenizer.from_pretrained(tiny_model_dir))

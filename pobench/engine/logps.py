@@ -13,6 +13,7 @@ once per completion.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pobench.data.tokenize import TokenizedPair
@@ -111,9 +112,12 @@ def token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, ch
         h = hidden[start:start + chunk]
         t = targets[start:start + chunk]
         logits = head(h)
-        target_logit = (h * weight[t]).sum(-1).float()
+        # F.embedding, not weight[t]: on a multi-threaded CPU indexing's backward adds repeated targets' rows with
+        # atomics, in whatever order the threads meet, so two runs of one seed parted in the last bits from step 1;
+        # embedding's backward sums them in a fixed order
+        target_logit = (h * F.embedding(t, weight)).sum(-1).float()
         if head.bias is not None:
-            target_logit = target_logit + head.bias[t].float()
+            target_logit = target_logit + F.embedding(t, head.bias[:, None]).squeeze(-1).float()
         out.append(target_logit - torch.logsumexp(logits.float(), dim=-1))
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
