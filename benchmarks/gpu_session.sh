@@ -37,10 +37,10 @@ for name, entry in report["presets"].items():
     print(entry.get("error", "")[-3000:])
 PY
 
-# 3. with FULL=1: the sampler alone (inverse CDF against the hashed Gumbel-max it replaced) and the training step
-#    (both measured on 2026-11-27, see GPU.md)
+# 3. with FULL=1: the sampler alone, compiled as the compiled step holds it (sort, bisection, 16-way search; the
+#    eager sampler was measured on 2026-11-27, see GPU.md), and the training step (measured then too)
 if [ "${FULL:-0}" = 1 ]; then
-  timeout 40 python benchmarks/sampling_step.py --device cuda --rows 64,256 --methods sort,bisect,select \
+  timeout 90 python benchmarks/sampling_step.py --device cuda --rows 64,256 --compile --methods sort,bisect,kary \
     --json "$OUT/sampling.json" > "$OUT/sampling.log" 2>&1; echo "sampling_step rc=$?" | tee -a "$OUT/gpu.txt"
   grep "^rows" "$OUT/sampling.log"
   timeout 60 python benchmarks/gpu_step.py --variants shared,compile --json "$OUT/step.json" > "$OUT/step.log" 2>&1

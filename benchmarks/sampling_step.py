@@ -3,6 +3,7 @@
     python benchmarks/sampling_step.py                        # CPU: 64 rows x 151,936 (Qwen2's vocabulary)
     python benchmarks/sampling_step.py --rows 16 --vocab 49152  # CPU, the default pool batch of SmolLM2
     python benchmarks/sampling_step.py --device cuda --rows 64,256 --methods sort,bisect --json sampling.json
+    python benchmarks/sampling_step.py --compile --methods sort,kary   # the sampler as a compiled step runs it
 
 Both draw temperature-then-top-p samples, each row from its own key per step (so a prompt's samples do not depend
 on its batch):
@@ -87,12 +88,15 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=3.0, help="logits ~ N(0, scale^2): 3 is flat as a random "
                     "model's output (a 0.95 nucleus of tens of thousands of tokens), 8 peaked")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the new sampler (one compilation per "
+                    "method and batch, outside the timing), as a compiled decode step holds it")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    new_sampler = torch.compile(sample_tokens, dynamic=False) if args.compile else sample_tokens
     device = torch.device(args.device)
     report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "threads": torch.get_num_threads(), "vocab": args.vocab,
-              "temperature": 0.8, "top_p": 0.95, "results": []}
+              "temperature": 0.8, "top_p": 0.95, "compiled": args.compile, "results": []}
     print(f"{report['device']}, torch {torch.__version__}, vocabulary {args.vocab}")
     for rows in map(int, args.rows.split(",")):
         g = torch.Generator().manual_seed(rows)
@@ -100,7 +104,7 @@ def main() -> None:
         keys = torch.randint(0, 1 << 32, (rows,), generator=g).to(device)
         for method in args.methods.split(","):
             samplers = {"old": lambda: old_sample_tokens(logits, 0.8, 0.95, keys),
-                        "new": lambda: sample_tokens(logits, 0.8, 0.95, method, keys)}
+                        "new": lambda: new_sampler(logits, 0.8, 0.95, method, keys)}
             times = {name: [] for name in samplers}
             for fn in samplers.values():
                 fn()                                                      # warm-up
@@ -112,7 +116,7 @@ def main() -> None:
                      "new_ms": round(ms["new"], 3), "old_over_new": round(ms["old"] / ms["new"], 2)}
             report["results"].append(entry)
             print(f"rows {rows:4d}, scale {args.scale}: old (hashed Gumbel, sort) {ms['old']:9.3f} ms; "
-                  f"new (inverse CDF, {method:6s}) {ms['new']:9.3f} ms; old/new {entry['old_over_new']:.2f}x")
+                  f"new (inverse CDF, {method:6s}{', compiled' if args.compile else ''}) {ms['new']:9.3f} ms; old/new {entry['old_over_new']:.2f}x")
             if args.json:
                 args.json.write_text(json.dumps(report, indent=2))
 
