@@ -40,15 +40,16 @@ def rows(run_dir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, tiny_model_dir):
-    """`pobench run` on the tiny model, evaluated at the end with the default judge (auto: a MiniLM reward model
-    trained, 2 steps here, on training pairs the run did not use)."""
+    """`pobench run` of DPO and SimPO on the tiny model, evaluated at the end with the default judge (auto: a MiniLM
+    reward model trained, 2 steps here, on training pairs the run did not use); the DPO run folder."""
     out = tmp_path_factory.mktemp("eval-cli") / "results"
-    cmd = [sys.executable, "-m", "pobench.cli", "run", "--algo", "dpo", "--model", str(tiny_model_dir), "--data",
+    cmd = [sys.executable, "-m", "pobench.cli", "run", "--algo", "dpo,simpo", "--model", str(tiny_model_dir), "--data",
            "sample", "--max-steps", "2", "--out", str(out), "--set", "data.max_train_records=16", "--set",
            "data.eval_size=4", "--set", "train.lr=1e-2", *EVAL_SETTINGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "against dpo: hh-rlhf" in proc.stdout   # the run ends with the paired comparison
     return out / "hh-rlhf" / "dpo" / "seed1"
 
 
@@ -69,6 +70,27 @@ def test_run_ends_with_eval_json_in_the_contract(finished_run):
         assert r["preference"] == pytest.approx(1 / (1 + math.exp(r["scores"]["reference"] - r["scores"]["policy"])))
     # the reference outputs are cached once for the suite, shared by every run
     assert Path(result["reference"]["store"]).is_file() and ".cache" in result["reference"]["store"]
+
+
+def test_report_pairs_simpo_with_dpo_prompt_by_prompt(finished_run):
+    """The two runs of seed 1 share eval prompts, reference outputs and judge, so the report pairs them on every
+    prompt and finds nothing unlike; its per-prompt difference is recomputed here from the two generations files."""
+    from pobench.report.build import build_report
+    results = finished_run.parents[2]
+    simpo = results / "hh-rlhf" / "simpo" / "seed1"
+    report, _, _ = build_report(results)
+    row = report["suites"][0]["versus"]["rows"][0]
+    assert report["suites"][0]["versus"]["baseline"] == "dpo" and row["algo"] == "simpo" and row["seeds"] == [1]
+    assert row["unlike_baseline"] == [] and row["unpaired_seeds"] == []
+    mine, base = rows(simpo), rows(finished_run)
+    assert [r["reference_output"] for r in mine] == [r["reference_output"] for r in base]
+    diffs = [a["preference"] - b["preference"] for a, b in zip(mine, base)]
+    paired = row["prompt_paired"]
+    assert paired["prompts"] == 4 and paired["difference"]["mean"] == pytest.approx(sum(diffs) / 4)
+    assert (paired["better"], paired["tied"], paired["worse"]) == (sum(d > 0 for d in diffs), sum(d == 0 for d in diffs),
+                                                                   sum(d < 0 for d in diffs))
+    ev = {name: json.loads((d / "eval.json").read_text()) for name, d in (("simpo", simpo), ("dpo", finished_run))}
+    assert row["delta"]["win_rate"]["mean"] == pytest.approx(ev["simpo"]["win_rate"] - ev["dpo"]["win_rate"])
 
 
 def test_auto_judge_never_trained_on_the_runs_pairs(finished_run):

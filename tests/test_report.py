@@ -352,3 +352,96 @@ def test_a_scoped_set_that_overrides_the_grid_is_refused(tmp_path, tiny_model_di
     assert isinstance(result.exception, PobenchError), result.output
     assert "--grid beta=0.1: dpo's algorithm.beta resolves to 0.2" in str(result.exception)
     assert not (tmp_path / "r").exists()   # refused before anything was written
+
+
+# -- against the baseline: paired by seed and by prompt ----------------------------------------------------
+def write_generations(run: Path, preferences: list, references: list[str] | None = None) -> None:
+    references = references or [f"reference answer {i}" for i in range(len(preferences))]
+    (run / "generations.jsonl").write_text("".join(
+        json.dumps({"index": i, "id": f"prompt-{i}", "prompt": f"q{i}", "output": "o", "reference_output": ref,
+                    "preference": p}) + "\n" for i, (p, ref) in enumerate(zip(preferences, references))))
+
+
+def seeded_results(root: Path) -> Path:
+    """3 seeds whose luck moves both algorithms alike (win rate 0.3, 0.5, 0.7 for dpo): mcpo is 0.04-0.06 better
+    at every seed, and better than dpo on 3 of 4 prompts, tied on one, at every seed."""
+    for seed, luck in zip((1, 2, 3), (0.3, 0.5, 0.7)):
+        gap = 0.03 + 0.01 * seed
+        for algo, win, time_per_pair in (("dpo", luck, 1.0), ("mcpo", luck + gap, 2.0)):
+            run = write_run(root, algo, seed, [0.5, 0.6], eval_json=new_eval(win, 0.6), time_per_pair=time_per_pair)
+            write_generations(run, [luck, luck, luck, luck] if algo == "dpo" else [luck + 0.1, luck + 0.2, luck, luck + 0.3])
+    return root
+
+
+def test_against_dpo_differences_are_paired_by_seed_and_prompt(tmp_path):
+    report, _, _ = build_report(seeded_results(tmp_path))
+    suite = report["suites"][0]
+    board = {r["algo"]: r["win_rate"] for r in suite["leaderboard"]}
+    assert board["mcpo"]["lo"] < board["dpo"]["hi"]   # unpaired, the seeds' luck hides the difference
+    row = suite["versus"]["rows"][0]
+    assert suite["versus"]["baseline"] == "dpo" and row["algo"] == "mcpo" and row["seeds"] == [1, 2, 3]
+    assert row["delta"]["win_rate"] == pytest.approx(mean_ci([0.04, 0.05, 0.06]))
+    assert row["delta"]["win_rate"]["lo"] > 0          # paired, it shows
+    assert row["time_ratio"]["mean"] == pytest.approx(2.0)
+    paired = row["prompt_paired"]   # per prompt, averaged over seeds: +0.1, +0.2, 0, +0.3
+    assert paired["difference"] == pytest.approx(mean_ci([0.1, 0.2, 0.0, 0.3]))
+    assert (paired["better"], paired["tied"], paired["worse"], paired["prompts"]) == (3, 1, 0, 4)
+    assert row["unlike_baseline"] == [] and row["unpaired_seeds"] == []
+    md = to_markdown(sections(report))
+    assert "### against dpo: hh-rlhf" in md
+    assert "| mcpo | 1,2,3 | +0.050 ± 0.025* |" in md   # 0.04, 0.05, 0.06: sd 0.01 * 4.303 / sqrt 3
+    assert "| 2.00 ± 0.00 | +0.150 ± 0.205 | 3/1/0 |" in md
+    import io
+    import pandas as pd
+    table = pd.read_csv(io.StringIO(to_csv(report))).set_index("algo")
+    assert table.loc["mcpo", "vs_win_rate_mean"] == pytest.approx(0.05) and table.loc["mcpo", "baseline"] == "dpo"
+    assert table.loc["mcpo", "vs_prompt_win_rate_mean"] == pytest.approx(0.15)
+    assert math.isnan(table.loc["dpo", "vs_win_rate_mean"])
+
+
+def test_against_dpo_names_what_is_unlike_the_baseline(tmp_path):
+    root = seeded_results(tmp_path)
+    run = root / "hh-rlhf" / "mcpo" / "seed1"
+    (run / "config.yaml").write_text("suite: hh-rlhf\nseed: 1\ndata:\n  max_train_records: 500\n"
+                                     "train:\n  lr: 1.0e-3\n  max_completion_length: 128\n")  # lr is free: tuned
+    summary = json.loads((run / "train_summary.json").read_text())
+    (run / "train_summary.json").write_text(json.dumps({**summary, "steps": 99}))
+    write_generations(run, [0.4, 0.5, 0.3, 0.6], references=["another answer"] + [f"reference answer {i}" for i in (1, 2, 3)])
+    write_run(root, "mcpo", 4, [0.5, 0.6], eval_json=new_eval(0.5, 0.6))
+    row = build_report(root)[0]["suites"][0]["versus"]["rows"][0]
+    assert row["seeds"] == [1, 2, 3] and row["unpaired_seeds"] == [4]
+    assert row["unlike_baseline"] == ["data.max_train_records 500 vs None", "train.max_completion_length 128 vs None",
+                                      "optimizer steps 99 vs 12", "reference outputs differ on 1 prompts"]
+    md = to_markdown(sections(build_report(root)[0]))
+    assert "unlike dpo" in md and "seeds only one has: 4" in md
+
+
+def test_baseline_option(tmp_path):
+    from typer.testing import CliRunner
+    from pobench.cli import app
+    root = seeded_results(tmp_path)
+    assert "### against mcpo: hh-rlhf" in to_markdown(sections(build_report(root, baseline="mcpo")[0]))
+    assert build_report(root, baseline="none")[0]["suites"][0]["versus"] is None
+    result = CliRunner().invoke(app, ["report", str(root), "--baseline", "none", "--format", "markdown"])
+    assert result.exit_code == 0 and "against" not in result.stdout
+    result = CliRunner().invoke(app, ["report", str(root), "--baseline", "ipo"])
+    assert isinstance(result.exception, PobenchError) and "--baseline ipo: no runs of that algorithm" in str(result.exception)
+    write_run(tmp_path / "other", "simpo", 1, [0.5, 0.6])   # no dpo run: the default compares nothing, silently
+    assert build_report(tmp_path / "other")[0]["suites"][0]["versus"] is None
+    (root / "hh-rlhf" / "mcpo" / "seed2" / "generations.jsonl").write_text('{"preference": 0.5}\n{"preference": 2}\n')
+    with pytest.raises(PobenchError, match=r"mcpo/seed2/generations.jsonl:2: 'preference' must be a number in \[0, 1\]"):
+        build_report(root)
+
+
+def test_pool_settings_must_match_only_between_algorithms_that_draw_from_a_pool(tmp_path):
+    for algo, samples in (("dpo", 4), ("mcpo", 8), ("rso", 16)):
+        run = write_run(tmp_path, algo, 1, [0.5, 0.6])
+        (run / "config.yaml").write_text(f"suite: hh-rlhf\nseed: 1\npool:\n  num_samples: {samples}\n")
+        if algo != "dpo":
+            summary = json.loads((run / "train_summary.json").read_text())
+            (run / "train_summary.json").write_text(json.dumps({**summary, "candidate_pool": {"prompts": 8}}))
+    against_dpo = build_report(tmp_path)[0]["suites"][0]["versus"]["rows"]
+    assert [r["unlike_baseline"] for r in against_dpo] == [[], []]   # DPO draws no pool: nothing to match
+    against_mcpo = {r["algo"]: r for r in build_report(tmp_path, baseline="mcpo")[0]["suites"][0]["versus"]["rows"]}
+    assert against_mcpo["rso"]["unlike_baseline"] == ["pool.num_samples 16 vs 8"]
+    assert against_mcpo["dpo"]["unlike_baseline"] == []

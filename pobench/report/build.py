@@ -7,12 +7,15 @@ from pobench.errors import PobenchError
 from pobench.report.collect import collect
 from pobench.report.convergence import DEFAULT_TARGET, accuracy_auc_by_run, convergence, matched_kl
 from pobench.report.leaderboard import about, grid_table, leaderboard, spread
+from pobench.report.versus import DEFAULT_BASELINE, NO_BASELINE, versus
 
 
 def build_report(root: Path, select: str = "acc", points: list[float] | None = None,
-                 target: float = DEFAULT_TARGET, suites: list[str] | None = None) -> tuple[dict, object, object]:
+                 target: float = DEFAULT_TARGET, suites: list[str] | None = None,
+                 baseline: str = DEFAULT_BASELINE) -> tuple[dict, object, object]:
     """(report, runs, curves): the report dict is what --format json prints; runs and curves (pandas) feed
-    the plots."""
+    the plots. `baseline`: the algorithm every other one is compared with, seed by seed ("none": no comparison;
+    the default, DPO, only in suites that have it)."""
     from pobench.report.grid import SELECT
     if select not in SELECT:
         raise PobenchError(f"--select {select}: choose one of {', '.join(SELECT)}")
@@ -25,7 +28,11 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
             raise PobenchError(f"{root}: no runs of suite '{unknown[0]}' (found: {', '.join(sorted(set(runs['suite'])))})")
         runs = runs[runs["suite"].isin(suites)]
         curves = curves[curves["suite"].isin(suites)]
-    report = {"results": str(root), "selection": {"metric": select, "target": target}, "suites": []}
+    if baseline not in (DEFAULT_BASELINE, NO_BASELINE) and baseline not in set(runs["algo"]):
+        raise PobenchError(f"--baseline {baseline}: no runs of that algorithm under {root} "
+                           f"(found: {', '.join(sorted(set(runs['algo'])))}; 'none' turns the comparison off)")
+    report = {"results": str(root), "selection": {"metric": select, "target": target},
+              "baseline": None if baseline == NO_BASELINE else baseline, "suites": []}
     for suite, suite_runs in runs.groupby("suite", sort=True):
         suite_curves = curves[curves["suite"] == suite]
         auc = accuracy_auc_by_run(suite_curves)
@@ -36,6 +43,7 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
             "leaderboard": leaderboard(suite_runs, chosen, spreads),
             "grid": grid_rows if any(s["points"] > 1 for s in spreads.values()) else [],
             "spread": spreads,
+            "versus": versus(suite_runs, chosen, baseline) if baseline != NO_BASELINE else None,
             "convergence": convergence(suite_curves, chosen, points, target),
             "matched_kl": matched_kl(suite_curves, chosen),
         })

@@ -35,6 +35,8 @@ def report(
     points: Optional[str] = typer.Option(None, "--points", help="pairs_seen points of the convergence tables "
                                          "(default: 4 evenly spaced up to the range every run covers)."),
     target: float = typer.Option(0.6, "--target", help="Held-out reward accuracy for 'pairs to target'."),
+    baseline: str = typer.Option("dpo", "--baseline", help="Compare every other algorithm with this one, seed by "
+                                 "seed and prompt by prompt (suites without it are skipped); 'none': no comparison."),
 ):
     """Leaderboards (mean and 95% CI over seeds), tuning grids, convergence tables, plots and an HTML report."""
     from pobench.report import render
@@ -43,7 +45,7 @@ def report(
     if format_ not in FORMATS:
         raise PobenchError(f"--format {format_}: choose one of {', '.join(FORMATS)}")
     suites = [s.strip() for s in suite.split(",") if s.strip()] if suite else None
-    rep, runs, curves = build_report(results, select, _points(points), target, suites)
+    rep, runs, curves = build_report(results, select, _points(points), target, suites, baseline)
     secs = render.sections(rep)
     written = []
     with tempfile.TemporaryDirectory() as tmp:  # html without --plots: the PNGs live only until embedded

@@ -9,6 +9,7 @@ import json
 
 from pobench.report.convergence import ACCURACY
 from pobench.report.leaderboard import METRICS
+from pobench.report.versus import DELTA_METRICS
 
 DIGITS = {"win_rate": 3, "lc_win_rate": 3, "reward_mean": 3, "kl": 3, "avg_length": 1, "held_out_acc": 3,
           "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "pairs_per_s": 2}
@@ -33,6 +34,16 @@ def fmt_ci(ci: dict, digits: int = 3) -> str:
     if ci.get("lo") is None:
         return f"{ci['mean']:.{digits}f}"
     return f"{ci['mean']:.{digits}f} ± {(ci['hi'] - ci['lo']) / 2:.{digits}f}"
+
+
+def fmt_delta(ci: dict, digits: int = 3) -> str:
+    """A signed difference; `*` marks an interval that excludes zero."""
+    if ci is None or ci.get("mean") is None:
+        return "-"
+    if ci.get("lo") is None:
+        return f"{ci['mean']:+.{digits}f}"
+    sure = "*" if ci["lo"] > 0 or ci["hi"] < 0 else ""
+    return f"{ci['mean']:+.{digits}f} ± {(ci['hi'] - ci['lo']) / 2:.{digits}f}{sure}"
 
 
 def fmt_point(p: float) -> str:
@@ -91,6 +102,47 @@ def grid_section(s: dict, select: str) -> Section:
     return Section(f"tuning grid: {s['suite']}", caption, columns, body)
 
 
+def versus_section(s: dict) -> Section | None:
+    v = s.get("versus")
+    if not v or not v["rows"]:
+        return None
+    base, rows = v["baseline"], v["rows"]
+    gridded = bool(s["grid"])
+    measured = [(c, l) for c, l in DELTA_METRICS if any(r["delta"].get(c, {}).get("mean") is not None for r in rows)]
+    labels = {c: (s["score_label"] if c == "reward_mean" else l) for c, l in measured}
+    has_prompts = any(r["prompt_paired"] for r in rows)
+    has_unlike = any(r["unlike_baseline"] or r["unpaired_seeds"] for r in rows)
+    caption = [f"each algorithm minus {base}"
+               + (f" (at its chosen grid point {v['grid_point'] or '(default)'})" if gridded else "")
+               + " at the same seed (same data order, held-out pairs, eval prompts, reference and judge), then "
+               "mean ± half-width of the 95% t-interval over those seeds; * = the interval excludes 0",
+               f"train time ×: the algorithm's training time over {base}'s, per seed"]
+    if has_prompts:
+        caption.append(f"per prompt: the judge's preference for the algorithm's output over the reference minus its "
+                       f"preference for {base}'s, averaged over seeds, t-interval over prompts (prompt and judge "
+                       f"noise; with one seed it says nothing of seed-to-seed spread); better/tied/worse: prompts")
+    if has_unlike:
+        caption.append(f"unlike {base}: what differs from {base}'s runs although a fair comparison needs it equal "
+                       f"(the numbers of such a row do not answer the question)")
+    columns = (["algo"] + (["grid point"] if gridded else []) + ["seeds"] + [f"Δ {labels[c]}" for c, _ in measured]
+               + ["train time ×"] + (["per prompt: Δ win rate", "better/tied/worse"] if has_prompts else [])
+               + ([f"unlike {base}"] if has_unlike else []))
+    body = []
+    for r in rows:
+        cells = [r["algo"]] + ([r["grid_point"] or "(default)"] if gridded else [])
+        cells.append(",".join(map(str, r["seeds"])) or "none shared")
+        cells += [fmt_delta(r["delta"].get(c), DIGITS[c]) for c, _ in measured]
+        cells.append(fmt_ci(r["time_ratio"], 2))
+        if has_prompts:
+            p = r["prompt_paired"]
+            cells += ([fmt_delta(p["difference"]), f"{p['better']}/{p['tied']}/{p['worse']}"] if p else ["-", "-"])
+        if has_unlike:
+            unpaired = [f"seeds only one has: {','.join(map(str, r['unpaired_seeds']))}"] if r["unpaired_seeds"] else []
+            cells.append("; ".join(r["unlike_baseline"] + unpaired) or "-")
+        body.append(cells)
+    return Section(f"against {base}: {s['suite']}", caption, columns, body)
+
+
 def convergence_sections(s: dict, metrics=tuple(CURVE_TITLES)) -> list[Section]:
     conv = s["convergence"]
     out = []
@@ -136,6 +188,9 @@ def sections(report: dict, convergence: bool = True) -> list[Section]:
         out.append(leaderboard_section(s, select))
         if s["grid"]:
             out.append(grid_section(s, select))
+        against = versus_section(s)
+        if against:
+            out.append(against)
         if convergence:
             out.extend(convergence_sections(s))
             frontier = matched_kl_section(s)
@@ -185,10 +240,27 @@ def to_csv(report: dict) -> str:
             for col, _ in METRICS:
                 for k in ("mean", "lo", "hi", "n"):
                     row[f"{col}_{k}"] = r[col][k]
+            row.update(versus_columns(s.get("versus"), r["algo"]))
             rows.append(row)
     buf = io.StringIO()
     pd.DataFrame(rows).to_csv(buf, index=False)
     return buf.getvalue()
+
+
+def versus_columns(v: dict | None, algo: str) -> dict:
+    """The CSV's comparison with the baseline: vs_<metric>_{mean,lo,hi,n} (differences at shared seeds),
+    vs_time_ratio_*, vs_prompt_win_rate_* (the per-prompt paired difference) and vs_unlike (what differs)."""
+    row = next((r for r in v["rows"] if r["algo"] == algo), None) if v else None
+    if row is None:
+        return {}
+    out = {"baseline": v["baseline"]}
+    cis = {**{f"vs_{c}": row["delta"].get(c) for c, _ in DELTA_METRICS}, "vs_time_ratio": row["time_ratio"],
+           "vs_prompt_win_rate": (row["prompt_paired"] or {}).get("difference")}
+    for name, ci in cis.items():
+        for k in ("mean", "lo", "hi", "n"):
+            out[f"{name}_{k}"] = (ci or {}).get(k)
+    out["vs_unlike"] = "; ".join(row["unlike_baseline"])
+    return out
 
 
 def to_json(report: dict) -> str:

@@ -1,0 +1,167 @@
+"""Each algorithm against a baseline (DPO unless told otherwise), paired.
+
+Two runs of one suite at the same seed train on the same records in the same order and are evaluated on the same
+held-out pairs and prompts, against the same reference outputs, by the same judge. So the differences are taken
+seed by seed (and, for the win rate, prompt by prompt) before they are averaged: what is common to both runs of a
+seed cancels, and the interval is the one the question "is X better than DPO?" needs.
+
+A pair of runs that differs in something that must be equal for a fair comparison (model, data, lengths, budget,
+evaluation, judge) is reported with the keys that differ, never silently compared.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from pobench.errors import PobenchError
+from pobench.report.leaderboard import METRICS
+from pobench.report.stats import mean_ci
+
+DEFAULT_BASELINE = "dpo"
+NO_BASELINE = "none"
+# the leaderboard's results, as differences; training time as a ratio instead (a cost, not a score)
+DELTA_METRICS = tuple((c, label) for c, label in METRICS if c not in ("train_time_s", "pairs_per_s"))
+# config.yaml keys (dotted prefixes) that must be equal between an algorithm's run and the baseline's of one seed.
+# Learning rate, beta and the algorithms' own parameters are free: they are what a tuning grid varies.
+SAME_CONFIG = ("model.name_or_path", "model.gguf_file", "model.lora_r", "model.chat_template", "data.",
+               "train.max_prompt_length", "train.max_completion_length",
+               "eval.eval_set", "eval.eval_file", "eval.num_prompts", "eval.reference", "eval.judge", "eval.judge_model",
+               "eval.judge_rm_steps", "eval.temperature", "eval.top_p", "eval.max_new_tokens", "eval.seed",
+               "eval.kl_samples", "eval.lc_difficulty_file")
+# and where both runs draw from a candidate pool (MC-PO, RSO, ...): the same candidates
+SAME_POOL = ("pool.source", "pool.num_samples", "pool.temperature", "pool.top_p", "pool.max_new_tokens", "pool.seed",
+             "pool.reward_model", "pool.rm_steps")
+# run-table columns (train_summary.json, eval.json) that must be equal: the training budget and the judge
+SAME_RESULT = (("steps", "optimizer steps"), ("global_batch_size", "global batch"), ("judge", "judge"),
+               ("eval_set", "eval set"), ("n_prompts", "eval prompts"))
+
+
+def flatten(config, prefix: str = "") -> dict:
+    """{"train.lr": 5e-06, ...} of a nested config dict."""
+    out = {}
+    for key, value in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _kept(key: str, prefixes) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
+
+
+def _present(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def differences(run: dict, base: dict) -> list[str]:
+    """'key: run's value vs the baseline's' for every key that must be equal and is not."""
+    out = []
+    mine, theirs = flatten(run.get("config")), flatten(base.get("config"))
+    keys = SAME_CONFIG + (SAME_POOL if run.get("uses_pool") and base.get("uses_pool") else ())
+    for key in sorted(k for k in set(mine) | set(theirs) if _kept(k, keys)):
+        if mine.get(key) != theirs.get(key):
+            out.append(f"{key} {mine.get(key)!r} vs {theirs.get(key)!r}")
+    for column, label in SAME_RESULT:
+        a, b = run.get(column), base.get(column)
+        if _present(a) and _present(b) and a != b:
+            out.append(f"{label} {a} vs {b}")
+    return out
+
+
+def read_generations(run_dir: Path) -> dict | None:
+    """{prompt key: row} of a run's generations.jsonl (None when the run was not evaluated). The key is the record
+    id where every row has a distinct one, else the row's position."""
+    path = Path(run_dir) / "generations.jsonl"
+    if not path.is_file():
+        return None
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PobenchError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or "preference" not in row:
+            raise PobenchError(f"{path}:{i}: expected an object with 'preference'")
+        pref = row["preference"]
+        if pref is not None and (isinstance(pref, bool) or not isinstance(pref, (int, float)) or not 0 <= pref <= 1):
+            raise PobenchError(f"{path}:{i}: 'preference' must be a number in [0, 1] or null, got {pref!r}")
+        rows.append(row)
+    ids = [r.get("id") for r in rows]
+    by_id = all(i is not None for i in ids) and len(set(map(str, ids))) == len(ids)
+    return {(str(r["id"]) if by_id else r.get("index", n)): r for n, r in enumerate(rows)}
+
+
+def prompt_paired(pairs: list[tuple[dict, dict]]) -> tuple[dict | None, list[str]]:
+    """The win rate's paired difference: on every prompt both runs of a seed had judged, the algorithm's preference
+    over the (shared) reference output minus the baseline's, averaged over seeds per prompt; mean and t-interval
+    over prompts, and how many prompts came out better, tied or worse. (None, notes) when nothing pairs up."""
+    per_prompt: dict = {}
+    unmatched, other_reference = 0, 0
+    for gen, base in pairs:
+        unmatched += len(set(gen) ^ set(base))
+        for key in sorted(set(gen) & set(base), key=str):   # a fixed order: the same sums every time
+            a, b = gen[key], base[key]
+            if a["preference"] is None or b["preference"] is None:
+                continue
+            if a.get("reference_output") != b.get("reference_output"):
+                other_reference += 1
+            per_prompt.setdefault(key, []).append(a["preference"] - b["preference"])
+    notes = []
+    if unmatched:
+        notes.append(f"{unmatched} eval prompts in only one of the two runs")
+    if other_reference:
+        notes.append(f"reference outputs differ on {other_reference} prompts")
+    if not per_prompt:
+        return None, notes
+    means = [sum(d) / len(d) for d in per_prompt.values()]
+    return {"difference": mean_ci(means), "better": sum(m > 0 for m in means), "tied": sum(m == 0 for m in means),
+            "worse": sum(m < 0 for m in means), "prompts": len(means)}, notes
+
+
+def _seed_runs(frame) -> dict:
+    return {int(r["seed"]): r for r in frame.to_dict("records")}
+
+
+def versus(runs, chosen: dict, baseline: str) -> dict | None:
+    """One suite: every other algorithm at its chosen grid point against `baseline` at its own, seed by seed.
+    None when the suite has no run of the baseline."""
+    if baseline not in chosen:
+        return None
+
+    def at_point(algo):
+        return _seed_runs(runs[(runs["algo"] == algo) & (runs["grid_point"] == chosen[algo])])
+
+    base = at_point(baseline)
+    rows = []
+    for algo in chosen:
+        if algo == baseline:
+            continue
+        mine = at_point(algo)
+        seeds = sorted(set(mine) & set(base))
+        row = {"algo": algo, "grid_point": chosen[algo], "seeds": seeds,
+               "unpaired_seeds": sorted(set(mine) ^ set(base)), "delta": {}, "time_ratio": None,
+               "prompt_paired": None, "unlike_baseline": []}
+        if seeds:
+            for column, _ in DELTA_METRICS:
+                diffs = [mine[s].get(column) - base[s].get(column) for s in seeds
+                         if _present(mine[s].get(column)) and _present(base[s].get(column))]
+                row["delta"][column] = mean_ci(diffs)
+            ratios = [mine[s]["train_time_s"] / base[s]["train_time_s"] for s in seeds
+                      if _present(mine[s].get("train_time_s")) and _present(base[s].get("train_time_s"))
+                      and base[s]["train_time_s"] > 0]
+            row["time_ratio"] = mean_ci(ratios)
+            unlike = []
+            for s in seeds:
+                unlike += [d for d in differences(mine[s], base[s]) if d not in unlike]
+            generations = [(read_generations(mine[s]["run_dir"]), read_generations(base[s]["run_dir"])) for s in seeds]
+            paired, notes = prompt_paired([(a, b) for a, b in generations if a is not None and b is not None])
+            row["prompt_paired"] = paired
+            row["unlike_baseline"] = unlike + [n for n in notes if n not in unlike]
+        rows.append(row)
+    return {"baseline": baseline, "grid_point": chosen[baseline], "seeds": sorted(base), "rows": rows}
