@@ -45,10 +45,10 @@ def read_json(path: Path, required: bool = True):
         raise PobenchError(f"{path}: not valid JSON ({e})") from None
 
 
-def read_metrics(path: Path) -> list[dict]:
+def read_jsonl(path: Path, required_key: str) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-blank line; a line that is not a JSON object holding `required_key` is
+    an error naming the file and line."""
     rows = []
-    if not path.exists():
-        return rows
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -56,10 +56,14 @@ def read_metrics(path: Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise PobenchError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "pairs_seen" not in row:
-            raise PobenchError(f"{path}:{i}: expected an object with 'pairs_seen'")
-        rows.append(row)
+        if not isinstance(row, dict) or required_key not in row:
+            raise PobenchError(f"{path}:{i}: expected an object with '{required_key}'")
+        rows.append((i, row))
     return rows
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [row for _, row in read_jsonl(path, "pairs_seen")] if path.exists() else []
 
 
 def grid_point_of(run_dir: Path, algo: str) -> str:

@@ -10,11 +10,11 @@ evaluation, judge) is reported with the keys that differ, never silently compare
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from pobench.errors import PobenchError
+from pobench.report.collect import read_jsonl
 from pobench.report.leaderboard import METRICS
 from pobench.report.stats import mean_ci
 
@@ -78,20 +78,12 @@ def read_generations(run_dir: Path) -> dict | None:
     path = Path(run_dir) / "generations.jsonl"
     if not path.is_file():
         return None
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PobenchError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "preference" not in row:
-            raise PobenchError(f"{path}:{i}: expected an object with 'preference'")
+    numbered = read_jsonl(path, "preference")
+    for i, row in numbered:
         pref = row["preference"]
         if pref is not None and (isinstance(pref, bool) or not isinstance(pref, (int, float)) or not 0 <= pref <= 1):
             raise PobenchError(f"{path}:{i}: 'preference' must be a number in [0, 1] or null, got {pref!r}")
-        rows.append(row)
+    rows = [row for _, row in numbered]
     ids = [r.get("id") for r in rows]
     by_id = all(i is not None for i in ids) and len(set(map(str, ids))) == len(ids)
     return {(str(r["id"]) if by_id else r.get("index", n)): r for n, r in enumerate(rows)}
