@@ -66,6 +66,7 @@ def test_run_ends_with_eval_json_in_the_contract(finished_run):
     assert result["lc_method"] == "length_only_glm"
     got = rows(finished_run)
     assert len(got) == 4 and all(ROW_KEYS <= set(r) for r in got)
+    assert result["identical_to_reference"] == sum(r["output"] == r["reference_output"] for r in got)
     for r in got:   # the reward-model judge: P(policy wins) = sigmoid of the score difference
         assert r["preference"] == pytest.approx(1 / (1 + math.exp(r["scores"]["reference"] - r["scores"]["policy"])))
     # the reference outputs are cached once for the suite, shared by every run

@@ -16,6 +16,8 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
                       often this judge picked the held-out chosen answer over the rejected one (any judge)
     win_rate          mean P(policy output beats reference output) in [0, 1]; ties count half
     win_rate_se, win_rate_ci95 [lo, hi]   standard error; percentile bootstrap 95% CI (eval.bootstrap resamples)
+    identical_to_reference                judged prompts whose output is the reference's, character for character
+                                          (a policy that has not moved wins 0.5 there by construction)
     lc_win_rate, lc_win_rate_se, lc_method ("length_only_glm" | "alpaca_eval_glm_length_controlled_v1"), length_coef
     avg_length, reference_avg_length      mean output length in characters (length_unit)
     reward_mean, reference_reward_mean    mean judge score of the outputs (reward-model / gold judges; else null)

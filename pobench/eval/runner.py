@@ -364,6 +364,8 @@ def summarize(cfg, rows: list[dict], policy_out: list[str], ref_out: list[str], 
         lc = M.length_controlled_win_rate(prefs, pol_len, ref_len)
     scores = [rows[i]["scores"] for i in judged if rows[i]["scores"]]
     return {**out, **lc, "n_unjudged": len(rows) - len(judged),
+            # a policy that has not moved from the reference answers as it does: its win rate is 0.5 by construction
+            "identical_to_reference": sum(policy_out[i] == ref_out[i] for i in judged),
             "avg_length": sum(pol_len) / len(pol_len), "reference_avg_length": sum(ref_len) / len(ref_len),
             "length_unit": "characters",
             "reward_mean": M.mean_or_none([s["policy"] for s in scores]),
