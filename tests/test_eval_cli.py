@@ -61,6 +61,7 @@ def test_run_ends_with_eval_json_in_the_contract(finished_run):
     assert "eval/rewards/accuracies" in result["held_out"]["initial"]
     judge = result["judge"]
     assert judge["kind"] == "reward_model" and judge["spec"] == "auto" and judge["disjoint_from_policy_pairs"]
+    assert judge["name"].startswith("auto:judges/hh-rlhf-minilm-")   # its place in the cache, not a path
     assert isinstance(judge["held_out_accuracy"], float)
     assert result["kl"] is not None and result["reward_mean"] is not None
     assert result["lc_method"] == "length_only_glm"

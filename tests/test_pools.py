@@ -123,6 +123,27 @@ def test_auto_reward_models_are_keyed_by_the_records_not_their_path(tmp_path, mo
     assert edited_judge_half[0] == first[0] and edited_judge_half[1] != first[1] and len(trainings) == 4
 
 
+def test_a_cached_reward_model_has_one_name_however_the_results_path_is_typed(tmp_path, monkeypatch):
+    """The pool store's key and the names in results must not change with `--out results` against
+    `--out /abs/results`, or with a moved results folder: the same candidates must be found, the same judge named."""
+    import types
+    from pobench.rewards import reward_model_name
+    from pobench.sampling.pools import store_path
+    monkeypatch.chdir(tmp_path)
+    model = Path("results/.cache/reward_models/s-minilm-0123456789ab")
+    typed = [(str(model), Path("results/.cache")), (str(tmp_path / model), tmp_path / "results/.cache"),
+             (str(tmp_path / "moved" / model), tmp_path / "moved/results/.cache")]
+    names = {reward_model_name(spec, cache) for spec, cache in typed}
+    assert names == {"auto:reward_models/s-minilm-0123456789ab"}
+    cfg = types.SimpleNamespace(pool=types.SimpleNamespace(num_samples=2, temperature=1.0, top_p=1.0, max_new_tokens=4,
+                                                           seed=0, backend="transformers"),
+                                model=types.SimpleNamespace(chat_template="auto"),
+                                train=types.SimpleNamespace(max_prompt_length=8))
+    assert len({store_path(cache, "fp", cfg, reward_model_name(spec, cache)).name for spec, cache in typed}) == 1
+    for spec in ("gold:test-length", "OpenAssistant/reward-model-deberta-v3-large", str(tmp_path / "my-rm")):
+        assert reward_model_name(spec, Path("results/.cache")) == spec   # not pobench's: as given
+
+
 def test_pool_reward_model_and_eval_judge_train_on_disjoint_records(tmp_path, monkeypatch):
     """RSO and OnMC-PO are trained on pairs the pool reward model labels; the auto eval judge must not be a
     sibling of that labeller, so the two train on disjoint halves of the training records."""

@@ -31,6 +31,7 @@ from pobench.engine.refcache import ReferenceCache
 from pobench.errors import PobenchError
 from pobench.models import load_policy, model_fingerprint, pick_device, pick_dtype
 from pobench.registry import get_sampler
+from pobench.rewards import reward_model_name
 
 
 class SamplerContext:
@@ -273,7 +274,8 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
     if cfg.pool.source == "dataset" or (cfg.pool.source == "auto" and own):
         return {"source": "dataset"}
     rm = D.main_process_first(lambda: P.auto_reward_model(cfg, data, cache_dir, progress), accelerator)
-    store = P.PoolStore(P.store_path(cache_dir, model_fingerprint(model_path), cfg, rm))
+    rm_name = reward_model_name(rm, cache_dir)
+    store = P.PoolStore(P.store_path(cache_dir, model_fingerprint(model_path), cfg, rm_name))
     missing = [i for i in indices if P.prompt_key(train_pairs[i].prompt) not in store.entries]
     world = accelerator.num_processes if accelerator is not None else 1
     if missing:
@@ -304,7 +306,7 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
         train_pairs[i].candidates = [encode_completion(formatter, record.prompt, prompt_text, t,
                                                        cfg.train.max_completion_length) for t in texts]
         train_pairs[i].scores = scores
-    return {"source": "generated", "reward_model": rm, "store": str(store.path), "prompts": len(indices),
+    return {"source": "generated", "reward_model": rm_name, "store": str(store.path), "prompts": len(indices),
             "samples_per_prompt": cfg.pool.num_samples}
 
 
@@ -578,7 +580,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "reference_model": model_path, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
         "records_seen": state["records_seen"], "candidate_pool": pool_info, "truncated": truncated,
         "num_processes": world, "global_batch_size": global_batch, "distributed": str(accelerator.distributed_type),
-        "reward_model": frozen.get("rm_spec") or (pool_info or {}).get("reward_model"),
+        "reward_model": (reward_model_name(frozen["rm_spec"], cache_dir) if "rm_spec" in frozen
+                         else (pool_info or {}).get("reward_model")),
     }
     if suite_eval:
         summary["gold_eval_final"] = suite_eval.finish(run_dir, rows)["final"]

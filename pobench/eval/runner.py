@@ -256,6 +256,7 @@ def auto_judge_model(cfg, suite_data, used: set[int], cache_dir: Path, progress=
 
 def build_run_judge(cfg, suite_data, run_dir: Path, cache_dir: Path, device: str, progress=None):
     from pobench.eval.judges import build_judge, rm_judge
+    from pobench.rewards import reward_model_name
     spec = cfg.eval.judge
     if spec == "auto":
         if suite_data is None:
@@ -263,7 +264,9 @@ def build_run_judge(cfg, suite_data, run_dir: Path, cache_dir: Path, device: str
                                "name a judge for the alpaca_eval set (--judge alpaca_eval:<config> or rm:<folder>)")
         used = run_training_indices(cfg, len(suite_data.train), run_dir)
         path, info = auto_judge_model(cfg, suite_data, used, cache_dir, progress)
-        return rm_judge(path, {"spec": "auto", **info})
+        judge = rm_judge(path, {"spec": "auto", **info})
+        judge.name = reward_model_name(path, cache_dir)   # not its path: runs judged by it must name it alike
+        return judge
     return build_judge(spec, cache_dir=cache_dir, judge_model=cfg.eval.judge_model, device=device, seed=cfg.eval.seed,
                        judge_decoder=cfg.eval.judge_decoder)
 

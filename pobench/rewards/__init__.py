@@ -31,6 +31,19 @@ class Scorer(Protocol):
     def describe(self) -> dict: ...
 
 
+def reward_model_name(spec: str, cache_dir) -> str:
+    """How results and cache keys name a reward model. One that pobench trained into the results' cache (the auto
+    pool reward model and eval judge, in content-keyed folders) is named by its place in the cache,
+    "auto:reward_models/hh-rlhf-minilm-<digest>": the same whether the results folder was typed as a relative or an
+    absolute path, or moved, so runs that share it name it alike. Any other spec (a folder, a hub id, gold:<name>)
+    is named as given."""
+    try:
+        inside = Path(spec).resolve().relative_to(Path(cache_dir).resolve())
+    except (ValueError, OSError):
+        return spec
+    return f"auto:{inside.as_posix()}"
+
+
 def register_gold(name: str):
     """Decorator for a suite whose true reward is known (e.g. a synthetic suite):
 
