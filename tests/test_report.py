@@ -368,7 +368,8 @@ def seeded_results(root: Path) -> Path:
     for seed, luck in zip((1, 2, 3), (0.3, 0.5, 0.7)):
         gap = 0.03 + 0.01 * seed
         for algo, win, time_per_pair in (("dpo", luck, 1.0), ("mcpo", luck + gap, 2.0)):
-            run = write_run(root, algo, seed, [0.5, 0.6], eval_json=new_eval(win, 0.6), time_per_pair=time_per_pair)
+            final = 0.6 if algo == "dpo" else 0.7   # held-out accuracy at 48 pairs: AUC 0.55 against 0.60
+            run = write_run(root, algo, seed, [0.5, final], eval_json=new_eval(win, 0.6), time_per_pair=time_per_pair)
             write_generations(run, [luck, luck, luck, luck] if algo == "dpo" else [luck + 0.1, luck + 0.2, luck, luck + 0.3])
     return root
 
@@ -383,6 +384,7 @@ def test_against_dpo_differences_are_paired_by_seed_and_prompt(tmp_path):
     assert row["delta"]["win_rate"] == pytest.approx(mean_ci([0.04, 0.05, 0.06]))
     assert row["delta"]["win_rate"]["lo"] > 0          # paired, it shows
     assert row["time_ratio"]["mean"] == pytest.approx(2.0)
+    assert row["delta"]["held_out_acc_auc"]["mean"] == pytest.approx(0.05)
     paired = row["prompt_paired"]   # per prompt, averaged over seeds: +0.1, +0.2, 0, +0.3
     assert paired["difference"] == pytest.approx(mean_ci([0.1, 0.2, 0.0, 0.3]))
     assert (paired["better"], paired["tied"], paired["worse"], paired["prompts"]) == (3, 1, 0, 4)
@@ -390,7 +392,7 @@ def test_against_dpo_differences_are_paired_by_seed_and_prompt(tmp_path):
     md = to_markdown(sections(report))
     assert "### against dpo: hh-rlhf" in md
     assert "| mcpo | 1,2,3 | +0.050 ± 0.025* |" in md   # 0.04, 0.05, 0.06: sd 0.01 * 4.303 / sqrt 3
-    assert "| 2.00 ± 0.00 | +0.150 ± 0.205 | 3/1/0 |" in md
+    assert "| +0.050 ± 0.000* | 2.00 ± 0.00 | +0.150 ± 0.205 | 3/1/0 |" in md   # acc AUC, time, per prompt
     import io
     import pandas as pd
     table = pd.read_csv(io.StringIO(to_csv(report))).set_index("algo")

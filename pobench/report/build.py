@@ -43,7 +43,7 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
             "leaderboard": leaderboard(suite_runs, chosen, spreads),
             "grid": grid_rows if any(s["points"] > 1 for s in spreads.values()) else [],
             "spread": spreads,
-            "versus": versus(suite_runs, chosen, baseline) if baseline != NO_BASELINE else None,
+            "versus": versus(suite_runs, chosen, baseline, auc) if baseline != NO_BASELINE else None,
             "convergence": convergence(suite_curves, chosen, points, target),
             "matched_kl": matched_kl(suite_curves, chosen),
         })

@@ -12,7 +12,8 @@ from pobench.report.leaderboard import METRICS
 from pobench.report.versus import DELTA_METRICS
 
 DIGITS = {"win_rate": 3, "lc_win_rate": 3, "reward_mean": 3, "kl": 3, "avg_length": 1, "held_out_acc": 3,
-          "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "pairs_per_s": 2}
+          "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "pairs_per_s": 2,
+          "held_out_acc_auc": 3}
 CURVE_TITLES = {ACCURACY: "held-out reward accuracy", "eval/rewards/margins": "held-out reward margin",
                 "eval/loss": "held-out loss", "gold/win_rate": "gold win rate against the reference",
                 "gold/reward": "gold reward", "gold/kl": "gold KL to the reference"}
@@ -116,7 +117,9 @@ def versus_section(s: dict) -> Section | None:
                + (f" (at its chosen grid point {v['grid_point'] or '(default)'})" if gridded else "")
                + " at the same seed (same data order, held-out pairs, eval prompts, reference and judge), then "
                "mean ± half-width of the 95% t-interval over those seeds; * = the interval excludes 0",
-               f"train time ×: the algorithm's training time over {base}'s, per seed"]
+               f"held-out acc AUC: held-out reward accuracy averaged over the pairs every run covers (how fast it "
+               f"learns; the convergence table's AUC); train time ×: the algorithm's training time over {base}'s, "
+               f"per seed"]
     if has_prompts:
         caption.append(f"per prompt: the judge's preference for the algorithm's output over the reference minus its "
                        f"preference for {base}'s, averaged over seeds, t-interval over prompts (prompt and judge "

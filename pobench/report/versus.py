@@ -20,8 +20,10 @@ from pobench.report.stats import mean_ci
 
 DEFAULT_BASELINE = "dpo"
 NO_BASELINE = "none"
-# the leaderboard's results, as differences; training time as a ratio instead (a cost, not a score)
-DELTA_METRICS = tuple((c, label) for c, label in METRICS if c not in ("train_time_s", "pairs_per_s"))
+ACC_AUC = "held_out_acc_auc"   # how fast: held-out accuracy's mean over the pairs every run covers
+# the leaderboard's results and the speed of learning, as differences; training time as a ratio instead (a cost)
+DELTA_METRICS = (tuple((c, label) for c, label in METRICS if c not in ("train_time_s", "pairs_per_s"))
+                 + ((ACC_AUC, "held-out acc AUC"),))
 # config.yaml keys (dotted prefixes) that must be equal between an algorithm's run and the baseline's of one seed.
 # Learning rate, beta and the algorithms' own parameters are free: they are what a tuning grid varies.
 SAME_CONFIG = ("model.name_or_path", "model.gguf_file", "model.lora_r", "model.chat_template", "data.",
@@ -120,14 +122,18 @@ def _seed_runs(frame) -> dict:
     return {int(r["seed"]): r for r in frame.to_dict("records")}
 
 
-def versus(runs, chosen: dict, baseline: str) -> dict | None:
+def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> dict | None:
     """One suite: every other algorithm at its chosen grid point against `baseline` at its own, seed by seed.
-    None when the suite has no run of the baseline."""
+    `acc_auc`: {(algo, grid point, seed): held-out accuracy AUC} (the convergence tables' area under the curve,
+    compared as ACC_AUC). None when the suite has no run of the baseline."""
     if baseline not in chosen:
         return None
 
     def at_point(algo):
-        return _seed_runs(runs[(runs["algo"] == algo) & (runs["grid_point"] == chosen[algo])])
+        by_seed = _seed_runs(runs[(runs["algo"] == algo) & (runs["grid_point"] == chosen[algo])])
+        for seed, run in by_seed.items():
+            run[ACC_AUC] = (acc_auc or {}).get((algo, chosen[algo], seed))
+        return by_seed
 
     base = at_point(baseline)
     rows = []
