@@ -297,11 +297,12 @@ def test_plots_and_self_contained_html(tmp_path):
                                       "--out", str(out / "report.html"), "--plots", str(out / "plots")])
     assert result.exit_code == 0, result.output
     pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
-    assert pngs == ["hh-rlhf-convergence.png", "hh-rlhf-reward-kl.png", "hh-rlhf-training.png"]
+    assert pngs == ["hh-rlhf-convergence.png", "hh-rlhf-reward-kl.png", "hh-rlhf-training.png", "hh-rlhf-vs-dpo.png"]
     for p in (out / "plots").glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and "<h3>leaderboard: hh-rlhf</h3>" in html
+    assert html.count("data:image/png;base64,") == 4 and "<h3>leaderboard: hh-rlhf</h3>" in html
+    assert "<h3>against dpo: hh-rlhf</h3>" in html
     assert "src='http" not in html and 'src="http' not in html   # nothing fetched when opened
 
 

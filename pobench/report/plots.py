@@ -1,5 +1,6 @@
 """PNG plots per suite: training curves and held-out convergence curves against pairs seen (and training time),
-one line per algorithm (at its chosen grid point) with a band over seeds; reward against KL where measured."""
+one line per algorithm (at its chosen grid point) with a band over seeds; reward against KL where measured; the
+paired differences from the baseline with their intervals."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -142,6 +143,52 @@ def _gold_figure(suite: str, by_algo: dict, out_dir: Path, plt) -> Path:
     return _save(fig, out_dir / f"{suite}-gold.png", plt)
 
 
+# the comparison with the baseline: (title, how to read the row's interval), drawn where measured
+VERSUS_PANELS = (
+    ("held-out reward accuracy", lambda r: r["delta"].get("held_out_acc")),
+    ("held-out accuracy AUC (speed)", lambda r: r["delta"].get("held_out_acc_auc")),
+    ("win rate (seeds)", lambda r: r["delta"].get("win_rate")),
+    ("win rate (per prompt)", lambda r: (r["prompt_paired"] or {}).get("difference")),
+    ("gold reward", lambda r: r["delta"].get("gold_reward")),
+    ("gold win rate", lambda r: r["delta"].get("gold_win_rate")),
+)
+
+
+def versus_figure(s: dict, out_dir: Path, plt) -> Path | None:
+    """Each algorithm minus the baseline, a dot with its 95% interval per panel, and the zero line: where an
+    interval clears zero, the difference is more than the seeds' (or prompts') noise."""
+    v = s.get("versus")
+    if not v or not v["rows"]:
+        return None
+    panels = [(t, get) for t, get in VERSUS_PANELS if any((get(r) or {}).get("mean") is not None for r in v["rows"])]
+    if not panels:
+        return None
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 1, 0.5 * len(v["rows"]) + 2.2),
+                             squeeze=False)
+    labels = [r["algo"] for r in v["rows"]]
+    for ax, (title, get) in zip(axes[0], panels):
+        for y, row in enumerate(v["rows"]):
+            ci = get(row) or {}
+            if ci.get("mean") is None:
+                continue
+            lo, hi = ci.get("lo"), ci.get("hi")
+            xerr = [[ci["mean"] - lo], [hi - ci["mean"]]] if lo is not None else None
+            ax.errorbar(ci["mean"], y, xerr=xerr, fmt="o", color=f"C{y}", capsize=4)
+        ax.axvline(0, color="0.3", linewidth=1, linestyle="--")
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))   # differences can be 1e-4 wide: few, short labels
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:+.2g}" if x else "0"))
+        ax.set_yticks(range(len(labels)), labels if ax is axes[0][0] else [""] * len(labels))
+        ax.set_ylim(-0.7, len(labels) - 0.3)
+        ax.invert_yaxis()
+        ax.set_title(f"Δ {title}", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{s['suite']}: each algorithm minus {v['baseline']}, paired by seed (95% intervals; "
+                 f"no bar: one seed)", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out_dir / f"{s['suite']}-vs-{v['baseline']}.png", plt)
+
+
 def _save(fig, path: Path, plt) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -153,4 +200,7 @@ def plot_report(report: dict, runs, curves, out_dir: Path) -> list[tuple[str, Pa
     for s in report["suites"]:
         chosen = {r["algo"]: r["grid_point"] for r in s["leaderboard"]}
         written += plot_suite(s["suite"], curves, runs, chosen, Path(out_dir))
+        against = versus_figure(s, Path(out_dir), _pyplot())
+        if against:
+            written.append((f"{s['suite']}: against {s['versus']['baseline']}", against))
     return written
