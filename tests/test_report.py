@@ -202,6 +202,10 @@ def test_reader_names_the_file_and_key_of_bad_input(tmp_path):
         f.write("{not json\n")
     with pytest.raises(PobenchError, match=r"metrics.jsonl:2: not valid JSON"):
         collect(tmp_path)
+    (run / "metrics.jsonl").write_text("")
+    (run / "config.yaml").write_text("- a list\n")
+    with pytest.raises(PobenchError, match=r"seed1/config.yaml: expected the run's resolved config \(a mapping\)"):
+        collect(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(PobenchError, match="no finished runs"):
         build_report(tmp_path / "empty")

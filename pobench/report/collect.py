@@ -140,6 +140,8 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
     except yaml.YAMLError as e:
         raise PobenchError(f"{config_path}: bad YAML ({e})") from None
+    if config is not None and not isinstance(config, dict):
+        raise PobenchError(f"{config_path}: expected the run's resolved config (a mapping), got a {type(config).__name__}")
     ev = eval_fields(read_json(run_dir / "eval.json", required=False), run_dir / "eval.json")
     held = ev.pop("held_out", None) or summary.get("held_out_final") or {}
     rm = summary.get("reward_model")
