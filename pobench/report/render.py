@@ -9,7 +9,7 @@ import json
 
 from pobench.report.convergence import ACCURACY
 from pobench.report.leaderboard import METRICS
-from pobench.report.versus import DELTA_METRICS
+from pobench.report.versus import ACC_AUC, DELTA_METRICS
 
 DIGITS = {"win_rate": 3, "lc_win_rate": 3, "reward_mean": 3, "kl": 3, "avg_length": 1, "held_out_acc": 3,
           "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "pairs_per_s": 2,
@@ -117,9 +117,9 @@ def versus_section(s: dict) -> Section | None:
                + (f" (at its chosen grid point {v['grid_point'] or '(default)'})" if gridded else "")
                + " at the same seed (same data order, held-out pairs, eval prompts, reference and judge), then "
                "mean ± half-width of the 95% t-interval over those seeds; * = the interval excludes 0",
-               f"held-out acc AUC: held-out reward accuracy averaged over the pairs every run covers (how fast it "
-               f"learns; the convergence table's AUC); train time ×: the algorithm's training time over {base}'s, "
-               f"per seed"]
+               ("held-out acc AUC: held-out reward accuracy averaged over the pairs every run covers (how fast it "
+                "learns; the convergence table's AUC); " if ACC_AUC in labels else "")
+               + f"train time ×: the algorithm's training time over {base}'s, per seed"]
     if has_prompts:
         caption.append(f"per prompt: the judge's preference for the algorithm's output over the reference minus its "
                        f"preference for {base}'s, averaged over seeds, t-interval over prompts (prompt and judge "
@@ -252,7 +252,8 @@ def to_csv(report: dict) -> str:
 
 def versus_columns(v: dict | None, algo: str) -> dict:
     """The CSV's comparison with the baseline: vs_<metric>_{mean,lo,hi,n} (differences at shared seeds),
-    vs_time_ratio_*, vs_prompt_win_rate_* (the per-prompt paired difference) and vs_unlike (what differs)."""
+    vs_time_ratio_*, vs_prompt_win_rate_* (the per-prompt paired difference), vs_unlike (what differs) and
+    vs_unpaired_seeds (seeds only one of the two has)."""
     row = next((r for r in v["rows"] if r["algo"] == algo), None) if v else None
     if row is None:
         return {}
@@ -263,6 +264,7 @@ def versus_columns(v: dict | None, algo: str) -> dict:
         for k in ("mean", "lo", "hi", "n"):
             out[f"{name}_{k}"] = (ci or {}).get(k)
     out["vs_unlike"] = "; ".join(row["unlike_baseline"])
+    out["vs_unpaired_seeds"] = ";".join(map(str, row["unpaired_seeds"]))
     return out
 
 
