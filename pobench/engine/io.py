@@ -1,4 +1,5 @@
-"""Atomic file writes and the metrics log: a crash never leaves a half-written file behind."""
+"""Atomic file writes and the metrics log: a crash never leaves a half-written file behind; reading JSON lines
+back with errors that name the file and line."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ import os
 from pathlib import Path
 
 from pobench import faults
+from pobench.errors import PobenchError
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -77,3 +79,20 @@ class MetricsLog:
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_jsonl(path: Path, required_key: str) -> list[tuple[int, dict]]:
+    """(line number, object) of every non-blank line; a line that is not a JSON object holding `required_key` is
+    an error naming the file and line."""
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PobenchError(f"{path}:{i}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or required_key not in row:
+            raise PobenchError(f"{path}:{i}: expected an object with '{required_key}'")
+        rows.append((i, row))
+    return rows

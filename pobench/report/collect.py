@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from pobench.engine.io import read_jsonl
 from pobench.errors import PobenchError
 
 # eval.json fields that are fractions in [0, 1]: a value outside is a broken file, not a result
@@ -43,23 +44,6 @@ def read_json(path: Path, required: bool = True):
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PobenchError(f"{path}: not valid JSON ({e})") from None
-
-
-def read_jsonl(path: Path, required_key: str) -> list[tuple[int, dict]]:
-    """(line number, object) of every non-blank line; a line that is not a JSON object holding `required_key` is
-    an error naming the file and line."""
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PobenchError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or required_key not in row:
-            raise PobenchError(f"{path}:{i}: expected an object with '{required_key}'")
-        rows.append((i, row))
-    return rows
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -11,10 +11,8 @@ evaluation, judge) is reported with the keys that differ, never silently compare
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-from pobench.errors import PobenchError
-from pobench.report.collect import read_jsonl
+from pobench.eval.generations import read_generations
 from pobench.report.leaderboard import METRICS
 from pobench.report.stats import mean_ci
 
@@ -72,23 +70,6 @@ def differences(run: dict, base: dict) -> list[str]:
         if _present(a) and _present(b) and a != b:
             out.append(f"{label} {a} vs {b}")
     return out
-
-
-def read_generations(run_dir: Path) -> dict | None:
-    """{prompt key: row} of a run's generations.jsonl (None when the run was not evaluated). The key is the record
-    id where every row has a distinct one, else the row's position."""
-    path = Path(run_dir) / "generations.jsonl"
-    if not path.is_file():
-        return None
-    numbered = read_jsonl(path, "preference")
-    for i, row in numbered:
-        pref = row["preference"]
-        if pref is not None and (isinstance(pref, bool) or not isinstance(pref, (int, float)) or not 0 <= pref <= 1):
-            raise PobenchError(f"{path}:{i}: 'preference' must be a number in [0, 1] or null, got {pref!r}")
-    rows = [row for _, row in numbered]
-    ids = [r.get("id") for r in rows]
-    by_id = all(i is not None for i in ids) and len(set(map(str, ids))) == len(ids)
-    return {(str(r["id"]) if by_id else r.get("index", n)): r for n, r in enumerate(rows)}
 
 
 def prompt_paired(pairs: list[tuple[dict, dict]]) -> tuple[dict | None, list[str]]:
