@@ -557,6 +557,67 @@ def eval_(
     Console(width=max(120, Console().width)).print(table)
 
 
+@app.command("compare")
+def compare(
+    runs: List[Path] = typer.Argument(..., help="Run folders, or folders holding them (e.g. results/hh-rlhf/mcpo)."),
+    against: Path = typer.Option(..., "--against", help="The runs to judge them against, paired by seed "
+                                 "(e.g. results/hh-rlhf/dpo)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="auto | rm:<folder or hub id> | gold:<name> | "
+                                        "alpaca_eval:<config> | alpaca_eval:local (default: the runs' eval.judge)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Caches (judges); default: <results root>/.cache."),
+    json_: bool = typer.Option(False, "--json", help="Print every comparison as one JSON line (without its rows)."),
+):
+    """Judge each run's answers directly against another run's of the same seed (head to head, no generation):
+    head_to_head.json in each run folder, shown by `pobench report` against the baseline."""
+    from pobench.eval.head_to_head import check_comparable, head_to_head
+    from pobench.eval.runner import load_run_config
+
+    overrides = {"eval": {"judge": judge}} if judge else {}
+    mine, theirs = _runs_by_seed(runs, "RUNS", overrides), _runs_by_seed([against], "--against", overrides)
+    pairs = [(mine[s], theirs[s]) for s in sorted(set(mine) & set(theirs))]
+    if not pairs:
+        raise PobenchError(f"no seed in both: {', '.join(map(str, runs))} has seeds {sorted(mine)}, {against} has "
+                           f"{sorted(theirs)}")
+    for run, other in pairs:   # every pair is checked before the first judge runs
+        check_comparable(load_run_config(run, overrides), load_run_config(other, overrides), run, other)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    results = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
+                  transient=True) as progress:
+        for run, other in pairs:
+            results.append(head_to_head(run, other, cache_dir, overrides, progress))
+    if json_:
+        for r in results:
+            typer.echo(json.dumps({k: v for k, v in r.items() if k != "rows"}))
+        return
+    table = Table(title=f"pobench compare: {len(results)} pair(s)", caption=escape(
+        "win rate: P(the run's answer beats the other run's on the same prompt), ties half, +/- standard error; "
+        "95% CI: bootstrap over prompts; better/tied/worse: prompts; judges: "
+        + "; ".join(sorted({r["judge"]["name"] for r in results}))))
+    for col in ("suite", "seed", "run", "against", "n", "win rate", "95% CI", "better/tied/worse", "same text"):
+        table.add_column(col, no_wrap=True)
+    for r in results:
+        se = "" if r["win_rate_se"] != r["win_rate_se"] else f" +/- {r['win_rate_se']:.3f}"   # NaN: one prompt
+        table.add_row(r["suite"], str(r["seed"]), r["run"], r["against"], str(r["n_judged"]), f"{r['win_rate']:.3f}{se}",
+                      f"[{r['win_rate_ci95'][0]:.3f}, {r['win_rate_ci95'][1]:.3f}]",
+                      f"{r['better']}/{r['tied']}/{r['worse']}", str(r["identical_outputs"]))
+    Console(width=max(120, Console().width)).print(table)
+
+
+def _runs_by_seed(paths: list[Path], what: str, overrides: dict) -> dict[int, Path]:
+    """{seed: run folder} of the finished runs under `paths`; two runs of one seed (grid points, two algorithms)
+    are ambiguous: name the folder of one."""
+    from pobench.eval.runner import load_run_config
+    by_seed: dict[int, Path] = {}
+    for folder in _run_folders(paths):
+        seed = load_run_config(folder, overrides).seed
+        if seed in by_seed:
+            raise PobenchError(f"{what}: two runs of seed {seed} ({by_seed[seed]} and {folder}); name one "
+                               f"algorithm or grid point folder")
+        by_seed[seed] = folder
+    return by_seed
+
+
 def main() -> None:
     """Entry point: PobenchError -> one line, exit 2; anything else -> one line, exit 1."""
     import warnings

@@ -215,3 +215,45 @@ def test_lora_run_is_evaluated_with_its_adapter(tmp_path, tiny_model_dir):
     result = evaluate_run(run_dir, device="cpu")
     assert result["kl"] is not None and abs(result["kl"]) > 1e-4 and result["kl_info"]["kl_samples"] == 6
     assert result["judge"]["kind"] == "gold" and len(rows(run_dir)) == 3
+
+
+def test_compare_judges_simpo_against_dpo_head_to_head(finished_run):
+    """`pobench compare` judges SimPO's answers against DPO's on the same prompts with the runs' own judge: a reward
+    model, so P(SimPO wins) is the sigmoid of the score difference the two evaluations already recorded."""
+    from pobench.cli import app
+    from pobench.report.build import build_report
+    suite = finished_run.parents[1]
+    result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(suite / "dpo")])
+    assert result.exit_code == 0, result.output
+    stored = json.loads((suite / "simpo" / "seed1" / "head_to_head.json").read_text())
+    h2h = stored["dpo/seed1"]
+    evaluated = json.loads((finished_run / "eval.json").read_text())["judge"]["name"]
+    assert h2h["judge"]["name"] == evaluated and h2h["n_prompts"] == 4 and h2h["against_algorithm"] == "dpo"
+    simpo, dpo = rows(suite / "simpo" / "seed1"), rows(finished_run)
+    want = [1 / (1 + math.exp(d["scores"]["policy"] - s["scores"]["policy"])) for s, d in zip(simpo, dpo)]
+    assert [r["preference"] for r in h2h["rows"]] == pytest.approx(want, abs=1e-4)
+    assert h2h["win_rate"] == pytest.approx(sum(want) / 4, abs=1e-4)
+    assert h2h["identical_outputs"] == sum(s["output"] == d["output"] for s, d in zip(simpo, dpo))
+    row = build_report(finished_run.parents[2])[0]["suites"][0]["versus"]["rows"][0]
+    assert row["head_to_head"]["win_rate"]["mean"] == pytest.approx(h2h["win_rate"])
+    assert row["head_to_head"]["seeds"] == [1] and row["head_to_head"]["judge"] == [evaluated]
+
+
+def test_compare_refuses_what_is_not_comparable(finished_run, tmp_path):
+    import shutil
+    from pobench.cli import app
+    suite = finished_run.parents[1]
+    other = tmp_path / "hh-rlhf" / "dpo" / "seed1"
+    shutil.copytree(finished_run, other, ignore=shutil.ignore_patterns("checkpoints"))
+    config = (other / "config.yaml").read_text()
+    (other / "config.yaml").write_text(config.replace("max_new_tokens: 8", "max_new_tokens: 9", 1))
+    result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(other)])
+    assert isinstance(result.exception, PobenchError)
+    assert "not comparable head to head (eval.max_new_tokens 8 vs 9)" in str(result.exception)
+    (other / "config.yaml").write_text(config)
+    (other / "generations.jsonl").unlink()
+    result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(other)])
+    assert isinstance(result.exception, PobenchError) and "no generations.jsonl" in str(result.exception)
+    (other / "config.yaml").write_text(config.replace("seed: 1", "seed: 2"))
+    result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(other)])
+    assert isinstance(result.exception, PobenchError) and "no seed in both" in str(result.exception)

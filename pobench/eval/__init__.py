@@ -2,7 +2,8 @@
 
 Modules: runner.py (the whole evaluation of one run folder), judges.py (reward-model, gold and the registry),
 llm_judge.py (alpaca_eval annotators, local judge decoder), metrics.py (win rate, CIs, LC win rate, KL),
-alpaca_set.py (AlpacaEval's 805 instructions, model_outputs.json).
+alpaca_set.py (AlpacaEval's 805 instructions, model_outputs.json), generations.py (generations.jsonl read back),
+head_to_head.py (`pobench compare`: two runs' answers judged against each other, head_to_head.json).
 
 Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the end of `pobench run`:
 

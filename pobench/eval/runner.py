@@ -254,7 +254,9 @@ def auto_judge_model(cfg, suite_data, used: set[int], cache_dir: Path, progress=
     return str(out), info
 
 
-def build_run_judge(cfg, suite_data, run_dir: Path, cache_dir: Path, device: str, progress=None):
+def build_run_judge(cfg, suite_data, run_dirs: list[Path], cache_dir: Path, device: str, progress=None):
+    """The judge of `cfg.eval.judge`; `auto` is trained on none of the records that any of `run_dirs` trained on
+    (one run for its evaluation, two for a head-to-head comparison)."""
     from pobench.eval.judges import build_judge, rm_judge
     from pobench.rewards import reward_model_name
     spec = cfg.eval.judge
@@ -262,7 +264,7 @@ def build_run_judge(cfg, suite_data, run_dir: Path, cache_dir: Path, device: str
         if suite_data is None:
             raise PobenchError("eval.judge auto trains on the suite's pairs: it needs eval.eval_set held_out; "
                                "name a judge for the alpaca_eval set (--judge alpaca_eval:<config> or rm:<folder>)")
-        used = run_training_indices(cfg, len(suite_data.train), run_dir)
+        used = set().union(*(run_training_indices(cfg, len(suite_data.train), d) for d in run_dirs))
         path, info = auto_judge_model(cfg, suite_data, used, cache_dir, progress)
         judge = rm_judge(path, {"spec": "auto", **info})
         judge.name = reward_model_name(path, cache_dir)   # not its path: runs judged by it must name it alike
@@ -416,10 +418,10 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     if state is not None and judge_state is None and not state.is_main_process:
         return None
     if judge_state is None:
-        judge = build_run_judge(cfg, suite_data, run_dir, cache_dir, str(dev), progress)
+        judge = build_run_judge(cfg, suite_data, [run_dir], cache_dir, str(dev), progress)
     else:   # the main process trains an auto judge's reward model (or finds it cached); the others then load it
         from pobench.engine.distributed import main_process_first
-        judge = main_process_first(lambda: build_run_judge(cfg, suite_data, run_dir, cache_dir, str(dev),
+        judge = main_process_first(lambda: build_run_judge(cfg, suite_data, [run_dir], cache_dir, str(dev),
                                                            progress if state.is_main_process else None), state)
     prompts = [it.prompt for it in items]
     rows = judge_rows(judge, prompts, policy_out, ref_out, cfg.eval.seed, judge_state)

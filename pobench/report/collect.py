@@ -159,6 +159,10 @@ def collect(root: Path):
     rows, curves = [], []
     for run_dir in find_runs(root):
         row, curve = read_run(run_dir)
+        try:   # the run's name among its suite's runs ("dpo/seed1"): what head_to_head.json files are keyed by
+            row["in_suite"] = run_dir.relative_to(Path(root) / row["suite"]).as_posix()
+        except ValueError:
+            row["in_suite"] = None
         rows.append(row)
         curves.extend(curve)
     runs = pd.DataFrame(rows)

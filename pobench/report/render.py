@@ -41,10 +41,17 @@ def fmt_delta(ci: dict, digits: int = 3) -> str:
     """A signed difference; `*` marks an interval that excludes zero."""
     if ci is None or ci.get("mean") is None:
         return "-"
+    return ("+" if ci["mean"] >= 0 else "") + fmt_around(ci, 0.0, digits)
+
+
+def fmt_around(ci: dict, center: float, digits: int = 3) -> str:
+    """A value with its interval; `*` marks an interval that excludes `center` (0.5 for a win rate)."""
+    if ci is None or ci.get("mean") is None:
+        return "-"
     if ci.get("lo") is None:
-        return f"{ci['mean']:+.{digits}f}"
-    sure = "*" if ci["lo"] > 0 or ci["hi"] < 0 else ""
-    return f"{ci['mean']:+.{digits}f} ± {(ci['hi'] - ci['lo']) / 2:.{digits}f}{sure}"
+        return f"{ci['mean']:.{digits}f}"
+    sure = "*" if ci["lo"] > center or ci["hi"] < center else ""
+    return f"{ci['mean']:.{digits}f} ± {(ci['hi'] - ci['lo']) / 2:.{digits}f}{sure}"
 
 
 def fmt_point(p: float) -> str:
@@ -113,6 +120,7 @@ def versus_section(s: dict) -> Section | None:
     labels = {c: (s["score_label"] if c == "reward_mean" else l) for c, l in measured}
     has_prompts = any(r["prompt_paired"] for r in rows)
     has_unlike = any(r["unlike_baseline"] or r["unpaired_seeds"] for r in rows)
+    has_h2h = any(r.get("head_to_head") for r in rows)
     caption = [f"each algorithm minus {base}"
                + (f" (at its chosen grid point {v['grid_point'] or '(default)'})" if gridded else "")
                + " at the same seed (same data order, held-out pairs, eval prompts, reference and judge), then "
@@ -124,11 +132,17 @@ def versus_section(s: dict) -> Section | None:
         caption.append(f"per prompt: the judge's preference for the algorithm's output over the reference minus its "
                        f"preference for {base}'s, averaged over seeds, t-interval over prompts (prompt and judge "
                        f"noise; with one seed it says nothing of seed-to-seed spread); better/tied/worse: prompts")
+    if has_h2h:
+        judges = sorted({j for r in rows if r.get("head_to_head") for j in r["head_to_head"]["judge"]})
+        caption.append(f"head to head: the judge's P(the algorithm's answer beats {base}'s on the same prompt) "
+                       f"(`pobench compare`; judge {', '.join(judges)}), mean ± t half-width over seeds, or with one "
+                       f"seed ± half its bootstrap 95% interval over prompts; * = the interval excludes 0.5")
     if has_unlike:
         caption.append(f"unlike {base}: what differs from {base}'s runs although a fair comparison needs it equal "
                        f"(the numbers of such a row do not answer the question)")
     columns = (["algo"] + (["grid point"] if gridded else []) + ["seeds"] + [f"Δ {labels[c]}" for c, _ in measured]
                + ["train time ×"] + (["per prompt: Δ win rate", "better/tied/worse"] if has_prompts else [])
+               + (["head to head", "won/tied/lost"] if has_h2h else [])
                + ([f"unlike {base}"] if has_unlike else []))
     body = []
     for r in rows:
@@ -139,6 +153,9 @@ def versus_section(s: dict) -> Section | None:
         if has_prompts:
             p = r["prompt_paired"]
             cells += ([fmt_delta(p["difference"]), f"{p['better']}/{p['tied']}/{p['worse']}"] if p else ["-", "-"])
+        if has_h2h:
+            h = r.get("head_to_head")
+            cells += ([fmt_around(h["win_rate"], 0.5), f"{h['better']}/{h['tied']}/{h['worse']}"] if h else ["-", "-"])
         if has_unlike:
             unpaired = [f"seeds only one has: {','.join(map(str, r['unpaired_seeds']))}"] if r["unpaired_seeds"] else []
             cells.append("; ".join(r["unlike_baseline"] + unpaired) or "-")

@@ -11,8 +11,10 @@ evaluation, judge) is reported with the keys that differ, never silently compare
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from pobench.eval.generations import read_generations
+from pobench.eval.head_to_head import FILE as HEAD_TO_HEAD, read_comparisons
 from pobench.report.leaderboard import METRICS
 from pobench.report.stats import mean_ci
 
@@ -99,6 +101,24 @@ def prompt_paired(pairs: list[tuple[dict, dict]]) -> tuple[dict | None, list[str
             "worse": sum(m < 0 for m in means), "prompts": len(means)}, notes
 
 
+def head_to_head(pairs: list[tuple[dict, dict]]) -> dict | None:
+    """The algorithm's answers judged directly against the baseline's (`pobench compare`, head_to_head.json in the
+    algorithm's run folders): win rate, mean and t-interval over the seeds compared, or with one seed its bootstrap
+    interval over prompts; prompts better, tied and worse summed over seeds. None where no seed was compared."""
+    found = []
+    for mine, base in pairs:
+        if base.get("in_suite"):
+            found += [c for c in [read_comparisons(Path(mine["run_dir"]) / HEAD_TO_HEAD).get(base["in_suite"])] if c]
+    if not found:
+        return None
+    win = mean_ci([c["win_rate"] for c in found])
+    if len(found) == 1:
+        win["lo"], win["hi"] = found[0]["win_rate_ci95"]
+    return {"win_rate": win, "seeds": [c["seed"] for c in found],
+            **{k: sum(c[k] for c in found) for k in ("better", "tied", "worse")},
+            "judge": sorted({c["judge"]["name"] for c in found})}
+
+
 def _seed_runs(frame) -> dict:
     return {int(r["seed"]): r for r in frame.to_dict("records")}
 
@@ -125,7 +145,7 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
         seeds = sorted(set(mine) & set(base))
         row = {"algo": algo, "grid_point": chosen[algo], "seeds": seeds,
                "unpaired_seeds": sorted(set(mine) ^ set(base)), "delta": {}, "time_ratio": None,
-               "prompt_paired": None, "unlike_baseline": []}
+               "prompt_paired": None, "head_to_head": None, "unlike_baseline": []}
         if seeds:
             for column, _ in DELTA_METRICS:
                 diffs = [mine[s].get(column) - base[s].get(column) for s in seeds
@@ -141,6 +161,7 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
             generations = [(read_generations(mine[s]["run_dir"]), read_generations(base[s]["run_dir"])) for s in seeds]
             paired, notes = prompt_paired([(a, b) for a, b in generations if a is not None and b is not None])
             row["prompt_paired"] = paired
+            row["head_to_head"] = head_to_head([(mine[s], base[s]) for s in seeds])
             row["unlike_baseline"] = unlike + [n for n in notes if n not in unlike]
         rows.append(row)
     return {"baseline": baseline, "grid_point": chosen[baseline], "seeds": sorted(base), "rows": rows}

@@ -1,0 +1,118 @@
+"""Head to head: one run's answers judged directly against another run's, prompt by prompt (`pobench compare`).
+
+`pobench eval` judges every run against a shared reference; to ask "is X better than DPO?" of a judge directly,
+this puts X's answer and DPO's answer on the same prompt before the same judge, in an order drawn per prompt as
+the evaluation draws it. Nothing is generated: both runs' generations.jsonl are judged again, pairwise. The two
+runs must have answered the same prompts with the same decoding at the same seed (then the auto judge is the one
+both were evaluated by: trained on none of the records either run trained on).
+
+The result is stored in the first run's folder, `head_to_head.json`, keyed by the other run's folder relative to
+the suite's (e.g. "dpo/seed1"), where `pobench report` finds it for its comparison with the baseline:
+
+    {"dpo/seed1": {"against", "n_prompts", "win_rate", "win_rate_se", "win_rate_ci95", "better", "tied", "worse",
+                   "identical_outputs", "judge", "decoding", "rows": [{"id", "preference", "policy_first"}], ...}}
+
+win_rate = mean P(this run's answer beats the other's), ties half; better/tied/worse count prompts by preference
+above, at or below one half; identical_outputs counts prompts where both answered the same text (a tie by
+construction).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pobench.errors import PobenchError
+
+FILE = "head_to_head.json"
+# eval.* keys that must agree: the two runs answered the same prompts, drawn the same way
+SAME_EVAL = ("eval_set", "eval_file", "num_prompts", "temperature", "top_p", "max_new_tokens", "seed")
+
+
+def suite_relative(run_dir: Path, suite: str) -> str:
+    """A run folder relative to its suite's folder ("dpo/seed1", "dpo/beta=0.1/seed2"): the key other runs file
+    their comparisons with it under, the same wherever the results folder lies."""
+    from pobench.eval.runner import results_root
+    return Path(run_dir).resolve().relative_to((results_root(run_dir, suite) / suite).resolve()).as_posix()
+
+
+def check_comparable(cfg, other_cfg, run_dir: Path, other_dir: Path) -> None:
+    problems = []
+    if cfg.suite != other_cfg.suite:
+        problems.append(f"suite {cfg.suite} vs {other_cfg.suite}")
+    if cfg.seed != other_cfg.seed:
+        problems.append(f"seed {cfg.seed} vs {other_cfg.seed}")
+    for key in SAME_EVAL:
+        a, b = getattr(cfg.eval, key), getattr(other_cfg.eval, key)
+        if a != b:
+            problems.append(f"eval.{key} {a!r} vs {b!r}")
+    if problems:
+        raise PobenchError(f"{run_dir} against {other_dir}: not comparable head to head ({'; '.join(problems)})")
+
+
+def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, overrides: dict | None = None,
+                 progress=None, device: str | None = None) -> dict:
+    """Judge `run_dir`'s answers against `other_dir`'s; write the result into run_dir/head_to_head.json and
+    return it."""
+    from pobench.engine.io import atomic_write_json
+    from pobench.eval import metrics as M
+    from pobench.eval.generations import read_generations
+    from pobench.eval.runner import (build_run_judge, decoding_record, eval_items, judge_rows, load_run_config,
+                                     results_root, versions)
+    from pobench.models import pick_device
+
+    started = time.time()
+    run_dir, other_dir = Path(run_dir), Path(other_dir)
+    cfg, other_cfg = load_run_config(run_dir, overrides), load_run_config(other_dir, overrides)
+    check_comparable(cfg, other_cfg, run_dir, other_dir)
+    mine, theirs = read_generations(run_dir), read_generations(other_dir)
+    for folder, rows in ((run_dir, mine), (other_dir, theirs)):
+        if rows is None:
+            raise PobenchError(f"{folder}: no generations.jsonl; evaluate the run first (pobench eval {folder})")
+    if set(mine) != set(theirs):
+        raise PobenchError(f"{run_dir} against {other_dir}: the two generations.jsonl hold different prompts "
+                           f"({len(set(mine) ^ set(theirs))} in only one); evaluate both with the same settings")
+    keys = list(mine)
+    suite_data = eval_items(cfg)[2] if cfg.eval.judge == "auto" else None
+    cache_dir = Path(cache_dir) if cache_dir else results_root(run_dir, cfg.suite) / ".cache"
+    judge = build_run_judge(cfg, suite_data, [run_dir, other_dir], cache_dir, str(pick_device(device or cfg.model.device)),
+                            progress)
+    task = progress.add_task(f"{cfg.algorithm_name} vs {other_cfg.algorithm_name} seed{cfg.seed}", total=None) \
+        if progress else None
+    verdicts = judge_rows(judge, [mine[k]["prompt"] for k in keys], [mine[k]["output"] for k in keys],
+                          [theirs[k]["output"] for k in keys], cfg.eval.seed)
+    if progress and task is not None:
+        progress.remove_task(task)
+    judged = [(k, v) for k, v in zip(keys, verdicts) if v["preference"] is not None]
+    if not judged:
+        raise PobenchError(f"{run_dir} against {other_dir}: the judge gave no verdict on any prompt")
+    prefs = [v["preference"] for _, v in judged]
+    result = {
+        "run": suite_relative(run_dir, cfg.suite), "against": suite_relative(other_dir, cfg.suite),
+        "suite": cfg.suite, "seed": cfg.seed, "algorithm": cfg.algorithm_name, "against_algorithm": other_cfg.algorithm_name,
+        "n_prompts": len(keys), "n_unjudged": len(keys) - len(judged),
+        **M.win_rate(prefs, cfg.eval.bootstrap, cfg.eval.seed),
+        "better": sum(p > 0.5 for p in prefs), "tied": sum(p == 0.5 for p in prefs), "worse": sum(p < 0.5 for p in prefs),
+        "identical_outputs": sum(mine[k]["output"] == theirs[k]["output"] for k in keys),
+        "judge": judge.describe(), "decoding": decoding_record(cfg),
+        # scores (scoring judges): "policy" is this run's answer, "reference" the other run's
+        "rows": [{"id": k, "preference": v["preference"], "policy_first": v["policy_first"], "scores": v["scores"]}
+                 for k, v in zip(keys, verdicts)],
+        "time_s": round(time.time() - started, 3), "versions": versions(),
+    }
+    path = run_dir / FILE
+    atomic_write_json(path, {**read_comparisons(path), result["against"]: result})
+    return result
+
+
+def read_comparisons(path: Path) -> dict:
+    """{other run: comparison} of a head_to_head.json ({} when there is none)."""
+    if not path.is_file():
+        return {}
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PobenchError(f"{path}: not valid JSON ({e}); move it away to start anew") from None
+    if not isinstance(stored, dict) or not all(isinstance(v, dict) for v in stored.values()):
+        raise PobenchError(f"{path}: expected a JSON object of comparisons keyed by the other run")
+    return stored
