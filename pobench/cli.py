@@ -564,22 +564,27 @@ def compare(
                                  "(e.g. results/hh-rlhf/dpo)."),
     judge: Optional[str] = typer.Option(None, "--judge", help="auto | rm:<folder or hub id> | gold:<name> | "
                                         "alpaca_eval:<config> | alpaca_eval:local (default: the runs' eval.judge)."),
+    set_: List[str] = typer.Option([], "--set", help="A judge key, e.g. --set eval.judge_model=<model> "
+                                   "(eval.judge, judge_model, judge_decoder, judge_rm_steps, bootstrap)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Caches (judges); default: <results root>/.cache."),
     json_: bool = typer.Option(False, "--json", help="Print every comparison as one JSON line (without its rows)."),
 ):
     """Judge each run's answers directly against another run's of the same seed (head to head, no generation):
     head_to_head.json in each run folder, shown by `pobench report` against the baseline."""
-    from pobench.eval.head_to_head import check_comparable, head_to_head
+    from pobench import config as C
+    from pobench.eval.head_to_head import check_comparable, check_overrides, head_to_head
     from pobench.eval.runner import load_run_config
 
-    overrides = {"eval": {"judge": judge}} if judge else {}
+    overrides = C.deep_merge({"eval": {"judge": judge}} if judge else {}, C.parse_set(set_))
+    check_overrides(overrides)
     mine, theirs = _runs_by_seed(runs, "RUNS", overrides), _runs_by_seed([against], "--against", overrides)
     pairs = [(mine[s], theirs[s]) for s in sorted(set(mine) & set(theirs))]
     if not pairs:
         raise PobenchError(f"no seed in both: {', '.join(map(str, runs))} has seeds {sorted(mine)}, {against} has "
                            f"{sorted(theirs)}")
     for run, other in pairs:   # every pair is checked before the first judge runs
-        check_comparable(load_run_config(run, overrides), load_run_config(other, overrides), run, other)
+        check_comparable(load_run_config(run), load_run_config(other), run, other)
+        load_run_config(run, overrides)   # and the judge settings asked for are valid
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
@@ -592,9 +597,9 @@ def compare(
         return
     table = Table(title=f"pobench compare: {len(results)} pair(s)", caption=escape(
         "win rate: P(the run's answer beats the other run's on the same prompt), ties half, +/- standard error; "
-        "95% CI: bootstrap over prompts; better/tied/worse: prompts; judges: "
+        "95% CI: bootstrap over prompts; won/tied/lost: prompts; same text: prompts both answered alike; judges: "
         + "; ".join(sorted({r["judge"]["name"] for r in results}))))
-    for col in ("suite", "seed", "run", "against", "n", "win rate", "95% CI", "better/tied/worse", "same text"):
+    for col in ("suite", "seed", "run", "against", "n", "win rate", "95% CI", "won/tied/lost", "same text"):
         table.add_column(col, no_wrap=True)
     for r in results:
         se = "" if r["win_rate_se"] != r["win_rate_se"] else f" +/- {r['win_rate_se']:.3f}"   # NaN: one prompt

@@ -257,3 +257,24 @@ def test_compare_refuses_what_is_not_comparable(finished_run, tmp_path):
     (other / "config.yaml").write_text(config.replace("seed: 1", "seed: 2"))
     result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(other)])
     assert isinstance(result.exception, PobenchError) and "no seed in both" in str(result.exception)
+
+
+def test_compare_with_the_local_llm_judge_through_alpaca_eval(finished_run, tiny_model_dir):
+    """The LLM-judge path of a head-to-head comparison: alpaca_eval's annotator answered by a local model; only the
+    judge's keys can be set, the stored answers' generation settings cannot."""
+    pytest.importorskip("alpaca_eval")
+    from pobench.cli import app
+    suite = finished_run.parents[1]
+    result = CliRunner().invoke(app, ["compare", str(suite / "simpo" / "seed1"), "--against", str(finished_run),
+                                      "--judge", "alpaca_eval:local", "--set", f"eval.judge_model={tiny_model_dir}",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    h2h = json.loads(result.output.strip().splitlines()[-1])
+    assert h2h["judge"]["kind"] == "llm" and h2h["n_prompts"] == 4 and 0 <= h2h["win_rate"] <= 1
+    assert h2h["decoding"]["max_new_tokens"] == 8   # the answers' own decoding, recorded
+    stored = json.loads((suite / "simpo" / "seed1" / "head_to_head.json").read_text())["dpo/seed1"]
+    assert stored["judge"]["name"] == h2h["judge"]["name"] and len(stored["rows"]) == 4
+    result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(suite / "dpo"),
+                                      "--set", "eval.max_new_tokens=64"])
+    assert isinstance(result.exception, PobenchError)
+    assert "--set eval.max_new_tokens: compare judges answers already generated" in str(result.exception)

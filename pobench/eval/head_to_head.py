@@ -25,6 +25,8 @@ from pathlib import Path
 from pobench.errors import PobenchError
 
 FILE = "head_to_head.json"
+# what `pobench compare --set` may change: the judge, not what the stored answers were generated with
+JUDGE_KEYS = ("judge", "judge_model", "judge_decoder", "judge_rm_steps", "bootstrap")
 # eval.* keys that must agree: the two runs answered the same prompts, drawn the same way
 SAME_EVAL = ("eval_set", "eval_file", "num_prompts", "temperature", "top_p", "max_new_tokens", "seed")
 
@@ -50,6 +52,17 @@ def check_comparable(cfg, other_cfg, run_dir: Path, other_dir: Path) -> None:
         raise PobenchError(f"{run_dir} against {other_dir}: not comparable head to head ({'; '.join(problems)})")
 
 
+def check_overrides(overrides: dict | None) -> None:
+    for section, keys in (overrides or {}).items():
+        if section != "eval" or not isinstance(keys, dict):
+            bad = [section]
+        else:
+            bad = [f"eval.{k}" for k in keys if k not in JUDGE_KEYS]
+        if bad:
+            raise PobenchError(f"--set {bad[0]}: compare judges answers already generated; it can change only "
+                               f"{', '.join('eval.' + k for k in JUDGE_KEYS)}")
+
+
 def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, overrides: dict | None = None,
                  progress=None, device: str | None = None) -> dict:
     """Judge `run_dir`'s answers against `other_dir`'s; write the result into run_dir/head_to_head.json and
@@ -63,8 +76,10 @@ def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, 
 
     started = time.time()
     run_dir, other_dir = Path(run_dir), Path(other_dir)
-    cfg, other_cfg = load_run_config(run_dir, overrides), load_run_config(other_dir, overrides)
-    check_comparable(cfg, other_cfg, run_dir, other_dir)
+    check_overrides(overrides)
+    generated, other_cfg = load_run_config(run_dir), load_run_config(other_dir)   # as the answers were made
+    check_comparable(generated, other_cfg, run_dir, other_dir)
+    cfg = load_run_config(run_dir, overrides)   # with the judge asked for
     mine, theirs = read_generations(run_dir), read_generations(other_dir)
     for folder, rows in ((run_dir, mine), (other_dir, theirs)):
         if rows is None:
@@ -94,7 +109,7 @@ def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, 
         **M.win_rate(prefs, cfg.eval.bootstrap, cfg.eval.seed),
         "better": sum(p > 0.5 for p in prefs), "tied": sum(p == 0.5 for p in prefs), "worse": sum(p < 0.5 for p in prefs),
         "identical_outputs": sum(mine[k]["output"] == theirs[k]["output"] for k in keys),
-        "judge": judge.describe(), "decoding": decoding_record(cfg),
+        "judge": judge.describe(), "decoding": decoding_record(generated),
         # scores (scoring judges): "policy" is this run's answer, "reference" the other run's
         "rows": [{"id": k, "preference": v["preference"], "policy_first": v["policy_first"], "scores": v["scores"]}
                  for k, v in zip(keys, verdicts)],
