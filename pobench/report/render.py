@@ -124,7 +124,8 @@ def versus_section(s: dict) -> Section | None:
     caption = [f"each algorithm minus {base}"
                + (f" (at its chosen grid point {v['grid_point'] or '(default)'})" if gridded else "")
                + " at the same seed (same data order, held-out pairs, eval prompts, reference and judge), then "
-               "mean ± half-width of the 95% t-interval over those seeds; * = the interval excludes 0",
+               "mean ± half-width of the 95% t-interval over those seeds; * = the interval excludes 0 (each interval "
+               "on its own: of many cells, about 1 in 20 excludes 0 by chance)",
                ("held-out acc AUC: held-out reward accuracy averaged over the pairs every run covers (how fast it "
                 "learns; the convergence table's AUC); " if ACC_AUC in labels else "")
                + f"train time ×: the algorithm's training time over {base}'s, per seed"]
