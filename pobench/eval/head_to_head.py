@@ -35,7 +35,10 @@ def suite_relative(run_dir: Path, suite: str) -> str:
     """A run folder relative to its suite's folder ("dpo/seed1", "dpo/beta=0.1/seed2"): the key other runs file
     their comparisons with it under, the same wherever the results folder lies."""
     from pobench.eval.runner import results_root
-    return Path(run_dir).resolve().relative_to((results_root(run_dir, suite) / suite).resolve()).as_posix()
+    try:
+        return Path(run_dir).resolve().relative_to((results_root(run_dir, suite) / suite).resolve()).as_posix()
+    except ValueError:   # a run folder moved out of a results tree: its path is all there is to name it by
+        return Path(run_dir).resolve().as_posix()
 
 
 def check_comparable(cfg, other_cfg, run_dir: Path, other_dir: Path) -> None:
