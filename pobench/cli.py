@@ -569,8 +569,7 @@ def compare(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Caches (judges); default: <results root>/.cache."),
     json_: bool = typer.Option(False, "--json", help="Print every comparison as one JSON line (without its rows)."),
 ):
-    """Judge each run's answers directly against another run's of the same seed (head to head, no generation):
-    head_to_head.json in each run folder, shown by `pobench report` against the baseline."""
+    """Judge runs' answers head to head against other runs' of the same seed (no generation; head_to_head.json)."""
     from pobench import config as C
     from pobench.eval.head_to_head import check_comparable, check_overrides, head_to_head
     from pobench.eval.runner import load_run_config

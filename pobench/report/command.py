@@ -38,7 +38,7 @@ def report(
     baseline: str = typer.Option("dpo", "--baseline", help="Compare every other algorithm with this one, seed by "
                                  "seed and prompt by prompt (suites without it are skipped); 'none': no comparison."),
 ):
-    """Leaderboards (mean and 95% CI over seeds), tuning grids, convergence tables, plots and an HTML report."""
+    """Leaderboards with 95% CIs over seeds, paired differences from a baseline, grids, convergence, plots, HTML."""
     from pobench.report import render
     from pobench.report.build import build_report
 
