@@ -559,7 +559,8 @@ def eval_(
 
 @app.command("compare")
 def compare(
-    runs: List[Path] = typer.Argument(..., help="Run folders, or folders holding them (e.g. results/hh-rlhf/mcpo)."),
+    runs: List[Path] = typer.Argument(..., help="Run folders, or folders holding them: one algorithm "
+                                      "(results/hh-rlhf/mcpo) or a whole suite (results/hh-rlhf)."),
     against: Path = typer.Option(..., "--against", help="The runs to judge them against, paired by seed "
                                  "(e.g. results/hh-rlhf/dpo)."),
     judge: Optional[str] = typer.Option(None, "--judge", help="auto | rm:<folder or hub id> | gold:<name> | "
@@ -576,11 +577,20 @@ def compare(
 
     overrides = C.deep_merge({"eval": {"judge": judge}} if judge else {}, C.parse_set(set_))
     check_overrides(overrides)
-    mine, theirs = _runs_by_seed(runs, "RUNS", overrides), _runs_by_seed([against], "--against", overrides)
-    pairs = [(mine[s], theirs[s]) for s in sorted(set(mine) & set(theirs))]
+    theirs = _runs_by_seed(_run_folders([against]), "--against", overrides)
+    baseline = {p.resolve() for p in theirs.values()}
+    # RUNS may hold several algorithms or grid points (e.g. a whole suite folder): each is paired by seed
+    groups: dict[Path, list[Path]] = {}
+    for folder in _run_folders(runs):
+        if folder.resolve() not in baseline:
+            groups.setdefault(folder.parent, []).append(folder)
+    pairs = []
+    for group in groups.values():
+        mine = _runs_by_seed(group, "RUNS", overrides)
+        pairs += [(mine[s], theirs[s]) for s in sorted(set(mine) & set(theirs))]
     if not pairs:
-        raise PobenchError(f"no seed in both: {', '.join(map(str, runs))} has seeds {sorted(mine)}, {against} has "
-                           f"{sorted(theirs)}")
+        raise PobenchError(f"no seed in both: {', '.join(map(str, runs))} and {against} (seeds {sorted(theirs)}) "
+                           f"share no seed")
     for run, other in pairs:   # every pair is checked before the first judge runs
         check_comparable(load_run_config(run), load_run_config(other), run, other)
         load_run_config(run, overrides)   # and the judge settings asked for are valid
@@ -608,12 +618,11 @@ def compare(
     Console(width=max(120, Console().width)).print(table)
 
 
-def _runs_by_seed(paths: list[Path], what: str, overrides: dict) -> dict[int, Path]:
-    """{seed: run folder} of the finished runs under `paths`; two runs of one seed (grid points, two algorithms)
-    are ambiguous: name the folder of one."""
+def _runs_by_seed(folders: list[Path], what: str, overrides: dict) -> dict[int, Path]:
+    """{seed: run folder}; two runs of one seed (grid points, two algorithms) are ambiguous: name the folder of one."""
     from pobench.eval.runner import load_run_config
     by_seed: dict[int, Path] = {}
-    for folder in _run_folders(paths):
+    for folder in folders:
         seed = load_run_config(folder, overrides).seed
         if seed in by_seed:
             raise PobenchError(f"{what}: two runs of seed {seed} ({by_seed[seed]} and {folder}); name one "

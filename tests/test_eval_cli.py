@@ -223,8 +223,10 @@ def test_compare_judges_simpo_against_dpo_head_to_head(finished_run):
     from pobench.cli import app
     from pobench.report.build import build_report
     suite = finished_run.parents[1]
-    result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(suite / "dpo")])
+    # the whole suite folder against DPO: every other algorithm is compared, DPO itself is not
+    result = CliRunner().invoke(app, ["compare", str(suite), "--against", str(suite / "dpo")])
     assert result.exit_code == 0, result.output
+    assert not (finished_run / "head_to_head.json").exists()
     stored = json.loads((suite / "simpo" / "seed1" / "head_to_head.json").read_text())
     h2h = stored["dpo/seed1"]
     evaluated = json.loads((finished_run / "eval.json").read_text())["judge"]["name"]
