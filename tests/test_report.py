@@ -452,3 +452,22 @@ def test_pool_settings_must_match_only_between_algorithms_that_draw_from_a_pool(
     against_mcpo = {r["algo"]: r for r in build_report(tmp_path, baseline="mcpo")[0]["suites"][0]["versus"]["rows"]}
     assert against_mcpo["rso"]["unlike_baseline"] == ["pool.num_samples 16 vs 8"]
     assert against_mcpo["dpo"]["unlike_baseline"] == []
+
+
+def test_held_out_accuracy_paired_pair_by_pair(tmp_path):
+    """held_out_pairs.json holds each held-out pair's final reward margin: the report differences the two
+    algorithms' right/wrong on every pair, averages over seeds, and counts pairs won, tied and lost."""
+    margins = {("dpo", 1): [1, -1, 1, -1], ("mcpo", 1): [2, 3, 1, -1],
+               ("dpo", 2): [1, -1, 1, -1], ("mcpo", 2): [1, 1, -2, -1]}
+    for (algo, seed), ms in margins.items():
+        run = write_run(tmp_path, algo, seed, [0.5, 0.6])
+        (run / "held_out_pairs.json").write_text(json.dumps({"ids": ["a", "b", "c", "d"], "margins": ms}))
+    row = build_report(tmp_path)[0]["suites"][0]["versus"]["rows"][0]
+    paired = row["pair_paired"]   # per pair: (0 + 0) / 2, (1 + 1) / 2, (0 - 1) / 2, 0
+    assert paired["difference"] == pytest.approx(mean_ci([0.0, 1.0, -0.5, 0.0]))
+    assert (paired["better"], paired["tied"], paired["worse"], paired["pairs"]) == (1, 2, 1, 4)
+    md = to_markdown(sections(build_report(tmp_path)[0]))
+    assert "per pair: Δ held-out acc" in md and "| 1/2/1 |" in md
+    (tmp_path / "hh-rlhf" / "mcpo" / "seed2" / "held_out_pairs.json").write_text('{"ids": ["a"], "margins": []}')
+    with pytest.raises(PobenchError, match="mcpo/seed2/held_out_pairs.json: expected 'ids' and 'margins'"):
+        build_report(tmp_path)

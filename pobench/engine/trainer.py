@@ -468,7 +468,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         faults.kill_point("eval")
         reference = refcache.lookup(eval_pairs) if refcache else None
         with torch.no_grad():
-            return pair_metrics(algo.loss(policy, reference, params), policy, prefix="eval/")
+            out = algo.loss(policy, reference, params)
+        frozen["held_out_margins"] = (out.chosen_rewards - out.rejected_rewards).tolist()   # the latest, per pair
+        return pair_metrics(out, policy, prefix="eval/")
 
     if state["initial_eval"] is None:
         state["initial_eval"] = held_out()
@@ -586,6 +588,12 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     if suite_eval:
         summary["gold_eval_final"] = suite_eval.finish(run_dir, rows)["final"]
     if accelerator.is_main_process:
+        # per pair, so that two algorithms' held-out accuracies can be compared pair by pair (pobench report);
+        # written before the summary, which marks the run finished
+        atomic_write_json(run_dir / "held_out_pairs.json", {
+            "ids": [(p.source.id if p.source is not None else "") or str(i) for i, p in enumerate(eval_pairs)],
+            "margins": frozen["held_out_margins"], "step": state["step"],
+            "reward": f"{cfg.algorithm_name}'s implicit reward: chosen minus rejected"})
         atomic_write_json(run_dir / "train_summary.json", summary)
     return summary
 

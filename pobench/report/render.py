@@ -121,6 +121,7 @@ def versus_section(s: dict) -> Section | None:
     has_prompts = any(r["prompt_paired"] for r in rows)
     has_unlike = any(r["unlike_baseline"] or r["unpaired_seeds"] for r in rows)
     has_h2h = any(r.get("head_to_head") for r in rows)
+    has_pairs = any(r.get("pair_paired") for r in rows)
     caption = [f"each algorithm minus {base}"
                + (f" (at its chosen grid point {v['grid_point'] or '(default)'})" if gridded else "")
                + " at the same seed (same data order, held-out pairs, eval prompts, reference and judge), then "
@@ -133,6 +134,10 @@ def versus_section(s: dict) -> Section | None:
         caption.append(f"per prompt: the judge's preference for the algorithm's output over the reference minus its "
                        f"preference for {base}'s, averaged over seeds, t-interval over prompts (prompt and judge "
                        f"noise; with one seed it says nothing of seed-to-seed spread); better/tied/worse: prompts")
+    if has_pairs:
+        caption.append(f"per pair: on each held-out pair, whether the algorithm's final implicit reward ranks chosen "
+                       f"over rejected minus whether {base}'s does, averaged over seeds, t-interval over pairs; "
+                       f"won/tied/lost: pairs")
     if has_h2h:
         judges = sorted({j for r in rows if r.get("head_to_head") for j in r["head_to_head"]["judge"]})
         caption.append(f"head to head: the judge's P(the algorithm's answer beats {base}'s on the same prompt) "
@@ -143,6 +148,7 @@ def versus_section(s: dict) -> Section | None:
                        f"(the numbers of such a row do not answer the question)")
     columns = (["algo"] + (["grid point"] if gridded else []) + ["seeds"] + [f"Δ {labels[c]}" for c, _ in measured]
                + ["train time ×"] + (["per prompt: Δ win rate", "better/tied/worse"] if has_prompts else [])
+               + (["per pair: Δ held-out acc", "pairs won/tied/lost"] if has_pairs else [])
                + (["head to head", "won/tied/lost"] if has_h2h else [])
                + ([f"unlike {base}"] if has_unlike else []))
     body = []
@@ -153,6 +159,9 @@ def versus_section(s: dict) -> Section | None:
         cells.append(fmt_ci(r["time_ratio"], 2))
         if has_prompts:
             p = r["prompt_paired"]
+            cells += ([fmt_delta(p["difference"]), f"{p['better']}/{p['tied']}/{p['worse']}"] if p else ["-", "-"])
+        if has_pairs:
+            p = r.get("pair_paired")
             cells += ([fmt_delta(p["difference"]), f"{p['better']}/{p['tied']}/{p['worse']}"] if p else ["-", "-"])
         if has_h2h:
             h = r.get("head_to_head")
@@ -270,14 +279,17 @@ def to_csv(report: dict) -> str:
 
 def versus_columns(v: dict | None, algo: str) -> dict:
     """The CSV's comparison with the baseline: vs_<metric>_{mean,lo,hi,n} (differences at shared seeds),
-    vs_time_ratio_*, vs_prompt_win_rate_* (the per-prompt paired difference), vs_unlike (what differs) and
-    vs_unpaired_seeds (seeds only one of the two has)."""
+    vs_time_ratio_*, vs_prompt_win_rate_* (the per-prompt paired difference), vs_pair_held_out_acc_* (per held-out
+    pair), vs_head_to_head_win_rate_* (pobench compare), vs_unlike (what differs) and vs_unpaired_seeds (seeds only
+    one of the two has)."""
     row = next((r for r in v["rows"] if r["algo"] == algo), None) if v else None
     if row is None:
         return {}
     out = {"baseline": v["baseline"]}
     cis = {**{f"vs_{c}": row["delta"].get(c) for c, _ in DELTA_METRICS}, "vs_time_ratio": row["time_ratio"],
-           "vs_prompt_win_rate": (row["prompt_paired"] or {}).get("difference")}
+           "vs_prompt_win_rate": (row["prompt_paired"] or {}).get("difference"),
+           "vs_pair_held_out_acc": (row.get("pair_paired") or {}).get("difference"),
+           "vs_head_to_head_win_rate": (row.get("head_to_head") or {}).get("win_rate")}
     for name, ci in cis.items():
         for k in ("mean", "lo", "hi", "n"):
             out[f"{name}_{k}"] = (ci or {}).get(k)

@@ -10,9 +10,11 @@ evaluation, judge) is reported with the keys that differ, never silently compare
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
+from pobench.errors import PobenchError
 from pobench.eval.generations import read_generations
 from pobench.eval.head_to_head import FILE as HEAD_TO_HEAD, read_comparisons
 from pobench.report.leaderboard import METRICS
@@ -101,6 +103,39 @@ def prompt_paired(pairs: list[tuple[dict, dict]]) -> tuple[dict | None, list[str
             "worse": sum(m < 0 for m in means), "prompts": len(means)}, notes
 
 
+def read_held_out_pairs(run_dir) -> dict | None:
+    """{pair id: final held-out reward margin} of a run's held_out_pairs.json (None for runs made before it)."""
+    path = Path(run_dir) / "held_out_pairs.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PobenchError(f"{path}: not valid JSON ({e})") from None
+    ids, margins = (data.get("ids"), data.get("margins")) if isinstance(data, dict) else (None, None)
+    if not isinstance(ids, list) or not isinstance(margins, list) or len(ids) != len(margins) or not all(
+            isinstance(m, (int, float)) and not isinstance(m, bool) for m in margins):
+        raise PobenchError(f"{path}: expected 'ids' and 'margins', two lists of one entry per held-out pair")
+    if len(set(map(str, ids))) != len(ids):
+        ids = list(range(len(ids)))   # no usable ids: the held-out pairs come in the same order for every run
+    return dict(zip(map(str, ids), margins))
+
+
+def pair_paired(pairs: list[tuple[dict, dict]]) -> dict | None:
+    """Held-out reward accuracy paired pair by pair: on every held-out pair, 1 where the algorithm's final implicit
+    reward ranks the chosen answer above the rejected one, minus the same for the baseline's; averaged over seeds
+    per pair; mean and t-interval over pairs, and the pairs won (only the algorithm right), tied and lost."""
+    per_pair: dict = {}
+    for mine, base in pairs:
+        for key in sorted(set(mine) & set(base)):
+            per_pair.setdefault(key, []).append(float(mine[key] > 0) - float(base[key] > 0))
+    if not per_pair:
+        return None
+    means = [sum(d) / len(d) for d in per_pair.values()]
+    return {"difference": mean_ci(means), "better": sum(m > 0 for m in means), "tied": sum(m == 0 for m in means),
+            "worse": sum(m < 0 for m in means), "pairs": len(means)}
+
+
 def head_to_head(pairs: list[tuple[dict, dict]]) -> dict | None:
     """The algorithm's answers judged directly against the baseline's (`pobench compare`, head_to_head.json in the
     algorithm's run folders): win rate, mean and t-interval over the seeds compared, or with one seed its bootstrap
@@ -145,7 +180,7 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
         seeds = sorted(set(mine) & set(base))
         row = {"algo": algo, "grid_point": chosen[algo], "seeds": seeds,
                "unpaired_seeds": sorted(set(mine) ^ set(base)), "delta": {}, "time_ratio": None,
-               "prompt_paired": None, "head_to_head": None, "unlike_baseline": []}
+               "prompt_paired": None, "pair_paired": None, "head_to_head": None, "unlike_baseline": []}
         if seeds:
             for column, _ in DELTA_METRICS:
                 diffs = [mine[s].get(column) - base[s].get(column) for s in seeds
@@ -162,6 +197,8 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
             paired, notes = prompt_paired([(a, b) for a, b in generations if a is not None and b is not None])
             row["prompt_paired"] = paired
             row["head_to_head"] = head_to_head([(mine[s], base[s]) for s in seeds])
+            margins = [(read_held_out_pairs(mine[s]["run_dir"]), read_held_out_pairs(base[s]["run_dir"])) for s in seeds]
+            row["pair_paired"] = pair_paired([(a, b) for a, b in margins if a is not None and b is not None])
             row["unlike_baseline"] = unlike + [n for n in notes if n not in unlike]
         rows.append(row)
     return {"baseline": baseline, "grid_point": chosen[baseline], "seeds": sorted(base), "rows": rows}
