@@ -76,6 +76,14 @@ def differences(run: dict, base: dict) -> list[str]:
     return out
 
 
+def over_units(differences: dict) -> dict:
+    """{unit (prompt or pair): its differences at each seed} -> each unit's mean over seeds, then their mean and
+    t-interval over units, and how many units came out above, at and below zero."""
+    means = [sum(d) / len(d) for d in differences.values()]
+    return {"difference": mean_ci(means), "better": sum(m > 0 for m in means), "tied": sum(m == 0 for m in means),
+            "worse": sum(m < 0 for m in means)}
+
+
 def prompt_paired(pairs: list[tuple[dict, dict]]) -> tuple[dict | None, list[str]]:
     """The win rate's paired difference: on every prompt both runs of a seed had judged, the algorithm's preference
     over the (shared) reference output minus the baseline's, averaged over seeds per prompt; mean and t-interval
@@ -98,9 +106,7 @@ def prompt_paired(pairs: list[tuple[dict, dict]]) -> tuple[dict | None, list[str
         notes.append(f"reference outputs differ on {other_reference} prompts")
     if not per_prompt:
         return None, notes
-    means = [sum(d) / len(d) for d in per_prompt.values()]
-    return {"difference": mean_ci(means), "better": sum(m > 0 for m in means), "tied": sum(m == 0 for m in means),
-            "worse": sum(m < 0 for m in means), "prompts": len(means)}, notes
+    return {**over_units(per_prompt), "prompts": len(per_prompt)}, notes
 
 
 def read_held_out_pairs(run_dir) -> dict | None:
@@ -131,9 +137,7 @@ def pair_paired(pairs: list[tuple[dict, dict]]) -> dict | None:
             per_pair.setdefault(key, []).append(float(mine[key] > 0) - float(base[key] > 0))
     if not per_pair:
         return None
-    means = [sum(d) / len(d) for d in per_pair.values()]
-    return {"difference": mean_ci(means), "better": sum(m > 0 for m in means), "tied": sum(m == 0 for m in means),
-            "worse": sum(m < 0 for m in means), "pairs": len(means)}
+    return {**over_units(per_pair), "pairs": len(per_pair)}
 
 
 def head_to_head(pairs: list[tuple[dict, dict]]) -> dict | None:
