@@ -246,6 +246,14 @@ def test_compare_judges_simpo_against_dpo_head_to_head(finished_run):
         assert sum(margins) / 4 == pytest.approx(final["eval/rewards/margins"])
     assert row["pair_paired"]["pairs"] == 4
     assert row["head_to_head"]["seeds"] == [1] and row["head_to_head"]["judge"] == [evaluated]
+    # SimPO evaluated again with other answers: the stored head-to-head no longer applies, and the report says so
+    gen_file = suite / "simpo" / "seed1" / "generations.jsonl"
+    kept = gen_file.read_text()
+    gen_file.write_text(kept.replace('"output": "', '"output": "changed ', 1))
+    row = build_report(finished_run.parents[2])[0]["suites"][0]["versus"]["rows"][0]
+    gen_file.write_text(kept)
+    assert row["head_to_head"] is None
+    assert "head to head of 1 seed(s) left out: answers changed since (pobench compare again)" in row["unlike_baseline"]
 
 
 def test_compare_refuses_what_is_not_comparable(finished_run, tmp_path):

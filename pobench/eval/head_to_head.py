@@ -10,14 +10,17 @@ The result is stored in the first run's folder, `head_to_head.json`, keyed by th
 the suite's (e.g. "dpo/seed1"), where `pobench report` finds it for its comparison with the baseline:
 
     {"dpo/seed1": {"against", "n_prompts", "win_rate", "win_rate_se", "win_rate_ci95", "better", "tied", "worse",
-                   "identical_outputs", "judge", "decoding", "rows": [{"id", "preference", "policy_first"}], ...}}
+                   "identical_outputs", "answers_digest", "judge", "decoding",
+                   "rows": [{"id", "preference", "policy_first", "scores"}], ...}}
 
 win_rate = mean P(this run's answer beats the other's), ties half; better/tied/worse count prompts by preference
 above, at or below one half; identical_outputs counts prompts where both answered the same text (a tie by
-construction).
+construction); answers_digest fingerprints the answers judged, so that a comparison whose runs were evaluated
+again since is recognised as stale.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -39,6 +42,13 @@ def suite_relative(run_dir: Path, suite: str) -> str:
         return Path(run_dir).resolve().relative_to((results_root(run_dir, suite) / suite).resolve()).as_posix()
     except ValueError:   # a run folder moved out of a results tree: its path is all there is to name it by
         return Path(run_dir).resolve().as_posix()
+
+
+def answers_digest(mine: dict, theirs: dict) -> str:
+    """What a comparison judged: both runs' answers, prompt by prompt. A run evaluated again since has other answers,
+    so its stored comparison no longer applies (pobench report leaves it out)."""
+    both = [[str(k), mine[k]["output"], theirs[k]["output"]] for k in sorted(set(mine) & set(theirs), key=str)]
+    return hashlib.sha1(json.dumps(both, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def check_comparable(cfg, other_cfg, run_dir: Path, other_dir: Path) -> None:
@@ -112,6 +122,7 @@ def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, 
         **M.win_rate(prefs, cfg.eval.bootstrap, cfg.eval.seed),
         "better": sum(p > 0.5 for p in prefs), "tied": sum(p == 0.5 for p in prefs), "worse": sum(p < 0.5 for p in prefs),
         "identical_outputs": sum(mine[k]["output"] == theirs[k]["output"] for k in keys),
+        "answers_digest": answers_digest(mine, theirs),
         "judge": judge.describe(), "decoding": decoding_record(generated),
         # scores (scoring judges): "policy" is this run's answer, "reference" the other run's
         "rows": [{"id": k, "preference": v["preference"], "policy_first": v["policy_first"], "scores": v["scores"]}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pobench.errors import PobenchError
 from pobench.eval.generations import read_generations
-from pobench.eval.head_to_head import FILE as HEAD_TO_HEAD, read_comparisons
+from pobench.eval.head_to_head import FILE as HEAD_TO_HEAD, answers_digest, read_comparisons
 from pobench.report.leaderboard import METRICS
 from pobench.report.stats import mean_ci
 
@@ -140,22 +140,29 @@ def pair_paired(pairs: list[tuple[dict, dict]]) -> dict | None:
     return {**over_units(per_pair), "pairs": len(per_pair)}
 
 
-def head_to_head(pairs: list[tuple[dict, dict]]) -> dict | None:
+def head_to_head(pairs: list[tuple[dict, dict, tuple]]) -> tuple[dict | None, list[str]]:
     """The algorithm's answers judged directly against the baseline's (`pobench compare`, head_to_head.json in the
     algorithm's run folders): win rate, mean and t-interval over the seeds compared, or with one seed its bootstrap
-    interval over prompts; prompts better, tied and worse summed over seeds. None where no seed was compared."""
-    found = []
-    for mine, base in pairs:
-        if base.get("in_suite"):
-            found += [c for c in [read_comparisons(Path(mine["run_dir"]) / HEAD_TO_HEAD).get(base["in_suite"])] if c]
+    interval over prompts; prompts better, tied and worse summed over seeds. `pairs`: (run, baseline run, their
+    generations). A comparison of answers either run has since replaced is left out and noted."""
+    found, stale = [], 0
+    for mine, base, (gen, base_gen) in pairs:
+        stored = read_comparisons(Path(mine["run_dir"]) / HEAD_TO_HEAD).get(base.get("in_suite") or "")
+        if not stored:
+            continue
+        if gen is None or base_gen is None or stored.get("answers_digest") != answers_digest(gen, base_gen):
+            stale += 1
+            continue
+        found.append(stored)
+    notes = [f"head to head of {stale} seed(s) left out: answers changed since (pobench compare again)"] if stale else []
     if not found:
-        return None
+        return None, notes
     win = mean_ci([c["win_rate"] for c in found])
     if len(found) == 1:
         win["lo"], win["hi"] = found[0]["win_rate_ci95"]
     return {"win_rate": win, "seeds": [c["seed"] for c in found],
             **{k: sum(c[k] for c in found) for k in ("better", "tied", "worse")},
-            "judge": sorted({c["judge"]["name"] for c in found})}
+            "judge": sorted({c["judge"]["name"] for c in found})}, notes
 
 
 def _seed_runs(frame) -> dict:
@@ -200,7 +207,8 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
             generations = [(read_generations(mine[s]["run_dir"]), read_generations(base[s]["run_dir"])) for s in seeds]
             paired, notes = prompt_paired([(a, b) for a, b in generations if a is not None and b is not None])
             row["prompt_paired"] = paired
-            row["head_to_head"] = head_to_head([(mine[s], base[s]) for s in seeds])
+            row["head_to_head"], stale = head_to_head([(mine[s], base[s], g) for s, g in zip(seeds, generations)])
+            notes += stale
             margins = [(read_held_out_pairs(mine[s]["run_dir"]), read_held_out_pairs(base[s]["run_dir"])) for s in seeds]
             row["pair_paired"] = pair_paired([(a, b) for a, b in margins if a is not None and b is not None])
             row["unlike_baseline"] = unlike + [n for n in notes if n not in unlike]
