@@ -10,13 +10,13 @@ evaluation, judge) is reported with the keys that differ, never silently compare
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from pobench.errors import PobenchError
 from pobench.eval.generations import read_generations
 from pobench.eval.head_to_head import FILE as HEAD_TO_HEAD, answers_digest, read_comparisons
+from pobench.report.collect import read_json
 from pobench.report.leaderboard import METRICS
 from pobench.report.stats import mean_ci
 
@@ -112,12 +112,9 @@ def prompt_paired(pairs: list[tuple[dict, dict]]) -> tuple[dict | None, list[str
 def read_held_out_pairs(run_dir) -> dict | None:
     """{pair id: final held-out reward margin} of a run's held_out_pairs.json (None for runs made before it)."""
     path = Path(run_dir) / "held_out_pairs.json"
-    if not path.is_file():
+    data = read_json(path, required=False)
+    if data is None:
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PobenchError(f"{path}: not valid JSON ({e})") from None
     ids, margins = (data.get("ids"), data.get("margins")) if isinstance(data, dict) else (None, None)
     if not isinstance(ids, list) or not isinstance(margins, list) or len(ids) != len(margins) or not all(
             isinstance(m, (int, float)) and not isinstance(m, bool) for m in margins):
