@@ -16,8 +16,8 @@ from pobench.report import grid as G
 from pobench.report.build import build_report
 from pobench.report.collect import collect
 from pobench.report.render import sections, to_csv, to_json, to_markdown
-from pobench.report.stats import (area_under_curve, interpolate_at, mean_ci, pairs_to_target, t_quantile,
-                                  value_at_first_crossing)
+from pobench.report.stats import (area_under_curve, holm, interpolate_at, mean_ci, pairs_to_target, t_quantile,
+                                  t_test_p, value_at_first_crossing)
 
 
 # -- statistics: known answers ---------------------------------------------------------------------------
@@ -47,6 +47,35 @@ def test_mean_ci_covers_the_true_mean_at_the_stated_rate():
         ci = mean_ci(sample.tolist())
         covered += ci["lo"] <= 0.3 <= ci["hi"]
     assert 0.935 <= covered / trials <= 0.965   # 95% +- 3.8 binomial standard errors
+
+
+@pytest.mark.parametrize("values,want", [([0.04, 0.05, 0.06], 0.0130725), ([0.1, 0.2, 0.0, 0.3], 0.1027281),
+                                         ([1, -2, 3, 0.5, 0.25], 0.5295571)])   # scipy.stats.ttest_1samp
+def test_t_test_p_known_answers(values, want):
+    assert t_test_p(values) == pytest.approx(want, rel=1e-5)
+    assert t_test_p([0.1]) is None and t_test_p([0.2, 0.2]) == 0.0 and t_test_p([0.0, 0.0]) == 1.0
+
+
+def test_t_test_p_below_5_percent_exactly_when_the_interval_excludes_0():
+    import numpy as np
+    rng = np.random.default_rng(1)
+    for n in (2, 3, 5, 10):
+        for sample in rng.normal(0.5, 1.0, size=(400, n)):
+            ci, p = mean_ci(sample.tolist()), t_test_p(sample.tolist())
+            if abs(p - 0.05) > 1e-9:
+                assert (p < 0.05) == (ci["lo"] > 0 or ci["hi"] < 0)
+
+
+def interval(ci: dict) -> dict:
+    """mean_ci's part of a tested difference (which adds its p-values)."""
+    return {k: ci[k] for k in ("mean", "lo", "hi", "n")}
+
+
+def test_holm_adjusts_in_the_given_order_and_keeps_missing_tests_out():
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.01, None, 0.04]) == [pytest.approx(0.02), None, pytest.approx(0.04)]
+    assert holm([0.6, 0.7]) == [1.0, 1.0] and holm([]) == [] and holm([0.03]) == [0.03]
 
 
 CURVE_X, CURVE_Y = [0, 48, 96], [0.5, 0.6, 0.8]
@@ -386,12 +415,13 @@ def test_against_dpo_differences_are_paired_by_seed_and_prompt(tmp_path):
     assert board["mcpo"]["lo"] < board["dpo"]["hi"]   # unpaired, the seeds' luck hides the difference
     row = suite["versus"]["rows"][0]
     assert suite["versus"]["baseline"] == "dpo" and row["algo"] == "mcpo" and row["seeds"] == [1, 2, 3]
-    assert row["delta"]["win_rate"] == pytest.approx(mean_ci([0.04, 0.05, 0.06]))
+    assert interval(row["delta"]["win_rate"]) == pytest.approx(mean_ci([0.04, 0.05, 0.06]))
+    assert row["delta"]["win_rate"]["p"] == pytest.approx(0.0130725, rel=1e-5)
     assert row["delta"]["win_rate"]["lo"] > 0          # paired, it shows
     assert row["time_ratio"]["mean"] == pytest.approx(2.0)
     assert row["delta"]["held_out_acc_auc"]["mean"] == pytest.approx(0.05)
     paired = row["prompt_paired"]   # per prompt, averaged over seeds: +0.1, +0.2, 0, +0.3
-    assert paired["difference"] == pytest.approx(mean_ci([0.1, 0.2, 0.0, 0.3]))
+    assert interval(paired["difference"]) == pytest.approx(mean_ci([0.1, 0.2, 0.0, 0.3]))
     assert (paired["better"], paired["tied"], paired["worse"], paired["prompts"]) == (3, 1, 0, 4)
     assert row["unlike_baseline"] == [] and row["unpaired_seeds"] == []
     md = to_markdown(sections(report))
@@ -404,6 +434,29 @@ def test_against_dpo_differences_are_paired_by_seed_and_prompt(tmp_path):
     assert table.loc["mcpo", "vs_win_rate_mean"] == pytest.approx(0.05) and table.loc["mcpo", "baseline"] == "dpo"
     assert table.loc["mcpo", "vs_prompt_win_rate_mean"] == pytest.approx(0.15)
     assert math.isnan(table.loc["dpo", "vs_win_rate_mean"])
+
+
+def test_against_dpo_corrects_for_comparing_several_algorithms(tmp_path):
+    """Three algorithms against DPO: 'maybe' is better at p = 0.029 on its own (`*`), which Holm's correction over
+    the three (p x 2 for the second smallest) no longer calls a difference; 'sure' (p = 0.00013) keeps its `†`."""
+    gaps = {"sure": (0.050, 0.051, 0.049), "maybe": (0.035, 0.05, 0.065), "noise": (0.1, -0.05, 0.02)}
+    for i, (seed, luck) in enumerate(zip((1, 2, 3), (0.3, 0.5, 0.7))):
+        write_run(tmp_path, "dpo", seed, [0.5, 0.6], eval_json=new_eval(luck, 0.6))
+        for algo, gap in gaps.items():
+            write_run(tmp_path, algo, seed, [0.5, 0.6], eval_json=new_eval(luck + gap[i], 0.6))
+    report = build_report(tmp_path)[0]
+    rows = {r["algo"]: r["delta"]["win_rate"] for r in report["suites"][0]["versus"]["rows"]}
+    assert rows["maybe"]["p"] == pytest.approx(0.0287141, rel=1e-5)
+    assert rows["maybe"]["p_holm"] == pytest.approx(2 * rows["maybe"]["p"])
+    assert rows["sure"]["p_holm"] == pytest.approx(3 * rows["sure"]["p"]) and rows["noise"]["p_holm"] == rows["noise"]["p"]
+    md = to_markdown(sections(report))
+    assert "| maybe | 1,2,3 | +0.050 ± 0.037* |" in md and "| sure | 1,2,3 | +0.050 ± 0.002*† |" in md
+    assert "† = still so after Holm's correction over the 3 algorithms" in md
+    import io
+    import pandas as pd
+    table = pd.read_csv(io.StringIO(to_csv(report))).set_index("algo")
+    assert table.loc["maybe", "vs_win_rate_p_holm"] == pytest.approx(0.0574283, rel=1e-5)
+    assert "vs_time_ratio_p" not in table.columns
 
 
 def test_against_dpo_names_what_is_unlike_the_baseline(tmp_path):
@@ -464,7 +517,7 @@ def test_held_out_accuracy_paired_pair_by_pair(tmp_path):
         (run / "held_out_pairs.json").write_text(json.dumps({"ids": ["a", "b", "c", "d"], "margins": ms}))
     row = build_report(tmp_path)[0]["suites"][0]["versus"]["rows"][0]
     paired = row["pair_paired"]   # per pair: (0 + 0) / 2, (1 + 1) / 2, (0 - 1) / 2, 0
-    assert paired["difference"] == pytest.approx(mean_ci([0.0, 1.0, -0.5, 0.0]))
+    assert interval(paired["difference"]) == pytest.approx(mean_ci([0.0, 1.0, -0.5, 0.0]))
     assert (paired["better"], paired["tied"], paired["worse"], paired["pairs"]) == (1, 2, 1, 4)
     md = to_markdown(sections(build_report(tmp_path)[0]))
     assert "per pair: Δ held-out acc" in md and "| 1/2/1 |" in md

@@ -37,11 +37,13 @@ def fmt_ci(ci: dict, digits: int = 3) -> str:
     return f"{ci['mean']:.{digits}f} ± {(ci['hi'] - ci['lo']) / 2:.{digits}f}"
 
 
-def fmt_delta(ci: dict, digits: int = 3) -> str:
-    """A signed difference; `*` marks an interval that excludes zero."""
+def fmt_delta(ci: dict, digits: int = 3, adjusted: bool = False) -> str:
+    """A signed difference; `*` marks an interval that excludes zero and, with `adjusted`, `†` a difference that
+    stays significant after Holm's correction over the table's column (`p_holm` < 0.05)."""
     if ci is None or ci.get("mean") is None:
         return "-"
-    return ("+" if ci["mean"] >= 0 else "") + fmt_around(ci, 0.0, digits)
+    holm = "†" if adjusted and ci.get("p_holm") is not None and ci["p_holm"] < 0.05 else ""
+    return ("+" if ci["mean"] >= 0 else "") + fmt_around(ci, 0.0, digits) + holm
 
 
 def fmt_around(ci: dict, center: float, digits: int = 3) -> str:
@@ -122,11 +124,14 @@ def versus_section(s: dict) -> Section | None:
     has_unlike = any(r["unlike_baseline"] or r["unpaired_seeds"] for r in rows)
     has_h2h = any(r.get("head_to_head") for r in rows)
     has_pairs = any(r.get("pair_paired") for r in rows)
+    many = len(rows) > 1   # with one algorithm the correction changes nothing
     caption = [f"each algorithm minus {base}"
                + (f" (at its chosen grid point {v['grid_point'] or '(default)'})" if gridded else "")
                + " at the same seed (same data order, held-out pairs, eval prompts, reference and judge), then "
                "mean ± half-width of the 95% t-interval over those seeds; * = the interval excludes 0 (each interval "
-               "on its own: of many cells, about 1 in 20 excludes 0 by chance)",
+               "on its own: of many cells, about 1 in 20 excludes 0 by chance)"
+               + (f"; † = still so after Holm's correction over the {len(rows)} algorithms of its column (at most a 5% "
+                  "chance that any of them is marked by luck alone)" if many else ""),
                ("held-out acc AUC: held-out reward accuracy averaged over the pairs every run covers (how fast it "
                 "learns; the convergence table's AUC); " if ACC_AUC in labels else "")
                + f"train time ×: the algorithm's training time over {base}'s, per seed"]
@@ -155,14 +160,14 @@ def versus_section(s: dict) -> Section | None:
     for r in rows:
         cells = [r["algo"]] + ([r["grid_point"] or "(default)"] if gridded else [])
         cells.append(",".join(map(str, r["seeds"])) or "none shared")
-        cells += [fmt_delta(r["delta"].get(c), DIGITS[c]) for c, _ in measured]
+        cells += [fmt_delta(r["delta"].get(c), DIGITS[c], many) for c, _ in measured]
         cells.append(fmt_ci(r["time_ratio"], 2))
         if has_prompts:
             p = r["prompt_paired"]
-            cells += ([fmt_delta(p["difference"]), f"{p['better']}/{p['tied']}/{p['worse']}"] if p else ["-", "-"])
+            cells += ([fmt_delta(p["difference"], 3, many), f"{p['better']}/{p['tied']}/{p['worse']}"] if p else ["-", "-"])
         if has_pairs:
             p = r.get("pair_paired")
-            cells += ([fmt_delta(p["difference"]), f"{p['better']}/{p['tied']}/{p['worse']}"] if p else ["-", "-"])
+            cells += ([fmt_delta(p["difference"], 3, many), f"{p['better']}/{p['tied']}/{p['worse']}"] if p else ["-", "-"])
         if has_h2h:
             h = r.get("head_to_head")
             cells += ([fmt_around(h["win_rate"], 0.5), f"{h['better']}/{h['tied']}/{h['worse']}"] if h else ["-", "-"])
@@ -278,7 +283,8 @@ def to_csv(report: dict) -> str:
 
 
 def versus_columns(v: dict | None, algo: str) -> dict:
-    """The CSV's comparison with the baseline: vs_<metric>_{mean,lo,hi,n} (differences at shared seeds),
+    """The CSV's comparison with the baseline: vs_<metric>_{mean,lo,hi,n,p,p_holm} (differences at shared seeds, their
+    t-test's p and its Holm-adjusted p over the algorithms compared),
     vs_time_ratio_*, vs_prompt_win_rate_* (the per-prompt paired difference), vs_pair_held_out_acc_* (per held-out
     pair), vs_head_to_head_win_rate_* (pobench compare), vs_unlike (what differs) and vs_unpaired_seeds (seeds only
     one of the two has)."""
@@ -291,7 +297,8 @@ def versus_columns(v: dict | None, algo: str) -> dict:
            "vs_pair_held_out_acc": (row.get("pair_paired") or {}).get("difference"),
            "vs_head_to_head_win_rate": (row.get("head_to_head") or {}).get("win_rate")}
     for name, ci in cis.items():
-        for k in ("mean", "lo", "hi", "n"):
+        tested = name not in ("vs_time_ratio", "vs_head_to_head_win_rate")   # differences from 0, t-tested
+        for k in ("mean", "lo", "hi", "n") + (("p", "p_holm") if tested else ()):
             out[f"{name}_{k}"] = (ci or {}).get(k)
     out["vs_unlike"] = "; ".join(row["unlike_baseline"])
     out["vs_unpaired_seeds"] = ";".join(map(str, row["unpaired_seeds"]))

@@ -59,6 +59,33 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
 
 
+def t_test_p(values: Sequence[float], center: float = 0.0) -> float | None:
+    """Two-sided p of a one-sample t-test of mean `center` over `values` (None/NaN dropped): the test whose 95%
+    interval is mean_ci's, so p < 0.05 exactly when that interval excludes `center`. None with fewer than two
+    values; values that all agree give 0 (they differ from `center`) or 1 (they equal it)."""
+    xs = [float(v) for v in values if v is not None and not _isnan(v)]
+    n = len(xs)
+    if n < 2:
+        return None
+    mean = sum(xs) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    if sd == 0:
+        return 1.0 if mean == center else 0.0
+    return 1.0 - student_t_two_sided(abs(mean - center) / (sd / math.sqrt(n)), n - 1)
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment (Holm 1979) of a family of p-values, in their order; None stays None and is not
+    counted. Rejecting where the adjusted p < alpha keeps the chance of any false "different" in the family at
+    most alpha, whatever the dependence between the tests: p_(i) -> max_{j <= i} min(1, (m - j + 1) p_(j))."""
+    present = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    m, running, out = len(present), 0.0, list(pvalues)
+    for rank, (p, i) in enumerate(present):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
 def interpolate_at(x: Sequence[float], y: Sequence[float], points: Sequence[float]) -> list[float | None]:
     """Linear interpolation of the curve (x, y) at `points`; None outside [x_min, x_max] (no extrapolation:
     a run that never got to a point has no value there). x must be increasing."""

@@ -18,7 +18,7 @@ from pobench.eval.generations import read_generations
 from pobench.eval.head_to_head import FILE as HEAD_TO_HEAD, answers_digest, read_comparisons
 from pobench.report.collect import read_json
 from pobench.report.leaderboard import METRICS
-from pobench.report.stats import mean_ci
+from pobench.report.stats import holm, mean_ci, t_test_p
 
 DEFAULT_BASELINE = "dpo"
 NO_BASELINE = "none"
@@ -76,11 +76,33 @@ def differences(run: dict, base: dict) -> list[str]:
     return out
 
 
+def tested(differences: list[float]) -> dict:
+    """mean_ci of paired differences, with `p`: the two-sided t-test of no difference (p < 0.05 exactly when the
+    interval excludes 0); `p_holm` is added once the whole table is known (adjust_for_many)."""
+    return {**mean_ci(differences), "p": t_test_p(differences)}
+
+
+def adjust_for_many(rows: list[dict]) -> None:
+    """Holm's correction per column over the algorithms compared with the baseline: each difference's `p_holm`.
+    One baseline and k algorithms make k tests of one question per column; `p_holm < 0.05` keeps the chance that
+    any of the k is called different by luck alone at 5%."""
+    def cells(row: dict) -> dict:
+        return {**row["delta"], "per prompt": (row.get("prompt_paired") or {}).get("difference"),
+                "per pair": (row.get("pair_paired") or {}).get("difference")}
+
+    table = [cells(r) for r in rows]
+    for column in {c for t in table for c in t}:
+        cis = [t.get(column) for t in table]
+        for ci, p in zip(cis, holm([(ci or {}).get("p") for ci in cis])):
+            if ci is not None:
+                ci["p_holm"] = p
+
+
 def over_units(differences: dict) -> dict:
     """{unit (prompt or pair): its differences at each seed} -> each unit's mean over seeds, then their mean and
     t-interval over units, and how many units came out above, at and below zero."""
     means = [sum(d) / len(d) for d in differences.values()]
-    return {"difference": mean_ci(means), "better": sum(m > 0 for m in means), "tied": sum(m == 0 for m in means),
+    return {"difference": tested(means), "better": sum(m > 0 for m in means), "tied": sum(m == 0 for m in means),
             "worse": sum(m < 0 for m in means)}
 
 
@@ -193,7 +215,7 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
             for column, _ in DELTA_METRICS:
                 diffs = [mine[s].get(column) - base[s].get(column) for s in seeds
                          if _present(mine[s].get(column)) and _present(base[s].get(column))]
-                row["delta"][column] = mean_ci(diffs)
+                row["delta"][column] = tested(diffs)
             ratios = [mine[s]["train_time_s"] / base[s]["train_time_s"] for s in seeds
                       if _present(mine[s].get("train_time_s")) and _present(base[s].get("train_time_s"))
                       and base[s]["train_time_s"] > 0]
@@ -210,4 +232,5 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
             row["pair_paired"] = pair_paired([(a, b) for a, b in margins if a is not None and b is not None])
             row["unlike_baseline"] = unlike + [n for n in notes if n not in unlike]
         rows.append(row)
+    adjust_for_many(rows)
     return {"baseline": baseline, "grid_point": chosen[baseline], "seeds": sorted(base), "rows": rows}

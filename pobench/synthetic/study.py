@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from pobench.errors import PobenchError
+from pobench.report import stats
 
 KL_LEVELS = (0.5, 1.0, 2.0, 4.0)
 PAIR_LEVELS = (400, 800, 1600)   # the suite's default run: 16 pairs a step, 100 steps
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def load_runs(root: Path, rename: str | None = None, only: str | None = None) -> dict:
@@ -55,23 +55,18 @@ def gain_curve(curve: list[dict]) -> list[dict]:
 
 
 def mean_ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95% t-interval (nan with one value)."""
-    v = np.asarray(values, dtype=float)
-    if v.size < 2:
-        return float(v.mean()) if v.size else math.nan, math.nan
-    return float(v.mean()), T_975.get(v.size - 1, 1.96) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    """Mean and the half-width of its 95% t-interval (nan with one value): the report's interval."""
+    ci = stats.mean_ci(values)
+    if ci["mean"] is None:
+        return math.nan, math.nan
+    return ci["mean"], math.nan if ci["lo"] is None else (ci["hi"] - ci["lo"]) / 2
 
 
 def t_test_p(diffs: list[float]) -> float:
-    """Two-sided p of a one-sample t-test of mean 0 (scipy where installed; nan otherwise)."""
-    d = np.asarray(diffs, dtype=float)
-    if d.size < 2 or d.std(ddof=1) == 0:
-        return math.nan
-    try:
-        from scipy import stats
-    except ImportError:
-        return math.nan
-    return float(stats.ttest_1samp(d, 0.0).pvalue)
+    """Two-sided p of a one-sample t-test of mean 0 (the report's test); nan for fewer than two values or for the
+    base against itself (every difference 0)."""
+    p = stats.t_test_p(diffs)
+    return math.nan if p is None or not any(diffs) else p
 
 
 def summarise(runs: dict, base: str = "dpo") -> dict:
