@@ -12,7 +12,6 @@ import math
 import os
 import time
 import types
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
