@@ -476,6 +476,30 @@ def test_against_dpo_names_what_is_unlike_the_baseline(tmp_path):
     assert "unlike dpo" in md and "seeds only one has: 4" in md
 
 
+def test_against_dpo_names_software_and_hardware_that_differ(tmp_path):
+    """env.json: another pobench commit, torch version or device can move numbers by themselves, so they are named;
+    a run without env.json (made before it existed) is compared on what it has."""
+    root = seeded_results(tmp_path)
+
+    def env(run, commit, torch, device, gpu=None):
+        (root / "hh-rlhf" / run / "env.json").write_text(json.dumps({
+            "pobench": "0.1.0", "git_commit": commit, "packages": {"torch": torch, "transformers": "5.24.0"},
+            "device": device, **({"gpu": gpu} if gpu else {}), "command": ["pobench", "run"]}))
+
+    env("dpo/seed1", "abc", "2.13.0", "cpu")
+    env("mcpo/seed1", "def-dirty", "2.12.0", "cuda:0", ["NVIDIA H100 80GB HBM3"])
+    env("dpo/seed2", "abc", "2.13.0", "cuda:1", ["NVIDIA H100 80GB HBM3"])
+    env("mcpo/seed2", "abc", "2.13.0", "cuda:0", ["NVIDIA H100 80GB HBM3"])   # another GPU index: the same device
+    row = build_report(root)[0]["suites"][0]["versus"]["rows"][0]
+    assert row["unlike_baseline"] == ["software: device cuda vs cpu", "software: pobench commit def-dirty vs abc",
+                                      "software: torch 2.12.0 vs 2.13.0"]
+    md = to_markdown(sections(build_report(root)[0]))
+    assert "software: the pobench code, packages or hardware the runs trained on" in md
+    (root / "hh-rlhf" / "dpo" / "seed3" / "env.json").write_text("[1, 2]")
+    with pytest.raises(PobenchError, match=r"dpo/seed3/env.json: expected a JSON object"):
+        build_report(root)
+
+
 def test_baseline_option(tmp_path):
     from typer.testing import CliRunner
     from pobench.cli import app

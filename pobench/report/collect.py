@@ -112,6 +112,22 @@ def gold_initial(run_dir: Path) -> dict:
     return {}
 
 
+def software_fields(env, path: Path) -> dict:
+    """What a run's numbers can depend on beyond its config, from env.json: pobench's version and commit, the
+    numerical packages' versions, the device type and GPU model. Missing (older runs) fields are left out."""
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise PobenchError(f"{path}: expected a JSON object")
+    packages = env.get("packages") if isinstance(env.get("packages"), dict) else {}
+    device = env.get("device")
+    out = {"pobench": env.get("pobench"), "pobench commit": env.get("git_commit"),
+           **{name: packages.get(name) for name in ("torch", "transformers", "accelerate", "peft")},
+           "device": str(device).split(":")[0] if device else None,
+           "gpu": ", ".join(sorted(set(map(str, env["gpu"])))) if isinstance(env.get("gpu"), list) else None}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     """(one leaderboard row, the run's curve rows). The curve starts at pairs_seen = 0 with the held-out
     metrics measured before the first update (train_summary's `held_out_initial`)."""
@@ -140,6 +156,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         "uses_pool": bool(summary.get("candidate_pool")),
         "reward_model": rm if isinstance(rm, str) or rm is None else json.dumps(rm, sort_keys=True),
         "config": config or {},
+        "software": software_fields(read_json(run_dir / "env.json", required=False), run_dir / "env.json"),
         **{k: v for k, v in ev.items()},
         **gold_fields(read_json(run_dir / "gold_eval.json", required=False), run_dir / "gold_eval.json"),
     }

@@ -9,7 +9,7 @@ import json
 
 from pobench.report.convergence import ACCURACY
 from pobench.report.leaderboard import METRICS
-from pobench.report.versus import ACC_AUC, DELTA_METRICS
+from pobench.report.versus import ACC_AUC, DELTA_METRICS, SOFTWARE
 
 DIGITS = {"win_rate": 3, "lc_win_rate": 3, "reward_mean": 3, "kl": 3, "avg_length": 1, "held_out_acc": 3,
           "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "pairs_per_s": 2,
@@ -150,7 +150,10 @@ def versus_section(s: dict) -> Section | None:
                        f"seed ± half its bootstrap 95% interval over prompts; * = the interval excludes 0.5")
     if has_unlike:
         caption.append(f"unlike {base}: what differs from {base}'s runs although a fair comparison needs it equal "
-                       f"(the numbers of such a row do not answer the question)")
+                       f"(the numbers of such a row do not answer the question)"
+                       + ("; software: the pobench code, packages or hardware the runs trained on (env.json), which "
+                          "can move numbers by themselves: a fix, or another order of floating-point sums"
+                          if any(d.startswith(SOFTWARE) for r in rows for d in r["unlike_baseline"]) else ""))
     columns = (["algo"] + (["grid point"] if gridded else []) + ["seeds"] + [f"Δ {labels[c]}" for c, _ in measured]
                + ["train time ×"] + (["per prompt: Δ win rate", "better/tied/worse"] if has_prompts else [])
                + (["per pair: Δ held-out acc", "pairs won/tied/lost"] if has_pairs else [])

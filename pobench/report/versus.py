@@ -39,6 +39,8 @@ SAME_POOL = ("pool.source", "pool.num_samples", "pool.temperature", "pool.top_p"
 # run-table columns (train_summary.json, eval.json) that must be equal: the training budget and the judge
 SAME_RESULT = (("steps", "optimizer steps"), ("global_batch_size", "global batch"), ("judge", "judge"),
                ("eval_set", "eval set"), ("n_prompts", "eval prompts"))
+# env.json's code, package and hardware differences are named with this prefix: they can move numbers by themselves
+SOFTWARE = "software: "
 
 
 def flatten(config, prefix: str = "") -> dict:
@@ -73,6 +75,10 @@ def differences(run: dict, base: dict) -> list[str]:
         a, b = run.get(column), base.get(column)
         if _present(a) and _present(b) and a != b:
             out.append(f"{label} {a} vs {b}")
+    mine, theirs = run.get("software") or {}, base.get("software") or {}
+    for key in sorted(set(mine) & set(theirs)):
+        if mine[key] != theirs[key]:
+            out.append(f"{SOFTWARE}{key} {mine[key]} vs {theirs[key]}")
     return out
 
 
