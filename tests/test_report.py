@@ -426,8 +426,10 @@ def test_against_dpo_differences_are_paired_by_seed_and_prompt(tmp_path):
     assert row["unlike_baseline"] == [] and row["unpaired_seeds"] == []
     md = to_markdown(sections(report))
     assert "### against dpo: hh-rlhf" in md
-    assert "| mcpo | 1,2,3 | +0.050 ± 0.025* |" in md   # 0.04, 0.05, 0.06: sd 0.01 * 4.303 / sqrt 3
-    assert "| +0.050 ± 0.000* | 2.00 ± 0.00 | +0.150 ± 0.205 | 3/1/0 |" in md   # acc AUC, time, per prompt
+    assert "| vs dpo | mcpo |\n| --- | --- |\n| seeds | 1,2,3 |" in md   # one column per algorithm
+    assert "| Δ win rate | +0.050 ± 0.025* |" in md   # 0.04, 0.05, 0.06: sd 0.01 * 4.303 / sqrt 3
+    assert "| Δ held-out acc AUC | +0.050 ± 0.000* |\n| train time × | 2.00 ± 0.00 |" in md
+    assert "| per prompt: Δ win rate | +0.150 ± 0.205 |\n| prompts better/tied/worse | 3/1/0 |" in md
     import io
     import pandas as pd
     table = pd.read_csv(io.StringIO(to_csv(report))).set_index("algo")
@@ -450,8 +452,9 @@ def test_against_dpo_corrects_for_comparing_several_algorithms(tmp_path):
     assert rows["maybe"]["p_holm"] == pytest.approx(2 * rows["maybe"]["p"])
     assert rows["sure"]["p_holm"] == pytest.approx(3 * rows["sure"]["p"]) and rows["noise"]["p_holm"] == rows["noise"]["p"]
     md = to_markdown(sections(report))
-    assert "| maybe | 1,2,3 | +0.050 ± 0.037* |" in md and "| sure | 1,2,3 | +0.050 ± 0.002*† |" in md
-    assert "† = still so after Holm's correction over the 3 algorithms" in md
+    assert "| vs dpo | maybe | noise | sure |" in md
+    assert "| Δ win rate | +0.050 ± 0.037* | +0.023 ± 0.186 | +0.050 ± 0.002*† |" in md
+    assert "† = still so after Holm's correction over the 3 algorithms of its row" in md
     import io
     import pandas as pd
     table = pd.read_csv(io.StringIO(to_csv(report))).set_index("algo")
@@ -544,7 +547,7 @@ def test_held_out_accuracy_paired_pair_by_pair(tmp_path):
     assert interval(paired["difference"]) == pytest.approx(mean_ci([0.0, 1.0, -0.5, 0.0]))
     assert (paired["better"], paired["tied"], paired["worse"], paired["pairs"]) == (1, 2, 1, 4)
     md = to_markdown(sections(build_report(tmp_path)[0]))
-    assert "per pair: Δ held-out acc" in md and "| 1/2/1 |" in md
+    assert "| per pair: Δ held-out acc |" in md and "| pairs won/tied/lost | 1/2/1 |" in md
     (tmp_path / "hh-rlhf" / "mcpo" / "seed2" / "held_out_pairs.json").write_text('{"ids": ["a"], "margins": []}')
     with pytest.raises(PobenchError, match="mcpo/seed2/held_out_pairs.json: expected 'ids' and 'margins'"):
         build_report(tmp_path)

@@ -130,7 +130,7 @@ def versus_section(s: dict) -> Section | None:
                + " at the same seed (same data order, held-out pairs, eval prompts, reference and judge), then "
                "mean ± half-width of the 95% t-interval over those seeds; * = the interval excludes 0 (each interval "
                "on its own: of many cells, about 1 in 20 excludes 0 by chance)"
-               + (f"; † = still so after Holm's correction over the {len(rows)} algorithms of its column (at most a 5% "
+               + (f"; † = still so after Holm's correction over the {len(rows)} algorithms of its row (at most a 5% "
                   "chance that any of them is marked by luck alone)" if many else ""),
                ("held-out acc AUC: held-out reward accuracy averaged over the pairs every run covers (how fast it "
                 "learns; the convergence table's AUC); " if ACC_AUC in labels else "")
@@ -154,30 +154,31 @@ def versus_section(s: dict) -> Section | None:
                        + ("; software: the pobench code, packages or hardware the runs trained on (env.json), which "
                           "can move numbers by themselves: a fix, or another order of floating-point sums"
                           if any(d.startswith(SOFTWARE) for r in rows for d in r["unlike_baseline"]) else ""))
-    columns = (["algo"] + (["grid point"] if gridded else []) + ["seeds"] + [f"Δ {labels[c]}" for c, _ in measured]
-               + ["train time ×"] + (["per prompt: Δ win rate", "better/tied/worse"] if has_prompts else [])
-               + (["per pair: Δ held-out acc", "pairs won/tied/lost"] if has_pairs else [])
-               + (["head to head", "won/tied/lost"] if has_h2h else [])
-               + ([f"unlike {base}"] if has_unlike else []))
-    body = []
-    for r in rows:
-        cells = [r["algo"]] + ([r["grid_point"] or "(default)"] if gridded else [])
-        cells.append(",".join(map(str, r["seeds"])) or "none shared")
-        cells += [fmt_delta(r["delta"].get(c), DIGITS[c], many) for c, _ in measured]
-        cells.append(fmt_ci(r["time_ratio"], 2))
-        if has_prompts:
-            p = r["prompt_paired"]
-            cells += ([fmt_delta(p["difference"], 3, many), f"{p['better']}/{p['tied']}/{p['worse']}"] if p else ["-", "-"])
-        if has_pairs:
-            p = r.get("pair_paired")
-            cells += ([fmt_delta(p["difference"], 3, many), f"{p['better']}/{p['tied']}/{p['worse']}"] if p else ["-", "-"])
-        if has_h2h:
-            h = r.get("head_to_head")
-            cells += ([fmt_around(h["win_rate"], 0.5), f"{h['better']}/{h['tied']}/{h['worse']}"] if h else ["-", "-"])
-        if has_unlike:
-            unpaired = [f"seeds only one has: {','.join(map(str, r['unpaired_seeds']))}"] if r["unpaired_seeds"] else []
-            cells.append("; ".join(r["unlike_baseline"] + unpaired) or "-")
-        body.append(cells)
+    # one column per algorithm, one row per measure: a handful of algorithms fit a terminal, ~18 measures would not
+    columns = [f"vs {base}"] + [r["algo"] + (f" ({r['grid_point'] or '(default)'})" if gridded else "") for r in rows]
+
+    def counts(p: dict | None) -> str:
+        return f"{p['better']}/{p['tied']}/{p['worse']}" if p else "-"
+
+    body = [["seeds"] + [",".join(map(str, r["seeds"])) or "none shared" for r in rows]]
+    body += [[f"Δ {labels[c]}"] + [fmt_delta(r["delta"].get(c), DIGITS[c], many) for r in rows] for c, _ in measured]
+    body.append(["train time ×"] + [fmt_ci(r["time_ratio"], 2) for r in rows])
+    if has_prompts:
+        body.append(["per prompt: Δ win rate"] + [fmt_delta(r["prompt_paired"]["difference"], 3, many)
+                                                  if r["prompt_paired"] else "-" for r in rows])
+        body.append(["prompts better/tied/worse"] + [counts(r["prompt_paired"]) for r in rows])
+    if has_pairs:
+        body.append(["per pair: Δ held-out acc"] + [fmt_delta(r["pair_paired"]["difference"], 3, many)
+                                                    if r.get("pair_paired") else "-" for r in rows])
+        body.append(["pairs won/tied/lost"] + [counts(r.get("pair_paired")) for r in rows])
+    if has_h2h:
+        body.append(["head to head"] + [fmt_around(r["head_to_head"]["win_rate"], 0.5) if r.get("head_to_head")
+                                        else "-" for r in rows])
+        body.append(["head to head won/tied/lost"] + [counts(r.get("head_to_head")) for r in rows])
+    if has_unlike:
+        body.append([f"unlike {base}"] + ["; ".join(r["unlike_baseline"] + (
+            [f"seeds only one has: {','.join(map(str, r['unpaired_seeds']))}"] if r["unpaired_seeds"] else [])) or "-"
+            for r in rows])
     return Section(f"against {base}: {s['suite']}", caption, columns, body)
 
 
