@@ -186,6 +186,20 @@ def test_score_prefix_scores_only_the_first_tokens():
     short = sampler(num_candidates=3, score_prefix_tokens=1)
     assert short._scores([rec], [short.pool(rec)], ctx)[0].tolist() == pytest.approx([-0.02, -0.03, -0.04])
     assert (rec.prompt, [20]) in short.reference_sequences([rec])          # its reference entries are prefixes too
+    for whole in rec.candidates:   # and every candidate whole: any can be drawn as the negative the loss needs
+        assert (rec.prompt, whole) in short.reference_sequences([rec])
+
+
+@pytest.mark.parametrize("kernel_settings", [{"kernel_score": "loglik"}, {"kernel_score": "loglik_mean"},
+                                             {"score_prefix_tokens": 4}])
+def test_mcpo_trains_whatever_the_kernel_scores(tmp_path, tiny_model_dir, pool_data, kernel_settings):
+    """The loss needs the reference log-prob of whichever candidate is drawn, also where the kernel does not score
+    candidates by the implicit reward (log-likelihood) or scores only their first tokens: every candidate's is
+    cached before training (these runs stopped at step 1 with a KeyError on the reference cache before)."""
+    run_train(tmp_path / "m", tiny_model_dir, algo="mcpo", data_path=str(pool_data), max_steps=2,
+              algorithm={"num_candidates": 4, **kernel_settings})
+    rows = metrics(tmp_path / "m")
+    assert len(rows) == 2 and rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
 
 
 def test_persistent_scores_skip_the_pool_forward_on_a_later_visit():

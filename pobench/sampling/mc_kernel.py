@@ -88,9 +88,11 @@ class MCKernel:
         return candidate[:self.prefix] if self.prefix > 0 else candidate
 
     def reference_sequences(self, records) -> list[tuple]:
-        pools = [(r.prompt, self.scored(c)) for r in records for c in self.pool(r)[0]] \
-            if self.kernel_score == "reward" else []
-        return pair_sequences(records) + pools
+        """Every candidate whole (any can be drawn as the negative, whose loss needs its reference log-prob), and
+        what the kernel scores of it when the score is the implicit reward (a prefix, with score_prefix_tokens)."""
+        whole = [(r.prompt, c) for r in records for c in self.pool(r)[0]]
+        scored = [(p, self.scored(c)) for p, c in whole] if self.kernel_score == "reward" and self.prefix > 0 else []
+        return pair_sequences(records) + whole + scored
 
     def _scores(self, batch, pools, ctx) -> list[torch.Tensor]:
         from pobench.data.tokenize import sequence_key
