@@ -316,3 +316,44 @@ def test_truncated_records_are_counted_and_reported(tmp_path, tiny_model_dir, ca
     summary, _ = run_train(tmp_path / "t", tiny_model_dir, max_steps=1, max_prompt_length=24, max_completion_length=8)
     assert summary["truncated"]["prompts"] > 0 and summary["truncated"]["completions"] > 0
     assert "had prompts over train.max_prompt_length=24" in capsys.readouterr().out
+
+
+
+def test_reference_log_probs_use_the_training_precision(tmp_path, tiny_model_dir):
+    """Under mixed precision (CUDA's default: fp32 weights, bf16 autocast) the cached reference log-probs are
+    computed in the precision of the policy's forward, so the implicit rewards start at 0 (the policy is the
+    reference) and not at the bf16-minus-fp32 rounding gap (0.5 nats per sequence on SmolLM2-135M); and an fp32
+    cache of the same model is never reused for them. The CPU runs bf16 autocast here in CUDA's place."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from transformers import AutoModelForCausalLM
+
+    cfg, _ = make_cfg(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    scorer = SequenceLogps(model, cfg.train.logps_chunk)
+    g = torch.Generator().manual_seed(0)
+    seqs = [(torch.randint(5, 1000, (6,), generator=g).tolist(), torch.randint(5, 1000, (n,), generator=g).tolist())
+            for n in (3, 9, 5, 7)]
+    bs = max(2, 2 * cfg.train.batch_size)
+    assert len(seqs) <= bs   # one batch: the cache's own computation, repeated below
+    with torch.no_grad():
+        fp32, _ = T.score_sequences(scorer, seqs, 0, torch.device("cpu"), bs)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16, _ = T.score_sequences(scorer, seqs, 0, torch.device("cpu"), bs)
+    assert (bf16 - fp32).abs().max() > 1e-3   # the gap the cache must not carry into the rewards
+
+    def cached(mixed_precision: str) -> list[float]:
+        # accelerate keeps one process-wide state, and the first Accelerator's precision would stick: reset it on
+        # both sides, so neither this test nor the next ones run under another's precision
+        AcceleratorState._reset_state()
+        try:
+            cache = T.build_reference_cache(cfg, tmp_path, str(tiny_model_dir), model, scorer, seqs, 0,
+                                            torch.device("cpu"), fresh_policy=True,
+                                            accelerator=Accelerator(cpu=True, mixed_precision=mixed_precision))
+            return cache.lookup_sequences(seqs)[0].tolist()
+        finally:
+            AcceleratorState._reset_state()
+
+    assert cached("bf16") == bf16.tolist()
+    assert cached("no") == pytest.approx(fp32.tolist(), abs=1e-6)
+    assert sorted(p.stem.split("-", 1)[1] for p in (tmp_path / "reflogps").glob("*.pt")) == ["auto", "auto-bf16"]

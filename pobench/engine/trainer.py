@@ -219,7 +219,10 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
     processes each rank scores its shard of the missing sequences, every rank receives all of them (each looks
     them up during training), and the main process alone writes the cache file."""
     world = accelerator.num_processes if accelerator is not None else 1
-    fingerprint = f"{model_fingerprint(model_path)}-{cfg.model.dtype}"
+    # the policy's forward runs under the accelerator's autocast (bf16 on CUDA by default): the reference must be
+    # computed in that precision too, or the implicit rewards start at the rounding gap instead of 0
+    mixed = accelerator.mixed_precision if accelerator is not None else "no"
+    fingerprint = f"{model_fingerprint(model_path)}-{cfg.model.dtype}" + (f"-{mixed}" if mixed != "no" else "")
     cache = ReferenceCache(cache_dir / "reflogps" / f"{fingerprint}.pt")
     missing = cache.missing(seqs)
     if not missing:
@@ -238,7 +241,8 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
                 progress.advance(task, len(chunk) * world)  # the other ranks advance alongside
         return rows
 
-    with reference_policy(cfg, model, scorer, device, fresh_policy) as (_, ref_scorer):
+    with reference_policy(cfg, model, scorer, device, fresh_policy) as (_, ref_scorer), \
+            (accelerator.autocast() if accelerator is not None else contextlib.nullcontext()):
         rows = D.map_sharded(score_share, missing, accelerator) if world > 1 else score_share(missing)
     cache.add(missing, torch.tensor([r[0] for r in rows], dtype=torch.float64), torch.tensor([r[1] for r in rows]))
     if accelerator is None or accelerator.is_main_process:
@@ -455,7 +459,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         if "ref" not in frozen:
             ref_model, _, _ = load_policy(types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0}), device)
             frozen["ref"] = SequenceLogps(ref_model.eval().requires_grad_(False), tc.logps_chunk)
-        return score_sequences(frozen["ref"], seqs, pad_id, device, 2 * tc.batch_size)
+        with accelerator.autocast():   # the policy's precision (the prepared policy scores under it)
+            return score_sequences(frozen["ref"], seqs, pad_id, device, 2 * tc.batch_size)
 
     ctx = SamplerContext(cfg, scoring, model, tokenizer, formatter, refcache, device, pad_id, batch_at, max_steps,
                          reward_scorer, reference, batch_offset=batch_offset,
