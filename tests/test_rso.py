@@ -5,6 +5,7 @@ import math
 import random
 
 import pytest
+import torch
 
 from pobench.sampling.rso import pair_up, rejection_sample
 from test_engine import metrics, run_train
@@ -88,3 +89,42 @@ def test_rso_without_a_pool_says_how_to_get_one(tmp_path, tiny_model_dir):
     from pobench.errors import PobenchError
     with pytest.raises(PobenchError, match="pool.source=generated"):
         run_train(tmp_path / "r", tiny_model_dir, algo="rso", max_steps=1, pool={"source": "dataset"})
+
+
+@pytest.fixture(scope="module")
+def tied_pool(pool_data, tmp_path_factory):  # noqa: F811
+    """pool_data with two of every prompt's four candidates tied in score: RSO drops a match between them (in a
+    knock-out bracket of four they meet in a third of the draws), so the number of pairs per step varies."""
+    import json
+    path = tmp_path_factory.mktemp("tied") / "pool.jsonl"
+    rows = [json.loads(line) for line in pool_data.read_text().splitlines()]
+    for row in rows:
+        row["all_rm_scores"] = [4.0, 1.0, 1.0, 2.0]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_rso_with_a_varying_pair_count_accumulates_gradients_like_one_batch(tmp_path, tiny_model_dir, tied_pool):
+    """Tied candidates make the step's pair count odd: gradient accumulation splits it into unequal micro-batches
+    (it stopped the run before) and still makes the update of the whole batch."""
+    from safetensors.torch import load_file
+    from pobench.data.tokenize import TokenizedPair
+    from pobench.engine.trainer import micro_batches
+    cache = tmp_path / "cache"
+    kw = dict(algo="rso", data_path=str(tied_pool), max_steps=4, batch_size=2, cache=cache, pool={"source": "dataset"},
+              algorithm={"num_candidates": 4, "num_accepted": 4, "pairing": "tournament"})
+    run_train(tmp_path / "a1", tiny_model_dir, grad_accum=1, **kw)
+    run_train(tmp_path / "a2", tiny_model_dir, grad_accum=2, **kw)
+    one, two = metrics(tmp_path / "a1"), metrics(tmp_path / "a2")
+    per_step = [b["pairs_seen"] - a["pairs_seen"] for a, b in zip([{"pairs_seen": 0}] + one, one)]
+    assert any(n % 2 for n in per_step), per_step   # an odd count reached the split
+    for r1, r2 in zip(one, two):
+        assert r2["pairs_seen"] == r1["pairs_seen"] and r2["loss"] == pytest.approx(r1["loss"], abs=1e-5)
+    w1 = load_file(str(tmp_path / "a1" / "checkpoints" / "latest" / "trainable.safetensors"))
+    w2 = load_file(str(tmp_path / "a2" / "checkpoints" / "latest" / "trainable.safetensors"))
+    for name in w1:
+        torch.testing.assert_close(w2[name], w1[name], rtol=1e-4, atol=1e-6)
+    pairs = [TokenizedPair([1], [2], [3], group=g) for g in (0, 0, 1, 1, 2, 2)]
+    assert [len(c) for c in micro_batches(pairs[:5], 2)] == [2, 3]
+    assert [[p.group for p in c] for c in micro_batches(pairs, 2)] == [[0, 0], [1, 1, 2, 2]]   # groups stay whole
+    assert [len(c) for c in micro_batches(pairs[:1], 2)] == [0, 1]

@@ -91,6 +91,26 @@ def last_good_checkpoint(run_dir: Path) -> str:
     return f"the last good checkpoint (step {step}) is kept in {found}"
 
 
+def micro_batches(pairs: list[TokenizedPair], n: int) -> list[list[TokenizedPair]]:
+    """The step's pairs in `n` consecutive micro-batches as equal as their count allows: a sampler may give any
+    number of pairs (RSO drops tied candidates), and the update is the same whatever the split (the loss is a sum
+    over pairs divided by the step's pair count). A record's group of pairs (ranking objectives) is never split.
+    With fewer pairs (or groups) than `n`, the first micro-batches are empty."""
+    units: list[list[TokenizedPair]] = []
+    for pair in pairs:
+        if units and pair.group is not None and units[-1][-1].group == pair.group:
+            units[-1].append(pair)
+        else:
+            units.append([pair])
+    small, extra = divmod(len(units), n)
+    sizes = [small] * (n - extra) + [small + 1] * extra
+    out, start = [], 0
+    for size in sizes:
+        out.append([p for unit in units[start:start + size] for p in unit])
+        start += size
+    return out
+
+
 def pair_groups(pairs: list[TokenizedPair]) -> torch.Tensor | None:
     """Which record each pair of a micro-batch came from, for ranking objectives (None: one pair per record)."""
     if all(p.group is None for p in pairs):
@@ -495,17 +515,18 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
             torch.cuda.reset_peak_memory_stats()
         ctx.step = step
         pairs, sampler_metrics = sampler(batch_at(step), ctx)
-        if len(pairs) % tc.grad_accum:
-            raise PobenchError(f"sampler {algo.sampler} gave {len(pairs)} pairs, not a multiple of train.grad_accum")
-        micro = len(pairs) // tc.grad_accum
         # DDP/FSDP average gradients over ranks: dividing each rank's loss sum by the mean pairs per rank makes that
         # average the gradient of the global batch's mean, even where a sampler gives ranks unequal pair counts
         step_pairs = D.sum_over_ranks(len(pairs), accelerator)
         pairs_per_rank = step_pairs / world
         collate = collate_pairs_shared if tc.shared_prompt else collate_pairs
         step_logs, tokens = [], 0
-        for m in range(tc.grad_accum):
-            chunk = pairs[m * micro:(m + 1) * micro]
+        chunks = micro_batches(pairs, tc.grad_accum)
+        if not all(chunks):   # every rank must run each micro-batch (sharded forwards, DeepSpeed's step count)
+            raise PobenchError(f"step {step + 1}: sampler {algo.sampler} gave {len(pairs)} pairs, fewer than "
+                               f"train.grad_accum={tc.grad_accum} micro-batches; lower train.grad_accum")
+        for m, chunk in enumerate(chunks):
+            micro = len(chunk)
             inputs = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
             tokens += sum(len(p.prompt) + len(p.chosen) + len(p.rejected) for p in chunk) if tc.shared_prompt \
                 else int(inputs["attention_mask"].sum())
