@@ -350,6 +350,27 @@ def test_report_usage_errors_exit_2(tmp_path):
                           (["--suite", "nope"], "no runs of suite 'nope'")):
         result = CliRunner().invoke(app, ["report", str(tmp_path), *args])
         assert isinstance(result.exception, PobenchError) and message in str(result.exception), (args, result.output)
+    # --out: an unwritable place is a usage error in every format, and an earlier report is not emptied by it
+    for fmt in ("table", "markdown"):
+        result = CliRunner().invoke(app, ["report", str(tmp_path), "--format", fmt, "--out", str(tmp_path / "no" / "r")])
+        assert isinstance(result.exception, PobenchError) and "--out" in str(result.exception), (fmt, result.output)
+    earlier = tmp_path / "report.txt"
+    assert CliRunner().invoke(app, ["report", str(tmp_path), "--out", str(earlier)]).exit_code == 0
+    assert "leaderboard: hh-rlhf" in earlier.read_text() and not list(tmp_path.glob(".report.txt.tmp*"))
+
+
+def test_an_eval_of_one_prompt_reads_back(tmp_path):
+    """pobench eval of a single prompt writes win_rate_se NaN (no spread from one prompt): the report reads it as not
+    measured rather than refusing the file."""
+    from pobench.engine.io import atomic_write_json
+    from pobench.eval.metrics import win_rate
+    ev = new_eval(0.7, 0.6)
+    ev.update(win_rate([0.7]))
+    assert math.isnan(ev["win_rate_se"])
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6])
+    atomic_write_json(run / "eval.json", ev)
+    row = build_report(tmp_path)[0]["suites"][0]["leaderboard"][0]
+    assert row["win_rate"]["mean"] == pytest.approx(0.7)
 
 
 def test_run_with_a_grid_ends_with_the_leaderboard_that_report_reproduces(tmp_path, tiny_model_dir):

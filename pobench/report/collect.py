@@ -8,6 +8,7 @@ A run folder is `<root>/<suite>/<algo>/seed<k>/` or, for a tuning grid, `<root>/
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -76,6 +77,9 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
         "judge": judge.get("name"), "judge_kind": judge.get("kind"),
         "judge_held_out_accuracy": judge.get("held_out_accuracy"), "reference_kind": reference.get("kind"),
     }
+    for key in FRACTIONS + ("avg_length", "reward_mean", "kl", "judge_held_out_accuracy"):
+        if isinstance(out[key], float) and math.isnan(out[key]):
+            out[key] = None   # not measured (a standard error of one judged prompt), as pobench eval writes it
     for key in FRACTIONS:
         v = out[key]
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1):

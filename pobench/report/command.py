@@ -56,16 +56,18 @@ def report(
             except OSError as e:
                 raise PobenchError(f"--plots {plots}: cannot write the plots ({e.strerror})") from None
         text = _render(format_, rep, secs, written)
-    if text is None:  # the rich table
-        if out:
-            from rich.console import Console
-            with open(out, "w", encoding="utf-8") as f:
-                render.print_tables(secs, Console(file=f, width=200))
-        else:
-            render.print_tables(secs)
+    if text is None and out:  # the rich table, into the file
+        import io
+        from rich.console import Console
+        buffer = io.StringIO()
+        render.print_tables(secs, Console(file=buffer, width=200))
+        text = buffer.getvalue()
+    if text is None:
+        render.print_tables(secs)
     elif out:
-        try:
-            Path(out).write_text(text, encoding="utf-8")
+        from pobench.engine.io import atomic_write_text
+        try:   # whole or not at all: an earlier report at `out` survives a failed write
+            atomic_write_text(Path(out), text)
         except OSError as e:
             raise PobenchError(f"--out {out}: cannot write ({e.strerror})") from None
     else:
