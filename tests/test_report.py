@@ -359,6 +359,16 @@ def test_report_usage_errors_exit_2(tmp_path):
     assert "leaderboard: hh-rlhf" in earlier.read_text() and not list(tmp_path.glob(".report.txt.tmp*"))
 
 
+def test_the_same_run_twice_under_one_root_is_refused(tmp_path):
+    """A copy of a suite folder below the same results root would count one seed twice (and mix its curves)."""
+    import shutil
+    write_run(tmp_path, "dpo", 1, [0.5, 0.6])
+    shutil.copytree(tmp_path / "hh-rlhf", tmp_path / "backup" / "hh-rlhf")
+    with pytest.raises(PobenchError, match=r"two runs of hh-rlhf dpo seed 1 under .*point the report at a folder"):
+        build_report(tmp_path)
+    assert build_report(tmp_path / "backup")[0]["suites"][0]["leaderboard"][0]["seeds"] == [1]
+
+
 def test_an_eval_of_one_prompt_reads_back(tmp_path):
     """pobench eval of a single prompt writes win_rate_se NaN (no spread from one prompt): the report reads it as not
     measured rather than refusing the file."""

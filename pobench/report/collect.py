@@ -177,9 +177,15 @@ def collect(root: Path):
     """(runs, curves) as pandas DataFrames; both empty when no run is finished under `root`."""
     import pandas as pd
 
-    rows, curves = [], []
+    rows, curves, seen = [], [], {}
     for run_dir in find_runs(root):
         row, curve = read_run(run_dir)
+        key = (row["suite"], row["algo"], row["grid_point"], row["seed"])
+        if key in seen:   # e.g. a copy of a suite folder below the same root: which one is meant is not ours to guess
+            raise PobenchError(f"{seen[key]} and {run_dir}: two runs of {row['suite']} {row['algo']}"
+                               f"{' ' + row['grid_point'] if row['grid_point'] else ''} seed {row['seed']} under "
+                               f"{root}; point the report at a folder that holds one of them")
+        seen[key] = run_dir
         try:   # the run's name among its suite's runs ("dpo/seed1"): what head_to_head.json files are keyed by
             row["in_suite"] = run_dir.relative_to(Path(root) / row["suite"]).as_posix()
         except ValueError:
