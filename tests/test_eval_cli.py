@@ -132,6 +132,12 @@ def test_eval_again_with_a_gold_judge_and_the_dataset_reference(finished_run, tm
     check_contract(result, 3)
     assert result["judge"] == {**result["judge"], "name": "gold:test-eval-length", "kind": "gold"}
     assert result["reference"]["kind"] == "dataset" and result["held_out"]["pairs"] == 4
+    # what this evaluation resolved, options included, for compare and report (config.yaml keeps the run's settings)
+    assert {k: result["eval_config"][k] for k in ("judge", "reference", "num_prompts")} == \
+        {"judge": "gold:test-eval-length", "reference": "dataset", "num_prompts": 3}
+    from pobench.eval.runner import load_run_config as evaluated_config
+    assert evaluated_config(finished_run, as_evaluated=True).eval.judge == "gold:test-eval-length"
+    assert evaluated_config(finished_run).eval.judge == "auto"
     got = rows(finished_run)
     assert len(got) == 3
     for r in got:
@@ -263,11 +269,21 @@ def test_compare_refuses_what_is_not_comparable(finished_run, tmp_path):
     other = tmp_path / "hh-rlhf" / "dpo" / "seed1"
     shutil.copytree(finished_run, other, ignore=shutil.ignore_patterns("checkpoints"))
     config = (other / "config.yaml").read_text()
-    (other / "config.yaml").write_text(config.replace("max_new_tokens: 8", "max_new_tokens: 9", 1))
+    evaluated = json.loads((other / "eval.json").read_text())
+    assert evaluated["eval_config"]["max_new_tokens"] == 8   # the settings the evaluation resolved, recorded
+    # evaluated again with another setting (as `pobench eval --set eval.max_new_tokens=9` records it), while the run's
+    # config.yaml still says 8: the answers, made with 9, are what counts
+    evaluated["eval_config"]["max_new_tokens"] = 9
+    (other / "eval.json").write_text(json.dumps(evaluated))
     result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(other)])
     assert isinstance(result.exception, PobenchError)
     assert "not comparable head to head (eval.max_new_tokens 8 vs 9)" in str(result.exception)
-    (other / "config.yaml").write_text(config)
+    from pobench.report.build import build_report
+    shutil.copytree(suite / "simpo", tmp_path / "hh-rlhf" / "simpo")
+    row = build_report(tmp_path)[0]["suites"][0]["versus"]["rows"][0]
+    assert "eval.max_new_tokens 8 vs 9" in row["unlike_baseline"]   # the report names it too
+    evaluated["eval_config"]["max_new_tokens"] = 8
+    (other / "eval.json").write_text(json.dumps(evaluated))
     (other / "generations.jsonl").unlink()
     result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(other)])
     assert isinstance(result.exception, PobenchError) and "no generations.jsonl" in str(result.exception)

@@ -10,6 +10,8 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
     eval_set          "held_out" | "alpaca_eval";  eval_source: where the prompts came from
     n_prompts         prompts generated (= n_judged + n_unjudged)
     decoding          {backend, temperature, top_p, top_k, max_new_tokens, seed, batch_size, chat_template, max_prompt_length}
+    eval_config       the eval.* section this evaluation resolved (pobench eval's --set/--judge/... included;
+                      config.yaml keeps the run's own): what pobench compare and pobench report check runs against
     reference         {"kind": "sft" | "dataset" | "alpaca_eval", ...}  (sft: model + the shared cache file)
     judge             {"name", "kind": "reward_model" | "llm" | "gold", "held_out_accuracy": float | null, ...};
                       held_out_accuracy: a pobench-trained reward model's pair accuracy (rm_info.json); with

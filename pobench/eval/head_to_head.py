@@ -90,9 +90,10 @@ def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, 
     started = time.time()
     run_dir, other_dir = Path(run_dir), Path(other_dir)
     check_overrides(overrides)
-    generated, other_cfg = load_run_config(run_dir), load_run_config(other_dir)   # as the answers were made
+    # as the stored answers were made (the last evaluation's settings, which `pobench eval --set` may have changed)
+    generated, other_cfg = load_run_config(run_dir, as_evaluated=True), load_run_config(other_dir, as_evaluated=True)
     check_comparable(generated, other_cfg, run_dir, other_dir)
-    cfg = load_run_config(run_dir, overrides)   # with the judge asked for
+    cfg = load_run_config(run_dir, overrides, as_evaluated=True)   # with the judge asked for, else the evaluation's
     mine, theirs = read_generations(run_dir), read_generations(other_dir)
     for folder, rows in ((run_dir, mine), (other_dir, theirs)):
         if rows is None:

@@ -17,6 +17,7 @@ the results, do not depend on the number of processes (up to float rounding of b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import time
@@ -39,13 +40,18 @@ def results_root(run_dir: Path, suite: str) -> Path:
     return Path(run_dir).resolve().parent
 
 
-def load_run_config(run_dir: Path, overrides: dict | None = None):
-    """The run's resolved config.yaml, with eval.* overrides (from --set / the eval options) on top."""
+def load_run_config(run_dir: Path, overrides: dict | None = None, as_evaluated: bool = False):
+    """The run's resolved config.yaml, with eval.* overrides (from --set / the eval options) on top. `as_evaluated`:
+    with the eval section its last evaluation used (eval.json's `eval_config`; `pobench eval --set` may have changed
+    it), so that what its stored answers were made with is compared, not what the run was configured with."""
     from pobench import config as C
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise PobenchError(f"{run_dir}: not a run folder (no config.yaml)")
-    merged = C.deep_merge(C.read_yaml(path), overrides or {})
+    base = C.read_yaml(path)
+    if as_evaluated:
+        base = C.deep_merge(base, {"eval": evaluated_eval_config(run_dir)})
+    merged = C.deep_merge(base, overrides or {})
     unknown = sorted(set(overrides or {}) - {"eval"})
     if unknown:
         raise PobenchError(f"pobench eval: only eval.* keys can be overridden, not '{unknown[0]}'")
@@ -53,6 +59,22 @@ def load_run_config(run_dir: Path, overrides: dict | None = None):
     cfg = C._build(C.RunConfig, merged, "")
     cfg.algorithm = algorithm
     return cfg
+
+
+def evaluated_eval_config(run_dir: Path) -> dict:
+    """eval.json's `eval_config` ({} for an evaluation made before it was recorded, or none)."""
+    path = Path(run_dir) / "eval.json"
+    if not path.is_file():
+        return {}
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("eval_config")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise PobenchError(f"{path}: not a valid eval.json ({e})") from None
+    if recorded is None:
+        return {}
+    if not isinstance(recorded, dict):
+        raise PobenchError(f"{path}: 'eval_config' must be an object of eval.* settings")
+    return recorded
 
 
 def eval_items(cfg) -> tuple[list[EvalItem], str, object]:
@@ -434,6 +456,8 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     result = {
         "eval_set": cfg.eval.eval_set, "eval_source": source, "n_prompts": len(items),
         "decoding": decoding_record(cfg), "reference": reference, "judge": judge_info,
+        # the eval section as this evaluation resolved it (config.yaml keeps the run's; --set/--judge change this)
+        "eval_config": dataclasses.asdict(cfg.eval),
         **summarize(cfg, rows, policy_out, ref_out, items),
         "kl": kl["kl"] if kl else None, "kl_se": kl["kl_se"] if kl else None, "kl_info": kl,
         "held_out": held_out_block(run_dir), "suite": cfg.suite, "algorithm": cfg.algorithm_name, "seed": cfg.seed,

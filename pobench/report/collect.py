@@ -146,7 +146,11 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         raise PobenchError(f"{config_path}: bad YAML ({e})") from None
     if config is not None and not isinstance(config, dict):
         raise PobenchError(f"{config_path}: expected the run's resolved config (a mapping), got a {type(config).__name__}")
-    ev = eval_fields(read_json(run_dir / "eval.json", required=False), run_dir / "eval.json")
+    raw_eval = read_json(run_dir / "eval.json", required=False)
+    ev = eval_fields(raw_eval, run_dir / "eval.json")
+    recorded = raw_eval.get("eval_config") if isinstance(raw_eval, dict) else None
+    if isinstance(recorded, dict) and isinstance(config, dict):   # the settings the evaluation used (pobench eval --set)
+        config = {**config, "eval": {**(config.get("eval") or {}), **recorded}}
     held = ev.pop("held_out", None) or summary.get("held_out_final") or {}
     rm = summary.get("reward_model")
     row = {
