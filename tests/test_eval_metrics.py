@@ -78,6 +78,21 @@ def test_lc_win_rate_without_length_differences_is_the_win_rate():
     prefs = [1, 1, 0, 0.5, 1]
     lc = M.length_controlled_win_rate(prefs, [10] * 5, [10] * 5)
     assert lc["lc_win_rate"] == pytest.approx(np.mean(prefs), abs=1e-4) and lc["length_coef"] == 0.0
+    assert lc["lc_win_rate_se"] == pytest.approx(M.win_rate(prefs)["win_rate_se"], rel=1e-3)   # its standard error too
+
+
+def test_lc_standard_error_of_soft_preferences_matches_their_spread():
+    """A reward-model judge's preferences (sigmoids of score differences) lie near 0.5 and vary little: the LC win
+    rate's standard error must follow their actual spread (measured by redrawing them), not a 0/1 outcome's
+    (0.5 x 0.5; it read 470x too large)."""
+    rng = np.random.default_rng(3)
+    pol, ref = lengths_with_offset(rng, 200, 0.3)
+    z = (pol - ref) / np.std(pol - ref, ddof=1)
+    draws = [0.5 + 0.02 * np.tanh(z) + rng.normal(0, 0.001, z.size) for _ in range(300)]
+    fits = [M.length_controlled_win_rate(p, pol, ref) for p in draws]
+    spread = np.std([f["lc_win_rate"] for f in fits], ddof=1)
+    reported = np.median([f["lc_win_rate_se"] for f in fits])
+    assert reported == pytest.approx(spread, rel=0.25)
 
 
 def test_kl_estimate_matches_the_exact_kl_of_two_categoricals():

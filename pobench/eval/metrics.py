@@ -63,7 +63,10 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2=1e-4, iters: int = 100) -> tup
     """(coefficients, covariance) of a logistic regression with soft labels y in [0, 1], by Newton's method.
 
     `l2`: a ridge per coefficient (a number or one per column); a small one keeps the fit finite when the data
-    are separable. The covariance is the inverse Hessian at the optimum, for standard errors."""
+    are separable. The covariance is the sandwich (robust, HC1) estimate H^-1 (sum_i g_i g_i^T) H^-1 n / (n - k),
+    g_i = x_i (mu_i - y_i): the inverse Hessian alone assumes each label varies as a 0/1 outcome, mu (1 - mu), which
+    soft labels (a reward model's sigmoid, an LLM judge's weighted preference) do not; for the intercept alone it
+    gives the win rate's own standard error."""
     w = np.zeros(X.shape[1])
     ridge = np.broadcast_to(np.asarray(l2, dtype=float), w.shape)
     for _ in range(iters):
@@ -75,8 +78,10 @@ def fit_logistic(X: np.ndarray, y: np.ndarray, l2=1e-4, iters: int = 100) -> tup
         if np.max(np.abs(step)) < 1e-10:
             break
     mu = _sigmoid(X @ w)
-    hess = (X * (mu * (1 - mu))[:, None]).T @ X + np.diag(ridge)
-    return w, np.linalg.inv(hess)
+    bread = np.linalg.inv((X * (mu * (1 - mu))[:, None]).T @ X + np.diag(ridge))
+    scores = X * (mu - y)[:, None]
+    n, k = X.shape
+    return w, bread @ (scores.T @ scores) @ bread * (n / (n - k) if n > k else 1.0)
 
 
 def standardized_length_difference(policy_lengths, reference_lengths) -> np.ndarray:
@@ -89,7 +94,7 @@ def standardized_length_difference(policy_lengths, reference_lengths) -> np.ndar
 def length_controlled_win_rate(preferences, policy_lengths, reference_lengths) -> dict:
     """The length-only GLM: p_i = sigmoid(a + b * tanh(z_i)), z = standardised length difference; LC = sigmoid(a).
 
-    Returns {"lc_win_rate", "lc_win_rate_se" (delta method), "lc_method", "length_coef"}. With every length
+    Returns {"lc_win_rate", "lc_win_rate_se" (delta method on the robust covariance), "lc_method", "length_coef"}. With every length
     difference zero there is nothing to control for, and the LC win rate equals the win rate."""
     p = _array(preferences, "LC win rate")
     z = standardized_length_difference(policy_lengths, reference_lengths)
