@@ -137,6 +137,8 @@ def test_alpaca_eval_glm_removes_a_pure_length_effect(tmp_path):
     assert np.mean(prefs) > 0.6
     assert out["lc_win_rate"] == pytest.approx(np.mean(sigmoid(difficulty)), abs=0.01)   # 0.50: length removed
     assert out["lc_method"] == "alpaca_eval_glm_length_controlled_v1"
+    own = M.length_controlled_win_rate(prefs, pol_len, ref_len)   # the judge likes longer outputs: both read > 0
+    assert out["length_coef"] > 0.5 and own["length_coef"] > 0.5
     better = sigmoid(1.5 * np.tanh(z) + difficulty + 1.0)   # plus a real quality effect: that one is kept
     out = M.alpaca_eval_lc_win_rate(better, ["x" * k for k in pol_len], ["x" * k for k in ref_len], range(n), path)
     assert out["lc_win_rate"] == pytest.approx(np.mean(sigmoid(difficulty + 1.0)), abs=0.01)

@@ -22,6 +22,8 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
     identical_to_reference                judged prompts whose output is the reference's, character for character
                                           (a policy that has not moved wins 0.5 there by construction)
     lc_win_rate, lc_win_rate_se, lc_method ("length_only_glm" | "alpaca_eval_glm_length_controlled_v1"), length_coef
+                                          length_coef: the GLM's weight on tanh(standardised length difference),
+                                          > 0 when the judge favours the policy where its output is the longer one
     avg_length, reference_avg_length      mean output length in characters (length_unit)
     reward_mean, reference_reward_mean    mean judge score of the outputs (reward-model / gold judges; else null)
     kl, kl_se, kl_info                    KL(policy || reference) estimated from samples (null with eval.kl_samples 0)

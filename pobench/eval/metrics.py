@@ -153,7 +153,9 @@ def alpaca_eval_lc_win_rate(preferences, policy_outputs, reference_outputs, inst
     predicted = model.predict_proba(x_test)[:, 1]
     return {"lc_win_rate": float(predicted.mean()),
             "lc_win_rate_se": float(pd.Series(predicted).sem()), "lc_method": "alpaca_eval_glm_length_controlled_v1",
-            "length_coef": float(dict(zip(x_test.columns, model.coef_[0])).get("np.tanh(std_delta_len)", float("nan")))}
+            # alpaca_eval's length difference is reference minus model: negated, the coefficient reads as the length-only
+            # GLM's does (> 0: the judge favours the policy where its output is the longer one)
+            "length_coef": -float(dict(zip(x_test.columns, model.coef_[0])).get("np.tanh(std_delta_len)", float("nan")))}
 
 
 def kl_estimate(policy_logps, reference_logps) -> dict:
