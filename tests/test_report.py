@@ -546,8 +546,16 @@ def test_baseline_option(tmp_path):
     assert isinstance(result.exception, PobenchError) and "--baseline ipo: no runs of that algorithm" in str(result.exception)
     write_run(tmp_path / "other", "simpo", 1, [0.5, 0.6])   # no dpo run: the default compares nothing, silently
     assert build_report(tmp_path / "other")[0]["suites"][0]["versus"] is None
-    (root / "hh-rlhf" / "mcpo" / "seed2" / "generations.jsonl").write_text('{"preference": 0.5}\n{"preference": 2}\n')
+    gen = root / "hh-rlhf" / "mcpo" / "seed2" / "generations.jsonl"
+    row = '{"prompt": "q", "output": "o", "preference": %s}\n'
+    gen.write_text(row % "0.5" + row % "2")
     with pytest.raises(PobenchError, match=r"mcpo/seed2/generations.jsonl:2: 'preference' must be a number in \[0, 1\]"):
+        build_report(root)
+    gen.write_text(row % "0.5" + '{"prompt": "q", "preference": 0.5}\n')
+    with pytest.raises(PobenchError, match=r"mcpo/seed2/generations.jsonl:2: 'output' must be a string, got None"):
+        build_report(root)
+    gen.write_bytes(b'{"prompt": "q\xff", "output": "o", "preference": 0.5}\n')
+    with pytest.raises(PobenchError, match=r"mcpo/seed2/generations.jsonl: not UTF-8 text"):
         build_report(root)
 
 

@@ -85,7 +85,11 @@ def read_jsonl(path: Path, required_key: str) -> list[tuple[int, dict]]:
     """(line number, object) of every non-blank line; a line that is not a JSON object holding `required_key` is
     an error naming the file and line."""
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PobenchError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

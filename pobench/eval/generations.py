@@ -15,6 +15,12 @@ def read_generations(run_dir: Path) -> dict | None:
         return None
     numbered = read_jsonl(path, "preference")
     for i, row in numbered:
+        # what compare judges again and the report's digest reads: the prompt (text or chat messages), the answer
+        if not isinstance(row.get("prompt"), (str, list)):
+            raise PobenchError(f"{path}:{i}: 'prompt' must be the prompt's text or its chat messages, got "
+                               f"{row.get('prompt')!r}")
+        if not isinstance(row.get("output"), str):
+            raise PobenchError(f"{path}:{i}: 'output' must be a string, got {row.get('output')!r}")
         pref = row["preference"]
         if pref is not None and (isinstance(pref, bool) or not isinstance(pref, (int, float)) or not 0 <= pref <= 1):
             raise PobenchError(f"{path}:{i}: 'preference' must be a number in [0, 1] or null, got {pref!r}")
