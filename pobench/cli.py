@@ -104,6 +104,7 @@ def run(
 
     # Resolve and check everything before anything is written.
     from pobench.engine.lock import RunLock
+    from pobench.engine.trainer import make_sampler
     from pobench.report.grid import check_point_applied, plan_grid
     grid_plan, budget_warning = plan_grid(grid, {n: algorithm_defaults(get_algorithm(n)) for n in algos})
     if budget_warning:
@@ -117,6 +118,7 @@ def run(
                                                                               {"seed": seed}), algos,
                             getattr(algorithm, "choices", None))
             check_point_applied(cfg, point_cfg, point)
+            make_sampler(algorithm, cfg)   # the sampler's own parameter checks, before anything is written
             run_dir = out / cfg.suite / name / point / f"seed{seed}"  # point '' without --grid
             check_model_source(cfg.model.name_or_path, cfg.model.gguf_file)
             done = (run_dir / "train_summary.json").exists() and (no_eval or (run_dir / "eval.json").exists())

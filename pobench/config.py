@@ -181,6 +181,14 @@ RANGES = {
 }
 
 
+# Algorithm parameters that share a meaning across algorithms (a plugin's parameter of the same name is held to it)
+ALGORITHM_RANGES = {
+    "beta": _POSITIVE, "tau": _POSITIVE, "beta_rso": _POSITIVE, "label_smoothing": ("in [0, 0.5)", lambda v: 0 <= v < 0.5),
+    "num_candidates": _AT_LEAST_1, "num_accepted": _AT_LEAST_1, "num_negatives": _AT_LEAST_1,
+    "refresh_every": _AT_LEAST_1, "score_prefix_tokens": _NOT_NEGATIVE, "gamma_beta_ratio": _NOT_NEGATIVE,
+}
+
+
 def _check_range(key: str, value) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise PobenchError(f"config key '{key}': must be a finite number, got {value!r}")
@@ -317,6 +325,10 @@ def coerce_algorithm_params(params: dict, defaults: dict, algo: str, choices: di
                                f"(known: {', '.join(sorted(defaults))})")
         d = defaults[k]
         out[k] = v if d is None else _coerce(v, type(d), f"algorithm.{k}")
+    for k, (text, ok) in ALGORITHM_RANGES.items():
+        v = out.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and (not math.isfinite(v) or not ok(v)):
+            raise PobenchError(f"config key 'algorithm.{k}' for algorithm '{algo}': must be {text}, got {v!r}")
     for k, allowed in (choices or {}).items():
         if out.get(k) not in allowed:
             raise PobenchError(f"config key 'algorithm.{k}' for algorithm '{algo}': {out.get(k)!r} is not one of "

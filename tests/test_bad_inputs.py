@@ -103,6 +103,11 @@ CASES = {
     "config_latin1": (run("--config", "{c}/config_latin1.yaml"), "error", ["config_latin1.yaml: not UTF-8"]),
     "config_bad_choice": (run("--config", "{c}/config_bad_choice.yaml"), "error", ["config key 'pool.backend'", "vllmm"]),
     "set_negative_steps": (run("--set", "train.max_steps=-3"), "error", ["config key 'train.max_steps': must be at least 0"]),
+    "set_negative_beta": (run("--set", "dpo.beta=-0.1"), "error",
+                          ["config key 'algorithm.beta' for algorithm 'dpo': must be greater than 0, got -0.1"]),
+    "set_online_pool_without_negative": (run("--algo", "onmcpo", "--set", "onmcpo.num_candidates=1", "--set",
+                                             "onmcpo.include_dataset_chosen=false"), "error",
+                                         ["onmcpo.num_candidates=1 with include_dataset_chosen false leaves no negative"]),
     "suite_unknown_data_key": (run("--suite", "{c}/suite_unknown_data_key.yaml"), "error", ["unknown config key 'data.paht'"]),
     # models: checked before any run folder is written
     "model_missing_folder": (run(model="./no_such_model_folder"), "error", ["./no_such_model_folder: no such model folder"]),

@@ -91,6 +91,12 @@ def last_good_checkpoint(run_dir: Path) -> str:
     return f"the last good checkpoint (step {step}) is kept in {found}"
 
 
+def make_sampler(algo, cfg: RunConfig):
+    """The algorithm's sampler for this run; its constructor checks the parameters it reads, so `pobench run` builds
+    it for every planned run before writing anything."""
+    return get_sampler(algo.sampler)(types.SimpleNamespace(**cfg.algorithm), cfg)
+
+
 def micro_batches(pairs: list[TokenizedPair], n: int) -> list[list[TokenizedPair]]:
     """The step's pairs in `n` consecutive micro-batches as equal as their count allows: a sampler may give any
     number of pairs (RSO drops tied candidates), and the update is the same whatever the split (the loss is a sum
@@ -386,7 +392,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     model, tokenizer, model_path = load_policy(cfg.model, device)
     pad_id = tokenizer.pad_token_id
     formatter = ChatFormatter(tokenizer, cfg.model.chat_template)
-    sampler = get_sampler(algo.sampler)(params, cfg)
+    sampler = make_sampler(algo, cfg)
     cache_key = (id(data), model_path, cfg.model.chat_template, tc.max_prompt_length, tc.max_completion_length,
                  sampler.needs_candidates)
     if tokenized is not None and cache_key in tokenized:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import time
 
+from pobench.errors import PobenchError
 from pobench.registry import register_sampler
 from pobench.sampling import pair_sequences, record_generator, record_seed
 from pobench.sampling.mc_kernel import draw, entropy, kernel_probs
@@ -23,6 +24,9 @@ class OnlinePool:
     needs_candidates = False
 
     def __init__(self, params, cfg):
+        if params.num_candidates + bool(params.include_dataset_chosen) < 2:
+            raise PobenchError(f"{cfg.algorithm_name}.num_candidates={params.num_candidates} with include_dataset_chosen "
+                               f"false leaves no negative beside the preferred sample: sample at least 2")
         self.params = params
         self.cfg = cfg
         self.pools: dict[int, tuple] = {}   # step -> per record (candidate ids, rm scores, dataset chosen score)
