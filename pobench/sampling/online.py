@@ -24,8 +24,9 @@ class OnlinePool:
     needs_candidates = False
 
     def __init__(self, params, cfg):
-        if params.num_candidates + bool(params.include_dataset_chosen) < 2:
-            raise PobenchError(f"{cfg.algorithm_name}.num_candidates={params.num_candidates} with include_dataset_chosen "
+        samples = getattr(params, "num_candidates", 2)
+        if samples + bool(getattr(params, "include_dataset_chosen", False)) < 2:
+            raise PobenchError(f"{cfg.algorithm_name}.num_candidates={samples} with include_dataset_chosen "
                                f"false leaves no negative beside the preferred sample: sample at least 2")
         self.params = params
         self.cfg = cfg
