@@ -244,6 +244,8 @@ def test_compare_judges_simpo_against_dpo_head_to_head(finished_run):
     assert h2h["identical_outputs"] == sum(s["output"] == d["output"] for s, d in zip(simpo, dpo))
     row = build_report(finished_run.parents[2])[0]["suites"][0]["versus"]["rows"][0]
     assert row["head_to_head"]["win_rate"]["mean"] == pytest.approx(h2h["win_rate"])
+    suite_only = build_report(suite)[0]["suites"][0]["versus"]["rows"][0]   # `pobench report results/hh-rlhf`
+    assert suite_only["head_to_head"]["win_rate"]["mean"] == pytest.approx(h2h["win_rate"])
     # held_out_pairs.json: the final margins of the held-out pairs, whose share above 0 is the summary's accuracy
     for run in (finished_run, suite / "simpo" / "seed1"):
         margins = json.loads((run / "held_out_pairs.json").read_text())["margins"]

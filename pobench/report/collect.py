@@ -190,10 +190,10 @@ def collect(root: Path):
                                f"{' ' + row['grid_point'] if row['grid_point'] else ''} seed {row['seed']} under "
                                f"{root}; point the report at a folder that holds one of them")
         seen[key] = run_dir
-        try:   # the run's name among its suite's runs ("dpo/seed1"): what head_to_head.json files are keyed by
-            row["in_suite"] = run_dir.relative_to(Path(root) / row["suite"]).as_posix()
-        except ValueError:
-            row["in_suite"] = None
+        # the run's name among its suite's runs ("dpo/seed1"): what head_to_head.json files are keyed by; relative to
+        # the nearest folder named after the suite, so that a report of a suite folder itself finds them too
+        suite_dir = next((p for p in Path(run_dir).parents if p.name == row["suite"]), None)
+        row["in_suite"] = run_dir.relative_to(suite_dir).as_posix() if suite_dir is not None else None
         rows.append(row)
         curves.extend(curve)
     runs = pd.DataFrame(rows)
