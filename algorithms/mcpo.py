@@ -10,7 +10,7 @@ class MCPO:
     sampler = "mc_kernel"
     needs_reference = True
     choices = {"kernel": ("sample", "argmax", "uniform"), "kernel_score": ("reward", "loglik", "loglik_mean"),
-               "objective": ("pairwise", "ranking_nce")}
+               "objective": ("pairwise", "ranking_nce", "ranking_nce_pool")}
     defaults = """
 beta: 0.1                      # DPO's KL strength; also scales the kernel's implicit reward
 num_candidates: 8              # L: pool size (the dataset's rejected first, then the record's candidates)
@@ -20,7 +20,8 @@ include_chosen_in_pool: false  # let the chosen completion be drawn as its own n
 kernel_score: reward           # reward: beta * (log pi - log ref) | loglik: log pi summed | loglik_mean: per token
 label_smoothing: 0.0
 objective: pairwise            # pairwise: DPO's loss on one drawn negative | ranking_nce: -log softmax of the chosen
-                               # among itself and num_negatives drawn negatives (equals pairwise at 1)
+                               # among itself and num_negatives drawn negatives (equals pairwise at 1) |
+                               # ranking_nce_pool: among itself and every candidate of the pool (nothing drawn)
 num_negatives: 1               # negatives drawn per record (with replacement); > 1 needs ranking_nce
 # Opt-in approximations of the kernel's scores, for cost (benchmarks/mcpo_step.py); defaults are exact:
 score_prefix_tokens: 0         # >0: score candidates by their first N tokens only (policy and reference alike)
@@ -32,7 +33,7 @@ grid:                          # default tuning grid (`--grid default`): 4 point
 """
 
     def loss(self, policy: SeqLogps, reference: SeqLogps, cfg) -> LossOutput:
-        if cfg.objective == "ranking_nce":
+        if cfg.objective in ("ranking_nce", "ranking_nce_pool"):
             losses, chosen, rejected = ranking_nce_loss(policy.chosen, policy.rejected, reference.chosen,
                                                         reference.rejected, cfg.beta, policy.group)
             return LossOutput(losses, chosen, rejected)

@@ -227,3 +227,19 @@ def test_mcpo_ranking_nce_trains_on_several_negatives(tmp_path, tiny_model_dir, 
     from pobench.errors import PobenchError
     with pytest.raises(PobenchError, match="needs mcpo.objective=ranking_nce"):
         sampler(num_negatives=2)
+    with pytest.raises(PobenchError, match="label_smoothing applies to the pairwise objective only"):
+        sampler(objective="ranking_nce", num_negatives=2, label_smoothing=0.1)
+
+
+def test_mcpo_ranking_nce_over_the_whole_pool(tmp_path, tiny_model_dir, pool_data):
+    """objective ranking_nce_pool: every candidate of the pool is a negative of the record's one NCE term (the
+    normaliser summed over the pool, nothing drawn): L pairs per record, first loss log(1 + L)."""
+    rec = TokenizedPair([1], [10], [20], candidates=[[10], [30], [40]])
+    pairs, m = sampler(num_candidates=3, objective="ranking_nce_pool")([rec, rec], kernel_context())
+    assert [(p.rejected, p.group) for p in pairs] == [([20], 0), ([30], 0), ([40], 0), ([20], 1), ([30], 1), ([40], 1)]
+    assert m["sampler/pool_size"] == 3
+    run_train(tmp_path / "r", tiny_model_dir, algo="mcpo", data_path=str(pool_data), max_steps=2, grad_accum=2,
+              algorithm={"num_candidates": 3, "objective": "ranking_nce_pool"})
+    rows = metrics(tmp_path / "r")
+    assert len(rows) == 2 and rows[0]["pairs_seen"] == 3 * rows[0]["records_seen"]
+    assert rows[0]["loss"] == pytest.approx(math.log(4), abs=1e-5)

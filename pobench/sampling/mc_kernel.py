@@ -53,11 +53,15 @@ class MCKernel:
         self.prefix = int(getattr(params, "score_prefix_tokens", 0))
         self.persistent = bool(getattr(params, "persistent_scores", False))
         self._last_visit: dict[str, float] = {}
-        # ranking objectives draw several negatives per record (with replacement, as Monte Carlo samples)
+        # ranking_nce draws several negatives per record (with replacement, as Monte Carlo samples); ranking_nce_pool
+        # takes the whole pool, the normaliser summed exactly over it, and draws nothing
+        self.objective = getattr(params, "objective", "pairwise")
         self.num_negatives = int(getattr(params, "num_negatives", 1))
-        if getattr(params, "objective", "pairwise") == "pairwise" and self.num_negatives != 1:
+        if self.objective != "ranking_nce" and self.num_negatives != 1:
             raise PobenchError(f"mcpo.num_negatives={self.num_negatives} needs mcpo.objective=ranking_nce "
-                               f"(the pairwise objective trains one negative per record)")
+                               f"(pairwise trains one negative per record, ranking_nce_pool the whole pool)")
+        if self.objective != "pairwise" and getattr(params, "label_smoothing", 0.0):
+            raise PobenchError(f"mcpo.label_smoothing applies to the pairwise objective only, not to {self.objective}")
 
     @property
     def needs_candidates(self) -> bool:
@@ -121,8 +125,20 @@ class MCKernel:
         self.rescored = len(todo) / max(1, len(flat))
         return list(torch.split(values, [len(items) for items, _ in pools]))
 
+    def whole_pools(self, batch, pools) -> tuple[list, dict]:
+        """ranking_nce_pool: every candidate of a record's pool is a negative of its one ranking-NCE term."""
+        pairs = []
+        for index, (record, (items, _)) in enumerate(zip(batch, pools)):
+            for item in items:
+                pair = record.with_rejected(item)
+                pair.group = index
+                pairs.append(pair)
+        return pairs, {"sampler/pool_size": sum(len(items) for items, _ in pools) / len(pools)}
+
     def __call__(self, batch, ctx):
         pools = [self.pool(r) for r in batch]
+        if self.objective == "ranking_nce_pool":
+            return self.whole_pools(batch, pools)
         trivial = all(len(items) == 1 for items, _ in pools)
         self.rescored = 0.0
         if self.kernel == "uniform" or trivial:  # no policy scores needed: skip the forward
