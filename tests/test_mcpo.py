@@ -214,6 +214,9 @@ def test_persistent_scores_skip_the_pool_forward_on_a_later_visit():
     assert m["sampler/rescored_fraction"] == 0.0
     assert scores_then[0] == pytest.approx([-0.02, -0.03, -0.04]) and scores_then[1] == pytest.approx([-0.021, -0.031])
     assert sampler(num_candidates=3)(recs, ctx)[1]["sampler/rescored_fraction"] == 1.0   # exact by default
+    resumed = sampler(num_candidates=3, persistent_scores=True)   # a resumed run: the scores come with the checkpoint
+    resumed.load_state_dict(s.state_dict())
+    assert resumed(recs, ctx)[1]["sampler/rescored_fraction"] == 0.0
 
 
 def test_mcpo_ranking_nce_trains_on_several_negatives(tmp_path, tiny_model_dir, pool_data):

@@ -76,6 +76,37 @@ def test_refresh_every_covers_several_steps(tmp_path, tiny_model_dir, monkeypatc
     assert len(calls) == 2   # steps 1-2 from one refresh, step 3 from the next
 
 
+def test_resume_inside_a_refresh_window_trains_on_the_samples_drawn_at_its_start(tmp_path, tiny_model_dir,
+                                                                                  monkeypatch):
+    """refresh_every 2: step 4 trains on samples drawn before step 3 from the weights of then. A run that crashes in
+    step 4 resumes from step 3's checkpoint, which keeps those samples (each rank's, with the optimizer): the
+    resumed step 4 logs what the uninterrupted one logged (fresh samples from newer weights would differ)."""
+    from pobench.engine import trainer as T
+    cache = tmp_path / "cache"
+    kw = dict(algo="onmcpo", algorithm={"num_candidates": 3, "refresh_every": 2}, cache=cache,
+              **{**ONLINE, "max_steps": 4, "save_every": 1, "eval_every": 0, "lr": 1e-2})
+    run_train(tmp_path / "full", tiny_model_dir, **kw)
+    calls, real = {"n": 0}, T.collate_pairs_shared
+
+    def crash_in_step_4(pairs, pad_id):
+        calls["n"] += 1
+        if calls["n"] == 4:   # one call per training step
+            raise RuntimeError("simulated crash")
+        return real(pairs, pad_id)
+
+    monkeypatch.setattr(T, "collate_pairs_shared", crash_in_step_4)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(tmp_path / "crash", tiny_model_dir, **kw)
+    monkeypatch.setattr(T, "collate_pairs_shared", real)
+    run_train(tmp_path / "crash", tiny_model_dir, resume=True, **kw)
+    full = {r["step"]: r for r in metrics(tmp_path / "full")}
+    resumed = {r["step"]: r for r in metrics(tmp_path / "crash")}
+    assert sorted(resumed) == [1, 2, 3, 4]
+    for step in (3, 4):
+        for key in ("loss", "rewards/margins", "logps/rejected"):
+            assert resumed[step][key] == pytest.approx(full[step][key], abs=1e-5), (step, key)
+
+
 class _KernelContext:
     """What OnlinePool's kernel draw reads from the trainer's SamplerContext: flat policy scores (log-prob = -length)
     and zero reference log-probs, so that with tau large the kernel is close to uniform."""

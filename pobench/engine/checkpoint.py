@@ -36,8 +36,11 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, with_optimizer: bool = True) -> None:
-    """`with_optimizer=False` (the final checkpoint) keeps only the weights: nothing resumes from it."""
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, with_optimizer: bool = True,
+                    sampler_states: list | None = None) -> None:
+    """`with_optimizer=False` (the final checkpoint) keeps only the weights: nothing resumes from it.
+    `sampler_states`: each rank's sampler state (pools an online sampler generated for steps still to come, scores
+    kept between visits), saved beside the optimizer so that a resumed run draws what the uninterrupted one drew."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     for stale in root.glob(".tmp*"):  # left by a crashed writer (the run folder's lock says none is alive)
@@ -46,8 +49,8 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, wit
     tmp.mkdir()
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     if with_optimizer:
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-                   tmp / "optimizer.pt")
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                    "sampler": sampler_states}, tmp / "optimizer.pt")
     _fsync_files(tmp)  # the weights reach the disk before state.json says they are there
     faults.kill_point("checkpoint")
     atomic_write_json(tmp / "state.json", state)  # last: its presence marks a complete checkpoint
@@ -76,6 +79,13 @@ def find_checkpoint(run_dir: Path) -> Path | None:
         if (root / name / "state.json").is_file():
             return root / name
     return None
+
+
+def load_sampler_states(path: Path) -> list | None:
+    """Every rank's sampler state saved with the checkpoint at `path` (None: none saved, or a final checkpoint)."""
+    if not (Path(path) / "optimizer.pt").is_file():
+        return None
+    return torch.load(Path(path) / "optimizer.pt", weights_only=False).get("sampler")
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:

@@ -22,7 +22,7 @@ from pobench.config import RunConfig
 from pobench.data import SuiteData
 from pobench.data.tokenize import ChatFormatter, TokenizedPair, encode_completion, tokenize_record, truncation_counts
 from pobench.engine import distributed as D
-from pobench.engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from pobench.engine.checkpoint import find_checkpoint, load_checkpoint, load_sampler_states, save_checkpoint
 from pobench.engine.io import MetricsLog, atomic_write_json
 from pobench.engine.loggers import Trackers
 from pobench.engine.logps import SequenceLogps, collate_pairs, collate_pairs_shared, collate_sequences_shared
@@ -434,6 +434,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                            f"run)")
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        sampler_states = load_sampler_states(checkpoint)
+        if hasattr(sampler, "load_state_dict") and sampler_states and len(sampler_states) == world:
+            sampler.load_state_dict(sampler_states[rank])   # this rank's, for its own records
         if accelerator.is_main_process:
             metrics.truncate_after(state["step"])
     elif accelerator.is_main_process and metrics.path.exists():
@@ -589,10 +592,13 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
             metrics.append(row)
             trackers.log(row)
         if is_last or (tc.save_every and (step + 1) % tc.save_every == 0):
+            sampler_states = D.gather_lists([sampler.state_dict()], accelerator) \
+                if hasattr(sampler, "state_dict") and not is_last else None
             with D.full_weights(accelerator, scorer) as weights:  # every rank enters: FSDP/ZeRO-3 gather them
                 if accelerator.is_main_process:
                     save_checkpoint(run_dir, weights, optimizer, scheduler, state,
-                                    with_optimizer=not is_last and not D.optimizer_state_is_sharded(accelerator))
+                                    with_optimizer=not is_last and not D.optimizer_state_is_sharded(accelerator),
+                                    sampler_states=sampler_states)
         if progress:
             progress.update(task, completed=step + 1,
                             description=f"{cfg.algorithm_name} seed{cfg.seed} loss {row['loss']:.3f}")

@@ -87,6 +87,13 @@ class MCKernel:
             scores = None
         return items, scores
 
+    def state_dict(self) -> dict:
+        """persistent_scores: the scores kept from earlier visits, which a resumed run must keep too."""
+        return {"last_visit": dict(self._last_visit)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._last_visit = dict(state.get("last_visit") or {})
+
     def scored(self, candidate: list[int]) -> list[int]:
         """What the kernel scores of a candidate: all of it, or its first `score_prefix_tokens` tokens."""
         return candidate[:self.prefix] if self.prefix > 0 else candidate

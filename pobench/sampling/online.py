@@ -36,6 +36,14 @@ class OnlinePool:
     def reference_sequences(self, records) -> list[tuple]:
         return pair_sequences(records)  # the fresh samples' reference log-probs are computed as they appear
 
+    def state_dict(self) -> dict:
+        """The pools generated for steps still to come (refresh_every > 1): a run resumed inside a refresh window
+        trains on the samples the uninterrupted run drew at the window's start, not on fresh ones."""
+        return {"pools": self.pools}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.pools = dict(state.get("pools") or {})
+
     def generation_seed(self, ctx, seeds_each_prompt: bool = False) -> int:
         """The seed of one refresh's generate call.
 
