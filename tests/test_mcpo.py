@@ -131,9 +131,14 @@ class ZeroReference:
         return torch.zeros(len(seqs)), torch.ones(len(seqs), dtype=torch.long)
 
 
-def kernel_context(step=0, batch_offset=0):
-    return types.SimpleNamespace(scorer=RecordingScorer(), pad_id=0, device="cpu", score_batch_size=64,
-                                 refcache=ZeroReference(), step=step, batch_offset=batch_offset)
+def kernel_context(step=0, batch_offset=0, agree_forwards=None):
+    """The trainer's SamplerContext around RecordingScorer (its real policy_logps: batching, collective forwards)."""
+    from pobench.engine.trainer import SamplerContext
+    cfg = types.SimpleNamespace(train=types.SimpleNamespace(batch_size=32))
+    ctx = SamplerContext(cfg, RecordingScorer(), None, None, None, ZeroReference(), "cpu", 0, None, 1, None, None,
+                         batch_offset=batch_offset, agree_forwards=agree_forwards)
+    ctx.step = step
+    return ctx
 
 
 def drawn(pairs) -> list[list[int]]:
@@ -200,6 +205,22 @@ def test_mcpo_trains_whatever_the_kernel_scores(tmp_path, tiny_model_dir, pool_d
               algorithm={"num_candidates": 4, **kernel_settings})
     rows = metrics(tmp_path / "m")
     assert len(rows) == 2 and rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_under_sharded_weights_every_rank_runs_the_busiest_ranks_forwards():
+    """FSDP/ZeRO-3: a forward is a collective. A rank whose pools need no score (one candidate each) or fewer batches
+    than another rank's still runs as many forwards as the busiest rank (agree_forwards: the max over ranks), on a
+    stand-in whose result is dropped; its own draws are unchanged."""
+    trivial = [TokenizedPair([1], [10], [20])]                             # a one-candidate pool: nothing to score
+    busy = lambda n: 3                                                    # the busiest rank runs 3 forwards
+    ctx = kernel_context(agree_forwards=busy)
+    pairs, _ = sampler(num_candidates=3)(trivial, ctx)
+    assert ctx.scorer.seen == [1, 1, 1] and drawn(pairs) == [[20]]        # three stand-in forwards of one sequence
+    recs = [TokenizedPair([1], [10], [20], candidates=[[30], [40]])]
+    alone, shared = kernel_context(), kernel_context(agree_forwards=busy)
+    assert drawn(sampler(num_candidates=3)(recs, alone)[0]) == drawn(sampler(num_candidates=3)(recs, shared)[0])
+    assert alone.scorer.seen == [3] and shared.scorer.seen == [3, 1, 1]   # its own batch, then two stand-ins
+    assert kernel_context().scorer.seen == [] and sampler(num_candidates=3)(trivial, alone) and alone.scorer.seen == [3]
 
 
 def test_persistent_scores_skip_the_pool_forward_on_a_later_visit():

@@ -125,6 +125,12 @@ def refuse_sharding_on_cpu(device) -> None:
                                f"--launch-config) for CPU processes")
 
 
+def max_over_ranks(value: int, accelerator) -> int:
+    if accelerator.num_processes == 1:
+        return value
+    return max(gather_lists([value], accelerator))
+
+
 def forwards_need_all_ranks(accelerator) -> bool:
     """FSDP and DeepSpeed shard the weights, so a forward is a collective and must go through the wrapped model on
     every rank; under DDP (or one process) each rank holds the whole model and can score on its own."""

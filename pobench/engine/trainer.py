@@ -47,11 +47,14 @@ class SamplerContext:
 
     def __init__(self, cfg: RunConfig, scorer, model, tokenizer, formatter, refcache, device, pad_id: int,
                  batch_at, max_steps: int, reward_scorer, reference, batch_offset: int = 0,
-                 generation_weights=contextlib.nullcontext):
+                 generation_weights=contextlib.nullcontext, agree_forwards=None):
         self.cfg, self.scorer, self.model, self.tokenizer, self.formatter = cfg, scorer, model, tokenizer, formatter
         self.refcache, self.device, self.pad_id, self.batch_at, self.max_steps = refcache, device, pad_id, batch_at, max_steps
         self.batch_offset = batch_offset
         self.score_batch_size = 2 * cfg.train.batch_size
+        # forwards -> the number every rank runs: the max over ranks where a forward is a collective (FSDP, ZeRO-3)
+        self.agree_forwards = agree_forwards or (lambda n: n)
+        self.collective = agree_forwards is not None
         self.step = 0
         self._reward_scorer, self._reference = reward_scorer, reference
         self.generation_weights = generation_weights
@@ -61,12 +64,15 @@ class SamplerContext:
         return self._reward_scorer()
 
     def policy_logps(self, seqs: list[tuple]):
-        return score_sequences(self.scorer, seqs, self.pad_id, self.device, self.score_batch_size)
+        """The current policy's log-probs of `seqs`, no gradient. Under sharded weights every rank calls this at
+        the same points of a step (even with nothing to score) and runs as many forwards as the busiest rank."""
+        return score_sequences(self.scorer, seqs, self.pad_id, self.device, self.score_batch_size,
+                               forwards=self.agree_forwards(-(-len(seqs) // self.score_batch_size)))
 
     def ensure_reference(self, seqs: list[tuple]) -> None:
         """Reference log-probs for sequences that appear during training (fresh samples)."""
         missing = self.refcache.missing(seqs)
-        if missing:
+        if missing or self.collective:   # sharded weights: join the other ranks' forwards even with none missing
             self.refcache.add(missing, *self._reference(missing))
 
     def prompt_messages(self, pair: TokenizedPair) -> list[dict]:
@@ -157,9 +163,12 @@ def lr_lambda(step: int, total: int, warmup_ratio: float) -> float:
 
 
 @torch.no_grad()
-def score_sequences(scorer: SequenceLogps, seqs: list[tuple], pad_id: int, device, batch_size: int):
+def score_sequences(scorer: SequenceLogps, seqs: list[tuple], pad_id: int, device, batch_size: int,
+                    forwards: int = 0):
     """Policy log-probs (summed over completion tokens) and token counts, no gradient, in batches of `batch_size`
-    sequences; the sequences of a batch that share a prompt are packed into one row (exact)."""
+    sequences; the sequences of a batch that share a prompt are packed into one row (exact). `forwards`: run at
+    least that many forward passes, the extra ones on a one-token stand-in whose result is dropped (under FSDP or
+    ZeRO-3 a forward is a collective, which every rank must join however many sequences it has itself)."""
     was_training = scorer.training
     scorer.eval()
     sums, counts = [], []
@@ -168,6 +177,8 @@ def score_sequences(scorer: SequenceLogps, seqs: list[tuple], pad_id: int, devic
         s, c = scorer(**batch)
         sums.append(s.float().cpu())
         counts.append(c.cpu())
+    for _ in range(forwards - len(sums)):
+        scorer(**{k: v.to(device) for k, v in collate_sequences_shared([([pad_id], [pad_id])], pad_id).items()})
     scorer.train(was_training)
     if not sums:
         return torch.zeros(0), torch.zeros(0, dtype=torch.long)
@@ -479,12 +490,16 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
             frozen["rm"] = get_scorer(frozen["rm_spec"])
         return frozen["rm"]
 
+    def agree_forwards(n: int) -> int:
+        return D.max_over_ranks(n, accelerator) if D.forwards_need_all_ranks(accelerator) else n
+
     def reference(seqs):
         """Reference log-probs of sequences met during training: the adapter-disabled policy (LoRA) or a
         frozen copy of the initial weights, loaded on first use (full fine-tuning)."""
         if cfg.model.lora_r > 0:
             with torch.no_grad(), model.disable_adapter():
-                return score_sequences(scoring, seqs, pad_id, device, 2 * tc.batch_size)
+                return score_sequences(scoring, seqs, pad_id, device, 2 * tc.batch_size,
+                                       forwards=agree_forwards(-(-len(seqs) // (2 * tc.batch_size))))
         if "ref" not in frozen:
             ref_model, _, _ = load_policy(types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0}), device)
             frozen["ref"] = SequenceLogps(ref_model.eval().requires_grad_(False), tc.logps_chunk)
@@ -493,7 +508,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
 
     ctx = SamplerContext(cfg, scoring, model, tokenizer, formatter, refcache, device, pad_id, batch_at, max_steps,
                          reward_scorer, reference, batch_offset=batch_offset,
-                         generation_weights=lambda: D.generation_weights(accelerator, scorer))
+                         generation_weights=lambda: D.generation_weights(accelerator, scorer),
+                         agree_forwards=agree_forwards if D.forwards_need_all_ranks(accelerator) else None)
     eval_bs = max(2, tc.batch_size)
 
     def held_out() -> dict:

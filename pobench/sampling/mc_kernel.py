@@ -107,7 +107,6 @@ class MCKernel:
 
     def _scores(self, batch, pools, ctx) -> list[torch.Tensor]:
         from pobench.data.tokenize import sequence_key
-        from pobench.engine.trainer import score_sequences
 
         flat = [(r.prompt, self.scored(c)) for r, (items, _) in zip(batch, pools) for c in items]
         values = torch.zeros(len(flat))
@@ -116,9 +115,9 @@ class MCKernel:
             keys = [sequence_key(p, c) for p, c in flat]
             todo = [i for i, k in enumerate(keys) if k not in self._last_visit]
             values = torch.tensor([self._last_visit.get(k, 0.0) for k in keys], dtype=torch.float32)
+        if todo or getattr(ctx, "collective", False):   # sharded weights: join the other ranks' forwards
+            logps, counts = ctx.policy_logps([flat[i] for i in todo])
         if todo:
-            logps, counts = score_sequences(ctx.scorer, [flat[i] for i in todo], ctx.pad_id, ctx.device,
-                                            ctx.score_batch_size)
             if self.kernel_score == "reward":
                 ref, _ = ctx.refcache.lookup_sequences([flat[i] for i in todo])
                 fresh = self.beta * (logps - ref)
@@ -148,7 +147,9 @@ class MCKernel:
             return self.whole_pools(batch, pools)
         trivial = all(len(items) == 1 for items, _ in pools)
         self.rescored = 0.0
-        if self.kernel == "uniform" or trivial:  # no policy scores needed: skip the forward
+        # no policy scores needed: skip the forward (a one-candidate pool on this rank is no reason to skip where
+        # the other ranks' forwards need this one's: sharded weights)
+        if self.kernel == "uniform" or (trivial and not getattr(ctx, "collective", False)):
             scores = [torch.zeros(len(items)) for items, _ in pools]
         else:
             scores = self._scores(batch, pools, ctx)
