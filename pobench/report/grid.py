@@ -160,7 +160,8 @@ SELECT = {  # validation metric -> (runs column, higher is better)
 def choose_best(per_point: list[dict], select: str = "acc") -> str:
     """The best grid point by the seed-mean of the validation metric: held-out pair accuracy by default (its
     scale does not move with beta, unlike the loss and the margin), ties broken by the held-out accuracy's area
-    under the curve, then by the point's position in the grid. Each dict: point, value, tiebreak."""
+    under the curve, then by the order of `per_point` (the report passes the points sorted by name: the grid's own
+    order is not recorded in the run folders). Each dict: point, value, tiebreak."""
     if select not in SELECT:
         raise PobenchError(f"--select {select}: choose one of {', '.join(SELECT)}")
     higher = SELECT[select][1]
