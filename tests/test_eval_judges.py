@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from pathlib import Path
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -133,6 +134,33 @@ def test_gpt4_turbo_judge_config_runs_to_the_api_call(tmp_path, fake_openai):
     for prompt, p, r in zip(PROMPTS[:4], POLICY[:4], REFERENCE[:4]):
         assert prompt[0]["content"] in text and p.strip() in text and r in text
     assert judge.describe()["kind"] == "llm"
+
+
+def test_llm_judge_annotations_are_cached_per_config_content(tmp_path, monkeypatch):
+    """An edited configs.yaml or prompt template, or another OpenAI client config (another model behind the same
+    name), gets its own annotation cache: annotations made under the old one are never reused."""
+    pytest.importorskip("alpaca_eval")
+    import shutil
+    import alpaca_eval.constants as AC
+    from pobench.eval.llm_judge import config_identity
+    configs = tmp_path / "evaluators_configs"   # a copy of alpaca_eval's layout: config folder, templates beside it
+    for name in ("weighted_alpaca_eval_gpt4_turbo", "alpaca_eval_clf_gpt4_turbo"):
+        shutil.copytree(Path(AC.EVALUATORS_CONFIG_DIR) / name, configs / name)
+    own = configs / "weighted_alpaca_eval_gpt4_turbo"
+    first = build_judge(f"alpaca_eval:{own}", cache_dir=tmp_path).caching_path
+    assert build_judge(f"alpaca_eval:{own}", cache_dir=tmp_path).caching_path == first   # same content, same cache
+    prompt = configs / "alpaca_eval_clf_gpt4_turbo" / "alpaca_eval_clf.txt"
+    prompt.write_text(prompt.read_text() + "\nBe strict.")
+    edited = build_judge(f"alpaca_eval:{own}", cache_dir=tmp_path).caching_path
+    assert edited != first
+    (own / "configs.yaml").write_text((own / "configs.yaml").read_text().replace("gpt-4-1106-preview", "gpt-4o"))
+    assert build_judge(f"alpaca_eval:{own}", cache_dir=tmp_path).caching_path not in (first, edited)
+    client = tmp_path / "client.yaml"
+    client.write_text("default:\n  - api_key: x\n    base_url: http://127.0.0.1:1/v1\n")
+    monkeypatch.setenv("OPENAI_CLIENT_CONFIG_PATH", str(client))
+    before = config_identity("weighted_alpaca_eval_gpt4_turbo")
+    client.write_text("default:\n  - api_key: x\n    base_url: http://127.0.0.1:2/v1\n")
+    assert config_identity("weighted_alpaca_eval_gpt4_turbo") != before
 
 
 def test_unknown_alpaca_eval_config_is_a_user_error(tmp_path):

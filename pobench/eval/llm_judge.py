@@ -211,6 +211,34 @@ def resolve_config(config: str) -> Path | str:
                        f"(e.g. {', '.join(known[:4])}, ...) nor a configs.yaml path")
 
 
+def config_identity(annotators_config: Path | str) -> str:
+    """What the annotation cache is keyed by: the config's name or path, the content of its configs.yaml and of the
+    prompt templates it names, and of OPENAI_CLIENT_CONFIG_PATH's file (which server answers), so that an edited
+    prompt or another model never reuses annotations made before."""
+    import yaml
+    import alpaca_eval.constants as AC
+    digest = hashlib.sha1(str(annotators_config).encode())
+    path = Path(annotators_config)
+    if not path.is_file():   # a config of alpaca_eval's own, by name
+        path = Path(AC.EVALUATORS_CONFIG_DIR) / str(annotators_config) / "configs.yaml"
+    # alpaca_eval reads templates relative to the folder above the config's own (its evaluators_configs)
+    files, templates_dir = [path], path.parents[1]
+    try:
+        entries = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (yaml.YAMLError, UnicodeDecodeError):
+        entries = {}
+    for entry in (entries or {}).values() if isinstance(entries, dict) else ():
+        template = entry.get("prompt_template") if isinstance(entry, dict) else None
+        if isinstance(template, str):
+            files.append(templates_dir / template)
+    client = os.environ.get("OPENAI_CLIENT_CONFIG_PATH")
+    files += [Path(client)] if client else []
+    for f in files:
+        if f.is_file():
+            digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:10]
+
+
 class AlpacaEvalJudge:
     kind = "llm"
 
@@ -228,7 +256,7 @@ class AlpacaEvalJudge:
             self.name = f"alpaca_eval:local({judge_model})"
         else:
             self.annotators_config = resolve_config(config)
-            ident = hashlib.sha1(str(self.annotators_config).encode()).hexdigest()[:10]
+            ident = config_identity(self.annotators_config)
             self.name = f"alpaca_eval:{config}"
         self.caching_path = (Path(cache_dir) / "judges" / f"alpaca_eval-{ident}-annotations.json") if cache_dir else None
 
