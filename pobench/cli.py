@@ -574,7 +574,7 @@ def compare(
 ):
     """Judge runs' answers head to head against other runs' of the same seed (no generation; head_to_head.json)."""
     from pobench import config as C
-    from pobench.eval.head_to_head import check_comparable, check_overrides, head_to_head
+    from pobench.eval.head_to_head import check_overrides, check_pair, head_to_head
     from pobench.eval.runner import load_run_config
 
     overrides = C.deep_merge({"eval": {"judge": judge}} if judge else {}, C.parse_set(set_))
@@ -594,7 +594,7 @@ def compare(
         raise PobenchError(f"no seed in both: {', '.join(map(str, runs))} and {against} (seeds {sorted(theirs)}) "
                            f"share no seed")
     for run, other in pairs:   # every pair is checked before the first judge runs
-        check_comparable(load_run_config(run), load_run_config(other), run, other)
+        check_pair(run, other)
         load_run_config(run, overrides)   # and the judge settings asked for are valid
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     results = []

@@ -284,6 +284,15 @@ def test_compare_refuses_what_is_not_comparable(finished_run, tmp_path):
     shutil.copytree(suite / "simpo", tmp_path / "hh-rlhf" / "simpo")
     row = build_report(tmp_path)[0]["suites"][0]["versus"]["rows"][0]
     assert "eval.max_new_tokens 8 vs 9" in row["unlike_baseline"]   # the report names it too
+    # several pairs: all are checked before the first is judged, so a later pair's mismatch writes nothing
+    shutil.copytree(other, tmp_path / "hh-rlhf" / "xpo" / "seed1")
+    baseline = tmp_path / "baseline" / "hh-rlhf" / "dpo" / "seed1"
+    shutil.copytree(finished_run, baseline, ignore=shutil.ignore_patterns("checkpoints"))
+    stored = lambda: {p: p.read_bytes() for p in (tmp_path / "hh-rlhf").rglob("head_to_head.json")}   # noqa: E731
+    before = stored()
+    result = CliRunner().invoke(app, ["compare", str(tmp_path / "hh-rlhf"), "--against", str(baseline.parent)])
+    assert isinstance(result.exception, PobenchError) and "eval.max_new_tokens 9 vs 8" in str(result.exception)
+    assert stored() == before   # the comparable pair (simpo) was not judged either
     evaluated["eval_config"]["max_new_tokens"] = 8
     (other / "eval.json").write_text(json.dumps(evaluated))
     (other / "generations.jsonl").unlink()

@@ -65,6 +65,25 @@ def check_comparable(cfg, other_cfg, run_dir: Path, other_dir: Path) -> None:
         raise PobenchError(f"{run_dir} against {other_dir}: not comparable head to head ({'; '.join(problems)})")
 
 
+def check_pair(run_dir: Path, other_dir: Path) -> tuple:
+    """(config, other config, answers, other answers) of two runs that can be judged head to head, else a PobenchError
+    naming what differs: the settings their stored answers were made with (the last evaluation's, which `pobench
+    eval --set` may have changed), and the prompts answered."""
+    from pobench.eval.generations import read_generations
+    from pobench.eval.runner import load_run_config
+
+    generated, other_cfg = load_run_config(run_dir, as_evaluated=True), load_run_config(other_dir, as_evaluated=True)
+    check_comparable(generated, other_cfg, run_dir, other_dir)
+    mine, theirs = read_generations(run_dir), read_generations(other_dir)
+    for folder, rows in ((run_dir, mine), (other_dir, theirs)):
+        if rows is None:
+            raise PobenchError(f"{folder}: no generations.jsonl; evaluate the run first (pobench eval {folder})")
+    if set(mine) != set(theirs):
+        raise PobenchError(f"{run_dir} against {other_dir}: the two generations.jsonl hold different prompts "
+                           f"({len(set(mine) ^ set(theirs))} in only one); evaluate both with the same settings")
+    return generated, other_cfg, mine, theirs
+
+
 def check_overrides(overrides: dict | None) -> None:
     for section, keys in (overrides or {}).items():
         if section != "eval" or not isinstance(keys, dict):
@@ -82,7 +101,6 @@ def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, 
     return it."""
     from pobench.engine.io import atomic_write_json
     from pobench.eval import metrics as M
-    from pobench.eval.generations import read_generations
     from pobench.eval.runner import (build_run_judge, decoding_record, eval_items, judge_rows, load_run_config,
                                      results_root, versions)
     from pobench.models import pick_device
@@ -90,17 +108,8 @@ def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, 
     started = time.time()
     run_dir, other_dir = Path(run_dir), Path(other_dir)
     check_overrides(overrides)
-    # as the stored answers were made (the last evaluation's settings, which `pobench eval --set` may have changed)
-    generated, other_cfg = load_run_config(run_dir, as_evaluated=True), load_run_config(other_dir, as_evaluated=True)
-    check_comparable(generated, other_cfg, run_dir, other_dir)
+    generated, other_cfg, mine, theirs = check_pair(run_dir, other_dir)
     cfg = load_run_config(run_dir, overrides, as_evaluated=True)   # with the judge asked for, else the evaluation's
-    mine, theirs = read_generations(run_dir), read_generations(other_dir)
-    for folder, rows in ((run_dir, mine), (other_dir, theirs)):
-        if rows is None:
-            raise PobenchError(f"{folder}: no generations.jsonl; evaluate the run first (pobench eval {folder})")
-    if set(mine) != set(theirs):
-        raise PobenchError(f"{run_dir} against {other_dir}: the two generations.jsonl hold different prompts "
-                           f"({len(set(mine) ^ set(theirs))} in only one); evaluate both with the same settings")
     keys = list(mine)
     suite_data = eval_items(cfg)[2] if cfg.eval.judge == "auto" else None
     cache_dir = Path(cache_dir) if cache_dir else results_root(run_dir, cfg.suite) / ".cache"
