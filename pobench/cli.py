@@ -528,8 +528,11 @@ def eval_(
                                    "num_prompts": num_prompts}.items() if v is not None}
     overrides = C.deep_merge({"eval": shortcuts} if shortcuts else {}, C.parse_set(set_))
     folders = _run_folders(run_dirs)
-    for folder in folders:   # every config is checked before the first evaluation starts
-        load_run_config(folder, overrides)
+    from pobench.eval.judges import check_judge_spec
+    for folder in folders:   # every config, and the judge it names, is checked before the first evaluation starts
+        judge_spec = load_run_config(folder, overrides).eval.judge
+        if judge_spec != "auto":
+            check_judge_spec(judge_spec)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -593,9 +596,12 @@ def compare(
     if not pairs:
         raise PobenchError(f"no seed in both: {', '.join(map(str, runs))} and {against} (seeds {sorted(theirs)}) "
                            f"share no seed")
+    from pobench.eval.judges import check_judge_spec
     for run, other in pairs:   # every pair is checked before the first judge runs
         check_pair(run, other)
-        load_run_config(run, overrides)   # and the judge settings asked for are valid
+        judge_spec = load_run_config(run, overrides, as_evaluated=True).eval.judge   # the judge asked for is valid
+        if judge_spec != "auto":
+            check_judge_spec(judge_spec)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,

@@ -188,6 +188,19 @@ def test_eval_errors_name_the_problem(finished_run, tmp_path):
         evaluate_run(finished_run, overrides={"eval": {"eval_set": "alpaca_eval"}})
     with pytest.raises(PobenchError, match="only eval"):
         evaluate_run(finished_run, overrides={"train": {"lr": 1.0}})
+    # a judge of no known form, for several runs: refused before the first run's answers are generated
+    from pobench.cli import app
+    import pobench.eval.runner as R
+    other = copy_run(finished_run, tmp_path / "copy")
+    generated = []
+    real = R.generate
+    R.generate = lambda *a, **k: generated.append(1) or real(*a, **k)
+    try:
+        result = CliRunner().invoke(app, ["eval", str(other), str(finished_run), "--judge", "gpt4"])
+    finally:
+        R.generate = real
+    assert isinstance(result.exception, PobenchError) and "eval.judge 'gpt4'" in str(result.exception)
+    assert generated == []
 
 
 def test_lora_run_is_evaluated_with_its_adapter(tmp_path, tiny_model_dir):
