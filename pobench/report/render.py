@@ -86,7 +86,9 @@ def leaderboard_section(s: dict, select: str) -> Section:
     caption.append(CI_NOTE + ("" if not missing else f"; not measured: {', '.join(missing)}"))
     if gridded:
         caption.append(f"each algorithm at its best grid point by {VALIDATION[select]} on the held-out "
-                       f"pairs (validation, never the test prompts' win rate); the grid is listed below")
+                       f"pairs (validation, never the test prompts' win rate); the grid is listed below; the held-out "
+                       f"pair metrics are the ones the point was chosen on, so they read optimistically, the more so "
+                       f"the more grid points an algorithm had")
     columns = ["algo"] + (["grid point", "grid"] if gridded else []) + ["seeds"] + [labels[c] for c, _ in measured]
     body = []
     for r in rows:
