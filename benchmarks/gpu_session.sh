@@ -32,6 +32,9 @@ timeout 120 python benchmarks/gpu_sharded_check.py --tokenizer .gpu-carry/smollm
 python - "$OUT/sharded.json" <<'PY' 2>/dev/null
 import json, sys
 report = json.load(open(sys.argv[1]))
+initial = report.get("one_process", {}).get("summary", {}).get("held_out_initial", {})
+# the reference log-probs are computed under the policy's bf16 autocast: the implicit rewards start at ~0
+print("one process, held-out rewards before step 1:", {k: v for k, v in initial.items() if k.startswith("eval/rewards")})
 for name, entry in report["presets"].items():
     print(name, {k: entry.get(k) for k in ("rc", "wall_s", "distributed", "largest_relative_difference", "skipped")})
     print(entry.get("error", "")[-3000:])
