@@ -1,6 +1,7 @@
 """What a run ran on: versions, device, git commit. Saved as env.json beside every result."""
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import subprocess
@@ -14,6 +15,7 @@ PACKAGES = ("torch", "transformers", "accelerate", "peft", "datasets", "tokenize
             "vllm", "alpaca-eval")
 
 
+@functools.lru_cache(maxsize=1)   # read once: the code a process runs is the code it imported, not a later commit
 def git_commit() -> str | None:
     root = Path(pobench.__file__).resolve().parent.parent
     try:

@@ -520,12 +520,12 @@ def test_against_dpo_names_software_and_hardware_that_differ(tmp_path):
             "pobench": "0.1.0", "git_commit": commit, "packages": {"torch": torch, "transformers": "5.24.0"},
             "device": device, **({"gpu": gpu} if gpu else {}), "command": ["pobench", "run"]}))
 
-    env("dpo/seed1", "abc", "2.13.0", "cpu")
-    env("mcpo/seed1", "def-dirty", "2.12.0", "cuda:0", ["NVIDIA H100 80GB HBM3"])
-    env("dpo/seed2", "abc", "2.13.0", "cuda:1", ["NVIDIA H100 80GB HBM3"])
-    env("mcpo/seed2", "abc", "2.13.0", "cuda:0", ["NVIDIA H100 80GB HBM3"])   # another GPU index: the same device
+    env("dpo/seed1", "abc" * 13 + "d", "2.13.0", "cpu")
+    env("mcpo/seed1", "def" * 13 + "d-dirty", "2.12.0", "cuda:0", ["NVIDIA H100 80GB HBM3"])
+    env("dpo/seed2", "abc" * 13 + "d", "2.13.0", "cuda:1", ["NVIDIA H100 80GB HBM3"])
+    env("mcpo/seed2", "abc" * 13 + "d", "2.13.0", "cuda:0", ["NVIDIA H100 80GB HBM3"])   # another GPU index: the same device
     row = build_report(root)[0]["suites"][0]["versus"]["rows"][0]
-    assert row["unlike_baseline"] == ["software: device cuda vs cpu", "software: pobench commit def-dirty vs abc",
+    assert row["unlike_baseline"] == ["software: device cuda vs cpu", "software: pobench commit defdefdefdef-dirty vs abcabcabcabc",
                                       "software: torch 2.12.0 vs 2.13.0"]
     md = to_markdown(sections(build_report(root)[0]))
     assert "software: the pobench code, packages or hardware the runs trained on" in md
@@ -590,3 +590,25 @@ def test_held_out_accuracy_paired_pair_by_pair(tmp_path):
     (tmp_path / "hh-rlhf" / "mcpo" / "seed2" / "held_out_pairs.json").write_text('{"ids": ["a"], "margins": []}')
     with pytest.raises(PobenchError, match="mcpo/seed2/held_out_pairs.json: expected 'ids' and 'margins'"):
         build_report(tmp_path)
+
+
+def test_a_process_records_the_commit_it_started_from(monkeypatch):
+    """env.json's git_commit is read once per process: a commit made while `pobench run` goes on (the code running
+    is what was imported) must not make the later runs of that one invocation look like other software."""
+    import subprocess as sp
+    from pobench import environment as E
+    heads = iter(["a" * 40, "b" * 40])
+    calls = []
+
+    def fake_run(args, **kw):
+        calls.append(args)
+        out = next(heads) if args[1] == "rev-parse" else ""
+        return sp.CompletedProcess(args, 0, stdout=out, stderr="")
+
+    E.git_commit.cache_clear()
+    monkeypatch.setattr(E.subprocess, "run", fake_run)
+    try:
+        assert E.git_commit() == "a" * 40 and E.git_commit() == "a" * 40
+        assert [c[1] for c in calls] == ["rev-parse", "status"]
+    finally:
+        E.git_commit.cache_clear()

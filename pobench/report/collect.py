@@ -125,7 +125,10 @@ def software_fields(env, path: Path) -> dict:
         raise PobenchError(f"{path}: expected a JSON object")
     packages = env.get("packages") if isinstance(env.get("packages"), dict) else {}
     device = env.get("device")
-    out = {"pobench": env.get("pobench"), "pobench commit": env.get("git_commit"),
+    commit = env.get("git_commit")
+    if isinstance(commit, str):   # 12 hex digits name a commit; "-dirty" says the tree held uncommitted changes
+        commit = commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+    out = {"pobench": env.get("pobench"), "pobench commit": commit,
            **{name: packages.get(name) for name in ("torch", "transformers", "accelerate", "peft")},
            "device": str(device).split(":")[0] if device else None,
            "gpu": ", ".join(sorted(set(map(str, env["gpu"])))) if isinstance(env.get("gpu"), list) else None}
