@@ -40,6 +40,11 @@ for name, entry in report["presets"].items():
     print(entry.get("error", "")[-3000:])
 PY
 
+# 2b. MC-PO under FSDP with pools of 2-4 candidates by row: the ranks score unequal numbers of candidates, and every
+#     rank must join every scoring forward of the sharded weights (commit 601cb05; a hang before it)
+timeout 120 python benchmarks/gpu_sharded_check.py --tokenizer .gpu-carry/smollm2-tokenizer --presets fsdp --algo mcpo \
+  --json "$OUT/sharded-mcpo.json" > "$OUT/sharded-mcpo.log" 2>&1; echo "gpu_sharded_check mcpo rc=$?" | tee -a "$OUT/gpu.txt"
+
 # 3. with FULL=1: the sampler alone, compiled as the compiled step holds it (sort, bisection, 16-way search; the
 #    eager sampler was measured on 2026-11-27, see GPU.md), and the training step (measured then too)
 if [ "${FULL:-0}" = 1 ]; then

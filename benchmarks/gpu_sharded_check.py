@@ -1,7 +1,7 @@
 """FSDP and DeepSpeed on GPUs (issue 6): the shipped launch presets against one process, same global batch.
 
     python benchmarks/gpu_sharded_check.py --tokenizer DIR [--presets fsdp,deepspeed-zero2,deepspeed-zero3]
-                                           [--steps 4] [--json PATH]
+                                           [--steps 4] [--algo dpo|mcpo] [--json PATH]
 
 The CPU tests run these presets on 2 CPU processes over gloo (tests/test_distributed.py); what only a GPU exercises is
 NCCL, bf16 autocast, `fsdp_sync_module_states`, and FSDP's offload of the gathered checkpoint to the CPU. This script
@@ -47,12 +47,35 @@ def build_model(tokenizer_dir: str, target: Path) -> Path:
     return target
 
 
-def run(out: Path, model: Path, device: str, steps: int, processes: int, preset: str | None) -> dict:
+def uneven_pools(target: Path) -> Path:
+    """UltraFeedback sample rows in the on-policy schema with 2, 3 or 4 candidates by row: under a sharded launch the
+    ranks' MC-PO pools then need different numbers of scoring forwards, which every rank must join (a forward of
+    sharded weights is a collective; before commit 601cb05 a rank with fewer would leave the others waiting)."""
+    import gzip
+    sample = ROOT / "pobench" / "data" / "samples" / "ultrafeedback" / "train_prefs-1000.jsonl.gz"
+    with gzip.open(sample, "rt") as f, open(target, "w") as out:
+        for i, line in zip(range(80), f):
+            row = json.loads(line)
+            chosen, rejected = row["chosen"][-1]["content"], row["rejected"][-1]["content"]
+            if not chosen.strip() or not rejected.strip():
+                continue
+            responses = [chosen, rejected, "I am not sure.", chosen[:40] + "..."][:2 + i % 3]
+            out.write(json.dumps({"prompt_id": row["prompt_id"], "prompt": row["prompt"],
+                                  "all_generated_responses": responses,
+                                  "all_rm_scores": [4.0, 1.0, 0.5, 2.0][:len(responses)]}) + "\n")
+    return target
+
+
+def run(out: Path, model: Path, device: str, steps: int, processes: int, preset: str | None,
+        algo: str = "dpo", data: str = "sample") -> dict:
     settings = {"model.device": device, "data.max_train_records": 64, "data.eval_size": 8, "train.lr": 1e-3,
                 "train.max_prompt_length": 64, "train.max_completion_length": 32, "train.eval_every": 2,
                 "train.batch_size": GLOBAL_BATCH // processes}
-    cmd = [sys.executable, "-m", "pobench.cli", "run", "--algo", "dpo", "--model", str(model), "--data", "sample",
-           "--out", str(out), "--no-eval", "--max-steps", str(steps)]
+    suite = "hh-rlhf" if algo == "dpo" else "ultrafeedback"
+    cmd = [sys.executable, "-m", "pobench.cli", "run", "--algo", algo, "--suite", suite, "--model", str(model),
+           "--data", data, "--out", str(out), "--no-eval", "--max-steps", str(steps)]
+    if algo == "mcpo":
+        settings["mcpo.num_candidates"] = 4
     for key, value in settings.items():
         cmd += ["--set", f"{key}={value}"]
     if preset:
@@ -69,7 +92,7 @@ def run(out: Path, model: Path, device: str, steps: int, processes: int, preset:
         launcher = text.find("failed (exitcode")
         result["error"] = text[:launcher][-6000:] if launcher > 0 else text[-6000:]
         return result
-    folder = out / "hh-rlhf" / "dpo" / "seed1"
+    folder = out / suite / algo / "seed1"
     result["rows"] = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     result["summary"] = json.loads((folder / "train_summary.json").read_text())
     result["checkpoint"] = str(folder / "checkpoints" / "latest" / "trainable.safetensors")
@@ -102,6 +125,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--processes", type=int, default=None, help="default: the number of visible GPUs")
+    ap.add_argument("--algo", default="dpo", choices=("dpo", "mcpo"),
+                    help="mcpo: MC-PO on pools of 2-4 candidates by row (ranks score unequal numbers of them)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -120,7 +145,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="pobench-sharded-") as tmp:
         model = build_model(args.tokenizer, Path(tmp) / "model")
-        base = run(Path(tmp) / "one", model, args.device, args.steps, 1, None)
+        data = str(uneven_pools(Path(tmp) / "pools.jsonl")) if args.algo == "mcpo" else "sample"
+        report["algo"] = args.algo
+        base = run(Path(tmp) / "one", model, args.device, args.steps, 1, None, args.algo, data)
         report["one_process"] = {k: v for k, v in base.items() if k not in ("rows", "checkpoint")}
         if base["rc"] != 0:
             save()
@@ -129,7 +156,7 @@ def main() -> None:
             if preset.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
                 report["presets"][preset] = {"skipped": "DeepSpeed is not installed"}
                 continue
-            other = run(Path(tmp) / preset, model, args.device, args.steps, processes, preset)
+            other = run(Path(tmp) / preset, model, args.device, args.steps, processes, preset, args.algo, data)
             entry = {k: v for k, v in other.items() if k not in ("rows", "summary", "checkpoint")}
             if other["rc"] == 0:
                 entry.update(compare(base, other))
