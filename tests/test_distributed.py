@@ -227,7 +227,9 @@ def test_two_process_mcpo_run_draws_what_one_process_draws(tmp_path, tiny_model_
     """MC-PO on the records' own 4-candidate pools (3 per record in the kernel's pool): each record's negative is
     drawn from a stream keyed by its place in the global batch (pobench.sampling.record_generator), so 2 processes
     draw the negatives 1 process draws, and train and log the same (the sampler's metrics included)."""
-    extra = {"data": {"path": str(pool_data), "schema": "auto"}, "algorithm": {"num_candidates": 3}}
+    # a checkpoint at step 2 gathers every rank's sampler state (MC-PO's kept scores) into it, under the launch too
+    extra = {"data": {"path": str(pool_data), "schema": "auto"}, "algorithm": {"num_candidates": 3},
+             "train": {"save_every": 2}}
     sampler_keys = ("sampler/drawn_is_dataset_rejected", "sampler/drawn_rm_rank", "sampler/kernel_entropy")
     _report(*_two_processes_against_one(tmp_path, tiny_model_dir, "mcpo", extra, COMPARED + sampler_keys))
 
