@@ -109,7 +109,10 @@ def run(
     grid_plan, budget_warning = plan_grid(grid, {n: algorithm_defaults(get_algorithm(n)) for n in algos})
     if budget_warning:
         console.print(f"[yellow]warning:[/yellow] {escape(budget_warning)}", highlight=False)
-    plans = []
+    if launch_config:
+        from pobench.launch import preset_path
+        preset_path(launch_config)   # a bad name fails now, before any folder exists
+    plans, planned = [], {}
     for name in algos:
         algorithm = get_algorithm(name)
         defaults = algorithm_defaults(algorithm)
@@ -120,13 +123,18 @@ def run(
             check_point_applied(cfg, point_cfg, point)
             make_sampler(algorithm, cfg)   # the sampler's own parameter checks, before anything is written
             run_dir = out / cfg.suite / name / point / f"seed{seed}"  # point '' without --grid
-            check_model_source(cfg.model.name_or_path, cfg.model.gguf_file)
+            if run_dir in planned:   # --seeds 1,1, --algo dpo,dpo, grid values that name one folder
+                raise PobenchError(f"{run_dir}: planned twice ({planned[run_dir]} and {point or name} seed {seed}); "
+                                   f"list each algorithm, seed and grid point once")
+            planned[run_dir] = f"{point or name} seed {seed}"
             done = (run_dir / "train_summary.json").exists() and (no_eval or (run_dir / "eval.json").exists())
             if _holds_run(run_dir) and not resume and is_main:  # other ranks: the main one checks (and may have written)
                 RunLock(run_dir).refuse_if_in_use()   # a run writing there now is named as such
                 raise PobenchError(f"{run_dir}: already holds a run; pass --resume to continue or skip it, "
                                    f"or choose another --out")
             plans.append((algorithm, cfg, run_dir, done))
+    for model_source in dict.fromkeys((cfg.model.name_or_path, cfg.model.gguf_file) for _, cfg, _, _ in plans):
+        check_model_source(*model_source)
     # Data is read now too, so that bad data fails before any folder or progress bar exists.
     datasets_by_key: dict = {}
     for _, cfg, _, done in plans:

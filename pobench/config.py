@@ -364,6 +364,9 @@ def resolve(suite_cfg: dict, algo_name: str, algo_defaults: dict, file_cfg: dict
     merged["algorithm_name"] = algo_name
     cfg = _build(RunConfig, merged, "")
     cfg.algorithm = coerce_algorithm_params(cfg.algorithm, algo_defaults, algo_name, algo_choices)
+    if cfg.train.batch_size % cfg.train.grad_accum:   # accumulation splits a batch into equal micro-batches of records
+        raise PobenchError(f"config key 'train.batch_size': {cfg.train.batch_size} must be a multiple of "
+                           f"train.grad_accum={cfg.train.grad_accum}")
     return cfg
 
 
