@@ -85,11 +85,14 @@ def oom_message(where: str, cfg=None) -> str:
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """torch's OutOfMemoryError (CUDA, and MPS/XPU where they raise it), without importing torch to ask."""
-    if type(error).__name__ == "OutOfMemoryError":
+    """torch's OutOfMemoryError (CUDA, and MPS/XPU where they raise it), the CPU allocator's RuntimeError ("can't
+    allocate memory ... (Cannot allocate memory)" under Linux, "not enough memory" elsewhere) and Python's own
+    MemoryError, without importing torch to ask."""
+    if type(error).__name__ == "OutOfMemoryError" or isinstance(error, MemoryError):
         return True
     text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "not enough memory" in text)
+    return isinstance(error, RuntimeError) and any(
+        s in text for s in ("out of memory", "not enough memory", "can't allocate memory", "cannot allocate memory"))
 
 
 @contextlib.contextmanager

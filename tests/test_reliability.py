@@ -71,6 +71,10 @@ def test_out_of_memory_detection():
     from pobench.faults import is_out_of_memory, out_of_memory_as_error
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: not enough memory"))
+    with pytest.raises(RuntimeError) as real:   # the CPU allocator's own failure (Linux), a real one: 128 TiB
+        torch.empty(2**45, dtype=torch.float32)
+    assert is_out_of_memory(real.value), str(real.value)
+    assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     with pytest.raises(PobenchError, match="here: out of memory; lower train.batch_size"):
         with out_of_memory_as_error("here"):
