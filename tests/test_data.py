@@ -402,6 +402,25 @@ def test_folder_of_split_files(tmp_path):
         read_rows(str(tmp_path), "dev")
 
 
+def test_a_split_in_shards_is_read_whole(tmp_path):
+    """The hub's layout, train-00000-of-00002.* and train-00001-of-00002.*: every shard is read, in order (the first
+    alone was read before); a file of another split whose name starts alike (train_prefs.*) is not part of it; a bad
+    row is named by its shard and line."""
+    rows = _sample_rows(HH_SAMPLE, 7)
+    (tmp_path / "train-00000-of-00002.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:4]))
+    (tmp_path / "train-00001-of-00002.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[4:]))
+    (tmp_path / "train_prefs.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    source, it = read_rows(str(tmp_path), "train")
+    got = parse_rows(source, it)
+    assert source == f"{tmp_path}[train]" and got.rows_read == 7
+    whole = parse_rows("x", ((i, r) for i, r in enumerate(rows, 1)))
+    assert [r.chosen for r in got.records] == [r.chosen for r in whole.records]
+    assert len({r.id for r in got.records}) == len(got.records)
+    (tmp_path / "train-00001-of-00002.jsonl").write_text(json.dumps(rows[4]) + "\n{not json\n")
+    with pytest.raises(PobenchError, match=r"train-00001-of-00002.jsonl:2"):
+        parse_rows(*read_rows(str(tmp_path), "train"))
+
+
 def _data_cfg(path, eval_split="test", eval_size=4):
     return DataConfig(path=str(path), hub_id="", schema="auto", train_split="train", eval_split=eval_split,
                       eval_size=eval_size)

@@ -135,10 +135,18 @@ def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[s
                     raise PobenchError(f"{p}: no split '{split}' (has {', '.join(ds)})")
                 ds = ds[split]
             return f"{p}[{split}]", _dataset_rows(ds, str(p))
-        files = sorted(f for f in p.iterdir() if f.name.startswith(split) and f.name.endswith(JSON_SUFFIXES + (".parquet", ".arrow")))
+        files = split_files(p, split)
         if not files:
-            raise PobenchError(f"{p}: no file for split '{split}' (expected a name starting with '{split}')")
-        return read_rows(str(files[0]), split)
+            raise PobenchError(f"{p}: no file for split '{split}' (expected {split}.jsonl, {split}.parquet, ... or "
+                               f"shards {split}-00000-of-00002.parquet, ...)")
+        if len(files) == 1:
+            return read_rows(str(files[0]), split)
+
+        def every_shard() -> Iterator[tuple[str, dict]]:   # rows named by shard and row: "train-00001-of-00002.parquet:5"
+            for f in files:
+                for i, row in read_rows(str(f), split)[1]:
+                    yield f"{f.name}:{i}", row
+        return f"{p}[{split}]", every_shard()
     if path.startswith((".", "/", "~")) or path.endswith(JSON_SUFFIXES + (".parquet", ".arrow")):
         raise PobenchError(f"{path}: no such file or folder")
     import datasets
@@ -164,9 +172,22 @@ def source_has_split(path: str, split: str) -> bool:
                 return True  # let read_rows report the folder
         if any((p / marker).exists() for marker in ("state.json", "dataset_info.json")):
             return False
-        return any(f.name.startswith(split) and f.name.endswith(JSON_SUFFIXES + (".parquet", ".arrow"))
-                   for f in p.iterdir())
+        return bool(split_files(p, split))
     return True
+
+
+def split_files(folder: Path, split: str) -> list[Path]:
+    """The data files of `split` in a folder, in order: `<split>.<suffix>` or the hub's shards
+    `<split>-00000-of-00002.<suffix>`, ... (not `train_prefs.*` for split `train`: another split)."""
+    suffixes = JSON_SUFFIXES + (".parquet", ".arrow")
+    found = []
+    for f in sorted(folder.iterdir()):
+        suffix = next((x for x in suffixes if f.name.endswith(x)), None)
+        if suffix and f.is_file():
+            stem = f.name[:-len(suffix)]
+            if stem == split or stem.startswith(split + "-"):
+                found.append(f)
+    return found
 
 
 def detect_schema(row: dict) -> str:
