@@ -62,6 +62,9 @@ CASES = {
                                 ["uf_binarized_messages_are_strings.jsonl:5: malformed row for schema ultrafeedback-binarized"]),
     "uf_raw_score_is_a_word": (data("uf_raw_score_is_a_word.jsonl", "ultrafeedback"), "error",
                                ["uf_raw_score_is_a_word.jsonl:5: malformed row for schema ultrafeedback-raw", "high"]),
+    "uf_onpolicy_candidate_not_a_string": (data("uf_onpolicy_candidate_not_a_string.jsonl", "ultrafeedback"), "error",
+                                           ["uf_onpolicy_candidate_not_a_string.jsonl:5: malformed row for schema "
+                                            "ultrafeedback-onpolicy", "must hold strings, got NoneType"]),
     "uf_raw_completions_is_a_string": (data("uf_raw_completions_is_a_string.jsonl", "ultrafeedback"), "error",
                                        ["uf_raw_completions_is_a_string.jsonl:2: malformed row for schema ultrafeedback-raw"]),
     "forced_wrong_schema": (data("uf_binarized_duplicate_ids.jsonl", "ultrafeedback", "--set", "data.schema=ultrafeedback-raw"),
@@ -75,6 +78,8 @@ CASES = {
     "uf_empty_completion": (data("uf_binarized_empty_completion.jsonl", "ultrafeedback"), "skip", ["'empty_completion': 1"]),
     "uf_raw_nan_score": (data("uf_raw_nan_score.jsonl", "ultrafeedback"), "skip", ["'nan_score': 1"]),
     "uf_onpolicy_infinite_score": (data("uf_onpolicy_infinite_score.jsonl", "ultrafeedback"), "skip", ["'nan_score': 1"]),
+    "uf_onpolicy_rejected_for_another_prompt": (data("uf_onpolicy_rejected_for_another_prompt.jsonl", "ultrafeedback"),
+                                                "skip", ["'prefix_mismatch': 1"]),
     "uf_onpolicy_scores_do_not_match": (data("uf_onpolicy_scores_do_not_match.jsonl", "ultrafeedback"), "skip",
                                         ["'scores_do_not_match_responses': 1"]),
     # formats and folders

@@ -197,8 +197,10 @@ def test_ultrafeedback_binarized_samples():
     train = load(UF_TRAIN)
     test = load(UF_TEST)
     assert detect_schema(next(read_json_rows(UF_TRAIN))[1]) == "ultrafeedback-binarized"
-    assert (train.rows_read, len(train.records), dict(train.skipped)) == (1000, 998, {"empty_completion": 2})
-    assert (test.rows_read, len(test.records), dict(test.skipped)) == (100, 100, {})
+    # 4 training rows and 1 held-out row hold the same text as chosen and rejected: no preference, skipped
+    assert (train.rows_read, len(train.records), dict(train.skipped)) == \
+        (1000, 994, {"empty_completion": 2, "identical_completions": 4})
+    assert (test.rows_read, len(test.records), dict(test.skipped)) == (100, 99, {"identical_completions": 1})
     for rec in train.records + test.records:
         assert rec.prompt[-1]["role"] == "user" and rec.prompt[-1]["content"].strip()
         assert rec.chosen.strip() and rec.rejected.strip()
@@ -215,9 +217,8 @@ def test_ultrafeedback_suite_data_uses_the_held_out_sample():
                      sample_train="ultrafeedback/train_prefs-1000.jsonl.gz",
                      sample_eval="ultrafeedback/test_prefs-100.jsonl.gz", schema="auto", eval_size=64)
     data = load_suite_data(cfg)
-    assert (len(data.train), len(data.eval)) == (998, 64)
-    assert data.report["train_skipped"] == {"empty_completion": 2}
-    assert data.report["eval_skipped"] == {}
+    assert (len(data.train), len(data.eval)) == (994, 64)
+    assert data.report["train_skipped"] == {"empty_completion": 2, "identical_completions": 4}
     assert data.report["eval_source"].endswith("test_prefs-100.jsonl.gz")
 
 
@@ -577,13 +578,13 @@ def _pobench_data(*args, cwd):
 
 
 @pytest.mark.parametrize("suite, split, lines, skipped", [
-    ("ultrafeedback", "eval", 32, None),                                            # test_prefs-100: nothing skipped
-    ("ultrafeedback", "train", 998, "{'empty_completion': 2}"),                     # train_prefs-1000
+    ("ultrafeedback", "eval", 32, "{'identical_completions': 1}"),                 # test_prefs-100
+    ("ultrafeedback", "train", 994, "{'identical_completions': 4, 'empty_completion': 2}"),   # train_prefs-1000
     ("hh-rlhf", "train", 1992 - 32, "{'empty_completion': 4, 'prefix_mismatch': 4}"),
     ("hh-rlhf", "eval", 32, None),                                                  # carved off the train sample
 ])
 def test_pobench_data_reports_the_skips_of_the_split_it_prints(tmp_path, suite, split, lines, skipped):
-    """The UltraFeedback samples skip 2 (train) and 0 (eval) rows; the HH counts {4, 4} belong to hh-rlhf only."""
+    """The UltraFeedback samples skip 6 (train) and 1 (eval) rows; the HH counts {4, 4} belong to hh-rlhf only."""
     r = _pobench_data(suite, "--split", split, "--json", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == lines

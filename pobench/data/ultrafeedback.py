@@ -38,6 +38,8 @@ def binarized_record(row: dict, row_id: str) -> PreferenceRecord:
                               id=str(row.get("prompt_id") or row_id))
     if not record.chosen.strip() or not record.rejected.strip():
         raise RowSkip("empty_completion")
+    if record.chosen == record.rejected:   # no preference to learn; its margin is 0 and it would count as wrong
+        raise RowSkip("identical_completions")
     return record
 
 
@@ -63,12 +65,18 @@ def raw_record(row: dict, row_id: str, rejected: str = "worst", seed: int = 0) -
 def onpolicy_record(row: dict, row_id: str) -> PreferenceRecord:
     """princeton-nlp/llama3-ultrafeedback-armorm: 5 policy samples scored by a reward model."""
     responses = list(_list(row, "all_generated_responses"))
+    if not all(isinstance(r, str) for r in responses):
+        raise TypeError(f"'all_generated_responses' must hold strings, got "
+                        f"{next(type(r).__name__ for r in responses if not isinstance(r, str))}")
     scores = _check_scores(_list(row, "all_rm_scores"))
     if len(responses) != len(scores):
         raise RowSkip("scores_do_not_match_responses")
     if row.get("chosen"):
-        prompt = row["chosen"][:-1] or [{"role": "user", "content": row["prompt"]}]
-        chosen, rejected_text = _last_assistant(row["chosen"]), _last_assistant(row["rejected"])
+        chosen_turns, rejected_turns = _list(row, "chosen"), _list(row, "rejected")
+        prompt = chosen_turns[:-1] or [{"role": "user", "content": row["prompt"]}]
+        if rejected_turns[:-1] and rejected_turns[:-1] != prompt:   # an answer to another conversation
+            raise RowSkip("prefix_mismatch")
+        chosen, rejected_text = _last_assistant(chosen_turns), _last_assistant(rejected_turns)
     else:
         prompt = [{"role": "user", "content": row["prompt"]}]
         chosen = responses[max(range(len(scores)), key=scores.__getitem__)]
