@@ -137,9 +137,12 @@ def test_a_cached_reward_model_has_one_name_however_the_results_path_is_typed(tm
     assert names == {"auto:reward_models/s-minilm-0123456789ab"}
     cfg = types.SimpleNamespace(pool=types.SimpleNamespace(num_samples=2, temperature=1.0, top_p=1.0, max_new_tokens=4,
                                                            seed=0, backend="transformers"),
-                                model=types.SimpleNamespace(chat_template="auto"),
+                                model=types.SimpleNamespace(chat_template="auto", dtype="auto"),
                                 train=types.SimpleNamespace(max_prompt_length=8))
     assert len({store_path(cache, "fp", cfg, reward_model_name(spec, cache)).name for spec, cache in typed}) == 1
+    auto = store_path(Path("c"), "fp", cfg, "rm").name   # weights in bf16 sample other draws: another store
+    cfg.model.dtype = "bfloat16"
+    assert store_path(Path("c"), "fp", cfg, "rm").name != auto
     for spec in ("gold:test-length", "OpenAssistant/reward-model-deberta-v3-large", str(tmp_path / "my-rm")):
         assert reward_model_name(spec, Path("results/.cache")) == spec   # not pobench's: as given
 

@@ -86,6 +86,8 @@ def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Pa
                     seeding=SAMPLING_SCHEME)
     if cfg.pool.backend != "transformers":  # other backends draw other samples (the default keeps its old keys)
         settings["backend"] = cfg.pool.backend
+    if cfg.model.dtype != "auto":   # weights in another precision sample other draws (auto keeps its old keys)
+        settings["dtype"] = cfg.model.dtype
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cache_dir) / "pools" / f"{model_fingerprint}-{key}.jsonl"
 
