@@ -128,6 +128,12 @@ def run(
                                    f"list each algorithm, seed and grid point once")
             planned[run_dir] = f"{point or name} seed {seed}"
             done = (run_dir / "train_summary.json").exists() and (no_eval or (run_dir / "eval.json").exists())
+            if resume and (run_dir / "config.yaml").is_file():   # a resumed run must be the run that was started
+                changed = C.changed_keys(C.read_yaml(run_dir / "config.yaml"), cfg)
+                if changed:
+                    raise PobenchError(f"{run_dir}: --resume with other settings than the run's ({'; '.join(changed[:4])}"
+                                       f"{'; ...' if len(changed) > 4 else ''}); resume with the run's settings, or "
+                                       f"start a new run with another --out")
             if _holds_run(run_dir) and not resume and is_main:  # other ranks: the main one checks (and may have written)
                 RunLock(run_dir).refuse_if_in_use()   # a run writing there now is named as such
                 raise PobenchError(f"{run_dir}: already holds a run; pass --resume to continue or skip it, "

@@ -370,5 +370,23 @@ def resolve(suite_cfg: dict, algo_name: str, algo_defaults: dict, file_cfg: dict
     return cfg
 
 
+def flatten(config, prefix: str = "") -> dict:
+    """{"train.lr": 5e-06, ...} of a nested config dict."""
+    out = {}
+    for key, value in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def changed_keys(saved: dict, cfg: RunConfig) -> list[str]:
+    """'key: saved value -> new value' for every key where a run's saved config.yaml and `cfg` differ."""
+    old, new = flatten(saved), flatten(cfg.to_dict())
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def dump(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

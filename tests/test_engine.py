@@ -357,3 +357,16 @@ def test_reference_log_probs_use_the_training_precision(tmp_path, tiny_model_dir
     assert cached("bf16") == bf16.tolist()
     assert cached("no") == pytest.approx(fp32.tolist(), abs=1e-6)
     assert sorted(p.stem.split("-", 1)[1] for p in (tmp_path / "reflogps").glob("*.pt")) == ["auto", "auto-bf16"]
+
+
+def test_resume_under_another_process_count_is_refused(tmp_path, tiny_model_dir):
+    """A checkpoint records the processes its run trained under: resuming under another count would change the
+    global batch and the data each process takes, so it is refused, naming the count to resume with."""
+    from pobench.errors import PobenchError
+    run_train(tmp_path / "r", tiny_model_dir, max_steps=2, save_every=1)
+    state_file = tmp_path / "r" / "checkpoints" / "latest" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["num_processes"] == 1
+    state_file.write_text(json.dumps({**state, "num_processes": 2}))   # as a 2-process launch would have saved it
+    with pytest.raises(PobenchError, match="started under 2; resume it with --num-processes 2"):
+        run_train(tmp_path / "r", tiny_model_dir, max_steps=2, save_every=1, resume=True)

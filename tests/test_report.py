@@ -407,6 +407,16 @@ def test_run_with_a_grid_ends_with_the_leaderboard_that_report_reproduces(tmp_pa
         cells = [c.strip() for c in row.strip("|").split("|")]
         screen = [line for line in proc.stdout.splitlines() if line.strip("│ ").startswith(cells[0] + " ")]
         assert screen and all(c in screen[0] for c in cells), (row, screen)
+    # --resume: the same command skips the finished runs; other settings are refused, naming them, before anything
+    # is written (config.yaml said one thing while the checkpoint's optimizer and schedule held another)
+    args = cmd[3:]
+    again = CliRunner().invoke(app, [*args, "--resume"])
+    assert again.exit_code == 0, again.output
+    config = (out / "hh-rlhf" / "dpo" / "beta=0.1" / "seed1" / "config.yaml").read_bytes()
+    changed = CliRunner().invoke(app, [*args, "--resume", "--set", "train.lr=5e-3"])
+    assert isinstance(changed.exception, PobenchError), changed.output
+    assert "--resume with other settings than the run's (train.lr 0.001 -> 0.005)" in str(changed.exception)
+    assert (out / "hh-rlhf" / "dpo" / "beta=0.1" / "seed1" / "config.yaml").read_bytes() == config
 
 
 def test_a_scoped_set_that_overrides_the_grid_is_refused(tmp_path, tiny_model_dir):

@@ -436,7 +436,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
 
     # -- resume ---------------------------------------------------------------------------------------
     metrics = MetricsLog(run_dir / "metrics.jsonl")
-    state = {"step": 0, "records_seen": 0, "pairs_seen": 0, "time_s": 0.0, "initial_eval": None}
+    state = {"step": 0, "records_seen": 0, "pairs_seen": 0, "time_s": 0.0, "initial_eval": None, "num_processes": world}
     checkpoint = find_checkpoint(run_dir) if resume else None
     if checkpoint is not None and D.optimizer_state_is_sharded(accelerator):
         raise PobenchError(f"{run_dir}: --resume is supported for single-process and DDP runs; FSDP/DeepSpeed "
@@ -444,6 +444,10 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                            f"from these weights with a fresh optimizer and learning-rate schedule, not reproduce the "
                            f"run)")
     if checkpoint is not None:
+        saved_world = json.loads((checkpoint / "state.json").read_text()).get("num_processes", world)
+        if saved_world != world:   # another global batch and data split: not the run that was started
+            raise PobenchError(f"{run_dir}: --resume under {world} process(es), but the run was started under "
+                               f"{saved_world}; resume it with --num-processes {saved_world}")
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         sampler_states = load_sampler_states(checkpoint)
         if hasattr(sampler, "load_state_dict") and sampler_states and len(sampler_states) == world:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from pobench.config import flatten
 from pobench.errors import PobenchError
 from pobench.eval.generations import read_generations
 from pobench.eval.head_to_head import FILE as HEAD_TO_HEAD, answers_digest, read_comparisons
@@ -41,18 +42,6 @@ SAME_RESULT = (("steps", "optimizer steps"), ("global_batch_size", "global batch
                ("eval_set", "eval set"), ("n_prompts", "eval prompts"))
 # env.json's code, package and hardware differences are named with this prefix: they can move numbers by themselves
 SOFTWARE = "software: "
-
-
-def flatten(config, prefix: str = "") -> dict:
-    """{"train.lr": 5e-06, ...} of a nested config dict."""
-    out = {}
-    for key, value in (config or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def _kept(key: str, prefixes) -> bool:
