@@ -7,6 +7,7 @@ module named `algorithms` ever lands in site-packages.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 from importlib import metadata
@@ -57,7 +58,11 @@ def load_plugin(path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise PobenchError(f"--plugin {path}: no such file")
-    module_name = f"pobench.plugins.{path.stem}" if path.parent != builtin_dir("algorithms") else f"pobench.algorithms.{path.stem}"
+    path = path.resolve()
+    if path.parent == builtin_dir("algorithms").resolve():
+        module_name = f"pobench.algorithms.{path.stem}"
+    else:   # keyed by the file, not its name alone: two plugins both called my_algo.py are two modules
+        module_name = f"pobench.plugins.{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
     if module_name in sys.modules:
         return
     spec = importlib.util.spec_from_file_location(module_name, path)

@@ -370,3 +370,23 @@ def test_resume_under_another_process_count_is_refused(tmp_path, tiny_model_dir)
     state_file.write_text(json.dumps({**state, "num_processes": 2}))   # as a 2-process launch would have saved it
     with pytest.raises(PobenchError, match="started under 2; resume it with --num-processes 2"):
         run_train(tmp_path / "r", tiny_model_dir, max_steps=2, save_every=1, resume=True)
+
+
+def test_two_plugin_files_of_one_name_both_register(tmp_path):
+    """--plugin a/my_algo.py --plugin b/my_algo.py: two files, two modules, two algorithms (the second was skipped
+    silently, its module name taken by the first)."""
+    from pobench.registry import ALGORITHMS, load_plugin
+    for folder, name in (("a", "same_name_a"), ("b", "same_name_b")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "my_algo.py").write_text(
+            "from pobench.registry import register_algorithm\n"
+            f"@register_algorithm('{name}')\nclass A:\n    sampler = 'dataset_pair'\n    needs_reference = True\n"
+            "    defaults = 'beta: 0.1\\n'\n    def loss(self, policy, reference, cfg):\n        raise NotImplementedError\n")
+    try:
+        load_plugin(tmp_path / "a" / "my_algo.py")
+        load_plugin(tmp_path / "b" / "my_algo.py")
+        load_plugin(tmp_path / "a" / ".." / "a" / "my_algo.py")   # the same file again, by another spelling: once
+        assert {"same_name_a", "same_name_b"} <= set(ALGORITHMS)
+    finally:
+        ALGORITHMS.pop("same_name_a", None)
+        ALGORITHMS.pop("same_name_b", None)
