@@ -676,6 +676,8 @@ def _run_app() -> None:
     except PobenchError as e:
         console.quiet = False  # a rank's error is printed even where its progress is silenced
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+        from pobench.launch import report_to_launcher
+        report_to_launcher(str(e), e.exit_code)   # under --num-processes: for the command that launched this one
         sys.exit(e.exit_code)
     except (typer.Exit, SystemExit) as e:
         code = getattr(e, "exit_code", getattr(e, "code", 0))

@@ -515,3 +515,25 @@ def test_gathered_weights_go_to_the_cpu_only_where_fsdp_sharded_them(tmp_path):
     assert offload_gathered_weights(torch.device("cuda"), ShardingStrategy.FULL_SHARD)
     assert offload_gathered_weights(torch.device("cuda"), ShardingStrategy.SHARD_GRAD_OP)
     assert not offload_gathered_weights(torch.device("cpu"), ShardingStrategy.FULL_SHARD)
+
+
+def test_a_user_error_inside_a_launch_ends_the_command_with_exit_2(tmp_path, tiny_model_dir):
+    """`--num-processes 2`: a check that only the launched processes make (here: the run folder's lock, held by a
+    live process) ends the launching command as it would end without the launch, with its one line last and exit
+    code 2, not with the launcher's exit code 1."""
+    from pobench.engine.lock import RunLock
+    run_dir = tmp_path / "out" / "hh-rlhf" / "dpo" / "seed1"
+    run_dir.mkdir(parents=True)
+    held = RunLock(run_dir)   # this test's own process: alive for the whole launch
+    held.acquire()
+    try:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        proc = subprocess.run([sys.executable, "-m", "pobench.cli", "run", "--algo", "dpo", "--out",
+                               str(tmp_path / "out"), "--no-eval", "--num-processes", "2",
+                               *_set_args(_settings(tiny_model_dir, 2))],
+                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    finally:
+        held.release()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "in use by another pobench run" in last, last

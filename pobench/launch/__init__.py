@@ -6,6 +6,7 @@ Inside the launched processes nothing is re-launched: the launcher's WORLD_SIZE 
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -59,11 +60,34 @@ def check_inside_launch(num_processes: int) -> None:
                            f"(WORLD_SIZE); drop --num-processes under `accelerate launch`")
 
 
+ERROR_FILE = "POBENCH_LAUNCH_ERRORS"   # where the launched processes leave their user errors (one JSON line each)
+
+
+def report_to_launcher(message: str, exit_code: int) -> None:
+    """In a process started by `relaunch`: record a user error for the launching command, which would otherwise see
+    only the launcher's own exit code (1, whatever the process exited with)."""
+    path = os.environ.get(ERROR_FILE)
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"message": message, "exit_code": exit_code}) + "\n")
+
+
 def relaunch(pobench_args: list[str], num_processes: int | None, launch_config: str | None) -> int:
     """Run this pobench command again under accelerate's launcher, in `num_processes` processes (None: as many as
-    the launch config says); its exit code."""
+    the launch config says); its exit code: a user error in a launched process ends the command as it would have
+    ended without the launch (its one line last, exit code 2), not with the launcher's exit code 1."""
+    import tempfile
     config = preset_path(launch_config or DEFAULT_PRESET)
     cmd = launch_command(pobench_args, num_processes, config, free_port())
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")  # N processes on one machine: one thread each unless told otherwise
-    return subprocess.run(cmd, env=env).returncode
+    with tempfile.TemporaryDirectory(prefix="pobench-launch-") as tmp:
+        errors = Path(tmp) / "errors.jsonl"
+        env = {**os.environ, ERROR_FILE: str(errors)}
+        env.setdefault("OMP_NUM_THREADS", "1")  # N processes on one machine: one thread each unless told otherwise
+        code = subprocess.run(cmd, env=env).returncode
+        reported = [json.loads(line) for line in errors.read_text(encoding="utf-8").splitlines()] \
+            if errors.is_file() else []
+    if code != 0 and reported:
+        first = reported[0]
+        print(f"error: {first['message']}", file=sys.stderr)
+        return first["exit_code"]
+    return code
