@@ -1,6 +1,7 @@
 """OnMC-PO and online DPO: pools sampled from the current policy during training."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -105,6 +106,18 @@ def test_resume_inside_a_refresh_window_trains_on_the_samples_drawn_at_its_start
     for step in (3, 4):
         for key in ("loss", "rewards/margins", "logps/rejected"):
             assert resumed[step][key] == pytest.approx(full[step][key], abs=1e-5), (step, key)
+
+
+def test_a_run_resumed_from_its_final_checkpoint_still_names_its_labeller(tmp_path, tiny_model_dir):
+    """Killed after the final checkpoint, before train_summary.json: the resume runs no step, and its summary still
+    names the reward model that labelled the online samples (it read null before)."""
+    kw = dict(algo="onmcpo", algorithm={"num_candidates": 3}, **ONLINE)
+    run_train(tmp_path / "r", tiny_model_dir, **kw)
+    summary = tmp_path / "r" / "train_summary.json"
+    assert json.loads(summary.read_text())["reward_model"] == "gold:test-length"
+    summary.unlink()
+    run_train(tmp_path / "r", tiny_model_dir, resume=True, **kw)
+    assert json.loads(summary.read_text())["reward_model"] == "gold:test-length"
 
 
 class _KernelContext:

@@ -485,13 +485,18 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
 
     frozen: dict = {}
 
-    def reward_scorer():
-        if "rm" not in frozen:
-            from pobench.rewards import get_scorer
+    def reward_spec() -> str:
+        """The suite's reward model (pool.reward_model; `auto`: trained once and cached), as a spec."""
+        if "rm_spec" not in frozen:
             from pobench.sampling.pools import auto_reward_model
             frozen["rm_spec"] = D.main_process_first(lambda: auto_reward_model(cfg, data, cache_dir, progress),
                                                      accelerator)
-            frozen["rm"] = get_scorer(frozen["rm_spec"])
+        return frozen["rm_spec"]
+
+    def reward_scorer():
+        if "rm" not in frozen:
+            from pobench.rewards import get_scorer
+            frozen["rm"] = get_scorer(reward_spec())
         return frozen["rm"]
 
     def agree_forwards(n: int) -> int:
@@ -639,7 +644,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "reference_model": model_path, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
         "records_seen": state["records_seen"], "candidate_pool": pool_info, "truncated": truncated,
         "num_processes": world, "global_batch_size": global_batch, "distributed": str(accelerator.distributed_type),
-        "reward_model": (reward_model_name(frozen["rm_spec"], cache_dir) if "rm_spec" in frozen
+        # an online sampler's labeller, also where no step ran in this process (resumed from the final checkpoint)
+        "reward_model": (reward_model_name(reward_spec(), cache_dir)
+                         if "rm_spec" in frozen or getattr(sampler, "uses_reward_model", False)
                          else (pool_info or {}).get("reward_model")),
     }
     if suite_eval:

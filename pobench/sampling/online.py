@@ -22,6 +22,7 @@ from pobench.sampling.mc_kernel import draw, entropy, kernel_probs
 @register_sampler("online_pool")
 class OnlinePool:
     needs_candidates = False
+    uses_reward_model = True   # labels its fresh samples with the suite's reward model (named in train_summary.json)
 
     def __init__(self, params, cfg):
         samples = getattr(params, "num_candidates", 2)
