@@ -99,6 +99,9 @@ def run(
     seed_list = _seeds(seeds)
     suite_cfg = load_suite(suite)
     file_cfg = C.read_yaml(config) if config else {}
+    from pobench.registry import ALGORITHMS
+    # one --config file may hold sections for several algorithms: those of algorithms not in this run are not for it
+    file_cfg = {k: v for k, v in file_cfg.items() if k in algos or k not in ALGORITHMS}
     set_cfg = C.parse_set(set_)
     set_cfg = C.deep_merge(_shortcuts(model, data, max_steps), set_cfg)
 
