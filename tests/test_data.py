@@ -593,3 +593,21 @@ def test_pobench_data_reports_the_skips_of_the_split_it_prints(tmp_path, suite, 
     else:
         assert "skipped" not in r.stderr
     assert "prefix_mismatch" not in r.stderr or suite == "hh-rlhf"
+
+
+def test_the_suites_hub_data_dir_applies_to_its_own_hub_dataset_only(monkeypatch):
+    """hh-rlhf reads data_dir harmless-base of Anthropic/hh-rlhf; `--data someone/other` is read whole (it was read
+    with data_dir harmless-base too). The hub is a test double here: nothing can be downloaded."""
+    import datasets
+    asked = []
+
+    def fake_load_dataset(path, data_dir=None, split=None):   # stands in for the hub
+        asked.append((path, data_dir, split))
+        raise ConnectionError("offline test double")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    for path in ("Anthropic/hh-rlhf", "someone/other"):
+        cfg = DataConfig(path=path, hub_id="Anthropic/hh-rlhf", hub_data_dir="harmless-base", schema="hh")
+        with pytest.raises(PobenchError, match="cannot load from the hub"):
+            load_suite_data(cfg)
+    assert [(p, d) for p, d, _ in asked] == [("Anthropic/hh-rlhf", "harmless-base"), ("someone/other", None)]

@@ -35,7 +35,8 @@ def resolve_source(data_cfg) -> str:
 
 
 def _load(source: str, split: str, data_cfg, seed: int, limit: int = 0) -> LoadedSplit:
-    name, rows = read_rows(source, split, data_cfg.hub_data_dir)
+    # the suite's data_dir (hh-rlhf: harmless-base) belongs to the suite's own hub dataset, not to another one
+    name, rows = read_rows(source, split, data_cfg.hub_data_dir if source == data_cfg.hub_id else None)
     return parse_rows(name, rows, data_cfg.schema, data_cfg.raw_rejected, seed, limit)
 
 
