@@ -132,6 +132,8 @@ def run(
             planned[run_dir] = f"{point or name} seed {seed}"
             done = (run_dir / "train_summary.json").exists() and (no_eval or (run_dir / "eval.json").exists())
             if resume and (run_dir / "config.yaml").is_file():   # a resumed run must be the run that was started
+                if is_main:
+                    RunLock(run_dir).refuse_if_in_use()   # a run writing there now is named first, as such
                 changed = C.changed_keys(C.read_yaml(run_dir / "config.yaml"), cfg)
                 if changed:
                     raise PobenchError(f"{run_dir}: --resume with other settings than the run's ({'; '.join(changed[:4])}"
