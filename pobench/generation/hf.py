@@ -7,8 +7,8 @@ Seeding is per (prompt, sample): each row draws its tokens from its own random s
 the sample's index and the prompt's tokens (`row_seed`), not by the batch it lands in, its position there or the
 other prompts of the call. A prompt therefore gets the same samples generated alone, in any batch or on any rank of a
 sharded run, up to float rounding of the logits across batch shapes: a draw flips where its uniform number falls
-within that rounding of a boundary of the nucleus's CDF (rare; on a tiny random model at temperature 1.5 one row of
-twelve parted at its 16th token between batches of 3 and 5 rows; in float64 none did).
+within that rounding of a boundary of the nucleus's CDF (rare, likeliest on flat distributions; after a flip the
+row's continuation differs too).
 Identical prompts in one call get identical samples.
 """
 from __future__ import annotations
