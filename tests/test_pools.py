@@ -143,6 +143,13 @@ def test_a_cached_reward_model_has_one_name_however_the_results_path_is_typed(tm
     auto = store_path(Path("c"), "fp", cfg, "rm").name   # weights in bf16 sample other draws: another store
     cfg.model.dtype = "bfloat16"
     assert store_path(Path("c"), "fp", cfg, "rm").name != auto
+    folder = tmp_path / "my-rm"   # a reward model of the user's, retrained in place: its pools are scored anew
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"x" * 10)
+    before = store_path(Path("c"), "fp", cfg, str(folder)).name
+    (folder / "model.safetensors").write_bytes(b"y" * 20)
+    assert store_path(Path("c"), "fp", cfg, str(folder)).name != before
     for spec in ("gold:test-length", "OpenAssistant/reward-model-deberta-v3-large", str(tmp_path / "my-rm")):
         assert reward_model_name(spec, Path("results/.cache")) == spec   # not pobench's: as given
 
