@@ -322,7 +322,7 @@ def test_truncated_records_are_counted_and_reported(tmp_path, tiny_model_dir, ca
 def test_reference_log_probs_use_the_training_precision(tmp_path, tiny_model_dir):
     """Under mixed precision (CUDA's default: fp32 weights, bf16 autocast) the cached reference log-probs are
     computed in the precision of the policy's forward, so the implicit rewards start at 0 (the policy is the
-    reference) and not at the bf16-minus-fp32 rounding gap (0.5 nats per sequence on SmolLM2-135M); and an fp32
+    reference) and not at the bf16-minus-fp32 rounding gap; and an fp32
     cache of the same model is never reused for them. The CPU runs bf16 autocast here in CUDA's place."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState

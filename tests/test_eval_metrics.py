@@ -84,7 +84,7 @@ def test_lc_win_rate_without_length_differences_is_the_win_rate():
 def test_lc_standard_error_of_soft_preferences_matches_their_spread():
     """A reward-model judge's preferences (sigmoids of score differences) lie near 0.5 and vary little: the LC win
     rate's standard error must follow their actual spread (measured by redrawing them), not a 0/1 outcome's
-    (0.5 x 0.5; it read 470x too large)."""
+    (0.5 x 0.5: hundreds of times too large here)."""
     rng = np.random.default_rng(3)
     pol, ref = lengths_with_offset(rng, 200, 0.3)
     z = (pol - ref) / np.std(pol - ref, ddof=1)
