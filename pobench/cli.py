@@ -549,9 +549,7 @@ def eval_(
     folders = _run_folders(run_dirs)
     from pobench.eval.judges import check_judge_spec
     for folder in folders:   # every config, and the judge it names, is checked before the first evaluation starts
-        judge_spec = load_run_config(folder, overrides).eval.judge
-        if judge_spec != "auto":
-            check_judge_spec(judge_spec)
+        check_judge_spec(load_run_config(folder, overrides).eval.judge)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -618,9 +616,7 @@ def compare(
     from pobench.eval.judges import check_judge_spec
     for run, other in pairs:   # every pair is checked before the first judge runs
         check_pair(run, other)
-        judge_spec = load_run_config(run, overrides, as_evaluated=True).eval.judge   # the judge asked for is valid
-        if judge_spec != "auto":
-            check_judge_spec(judge_spec)
+        check_judge_spec(load_run_config(run, overrides, as_evaluated=True).eval.judge)   # the judge asked for
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,

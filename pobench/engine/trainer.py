@@ -505,10 +505,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     def reference(seqs):
         """Reference log-probs of sequences met during training: the adapter-disabled policy (LoRA) or a
         frozen copy of the initial weights, loaded on first use (full fine-tuning)."""
-        if cfg.model.lora_r > 0:
+        if cfg.model.lora_r > 0:   # the policy's own scoring (and its forward count under sharded weights)
             with torch.no_grad(), model.disable_adapter():
-                return score_sequences(scoring, seqs, pad_id, device, 2 * tc.batch_size,
-                                       forwards=agree_forwards(-(-len(seqs) // (2 * tc.batch_size))))
+                return ctx.policy_logps(seqs)
         if "ref" not in frozen:
             ref_model, _, _ = load_policy(types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0}), device)
             frozen["ref"] = SequenceLogps(ref_model.eval().requires_grad_(False), tc.logps_chunk)

@@ -95,10 +95,12 @@ def register_judge(prefix: str, target: str) -> None:
     JUDGES[prefix] = target
 
 
-def check_judge_spec(spec: str) -> tuple[str, str]:
-    """(kind, argument) of a judge spec other than `auto`; a spec of no known form is an error naming it. Cheap: the
-    CLI checks every run's judge with it before the first evaluation."""
+def check_judge_spec(spec: str) -> tuple[str, str] | None:
+    """(kind, argument) of a judge spec (None for `auto`, which the eval runner resolves); a spec of no known form is
+    an error naming it. Cheap: the CLI checks every run's judge with it before the first evaluation."""
     spec = str(spec).strip()
+    if spec == "auto":
+        return None
     prefix, sep, arg = spec.partition(":")
     if not sep or prefix not in JUDGES or not arg:
         raise PobenchError(f"eval.judge '{spec}': expected auto, " + ", ".join(f"{k}:<...>" for k in sorted(JUDGES)))
@@ -108,7 +110,10 @@ def check_judge_spec(spec: str) -> tuple[str, str]:
 def build_judge(spec: str, **options):
     """A judge from its spec (see the module docstring); `auto` is resolved by the eval runner first. Options
     (cache_dir, judge_model, device, ...) go to every factory, which takes what it needs."""
-    prefix, arg = check_judge_spec(spec)
+    checked = check_judge_spec(spec)
+    if checked is None:
+        raise PobenchError("eval.judge 'auto': resolved by the eval runner, not built here")
+    prefix, arg = checked
     module, _, attr = JUDGES[prefix].partition(":")
     factory = getattr(importlib.import_module(module), attr)
     return factory(arg, **options)
