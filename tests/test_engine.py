@@ -390,3 +390,18 @@ def test_two_plugin_files_of_one_name_both_register(tmp_path):
     finally:
         ALGORITHMS.pop("same_name_a", None)
         ALGORITHMS.pop("same_name_b", None)
+
+
+def test_an_unfinished_completion_is_left_open(tiny_model_dir):
+    """finished=False (a sample cut by its token limit): the text as the template renders it, up to the answer's
+    end, without <|im_end|>; the plain format leaves out its EOS."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = [{"role": "user", "content": "hello"}]
+    for mode, closing in (("auto", "<|im_end|>"), ("plain", tokenizer.eos_token)):
+        formatter = ChatFormatter(tokenizer, mode)
+        prompt = formatter.prompt_text(messages)
+        closed = formatter.completion_text(messages, prompt, "hi there ", finished=True)
+        left_open = formatter.completion_text(messages, prompt, "hi there ", finished=False)
+        assert closing in closed and closing not in left_open
+        assert closed.startswith(left_open) and left_open.rstrip().endswith("hi there")

@@ -175,11 +175,12 @@ def test_online_generation_seed_differs_per_rank_unless_the_backend_seeds_each_p
 
 
 def test_refresh_seeds_the_call_per_rank_unless_the_backend_seeds_each_prompt(monkeypatch):
-    """_refresh hands the backend the rank-independent seed only when the backend declares `seeds_each_prompt`."""
+    """_refresh hands the backend the rank-independent seed only when the backend declares `seeds_each_prompt`,
+    and tells the encoder which samples ended (a sample cut by max_new_tokens is encoded without end of turn)."""
     import types
 
     from pobench.data.tokenize import TokenizedPair
-    seeds = []
+    seeds, finished_flags = [], []
 
     class Backend:
         def __init__(self, per_prompt):
@@ -187,7 +188,7 @@ def test_refresh_seeds_the_call_per_rank_unless_the_backend_seeds_each_prompt(mo
 
         def generate(self, prompts, cfg):
             seeds.append(cfg.seed)
-            return [[G.Completion("a", [5], True)] * cfg.n for _ in prompts]
+            return [[G.Completion("a", [5], True), G.Completion("b c", [6, 7], False)][:cfg.n] for _ in prompts]
 
     class Ctx(_KernelContext):
         max_steps, model, tokenizer = 10, None, None
@@ -204,7 +205,8 @@ def test_refresh_seeds_the_call_per_rank_unless_the_backend_seeds_each_prompt(mo
         def chosen_text(self, record):
             return ""
 
-        def encode_completions(self, record, texts):
+        def encode_completions(self, record, texts, finished):
+            finished_flags.append(finished)
             return [[5] for _ in texts]
 
     sampler = _online_pool(0, [])
@@ -218,6 +220,7 @@ def test_refresh_seeds_the_call_per_rank_unless_the_backend_seeds_each_prompt(mo
         for offset in (0, 2):
             sampler._refresh(Ctx(3, offset))
     assert seeds[0] != seeds[1] and seeds[2] == seeds[3]
+    assert finished_flags and all(flags == [True, False] for flags in finished_flags)
 
 
 # -- online rounds through the vLLM backend, with a stand-in `vllm` package (vLLM itself is CUDA-only) ----------------

@@ -232,3 +232,31 @@ def test_compile_decoding_reaches_every_generation(tmp_path, tiny_model_dir, mon
     assert len(seen) == 2 and all(flag for _, flag in seen)
     assert generation_config(make_cfg(tiny_model_dir, model=compiled)[0]).compile
     assert not generation_config(make_cfg(tiny_model_dir)[0]).compile
+
+
+def test_a_sample_cut_by_its_token_limit_is_encoded_without_an_end_of_turn(tmp_path, tiny_model_dir):
+    """A sample that hit pool.max_new_tokens did not end: closing it with <|im_end|> would train the policy (and
+    score the kernel) on an answer that stops where the limit cut it."""
+    from transformers import AutoTokenizer
+
+    from pobench.data import load_suite_data
+    from pobench.data.tokenize import ChatFormatter
+    from pobench.engine import trainer as T
+    from pobench.models import model_fingerprint
+    from pobench.sampling import pools as P
+
+    cfg, _ = make_cfg(tiny_model_dir, algo="mcpo", max_completion_length=24,
+                      pool={"source": "generated", "reward_model": "gold:test-chars", "max_new_tokens": 6})
+    data = load_suite_data(cfg.data, cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    formatter = ChatFormatter(tokenizer)
+    pairs = T.tokenize_all(data.train[:1], formatter, cfg)
+    store = PoolStore(P.store_path(tmp_path, model_fingerprint(str(tiny_model_dir)), cfg, "gold:test-chars"))
+    store.add([{"key": P.prompt_key(pairs[0].prompt), "record": data.train[0].id, "candidates": ["All done.", "Cut in"],
+                "scores": [9.0, 6.0], "finished": [True, False]}])
+    info = T.prepare_pools(cfg, data, pairs, [0], None, tokenizer, None, formatter, tmp_path, str(tiny_model_dir),
+                           "cpu", False)
+    assert info["store"] == str(store.path)   # the stored pool was used, nothing generated
+    closed, cut = (tokenizer.decode(ids) for ids in pairs[0].candidates)
+    assert closed.startswith("All done.") and "<|im_end|>" in closed
+    assert cut == "Cut in"

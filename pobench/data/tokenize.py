@@ -57,23 +57,32 @@ class ChatFormatter:
             return bos + _plain_prompt(messages)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def completion_text(self, messages: list[dict], prompt_text: str, completion: str) -> str:
+    def completion_text(self, messages: list[dict], prompt_text: str, completion: str, finished: bool = True) -> str:
+        """The text after the prompt. `finished=False` (a sample cut by its token limit) keeps it open: no end of
+        turn or EOS, which would teach that the cut is where an answer ends."""
         eos = self.tokenizer.eos_token or ""
         if self.mode == "plain":
-            return " " + completion + eos
+            return " " + completion + (eos if finished else "")
         full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
                                                   tokenize=False)
-        if full.startswith(prompt_text):
-            return full[len(prompt_text):]
-        return completion + eos  # templates that rewrite earlier turns: fall back to text + EOS
+        # templates that rewrite earlier turns: fall back to text + EOS
+        text = full[len(prompt_text):] if full.startswith(prompt_text) else completion + eos
+        return text if finished else open_turn(text, completion)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def open_turn(rendered: str, completion: str) -> str:
+    """`rendered` (a completion as the template closes it) cut right after the completion's own text."""
+    body = completion.strip()
+    at = rendered.find(body) if body else -1
+    return rendered[:at + len(body)] if at >= 0 else completion
+
+
 def encode_completion(formatter: ChatFormatter, messages: list[dict], prompt_text: str, text: str,
-                      max_completion: int) -> list[int]:
-    return formatter.encode(formatter.completion_text(messages, prompt_text, text))[:max_completion]
+                      max_completion: int, finished: bool = True) -> list[int]:
+    return formatter.encode(formatter.completion_text(messages, prompt_text, text, finished))[:max_completion]
 
 
 def tokenize_record(record: PreferenceRecord, formatter: ChatFormatter, max_prompt: int, max_completion: int,

@@ -81,11 +81,12 @@ class SamplerContext:
     def chosen_text(self, pair: TokenizedPair) -> str:
         return pair.source.chosen
 
-    def encode_completions(self, pair: TokenizedPair, texts: list[str]) -> list[list[int]]:
+    def encode_completions(self, pair: TokenizedPair, texts: list[str], finished: list[bool]) -> list[list[int]]:
+        """Token ids of a prompt's samples; a sample cut by its token limit (finished False) stays unclosed."""
         record = pair.source
         prompt_text = self.formatter.prompt_text(record.prompt)  # rendered once for all of the prompt's samples
-        return [encode_completion(self.formatter, record.prompt, prompt_text, t, self.cfg.train.max_completion_length)
-                for t in texts]
+        return [encode_completion(self.formatter, record.prompt, prompt_text, t, self.cfg.train.max_completion_length,
+                                  done) for t, done in zip(texts, finished)]
 
 
 def last_good_checkpoint(run_dir: Path) -> str:
@@ -340,11 +341,12 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
             store.entries.update((e["key"], e) for e in new)
         accelerator.wait_for_everyone()
     for i in indices:
-        texts, scores = P.pool_for(store, train_pairs[i].prompt)
+        texts, scores, finished = P.pool_for(store, train_pairs[i].prompt)
         record = data.train[i]
         prompt_text = formatter.prompt_text(record.prompt)
         train_pairs[i].candidates = [encode_completion(formatter, record.prompt, prompt_text, t,
-                                                       cfg.train.max_completion_length) for t in texts]
+                                                       cfg.train.max_completion_length, done)
+                                     for t, done in zip(texts, finished)]
         train_pairs[i].scores = scores
     return {"source": "generated", "reward_model": rm_name, "store": str(store.path), "prompts": len(indices),
             "samples_per_prompt": cfg.pool.num_samples}

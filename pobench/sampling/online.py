@@ -92,7 +92,7 @@ class OnlinePool:
                 texts = [c.text for c in completions[k]]
                 messages = ctx.prompt_messages(record)
                 scores = rm.score([messages] * (len(texts) + 1), texts + [ctx.chosen_text(record)])
-                ids = ctx.encode_completions(record, texts)
+                ids = ctx.encode_completions(record, texts, [c.finished for c in completions[k]])
                 per_record.append((ids, [float(x) for x in scores[:-1]], float(scores[-1])))
                 k += 1
             out[s] = per_record

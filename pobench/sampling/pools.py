@@ -136,8 +136,9 @@ def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]],
         progress.remove_task(task)
 
 
-def pool_for(store: PoolStore, prompt_ids: list[int]) -> tuple[list[str], list[float]]:
+def pool_for(store: PoolStore, prompt_ids: list[int]) -> tuple[list[str], list[float], list[bool]]:
+    """(texts, scores, finished) of a prompt's pool; finished is False for a sample cut by max_new_tokens."""
     entry = store.entries.get(prompt_key(prompt_ids))
     if entry is None:
         raise PobenchError("internal: a candidate pool is missing after generation")
-    return entry["candidates"], entry["scores"]
+    return entry["candidates"], entry["scores"], entry.get("finished") or [True] * len(entry["candidates"])
