@@ -345,12 +345,14 @@ def list_(
 
     from pobench.generation import BACKENDS
     from pobench.registry import SAMPLERS
-    from pobench.rewards import GOLD_REWARDS
+    from pobench.rewards import GOLD_REWARDS, builtin_gold
+    builtin_gold("synthetic")
     backends = [{"name": n, "installed": n != "vllm" or importlib.util.find_spec("vllm") is not None}
                 for n in sorted(BACKENDS)]
     samplers = [{"name": n, "doc": (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip().splitlines()[0]}
                 for n, cls in sorted(SAMPLERS.items())]
-    scorers = ["<reward-model folder>", "<hub id>"] + [f"gold:{n}" for n in sorted(GOLD_REWARDS)]
+    scorers = ["<reward-model folder>", "<hub id>"] + [f"gold:{n}" for n in sorted(GOLD_REWARDS)] + \
+        ["gold:synthetic-<task seed>"]
     judges = ["auto", "rm:<reward-model folder or hub id>"] + [f"gold:{n}" for n in sorted(GOLD_REWARDS)] + \
         ["alpaca_eval:<annotators config>" + ("" if importlib.util.find_spec("alpaca_eval") else " (not installed)"),
          "alpaca_eval:local"]

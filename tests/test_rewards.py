@@ -194,3 +194,16 @@ def test_real_minilm_learns_hh_preferences(tmp_path):
     assert info["train_loss_last"] < info["train_loss_first"]
     scorer = get_scorer(str(tmp_path / "rm"))
     assert len(scorer.score([data.eval[0].prompt], [data.eval[0].chosen])) == 1
+
+
+def test_the_synthetic_gold_rewards_need_no_suite_loaded_first():
+    """`pobench compare` on synthetic runs reads finished folders and never loads the suite: `gold:synthetic` and
+    a task's `gold:synthetic-<seed>` must resolve anyway (in a fresh process, where nothing imported the suite)."""
+    import subprocess
+    import sys
+    code = ("import sys; from pobench.rewards import get_scorer; "
+            "assert 'pobench.synthetic' not in sys.modules; "
+            "print(get_scorer('gold:synthetic').name, get_scorer('gold:synthetic-3').name)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["gold:synthetic", "gold:synthetic-3"]

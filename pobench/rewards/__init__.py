@@ -66,10 +66,22 @@ def _check_lengths(prompts, completions) -> None:
         raise ValueError(f"score: {len(prompts)} prompts but {len(completions)} completions")
 
 
+def builtin_gold(name: str) -> None:
+    """Register `name` when a built-in suite provides it: the synthetic suite's task rewards (`synthetic`,
+    `synthetic-<task seed>`) are registered when that suite loads, which a command that only reads a finished run
+    (`pobench compare`) never does."""
+    import re
+    match = re.fullmatch(r"synthetic(?:-(\d+))?", name)
+    if match and name not in GOLD_REWARDS:
+        from pobench.synthetic import register_task_gold
+        register_task_gold(int(match.group(1) or 0))
+
+
 class GoldScorer:
     """A registered reward function, applied as is: no model, no noise, the ground truth of a suite."""
 
     def __init__(self, gold_name: str):
+        builtin_gold(gold_name)
         if gold_name not in GOLD_REWARDS:
             known = ", ".join(sorted(GOLD_REWARDS)) or "none registered"
             raise PobenchError(f"unknown gold reward '{gold_name}' (known: {known})")
