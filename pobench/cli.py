@@ -83,11 +83,11 @@ def run(
                                                 "launch`. train.batch_size is per process: the global batch is N times "
                                                 "it. Default: 1, or the --launch-config file's count."),
     launch_config: Optional[str] = typer.Option(None, "--launch-config", help="accelerate config for the launch: a "
-                                                "preset (ddp, fsdp, deepspeed-zero2, deepspeed-zero3) or a file."),
+                                                "preset (ddp, fsdp, deepspeed-zero2, deepspeed-zero3, multinode-ddp) or a file."),
 ):
     """Train every algorithm x seed on a suite and write results/<suite>/<algo>/seed<k>/."""
     from pobench import config as C
-    from pobench.data import load_suite_data
+    from pobench.data import describe_loaded, load_suite_data
     from pobench.models import check_model_source
     from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite
 
@@ -152,11 +152,7 @@ def run(
         key = _data_key(cfg)
         if not done and key not in datasets_by_key:
             datasets_by_key[key] = load_suite_data(cfg.data, cfg.seed)
-            report = datasets_by_key[key].report
-            skipped = {**report["train_skipped"], **report["eval_skipped"]}
-            console.print(f"data: {report['train_records']} train / {report['eval_records']} held-out records from "
-                          f"{report['train_source']}" + (f"; skipped rows: {skipped}" if skipped else ""),
-                          highlight=False, markup=False)
+            console.print(describe_loaded(datasets_by_key[key].report), highlight=False, markup=False)
     from pobench.engine.distributed import inside_launch
     if inside_launch():
         from pobench.launch import check_inside_launch

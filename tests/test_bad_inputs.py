@@ -169,7 +169,7 @@ def check_outcome(code: int, out: str, err: str, kind: str, expected: list[str])
     assert "Traceback" not in out + err and "internal error" not in err, err
     if kind == "skip":
         assert code == 0, err
-        report = [line for line in err.splitlines() if "skipped rows:" in line]
+        report = [line for line in err.splitlines() if "skipped" in line and "rows:" in line]
         assert len(report) == 1, err
         for text in expected:
             assert text in report[0], f"{text!r} not in {report[0]!r}"

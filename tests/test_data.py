@@ -611,3 +611,16 @@ def test_the_suites_hub_data_dir_applies_to_its_own_hub_dataset_only(monkeypatch
         with pytest.raises(PobenchError, match="cannot load from the hub"):
             load_suite_data(cfg)
     assert [(p, d) for p, d, _ in asked] == [("Anthropic/hh-rlhf", "harmless-base"), ("someone/other", None)]
+
+
+def test_a_runs_data_line_keeps_each_splits_skip_counts():
+    """The UltraFeedback samples skip identical pairs in both splits: the run's line merged the two dicts, and the
+    held-out count (1) hid the training one (4)."""
+    from pobench.data import describe_loaded
+    report = {"train_records": 994, "eval_records": 32, "train_source": "train_prefs-1000.jsonl",
+              "train_skipped": {"identical_completions": 4, "empty_completion": 2},
+              "eval_skipped": {"identical_completions": 1}}
+    line = describe_loaded(report)
+    assert "skipped train rows: {'identical_completions': 4, 'empty_completion': 2}" in line
+    assert "skipped eval rows: {'identical_completions': 1}" in line
+    assert describe_loaded({**report, "train_skipped": {}, "eval_skipped": {}}).count("skipped") == 0

@@ -76,3 +76,11 @@ def load_suite_data(data_cfg, seed: int = 0) -> SuiteData:
         "eval_records": len(eval_records), "eval_skipped": dict(held.skipped) if held else {},
     }
     return SuiteData(train_records, eval_records, report)
+
+
+def describe_loaded(report: dict) -> str:
+    """One line for a run's console: what was read and, per split, the rows skipped by reason."""
+    skipped = [f"skipped {split} rows: {report[f'{split}_skipped']}"
+               for split in ("train", "eval") if report[f"{split}_skipped"]]
+    return "; ".join([f"data: {report['train_records']} train / {report['eval_records']} held-out records from "
+                      f"{report['train_source']}", *skipped])
