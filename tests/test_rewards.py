@@ -92,9 +92,16 @@ def test_train_saves_a_standard_rm_that_reloads(tiny_bert_dir, tmp_path):
 
     # the same seed trains the same model; an existing folder is never overwritten
     short = {**FAST, "steps": 3}
+    torch.manual_seed(1234)
     one = train_reward_model(train, held, backbone=str(tiny_bert_dir), out_dir=tmp_path / "rm2", **short)
+    after_training = torch.rand(3)
+    torch.manual_seed(1234)
     two = train_reward_model(train, held, backbone=str(tiny_bert_dir), out_dir=tmp_path / "rm3", **short)
     assert one["train_loss_curve"] == two["train_loss_curve"]
+    # the caller's stream is left as it was: a run that trains its reward model mid-way draws what it would have
+    # drawn with the model already cached
+    torch.manual_seed(1234)
+    assert torch.equal(after_training, torch.rand(3))
     with pytest.raises(PobenchError, match="already exists"):
         train_reward_model(train, held, backbone=str(tiny_bert_dir), out_dir=out, **FAST)
 

@@ -5,6 +5,7 @@ temporary folder and swapped in with renames; `state.json`, written last, marks 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -34,6 +35,17 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if state.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def rng_state_kept():
+    """Work inside (training a reward model or a synthetic reference mid-run) seeds and draws as it likes; the
+    run's own streams come back as they were, so a run's draws do not depend on whether a cache was warm."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, with_optimizer: bool = True,

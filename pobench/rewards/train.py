@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pobench.engine.checkpoint import rng_state_kept
 from pobench.data.records import PreferenceRecord
 from pobench.errors import PobenchError
 from pobench.rewards.classifier import (SequenceClassifierScorer, length_batches, pick_device, prepare_pad_token,
@@ -129,6 +130,7 @@ def _prepare_out(out_dir: Path) -> Path:
     return tmp
 
 
+@rng_state_kept()  # it seeds torch: a run that trains its reward model mid-way keeps its own stream
 def train_reward_model(train_records: list[PreferenceRecord], eval_records: list[PreferenceRecord],
                        backbone: str = "minilm", out_dir: str | Path = "reward_model", steps: int = 200,
                        batch_size: int = 16, lr: float = 5e-5, max_length: int = 256, seed: int = 1,

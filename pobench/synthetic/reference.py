@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pobench.engine.checkpoint import rng_state_kept
 from pobench.errors import PobenchError
 from pobench.synthetic.task import (MAX_COMPLETION, PROMPT_MAX, SPECIALS, SyntheticTask, build_tokenizer,
                                     content_token_id)
@@ -110,6 +111,7 @@ def heldout_nll(model, task: SyntheticTask, n: int = 512, seed: int = 12345) -> 
     return float(nll) / tokens, truth / tokens
 
 
+@rng_state_kept()  # it seeds torch: the run that first needs the reference keeps its own stream
 def train_reference(task_seed: int, recipe: ReferenceRecipe, out: Path, progress=None) -> dict:
     """SFT on the behaviour process; saves a model folder at `out` (atomically) and returns training info."""
     task = SyntheticTask(task_seed)
