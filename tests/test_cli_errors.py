@@ -79,6 +79,9 @@ CASES = {
                            lambda d: _lines(d / "rows.jsonl", _hh_rows(2) + ['{"chosen": "x",'] + _hh_rows(1)),
                            ["rows.jsonl:3: bad JSON line"]),
     "bad_seeds": (RUN + ["--seeds", "a,b"], None, ["--seeds a,b", "integers"]),
+    "mcpo_dataset_pool_without_pools": (RUN + ["--algo", "dpo,mcpo", "--set", "pool.source=dataset"], None,
+                                        ["mcpo: pool.source=dataset", "harmless-base-test-2000.jsonl.gz carries no "
+                                         "candidate pools"]),
     "existing_run_folder": (RUN + ["--algo", "dpo", "--suite", "hh-rlhf"], _setup_existing_run,
                             [str(Path("out") / "hh-rlhf" / "dpo" / "seed1"), "already holds a run", "--resume"]),
     # `pobench data`: the same data and config checks, without importing torch

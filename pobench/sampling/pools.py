@@ -52,6 +52,14 @@ def has_own_pool(record: PreferenceRecord) -> bool:
     return bool(record.candidates) and record.scores is not None
 
 
+def check_dataset_pools(cfg, sampler, data) -> None:
+    """`pool.source: dataset` for a sampler that draws from pools, on data that carries none: every pool would be
+    the dataset's rejected alone, and MC-PO would train as DPO under its own name."""
+    if cfg.pool.source == "dataset" and sampler.needs_candidates and not any(r.candidates for r in data.train):
+        raise PobenchError(f"{cfg.algorithm_name}: pool.source=dataset, but {data.report['train_source']} carries "
+                           f"no candidate pools; use pool.source=generated or auto, or data with pools")
+
+
 def auto_reward_model(cfg, suite_data, cache_dir: Path, progress=None) -> str:
     """`pool.reward_model: auto` -> a MiniLM Bradley-Terry reward model trained once per suite and data."""
     spec = cfg.pool.reward_model
