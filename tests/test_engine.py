@@ -110,6 +110,10 @@ def test_dpo_starts_at_log2_and_learns(tmp_path, tiny_model_dir):
         assert key in rows[-1]
     assert [r["pairs_seen"] for r in rows] == [4 * (i + 1) for i in range(6)]
     assert summary["held_out_final"]["eval/rewards/margins"] != 0
+    # before training the policy is the reference: every held-out reward is 0, every pair a tie counted half
+    initial = summary["held_out_initial"]
+    assert initial["eval/rewards/margins"] == 0 and initial["eval/rewards/chosen"] == 0
+    assert initial["eval/rewards/accuracies"] == 0.5 and initial["eval/loss"] == pytest.approx(math.log(2), abs=1e-7)
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_model_dir):

@@ -367,3 +367,36 @@ def test_vllm_generation_is_refused_under_several_processes(tmp_path, tiny_model
     monkeypatch.setattr(accelerate, "Accelerator", TwoProcesses)
     with pytest.raises(PobenchError, match="pool.backend=vllm runs in one process"):
         run_train(tmp_path / "r", tiny_model_dir, algo="onmcpo", **{**ONLINE, "pool": {**ONLINE["pool"], "backend": "vllm"}})
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_fresh_samples_are_scored_against_the_initial_policy(tmp_path, tiny_model_dir, monkeypatch, lora_r):
+    """The reference of samples drawn after updates is the initial policy: a frozen copy of the initial weights
+    (full fine-tuning) or the adapter-disabled policy (LoRA), never the policy being trained. Checked against the
+    initial model scoring the same sequences in a fresh process-local copy, with the trained policy's own
+    log-probs as the control that the two differ."""
+    from transformers import AutoModelForCausalLM
+
+    from pobench.engine import trainer as T
+    from pobench.engine.logps import SequenceLogps
+
+    seen = []
+    real = T.SamplerContext.ensure_reference
+
+    def recording(self, seqs):
+        real(self, seqs)
+        if self.step >= 1 and seqs:    # after at least one update
+            with torch.no_grad():
+                trained, _ = self.policy_logps(seqs)
+            reference, _ = self.refcache.lookup_sequences(seqs)
+            seen.append((list(seqs), reference.clone(), trained.clone()))
+
+    monkeypatch.setattr(T.SamplerContext, "ensure_reference", recording)
+    run_train(tmp_path / "run", tiny_model_dir, algo="onmcpo", algorithm={"num_candidates": 3},
+              model={"lora_r": lora_r}, **{**ONLINE, "max_steps": 3, "lr": 1e-2})
+    assert seen
+    initial = SequenceLogps(AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), 1024)
+    for seqs, reference, trained in seen:
+        want, _ = T.score_sequences(initial, seqs, 0, torch.device("cpu"), 8)
+        torch.testing.assert_close(reference.float(), want.float(), rtol=1e-4, atol=1e-3)
+        assert (trained.float() - want.float()).abs().max() > 1e-2   # the policy has moved: the check can fail

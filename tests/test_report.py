@@ -622,3 +622,11 @@ def test_a_process_records_the_commit_it_started_from(monkeypatch):
         assert [c[1] for c in calls] == ["rev-parse", "status"]
     finally:
         E.git_commit.cache_clear()
+
+
+def test_a_tied_held_out_pair_counts_half_in_the_pairwise_comparison():
+    """As in the trainer's rewards/accuracies: a margin of exactly 0 is no preference, worth half a right answer."""
+    from pobench.report.versus import pair_paired
+    row = pair_paired([({"a": 0.0, "b": 0.3, "c": -0.2}, {"a": 0.1, "b": 0.0, "c": 0.0})])
+    assert row["pairs"] == 3 and (row["better"], row["tied"], row["worse"]) == (1, 0, 2)
+    assert row["difference"]["mean"] == pytest.approx((-0.5 + 0.5 - 0.5) / 3)

@@ -228,7 +228,9 @@ def pair_metrics(out, policy: SeqLogps, prefix: str = "") -> dict:
         f"{prefix}rewards/chosen": out.chosen_rewards.mean().item(),
         f"{prefix}rewards/rejected": out.rejected_rewards.mean().item(),
         f"{prefix}rewards/margins": margins.mean().item(),
-        f"{prefix}rewards/accuracies": (margins > 0).float().mean().item(),
+        # a tie (equal rewards: every pair before training, for a loss with a reference) counts half, as in TRL's
+        # successors and AlpacaEval: no preference is no better than a coin
+        f"{prefix}rewards/accuracies": ((margins > 0).float() + 0.5 * (margins == 0).float()).mean().item(),
         f"{prefix}logps/chosen": policy.chosen.mean().item(),
         f"{prefix}logps/rejected": policy.rejected.mean().item(),
     }
@@ -522,17 +524,20 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                          agree_forwards=agree_forwards if D.forwards_need_all_ranks(accelerator) else None)
     eval_bs = max(2, tc.batch_size)
 
-    def held_out() -> dict:
+    def held_out(before_training: bool = False) -> dict:
         policy = score_pairs_sharded(scoring, eval_pairs, pad_id, device, eval_bs, accelerator)
         faults.kill_point("eval")
-        reference = refcache.lookup(eval_pairs) if refcache else None
+        # before the first update the policy is the reference, so its own log-probs are the reference's exactly;
+        # the cache's, scored in other batches, differ in the last bits, and margins of 1e-8 either way made the
+        # initial accuracy a draw of rounding noise (0.13 on one run, 0.47 on another) instead of ties
+        reference = (policy if before_training else refcache.lookup(eval_pairs)) if refcache else None
         with torch.no_grad():
             out = algo.loss(policy, reference, params)
         frozen["held_out_margins"] = (out.chosen_rewards - out.rejected_rewards).tolist()   # the latest, per pair
         return pair_metrics(out, policy, prefix="eval/")
 
     if state["initial_eval"] is None:
-        state["initial_eval"] = held_out()
+        state["initial_eval"] = held_out(before_training=state["step"] == 0)
     # a suite with a known reward (synthetic) also measures the policy itself at every evaluation step
     suite_eval = data.evaluator(cfg, data, model, tokenizer, model_path, device) \
         if getattr(data, "evaluator", None) and accelerator.is_main_process else None

@@ -141,6 +141,11 @@ def read_held_out_pairs(run_dir) -> dict | None:
     return dict(zip(map(str, ids), margins))
 
 
+def pair_credit(margin: float) -> float:
+    """1 for a pair ranked right, 0 wrong, 0.5 tied: the trainer's rewards/accuracies, pair by pair."""
+    return 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
+
+
 def pair_paired(pairs: list[tuple[dict, dict]]) -> dict | None:
     """Held-out reward accuracy paired pair by pair: on every held-out pair, 1 where the algorithm's final implicit
     reward ranks the chosen answer above the rejected one, minus the same for the baseline's; averaged over seeds
@@ -148,7 +153,7 @@ def pair_paired(pairs: list[tuple[dict, dict]]) -> dict | None:
     per_pair: dict = {}
     for mine, base in pairs:
         for key in sorted(set(mine) & set(base)):
-            per_pair.setdefault(key, []).append(float(mine[key] > 0) - float(base[key] > 0))
+            per_pair.setdefault(key, []).append(pair_credit(mine[key]) - pair_credit(base[key]))
     if not per_pair:
         return None
     return {**over_units(per_pair), "pairs": len(per_pair)}
