@@ -149,13 +149,15 @@ def run(
         check_model_source(*model_source)
     # Data is read now too, so that bad data fails before any folder or progress bar exists.
     datasets_by_key: dict = {}
-    for algorithm, cfg, _, done in plans:
+    for algorithm, cfg, run_dir, done in plans:
         key = _data_key(cfg)
         if not done and key not in datasets_by_key:
             datasets_by_key[key] = load_suite_data(cfg.data, cfg.seed)
             console.print(describe_loaded(datasets_by_key[key].report), highlight=False, markup=False)
         if not done:
             check_dataset_pools(cfg, make_sampler(algorithm, cfg), datasets_by_key[key])
+            if resume:
+                _check_same_records(run_dir, datasets_by_key[key].report)
     from pobench.engine.distributed import inside_launch
     if inside_launch():
         from pobench.launch import check_inside_launch
@@ -184,6 +186,19 @@ def _quiet_unless_main() -> bool:
     is_main = launched_rank() == 0
     console.quiet = not is_main
     return is_main
+
+
+def _check_same_records(run_dir: Path, report: dict) -> None:
+    """A resumed run goes on with the records it started on: `data.path: auto` may now reach the hub where it read
+    the sample, and a local file may have been edited since (the config alone cannot tell)."""
+    from pobench.report.collect import read_json
+    started = read_json(run_dir / "data.json", required=False)
+    started = started.get("records_digest") if isinstance(started, dict) else None
+    if isinstance(started, dict) and started != report["records_digest"]:
+        split = "training" if started.get("train") != report["records_digest"]["train"] else "held-out"
+        raise PobenchError(f"{run_dir}: --resume on other {split} records than the run started on (data.json's "
+                           f"records_digest; now read from {report['train_source']}); start a new run with another "
+                           f"--out, or restore the data")
 
 
 def _train_other_rank(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: bool) -> None:

@@ -409,3 +409,34 @@ def test_an_unfinished_completion_is_left_open(tiny_model_dir):
         left_open = formatter.completion_text(messages, prompt, "hi there ", finished=False)
         assert closing in closed and closing not in left_open
         assert closed.startswith(left_open) and left_open.rstrip().endswith("hi there")
+
+
+def test_resume_on_other_records_is_refused(tmp_path, tiny_model_dir):
+    """A local file edited after a crash (or `data.path: auto` reaching the hub where it read the sample) would
+    continue the run's data order over other records: data.json names the records, and --resume compares."""
+    import gzip
+
+    from typer.testing import CliRunner
+
+    from pobench.cli import app
+    from pobench.data.loading import SAMPLES_DIR
+    from pobench.errors import PobenchError
+    with gzip.open(SAMPLES_DIR / "hh-rlhf" / "harmless-base-test-2000.jsonl.gz", "rt") as f:
+        rows = [next(f) for _ in range(14)]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(rows))
+    args = ["run", "--algo", "dpo", "--model", str(tiny_model_dir), "--data", str(data), "--max-steps", "1",
+            "--out", str(tmp_path / "out"), "--set", "data.eval_size=4", "--no-eval"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    run_dir = tmp_path / "out" / "hh-rlhf" / "dpo" / "seed1"
+    assert set(json.loads((run_dir / "data.json").read_text())["records_digest"]) == {"train", "eval"}
+    (run_dir / "train_summary.json").unlink()            # as if it had crashed before the end
+    data.write_text("".join(rows[:2] + rows[3:] + rows[2:3]))   # the same rows, another order
+    kept = (run_dir / "config.yaml").read_bytes()
+    again = CliRunner().invoke(app, [*args, "--resume"])
+    assert isinstance(again.exception, PobenchError), again.output
+    assert "--resume on other training records than the run started on" in str(again.exception)
+    assert (run_dir / "config.yaml").read_bytes() == kept
+    data.write_text("".join(rows))
+    assert CliRunner().invoke(app, [*args, "--resume"]).exit_code == 0

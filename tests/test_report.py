@@ -575,12 +575,37 @@ def test_pool_settings_must_match_only_between_algorithms_that_draw_from_a_pool(
         (run / "config.yaml").write_text(f"suite: hh-rlhf\nseed: 1\npool:\n  num_samples: {samples}\n")
         if algo != "dpo":
             summary = json.loads((run / "train_summary.json").read_text())
-            (run / "train_summary.json").write_text(json.dumps({**summary, "candidate_pool": {"prompts": 8}}))
+            (run / "train_summary.json").write_text(json.dumps({**summary, "candidate_pool": {
+                "source": "generated", "prompts": 8}}))
     against_dpo = build_report(tmp_path)[0]["suites"][0]["versus"]["rows"]
     assert [r["unlike_baseline"] for r in against_dpo] == [[], []]   # DPO draws no pool: nothing to match
     against_mcpo = {r["algo"]: r for r in build_report(tmp_path, baseline="mcpo")[0]["suites"][0]["versus"]["rows"]}
     assert against_mcpo["rso"]["unlike_baseline"] == ["pool.num_samples 16 vs 8"]
     assert against_mcpo["dpo"]["unlike_baseline"] == []
+
+
+def test_every_setting_but_the_tuned_and_the_computational_ones_must_match(tmp_path):
+    """The baseline's run and an algorithm's may differ in learning rate, the algorithm's own parameters and how the
+    work is computed or logged; any other setting is named, as are other records and another labeller. Online
+    samplers (no stored pool) are held to the settings they draw and label with."""
+    base = "suite: hh-rlhf\nseed: 1\n"
+    for algo, config, summary in (
+            ("online_dpo", base + "train:\n  lr: 1.0e-6\n  warmup_ratio: 0.1\n  logps_chunk: 64\npool:\n  top_p: 0.9\n",
+             {"reward_model": "auto:reward_models/a"}),
+            ("onmcpo", base + "train:\n  lr: 5.0e-6\n  warmup_ratio: 0.2\n  logps_chunk: 1024\npool:\n  top_p: 1.0\n"
+             "model:\n  dtype: bfloat16\nalgorithm:\n  tau: 2.0\n", {"reward_model": "auto:reward_models/b"})):
+        run = write_run(tmp_path, algo, 1, [0.5, 0.6])
+        (run / "config.yaml").write_text(config)
+        written = json.loads((run / "train_summary.json").read_text())
+        (run / "train_summary.json").write_text(json.dumps({**written, "candidate_pool": None, **summary}))
+        (run / "data.json").write_text(json.dumps({"records_digest": {"train": algo, "eval": "same"}}))
+    rows = build_report(tmp_path, baseline="online_dpo")[0]["suites"][0]["versus"]["rows"]
+    unlike = rows[0]["unlike_baseline"]
+    assert [u for u in unlike if not u.startswith("records ")] == [
+        "model.dtype 'bfloat16' vs None", "pool.top_p 1.0 vs 0.9", "train.warmup_ratio 0.2 vs 0.1",
+        "reward model auto:reward_models/b vs auto:reward_models/a"]
+    records = [u.split() for u in unlike if u.startswith("records ")]
+    assert len(records) == 1 and len(records[0][1]) == 12 and records[0][1] != records[0][3]
 
 
 def test_held_out_accuracy_paired_pair_by_pair(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pobench.data.loading import SAMPLES_DIR, LoadedSplit, hub_reachable, parse_rows, read_rows, source_has_split
-from pobench.data.records import PreferenceRecord
+from pobench.data.records import PreferenceRecord, records_digest
 from pobench.errors import PobenchError
 
 
@@ -45,7 +45,19 @@ def load_suite_data(data_cfg, seed: int = 0) -> SuiteData:
     (and never trained on)."""
     if data_cfg.path == "synthetic":  # generated, not read: pobench/synthetic/data.py
         from pobench.synthetic.data import load_synthetic
-        return load_synthetic(data_cfg)
+        return with_digests(load_synthetic(data_cfg))
+    return with_digests(_load_records(data_cfg, seed))
+
+
+def with_digests(data: SuiteData) -> SuiteData:
+    """The report names the records' content (data.json): `data.path: auto` reads the hub or the sample depending
+    on the network, and a local file can be edited, so two runs of one config may have trained on other data;
+    `pobench report` and `--resume` compare these."""
+    data.report["records_digest"] = {"train": records_digest(data.train), "eval": records_digest(data.eval)}
+    return data
+
+
+def _load_records(data_cfg, seed: int) -> SuiteData:
     source = resolve_source(data_cfg)
     limit = data_cfg.max_train_records
     if source == "sample":

@@ -7,6 +7,7 @@ A run folder is `<root>/<suite>/<algo>/seed<k>/` or, for a tuning grid, `<root>/
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -135,6 +136,30 @@ def software_fields(env, path: Path) -> dict:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def samples_used(summary: dict) -> list[str]:
+    """What a run's sampler drew from (report/versus.py SAMPLE_KEYS): a stored pool, generated before training,
+    and samples drawn by the run itself; [] for the dataset's pairs alone."""
+    pool = summary.get("candidate_pool")
+    kinds = ["pool"] if isinstance(pool, dict) else []
+    if isinstance(pool, dict) and pool.get("source") == "generated":
+        kinds += ["generated", "drawn"]
+    elif pool is None and summary.get("reward_model"):   # labelled its own samples (online samplers)
+        kinds += ["drawn"]
+    return kinds
+
+
+def data_digest(report, path: Path) -> str | None:
+    """12 hex digits naming the records a run trained and was held out on (data.json; None for older runs)."""
+    if report is None:
+        return None
+    if not isinstance(report, dict):
+        raise PobenchError(f"{path}: expected a JSON object")
+    digest = report.get("records_digest")
+    if not isinstance(digest, dict):
+        return None
+    return hashlib.sha1(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     """(one leaderboard row, the run's curve rows). The curve starts at pairs_seen = 0 with the held-out
     metrics measured before the first update (train_summary's `held_out_initial`)."""
@@ -164,7 +189,8 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         "train_time_s": summary.get("train_time_s"), "pairs_per_s": summary.get("pairs_per_s"),
         "steps": summary.get("steps"), "pairs_seen": summary.get("pairs_seen"),
         "eval_pairs": summary.get("eval_pairs"), "global_batch_size": summary.get("global_batch_size"),
-        "uses_pool": bool(summary.get("candidate_pool")),
+        "samples": samples_used(summary),
+        "data_digest": data_digest(read_json(run_dir / "data.json", required=False), run_dir / "data.json"),
         "reward_model": rm if isinstance(rm, str) or rm is None else json.dumps(rm, sort_keys=True),
         "config": config or {},
         "software": software_fields(read_json(run_dir / "env.json", required=False), run_dir / "env.json"),

@@ -27,19 +27,28 @@ ACC_AUC = "held_out_acc_auc"   # how fast: held-out accuracy's mean over the pai
 # the leaderboard's results and the speed of learning, as differences; training time as a ratio instead (a cost)
 DELTA_METRICS = (tuple((c, label) for c, label in METRICS if c not in ("train_time_s", "pairs_per_s"))
                  + ((ACC_AUC, "held-out acc AUC"),))
-# config.yaml keys (dotted prefixes) that must be equal between an algorithm's run and the baseline's of one seed.
-# Learning rate, beta and the algorithms' own parameters are free: they are what a tuning grid varies.
-SAME_CONFIG = ("model.name_or_path", "model.gguf_file", "model.lora_r", "model.chat_template", "data.",
-               "train.max_prompt_length", "train.max_completion_length",
-               "eval.eval_set", "eval.eval_file", "eval.num_prompts", "eval.reference", "eval.judge", "eval.judge_model",
-               "eval.judge_rm_steps", "eval.temperature", "eval.top_p", "eval.max_new_tokens", "eval.seed",
-               "eval.kl_samples", "eval.lc_difficulty_file")
-# and where both runs draw from a candidate pool (MC-PO, RSO, ...): the same candidates
-SAME_POOL = ("pool.source", "pool.num_samples", "pool.temperature", "pool.top_p", "pool.max_new_tokens", "pool.seed",
-             "pool.reward_model", "pool.rm_steps")
+# config.yaml keys (dotted prefixes) that may differ between an algorithm's run and the baseline's of one seed; every
+# other key must be equal. Learning rate and the algorithms' own parameters are what a tuning grid varies; the rest
+# change how a run is computed or logged, not what it computes (up to float rounding), or are compared as results
+# (steps and global batch below; device and hardware with the software). The pool's keys follow SAMPLE_KEYS.
+FREE_CONFIG = ("algorithm.", "algorithm_name", "seed", "description", "suite", "train.lr",
+               "train.batch_size", "train.grad_accum", "train.max_steps", "train.log_every", "train.save_every",
+               "train.logps_chunk", "train.shared_prompt", "train.deterministic", "train.tensorboard", "train.wandb",
+               "model.device", "model.attn_implementation", "model.gradient_checkpointing", "model.compile",
+               "model.compile_decoding", "eval.batch_size", "eval.bootstrap", "eval.judge_decoder",
+               "eval.judge_check_pairs", "pool.")
+# the pool keys that must be equal, by what both runs' samplers use: a stored pool (source), a generated one (how it
+# was drawn and labelled), samples drawn during training (OnMC-PO, online DPO: how they are drawn and labelled)
+SAMPLE_KEYS = {
+    "pool": ("pool.source",),
+    "generated": ("pool.source", "pool.num_samples", "pool.seed"),
+    "drawn": ("pool.temperature", "pool.top_p", "pool.max_new_tokens", "pool.backend", "pool.reward_model",
+              "pool.rm_steps"),
+}
 # run-table columns (train_summary.json, eval.json) that must be equal: the training budget and the judge
 SAME_RESULT = (("steps", "optimizer steps"), ("global_batch_size", "global batch"), ("judge", "judge"),
-               ("eval_set", "eval set"), ("n_prompts", "eval prompts"))
+               ("eval_set", "eval set"), ("n_prompts", "eval prompts"), ("data_digest", "records"),
+               ("reward_model", "reward model"))
 # env.json's code, package and hardware differences are named with this prefix: they can move numbers by themselves
 SOFTWARE = "software: "
 
@@ -56,9 +65,10 @@ def differences(run: dict, base: dict) -> list[str]:
     """'key: run's value vs the baseline's' for every key that must be equal and is not."""
     out = []
     mine, theirs = flatten(run.get("config")), flatten(base.get("config"))
-    keys = SAME_CONFIG + (SAME_POOL if run.get("uses_pool") and base.get("uses_pool") else ())
-    for key in sorted(k for k in set(mine) | set(theirs) if _kept(k, keys)):
-        if mine.get(key) != theirs.get(key):
+    shared = set(run.get("samples") or ()) & set(base.get("samples") or ())
+    pool_keys = tuple(k for kind in sorted(shared) for k in SAMPLE_KEYS[kind])
+    for key in sorted(set(mine) | set(theirs)):
+        if (not _kept(key, FREE_CONFIG) or _kept(key, pool_keys)) and mine.get(key) != theirs.get(key):
             out.append(f"{key} {mine.get(key)!r} vs {theirs.get(key)!r}")
     for column, label in SAME_RESULT:
         a, b = run.get(column), base.get(column)
