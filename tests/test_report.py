@@ -16,7 +16,7 @@ from pobench.report import grid as G
 from pobench.report.build import build_report
 from pobench.report.collect import collect
 from pobench.report.render import sections, to_csv, to_json, to_markdown
-from pobench.report.stats import (area_under_curve, holm, interpolate_at, mean_ci, pairs_to_target, t_quantile,
+from pobench.report.stats import (area_under_curve, holm, interpolate_at, mean_ci, x_at_target, t_quantile,
                                   t_test_p, value_at_first_crossing)
 
 
@@ -95,11 +95,11 @@ def test_area_under_curve_is_the_mean_value_over_the_range():
     assert area_under_curve([0, 10], [0.5, 0.5], 10) == pytest.approx(0.5)
 
 
-def test_pairs_to_target_interpolates_the_first_crossing():
-    assert pairs_to_target(CURVE_X, CURVE_Y, 0.7) == pytest.approx(72)
-    assert pairs_to_target(CURVE_X, CURVE_Y, 0.5) == 0
-    assert pairs_to_target(CURVE_X, CURVE_Y, 0.9) is None
-    assert pairs_to_target([0, 10, 20, 30], [0.5, 0.7, 0.4, 0.9], 0.6) == pytest.approx(5)   # first, not last
+def test_budget_to_target_interpolates_the_first_crossing():
+    assert x_at_target(CURVE_X, CURVE_Y, 0.7) == pytest.approx(72)
+    assert x_at_target(CURVE_X, CURVE_Y, 0.5) == 0
+    assert x_at_target(CURVE_X, CURVE_Y, 0.9) is None
+    assert x_at_target([0, 10, 20, 30], [0.5, 0.7, 0.4, 0.9], 0.6) == pytest.approx(5)   # first, not last
 
 
 def test_value_at_first_crossing_follows_the_trajectory():
@@ -181,7 +181,7 @@ def write_run(root: Path, algo: str, seed: int, accs: list[float], point: str = 
     rows = []
     for i, acc in enumerate(accs[1:], 1):
         seen = i * pairs_per_eval
-        rows.append({"step": i * 12, "pairs_seen": seen, "loss": 0.69 - 0.01 * i, "rewards/accuracies": acc,
+        rows.append({"step": i * 12, "pairs_seen": seen, "records_seen": seen, "loss": 0.69 - 0.01 * i, "rewards/accuracies": acc,
                      "rewards/margins": 0.01 * i, "time_s": seen * time_per_pair,
                      "eval/rewards/accuracies": acc, "eval/rewards/margins": 0.02 * i, "eval/loss": 0.69 - 0.02 * i})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -272,7 +272,7 @@ def test_leaderboard_takes_the_best_point_on_validation_never_on_test(tmp_path):
     acc = {r["algo"]: r for r in conv["metrics"]["eval/rewards/accuracies"]}
     # seed 1 of dpo beta=0.1: 0.5 -> 0.59 -> 0.68; at 24 pairs: 0.545; over three seeds 0.545, 0.55, 0.555
     assert acc["dpo"]["at"][0]["mean"] == pytest.approx(0.55)
-    assert acc["dpo"]["pairs_to_target"]["mean"] == pytest.approx(mean_ci([48 + 48 * 0.01 / 0.09, 48, 48 - 48 * 0.01 / 0.11])["mean"])
+    assert acc["dpo"]["records_to_target"]["mean"] == pytest.approx(mean_ci([48 + 48 * 0.01 / 0.09, 48, 48 - 48 * 0.01 / 0.11])["mean"])
     assert acc["dpo"]["reached"] == "3/3" and acc["simpo"]["reached"] == "1/1"
 
 
@@ -655,3 +655,23 @@ def test_a_tied_held_out_pair_counts_half_in_the_pairwise_comparison():
     row = pair_paired([({"a": 0.0, "b": 0.3, "c": -0.2}, {"a": 0.1, "b": 0.0, "c": 0.0})])
     assert row["pairs"] == 3 and (row["better"], row["tied"], row["worse"]) == (1, 0, 2)
     assert row["difference"]["mean"] == pytest.approx((-0.5 + 0.5 - 0.5) / 3)
+
+
+def test_convergence_runs_on_the_shared_budget_of_records_not_on_pairs(tmp_path):
+    """RSO trains several pairs per record: on a pairs axis the range every run covers ended a quarter into its
+    training, and its curve was compared at its warm-up against DPO's whole run. On records seen (steps x global
+    batch, the same for both) the curves span the same training. Runs logged before records_seen get it from
+    their steps and global batch."""
+    write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7])
+    rso = write_run(tmp_path, "rso", 1, [0.5, 0.55, 0.65])
+    rows = [json.loads(line) for line in (rso / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:                    # four pairs per record; records_seen left out, as in older runs
+        row["pairs_seen"] = 4 * row.pop("records_seen")
+    (rso / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = json.loads((rso / "train_summary.json").read_text())
+    (rso / "train_summary.json").write_text(json.dumps({**summary, "global_batch_size": 4}))   # 12 steps of 4
+    report, _, _ = build_report(tmp_path)
+    conv = report["suites"][0]["convergence"]
+    assert conv["x_max"] == 96
+    acc = {r["algo"]: r for r in conv["metrics"]["eval/rewards/accuracies"]}
+    assert acc["rso"]["at"][-1]["mean"] == pytest.approx(0.65) and acc["dpo"]["at"][-1]["mean"] == pytest.approx(0.7)

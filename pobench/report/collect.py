@@ -161,7 +161,7 @@ def data_digest(report, path: Path) -> str | None:
 
 
 def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
-    """(one leaderboard row, the run's curve rows). The curve starts at pairs_seen = 0 with the held-out
+    """(one leaderboard row, the run's curve rows). The curve starts at records_seen = 0 with the held-out
     metrics measured before the first update (train_summary's `held_out_initial`)."""
     summary = read_json(run_dir / "train_summary.json")
     for key in ("suite", "algorithm", "seed"):
@@ -200,8 +200,12 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     curve = []
     initial = summary.get("held_out_initial")
     if isinstance(initial, dict):
-        curve.append({"pairs_seen": 0, "step": 0, "time_s": 0.0, **initial, **gold_initial(run_dir)})
-    curve.extend(read_metrics(run_dir / "metrics.jsonl"))
+        curve.append({"pairs_seen": 0, "records_seen": 0, "step": 0, "time_s": 0.0, **initial, **gold_initial(run_dir)})
+    batch = summary.get("global_batch_size")
+    for logged in read_metrics(run_dir / "metrics.jsonl"):
+        if "records_seen" not in logged and isinstance(batch, int) and isinstance(logged.get("step"), int):
+            logged["records_seen"] = logged["step"] * batch   # runs logged before records_seen was
+        curve.append(logged)
     keys = {k: row[k] for k in ("suite", "algo", "grid_point", "seed")}
     return row, [{**keys, **r} for r in curve]
 

@@ -18,9 +18,9 @@ def _points(text: str | None) -> list[float] | None:
     try:
         points = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise PobenchError(f"--points {text}: expected comma-separated pairs_seen values, e.g. 48,96") from None
+        raise PobenchError(f"--points {text}: expected comma-separated records_seen values, e.g. 48,96") from None
     if not points or any(p < 0 for p in points) or points != sorted(points):
-        raise PobenchError(f"--points {text}: expected increasing non-negative pairs_seen values")
+        raise PobenchError(f"--points {text}: expected increasing non-negative records_seen values")
     return points
 
 
@@ -32,9 +32,9 @@ def report(
     suite: Optional[str] = typer.Option(None, "--suite", help="Comma-separated suites to report (default: all)."),
     select: str = typer.Option("acc", "--select", help="Validation metric that picks each algorithm's best grid "
                                "point: acc (held-out pair accuracy, max) or loss (held-out loss, min)."),
-    points: Optional[str] = typer.Option(None, "--points", help="pairs_seen points of the convergence tables "
+    points: Optional[str] = typer.Option(None, "--points", help="records_seen points (training records consumed) of the convergence tables "
                                          "(default: 4 evenly spaced up to the range every run covers)."),
-    target: float = typer.Option(0.6, "--target", help="Held-out reward accuracy for 'pairs to target'."),
+    target: float = typer.Option(0.6, "--target", help="Held-out reward accuracy for 'records to target'."),
     baseline: str = typer.Option("dpo", "--baseline", help="Compare every other algorithm with this one, seed by "
                                  "seed and prompt by prompt (suites without it are skipped); 'none': no comparison."),
 ):

@@ -1,30 +1,33 @@
-"""Convergence: held-out pair metrics at fixed pairs_seen points (interpolated), pairs needed to reach a target
-accuracy, and the area under each curve, per run and then over seeds."""
+"""Convergence: held-out pair metrics at fixed points of the training budget (interpolated), the budget needed to
+reach a target accuracy, and the area under each curve, per run and then over seeds."""
 from __future__ import annotations
 
-from pobench.report.stats import (area_under_curve, interpolate_at, mean_ci, pairs_to_target,
-                                  value_at_first_crossing)
+from pobench.report.stats import area_under_curve, interpolate_at, mean_ci, value_at_first_crossing, x_at_target
 
 ACCURACY = "eval/rewards/accuracies"
 HEADLINE = (ACCURACY, "eval/rewards/margins", "eval/loss", "gold/win_rate", "gold/reward", "gold/kl")  # on screen;
 # the JSON report has every eval/* and gold/* metric
-DEFAULT_TARGET = 0.6   # held-out reward accuracy a run must reach for "pairs to target" (chance is 0.5)
-DEFAULT_POINTS = 4     # evenly spaced pairs_seen points up to the range every run of the suite covers
+# The x axis: training records consumed (steps x global batch), the budget every algorithm of a comparison
+# shares. Not pairs: pairs per record are the algorithm's own (RSO trains up to k/2 per record, a ranking objective
+# one per candidate), and on a pairs axis RSO's first quarter of training was compared with DPO's whole run.
+BUDGET = "records_seen"
+DEFAULT_TARGET = 0.6   # held-out reward accuracy a run must reach for "records to target" (chance is 0.5)
+DEFAULT_POINTS = 4     # evenly spaced budget points up to the range every run of the suite covers
 
 
 def run_curves(curves) -> dict:
-    """{(algo, grid_point, seed): curve rows sorted by pairs_seen} of one suite's curve table."""
+    """{(algo, grid_point, seed): curve rows sorted by the budget} of one suite's curve table."""
     out = {}
     for key, frame in curves.groupby(["algo", "grid_point", "seed"], sort=True):
-        out[key] = frame.sort_values("pairs_seen", kind="stable")
+        out[key] = frame.sort_values(BUDGET, kind="stable")
     return out
 
 
 def common_range(by_run: dict, metric: str = ACCURACY) -> float | None:
-    """The largest pairs_seen every run has evaluated `metric` at: curves compare only over a shared range."""
+    """The largest budget every run has evaluated `metric` at: curves compare only over a shared range."""
     ends = []
     for frame in by_run.values():
-        xs = frame.loc[frame[metric].notna(), "pairs_seen"] if metric in frame else []
+        xs = frame.loc[frame[metric].notna(), BUDGET] if metric in frame else []
         if len(xs):
             ends.append(float(xs.max()))
     return min(ends) if ends else None
@@ -40,14 +43,14 @@ def curve(frame, metric: str) -> tuple[list, list]:
     if metric not in frame:
         return [], []
     rows = frame[frame[metric].notna()]
-    return rows["pairs_seen"].tolist(), rows[metric].tolist()
+    return rows[BUDGET].tolist(), rows[metric].tolist()
 
 
 def run_summary(frame, metric: str, points: list[float], x_max: float | None, target: float | None) -> dict:
     x, y = curve(frame, metric)
     return {"at": interpolate_at(x, y, points),
             "auc": area_under_curve(x, y, x_max) if x_max else None,
-            "pairs_to_target": pairs_to_target(x, y, target) if target is not None else None}
+            "to_target": x_at_target(x, y, target) if target is not None else None}
 
 
 def eval_metrics(curves) -> list[str]:
@@ -60,7 +63,7 @@ def eval_metrics(curves) -> list[str]:
 def convergence(curves, chosen: dict, points: list[float] | None = None, target: float = DEFAULT_TARGET) -> dict:
     """One suite: for every algorithm at its chosen grid point, each eval/* metric at `points` (mean and CI over
     seeds), its area under the curve over [0, x_max] (the mean value over training), and, for held-out
-    accuracy, the pairs needed to reach `target` (mean over the seeds that reached it, and how many did)."""
+    accuracy, the records needed to reach `target` (mean over the seeds that reached it, and how many did)."""
     by_run = run_curves(curves)
     x_max = common_range(by_run)
     points = list(points) if points else default_points(x_max)
@@ -72,12 +75,12 @@ def convergence(curves, chosen: dict, points: list[float] | None = None, target:
                      for (a, g, _), f in by_run.items() if a == algo and g == point]
             if not seeds:
                 continue
-            reached = [s["pairs_to_target"] for s in seeds if s["pairs_to_target"] is not None]
+            reached = [s["to_target"] for s in seeds if s["to_target"] is not None]
             rows.append({
                 "algo": algo, "grid_point": point, "seeds": len(seeds),
                 "at": [mean_ci([s["at"][i] for s in seeds]) for i in range(len(points))],
                 "auc": mean_ci([s["auc"] for s in seeds]),
-                **({"pairs_to_target": mean_ci(reached), "reached": f"{len(reached)}/{len(seeds)}"}
+                **({"records_to_target": mean_ci(reached), "reached": f"{len(reached)}/{len(seeds)}"}
                    if metric == ACCURACY else {}),
             })
         out["metrics"][metric] = rows
@@ -97,7 +100,7 @@ FRONTIER = ("gold/kl", "gold/reward")  # (KL, reward) logged at evaluation steps
 def matched_kl(curves, chosen: dict, n: int = DEFAULT_POINTS, kl: str = FRONTIER[0], value: str = FRONTIER[1]) -> dict:
     """Reward at matched KL: for every algorithm at its chosen grid point, `value` at the moment its `kl` first
     reached each of n evenly spaced KL levels (up to the largest KL every run reached), mean and CI over seeds.
-    An algorithm that gains less per pair can still sit on a better reward-KL frontier; this table shows it."""
+    An algorithm that gains less per record can still sit on a better reward-KL frontier; this table shows it."""
     if kl not in curves or value not in curves:
         return {}
     by_run = run_curves(curves)

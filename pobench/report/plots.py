@@ -1,11 +1,11 @@
-"""PNG plots per suite: training curves and held-out convergence curves against pairs seen (and training time),
+"""PNG plots per suite: training curves and held-out convergence curves against training records seen (and time),
 one line per algorithm (at its chosen grid point) with a band over seeds; reward against KL where measured; the
 paired differences from the baseline with their intervals."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from pobench.report.convergence import ACCURACY
+from pobench.report.convergence import ACCURACY, BUDGET
 
 TRAIN_PANELS = (("loss", "training loss"), ("rewards/accuracies", "training reward accuracy"),
                 ("rewards/margins", "training reward margin"))
@@ -20,7 +20,7 @@ def _pyplot():
     return plt
 
 
-def seed_band(frames: list, metric: str, x: str = "pairs_seen", window: int = 1):
+def seed_band(frames: list, metric: str, x: str = BUDGET, window: int = 1):
     """(xs, mean, low, high) over seeds on the union of their x values (each seed interpolated, never
     extrapolated: a point counts the seeds that cover it); low/high are the min and max over seeds. `window`
     > 1 smooths each seed first with a trailing rolling mean (per-step training metrics are noisy)."""
@@ -46,7 +46,7 @@ def seed_band(frames: list, metric: str, x: str = "pairs_seen", window: int = 1)
     return grid, np.nanmean(stack, axis=0), np.nanmin(stack, axis=0), np.nanmax(stack, axis=0)
 
 
-def _panel(ax, frames_by_algo: dict, metric: str, title: str, x: str = "pairs_seen", window: int = 1,
+def _panel(ax, frames_by_algo: dict, metric: str, title: str, x: str = BUDGET, window: int = 1,
            marker: str | None = None) -> bool:
     drawn = False
     for i, (algo, frames) in enumerate(frames_by_algo.items()):
@@ -60,7 +60,7 @@ def _panel(ax, frames_by_algo: dict, metric: str, title: str, x: str = "pairs_se
             ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
         drawn = True
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel("training time (s)" if x == "time_s" else "pairs seen")
+    ax.set_xlabel("training time (s)" if x == "time_s" else "training records seen")
     ax.grid(alpha=0.3)
     if drawn:
         ax.legend(fontsize=8)
@@ -71,7 +71,7 @@ def frames_by_algo(curves, chosen: dict) -> dict:
     out = {}
     for algo, point in chosen.items():
         sel = curves[(curves["algo"] == algo) & (curves["grid_point"] == point)]
-        out[algo] = [f.sort_values("pairs_seen", kind="stable") for _, f in sel.groupby("seed", sort=True)]
+        out[algo] = [f.sort_values(BUDGET, kind="stable") for _, f in sel.groupby("seed", sort=True)]
     return out
 
 
@@ -81,7 +81,7 @@ def plot_suite(suite: str, curves, runs, chosen: dict, out_dir: Path) -> list[tu
     out_dir.mkdir(parents=True, exist_ok=True)
     by_algo = frames_by_algo(curves[curves["suite"] == suite], chosen)
     written = []
-    train_only = {a: [f[f["pairs_seen"] > 0] for f in fs] for a, fs in by_algo.items()}  # step 0 has no training loss
+    train_only = {a: [f[f[BUDGET] > 0] for f in fs] for a, fs in by_algo.items()}  # step 0 has no training loss
     steps = max((len(f) for fs in train_only.values() for f in fs), default=1)
     window = max(1, steps // 10)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -121,7 +121,7 @@ def plot_suite(suite: str, curves, runs, chosen: dict, out_dir: Path) -> list[tu
 
 
 def _gold_figure(suite: str, by_algo: dict, out_dir: Path, plt) -> Path:
-    """A suite with a known reward: gold win rate and reward against pairs seen, and the reward-KL frontier
+    """A suite with a known reward: gold win rate and reward against training records seen, and the reward-KL frontier
     (gold reward against gold KL at each evaluation; one line per seed, since KL need not grow monotonically)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     _panel(axes[0], by_algo, "gold/win_rate", "gold win rate against the reference", marker="o")

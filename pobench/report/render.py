@@ -134,7 +134,7 @@ def versus_section(s: dict) -> Section | None:
                "on its own: of many cells, about 1 in 20 excludes 0 by chance)"
                + (f"; † = still so after Holm's correction over the {len(rows)} algorithms of its row (at most a 5% "
                   "chance that any of them is marked by luck alone)" if many else ""),
-               ("held-out acc AUC: held-out reward accuracy averaged over the pairs every run covers (how fast it "
+               ("held-out acc AUC: held-out reward accuracy averaged over the training records every run covers (how fast it "
                 "learns; the convergence table's AUC); " if ACC_AUC in labels else "")
                + f"train time ×: the algorithm's training time over {base}'s, per seed"]
     if has_prompts:
@@ -192,20 +192,20 @@ def convergence_sections(s: dict, metrics=tuple(CURVE_TITLES)) -> list[Section]:
         if not rows:
             continue
         is_acc = metric == ACCURACY
-        columns = ["algo"] + [f"@{fmt_point(p)} pairs" for p in conv["points"]] + [f"AUC 0-{fmt_point(conv['x_max'])}"]
+        columns = ["algo"] + [f"@{fmt_point(p)} records" for p in conv["points"]] + [f"AUC 0-{fmt_point(conv['x_max'])}"]
         if is_acc:
-            columns += [f"pairs to {conv['target']:g}", "reached"]
+            columns += [f"records to {conv['target']:g}", "reached"]
         body = []
         for r in rows:
             cells = [r["algo"]] + [fmt_ci(ci) for ci in r["at"]] + [fmt_ci(r["auc"])]
             if is_acc:
-                cells += [fmt_ci(r["pairs_to_target"], 0), r["reached"]]
+                cells += [fmt_ci(r["records_to_target"], 0), r["reached"]]
             body.append(cells)
-        caption = [f"{metric} interpolated linearly between evaluations at fixed pairs_seen (pairs 0 = before "
-                   f"training); AUC = mean value over pairs 0-{fmt_point(conv['x_max'])}, the range every run covers; "
-                   + CI_NOTE]
+        caption = [f"{metric} interpolated linearly between evaluations at fixed records_seen, the training budget "
+                   f"(steps x global batch; records 0 = before training); AUC = mean value over records "
+                   f"0-{fmt_point(conv['x_max'])}, the range every run covers; " + CI_NOTE]
         if is_acc:
-            caption.append(f"pairs to {conv['target']:g}: first crossing, interpolated; mean over the seeds that "
+            caption.append(f"records to {conv['target']:g}: first crossing, interpolated; mean over the seeds that "
                            f"reached it")
         out.append(Section(f"convergence: {CURVE_TITLES[metric]} ({s['suite']})", caption, columns, body))
     return out

@@ -1,4 +1,4 @@
-"""Statistics of the report: mean and t-interval over seeds, curves interpolated at fixed pairs_seen points,
+"""Statistics of the report: mean and t-interval over seeds, curves interpolated at fixed points,
 area under a curve, pairs needed to reach a target. Pure functions of numbers; no pandas."""
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def area_under_curve(x: Sequence[float], y: Sequence[float], x_max: float) -> fl
     return area / (x_max - pairs[0][0])
 
 
-def pairs_to_target(x: Sequence[float], y: Sequence[float], target: float) -> float | None:
+def x_at_target(x: Sequence[float], y: Sequence[float], target: float) -> float | None:
     """The first x at which the curve reaches `target`, interpolated linearly between the last point below
     and the first point at or above it; None if it never does."""
     pairs = _clean(x, y)

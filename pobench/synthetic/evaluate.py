@@ -150,7 +150,7 @@ class GoldEvaluator:
         """Step 0, where the policy is the reference: with common random numbers its draws are the reference's
         own, so the row is exact without sampling (win rate 1/2, KL 0)."""
         ref = self.reference_draws
-        return {"step": 0, "pairs_seen": 0, "time_s": 0.0, "gold/reward": float(ref["gold"].mean()),
+        return {"step": 0, "pairs_seen": 0, "records_seen": 0, "time_s": 0.0, "gold/reward": float(ref["gold"].mean()),
                 "gold/reward_stderr": float(ref["gold"].std(ddof=1) / math.sqrt(ref["gold"].size)) if ref["gold"].size > 1 else 0.0,
                 "gold/ref_reward": float(ref["gold"].mean()), "gold/win_rate": 0.5, "gold/kl": 0.0, "gold/kl_stderr": 0.0,
                 **answer_stats(ref["completions"])}
@@ -159,7 +159,7 @@ class GoldEvaluator:
         """gold_eval.json: the final gold metrics, the curve over evaluation steps, and what they were measured on."""
         from pobench.engine.io import atomic_write_json
 
-        keep = ("step", "pairs_seen", "time_s")
+        keep = ("step", "pairs_seen", "records_seen", "time_s")
         curve = [self.initial()] + [{k: v for k, v in row.items() if k in keep or k.startswith("gold/")}
                                     for row in rows if "gold/reward" in row]
         ref = self.reference_draws["gold"]
