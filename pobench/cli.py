@@ -90,7 +90,7 @@ def run(
     from pobench.data import describe_loaded, load_suite_data
     from pobench.models import check_model_source
     from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite
-    from pobench.sampling.pools import check_dataset_pools
+    from pobench.sampling.pools import candidates_per_prompt, check_dataset_pools
 
     is_main = _quiet_unless_main()
     if num_processes is not None and num_processes < 1:
@@ -149,13 +149,20 @@ def run(
         check_model_source(*model_source)
     # Data is read now too, so that bad data fails before any folder or progress bar exists.
     datasets_by_key: dict = {}
+    warned: set = set()
     for algorithm, cfg, run_dir, done in plans:
         key = _data_key(cfg)
         if not done and key not in datasets_by_key:
             datasets_by_key[key] = load_suite_data(cfg.data, cfg.seed)
             console.print(describe_loaded(datasets_by_key[key].report), highlight=False, markup=False)
         if not done:
-            check_dataset_pools(cfg, make_sampler(algorithm, cfg), datasets_by_key[key])
+            sampler = make_sampler(algorithm, cfg)
+            check_dataset_pools(cfg, sampler, datasets_by_key[key])
+            warning = sampler.plan_warning(candidates_per_prompt(cfg, datasets_by_key[key])) \
+                if hasattr(sampler, "plan_warning") else None
+            if warning and warning not in warned:
+                warned.add(warning)
+                console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
             if resume:
                 _check_same_records(run_dir, datasets_by_key[key].report)
     from pobench.engine.distributed import inside_launch

@@ -128,3 +128,29 @@ def test_rso_with_a_varying_pair_count_accumulates_gradients_like_one_batch(tmp_
     assert [len(c) for c in micro_batches(pairs[:5], 2)] == [2, 3]
     assert [[p.group for p in c] for c in micro_batches(pairs, 2)] == [[0, 0], [1, 1, 2, 2]]   # groups stay whole
     assert [len(c) for c in micro_batches(pairs[:1], 2)] == [0, 1]
+
+
+def test_a_pool_no_larger_than_k_is_named_before_the_run():
+    """RSO's defaults (k = 8, N = 64) against pobench's 8 generated samples per prompt: every candidate would be
+    accepted. The run plans with a warning that says so and how to get rejection back."""
+    import types
+
+    from pobench.data import SuiteData
+    from pobench.data.records import PreferenceRecord
+    from pobench.sampling.pools import candidates_per_prompt
+    from pobench.sampling.rso import RejectionSampler
+
+    params = types.SimpleNamespace(num_candidates=64, num_accepted=8, beta_rso=0.5, pairing="first_round")
+    sampler = RejectionSampler(params, types.SimpleNamespace(seed=1))
+    assert "num_accepted=8 >= the 8 candidates per prompt" in sampler.plan_warning(8)
+    assert sampler.plan_warning(64) is None
+    params.num_candidates = 6                          # N cuts the pool first
+    assert "the 6 candidates" in RejectionSampler(params, types.SimpleNamespace(seed=1)).plan_warning(64)
+
+    def cfg(source):
+        return types.SimpleNamespace(pool=types.SimpleNamespace(source=source, num_samples=16))
+    scored = SuiteData([PreferenceRecord([], "a", "b", ["a", "b", "c", "d"], [1, 2, 3, 4])], [])
+    bare = SuiteData([PreferenceRecord([], "a", "b")], [])
+    assert candidates_per_prompt(cfg("auto"), scored) == 4      # the records' own pools
+    assert candidates_per_prompt(cfg("auto"), bare) == 16       # generated
+    assert candidates_per_prompt(cfg("generated"), scored) == 16

@@ -60,6 +60,14 @@ def check_dataset_pools(cfg, sampler, data) -> None:
                            f"no candidate pools; use pool.source=generated or auto, or data with pools")
 
 
+def candidates_per_prompt(cfg, data) -> int:
+    """The most candidates a prompt's pool will hold: the records' own (as prepare_pools decides for a run's
+    records) or the pool.num_samples generated."""
+    if cfg.pool.source == "dataset" or (cfg.pool.source == "auto" and all(has_own_pool(r) for r in data.train)):
+        return max((len(r.candidates) for r in data.train), default=0)
+    return cfg.pool.num_samples
+
+
 def auto_reward_model(cfg, suite_data, cache_dir: Path, progress=None) -> str:
     """`pool.reward_model: auto` -> a MiniLM Bradley-Terry reward model trained once per suite and data."""
     spec = cfg.pool.reward_model

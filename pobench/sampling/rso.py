@@ -77,6 +77,15 @@ class RejectionSampler:
                                "(pool.source=generated, or auto; `pobench candidates` makes it ahead of time)")
         return record.candidates[:self.num_candidates], record.scores[:self.num_candidates]
 
+    def plan_warning(self, candidates: int) -> str | None:
+        """With k at least the pool's size nothing is rejected: every candidate is accepted, and only the order
+        of acceptance (which decides the first-round pairs) still leans to high scores."""
+        n = min(self.num_candidates, candidates)
+        if n and self.k >= n:
+            return (f"rso: num_accepted={self.k} >= the {n} candidates per prompt, so rejection sampling rejects "
+                    f"nothing (the paper accepts 8 of 64): raise pool.num_samples, or lower rso.num_accepted")
+        return None
+
     def reference_sequences(self, records) -> list[tuple]:
         return pair_sequences(records) + [(r.prompt, c) for r in records for c in self.pool(r)[0]]
 
