@@ -1,4 +1,4 @@
-# make demo : create .venv if missing, then train DPO and SimPO on the shipped HH-RLHF sample (offline)
+# make demo : create .venv if missing, then train DPO and SimPO on the shipped HH-RLHF sample
 # make test : create .venv if missing, then run the test suite (the command CI runs)
 PYTHON ?= python3
 VENV ?= .venv
@@ -29,7 +29,7 @@ endif
 env: $(BIN)/.pobench-installed
 
 demo: env
-	$(BIN)/pobench run
+	$(BIN)/pobench run --data sample
 
 test: env
 	$(BIN)/python -m pytest -q

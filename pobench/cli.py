@@ -158,6 +158,8 @@ def run(
         if not done:
             sampler = make_sampler(algorithm, cfg)
             check_dataset_pools(cfg, sampler, datasets_by_key[key])
+            if datasets_by_key[key].check_config:
+                datasets_by_key[key].check_config(cfg)
             warning = sampler.plan_warning(candidates_per_prompt(cfg, datasets_by_key[key])) \
                 if hasattr(sampler, "plan_warning") else None
             if warning and warning not in warned:

@@ -269,3 +269,20 @@ def test_study_crossings_gain_and_paired_differences():
     assert dpo["pairs"][0] == pytest.approx(170) and dpo["seconds"][0] == pytest.approx(3.4)
     assert summary["algorithms"]["slow"]["gold_at_kl"][1.0]["mean_ci"][0] == pytest.approx(0.1 + 0.55 * 0.25)
     assert "| slow | 2 |" in markdown(summary)
+
+
+def test_ci_another_tasks_gold_reward_is_refused_before_the_run(tmp_path, ci_reference):
+    """A run of task 0 judged (or its samples labelled) by task 3's gold reward would score answers against a
+    reward the policy was never trained towards: refused while the run is planned, naming the key."""
+    from typer.testing import CliRunner
+
+    from pobench.cli import app
+    from pobench.errors import PobenchError
+    for key in ("eval.judge", "pool.reward_model"):
+        result = CliRunner().invoke(app, ["run", "--suite", "synthetic", "--algo", "dpo", "--out", str(tmp_path),
+                                          "--model", str(ci_reference), *CI_SETTINGS, "--set",
+                                          f"{key}=gold:synthetic-3"])
+        assert isinstance(result.exception, PobenchError), result.output
+        assert f"config key '{key}': gold:synthetic-3 is the gold reward of another task" in str(result.exception)
+        assert "needs gold:synthetic" in str(result.exception)
+    assert not (tmp_path / "synthetic").exists()

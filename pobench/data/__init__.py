@@ -16,6 +16,9 @@ class SuiteData:
     # suites with a known reward (synthetic): evaluator(cfg, data, model, tokenizer, model_path, device) -> a hook
     # the trainer calls at every evaluation step (hook(step) -> metrics) and at the end (hook.finish(run_dir, rows))
     evaluator: object = None
+    # check_config(cfg) raises PobenchError for settings this data cannot serve (a synthetic task's gold reward
+    # named for another task); called while a run is planned, before anything is written
+    check_config: object = None
 
 
 def resolve_source(data_cfg) -> str:

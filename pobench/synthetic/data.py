@@ -207,7 +207,7 @@ def load_synthetic(data_cfg):
     """`data.path: synthetic` -> SuiteData, with the gold evaluator attached for the trainer."""
     from pobench.data import SuiteData
     from pobench.synthetic import register_task_gold
-    from pobench.synthetic.evaluate import GoldEvaluator
+    from pobench.synthetic.evaluate import GoldEvaluator, check_gold_task
     from pobench.synthetic.reference import ensure_reference
 
     settings = SyntheticSettings.from_mapping(getattr(data_cfg, "synthetic", None))
@@ -229,4 +229,5 @@ def load_synthetic(data_cfg):
     if data_cfg.max_train_records:
         train = train[:data_cfg.max_train_records]
     report = dict(made["report"], train_records=len(train), cache=str(path))
-    return SuiteData(train, held, report, evaluator=partial(GoldEvaluator.for_run, settings=settings))
+    return SuiteData(train, held, report, evaluator=partial(GoldEvaluator.for_run, settings=settings),
+                     check_config=partial(check_gold_task, settings=settings))

@@ -105,6 +105,18 @@ def reference_samples(reference, tokenizer, prompts: list[list[dict]], task: Syn
     return {"completions": completions, "gold": gold_scores(task, prompts, completions)}
 
 
+def check_gold_task(cfg, settings) -> None:
+    """The labeller of samples and the end-of-run judge must be this task's gold reward when they name one: another
+    task's would score every answer against a reward the policy was never trained towards."""
+    from pobench.synthetic.data import gold_name
+
+    expected = f"gold:{gold_name(settings.task_seed)}"
+    for key, spec in (("pool.reward_model", cfg.pool.reward_model), ("eval.judge", cfg.eval.judge)):
+        if re.fullmatch(r"gold:synthetic(-\d+)?", spec) and spec != expected:
+            raise PobenchError(f"config key '{key}': {spec} is the gold reward of another task; "
+                               f"data.synthetic.task_seed={settings.task_seed} needs {expected}")
+
+
 class GoldEvaluator:
     """The trainer's evaluation hook for the synthetic suite: `hook(step)` -> gold/* metrics of the policy being
     trained; `hook.finish(run_dir, metric_rows)` writes gold_eval.json. The reference is the run's initial
@@ -122,11 +134,8 @@ class GoldEvaluator:
         from pobench.models import load_causal_lm, pick_dtype
         from pobench.synthetic.data import gold_name
 
+        check_gold_task(cfg, settings)
         expected = f"gold:{gold_name(settings.task_seed)}"
-        rm = cfg.pool.reward_model
-        if re.fullmatch(r"gold:synthetic(-\d+)?", rm) and rm != expected:
-            raise PobenchError(f"config key 'pool.reward_model': {rm} is the gold reward of another task; "
-                               f"data.synthetic.task_seed={settings.task_seed} needs {expected}")
         dtype, _ = pick_dtype(cfg.model.dtype, device)
         reference = load_causal_lm(model_path, dtype).to(device).eval().requires_grad_(False)
         data_reference = data.report.get("synthetic", {}).get("reference_model")
