@@ -72,7 +72,8 @@ class TrainConfig:
     adam_beta2: float = 0.999
     log_every: int = 1
     eval_every: int = 10           # held-out pair metrics every N steps (and at the end); 0 = only at the end
-    save_every: int = 0            # checkpoint every N steps (0 = only at the end); resume picks up from it
+    save_every: int = 50           # checkpoint every N steps (0 = only at the end): --resume after a crash repeats at
+                                   # most N steps. SmolLM2-135M's checkpoint with AdamW state is 1.6 GB, written in place
     logps_chunk: int = 1024        # completion positions per output-layer chunk (bounds logits memory)
     shared_prompt: bool = True     # training step: prompt | chosen | rejected in one row, the prompt computed once;
                                    # exact (pobench/engine/logps.py). Scoring without gradient always packs so.
@@ -382,10 +383,16 @@ def flatten(config, prefix: str = "") -> dict:
     return out
 
 
+# what a resumed run may change: how often it checkpoints and logs, and where to, never what it computes
+RESUMABLE_CHANGES = ("train.save_every", "train.log_every", "train.tensorboard", "train.wandb")
+
+
 def changed_keys(saved: dict, cfg: RunConfig) -> list[str]:
-    """'key: saved value -> new value' for every key where a run's saved config.yaml and `cfg` differ."""
+    """'key: saved value -> new value' for every key where a run's saved config.yaml and `cfg` differ, but for
+    RESUMABLE_CHANGES."""
     old, new = flatten(saved), flatten(cfg.to_dict())
-    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
 
 
 def dump(cfg: RunConfig) -> str:

@@ -331,3 +331,15 @@ def test_a_config_file_for_a_whole_study_serves_a_run_of_some_of_its_algorithms(
     assert isinstance(result.exception, PobenchError) and "no such model folder" in str(result.exception)
     result = CliRunner().invoke(app, [*common, "--set", "simpo.beta=3"])
     assert isinstance(result.exception, PobenchError) and "unknown config key 'simpo'" in str(result.exception)
+
+
+def test_a_resumed_run_may_change_how_often_it_saves_and_logs_but_nothing_it_computes():
+    """Runs configured before train.save_every defaulted to 50 hold 0 in config.yaml: their resume must not be
+    refused for it. Anything that changes the computation still is."""
+    from pobench.config import changed_keys
+    cfg = res()
+    saved = cfg.to_dict()
+    saved["train"] = {**saved["train"], "save_every": 0, "log_every": 5, "wandb": True}
+    assert changed_keys(saved, cfg) == []
+    saved["train"]["warmup_ratio"] = 0.5
+    assert changed_keys(saved, cfg) == [f"train.warmup_ratio 0.5 -> {cfg.train.warmup_ratio!r}"]
