@@ -440,3 +440,35 @@ def test_resume_on_other_records_is_refused(tmp_path, tiny_model_dir):
     assert (run_dir / "config.yaml").read_bytes() == kept
     data.write_text("".join(rows))
     assert CliRunner().invoke(app, [*args, "--resume"]).exit_code == 0
+
+
+def test_a_lora_run_resumed_without_its_reference_cache_scores_the_reference_with_the_adapter_off(
+        tmp_path, tiny_model_dir, monkeypatch):
+    """Before step 1 a fresh adapter changes nothing, so only a cache built after updates tells whether the
+    reference is the adapter-disabled policy: here the reference cache is lost with the crash, rebuilt on resume
+    from the trained LoRA policy, and the resumed run must still train as the uninterrupted one did."""
+    import shutil
+    lora = {"lora_r": 4}
+    run_train(tmp_path / "full", tiny_model_dir, cache=tmp_path / "c1", max_steps=6, save_every=2, model=lora, lr=1e-2)
+    calls = {"n": 0}
+    real = T.collate_pairs_shared
+
+    def crash_on_fifth_step(pairs, pad_id):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("simulated crash")
+        return real(pairs, pad_id)
+
+    monkeypatch.setattr(T, "collate_pairs_shared", crash_on_fifth_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_train(tmp_path / "crash", tiny_model_dir, cache=tmp_path / "c2", max_steps=6, save_every=2, model=lora,
+                  lr=1e-2)
+    monkeypatch.setattr(T, "collate_pairs_shared", real)
+    shutil.rmtree(tmp_path / "c2" / "reflogps")
+    run_train(tmp_path / "crash", tiny_model_dir, cache=tmp_path / "c2", max_steps=6, save_every=2, model=lora, lr=1e-2,
+              resume=True)
+    full = {r["step"]: r["loss"] for r in metrics(tmp_path / "full")}
+    resumed = {r["step"]: r["loss"] for r in metrics(tmp_path / "crash")}
+    assert abs(full[6] - full[1]) > 1e-3                     # the adapter moved: a wrong reference would show
+    for step in (5, 6):
+        assert resumed[step] == pytest.approx(full[step], rel=1e-4, abs=1e-5)

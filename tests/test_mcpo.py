@@ -267,3 +267,30 @@ def test_mcpo_ranking_nce_over_the_whole_pool(tmp_path, tiny_model_dir, pool_dat
     rows = metrics(tmp_path / "r")
     assert len(rows) == 2 and rows[0]["pairs_seen"] == 3 * rows[0]["records_seen"]
     assert rows[0]["loss"] == pytest.approx(math.log(4), abs=1e-5)
+
+
+class TableReference:
+    """Reference log-probs by completion, from a table (the other tests' reference is 0 everywhere)."""
+
+    def __init__(self, table: dict):
+        self.table = table
+
+    def lookup_sequences(self, seqs, device=None):
+        return (torch.tensor([self.table[tuple(c)] for _, c in seqs]),
+                torch.ones(len(seqs), dtype=torch.long))
+
+
+def test_the_kernel_scores_the_implicit_reward_against_the_reference():
+    """score_j = beta (log pi(y_j) - log pi_ref(y_j)): the hardest negative is the one the policy likes more than
+    the reference does, not the one it likes most. Policy (RecordingScorer): -(sum of ids) / 100."""
+    from pobench.engine.trainer import SamplerContext
+    rec = TokenizedPair([1], [10], [20], candidates=[[30], [40]])
+    reference = TableReference({(20,): 0.0, (30,): -1.0, (40,): 0.0})
+    ctx = SamplerContext(types.SimpleNamespace(train=types.SimpleNamespace(batch_size=32)), RecordingScorer(), None,
+                         None, None, reference, "cpu", 0, None, 1, None, None)
+    ctx.step = 0
+    s = sampler(num_candidates=3, kernel="argmax")
+    scores = s._scores([rec], [s.pool(rec)], ctx)[0]
+    assert scores.tolist() == pytest.approx([0.1 * (-0.2 - 0.0), 0.1 * (-0.3 + 1.0), 0.1 * (-0.4 - 0.0)])
+    assert drawn(s([rec], ctx)[0]) == [[30]]                          # against a zero reference: [20]
+    assert drawn(s([rec], kernel_context())[0]) == [[20]]
