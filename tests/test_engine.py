@@ -267,6 +267,17 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path, tiny_model_dir):
     for a, b in zip(metrics(tmp_path / "plain"), metrics(tmp_path / "ckpt")):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    # and it is on: a checkpointed layer runs again during the backward (a pre-hook inside it: the recompute stops
+    # once it has what the backward needs, before the layer's own forward hooks would fire)
+    from pobench.models import load_policy
+    for enabled, forwards in ((False, 1), (True, 2)):
+        cfg.model.gradient_checkpointing = enabled
+        model, _, _ = load_policy(cfg.model, torch.device("cpu"))
+        calls = []
+        model.model.layers[0].self_attn.register_forward_pre_hook(lambda *_: calls.append(1))
+        model.train()
+        model(torch.tensor([[5, 6, 7, 8]])).logits.sum().backward()
+        assert len(calls) == forwards, enabled
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -472,3 +483,24 @@ def test_a_lora_run_resumed_without_its_reference_cache_scores_the_reference_wit
     assert abs(full[6] - full[1]) > 1e-3                     # the adapter moved: a wrong reference would show
     for step in (5, 6):
         assert resumed[step] == pytest.approx(full[step], rel=1e-4, abs=1e-5)
+
+
+def test_learning_rate_warms_up_then_decays_by_cosine_and_gradients_are_clipped(tmp_path, tiny_model_dir):
+    """The schedule README promises (linear warmup over warmup_ratio of the steps, then cosine to 0), read back from
+    the logged learning_rate; clipping at a tiny norm shrinks AdamW's first updates to nothing (the gradient falls
+    under Adam's eps), and max_grad_norm 0 turns clipping off."""
+    run_train(tmp_path / "lr", tiny_model_dir, max_steps=10, batch_size=2, lr=1e-3, warmup_ratio=0.2, eval_every=0)
+    logged = {r["step"]: r["learning_rate"] for r in metrics(tmp_path / "lr")}
+    # warmup: 2 steps (0.5, 1.0); then 0.5 (1 + cos(pi k / 8)) for k = 0..7
+    want = {1: 0.5, 2: 1.0, 3: 1.0, 7: 0.5, 10: 0.5 * (1 + math.cos(math.pi * 7 / 8))}
+    for step, factor in want.items():
+        assert logged[step] == pytest.approx(1e-3 * factor, rel=1e-6), step
+    runs = {}
+    for name, norm in (("tiny", 1e-9), ("off", 0.0), ("huge", 1e9)):
+        run_train(tmp_path / name, tiny_model_dir, max_steps=2, batch_size=2, lr=1e-2, max_grad_norm=norm,
+                  cache=tmp_path / "cache")
+        runs[name] = metrics(tmp_path / name)
+    assert runs["off"] == runs["huge"]                            # 0 = no clipping
+    assert runs["tiny"][1]["grad_norm"] == pytest.approx(runs["off"][1]["grad_norm"], rel=0.5)  # measured unclipped
+    moved = abs(runs["off"][1]["loss"] - math.log(2))
+    assert moved > 1e-3 and abs(runs["tiny"][1]["loss"] - math.log(2)) < moved / 20

@@ -157,3 +157,35 @@ def test_lc_win_rate_stays_finite_when_length_separates_a_few_prompts():
     ref = [50] * 4 + [90] * 4
     lc = M.length_controlled_win_rate([1, 1, 1, 1, 0, 0, 0, 0], pol, ref)
     assert 0.05 < lc["lc_win_rate"] < 0.95 and 0 < lc["length_coef"] < 10 and math.isfinite(lc["lc_win_rate_se"])
+
+
+def test_the_kl_estimate_is_of_the_policy_against_the_reference(tiny_model_dir):
+    """estimate_kl samples the policy and scores the samples under both models: a policy sharper than its reference
+    (output layer x 3) is far from it, KL(policy || reference) clearly positive; the reference against itself is 0.
+    Swapping the two models inside it would sample the reference and give a negative mean."""
+    import contextlib
+    import copy
+    import types
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pobench.eval.runner import estimate_kl
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    policy = copy.deepcopy(reference)
+    with torch.no_grad():
+        policy.lm_head.weight.mul_(3.0)
+    cfg = types.SimpleNamespace(
+        eval=types.SimpleNamespace(kl_samples=4, temperature=0.7, top_p=1.0, max_new_tokens=8, seed=0, batch_size=0),
+        train=types.SimpleNamespace(logps_chunk=1024), model=types.SimpleNamespace(compile_decoding=False))
+    prompts = [tokenizer(f"Question {i}: what is {i} plus {i}?")["input_ids"] for i in range(6)]
+
+    def against(model):
+        return lambda: contextlib.nullcontext(model)
+
+    sharper = estimate_kl(cfg, policy, tokenizer, prompts, against(reference), torch.device("cpu"))
+    same = estimate_kl(cfg, reference, tokenizer, prompts, against(reference), torch.device("cpu"))
+    assert sharper["kl_samples"] == 24 and sharper["kl"] > 4 * sharper["kl_se"] > 0
+    assert same["kl"] == pytest.approx(0.0, abs=1e-4)
