@@ -186,6 +186,18 @@ def test_unwritable_out(tmp_path, out):
     assert not any(locked.rglob("*"))
 
 
+@pytest.mark.parametrize("out", ["taken", "taken/results"])
+def test_out_that_cannot_be_a_folder(tmp_path, out):
+    """What root (CI) can test of an unusable --out: a path that is, or runs through, an existing file."""
+    (tmp_path / "taken").write_text("not a folder\n")
+    result = pobench(["run", "--out", out, "--model", "no-such-model", "--max-steps", "1", "--no-eval"], tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and f"{out}: cannot create the results folder" in error_lines[0], result.stderr
+    assert (tmp_path / "taken").read_text() == "not a folder\n"
+
+
 @pytest.mark.parametrize("args, text", [(["run", "--nope"], "No such option: --nope"),
                                         (["run", "--max-steps", "many"], "--max-steps"),
                                         (["frobnicate"], "frobnicate")])

@@ -153,6 +153,8 @@ def test_resume_after_crash_reproduces_the_run(tmp_path, tiny_model_dir, monkeyp
         run_train(tmp_path / "crash", tiny_model_dir, cache=cache, max_steps=6, save_every=2, eval_every=0)
     monkeypatch.setattr(T, "collate_pairs_shared", real)
     assert json.loads((tmp_path / "crash" / "checkpoints" / "latest" / "state.json").read_text())["step"] == 4
+    # as if the crash had hit between the swap's two renames: the complete checkpoint is `.old`, and resume uses it
+    (tmp_path / "crash" / "checkpoints" / "latest").rename(tmp_path / "crash" / "checkpoints" / ".old")
     run_train(tmp_path / "crash", tiny_model_dir, cache=cache, max_steps=6, save_every=2, eval_every=0, resume=True)
     full = {r["step"]: r["loss"] for r in metrics(tmp_path / "full")}
     resumed = {r["step"]: r["loss"] for r in metrics(tmp_path / "crash")}

@@ -22,9 +22,9 @@ def test_win_rate_counts_ties_half_and_reports_se_and_ci():
     assert 0 <= lo <= 0.625 <= hi <= 1 and out["n_judged"] == 4
     ties = M.win_rate([0.5] * 10)
     assert ties["win_rate"] == 0.5 and ties["win_rate_se"] == 0 and ties["win_rate_ci95"] == [0.5, 0.5]
-    with pytest.raises(PobenchError):
+    with pytest.raises(PobenchError, match=r"must lie in \[0, 1\]"):
         M.win_rate([1.2, 0.0])
-    with pytest.raises(PobenchError):
+    with pytest.raises(PobenchError, match="no values"):
         M.win_rate([])
 
 

@@ -102,7 +102,7 @@ def test_dpo_gradients_have_the_right_sign_and_size():
     assert (step > losses.detach()).all()
 
 
-def test_dpo_reference_gradient_is_not_needed():
+def test_dpo_loss_rises_as_the_reference_rates_the_chosen_answer_higher():
     rc = RC.clone().requires_grad_(True)
     dpo_loss(PC, PR, rc, RR, BETA)[0].sum().backward()
     assert (rc.grad > 0).all()   # a better reference on the chosen answer means less implicit reward

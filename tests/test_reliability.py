@@ -205,4 +205,4 @@ def test_same_seed_and_config_give_identical_metrics(tmp_path, tiny_model_dir, m
             for seed in SEEDS}
     for seed, (a, b) in runs.items():
         assert len(a) == 2 and a == b, seed
-    assert runs[1][0] != runs[2][0] != runs[3][0]
+    assert runs[1][0] != runs[2][0] and runs[2][0] != runs[3][0] and runs[1][0] != runs[3][0]
