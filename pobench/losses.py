@@ -33,7 +33,8 @@ def ranking_nce_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, b
 
     Rows are (y_w, y_m) pairs; `group` [B] says which record each row belongs to (None: every row its own record,
     where the loss is DPO's sigmoid loss exactly). Each row carries its record's loss, so with M rows per record
-    the trainer's mean over rows is the mean over records. Returns (losses, chosen_rewards, rejected_rewards)."""
+    the trainer's mean over rows is the mean over records; with unequal groups (ranking_nce_pool: pools without
+    their duplicates) a record weighs by its row count. Returns (losses, chosen_rewards, rejected_rewards)."""
     chosen = beta * (policy_chosen - ref_chosen)
     rejected = beta * (policy_rejected - ref_rejected)
     rows = torch.arange(len(chosen), device=chosen.device)
