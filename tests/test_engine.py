@@ -506,3 +506,11 @@ def test_learning_rate_warms_up_then_decays_by_cosine_and_gradients_are_clipped(
     assert runs["tiny"][1]["grad_norm"] == pytest.approx(runs["off"][1]["grad_norm"], rel=0.5)  # measured unclipped
     moved = abs(runs["off"][1]["loss"] - math.log(2))
     assert moved > 1e-3 and abs(runs["tiny"][1]["loss"] - math.log(2)) < moved / 20
+
+
+def test_max_steps_0_is_one_pass_and_log_every_thins_the_log(tmp_path, tiny_model_dir):
+    """train.max_steps 0: as many steps as whole batches in one pass over the training records (data.max_train_records
+    48: 12 steps of 4). train.log_every 3: steps 3, 6, 9 and 12, and the evaluation steps 4 and 8."""
+    summary, _ = run_train(tmp_path / "run", tiny_model_dir, max_steps=0, log_every=3, eval_every=4)
+    assert summary["train_pairs"] == 48 and summary["steps"] == 12 and summary["records_seen"] == 48
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [3, 4, 6, 8, 9, 12]
