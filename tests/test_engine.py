@@ -514,3 +514,18 @@ def test_max_steps_0_is_one_pass_and_log_every_thins_the_log(tmp_path, tiny_mode
     summary, _ = run_train(tmp_path / "run", tiny_model_dir, max_steps=0, log_every=3, eval_every=4)
     assert summary["train_pairs"] == 48 and summary["steps"] == 12 and summary["records_seen"] == 48
     assert [r["step"] for r in metrics(tmp_path / "run")] == [3, 4, 6, 8, 9, 12]
+
+
+def test_an_unfinished_answer_keeps_what_the_template_puts_before_it(tiny_model_dir):
+    """A template that opens the assistant turn with an empty <think></think> block: the cut goes after the answer
+    (a search for the answer's text found 'in' inside '<think>' and cut there)."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{% if m.role == 'assistant' %}<think>\n\n</think>\n\n"
+                "{% endif %}{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                "{% endif %}")
+    formatter = ChatFormatter(tokenizer, template)
+    messages = [{"role": "user", "content": "hi"}]
+    prompt = formatter.prompt_text(messages)
+    assert formatter.completion_text(messages, prompt, "in", finished=False) == "<think>\n\n</think>\n\nin"
+    assert formatter.completion_text(messages, prompt, "in", finished=True) == "<think>\n\n</think>\n\nin<|im_end|>\n"

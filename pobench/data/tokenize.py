@@ -9,6 +9,7 @@ from pobench.errors import PobenchError
 
 
 Sequence = tuple  # (prompt ids, completion ids): what the model scores
+OPEN_END = "\ue000"   # a private-use character no answer holds: marks where an unfinished answer is cut
 
 
 def sequence_key(prompt: list[int], completion: list[int]) -> str:
@@ -63,21 +64,22 @@ class ChatFormatter:
         eos = self.tokenizer.eos_token or ""
         if self.mode == "plain":
             return " " + completion + (eos if finished else "")
+        if finished:
+            return self._assistant_turn(messages, prompt_text, completion, eos)
+        # the turn rendered with a marker after the answer, cut at the marker: whatever the template puts before
+        # the answer (an empty <think></think> block) stays, and what closes the turn goes
+        marked = self._assistant_turn(messages, prompt_text, completion + OPEN_END, eos)
+        at = marked.find(OPEN_END)
+        return marked[:at] if at >= 0 else completion
+
+    def _assistant_turn(self, messages: list[dict], prompt_text: str, completion: str, eos: str) -> str:
         full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
                                                   tokenize=False)
         # templates that rewrite earlier turns: fall back to text + EOS
-        text = full[len(prompt_text):] if full.startswith(prompt_text) else completion + eos
-        return text if finished else open_turn(text, completion)
+        return full[len(prompt_text):] if full.startswith(prompt_text) else completion + eos
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def open_turn(rendered: str, completion: str) -> str:
-    """`rendered` (a completion as the template closes it) cut right after the completion's own text."""
-    body = completion.strip()
-    at = rendered.find(body) if body else -1
-    return rendered[:at + len(body)] if at >= 0 else completion
 
 
 def encode_completion(formatter: ChatFormatter, messages: list[dict], prompt_text: str, text: str,
