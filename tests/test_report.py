@@ -4,6 +4,7 @@ report --format markdown` reproduces."""
 from __future__ import annotations
 
 import json
+import shutil
 import math
 import subprocess
 import sys
@@ -510,11 +511,13 @@ def test_against_dpo_names_what_is_unlike_the_baseline(tmp_path):
                                      "train:\n  lr: 1.0e-3\n  max_completion_length: 128\n")  # lr is free: tuned
     summary = json.loads((run / "train_summary.json").read_text())
     (run / "train_summary.json").write_text(json.dumps({**summary, "steps": 99}))
+    (root / "hh-rlhf" / "dpo" / "seed1" / "config.yaml").write_text(
+        "suite: hh-rlhf\nseed: 1\ndata:\n  max_train_records: 0\ntrain:\n  lr: 5.0e-6\n  max_completion_length: 64\n")
     write_generations(run, [0.4, 0.5, 0.3, 0.6], references=["another answer"] + [f"reference answer {i}" for i in (1, 2, 3)])
     write_run(root, "mcpo", 4, [0.5, 0.6], eval_json=new_eval(0.5, 0.6))
     row = build_report(root)[0]["suites"][0]["versus"]["rows"][0]
     assert row["seeds"] == [1, 2, 3] and row["unpaired_seeds"] == [4]
-    assert row["unlike_baseline"] == ["data.max_train_records 500 vs None", "train.max_completion_length 128 vs None",
+    assert row["unlike_baseline"] == ["data.max_train_records 500 vs 0", "train.max_completion_length 128 vs 64",
                                       "optimizer steps 99 vs 12", "reference outputs differ on 1 prompts"]
     md = to_markdown(sections(build_report(root)[0]))
     assert "unlike dpo" in md and "seeds only one has: 4" in md
@@ -590,10 +593,11 @@ def test_every_setting_but_the_tuned_and_the_computational_ones_must_match(tmp_p
     samplers (no stored pool) are held to the settings they draw and label with."""
     base = "suite: hh-rlhf\nseed: 1\n"
     for algo, config, summary in (
-            ("online_dpo", base + "train:\n  lr: 1.0e-6\n  warmup_ratio: 0.1\n  logps_chunk: 64\npool:\n  top_p: 0.9\n",
-             {"reward_model": "auto:reward_models/a"}),
+            ("online_dpo", base + "train:\n  lr: 1.0e-6\n  warmup_ratio: 0.1\n  logps_chunk: 64\npool:\n  top_p: 0.9\n"
+             "model:\n  dtype: auto\nalgorithm: {}\ndata:\n  path: auto\n", {"reward_model": "auto:reward_models/a"}),
             ("onmcpo", base + "train:\n  lr: 5.0e-6\n  warmup_ratio: 0.2\n  logps_chunk: 1024\npool:\n  top_p: 1.0\n"
-             "model:\n  dtype: bfloat16\nalgorithm:\n  tau: 2.0\n", {"reward_model": "auto:reward_models/b"})):
+             "model:\n  dtype: bfloat16\nalgorithm:\n  tau: 2.0\ndata:\n  path: sample\n",
+             {"reward_model": "auto:reward_models/b"})):
         run = write_run(tmp_path, algo, 1, [0.5, 0.6])
         (run / "config.yaml").write_text(config)
         written = json.loads((run / "train_summary.json").read_text())
@@ -602,10 +606,25 @@ def test_every_setting_but_the_tuned_and_the_computational_ones_must_match(tmp_p
     rows = build_report(tmp_path, baseline="online_dpo")[0]["suites"][0]["versus"]["rows"]
     unlike = rows[0]["unlike_baseline"]
     assert [u for u in unlike if not u.startswith("records ")] == [
-        "model.dtype 'bfloat16' vs None", "pool.top_p 1.0 vs 0.9", "train.warmup_ratio 0.2 vs 0.1",
-        "reward model auto:reward_models/b vs auto:reward_models/a"]
+        "data.path 'sample' vs 'auto'", "model.dtype 'bfloat16' vs 'auto'", "pool.top_p 1.0 vs 0.9",
+        "train.warmup_ratio 0.2 vs 0.1", "reward model auto:reward_models/b vs auto:reward_models/a"]
     records = [u.split() for u in unlike if u.startswith("records ")]
     assert len(records) == 1 and len(records[0][1]) == 12 and records[0][1] != records[0][3]
+    # the same records read another way (data.path sample against auto) are the same data
+    (tmp_path / "hh-rlhf" / "onmcpo" / "seed1" / "data.json").write_text(
+        json.dumps({"records_digest": {"train": "online_dpo", "eval": "same"}}))
+    unlike = build_report(tmp_path, baseline="online_dpo")[0]["suites"][0]["versus"]["rows"][0]["unlike_baseline"]
+    assert not any(u.startswith(("data.", "records ")) for u in unlike)
+    # what a grid tuned is free, like the learning rate: online DPO's two points set train.warmup_ratio apart
+    for point, warmup in (("warmup_ratio=0.1", 0.1), ("warmup_ratio=0.3", 0.3)):
+        run = write_run(tmp_path, "online_dpo", 1, [0.5, 0.7 if warmup == 0.3 else 0.6], point=point)
+        (run / "config.yaml").write_text(base + f"train:\n  lr: 1.0e-6\n  warmup_ratio: {warmup}\n  logps_chunk: 64\n"
+                                         "pool:\n  top_p: 0.9\nmodel:\n  dtype: auto\nalgorithm: {}\n")
+        written = json.loads((run / "train_summary.json").read_text())
+        (run / "train_summary.json").write_text(json.dumps({**written, "reward_model": "auto:reward_models/b"}))
+    shutil.rmtree(tmp_path / "hh-rlhf" / "online_dpo" / "seed1")
+    unlike = build_report(tmp_path, baseline="online_dpo")[0]["suites"][0]["versus"]["rows"][0]["unlike_baseline"]
+    assert not any(u.startswith("train.warmup_ratio") for u in unlike) and "pool.top_p 1.0 vs 0.9" in unlike
 
 
 def test_held_out_accuracy_paired_pair_by_pair(tmp_path):
@@ -661,17 +680,22 @@ def test_convergence_runs_on_the_shared_budget_of_records_not_on_pairs(tmp_path)
     """RSO trains several pairs per record: on a pairs axis the range every run covers ended a quarter into its
     training, and its curve was compared at its warm-up against DPO's whole run. On records seen (steps x global
     batch, the same for both) the curves span the same training. Runs logged before records_seen get it from
-    their steps and global batch."""
+    their steps and batch (train_summary's global batch, or config.yaml's per-process batch before that); a run
+    without either is left out of the range rather than shrinking it to nothing."""
     write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7])
     rso = write_run(tmp_path, "rso", 1, [0.5, 0.55, 0.65])
     rows = [json.loads(line) for line in (rso / "metrics.jsonl").read_text().splitlines()]
     for row in rows:                    # four pairs per record; records_seen left out, as in older runs
         row["pairs_seen"] = 4 * row.pop("records_seen")
     (rso / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = json.loads((rso / "train_summary.json").read_text())
-    (rso / "train_summary.json").write_text(json.dumps({**summary, "global_batch_size": 4}))   # 12 steps of 4
+    (rso / "config.yaml").write_text("suite: hh-rlhf\nseed: 1\ntrain:\n  batch_size: 4\n")   # 12 steps of 4
     report, _, _ = build_report(tmp_path)
     conv = report["suites"][0]["convergence"]
     assert conv["x_max"] == 96
     acc = {r["algo"]: r for r in conv["metrics"]["eval/rewards/accuracies"]}
     assert acc["rso"]["at"][-1]["mean"] == pytest.approx(0.65) and acc["dpo"]["at"][-1]["mean"] == pytest.approx(0.7)
+    (rso / "config.yaml").write_text("suite: hh-rlhf\nseed: 1\n")                          # no batch size anywhere
+    conv = build_report(tmp_path)[0]["suites"][0]["convergence"]
+    assert conv["x_max"] == 96
+    assert {r["algo"]: r["auc"]["mean"] is not None for r in conv["metrics"]["eval/rewards/accuracies"]} == {
+        "dpo": True, "rso": False}

@@ -190,6 +190,8 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         "steps": summary.get("steps"), "pairs_seen": summary.get("pairs_seen"),
         "eval_pairs": summary.get("eval_pairs"), "global_batch_size": summary.get("global_batch_size"),
         "samples": samples_used(summary),
+        "pool_source": (summary.get("candidate_pool") or {}).get("source")
+        if isinstance(summary.get("candidate_pool"), dict) else None,
         "data_digest": data_digest(read_json(run_dir / "data.json", required=False), run_dir / "data.json"),
         "reward_model": rm if isinstance(rm, str) or rm is None else json.dumps(rm, sort_keys=True),
         "config": config or {},
@@ -202,6 +204,9 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     if isinstance(initial, dict):
         curve.append({"pairs_seen": 0, "records_seen": 0, "step": 0, "time_s": 0.0, **initial, **gold_initial(run_dir)})
     batch = summary.get("global_batch_size")
+    if not isinstance(batch, int):   # runs from before global_batch_size: one process, train.batch_size records
+        per_process = ((config or {}).get("train") or {}).get("batch_size")
+        batch = per_process * (summary.get("num_processes") or 1) if isinstance(per_process, int) else None
     for logged in read_metrics(run_dir / "metrics.jsonl"):
         if "records_seen" not in logged and isinstance(batch, int) and isinstance(logged.get("step"), int):
             logged["records_seen"] = logged["step"] * batch   # runs logged before records_seen was

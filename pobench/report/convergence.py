@@ -27,8 +27,8 @@ def common_range(by_run: dict, metric: str = ACCURACY) -> float | None:
     """The largest budget every run has evaluated `metric` at: curves compare only over a shared range."""
     ends = []
     for frame in by_run.values():
-        xs = frame.loc[frame[metric].notna(), BUDGET] if metric in frame else []
-        if len(xs):
+        xs = frame.loc[frame[metric].notna(), BUDGET].dropna() if metric in frame and BUDGET in frame else []
+        if len(xs) and xs.max() > 0:   # a run without its budget logged, or not trained, bounds nothing
             ends.append(float(xs.max()))
     return min(ends) if ends else None
 

@@ -40,36 +40,54 @@ FREE_CONFIG = ("algorithm.", "algorithm_name", "seed", "description", "suite", "
 # the pool keys that must be equal, by what both runs' samplers use: a stored pool (source), a generated one (how it
 # was drawn and labelled), samples drawn during training (OnMC-PO, online DPO: how they are drawn and labelled)
 SAMPLE_KEYS = {
-    "pool": ("pool.source",),
-    "generated": ("pool.source", "pool.num_samples", "pool.seed"),
+    "pool": (),                                     # where it came from: the resolved `pool_source` below
+    "generated": ("pool.num_samples", "pool.seed"),
     "drawn": ("pool.temperature", "pool.top_p", "pool.max_new_tokens", "pool.backend", "pool.reward_model",
               "pool.rm_steps"),
 }
 # run-table columns (train_summary.json, eval.json) that must be equal: the training budget and the judge
 SAME_RESULT = (("steps", "optimizer steps"), ("global_batch_size", "global batch"), ("judge", "judge"),
                ("eval_set", "eval set"), ("n_prompts", "eval prompts"), ("data_digest", "records"),
-               ("reward_model", "reward model"))
+               ("reward_model", "reward model"), ("pool_source", "candidate pool"))
 # env.json's code, package and hardware differences are named with this prefix: they can move numbers by themselves
 SOFTWARE = "software: "
 
 
 def _kept(key: str, prefixes) -> bool:
-    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in prefixes)
+    return any(key == p or (p.endswith(".") and (key.startswith(p) or key == p[:-1])) for p in prefixes)
+
+
+def grid_keys(runs) -> dict:
+    """{algorithm: the config keys its grid points set differently}: what its tuning varied is free against the
+    baseline, like the learning rate (`--grid 'lr=...;warmup_ratio=0,0.1'` picks a warmup per algorithm)."""
+    out = {}
+    for algo, frame in runs.groupby("algo", sort=False):
+        points = [flatten(f["config"].iloc[0]) for _, f in frame.groupby("grid_point", sort=True)]
+        keys = set().union(*points) if len(points) > 1 else set()
+        out[algo] = tuple(sorted(k for k in keys if len({repr(p.get(k)) for p in points}) > 1 and k != "seed"))
+    return out
 
 
 def _present(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def differences(run: dict, base: dict) -> list[str]:
-    """'key: run's value vs the baseline's' for every key that must be equal and is not."""
+def differences(run: dict, base: dict, tuned: tuple = ()) -> list[str]:
+    """'key: run's value vs the baseline's' for every key that must be equal and is not. `tuned`: keys the two
+    algorithms' grids varied (free). A key only one config has (written by another pobench version) is not
+    compared; nor are `data.*` settings when both runs name the same records (data.json's digest)."""
     out = []
     mine, theirs = flatten(run.get("config")), flatten(base.get("config"))
     shared = set(run.get("samples") or ()) & set(base.get("samples") or ())
     pool_keys = tuple(k for kind in sorted(shared) for k in SAMPLE_KEYS[kind])
-    for key in sorted(set(mine) | set(theirs)):
-        if (not _kept(key, FREE_CONFIG) or _kept(key, pool_keys)) and mine.get(key) != theirs.get(key):
-            out.append(f"{key} {mine.get(key)!r} vs {theirs.get(key)!r}")
+    if "pool.rm_steps" in pool_keys and "auto" not in (mine.get("pool.reward_model"), theirs.get("pool.reward_model")):
+        pool_keys = tuple(k for k in pool_keys if k != "pool.rm_steps")   # trains only the auto reward model
+    free = FREE_CONFIG + tuple(tuned)
+    if _present(run.get("data_digest")) and run.get("data_digest") == base.get("data_digest"):
+        free += ("data.",)
+    for key in sorted(set(mine) & set(theirs)):
+        if (not _kept(key, free) or _kept(key, pool_keys)) and mine[key] != theirs[key]:
+            out.append(f"{key} {mine[key]!r} vs {theirs[key]!r}")
     for column, label in SAME_RESULT:
         a, b = run.get(column), base.get(column)
         if _present(a) and _present(b) and a != b:
@@ -212,6 +230,7 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
         return by_seed
 
     base = at_point(baseline)
+    tuned_keys = grid_keys(runs)
     rows = []
     for algo in chosen:
         if algo == baseline:
@@ -231,8 +250,9 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
                       and base[s]["train_time_s"] > 0]
             row["time_ratio"] = mean_ci(ratios)
             unlike = []
+            tuned = tuned_keys.get(algo, ()) + tuned_keys.get(baseline, ())
             for s in seeds:
-                unlike += [d for d in differences(mine[s], base[s]) if d not in unlike]
+                unlike += [d for d in differences(mine[s], base[s], tuned) if d not in unlike]
             generations = [(read_generations(mine[s]["run_dir"]), read_generations(base[s]["run_dir"])) for s in seeds]
             paired, notes = prompt_paired([(a, b) for a, b in generations if a is not None and b is not None])
             row["prompt_paired"] = paired
