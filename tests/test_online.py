@@ -400,3 +400,24 @@ def test_fresh_samples_are_scored_against_the_initial_policy(tmp_path, tiny_mode
         want, _ = T.score_sequences(initial, seqs, 0, torch.device("cpu"), 8)
         torch.testing.assert_close(reference.float(), want.float(), rtol=1e-4, atol=1e-3)
         assert (trained.float() - want.float()).abs().max() > 1e-2   # the policy has moved: the check can fail
+
+
+@pytest.mark.parametrize("pairing", ["best_worst", "kernel"])
+def test_a_copy_of_the_chosen_sample_is_not_its_negative(pairing):
+    """Two identical samples get identical scores; where every sample ties, online DPO's worst was the chosen's own
+    copy (a pair with no gradient, counted as trained). Copies of the chosen now leave the candidates; a pool of
+    copies alone still pairs, and sampler/identical_pair says so."""
+    import types
+
+    from pobench.data.tokenize import TokenizedPair
+    from pobench.sampling.online import OnlinePool
+    params = types.SimpleNamespace(include_dataset_chosen=False, pairing=pairing, kernel="sample", tau=1.0,
+                                   kernel_score="reward", beta=0.1)
+    sampler = OnlinePool(params, types.SimpleNamespace(seed=1))
+    records = [TokenizedPair([1], [10], [20]), TokenizedPair([2], [10], [20])]
+    sampler.pools[0] = [([[5, 6], [5, 6], [5, 6], [7]], [2.0, 2.0, 2.0, 2.0], 0.0),
+                        ([[5, 6], [5, 6]], [1.0, 1.0], 0.0)]
+    pairs, logged = sampler(records, _KernelContext(0, 0))
+    assert pairs[0].chosen == [5, 6] and pairs[0].rejected == [7]
+    assert pairs[1].chosen == pairs[1].rejected == [5, 6]
+    assert logged["sampler/identical_pair"] == 0.5

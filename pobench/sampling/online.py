@@ -104,14 +104,17 @@ class OnlinePool:
         started = time.perf_counter()
         sync_s = self._refresh(ctx) if ctx.step not in self.pools else 0.0
         gen_time = time.perf_counter() - started
-        pairs, chosen_scores, drawn_scores, entropies, from_dataset = [], [], [], [], []
+        pairs, chosen_scores, drawn_scores, entropies, from_dataset, identical = [], [], [], [], [], []
         for index, (record, (ids, scores, dataset_chosen_score)) in enumerate(zip(batch, self.pools.pop(ctx.step))):
             items, item_scores = list(ids), list(scores)
             if p.include_dataset_chosen:
                 items.append(record.chosen)  # token ids, like the samples
                 item_scores.append(dataset_chosen_score)
             best = max(range(len(items)), key=item_scores.__getitem__)
-            rest = [i for i in range(len(items)) if i != best]
+            # a sample drawn twice is no negative of itself: its copies leave the candidates (unless nothing else
+            # is left, where the pair trains on nothing and sampler/identical_pair counts it)
+            others = [i for i in range(len(items)) if i != best]
+            rest = [i for i in others if list(items[i]) != list(items[best])] or others
             if p.pairing == "best_worst":
                 j = min(rest, key=item_scores.__getitem__)
                 entropies.append(0.0)
@@ -127,6 +130,7 @@ class OnlinePool:
                 j = rest[draw(probs, generator)]
                 entropies.append(entropy(probs))
             pairs.append(type(record)(record.prompt, items[best], items[j], source=record.source))
+            identical.append(float(list(items[j]) == list(items[best])))
             chosen_scores.append(item_scores[best])
             drawn_scores.append(item_scores[j])
             from_dataset.append(float(p.include_dataset_chosen and best == len(items) - 1))
@@ -137,4 +141,5 @@ class OnlinePool:
                        "sampler/chosen_rm_score": sum(chosen_scores) / n,
                        "sampler/rejected_rm_score": sum(drawn_scores) / n,
                        "sampler/chosen_is_dataset": sum(from_dataset) / n,
-                       "sampler/kernel_entropy": sum(entropies) / n}
+                       "sampler/kernel_entropy": sum(entropies) / n,
+                       "sampler/identical_pair": sum(identical) / n}
