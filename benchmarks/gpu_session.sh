@@ -32,11 +32,13 @@ timeout 120 python benchmarks/gpu_sharded_check.py --tokenizer .gpu-carry/smollm
 python - "$OUT/sharded.json" <<'PY' 2>/dev/null
 import json, sys
 report = json.load(open(sys.argv[1]))
-initial = report.get("one_process", {}).get("summary", {}).get("held_out_initial", {})
-# the reference log-probs are computed under the policy's bf16 autocast: the implicit rewards start at ~0
-print("one process, held-out rewards before step 1:", {k: v for k, v in initial.items() if k.startswith("eval/rewards")})
+# step 1's rewards are scored before its update, against the reference cache (computed under the policy's bf16
+# autocast, before prepare): ~0 where cache and prepared policy agree (the held-out evaluation before training is
+# exactly 0 by construction, so it cannot show this)
+print("one process, training rewards at step 1:", report.get("one_process", {}).get("step1_rewards"))
 for name, entry in report["presets"].items():
-    print(name, {k: entry.get(k) for k in ("rc", "wall_s", "distributed", "largest_relative_difference", "skipped")})
+    print(name, {k: entry.get(k) for k in ("rc", "wall_s", "distributed", "step1_rewards",
+                                           "largest_relative_difference", "skipped")})
     print(entry.get("error", "")[-3000:])
 PY
 

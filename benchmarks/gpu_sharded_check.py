@@ -99,6 +99,14 @@ def run(out: Path, model: Path, device: str, steps: int, processes: int, preset:
     return result
 
 
+def first_step_rewards(result: dict) -> dict:
+    """The implicit rewards of step 1, scored before its update: the policy is still the initial weights, so they
+    measure how far the reference cache (fp32 weights under autocast, before accelerate's prepare) is from the
+    policy as prepared (FSDP's bf16 parameters): ~0 when they agree."""
+    row = result["rows"][0] if result.get("rows") else {}
+    return {k: v for k, v in row.items() if k.startswith("rewards/")}
+
+
 def compare(base: dict, other: dict) -> dict:
     from safetensors.torch import load_file
     worst = {}
@@ -108,7 +116,7 @@ def compare(base: dict, other: dict) -> dict:
                 scale = max(abs(a[key]), 1e-8)
                 worst[key] = max(worst.get(key, 0.0), abs(a[key] - b[key]) / scale)
     one, sharded = load_file(base["checkpoint"]), load_file(other["checkpoint"])
-    return {"steps": [r["step"] for r in other["rows"]],
+    return {"steps": [r["step"] for r in other["rows"]], "step1_rewards": first_step_rewards(other),
             "distributed": other["summary"].get("distributed"),
             "largest_relative_difference": {k: float(f"{v:.3g}") for k, v in sorted(worst.items())},
             "checkpoint_same_names": sorted(one) == sorted(sharded),
@@ -148,7 +156,8 @@ def main() -> None:
         data = str(uneven_pools(Path(tmp) / "pools.jsonl")) if args.algo == "mcpo" else "sample"
         report["algo"] = args.algo
         base = run(Path(tmp) / "one", model, args.device, args.steps, 1, None, args.algo, data)
-        report["one_process"] = {k: v for k, v in base.items() if k not in ("rows", "checkpoint")}
+        report["one_process"] = {**{k: v for k, v in base.items() if k not in ("rows", "checkpoint")},
+                                 "step1_rewards": first_step_rewards(base)}
         if base["rc"] != 0:
             save()
             sys.exit("the one-process run failed")
