@@ -73,7 +73,8 @@ class TrainConfig:
     log_every: int = 1
     eval_every: int = 10           # held-out pair metrics every N steps (and at the end); 0 = only at the end
     save_every: int = 50           # checkpoint every N steps (0 = only at the end): --resume after a crash repeats at
-                                   # most N steps. SmolLM2-135M's checkpoint with AdamW state is 1.6 GB, written in place
+                                   # most N steps. SmolLM2-135M's checkpoint with AdamW state is 1.6 GB, swapped in
+                                   # atomically (two on disk for a moment)
     logps_chunk: int = 1024        # completion positions per output-layer chunk (bounds logits memory)
     shared_prompt: bool = True     # training step: prompt | chosen | rejected in one row, the prompt computed once;
                                    # exact (pobench/engine/logps.py). Scoring without gradient always packs so.

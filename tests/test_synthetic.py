@@ -283,6 +283,6 @@ def test_ci_another_tasks_gold_reward_is_refused_before_the_run(tmp_path, ci_ref
                                           "--model", str(ci_reference), *CI_SETTINGS, "--set",
                                           f"{key}=gold:synthetic-3"])
         assert isinstance(result.exception, PobenchError), result.output
-        assert f"config key '{key}': gold:synthetic-3 is the gold reward of another task" in str(result.exception)
+        assert f"config key '{key}': gold:synthetic-3 is not this task's gold reward" in str(result.exception)
         assert "needs gold:synthetic" in str(result.exception)
     assert not (tmp_path / "synthetic").exists()

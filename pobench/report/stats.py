@@ -1,5 +1,5 @@
 """Statistics of the report: mean and t-interval over seeds, curves interpolated at fixed points,
-area under a curve, pairs needed to reach a target. Pure functions of numbers; no pandas."""
+area under a curve, the budget needed to reach a target. Pure functions of numbers; no pandas."""
 from __future__ import annotations
 
 import functools

@@ -113,7 +113,7 @@ def check_gold_task(cfg, settings) -> None:
     expected = f"gold:{gold_name(settings.task_seed)}"
     for key, spec in (("pool.reward_model", cfg.pool.reward_model), ("eval.judge", cfg.eval.judge)):
         if re.fullmatch(r"gold:synthetic(-\d+)?", spec) and spec != expected:
-            raise PobenchError(f"config key '{key}': {spec} is the gold reward of another task; "
+            raise PobenchError(f"config key '{key}': {spec} is not this task's gold reward; "
                                f"data.synthetic.task_seed={settings.task_seed} needs {expected}")
 
 
