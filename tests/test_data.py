@@ -624,3 +624,32 @@ def test_a_runs_data_line_keeps_each_splits_skip_counts():
     assert "skipped train rows: {'identical_completions': 4, 'empty_completion': 2}" in line
     assert "skipped eval rows: {'identical_completions': 1}" in line
     assert describe_loaded({**report, "train_skipped": {}, "eval_skipped": {}}).count("skipped") == 0
+
+
+@pytest.mark.parametrize("splits", [["train"], ["train", "test"]])
+def test_a_hub_dataset_without_a_held_out_split_is_carved(monkeypatch, splits):
+    """`--data someone/prefs` with only a train split on the hub: the last data.eval_size records are held out, as
+    for a local file (reading the missing split was an error). With a test split, that split is read. The hub is a
+    test double: the rows are the shipped HH sample's."""
+    import gzip
+
+    import datasets
+    with gzip.open(SAMPLES_DIR / "hh-rlhf" / "harmless-base-test-2000.jsonl.gz", "rt") as f:
+        rows = [json.loads(next(f)) for _ in range(40)]
+    read = []
+
+    def fake_load_dataset(path, data_dir=None, split=None):
+        read.append(split)
+        if split not in splits:
+            raise ValueError(f"Unknown split {split!r}")
+        return datasets.Dataset.from_list(rows[:30] if split == "train" else rows[30:])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda path, data_dir=None: list(splits))
+    data = load_suite_data(DataConfig(path="someone/prefs", hub_id="", schema="hh", eval_size=4))
+    if splits == ["train"]:
+        assert read == ["train"] and data.report["eval_source"] == "hub:someone/prefs[train] (last 4 records)"
+        assert len(data.train) + len(data.eval) == 30 - sum(data.report["train_skipped"].values())
+    else:
+        assert read == ["train", "test"] and data.report["eval_source"] == "hub:someone/prefs[test]"
+    assert len(data.eval) == 4

@@ -68,9 +68,10 @@ def _load_records(data_cfg, seed: int) -> SuiteData:
         held = _load(str(SAMPLES_DIR / data_cfg.sample_eval), "test", data_cfg, seed) if data_cfg.sample_eval else None
     else:
         train = _load(source, data_cfg.train_split, data_cfg, seed)
-        # A local file (or a folder without the split) has no held-out split: carve it off the end, below,
+        # A local file, a folder or a hub dataset without the split has no held-out split: carve it off the end, below,
         # rather than reading the same rows again as "held out".
-        has_eval = bool(data_cfg.eval_split) and source_has_split(source, data_cfg.eval_split)
+        has_eval = bool(data_cfg.eval_split) and source_has_split(
+            source, data_cfg.eval_split, data_cfg.hub_data_dir if source == data_cfg.hub_id else None)
         held = _load(source, data_cfg.eval_split, data_cfg, seed) if has_eval else None
     if held is None:
         if len(train.records) <= data_cfg.eval_size:

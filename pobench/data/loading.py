@@ -157,10 +157,11 @@ def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[s
     return f"hub:{path}" + (f"/{hub_data_dir}" if hub_data_dir else "") + f"[{split}]", _dataset_rows(ds, path)
 
 
-def source_has_split(path: str, split: str) -> bool:
+def source_has_split(path: str, split: str, hub_data_dir: str | None = None) -> bool:
     """Whether `path` holds a separate `split`. A local file or a single-Dataset save_to_disk folder is one table
     with no splits; a DatasetDict folder has the splits it lists; a folder of files has the splits its file names
-    start with; a hub id is assumed to have it."""
+    start with; a hub dataset has the splits the hub lists for it (assumed, where the hub cannot say: reading the
+    split then reports what is wrong)."""
     p = Path(path).expanduser()
     if p.is_file():
         return False
@@ -173,7 +174,13 @@ def source_has_split(path: str, split: str) -> bool:
         if any((p / marker).exists() for marker in ("state.json", "dataset_info.json")):
             return False
         return bool(split_files(p, split))
-    return True
+    if path.startswith((".", "/", "~")):
+        return True   # a missing local path: read_rows names it
+    import datasets
+    try:
+        return split in datasets.get_dataset_split_names(path, data_dir=hub_data_dir)
+    except Exception:
+        return True
 
 
 def split_files(folder: Path, split: str) -> list[Path]:
