@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -216,15 +217,44 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+class _CommandLineLoader(yaml.SafeLoader):
+    """YAML as a value typed on the command line reads: YAML 1.2's booleans (true/false only: `no`, `off` and `yes`
+    stay strings), numbers (`1e-6` is a number, as 1.1 would not have it; `1:30` and `010` are not sexagesimal or
+    octal) and no timestamps (`2026-11-27` stays a string); null spelled null, ~ or Python's None."""
+
+
+_CommandLineLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", "tag:yaml.org,2002:float",
+                           "tag:yaml.org,2002:int", "tag:yaml.org,2002:timestamp")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_CommandLineLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                         list("tTfF"))
+_CommandLineLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|None|)$"),
+                                         ["~", "n", "N", ""])
+_CommandLineLoader.add_implicit_resolver("tag:yaml.org,2002:int",
+                                         re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$|^0x[0-9a-fA-F_]+$"),
+                                         list("-+0123456789"))
+_CommandLineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"
+               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"), list("-+0123456789."))
+
+
+def parse_scalar(raw: str):
+    """A value typed on the command line (`--set`, `--grid`), as _CommandLineLoader reads it."""
+    return yaml.load(raw, Loader=_CommandLineLoader)
+
+
 def parse_set(items: list[str]) -> dict:
-    """['train.lr=1e-6', 'dpo.beta=0.2'] -> nested dict; values are parsed as YAML scalars."""
+    """['train.lr=1e-6', 'dpo.beta=0.2'] -> nested dict; values are parsed by parse_scalar."""
     out: dict = {}
     for item in items:
         if "=" not in item:
             raise PobenchError(f"--set {item}: expected key=value")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_scalar(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise PobenchError(f"--set {item}: bad value for '{key.strip()}' ({getattr(e, 'problem', None) or 'not a YAML scalar'})") from None
         node = out

@@ -159,7 +159,7 @@ def test_numbers_coerce():
 def test_parse_set_nesting_and_values():
     got = parse_set(["train.lr=1e-6", "dpo.beta=0.2", "train.batch_size=8", "model.chat_template=a=b",
                      "data.eval_split=null", "a.b.c.d=true", "seed=3", "model.name_or_path=", " data.path = x.jsonl"])
-    assert got == {"train": {"lr": "1e-6", "batch_size": 8}, "dpo": {"beta": 0.2},
+    assert got == {"train": {"lr": 1e-6, "batch_size": 8}, "dpo": {"beta": 0.2},
                    "model": {"chat_template": "a=b", "name_or_path": ""}, "data": {"eval_split": None, "path": "x.jsonl"},
                    "a": {"b": {"c": {"d": True}}}, "seed": 3}
     assert parse_set([]) == {}
@@ -343,3 +343,14 @@ def test_a_resumed_run_may_change_how_often_it_saves_and_logs_but_nothing_it_com
     assert changed_keys(saved, cfg) == []
     saved["train"]["warmup_ratio"] = 0.5
     assert changed_keys(saved, cfg) == [f"train.warmup_ratio 0.5 -> {cfg.train.warmup_ratio!r}"]
+
+
+@pytest.mark.parametrize("raw, value", [("1e-6", 1e-6), ("-3e-7", -3e-7), ("5", 5), ("0.1", 0.1), ("true", True),
+                                        ("False", False), ("no", "no"), ("off", "off"), ("yes", "yes"),
+                                        ("None", None), ("null", None), ("~", None), ("none", "none"),
+                                        ("010", "010"), ("1:30", "1:30"), ("2026-11-27", "2026-11-27")])
+def test_command_line_values_read_as_yaml_1_2(raw, value):
+    """`--set eval.judge=off` was the boolean False (YAML 1.1), `--set data.eval_split=None` the string 'None',
+    `1e-6` a string and `1:30` the number 90."""
+    assert parse_set([f"x.y={raw}"]) == {"x": {"y": value}}
+    assert type(parse_set([f"x.y={raw}"])["x"]["y"]) is type(value)

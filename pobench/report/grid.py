@@ -15,6 +15,7 @@ import itertools
 
 import yaml
 
+from pobench.config import parse_scalar
 from pobench.errors import PobenchError
 
 
@@ -115,18 +116,11 @@ def default_keys(algo_defaults: dict[str, dict]) -> list[GridKey]:
 
 
 def _scalar(raw: str, key: str):
-    """A YAML scalar as --set reads it, except that YAML 1.1's strings '3e-7' and '1e-6' become the numbers they
-    look like (the config would coerce them anyway; the grid keeps numbers so that values compare)."""
+    """A value as --set reads it (pobench.config.parse_scalar: '3e-7' is a number, so grid values compare)."""
     try:
-        value = yaml.safe_load(raw)
+        return parse_scalar(raw)
     except yaml.YAMLError:
         raise PobenchError(f"--grid {key}: bad value {raw!r}") from None
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    return value
 
 
 def grid_points(keys: list[GridKey], algo: str) -> list[tuple[str, dict]]:
