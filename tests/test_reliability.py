@@ -206,3 +206,33 @@ def test_same_seed_and_config_give_identical_metrics(tmp_path, tiny_model_dir, m
     for seed, (a, b) in runs.items():
         assert len(a) == 2 and a == b, seed
     assert runs[1][0] != runs[2][0] and runs[2][0] != runs[3][0] and runs[1][0] != runs[3][0]
+
+
+def test_atomic_writes_and_the_checkpoint_swap_sync_their_folder(tmp_path, monkeypatch):
+    """A rename is durable only once its directory is synced: every atomic write syncs the folder it renamed in,
+    and the checkpoint swap syncs checkpoints/ before it deletes `.old`, the fallback."""
+    import os
+
+    import torch
+
+    from pobench.engine import checkpoint as CK
+    from pobench.engine.io import atomic_write_text
+
+    synced = []
+    real = os.fsync
+
+    def recording(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    atomic_write_text(tmp_path / "a.json", "{}")
+    assert synced[-1] == str(tmp_path) and str(tmp_path / ".a.json.tmp") in synced[-2]
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    for step in (1, 2):   # the second swaps `latest` out through `.old`
+        synced.clear()
+        CK.save_checkpoint(tmp_path, model, optimizer, scheduler, {"step": step})
+        assert synced[-1] == str(tmp_path / "checkpoints")
+    assert CK.find_checkpoint(tmp_path) == tmp_path / "checkpoints" / "latest"

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pobench import faults
-from pobench.engine.io import atomic_write_json
+from pobench.engine.io import atomic_write_json, fsync_dir
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -72,6 +72,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, state: dict, wit
         os.replace(latest, old)
     faults.kill_point("checkpoint_swap")
     os.replace(tmp, latest)
+    fsync_dir(root)   # both renames durable before `.old`, the fallback, goes
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -11,6 +11,21 @@ from pobench import faults
 from pobench.errors import PobenchError
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable: without it a power loss can bring back the old name's file (or none)
+    even though the new file's bytes reached the disk. Filesystems that cannot sync a directory are let be."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -19,6 +34,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def atomic_write_json(path: Path, data) -> None:
