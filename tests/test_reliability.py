@@ -236,3 +236,27 @@ def test_atomic_writes_and_the_checkpoint_swap_sync_their_folder(tmp_path, monke
         CK.save_checkpoint(tmp_path, model, optimizer, scheduler, {"step": step})
         assert synced[-1] == str(tmp_path / "checkpoints")
     assert CK.find_checkpoint(tmp_path) == tmp_path / "checkpoints" / "latest"
+
+
+def test_the_kernel_holds_the_lock_and_drops_it_with_its_owner(tmp_path):
+    """flock(2): another process holding the lock is refused whatever its file says (even emptied), and once that
+    process is killed the lock is free at once, with no stale file to judge or break."""
+    import signal
+    import subprocess
+    import sys
+    code = ("import sys, time; from pobench.engine.lock import RunLock; RunLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(120)")
+    owner = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline().strip() == "held"
+        with pytest.raises(PobenchError, match=f"in use by another pobench run \\(pid {owner.pid} on "):
+            RunLock(tmp_path).acquire()
+        (tmp_path / LOCK_NAME).write_text("")               # its name gone: still held
+        with pytest.raises(PobenchError, match="in use by another pobench run"):
+            RunLock(tmp_path).refuse_if_in_use()
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_NAME).exists()

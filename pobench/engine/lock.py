@@ -1,15 +1,19 @@
-"""One writer per run folder: `<run folder>/.lock`, created with O_EXCL and holding the owner's pid and host.
+"""One writer per run folder: `<run folder>/.lock`, held with flock(2) and holding the owner's pid and host.
 
 Two `pobench run`s aimed at the same results folder each lock every run folder they will write before writing
-anything; the second one stops with an error naming the owner, instead of sharing the folder. A lock whose pid is
-dead on this host (a crashed or killed run) is stale and is taken over, so `--resume` after a crash just works.
-A lock from another host cannot be checked from here: it is reported, and the user removes it when sure.
+anything; the second one stops with an error naming the owner, instead of sharing the folder. The kernel holds the
+lock for the owner's open file and drops it when the owner exits, however it exits: a crashed or killed run leaves
+a file that the next run simply locks, so `--resume` after a crash just works, and no two processes can both win
+(breaking a stale O_EXCL file by hand had a window where a third process could slip in). A lock file naming a live
+pobench process of this host that holds no flock (an older pobench) or another host (whose locks a network
+filesystem may not show here) is refused all the same: the user removes it when sure.
 Folders of different runs (other algorithms, seeds, suites) never share a lock, so runs of one comparison can go
 in parallel. The shared caches under `results/.cache` need no lock: every cache file is replaced atomically or
 appended one whole line at a time, and a lost race only recomputes an entry.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -41,26 +45,23 @@ def _alive(pid: int, start: str | None) -> bool:
 
 
 def _owner_text(owner: dict) -> str:
+    if not owner:
+        return "its owner is writing its name"
     return f"pid {owner.get('pid')} on {owner.get('host')} since {owner.get('since')}"
 
 
 class RunLock:
-    """`acquire()` or PobenchError; `release()` removes the lock if it is still ours."""
+    """`acquire()` or PobenchError; `release()` removes the lock file and drops the lock."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_NAME
         self.me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid()),
                    "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        self.held = False
+        self.fd: int | None = None
 
-    def _create(self) -> bool:
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(self.me, f)
-        return True
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
 
     def _read_owner(self) -> dict | None:
         try:
@@ -68,74 +69,76 @@ class RunLock:
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
-            return {}  # being written right now, or garbage: decided below by its age
+            return {}   # empty (created, not yet written) or garbage: no owner to name
 
-    def _is_stale(self, owner: dict) -> bool:
-        if not owner:  # unreadable: stale only once it is old enough not to be a lock being written
-            try:
-                return time.time() - self.path.stat().st_mtime > 60
-            except FileNotFoundError:
-                return True
-        if owner.get("host") != self.me["host"]:
-            return False
-        return not _alive(int(owner.get("pid", -1)), owner.get("start"))
+    def _flock(self, create: bool = True) -> int | None:
+        """An open descriptor of the lock file holding its flock, or None where another open file holds it."""
+        fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
 
-    def _break(self, owner: dict) -> None:
-        """Move the stale lock aside and delete it, unless what was moved is not the lock we judged (a racing
-        process took it over meanwhile): then put that one back, refusing to overwrite."""
-        aside = self.path.with_name(f"{LOCK_NAME}.stale{os.getpid()}")
-        try:
-            os.replace(self.path, aside)
-        except FileNotFoundError:
-            return
-        try:
-            moved = json.loads(aside.read_text())
-        except (OSError, ValueError):
-            moved = {}
-        if moved == owner:
-            aside.unlink(missing_ok=True)
-            return
-        try:
-            os.link(aside, self.path)  # fails if a new lock appeared: never overwrites one
-        except FileExistsError:
-            pass
-        aside.unlink(missing_ok=True)
+    def _refuse(self, owner: dict | None, held_elsewhere: bool) -> None:
+        """The in-use error, where the lock is held elsewhere or its file names a live owner this lock cannot see."""
+        owner = owner or {}
+        same_host = owner.get("host") in (None, self.me["host"])
+        live_here = same_host and owner.get("pid") not in (None, self.me["pid"]) and \
+            _alive(int(owner["pid"]), owner.get("start"))
+        if held_elsewhere or live_here or not same_host:
+            where = "" if same_host else f" (another host: remove {self.path} if that run is gone)"
+            raise PobenchError(f"{self.path.parent}: in use by another pobench run ({_owner_text(owner)}){where}; "
+                               f"wait for it, or choose another --out")
 
     def acquire(self) -> "RunLock":
         for _ in range(5):
-            if self._create():
-                self.held = True
-                return self
-            owner = self._read_owner()
-            if owner is None:
-                continue  # released between the two calls
-            self._refuse_if_live(owner)
-            self._break(owner)
+            fd = self._flock()
+            if fd is None:
+                self._refuse(self._read_owner(), held_elsewhere=True)
+                continue   # released between the two calls: try again
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if not same_file:   # its owner removed the file on release after we opened it: lock the new one
+                os.close(fd)
+                continue
+            try:
+                self._refuse(self._read_owner(), held_elsewhere=False)
+            except PobenchError:
+                os.close(fd)
+                raise
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(self.me).encode(), 0)
+            os.fsync(fd)
+            self.fd = fd
+            return self
         raise PobenchError(f"{self.path}: cannot take the run folder's lock (it keeps changing hands)")
-
-    def _refuse_if_live(self, owner: dict) -> None:
-        if not self._is_stale(owner):
-            where = "" if owner.get("host") in (None, self.me["host"]) else \
-                f" (another host: remove {self.path} if that run is gone)"
-            raise PobenchError(f"{self.path.parent}: in use by another pobench run ({_owner_text(owner)}){where}; "
-                               f"wait for it, or choose another --out")
 
     def refuse_if_in_use(self) -> None:
         """The error `acquire()` would give for a live owner, without taking the lock: a folder that a running run
         is writing is reported as in use, not as a finished or abandoned run."""
-        owner = self._read_owner()
-        if owner is not None:
-            self._refuse_if_live(owner)
+        try:
+            fd = self._flock(create=False)
+        except FileNotFoundError:
+            return
+        try:
+            self._refuse(self._read_owner(), held_elsewhere=fd is None)
+        finally:
+            if fd is not None:
+                os.close(fd)
 
     def release(self) -> None:
-        if not self.held:
+        if self.fd is None:
             return
-        self.held = False
+        fd, self.fd = self.fd, None
         try:
-            if json.loads(self.path.read_text()).get("pid") == self.me["pid"]:
-                self.path.unlink()
-        except (OSError, ValueError):
+            self.path.unlink()   # while still locked: a process that opened it meanwhile sees it gone and retries
+        except OSError:
             pass
+        os.close(fd)
 
     def __enter__(self):
         return self.acquire()
