@@ -241,3 +241,18 @@ def test_data_json_from_a_local_file_with_a_candidate_pool(tmp_path):
     assert len(records) == 4                                               # 6 records, the last 2 held out
     assert all(len(r["candidates"]) == len(r["scores"]) == 4 for r in records)
     assert "skipped rows: {'all_scores_tied': 3, 'nan_score': 3}" in result.stderr
+
+
+def test_list_json_names_every_registry(tmp_path):
+    """`pobench list --json`: the algorithms with their samplers and defaults, the suites, samplers, generation
+    backends, reward models and judges (the synthetic suite's gold reward among them, without loading the suite)."""
+    result = pobench(["list", "--json"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    listed = json.loads(result.stdout)
+    algos = {a["name"]: a for a in listed["algorithms"]}
+    assert {"dpo", "simpo", "rso", "mcpo", "onmcpo", "online_dpo"} <= set(algos)
+    assert algos["mcpo"]["defaults"]["tau"] == 1.0
+    assert {s["name"] for s in listed["suites"]} >= {"hh-rlhf", "ultrafeedback", "synthetic"}
+    assert {"transformers", "vllm"} <= {b["name"] for b in listed["generation_backends"]}
+    assert "gold:synthetic" in listed["judges"] and "gold:synthetic" in listed["reward_models"]
+    assert {s["name"] for s in listed["samplers"]} >= {"dataset_pair", "mc_kernel", "rso", "online_pool"}
