@@ -260,3 +260,22 @@ def test_the_kernel_holds_the_lock_and_drops_it_with_its_owner(tmp_path):
     with RunLock(tmp_path):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_filesystem_without_flock_still_locks_by_the_files_contents(tmp_path, monkeypatch):
+    """NFS without lockd answers flock with ENOLCK: the lock is then its file alone, as before flock, and a file
+    naming a live process of this host is refused (here pid 1, alive on any Linux)."""
+    import errno
+
+    from pobench.engine import lock as L
+
+    def no_locks(fd, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(L.fcntl, "flock", no_locks)
+    with RunLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_NAME).exists()
+    _write_lock(tmp_path, pid=1, host=socket.gethostname())
+    with pytest.raises(PobenchError, match="in use by another pobench run \\(pid 1 on "):
+        RunLock(tmp_path).acquire()

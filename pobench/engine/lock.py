@@ -13,6 +13,7 @@ appended one whole line at a time, and a lost race only recomputes an entry.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -71,15 +72,25 @@ class RunLock:
         except (OSError, ValueError):
             return {}   # empty (created, not yet written) or garbage: no owner to name
 
-    def _flock(self, create: bool = True) -> int | None:
-        """An open descriptor of the lock file holding its flock, or None where another open file holds it."""
-        fd = os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+    def _open(self, create: bool) -> int | None:
+        """The lock file opened for writing; None where it belongs to another user (it can only be read)."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
+            return os.open(self.path, os.O_RDWR | (os.O_CREAT if create else 0), 0o644)
+        except PermissionError:
             return None
-        return fd
+
+    def _flock(self, fd: int, how: int) -> bool:
+        """False where another open file holds the lock. A filesystem without flock (NFS without lockd, Lustre
+        mounted noflock) leaves the contents check alone, as pobench's locks were before flock."""
+        try:
+            fcntl.flock(fd, how | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)
+                raise
+        return True
 
     def _refuse(self, owner: dict | None, held_elsewhere: bool) -> None:
         """The in-use error, where the lock is held elsewhere or its file names a live owner this lock cannot see."""
@@ -93,11 +104,20 @@ class RunLock:
                                f"wait for it, or choose another --out")
 
     def acquire(self) -> "RunLock":
-        for _ in range(5):
-            fd = self._flock()
-            if fd is None:
-                self._refuse(self._read_owner(), held_elsewhere=True)
-                continue   # released between the two calls: try again
+        busy = 0
+        for _ in range(20):
+            fd = self._open(create=True)
+            if fd is None:   # another user's file: a live owner is refused, a dead one's file removed
+                self._refuse(self._read_owner(), held_elsewhere=False)
+                self.path.unlink(missing_ok=True)
+                continue
+            if not self._flock(fd, fcntl.LOCK_EX):
+                os.close(fd)
+                busy += 1
+                if busy >= 5:   # held all along, not a passing check (refuse_if_in_use) or a release
+                    self._refuse(self._read_owner(), held_elsewhere=True)
+                time.sleep(0.05)
+                continue
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
             except FileNotFoundError:
@@ -119,16 +139,20 @@ class RunLock:
 
     def refuse_if_in_use(self) -> None:
         """The error `acquire()` would give for a live owner, without taking the lock: a folder that a running run
-        is writing is reported as in use, not as a finished or abandoned run."""
+        is writing is reported as in use, not as a finished or abandoned run. It probes with a shared lock, which
+        an owner's exclusive one blocks (and an acquirer waits out)."""
         try:
-            fd = self._flock(create=False)
+            fd = self._open(create=False)
         except FileNotFoundError:
             return
+        if fd is None:
+            self._refuse(self._read_owner(), held_elsewhere=False)
+            return
+        free = self._flock(fd, fcntl.LOCK_SH)
         try:
-            self._refuse(self._read_owner(), held_elsewhere=fd is None)
+            self._refuse(self._read_owner(), held_elsewhere=not free)
         finally:
-            if fd is not None:
-                os.close(fd)
+            os.close(fd)
 
     def release(self) -> None:
         if self.fd is None:
