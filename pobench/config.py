@@ -233,11 +233,11 @@ _CommandLineLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"
 _CommandLineLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|None|)$"),
                                          ["~", "n", "N", ""])
 _CommandLineLoader.add_implicit_resolver("tag:yaml.org,2002:int",
-                                         re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$|^0x[0-9a-fA-F_]+$"),
+                                         re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$|^0x[0-9a-fA-F][0-9a-fA-F_]*$"),
                                          list("-+0123456789"))
 _CommandLineLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$|^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"
                r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"), list("-+0123456789."))
 
 
@@ -255,7 +255,7 @@ def parse_set(items: list[str]) -> dict:
         key, raw = item.split("=", 1)
         try:
             value = parse_scalar(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
+        except (yaml.YAMLError, ValueError) as e:
             raise PobenchError(f"--set {item}: bad value for '{key.strip()}' ({getattr(e, 'problem', None) or 'not a YAML scalar'})") from None
         node = out
         parts = key.strip().split(".")

@@ -348,7 +348,8 @@ def test_a_resumed_run_may_change_how_often_it_saves_and_logs_but_nothing_it_com
 @pytest.mark.parametrize("raw, value", [("1e-6", 1e-6), ("-3e-7", -3e-7), ("5", 5), ("0.1", 0.1), ("true", True),
                                         ("False", False), ("no", "no"), ("off", "off"), ("yes", "yes"),
                                         ("None", None), ("null", None), ("~", None), ("none", "none"),
-                                        ("010", "010"), ("1:30", "1:30"), ("2026-11-27", "2026-11-27")])
+                                        ("010", "010"), ("1:30", "1:30"), ("2026-11-27", "2026-11-27"),
+                                        ("0x_", "0x_"), ("._", "._"), ("0x1F", 31), (".5", 0.5)])
 def test_command_line_values_read_as_yaml_1_2(raw, value):
     """`--set eval.judge=off` was the boolean False (YAML 1.1), `--set data.eval_split=None` the string 'None',
     `1e-6` a string and `1:30` the number 90."""

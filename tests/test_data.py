@@ -626,7 +626,7 @@ def test_a_runs_data_line_keeps_each_splits_skip_counts():
     assert describe_loaded({**report, "train_skipped": {}, "eval_skipped": {}}).count("skipped") == 0
 
 
-@pytest.mark.parametrize("splits", [["train"], ["train", "test"]])
+@pytest.mark.parametrize("splits", [["train"], ["train", "test"], ["train", "test[:10]"]])
 def test_a_hub_dataset_without_a_held_out_split_is_carved(monkeypatch, splits):
     """`--data someone/prefs` with only a train split on the hub: the last data.eval_size records are held out, as
     for a local file (reading the missing split was an error). With a test split, that split is read. The hub is a
@@ -645,11 +645,13 @@ def test_a_hub_dataset_without_a_held_out_split_is_carved(monkeypatch, splits):
         return datasets.Dataset.from_list(rows[:30] if split == "train" else rows[30:])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda path, data_dir=None: list(splits))
-    data = load_suite_data(DataConfig(path="someone/prefs", hub_id="", schema="hh", eval_size=4))
+    monkeypatch.setattr(datasets, "get_dataset_split_names",
+                        lambda path, data_dir=None: [s.split("[")[0] for s in splits])   # the hub lists no slices
+    eval_split = splits[-1] if len(splits) > 1 else "test"
+    data = load_suite_data(DataConfig(path="someone/prefs", hub_id="", schema="hh", eval_size=4, eval_split=eval_split))
     if splits == ["train"]:
         assert read == ["train"] and data.report["eval_source"] == "hub:someone/prefs[train] (last 4 records)"
         assert len(data.train) + len(data.eval) == 30 - sum(data.report["train_skipped"].values())
     else:
-        assert read == ["train", "test"] and data.report["eval_source"] == "hub:someone/prefs[test]"
+        assert read == ["train", eval_split] and data.report["eval_source"] == f"hub:someone/prefs[{eval_split}]"
     assert len(data.eval) == 4

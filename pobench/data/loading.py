@@ -177,8 +177,8 @@ def source_has_split(path: str, split: str, hub_data_dir: str | None = None) -> 
     if path.startswith((".", "/", "~")):
         return True   # a missing local path: read_rows names it
     import datasets
-    try:
-        return split in datasets.get_dataset_split_names(path, data_dir=hub_data_dir)
+    try:   # a sliced split (`test[:500]`) is there when its split is
+        return split.split("[")[0] in datasets.get_dataset_split_names(path, data_dir=hub_data_dir)
     except Exception:
         return True
 

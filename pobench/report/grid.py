@@ -119,7 +119,7 @@ def _scalar(raw: str, key: str):
     """A value as --set reads it (pobench.config.parse_scalar: '3e-7' is a number, so grid values compare)."""
     try:
         return parse_scalar(raw)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):
         raise PobenchError(f"--grid {key}: bad value {raw!r}") from None
 
 
