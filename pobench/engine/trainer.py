@@ -228,8 +228,8 @@ def pair_metrics(out, policy: SeqLogps, prefix: str = "") -> dict:
         f"{prefix}rewards/chosen": out.chosen_rewards.mean().item(),
         f"{prefix}rewards/rejected": out.rejected_rewards.mean().item(),
         f"{prefix}rewards/margins": margins.mean().item(),
-        # a tie (equal rewards: every pair before training, for a loss with a reference) counts half, as in TRL's
-        # successors and AlpacaEval: no preference is no better than a coin
+        # a tie (equal rewards: every pair before training, for a loss with a reference) counts half, as a tie does
+        # in a win rate: no preference is no better than a coin (TRL's strict > counts it wrong)
         f"{prefix}rewards/accuracies": ((margins > 0).float() + 0.5 * (margins == 0).float()).mean().item(),
         f"{prefix}logps/chosen": policy.chosen.mean().item(),
         f"{prefix}logps/rejected": policy.rejected.mean().item(),

@@ -157,4 +157,5 @@ def pool_for(store: PoolStore, prompt_ids: list[int]) -> tuple[list[str], list[f
     entry = store.entries.get(prompt_key(prompt_ids))
     if entry is None:
         raise PobenchError("internal: a candidate pool is missing after generation")
+    # every stored entry has carried `finished` since the store began; a hand-made one without it reads as ended
     return entry["candidates"], entry["scores"], entry.get("finished") or [True] * len(entry["candidates"])
