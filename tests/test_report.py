@@ -273,7 +273,7 @@ def test_leaderboard_takes_the_best_point_on_validation_never_on_test(tmp_path):
     acc = {r["algo"]: r for r in conv["metrics"]["eval/rewards/accuracies"]}
     # seed 1 of dpo beta=0.1: 0.5 -> 0.59 -> 0.68; at 24 pairs: 0.545; over three seeds 0.545, 0.55, 0.555
     assert acc["dpo"]["at"][0]["mean"] == pytest.approx(0.55)
-    assert acc["dpo"]["records_to_target"]["mean"] == pytest.approx(mean_ci([48 + 48 * 0.01 / 0.09, 48, 48 - 48 * 0.01 / 0.11])["mean"])
+    assert acc["dpo"]["to_target"]["mean"] == pytest.approx(mean_ci([48 + 48 * 0.01 / 0.09, 48, 48 - 48 * 0.01 / 0.11])["mean"])
     assert acc["dpo"]["reached"] == "3/3" and acc["simpo"]["reached"] == "1/1"
 
 
@@ -694,6 +694,15 @@ def test_convergence_runs_on_the_shared_budget_of_records_not_on_pairs(tmp_path)
     assert conv["x_max"] == 96
     acc = {r["algo"]: r for r in conv["metrics"]["eval/rewards/accuracies"]}
     assert acc["rso"]["at"][-1]["mean"] == pytest.approx(0.65) and acc["dpo"]["at"][-1]["mean"] == pytest.approx(0.7)
+    # --axis pairs, as asked: RSO's curve is read at its first quarter (pairs 96 = records 24: 0.5 -> 0.55 at 48)
+    by_pairs, _, _ = build_report(tmp_path, axis="pairs")
+    conv = by_pairs["suites"][0]["convergence"]
+    assert conv["axis"] == "pairs_seen" and conv["x_max"] == 96
+    acc = {r["algo"]: r for r in conv["metrics"]["eval/rewards/accuracies"]}
+    assert acc["rso"]["at"][-1]["mean"] == pytest.approx(0.525)
+    assert "@96 pairs" in to_markdown(sections(by_pairs))
+    with pytest.raises(PobenchError, match="--axis steps: choose one of records, pairs"):
+        build_report(tmp_path, axis="steps")
     (rso / "config.yaml").write_text("suite: hh-rlhf\nseed: 1\n")                          # no batch size anywhere
     conv = build_report(tmp_path)[0]["suites"][0]["convergence"]
     assert conv["x_max"] == 96

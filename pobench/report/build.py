@@ -5,20 +5,24 @@ from pathlib import Path
 
 from pobench.errors import PobenchError
 from pobench.report.collect import collect
-from pobench.report.convergence import DEFAULT_TARGET, accuracy_auc_by_run, convergence, matched_kl
+from pobench.report.convergence import AXES, DEFAULT_TARGET, accuracy_auc_by_run, convergence, matched_kl
 from pobench.report.leaderboard import about, grid_table, leaderboard, spread
 from pobench.report.versus import DEFAULT_BASELINE, NO_BASELINE, versus
 
 
 def build_report(root: Path, select: str = "acc", points: list[float] | None = None,
                  target: float = DEFAULT_TARGET, suites: list[str] | None = None,
-                 baseline: str = DEFAULT_BASELINE) -> tuple[dict, object, object]:
+                 baseline: str = DEFAULT_BASELINE, axis: str = "records") -> tuple[dict, object, object]:
     """(report, runs, curves): the report dict is what --format json prints; runs and curves (pandas) feed
     the plots. `baseline`: the algorithm every other one is compared with, seed by seed ("none": no comparison;
-    the default, DPO, only in suites that have it)."""
+    the default, DPO, only in suites that have it). `axis`: what the convergence tables and plots run on, records
+    (the shared budget) or pairs."""
     from pobench.report.grid import SELECT
     if select not in SELECT:
         raise PobenchError(f"--select {select}: choose one of {', '.join(SELECT)}")
+    if axis not in AXES:
+        raise PobenchError(f"--axis {axis}: choose one of {', '.join(AXES)}")
+    x = AXES[axis]
     runs, curves = collect(Path(root))
     if runs.empty:
         raise PobenchError(f"{root}: no finished runs (no */train_summary.json); run `pobench run` first")
@@ -32,10 +36,10 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
         raise PobenchError(f"--baseline {baseline}: no runs of that algorithm under {root} "
                            f"(found: {', '.join(sorted(set(runs['algo'])))}; 'none' turns the comparison off)")
     report = {"results": str(root), "selection": {"metric": select, "target": target},
-              "baseline": None if baseline == NO_BASELINE else baseline, "suites": []}
+              "baseline": None if baseline == NO_BASELINE else baseline, "axis": x, "suites": []}
     for suite, suite_runs in runs.groupby("suite", sort=True):
         suite_curves = curves[curves["suite"] == suite]
-        auc = accuracy_auc_by_run(suite_curves)
+        auc = accuracy_auc_by_run(suite_curves, x)
         chosen, grid_rows = grid_table(suite_runs, auc, select)
         spreads = spread(grid_rows)
         report["suites"].append({
@@ -44,7 +48,7 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
             "grid": grid_rows if any(s["points"] > 1 for s in spreads.values()) else [],
             "spread": spreads,
             "versus": versus(suite_runs, chosen, baseline, auc) if baseline != NO_BASELINE else None,
-            "convergence": convergence(suite_curves, chosen, points, target),
+            "convergence": convergence(suite_curves, chosen, points, target, x),
             "matched_kl": matched_kl(suite_curves, chosen),
         })
     return report, runs, curves

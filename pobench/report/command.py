@@ -18,9 +18,9 @@ def _points(text: str | None) -> list[float] | None:
     try:
         points = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise PobenchError(f"--points {text}: expected comma-separated records_seen values, e.g. 48,96") from None
+        raise PobenchError(f"--points {text}: expected comma-separated values of the --axis, e.g. 48,96") from None
     if not points or any(p < 0 for p in points) or points != sorted(points):
-        raise PobenchError(f"--points {text}: expected increasing non-negative records_seen values")
+        raise PobenchError(f"--points {text}: expected increasing non-negative values of the --axis")
     return points
 
 
@@ -32,9 +32,12 @@ def report(
     suite: Optional[str] = typer.Option(None, "--suite", help="Comma-separated suites to report (default: all)."),
     select: str = typer.Option("acc", "--select", help="Validation metric that picks each algorithm's best grid "
                                "point: acc (held-out pair accuracy, max) or loss (held-out loss, min)."),
-    points: Optional[str] = typer.Option(None, "--points", help="records_seen points (training records consumed) of the convergence tables "
+    points: Optional[str] = typer.Option(None, "--points", help="Points of the convergence tables, in --axis units "
                                          "(default: 4 evenly spaced up to the range every run covers)."),
     target: float = typer.Option(0.6, "--target", help="Held-out reward accuracy for 'records to target'."),
+    axis: str = typer.Option("records", "--axis", help="What convergence tables and plots run on: records (training "
+                             "records seen, the budget all algorithms share) or pairs (pairs seen, each algorithm's "
+                             "own count per record)."),
     baseline: str = typer.Option("dpo", "--baseline", help="Compare every other algorithm with this one, seed by "
                                  "seed and prompt by prompt (suites without it are skipped); 'none': no comparison."),
 ):
@@ -45,7 +48,7 @@ def report(
     if format_ not in FORMATS:
         raise PobenchError(f"--format {format_}: choose one of {', '.join(FORMATS)}")
     suites = [s.strip() for s in suite.split(",") if s.strip()] if suite else None
-    rep, runs, curves = build_report(results, select, _points(points), target, suites, baseline)
+    rep, runs, curves = build_report(results, select, _points(points), target, suites, baseline, axis)
     secs = render.sections(rep)
     written = []
     with tempfile.TemporaryDirectory() as tmp:  # html without --plots: the PNGs live only until embedded

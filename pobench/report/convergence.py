@@ -11,23 +11,25 @@ HEADLINE = (ACCURACY, "eval/rewards/margins", "eval/loss", "gold/win_rate", "gol
 # shares. Not pairs: pairs per record are the algorithm's own (RSO trains up to k/2 per record, a ranking objective
 # one per candidate), and on a pairs axis RSO's first quarter of training was compared with DPO's whole run.
 BUDGET = "records_seen"
+AXES = {"records": BUDGET, "pairs": "pairs_seen"}   # `pobench report --axis`: pairs for pairs' sake (DESIGN's view)
+UNITS = {v: k for k, v in AXES.items()}
 DEFAULT_TARGET = 0.6   # held-out reward accuracy a run must reach for "records to target" (chance is 0.5)
 DEFAULT_POINTS = 4     # evenly spaced budget points up to the range every run of the suite covers
 
 
-def run_curves(curves) -> dict:
-    """{(algo, grid_point, seed): curve rows sorted by the budget} of one suite's curve table."""
+def run_curves(curves, x: str = BUDGET) -> dict:
+    """{(algo, grid_point, seed): curve rows sorted by x} of one suite's curve table."""
     out = {}
     for key, frame in curves.groupby(["algo", "grid_point", "seed"], sort=True):
-        out[key] = frame.sort_values(BUDGET, kind="stable")
+        out[key] = frame.sort_values(x if x in frame else "step", kind="stable")
     return out
 
 
-def common_range(by_run: dict, metric: str = ACCURACY) -> float | None:
-    """The largest budget every run has evaluated `metric` at: curves compare only over a shared range."""
+def common_range(by_run: dict, metric: str = ACCURACY, x: str = BUDGET) -> float | None:
+    """The largest x every run has evaluated `metric` at: curves compare only over a shared range."""
     ends = []
     for frame in by_run.values():
-        xs = frame.loc[frame[metric].notna(), BUDGET].dropna() if metric in frame and BUDGET in frame else []
+        xs = frame.loc[frame[metric].notna(), x].dropna() if metric in frame and x in frame else []
         if len(xs) and xs.max() > 0:   # a run without its budget logged, or not trained, bounds nothing
             ends.append(float(xs.max()))
     return min(ends) if ends else None
@@ -39,18 +41,19 @@ def default_points(x_max: float | None, n: int = DEFAULT_POINTS) -> list[float]:
     return [round(x_max * i / n, 2) for i in range(1, n + 1)]
 
 
-def curve(frame, metric: str) -> tuple[list, list]:
-    if metric not in frame:
+def curve(frame, metric: str, x: str = BUDGET) -> tuple[list, list]:
+    if metric not in frame or x not in frame:
         return [], []
-    rows = frame[frame[metric].notna()]
-    return rows[BUDGET].tolist(), rows[metric].tolist()
+    rows = frame[frame[metric].notna() & frame[x].notna()]
+    return rows[x].tolist(), rows[metric].tolist()
 
 
-def run_summary(frame, metric: str, points: list[float], x_max: float | None, target: float | None) -> dict:
-    x, y = curve(frame, metric)
-    return {"at": interpolate_at(x, y, points),
-            "auc": area_under_curve(x, y, x_max) if x_max else None,
-            "to_target": x_at_target(x, y, target) if target is not None else None}
+def run_summary(frame, metric: str, points: list[float], x_max: float | None, target: float | None,
+                x: str = BUDGET) -> dict:
+    xs, ys = curve(frame, metric, x)
+    return {"at": interpolate_at(xs, ys, points),
+            "auc": area_under_curve(xs, ys, x_max) if x_max else None,
+            "to_target": x_at_target(xs, ys, target) if target is not None else None}
 
 
 def eval_metrics(curves) -> list[str]:
@@ -60,18 +63,19 @@ def eval_metrics(curves) -> list[str]:
     return [k for k in HEADLINE if k in keys] + sorted(k for k in keys if k not in HEADLINE)
 
 
-def convergence(curves, chosen: dict, points: list[float] | None = None, target: float = DEFAULT_TARGET) -> dict:
+def convergence(curves, chosen: dict, points: list[float] | None = None, target: float = DEFAULT_TARGET,
+                x: str = BUDGET) -> dict:
     """One suite: for every algorithm at its chosen grid point, each eval/* metric at `points` (mean and CI over
     seeds), its area under the curve over [0, x_max] (the mean value over training), and, for held-out
     accuracy, the records needed to reach `target` (mean over the seeds that reached it, and how many did)."""
-    by_run = run_curves(curves)
-    x_max = common_range(by_run)
+    by_run = run_curves(curves, x)
+    x_max = common_range(by_run, x=x)
     points = list(points) if points else default_points(x_max)
-    out = {"points": points, "x_max": x_max, "target": target, "metrics": {}}
+    out = {"axis": x, "points": points, "x_max": x_max, "target": target, "metrics": {}}
     for metric in eval_metrics(curves):
         rows = []
         for algo, point in chosen.items():
-            seeds = [run_summary(f, metric, points, x_max, target if metric == ACCURACY else None)
+            seeds = [run_summary(f, metric, points, x_max, target if metric == ACCURACY else None, x)
                      for (a, g, _), f in by_run.items() if a == algo and g == point]
             if not seeds:
                 continue
@@ -80,18 +84,18 @@ def convergence(curves, chosen: dict, points: list[float] | None = None, target:
                 "algo": algo, "grid_point": point, "seeds": len(seeds),
                 "at": [mean_ci([s["at"][i] for s in seeds]) for i in range(len(points))],
                 "auc": mean_ci([s["auc"] for s in seeds]),
-                **({"records_to_target": mean_ci(reached), "reached": f"{len(reached)}/{len(seeds)}"}
+                **({"to_target": mean_ci(reached), "reached": f"{len(reached)}/{len(seeds)}"}
                    if metric == ACCURACY else {}),
             })
         out["metrics"][metric] = rows
     return out
 
 
-def accuracy_auc_by_run(curves) -> dict:
+def accuracy_auc_by_run(curves, x: str = BUDGET) -> dict:
     """{(algo, grid_point, seed): held-out accuracy AUC over the suite's common range}: the grid tie-break."""
-    by_run = run_curves(curves)
-    x_max = common_range(by_run)
-    return {k: (area_under_curve(*curve(f, ACCURACY), x_max) if x_max else None) for k, f in by_run.items()}
+    by_run = run_curves(curves, x)
+    x_max = common_range(by_run, x=x)
+    return {k: (area_under_curve(*curve(f, ACCURACY, x), x_max) if x_max else None) for k, f in by_run.items()}
 
 
 FRONTIER = ("gold/kl", "gold/reward")  # (KL, reward) logged at evaluation steps by suites with a known reward

@@ -60,7 +60,7 @@ def _panel(ax, frames_by_algo: dict, metric: str, title: str, x: str = BUDGET, w
             ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
         drawn = True
     ax.set_title(title, fontsize=10)
-    ax.set_xlabel("training time (s)" if x == "time_s" else "training records seen")
+    ax.set_xlabel({"time_s": "training time (s)", "pairs_seen": "pairs seen"}.get(x, "training records seen"))
     ax.grid(alpha=0.3)
     if drawn:
         ax.legend(fontsize=8)
@@ -71,29 +71,31 @@ def frames_by_algo(curves, chosen: dict) -> dict:
     out = {}
     for algo, point in chosen.items():
         sel = curves[(curves["algo"] == algo) & (curves["grid_point"] == point)]
-        out[algo] = [f.sort_values(BUDGET, kind="stable") for _, f in sel.groupby("seed", sort=True)]
+        out[algo] = [f.sort_values("step", kind="stable") for _, f in sel.groupby("seed", sort=True)]
     return out
 
 
-def plot_suite(suite: str, curves, runs, chosen: dict, out_dir: Path) -> list[tuple[str, Path]]:
-    """Write this suite's PNGs into out_dir; returns [(caption, path)]."""
+def plot_suite(suite: str, curves, runs, chosen: dict, out_dir: Path, x: str = BUDGET) -> list[tuple[str, Path]]:
+    """Write this suite's PNGs into out_dir, curves against `x` (records_seen or pairs_seen) and training time;
+    returns [(caption, path)]."""
     plt = _pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     by_algo = frames_by_algo(curves[curves["suite"] == suite], chosen)
     written = []
-    train_only = {a: [f[f[BUDGET] > 0] for f in fs] for a, fs in by_algo.items()}  # step 0 has no training loss
+    train_only = {a: [f[f["step"] > 0] for f in fs] for a, fs in by_algo.items()}  # step 0 has no training loss
     steps = max((len(f) for fs in train_only.values() for f in fs), default=1)
     window = max(1, steps // 10)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, (metric, title) in zip(axes, TRAIN_PANELS):
-        _panel(ax, train_only, metric, title + (f" (rolling mean of {window} steps)" if window > 1 else ""), window=window)
+        _panel(ax, train_only, metric, title + (f" (rolling mean of {window} steps)" if window > 1 else ""), x=x,
+               window=window)
     fig.suptitle(f"{suite}: training curves (band = min-max over seeds)")
     fig.tight_layout()
     written.append((f"{suite}: training curves", _save(fig, out_dir / f"{suite}-training.png", plt)))
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for ax, (metric, title) in zip(axes.flat, EVAL_PANELS):
-        _panel(ax, by_algo, metric, title, marker="o")
+        _panel(ax, by_algo, metric, title, x=x, marker="o")
     _panel(axes.flat[3], by_algo, ACCURACY, "held-out reward accuracy against training time", x="time_s", marker="o")
     fig.suptitle(f"{suite}: held-out convergence (band = min-max over seeds)")
     fig.tight_layout()
@@ -101,7 +103,7 @@ def plot_suite(suite: str, curves, runs, chosen: dict, out_dir: Path) -> list[tu
 
     if any(c.startswith("gold/") for c in curves.columns) and any(
             "gold/reward" in f and f["gold/reward"].notna().any() for fs in by_algo.values() for f in fs):
-        written.append((f"{suite}: gold metrics", _gold_figure(suite, by_algo, out_dir, plt)))
+        written.append((f"{suite}: gold metrics", _gold_figure(suite, by_algo, out_dir, plt, x)))
 
     frontier = runs[(runs["suite"] == suite)]
     if {"kl", "reward_mean"} <= set(frontier.columns) and frontier[["kl", "reward_mean"]].notna().all(axis=1).any():
@@ -120,12 +122,12 @@ def plot_suite(suite: str, curves, runs, chosen: dict, out_dir: Path) -> list[tu
     return written
 
 
-def _gold_figure(suite: str, by_algo: dict, out_dir: Path, plt) -> Path:
+def _gold_figure(suite: str, by_algo: dict, out_dir: Path, plt, x: str = BUDGET) -> Path:
     """A suite with a known reward: gold win rate and reward against training records seen, and the reward-KL frontier
     (gold reward against gold KL at each evaluation; one line per seed, since KL need not grow monotonically)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    _panel(axes[0], by_algo, "gold/win_rate", "gold win rate against the reference", marker="o")
-    _panel(axes[1], by_algo, "gold/reward", "gold reward", marker="o")
+    _panel(axes[0], by_algo, "gold/win_rate", "gold win rate against the reference", x=x, marker="o")
+    _panel(axes[1], by_algo, "gold/reward", "gold reward", x=x, marker="o")
     ax = axes[2]
     for i, (algo, frames) in enumerate(by_algo.items()):
         for j, f in enumerate(frames):
@@ -199,7 +201,7 @@ def plot_report(report: dict, runs, curves, out_dir: Path) -> list[tuple[str, Pa
     written = []
     for s in report["suites"]:
         chosen = {r["algo"]: r["grid_point"] for r in s["leaderboard"]}
-        written += plot_suite(s["suite"], curves, runs, chosen, Path(out_dir))
+        written += plot_suite(s["suite"], curves, runs, chosen, Path(out_dir), report.get("axis") or BUDGET)
         against = versus_figure(s, Path(out_dir), _pyplot())
         if against:
             written.append((f"{s['suite']}: against {s['versus']['baseline']}", against))

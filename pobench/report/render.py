@@ -7,7 +7,7 @@ import dataclasses
 import io
 import json
 
-from pobench.report.convergence import ACCURACY
+from pobench.report.convergence import ACCURACY, UNITS
 from pobench.report.leaderboard import METRICS
 from pobench.report.versus import ACC_AUC, DELTA_METRICS, SOFTWARE
 
@@ -192,20 +192,23 @@ def convergence_sections(s: dict, metrics=tuple(CURVE_TITLES)) -> list[Section]:
         if not rows:
             continue
         is_acc = metric == ACCURACY
-        columns = ["algo"] + [f"@{fmt_point(p)} records" for p in conv["points"]] + [f"AUC 0-{fmt_point(conv['x_max'])}"]
+        unit = UNITS.get(conv.get("axis"), "records")
+        columns = ["algo"] + [f"@{fmt_point(p)} {unit}" for p in conv["points"]] + [f"AUC 0-{fmt_point(conv['x_max'])}"]
         if is_acc:
-            columns += [f"records to {conv['target']:g}", "reached"]
+            columns += [f"{unit} to {conv['target']:g}", "reached"]
         body = []
         for r in rows:
             cells = [r["algo"]] + [fmt_ci(ci) for ci in r["at"]] + [fmt_ci(r["auc"])]
             if is_acc:
-                cells += [fmt_ci(r["records_to_target"], 0), r["reached"]]
+                cells += [fmt_ci(r["to_target"], 0), r["reached"]]
             body.append(cells)
-        caption = [f"{metric} interpolated linearly between evaluations at fixed records_seen, the training budget "
-                   f"(steps x global batch; records 0 = before training); AUC = mean value over records "
-                   f"0-{fmt_point(conv['x_max'])}, the range every run covers; " + CI_NOTE]
+        along = ("records_seen, the training budget (steps x global batch; records 0 = before training)"
+                 if unit == "records" else "pairs_seen (pairs 0 = before training; pairs per record are each "
+                 "algorithm's own: --axis records compares equal budgets)")
+        caption = [f"{metric} interpolated linearly between evaluations at fixed {along}; AUC = mean value over "
+                   f"{unit} 0-{fmt_point(conv['x_max'])}, the range every run covers; " + CI_NOTE]
         if is_acc:
-            caption.append(f"records to {conv['target']:g}: first crossing, interpolated; mean over the seeds that "
+            caption.append(f"{unit} to {conv['target']:g}: first crossing, interpolated; mean over the seeds that "
                            f"reached it")
         out.append(Section(f"convergence: {CURVE_TITLES[metric]} ({s['suite']})", caption, columns, body))
     return out
