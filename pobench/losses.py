@@ -32,9 +32,9 @@ def ranking_nce_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, b
     L = -log( exp r(y_w) / (exp r(y_w) + sum_m exp r(y_m)) ),  r(y) = beta * (log pi(y) - log ref(y)).
 
     Rows are (y_w, y_m) pairs; `group` [B] says which record each row belongs to (None: every row its own record,
-    where the loss is DPO's sigmoid loss exactly). Each row carries its record's loss, so with M rows per record
-    the trainer's mean over rows is the mean over records; with unequal groups (ranking_nce_pool: pools without
-    their duplicates) a record weighs by its row count. Returns (losses, chosen_rewards, rejected_rewards)."""
+    where the loss is DPO's sigmoid loss exactly). Each row carries its record's loss; the trainer weighs a
+    record's rows 1/M (engine/trainer.py pair_weights), so its mean is over records even where groups differ in
+    size (ranking_nce_pool: pools without their duplicates). Returns (losses, chosen_rewards, rejected_rewards)."""
     chosen = beta * (policy_chosen - ref_chosen)
     rejected = beta * (policy_rejected - ref_rejected)
     rows = torch.arange(len(chosen), device=chosen.device)

@@ -292,3 +292,26 @@ def test_the_kernel_scores_the_implicit_reward_against_the_reference():
     assert scores.tolist() == pytest.approx([0.1 * (-0.2 - 0.0), 0.1 * (-0.3 + 1.0), 0.1 * (-0.4 - 0.0)])
     assert drawn(s([rec], ctx)[0]) == [[30]]                          # against a zero reference: [20]
     assert drawn(s([rec], kernel_context())[0]) == [[20]]
+
+
+def test_ranking_nce_pool_counts_every_record_once_whatever_its_pool_size(tmp_path, tiny_model_dir, pool_data):
+    """Pools of 1 and 3 candidates (rows with two answers, rows with four): the step's loss is the mean over records
+    of log(1 + L_r) at step 1, not the mean over pairs (which weighed a record by its pool's size), and splitting
+    the step into micro-batches changes nothing."""
+    uneven = tmp_path / "uneven.jsonl"
+    rows = [json.loads(line) for line in pool_data.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        if i % 2:
+            row["all_generated_responses"], row["all_rm_scores"] = row["all_generated_responses"][:2], [4.0, 1.0]
+    uneven.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = dict(algo="mcpo", data_path=str(uneven), max_steps=2, lr=1e-2,
+                    algorithm={"num_candidates": 3, "objective": "ranking_nce_pool"})
+    for accum in (1, 2):
+        run_train(tmp_path / f"a{accum}", tiny_model_dir, cache=tmp_path / "cache", grad_accum=accum, **settings)
+    one, two = metrics(tmp_path / "a1"), metrics(tmp_path / "a2")
+    share_of_3 = (one[0]["sampler/pool_size"] - 1) / 2              # pools of 1 and 3 only
+    assert 0 < share_of_3 < 1
+    by_record = (1 - share_of_3) * math.log(2) + share_of_3 * math.log(4)
+    by_pair = ((1 - share_of_3) * math.log(2) + 3 * share_of_3 * math.log(4)) / (1 + 2 * share_of_3)
+    assert one[0]["loss"] == pytest.approx(by_record, abs=1e-5) and abs(by_record - by_pair) > 1e-2
+    assert two[1]["loss"] == pytest.approx(one[1]["loss"], rel=1e-4)

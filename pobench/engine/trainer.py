@@ -12,6 +12,7 @@ import math
 import os
 import time
 import types
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -124,6 +125,13 @@ def micro_batches(pairs: list[TokenizedPair], n: int) -> list[list[TokenizedPair
     return out
 
 
+def pair_weights(pairs: list[TokenizedPair]) -> list[float]:
+    """Each pair's share of the step's mean: 1 for a pair of its own, 1/n for each of a record's n pairs (ranking
+    objectives), so that a record counts once however many negatives its pool gave (pools lose duplicates)."""
+    sizes = Counter(p.group for p in pairs if p.group is not None)
+    return [1.0 if p.group is None else 1.0 / sizes[p.group] for p in pairs]
+
+
 def pair_groups(pairs: list[TokenizedPair]) -> torch.Tensor | None:
     """Which record each pair of a micro-batch came from, for ranking objectives (None: one pair per record)."""
     if all(p.group is None for p in pairs):
@@ -221,10 +229,13 @@ def gather_step(out, policy: SeqLogps, accelerator):
     return out, policy
 
 
-def pair_metrics(out, policy: SeqLogps, prefix: str = "") -> dict:
+def pair_metrics(out, policy: SeqLogps, prefix: str = "", weights: list[float] | None = None) -> dict:
+    """TRL's metrics of a step's (or the held-out) pairs; `loss` is the mean the step optimised (pair_weights)."""
     margins = out.chosen_rewards - out.rejected_rewards
+    loss = out.losses.mean().item() if weights is None or all(w == 1.0 for w in weights) else \
+        float((out.losses.double() * torch.tensor(weights, dtype=torch.float64)).sum() / sum(weights))
     return {
-        f"{prefix}loss": out.losses.mean().item(),
+        f"{prefix}loss": loss,
         f"{prefix}rewards/chosen": out.chosen_rewards.mean().item(),
         f"{prefix}rewards/rejected": out.rejected_rewards.mean().item(),
         f"{prefix}rewards/margins": margins.mean().item(),
@@ -555,10 +566,13 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
             torch.cuda.reset_peak_memory_stats()
         ctx.step = step
         pairs, sampler_metrics = sampler(batch_at(step), ctx)
-        # DDP/FSDP average gradients over ranks: dividing each rank's loss sum by the mean pairs per rank makes that
-        # average the gradient of the global batch's mean, even where a sampler gives ranks unequal pair counts
+        # DDP/FSDP average gradients over ranks: dividing each rank's weighted loss sum by the mean weight per rank
+        # makes that average the gradient of the global batch's mean (over records where a ranking objective gives
+        # a record several pairs), even where a sampler gives ranks unequal pair counts
         step_pairs = D.sum_over_ranks(len(pairs), accelerator)
-        pairs_per_rank = step_pairs / world
+        weights = pair_weights(pairs)
+        units_per_rank = (D.sum_over_ranks(sum(weights), accelerator) if any(p.group is not None for p in pairs)
+                          else step_pairs) / world
         collate = collate_pairs_shared if tc.shared_prompt else collate_pairs
         step_logs, tokens = [], 0
         chunks = micro_batches(pairs, tc.grad_accum)
@@ -577,8 +591,10 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                 reference = refcache.lookup(chunk, device) if refcache else None
                 out = algo.loss(policy, reference, params)
                 check_finite_loss(out.losses, step + 1, run_dir)
-                # sum / pairs: accumulated micro-batches give the gradient of the full batch's mean
-                accelerator.backward(out.losses.sum() / pairs_per_rank)
+                # weighted sum / units: accumulated micro-batches give the gradient of the full batch's mean
+                total = out.losses.sum() if policy.group is None else \
+                    (out.losses * torch.tensor(pair_weights(chunk), device=out.losses.device)).sum()
+                accelerator.backward(total / units_per_rank)
             step_logs.append((out, policy))
         # max_grad_norm 0 = no clipping; the norm is still measured (clipping at inf), for the log and the check
         grad_norm = accelerator.clip_grad_norm_(clip_params, tc.max_grad_norm if tc.max_grad_norm > 0 else math.inf)
@@ -606,7 +622,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                             for f in ("chosen", "rejected", "chosen_tokens", "rejected_tokens")))
         out, policy = gather_step(out, policy, accelerator)
         row = {"step": step + 1, "pairs_seen": state["pairs_seen"], "records_seen": state["records_seen"],
-               **pair_metrics(out, policy),
+               **pair_metrics(out, policy, weights=D.gather_lists(weights, accelerator)),
                "learning_rate": lr, "grad_norm": float(grad_norm), "time_s": round(state["time_s"], 4),
                "step_time_s": round(elapsed, 4), "tokens_per_s": round(tokens / elapsed, 1),
                "pairs_per_s": round(step_pairs / elapsed, 3), **sampler_metrics}
