@@ -701,6 +701,7 @@ def test_convergence_runs_on_the_shared_budget_of_records_not_on_pairs(tmp_path)
     acc = {r["algo"]: r for r in conv["metrics"]["eval/rewards/accuracies"]}
     assert acc["rso"]["at"][-1]["mean"] == pytest.approx(0.525)
     assert "@96 pairs" in to_markdown(sections(by_pairs))
+    assert "held-out reward accuracy averaged over the pairs every run covers" in to_markdown(sections(by_pairs))
     with pytest.raises(PobenchError, match="--axis steps: choose one of records, pairs"):
         build_report(tmp_path, axis="steps")
     (rso / "config.yaml").write_text("suite: hh-rlhf\nseed: 1\n")                          # no batch size anywhere

@@ -85,7 +85,7 @@ def mean_over_ranks(values: dict, accelerator) -> dict:
     return out
 
 
-def sum_over_ranks(value: int, accelerator) -> int:
+def sum_over_ranks(value, accelerator):
     if accelerator.num_processes == 1:
         return value
     return sum(gather_lists([value], accelerator))

@@ -107,8 +107,8 @@ def make_sampler(algo, cfg: RunConfig):
 
 def micro_batches(pairs: list[TokenizedPair], n: int) -> list[list[TokenizedPair]]:
     """The step's pairs in `n` consecutive micro-batches as equal as their count allows: a sampler may give any
-    number of pairs (RSO drops tied candidates), and the update is the same whatever the split (the loss is a sum
-    over pairs divided by the step's pair count). A record's group of pairs (ranking objectives) is never split.
+    number of pairs (RSO drops tied candidates), and the update is the same whatever the split (the loss is a
+    weighted sum over pairs divided by the step's total weight, pair_weights). A record's group of pairs (ranking objectives) is never split.
     With fewer pairs (or groups) than `n`, the first micro-batches are empty."""
     units: list[list[TokenizedPair]] = []
     for pair in pairs:
@@ -215,25 +215,26 @@ def score_pairs_sharded(scorer, pairs: list[TokenizedPair], pad_id: int, device,
     return SeqLogps(torch.tensor(chosen), torch.tensor(rejected), torch.tensor(chosen_n), torch.tensor(rejected_n))
 
 
-def gather_step(out, policy: SeqLogps, accelerator):
-    """Every rank's per-pair losses, rewards and log-probs of a step, concatenated in rank order: the logged
-    metrics are those of the global batch, exactly as one process training on it would log them."""
+def gather_step(out, policy: SeqLogps, weights: list[float], accelerator):
+    """Every rank's per-pair losses, rewards, log-probs and pair weights of a step, concatenated in rank order: the
+    logged metrics are those of the global batch, exactly as one process training on it would log them."""
     if accelerator.num_processes == 1:
-        return out, policy
+        return out, policy, weights
     out_fields = ("losses", "chosen_rewards", "rejected_rewards")
     policy_fields = ("chosen", "rejected", "chosen_tokens", "rejected_tokens")
-    local = [[getattr(out, f).detach().cpu() for f in out_fields], [getattr(policy, f).cpu() for f in policy_fields]]
+    local = [[getattr(out, f).detach().cpu() for f in out_fields], [getattr(policy, f).cpu() for f in policy_fields],
+             list(weights)]
     every = D.gather_lists([local], accelerator)
     out = type(out)(*(torch.cat([rank[0][i] for rank in every]) for i in range(len(out_fields))))
     policy = SeqLogps(*(torch.cat([rank[1][i] for rank in every]) for i in range(len(policy_fields))))
-    return out, policy
+    return out, policy, [w for rank in every for w in rank[2]]
 
 
 def pair_metrics(out, policy: SeqLogps, prefix: str = "", weights: list[float] | None = None) -> dict:
     """TRL's metrics of a step's (or the held-out) pairs; `loss` is the mean the step optimised (pair_weights)."""
     margins = out.chosen_rewards - out.rejected_rewards
     loss = out.losses.mean().item() if weights is None or all(w == 1.0 for w in weights) else \
-        float((out.losses.double() * torch.tensor(weights, dtype=torch.float64)).sum() / sum(weights))
+        float((out.losses.detach().double() * torch.tensor(weights, dtype=torch.float64)).sum() / sum(weights))
     return {
         f"{prefix}loss": loss,
         f"{prefix}rewards/chosen": out.chosen_rewards.mean().item(),
@@ -569,10 +570,11 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         # DDP/FSDP average gradients over ranks: dividing each rank's weighted loss sum by the mean weight per rank
         # makes that average the gradient of the global batch's mean (over records where a ranking objective gives
         # a record several pairs), even where a sampler gives ranks unequal pair counts
-        step_pairs = D.sum_over_ranks(len(pairs), accelerator)
-        weights = pair_weights(pairs)
-        units_per_rank = (D.sum_over_ranks(sum(weights), accelerator) if any(p.group is not None for p in pairs)
-                          else step_pairs) / world
+        pair_w = pair_weights(pairs)
+        counts = D.gather_lists([(len(pairs), sum(pair_w))], accelerator)   # one collective, on every rank
+        step_pairs = sum(n for n, _ in counts)
+        # without groups every weight is 1.0 and the units are the pair count, exactly (as before weights)
+        units_per_rank = sum(u for _, u in counts) / world
         collate = collate_pairs_shared if tc.shared_prompt else collate_pairs
         step_logs, tokens = [], 0
         chunks = micro_batches(pairs, tc.grad_accum)
@@ -620,9 +622,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                                       for f in ("losses", "chosen_rewards", "rejected_rewards")))
         policy = SeqLogps(*(torch.cat([getattr(p, f) for _, p in step_logs]).detach()
                             for f in ("chosen", "rejected", "chosen_tokens", "rejected_tokens")))
-        out, policy = gather_step(out, policy, accelerator)
+        out, policy, pair_w = gather_step(out, policy, pair_w, accelerator)
         row = {"step": step + 1, "pairs_seen": state["pairs_seen"], "records_seen": state["records_seen"],
-               **pair_metrics(out, policy, weights=D.gather_lists(weights, accelerator)),
+               **pair_metrics(out, policy, weights=pair_w),
                "learning_rate": lr, "grad_norm": float(grad_norm), "time_s": round(state["time_s"], 4),
                "step_time_s": round(elapsed, 4), "tokens_per_s": round(tokens / elapsed, 1),
                "pairs_per_s": round(step_pairs / elapsed, 3), **sampler_metrics}

@@ -13,7 +13,7 @@ HEADLINE = (ACCURACY, "eval/rewards/margins", "eval/loss", "gold/win_rate", "gol
 BUDGET = "records_seen"
 AXES = {"records": BUDGET, "pairs": "pairs_seen"}   # `pobench report --axis`: pairs for pairs' sake (DESIGN's view)
 UNITS = {v: k for k, v in AXES.items()}
-DEFAULT_TARGET = 0.6   # held-out reward accuracy a run must reach for "records to target" (chance is 0.5)
+DEFAULT_TARGET = 0.6   # held-out reward accuracy a run must reach for "records (or pairs) to target"; chance is 0.5
 DEFAULT_POINTS = 4     # evenly spaced budget points up to the range every run of the suite covers
 
 
@@ -67,7 +67,8 @@ def convergence(curves, chosen: dict, points: list[float] | None = None, target:
                 x: str = BUDGET) -> dict:
     """One suite: for every algorithm at its chosen grid point, each eval/* metric at `points` (mean and CI over
     seeds), its area under the curve over [0, x_max] (the mean value over training), and, for held-out
-    accuracy, the records needed to reach `target` (mean over the seeds that reached it, and how many did)."""
+    accuracy, the records (or pairs: x) needed to reach `target` (mean over the seeds that reached it, and how many
+    did)."""
     by_run = run_curves(curves, x)
     x_max = common_range(by_run, x=x)
     points = list(points) if points else default_points(x_max)

@@ -1,4 +1,4 @@
-"""PNG plots per suite: training curves and held-out convergence curves against training records seen (and time),
+"""PNG plots per suite: training curves and held-out convergence curves against records (or pairs) seen and time,
 one line per algorithm (at its chosen grid point) with a band over seeds; reward against KL where measured; the
 paired differences from the baseline with their intervals."""
 from __future__ import annotations
@@ -123,7 +123,7 @@ def plot_suite(suite: str, curves, runs, chosen: dict, out_dir: Path, x: str = B
 
 
 def _gold_figure(suite: str, by_algo: dict, out_dir: Path, plt, x: str = BUDGET) -> Path:
-    """A suite with a known reward: gold win rate and reward against training records seen, and the reward-KL frontier
+    """A suite with a known reward: gold win rate and reward against records (or pairs) seen, and the reward-KL frontier
     (gold reward against gold KL at each evaluation; one line per seed, since KL need not grow monotonically)."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     _panel(axes[0], by_algo, "gold/win_rate", "gold win rate against the reference", x=x, marker="o")

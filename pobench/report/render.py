@@ -134,7 +134,8 @@ def versus_section(s: dict) -> Section | None:
                "on its own: of many cells, about 1 in 20 excludes 0 by chance)"
                + (f"; † = still so after Holm's correction over the {len(rows)} algorithms of its row (at most a 5% "
                   "chance that any of them is marked by luck alone)" if many else ""),
-               ("held-out acc AUC: held-out reward accuracy averaged over the training records every run covers (how fast it "
+               (f"held-out acc AUC: held-out reward accuracy averaged over the "
+                f"{UNITS.get((s.get('convergence') or {}).get('axis'), 'records')} every run covers (how fast it "
                 "learns; the convergence table's AUC); " if ACC_AUC in labels else "")
                + f"train time ×: the algorithm's training time over {base}'s, per seed"]
     if has_prompts:

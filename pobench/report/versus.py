@@ -23,7 +23,7 @@ from pobench.report.stats import holm, mean_ci, t_test_p
 
 DEFAULT_BASELINE = "dpo"
 NO_BASELINE = "none"
-ACC_AUC = "held_out_acc_auc"   # how fast: held-out accuracy's mean over the training records every run covers
+ACC_AUC = "held_out_acc_auc"   # how fast: held-out accuracy's mean over the range (records or pairs) every run covers
 # the leaderboard's results and the speed of learning, as differences; training time as a ratio instead (a cost)
 DELTA_METRICS = (tuple((c, label) for c, label in METRICS if c not in ("train_time_s", "pairs_per_s"))
                  + ((ACC_AUC, "held-out acc AUC"),))
