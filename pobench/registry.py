@@ -30,15 +30,31 @@ def register_algorithm(name: str):
     def wrap(cls):
         if name in ALGORITHMS and ALGORITHMS[name].__module__ != cls.__module__:
             raise PobenchError(f"algorithm '{name}' is registered twice ({ALGORITHMS[name].__module__} and {cls.__module__})")
+        where = f"algorithm '{name}' ({_source(cls)})"
+        if not isinstance(getattr(cls, "sampler", None), str):
+            raise PobenchError(f"{where}: `sampler` must name a registered sampler (a string such as 'dataset_pair')")
+        if not callable(getattr(cls, "loss", None)):
+            raise PobenchError(f"{where}: it has no `loss(self, policy, reference, cfg)` method")
         cls.name = name
+        _defaults_yaml(cls)   # its defaults block must read, now rather than mid-run
         ALGORITHMS[name] = cls
         return cls
     return wrap
 
 
+def _source(obj) -> str:
+    """The file a registered class comes from, for messages."""
+    module = sys.modules.get(obj.__module__)
+    return str(getattr(module, "__file__", None) or obj.__module__)
+
+
 def register_sampler(name: str):
-    """Class decorator for samplers (see pobench/sampling/__init__.py for the interface)."""
+    """Class decorator for samplers (see pobench/sampling/__init__.py for the interface). A name is registered once:
+    a plugin that reused a built-in's name would change every algorithm built on it, silently."""
     def wrap(cls):
+        known = SAMPLERS.get(name)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise PobenchError(f"sampler '{name}' is registered twice ({_source(known)} and {_source(cls)})")
         cls.name = name
         SAMPLERS[name] = cls
         return cls
@@ -121,15 +137,29 @@ def algorithm_grid(algo) -> dict:
 
 
 def _defaults_yaml(algo) -> dict:
+    """The `defaults` block (YAML text, or a dict) as a dict; anything else is an error naming the algorithm."""
     text = getattr(algo, "defaults", "") or ""
-    data = yaml.safe_load(text) if isinstance(text, str) else dict(text)
+    where = f"algorithm '{getattr(algo, 'name', algo)}' ({_source(algo)})"
+    if isinstance(text, dict):
+        return dict(text)
+    if not isinstance(text, str):
+        raise PobenchError(f"{where}: `defaults` must be YAML text (or a dict), not a {type(text).__name__}")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise PobenchError(f"{where}: bad YAML in `defaults`{line} ({getattr(e, 'problem', None) or e})") from None
+    if data is not None and not isinstance(data, dict):
+        raise PobenchError(f"{where}: `defaults` must map parameter names to values, got a {type(data).__name__}")
     return dict(data or {})
 
 
-def get_sampler(name: str):
+def get_sampler(name: str, algorithm: str | None = None):
     discover()
     if name not in SAMPLERS:
-        raise PobenchError(f"unknown sampler '{name}' (known: {', '.join(sorted(SAMPLERS))})")
+        asked = f"algorithm '{algorithm}': " if algorithm else ""
+        raise PobenchError(f"{asked}unknown sampler '{name}' (known: {', '.join(sorted(SAMPLERS))})")
     return SAMPLERS[name]
 
 

@@ -529,3 +529,79 @@ def test_an_unfinished_answer_keeps_what_the_template_puts_before_it(tiny_model_
     prompt = formatter.prompt_text(messages)
     assert formatter.completion_text(messages, prompt, "in", finished=False) == "<think>\n\n</think>\n\nin"
     assert formatter.completion_text(messages, prompt, "in", finished=True) == "<think>\n\n</think>\n\nin<|im_end|>\n"
+
+
+PLUGIN_MISTAKES = {
+    "dup_sampler": ('''
+from pobench.registry import register_sampler
+@register_sampler("dataset_pair")
+class Swapped:
+    needs_candidates = False
+''', "sampler 'dataset_pair' is registered twice"),
+    "no_loss": ('''
+from pobench.registry import register_algorithm
+@register_algorithm("no_loss_algo")
+class NoLoss:
+    sampler = "dataset_pair"
+''', "algorithm 'no_loss_algo' ({file}): it has no `loss(self, policy, reference, cfg)` method"),
+    "bad_defaults": ('''
+from pobench.registry import register_algorithm
+@register_algorithm("bad_defaults_algo")
+class BadDefaults:
+    sampler = "dataset_pair"
+    defaults = """
+beta: [0.1,
+"""
+    def loss(self, policy, reference, cfg):
+        pass
+''', "algorithm 'bad_defaults_algo' ({file}): bad YAML in `defaults`"),
+    "list_defaults": ('''
+from pobench.registry import register_algorithm
+@register_algorithm("list_defaults_algo")
+class ListDefaults:
+    sampler = "dataset_pair"
+    defaults = "- beta"
+    def loss(self, policy, reference, cfg):
+        pass
+''', "`defaults` must map parameter names to values, got a list"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PLUGIN_MISTAKES))
+def test_a_plugin_authors_mistakes_are_named_when_the_plugin_loads(tmp_path, name):
+    """A plugin that replaces a built-in sampler (it changed DPO's pairs, silently), lacks a loss, or has defaults
+    that do not read: a one-line error naming the algorithm and the file, before any run starts."""
+    from pobench.errors import PobenchError
+    from pobench.registry import discover, load_plugin
+    discover()
+    code, message = PLUGIN_MISTAKES[name]
+    path = tmp_path / f"{name}.py"
+    path.write_text(code)
+    with pytest.raises(PobenchError) as err:
+        load_plugin(path)
+    assert message.format(file=path.resolve()) in str(err.value)
+
+
+def test_a_loss_of_the_wrong_shape_and_a_missing_reference_are_named():
+    """A loss that broadcast to [B, B] trained silently (its gradient summed B^2 terms); one that took the mean
+    failed deep in the trainer. A sampler that made a sequence without ensure_reference hit a bare KeyError."""
+    import types
+
+    from pobench.algorithm import LossOutput, SeqLogps
+    from pobench.engine.refcache import ReferenceCache
+    from pobench.errors import PobenchError
+    policy = SeqLogps(torch.zeros(3), torch.zeros(3), torch.ones(3), torch.ones(3))
+
+    class Broadcast:
+        name = "broadcast"
+
+        def loss(self, policy, reference, cfg):
+            h = policy.chosen[:, None] - policy.rejected[None, :]
+            return LossOutput(-torch.nn.functional.logsigmoid(h), policy.chosen, policy.rejected)
+
+    with pytest.raises(PobenchError, match=r"algorithm 'broadcast': loss must return .* shape \[3\].* losses \[3, 3\]"):
+        T.checked_loss(Broadcast(), policy, None, types.SimpleNamespace())
+    with pytest.raises(PobenchError, match="sampler 'mine': must return \\(pairs, metrics\\)"):
+        T.checked_sampler_output([TokenizedPair([1], [2], [3])], "mine")
+    with pytest.raises(PobenchError, match=r"must call `ctx.ensure_reference\(seqs\)`"):
+        ReferenceCache(Path("/nonexistent/cache.pt")).lookup_sequences([([1], [2])])

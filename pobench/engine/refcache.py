@@ -13,6 +13,7 @@ import torch
 
 from pobench.algorithm import SeqLogps
 from pobench.data.tokenize import TokenizedPair, sequence_key
+from pobench.errors import PobenchError
 
 
 class ReferenceCache:
@@ -40,7 +41,13 @@ class ReferenceCache:
             self.entries[sequence_key(prompt, completion)] = (lp, int(n))
 
     def lookup_sequences(self, seqs: list[tuple], device=None) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = [self.entries[sequence_key(p, c)] for p, c in seqs]
+        try:
+            rows = [self.entries[sequence_key(p, c)] for p, c in seqs]
+        except KeyError:
+            raise PobenchError("a sequence without a reference log-prob: the reference of the dataset's pairs and of "
+                               "what a sampler's `reference_sequences` lists is computed before step 1; a sampler that "
+                               "makes other sequences during training must call `ctx.ensure_reference(seqs)` on them "
+                               "first") from None
         logps = torch.tensor([r[0] for r in rows], dtype=torch.float32, device=device)
         counts = torch.tensor([r[1] for r in rows], dtype=torch.long, device=device)
         return logps, counts

@@ -102,7 +102,7 @@ def last_good_checkpoint(run_dir: Path) -> str:
 def make_sampler(algo, cfg: RunConfig):
     """The algorithm's sampler for this run; its constructor checks the parameters it reads, so `pobench run` builds
     it for every planned run before writing anything."""
-    return get_sampler(algo.sampler)(types.SimpleNamespace(**cfg.algorithm), cfg)
+    return get_sampler(algo.sampler, getattr(algo, "name", None))(types.SimpleNamespace(**cfg.algorithm), cfg)
 
 
 def micro_batches(pairs: list[TokenizedPair], n: int) -> list[list[TokenizedPair]]:
@@ -137,6 +137,31 @@ def pair_groups(pairs: list[TokenizedPair]) -> torch.Tensor | None:
     if all(p.group is None for p in pairs):
         return None
     return torch.tensor([p.group for p in pairs], dtype=torch.long)
+
+
+def checked_loss(algo, policy: SeqLogps, reference, params):
+    """algo.loss, held to its contract: one loss and one implicit reward per side for each of the B pairs. A
+    broadcasting slip ([B, B]) or a mean taken inside the loss ([]) trained silently or failed deep in the
+    trainer; a plugin's loss is named instead."""
+    out = algo.loss(policy, reference, params)
+    b = len(policy.chosen)
+    fields = ("losses", "chosen_rewards", "rejected_rewards")
+    shapes = {f: tuple(getattr(getattr(out, f, None), "shape", ())) for f in fields}
+    if not all(hasattr(out, f) for f in fields) or any(s != (b,) for s in shapes.values()):
+        got = type(out).__name__ if not all(hasattr(out, f) for f in fields) else \
+            ", ".join(f"{f} {list(s)}" for f, s in shapes.items())
+        raise PobenchError(f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': loss must return a "
+                           f"LossOutput of one value per pair, shape [{b}], for losses, chosen_rewards and "
+                           f"rejected_rewards; got {got}")
+    return out
+
+
+def checked_sampler_output(result, sampler_name: str) -> tuple[list, dict]:
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], list)
+            and isinstance(result[1], dict)):
+        raise PobenchError(f"sampler '{sampler_name}': must return (pairs, metrics): a list of TokenizedPair and a "
+                           f"dict of sampler/* numbers; got {type(result).__name__}")
+    return result
 
 
 def check_finite_loss(losses: torch.Tensor, step: int, run_dir: Path) -> None:
@@ -544,7 +569,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         # initial accuracy a draw of rounding noise (0.13 on one run, 0.47 on another) instead of ties
         reference = (policy if before_training else refcache.lookup(eval_pairs)) if refcache else None
         with torch.no_grad():
-            out = algo.loss(policy, reference, params)
+            out = checked_loss(algo, policy, reference, params)
         frozen["held_out_margins"] = (out.chosen_rewards - out.rejected_rewards).tolist()   # the latest, per pair
         return pair_metrics(out, policy, prefix="eval/")
 
@@ -566,7 +591,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         ctx.step = step
-        pairs, sampler_metrics = sampler(batch_at(step), ctx)
+        pairs, sampler_metrics = checked_sampler_output(sampler(batch_at(step), ctx), algo.sampler)
         # DDP/FSDP average gradients over ranks: dividing each rank's weighted loss sum by the mean weight per rank
         # makes that average the gradient of the global batch's mean (over records where a ranking objective gives
         # a record several pairs), even where a sampler gives ranks unequal pair counts
@@ -591,7 +616,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                     sums, counts = scorer(**inputs)
                 policy = SeqLogps(sums[:micro], sums[micro:], counts[:micro], counts[micro:], group=pair_groups(chunk))
                 reference = refcache.lookup(chunk, device) if refcache else None
-                out = algo.loss(policy, reference, params)
+                out = checked_loss(algo, policy, reference, params)
                 check_finite_loss(out.losses, step + 1, run_dir)
                 # weighted sum / units: accumulated micro-batches give the gradient of the full batch's mean
                 total = out.losses.sum() if policy.group is None else \

@@ -2,11 +2,26 @@
 
 A sampler is a class registered by name, built once per run with the algorithm's parameters:
 
-    sampler = Sampler(params, cfg)
-    sampler.needs_candidates           -> tokenize each record's candidate pool too
+    sampler = Sampler(params, cfg)     params: the algorithm's parameters (attributes); cfg: the run's RunConfig
+    sampler.needs_candidates           -> tokenize each record's candidate pool too (True on data without pools makes
+                                          pobench generate and score one: pool.*, and the auto reward model)
     sampler.reference_sequences(recs)  -> every (prompt, completion) whose reference log-prob the run needs,
                                           computed and cached before the first update
-    sampler(batch, ctx)                -> (pairs, metrics): the pairs to train on and `sampler/*` metrics
+    sampler(batch, ctx)                -> (pairs, metrics): a list of TokenizedPair to train on and a dict of
+                                          `sampler/*` floats (logged, averaged over ranks)
+    sampler.state_dict() / .load_state_dict(state)   optional: state that a resumed run must keep (saved with
+                                          each checkpoint, per rank)
+
+`batch` is a list of TokenizedPair (pobench/data/tokenize.py): token ids `prompt`, `chosen`, `rejected`, the pool
+`candidates` with `scores` where the sampler needs them, and `source`, the PreferenceRecord it came from.
+`pair.with_rejected(ids)` is the pair with another negative (it drops candidates, scores and group). A sampler that
+gives a record several pairs (a ranking objective) sets `pair.group` to the record's index in the batch and keeps
+them consecutive; the trainer then weighs them 1/n each and never splits them across micro-batches.
+`ctx` (pobench/engine/trainer.py, SamplerContext) gives `ctx.step`, `ctx.batch_offset`, `ctx.policy_logps(seqs)`
+(the current policy's summed log-probs and token counts, no gradient), `ctx.refcache` (None when the algorithm
+needs no reference), and `ctx.ensure_reference(seqs)`: a sampler that makes sequences during training that
+`reference_sequences` did not list (another record's answer, fresh samples) calls it on them before returning,
+or the loss finds no reference log-prob for them.
 
 It is the only place where DPO, RSO, MC-PO and OnMC-PO differ.
 
