@@ -227,6 +227,12 @@ def test_cli_run_with_a_plugin_algorithm_writes_the_contract(tmp_path, tiny_mode
         assert (run / "checkpoints" / "latest" / "state.json").is_file()
         env = json.loads((run / "env.json").read_text())
         assert "torch" in env["packages"]
+    # the plugin's file and its hash are on record, with the sampler's; data.json names the records it read
+    code = json.loads((out / "hh-rlhf" / "double_dpo" / "seed1" / "train_summary.json").read_text())["code"]
+    assert code["algorithm"]["file"] == str(plugin.resolve()) and len(code["algorithm"]["sha1"]) == 12
+    assert code["sampler"]["name"] == "dataset_pair" and code["sampler"]["module"] == "pobench.sampling"
+    data = json.loads((out / "hh-rlhf" / "dpo" / "seed1" / "data.json").read_text())
+    assert data["train_records"] == 16 and data["eval_records"] == 4 and set(data["records_digest"]) == {"train", "eval"}
     import yaml
     cfg = yaml.safe_load((out / "hh-rlhf" / "double_dpo" / "seed1" / "config.yaml").read_text())
     assert cfg["algorithm"] == {"beta": 0.2} and cfg["train"]["max_steps"] == 2

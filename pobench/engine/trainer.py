@@ -139,6 +139,19 @@ def pair_groups(pairs: list[TokenizedPair]) -> torch.Tensor | None:
     return torch.tensor([p.group for p in pairs], dtype=torch.long)
 
 
+def code_identity(cls) -> dict:
+    """Where a class's code came from and a hash of that file: a plugin's algorithm or sampler, edited between two
+    runs, is told apart in train_summary.json (the config names only the algorithm)."""
+    import hashlib
+    import sys
+    path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    try:
+        digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12] if path else None
+    except OSError:
+        digest = None
+    return {"module": cls.__module__, "file": path, "sha1": digest}
+
+
 def checked_loss(algo, policy: SeqLogps, reference, params):
     """algo.loss, held to its contract: one loss and one implicit reward per side for each of the B pairs. A
     broadcasting slip ([B, B]) or a mean taken inside the loss ([]) trained silently or failed deep in the
@@ -691,6 +704,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "final_loss": rows[-1]["loss"] if rows else None,
         "held_out_initial": state["initial_eval"], "held_out_final": last_eval,
         "reference_model": model_path, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
+        "code": {"algorithm": code_identity(type(algo)), "sampler": {"name": algo.sampler, **code_identity(type(sampler))}},
         "records_seen": state["records_seen"], "candidate_pool": pool_info, "truncated": truncated,
         "num_processes": world, "global_batch_size": global_batch, "distributed": str(accelerator.distributed_type),
         # an online sampler's labeller, also where no step ran in this process (resumed from the final checkpoint)
