@@ -607,7 +607,38 @@ def test_a_loss_of_the_wrong_shape_and_a_missing_reference_are_named():
 
     with pytest.raises(PobenchError, match=r"algorithm 'broadcast': loss must return .* shape \[3\].* losses \[3, 3\]"):
         T.checked_loss(Broadcast(), policy, None, types.SimpleNamespace())
+    class ReadsReference:
+        name = "reads_reference"
+
+        def loss(self, policy, reference, cfg):
+            return LossOutput(policy.chosen - reference.chosen, policy.chosen, policy.rejected)
+
+    with pytest.raises(PobenchError, match="'reads_reference': its loss reads the reference, but it says "
+                                           "needs_reference = False"):
+        T.checked_loss(ReadsReference(), policy, None, types.SimpleNamespace())
+
+    class ReadsMargin:
+        name = "reads_margin"
+
+        def loss(self, policy, reference, cfg):
+            return LossOutput(policy.chosen * cfg.margin, policy.chosen, policy.rejected)
+
+    with pytest.raises(PobenchError, match="'reads_margin': its loss reads parameter 'margin', which its defaults"):
+        T.checked_loss(ReadsMargin(), policy, None, types.SimpleNamespace(beta=0.1))
     with pytest.raises(PobenchError, match="sampler 'mine': must return \\(pairs, metrics\\)"):
         T.checked_sampler_output([TokenizedPair([1], [2], [3])], "mine")
     with pytest.raises(PobenchError, match=r"must call `ctx.ensure_reference\(seqs\)`"):
         ReferenceCache(Path("/nonexistent/cache.pt")).lookup_sequences([([1], [2])])
+
+
+def test_a_sampler_reading_a_parameter_its_algorithm_lacks_is_named():
+    """A plugin algorithm on the `rso` sampler without RSO's parameters in its defaults: named at planning, not an
+    internal AttributeError."""
+    import types
+
+    from pobench.errors import PobenchError
+    algo = types.SimpleNamespace(name="my_rso", sampler="rso")
+    cfg = types.SimpleNamespace(algorithm={"beta": 0.1}, seed=1)
+    with pytest.raises(PobenchError, match="sampler 'rso' reads parameter 'num_candidates', which algorithm 'my_rso' "
+                                           "does not define in its defaults"):
+        T.make_sampler(algo, cfg)

@@ -102,7 +102,14 @@ def last_good_checkpoint(run_dir: Path) -> str:
 def make_sampler(algo, cfg: RunConfig):
     """The algorithm's sampler for this run; its constructor checks the parameters it reads, so `pobench run` builds
     it for every planned run before writing anything."""
-    return get_sampler(algo.sampler, getattr(algo, "name", None))(types.SimpleNamespace(**cfg.algorithm), cfg)
+    sampler_cls = get_sampler(algo.sampler, getattr(algo, "name", None))
+    try:
+        return sampler_cls(types.SimpleNamespace(**cfg.algorithm), cfg)
+    except AttributeError as e:
+        if getattr(e, "name", None) is None or not isinstance(getattr(e, "obj", None), types.SimpleNamespace):
+            raise
+        raise PobenchError(f"sampler '{algo.sampler}' reads parameter '{e.name}', which algorithm "
+                           f"'{getattr(algo, 'name', '?')}' does not define in its defaults") from None
 
 
 def micro_batches(pairs: list[TokenizedPair], n: int) -> list[list[TokenizedPair]]:
@@ -156,7 +163,16 @@ def checked_loss(algo, policy: SeqLogps, reference, params):
     """algo.loss, held to its contract: one loss and one implicit reward per side for each of the B pairs. A
     broadcasting slip ([B, B]) or a mean taken inside the loss ([]) trained silently or failed deep in the
     trainer; a plugin's loss is named instead."""
-    out = algo.loss(policy, reference, params)
+    try:
+        out = algo.loss(policy, reference, params)
+    except AttributeError as e:
+        if reference is None and getattr(e, "obj", 0) is None:
+            raise PobenchError(f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss reads the "
+                               f"reference, but it says needs_reference = False") from None
+        if getattr(e, "name", None) and isinstance(getattr(e, "obj", None), types.SimpleNamespace):
+            raise PobenchError(f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss reads "
+                               f"parameter '{e.name}', which its defaults do not define") from None
+        raise
     b = len(policy.chosen)
     fields = ("losses", "chosen_rewards", "rejected_rewards")
     shapes = {f: tuple(getattr(getattr(out, f, None), "shape", ())) for f in fields}
