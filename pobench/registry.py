@@ -42,10 +42,14 @@ def register_algorithm(name: str):
     return wrap
 
 
+def source_file(obj) -> str | None:
+    """The file a registered class's module was loaded from (None for one built without a file)."""
+    return getattr(sys.modules.get(obj.__module__), "__file__", None)
+
+
 def _source(obj) -> str:
     """The file a registered class comes from, for messages."""
-    module = sys.modules.get(obj.__module__)
-    return str(getattr(module, "__file__", None) or obj.__module__)
+    return str(source_file(obj) or obj.__module__)
 
 
 def register_sampler(name: str):

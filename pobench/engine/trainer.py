@@ -150,8 +150,9 @@ def code_identity(cls) -> dict:
     """Where a class's code came from and a hash of that file: a plugin's algorithm or sampler, edited between two
     runs, is told apart in train_summary.json (the config names only the algorithm)."""
     import hashlib
-    import sys
-    path = getattr(sys.modules.get(cls.__module__), "__file__", None)
+
+    from pobench.registry import source_file
+    path = source_file(cls)
     try:
         digest = hashlib.sha1(Path(path).read_bytes()).hexdigest()[:12] if path else None
     except OSError:
@@ -379,8 +380,7 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
     Under several processes each rank generates the pools of its shard of the missing prompts."""
     from pobench.sampling import pools as P
 
-    own = all(P.has_own_pool(data.train[i]) for i in indices)
-    if cfg.pool.source == "dataset" or (cfg.pool.source == "auto" and own):
+    if P.uses_dataset_pools(cfg, [data.train[i] for i in indices]):
         return {"source": "dataset"}
     rm = D.main_process_first(lambda: P.auto_reward_model(cfg, data, cache_dir, progress), accelerator)
     rm_name = reward_model_name(rm, cache_dir)

@@ -60,10 +60,15 @@ def check_dataset_pools(cfg, sampler, data) -> None:
                            f"no candidate pools; use pool.source=generated or auto, or data with pools")
 
 
+def uses_dataset_pools(cfg, records) -> bool:
+    """Whether a run's pools are its records' own (pool.source dataset, or auto with every record scored) rather
+    than generated."""
+    return cfg.pool.source == "dataset" or (cfg.pool.source == "auto" and all(has_own_pool(r) for r in records))
+
+
 def candidates_per_prompt(cfg, data) -> int:
-    """The most candidates a prompt's pool will hold: the records' own (as prepare_pools decides for a run's
-    records) or the pool.num_samples generated."""
-    if cfg.pool.source == "dataset" or (cfg.pool.source == "auto" and all(has_own_pool(r) for r in data.train)):
+    """The most candidates a prompt's pool will hold: the records' own or the pool.num_samples generated."""
+    if uses_dataset_pools(cfg, data.train):
         return max((len(r.candidates) for r in data.train), default=0)
     return cfg.pool.num_samples
 
