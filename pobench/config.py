@@ -207,7 +207,7 @@ def read_yaml(path: Path) -> dict:
     except UnicodeDecodeError:
         raise PobenchError(f"{path}: not UTF-8 text") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=Yaml12Loader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -217,44 +217,91 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-class _CommandLineLoader(yaml.SafeLoader):
-    """YAML as a value typed on the command line reads: YAML 1.2's booleans (true/false only: `no`, `off` and `yes`
+class Yaml12Loader(yaml.SafeLoader):
+    """How pobench reads YAML (config files, suites, plugin defaults, values typed on the command line): YAML 1.2's
+    core schema, which PyYAML lacks. Its booleans (true/false only: `no`, `off` and `yes`
     stay strings), numbers (`1e-6` is a number, as 1.1 would not have it; `1:30` and `010` are not sexagesimal or
     octal) and no timestamps (`2026-11-27` stays a string); null spelled null, ~ or Python's None."""
 
 
-_CommandLineLoader.yaml_implicit_resolvers = {
+Yaml12Loader.yaml_implicit_resolvers = {
     first: [(tag, regex) for tag, regex in resolvers
             if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:null", "tag:yaml.org,2002:float",
                            "tag:yaml.org,2002:int", "tag:yaml.org,2002:timestamp")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_CommandLineLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
                                          list("tTfF"))
-_CommandLineLoader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|None|)$"),
+Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|None|)$"),
                                          ["~", "n", "N", ""])
-_CommandLineLoader.add_implicit_resolver("tag:yaml.org,2002:int",
+Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:int",
                                          re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$|^0x[0-9a-fA-F][0-9a-fA-F_]*$"),
                                          list("-+0123456789"))
-_CommandLineLoader.add_implicit_resolver(
+Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$|^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"
                r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"), list("-+0123456789."))
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes config.yaml so that YAML 1.1 readers (PyYAML's safe_load, alpaca_eval, a user's script) and
+    Yaml12Loader read the same values: a string that either would read as something else is quoted."""
+
+
+_Dumper.yaml_implicit_resolvers = {
+    first: list(yaml.SafeDumper.yaml_implicit_resolvers.get(first, [])) + list(Yaml12Loader.yaml_implicit_resolvers.get(first, []))
+    for first in set(yaml.SafeDumper.yaml_implicit_resolvers) | set(Yaml12Loader.yaml_implicit_resolvers)}
+
+
+def load_yaml(text: str):
+    """YAML text as pobench reads it (Yaml12Loader)."""
+    return yaml.load(text, Loader=Yaml12Loader)
+
+
 def parse_scalar(raw: str):
-    """A value typed on the command line (`--set`, `--grid`), as _CommandLineLoader reads it."""
-    return yaml.load(raw, Loader=_CommandLineLoader)
+    """A value typed on the command line (`--set`, `--grid`), as Yaml12Loader reads it."""
+    return yaml.load(raw, Loader=Yaml12Loader)
+
+
+class _TypedInt(int):
+    """A number typed on the command line, with the text it was typed as: a text setting takes the text
+    (`--set data.hub_data_dir=1.10` is "1.10", not "1.1"), a number setting the number."""
+    text: str
+
+
+class _TypedFloat(float):
+    __doc__ = _TypedInt.__doc__
+    text: str
+
+
+def _typed(value, raw: str):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    typed = (_TypedInt if isinstance(value, int) else _TypedFloat)(value)
+    typed.text = raw.strip()
+    return typed
+
+
+def _plain(value):
+    """Command-line numbers as plain ints and floats, inside mappings too (safe for YAML dumps)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, _TypedInt):
+        return int(value)
+    if isinstance(value, _TypedFloat):
+        return float(value)
+    return value
 
 
 def parse_set(items: list[str]) -> dict:
-    """['train.lr=1e-6', 'dpo.beta=0.2'] -> nested dict; values are parsed by parse_scalar."""
+    """['train.lr=1e-6', 'dpo.beta=0.2'] -> nested dict; values are parsed by parse_scalar (numbers keep the text
+    they were typed as, for text settings)."""
     out: dict = {}
     for item in items:
         if "=" not in item:
             raise PobenchError(f"--set {item}: expected key=value")
         key, raw = item.split("=", 1)
         try:
-            value = parse_scalar(raw) if raw.strip() else ""
+            value = _typed(parse_scalar(raw), raw) if raw.strip() else ""
         except (yaml.YAMLError, ValueError) as e:
             raise PobenchError(f"--set {item}: bad value for '{key.strip()}' ({getattr(e, 'problem', None) or 'not a YAML scalar'})") from None
         node = out
@@ -307,7 +354,7 @@ def _coerce(value, annotation, key: str):
         raise PobenchError(f"config key '{key}': expected a number, got {value!r}")
     if annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return int(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         raise PobenchError(f"config key '{key}': expected an integer, got {value!r}")
@@ -316,12 +363,14 @@ def _coerce(value, annotation, key: str):
             return value
         raise PobenchError(f"config key '{key}': expected true or false, got {value!r}")
     if annotation is str:
+        if isinstance(value, (_TypedInt, _TypedFloat)):
+            return value.text
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         raise PobenchError(f"config key '{key}': expected a string, got {value!r}")
     if annotation is dict:
         if isinstance(value, dict):
-            return value
+            return _plain(value)
         raise PobenchError(f"config key '{key}': expected a mapping, got {value!r}")
     return value
 
@@ -356,7 +405,7 @@ def coerce_algorithm_params(params: dict, defaults: dict, algo: str, choices: di
             raise PobenchError(f"unknown config key 'algorithm.{k}' for algorithm '{algo}' "
                                f"(known: {', '.join(sorted(defaults))})")
         d = defaults[k]
-        out[k] = v if d is None else _coerce(v, type(d), f"algorithm.{k}")
+        out[k] = _plain(v) if d is None else _coerce(v, type(d), f"algorithm.{k}")
     for k, (text, ok) in ALGORITHM_RANGES.items():
         v = out.get(k)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and (not math.isfinite(v) or not ok(v)):
@@ -427,4 +476,4 @@ def changed_keys(saved: dict, cfg: RunConfig) -> list[str]:
 
 
 def dump(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml.dump(cfg.to_dict(), Dumper=_Dumper, sort_keys=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from pobench.config import load_yaml
 from pobench.errors import PobenchError
 
 ALGORITHMS: dict[str, type] = {}
@@ -149,7 +150,7 @@ def _defaults_yaml(algo) -> dict:
     if not isinstance(text, str):
         raise PobenchError(f"{where}: `defaults` must be YAML text (or a dict), not a {type(text).__name__}")
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""

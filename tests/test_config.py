@@ -8,8 +8,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pobench.config import (DataConfig, RunConfig, TrainConfig, _build, deep_merge, dump, parse_set, read_yaml,
-                            resolve)
+from pobench.config import (DataConfig, RunConfig, TrainConfig, _build, _plain, deep_merge, dump, load_yaml, parse_set,
+                            read_yaml, resolve)
 from pobench.errors import PobenchError
 from pobench.registry import algorithm_defaults, get_algorithm, load_suite, suite_files
 
@@ -354,4 +354,31 @@ def test_command_line_values_read_as_yaml_1_2(raw, value):
     """`--set eval.judge=off` was the boolean False (YAML 1.1), `--set data.eval_split=None` the string 'None',
     `1e-6` a string and `1:30` the number 90."""
     assert parse_set([f"x.y={raw}"]) == {"x": {"y": value}}
-    assert type(parse_set([f"x.y={raw}"])["x"]["y"]) is type(value)
+    assert type(_plain(parse_set([f"x.y={raw}"])["x"]["y"])) is type(value)
+
+
+@pytest.mark.parametrize("raw", ["1.10", "12e4", "1_000", "0x1F", "007"])
+def test_a_number_typed_for_a_text_setting_keeps_its_text(raw):
+    """`--set data.hub_data_dir=12e4` gave the folder "120000.0"."""
+    cfg = res(set_cfg=parse_set([f"data.hub_data_dir={raw}", "train.batch_size=8", "train.lr=1e-6", "dpo.beta=0.2"]))
+    assert cfg.data.hub_data_dir == raw
+    assert (type(cfg.train.batch_size), type(cfg.train.lr), type(cfg.algorithm["beta"])) == (int, float, float)
+    assert yaml.safe_load(dump(cfg))["data"]["hub_data_dir"] == raw
+
+
+def test_a_config_file_reads_as_yaml_1_2(tmp_path):
+    """A --config file and the command line read alike: `off` is text, `1e-6` a number (YAML 1.1 had them
+    False and the text '1e-6')."""
+    path = tmp_path / "c.yaml"
+    path.write_text("eval:\n  judge: off\ntrain:\n  lr: 1e-6\ndata:\n  train_split: 2026-11-27\n")
+    assert read_yaml(path) == {"eval": {"judge": "off"}, "train": {"lr": 1e-6}, "data": {"train_split": "2026-11-27"}}
+
+
+@pytest.mark.parametrize("text", ["off", "no", "1e-6", "2026-11-27", "1:30", "010", "None", "True", ".inf", "0x1F"])
+def test_config_yaml_reads_back_the_same_under_yaml_1_1_and_1_2(text):
+    """config.yaml quotes a text that either YAML version reads as something else (the report, alpaca_eval and a
+    user's script read it with PyYAML's 1.1)."""
+    cfg = res(set_cfg={"description": text, "data": {"hub_data_dir": text}})
+    saved = dump(cfg)
+    assert yaml.safe_load(saved)["description"] == text == load_yaml(saved)["description"]
+    assert yaml.safe_load(saved) == load_yaml(saved) == cfg.to_dict()

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from pobench.engine.io import read_jsonl
+from pobench.config import load_yaml
 from pobench.errors import PobenchError
 
 # eval.json fields that are fractions in [0, 1]: a value outside is a broken file, not a result
@@ -169,7 +170,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
             raise PobenchError(f"{run_dir / 'train_summary.json'}: missing key '{key}'")
     config_path = run_dir / "config.yaml"
     try:
-        config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+        config = load_yaml(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
     except yaml.YAMLError as e:
         raise PobenchError(f"{config_path}: bad YAML ({e})") from None
     if config is not None and not isinstance(config, dict):
