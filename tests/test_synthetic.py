@@ -247,26 +247,33 @@ def test_ci_a_seed_reproduces_exactly(tmp_path, ci_reference):
 def test_study_crossings_gain_and_paired_differences():
     from pobench.synthetic.study import crossing, markdown, summarise
 
-    curve = [{"step": 0, "pairs_seen": 0, "time_s": 0.0, "gold/reward": 0.1, "gold/kl": 0.0},
-             {"step": 10, "pairs_seen": 100, "time_s": 2.0, "gold/reward": 0.3, "gold/kl": 1.0},
-             {"step": 20, "pairs_seen": 200, "time_s": 4.0, "gold/reward": 0.4, "gold/kl": 3.0}]
+    curve = [{"step": 0, "records_seen": 0, "time_s": 0.0, "gold/reward": 0.1, "gold/kl": 0.0},
+             {"step": 10, "records_seen": 100, "time_s": 2.0, "gold/reward": 0.3, "gold/kl": 1.0},
+             {"step": 20, "records_seen": 200, "time_s": 4.0, "gold/reward": 0.4, "gold/kl": 3.0}]
     assert crossing(curve, "gold/kl", 0.5, "gold/reward") == pytest.approx(0.2)
     assert crossing(curve, "gold/kl", 2.0, "gold/reward") == pytest.approx(0.35)
     assert crossing(curve, "gold/kl", 4.0, "gold/reward") is None      # never reached: not extrapolated
 
-    def run(scale: float, kl_scale: float = 1.0) -> dict:
+    def run(scale: float, kl_scale: float = 1.0, pairs_per_record: int = 1) -> dict:
         c = [dict(p, **{"gold/reward": 0.1 + scale * (p["gold/reward"] - 0.1), "gold/kl": kl_scale * p["gold/kl"],
-                        "gold/win_rate": 0.5, "gold/length": 9.0}) for p in curve]
-        return {"gold": {"curve": c, "final": c[-1]}, "summary": {"train_time_s": 4.0, "pairs_seen": 200}}
+                        "gold/win_rate": 0.5, "gold/length": 9.0,
+                        "pairs_seen": pairs_per_record * p["records_seen"]}) for p in curve]
+        return {"gold": {"curve": c, "final": c[-1]}, "summary": {"train_time_s": 4.0, "pairs_seen": 200 * pairs_per_record}}
 
-    runs = {"dpo": {1: run(1.0), 2: run(1.0)}, "slow": {1: run(0.5, 0.5), 2: run(0.6, 0.5)}}
+    # "ranked" trains on 4 pairs per record (as RSO does): compared at equal records, it is DPO's twin
+    runs = {"dpo": {1: run(1.0), 2: run(1.0)}, "slow": {1: run(0.5, 0.5), 2: run(0.6, 0.5)},
+            "ranked": {1: run(1.0, pairs_per_record=4), 2: run(1.0, pairs_per_record=4)}}
     summary = summarise(runs, "dpo")
     assert summary["base_final_gain"] == pytest.approx(0.3)
     slow = summary["algorithms"]["slow"]
     assert slow["diff_vs_base"]["per_seed"] == [pytest.approx(-0.15), pytest.approx(-0.12)]
     assert slow["to_90pct_of_base_gain"]["reached"] == 0                # 0.27 of gain never reached
     dpo = summary["algorithms"]["dpo"]["to_90pct_of_base_gain"]
-    assert dpo["pairs"][0] == pytest.approx(170) and dpo["seconds"][0] == pytest.approx(3.4)
+    assert dpo["records"][0] == pytest.approx(170) and dpo["seconds"][0] == pytest.approx(3.4)
+    ranked = summary["algorithms"]["ranked"]
+    assert ranked["to_90pct_of_base_gain"]["records"][0] == pytest.approx(170)
+    assert ranked["gold_at_records"] == summary["algorithms"]["dpo"]["gold_at_records"]
+    assert ranked["pairs"][0] == 800
     assert summary["algorithms"]["slow"]["gold_at_kl"][1.0]["mean_ci"][0] == pytest.approx(0.1 + 0.55 * 0.25)
     assert "| slow | 2 |" in markdown(summary)
 

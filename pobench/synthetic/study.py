@@ -6,7 +6,8 @@
 * paired differences against the base algorithm (DPO): per seed (the two runs share the seed's data order and
   evaluation draws), with a t-test over seeds; and per evaluation draw, re-measured from the final weights with
   the runs' common random numbers (`--draws`), which removes the evaluation noise but not the training seed's;
-* pairs seen and training seconds to reach 90% of the base's final gold gain (linear between evaluation steps);
+* records seen (the budget every algorithm shares: steps x batch) and training seconds to reach 90% of the base's
+  final gold gain (linear between evaluation steps), and gold after 400, 800 and 1600 records;
 * gold at matched KL (0.5, 1, 2, 4: the first crossing of each level, interpolated along the run), and a plot of
   the reward-KL frontier.
 `--extra mcpo-uniform=results-uniform[:mcpo]` adds one algorithm's runs of another results root under a new name
@@ -25,7 +26,8 @@ from pobench.errors import PobenchError
 from pobench.report import stats
 
 KL_LEVELS = (0.5, 1.0, 2.0, 4.0)
-PAIR_LEVELS = (400, 800, 1600)   # the suite's default run: 16 pairs a step, 100 steps
+RECORD_LEVELS = (400, 800, 1600)   # the suite's default run: 16 records a step, 100 steps
+BUDGET = "records_seen"            # not pairs_seen: RSO trains on 4 pairs per record
 
 
 def load_runs(root: Path, rename: str | None = None, only: str | None = None) -> dict:
@@ -85,20 +87,20 @@ def summarise(runs: dict, base: str = "dpo") -> dict:
         shared = sorted(set(by_seed) & set(runs[base]))
         diffs = [finals[s]["gold/reward"] - runs[base][s]["gold"]["final"]["gold/reward"] for s in shared]
         row["diff_vs_base"] = {"per_seed": diffs, "mean_ci": mean_ci(diffs), "p_over_seeds": t_test_p(diffs)}
-        reach = [(crossing(gain_curve(r["gold"]["curve"]), "gain", 0.9 * base_gain, "pairs_seen"),
+        reach = [(crossing(gain_curve(r["gold"]["curve"]), "gain", 0.9 * base_gain, BUDGET),
                   crossing(gain_curve(r["gold"]["curve"]), "gain", 0.9 * base_gain, "time_s")) for r in by_seed.values()]
         row["to_90pct_of_base_gain"] = {"reached": sum(p is not None for p, _ in reach), "of": len(reach),
-                                        "pairs": mean_ci([p for p, _ in reach if p is not None]),
+                                        "records": mean_ci([p for p, _ in reach if p is not None]),
                                         "seconds": mean_ci([t for _, t in reach if t is not None])}
         row["gold_at_kl"] = {}
         for level in KL_LEVELS:
             values = [crossing(r["gold"]["curve"], "gold/kl", level, "gold/reward") for r in by_seed.values()]
             row["gold_at_kl"][level] = {"reached": sum(v is not None for v in values),
                                         "mean_ci": mean_ci([v for v in values if v is not None])}
-        row["gold_at_pairs"] = {}
-        for level in PAIR_LEVELS:
-            values = [crossing(r["gold"]["curve"], "pairs_seen", level, "gold/reward") for r in by_seed.values()]
-            row["gold_at_pairs"][level] = mean_ci([v for v in values if v is not None])
+        row["gold_at_records"] = {}
+        for level in RECORD_LEVELS:
+            values = [crossing(r["gold"]["curve"], BUDGET, level, "gold/reward") for r in by_seed.values()]
+            row["gold_at_records"][level] = mean_ci([v for v in values if v is not None])
         out["algorithms"][algo] = row
     return out
 
@@ -148,15 +150,16 @@ def markdown(summary: dict, draws: dict | None = None) -> str:
                      f"{row['pairs'][0]:.0f} | {fmt(diff['mean_ci'])} | "
                      f"{'-' if math.isnan(diff['p_over_seeds']) else format(diff['p_over_seeds'], '.2g')} |" + extra)
     lines += ["", f"To 90% of {base}'s final gold gain ({0.9 * summary['base_final_gain']:.3f}), and gold at matched KL:", "",
-              "| algorithm | reached | pairs | train s | " + " | ".join(f"gold @ KL {k:g}" for k in KL_LEVELS) + " | "
-              + " | ".join(f"gold @ {n} pairs" for n in PAIR_LEVELS) + " |",
-              "|---" * (4 + len(KL_LEVELS) + len(PAIR_LEVELS)) + "|"]
+              "| algorithm | reached | records | train s | " + " | ".join(f"gold @ KL {k:g}" for k in KL_LEVELS) + " | "
+              + " | ".join(f"gold @ {n} records" for n in RECORD_LEVELS) + " |",
+              "|---" * (4 + len(KL_LEVELS) + len(RECORD_LEVELS)) + "|"]
     for algo, row in summary["algorithms"].items():
         r = row["to_90pct_of_base_gain"]
         at = [fmt(row["gold_at_kl"][k]["mean_ci"]) + ("" if row["gold_at_kl"][k]["reached"] == len(row["seeds"])
               else f" ({row['gold_at_kl'][k]['reached']}/{len(row['seeds'])})") for k in KL_LEVELS]
-        lines.append(f"| {algo} | {r['reached']}/{r['of']} | {fmt(r['pairs'], 0)} | {fmt(r['seconds'], 1)} | "
-                     + " | ".join(at) + " | " + " | ".join(fmt(row["gold_at_pairs"][n]) for n in PAIR_LEVELS) + " |")
+        lines.append(f"| {algo} | {r['reached']}/{r['of']} | {fmt(r['records'], 0)} | {fmt(r['seconds'], 1)} | "
+                     + " | ".join(at) + " | " + " | ".join(fmt(row["gold_at_records"][n]) for n in RECORD_LEVELS)
+                     + " |")
     return "\n".join(lines)
 
 
