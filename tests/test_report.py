@@ -54,7 +54,16 @@ def test_mean_ci_covers_the_true_mean_at_the_stated_rate():
                                          ([1, -2, 3, 0.5, 0.25], 0.5295571)])   # scipy.stats.ttest_1samp
 def test_t_test_p_known_answers(values, want):
     assert t_test_p(values) == pytest.approx(want, rel=1e-5)
-    assert t_test_p([0.1]) is None and t_test_p([0.2, 0.2]) == 0.0 and t_test_p([0.0, 0.0]) == 1.0
+    assert t_test_p([0.1]) is None and t_test_p([0.0, 0.0]) == 1.0
+
+
+def test_differences_that_all_agree_are_not_marked():
+    """Two seeds that agree on +1/32 held-out accuracy (quantised: it happens by chance) gave p = 0, so `*†`."""
+    from pobench.report.render import fmt_delta
+    assert t_test_p([1 / 32, 1 / 32]) is None and t_test_p([0.2, 0.2, 0.2]) is None
+    agree = {**mean_ci([1 / 32, 1 / 32]), "p_holm": None}
+    assert fmt_delta(agree) == "+0.031 ± 0.000"
+    assert fmt_delta({**mean_ci([0.03, 0.032]), "p_holm": 0.01}, adjusted=True).endswith("*†")
 
 
 def test_t_test_p_below_5_percent_exactly_when_the_interval_excludes_0():
@@ -470,7 +479,7 @@ def test_against_dpo_differences_are_paired_by_seed_and_prompt(tmp_path):
     assert "### against dpo: hh-rlhf" in md
     assert "| vs dpo | mcpo |\n| --- | --- |\n| seeds | 1,2,3 |" in md   # one column per algorithm
     assert "| Δ win rate | +0.050 ± 0.025* |" in md   # 0.04, 0.05, 0.06: sd 0.01 * 4.303 / sqrt 3
-    assert "| Δ held-out acc AUC | +0.050 ± 0.000* |\n| train time × | 2.00 ± 0.00 |" in md
+    assert "| Δ held-out acc AUC | +0.050 ± 0.000 |\n| train time × | 2.00 ± 0.00 |" in md
     assert "| per prompt: Δ win rate | +0.150 ± 0.205 |\n| prompts better/tied/worse | 3/1/0 |" in md
     import io
     import pandas as pd
@@ -709,3 +718,36 @@ def test_convergence_runs_on_the_shared_budget_of_records_not_on_pairs(tmp_path)
     assert conv["x_max"] == 96
     assert {r["algo"]: r["auc"]["mean"] is not None for r in conv["metrics"]["eval/rewards/accuracies"]} == {
         "dpo": True, "rso": False}
+
+
+def test_a_value_from_fewer_seeds_than_its_row_says_so(tmp_path):
+    """SimPO's seed 3 has no win rate (not evaluated yet): its leaderboard cell and its difference from DPO are
+    the mean of 2 seeds, which the seeds column (1,2,3) hid."""
+    for seed, (dpo, simpo) in enumerate([(0.3, 0.36), (0.5, 0.57), (0.7, None)], 1):
+        write_run(tmp_path, "dpo", seed, [0.5, 0.6], eval_json=new_eval(dpo, 0.6))
+        write_run(tmp_path, "simpo", seed, [0.5, 0.6], eval_json=None if simpo is None else new_eval(simpo, 0.6))
+    md = to_markdown(sections(build_report(tmp_path)[0]))
+    assert "| simpo | 1,2,3 | 0.465 ± 1.334 [2/3] |" in md
+    assert "| Δ win rate | +0.065 ± 0.064* [2/3] |" in md
+    assert "[k/n]: from the k of the row's n seeds" in md and "[k/n]: from the k of the n seeds both runs have" in md
+    assert "| dpo | 1,2,3 | 0.500 ± 0.497 |" in md   # every seed: no count
+
+
+def test_runs_of_one_row_that_differ_beyond_the_seed_are_named(tmp_path):
+    """Seed 1 run for 12 steps, seed 2 later for 48 into the same folder: one leaderboard row, two settings."""
+    write_run(tmp_path, "dpo", 1, [0.5, 0.6])
+    write_run(tmp_path, "dpo", 2, [0.5, 0.7, 0.8, 0.85, 0.9])
+    write_run(tmp_path, "dpo", 3, [0.5, 0.6])
+    for seed, lr in ((1, "1.0e-06"), (2, "1.0e-05"), (3, "1.0e-06")):
+        config = tmp_path / "hh-rlhf" / "dpo" / f"seed{seed}" / "config.yaml"
+        config.write_text(config.read_text() + f"train:\n  lr: {lr}\n  log_every: {seed}\n")
+    report = build_report(tmp_path)[0]["suites"][0]
+    assert report["unlike_across_seeds"] == {"dpo": {"against_seed": 1, "differences": [
+        "seed 2: train.lr 1e-05 vs 1e-06",
+        "seed 2: optimizer steps 48 vs 12"]}}
+    md = to_markdown(sections({"selection": {"metric": "acc"}, "suites": [report]}, convergence=False))
+    assert "UNLIKE SEEDS: dpo's runs differ in more than the seed" in md
+    assert "seed 2: optimizer steps 48 vs 12" in md
+    write_run(tmp_path / "same", "dpo", 1, [0.5, 0.6])
+    write_run(tmp_path / "same", "dpo", 2, [0.5, 0.7])
+    assert build_report(tmp_path / "same")[0]["suites"][0]["unlike_across_seeds"] == {}

@@ -7,7 +7,7 @@ from pobench.errors import PobenchError
 from pobench.report.collect import collect
 from pobench.report.convergence import AXES, DEFAULT_TARGET, accuracy_auc_by_run, convergence, matched_kl
 from pobench.report.leaderboard import about, grid_table, leaderboard, spread
-from pobench.report.versus import DEFAULT_BASELINE, NO_BASELINE, versus
+from pobench.report.versus import DEFAULT_BASELINE, NO_BASELINE, unlike_across_seeds, versus
 
 
 def build_report(root: Path, select: str = "acc", points: list[float] | None = None,
@@ -45,6 +45,7 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
         report["suites"].append({
             "suite": suite, **about(suite_runs),
             "leaderboard": leaderboard(suite_runs, chosen, spreads),
+            "unlike_across_seeds": unlike_across_seeds(suite_runs, chosen),
             "grid": grid_rows if any(s["points"] > 1 for s in spreads.values()) else [],
             "spread": spreads,
             "versus": versus(suite_runs, chosen, baseline, auc) if baseline != NO_BASELINE else None,

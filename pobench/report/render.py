@@ -37,6 +37,16 @@ def fmt_ci(ci: dict, digits: int = 3) -> str:
     return f"{ci['mean']:.{digits}f} ± {(ci['hi'] - ci['lo']) / 2:.{digits}f}"
 
 
+PARTIAL_NOTE = "[k/n]: from the k of the row's n seeds whose runs hold the value (the others lack it: no evaluation yet, "\
+               "or one that failed)"
+
+
+def of_seeds(ci: dict | None, seeds: int) -> str:
+    """' [2/3]' when a value comes from fewer runs than the row's seeds, else ''."""
+    n = (ci or {}).get("n")
+    return f" [{n}/{seeds}]" if n and n < seeds else ""
+
+
 def fmt_delta(ci: dict, digits: int = 3, adjusted: bool = False) -> str:
     """A signed difference; `*` marks an interval that excludes zero and, with `adjusted`, `†` a difference that
     stays significant after Holm's correction over the table's column (`p_holm` < 0.05)."""
@@ -52,7 +62,8 @@ def fmt_around(ci: dict, center: float, digits: int = 3) -> str:
         return "-"
     if ci.get("lo") is None:
         return f"{ci['mean']:.{digits}f}"
-    sure = "*" if ci["lo"] > center or ci["hi"] < center else ""
+    # an interval of width 0 (values that all agree) tests nothing: t_test_p gives no p for it either
+    sure = "*" if ci["hi"] > ci["lo"] and (ci["lo"] > center or ci["hi"] < center) else ""
     return f"{ci['mean']:.{digits}f} ± {(ci['hi'] - ci['lo']) / 2:.{digits}f}{sure}"
 
 
@@ -94,8 +105,13 @@ def leaderboard_section(s: dict, select: str) -> Section:
     for r in rows:
         cells = [r["algo"]] + ([r["grid_point"] or "(default)", str(r["grid_points"])] if gridded else [])
         cells.append(",".join(map(str, r["seeds"])))
-        cells += [fmt_ci(r[c], DIGITS[c]) for c, _ in measured]
+        cells += [fmt_ci(r[c], DIGITS[c]) + of_seeds(r[c], len(r["seeds"])) for c, _ in measured]
         body.append(cells)
+    if any(of_seeds(r[c], len(r["seeds"])) for r in rows for c, _ in measured):
+        caption.append(PARTIAL_NOTE)
+    for algo, unlike in (s.get("unlike_across_seeds") or {}).items():
+        caption.append(f"UNLIKE SEEDS: {algo}'s runs differ in more than the seed, so its row is not one setting "
+                       f"(against seed {unlike['against_seed']}): {'; '.join(unlike['differences'])}")
     return Section(f"leaderboard: {s['suite']}", caption, columns, body)
 
 
@@ -164,8 +180,11 @@ def versus_section(s: dict) -> Section | None:
         return f"{p['better']}/{p['tied']}/{p['worse']}" if p else "-"
 
     body = [["seeds"] + [",".join(map(str, r["seeds"])) or "none shared" for r in rows]]
-    body += [[f"Δ {labels[c]}"] + [fmt_delta(r["delta"].get(c), DIGITS[c], many) for r in rows] for c, _ in measured]
-    body.append(["train time ×"] + [fmt_ci(r["time_ratio"], 2) for r in rows])
+    body += [[f"Δ {labels[c]}"] + [fmt_delta(r["delta"].get(c), DIGITS[c], many) + of_seeds(r["delta"].get(c), len(r["seeds"]))
+                                   for r in rows] for c, _ in measured]
+    body.append(["train time ×"] + [fmt_ci(r["time_ratio"], 2) + of_seeds(r["time_ratio"], len(r["seeds"])) for r in rows])
+    if any(of_seeds(r["delta"].get(c), len(r["seeds"])) for r in rows for c, _ in measured):
+        caption.append(PARTIAL_NOTE.replace("the row's n seeds", "the n seeds both runs have"))
     if has_prompts:
         body.append(["per prompt: Δ win rate"] + [fmt_delta(r["prompt_paired"]["difference"], 3, many)
                                                   if r["prompt_paired"] else "-" for r in rows])

@@ -54,23 +54,33 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> dict:
     mean = sum(xs) / n
     if n < 2:
         return {"mean": mean, "lo": None, "hi": None, "n": 1}
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    sd = _sd(xs, mean)
     half = t_quantile(confidence, n - 1) * sd / math.sqrt(n)
     return {"mean": mean, "lo": mean - half, "hi": mean + half, "n": n}
+
+
+def _sd(xs: list[float], mean: float) -> float:
+    """Sample standard deviation; exactly 0 for values that agree up to float rounding (0.2 three times has a mean
+    of 0.20000000000000004 and an sd of 3e-17, which a t-test would read as certainty)."""
+    if max(xs) - min(xs) <= 1e-12 * max(abs(x) for x in xs):
+        return 0.0
+    return math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1))
 
 
 def t_test_p(values: Sequence[float], center: float = 0.0) -> float | None:
     """Two-sided p of a one-sample t-test of mean `center` over `values` (None/NaN dropped): the test whose 95%
     interval is mean_ci's, so p < 0.05 exactly when that interval excludes `center`. None with fewer than two
-    values; values that all agree give 0 (they differ from `center`) or 1 (they equal it)."""
+    values, and for values that all agree on something other than `center`: with no spread there is nothing to test
+    against (two seeds agreeing on the same quantised held-out accuracy happens by chance), so no p, not p = 0.
+    Values that all equal `center` give 1."""
     xs = [float(v) for v in values if v is not None and not _isnan(v)]
     n = len(xs)
     if n < 2:
         return None
     mean = sum(xs) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1))
+    sd = _sd(xs, mean)
     if sd == 0:
-        return 1.0 if mean == center else 0.0
+        return 1.0 if mean == center else None
     return 1.0 - student_t_two_sided(abs(mean - center) / (sd / math.sqrt(n)), n - 1)
 
 

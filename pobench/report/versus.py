@@ -31,12 +31,12 @@ DELTA_METRICS = (tuple((c, label) for c, label in METRICS if c not in ("train_ti
 # other key must be equal. Learning rate and the algorithms' own parameters are what a tuning grid varies; the rest
 # change how a run is computed or logged, not what it computes (up to float rounding), or are compared as results
 # (steps and global batch below; device and hardware with the software). The pool's keys follow SAMPLE_KEYS.
-FREE_CONFIG = ("algorithm.", "algorithm_name", "seed", "description", "suite", "train.lr",
-               "train.batch_size", "train.grad_accum", "train.max_steps", "train.log_every", "train.save_every",
-               "train.logps_chunk", "train.shared_prompt", "train.deterministic", "train.tensorboard", "train.wandb",
-               "model.device", "model.attn_implementation", "model.gradient_checkpointing", "model.compile",
-               "model.compile_decoding", "eval.batch_size", "eval.bootstrap", "eval.judge_decoder",
-               "eval.judge_check_pairs", "pool.")
+HOW_COMPUTED = ("seed", "description", "train.batch_size", "train.grad_accum", "train.max_steps", "train.log_every",
+                "train.save_every", "train.logps_chunk", "train.shared_prompt", "train.deterministic",
+                "train.tensorboard", "train.wandb", "model.device", "model.attn_implementation",
+                "model.gradient_checkpointing", "model.compile", "model.compile_decoding", "eval.batch_size",
+                "eval.bootstrap", "eval.judge_decoder", "eval.judge_check_pairs")
+FREE_CONFIG = HOW_COMPUTED + ("algorithm.", "algorithm_name", "suite", "train.lr", "pool.")
 # the pool keys that must be equal, by what both runs' samplers use: a stored pool (source), a generated one (how it
 # was drawn and labelled), samples drawn during training (OnMC-PO, online DPO: how they are drawn and labelled)
 SAMPLE_KEYS = {
@@ -72,7 +72,7 @@ def _present(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
 
-def differences(run: dict, base: dict, tuned: tuple = ()) -> list[str]:
+def differences(run: dict, base: dict, tuned: tuple = (), free_config: tuple = FREE_CONFIG) -> list[str]:
     """'key: run's value vs the baseline's' for every key that must be equal and is not. `tuned`: keys the two
     algorithms' grids varied (free). A key only one config has (written by another pobench version) is not
     compared; nor are `data.*` settings when both runs name the same records (data.json's digest)."""
@@ -82,7 +82,7 @@ def differences(run: dict, base: dict, tuned: tuple = ()) -> list[str]:
     pool_keys = tuple(k for kind in sorted(shared) for k in SAMPLE_KEYS[kind])
     if "pool.rm_steps" in pool_keys and "auto" not in (mine.get("pool.reward_model"), theirs.get("pool.reward_model")):
         pool_keys = tuple(k for k in pool_keys if k != "pool.rm_steps")   # trains only the auto reward model
-    free = FREE_CONFIG + tuple(tuned)
+    free = free_config + tuple(tuned)
     if _present(run.get("data_digest")) and run.get("data_digest") == base.get("data_digest"):
         free += ("data.",)
     for key in sorted(set(mine) & set(theirs)):
@@ -96,6 +96,24 @@ def differences(run: dict, base: dict, tuned: tuple = ()) -> list[str]:
     for key in sorted(set(mine) & set(theirs)):
         if mine[key] != theirs[key]:
             out.append(f"{SOFTWARE}{key} {mine[key]} vs {theirs[key]}")
+    return out
+
+
+def unlike_across_seeds(runs, chosen: dict) -> dict:
+    """{algorithm: what differs between its runs of other seeds at its chosen grid point}, each seed's run against
+    its lowest seed's: a leaderboard row averages them as one setting (e.g. seed 1 run for 10 steps, seeds 2-3
+    later for 100 into the same folder), so only the seed and how the runs were computed may differ."""
+    out = {}
+    for algo, point in chosen.items():
+        by_seed = _seed_runs(runs[(runs["algo"] == algo) & (runs["grid_point"] == point)])
+        if len(by_seed) < 2:
+            continue
+        first, *others = sorted(by_seed)
+        unlike = []
+        for seed in others:
+            unlike += [f"seed {seed}: {d}" for d in differences(by_seed[seed], by_seed[first], (), HOW_COMPUTED)]
+        if unlike:
+            out[algo] = {"against_seed": first, "differences": unlike}
     return out
 
 
