@@ -430,6 +430,27 @@ def test_an_unfinished_completion_is_left_open(tiny_model_dir):
         assert closed.startswith(left_open) and left_open.rstrip().endswith("hi there")
 
 
+def test_a_cut_sample_with_empty_text_is_scored_as_the_empty_answer(tiny_model_dir):
+    """A sample cut at its token limit whose text decodes to "" (all special tokens) had no token left open: the
+    shared-prompt scoring every no-gradient path uses failed in index_add_, and SimPO's length was 0."""
+    from transformers import AutoTokenizer
+
+    from pobench.data.tokenize import encode_completion
+    from pobench.engine.logps import collate_shared
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = [{"role": "user", "content": "hello"}]
+    formatter = ChatFormatter(tokenizer, "auto")
+    prompt = formatter.prompt_text(messages)
+    empty = encode_completion(formatter, messages, prompt, "", 16, finished=False)
+    assert empty == encode_completion(formatter, messages, prompt, "", 16, finished=True) and empty
+    assert encode_completion(formatter, messages, prompt, "hi", 16, finished=False) != \
+        encode_completion(formatter, messages, prompt, "hi", 16, finished=True)
+    batch = collate_shared([(formatter.encode(prompt), [empty, [5, 6]])], pad_id=0)
+    assert batch["token_cols"].numel() == batch["token_targets"].numel() == len(empty) + 2
+    with pytest.raises(ValueError, match="non-empty completions"):
+        collate_shared([(formatter.encode(prompt), [[], [5, 6]])], pad_id=0)
+
+
 def test_resume_on_other_records_is_refused(tmp_path, tiny_model_dir):
     """A local file edited after a crash (or `data.path: auto` reaching the hub where it read the sample) would
     continue the run's data order over other records: data.json names the records, and --resume compares."""

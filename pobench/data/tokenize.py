@@ -84,7 +84,12 @@ class ChatFormatter:
 
 def encode_completion(formatter: ChatFormatter, messages: list[dict], prompt_text: str, text: str,
                       max_completion: int, finished: bool = True) -> list[int]:
-    return formatter.encode(formatter.completion_text(messages, prompt_text, text, finished))[:max_completion]
+    ids = formatter.encode(formatter.completion_text(messages, prompt_text, text, finished))[:max_completion]
+    if not ids and not finished:
+        # a cut sample whose text is empty (its tokens were all special ones) has no token to score, open: it is
+        # scored closed, as the empty answer, so that every sequence has a token (a log-prob, a length)
+        ids = formatter.encode(formatter.completion_text(messages, prompt_text, text, True))[:max_completion]
+    return ids
 
 
 def tokenize_record(record: PreferenceRecord, formatter: ChatFormatter, max_prompt: int, max_completion: int,

@@ -60,6 +60,8 @@ def collate_shared(groups: list[tuple[list[int], list[list[int]]]], pad_id: int,
         pos = list(range(n_prompt))
         seg = [0] * n_prompt
         for j, completion in enumerate(completions):
+            if not completion:
+                raise ValueError("collate_shared needs non-empty completions: an empty one has no token to score")
             start = len(ids)
             ids += completion
             pos += range(n_prompt, n_prompt + len(completion))
