@@ -54,7 +54,7 @@ class ModelConfig:
                                    # long generation only. Same sampling distribution and seeds as without.
     lora_r: int = 0                # 0 = full fine-tuning; >0 = LoRA (the reference is the adapter-disabled policy)
     lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    lora_dropout: float = 0.0      # the adapter's dropout; the model's own is always off (pobench/models.py, disable_dropout)
     lora_target_modules: str = "all-linear"
 
 

@@ -259,12 +259,30 @@ def compile_decoder_layers(model) -> None:
         layer.compile()
 
 
+def disable_dropout(model) -> int:
+    """Every dropout of `model` off (TRL's `disable_dropout`, on by default there too); the number turned off. Training
+    forwards run in train mode: with dropout, the implicit reward would not be 0 at the start, and the policy
+    log-probs a sampler scores without gradient (eval mode: MC-PO's kernel) would not be the ones the loss sees."""
+    turned_off = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout) and module.p > 0:
+            module.p = 0.0
+            turned_off += 1
+        # Llama, Qwen2 and their kin drop attention weights functionally, from this attribute, in train mode
+        if isinstance(getattr(module, "attention_dropout", None), float) and module.attention_dropout > 0:
+            module.attention_dropout = 0.0
+            turned_off += 1
+    return turned_off
+
+
 def load_policy(cfg, device: torch.device):
-    """(model, tokenizer, resolved path) for a ModelConfig."""
+    """(model, tokenizer, resolved path) for a ModelConfig. The model's own dropout is off (disable_dropout); a
+    LoRA adapter's (`model.lora_dropout`) is added after, as configured."""
     path = resolve_model_path(cfg.name_or_path, cfg.gguf_file)
     dtype, _ = pick_dtype(cfg.dtype, device)
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(path, dtype, cfg.attn_implementation)
+    disable_dropout(model)
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):   # transformers >= 5.2x; the old name is deprecated
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -17,3 +17,39 @@ def test_a_gguf_conversion_is_keyed_by_content_not_by_path(tmp_path, monkeypatch
     assert models.converted_folder(copies[0]).parent == tmp_path / "cache" / "models"
     copies[1].write_bytes(b"GGUF" + bytes(range(256)) * 65)
     assert models.converted_folder(copies[0]) != models.converted_folder(copies[1])
+
+
+def test_the_policy_trains_without_the_models_own_dropout(tmp_path, smollm2_dir):
+    """A model with dropout (GPT-2's modules, Llama's functional attention dropout) gave training forwards that
+    differ from the same weights' no-gradient scores (MC-PO's kernel) and a non-zero implicit reward at the start;
+    the adapter's own dropout stays as configured."""
+    import types
+
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    configs = {"gpt2": (GPT2LMHeadModel, GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2,
+                                                     resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5)),
+               "llama": (LlamaForCausalLM, LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                                       attention_dropout=0.5))}
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    for name, (cls, config) in configs.items():
+        torch.manual_seed(0)
+        cls(config).save_pretrained(tmp_path / name)
+        tokenizer.save_pretrained(tmp_path / name)
+        for lora_r, lora_dropout in ((0, 0.0), (4, 0.3)):
+            cfg = types.SimpleNamespace(name_or_path=str(tmp_path / name), gguf_file=None, dtype="float32",
+                                        attn_implementation="eager", gradient_checkpointing=False, lora_r=lora_r,
+                                        lora_alpha=16, lora_dropout=lora_dropout, lora_target_modules="all-linear",
+                                        compile=False)
+            policy, _, _ = models.load_policy(cfg, torch.device("cpu"))
+            dropouts = [m.p for m in policy.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0]
+            assert dropouts == [0.3] * len(dropouts) and bool(dropouts) == (lora_r > 0), (name, dropouts)
+            if lora_r == 0:
+                policy.train()
+                with torch.no_grad():
+                    trained = policy(ids).logits
+                    assert torch.equal(trained, policy(ids).logits)
+                    assert torch.allclose(trained, policy.eval()(ids).logits, atol=1e-6)
