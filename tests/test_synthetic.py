@@ -278,6 +278,27 @@ def test_study_crossings_gain_and_paired_differences():
     assert "| slow | 2 |" in markdown(summary)
 
 
+def test_study_reads_the_kernels_logs(tmp_path):
+    import json
+
+    from pobench.synthetic.study import sampler_logs, sampler_markdown
+    runs = {}
+    for algo, logged in (("mcpo", True), ("dpo", False)):
+        for seed in (1, 2):
+            run_dir = tmp_path / algo / f"seed{seed}"
+            run_dir.mkdir(parents=True)
+            rows = [{"step": i, **({"sampler/kernel_entropy": 1.9 - 0.01 * i * seed, "sampler/kernel_entropy_uniform": 1.9459,
+                                    "sampler/drawn_rm_rank": 0.1 * i} if logged else {})} for i in range(1, 5)]
+            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            runs.setdefault(algo, {})[seed] = {"dir": run_dir}
+    logs = sampler_logs(runs, last=2)
+    assert set(logs) == {"mcpo"}
+    assert logs["mcpo"]["min_kernel_entropy"] == pytest.approx(1.82) and logs["mcpo"]["uniform_entropy"] == 1.9459
+    assert logs["mcpo"]["drawn_rank"] == {1: pytest.approx(0.25), 2: pytest.approx(0.25)}
+    assert logs["mcpo"]["drawn_rank_last_2"] == {1: pytest.approx(0.35), 2: pytest.approx(0.35)}
+    assert "| mcpo | 1.820 | 1.946 | 0.25, 0.25 | 0.35, 0.35 |" in sampler_markdown(logs, last=2)
+
+
 def test_ci_another_tasks_gold_reward_is_refused_before_the_run(tmp_path, ci_reference):
     """A run of task 0 judged (or its samples labelled) by task 3's gold reward would score answers against a
     reward the policy was never trained towards: refused while the run is planned, naming the key."""

@@ -9,7 +9,8 @@
 * records seen (the budget every algorithm shares: steps x batch) and training seconds to reach 90% of the base's
   final gold gain (linear between evaluation steps), and gold after 400, 800 and 1600 records;
 * gold at matched KL (0.5, 1, 2, 4: the first crossing of each level, interpolated along the run), and a plot of
-  the reward-KL frontier.
+  the reward-KL frontier;
+* for kernels that log it, the kernel's lowest entropy and the drawn negative's gold rank in its pool.
 `--extra mcpo-uniform=results-uniform[:mcpo]` adds one algorithm's runs of another results root under a new name
 (ablations).
 """
@@ -127,6 +128,39 @@ def draw_level_test(runs: dict, algo: str, base: str = "dpo") -> dict:
     return {"units": int(d.size), "mean": float(d.mean()), "ci95": 1.96 * se, "p": math.erfc(abs(z) / math.sqrt(2))}
 
 
+def sampler_logs(runs: dict, last: int = 50) -> dict:
+    """What the kernels' logs (metrics.jsonl) say, per algorithm that logs `sampler/kernel_entropy`: the lowest batch
+    mean of the kernel's entropy in any step of any seed, a uniform draw's entropy, and per seed the drawn negative's
+    mean gold rank in its pool (`sampler/drawn_rm_rank`: 0 = the pool's best, 1 = its worst), over all steps and
+    over the last `last`."""
+    out = {}
+    for algo, by_seed in runs.items():
+        rows = {seed: [json.loads(line) for line in (r["dir"] / "metrics.jsonl").read_text().splitlines() if line]
+                for seed, r in sorted(by_seed.items())}
+        entropy = [row["sampler/kernel_entropy"] for rs in rows.values() for row in rs if "sampler/kernel_entropy" in row]
+        if not entropy:
+            continue
+        uniform = [row["sampler/kernel_entropy_uniform"] for rs in rows.values() for row in rs
+                   if "sampler/kernel_entropy_uniform" in row]
+        ranks = {seed: [row["sampler/drawn_rm_rank"] for row in rs if "sampler/drawn_rm_rank" in row]
+                 for seed, rs in rows.items()}
+        out[algo] = {"min_kernel_entropy": min(entropy), "uniform_entropy": max(uniform) if uniform else math.nan,
+                     "drawn_rank": {seed: float(np.mean(r)) if r else math.nan for seed, r in ranks.items()},
+                     f"drawn_rank_last_{last}": {seed: float(np.mean(r[-last:])) if r else math.nan
+                                                 for seed, r in ranks.items()}}
+    return out
+
+
+def sampler_markdown(logs: dict, last: int = 50) -> str:
+    lines = [f"| algorithm | lowest kernel entropy (nats) | uniform draw's | drawn negative's gold rank, per seed | "
+             f"the same, last {last} steps |", "|---|---|---|---|---|"]
+    for algo, row in logs.items():
+        ranks = ", ".join(f"{v:.2f}" for v in row["drawn_rank"].values())
+        late = ", ".join(f"{v:.2f}" for v in row[f"drawn_rank_last_{last}"].values())
+        lines.append(f"| {algo} | {row['min_kernel_entropy']:.3f} | {row['uniform_entropy']:.3f} | {ranks} | {late} |")
+    return "\n".join(lines)
+
+
 def fmt(pair: tuple[float, float], digits: int = 3) -> str:
     mean, half = pair
     if math.isnan(mean):
@@ -205,10 +239,13 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarise(runs, args.base)
     draws = {a: draw_level_test(runs, a, args.base) for a in runs if a != args.base} if args.draws else None
     print(markdown(summary, draws))
+    logs = sampler_logs(runs)
+    if logs:
+        print("\nThe kernels' logs (metrics.jsonl):\n\n" + sampler_markdown(logs))
     if args.plot:
         frontier_plot(runs, args.plot)
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "draws": draws}, indent=1, default=str))
+        args.json.write_text(json.dumps({"summary": summary, "draws": draws, "sampler_logs": logs}, indent=1, default=str))
 
 
 if __name__ == "__main__":
