@@ -267,6 +267,13 @@ def test_study_crossings_gain_and_paired_differences():
     assert summary["base_final_gain"] == pytest.approx(0.3)
     slow = summary["algorithms"]["slow"]
     assert slow["diff_vs_base"]["per_seed"] == [pytest.approx(-0.15), pytest.approx(-0.12)]
+    # "ranked" equals DPO at every seed: no p, so the family is "slow" alone
+    assert slow["diff_vs_base"]["p_holm"] == pytest.approx(slow["diff_vs_base"]["p_over_seeds"])
+    runs["slower"] = {1: run(0.4, 0.5), 2: run(0.45, 0.5)}
+    family = summarise(runs, "dpo")["algorithms"]
+    p = sorted([family["slow"]["diff_vs_base"]["p_over_seeds"], family["slower"]["diff_vs_base"]["p_over_seeds"]])
+    assert sorted(family[a]["diff_vs_base"]["p_holm"] for a in ("slow", "slower")) == \
+        [pytest.approx(2 * p[0]), pytest.approx(max(2 * p[0], p[1]))]
     assert slow["to_90pct_of_base_gain"]["reached"] == 0                # 0.27 of gain never reached
     dpo = summary["algorithms"]["dpo"]["to_90pct_of_base_gain"]
     assert dpo["records"][0] == pytest.approx(170) and dpo["seconds"][0] == pytest.approx(3.4)

@@ -6,6 +6,7 @@
 * paired differences against the base algorithm (DPO): per seed (the two runs share the seed's data order and
   evaluation draws), with a t-test over seeds; and per evaluation draw, re-measured from the final weights with
   the runs' common random numbers (`--draws`), which removes the evaluation noise but not the training seed's;
+  the p over seeds also Holm-adjusted over all the algorithms compared with the base;
 * records seen (the budget every algorithm shares: steps x batch) and training seconds to reach 90% of the base's
   final gold gain (linear between evaluation steps), and gold after 400, 800 and 1600 records;
 * gold at matched KL (0.5, 1, 2, 4: the first crossing of each level, interpolated along the run), and a plot of
@@ -103,6 +104,11 @@ def summarise(runs: dict, base: str = "dpo") -> dict:
             values = [crossing(r["gold"]["curve"], BUDGET, level, "gold/reward") for r in by_seed.values()]
             row["gold_at_records"][level] = mean_ci([v for v in values if v is not None])
         out["algorithms"][algo] = row
+    # Holm over every algorithm compared with the base (the family the table asks about)
+    rows = [r["diff_vs_base"] for a, r in out["algorithms"].items() if a != base]
+    for r, adjusted in zip(rows, stats.holm([None if math.isnan(r["p_over_seeds"]) else r["p_over_seeds"] for r in rows])):
+        r["p_holm"] = math.nan if adjusted is None else adjusted
+    out["algorithms"][base]["diff_vs_base"]["p_holm"] = math.nan
     return out
 
 
@@ -171,8 +177,8 @@ def fmt(pair: tuple[float, float], digits: int = 3) -> str:
 def markdown(summary: dict, draws: dict | None = None) -> str:
     base = summary["base"]
     lines = [f"| algorithm | seeds | gold reward | win rate vs ref | KL(pi‖ref) | length | train s | pairs | "
-             f"gold - {base} (per seed) | p (t over seeds) |" + (" gold - base, per draw (p) |" if draws else ""),
-             "|---" * (10 + bool(draws)) + "|"]
+             f"gold - {base} (per seed) | p (t over seeds) | p, Holm |" + (" gold - base, per draw (p) |" if draws else ""),
+             "|---" * (11 + bool(draws)) + "|"]
     for algo, row in summary["algorithms"].items():
         diff = row["diff_vs_base"]
         extra = ""
@@ -182,7 +188,8 @@ def markdown(summary: dict, draws: dict | None = None) -> str:
         lines.append(f"| {algo} | {len(row['seeds'])} | {fmt(row['gold/reward'])} | {fmt(row['gold/win_rate'])} | "
                      f"{fmt(row['gold/kl'], 2)} | {fmt(row['gold/length'], 1)} | {fmt(row['train_s'], 1)} | "
                      f"{row['pairs'][0]:.0f} | {fmt(diff['mean_ci'])} | "
-                     f"{'-' if math.isnan(diff['p_over_seeds']) else format(diff['p_over_seeds'], '.2g')} |" + extra)
+                     f"{'-' if math.isnan(diff['p_over_seeds']) else format(diff['p_over_seeds'], '.2g')} | "
+                     f"{'-' if math.isnan(diff['p_holm']) else format(diff['p_holm'], '.2g')} |" + extra)
     lines += ["", f"To 90% of {base}'s final gold gain ({0.9 * summary['base_final_gain']:.3f}), and gold at matched KL:", "",
               "| algorithm | reached | records | train s | " + " | ".join(f"gold @ KL {k:g}" for k in KL_LEVELS) + " | "
               + " | ".join(f"gold @ {n} records" for n in RECORD_LEVELS) + " |",
