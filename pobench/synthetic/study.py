@@ -160,10 +160,13 @@ def sampler_logs(runs: dict, last: int = 50) -> dict:
 def sampler_markdown(logs: dict, last: int = 50) -> str:
     lines = [f"| algorithm | lowest kernel entropy (nats) | uniform draw's | drawn negative's gold rank, per seed | "
              f"the same, last {last} steps |", "|---|---|---|---|---|"]
+    def num(v: float, digits: int) -> str:
+        return "-" if math.isnan(v) else f"{v:.{digits}f}"
+
     for algo, row in logs.items():
-        ranks = ", ".join(f"{v:.2f}" for v in row["drawn_rank"].values())
-        late = ", ".join(f"{v:.2f}" for v in row[f"drawn_rank_last_{last}"].values())
-        lines.append(f"| {algo} | {row['min_kernel_entropy']:.3f} | {row['uniform_entropy']:.3f} | {ranks} | {late} |")
+        ranks = ", ".join(num(v, 2) for v in row["drawn_rank"].values())
+        late = ", ".join(num(v, 2) for v in row[f"drawn_rank_last_{last}"].values())
+        lines.append(f"| {algo} | {row['min_kernel_entropy']:.3f} | {num(row['uniform_entropy'], 3)} | {ranks} | {late} |")
     return "\n".join(lines)
 
 
