@@ -283,6 +283,7 @@ def test_study_crossings_gain_and_paired_differences():
     assert ranked["pairs"][0] == 800
     assert summary["algorithms"]["slow"]["gold_at_kl"][1.0]["mean_ci"][0] == pytest.approx(0.1 + 0.55 * 0.25)
     assert "| slow | 2 |" in markdown(summary)
+    assert "| reference | 2 | 0.100 ± 0.000 | 0.5 | 0 | 9.0 ± 0.0 |" in markdown(summary)
 
 
 def test_study_reads_the_kernels_logs(tmp_path):

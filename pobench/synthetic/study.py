@@ -78,7 +78,10 @@ def summarise(runs: dict, base: str = "dpo") -> dict:
     if base not in runs:
         raise PobenchError(f"no '{base}' runs to compare against (have: {', '.join(sorted(runs))})")
     base_gain = np.mean([gain_curve(r["gold"]["curve"])[-1]["gain"] for r in runs[base].values()])
-    out = {"base": base, "base_final_gain": float(base_gain), "algorithms": {}}
+    # the reference: the step-0 evaluation, where (common random numbers) the policy's draws are the reference's own
+    starts = [r["gold"]["curve"][0] for r in runs[base].values()]
+    out = {"base": base, "base_final_gain": float(base_gain), "algorithms": {},
+           "reference": {key: mean_ci([c[key] for c in starts if key in c]) for key in ("gold/reward", "gold/length")}}
     for algo, by_seed in runs.items():
         finals = {s: r["gold"]["final"] for s, r in by_seed.items()}
         row = {"seeds": sorted(by_seed)}
@@ -182,6 +185,10 @@ def markdown(summary: dict, draws: dict | None = None) -> str:
     lines = [f"| algorithm | seeds | gold reward | win rate vs ref | KL(pi‖ref) | length | train s | pairs | "
              f"gold - {base} (per seed) | p (t over seeds) | p, Holm |" + (" gold - base, per draw (p) |" if draws else ""),
              "|---" * (11 + bool(draws)) + "|"]
+    ref = summary.get("reference")
+    if ref:
+        lines.append(f"| reference | {len(summary['algorithms'][base]['seeds'])} | {fmt(ref['gold/reward'])} | 0.5 | 0 | "
+                     f"{fmt(ref['gold/length'], 1)} | - | - | | | |" + (" |" if draws else ""))
     for algo, row in summary["algorithms"].items():
         diff = row["diff_vs_base"]
         extra = ""
