@@ -696,9 +696,23 @@ def main() -> None:
         close_process_group(completed)  # under a launch: before exit, or gloo may abort a finished rank
 
 
+INTERRUPTED = 130   # the shell's code for a run stopped by Ctrl-C (128 + SIGINT)
+
+
+def _interrupted() -> None:
+    console.quiet = False
+    console.print("interrupted; rerun with --resume to continue from the last checkpoint")
+    sys.exit(INTERRUPTED)
+
+
 def _run_app() -> None:
     try:
-        app(standalone_mode=False)
+        # without standalone mode, typer turns Ctrl-C (and a typer.Exit) into a returned exit code, not an exception
+        code = app(standalone_mode=False)
+        if code == INTERRUPTED:
+            _interrupted()
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            sys.exit(code)
     except PobenchError as e:
         console.quiet = False  # a rank's error is printed even where its progress is silenced
         console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
@@ -709,15 +723,14 @@ def _run_app() -> None:
         code = getattr(e, "exit_code", getattr(e, "code", 0))
         sys.exit(code or 0)
     except KeyboardInterrupt:
-        console.print("interrupted; rerun with --resume to continue from the last checkpoint")
-        sys.exit(130)
+        _interrupted()
     except Exception as e:  # click usage errors come here too
         # typer bundles its own copy of click: recognise its usage errors by shape, not by class
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):
             console.print(f"[red]error:[/red] {escape(e.format_message())}", highlight=False, soft_wrap=True)
             sys.exit(2)
         if type(e).__name__ == "Abort":
-            sys.exit(130)
+            sys.exit(INTERRUPTED)
         if os.environ.get("POBENCH_DEBUG"):
             traceback.print_exc()
         console.quiet = False

@@ -256,3 +256,20 @@ def test_list_json_names_every_registry(tmp_path):
     assert {"transformers", "vllm"} <= {b["name"] for b in listed["generation_backends"]}
     assert "gold:synthetic" in listed["judges"] and "gold:synthetic" in listed["reward_models"]
     assert {s["name"] for s in listed["samplers"]} >= {"dataset_pair", "mc_kernel", "rso", "online_pool"}
+
+
+def test_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, capsys):
+    """Typer, run without standalone mode, returns Ctrl-C as the exit code 130 instead of raising it: the code was
+    dropped, so an interrupted `pobench run ... && pobench report` carried on as if the run had finished."""
+    import pobench.registry
+    from pobench import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pobench.registry, "discover", interrupted)
+    monkeypatch.setattr(sys, "argv", ["pobench", "list"])
+    with pytest.raises(SystemExit) as exit_:
+        cli._run_app()
+    assert exit_.value.code == 130
+    assert "interrupted; rerun with --resume" in capsys.readouterr().err
