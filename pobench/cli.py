@@ -104,6 +104,10 @@ def run(
     # one --config file may hold sections for several algorithms: those of algorithms not in this run are not for it
     file_cfg = {k: v for k, v in file_cfg.items() if k in algos or k not in ALGORITHMS}
     set_cfg = C.parse_set(set_)
+    for origin, layer in (("--config", file_cfg), ("--set", set_cfg)):
+        for key, option in (("seed", "--seeds"), ("suite", "--suite"), ("algorithm_name", "--algo")):
+            if key in layer:   # --seeds would override the seed silently; a suite name would file runs elsewhere
+                raise PobenchError(f"{origin}: '{key}' is chosen with {option}, not here")
     set_cfg = C.deep_merge(_shortcuts(model, data, max_steps), set_cfg)
 
     # Resolve and check everything before anything is written.
@@ -241,7 +245,7 @@ def _remove_if_empty(folder: Path, root: Path) -> None:
 
 @contextlib.contextmanager
 def _discard_if_unstarted(run_dir: Path):
-    """A run that fails with a user error (a model that does not load, out of memory) before its first metrics
+    """A run that fails (a model that does not load, out of memory, an internal error) before its first metrics
     line or checkpoint leaves no half-run behind: what this invocation wrote into a fresh folder is removed, so
     the folder is not later refused as "already holds a run". A run that got further keeps everything (its
     checkpoint is what --resume continues from, its metrics show what happened)."""
@@ -251,7 +255,7 @@ def _discard_if_unstarted(run_dir: Path):
     fresh = not _holds_run(run_dir)
     try:
         yield
-    except PobenchError:
+    except Exception:   # a user error, or one pobench did not foresee (which the rerun may not hit once fixed)
         if fresh and not (run_dir / "metrics.jsonl").exists() and find_checkpoint(run_dir) is None:
             for path in run_dir.iterdir():
                 if path.name != LOCK_NAME:

@@ -167,13 +167,16 @@ _AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
 _NOT_NEGATIVE = ("at least 0", lambda v: v >= 0)
 _POSITIVE = ("greater than 0", lambda v: v > 0)
 _FRACTION = ("between 0 and 1", lambda v: 0 <= v <= 1)
+_SEED = ("between 0 and 2**32 - 1", lambda v: 0 <= v < 2 ** 32)   # numpy's and torch's seeds take no more
+_BETA = ("in [0, 1)", lambda v: 0 <= v < 1)                          # Adam's moment decay: 1 never forgets
 RANGES = {
+    "seed": _SEED, "pool.seed": _SEED, "eval.seed": _SEED,
     "data.eval_size": _AT_LEAST_1, "data.max_train_records": _NOT_NEGATIVE,
     "model.lora_r": _NOT_NEGATIVE, "model.lora_dropout": _FRACTION,
     "train.max_prompt_length": _AT_LEAST_1, "train.max_completion_length": _AT_LEAST_1,
     "train.batch_size": _AT_LEAST_1, "train.grad_accum": _AT_LEAST_1, "train.max_steps": _NOT_NEGATIVE,
     "train.lr": _POSITIVE, "train.weight_decay": _NOT_NEGATIVE, "train.warmup_ratio": _FRACTION,
-    "train.max_grad_norm": _NOT_NEGATIVE, "train.adam_beta1": _FRACTION, "train.adam_beta2": _FRACTION,
+    "train.max_grad_norm": _NOT_NEGATIVE, "train.adam_beta1": _BETA, "train.adam_beta2": _BETA,
     "train.log_every": _NOT_NEGATIVE, "train.eval_every": _NOT_NEGATIVE, "train.save_every": _NOT_NEGATIVE,
     "train.logps_chunk": _AT_LEAST_1,
     "pool.num_samples": _AT_LEAST_1, "pool.temperature": _NOT_NEGATIVE, "pool.top_p": ("in (0, 1]", lambda v: 0 < v <= 1),

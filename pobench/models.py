@@ -183,7 +183,10 @@ def pick_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise PobenchError(f"model.device {device}: CUDA is not available on this machine")
-    return torch.device(device)
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise PobenchError(f"config key 'model.device': {device!r} is not a device (auto, cpu, cuda, cuda:N, ...)") from None
 
 
 def pick_dtype(dtype: str, device: torch.device) -> tuple[torch.dtype, str]:
@@ -204,6 +207,9 @@ def load_tokenizer(path: str):
     except Exception as e:
         raise PobenchError(f"model {path}: cannot load tokenizer ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise PobenchError(f"model {path}: the tokenizer has neither a pad nor an EOS token (padding and the end "
+                               f"of an answer need one)")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -248,7 +254,10 @@ def add_lora(model, cfg):
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=target if target == "all-linear" else [t.strip() for t in target.split(",")],
                       task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:   # target modules the model does not have
+        raise PobenchError(f"config key 'model.lora_target_modules': {target!r}: {e}") from None
 
 
 def compile_decoder_layers(model) -> None:

@@ -79,6 +79,10 @@ CASES = {
                            lambda d: _lines(d / "rows.jsonl", _hh_rows(2) + ['{"chosen": "x",'] + _hh_rows(1)),
                            ["rows.jsonl:3: bad JSON line"]),
     "bad_seeds": (RUN + ["--seeds", "a,b"], None, ["--seeds a,b", "integers"]),
+    "negative_seed": (RUN + ["--seeds=-1"], None, ["config key 'seed'", "between 0 and 2**32 - 1", "-1"]),
+    "seed_in_set": (RUN + ["--set", "seed=5"], None, ["--set: 'seed' is chosen with --seeds"]),
+    "adam_beta_1": (RUN + ["--set", "train.adam_beta2=1.0"], None, ["config key 'train.adam_beta2'", "in [0, 1)"]),
+    "not_a_device": (RUN + ["--set", "model.device=banana"], None, ["config key 'model.device'", "'banana'"]),
     "mcpo_dataset_pool_without_pools": (RUN + ["--algo", "dpo,mcpo", "--set", "pool.source=dataset"], None,
                                         ["mcpo: pool.source=dataset", "harmless-base-test-2000.jsonl.gz carries no "
                                          "candidate pools"]),
@@ -107,6 +111,10 @@ CASES = {
                             lambda d: _lines(d / "rows.jsonl", [json.dumps({"prompt": "p", "chosen": [], "rejected": []}),
                                                                 json.dumps({"prompt": "p", "chosen": "x", "rejected": []})]),
                             ["rows.jsonl:2: malformed row for schema ultrafeedback-binarized"]),
+    "data_cmd_lone_surrogate": (["data", "hh-rlhf", "--data", "rows.jsonl"],
+                                lambda d: _lines(d / "rows.jsonl", _hh_rows(2) + [json.dumps(
+                                    {"chosen": GOOD["chosen"] + "\ud800", "rejected": GOOD["rejected"]})]),
+                                ["rows.jsonl:3: text with a lone UTF-16 surrogate"]),
     "data_cmd_empty_file": (["data", "hh-rlhf", "--data", "empty.jsonl"], lambda d: (d / "empty.jsonl").write_text(""),
                             ["empty.jsonl: no rows"]),
     "data_cmd_too_few_rows": (["data", "hh-rlhf", "--data", "rows.jsonl"], lambda d: _lines(d / "rows.jsonl", _hh_rows(5)),
@@ -273,3 +281,23 @@ def test_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, capsys):
         cli._run_app()
     assert exit_.value.code == 130
     assert "interrupted; rerun with --resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [RuntimeError("an error pobench did not foresee"), ValueError("bad")])
+def test_a_run_that_fails_before_its_first_step_leaves_no_half_run(tmp_path, error):
+    """Only PobenchError cleaned up: any other error left config.yaml, data.json and env.json, and the next run was
+    refused as 'already holds a run'. A run with metrics keeps everything."""
+    from pobench.cli import _discard_if_unstarted
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(type(error)), _discard_if_unstarted(fresh):
+        (fresh / "config.yaml").write_text("seed: 1\n")
+        raise error
+    assert not any(fresh.iterdir())
+    started = tmp_path / "started"
+    started.mkdir()
+    with pytest.raises(type(error)), _discard_if_unstarted(started):
+        (started / "config.yaml").write_text("seed: 1\n")
+        (started / "metrics.jsonl").write_text('{"step": 1}\n')
+        raise error
+    assert sorted(p.name for p in started.iterdir()) == ["config.yaml", "metrics.jsonl"]

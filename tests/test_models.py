@@ -53,3 +53,17 @@ def test_the_policy_trains_without_the_models_own_dropout(tmp_path, smollm2_dir)
                     trained = policy(ids).logits
                     assert torch.equal(trained, policy(ids).logits)
                     assert torch.allclose(trained, policy.eval()(ids).logits, atol=1e-6)
+
+
+def test_lora_target_modules_the_model_lacks_are_a_config_error(tiny_model_dir):
+    import types
+
+    import pytest
+    import torch
+
+    from pobench.errors import PobenchError
+    cfg = types.SimpleNamespace(name_or_path=str(tiny_model_dir), gguf_file=None, dtype="float32",
+                                attn_implementation="sdpa", gradient_checkpointing=False, lora_r=4, lora_alpha=16,
+                                lora_dropout=0.0, lora_target_modules="nope", compile=False)
+    with pytest.raises(PobenchError, match="config key 'model.lora_target_modules': 'nope'"):
+        models.load_policy(cfg, torch.device("cpu"))

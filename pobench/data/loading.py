@@ -56,6 +56,15 @@ def _decode(raw: bytes, path: Path, line: int) -> str:
         raise PobenchError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
 
 
+def _check_text(row, where: str) -> None:
+    """A JSON escape can spell a lone UTF-16 surrogate ("\\ud800"), which no tokenizer (and no UTF-8 file) takes."""
+    try:
+        json.dumps(row, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise PobenchError(f"{where}: text with a lone UTF-16 surrogate (a \\ud800-\\udfff escape without its "
+                           f"pair): not a character") from None
+
+
 def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
     """(1-based line number, object) for JSON Lines; (1-based element number, object) for a JSON array file.
 
@@ -83,7 +92,10 @@ def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
                         rows = json.loads(text)
                     except json.JSONDecodeError as e:
                         raise PobenchError(f"{path}:{line - 1 + e.lineno}: bad JSON ({e.msg}, column {e.colno})") from None
+                    except RecursionError:
+                        raise PobenchError(f"{path}: bad JSON (nested too deeply)") from None
                     for i, row in enumerate(rows, 1):
+                        _check_text(row, f"{path} (element {i})")
                         yield i, row
                     return
                 first = False
@@ -91,6 +103,10 @@ def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
                     row = json.loads(text)
                 except json.JSONDecodeError as e:
                     raise PobenchError(f"{path}:{line}: bad JSON line ({e.msg}, column {e.colno})") from None
+                except RecursionError:
+                    raise PobenchError(f"{path}:{line}: bad JSON line (nested too deeply)") from None
+                if "\\u" in text:
+                    _check_text(row, f"{path}:{line}")
                 yield line, row
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         where = f" after line {line}" if line else ""
