@@ -279,3 +279,23 @@ def test_a_filesystem_without_flock_still_locks_by_the_files_contents(tmp_path, 
     _write_lock(tmp_path, pid=1, host=socket.gethostname())
     with pytest.raises(PobenchError, match="in use by another pobench run \\(pid 1 on "):
         RunLock(tmp_path).acquire()
+
+
+def test_resume_drops_only_a_torn_last_metrics_line(tmp_path):
+    """A damaged line in the middle of metrics.jsonl made --resume drop every row after it, good ones included,
+    without a word: steps 2-4 vanished. Only a torn last line (a crash mid-write) is dropped now."""
+    from pobench.engine.io import MetricsLog
+    from pobench.errors import PobenchError
+    path = tmp_path / "metrics.jsonl"
+    rows = [json.dumps({"step": i, "loss": 0.5}) for i in range(1, 7)]
+    path.write_text("\n".join(rows) + '\n{"step": 7, "lo')
+    MetricsLog(path).truncate_after(4)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2, 3, 4]
+    for damage, message in (('{"step": 2, garbage', "metrics.jsonl:2: not valid JSON"),
+                            ("5", "metrics.jsonl:2: expected a metrics row"),
+                            ('{"step": "2"}', "metrics.jsonl:2: expected a metrics row")):
+        text = "\n".join([rows[0], damage, *rows[2:]]) + "\n"
+        path.write_text(text)
+        with pytest.raises(PobenchError, match=message):
+            MetricsLog(path).truncate_after(4)
+        assert path.read_text() == text   # nothing rewritten

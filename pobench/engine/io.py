@@ -75,16 +75,26 @@ class MetricsLog:
         self.path = Path(path)
 
     def truncate_after(self, step: int) -> None:
-        """On resume: keep lines up to `step`; drop later ones and a torn last line."""
+        """On resume: keep lines up to `step`; drop later ones and a torn last line (a crash mid-write). Any other
+        damage is an error naming the line, before anything is rewritten: dropping from there on would lose the
+        good rows after it without a word."""
         if not self.path.exists():
             return
         kept = []
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                break
-            if row.get("step", 0) <= step:
+            except json.JSONDecodeError as e:
+                if i == len(lines):
+                    break
+                raise PobenchError(f"{self.path}:{i}: not valid JSON ({e.msg}); only a torn last line is dropped on "
+                                   f"--resume: mend or delete the line") from None
+            if not isinstance(row, dict) or not isinstance(row.get("step"), int) or isinstance(row["step"], bool):
+                raise PobenchError(f"{self.path}:{i}: expected a metrics row (an object with an integer 'step')")
+            if row["step"] <= step:
                 kept.append(line)
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
