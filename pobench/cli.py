@@ -302,6 +302,7 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
     from pobench.engine.trainer import train
     from pobench.environment import environment_info
     from pobench.faults import out_of_memory_as_error
+    from pobench.report.collect import read_summary
 
     tokenized: dict = {}
     summaries = []
@@ -311,7 +312,7 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
         overall = progress.add_task("runs", total=len(plans))
         for algorithm, cfg, run_dir, done in plans:
             if done and resume:
-                summaries.append(json.loads((run_dir / "train_summary.json").read_text()))
+                summaries.append(read_summary(run_dir / "train_summary.json"))
                 progress.console.print(f"[dim]{run_dir}: finished earlier, skipped[/dim]")
                 progress.advance(overall)
                 continue
@@ -340,12 +341,15 @@ def _print_summary(summaries: list[dict], wall: float) -> None:
                   "the algorithm's implicit-reward accuracy and margin on held-out pairs, before -> after")
     for col in ("suite", "algo", "seed", "steps", "pairs", "train s", "pairs/s", "loss", "held-out acc", "margin"):
         table.add_column(col, no_wrap=True)
-    for s in summaries:
-        init, final = s["held_out_initial"], s["held_out_final"]
-        table.add_row(s["suite"], s["algorithm"], str(s["seed"]), str(s["steps"]), str(s["pairs_seen"]),
-                      f"{s['train_time_s']:.0f}", f"{s['pairs_per_s'] or 0:.2f}", f"{s['final_loss']:.3f}",
-                      f"{init['eval/rewards/accuracies']:.2f}->{final['eval/rewards/accuracies']:.2f}",
-                      f"{init['eval/rewards/margins']:.3f}->{final['eval/rewards/margins']:.3f}")
+    def num(v, digits: int) -> str:
+        return "-" if v is None else f"{v:.{digits}f}"
+
+    for s in summaries:   # a run finished by an older pobench may lack a field: "-"
+        init, final = s.get("held_out_initial") or {}, s.get("held_out_final") or {}
+        table.add_row(s["suite"], s["algorithm"], str(s["seed"]), str(s.get("steps", "-")), str(s.get("pairs_seen", "-")),
+                      num(s.get("train_time_s"), 0), num(s.get("pairs_per_s") or 0, 2), num(s.get("final_loss"), 3),
+                      f"{num(init.get('eval/rewards/accuracies'), 2)}->{num(final.get('eval/rewards/accuracies'), 2)}",
+                      f"{num(init.get('eval/rewards/margins'), 3)}->{num(final.get('eval/rewards/margins'), 3)}")
     Console(width=max(120, Console().width)).print(table)
 
 

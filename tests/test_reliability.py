@@ -299,3 +299,26 @@ def test_resume_drops_only_a_torn_last_metrics_line(tmp_path):
         with pytest.raises(PobenchError, match=message):
             MetricsLog(path).truncate_after(4)
         assert path.read_text() == text   # nothing rewritten
+
+
+@pytest.mark.parametrize("damage", ["state_not_json", "state_without_step", "weights_truncated", "optimizer_truncated"])
+def test_a_damaged_checkpoint_is_named(tmp_path, damage):
+    """A truncated trainable.safetensors or optimizer.pt, or a broken state.json, ended --resume and `pobench eval`
+    with 'internal error: SafetensorError' (or KeyError, JSONDecodeError), naming no file."""
+    import torch
+
+    from pobench.engine.checkpoint import load_checkpoint, save_checkpoint
+    from pobench.errors import PobenchError
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    save_checkpoint(tmp_path, model, optimizer, scheduler, {"step": 4}, with_optimizer=True)
+    folder = tmp_path / "checkpoints" / "latest"
+    assert load_checkpoint(folder, model, optimizer, scheduler)["step"] == 4
+    file, text = {"state_not_json": ("state.json", b"{"), "state_without_step": ("state.json", b"{}"),
+                  "weights_truncated": ("trainable.safetensors", None),
+                  "optimizer_truncated": ("optimizer.pt", None)}[damage]
+    path = folder / file
+    path.write_bytes(text if text is not None else path.read_bytes()[:40])
+    with pytest.raises(PobenchError, match=f"{file}: .*damaged checkpoint"):
+        load_checkpoint(folder, model, optimizer, scheduler)

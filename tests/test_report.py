@@ -4,6 +4,7 @@ report --format markdown` reproduces."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import math
 import subprocess
@@ -751,3 +752,33 @@ def test_runs_of_one_row_that_differ_beyond_the_seed_are_named(tmp_path):
     write_run(tmp_path / "same", "dpo", 1, [0.5, 0.6])
     write_run(tmp_path / "same", "dpo", 2, [0.5, 0.7])
     assert build_report(tmp_path / "same")[0]["suites"][0]["unlike_across_seeds"] == {}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda s: {**s, "seed": "two"}, "'seed' must be an integer, got 'two'"),
+    (lambda s: {**s, "algorithm": ["dpo"]}, "'algorithm' must be a name"),
+    (lambda s: {**s, "train_time_s": "slow"}, "'train_time_s' must be a number, got 'slow'"),
+    (lambda s: {**s, "held_out_final": [1]}, "'held_out_final' must be an object"),
+    (lambda s: {**s, "held_out_final": {"eval/rewards/accuracies": "high"}},
+     "'held_out_final.eval/rewards/accuracies' must be a number"),
+    (lambda s: 5, "expected a JSON object"),
+])
+def test_a_damaged_train_summary_is_named(tmp_path, edit, message):
+    """Fields of the wrong type in train_summary.json crashed the report with 'internal error', naming no file."""
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6])
+    summary = run / "train_summary.json"
+    summary.write_text(json.dumps(edit(json.loads(summary.read_text()))))
+    with pytest.raises(PobenchError, match=f"train_summary.json: {re.escape(message)}"):
+        build_report(tmp_path)
+
+
+def test_damaged_gold_eval_and_config_are_named_on_one_line(tmp_path):
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6])
+    (run / "gold_eval.json").write_text("[1]")
+    with pytest.raises(PobenchError, match="gold_eval.json: expected a JSON object"):
+        build_report(tmp_path)
+    (run / "gold_eval.json").unlink()
+    (run / "config.yaml").write_text(": [")
+    with pytest.raises(PobenchError) as error:
+        build_report(tmp_path)
+    assert "config.yaml:1: bad YAML" in str(error.value) and "\n" not in str(error.value)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from pobench import faults
 from pobench.engine.io import atomic_write_json, fsync_dir
+from pobench.errors import PobenchError
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -94,22 +95,62 @@ def find_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
+_DAMAGED = "a damaged checkpoint (it was written atomically, so something else changed it): restore it or start the run again"
+
+
+def read_state(path: Path) -> dict:
+    """A checkpoint's state.json (its step and process count); a damaged one is an error naming the file."""
+    file = Path(path) / "state.json"
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PobenchError(f"{file}: unreadable ({type(e).__name__}): {_DAMAGED}") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise PobenchError(f"{file}: expected an object with an integer 'step': {_DAMAGED}")
+    return state
+
+
+def read_weights(path: Path) -> dict:
+    """A checkpoint's trainable.safetensors; a damaged one is an error naming the file."""
+    file = Path(path) / "trainable.safetensors"
+    try:
+        return load_file(str(file))
+    except Exception as e:   # safetensors raises its own SafetensorError, or OSError
+        raise PobenchError(f"{file}: unreadable ({type(e).__name__}): {_DAMAGED}") from None
+
+
+def _read_extra(path: Path) -> dict | None:
+    file = Path(path) / "optimizer.pt"
+    if not file.is_file():
+        return None
+    try:
+        extra = torch.load(file, weights_only=False)
+    except Exception as e:   # a truncated zip, a pickle error
+        raise PobenchError(f"{file}: unreadable ({type(e).__name__}): {_DAMAGED}") from None
+    if not isinstance(extra, dict) or not {"optimizer", "scheduler", "rng"} <= set(extra):
+        raise PobenchError(f"{file}: expected the optimizer, scheduler and random states: {_DAMAGED}")
+    return extra
+
+
 def load_sampler_states(path: Path) -> list | None:
     """Every rank's sampler state saved with the checkpoint at `path` (None: none saved, or a final checkpoint)."""
-    if not (Path(path) / "optimizer.pt").is_file():
-        return None
-    return torch.load(Path(path) / "optimizer.pt", weights_only=False).get("sampler")
+    extra = _read_extra(path)
+    return None if extra is None else extra.get("sampler")
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
-    weights = load_file(str(path / "trainable.safetensors"))
+    state = read_state(path)
+    weights = read_weights(path)
     params = dict(model.named_parameters())
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise PobenchError(f"{path / 'trainable.safetensors'}: weight '{unknown[0]}' is not the model's: {_DAMAGED}")
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].dtype))
-    if (path / "optimizer.pt").is_file():
-        extra = torch.load(path / "optimizer.pt", weights_only=False)
+    extra = _read_extra(path)
+    if extra is not None:
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         set_rng_state(extra["rng"])
-    return json.loads((path / "state.json").read_text())
+    return state

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
@@ -23,7 +22,8 @@ from pobench.config import RunConfig
 from pobench.data import SuiteData
 from pobench.data.tokenize import ChatFormatter, TokenizedPair, encode_completion, tokenize_record, truncation_counts
 from pobench.engine import distributed as D
-from pobench.engine.checkpoint import find_checkpoint, load_checkpoint, load_sampler_states, save_checkpoint
+from pobench.engine.checkpoint import (find_checkpoint, load_checkpoint, load_sampler_states, read_state,
+                                       save_checkpoint)
 from pobench.engine.io import MetricsLog, atomic_write_json
 from pobench.engine.loggers import Trackers
 from pobench.engine.logps import SequenceLogps, collate_pairs, collate_pairs_shared, collate_sequences_shared
@@ -95,7 +95,10 @@ def last_good_checkpoint(run_dir: Path) -> str:
     found = find_checkpoint(run_dir)
     if found is None:
         return "no checkpoint was written yet"
-    step = json.loads((found / "state.json").read_text())["step"]
+    try:
+        step = read_state(found)["step"]
+    except PobenchError:
+        return f"the last checkpoint, {found}, is damaged"
     return f"the last good checkpoint (step {step}) is kept in {found}"
 
 
@@ -514,7 +517,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                            f"from these weights with a fresh optimizer and learning-rate schedule, not reproduce the "
                            f"run)")
     if checkpoint is not None:
-        saved_world = json.loads((checkpoint / "state.json").read_text()).get("num_processes", world)
+        saved_world = read_state(checkpoint).get("num_processes", world)
         if saved_world != world:   # another global batch and data split: not the run that was started
             raise PobenchError(f"{run_dir}: --resume under {world} process(es), but the run was started under "
                                f"{saved_world}; resume it with --num-processes {saved_world}")

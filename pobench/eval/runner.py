@@ -96,9 +96,7 @@ def load_trained_policy(cfg, run_dir: Path, device):
     """(model, tokenizer, base path): the base model (+ LoRA adapter) with the final checkpoint's trainable
     weights copied in by name: full fine-tuning saves every weight, LoRA saves the adapter only."""
     import torch
-    from safetensors.torch import load_file
-
-    from pobench.engine.checkpoint import find_checkpoint
+    from pobench.engine.checkpoint import find_checkpoint, read_weights
     from pobench.models import load_policy
 
     device = torch.device(device)
@@ -107,7 +105,7 @@ def load_trained_policy(cfg, run_dir: Path, device):
         raise PobenchError(f"{run_dir}: no checkpoint to evaluate (checkpoints/latest/state.json); finish the run first")
     model_cfg = types.SimpleNamespace(**{**vars(cfg.model), "gradient_checkpointing": False})
     model, tokenizer, path = load_policy(model_cfg, device)
-    weights = load_file(str(checkpoint / "trainable.safetensors"))
+    weights = read_weights(checkpoint)
     params = dict(model.named_parameters())
     missing = sorted(set(weights) - set(params))
     if missing:

@@ -12,10 +12,9 @@ import json
 import math
 from pathlib import Path
 
-import yaml
 
 from pobench.engine.io import read_jsonl
-from pobench.config import load_yaml
+from pobench.config import read_yaml
 from pobench.errors import PobenchError
 
 # eval.json fields that are fractions in [0, 1]: a value outside is a broken file, not a result
@@ -47,6 +46,43 @@ def read_json(path: Path, required: bool = True):
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise PobenchError(f"{path}: not valid JSON ({e})") from None
+
+
+SUMMARY_NUMBERS = ("steps", "pairs_seen", "records_seen", "train_time_s", "pairs_per_s", "final_loss",
+                   "global_batch_size", "eval_pairs", "num_processes")
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def read_summary(path: Path) -> dict:
+    """A run's train_summary.json, its fields of the types the report and `pobench run` read (a file edited or
+    written by something else is an error naming the key, not a crash in the table)."""
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise PobenchError(f"{path}: expected a JSON object")
+    for key in ("suite", "algorithm", "seed"):
+        if key not in summary:
+            raise PobenchError(f"{path}: missing key '{key}'")
+    for key in ("suite", "algorithm"):
+        if not isinstance(summary[key], str) or not summary[key]:
+            raise PobenchError(f"{path}: '{key}' must be a name, got {summary[key]!r}")
+    if not isinstance(summary["seed"], int) or isinstance(summary["seed"], bool):
+        raise PobenchError(f"{path}: 'seed' must be an integer, got {summary['seed']!r}")
+    for key in SUMMARY_NUMBERS:
+        if summary.get(key) is not None and not _number(summary[key]):
+            raise PobenchError(f"{path}: '{key}' must be a number, got {summary[key]!r}")
+    for key in ("held_out_initial", "held_out_final"):
+        metrics = summary.get(key)
+        if metrics is None:
+            continue
+        if not isinstance(metrics, dict):
+            raise PobenchError(f"{path}: '{key}' must be an object of held-out metrics, got {metrics!r}")
+        for name, v in metrics.items():
+            if v is not None and not _number(v):
+                raise PobenchError(f"{path}: '{key}.{name}' must be a number, got {v!r}")
+    return summary
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -101,12 +137,18 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
 
 def gold_fields(gold: dict | None, path: Path) -> dict:
     """The final gold metrics of a suite with a known reward (gold_eval.json of the synthetic suite)."""
+    if gold is not None and not isinstance(gold, dict):
+        raise PobenchError(f"{path}: expected a JSON object")
     final = (gold or {}).get("final")
     if not final:
         return {}
     if not isinstance(final, dict):
         raise PobenchError(f"{path}: 'final' must be an object of gold/* metrics")
-    return {"gold_" + key: final.get("gold/" + key) for key in ("reward", "win_rate", "kl", "length")}
+    out = {"gold_" + key: final.get("gold/" + key) for key in ("reward", "win_rate", "kl", "length")}
+    bad = next((k for k, v in out.items() if v is not None and not _number(v)), None)
+    if bad:
+        raise PobenchError(f"{path}: 'final.gold/{bad[len('gold_'):]}' must be a number, got {out[bad]!r}")
+    return out
 
 
 def gold_initial(run_dir: Path) -> dict:
@@ -164,17 +206,9 @@ def data_digest(report, path: Path) -> str | None:
 def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     """(one leaderboard row, the run's curve rows). The curve starts at records_seen = 0 with the held-out
     metrics measured before the first update (train_summary's `held_out_initial`)."""
-    summary = read_json(run_dir / "train_summary.json")
-    for key in ("suite", "algorithm", "seed"):
-        if key not in summary:
-            raise PobenchError(f"{run_dir / 'train_summary.json'}: missing key '{key}'")
+    summary = read_summary(run_dir / "train_summary.json")
     config_path = run_dir / "config.yaml"
-    try:
-        config = load_yaml(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
-    except yaml.YAMLError as e:
-        raise PobenchError(f"{config_path}: bad YAML ({e})") from None
-    if config is not None and not isinstance(config, dict):
-        raise PobenchError(f"{config_path}: expected the run's resolved config (a mapping), got a {type(config).__name__}")
+    config = read_yaml(config_path) if config_path.exists() else {}   # one line naming the file and line if damaged
     raw_eval = read_json(run_dir / "eval.json", required=False)
     ev = eval_fields(raw_eval, run_dir / "eval.json")
     recorded = raw_eval.get("eval_config") if isinstance(raw_eval, dict) else None
