@@ -244,7 +244,7 @@ def test_reader_names_the_file_and_key_of_bad_input(tmp_path):
         collect(tmp_path)
     (run / "metrics.jsonl").write_text("")
     (run / "config.yaml").write_text("- a list\n")
-    with pytest.raises(PobenchError, match=r"seed1/config.yaml: expected the run's resolved config \(a mapping\)"):
+    with pytest.raises(PobenchError, match=r"seed1/config.yaml: expected a mapping of keys at the top level"):
         collect(tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(PobenchError, match="no finished runs"):
