@@ -403,6 +403,17 @@ def test_folder_of_split_files(tmp_path):
         read_rows(str(tmp_path), "dev")
 
 
+def test_a_split_in_two_formats_is_refused(tmp_path):
+    """train.jsonl beside train.jsonl.gz was read as two shards: every record twice, and held-out records trained on."""
+    import gzip
+    rows = _sample_rows(HH_SAMPLE, 5)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "train.jsonl").write_text(text)
+    (tmp_path / "train.jsonl.gz").write_bytes(gzip.compress(text.encode()))
+    with pytest.raises(PobenchError, match="train.jsonl and train.jsonl.gz hold the same part of split 'train'"):
+        read_rows(str(tmp_path), "train")
+
+
 def test_a_split_in_shards_is_read_whole(tmp_path):
     """The hub's layout, train-00000-of-00002.* and train-00001-of-00002.*: every shard is read, in order (the first
     alone was read before); a file of another split whose name starts alike (train_prefs.*) is not part of it; a bad

@@ -203,12 +203,16 @@ def split_files(folder: Path, split: str) -> list[Path]:
     """The data files of `split` in a folder, in order: `<split>.<suffix>` or the hub's shards
     `<split>-00000-of-00002.<suffix>`, ... (not `train_prefs.*` for split `train`: another split)."""
     suffixes = JSON_SUFFIXES + (".parquet", ".arrow")
-    found = []
+    found, by_stem = [], {}
     for f in sorted(folder.iterdir()):
         suffix = next((x for x in suffixes if f.name.endswith(x)), None)
         if suffix and f.is_file():
             stem = f.name[:-len(suffix)]
             if stem == split or stem.startswith(split + "-"):
+                if stem in by_stem:   # train.jsonl beside train.jsonl.gz: read as two shards, every record twice
+                    raise PobenchError(f"{folder}: {by_stem[stem].name} and {f.name} hold the same part of split "
+                                       f"'{split}' (one compressed copy of the other?); keep one")
+                by_stem[stem] = f
                 found.append(f)
     return found
 
