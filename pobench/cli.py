@@ -113,6 +113,7 @@ def run(
     # Resolve and check everything before anything is written.
     from pobench.engine.lock import RunLock
     from pobench.engine.trainer import make_sampler
+    from pobench.eval.runner import check_eval_config
     from pobench.report.grid import check_point_applied, plan_grid
     grid_plan, budget_warning = plan_grid(grid, {n: algorithm_defaults(get_algorithm(n)) for n in algos})
     if budget_warning:
@@ -130,6 +131,8 @@ def run(
                             getattr(algorithm, "choices", None))
             check_point_applied(cfg, point_cfg, point)
             make_sampler(algorithm, cfg)   # the sampler's own parameter checks, before anything is written
+            if not no_eval:
+                check_eval_config(cfg)     # a judge typo found now, not after the training budget is spent
             run_dir = out / cfg.suite / name / point / f"seed{seed}"  # point '' without --grid
             if run_dir in planned:   # --seeds 1,1, --algo dpo,dpo, grid values that name one folder
                 raise PobenchError(f"{run_dir}: planned twice ({planned[run_dir]} and {point or name} seed {seed}); "
@@ -580,9 +583,9 @@ def eval_(
                                    "num_prompts": num_prompts}.items() if v is not None}
     overrides = C.deep_merge({"eval": shortcuts} if shortcuts else {}, C.parse_set(set_))
     folders = _run_folders(run_dirs)
-    from pobench.eval.judges import check_judge_spec
+    from pobench.eval.runner import check_eval_config
     for folder in folders:   # every config, and the judge it names, is checked before the first evaluation starts
-        check_judge_spec(load_run_config(folder, overrides).eval.judge)
+        check_eval_config(load_run_config(folder, overrides))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

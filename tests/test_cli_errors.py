@@ -82,6 +82,13 @@ CASES = {
     "negative_seed": (RUN + ["--seeds=-1"], None, ["config key 'seed'", "between 0 and 2**32 - 1", "-1"]),
     "seed_in_set": (RUN + ["--set", "seed=5"], None, ["--set: 'seed' is chosen with --seeds"]),
     "adam_beta_1": (RUN + ["--set", "train.adam_beta2=1.0"], None, ["config key 'train.adam_beta2'", "in [0, 1)"]),
+    "judge_typo_before_training": (RUN[:-1] + ["--set", "eval.judge=bogus"], None, ["eval.judge 'bogus'"]),
+    "judge_rm_missing": (RUN[:-1] + ["--set", "eval.judge=rm:/nonexistent/rm"], None,
+                         ["config key 'eval.judge': rm:/nonexistent/rm: no such reward-model folder"]),
+    "judge_gold_of_another_suite": (RUN[:-1] + ["--set", "eval.judge=gold:synthetic"], None,
+                                    ["gold:synthetic scores the synthetic suite's token language", "hh-rlhf"]),
+    "eval_file_missing": (RUN[:-1] + ["--set", "eval.eval_set=alpaca_eval", "--set", "eval.eval_file=/no/such.json"],
+                          None, ["config key 'eval.eval_file': /no/such.json: no such file"]),
     "not_a_device": (RUN + ["--set", "model.device=banana"], None, ["config key 'model.device'", "'banana'"]),
     "mcpo_dataset_pool_without_pools": (RUN + ["--algo", "dpo,mcpo", "--set", "pool.source=dataset"], None,
                                         ["mcpo: pool.source=dataset", "harmless-base-test-2000.jsonl.gz carries no "

@@ -77,6 +77,35 @@ def evaluated_eval_config(run_dir: Path) -> dict:
     return recorded
 
 
+def check_eval_config(cfg) -> None:
+    """What the evaluation of `cfg` needs that can be checked without a model or the network: the judge's spec, a
+    gold reward's name, a local reward-model folder, the eval and difficulty files. `pobench run` checks before
+    training, so that a typo costs seconds, not the training budget."""
+    import re
+
+    from pobench.eval.judges import check_judge_spec
+    spec = str(cfg.eval.judge)
+    checked = check_judge_spec(spec)
+    kind, arg = checked if checked else (None, None)
+    if kind == "gold":
+        from pobench.rewards import GOLD_REWARDS, builtin_gold
+        builtin_gold(arg)
+        if arg not in GOLD_REWARDS:
+            raise PobenchError(f"config key 'eval.judge': unknown gold reward '{arg}' (known: "
+                               f"{', '.join(sorted(GOLD_REWARDS)) or 'none registered'})")
+        if re.fullmatch(r"synthetic(-\d+)?", arg) and cfg.data.path != "synthetic":
+            raise PobenchError(f"config key 'eval.judge': {spec} scores the synthetic suite's token language, not "
+                               f"the answers of suite {cfg.suite}")
+    # a hub id (org/name, dots allowed) is only found at load time; a path spelled as one can be checked now
+    if kind == "rm" and arg.startswith((".", "/", "~")) and not Path(arg).expanduser().exists():
+        raise PobenchError(f"config key 'eval.judge': {spec}: no such reward-model folder")
+    if cfg.eval.eval_set == "alpaca_eval" and cfg.eval.eval_file and not Path(cfg.eval.eval_file).expanduser().is_file():
+        raise PobenchError(f"config key 'eval.eval_file': {cfg.eval.eval_file}: no such file")
+    if cfg.eval.lc_difficulty_file and not Path(cfg.eval.lc_difficulty_file).expanduser().is_file():
+        raise PobenchError(f"config key 'eval.lc_difficulty_file': {cfg.eval.lc_difficulty_file}: no such file "
+                           f"(alpaca_eval's df_gamed.csv)")
+
+
 def eval_items(cfg) -> tuple[list[EvalItem], str, object]:
     """(items, source, suite data or None): the suite's held-out records or AlpacaEval's instructions."""
     if cfg.eval.eval_set == "alpaca_eval":
