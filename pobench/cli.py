@@ -163,6 +163,11 @@ def run(
             datasets_by_key[key] = load_suite_data(cfg.data, cfg.seed)
             console.print(describe_loaded(datasets_by_key[key].report), highlight=False, markup=False)
         if not done:
+            global_batch = cfg.train.batch_size * (num_processes or 1)
+            if global_batch > len(datasets_by_key[key].train):   # every step would repeat records (or never end)
+                raise PobenchError(f"config key 'train.batch_size': {global_batch} records per step"
+                                   f"{f' ({num_processes} processes)' if (num_processes or 1) > 1 else ''} is more than "
+                                   f"the {len(datasets_by_key[key].train)} training records")
             sampler = make_sampler(algorithm, cfg)
             check_dataset_pools(cfg, sampler, datasets_by_key[key])
             if datasets_by_key[key].check_config:

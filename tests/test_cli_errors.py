@@ -89,6 +89,9 @@ CASES = {
                                     ["gold:synthetic scores the synthetic suite's token language", "hh-rlhf"]),
     "eval_file_missing": (RUN[:-1] + ["--set", "eval.eval_set=alpaca_eval", "--set", "eval.eval_file=/no/such.json"],
                           None, ["config key 'eval.eval_file': /no/such.json: no such file"]),
+    "batch_larger_than_the_data": (RUN + ["--set", "data.max_train_records=40", "--set", "train.batch_size=1e10"],
+                                   None, ["config key 'train.batch_size': 10000000000 records per step",
+                                          "more than the 40 training records"]),
     "not_a_device": (RUN + ["--set", "model.device=banana"], None, ["config key 'model.device'", "'banana'"]),
     "mcpo_dataset_pool_without_pools": (RUN + ["--algo", "dpo,mcpo", "--set", "pool.source=dataset"], None,
                                         ["mcpo: pool.source=dataset", "harmless-base-test-2000.jsonl.gz carries no "
