@@ -74,6 +74,7 @@ CASES = {
     "hh_empty_completion": (data("hh_empty_completion.jsonl"), "skip", ["'empty_completion': 1"]),
     "hh_text_before_first_turn": (data("hh_text_before_first_turn.jsonl"), "skip", ["'text_before_first_turn': 1"]),
     "hh_prefix_mismatch": (data("hh_prefix_mismatch.jsonl"), "skip", ["'prefix_mismatch': 1"]),
+    "hh_duplicate_rows": (data("hh_duplicate_rows.jsonl"), "skip", ["'duplicate_record': 1"]),
     "uf_duplicate_ids": (data("uf_binarized_duplicate_ids.jsonl", "ultrafeedback"), "skip", ["'duplicate_id': 2"]),
     "uf_empty_completion": (data("uf_binarized_empty_completion.jsonl", "ultrafeedback"), "skip", ["'empty_completion': 1"]),
     "uf_raw_nan_score": (data("uf_raw_nan_score.jsonl", "ultrafeedback"), "skip", ["'nan_score': 1"]),

@@ -6,6 +6,7 @@ with its file and row number; parquet, arrow, `save_to_disk` folders and hub ids
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import socket
@@ -247,10 +248,12 @@ def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "aut
                raw_rejected: str = "worst", seed: int = 0, limit: int = 0) -> LoadedSplit:
     """Parse rows into records. Schema defects (missing keys, wrong types) are errors naming the row;
     row-level defects that occur in upstream data (RowSkip) are skipped and counted, and so is a record whose
-    id (UltraFeedback's prompt_id) repeats an earlier one: the first is kept."""
+    id (UltraFeedback's prompt_id) repeats an earlier one, or whose prompt and answers repeat an earlier record's
+    (HH-RLHF holds exact copies): the first is kept."""
     out = LoadedSplit(records=[], source=source)
     parser = None
     seen_ids: set[str] = set()
+    seen_content: set[bytes] = set()
     for i, row in rows:
         if limit and len(out.records) >= limit:
             break
@@ -268,7 +271,11 @@ def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "aut
             record = parser(row, f"{Path(source).name}:{i}")
             if record.id in seen_ids:  # the same prompt twice would weigh double and could straddle the held-out cut
                 raise RowSkip("duplicate_id")
+            content = hashlib.sha1(json.dumps([record.prompt, record.chosen, record.rejected]).encode()).digest()
+            if content in seen_content:   # likewise: a copy could be trained on and held out
+                raise RowSkip("duplicate_record")
             seen_ids.add(record.id)
+            seen_content.add(content)
             out.records.append(record)
         except RowSkip as skip:
             out.skipped[skip.reason] += 1
