@@ -209,6 +209,8 @@ def read_yaml(path: Path) -> dict:
         raise PobenchError(f"{path}: no such file") from None
     except UnicodeDecodeError:
         raise PobenchError(f"{path}: not UTF-8 text") from None
+    except OSError as e:   # a folder, no permission
+        raise PobenchError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
         data = yaml.load(text, Loader=Yaml12Loader) or {}
     except yaml.YAMLError as e:
@@ -243,6 +245,21 @@ Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$|^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"
                r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"), list("-+0123456789."))
+
+
+def _mapping_without_repeats(loader, node, deep=False):
+    """A key given twice in one mapping is an error (PyYAML keeps the last silently: a study file whose second
+    `lr:` overrides the first without a word)."""
+    seen = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"key '{key}' given twice", key_node.start_mark)
+        seen[key] = True
+    return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+
+Yaml12Loader.construct_mapping = _mapping_without_repeats
 
 
 class _Dumper(yaml.SafeDumper):

@@ -382,3 +382,13 @@ def test_config_yaml_reads_back_the_same_under_yaml_1_1_and_1_2(text):
     saved = dump(cfg)
     assert yaml.safe_load(saved)["description"] == text == load_yaml(saved)["description"]
     assert yaml.safe_load(saved) == load_yaml(saved) == cfg.to_dict()
+
+
+def test_a_key_given_twice_in_a_config_file_is_an_error(tmp_path):
+    """PyYAML keeps the last of two equal keys without a word: a study file's second `lr:` overrode the first."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 1.0e-6\n  batch_size: 4\n  lr: 1.0e-5\n")
+    with raises(f"{path}:4: bad YAML \\(key 'lr' given twice\\)"):
+        read_yaml(path)
+    with raises(f"{tmp_path}: cannot read"):
+        read_yaml(tmp_path)
