@@ -164,10 +164,12 @@ def test_default_grids_give_every_shipped_algorithm_the_same_budget():
     ("lr", "expected key=value"), ("lr=", "expected key=value"), ("lr=1,1", "repeated"),
     ("lr=1;lr=2", "given twice"), ("nope=1", "unknown key 'nope'"), ("train.nope=1", "unknown config key"),
     ("dpo.gamma_beta_ratio=1", "has no parameter"), ("lr=1;train.lr=2", "same config field"),
+    ("lr=1e-6,0.000001", "'0.000001' repeats an earlier value"),
+    ("beta=0." + "0" * 300 + "1", "more than a folder name may hold"),
 ])
 def test_bad_grids_are_usage_errors(text, message):
     with pytest.raises(PobenchError, match=message):
-        G.grid_keys(text, DEFAULTS)
+        G.plan_grid(text, DEFAULTS)
 
 
 def test_a_short_name_in_two_places_is_ambiguous():

@@ -95,7 +95,10 @@ def grid_keys(text: str, algo_defaults: dict[str, dict]) -> list[GridKey]:
         path, algos = resolve_key(typed, algo_defaults)
         values = []
         for r in raw:
-            values.append(_scalar(r, typed))
+            value = _scalar(r, typed)
+            if any(type(v) is type(value) and v == value for v in values):   # 1e-6 and 0.000001: one run twice
+                raise PobenchError(f"--grid {typed}: {r!r} repeats an earlier value ({value!r})")
+            values.append(value)
         keys.append(GridKey(typed, path, algos, values, raw))
     paths = [(k.path, a) for k in keys for a in k.algos]
     if len(set(paths)) != len(paths):
@@ -129,6 +132,9 @@ def grid_points(keys: list[GridKey], algo: str) -> list[tuple[str, dict]]:
     points = []
     for combo in itertools.product(*[list(zip(k.raw, k.values)) for k in mine]):
         name = ",".join(f"{k.typed}={raw}" for k, (raw, _) in zip(mine, combo)).replace("/", "_")
+        if len(name.encode()) > 255:   # a folder name: most filesystems take 255 bytes
+            raise PobenchError(f"--grid: the point name {name[:60]}... is {len(name.encode())} bytes, more than a "
+                               f"folder name may hold (255); use fewer keys or shorter values")
         overrides: dict = {}
         for k, (_, value) in zip(mine, combo):
             overrides.setdefault(k.path[0], {})[k.path[1]] = value
