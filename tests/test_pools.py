@@ -53,6 +53,14 @@ def test_torn_store_line_is_ignored(tmp_path):
     assert list(PoolStore(path).entries) == ["a"]
 
 
+def test_store_lines_this_code_did_not_write_are_regenerated(tmp_path):
+    """A line of `{}` or `[1, 2]` in the pool store ended the run with an internal error (KeyError)."""
+    path = tmp_path / "p.jsonl"
+    good = {"key": "a", "candidates": ["x"], "scores": [1.0]}
+    path.write_text("\n".join(json.dumps(x) for x in ({}, [1, 2], {"key": "b"}, good, 5)) + "\n")
+    assert list(PoolStore(path).entries) == ["a"]
+
+
 def test_candidates_command_prepares_the_pool_a_run_then_reuses(tmp_path, tiny_model_dir):
     import subprocess
     import sys

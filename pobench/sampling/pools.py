@@ -35,6 +35,9 @@ class PoolStore:
                     entry = json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a torn last line from an interrupted write: regenerate that prompt
+                if not (isinstance(entry, dict) and isinstance(entry.get("key"), str)
+                        and isinstance(entry.get("candidates"), list) and isinstance(entry.get("scores"), list)):
+                    continue  # not an entry this code wrote (a cache is rebuilt, never trusted): regenerate
                 self.entries.setdefault(entry["key"], entry)  # first wins, as in add()
 
     def add(self, entries: list[dict]) -> None:
