@@ -251,8 +251,9 @@ def test_data_head_json(tmp_path):
 
 def test_data_json_from_a_local_file_with_a_candidate_pool(tmp_path):
     fixture = Path(__file__).parent / "fixtures" / "ultrafeedback-raw.jsonl"
-    rows = fixture.read_text().splitlines()
-    (tmp_path / "raw.jsonl").write_text("\n".join(rows * 3) + "\n")        # 12 rows, 6 records
+    rows = [json.loads(line) for line in fixture.read_text().splitlines()]
+    copies = [{**row, "instruction": f"{row['instruction']} ({k})"} for k in range(3) for row in rows]  # no copies
+    (tmp_path / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in copies))  # 12 rows, 6 records
     result = pobench(["data", "ultrafeedback", "--data", "raw.jsonl", "--json", "--set", "data.eval_size=2"], tmp_path)
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
