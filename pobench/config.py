@@ -250,12 +250,19 @@ Yaml12Loader.add_implicit_resolver(
 def _mapping_without_repeats(loader, node, deep=False):
     """A key given twice in one mapping is an error (PyYAML keeps the last silently: a study file whose second
     `lr:` overrides the first without a word)."""
-    seen = {}
+    seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":   # `<<: *anchor`: its keys may be overridden, by design
+            continue
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
+        try:
+            repeated = key in seen
+        except TypeError:   # a list or mapping as a key
+            raise yaml.constructor.ConstructorError(None, None, "a key must be a scalar, not a list or mapping",
+                                                    key_node.start_mark) from None
+        if repeated:
             raise yaml.constructor.ConstructorError(None, None, f"key '{key}' given twice", key_node.start_mark)
-        seen[key] = True
+        seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep)
 
 
@@ -407,6 +414,8 @@ def _build(cls, values: dict, prefix: str):
         f = fields[name]
         if name in SECTIONS and cls is RunConfig:
             kwargs[name] = _build(SECTIONS[name], value, f"{name}.")
+        elif name == "algorithm" and cls is RunConfig and isinstance(value, dict):
+            kwargs[name] = value   # typed by coerce_algorithm_params, against the algorithm's defaults
         else:
             kwargs[name] = _coerce(value, f.type, prefix + name)
             _check_range(prefix + name, kwargs[name])

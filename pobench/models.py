@@ -277,10 +277,12 @@ def disable_dropout(model) -> int:
         if isinstance(module, torch.nn.Dropout) and module.p > 0:
             module.p = 0.0
             turned_off += 1
-        # Llama, Qwen2 and their kin drop attention weights functionally, from this attribute, in train mode
-        if isinstance(getattr(module, "attention_dropout", None), float) and module.attention_dropout > 0:
-            module.attention_dropout = 0.0
-            turned_off += 1
+        # Llama and Qwen2 (attention_dropout), OPT (dropout, activation_dropout) and their kin keep the rate as a
+        # float attribute and drop functionally in train mode
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float) and value > 0:
+                setattr(module, name, 0.0)
+                turned_off += 1
     return turned_off
 
 

@@ -89,6 +89,10 @@ CASES = {
                                     ["gold:synthetic scores the synthetic suite's token language", "hh-rlhf"]),
     "eval_file_missing": (RUN[:-1] + ["--set", "eval.eval_set=alpaca_eval", "--set", "eval.eval_file=/no/such.json"],
                           None, ["config key 'eval.eval_file': /no/such.json: no such file"]),
+    # a difficulty file is read for alpaca_eval's set only: with the held-out set, a missing one is not refused
+    # (the run then fails on the missing model, as every case here does)
+    "lc_file_unread_by_held_out": (RUN[:-1] + ["--set", "eval.lc_difficulty_file=/no/such.csv"], None,
+                                   ["no-such-model"]),
     "batch_larger_than_the_data": (RUN + ["--set", "data.max_train_records=40", "--set", "train.batch_size=1e10"],
                                    None, ["config key 'train.batch_size': 10000000000 records per step",
                                           "more than the 40 training records"]),

@@ -357,13 +357,16 @@ def test_command_line_values_read_as_yaml_1_2(raw, value):
     assert type(_plain(parse_set([f"x.y={raw}"])["x"]["y"])) is type(value)
 
 
-@pytest.mark.parametrize("raw", ["1.10", "12e4", "1_000", "0x1F", "007"])
+@pytest.mark.parametrize("raw", ["1.10", "12e4", "1_000", "0x1F", "1e3"])
 def test_a_number_typed_for_a_text_setting_keeps_its_text(raw):
     """`--set data.hub_data_dir=12e4` gave the folder "120000.0"."""
     cfg = res(set_cfg=parse_set([f"data.hub_data_dir={raw}", "train.batch_size=8", "train.lr=1e-6", "dpo.beta=0.2"]))
     assert cfg.data.hub_data_dir == raw
     assert (type(cfg.train.batch_size), type(cfg.train.lr), type(cfg.algorithm["beta"])) == (int, float, float)
     assert yaml.safe_load(dump(cfg))["data"]["hub_data_dir"] == raw
+    # a plugin's text parameter too (the algorithm section was made plain before its defaults typed it)
+    cfg = resolve(SUITE, "dpo", {**DPO_DEFAULTS, "tag": "x"}, {}, parse_set([f"dpo.tag={raw}"]), ["dpo"])
+    assert cfg.algorithm["tag"] == raw and yaml.safe_load(dump(cfg))["algorithm"]["tag"] == raw
 
 
 def test_a_config_file_reads_as_yaml_1_2(tmp_path):
@@ -392,3 +395,13 @@ def test_a_key_given_twice_in_a_config_file_is_an_error(tmp_path):
         read_yaml(path)
     with raises(f"{tmp_path}: cannot read"):
         read_yaml(tmp_path)
+
+
+def test_yaml_anchors_and_merge_keys_still_read(tmp_path):
+    """The repeated-key check constructed the merge key `<<` as a key and failed on every anchor merge."""
+    path = tmp_path / "c.yaml"
+    path.write_text("common: &c\n  lr: 1.0e-6\n  batch_size: 4\ntrain:\n  <<: *c\n  lr: 2.0e-6\n")
+    assert read_yaml(path)["train"] == {"lr": 2e-6, "batch_size": 4}
+    path.write_text("[a]: 1\n")
+    with raises(f"{path}:1: bad YAML \\(a key must be a scalar"):
+        read_yaml(path)

@@ -88,8 +88,12 @@ def _settings(model_dir: Path, batch_size: int) -> dict:
 
 
 def _set_args(settings: dict, prefix: str = "") -> list[str]:
+    """--set arguments for `settings`, but the seed: on the command line it is --seeds' (1 by default)."""
     args = []
     for key, value in settings.items():
+        if not prefix and key == "seed":
+            assert value == 1
+            continue
         if isinstance(value, dict):
             args += _set_args(value, f"{prefix}{key}.")
         else:

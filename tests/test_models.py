@@ -20,20 +20,24 @@ def test_a_gguf_conversion_is_keyed_by_content_not_by_path(tmp_path, monkeypatch
 
 
 def test_the_policy_trains_without_the_models_own_dropout(tmp_path, smollm2_dir):
-    """A model with dropout (GPT-2's modules, Llama's functional attention dropout) gave training forwards that
+    """A model with dropout (GPT-2's modules, Llama's and OPT's functional dropout) gave training forwards that
     differ from the same weights' no-gradient scores (MC-PO's kernel) and a non-zero implicit reward at the start;
     the adapter's own dropout stays as configured."""
     import types
 
     import torch
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (AutoTokenizer, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, OPTConfig,
+                              OPTForCausalLM)
 
     tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
     configs = {"gpt2": (GPT2LMHeadModel, GPT2Config(vocab_size=len(tokenizer), n_embd=32, n_layer=2, n_head=2,
                                                      resid_pdrop=0.5, embd_pdrop=0.5, attn_pdrop=0.5)),
                "llama": (LlamaForCausalLM, LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
                                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                                                       attention_dropout=0.5))}
+                                                       attention_dropout=0.5)),
+               "opt": (OPTForCausalLM, OPTConfig(vocab_size=len(tokenizer), hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                                 num_attention_heads=2, word_embed_proj_dim=32, dropout=0.5,
+                                                 attention_dropout=0.5, activation_dropout=0.5))}
     ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
     for name, (cls, config) in configs.items():
         torch.manual_seed(0)

@@ -751,8 +751,13 @@ def test_runs_of_one_row_that_differ_beyond_the_seed_are_named(tmp_path):
     md = to_markdown(sections({"selection": {"metric": "acc"}, "suites": [report]}, convergence=False))
     assert "UNLIKE SEEDS: dpo's runs differ in more than the seed" in md
     assert "seed 2: optimizer steps 48 vs 12" in md
-    write_run(tmp_path / "same", "dpo", 1, [0.5, 0.6])
-    write_run(tmp_path / "same", "dpo", 2, [0.5, 0.7])
+    # how the work was computed (a pool's batch for DPO, which uses no pool), and records drawn per seed by design
+    # (raw UltraFeedback's random rejected answer) are one setting
+    for seed in (1, 2):
+        run = write_run(tmp_path / "same", "dpo", seed, [0.5, 0.5 + 0.1 * seed])
+        (run / "config.yaml").write_text(f"suite: hh-rlhf\nseed: {seed}\ndata:\n  raw_rejected: random\n"
+                                         f"pool:\n  batch_size: {32 * seed}\ntrain:\n  log_every: {seed}\n")
+        (run / "data.json").write_text(json.dumps({"records_digest": {"train": f"digest{seed}"}}))
     assert build_report(tmp_path / "same")[0]["suites"][0]["unlike_across_seeds"] == {}
 
 

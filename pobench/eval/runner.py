@@ -88,11 +88,8 @@ def check_eval_config(cfg) -> None:
     checked = check_judge_spec(spec)
     kind, arg = checked if checked else (None, None)
     if kind == "gold":
-        from pobench.rewards import GOLD_REWARDS, builtin_gold
-        builtin_gold(arg)
-        if arg not in GOLD_REWARDS:
-            raise PobenchError(f"config key 'eval.judge': unknown gold reward '{arg}' (known: "
-                               f"{', '.join(sorted(GOLD_REWARDS)) or 'none registered'})")
+        from pobench.rewards import GoldScorer
+        GoldScorer(arg)   # an unknown name is an error naming the known ones
         if re.fullmatch(r"synthetic(-\d+)?", arg) and cfg.data.path != "synthetic":
             raise PobenchError(f"config key 'eval.judge': {spec} scores the synthetic suite's token language, not "
                                f"the answers of suite {cfg.suite}")
@@ -101,7 +98,8 @@ def check_eval_config(cfg) -> None:
         raise PobenchError(f"config key 'eval.judge': {spec}: no such reward-model folder")
     if cfg.eval.eval_set == "alpaca_eval" and cfg.eval.eval_file and not Path(cfg.eval.eval_file).expanduser().is_file():
         raise PobenchError(f"config key 'eval.eval_file': {cfg.eval.eval_file}: no such file")
-    if cfg.eval.lc_difficulty_file and not Path(cfg.eval.lc_difficulty_file).expanduser().is_file():
+    if (cfg.eval.eval_set == "alpaca_eval" and cfg.eval.lc_difficulty_file   # read for alpaca_eval's set only
+            and not Path(cfg.eval.lc_difficulty_file).expanduser().is_file()):
         raise PobenchError(f"config key 'eval.lc_difficulty_file': {cfg.eval.lc_difficulty_file}: no such file "
                            f"(alpaca_eval's df_gamed.csv)")
 

@@ -183,7 +183,8 @@ def versus_section(s: dict) -> Section | None:
     body += [[f"Δ {labels[c]}"] + [fmt_delta(r["delta"].get(c), DIGITS[c], many) + of_seeds(r["delta"].get(c), len(r["seeds"]))
                                    for r in rows] for c, _ in measured]
     body.append(["train time ×"] + [fmt_ci(r["time_ratio"], 2) + of_seeds(r["time_ratio"], len(r["seeds"])) for r in rows])
-    if any(of_seeds(r["delta"].get(c), len(r["seeds"])) for r in rows for c, _ in measured):
+    if any(of_seeds(r["delta"].get(c), len(r["seeds"])) for r in rows for c, _ in measured) or \
+            any(of_seeds(r["time_ratio"], len(r["seeds"])) for r in rows):
         caption.append(PARTIAL_NOTE.replace("the row's n seeds", "the n seeds both runs have"))
     if has_prompts:
         body.append(["per prompt: Δ win rate"] + [fmt_delta(r["prompt_paired"]["difference"], 3, many)

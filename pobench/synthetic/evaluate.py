@@ -186,17 +186,15 @@ def evaluate_run_dir(run_dir: Path, samples_per_prompt: int | None = None, seed:
                      with_draws: bool = False) -> dict:
     """Gold metrics of a finished synthetic run's final weights (for `pobench eval` or a notebook), against the
     run's own reference, on its held-out prompts, with the run's evaluation seed unless `seed` is given."""
-    import types
 
     from pobench import config as C
     from pobench.data import load_suite_data
-    from pobench.models import load_causal_lm, load_policy, pick_device, pick_dtype
+    from pobench.models import load_causal_lm, pick_device, pick_dtype
     from pobench.synthetic.data import SyntheticSettings
 
+    from pobench.eval.runner import load_trained_policy
+
     run_dir = Path(run_dir)
-    weights = run_dir / "checkpoints" / "latest" / "trainable.safetensors"
-    if not weights.is_file():
-        raise PobenchError(f"{run_dir}: no final weights ({weights.relative_to(run_dir)} is missing)")
     raw = C.read_yaml(run_dir / "config.yaml")
     cfg = C._build(C.RunConfig, raw, "")
     if cfg.data.path != "synthetic":
@@ -204,12 +202,7 @@ def evaluate_run_dir(run_dir: Path, samples_per_prompt: int | None = None, seed:
     settings = SyntheticSettings.from_mapping(cfg.data.synthetic)
     data = load_suite_data(cfg.data, cfg.seed)
     device = pick_device(cfg.model.device)
-    policy, tokenizer, model_path = load_policy(types.SimpleNamespace(**vars(cfg.model)), device)
-    from safetensors.torch import load_file
-    missing = set(load_file(str(weights))) - set(dict(policy.named_parameters()))
-    if missing:
-        raise PobenchError(f"{weights}: weights of another model ({sorted(missing)[0]} is not a parameter here)")
-    policy.load_state_dict(load_file(str(weights)), strict=False)
+    policy, tokenizer, model_path = load_trained_policy(cfg, run_dir, device)   # names a missing or damaged checkpoint
     reference = load_causal_lm(model_path, pick_dtype(cfg.model.dtype, device)[0]).to(device)
     return gold_evaluate(policy.eval(), reference.eval(), tokenizer, [r.prompt for r in data.eval],
                          SyntheticTask(settings.task_seed), eval_seed(cfg.seed) if seed is None else seed,
