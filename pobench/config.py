@@ -439,6 +439,9 @@ def coerce_algorithm_params(params: dict, defaults: dict, algo: str, choices: di
         v = out.get(k)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and (not math.isfinite(v) or not ok(v)):
             raise PobenchError(f"config key 'algorithm.{k}' for algorithm '{algo}': must be {text}, got {v!r}")
+    if out.get("label_smoothing") and out.get("loss_type", "sigmoid") != "sigmoid":   # ipo and hinge have no such term
+        raise PobenchError(f"config key 'algorithm.label_smoothing' for algorithm '{algo}': applies to loss_type "
+                           f"sigmoid only, not {out['loss_type']}")
     for k, allowed in (choices or {}).items():
         if out.get(k) not in allowed:
             raise PobenchError(f"config key 'algorithm.{k}' for algorithm '{algo}': {out.get(k)!r} is not one of "

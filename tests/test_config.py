@@ -405,3 +405,11 @@ def test_yaml_anchors_and_merge_keys_still_read(tmp_path):
     path.write_text("[a]: 1\n")
     with raises(f"{path}:1: bad YAML \\(a key must be a scalar"):
         read_yaml(path)
+
+
+@pytest.mark.parametrize("loss_type", ["ipo", "hinge"])
+def test_label_smoothing_with_a_loss_that_has_none_is_refused(loss_type):
+    """cDPO's label smoothing is a term of the sigmoid loss: with ipo or hinge it was ignored without a word."""
+    with raises("'algorithm.label_smoothing' for algorithm 'dpo': applies to loss_type sigmoid only"):
+        res(set_cfg={"dpo": {"label_smoothing": 0.1, "loss_type": loss_type}})
+    assert res(set_cfg={"dpo": {"loss_type": loss_type}}).algorithm["loss_type"] == loss_type
