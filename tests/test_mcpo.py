@@ -46,6 +46,17 @@ def test_argmax_and_uniform_kernels():
     assert entropy(kernel_probs(scores, "uniform", 1.0)) == pytest.approx(math.log(3))
 
 
+def test_argmax_does_not_pick_by_rounding_noise():
+    """At the start every score is float rounding, which moved with the reference cache's history and the number
+    of processes, and so did argmax's pick; near-ties are now drawn among with the record's seeded stream."""
+    noisy = torch.tensor([2e-7, -1e-7, 5e-7, -3e-6])
+    assert kernel_probs(noisy, "argmax", 1.0).tolist() == pytest.approx([0.25] * 4)
+    reordered_noise = torch.tensor([-1e-7, 4e-7, 1e-7, 2e-6])
+    gen = lambda: torch.Generator().manual_seed(7)   # noqa: E731  (the same record's stream)
+    assert draw(kernel_probs(noisy, "argmax", 1.0), gen()) == draw(kernel_probs(reordered_noise, "argmax", 1.0), gen())
+    assert kernel_probs(torch.tensor([0.3, 0.30005, -1.0]), "argmax", 1.0).tolist() == [0.5, 0.5, 0.0]
+
+
 def sampler(**kw):
     params = dict(num_candidates=8, kernel="sample", tau=1.0, include_chosen_in_pool=False, kernel_score="reward",
                   beta=0.1)

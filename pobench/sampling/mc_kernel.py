@@ -19,14 +19,19 @@ from pobench.registry import register_sampler
 from pobench.sampling import pair_sequences, record_generator
 
 
+# argmax: scores within this of the best are tied, and the record's seeded draw picks among them. At the start
+# pi = pi_ref and every score is float rounding (1e-7..1e-5), which moves with how sequences were batched (the
+# reference cache's history, the number of processes): a bare argmax picked by that noise.
+ARGMAX_TIE = 1e-4
+
+
 def kernel_probs(scores: torch.Tensor, kernel: str, tau: float) -> torch.Tensor:
     """The kernel's distribution over one pool."""
     if kernel == "uniform":
         return torch.full_like(scores, 1.0 / scores.numel())
     if kernel == "argmax":
-        probs = torch.zeros_like(scores)
-        probs[int(torch.argmax(scores))] = 1.0
-        return probs
+        tied = (scores >= scores.max() - ARGMAX_TIE).to(scores.dtype)
+        return tied / tied.sum()
     return torch.softmax(scores / tau, dim=0)
 
 
