@@ -212,7 +212,7 @@ def read_yaml(path: Path) -> dict:
     except OSError as e:   # a folder, no permission
         raise PobenchError(f"{path}: cannot read ({e.strerror or e})") from None
     try:
-        data = yaml.load(text, Loader=Yaml12Loader) or {}
+        data = load_yaml(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
@@ -235,12 +235,12 @@ Yaml12Loader.yaml_implicit_resolvers = {
                            "tag:yaml.org,2002:int", "tag:yaml.org,2002:timestamp")]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-                                         list("tTfF"))
+                                   list("tTfF"))
 Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|None|)$"),
-                                         ["~", "n", "N", ""])
+                                   ["~", "n", "N", ""])
 Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:int",
-                                         re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$|^0x[0-9a-fA-F][0-9a-fA-F_]*$"),
-                                         list("-+0123456789"))
+                                   re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$|^0x[0-9a-fA-F][0-9a-fA-F_]*$"),
+                                   list("-+0123456789"))
 Yaml12Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)?$|^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"
@@ -286,7 +286,7 @@ def load_yaml(text: str):
 
 def parse_scalar(raw: str):
     """A value typed on the command line (`--set`, `--grid`), as Yaml12Loader reads it."""
-    return yaml.load(raw, Loader=Yaml12Loader)
+    return load_yaml(raw)
 
 
 class _TypedInt(int):
