@@ -40,7 +40,7 @@ class DataConfig:
 class ModelConfig:
     name_or_path: str = "smollm2-135m-instruct"  # hub id, local folder, .gguf file, or a built-in alias
     gguf_file: str | None = None   # file name inside name_or_path when it is a folder holding a GGUF
-    dtype: str = "auto"            # auto (bf16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"            # auto (fp32 weights; bf16 autocast on CUDA) | float32 | bfloat16 | float16
     device: str = "auto"           # auto | cpu | cuda
     chat_template: str = "auto"    # auto (the tokenizer's) | plain (User:/Assistant: lines) | a Jinja string
     attn_implementation: str = "sdpa"  # sdpa (torch picks its fused kernel) | eager; flash-attention kernels
