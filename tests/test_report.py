@@ -172,6 +172,16 @@ def test_bad_grids_are_usage_errors(text, message):
         G.plan_grid(text, DEFAULTS)
 
 
+def test_a_grid_over_a_text_setting_keeps_what_was_typed():
+    """`--grid data.hub_data_dir=1.10,1.1` was refused as a repeat (both read as the number 1.1), and a text
+    setting got the number's text."""
+    keys = G.grid_keys("data.hub_data_dir=1.10,1.1;lr=1e-6", DEFAULTS)
+    assert keys[0].values == ["1.10", "1.1"] and keys[1].values == [1e-6]
+    assert G.grid_keys("data.eval_split=test,null", DEFAULTS)[0].values == ["test", None]
+    with_text = {"dpo": {**DEFAULTS["dpo"], "tag": "a"}, "simpo": DEFAULTS["simpo"]}
+    assert G.grid_keys("dpo.tag=1.10,1.1", with_text)[0].values == ["1.10", "1.1"]
+
+
 def test_a_short_name_in_two_places_is_ambiguous():
     with pytest.raises(PobenchError, match="ambiguous .*train.lr, algorithm.lr"):
         G.grid_keys("lr=1", {"weird": {"lr": 0.1}})

@@ -86,6 +86,16 @@ def resolve_key(key: str, algo_defaults: dict[str, dict]) -> tuple[tuple, tuple]
     return places[0], (having if places[0][0] == "algorithm" else algos)
 
 
+def _is_text(path: tuple, algos: tuple, algo_defaults: dict[str, dict]) -> bool:
+    """Whether a grid key sets a text setting (a `str` config field, or an algorithm parameter whose default is text)."""
+    from pobench.config import SECTIONS
+    section, name = path
+    if section == "algorithm":
+        return all(isinstance(algo_defaults[a].get(name), str) for a in algos)
+    annotation = {f.name: f.type for f in dataclasses.fields(SECTIONS[section])}[name]
+    return str(annotation).replace(" ", "") in ("str", "str|None")
+
+
 def grid_keys(text: str, algo_defaults: dict[str, dict]) -> list[GridKey]:
     keys = []
     for typed, raw in parse_grid(text):
@@ -93,9 +103,12 @@ def grid_keys(text: str, algo_defaults: dict[str, dict]) -> list[GridKey]:
             keys += default_keys(algo_defaults)
             continue
         path, algos = resolve_key(typed, algo_defaults)
+        text = _is_text(path, algos, algo_defaults)
         values = []
         for r in raw:
             value = _scalar(r, typed)
+            if text and isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = r.strip()   # a number typed for a text setting is its text: 1.10, not 1.1
             if any(type(v) is type(value) and v == value for v in values):   # 1e-6 and 0.000001: one run twice
                 raise PobenchError(f"--grid {typed}: {r!r} repeats an earlier value ({value!r})")
             values.append(value)
