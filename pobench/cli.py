@@ -281,8 +281,11 @@ def _lock_run_folders(plans, resume: bool) -> list:
         for _, _, run_dir, done in plans:
             if done and resume:
                 continue  # only read
-            run_dir.mkdir(parents=True, exist_ok=True)
-            locks.append(RunLock(run_dir).acquire())
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                locks.append(RunLock(run_dir).acquire())
+            except PermissionError as e:   # a run folder (or one above it) that is not ours to write
+                raise PobenchError(f"{run_dir}: cannot write the run folder ({e.strerror})") from None
             if _holds_run(run_dir) and not resume:
                 raise PobenchError(f"{run_dir}: already holds a run (written by another pobench run meanwhile); "
                                    f"pass --resume to continue it, or choose another --out")

@@ -316,3 +316,20 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_half_run(tmp_path, err
         (started / "metrics.jsonl").write_text('{"step": 1}\n')
         raise error
     assert sorted(p.name for p in started.iterdir()) == ["config.yaml", "metrics.jsonl"]
+
+
+def test_a_run_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch):
+    """An unwritable run folder (as another user's, where the results root itself is writable) was an internal
+    error with exit 1. Root writes anywhere, so the refusal is simulated where the lock is taken."""
+    import pobench.engine.lock
+    from pobench.cli import _lock_run_folders
+    from pobench.errors import PobenchError
+
+    def refused(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pobench.engine.lock.RunLock, "acquire", refused)
+    run_dir = tmp_path / "hh-rlhf" / "dpo" / "seed1"
+    with pytest.raises(PobenchError, match="seed1: cannot write the run folder \\(Permission denied\\)"):
+        _lock_run_folders([(None, None, run_dir, False)], resume=False)
+    assert not run_dir.exists()   # the folder it made is removed again
