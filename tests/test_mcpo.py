@@ -326,3 +326,23 @@ def test_ranking_nce_pool_counts_every_record_once_whatever_its_pool_size(tmp_pa
     by_pair = ((1 - share_of_3) * math.log(2) + 3 * share_of_3 * math.log(4)) / (1 + 2 * share_of_3)
     assert one[0]["loss"] == pytest.approx(by_record, abs=1e-5) and abs(by_record - by_pair) > 1e-2
     assert two[1]["loss"] == pytest.approx(one[1]["loss"], rel=1e-4)
+
+
+def test_a_ranking_steps_reward_metrics_count_every_record_once():
+    """With pools of unequal size, the loss counted a record once (1/L per pair) but rewards/* and logps/* were
+    plain means over pairs: a record with a larger pool, and its chosen reward repeated L times, weighed more."""
+    import types
+
+    from pobench.algorithm import SeqLogps
+    from pobench.engine.trainer import pair_metrics
+    # record A: one pair; record B: three pairs (weights 1/3)
+    out = types.SimpleNamespace(losses=torch.tensor([1.0, 4.0, 4.0, 4.0]),
+                                chosen_rewards=torch.tensor([0.2, 0.8, 0.8, 0.8]),
+                                rejected_rewards=torch.tensor([0.4, 0.1, 0.2, 0.3]))
+    policy = SeqLogps(torch.tensor([-10.0, -20.0, -20.0, -20.0]), torch.tensor([-1.0, -2.0, -3.0, -4.0]), None, None)
+    m = pair_metrics(out, policy, weights=[1.0, 1 / 3, 1 / 3, 1 / 3])
+    assert m["loss"] == pytest.approx(2.5) and m["rewards/chosen"] == pytest.approx(0.5)
+    assert m["rewards/rejected"] == pytest.approx((0.4 + 0.2) / 2) and m["rewards/accuracies"] == pytest.approx(0.5)
+    assert m["logps/chosen"] == pytest.approx(-15.0) and m["logps/rejected"] == pytest.approx((-1.0 - 3.0) / 2)
+    plain = pair_metrics(out, policy)
+    assert plain["rewards/chosen"] == pytest.approx(0.65) and plain["loss"] == pytest.approx(3.25)

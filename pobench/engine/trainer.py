@@ -289,20 +289,27 @@ def gather_step(out, policy: SeqLogps, weights: list[float], accelerator):
 
 
 def pair_metrics(out, policy: SeqLogps, prefix: str = "", weights: list[float] | None = None) -> dict:
-    """TRL's metrics of a step's (or the held-out) pairs; `loss` is the mean the step optimised (pair_weights)."""
+    """TRL's metrics of a step's (or the held-out) pairs, each the mean the step optimised: a ranking objective's
+    record counts once however many pairs it has (pair_weights), in the loss and in the rewards alike."""
+    if weights is None or all(w == 1.0 for w in weights):
+        def mean(t):
+            return t.mean().item()
+    else:
+        w = torch.tensor(weights, dtype=torch.float64)
+
+        def mean(t):
+            return float((t.detach().double().cpu() * w).sum() / w.sum())
     margins = out.chosen_rewards - out.rejected_rewards
-    loss = out.losses.mean().item() if weights is None or all(w == 1.0 for w in weights) else \
-        float((out.losses.detach().double() * torch.tensor(weights, dtype=torch.float64)).sum() / sum(weights))
     return {
-        f"{prefix}loss": loss,
-        f"{prefix}rewards/chosen": out.chosen_rewards.mean().item(),
-        f"{prefix}rewards/rejected": out.rejected_rewards.mean().item(),
-        f"{prefix}rewards/margins": margins.mean().item(),
+        f"{prefix}loss": mean(out.losses),
+        f"{prefix}rewards/chosen": mean(out.chosen_rewards),
+        f"{prefix}rewards/rejected": mean(out.rejected_rewards),
+        f"{prefix}rewards/margins": mean(margins),
         # a tie (equal rewards: every pair before training, for a loss with a reference) counts half, as a tie does
         # in a win rate: no preference is no better than a coin (TRL's strict > counts it wrong)
-        f"{prefix}rewards/accuracies": ((margins > 0).float() + 0.5 * (margins == 0).float()).mean().item(),
-        f"{prefix}logps/chosen": policy.chosen.mean().item(),
-        f"{prefix}logps/rejected": policy.rejected.mean().item(),
+        f"{prefix}rewards/accuracies": mean((margins > 0).float() + 0.5 * (margins == 0).float()),
+        f"{prefix}logps/chosen": mean(policy.chosen),
+        f"{prefix}logps/rejected": mean(policy.rejected),
     }
 
 
