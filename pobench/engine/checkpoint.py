@@ -119,6 +119,20 @@ def read_weights(path: Path) -> dict:
         raise PobenchError(f"{file}: unreadable ({type(e).__name__}): {_DAMAGED}") from None
 
 
+def copy_weights(path: Path, model) -> None:
+    """The checkpoint's trainable weights copied into `model` by name (full fine-tuning saves every weight, LoRA the
+    adapter only); a weight the model does not have is an error naming it."""
+    weights = read_weights(path)
+    params = dict(model.named_parameters())
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise PobenchError(f"{path / 'trainable.safetensors'}: weight '{unknown[0]}' is not the model's (another model "
+                           f"or LoRA setting than the run's config, or {_DAMAGED})")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].dtype))
+
+
 def _read_extra(path: Path) -> dict | None:
     file = Path(path) / "optimizer.pt"
     if not file.is_file():
@@ -140,14 +154,7 @@ def load_sampler_states(path: Path) -> list | None:
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     state = read_state(path)
-    weights = read_weights(path)
-    params = dict(model.named_parameters())
-    unknown = sorted(set(weights) - set(params))
-    if unknown:
-        raise PobenchError(f"{path / 'trainable.safetensors'}: weight '{unknown[0]}' is not the model's: {_DAMAGED}")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].dtype))
+    copy_weights(path, model)
     extra = _read_extra(path)
     if extra is not None:
         optimizer.load_state_dict(extra["optimizer"])

@@ -123,7 +123,8 @@ def load_trained_policy(cfg, run_dir: Path, device):
     """(model, tokenizer, base path): the base model (+ LoRA adapter) with the final checkpoint's trainable
     weights copied in by name: full fine-tuning saves every weight, LoRA saves the adapter only."""
     import torch
-    from pobench.engine.checkpoint import find_checkpoint, read_weights
+
+    from pobench.engine.checkpoint import copy_weights, find_checkpoint
     from pobench.models import load_policy
 
     device = torch.device(device)
@@ -132,15 +133,7 @@ def load_trained_policy(cfg, run_dir: Path, device):
         raise PobenchError(f"{run_dir}: no checkpoint to evaluate (checkpoints/latest/state.json); finish the run first")
     model_cfg = types.SimpleNamespace(**{**vars(cfg.model), "gradient_checkpointing": False})
     model, tokenizer, path = load_policy(model_cfg, device)
-    weights = read_weights(checkpoint)
-    params = dict(model.named_parameters())
-    missing = sorted(set(weights) - set(params))
-    if missing:
-        raise PobenchError(f"{checkpoint}: weight '{missing[0]}' does not fit model {cfg.model.name_or_path} "
-                           f"(lora_r={cfg.model.lora_r})")
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].dtype))
+    copy_weights(checkpoint, model)
     return model.eval(), tokenizer, path
 
 

@@ -12,9 +12,8 @@ import json
 import math
 from pathlib import Path
 
-
-from pobench.engine.io import read_jsonl
 from pobench.config import read_yaml
+from pobench.engine.io import read_jsonl
 from pobench.errors import PobenchError
 
 # eval.json fields that are fractions in [0, 1]: a value outside is a broken file, not a result
