@@ -20,6 +20,7 @@ pool recipe, pobench's default) on both sides, no top_k; no EOS is set, so every
   c-sort, c-bisect, c-greedy  the same after torch.compile of every decoder layer (c-bisect also compiles the
              sampling function), still replayed as one CUDA graph per step
   name@64    a decoder at that batch only (a compiled step costs one compilation per batch)
+Decoders are measured in the order --decoders names them.
   backend    the path a pool generation takes: the transformers backend's `generate` with the defaults
              (GenerationConfig batch_size 0 = auto, fast=auto), n=8 samples of --backend-prompts prompts, each
              row seeded by its prompt; reports the batch it chose and new tokens/s (a warm-up call first)
@@ -171,9 +172,9 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=1))
     compiled = False
-    for name, temperature, method, compile_sampling, compile_step in DECODERS:
-        if name not in wanted:
-            continue
+    specs = {d[0]: d[1:] for d in DECODERS}
+    for name in [n for n in wanted if n != "backend"]:     # in the order asked: a timeout cuts the last ones
+        temperature, method, compile_sampling, compile_step = specs[name]
         if name.startswith("c-") and not compiled:
             from pobench.models import compile_decoder_layers
             compile_decoder_layers(model)

@@ -19,15 +19,19 @@ python -c "import torch, transformers; print(torch.__version__, transformers.__v
 
 export PYTHONUNBUFFERED=1
 # 1. generation at batch 64 and 256: plain generate, the backend as pools use it (auto batch), the graph-replayed
-#    decoder, and the whole step compiled (one compilation per batch: w-greedy, the forward-only ceiling, at 64 only)
-timeout 360 python benchmarks/gpu_generate.py --decoders backend,pobench@64,w-sort,w-kary,w-greedy@64 \
+#    decoder, and the whole step compiled (one compilation per batch, ~40 s each): the 16-way nucleus search first
+#    (not yet measured on a GPU), then the sort at 64 (measured before: 24.4k, 8.7x plain) for a same-run ratio.
+#    The forward-only ceiling (w-greedy@64: 36.5k) and the sort at 256 were measured before; add them with FULL=1.
+DECODERS=backend,pobench@64,w-kary,w-sort@64
+[ "${FULL:-0}" = 1 ] && DECODERS=$DECODERS,w-sort@256,w-greedy@64
+timeout 320 python benchmarks/gpu_generate.py --decoders $DECODERS \
   --json "$OUT/gen.json" > "$OUT/gen.log" 2>&1; echo "gpu_generate rc=$?" | tee -a "$OUT/gpu.txt"
 grep -E "^(64|256|backend) " "$OUT/gen.log"
 
 # 2. FSDP on the GPUs at hand against one process (DeepSpeed is not installed there); needs SmolLM2's tokenizer
 #    files in .gpu-carry/smollm2-tokenizer (tokenizer.json, tokenizer_config.json, chat_template.jinja from the
 #    converted model in ~/.cache/pobench/models), carried with the working tree
-timeout 120 python benchmarks/gpu_sharded_check.py --tokenizer .gpu-carry/smollm2-tokenizer --presets fsdp \
+timeout 90 python benchmarks/gpu_sharded_check.py --tokenizer .gpu-carry/smollm2-tokenizer --presets fsdp \
   --json "$OUT/sharded.json" > "$OUT/sharded.log" 2>&1; echo "gpu_sharded_check rc=$?" | tee -a "$OUT/gpu.txt"
 python - "$OUT/sharded.json" <<'PY' 2>/dev/null
 import json, sys
@@ -44,7 +48,7 @@ PY
 
 # 2b. MC-PO under FSDP with pools of 2-4 candidates by row: the ranks score unequal numbers of candidates, and every
 #     rank must join every scoring forward of the sharded weights (commit 601cb05; a hang before it)
-timeout 120 python benchmarks/gpu_sharded_check.py --tokenizer .gpu-carry/smollm2-tokenizer --presets fsdp --algo mcpo \
+timeout 90 python benchmarks/gpu_sharded_check.py --tokenizer .gpu-carry/smollm2-tokenizer --presets fsdp --algo mcpo \
   --json "$OUT/sharded-mcpo.json" > "$OUT/sharded-mcpo.log" 2>&1; echo "gpu_sharded_check mcpo rc=$?" | tee -a "$OUT/gpu.txt"
 
 # 3. with FULL=1: the sampler alone, compiled as the compiled step holds it (sort, bisection, 16-way search; the
