@@ -16,7 +16,8 @@ pool recipe, pobench's default) on both sides, no top_k; no EOS is set, so every
   pobench-greedy  greedy decoding: the forward pass alone, the ceiling for sampling
   w-sort, w-bisect, w-kary, w-greedy  the same with the whole decode step compiled once (all layers unrolled,
              sampling and bookkeeping included: StaticDecoder(compile_step=True), GenerationConfig(compile=True));
-             w-kary finds the nucleus by a 16-way search (10 rounds of 15 masked sums)
+             w-kary finds the nucleus by a 16-way search (10 rounds of 15 masked sums), w-radix by a radix select
+             (three histogram passes; pobench-radix: the same in the graph of eager kernels)
   c-sort, c-bisect, c-greedy  the same after torch.compile of every decoder layer (c-bisect also compiles the
              sampling function), still replayed as one CUDA graph per step
   name@64    a decoder at that batch only (a compiled step costs one compilation per batch)
@@ -60,7 +61,8 @@ def sync() -> None:
 DECODERS = [("pobench", 0.8, "sort", False, False), ("pobench-bisect", 0.8, "bisect", False, False),
             ("pobench-greedy", 0.0, "sort", False, False),
             ("w-sort", 0.8, "sort", False, True), ("w-bisect", 0.8, "bisect", False, True),
-            ("w-kary", 0.8, "kary", False, True), ("w-greedy", 0.0, "sort", False, True),
+            ("w-kary", 0.8, "kary", False, True), ("w-radix", 0.8, "radix", False, True),
+            ("w-greedy", 0.0, "sort", False, True), ("pobench-radix", 0.8, "radix", False, False),
             ("c-sort", 0.8, "sort", False, False), ("c-bisect", 0.8, "bisect", True, False),
             ("c-greedy", 0.0, "sort", False, False)]
 
@@ -101,6 +103,33 @@ def measure_backend(model, args) -> dict:
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
 
 
+def greedy_agreement(model, device, args, compiled_too: bool, out: dict) -> dict:
+    """Greedy decoding on a small batch, half of it left padded: the graph decoder (and the compiled step where
+    compiled_too) against `generate`. Written into out["greedy_agreement"] as it goes, so a timeout keeps it."""
+    try:
+        rows, n = 16, 32
+        g = torch.Generator().manual_seed(7)
+        ids = torch.randint(10, model.config.vocab_size, (rows, args.prompt_len), generator=g).to(device)
+        mask = torch.ones_like(ids)
+        mask[: rows // 2, : args.prompt_len // 4] = 0       # left padding on half the rows
+        with torch.no_grad():
+            ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
+                                 pad_token_id=0)[:, ids.shape[1]:]
+        agreement = out["greedy_agreement"] = {}
+        for compile_step in (False, True) if compiled_too else (False,):
+            dec = StaticDecoder(model, rows, args.prompt_len, n, eos_ids=[], pad_id=0, temperature=0.0, top_p=1.0,
+                                compile_step=compile_step)
+            got = dec.generate(ids, mask)
+            agreement["compiled step" if compile_step else "graph"] = {
+                "rows_identical": (ref == got).all(1).float().mean().item(),
+                "first8_tokens_equal": (ref[:, :8] == got[:, :8]).float().mean().item()}
+            if args.json:                                  # before the next compilation: a timeout keeps it
+                Path(args.json).write_text(json.dumps(out, indent=1))
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    return agreement
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", default="64,256")
@@ -113,6 +142,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--backend-prompts", type=int, default=96, help="prompts of the `backend` measurement (x 8)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--no-agreement", action="store_true", help="skip the greedy agreement check (it compiles the "
+                    "step once more where a w- decoder is measured)")
     ap.add_argument("--device", default="cuda", help="cpu only for a smoke test of the script (numbers meaningless)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -204,28 +235,8 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    # greedy agreement on a small batch
-    try:
-        rows, n = 16, 32
-        g = torch.Generator().manual_seed(7)
-        ids = torch.randint(10, model.config.vocab_size, (rows, args.prompt_len), generator=g).to(device)
-        mask = torch.ones_like(ids)
-        mask[: rows // 2, : args.prompt_len // 4] = 0       # left padding on half the rows
-        with torch.no_grad():
-            ref = model.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n,
-                                 pad_token_id=0)[:, ids.shape[1]:]
-        out["greedy_agreement"] = {}
-        for compile_step in (False, True) if any(name.startswith("w-") for name in wanted) else (False,):
-            dec = StaticDecoder(model, rows, args.prompt_len, n, eos_ids=[], pad_id=0, temperature=0.0, top_p=1.0,
-                                compile_step=compile_step)
-            got = dec.generate(ids, mask)
-            out["greedy_agreement"]["compiled step" if compile_step else "graph"] = {
-                "rows_identical": (ref == got).all(1).float().mean().item(),
-                "first8_tokens_equal": (ref[:, :8] == got[:, :8]).float().mean().item()}
-            if args.json:                                  # before the next compilation: a timeout keeps it
-                Path(args.json).write_text(json.dumps(out, indent=1))
-    except Exception as e:
-        out["greedy_agreement"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"}
+    if not args.no_agreement:
+        out["greedy_agreement"] = greedy_agreement(model, device, args, any(n.startswith("w-") for n in wanted), out)
     print(json.dumps(out, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

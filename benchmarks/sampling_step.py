@@ -14,7 +14,8 @@ on its batch):
 - `new` (`pobench.generation.static.sample_tokens`): one uniform number per row from its key; the nucleus's
   probabilities summed in token-id order, and the token whose interval holds it. The nucleus is found by each
   of `--methods` (top_p_threshold): "select" (the eager default: partial selection, full sort only for rows whose
-  nucleus is wider than 1024 tokens), "sort" (inside CUDA graphs), "bisect" (for compiled steps).
+  nucleus is wider than 1024 tokens), "sort" (inside CUDA graphs), "bisect", "kary" and "radix" (searches for
+  compiled steps); "none" draws without a nucleus (top_p 1): what the nucleus search costs is the difference.
 
 Same logits, same keys, one process, alternating old and new so that machine noise hits both; median of
 --repeats calls after one warm-up call. The ratio is the number to read (these machines are noisy). With random
@@ -103,8 +104,9 @@ def main() -> None:
         logits = (torch.randn(rows, args.vocab, generator=g) * args.scale).to(device)
         keys = torch.randint(0, 1 << 32, (rows,), generator=g).to(device)
         for method in args.methods.split(","):
+            top_p = 1.0 if method == "none" else 0.95               # "none": the sampler without a nucleus
             samplers = {"old": lambda: old_sample_tokens(logits, 0.8, 0.95, keys),
-                        "new": lambda: new_sampler(logits, 0.8, 0.95, method, keys)}
+                        "new": lambda: new_sampler(logits, 0.8, top_p, "sort" if method == "none" else method, keys)}
             times = {name: [] for name in samplers}
             for fn in samplers.values():
                 fn()                                                      # warm-up

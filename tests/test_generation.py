@@ -385,13 +385,13 @@ def test_the_nucleus_searches_keep_the_same_tokens(scale):
     """From nearly flat (a random model's) to very peaked distributions, rows x 5000 tokens, several top_p: the
     bisection keeps the sort's tokens, and selection gives the sort's threshold to the bit, whether a row's nucleus
     fits in the selected tokens or needs the full sort (select=64 forces both kinds of rows). The 16-way search
-    keeps the sort's tokens too."""
+    and the radix select keep the sort's tokens too."""
     from pobench.generation.static import top_p_keep, top_p_threshold
     g = torch.Generator().manual_seed(3)
     probs = (torch.randn(16, 5000, generator=g) * scale).softmax(-1)
     for top_p in (0.5, 0.9, 0.95, 0.999):
         by_sort = top_p_keep(probs, top_p, "sort")
-        for method in ("bisect", "kary"):
+        for method in ("bisect", "kary", "radix"):
             searched = top_p_keep(probs, top_p, method)
             assert torch.equal(searched, by_sort), (method, scale, top_p, (searched != by_sort).sum().item())
         for select in (64, 1024):
@@ -403,6 +403,30 @@ def test_the_nucleus_searches_keep_the_same_tokens(scale):
     narrow = top_p_keep(mixed, 0.9, "sort").sum(-1) < 64
     assert narrow[8:].all() and not narrow[:8].any()    # rows of both kinds in one call
     assert torch.equal(top_p_threshold(mixed, 0.9, "select", select=64), top_p_threshold(mixed, 0.9, "sort"))
+
+
+def test_radix_select_finds_the_exact_threshold():
+    """The radix select's threshold is the one exact sums give (the sort's float32 running sum can miss it by a
+    token where the crossing falls within rounding), ties are kept whole, and it does not depend on the row's
+    order or on the other rows."""
+    from pobench.generation.static import top_p_threshold
+
+    def exact(probs, top_p):                                 # the sort's rule, summed in float64
+        ordered = probs.double().sort(-1, descending=True).values
+        kept = ((ordered.cumsum(-1) - ordered) < top_p).sum(-1, keepdim=True)
+        return ordered.gather(-1, kept - 1).float()
+
+    g = torch.Generator().manual_seed(5)
+    wide = (torch.randn(24, 151936, generator=g) * 3).softmax(-1)      # a random model's flat rows, Qwen2's width
+    for top_p in (0.5, 0.95):
+        assert torch.equal(top_p_threshold(wide, top_p, "radix"), exact(wide, top_p))
+    shuffled = wide[:, torch.randperm(wide.shape[1], generator=g)]
+    assert torch.equal(top_p_threshold(shuffled, 0.95, "radix"), top_p_threshold(wide, 0.95, "radix"))
+    assert torch.equal(top_p_threshold(wide[5:6], 0.95, "radix"), top_p_threshold(wide, 0.95, "radix")[5:6])
+    ties = torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.5, 0.2, 0.2, 0.1], [1.0, 0.0, 0.0, 0.0]])
+    for top_p, expected in ((0.3, [0.25, 0.5, 1.0]), (0.6, [0.25, 0.2, 1.0]), (0.95, [0.25, 0.1, 1.0])):
+        assert torch.equal(top_p_threshold(ties, top_p, "radix"), torch.tensor(expected)[:, None])
+    assert torch.equal(top_p_threshold(ties, 0.6, "radix"), top_p_threshold(ties, 0.6, "sort"))
 
 
 def test_static_decoder_on_a_peft_model_with_a_trained_adapter(model, tokenizer, prompts):
@@ -422,7 +446,7 @@ def test_static_decoder_on_a_peft_model_with_a_trained_adapter(model, tokenizer,
         prompts, GenerationConfig(temperature=0, max_new_tokens=10, fast="off")))
 
 
-@pytest.mark.parametrize("temperature, method", [(0.8, None), (0.8, "kary"), (0.0, None)])
+@pytest.mark.parametrize("temperature, method", [(0.8, None), (0.8, "kary"), (0.8, "radix"), (0.0, None)])
 def test_the_whole_decode_step_traces_as_one_graph(model, tokenizer, prompts, temperature, method):
     """`compile=True` compiles the decode step whole (forward over every layer, sampling, EOS bookkeeping); a graph
     break would split it into pieces and lose the fusion it is for. Dynamo's tracer alone, no code generation."""

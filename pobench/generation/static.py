@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ def blockwise_cumsum(values: torch.Tensor, block: int = 1024) -> torch.Tensor:
     return (blocks + carried[..., None]).flatten(-2)[..., :width]
 
 
-TOP_P_METHODS = ("select", "sort", "bisect", "kary")   # see top_p_threshold
+TOP_P_METHODS = ("select", "sort", "bisect", "kary", "radix")   # see top_p_threshold
 
 
 def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", iters: int = 40,
@@ -75,7 +76,12 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", i
       [lo, hi], so 16 ways resolve as finely as 40 halvings in 10 rounds. A round is 15 masked sums over the same
       row, which a compiler can make one pass; eager, it is the slowest. It exists because the 40 halvings,
       compiled, cost more than the sort on an H200 (benchmarks/GPU.md); `w-kary` in benchmarks/gpu_generate.py
-      measures it, not yet on a GPU."""
+      measures it: on an H200 it cost more than the sort too (17.6k new tokens/s against 23.9k, benchmarks/GPU.md).
+    - "radix": the crossing token's value digit by digit, as a radix select does. A non-negative float orders as
+      its bit pattern, so three passes over the row, each a histogram of masses over 2048 or 1024 values of the
+      next bits of the tokens still in question, pin the threshold's 31 bits exactly. Masses are summed as
+      integers (probability x 2^52, truncated), so the sums do not depend on the order a GPU adds in; a token
+      below 2^-52 counts no mass. No sort, no host, three passes: for a compiled decode step."""
     if method == "select" and select < probs.shape[-1]:
         threshold, kept = _crossing(probs.topk(select, dim=-1).values, top_p)
         wide = (kept.squeeze(-1) == select).nonzero().squeeze(-1)
@@ -88,6 +94,8 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", i
     hi = probs.amax(-1, keepdim=True)
     if method == "kary":
         return _kary_threshold(probs, top_p, lo, hi, ways, rounds=-(-iters // (ways.bit_length() - 1)))
+    if method == "radix":
+        return _radix_threshold(probs, top_p)
     if method != "bisect":
         raise ValueError(f"top_p method {method!r}: one of {', '.join(TOP_P_METHODS)}")
     for _ in range(iters):
@@ -111,6 +119,35 @@ def _kary_threshold(probs: torch.Tensor, top_p: float, lo: torch.Tensor, hi: tor
         lo, hi = (torch.where(enough > 0, grid.gather(-1, (enough - 1).clamp(min=0)), lo),
                   torch.where(enough < ways - 1, grid.gather(-1, enough.clamp(max=ways - 2)), hi))
     return lo
+
+
+FIXED_POINT = 2.0 ** 52       # radix: a probability's mass in units of 2^-52; a row's sum stays below 2^63
+
+
+def _radix_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The sort's threshold - the smallest probability v with mass(p > v) < top_p - found by bits, high to low.
+
+    Each pass takes the tokens whose leading bits equal the prefix found so far, sums their masses by the value of
+    the next bits (a histogram, one scatter-add), and keeps the lowest non-empty bucket whose mass above it
+    (everything above the prefix, carried from earlier passes, plus the higher buckets) is below top_p: the
+    threshold is in that bucket, and nothing above it can be. 11 + 10 + 10 bits: the 31 bits of a non-negative
+    float32."""
+    bits = probs.float().view(torch.int32).long()
+    mass = (probs.double() * FIXED_POINT).long()
+    target = math.ceil(top_p * FIXED_POINT)             # integers m: m < top_p x 2^52  <=>  m < target
+    prefix = torch.zeros_like(bits[:, :1])
+    carried = torch.zeros_like(bits[:, :1])             # mass above every token still in question
+    for shift, width in ((20, 11), (10, 10), (0, 10)):
+        buckets = 1 << width
+        digit = (bits >> shift) & (buckets - 1)
+        inside = (bits >> (shift + width)) == prefix
+        hist = bits.new_zeros(bits.shape[0], buckets).scatter_add_(1, digit, torch.where(inside, mass, 0))
+        above = carried + hist.flip(-1).cumsum(-1).flip(-1) - hist
+        order = torch.arange(buckets, device=probs.device)
+        chosen = torch.where((hist > 0) & (above < target), order, buckets).amin(-1, keepdim=True)
+        carried = above.gather(-1, chosen)
+        prefix = (prefix << width) | chosen
+    return prefix.int().view(torch.float32).to(probs.dtype)
 
 
 def _crossing(sorted_probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,7 +273,7 @@ class StaticDecoder:
             raise ValueError(f"top_p method {self.top_p_method!r}: one of {', '.join(TOP_P_METHODS)}")
         if self.top_p_method == "select" and traced:
             raise ValueError("top_p_method='select' synchronises with the host: not inside a CUDA graph or a "
-                             "compiled step (use 'sort', 'bisect' or 'kary')")
+                             "compiled step (use 'sort', 'bisect', 'kary' or 'radix')")
         self.capacity = prompt_width + max_new_tokens
         config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
         self.config = config
