@@ -25,13 +25,12 @@ fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python -c "import torch, transformers; print(torch.__version__, transformers.__version__)" | tee -a "$OUT/gpu.txt"
-git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/gpu.txt"
 
 export PYTHONUNBUFFERED=1
 # 1. generation at batch 64 and 256: plain generate, the backend as pools use it (auto batch), the graph-replayed
 #    decoder, and the whole step compiled (one compilation per batch, ~30-60 s each), the radix-select nucleus
-#    first, then the sort at 64 for a same-run ratio. Measured before: w-greedy@64 (the forward-only ceiling,
-#    36.5k), w-kary (slower than the sort), w-sort@256.
+#    first, then the sort at 64 for a same-run ratio. Measured before (GPU.md): w-greedy@64 (the forward-only
+#    ceiling, 36.5k), w-kary (slower than the sort), w-sort@256; w-radix measured as fast as w-sort (run D).
 DECODERS=${DECODERS:-backend,pobench@64,w-radix,w-sort@64}
 AGREEMENT_FLAG=$([ "${AGREEMENT:-1}" = 0 ] && echo --no-agreement)
 timeout ${GEN_TIMEOUT:-320} python benchmarks/gpu_generate.py --batches "${BATCHES:-64,256}" --decoders "$DECODERS" \
