@@ -70,8 +70,11 @@ def test_run_ends_with_eval_json_in_the_contract(finished_run):
     assert result["identical_to_reference"] == sum(r["output"] == r["reference_output"] for r in got)
     for r in got:   # the reward-model judge: P(policy wins) = sigmoid of the score difference
         assert r["preference"] == pytest.approx(1 / (1 + math.exp(r["scores"]["reference"] - r["scores"]["policy"])))
-    # the reference outputs are cached once for the suite, shared by every run
-    assert Path(result["reference"]["store"]).is_file() and ".cache" in result["reference"]["store"]
+    # the reference outputs are cached once for the suite, shared by every run: DPO's and SimPO's evaluations
+    # generated the 4 prompts' answers once (the second read them back)
+    store = Path(result["reference"]["store"])
+    assert store.is_file() and ".cache" in str(store)
+    assert len(store.read_text().splitlines()) == 4
 
 
 def test_report_pairs_simpo_with_dpo_prompt_by_prompt(finished_run):

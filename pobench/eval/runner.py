@@ -216,7 +216,7 @@ def sft_reference_outputs(cfg, prompt_ids, ref_model, tokenizer, model_path: str
     from pobench.sampling.pools import PoolStore, prompt_key
     settings = json.dumps(decoding_record(cfg), sort_keys=True)
     key = hashlib.sha1(f"{model_fingerprint(model_path)}-{cfg.model.dtype}-{settings}".encode()).hexdigest()[:16]
-    store = PoolStore(Path(cache_dir) / "eval_reference" / f"{key}.jsonl")
+    store = PoolStore(Path(cache_dir) / "eval_reference" / f"{key}.jsonl", fields={"output": str, "finished": bool})
     todo = [p for p in dict.fromkeys(map(tuple, prompt_ids)) if prompt_key(list(p)) not in store.entries]
     if state is not None:   # the main process's list, should another run have appended to the store meanwhile
         from pobench.engine.distributed import gather_lists

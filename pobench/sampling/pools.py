@@ -25,8 +25,15 @@ def prompt_key(prompt_ids: list[int]) -> str:
     return hashlib.sha1(",".join(map(str, prompt_ids)).encode()).hexdigest()
 
 
+POOL_FIELDS = {"candidates": list, "scores": list}
+
+
 class PoolStore:
-    def __init__(self, path: Path):
+    """A JSON-lines store of one entry per prompt key, first entry wins. `fields` are the keys (and their types)
+    every entry of this store has: a pool's candidates and scores by default; another store (the evaluation's
+    reference answers) names its own."""
+
+    def __init__(self, path: Path, fields: dict[str, type] = POOL_FIELDS):
         self.path = Path(path)
         self.entries: dict[str, dict] = {}
         if self.path.exists():
@@ -36,7 +43,7 @@ class PoolStore:
                 except json.JSONDecodeError:
                     continue  # a torn last line from an interrupted write: regenerate that prompt
                 if not (isinstance(entry, dict) and isinstance(entry.get("key"), str)
-                        and isinstance(entry.get("candidates"), list) and isinstance(entry.get("scores"), list)):
+                        and all(isinstance(entry.get(name), kind) for name, kind in fields.items())):
                     continue  # not an entry this code wrote (a cache is rebuilt, never trusted): regenerate
                 self.entries.setdefault(entry["key"], entry)  # first wins, as in add()
 
