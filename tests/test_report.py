@@ -769,6 +769,15 @@ def test_runs_of_one_row_that_differ_beyond_the_seed_are_named(tmp_path):
                                          f"pool:\n  batch_size: {32 * seed}\ntrain:\n  log_every: {seed}\n")
         (run / "data.json").write_text(json.dumps({"records_digest": {"train": f"digest{seed}"}}))
     assert build_report(tmp_path / "same")[0]["suites"][0]["unlike_across_seeds"] == {}
+    # the default judge is trained per seed on records that seed's runs left out: one setting; two named judges are not
+    for judges, unlike in ((("auto:judges/hh-rlhf-minilm-1", "auto:judges/hh-rlhf-minilm-2"), False),
+                           (("rm:/a", "rm:/b"), True)):
+        for seed, judge in enumerate(judges, 1):
+            write_run(tmp_path / judges[0][:2], "dpo", seed, [0.5, 0.6],
+                      eval_json={**new_eval(0.6, 0.6), "judge": {"name": judge, "kind": "reward_model"}})
+        found = build_report(tmp_path / judges[0][:2])[0]["suites"][0]["unlike_across_seeds"]
+        assert found == ({"dpo": {"against_seed": 1, "differences": [f"seed 2: judge {judges[1]} vs {judges[0]}"]}}
+                         if unlike else {})
 
 
 @pytest.mark.parametrize("edit, message", [

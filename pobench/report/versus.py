@@ -49,6 +49,9 @@ SAMPLE_KEYS = {
 SAME_RESULT = (("steps", "optimizer steps"), ("global_batch_size", "global batch"), ("judge", "judge"),
                ("eval_set", "eval set"), ("n_prompts", "eval prompts"), ("data_digest", "records"),
                ("reward_model", "reward model"), ("pool_source", "candidate pool"))
+# the default judge's name prefix: a reward model trained for each seed on training records that seed's runs did not
+# see, so it differs between seeds (and is the same for every algorithm of one seed)
+AUTO_JUDGE = "auto:"
 # env.json's code, package and hardware differences are named with this prefix: they can move numbers by themselves
 SOFTWARE = "software: "
 
@@ -114,8 +117,11 @@ def unlike_across_seeds(runs, chosen: dict) -> dict:
         free = HOW_COMPUTED + ("pool.",)
         for seed in others:
             found = differences(by_seed[seed], by_seed[first], (), free)
-            if all(flatten(r.get("config")).get("data.raw_rejected") == "random" for r in (by_seed[seed], by_seed[first])):
+            pair = (by_seed[seed], by_seed[first])
+            if all(flatten(r.get("config")).get("data.raw_rejected") == "random" for r in pair):
                 found = [d for d in found if not d.startswith("records ")]   # drawn per seed, by design
+            if all(str(r.get("judge") or "").startswith(AUTO_JUDGE) for r in pair):
+                found = [d for d in found if not d.startswith("judge ")]     # each seed's own, by design
             unlike += [f"seed {seed}: {d}" for d in found]
         if unlike:
             out[algo] = {"against_seed": first, "differences": unlike}
