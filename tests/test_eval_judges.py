@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import threading
 from pathlib import Path
 from dataclasses import dataclass
@@ -76,6 +77,12 @@ def test_local_llm_judge_runs_through_alpaca_eval(tmp_path, tiny_model_dir):
     assert rows[5]["preference"] == 0.5
     assert judge.describe()["model"] == str(tiny_model_dir)
     assert judge.caching_path.is_file()   # annotations cached under the pobench cache, not in site-packages
+    damaged = judge.caching_path.read_text()[:300]                     # a save cut short
+    judge.caching_path.write_text(damaged)
+    with pytest.raises(PobenchError, match=f"{re.escape(str(judge.caching_path))}: the judge's annotation cache "
+                                           f"cannot be read"):
+        judge_against_reference(judge, PROMPTS[:2], policy[:2], reference[:2], seed=0)
+    assert judge.caching_path.read_text() == damaged                   # left as it was
 
 
 class FakeOpenAIHandler(BaseHTTPRequestHandler):

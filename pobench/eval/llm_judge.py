@@ -265,9 +265,24 @@ class AlpacaEvalJudge:
         kwargs = {"fn_completions": self.decoder} if self.decoder is not None else {}
         if self.caching_path is not None:
             self.caching_path.parent.mkdir(parents=True, exist_ok=True)
+            self._check_cache()
         # pobench randomises the order itself (judges.judge_against_reference), the same way for every judge
         return PairwiseAnnotator(annotators_config=self.annotators_config, seed=self.seed,
                                  caching_path=self.caching_path, is_randomize_output_order=False, **kwargs)
+
+    def _check_cache(self) -> None:
+        """alpaca_eval reads its annotation cache whole when the annotator is built (pandas, one JSON document); a
+        damaged one, e.g. a save cut short, is named here rather than failing inside alpaca_eval. It is left in
+        place: its verdicts may have cost money."""
+        if not self.caching_path.is_file():
+            return
+        import pandas as pd
+        try:
+            pd.read_json(self.caching_path)
+        except ValueError as e:
+            reason = (str(e).splitlines() or [type(e).__name__])[0]
+            raise PobenchError(f"{self.caching_path}: the judge's annotation cache cannot be read ({reason}); move "
+                               f"it away to judge those prompts again") from None
 
     def decoding_kwargs(self) -> dict:
         """OPENAI_CLIENT_CONFIG_PATH read now, not at alpaca_eval's import (its default is frozen then)."""
