@@ -808,3 +808,25 @@ def test_damaged_gold_eval_and_config_are_named_on_one_line(tmp_path):
     with pytest.raises(PobenchError) as error:
         build_report(tmp_path)
     assert "config.yaml:1: bad YAML" in str(error.value) and "\n" not in str(error.value)
+
+
+GOOD_COMPARISON = {"win_rate": 0.6, "win_rate_ci95": [0.4, 0.8], "seed": 1, "better": 3, "tied": 0, "worse": 2,
+                   "judge": {"name": "auto:judges/x"}, "answers_digest": "abc"}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: {**c, "judge": "auto"}, "'judge' must be an object with a 'name', got 'auto'"),
+    (lambda c: {k: v for k, v in c.items() if k != "win_rate"}, "'win_rate' must be a number, got None"),
+    (lambda c: {**c, "win_rate_ci95": None}, "'win_rate_ci95' must be [low, high], got None"),
+    (lambda c: {**c, "seed": "1"}, "'seed' must be an integer, got '1'"),
+    (lambda c: {**c, "better": 2.5}, "'better' must be an integer, got 2.5"),
+])
+def test_a_damaged_head_to_head_comparison_is_named(tmp_path, edit, message):
+    """Fields `pobench report` reads from head_to_head.json crashed it (TypeError, KeyError) when edited."""
+    from pobench.eval.head_to_head import read_comparisons
+    path = tmp_path / "head_to_head.json"
+    path.write_text(json.dumps({"dpo/seed1": GOOD_COMPARISON}))
+    assert read_comparisons(path) == {"dpo/seed1": GOOD_COMPARISON}
+    path.write_text(json.dumps({"dpo/seed1": edit(GOOD_COMPARISON)}))
+    with pytest.raises(PobenchError, match=re.escape(f"{path}: comparison 'dpo/seed1': {message}")):
+        read_comparisons(path)

@@ -154,4 +154,29 @@ def read_comparisons(path: Path) -> dict:
         raise PobenchError(f"{path}: not valid JSON ({e}); move it away to start anew") from None
     if not isinstance(stored, dict) or not all(isinstance(v, dict) for v in stored.values()):
         raise PobenchError(f"{path}: expected a JSON object of comparisons keyed by the other run")
+    for other, comparison in stored.items():
+        problem = _malformed(comparison)
+        if problem:
+            raise PobenchError(f"{path}: comparison '{other}': {problem}; move the file away to compare anew")
     return stored
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _malformed(c: dict) -> str | None:
+    """What is wrong with a stored comparison's fields that `pobench report` reads (None when nothing is)."""
+    if not _number(c.get("win_rate")):
+        return f"'win_rate' must be a number, got {c.get('win_rate')!r}"
+    ci = c.get("win_rate_ci95")
+    if not (isinstance(ci, list) and len(ci) == 2 and all(map(_number, ci))):
+        return f"'win_rate_ci95' must be [low, high], got {ci!r}"
+    for key in ("seed", "better", "tied", "worse"):
+        if not isinstance(c.get(key), int) or isinstance(c.get(key), bool):
+            return f"'{key}' must be an integer, got {c.get(key)!r}"
+    if not (isinstance(c.get("judge"), dict) and isinstance(c["judge"].get("name"), str)):
+        return f"'judge' must be an object with a 'name', got {c.get('judge')!r}"
+    if not isinstance(c.get("answers_digest"), str):
+        return f"'answers_digest' must be text, got {c.get('answers_digest')!r}"
+    return None
