@@ -830,3 +830,19 @@ def test_a_damaged_head_to_head_comparison_is_named(tmp_path, edit, message):
     path.write_text(json.dumps({"dpo/seed1": edit(GOOD_COMPARISON)}))
     with pytest.raises(PobenchError, match=re.escape(f"{path}: comparison 'dpo/seed1': {message}")):
         read_comparisons(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda e: {**e, "held_out": {**e["held_out"], "final": {"eval/rewards/accuracies": "0.75"}}},
+     "'held_out.final.eval/rewards/accuracies' must be a number, got '0.75'"),
+    (lambda e: {**e, "held_out": {"final": "x"}}, "'held_out.final' must be an object of held-out pair metrics"),
+    (lambda e: {**e, "held_out": [0.7]}, "'held_out' must be an object of held-out pair metrics"),
+    (lambda e: {**e, "judge": {**e["judge"], "held_out_accuracy": [0.6]}},
+     "'judge.held_out_accuracy' must be a number, got [0.6]"),
+])
+def test_damaged_held_out_metrics_in_eval_json_are_named(tmp_path, edit, message):
+    """eval.json's held-out metrics take precedence over train_summary.json's, and were not checked: a text value
+    crashed the report (TypeError), a non-object `final` was ignored silently."""
+    write_run(tmp_path, "dpo", 1, [0.5, 0.6], eval_json=edit(new_eval(0.5, 0.6)))
+    with pytest.raises(PobenchError, match=re.escape(f"eval.json: {message}")):
+        collect(tmp_path)

@@ -123,13 +123,17 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
             raise PobenchError(f"{path}: '{key}' must be a fraction in [0, 1], got {v!r}")
     for key in ("avg_length", "reward_mean", "kl", "judge_held_out_accuracy"):
         v = out[key]
-        if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-            raise PobenchError(f"{path}: '{key}' must be a number, got {v!r}")
-    held = ev.get("held_out") or ev.get("held_out_pairs")  # `pobench eval`'s form, the older run-only form
-    if isinstance(held, dict) and isinstance(held.get("final"), dict):
-        held = held["final"]   # pobench eval keeps {"final", "initial", "pairs"}
+        if v is not None and not _number(v):
+            name = "judge.held_out_accuracy" if key == "judge_held_out_accuracy" else key   # as eval.json has it
+            raise PobenchError(f"{path}: '{name}' must be a number, got {v!r}")
+    held, name = ev.get("held_out") or ev.get("held_out_pairs"), "held_out"  # pobench eval's form, the older one
+    if isinstance(held, dict) and "final" in held:
+        held, name = held["final"], "held_out.final"   # pobench eval keeps {"final", "initial", "pairs"}
     if held is not None and not isinstance(held, dict):
-        raise PobenchError(f"{path}: 'held_out' must be an object of held-out pair metrics")
+        raise PobenchError(f"{path}: '{name}' must be an object of held-out pair metrics, got {held!r}")
+    for metric, v in (held or {}).items():
+        if v is not None and not _number(v):
+            raise PobenchError(f"{path}: '{name}.{metric}' must be a number, got {v!r}")
     out["held_out"] = held or {}
     return out
 
