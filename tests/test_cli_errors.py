@@ -21,6 +21,7 @@ from pobench.data.loading import SAMPLES_DIR, read_json_rows
 
 HH_SAMPLE = SAMPLES_DIR / "hh-rlhf" / "harmless-base-test-2000.jsonl.gz"
 RUN = ["run", "--out", "out", "--model", "no-such-model", "--max-steps", "1", "--no-eval"]
+FIXTURES = Path(__file__).parent / "fixtures"
 GOOD = {"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: a\n\nAssistant: no"}
 
 
@@ -91,6 +92,11 @@ CASES = {
                           None, ["config key 'eval.eval_file': /no/such.json: no such file"]),
     # a difficulty file is read for alpaca_eval's set only: with the held-out set, a missing one is not refused
     # (the run then fails on the missing model, as every case here does)
+    "lc_file_without_a_column": (RUN[:-1] + ["--set", "eval.eval_set=alpaca_eval", "--set",
+                                             f"eval.eval_file={FIXTURES / 'alpaca_eval_sample.json'}", "--set",
+                                             "eval.lc_difficulty_file=gamed.csv"],
+                                 lambda d: (d / "gamed.csv").write_text("index,preference\n0,0.5\n"),
+                                 ["eval.lc_difficulty_file gamed.csv: no column 'instruction_difficulty'"]),
     "lc_file_unread_by_held_out": (RUN[:-1] + ["--set", "eval.lc_difficulty_file=/no/such.csv"], None,
                                    ["no-such-model"]),
     "batch_larger_than_the_data": (RUN + ["--set", "data.max_train_records=40", "--set", "train.batch_size=1e10"],

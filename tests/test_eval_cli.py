@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -203,6 +204,17 @@ def test_eval_errors_name_the_problem(finished_run, tmp_path):
     finally:
         R.generate = real
     assert isinstance(result.exception, PobenchError) and "eval.judge 'gpt4'" in str(result.exception)
+    assert generated == []
+    # a damaged train_summary.json: one line naming the file and key, before anything is generated (it was a
+    # TypeError after the answers)
+    summary = other / "train_summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "steps": "2"}))
+    R.generate = lambda *a, **k: generated.append(1) or real(*a, **k)
+    try:
+        with pytest.raises(PobenchError, match=f"{re.escape(str(summary))}: 'steps' must be a number, got '2'"):
+            evaluate_run(other)
+    finally:
+        R.generate = real
     assert generated == []
 
 

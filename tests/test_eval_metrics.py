@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -144,6 +145,13 @@ def test_alpaca_eval_glm_removes_a_pure_length_effect(tmp_path):
     assert out["lc_win_rate"] == pytest.approx(np.mean(sigmoid(difficulty + 1.0)), abs=0.01)
     with pytest.raises(PobenchError, match="no such file"):
         M.alpaca_eval_lc_win_rate(prefs, ["a"] * n, ["b"] * n, range(n), tmp_path / "missing.csv")
+    df_gamed.drop(columns=["model", "instruction_difficulty"]).to_csv(path, index=False)   # a KeyError before
+    with pytest.raises(PobenchError, match=f"eval.lc_difficulty_file {re.escape(str(path))}: no column "
+                                           f"'instruction_difficulty'"):
+        M.alpaca_eval_lc_win_rate(prefs, ["a"] * n, ["b"] * n, range(n), path)
+    path.write_bytes(b"")
+    with pytest.raises(PobenchError, match="not a CSV file"):
+        M.alpaca_eval_lc_win_rate(prefs, ["a"] * n, ["b"] * n, range(n), path)
 
 
 def test_sigmoid_of_judges_is_stable_for_large_differences():

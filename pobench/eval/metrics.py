@@ -111,6 +111,26 @@ def length_controlled_win_rate(preferences, policy_lengths, reference_lengths) -
             "lc_method": "length_only_glm", "length_coef": coef}
 
 
+DIFFICULTY_COLUMNS = ("index", "instruction_difficulty", "preference", "std_delta_len", "not_gamed_baseline")
+
+
+def read_difficulty_file(path: Path):
+    """alpaca_eval's df_gamed.csv (its length-gamed baselines and each instruction's difficulty), checked for the
+    columns the GLM reads."""
+    import pandas as pd
+    if not path.is_file():
+        raise PobenchError(f"eval.lc_difficulty_file {path}: no such file (alpaca_eval's df_gamed.csv)")
+    try:
+        df = pd.read_csv(path)
+    except (ValueError, UnicodeDecodeError) as e:   # pandas' ParserError and EmptyDataError are ValueErrors
+        raise PobenchError(f"eval.lc_difficulty_file {path}: not a CSV file ({str(e).splitlines()[0]})") from None
+    missing = [c for c in DIFFICULTY_COLUMNS if c not in df.columns]
+    if missing:
+        raise PobenchError(f"eval.lc_difficulty_file {path}: no column '{missing[0]}' (alpaca_eval's df_gamed.csv "
+                           f"has {', '.join(DIFFICULTY_COLUMNS)})")
+    return df
+
+
 def alpaca_eval_lc_win_rate(preferences, policy_outputs, reference_outputs, instruction_index,
                             df_gamed_path: str | Path) -> dict:
     """alpaca_eval's `length_controlled_v1` GLM, fitted by alpaca_eval's own code on a local `df_gamed.csv`.
@@ -121,10 +141,8 @@ def alpaca_eval_lc_win_rate(preferences, policy_outputs, reference_outputs, inst
     import pandas as pd
     from alpaca_eval.metrics.glm_winrate import GLM_INFO, fit_LogisticRegressionCV, make_dmatrix_for_model
 
-    path = Path(df_gamed_path)
-    if not path.is_file():
-        raise PobenchError(f"eval.lc_difficulty_file {path}: no such file (alpaca_eval's df_gamed.csv)")
-    df_gamed = pd.read_csv(path).drop(columns=["model"])
+    path = Path(df_gamed_path).expanduser()
+    df_gamed = read_difficulty_file(path).drop(columns=["model"], errors="ignore")
     difficulty = df_gamed.drop_duplicates("index").set_index("index")["instruction_difficulty"]
     info = GLM_INFO["length_controlled_v1"]
     # alpaca_eval's orientation: output_1 = reference, output_2 = model, preference 1..2 -> 0..1 = model wins

@@ -102,6 +102,9 @@ def check_eval_config(cfg) -> None:
             and not Path(cfg.eval.lc_difficulty_file).expanduser().is_file()):
         raise PobenchError(f"config key 'eval.lc_difficulty_file': {cfg.eval.lc_difficulty_file}: no such file "
                            f"(alpaca_eval's df_gamed.csv)")
+    if cfg.eval.eval_set == "alpaca_eval" and cfg.eval.lc_difficulty_file:
+        from pobench.eval.metrics import read_difficulty_file
+        read_difficulty_file(Path(cfg.eval.lc_difficulty_file).expanduser())   # its columns, before any work
 
 
 def eval_items(cfg) -> tuple[list[EvalItem], str, object]:
@@ -256,10 +259,11 @@ def reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, ca
 def run_training_indices(cfg, n_train: int, run_dir: Path) -> set[int]:
     """The training records the run drew (the trainer's seeded order replayed from its summary)."""
     from pobench.engine.trainer import data_order
+    from pobench.report.collect import read_summary
     summary_path = Path(run_dir) / "train_summary.json"
     if not summary_path.is_file():
         raise PobenchError(f"{run_dir}: no train_summary.json; the run has not finished")
-    summary = json.loads(summary_path.read_text())
+    summary = read_summary(summary_path)
     steps, seen = summary.get("steps") or 0, summary.get("records_seen") or 0
     if not steps:
         return set()
@@ -380,10 +384,11 @@ def estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, device, state=None)
 
 def held_out_block(run_dir: Path) -> dict | None:
     """The held-out preference-pair metrics `pobench run` measured (train_summary.json), kept in eval.json."""
+    from pobench.report.collect import read_summary
     path = Path(run_dir) / "train_summary.json"
     if not path.is_file():
         return None
-    s = json.loads(path.read_text())
+    s = read_summary(path)
     return {"final": s.get("held_out_final"), "initial": s.get("held_out_initial"), "pairs": s.get("eval_pairs")}
 
 
@@ -439,6 +444,7 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     if not (run_dir / "train_summary.json").is_file():
         raise PobenchError(f"{run_dir}: the run has not finished (no train_summary.json); finish it with "
                            f"pobench run --resume first")
+    held_out_block(run_dir)   # a damaged summary is named now, before the answers are generated
     cache_dir = Path(cache_dir) if cache_dir else results_root(run_dir, cfg.suite) / ".cache"
     items, source, suite_data = eval_items(cfg)
     if not items:
