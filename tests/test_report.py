@@ -589,6 +589,10 @@ def test_baseline_option(tmp_path):
     gen.write_text(row % "0.5" + '{"prompt": "q", "preference": 0.5}\n')
     with pytest.raises(PobenchError, match=r"mcpo/seed2/generations.jsonl:2: 'output' must be a string, got None"):
         build_report(root)
+    gen.write_text(row % "0.5" + '{"prompt": [{"role": "user"}], "output": "o", "preference": 0.5}\n')
+    with pytest.raises(PobenchError, match=r"mcpo/seed2/generations.jsonl:2: 'prompt' must be the prompt's text or "
+                                           r"its chat messages"):
+        build_report(root)
     gen.write_bytes(b'{"prompt": "q\xff", "output": "o", "preference": 0.5}\n')
     with pytest.raises(PobenchError, match=r"mcpo/seed2/generations.jsonl: not UTF-8 text"):
         build_report(root)

@@ -16,9 +16,12 @@ def read_generations(run_dir: Path) -> dict | None:
     numbered = read_jsonl(path, "preference")
     for i, row in numbered:
         # what compare judges again and the report's digest reads: the prompt (text or chat messages), the answer
-        if not isinstance(row.get("prompt"), (str, list)):
-            raise PobenchError(f"{path}:{i}: 'prompt' must be the prompt's text or its chat messages, got "
-                               f"{row.get('prompt')!r}")
+        prompt = row.get("prompt")
+        if not (isinstance(prompt, str) or (isinstance(prompt, list) and all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in prompt))):
+            raise PobenchError(f"{path}:{i}: 'prompt' must be the prompt's text or its chat messages "
+                               f"({{\"role\", \"content\"}} objects), got {prompt!r}")
         if not isinstance(row.get("output"), str):
             raise PobenchError(f"{path}:{i}: 'output' must be a string, got {row.get('output')!r}")
         pref = row["preference"]
