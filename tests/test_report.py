@@ -850,3 +850,14 @@ def test_damaged_held_out_metrics_in_eval_json_are_named(tmp_path, edit, message
     write_run(tmp_path, "dpo", 1, [0.5, 0.6], eval_json=edit(new_eval(0.5, 0.6)))
     with pytest.raises(PobenchError, match=re.escape(f"eval.json: {message}")):
         collect(tmp_path)
+
+
+def test_the_csv_names_each_rows_own_judges(tmp_path):
+    """The CSV's judge column listed every judge of the suite on every row."""
+    import io
+
+    import pandas as pd
+    for algo, judge in (("dpo", "auto:judges/a"), ("simpo", "rm:/b")):
+        write_run(tmp_path, algo, 1, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": {"name": judge}})
+    table = pd.read_csv(io.StringIO(to_csv(build_report(tmp_path)[0]))).set_index("algo")
+    assert table.loc["dpo", "judge"] == "auto:judges/a" and table.loc["simpo", "judge"] == "rm:/b"

@@ -63,7 +63,7 @@ def leaderboard(runs, chosen: dict, spreads: dict) -> list[dict]:
     for algo, point in chosen.items():
         frame = runs[(runs["algo"] == algo) & (runs["grid_point"] == point)]
         rows.append({"algo": algo, "grid_point": point, "grid_points": spreads[algo]["points"],
-                     "seeds": sorted(int(s) for s in frame["seed"].tolist()),
+                     "seeds": sorted(int(s) for s in frame["seed"].tolist()), "judge": _unique(frame, "judge"),
                      **{col: mean_ci(_values(frame, col)) for col, _ in METRICS}})
     return rows
 

@@ -301,7 +301,7 @@ def to_csv(report: dict) -> str:
         for r in s["leaderboard"]:
             row = {"suite": s["suite"], "algo": r["algo"], "grid_point": r["grid_point"],
                    "grid_points": r["grid_points"], "seeds": ";".join(map(str, r["seeds"])),
-                   "judge": ";".join(s["judge"])}
+                   "judge": ";".join(r["judge"])}   # the row's own judges (the auto judge is per seed)
             for col, _ in METRICS:
                 for k in ("mean", "lo", "hi", "n"):
                     row[f"{col}_{k}"] = r[col][k]
