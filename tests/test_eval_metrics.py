@@ -82,6 +82,14 @@ def test_lc_win_rate_without_length_differences_is_the_win_rate():
     assert lc["lc_win_rate_se"] == pytest.approx(M.win_rate(prefs)["win_rate_se"], rel=1e-3)   # its standard error too
 
 
+def test_lc_win_rate_is_not_given_where_length_cannot_be_told_from_quality():
+    """Every answer 50 characters longer than its reference: the length effect and the intercept are one number,
+    so no LC win rate (it read as the raw win rate with length_coef 0, as if length played no part)."""
+    lc = M.length_controlled_win_rate([1, 1, 1, 0, 0.5, 1], [60] * 6, [10] * 6)
+    assert lc["lc_win_rate"] is None and lc["length_coef"] is None and "cannot be told apart" in lc["lc_note"]
+    assert M.length_controlled_win_rate([1], [60], [10])["lc_win_rate"] is None     # one prompt: the same
+
+
 def test_lc_standard_error_of_soft_preferences_matches_their_spread():
     """A reward-model judge's preferences (sigmoids of score differences) lie near 0.5 and vary little: the LC win
     rate's standard error must follow their actual spread (measured by redrawing them), not a 0/1 outcome's

@@ -23,7 +23,9 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
                                           (a policy that has not moved wins 0.5 there by construction)
     lc_win_rate, lc_win_rate_se, lc_method ("length_only_glm" | "alpaca_eval_glm_length_controlled_v1"), length_coef
                                           length_coef: the GLM's weight on tanh(standardised length difference),
-                                          > 0 when the judge favours the policy where its output is the longer one
+                                          > 0 when the judge favours the policy where its output is the longer one;
+                                          null, with lc_note, where every length difference is the same non-zero
+                                          number (length and quality cannot be told apart)
     avg_length, reference_avg_length      mean output length in characters (length_unit)
     reward_mean, reference_reward_mean    mean judge score of the outputs (reward-model / gold judges; else null)
     kl, kl_se, kl_info                    KL(policy || reference) estimated from samples (null with eval.kl_samples 0)

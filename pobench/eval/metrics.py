@@ -95,11 +95,17 @@ def length_controlled_win_rate(preferences, policy_lengths, reference_lengths) -
     """The length-only GLM: p_i = sigmoid(a + b * tanh(z_i)), z = standardised length difference; LC = sigmoid(a).
 
     Returns {"lc_win_rate", "lc_win_rate_se" (delta method on the robust covariance), "lc_method", "length_coef"}. With every length
-    difference zero there is nothing to control for, and the LC win rate equals the win rate."""
+    difference zero there is nothing to control for, and the LC win rate equals the win rate. With every
+    difference the same non-zero number (or one prompt) the length effect cannot be told from the intercept: no
+    LC win rate, and `lc_note` says why."""
     p = _array(preferences, "LC win rate")
     z = standardized_length_difference(policy_lengths, reference_lengths)
     if p.size != z.size:
         raise PobenchError(f"LC win rate: {p.size} preferences but {z.size} length pairs")
+    if not np.any(z) and np.any(_array(policy_lengths, "lengths") != _array(reference_lengths, "lengths")):
+        return {"lc_win_rate": None, "lc_win_rate_se": None, "lc_method": "length_only_glm", "length_coef": None,
+                "lc_note": "every judged answer differs in length from its reference by the same amount: a length "
+                           "effect cannot be told apart from a quality effect"}
     if not np.any(z):
         w, cov = fit_logistic(np.ones((p.size, 1)), p)
         coef = 0.0
