@@ -861,3 +861,9 @@ def test_the_csv_names_each_rows_own_judges(tmp_path):
         write_run(tmp_path, algo, 1, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": {"name": judge}})
     table = pd.read_csv(io.StringIO(to_csv(build_report(tmp_path)[0]))).set_index("algo")
     assert table.loc["dpo", "judge"] == "auto:judges/a" and table.loc["simpo", "judge"] == "rm:/b"
+    assert "each seed's own auto judge" not in to_markdown(sections(build_report(tmp_path)[0]))
+    for algo in ("dpo", "simpo"):   # seed 2: its own auto judge, so the RM score mixes two reward models' offsets
+        write_run(tmp_path, algo, 2, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": {"name": "auto:judges/b"}})
+    (tmp_path / "hh-rlhf" / "simpo" / "seed1" / "eval.json").write_text(json.dumps(
+        {**new_eval(0.6, 0.6), "judge": {"name": "auto:judges/a"}}))
+    assert "RM score: each seed's own auto judge" in to_markdown(sections(build_report(tmp_path)[0]))

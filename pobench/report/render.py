@@ -9,7 +9,7 @@ import json
 
 from pobench.report.convergence import ACCURACY, UNITS
 from pobench.report.leaderboard import METRICS
-from pobench.report.versus import ACC_AUC, DELTA_METRICS, SOFTWARE
+from pobench.report.versus import ACC_AUC, AUTO_JUDGE, DELTA_METRICS, SOFTWARE
 
 DIGITS = {"win_rate": 3, "lc_win_rate": 3, "reward_mean": 3, "kl": 3, "avg_length": 1, "held_out_acc": 3,
           "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "pairs_per_s": 2,
@@ -91,6 +91,9 @@ def leaderboard_section(s: dict, select: str) -> Section:
                        + (f"; length in {', '.join(s['length_unit'])}" if s["length_unit"] else ""))
     if s["pool_reward_model"]:
         caption.append(f"candidate-pool reward model: {', '.join(s['pool_reward_model'])}")
+    if ("reward_mean", "RM score") in measured and sum(j.startswith(AUTO_JUDGE) for j in s["judge"]) > 1:
+        caption.append("RM score: each seed's own auto judge, whose scores have an offset of their own; rows share "
+                       "the judges seed by seed, so compare them through the paired differences from the baseline")
     if any(c.startswith("gold_") for c, _ in measured):
         caption.append("gold/*: the suite's known reward on the final policy's samples against the reference "
                        "(gold_eval.json, measured by the trainer)")
