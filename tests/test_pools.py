@@ -156,6 +156,7 @@ def test_a_cached_reward_model_has_one_name_however_the_results_path_is_typed(tm
     (folder / "config.json").write_text("{}")
     (folder / "model.safetensors").write_bytes(b"x" * 10)
     before = store_path(Path("c"), "fp", cfg, str(folder)).name
+    assert before.startswith("fp-")   # the policy's fingerprint (it was the fingerprint function's repr)
     (folder / "model.safetensors").write_bytes(b"y" * 20)
     assert store_path(Path("c"), "fp", cfg, str(folder)).name != before
     for spec in ("gold:test-length", "OpenAssistant/reward-model-deberta-v3-large", str(tmp_path / "my-rm")):

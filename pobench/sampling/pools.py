@@ -120,8 +120,8 @@ def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Pa
     if cfg.model.dtype != "auto":   # weights in another precision sample other draws (auto keeps its old keys)
         settings["dtype"] = cfg.model.dtype
     if Path(rm_spec).expanduser().is_dir():   # a reward-model folder of the user's: retrained in place, it scores anew
-        from pobench.models import model_fingerprint
-        settings["rm_weights"] = model_fingerprint(str(Path(rm_spec).expanduser()))
+        from pobench.models import model_fingerprint as fingerprint   # not the policy's, the parameter
+        settings["rm_weights"] = fingerprint(str(Path(rm_spec).expanduser()))
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cache_dir) / "pools" / f"{model_fingerprint}-{key}.jsonl"
 
