@@ -211,24 +211,48 @@ def resolve_config(config: str) -> Path | str:
                        f"(e.g. {', '.join(known[:4])}, ...) nor a configs.yaml path")
 
 
-def config_identity(annotators_config: Path | str) -> str:
-    """What the annotation cache is keyed by: the config's name or path, the content of its configs.yaml and of the
-    prompt templates it names, and of OPENAI_CLIENT_CONFIG_PATH's file (which server answers), so that an edited
-    prompt or another model never reuses annotations made before."""
+def config_entries(annotators_config: Path | str) -> tuple[Path, dict]:
+    """(its configs.yaml, {annotator name: settings}) of an alpaca_eval annotators config ({} where unreadable:
+    alpaca_eval then says what is wrong with it)."""
     import yaml
     import alpaca_eval.constants as AC
-    digest = hashlib.sha1(str(annotators_config).encode())
     path = Path(annotators_config)
     if not path.is_file():   # a config of alpaca_eval's own, by name
         path = Path(AC.EVALUATORS_CONFIG_DIR) / str(annotators_config) / "configs.yaml"
-    # alpaca_eval reads templates relative to the folder above the config's own (its evaluators_configs)
-    files, templates_dir = [path], path.parents[1]
     try:
         entries = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except (yaml.YAMLError, UnicodeDecodeError):
         entries = {}
-    for entry in (entries or {}).values() if isinstance(entries, dict) else ():
-        template = entry.get("prompt_template") if isinstance(entry, dict) else None
+    return path, {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else {}
+
+
+OPENAI_CREDENTIALS = ("OPENAI_API_KEY", "OPENAI_CLIENT_CONFIG_PATH")
+
+
+def check_alpaca_eval_judge(config: str) -> None:
+    """What `alpaca_eval:<config>` needs that can be checked before any work: the extra installed, the config
+    found, and for a config that calls OpenAI, credentials (without them alpaca_eval fails at the first call,
+    after every answer was generated)."""
+    require_alpaca_eval()
+    if config == LOCAL_CONFIG:
+        return
+    _, entries = config_entries(resolve_config(config))
+    calls = sorted({str(e.get("fn_completions")) for e in entries.values() if "openai" in str(e.get("fn_completions"))})
+    if calls and not any(os.environ.get(name) for name in OPENAI_CREDENTIALS):
+        raise PobenchError(f"eval.judge alpaca_eval:{config} calls OpenAI ({', '.join(calls)}): set "
+                           f"{' or '.join(OPENAI_CREDENTIALS)} first")
+
+
+def config_identity(annotators_config: Path | str) -> str:
+    """What the annotation cache is keyed by: the config's name or path, the content of its configs.yaml and of the
+    prompt templates it names, and of OPENAI_CLIENT_CONFIG_PATH's file (which server answers), so that an edited
+    prompt or another model never reuses annotations made before."""
+    digest = hashlib.sha1(str(annotators_config).encode())
+    path, entries = config_entries(annotators_config)
+    # alpaca_eval reads templates relative to the folder above the config's own (its evaluators_configs)
+    files, templates_dir = [path], path.parents[1]
+    for entry in entries.values():
+        template = entry.get("prompt_template")
         if isinstance(template, str):
             files.append(templates_dir / template)
     client = os.environ.get("OPENAI_CLIENT_CONFIG_PATH")

@@ -93,6 +93,9 @@ def check_eval_config(cfg) -> None:
         if re.fullmatch(r"synthetic(-\d+)?", arg) and cfg.data.path != "synthetic":
             raise PobenchError(f"config key 'eval.judge': {spec} scores the synthetic suite's token language, not "
                                f"the answers of suite {cfg.suite}")
+    if kind == "alpaca_eval":
+        from pobench.eval.llm_judge import check_alpaca_eval_judge
+        check_alpaca_eval_judge(arg)
     # a hub id (org/name, dots allowed) is only found at load time; a path spelled as one can be checked now
     if kind == "rm" and arg.startswith((".", "/", "~")) and not Path(arg).expanduser().exists():
         raise PobenchError(f"config key 'eval.judge': {spec}: no such reward-model folder")
