@@ -748,6 +748,15 @@ def test_a_value_from_fewer_seeds_than_its_row_says_so(tmp_path):
     assert "| Δ win rate | +0.065 ± 0.064* [2/3] |" in md
     assert "[k/n]: from the k of the row's n seeds" in md and "[k/n]: from the k of the n seeds both runs have" in md
     assert "| dpo | 1,2,3 | 0.500 ± 0.497 |" in md   # every seed: no count
+    import io
+
+    from rich.console import Console
+
+    from pobench.report.render import print_tables
+    out = io.StringIO()
+    print_tables(sections(build_report(tmp_path)[0]), Console(file=out, width=250))
+    assert "[k/n]: from the k of the row's n seeds" in out.getvalue()   # rich read "[k/n]" as a style tag
+    assert "0.465 ± 1.334 [2/3]" in out.getvalue()
 
 
 def test_runs_of_one_row_that_differ_beyond_the_seed_are_named(tmp_path):

@@ -282,17 +282,18 @@ def to_markdown(secs: list[Section]) -> str:
 def print_tables(secs: list[Section], console=None) -> None:
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text   # plain text: a caption's "[k/n]" or a cell's "[2/3]" is not rich markup
 
     for sec in secs:
         # as wide as the widest row needs, so that no number is cut (rich would squeeze to the terminal)
         need = sum(max([len(c)] + [len(r[i]) for r in sec.rows]) + 3 for i, c in enumerate(sec.columns)) + 1
         con = console or Console(width=max(need, Console().width))
-        table = Table(title=sec.title, caption="\n".join(sec.caption), caption_justify="left")
+        table = Table(title=Text(sec.title), caption=Text("\n".join(sec.caption)), caption_justify="left")
         for col in sec.columns:
-            table.add_column(col, no_wrap=True, overflow="fold")
+            table.add_column(Text(col), no_wrap=True, overflow="fold")
         for row in sec.rows:
-            table.add_row(*row)
-        con.print(table, markup=False, highlight=False)
+            table.add_row(*map(Text, row))
+        con.print(table, highlight=False)
 
 
 def to_csv(report: dict) -> str:
