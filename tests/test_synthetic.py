@@ -322,3 +322,22 @@ def test_ci_another_tasks_gold_reward_is_refused_before_the_run(tmp_path, ci_ref
         assert f"config key '{key}': gold:synthetic-3 is not this task's gold reward" in str(result.exception)
         assert "needs gold:synthetic" in str(result.exception)
     assert not (tmp_path / "synthetic").exists()
+    # the alias names a reference by its SFT steps: the default one is not the reference that made this data
+    # (data.synthetic.ref_steps=100 above); it trained the 2000-step reference after the data was made
+    result = CliRunner().invoke(app, ["run", "--suite", "synthetic", "--algo", "dpo", "--out", str(tmp_path),
+                                      "--model", "synthetic-ref", *CI_SETTINGS])
+    assert isinstance(result.exception, PobenchError), result.output
+    assert ("'model.name_or_path': synthetic-ref is the 2000-step reference, but data.synthetic.ref_steps=100 makes "
+            "the data with another; use --model synthetic-ref:0:100") in str(result.exception)
+    assert not (tmp_path / "synthetic").exists()
+
+
+def test_the_reference_alias_names_task_seed_and_steps(ci_reference):
+    from pobench.errors import PobenchError
+    from pobench.synthetic.reference import parse_alias, resolve_alias
+    assert parse_alias("synthetic-ref") == (0, 2000) and parse_alias("synthetic-ref:3") == (3, 2000)
+    assert parse_alias("synthetic-ref:0:100") == (0, 100) and parse_alias("smollm2-135m-instruct") is None
+    assert resolve_alias("synthetic-ref:0:100") == str(ci_reference)   # the cached one: nothing trained
+    for bad in ("synthetic-ref:x", "synthetic-ref:0:0", "synthetic-ref:0:1:2"):
+        with pytest.raises(PobenchError, match="expected synthetic-ref, synthetic-ref:<task seed> or"):
+            parse_alias(bad)

@@ -115,6 +115,13 @@ def check_gold_task(cfg, settings) -> None:
         if re.fullmatch(r"gold:synthetic(-\d+)?", spec) and spec != expected:
             raise PobenchError(f"config key '{key}': {spec} is not this task's gold reward; "
                                f"data.synthetic.task_seed={settings.task_seed} needs {expected}")
+    # the policy starts from the reference that made the data: the alias names its SFT steps, which must be the data's
+    from pobench.synthetic.reference import ALIAS, parse_alias
+    alias = parse_alias(cfg.model.name_or_path)
+    if alias is not None and alias[0] == settings.task_seed and alias[1] != settings.ref_steps:
+        raise PobenchError(f"config key 'model.name_or_path': {cfg.model.name_or_path} is the {alias[1]}-step reference, "
+                           f"but data.synthetic.ref_steps={settings.ref_steps} makes the data with another; use "
+                           f"--model {ALIAS}:{settings.task_seed}:{settings.ref_steps}")
 
 
 class GoldEvaluator:

@@ -6,6 +6,7 @@ new prompts and completions, so there is no data set to overfit. The loss covers
 The result is a normal model folder (safetensors, config, the WordLevel tokenizer with its chat template),
 saved under `<cache>/synthetic/` (POBENCH_CACHE moves the cache) and keyed by the task seed and the recipe, so
 it is trained once per machine. `model.name_or_path: synthetic-ref` (task seed 0) or `synthetic-ref:<seed>`
+(or `synthetic-ref:<seed>:<SFT steps>`, the reference of `data.synthetic.ref_steps`)
 resolves to it, building it on first use.
 """
 from __future__ import annotations
@@ -172,19 +173,25 @@ def ensure_reference(task_seed: int = 0, recipe: ReferenceRecipe | None = None, 
     return out
 
 
-def parse_alias(name: str) -> int | None:
-    """'synthetic-ref' -> 0, 'synthetic-ref:3' -> 3, anything else -> None."""
+def parse_alias(name: str) -> tuple[int, int] | None:
+    """(task seed, reference SFT steps) of an alias: 'synthetic-ref' -> (0, 2000), 'synthetic-ref:3' -> (3, 2000),
+    'synthetic-ref:3:40' -> (3, 40) (the reference `data.synthetic.ref_steps=40` makes its data with); anything
+    else -> None."""
     if name == ALIAS:
-        return 0
+        return 0, ReferenceRecipe().steps
     if name.startswith(ALIAS + ":"):
-        seed = name[len(ALIAS) + 1:]
-        if not seed.isdigit():
-            raise PobenchError(f"model.name_or_path {name}: expected {ALIAS} or {ALIAS}:<task seed>")
-        return int(seed)
+        parts = name[len(ALIAS) + 1:].split(":")
+        if len(parts) > 2 or not all(p.isdigit() for p in parts) or (len(parts) == 2 and int(parts[1]) < 1):
+            raise PobenchError(f"model.name_or_path {name}: expected {ALIAS}, {ALIAS}:<task seed> or "
+                               f"{ALIAS}:<task seed>:<SFT steps>")
+        return int(parts[0]), int(parts[1]) if len(parts) == 2 else ReferenceRecipe().steps
     return None
 
 
 def resolve_alias(name: str) -> str | None:
     """The model folder an alias names (built on first use), or None when `name` is not the alias."""
-    seed = parse_alias(name)
-    return None if seed is None else str(ensure_reference(seed))
+    alias = parse_alias(name)
+    if alias is None:
+        return None
+    seed, steps = alias
+    return str(ensure_reference(seed, ReferenceRecipe(steps=steps)))
