@@ -36,8 +36,8 @@ def hh_record(row: dict, row_id: str) -> PreferenceRecord:
     Rows whose chosen and rejected transcripts disagree before the final turn are skipped and counted
     (RowSkip "prefix_mismatch"): training on them would attach one answer to the wrong dialogue.
     """
-    chosen = parse_transcript(row["chosen"])
-    rejected = parse_transcript(row["rejected"])
+    chosen, rejected = row["chosen"], row["rejected"]   # both keys first: a missing one is an error, not a skip
+    chosen, rejected = parse_transcript(chosen), parse_transcript(rejected)
     if not chosen or chosen[-1]["role"] != "assistant" or not rejected or rejected[-1]["role"] != "assistant":
         raise RowSkip("no_final_assistant_turn")
     if chosen[:-1] != rejected[:-1]:
