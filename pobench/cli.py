@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from pobench.errors import PobenchError
 
@@ -313,7 +314,7 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
     from pobench.engine.trainer import train
     from pobench.environment import environment_info
     from pobench.faults import out_of_memory_as_error
-    from pobench.report.collect import read_summary
+    from pobench.report.collect import grid_point_of, read_summary
 
     tokenized: dict = {}
     summaries = []
@@ -322,8 +323,9 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
                   console=console, transient=False) as progress:
         overall = progress.add_task("runs", total=len(plans))
         for algorithm, cfg, run_dir, done in plans:
+            point = grid_point_of(run_dir, cfg.algorithm_name)
             if done and resume:
-                summaries.append(read_summary(run_dir / "train_summary.json"))
+                summaries.append((point, read_summary(run_dir / "train_summary.json")))
                 progress.console.print(f"[dim]{run_dir}: finished earlier, skipped[/dim]")
                 progress.advance(overall)
                 continue
@@ -340,24 +342,28 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
                 from pobench.eval.runner import evaluate_run
                 with out_of_memory_as_error(f"{run_dir} (evaluation)", cfg):
                     evaluate_run(run_dir, out / ".cache", progress=progress)
-            summaries.append(summary)
+            summaries.append((point, summary))
             progress.advance(overall)
     _print_summary(summaries, time.time() - started)
     from pobench.report.command import print_leaderboard
     print_leaderboard(out, {cfg.suite for _, cfg, _, _ in plans})
 
 
-def _print_summary(summaries: list[dict], wall: float) -> None:
+def _print_summary(summaries: list[tuple[str, dict]], wall: float) -> None:
+    """One row per run: (its grid point, '' without a grid; its train_summary.json)."""
+    gridded = any(point for point, _ in summaries)
     table = Table(title=f"pobench run: {len(summaries)} run(s) in {wall:.0f} s", caption="held-out: "
                   "the algorithm's implicit-reward accuracy and margin on held-out pairs, before -> after")
-    for col in ("suite", "algo", "seed", "steps", "pairs", "train s", "pairs/s", "loss", "held-out acc", "margin"):
+    for col in ("suite", "algo") + (("grid point",) if gridded else ()) + (
+            "seed", "steps", "pairs", "train s", "pairs/s", "loss", "held-out acc", "margin"):
         table.add_column(col, no_wrap=True)
     def num(v, digits: int) -> str:
         return "-" if v is None else f"{v:.{digits}f}"
 
-    for s in summaries:   # a run finished by an older pobench may lack a field: "-"
+    for point, s in summaries:   # a run finished by an older pobench may lack a field: "-"
         init, final = s.get("held_out_initial") or {}, s.get("held_out_final") or {}
-        table.add_row(s["suite"], s["algorithm"], str(s["seed"]), str(s.get("steps", "-")), str(s.get("pairs_seen", "-")),
+        table.add_row(s["suite"], s["algorithm"], *([Text(point or "(default)")] if gridded else []),
+                      str(s["seed"]), str(s.get("steps", "-")), str(s.get("pairs_seen", "-")),
                       num(s.get("train_time_s"), 0), num(s.get("pairs_per_s") or 0, 2), num(s.get("final_loss"), 3),
                       f"{num(init.get('eval/rewards/accuracies'), 2)}->{num(final.get('eval/rewards/accuracies'), 2)}",
                       f"{num(init.get('eval/rewards/margins'), 3)}->{num(final.get('eval/rewards/margins'), 3)}")

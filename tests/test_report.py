@@ -421,6 +421,8 @@ def test_run_with_a_grid_ends_with_the_leaderboard_that_report_reproduces(tmp_pa
         assert (run / "train_summary.json").is_file()
         assert yaml.safe_load((run / "config.yaml").read_text())["algorithm"]["beta"] == float(beta)
     assert "leaderboard: hh-rlhf" in proc.stdout and "tuning grid: hh-rlhf" in proc.stdout
+    summary = proc.stdout.split("leaderboard: hh-rlhf")[0]   # the runs' table: one row per grid point, named
+    assert "grid point" in summary and all(f"beta={b}" in summary for b in ("0.1", "0.5"))
     md = CliRunner().invoke(app, ["report", str(out), "--format", "markdown"])
     assert md.exit_code == 0, md.output
     board = md.stdout.split("### tuning grid")[0]
