@@ -303,7 +303,7 @@ def test_formats_agree(tmp_path):
     report, _, _ = build_report(grid_results(tmp_path))
     md = to_markdown(sections(report))
     assert "| dpo | beta=0.1 | 2 | 1,2,3 | 0.420 ± 0.025 |" in md   # 0.41, 0.42, 0.43: sd 0.01 * 4.303 / sqrt 3
-    assert "judge: bt-minilm-hh (reward_model, its held-out pair accuracy 0.66)" in md
+    assert "judge: bt-minilm-hh (reward_model, its held-out pair accuracy 0.660)" in md
     assert "### tuning grid: hh-rlhf" in md and "### convergence: held-out reward accuracy (hh-rlhf)" in md
     assert json.loads(to_json(report))["suites"][0]["leaderboard"][0]["algo"] == "dpo"
     import io
@@ -878,3 +878,9 @@ def test_the_csv_names_each_rows_own_judges(tmp_path):
     (tmp_path / "hh-rlhf" / "simpo" / "seed1" / "eval.json").write_text(json.dumps(
         {**new_eval(0.6, 0.6), "judge": {"name": "auto:judges/a"}}))
     assert "RM score: each seed's own auto judge" in to_markdown(sections(build_report(tmp_path)[0]))
+
+
+def test_differences_show_counts_as_integers():
+    """A run-table column with a missing value holds its counts as floats: 'eval prompts 4.0 vs 2.0'."""
+    from pobench.report.versus import differences
+    assert differences({"n_prompts": 4.0, "steps": 12.0}, {"n_prompts": 2.0, "steps": 12.0}) == ["eval prompts 4 vs 2"]

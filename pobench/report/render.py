@@ -74,7 +74,8 @@ def fmt_point(p: float) -> str:
 def _judge_line(s: dict) -> str:
     if not s["judge"]:
         return "judge: none yet (held-out preference pairs only; `pobench eval` adds win rates, LC win rate, score, KL)"
-    acc = f", its held-out pair accuracy {', '.join(s['judge_held_out_accuracy'])}" if s["judge_held_out_accuracy"] else ""
+    accuracies = ", ".join(f"{float(a):.3f}" for a in s["judge_held_out_accuracy"])
+    acc = f", its held-out pair accuracy {accuracies}" if accuracies else ""
     return f"judge: {', '.join(s['judge'])} ({', '.join(s['judge_kind']) or 'kind not recorded'}{acc})"
 
 
@@ -177,7 +178,7 @@ def versus_section(s: dict) -> Section | None:
                           "can move numbers by themselves: a fix, or another order of floating-point sums"
                           if any(d.startswith(SOFTWARE) for r in rows for d in r["unlike_baseline"]) else ""))
     # one column per algorithm, one row per measure: a handful of algorithms fit a terminal, ~18 measures would not
-    columns = [f"vs {base}"] + [r["algo"] + (f" ({r['grid_point'] or '(default)'})" if gridded else "") for r in rows]
+    columns = [f"vs {base}"] + [r["algo"] + (f" ({r['grid_point']})" if gridded and r["grid_point"] else "") for r in rows]
 
     def counts(p: dict | None) -> str:
         return f"{p['better']}/{p['tied']}/{p['worse']}" if p else "-"

@@ -71,6 +71,11 @@ def grid_keys(runs) -> dict:
     return out
 
 
+def _shown(v):
+    """A count as the integer it is (a table column with a missing value holds counts as floats)."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
 def _present(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
 
@@ -94,7 +99,7 @@ def differences(run: dict, base: dict, tuned: tuple = (), free_config: tuple = F
     for column, label in SAME_RESULT:
         a, b = run.get(column), base.get(column)
         if _present(a) and _present(b) and a != b:
-            out.append(f"{label} {a} vs {b}")
+            out.append(f"{label} {_shown(a)} vs {_shown(b)}")
     mine, theirs = run.get("software") or {}, base.get("software") or {}
     for key in sorted(set(mine) & set(theirs)):
         if mine[key] != theirs[key]:
