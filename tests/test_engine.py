@@ -336,9 +336,15 @@ def test_truncated_records_are_counted_and_reported(tmp_path, tiny_model_dir, ca
     whole = tokenize_record(rec, f, max_prompt=1000, max_completion=1000)
     assert whole.truncated == (False, False) and pair.prompt == whole.prompt[-16:] and pair.chosen == whole.chosen
     assert truncation_counts([pair, whole]) == {"prompts": 1, "completions": 1}
-    summary, _ = run_train(tmp_path / "t", tiny_model_dir, max_steps=1, max_prompt_length=24, max_completion_length=8)
+    summary, cfg = run_train(tmp_path / "t", tiny_model_dir, max_steps=1, max_prompt_length=24, max_completion_length=8)
     assert summary["truncated"]["prompts"] > 0 and summary["truncated"]["completions"] > 0
     assert "had prompts over train.max_prompt_length=24" in capsys.readouterr().out
+    # the runs of one command (algorithms, grid points, seeds) share the tokenized records: one warning, not one each
+    data, tokenized = load_suite_data(cfg.data, cfg.seed), {}
+    for run in ("a", "b"):
+        summary = T.train(cfg, get_algorithm("dpo"), data, tmp_path / run, tmp_path / "cache", tokenized=tokenized)
+        assert summary["truncated"]["prompts"] > 0                  # still counted
+    assert capsys.readouterr().out.count("had prompts over") == 1
 
 
 

@@ -486,7 +486,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     sampler = make_sampler(algo, cfg)
     cache_key = (id(data), model_path, cfg.model.chat_template, tc.max_prompt_length, tc.max_completion_length,
                  sampler.needs_candidates)
-    if tokenized is not None and cache_key in tokenized:
+    seen_before = tokenized is not None and cache_key in tokenized   # another run of this command: warned then
+    if seen_before:
         train_pairs, eval_pairs = tokenized[cache_key]
     else:
         train_pairs = tokenize_all(data.train, formatter, cfg, sampler.needs_candidates)
@@ -494,7 +495,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         if tokenized is not None:
             tokenized[cache_key] = (train_pairs, eval_pairs)
     truncated = truncation_counts(train_pairs + eval_pairs)
-    if any(truncated.values()) and accelerator.is_main_process:
+    if any(truncated.values()) and accelerator.is_main_process and not seen_before:
         message = (f"warning: {truncated['prompts']} of {len(train_pairs) + len(eval_pairs)} records had prompts over "
                    f"train.max_prompt_length={tc.max_prompt_length} (their last tokens kept) and "
                    f"{truncated['completions']} had a completion over train.max_completion_length="
