@@ -7,6 +7,7 @@ from pathlib import Path
 from pobench.rewards import register_gold
 from pobench.sampling.pools import PoolStore
 from test_engine import make_cfg, metrics, run_train
+from test_mcpo import pool_data  # noqa: F401  (a fixture: records with their own 4-candidate pools)
 
 
 @register_gold("test-length")
@@ -269,3 +270,20 @@ def test_a_sample_cut_by_its_token_limit_is_encoded_without_an_end_of_turn(tmp_p
     closed, cut = (tokenizer.decode(ids) for ids in pairs[0].candidates)
     assert closed.startswith("All done.") and "<|im_end|>" in closed
     assert cut == "Cut in"
+
+
+def test_runs_sharing_tokenized_records_keep_their_own_pools(tmp_path, tiny_model_dir, pool_data):
+    """The runs of one command share tokenized records (a grid over pool.source here): the dataset point trained
+    on the generated point's pools, which prepare_pools had attached to the shared records."""
+    from pobench.data import load_suite_data
+    from pobench.engine import trainer as T
+    tokenized, data = {}, None
+    for name, pool in (("generated", {"source": "generated", "reward_model": "gold:test-chars", "num_samples": 5,
+                                      "max_new_tokens": 5}),
+                       ("dataset", {"source": "dataset"})):
+        cfg, algorithm = make_cfg(tiny_model_dir, "mcpo", data_path=str(pool_data), pool=pool, max_steps=2,
+                                  batch_size=2)
+        data = data or load_suite_data(cfg.data, cfg.seed)
+        T.train(cfg, algorithm, data, tmp_path / name, tmp_path / "cache", tokenized=tokenized)
+    assert {r["sampler/pool_size"] for r in metrics(tmp_path / "generated")} == {6}   # the rejected + 5 generated
+    assert {r["sampler/pool_size"] for r in metrics(tmp_path / "dataset")} == {3}     # its own 4, less the chosen

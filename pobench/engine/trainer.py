@@ -484,8 +484,11 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     pad_id = tokenizer.pad_token_id
     formatter = ChatFormatter(tokenizer, cfg.model.chat_template)
     sampler = make_sampler(algo, cfg)
+    # prepare_pools attaches a run's pools to these pairs: runs whose pools may differ (another pool.* setting, or
+    # the data's own pools against generated ones) must not share them
+    pools = repr(cfg.pool) if sampler.needs_candidates else None   # a dataclass: every pool.* setting
     cache_key = (id(data), model_path, cfg.model.chat_template, tc.max_prompt_length, tc.max_completion_length,
-                 sampler.needs_candidates)
+                 sampler.needs_candidates, pools)
     seen_before = tokenized is not None and cache_key in tokenized   # another run of this command: warned then
     if seen_before:
         train_pairs, eval_pairs = tokenized[cache_key]
