@@ -341,3 +341,15 @@ def test_the_reference_alias_names_task_seed_and_steps(ci_reference):
     for bad in ("synthetic-ref:x", "synthetic-ref:0:0", "synthetic-ref:0:1:2"):
         with pytest.raises(PobenchError, match="expected synthetic-ref, synthetic-ref:<task seed> or"):
             parse_alias(bad)
+
+
+def test_cached_records_are_keyed_by_how_samples_are_drawn(monkeypatch, tmp_path):
+    """The records hold the reference's samples: a change of sampling scheme (pobench.generation.SAMPLING_SCHEME)
+    must not reuse records drawn the old way, as the pool store and the eval reference store do not."""
+    import pobench.generation as G
+    from pobench.synthetic.data import SyntheticSettings, _cache_path
+    (tmp_path / "ref").mkdir()
+    settings = SyntheticSettings.from_mapping({})
+    before = _cache_path(settings, 8, str(tmp_path / "ref"))
+    monkeypatch.setattr(G, "SAMPLING_SCHEME", "another scheme")
+    assert _cache_path(settings, 8, str(tmp_path / "ref")) != before

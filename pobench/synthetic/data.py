@@ -163,11 +163,13 @@ def gold_spread(scores: list[list[float]], records: list[PreferenceRecord]) -> d
 
 
 def _cache_path(settings: SyntheticSettings, eval_size: int, reference: str) -> Path:
+    from pobench.generation import SAMPLING_SCHEME
     from pobench.models import model_fingerprint
     from pobench.synthetic.reference import cache_root
 
+    # the records hold the reference's samples: drawn another way (SAMPLING_SCHEME), they are other records
     key = json.dumps({"settings": dataclasses.asdict(settings), "eval_size": eval_size, "version": DATA_VERSION,
-                      "reference": model_fingerprint(reference)}, sort_keys=True)
+                      "reference": model_fingerprint(reference), "seeding": SAMPLING_SCHEME}, sort_keys=True)
     return cache_root() / "synthetic" / f"data-task{settings.task_seed}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
