@@ -350,3 +350,23 @@ def test_compare_with_the_local_llm_judge_through_alpaca_eval(finished_run, tiny
                                       "--set", "eval.max_new_tokens=64"])
     assert isinstance(result.exception, PobenchError)
     assert "--set eval.max_new_tokens: compare judges answers already generated" in str(result.exception)
+
+
+def test_compare_reads_prompts_held_as_text(finished_run, tmp_path):
+    """generations.jsonl may hold a prompt as text (read_generations accepts it): the reward-model judge read it as
+    chat messages and failed (TypeError); it reads it as one user turn now."""
+    import shutil
+    from pobench.cli import app
+    from pobench.eval.judges import prompt_text
+    suite = tmp_path / "hh-rlhf"
+    for algo in ("dpo", "simpo"):
+        run = suite / algo / "seed1"
+        shutil.copytree(finished_run.parents[1] / algo / "seed1", run, ignore=shutil.ignore_patterns("checkpoints"))
+        rows = [json.loads(line) for line in (run / "generations.jsonl").read_text().splitlines()]
+        for row in rows:
+            row["prompt"] = prompt_text(row["prompt"])
+        (run / "generations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(suite / "dpo")])
+    assert result.exit_code == 0, result.output
+    stored = json.loads((suite / "simpo" / "seed1" / "head_to_head.json").read_text())["dpo/seed1"]
+    assert stored["n_prompts"] == 4 and stored["n_unjudged"] == 0

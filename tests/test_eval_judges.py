@@ -50,15 +50,6 @@ def test_judge_specs_are_checked():
         build_judge("gold:no-such-reward")
 
 
-def test_prompt_text_reads_messages_and_text():
-    """generations.jsonl may hold a prompt as text: `pobench compare` judged it as messages (a TypeError)."""
-    assert prompt_text("Name a colour.") == "Name a colour."
-    assert prompt_text([{"role": "user", "content": "Name a colour."}]) == "Name a colour."
-    assert prompt_text([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                        {"role": "user", "content": "Name a colour."}]) == \
-        "User: Hi\n\nAssistant: Hello\n\nUser: Name a colour."
-
-
 def test_order_coin_is_seeded_on_the_prompt():
     assert policy_goes_first("abc", 0) == policy_goes_first("abc", 0)
     flips = [policy_goes_first(f"prompt {i}", 0) for i in range(400)]

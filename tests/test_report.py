@@ -591,6 +591,9 @@ def test_baseline_option(tmp_path):
     gen.write_text(row % "0.5" + '{"prompt": "q", "preference": 0.5}\n')
     with pytest.raises(PobenchError, match=r"mcpo/seed2/generations.jsonl:2: 'output' must be a string, got None"):
         build_report(root)
+    gen.write_text(row % "0.5" + '{"prompt": [], "output": "o", "preference": 0.5}\n')
+    with pytest.raises(PobenchError, match=r"mcpo/seed2/generations.jsonl:2: 'prompt' must be"):
+        build_report(root)
     gen.write_text(row % "0.5" + '{"prompt": [{"role": "user"}], "output": "o", "preference": 0.5}\n')
     with pytest.raises(PobenchError, match=r"mcpo/seed2/generations.jsonl:2: 'prompt' must be the prompt's text or "
                                            r"its chat messages"):
@@ -835,6 +838,7 @@ GOOD_COMPARISON = {"win_rate": 0.6, "win_rate_ci95": [0.4, 0.8], "seed": 1, "bet
     (lambda c: {**c, "win_rate_ci95": None}, "'win_rate_ci95' must be [low, high], got None"),
     (lambda c: {**c, "seed": "1"}, "'seed' must be an integer, got '1'"),
     (lambda c: {**c, "better": 2.5}, "'better' must be an integer, got 2.5"),
+    (lambda c: {**c, "answers_digest": 5}, "'answers_digest' must be text, got 5"),
 ])
 def test_a_damaged_head_to_head_comparison_is_named(tmp_path, edit, message):
     """Fields `pobench report` reads from head_to_head.json crashed it (TypeError, KeyError) when edited."""
@@ -842,6 +846,9 @@ def test_a_damaged_head_to_head_comparison_is_named(tmp_path, edit, message):
     path = tmp_path / "head_to_head.json"
     path.write_text(json.dumps({"dpo/seed1": GOOD_COMPARISON}))
     assert read_comparisons(path) == {"dpo/seed1": GOOD_COMPARISON}
+    older = {k: v for k, v in GOOD_COMPARISON.items() if k != "answers_digest"}   # before digests: stale, not damaged
+    path.write_text(json.dumps({"dpo/seed1": older}))
+    assert read_comparisons(path) == {"dpo/seed1": older}
     path.write_text(json.dumps({"dpo/seed1": edit(GOOD_COMPARISON)}))
     with pytest.raises(PobenchError, match=re.escape(f"{path}: comparison 'dpo/seed1': {message}")):
         read_comparisons(path)

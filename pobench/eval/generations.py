@@ -17,9 +17,11 @@ def read_generations(run_dir: Path) -> dict | None:
     for i, row in numbered:
         # what compare judges again and the report's digest reads: the prompt (text or chat messages), the answer
         prompt = row.get("prompt")
-        if not (isinstance(prompt, str) or (isinstance(prompt, list) and all(
+        if isinstance(prompt, str):   # text: one user turn, as every judge reads prompts as chat messages
+            prompt = row["prompt"] = [{"role": "user", "content": prompt}]
+        if not (isinstance(prompt, list) and prompt and all(
                 isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in prompt))):
+                for m in prompt)):
             raise PobenchError(f"{path}:{i}: 'prompt' must be the prompt's text or its chat messages "
                                f"({{\"role\", \"content\"}} objects), got {prompt!r}")
         if not isinstance(row.get("output"), str):

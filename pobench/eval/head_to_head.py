@@ -161,12 +161,10 @@ def read_comparisons(path: Path) -> dict:
     return stored
 
 
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _malformed(c: dict) -> str | None:
-    """What is wrong with a stored comparison's fields that `pobench report` reads (None when nothing is)."""
+    """What is wrong with a stored comparison's fields that `pobench report` reads (None when nothing is). A
+    comparison without `answers_digest` (written before it was recorded) is read as stale, not as damaged."""
+    from pobench.report.collect import _number
     if not _number(c.get("win_rate")):
         return f"'win_rate' must be a number, got {c.get('win_rate')!r}"
     ci = c.get("win_rate_ci95")
@@ -177,6 +175,6 @@ def _malformed(c: dict) -> str | None:
             return f"'{key}' must be an integer, got {c.get(key)!r}"
     if not (isinstance(c.get("judge"), dict) and isinstance(c["judge"].get("name"), str)):
         return f"'judge' must be an object with a 'name', got {c.get('judge')!r}"
-    if not isinstance(c.get("answers_digest"), str):
-        return f"'answers_digest' must be text, got {c.get('answers_digest')!r}"
+    if c.get("answers_digest") is not None and not isinstance(c["answers_digest"], str):
+        return f"'answers_digest' must be text, got {c['answers_digest']!r}"
     return None

@@ -119,11 +119,8 @@ def build_judge(spec: str, **options):
     return factory(arg, **options)
 
 
-def prompt_text(messages: list[dict] | str) -> str:
-    """The instruction as a judge reads it: a lone user turn as is, a dialogue as 'User:/Assistant:' turns (text,
-    as a generations.jsonl row may hold it, as is)."""
-    if isinstance(messages, str):
-        return messages
+def prompt_text(messages: list[dict]) -> str:
+    """The instruction as a judge reads it: a lone user turn as is, a dialogue as 'User:/Assistant:' turns."""
     if len(messages) == 1 and messages[0].get("role") == "user":
         return messages[0]["content"]
     role = {"user": "User", "assistant": "Assistant", "system": "System"}
