@@ -26,7 +26,8 @@ GOOD = {"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: a\n\
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("POBENCH_DEBUG", "OPENAI_API_KEY", "OPENAI_CLIENT_CONFIG_PATH")}
+    env = {k: v for k, v in os.environ.items() if k not in ("POBENCH_DEBUG", "OPENAI_API_KEY", "OPENAI_API_KEYS",
+                                                                 "OPENAI_CLIENT_CONFIG_PATH")}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", COLUMNS="80",
                NO_COLOR="1")
     return env
@@ -90,7 +91,7 @@ CASES = {
                                     ["gold:synthetic scores the synthetic suite's token language", "hh-rlhf"]),
     "openai_judge_without_credentials": (RUN[:-1] + ["--set", "eval.judge=alpaca_eval:weighted_alpaca_eval_gpt4_turbo"],
                                          None, ["alpaca_eval:weighted_alpaca_eval_gpt4_turbo calls OpenAI",
-                                                "set OPENAI_API_KEY or OPENAI_CLIENT_CONFIG_PATH first"]),
+                                                "set OPENAI_API_KEY, OPENAI_API_KEYS or OPENAI_CLIENT_CONFIG_PATH first"]),
     "eval_file_missing": (RUN[:-1] + ["--set", "eval.eval_set=alpaca_eval", "--set", "eval.eval_file=/no/such.json"],
                           None, ["config key 'eval.eval_file': /no/such.json: no such file"]),
     # a difficulty file is read for alpaca_eval's set only: with the held-out set, a missing one is not refused

@@ -226,7 +226,7 @@ def config_entries(annotators_config: Path | str) -> tuple[Path, dict]:
     return path, {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else {}
 
 
-OPENAI_CREDENTIALS = ("OPENAI_API_KEY", "OPENAI_CLIENT_CONFIG_PATH")
+OPENAI_CREDENTIALS = ("OPENAI_API_KEY", "OPENAI_API_KEYS", "OPENAI_CLIENT_CONFIG_PATH")   # what alpaca_eval reads
 
 
 def check_alpaca_eval_judge(config: str) -> None:
@@ -238,9 +238,11 @@ def check_alpaca_eval_judge(config: str) -> None:
         return
     _, entries = config_entries(resolve_config(config))
     calls = sorted({str(e.get("fn_completions")) for e in entries.values() if "openai" in str(e.get("fn_completions"))})
-    if calls and not any(os.environ.get(name) for name in OPENAI_CREDENTIALS):
+    import alpaca_eval.constants as AC
+    default_client = Path(str(getattr(AC, "OPENAI_CLIENT_CONFIG_PATH", "") or "")).is_file()   # its own client file
+    if calls and not default_client and not any(os.environ.get(name) for name in OPENAI_CREDENTIALS):
         raise PobenchError(f"eval.judge alpaca_eval:{config} calls OpenAI ({', '.join(calls)}): set "
-                           f"{' or '.join(OPENAI_CREDENTIALS)} first")
+                           f"{', '.join(OPENAI_CREDENTIALS[:-1])} or {OPENAI_CREDENTIALS[-1]} first")
 
 
 def config_identity(annotators_config: Path | str) -> str:
