@@ -21,7 +21,9 @@ pool recipe, pobench's default) on both sides, no top_k; no EOS is set, so every
   c-sort, c-bisect, c-greedy  the same after torch.compile of every decoder layer (c-bisect also compiles the
              sampling function), still replayed as one CUDA graph per step
   name@64    a decoder at that batch only (a compiled step costs one compilation per batch)
-Decoders are measured in the order --decoders names them.
+
+Plain generate is measured first, then `backend`, then the decoders in the order --decoders names them (a c-*
+decoder compiles the model's layers in place, so every decoder listed after one runs on compiled layers).
   backend    the path a pool generation takes: the transformers backend's `generate` with the defaults
              (GenerationConfig batch_size 0 = auto, fast=auto), n=8 samples of --backend-prompts prompts, each
              row seeded by its prompt; reports the batch it chose and new tokens/s (a warm-up call first)

@@ -6,7 +6,7 @@
 #
 # Knobs (environment): DECODERS, BATCHES and AGREEMENT=0 for gpu_generate.py; SAMPLING=1 adds the sampler alone,
 # compiled; SHARDED=0 skips the FSDP checks; DS=1 runs the DeepSpeed presets (needs .gpu-carry/ds-wheels, below);
-# STEP=1 adds gpu_step.py. The second call of 2026-11-27 (run D in GPU.md) was
+# STEP=1 adds gpu_step.py. Run D in GPU.md was
 #   DECODERS=pobench,pobench-radix,w-radix,w-sort BATCHES=64 AGREEMENT=0 SAMPLING=1 SHARDED=0 DS=1
 #
 # The device machines have torch with CUDA but no internet: put a transformers wheel in .whl/ and the tokenizer
@@ -70,7 +70,9 @@ if [ "${SHARDED:-1}" = 1 ]; then
 fi
 
 # 4. DeepSpeed ZeRO-2 and ZeRO-3 presets against one process (DeepSpeed is not installed on the device machines)
-if [ "${DS:-0}" = 1 ] && ls .gpu-carry/ds-wheels/*.whl >/dev/null 2>&1; then
+if [ "${DS:-0}" = 1 ] && ! ls .gpu-carry/ds-wheels/*.whl >/dev/null 2>&1; then
+  echo "DS=1: no wheels in .gpu-carry/ds-wheels (see the header); DeepSpeed presets not run" | tee -a "$OUT/gpu.txt"
+elif [ "${DS:-0}" = 1 ]; then
   pip install -q --no-deps --target /tmp/ds-site .gpu-carry/ds-wheels/*.whl 2>&1 | tail -2
   PYTHONPATH=/tmp/ds-site:$PYTHONPATH timeout ${DS_TIMEOUT:-90} python benchmarks/gpu_sharded_check.py \
     --tokenizer .gpu-carry/smollm2-tokenizer --presets deepspeed-zero2,deepspeed-zero3 \

@@ -50,7 +50,7 @@ class ModelConfig:
                                    # benchmarks/GPU.md; compiling takes ~15 s at the first step)
     compile_decoding: bool = False  # generation on CUDA (pools, OnMC-PO refreshes, evaluation) compiles each decode
                                    # step whole: 24.4k against 13.5k new tokens/s at batch 64 (H200, 0.5B model,
-                                   # benchmarks/GPU.md), but 30-50 s of compilation per batch shape, so it pays on
+                                   # benchmarks/GPU.md), but 27-63 s of compilation per batch shape, so it pays on
                                    # long generation only. Same sampling distribution and seeds as without.
     lora_r: int = 0                # 0 = full fine-tuning; >0 = LoRA (the reference is the adapter-disabled policy)
     lora_alpha: int = 16

@@ -212,7 +212,7 @@ class TransformersBackend:
         from pobench.generation.static import DecoderPool
         if self._decoders is None:
             self._decoders = DecoderPool()
-        # Each prompt width is a decoder shape, and compiled decoding compiles every shape anew (30-50 s on an
+        # Each prompt width is a decoder shape, and compiled decoding compiles every shape anew (27-63 s on an
         # H200): there, widths are rounded coarser, so that a long generation meets few shapes.
         input_ids, attention_mask = left_pad(rows, self.pad_id, multiple=128 if cfg.compile else 16)
         decoder = self._decoders.get(self.model, len(rows), input_ids.shape[1], cfg.max_new_tokens, self.eos_ids,

@@ -82,8 +82,7 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", i
       next bits of the tokens still in question, pin the threshold's 31 bits exactly. Masses are summed as
       integers (probability x 2^52, truncated), so the sums do not depend on the order a GPU adds in; a token
       below 2^-52 counts no mass. No sort, no host, three passes. Exact where the sort's float32 running sum
-      can miss the crossing by a token (tested). Its cost: half the sort's on 2 CPU cores, eager; compiled on an
-      H200, the sort's (the sampler 1.15 ms against 1.24 for 64 rows, the decode step 23.9k new tokens/s against
+      can miss the crossing by a token (tested). Its cost: compiled on an H200, the sort's (the sampler 1.15 ms against 1.24 for 64 rows, the decode step 23.9k new tokens/s against
       23.8k, benchmarks/GPU.md), and in a graph of eager kernels 11% slower, so the sort stays the default there."""
     if method == "select" and select < probs.shape[-1]:
         threshold, kept = _crossing(probs.topk(select, dim=-1).values, top_p)
@@ -265,7 +264,7 @@ class StaticDecoder:
         # fuses the ~400 small kernels a step launches (norms, rotary, activations, the nucleus search) that bound
         # decoding speed at batch 64 (H200, 0.5B model: 24.4k new tokens/s against 13.5k for the graph of eager
         # kernels, benchmarks/GPU.md). Compiling each layer instead did not work: dynamo recompiles per layer.
-        # Costs one compilation per decoder shape (30-50 s there), so it is opt-in (model.compile_decoding).
+        # Costs one compilation per decoder shape (27-63 s there, GPU.md), so it is opt-in (model.compile_decoding).
         self._step = torch.compile(self._decode_step, fullgraph=True, dynamic=False) if compile_step else self._decode_step
         self.compile_step = compile_step
         self.use_graph = self.device.type == "cuda" if use_graph is None else use_graph
