@@ -267,11 +267,14 @@ def test_vllm_build_requests():
     prompts, kw = build_requests([[1, 2, 3], [4]], cfg, eos_ids=[2, 7])
     assert prompts == [{"prompt_token_ids": [1, 2, 3]}, {"prompt_token_ids": [4]}]
     assert kw == dict(n=4, temperature=0.8, top_p=0.95, top_k=-1, max_tokens=32, seed=3, stop_token_ids=[2, 7])
-    per = per_prompt_sampling(kw, 2)
-    assert [p["seed"] for p in per] == [3 * 1_000_003, 3 * 1_000_003 + 4]
+    many = [[i, i + 1] for i in range(50)]
+    per = per_prompt_sampling(kw, many)
     # every (prompt, child) seed is distinct once vLLM adds the child index
-    child_seeds = {p["seed"] + j for p in per_prompt_sampling(kw, 50) for j in range(4)}
-    assert len(child_seeds) == 200
+    assert len({p["seed"] + j for p in per for j in range(4)}) == 200
+    # a prompt's seed is its own, wherever it is in a call: pools are made in chunks, and a seed by position gave
+    # the prompts of different chunks the same random numbers
+    assert [p["seed"] for p in per_prompt_sampling(kw, many[32:34])] == [p["seed"] for p in per[32:34]]
+    assert per_prompt_sampling({**kw, "seed": 4}, many[:1])[0]["seed"] != per[0]["seed"]   # the call's seed counts
     _, greedy = build_requests([[1]], GenerationConfig(temperature=0, top_p=0.5))
     assert greedy["temperature"] == 0 and greedy["top_p"] == 1.0 and "stop_token_ids" not in greedy
 

@@ -15,7 +15,7 @@ import tempfile
 from pobench.errors import PobenchError
 from pobench.generation import Completion, GenerationConfig, truncate_at_eos
 
-SEED_STRIDE = 1_000_003   # separates the seeds of runs with different cfg.seed (see per_prompt_sampling)
+VLLM_SEEDS = 1 << 62      # a request's seed, and its n children's (seed + child index), stay below 2^63
 
 
 def build_requests(prompt_ids: list[list[int]], cfg: GenerationConfig, eos_ids=()) -> tuple[list[dict], dict]:
@@ -33,16 +33,18 @@ def build_requests(prompt_ids: list[list[int]], cfg: GenerationConfig, eos_ids=(
     return prompts, kwargs
 
 
-def per_prompt_sampling(kwargs: dict, n_prompts: int) -> list[dict]:
+def per_prompt_sampling(kwargs: dict, prompt_ids: list[list[int]]) -> list[dict]:
     """One sampling-kwargs dict per prompt, each with its own seed.
 
     vLLM seeds each request's sampler with its own seed, and fans n > 1 out into children seeded
     seed + child index. With one shared seed every prompt would draw the same random numbers (correlated
-    candidate pools); with prompt i seeded base + i * n, every (prompt, sample) pair gets a distinct seed,
-    and the outputs do not depend on how vLLM schedules or batches the requests."""
-    base = int(kwargs["seed"]) * SEED_STRIDE
-    n = int(kwargs.get("n", 1))
-    return [{**kwargs, "seed": base + i * n} for i in range(n_prompts)]
+    candidate pools). Each prompt's seed is a hash of the call's seed and the prompt's tokens (hf.row_seed, as the
+    transformers backend seeds its rows), so a prompt draws the same samples whichever call, chunk or batch it
+    is in (a position in the call gave prompts of different chunks one seed), and the outputs do not depend on
+    how vLLM schedules the requests."""
+    from pobench.generation.hf import row_seed
+    seed = int(kwargs["seed"])
+    return [{**kwargs, "seed": row_seed(p, 0, seed) % VLLM_SEEDS} for p in prompt_ids]
 
 
 def parse_outputs(outputs, eos_ids) -> list[list[Completion]]:
@@ -108,7 +110,7 @@ class VLLMBackend:
         if not prompt_ids:
             return []
         prompts, kwargs = build_requests(prompt_ids, cfg, self.eos_ids)
-        params = [SamplingParams(**kw) for kw in per_prompt_sampling(kwargs, len(prompts))]
+        params = [SamplingParams(**kw) for kw in per_prompt_sampling(kwargs, prompt_ids)]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return parse_outputs(outputs, self.eos_ids)
 

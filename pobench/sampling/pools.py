@@ -117,6 +117,8 @@ def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Pa
                     seeding=SAMPLING_SCHEME)
     if cfg.pool.backend != "transformers":  # other backends draw other samples (the default keeps its old keys)
         settings["backend"] = cfg.pool.backend
+    if cfg.pool.backend == "vllm":   # its seeds were by position in a call before (vllm_backend.per_prompt_sampling)
+        settings["vllm_seeds"] = "per prompt"
     if cfg.model.dtype != "auto":   # weights in another precision sample other draws (auto keeps its old keys)
         settings["dtype"] = cfg.model.dtype
     if Path(rm_spec).expanduser().is_dir():   # a reward-model folder of the user's: retrained in place, it scores anew
