@@ -167,9 +167,10 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
 
 
 def model_fingerprint(path: str) -> str:
-    """Identifies the weights, for cache keys: the config plus each weight file's name, size and mtime."""
-    p = Path(path)
-    h = hashlib.sha1(str(path).encode())
+    """Identifies the weights, for cache keys: the folder (resolved: `m`, `./m` and its absolute path are one
+    model) plus each weight and config file's name, size and mtime; a hub id by its name."""
+    p = Path(path).expanduser()
+    h = hashlib.sha1(str(p.resolve() if p.is_dir() else path).encode())
     if p.is_dir():
         for f in sorted(p.iterdir()):
             if f.suffix in (".json", ".safetensors", ".bin"):

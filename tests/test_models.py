@@ -71,3 +71,18 @@ def test_lora_target_modules_the_model_lacks_are_a_config_error(tiny_model_dir):
                                 lora_dropout=0.0, lora_target_modules="nope", compile=False)
     with pytest.raises(PobenchError, match="config key 'model.lora_target_modules': 'nope'"):
         models.load_policy(cfg, torch.device("cpu"))
+
+
+def test_a_model_folder_has_one_fingerprint_however_its_path_is_typed(tmp_path, monkeypatch):
+    """`--model m`, `--model ./m` and the absolute path are one model: reference log-probs and pools computed under
+    one spelling are found under another (they were computed again)."""
+    from pobench.models import model_fingerprint
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    before = model_fingerprint("m")
+    assert before == model_fingerprint("./m") == model_fingerprint(str(folder))
+    (folder / "config.json").write_text('{"model_type": "llama"}')        # other contents: another fingerprint
+    assert model_fingerprint("m") != before
+    assert model_fingerprint("org/name") != model_fingerprint("org/other")   # hub ids: by name
