@@ -538,8 +538,8 @@ def candidates(
     from pobench.registry import algorithm_defaults, get_algorithm, load_suite
 
     _quiet_unless_main()  # under accelerate launch each rank generates its share; the main one reports
-    cli_cfg = C.deep_merge({"pool": {"source": "generated"}}, _shortcuts(model, data_path, max_steps))
-    set_cfg = C.deep_merge(cli_cfg, C.parse_set(set_))
+    # pool.source as a run reads it (the suite's, auto by default): records that carry their own pools need none
+    set_cfg = C.deep_merge(_shortcuts(model, data_path, max_steps), C.parse_set(set_))
     mcpo = get_algorithm("mcpo")
     for seed in _seeds(seeds):
         cfg = C.resolve(load_suite(suite), "mcpo", algorithm_defaults(mcpo), {}, C.deep_merge(set_cfg, {"seed": seed}),
@@ -551,6 +551,10 @@ def candidates(
                       console=console) as progress:
             with out_of_memory_as_error("pobench candidates", cfg):
                 info = build_pools(cfg, suite_data, out / ".cache", progress)
+        if info["source"] == "dataset":
+            console.print(f"seed {seed}: the records carry their own pools (pool.source={cfg.pool.source}): nothing "
+                          f"to generate", markup=False, highlight=False)
+            continue
         console.print(f"seed {seed}: pools of {info['prompts']} prompts x {info['samples_per_prompt']} samples, "
                       f"scored by {info['reward_model']}, in {info['store']}", markup=False, highlight=False)
 

@@ -287,3 +287,19 @@ def test_runs_sharing_tokenized_records_keep_their_own_pools(tmp_path, tiny_mode
         T.train(cfg, algorithm, data, tmp_path / name, tmp_path / "cache", tokenized=tokenized)
     assert {r["sampler/pool_size"] for r in metrics(tmp_path / "generated")} == {6}   # the rejected + 5 generated
     assert {r["sampler/pool_size"] for r in metrics(tmp_path / "dataset")} == {3}     # its own 4, less the chosen
+
+
+def test_candidates_makes_nothing_for_records_with_their_own_pools(tmp_path, tiny_model_dir, pool_data):
+    """`pobench candidates` reads pool.source as a run does: on records that carry pools (auto) nothing is generated
+    (it forced generated pools, which no default run uses), and pool.source=dataset was an internal KeyError."""
+    from typer.testing import CliRunner
+    from pobench.cli import app
+    out = tmp_path / "results"
+    for source in ([], ["--set", "pool.source=dataset"]):
+        r = CliRunner().invoke(app, ["candidates", "--suite", "ultrafeedback", "--model", str(tiny_model_dir),
+                                     "--data", str(pool_data), "--max-steps", "2", "--out", str(out),
+                                     "--set", "train.batch_size=2", "--set", "data.eval_size=4", *source])
+        assert r.exit_code == 0, r.output
+        said = " ".join(r.output.split())   # as the console wrapped it
+        assert "the records carry their own pools" in said and "nothing to generate" in said
+    assert not (out / ".cache" / "pools").exists()
