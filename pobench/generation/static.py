@@ -82,8 +82,9 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", i
       next bits of the tokens still in question, pin the threshold's 31 bits exactly. Masses are summed as
       integers (probability x 2^52, truncated), so the sums do not depend on the order a GPU adds in; a token
       below 2^-52 counts no mass. No sort, no host, three passes. Exact where the sort's float32 running sum
-      can miss the crossing by a token (tested). Its cost: compiled on an H200, the sort's (the sampler 1.15 ms against 1.24 for 64 rows, the decode step 23.9k new tokens/s against
-      23.8k, benchmarks/GPU.md), and in a graph of eager kernels 11% slower, so the sort stays the default there."""
+      can miss the crossing by a token (tested). Its cost: compiled on an H200, the sort's (the sampler 1.15 ms
+      against 1.24 for 64 rows, the decode step 23.9k new tokens/s against 23.8k, benchmarks/GPU.md), and in a
+      graph of eager kernels 11% slower, so the sort stays the default there."""
     if method == "select" and select < probs.shape[-1]:
         threshold, kept = _crossing(probs.topk(select, dim=-1).values, top_p)
         wide = (kept.squeeze(-1) == select).nonzero().squeeze(-1)
