@@ -289,6 +289,9 @@ def test_vllm_parse_outputs():
     parsed = parse_outputs(outputs, eos_ids=[2])
     assert parsed == [[Completion("a", [5, 2], True), Completion("b", [8, 9], False)],
                       [Completion("x", [6, 2], True)]]
+    # an EOS as the last allowed token: vLLM checks the length first and says "length", but the sample ended
+    assert parse_outputs([SimpleNamespace(outputs=[out(0, "c", [7, 2], "length")])], eos_ids=[2]) == \
+        [[Completion("c", [7, 2], True)]]
 
 
 def test_vllm_missing_is_a_clear_error():
@@ -319,6 +322,27 @@ def test_vllm_real_generation(tiny_model_dir, tokenizer, prompts):
 # -- that is captured as a CUDA graph on a GPU.
 
 FAST = dict(fast="on")
+
+
+def test_a_checkpoints_generation_config_does_not_change_the_plain_path(model, tokenizer, prompts):
+    """A generation_config.json that ships suppress_tokens, no_repeat_ngram_size or forced_eos_token_id changed what
+    plain `generate` drew (and forced_eos marked cut samples finished); the static decoder and vLLM apply none of
+    them, so the two paths differed."""
+    import copy
+    backend = get_backend("transformers", model, tokenizer)
+    cfg = dict(temperature=0.0, max_new_tokens=6)
+    fast = backend.generate(prompts, GenerationConfig(**cfg, **FAST))
+    first = fast[0][0].token_ids[0]
+    saved = copy.deepcopy(model.generation_config)
+    for attr, value in (("suppress_tokens", [first]), ("no_repeat_ngram_size", 1), ("forced_eos_token_id", 2)):
+        setattr(model.generation_config, attr, value)
+    try:
+        plain = backend.generate(prompts, GenerationConfig(**cfg, fast="off"))
+        assert model.generation_config.suppress_tokens == [first]   # the model's own config, back after the call
+    finally:
+        model.generation_config = saved
+    assert ids(plain) == ids(fast)
+    assert [c.finished for row in plain for c in row] == [c.finished for row in fast for c in row]
 
 
 def test_static_decoder_greedy_matches_generate(model, tokenizer, prompts, alone):

@@ -13,6 +13,7 @@ Identical prompts in one call get identical samples.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import torch
@@ -47,6 +48,22 @@ def left_pad(rows: list[list[int]], pad_id: int, multiple: int = 1) -> tuple[tor
             input_ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
             attention_mask[i, width - len(r):] = 1
     return input_ids, attention_mask
+
+
+@contextlib.contextmanager
+def _plain_generation_config(model):
+    """`model.generate` with transformers' defaults underneath the settings pobench passes, not the checkpoint's
+    generation_config.json: one that ships suppress_tokens, bad_words_ids, no_repeat_ngram_size,
+    forced_eos_token_id or the like would otherwise change what the plain path draws (the static decoder and vLLM
+    apply none of them), and forced_eos_token_id would mark samples cut at the limit as finished."""
+    from transformers import GenerationConfig as HFGenerationConfig
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = base.generation_config
+    base.generation_config = HFGenerationConfig()
+    try:
+        yield
+    finally:
+        base.generation_config = saved
 
 
 def row_seed(prompt: list[int], sample: int, seed: int) -> int:
@@ -153,8 +170,8 @@ class TransformersBackend:
             return torch.device("cpu")
 
     def _sampling_kwargs(self, cfg: GenerationConfig) -> dict:
-        """Every setting is passed explicitly so the result does not depend on a checkpoint's
-        generation_config.json (some ship do_sample, top_k or repetition penalties)."""
+        """The settings `generate` runs with, on top of a default configuration (_plain_generation_config): the
+        result does not depend on a checkpoint's generation_config.json."""
         kw = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, eos_token_id=self.eos_ids,
                   pad_token_id=self.pad_id, use_cache=True, num_beams=1, repetition_penalty=1.0)
         # Sampling (temperature, then top-p) happens in _RowSampler, each row with its own noise; generate itself
@@ -197,9 +214,10 @@ class TransformersBackend:
                         input_ids, attention_mask = left_pad([prompt_ids[p] for p, _ in chunk], self.pad_id)
                         processors = LogitsProcessorList([_RowSampler(chunk_keys, input_ids.shape[1],
                                                                       cfg.temperature, cfg.top_p)] if sampling else [])
-                        sequences = self.model.generate(input_ids=input_ids.to(device),
-                                                        attention_mask=attention_mask.to(device),
-                                                        logits_processor=processors, **kwargs)
+                        with _plain_generation_config(self.model):
+                            sequences = self.model.generate(input_ids=input_ids.to(device),
+                                                            attention_mask=attention_mask.to(device),
+                                                            logits_processor=processors, **kwargs)
                         new_tokens = sequences[:, input_ids.shape[1]:].tolist()
                     for (p, s), ids in zip(chunk, new_tokens):
                         out[p][s] = self._completion(ids)

@@ -52,19 +52,21 @@ def parse_outputs(outputs, eos_ids) -> list[list[Completion]]:
 
     finish_reason "stop" means an EOS or stop token ended the sequence ("length" means max_tokens). vLLM keeps
     the EOS token in `token_ids` but not in `text`; the ids are cut after the first EOS all the same, so the
-    two backends return identical shapes."""
+    two backends return identical shapes. An EOS that is the last allowed token is reported as "length" (vLLM
+    checks the length first): the sample ended all the same, as the transformers backend says."""
     result = []
     for request in outputs:
         completions = []
         for out in sorted(request.outputs, key=lambda o: getattr(o, "index", 0)):
-            ids, _ = truncate_at_eos(list(out.token_ids), eos_ids)
-            completions.append(Completion(out.text, ids, out.finish_reason == "stop"))
+            ids, ended = truncate_at_eos(list(out.token_ids), eos_ids)
+            completions.append(Completion(out.text, ids, ended or out.finish_reason == "stop"))
         result.append(completions)
     return result
 
 
 class VLLMBackend:
     name = "vllm"
+    seeds_each_prompt = True   # per_prompt_sampling: a prompt's seed is a hash of the call's seed and its tokens
 
     def __init__(self, model, tokenizer=None, gpu_memory_utilization: float = 0.5, seed: int = 0,
                  dtype: str = "auto", max_model_len: int | None = None, **llm_kwargs):

@@ -51,11 +51,10 @@ class OnlinePool:
         A backend whose `seeds_each_prompt` is true draws every (prompt, sample) from a stream of its own, keyed by
         the call's seed and the prompt itself, not by the other prompts of the call: the call's seed is then keyed
         by (run seed, step) alone, the same on every rank, and a prompt gets the samples a 1-process run gives it
-        (up to float rounding across batch shapes). Any other backend seeds the call, not the prompt (vLLM: prompt
-        i of the call gets seed*1_000_003 + i*n), so the seed also takes the position of this rank's first record
-        in the global batch: ranks never share it (no shared random numbers for different prompts), but a prompt's
-        samples depend on which prompts share its call, hence on the number of processes. 32 bits, because the
-        vLLM backend multiplies the seed by 1_000_003 and its generators take 64-bit seeds."""
+        (up to float rounding across batch shapes); both shipped backends do (vLLM: per_prompt_sampling). A
+        backend that seeds the call, not the prompt, gets a seed that also takes the position of this rank's first
+        record in the global batch: ranks never share it (no shared random numbers for different prompts), but a
+        prompt's samples then depend on which prompts share its call, hence on the number of processes. 32 bits."""
         offset = 0 if seeds_each_prompt else ctx.batch_offset
         return record_seed(self.cfg.seed, ctx.step, offset, "online_generation", bits=32)
 
