@@ -13,6 +13,7 @@ import torch
 
 from pobench.algorithm import SeqLogps
 from pobench.data.tokenize import TokenizedPair, sequence_key
+from pobench.engine.io import fsync_dir
 from pobench.errors import PobenchError
 
 
@@ -62,5 +63,9 @@ class ReferenceCache:
         tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
         keys = list(self.entries)
         values = torch.tensor([self.entries[k] for k in keys], dtype=torch.float64).reshape(-1, 2)
-        torch.save({"keys": keys, "values": values}, tmp)
+        with open(tmp, "wb") as f:   # synced before the rename, as every file of a run (engine/io.py)
+            torch.save({"keys": keys, "values": values}, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
+        fsync_dir(self.path.parent)

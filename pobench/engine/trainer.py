@@ -305,8 +305,9 @@ def pair_metrics(out, policy: SeqLogps, prefix: str = "", weights: list[float] |
         f"{prefix}rewards/chosen": mean(out.chosen_rewards),
         f"{prefix}rewards/rejected": mean(out.rejected_rewards),
         f"{prefix}rewards/margins": mean(margins),
-        # a tie (equal rewards: every pair before training, for a loss with a reference) counts half, as a tie does
-        # in a win rate: no preference is no better than a coin (TRL's strict > counts it wrong)
+        # a tie (equal rewards: every held-out pair before training, for a loss with a reference; a training step's
+        # pairs at step 1 only up to the last bits, as the reference cache scored them in other batches) counts
+        # half, as a tie does in a win rate: no preference is no better than a coin (TRL's strict > counts it wrong)
         f"{prefix}rewards/accuracies": mean((margins > 0).float() + 0.5 * (margins == 0).float()),
         f"{prefix}logps/chosen": mean(policy.chosen),
         f"{prefix}logps/rejected": mean(policy.rejected),
