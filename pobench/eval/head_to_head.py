@@ -164,11 +164,11 @@ def read_comparisons(path: Path) -> dict:
 def _malformed(c: dict) -> str | None:
     """What is wrong with a stored comparison's fields that `pobench report` reads (None when nothing is). A
     comparison without `answers_digest` (written before it was recorded) is read as stale, not as damaged."""
-    from pobench.report.collect import _number
-    if not _number(c.get("win_rate")):
+    from pobench.report.collect import is_number
+    if not is_number(c.get("win_rate")):
         return f"'win_rate' must be a number, got {c.get('win_rate')!r}"
     ci = c.get("win_rate_ci95")
-    if not (isinstance(ci, list) and len(ci) == 2 and all(map(_number, ci))):
+    if not (isinstance(ci, list) and len(ci) == 2 and all(map(is_number, ci))):
         return f"'win_rate_ci95' must be [low, high], got {ci!r}"
     for key in ("seed", "better", "tied", "worse"):
         if not isinstance(c.get(key), int) or isinstance(c.get(key), bool):

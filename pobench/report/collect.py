@@ -51,7 +51,7 @@ SUMMARY_NUMBERS = ("steps", "pairs_seen", "records_seen", "train_time_s", "pairs
                    "global_batch_size", "eval_pairs", "num_processes")
 
 
-def _number(v) -> bool:
+def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
@@ -70,7 +70,7 @@ def read_summary(path: Path) -> dict:
     if not isinstance(summary["seed"], int) or isinstance(summary["seed"], bool):
         raise PobenchError(f"{path}: 'seed' must be an integer, got {summary['seed']!r}")
     for key in SUMMARY_NUMBERS:
-        if summary.get(key) is not None and not _number(summary[key]):
+        if summary.get(key) is not None and not is_number(summary[key]):
             raise PobenchError(f"{path}: '{key}' must be a number, got {summary[key]!r}")
     for key in ("held_out_initial", "held_out_final"):
         metrics = summary.get(key)
@@ -79,7 +79,7 @@ def read_summary(path: Path) -> dict:
         if not isinstance(metrics, dict):
             raise PobenchError(f"{path}: '{key}' must be an object of held-out metrics, got {metrics!r}")
         for name, v in metrics.items():
-            if v is not None and not _number(v):
+            if v is not None and not is_number(v):
                 raise PobenchError(f"{path}: '{key}.{name}' must be a number, got {v!r}")
     return summary
 
@@ -123,7 +123,7 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
             raise PobenchError(f"{path}: '{key}' must be a fraction in [0, 1], got {v!r}")
     for key in ("avg_length", "reward_mean", "kl", "judge_held_out_accuracy"):
         v = out[key]
-        if v is not None and not _number(v):
+        if v is not None and not is_number(v):
             name = "judge.held_out_accuracy" if key == "judge_held_out_accuracy" else key   # as eval.json has it
             raise PobenchError(f"{path}: '{name}' must be a number, got {v!r}")
     held, name = ev.get("held_out") or ev.get("held_out_pairs"), "held_out"  # pobench eval's form, the older one
@@ -132,7 +132,7 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
     if held is not None and not isinstance(held, dict):
         raise PobenchError(f"{path}: '{name}' must be an object of held-out pair metrics, got {held!r}")
     for metric, v in (held or {}).items():
-        if v is not None and not _number(v):
+        if v is not None and not is_number(v):
             raise PobenchError(f"{path}: '{name}.{metric}' must be a number, got {v!r}")
     out["held_out"] = held or {}
     return out
@@ -148,7 +148,7 @@ def gold_fields(gold: dict | None, path: Path) -> dict:
     if not isinstance(final, dict):
         raise PobenchError(f"{path}: 'final' must be an object of gold/* metrics")
     out = {"gold_" + key: final.get("gold/" + key) for key in ("reward", "win_rate", "kl", "length")}
-    bad = next((k for k, v in out.items() if v is not None and not _number(v)), None)
+    bad = next((k for k, v in out.items() if v is not None and not is_number(v)), None)
     if bad:
         raise PobenchError(f"{path}: 'final.gold/{bad[len('gold_'):]}' must be a number, got {out[bad]!r}")
     return out
