@@ -17,7 +17,9 @@ pool recipe, pobench's default) on both sides, no top_k; no EOS is set, so every
   w-sort, w-bisect, w-kary, w-greedy  the same with the whole decode step compiled once (all layers unrolled,
              sampling and bookkeeping included: StaticDecoder(compile_step=True), GenerationConfig(compile=True));
              w-kary finds the nucleus by a 16-way search (10 rounds of 15 masked sums), w-radix by a radix select
-             (three histogram passes; pobench-radix: the same in the graph of eager kernels)
+             (three histogram passes; pobench-radix: the same in the graph of eager kernels), w-reject without
+             finding it: draws from the whole row until one lands in the nucleus (top_p_method="reject": the same
+             distribution, other tokens; pobench-reject: the same in the graph of eager kernels)
   c-sort, c-bisect, c-greedy  the same after torch.compile of every decoder layer (c-bisect also compiles the
              sampling function), still replayed as one CUDA graph per step
   name@64    a decoder at that batch only (a compiled step costs one compilation per batch)
@@ -65,6 +67,7 @@ DECODERS = [("pobench", 0.8, "sort", False, False), ("pobench-bisect", 0.8, "bis
             ("w-sort", 0.8, "sort", False, True), ("w-bisect", 0.8, "bisect", False, True),
             ("w-kary", 0.8, "kary", False, True), ("w-radix", 0.8, "radix", False, True),
             ("w-greedy", 0.0, "sort", False, True), ("pobench-radix", 0.8, "radix", False, False),
+            ("w-reject", 0.8, "reject", False, True), ("pobench-reject", 0.8, "reject", False, False),
             ("c-sort", 0.8, "sort", False, False), ("c-bisect", 0.8, "bisect", True, False),
             ("c-greedy", 0.0, "sort", False, False)]
 

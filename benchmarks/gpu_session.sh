@@ -4,10 +4,12 @@
 #
 #   bash benchmarks/gpu_session.sh                # on the GPU machine, from the repository root
 #
-# Knobs (environment): DECODERS, BATCHES and AGREEMENT=0 for gpu_generate.py; SAMPLING=1 adds the sampler alone,
+# Knobs (environment): DECODERS, BATCHES and AGREEMENT=0 for gpu_generate.py; SAMPLING=0 skips the sampler alone,
 # compiled; SHARDED=0 skips the FSDP checks; DS=1 runs the DeepSpeed presets (needs .gpu-carry/ds-wheels, below);
 # STEP=1 adds gpu_step.py. Run D in GPU.md was
 #   DECODERS=pobench,pobench-radix,w-radix,w-sort BATCHES=64 AGREEMENT=0 SAMPLING=1 SHARDED=0 DS=1
+#   and the next one (rejection draws against the sort, the sampler alone; FSDP and DeepSpeed were measured in C, D)
+#   is AGREEMENT=0 SHARDED=0 BATCHES=64,256 with the DECODERS default below.
 #
 # The device machines have torch with CUDA but no internet: put a transformers wheel in .whl/ and the tokenizer
 # files in .gpu-carry/ (both carried with the working tree: run with carry [".whl", ".gpu-carry"]); the wheel is
@@ -27,19 +29,19 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python -c "import torch, transformers; print(torch.__version__, transformers.__version__)" | tee -a "$OUT/gpu.txt"
 
 export PYTHONUNBUFFERED=1
-# 1. generation at batch 64 and 256: plain generate, the backend as pools use it (auto batch), the graph-replayed
-#    decoder, and the whole step compiled (one compilation per batch, ~30-60 s each), the radix-select nucleus
-#    first, then the sort at 64 for a same-run ratio. Measured before (GPU.md): w-greedy@64 (the forward-only
-#    ceiling, 36.5k), w-kary (slower than the sort), w-sort@256; w-radix measured as fast as w-sort (run D).
-DECODERS=${DECODERS:-backend,pobench@64,w-radix,w-sort@64}
+# 1. generation at batch 64 and 256: plain generate, the graph-replayed decoder, and the whole step compiled (one
+#    compilation per batch, ~30-60 s each): rejection draws (no nucleus search, new since run D) first, then the
+#    sort at 64 for a same-run ratio. Measured before (GPU.md): w-greedy@64 (the forward-only ceiling, 36.5k),
+#    w-kary (slower than the sort), w-sort@256, w-radix (as fast as w-sort, run D), backend (26.2k at 256, run C).
+DECODERS=${DECODERS:-pobench@64,w-reject,w-sort@64,pobench-reject@64}
 AGREEMENT_FLAG=$([ "${AGREEMENT:-1}" = 0 ] && echo --no-agreement)
 timeout ${GEN_TIMEOUT:-320} python benchmarks/gpu_generate.py --batches "${BATCHES:-64,256}" --decoders "$DECODERS" \
   $AGREEMENT_FLAG --json "$OUT/gen.json" > "$OUT/gen.log" 2>&1; echo "gpu_generate rc=$?" | tee -a "$OUT/gpu.txt"
 grep -E "^(64|256|backend) " "$OUT/gen.log"
 
-# 2. the sampler alone, compiled as the compiled step holds it: no nucleus, the sort, the radix select
-if [ "${SAMPLING:-0}" = 1 ]; then
-  timeout 70 python benchmarks/sampling_step.py --device cuda --rows 64 --compile --methods none,sort,radix \
+# 2. the sampler alone, compiled as the compiled step holds it: no nucleus, the sort, the radix select, rejection
+if [ "${SAMPLING:-1}" = 1 ]; then
+  timeout 90 python benchmarks/sampling_step.py --device cuda --rows 64 --compile --methods none,sort,radix,reject \
     --json "$OUT/sampling.json" > "$OUT/sampling.log" 2>&1; echo "sampling_step rc=$?" | tee -a "$OUT/gpu.txt"
   grep "^rows" "$OUT/sampling.log"
 fi

@@ -15,7 +15,9 @@ on its batch):
   probabilities summed in token-id order, and the token whose interval holds it. The nucleus is found by each
   of `--methods` (top_p_threshold): "select" (the eager default: partial selection, full sort only for rows whose
   nucleus is wider than 1024 tokens), "sort" (inside CUDA graphs), "bisect", "kary" and "radix" (searches for
-  compiled steps); "none" draws without a nucleus (top_p 1): what the nucleus search costs is the difference.
+  compiled steps), or not found at all: "reject" draws from the whole row until a draw lands in the nucleus
+  (other tokens than the rest for the same key, the same distribution); "none" draws without a nucleus (top_p 1):
+  what the nucleus costs is the difference.
 
 Same logits, same keys, one process, alternating old and new so that machine noise hits both; median of
 --repeats calls after one warm-up call. The ratio is the number to read (these machines are noisy). With random
@@ -34,24 +36,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pobench.generation.static import sample_tokens  # noqa: E402
-
-_MASK32 = 0xFFFFFFFF
-
-
-def _mul32(x, c):
-    if c < 1 << 31:
-        return (x * c) & _MASK32
-    return (x * (c - (1 << 31)) + ((x & 1) << 31)) & _MASK32
-
-
-def _mix32(x):
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
-
+from pobench.generation.static import mix32 as _mix32, sample_tokens  # noqa: E402
 
 def old_top_p_keep(probs, top_p):
     sorted_probs, order = probs.sort(dim=-1, descending=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from pobench.errors import PobenchError
+from pobench.generation import TOP_P_METHODS as GENERATION_TOP_P_METHODS
 
 
 @dataclass
@@ -52,6 +53,10 @@ class ModelConfig:
                                    # step whole: 24.4k against 13.5k new tokens/s at batch 64 (H200, 0.5B model,
                                    # benchmarks/GPU.md), but 27-63 s of compilation per batch shape, so it pays on
                                    # long generation only. Same sampling distribution and seeds as without.
+    top_p_method: str = "auto"     # how generation (pools, refreshes, evaluation) makes top-p draws: auto | sort |
+                                   # radix | ... find the nucleus, the same tokens whichever; reject draws from the
+                                   # whole distribution until a draw lands in it: same distribution, other tokens,
+                                   # no search (pobench/generation/__init__.py, GenerationConfig)
     lora_r: int = 0                # 0 = full fine-tuning; >0 = LoRA (the reference is the adapter-disabled policy)
     lora_alpha: int = 16
     lora_dropout: float = 0.0      # the adapter's dropout; the model's own is always off (pobench/models.py, disable_dropout)
@@ -154,6 +159,7 @@ CHOICES = {  # keys with a fixed set of values, checked when the config is resol
     "data.raw_rejected": ("worst", "random"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.attn_implementation": ("sdpa", "eager"),
+    "model.top_p_method": GENERATION_TOP_P_METHODS,
     "pool.source": ("auto", "dataset", "generated"),
     "pool.backend": ("transformers", "vllm"),
     "eval.eval_set": ("held_out", "alpaca_eval"),

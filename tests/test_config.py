@@ -136,10 +136,22 @@ def test_unknown_key_in_the_suite_is_named():
     ({"model": {"dtype": "fp16"}}, "config key 'model.dtype': 'fp16' is not one of auto, float32"),
     ({"model": {"attn_implementation": "flash_attention_2"}},
      "config key 'model.attn_implementation': 'flash_attention_2' is not one of sdpa, eager"),
+    ({"model": {"top_p_method": "gumbel"}}, "config key 'model.top_p_method': 'gumbel' is not one of auto, select"),
 ])
 def test_wrong_types_are_named(layer, message):
     with raises(message):
         res(set_cfg=layer)
+
+
+def test_evaluations_decoding_record_names_how_it_draws_only_where_set():
+    """The record is the key of the reference answers' store: at the defaults it is what it was before compiled
+    steps and "reject" draws were keys (stores keep their keys), with either set it names it."""
+    from pobench.eval.runner import decoding_record
+    default = decoding_record(res())
+    assert "compile_decoding" not in default and "top_p_method" not in default
+    assert decoding_record(res(set_cfg=parse_set(["model.top_p_method=radix"]))) == default
+    changed = decoding_record(res(set_cfg=parse_set(["model.top_p_method=reject", "model.compile_decoding=true"])))
+    assert changed == {**default, "compile_decoding": True, "top_p_method": "reject"}
 
 
 def test_numbers_coerce():

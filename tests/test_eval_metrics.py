@@ -195,7 +195,8 @@ def test_the_kl_estimate_is_of_the_policy_against_the_reference(tiny_model_dir):
         policy.lm_head.weight.mul_(3.0)
     cfg = types.SimpleNamespace(
         eval=types.SimpleNamespace(kl_samples=4, temperature=0.7, top_p=1.0, max_new_tokens=8, seed=0, batch_size=0),
-        train=types.SimpleNamespace(logps_chunk=1024), model=types.SimpleNamespace(compile_decoding=False))
+        train=types.SimpleNamespace(logps_chunk=1024),
+        model=types.SimpleNamespace(compile_decoding=False, top_p_method="auto"))
     prompts = [tokenizer(f"Question {i}: what is {i} plus {i}?")["input_ids"] for i in range(6)]
 
     def against(model):

@@ -235,7 +235,8 @@ def test_auto_batch_rows_fills_a_gpu_within_its_memory_share():
 
 def test_batch_size_zero_is_auto_on_the_backend(model, tokenizer, prompts, monkeypatch):
     """On CPU auto is 64 rows and gives the samples an explicit 64 gives. On CUDA (its memory queries stood in for:
-    no GPU here) the backend sizes rows for the call's longest prompt, rounded up to 16, plus max_new_tokens."""
+    no GPU here) the backend sizes rows for the call's longest prompt, rounded up as the decoder pads it (16, or 128
+    for compiled decoding), plus max_new_tokens."""
     from pobench.generation import hf, rows_per_call
     backend = get_backend("transformers", model, tokenizer)
     cfg = dict(n=6, temperature=0.8, max_new_tokens=4, seed=3)
@@ -258,6 +259,8 @@ def test_batch_size_zero_is_auto_on_the_backend(model, tokenizer, prompts, monke
     width = -(-max(map(len, prompts)) // 16) * 16
     assert seen == {"capacity": width + 20, "nbytes": 4, "vocab": model.config.vocab_size}
     assert rows == min(8 * len(prompts), (4 << 20) // 4 // (1 << 16))       # free + torch's cached blocks
+    backend.auto_batch_rows(prompts, GenerationConfig(n=8, max_new_tokens=20, compile=True))
+    assert seen["capacity"] == -(-max(map(len, prompts)) // 128) * 128 + 20  # compiled decoding pads to 128
 
 
 # ---- vLLM, without vLLM: the request we would send and the outputs we would read ----
@@ -456,6 +459,94 @@ def test_radix_select_finds_the_exact_threshold():
     assert torch.equal(top_p_threshold(ties, 0.6, "radix"), top_p_threshold(ties, 0.6, "sort"))
 
 
+def test_rejection_draws_follow_the_top_p_distribution():
+    """"reject" draws from the whole row until a draw lands in the nucleus: the same distribution as the nucleus
+    searches (0.8 keeps the first two of four tokens, renormalised to .625/.375), every token inside the radix
+    select's nucleus from flat to peaked rows, a row's draw independent of its batch, and the keys vary it."""
+    from pobench.generation.static import sample_tokens, top_p_keep
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(40000, 1)
+    keys = torch.randint(0, 1 << 32, (40000,), generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(sample_tokens(logits, 1.0, 0.8, "reject", keys), minlength=4).double() / 40000
+    assert freq[2] == 0 and freq[3] == 0 and abs(freq[0].item() - 0.625) < 0.01
+    by_search = torch.bincount(sample_tokens(logits, 1.0, 0.8, "sort", keys), minlength=4).double() / 40000
+    assert abs(freq[0] - by_search[0]).item() < 0.015
+    g = torch.Generator().manual_seed(2)
+    for scale in (0.05, 3.0, 8.0):
+        rows = torch.randn(48, 5000, generator=g) * scale
+        row_keys = torch.randint(0, 1 << 32, (48,), generator=g)
+        drawn = sample_tokens(rows, 0.8, 0.95, "reject", row_keys)
+        nucleus = top_p_keep((rows / 0.8).softmax(-1), 0.95, "radix")
+        assert nucleus.gather(-1, drawn[:, None]).all(), scale
+        assert torch.equal(sample_tokens(rows[7:11], 0.8, 0.95, "reject", row_keys[7:11]), drawn[7:11])
+        if scale < 8:
+            assert len(set(drawn.tolist())) > 40
+            assert not torch.equal(drawn, sample_tokens(rows, 0.8, 0.95, "sort", row_keys))   # other tokens
+
+
+def test_rejection_tries_in_order_and_falls_back_to_the_most_probable_token():
+    """Try 0 uses the key itself, later tries hashes of it; the first try inside the nucleus is taken, and a row
+    whose every try misses takes its most probable token (always kept)."""
+    from pobench.generation.static import _rejection_sample, key_uniforms, rejection_tries, try_keys
+    probs = torch.tensor([[0.02, 0.4, 0.03, 0.25, 0.3]])                # top_p 0.9 keeps ids 1, 3, 4
+    edges = probs.double().cumsum(-1)[0]
+
+    def by_inverse_cdf(key):
+        return int((edges < key_uniforms(torch.tensor([key]))).sum())
+
+    miss = 1                                                           # u ~ 3e-10: token 0, outside
+    assert by_inverse_cdf(miss) == 0
+    assert _rejection_sample(probs, 0.9, torch.tensor([miss]), tries=1).item() == 1      # the fallback: argmax
+    second = try_keys(torch.tensor([miss]), 2)[0, 1].item()
+    expected = by_inverse_cdf(second)
+    assert expected in (1, 3, 4)                                        # (a key whose second try lands inside)
+    assert _rejection_sample(probs, 0.9, torch.tensor([miss]), tries=2).item() == expected
+    hit = 1 << 31                                                      # u = 0.5: token 3, inside at once
+    assert _rejection_sample(probs, 0.9, torch.tensor([hit]), tries=1).item() == by_inverse_cdf(hit) == 3
+    assert [rejection_tries(p) for p in (0.95, 0.9, 0.5, 1.0)] == [10, 13, 40, 1]
+    assert (0.05 ** 10 <= 2 ** -40) and (0.05 ** 9 > 2 ** -40)          # the fewest tries that miss that rarely
+
+
+def test_membership_without_the_nucleus_is_the_radix_selects_nucleus():
+    """inside_nucleus asks, token by token, what top_p_keep answers for the whole row: the same set, ties kept
+    whole."""
+    from pobench.generation.static import inside_nucleus, top_p_keep
+    g = torch.Generator().manual_seed(4)
+    probs = torch.cat([(torch.randn(6, 300, generator=g) * s).softmax(-1) for s in (0.05, 2.0, 8.0)])
+    ties = torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.5, 0.2, 0.2, 0.1], [1.0, 0.0, 0.0, 0.0]])
+    for rows in (probs, ties):
+        every = torch.arange(rows.shape[1]).expand(rows.shape[0], -1)
+        for top_p in (0.3, 0.6, 0.95):
+            assert torch.equal(inside_nucleus(rows, every, top_p), top_p_keep(rows, top_p, "radix")), top_p
+
+
+def test_mix32_is_lowbias32():
+    from pobench.generation.static import mix32
+
+    def reference(x):                                                  # Wellons' C, in Python's integers
+        x ^= x >> 16
+        x = (x * 0x7FEB352D) & 0xFFFFFFFF
+        x ^= x >> 15
+        x = (x * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+    xs = [0, 1, 0x9E3779B9, (1 << 32) - 1, *torch.randint(0, 1 << 32, (200,)).tolist()]
+    assert mix32(torch.tensor(xs)).tolist() == [reference(x) for x in xs]
+
+
+def test_the_top_p_method_reaches_the_decoder_and_the_plain_path(model, tokenizer, prompts):
+    """GenerationConfig.top_p_method: "reject" draws the same tokens on the fast path (eager steps here) and on
+    plain `generate`, other tokens than the default, and every default method draws the default's."""
+    backend = get_backend("transformers", model, tokenizer)
+    cfg = dict(n=2, temperature=1.0, top_p=0.9, max_new_tokens=8, seed=5, batch_size=6)
+    default = ids(backend.generate(prompts, GenerationConfig(fast="on", **cfg)))
+    rejected = ids(backend.generate(prompts, GenerationConfig(fast="on", top_p_method="reject", **cfg)))
+    assert ids(backend.generate(prompts, GenerationConfig(fast="off", top_p_method="reject", **cfg))) == rejected
+    assert ids(backend.generate(prompts, GenerationConfig(fast="on", top_p_method="radix", **cfg))) == default
+    assert rejected != default
+    assert {d.top_p_method for d in backend._decoders.decoders.values()} == {"select", "reject", "radix"}
+    with pytest.raises(PobenchError, match="top_p_method='nucleus'"):
+        GenerationConfig(top_p_method="nucleus")
+
+
 def test_static_decoder_on_a_peft_model_with_a_trained_adapter(model, tokenizer, prompts):
     import copy
 
@@ -473,7 +564,8 @@ def test_static_decoder_on_a_peft_model_with_a_trained_adapter(model, tokenizer,
         prompts, GenerationConfig(temperature=0, max_new_tokens=10, fast="off")))
 
 
-@pytest.mark.parametrize("temperature, method", [(0.8, None), (0.8, "kary"), (0.8, "radix"), (0.0, None)])
+@pytest.mark.parametrize("temperature, method", [(0.8, None), (0.8, "kary"), (0.8, "radix"), (0.8, "reject"),
+                                                 (0.0, None)])
 def test_the_whole_decode_step_traces_as_one_graph(model, tokenizer, prompts, temperature, method):
     """`compile=True` compiles the decode step whole (forward over every layer, sampling, EOS bookkeeping); a graph
     break would split it into pieces and lose the fusion it is for. Dynamo's tracer alone, no code generation."""
@@ -496,10 +588,11 @@ def test_the_whole_decode_step_traces_as_one_graph(model, tokenizer, prompts, te
 
 @pytest.mark.slow
 def test_compiled_decode_step_gives_the_eager_steps_tokens(model, tokenizer, prompts):
-    """Inductor on the CPU (about a minute to compile): the compiled step samples the same tokens as the eager one."""
+    """Inductor on the CPU (about a minute to compile each): the compiled step samples the same tokens as the eager
+    one, with the nucleus found by sort (the default) or rejection draws."""
     backend = get_backend("transformers", model, tokenizer)
-    for temperature in (0.8, 0.0):
-        cfg = dict(n=2, temperature=temperature, max_new_tokens=12, batch_size=6, fast="on")
+    for temperature, method in ((0.8, "auto"), (0.8, "reject"), (0.0, "auto")):
+        cfg = dict(n=2, temperature=temperature, max_new_tokens=12, batch_size=6, fast="on", top_p_method=method)
         eager = ids(backend.generate(prompts, GenerationConfig(**cfg)))
         compiled = ids(backend.generate(prompts, GenerationConfig(**cfg, compile=True)))
         assert compiled == eager

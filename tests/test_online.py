@@ -212,7 +212,7 @@ def test_refresh_seeds_the_call_per_rank_unless_the_backend_seeds_each_prompt(mo
     sampler = _online_pool(0, [])
     sampler.cfg = types.SimpleNamespace(seed=1, pool=types.SimpleNamespace(
         temperature=1.0, top_p=1.0, max_new_tokens=4, batch_size=4, backend="fake"),
-        model=types.SimpleNamespace(compile_decoding=False))
+        model=types.SimpleNamespace(compile_decoding=False, top_p_method="auto"))
     sampler.params.num_candidates, sampler.params.refresh_every = 2, 1
     for per_prompt in (False, True):
         monkeypatch.setattr(G, "get_backend", lambda *a, **k: Backend(per_prompt))

@@ -132,6 +132,26 @@ def test_auto_reward_models_are_keyed_by_the_records_not_their_path(tmp_path, mo
     assert edited_judge_half[0] == first[0] and edited_judge_half[1] != first[1] and len(trainings) == 4
 
 
+def test_pools_drawn_another_way_are_another_store():
+    """A compiled decode step (bf16 kernels round otherwise on a GPU) and "reject" draws make other samples from
+    the same seeds: other stores. The nucleus searches draw the same tokens: the same store."""
+    import types
+    from pobench.sampling.pools import store_path
+    cfg = types.SimpleNamespace(pool=types.SimpleNamespace(num_samples=2, temperature=0.8, top_p=0.95, max_new_tokens=4,
+                                                           seed=0, backend="transformers", batch_size=0),
+                                model=types.SimpleNamespace(chat_template="auto", dtype="auto", compile_decoding=False,
+                                                            top_p_method="auto"),
+                                train=types.SimpleNamespace(max_prompt_length=8))
+
+    def name(**model):
+        return store_path(Path("c"), "fp", types.SimpleNamespace(**{**vars(cfg), "model": types.SimpleNamespace(
+            **{**vars(cfg.model), **model})}), "rm").name
+    default = name()
+    assert name(top_p_method="radix") == name(top_p_method="sort") == default
+    assert len({default, name(top_p_method="reject"), name(compile_decoding=True),
+                name(compile_decoding=True, top_p_method="reject")}) == 4
+
+
 def test_a_cached_reward_model_has_one_name_however_the_results_path_is_typed(tmp_path, monkeypatch):
     """The pool store's key and the names in results must not change with `--out results` against
     `--out /abs/results`, or with a moved results folder: the same candidates must be found, the same judge named."""
@@ -145,11 +165,13 @@ def test_a_cached_reward_model_has_one_name_however_the_results_path_is_typed(tm
     names = {reward_model_name(spec, cache) for spec, cache in typed}
     assert names == {"auto:reward_models/s-minilm-0123456789ab"}
     cfg = types.SimpleNamespace(pool=types.SimpleNamespace(num_samples=2, temperature=1.0, top_p=1.0, max_new_tokens=4,
-                                                           seed=0, backend="transformers"),
-                                model=types.SimpleNamespace(chat_template="auto", dtype="auto"),
+                                                           seed=0, backend="transformers", batch_size=0),
+                                model=types.SimpleNamespace(chat_template="auto", dtype="auto", compile_decoding=False,
+                                                            top_p_method="auto"),
                                 train=types.SimpleNamespace(max_prompt_length=8))
     assert len({store_path(cache, "fp", cfg, reward_model_name(spec, cache)).name for spec, cache in typed}) == 1
     auto = store_path(Path("c"), "fp", cfg, "rm").name   # weights in bf16 sample other draws: another store
+    assert auto == "fp-f4dcac887e7d.jsonl"               # the defaults' key before the decoding settings were keys
     cfg.model.dtype = "bfloat16"
     assert store_path(Path("c"), "fp", cfg, "rm").name != auto
     folder = tmp_path / "my-rm"   # a reward model of the user's, retrained in place: its pools are scored anew

@@ -27,7 +27,7 @@ from pathlib import Path
 from pobench.errors import PobenchError
 from pobench.data.records import records_digest
 from pobench.eval.alpaca_set import EvalItem
-from pobench.generation import SAMPLING_SCHEME
+from pobench.generation import SAMPLING_SCHEME, draw_settings
 
 
 # -- inputs -------------------------------------------------------------------------------------------------------
@@ -165,14 +165,17 @@ def generation_config(cfg, n: int = 1, pure: bool = False):
     e = cfg.eval
     return GenerationConfig(n=n, temperature=1.0 if pure else e.temperature, top_p=1.0 if pure else e.top_p,
                             max_new_tokens=e.max_new_tokens, seed=e.seed, batch_size=e.batch_size,
-                            compile=cfg.model.compile_decoding)
+                            compile=cfg.model.compile_decoding, top_p_method=cfg.model.top_p_method)
 
 
 def decoding_record(cfg) -> dict:
+    """How evaluation generates, recorded with its results and the key of its reference answers' store. A compiled
+    step or "reject" draws are added only where set, so stores made at the defaults keep their keys."""
     e = cfg.eval
     return {"backend": "transformers", "temperature": e.temperature, "top_p": e.top_p, "top_k": None,
             "max_new_tokens": e.max_new_tokens, "seed": e.seed, "seeding": SAMPLING_SCHEME, "batch_size": e.batch_size,
-            "chat_template": cfg.model.chat_template, "max_prompt_length": cfg.train.max_prompt_length}
+            "chat_template": cfg.model.chat_template, "max_prompt_length": cfg.train.max_prompt_length,
+            **draw_settings(generation_config(cfg))}
 
 
 def generate(model, tokenizer, prompt_ids, gen):

@@ -22,6 +22,8 @@ from pobench.errors import PobenchError
 # reference outputs), so draws made another way are never mixed with these. Change it whenever the same seed and
 # logits would give other tokens. History: "per prompt" (hashed Gumbel-max noise) until inverse-CDF sampling.
 SAMPLING_SCHEME = "per-prompt keys, inverse CDF"
+# How the fast decoder finds top-p samples; "select" (eager steps only) is what "auto" means off a CUDA graph.
+TOP_P_METHODS = ("auto", "select", "sort", "bisect", "kary", "radix", "reject")
 
 
 @dataclass
@@ -41,6 +43,11 @@ class GenerationConfig:
                                 # device (eager steps off CUDA), "off" = plain `model.generate`
     compile: bool = False       # fast path: torch.compile each decode step whole before capturing it (opt-in: one
                                 # compilation per prompt shape; see pobench/generation/static.py)
+    top_p_method: str = "auto"  # transformers backend, how top-p draws are made (pobench/generation/static.py):
+                                # "auto" = find the nucleus by partial selection in eager steps, by sort in CUDA
+                                # graphs and compiled steps; "sort", "bisect", "kary", "radix" find the same nucleus
+                                # (same tokens); "reject" draws from the whole distribution until a draw lands in
+                                # the nucleus: the same distribution, other tokens, no nucleus search
 
     def __post_init__(self):
         # Checked here rather than deep in a backend, so a bad --set fails before any model is loaded.
@@ -56,6 +63,22 @@ class GenerationConfig:
             raise PobenchError(f"generation batch_size={self.batch_size}: must be at least 1 (or 0 = auto)")
         if self.fast not in ("auto", "on", "off"):
             raise PobenchError(f"generation fast={self.fast!r}: must be one of auto, on, off")
+        if self.top_p_method not in TOP_P_METHODS:
+            raise PobenchError(f"generation top_p_method={self.top_p_method!r}: must be one of "
+                               f"{', '.join(TOP_P_METHODS)}")
+
+
+def draw_settings(cfg: GenerationConfig) -> dict:
+    """The settings beyond seed and sampling parameters that change which tokens are drawn: part of the keys of
+    stores of generated text (pools, reference outputs). Empty at the defaults, so stores made before these
+    settings existed keep their keys. A compiled decode step rounds differently in bf16 on a GPU; "reject" makes
+    other draws than the nucleus searches, which all make the same ones."""
+    settings = {}
+    if cfg.compile:
+        settings["compile_decoding"] = True
+    if cfg.top_p_method == "reject":
+        settings["top_p_method"] = "reject"
+    return settings
 
 
 @dataclass
@@ -118,4 +141,4 @@ def get_backend(name: str = "transformers", model=None, tokenizer=None, **kw):
     return target(model, tokenizer, **kw)
 
 
-__all__ = ["BACKENDS", "Completion", "GenerationConfig", "get_backend", "register_backend", "truncate_at_eos"]
+__all__ = ["BACKENDS", "Completion", "GenerationConfig", "TOP_P_METHODS", "draw_settings", "get_backend", "register_backend", "truncate_at_eos"]

@@ -83,6 +83,13 @@ def row_keys(prompt_ids: list[list[int]], rows: list[tuple[int, int]], seed: int
     return out
 
 
+def prompt_rounding(cfg: GenerationConfig) -> int:
+    """The fast path pads prompts to a multiple of this: each width is a decoder shape, and compiled decoding
+    compiles every shape anew (27-63 s on an H200), so there widths are rounded coarser and a long generation meets
+    few shapes."""
+    return 128 if cfg.compile else 16
+
+
 CPU_BATCH_ROWS = 64      # off CUDA: SmolLM2-135M on 2 cores decoded 1.68x the tokens/s of 16 rows, and 128 no more
                          # (benchmarks/cpu_generate.py --batch-sweep)
 MAX_BATCH_ROWS = 256     # on CUDA: on an H200 batch 256 decoded 2.1x the new tokens/s of batch 64 (benchmarks/GPU.md)
@@ -116,13 +123,14 @@ class _RowSampler:
     """A logits processor for `model.generate` in greedy mode that draws each row's token with the row's own noise
     for the step (static.sample_tokens) and leaves only that token finite, so generate's argmax takes it."""
 
-    def __init__(self, keys: torch.Tensor, prompt_width: int, temperature: float, top_p: float):
+    def __init__(self, keys: torch.Tensor, prompt_width: int, temperature: float, top_p: float, method: str):
         self.keys, self.width, self.temperature, self.top_p = keys, prompt_width, temperature, top_p
+        self.method = "select" if method == "auto" else method     # all but "reject" draw the same tokens
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         from pobench.generation.static import sample_tokens
         step = input_ids.shape[1] - self.width
-        token = sample_tokens(scores, self.temperature, self.top_p, "select", self.keys[:, step])
+        token = sample_tokens(scores, self.temperature, self.top_p, self.method, self.keys[:, step])
         return torch.full_like(scores, float("-inf")).scatter_(-1, token[:, None].to(scores.device), 0.0)
 
 
@@ -157,7 +165,7 @@ class TransformersBackend:
             return auto_batch_rows(rows, device.type, 0, 0)
         free, _ = torch.cuda.mem_get_info(device)
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)   # torch's cached blocks
-        width = -(-max(map(len, prompt_ids)) // 16) * 16
+        width = -(-max(map(len, prompt_ids)) // prompt_rounding(cfg)) * prompt_rounding(cfg)
         dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
         config = (self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model).config
         per_row = decode_bytes_per_row(config, torch.finfo(dtype).bits // 8, width + cfg.max_new_tokens)
@@ -213,7 +221,8 @@ class TransformersBackend:
                         from transformers import LogitsProcessorList
                         input_ids, attention_mask = left_pad([prompt_ids[p] for p, _ in chunk], self.pad_id)
                         processors = LogitsProcessorList([_RowSampler(chunk_keys, input_ids.shape[1],
-                                                                      cfg.temperature, cfg.top_p)] if sampling else [])
+                                                                      cfg.temperature, cfg.top_p,
+                                                                      cfg.top_p_method)] if sampling else [])
                         with _plain_generation_config(self.model):
                             sequences = self.model.generate(input_ids=input_ids.to(device),
                                                             attention_mask=attention_mask.to(device),
@@ -230,11 +239,10 @@ class TransformersBackend:
         from pobench.generation.static import DecoderPool
         if self._decoders is None:
             self._decoders = DecoderPool()
-        # Each prompt width is a decoder shape, and compiled decoding compiles every shape anew (27-63 s on an
-        # H200): there, widths are rounded coarser, so that a long generation meets few shapes.
-        input_ids, attention_mask = left_pad(rows, self.pad_id, multiple=128 if cfg.compile else 16)
+        input_ids, attention_mask = left_pad(rows, self.pad_id, multiple=prompt_rounding(cfg))
         decoder = self._decoders.get(self.model, len(rows), input_ids.shape[1], cfg.max_new_tokens, self.eos_ids,
-                                     self.pad_id, cfg.temperature, cfg.top_p, compile_step=cfg.compile)
+                                     self.pad_id, cfg.temperature, cfg.top_p, compile_step=cfg.compile,
+                                     top_p_method=None if cfg.top_p_method == "auto" else cfg.top_p_method)
         return decoder.generate(input_ids, attention_mask, keys)
 
     def _completion(self, ids: list[int]) -> Completion:

@@ -25,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from pobench.generation import TOP_P_METHODS as GENERATION_TOP_P_METHODS
+
 
 def supported(model) -> bool:
     """True when the model's forward takes a `cache` keyword and transformers has the static cache this needs."""
@@ -51,7 +53,8 @@ def blockwise_cumsum(values: torch.Tensor, block: int = 1024) -> torch.Tensor:
     return (blocks + carried[..., None]).flatten(-2)[..., :width]
 
 
-TOP_P_METHODS = ("select", "sort", "bisect", "kary", "radix")   # see top_p_threshold
+# See top_p_threshold and sample_tokens; GenerationConfig's "auto" picks one by where the step runs.
+TOP_P_METHODS = tuple(m for m in GENERATION_TOP_P_METHODS if m != "auto")
 
 
 def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", iters: int = 40,
@@ -97,7 +100,7 @@ def top_p_threshold(probs: torch.Tensor, top_p: float, method: str = "select", i
     hi = probs.amax(-1, keepdim=True)
     if method == "kary":
         return _kary_threshold(probs, top_p, lo, hi, ways, rounds=-(-iters // (ways.bit_length() - 1)))
-    if method == "radix":
+    if method in ("radix", "reject"):       # "reject" never computes a threshold; its nucleus is the radix select's
         return _radix_threshold(probs, top_p)
     if method != "bisect":
         raise ValueError(f"top_p method {method!r}: one of {', '.join(TOP_P_METHODS)}")
@@ -161,6 +164,59 @@ def _crossing(sorted_probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, t
     return sorted_probs.gather(-1, kept - 1), kept
 
 
+def inside_nucleus(probs: torch.Tensor, candidates: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Boolean [rows, n]: whether each of `candidates` ([rows, n] token ids) is in its row's nucleus, without
+    finding the nucleus: token c is kept exactly when the mass of the tokens more probable than c is below top_p
+    (the nucleus is `probs >= t` with t the smallest probability whose mass above is below top_p, and that mass
+    only falls as the probability rises). Masses summed as integers, as the radix select sums them, so the kept set
+    is the radix select's to the token, and eager and compiled steps agree. n masked sums over the same row, which
+    a compiler fuses into one pass."""
+    mass = (probs.double() * FIXED_POINT).long()
+    target = math.ceil(top_p * FIXED_POINT)
+    values = probs.gather(-1, candidates)
+    above = torch.stack([torch.where(probs > values[:, k:k + 1], mass, 0).sum(-1) for k in range(values.shape[1])],
+                        -1)
+    return above < target
+
+
+REJECT_MISS = 2.0 ** -40      # "reject": the chance, per token, that every try falls outside the nucleus
+
+
+def rejection_tries(top_p: float) -> int:
+    """How many draws "reject" makes per token: each falls outside the nucleus with chance 1 - (its mass) <=
+    1 - top_p, so this many all miss with chance <= REJECT_MISS (10 at top_p 0.95, 13 at 0.9, 40 at 0.5)."""
+    if top_p >= 1:
+        return 1
+    return max(1, math.ceil(math.log(REJECT_MISS) / math.log1p(-top_p)))
+
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2^32 for int64 x < 2^32, split so that no int64 product overflows."""
+    if c < 1 << 31:
+        return (x * c) & _MASK32
+    return (x * (c - (1 << 31)) + ((x & 1) << 31)) & _MASK32
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """lowbias32 (Chris Wellons' 32-bit integer hash, a bijection) of int64 tensors holding values in [0, 2^32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def try_keys(keys: torch.Tensor, tries: int) -> torch.Tensor:
+    """[rows] noise keys -> [rows, tries]: the key itself first, then hashes of the key with each try's offset (a
+    multiple of 2^32 / golden ratio), so a row's tries depend on its own key alone."""
+    offsets = torch.arange(tries, device=keys.device, dtype=torch.long) * 0x9E3779B9
+    hashed = mix32((keys[:, None] + offsets) & _MASK32)
+    return torch.cat([keys[:, None], hashed[:, 1:]], -1)
+
+
 def top_p_keep(probs: torch.Tensor, top_p: float, method: str = "select") -> torch.Tensor:
     """Boolean [rows, vocab] mask of the nucleus (see top_p_threshold)."""
     return probs >= top_p_threshold(probs, top_p, method)
@@ -183,12 +239,15 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, method
     u is one number per row and step: from `keys` ([rows] integers in [0, 2^32), see `key_uniforms`), so that a
     row's draw depends on its own logits and key only, never on the other rows of its batch; without keys, from the
     global torch stream. With the nucleus by "sort" or "bisect" nothing here waits on the host, so a CUDA graph or a
-    compiled step can hold it ("select", the eager default, asks the host once a step). It replaces Gumbel-max,
+    compiled step can hold it ("select", the eager default, asks the host once a step). "reject" draws other
+    tokens from the same distribution without finding the nucleus (_rejection_sample). It replaces Gumbel-max,
     which needed a random number per row and vocabulary entry every step: hashing 150k numbers per row cost more
     than the sampling itself."""
     if temperature <= 0:
         return logits.argmax(-1)
     probs = (logits.float() / temperature).softmax(-1)
+    if method == "reject" and top_p < 1:
+        return _rejection_sample(probs, top_p, keys)
     if top_p < 1:
         probs = torch.where(probs >= top_p_threshold(probs, top_p, method), probs, 0.0)
     wide = torch.float32 if probs.device.type == "mps" else torch.float64    # MPS has no float64
@@ -198,6 +257,31 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, method
     # The first token whose cumulative mass reaches the target; tokens outside the nucleus add nothing to the sum,
     # so they are never the first to reach it.
     return (cdf < target).sum(-1).clamp_(max=probs.shape[-1] - 1)
+
+
+def _rejection_sample(probs: torch.Tensor, top_p: float, keys: torch.Tensor | None,
+                      tries: int | None = None) -> torch.Tensor:
+    """Top-p sampling without finding the nucleus: draw from the whole distribution and keep the first draw that
+    falls inside the nucleus. A draw from p conditioned on landing in a set S is a draw from p restricted to S and
+    renormalised, which is what top-p sampling is, so the distribution is exactly the other methods'; the tokens
+    are not theirs for the same key (they draw once, from the nucleus). `tries` draws per row (rejection_tries),
+    each by inverse CDF over the whole row with its own uniform (try_keys), and one fused membership pass
+    (inside_nucleus); where every try misses (chance <= REJECT_MISS per token) the row takes its most probable
+    token, which is always kept. It costs a cumulative sum, a binary search and one pass over the row, whatever
+    the nucleus's width: the sort, the searches and the radix select cost several passes or a sort (for a
+    compiled decode step on a random model's flat rows, the nucleus search was a third of a step, GPU.md)."""
+    tries = tries or rejection_tries(top_p)
+    wide = torch.float32 if probs.device.type == "mps" else torch.float64
+    cdf = blockwise_cumsum(probs.to(wide))
+    if keys is None:
+        u = torch.rand(probs.shape[0], tries, dtype=wide, device=probs.device)
+    else:
+        u = key_uniforms(try_keys(keys, tries)).to(probs.device, wide)
+    # The first token whose cumulative mass reaches the target, as in sample_tokens.
+    drawn = torch.searchsorted(cdf.contiguous(), u * cdf[:, -1:]).clamp_(max=probs.shape[-1] - 1)
+    kept = inside_nucleus(probs, drawn, top_p)
+    first = drawn.gather(-1, kept.int().argmax(-1, keepdim=True)).squeeze(-1)   # argmax: the first True
+    return torch.where(kept.any(-1), first, probs.argmax(-1))
 
 
 GROUPED_DECODE_ATTENTION = "pobench_grouped_decode"
@@ -276,7 +360,7 @@ class StaticDecoder:
             raise ValueError(f"top_p method {self.top_p_method!r}: one of {', '.join(TOP_P_METHODS)}")
         if self.top_p_method == "select" and traced:
             raise ValueError("top_p_method='select' synchronises with the host: not inside a CUDA graph or a "
-                             "compiled step (use 'sort', 'bisect', 'kary' or 'radix')")
+                             "compiled step (use 'sort', 'bisect', 'kary', 'radix' or 'reject')")
         self.capacity = prompt_width + max_new_tokens
         config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
         self.config = config
@@ -403,11 +487,11 @@ class DecoderPool:
         self.decoders: dict[tuple, StaticDecoder] = {}
 
     def get(self, model, rows: int, width: int, max_new: int, eos_ids, pad_id: int, temperature: float,
-            top_p: float, compile_step: bool = False) -> StaticDecoder:
-        key = (id(model), rows, width, max_new, tuple(eos_ids), pad_id, temperature, top_p, compile_step)
+            top_p: float, compile_step: bool = False, top_p_method: str | None = None) -> StaticDecoder:
+        key = (id(model), rows, width, max_new, tuple(eos_ids), pad_id, temperature, top_p, compile_step, top_p_method)
         if key not in self.decoders:
             while len(self.decoders) >= self.keep:
                 self.decoders.pop(next(iter(self.decoders)))
             self.decoders[key] = StaticDecoder(model, rows, width, max_new, list(eos_ids), pad_id, temperature, top_p,
-                                               compile_step=compile_step)
+                                               compile_step=compile_step, top_p_method=top_p_method)
         return self.decoders[key]

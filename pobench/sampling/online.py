@@ -79,7 +79,7 @@ class OnlinePool:
         seed = self.generation_seed(ctx, bool(getattr(backend, "seeds_each_prompt", False)))
         gen = GenerationConfig(n=p.num_candidates, temperature=pc.temperature, top_p=pc.top_p,
                                max_new_tokens=pc.max_new_tokens, seed=seed, batch_size=pc.batch_size,
-                               compile=self.cfg.model.compile_decoding)
+                               compile=self.cfg.model.compile_decoding, top_p_method=self.cfg.model.top_p_method)
         # FSDP: the weights outside the wrapped decoder layers, gathered (a context without the hook: nothing to do)
         with getattr(ctx, "generation_weights", contextlib.nullcontext)():
             completions = backend.generate([r.prompt for r in records], gen)

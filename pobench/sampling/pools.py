@@ -18,7 +18,7 @@ from pathlib import Path
 from pobench import faults
 from pobench.data.records import PreferenceRecord, records_digest
 from pobench.errors import PobenchError
-from pobench.generation import SAMPLING_SCHEME
+from pobench.generation import SAMPLING_SCHEME, draw_settings
 
 
 def prompt_key(prompt_ids: list[int]) -> str:
@@ -109,6 +109,14 @@ def auto_reward_model(cfg, suite_data, cache_dir: Path, progress=None) -> str:
     return str(out)
 
 
+def pool_generation_config(cfg):
+    """How a run's pools are generated (store_path keys the store by it)."""
+    from pobench.generation import GenerationConfig
+    return GenerationConfig(n=cfg.pool.num_samples, temperature=cfg.pool.temperature, top_p=cfg.pool.top_p,
+                            max_new_tokens=cfg.pool.max_new_tokens, seed=cfg.pool.seed, batch_size=cfg.pool.batch_size,
+                            compile=cfg.model.compile_decoding, top_p_method=cfg.model.top_p_method)
+
+
 def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Path:
     settings = {k: getattr(cfg.pool, k) for k in ("num_samples", "temperature", "top_p", "max_new_tokens", "seed")}
     # "seeding": how seeds become draws (pobench.generation.SAMPLING_SCHEME); pools drawn another way must not mix
@@ -121,6 +129,7 @@ def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Pa
         settings["vllm_seeds"] = "per prompt"
     if cfg.model.dtype != "auto":   # weights in another precision sample other draws (auto keeps its old keys)
         settings["dtype"] = cfg.model.dtype
+    settings.update(draw_settings(pool_generation_config(cfg)))   # compiled steps, "reject" draws (empty by default)
     if Path(rm_spec).expanduser().is_dir():   # a reward-model folder of the user's: retrained in place, it scores anew
         from pobench.models import model_fingerprint as fingerprint   # not the policy's, the parameter
         settings["rm_weights"] = fingerprint(str(Path(rm_spec).expanduser()))
@@ -131,7 +140,7 @@ def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Pa
 def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]], model, tokenizer, cfg, store: PoolStore,
                    scorer, progress=None) -> None:
     """Generate and score the pools of `records` missing from `store` (chunks of prompts, appended as made)."""
-    from pobench.generation import GenerationConfig, get_backend, rows_per_call
+    from pobench.generation import get_backend, rows_per_call
 
     seen, unique = set(), []
     for r, p in zip(records, prompt_ids):
@@ -141,9 +150,7 @@ def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]],
     if all(prompt_key(p) in store.entries for _, p in unique):
         return
     backend = get_backend(cfg.pool.backend, model, tokenizer)
-    gen = GenerationConfig(n=cfg.pool.num_samples, temperature=cfg.pool.temperature, top_p=cfg.pool.top_p,
-                           max_new_tokens=cfg.pool.max_new_tokens, seed=cfg.pool.seed, batch_size=cfg.pool.batch_size,
-                           compile=cfg.model.compile_decoding)
+    gen = pool_generation_config(cfg)
     # A call's prompts are appended to the store together: one decode batch of prompts per call, so a crash loses
     # at most one batch. Chunks are cut from the full prompt list, not from the missing prompts, so a chunk that a
     # crash left half-stored is made again whole, in the batch the uninterrupted run used, and only its missing
