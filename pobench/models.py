@@ -168,7 +168,9 @@ def resolve_model_path(name: str, gguf_file: str | None = None) -> str:
 
 def model_fingerprint(path: str) -> str:
     """Identifies the weights, for cache keys: the folder (resolved: `m`, `./m` and its absolute path are one
-    model) plus each weight and config file's name, size and mtime; a hub id by its name."""
+    model) plus each weight and config file's name, size and mtime; a hub id by its name and the commit the local
+    hub cache holds for it (what loading it reads), so a model updated on the hub and downloaded again is another
+    model. Before its first download a hub id has no commit here: its first run keys by the name alone."""
     p = Path(path).expanduser()
     h = hashlib.sha1(str(p.resolve() if p.is_dir() else path).encode())
     if p.is_dir():
@@ -176,7 +178,22 @@ def model_fingerprint(path: str) -> str:
             if f.suffix in (".json", ".safetensors", ".bin"):
                 st = f.stat()
                 h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    elif commit := hub_commit(path):
+        h.update(f"@{commit}".encode())
     return h.hexdigest()[:16]
+
+
+def hub_commit(repo_id: str) -> str | None:
+    """The commit the local hub cache's `main` points to for a hub model id, or None (not a hub id, not cached)."""
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+        return None
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.file_download import repo_folder_name
+        ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model") / "refs" / "main"
+        return ref.read_text().strip() or None
+    except (OSError, ImportError, ValueError):
+        return None
 
 
 def pick_device(device: str) -> torch.device:

@@ -86,3 +86,24 @@ def test_a_model_folder_has_one_fingerprint_however_its_path_is_typed(tmp_path, 
     (folder / "config.json").write_text('{"model_type": "llama"}')        # other contents: another fingerprint
     assert model_fingerprint("m") != before
     assert model_fingerprint("org/name") != model_fingerprint("org/other")   # hub ids: by name
+
+
+def test_a_hub_models_fingerprint_follows_the_commit_its_cache_holds(tmp_path, monkeypatch):
+    """A hub id is keyed by the commit the local hub cache's `main` points to (the one loading reads, laid out as
+    huggingface_hub lays it out): downloaded again after an update on the hub, it is another model, and pools and
+    reference log-probs are not reused. Not cached yet: by the name alone, as before."""
+    from huggingface_hub import constants
+
+    from pobench.models import hub_commit, model_fingerprint
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    uncached = model_fingerprint("org/name")
+    assert hub_commit("org/name") is None
+    ref = tmp_path / "models--org--name" / "refs" / "main"
+    ref.parent.mkdir(parents=True)
+    ref.write_text("a" * 40)
+    first = model_fingerprint("org/name")
+    assert hub_commit("org/name") == "a" * 40 and first != uncached
+    ref.write_text("b" * 40)
+    assert model_fingerprint("org/name") not in (first, uncached)
+    assert model_fingerprint("org/other") == model_fingerprint("org/other")          # uncached: stable by name
+    assert hub_commit("gold:test-length") is None and hub_commit("./a/b") is None     # not hub ids
