@@ -206,3 +206,22 @@ def test_the_kl_estimate_is_of_the_policy_against_the_reference(tiny_model_dir):
     same = estimate_kl(cfg, reference, tokenizer, prompts, against(reference), torch.device("cpu"))
     assert sharper["kl_samples"] == 24 and sharper["kl"] > 4 * sharper["kl_se"] > 0
     assert same["kl"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_the_difficulty_file_is_checked_once_per_version(tmp_path, monkeypatch):
+    """A command that plans many runs checks alpaca_eval's df_gamed.csv once, and again only when the file
+    changes (a bad file is reported every time: failures are not remembered)."""
+    from pobench.eval import metrics as M
+    reads = []
+    real = M.read_difficulty_file
+    monkeypatch.setattr(M, "read_difficulty_file", lambda path: reads.append(path) or real(path))
+    path = tmp_path / "gamed.csv"
+    path.write_text(",".join(M.DIFFICULTY_COLUMNS) + "\n0,0.1,1.5,0.2,1\n")
+    for _ in range(3):
+        M.check_difficulty_file(path)
+    assert len(reads) == 1
+    path.write_text("index,preference\n0,1.5\n")
+    for _ in range(2):
+        with pytest.raises(PobenchError, match="no column 'instruction_difficulty'"):
+            M.check_difficulty_file(path)
+    assert len(reads) == 3

@@ -19,6 +19,7 @@ rate is a fraction in [0, 1] (alpaca_eval reports the same number x 100, with 1 
 """
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -135,6 +136,19 @@ def read_difficulty_file(path: Path):
         raise PobenchError(f"eval.lc_difficulty_file {path}: no column '{missing[0]}' (alpaca_eval's df_gamed.csv "
                            f"has {', '.join(DIFFICULTY_COLUMNS)})")
     return df
+
+
+def check_difficulty_file(path: Path) -> None:
+    """read_difficulty_file's checks, once per file and version however many runs a command plans."""
+    if not path.is_file():
+        read_difficulty_file(path)                       # its error
+    st = path.stat()
+    _checked_difficulty_file(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _checked_difficulty_file(path: str, mtime_ns: int, size: int) -> None:
+    read_difficulty_file(Path(path))
 
 
 def alpaca_eval_lc_win_rate(preferences, policy_outputs, reference_outputs, instruction_index,

@@ -106,8 +106,8 @@ def check_eval_config(cfg) -> None:
         raise PobenchError(f"config key 'eval.lc_difficulty_file': {cfg.eval.lc_difficulty_file}: no such file "
                            f"(alpaca_eval's df_gamed.csv)")
     if cfg.eval.eval_set == "alpaca_eval" and cfg.eval.lc_difficulty_file:
-        from pobench.eval.metrics import read_difficulty_file
-        read_difficulty_file(Path(cfg.eval.lc_difficulty_file).expanduser())   # its columns, before any work
+        from pobench.eval.metrics import check_difficulty_file
+        check_difficulty_file(Path(cfg.eval.lc_difficulty_file).expanduser())   # its columns, before any work
 
 
 def eval_items(cfg) -> tuple[list[EvalItem], str, object]:
