@@ -54,9 +54,9 @@ class ModelConfig:
                                    # benchmarks/GPU.md), but 27-63 s of compilation per batch shape, so it pays on
                                    # long generation only. Same sampling distribution and seeds as without.
     top_p_method: str = "auto"     # how generation (pools, refreshes, evaluation) makes top-p draws: auto | sort |
-                                   # radix | ... find the nucleus, the same tokens whichever; reject draws from the
-                                   # whole distribution until a draw lands in it: same distribution, other tokens,
-                                   # no search (pobench/generation/__init__.py, GenerationConfig)
+                                   # radix | ... find the nucleus (the same tokens, up to the sort's float32 running
+                                   # sum); reject draws from the whole distribution until a draw lands in it: same
+                                   # distribution, other tokens, no search (pobench/generation/__init__.py)
     lora_r: int = 0                # 0 = full fine-tuning; >0 = LoRA (the reference is the adapter-disabled policy)
     lora_alpha: int = 16
     lora_dropout: float = 0.0      # the adapter's dropout; the model's own is always off (pobench/models.py, disable_dropout)

@@ -150,8 +150,11 @@ def test_evaluations_decoding_record_names_how_it_draws_only_where_set():
     default = decoding_record(res())
     assert "compile_decoding" not in default and "top_p_method" not in default
     assert decoding_record(res(set_cfg=parse_set(["model.top_p_method=radix"]))) == default
-    changed = decoding_record(res(set_cfg=parse_set(["model.top_p_method=reject", "model.compile_decoding=true"])))
-    assert changed == {**default, "compile_decoding": True, "top_p_method": "reject"}
+    assert decoding_record(res(set_cfg=parse_set(["model.top_p_method=reject"]))) == default   # top_p 1: no nucleus
+    nucleus = decoding_record(res(set_cfg=parse_set(["eval.top_p=0.9"])))
+    changed = decoding_record(res(set_cfg=parse_set(["eval.top_p=0.9", "model.top_p_method=reject",
+                                                     "model.compile_decoding=true"])))
+    assert changed == {**nucleus, "compile_decoding": True, "top_p_method": "reject"}
 
 
 def test_numbers_coerce():

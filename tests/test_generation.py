@@ -253,14 +253,16 @@ def test_batch_size_zero_is_auto_on_the_backend(model, tokenizer, prompts, monke
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 << 20, 80 << 30))
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 1 << 20)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
-    monkeypatch.setattr(hf, "decode_bytes_per_row", lambda config, nbytes, capacity: seen.update(
-        capacity=capacity, nbytes=nbytes, vocab=config.vocab_size) or 1 << 16)
+    monkeypatch.setattr(hf, "decode_bytes_per_row", lambda config, nbytes, capacity, sampler: seen.update(
+        capacity=capacity, nbytes=nbytes, vocab=config.vocab_size, sampler=sampler) or 1 << 16)
     rows = backend.auto_batch_rows(prompts, GenerationConfig(n=8, max_new_tokens=20))
     width = -(-max(map(len, prompts)) // 16) * 16
-    assert seen == {"capacity": width + 20, "nbytes": 4, "vocab": model.config.vocab_size}
+    assert seen == {"capacity": width + 20, "nbytes": 4, "vocab": model.config.vocab_size, "sampler": 32}
     assert rows == min(8 * len(prompts), (4 << 20) // 4 // (1 << 16))       # free + torch's cached blocks
     backend.auto_batch_rows(prompts, GenerationConfig(n=8, max_new_tokens=20, compile=True))
     assert seen["capacity"] == -(-max(map(len, prompts)) // 128) * 128 + 20  # compiled decoding pads to 128
+    backend.auto_batch_rows(prompts, GenerationConfig(n=8, max_new_tokens=20, top_p_method="reject"))
+    assert seen["sampler"] == 48                                              # rejection draws hold more
 
 
 # ---- vLLM, without vLLM: the request we would send and the outputs we would read ----
@@ -513,10 +515,38 @@ def test_membership_without_the_nucleus_is_the_radix_selects_nucleus():
     g = torch.Generator().manual_seed(4)
     probs = torch.cat([(torch.randn(6, 300, generator=g) * s).softmax(-1) for s in (0.05, 2.0, 8.0)])
     ties = torch.tensor([[0.25, 0.25, 0.25, 0.25], [0.5, 0.2, 0.2, 0.1], [1.0, 0.0, 0.0, 0.0]])
-    for rows in (probs, ties):
+    tiny = torch.tensor([[0.6, 0.4 - 2e-16, 1e-16, 1e-16]])           # two tokens of no mass (below 2^-52)
+    for rows in (probs, ties, tiny):
         every = torch.arange(rows.shape[1]).expand(rows.shape[0], -1)
-        for top_p in (0.3, 0.6, 0.95):
+        for top_p in (0.3, 0.6, 0.95, 1 - 1e-12):
             assert torch.equal(inside_nucleus(rows, every, top_p), top_p_keep(rows, top_p, "radix")), top_p
+
+
+def test_fixed_point_masses_from_float32_bits_are_the_float64_ones():
+    """MPS has no float64, so there masses come from the float32 bits; they must be the same integers: zero,
+    subnormals, values around 2^-52 (the smallest unit) and up to 1."""
+    from pobench.generation.static import fixed_point_mass
+    g = torch.Generator().manual_seed(6)
+    edges = torch.tensor([0.0, 1e-45, 1e-40, 2.0 ** -126, 2.0 ** -60, 2.0 ** -53, 2.0 ** -52, 3 * 2.0 ** -53,
+                          2.0 ** -52 * 1.5, 1e-9, 0.1, 0.5, 0.75, 1.0 - 2.0 ** -24, 1.0])
+    probs = torch.cat([edges, (torch.randn(20000, generator=g) * 6).softmax(-1), torch.rand(20000, generator=g)])
+    assert torch.equal(fixed_point_mass(probs, from_bits=True), fixed_point_mass(probs, from_bits=False))
+
+
+def test_reject_searches_where_it_would_take_too_many_tries():
+    """Below REJECT_MIN_TOP_P "reject" would need more than 64 masked sums a token: it draws as the radix select
+    does, and the stores are keyed as the default's (greedy and top_p 1 make no rejection draws either)."""
+    from pobench.generation import REJECT_MIN_TOP_P, draw_settings, rejection_tries, rejects
+    from pobench.generation.static import sample_tokens
+    assert rejection_tries(REJECT_MIN_TOP_P + 1e-9) <= 64 < rejection_tries(REJECT_MIN_TOP_P - 1e-3)
+    assert rejects(0.8, 0.5) and not rejects(0.8, 0.2) and not rejects(0.0, 0.95) and not rejects(0.8, 1.0)
+    rows = torch.randn(8, 3000, generator=torch.Generator().manual_seed(7)) * 3
+    keys = torch.randint(0, 1 << 32, (8,), generator=torch.Generator().manual_seed(8))
+    assert torch.equal(sample_tokens(rows, 1.0, 0.2, "reject", keys), sample_tokens(rows, 1.0, 0.2, "radix", keys))
+    assert not torch.equal(sample_tokens(rows, 1.0, 0.9, "reject", keys), sample_tokens(rows, 1.0, 0.9, "radix", keys))
+    for settings in (dict(top_p=0.2), dict(temperature=0.0), dict(top_p=1.0)):
+        assert draw_settings(GenerationConfig(top_p_method="reject", **settings)) == {}
+    assert draw_settings(GenerationConfig(top_p_method="reject")) == {"top_p_method": "reject"}
 
 
 def test_mix32_is_lowbias32():

@@ -150,6 +150,8 @@ def test_pools_drawn_another_way_are_another_store():
     assert name(top_p_method="radix") == name(top_p_method="sort") == default
     assert len({default, name(top_p_method="reject"), name(compile_decoding=True),
                 name(compile_decoding=True, top_p_method="reject")}) == 4
+    cfg.pool.backend = "vllm"                          # ignores both: one store
+    assert len({name(), name(top_p_method="reject"), name(compile_decoding=True)}) == 1
 
 
 def test_a_cached_reward_model_has_one_name_however_the_results_path_is_typed(tmp_path, monkeypatch):

@@ -891,3 +891,14 @@ def test_differences_show_counts_as_integers():
     """A run-table column with a missing value holds its counts as floats: 'eval prompts 4.0 vs 2.0'."""
     from pobench.report.versus import differences
     assert differences({"n_prompts": 4.0, "steps": 12.0}, {"n_prompts": 2.0, "steps": 12.0}) == ["eval prompts 4 vs 2"]
+
+
+def test_top_p_methods_that_draw_alike_are_no_difference():
+    """The nucleus searches draw the same tokens: a run with the radix select against a baseline with the default
+    is not flagged; "reject" draws others and is."""
+    from pobench.report.versus import differences
+
+    def run(method):
+        return {"config": {"model": {"top_p_method": method}}}
+    assert differences(run("radix"), run("auto")) == []
+    assert differences(run("reject"), run("auto")) == ["model.top_p_method 'reject' vs 'auto'"]

@@ -14,6 +14,7 @@ so `import pobench.generation` never imports vLLM, and a machine without it can 
 from __future__ import annotations
 
 import importlib
+import math
 from dataclasses import dataclass
 
 from pobench.errors import PobenchError
@@ -47,7 +48,8 @@ class GenerationConfig:
                                 # "auto" = find the nucleus by partial selection in eager steps, by sort in CUDA
                                 # graphs and compiled steps; "sort", "bisect", "kary", "radix" find the same nucleus
                                 # (same tokens); "reject" draws from the whole distribution until a draw lands in
-                                # the nucleus: the same distribution, other tokens, no nucleus search
+                                # the nucleus: the same distribution, other tokens, no nucleus search (at top_p
+                                # below REJECT_MIN_TOP_P, 0.352, too many tries: there it draws as "radix")
 
     def __post_init__(self):
         # Checked here rather than deep in a backend, so a bad --set fails before any model is loaded.
@@ -68,15 +70,36 @@ class GenerationConfig:
                                f"{', '.join(TOP_P_METHODS)}")
 
 
+REJECT_MISS = 2.0 ** -40      # "reject": the chance, per token, that every try falls outside the nucleus
+REJECT_MAX_TRIES = 64         # each try is a masked sum over the row: below REJECT_MIN_TOP_P "reject" searches
+REJECT_MIN_TOP_P = 1 - REJECT_MISS ** (1 / REJECT_MAX_TRIES)   # 0.352: (1 - top_p)^64 <= 2^-40 from here up
+
+
+def rejection_tries(top_p: float) -> int:
+    """How many draws "reject" makes per token: each falls outside the nucleus with chance 1 - (its mass) <=
+    1 - top_p, so this many all miss with chance <= REJECT_MISS (10 at top_p 0.95, 13 at 0.9, 40 at 0.5)."""
+    if top_p >= 1:
+        return 1
+    return max(1, math.ceil(math.log(REJECT_MISS) / math.log1p(-top_p)))
+
+
+def rejects(temperature: float, top_p: float) -> bool:
+    """Whether top_p_method "reject" draws by rejection at these settings: when sampling with a nucleus, at most
+    REJECT_MAX_TRIES tries a token (top_p >= REJECT_MIN_TOP_P); otherwise it draws what the radix select does."""
+    return temperature > 0 and top_p < 1 and rejection_tries(top_p) <= REJECT_MAX_TRIES
+
+
 def draw_settings(cfg: GenerationConfig) -> dict:
     """The settings beyond seed and sampling parameters that change which tokens are drawn: part of the keys of
     stores of generated text (pools, reference outputs). Empty at the defaults, so stores made before these
     settings existed keep their keys. A compiled decode step rounds differently in bf16 on a GPU; "reject" makes
-    other draws than the nucleus searches, which all make the same ones."""
+    other draws than the nucleus searches (which make the same ones, up to the sort's float32 running sum missing
+    a crossing by a token), and only where it draws by rejection (`rejects`). Greedy decoding has no draws, but a
+    compiled step's rounding still moves its tokens. The transformers backend's settings: vLLM ignores both."""
     settings = {}
     if cfg.compile:
         settings["compile_decoding"] = True
-    if cfg.top_p_method == "reject":
+    if cfg.top_p_method == "reject" and rejects(cfg.temperature, cfg.top_p):
         settings["top_p_method"] = "reject"
     return settings
 

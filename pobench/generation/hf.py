@@ -96,16 +96,17 @@ MAX_BATCH_ROWS = 256     # on CUDA: on an H200 batch 256 decoded 2.1x the new to
 MEMORY_SHARE = 0.25      # on CUDA: the share of free GPU memory a decode batch may take
 
 
-def decode_bytes_per_row(config, dtype_bytes: int, capacity: int) -> int:
+def decode_bytes_per_row(config, dtype_bytes: int, capacity: int, sampler_bytes: int = 32) -> int:
     """GPU memory one decoding row holds: its KV cache (layers x keys and values x KV heads x head dim x
     `capacity` positions) plus the sampler's buffers over the vocabulary (logits, probabilities, sorted values
-    and their int64 indices, the float64 cumulative sum: about 32 bytes per entry)."""
+    and their int64 indices, the float64 cumulative sum: about 32 bytes per entry; rejection draws hold a float64
+    copy, int64 masses, a try's int64 terms and the cumulative sum twice: about 48)."""
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv = config.num_hidden_layers * 2 * kv_heads * head_dim * dtype_bytes * capacity
-    return kv + 32 * config.vocab_size
+    return kv + sampler_bytes * config.vocab_size
 
 
 def auto_batch_rows(rows: int, device_type: str, bytes_per_row: int, free_bytes: int) -> int:
@@ -168,7 +169,8 @@ class TransformersBackend:
         width = -(-max(map(len, prompt_ids)) // prompt_rounding(cfg)) * prompt_rounding(cfg)
         dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
         config = (self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model).config
-        per_row = decode_bytes_per_row(config, torch.finfo(dtype).bits // 8, width + cfg.max_new_tokens)
+        per_row = decode_bytes_per_row(config, torch.finfo(dtype).bits // 8, width + cfg.max_new_tokens,
+                                       48 if cfg.top_p_method == "reject" else 32)
         return auto_batch_rows(rows, device.type, per_row, free)
 
     def _device(self) -> torch.device:

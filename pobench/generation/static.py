@@ -25,7 +25,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from pobench.generation import TOP_P_METHODS as GENERATION_TOP_P_METHODS
+from pobench.generation import TOP_P_METHODS as GENERATION_TOP_P_METHODS, rejection_tries, rejects
 
 
 def supported(model) -> bool:
@@ -130,6 +130,19 @@ def _kary_threshold(probs: torch.Tensor, top_p: float, lo: torch.Tensor, hi: tor
 FIXED_POINT = 2.0 ** 52       # radix: a probability's mass in units of 2^-52; a row's sum stays below 2^63
 
 
+def fixed_point_mass(probs: torch.Tensor, from_bits: bool | None = None) -> torch.Tensor:
+    """int64 probability x 2^52, truncated: exact integers, so that masses sum alike in any order. Through float64
+    (exact: scaling by a power of two), or where float64 is missing (MPS; `from_bits` forces it) from the float32
+    bits: mantissa x 2^(exponent - 150) x 2^52, shifted, which truncates the same way (tested equal)."""
+    if not (probs.device.type == "mps" if from_bits is None else from_bits):
+        return (probs.double() * FIXED_POINT).long()
+    bits = probs.float().view(torch.int32).long()
+    exponent = ((bits >> 23) & 0xFF).clamp(min=1)                # subnormals: exponent field 0 counts as 1
+    mantissa = torch.where(bits >> 23 & 0xFF > 0, (bits & 0x7FFFFF) | (1 << 23), bits & 0x7FFFFF)
+    shift = exponent - 98                                         # probabilities <= 1: shift <= 29, mass <= 2^53
+    return torch.where(shift >= 0, mantissa << shift.clamp(min=0), mantissa >> (-shift).clamp(max=63))
+
+
 def _radix_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """The sort's threshold - the smallest probability v with mass(p > v) < top_p - found by bits, high to low.
 
@@ -139,7 +152,7 @@ def _radix_threshold(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     threshold is in that bucket, and nothing above it can be. 11 + 10 + 10 bits: the 31 bits of a non-negative
     float32."""
     bits = probs.float().view(torch.int32).long()
-    mass = (probs.double() * FIXED_POINT).long()
+    mass = fixed_point_mass(probs)
     target = math.ceil(top_p * FIXED_POINT)             # integers m: m < top_p x 2^52  <=>  m < target
     prefix = torch.zeros_like(bits[:, :1])
     carried = torch.zeros_like(bits[:, :1])             # mass above every token still in question
@@ -169,25 +182,14 @@ def inside_nucleus(probs: torch.Tensor, candidates: torch.Tensor, top_p: float) 
     finding the nucleus: token c is kept exactly when the mass of the tokens more probable than c is below top_p
     (the nucleus is `probs >= t` with t the smallest probability whose mass above is below top_p, and that mass
     only falls as the probability rises). Masses summed as integers, as the radix select sums them, so the kept set
-    is the radix select's to the token, and eager and compiled steps agree. n masked sums over the same row, which
-    a compiler fuses into one pass."""
-    mass = (probs.double() * FIXED_POINT).long()
+    is the radix select's to the token (which never keeps a token of no mass, below 2^-52), and eager and compiled
+    steps agree. n masked sums over the same row: n passes eager, one compiled (inductor fuses them; checked)."""
+    mass = fixed_point_mass(probs)
     target = math.ceil(top_p * FIXED_POINT)
     values = probs.gather(-1, candidates)
     above = torch.stack([torch.where(probs > values[:, k:k + 1], mass, 0).sum(-1) for k in range(values.shape[1])],
                         -1)
-    return above < target
-
-
-REJECT_MISS = 2.0 ** -40      # "reject": the chance, per token, that every try falls outside the nucleus
-
-
-def rejection_tries(top_p: float) -> int:
-    """How many draws "reject" makes per token: each falls outside the nucleus with chance 1 - (its mass) <=
-    1 - top_p, so this many all miss with chance <= REJECT_MISS (10 at top_p 0.95, 13 at 0.9, 40 at 0.5)."""
-    if top_p >= 1:
-        return 1
-    return max(1, math.ceil(math.log(REJECT_MISS) / math.log1p(-top_p)))
+    return (above < target) & (mass.gather(-1, candidates) > 0)
 
 
 _MASK32 = 0xFFFFFFFF
@@ -247,7 +249,9 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, method
         return logits.argmax(-1)
     probs = (logits.float() / temperature).softmax(-1)
     if method == "reject" and top_p < 1:
-        return _rejection_sample(probs, top_p, keys)
+        if rejects(temperature, top_p):
+            return _rejection_sample(probs, top_p, keys)
+        method = "radix"          # too many tries below REJECT_MIN_TOP_P: the same nucleus, searched
     if top_p < 1:
         probs = torch.where(probs >= top_p_threshold(probs, top_p, method), probs, 0.0)
     wide = torch.float32 if probs.device.type == "mps" else torch.float64    # MPS has no float64
@@ -267,8 +271,8 @@ def _rejection_sample(probs: torch.Tensor, top_p: float, keys: torch.Tensor | No
     are not theirs for the same key (they draw once, from the nucleus). `tries` draws per row (rejection_tries),
     each by inverse CDF over the whole row with its own uniform (try_keys), and one fused membership pass
     (inside_nucleus); where every try misses (chance <= REJECT_MISS per token) the row takes its most probable
-    token, which is always kept. It costs a cumulative sum, a binary search and one pass over the row, whatever
-    the nucleus's width: the sort, the searches and the radix select cost several passes or a sort (for a
+    token, which is always kept. It costs a cumulative sum, a binary search and one pass over the row compiled
+    (one per try eager), whatever the nucleus's width: the sort, the searches and the radix select cost several passes or a sort (for a
     compiled decode step on a random model's flat rows, the nucleus search was a third of a step, GPU.md)."""
     tries = tries or rejection_tries(top_p)
     wide = torch.float32 if probs.device.type == "mps" else torch.float64

@@ -37,6 +37,9 @@ HOW_COMPUTED = ("seed", "description", "train.batch_size", "train.grad_accum", "
                 "model.gradient_checkpointing", "model.compile", "model.compile_decoding", "eval.batch_size",
                 "eval.bootstrap", "eval.judge_decoder", "eval.judge_check_pairs")
 FREE_CONFIG = HOW_COMPUTED + ("algorithm.", "algorithm_name", "suite", "train.lr", "pool.")
+# keys whose values name several ways to the same draws: compared by what they draw (the nucleus searches make the
+# same tokens; "reject" others)
+DRAWS_ALIKE = {"model.top_p_method": lambda v: "reject" if v == "reject" else "a nucleus search"}
 # the pool keys that must be equal, by what both runs' samplers use: a stored pool (source), a generated one (how it
 # was drawn and labelled), samples drawn during training (OnMC-PO, online DPO: how they are drawn and labelled)
 SAMPLE_KEYS = {
@@ -94,7 +97,8 @@ def differences(run: dict, base: dict, tuned: tuple = (), free_config: tuple = F
     if _present(run.get("data_digest")) and run.get("data_digest") == base.get("data_digest"):
         free += ("data.",)
     for key in sorted(set(mine) & set(theirs)):
-        if (not _kept(key, free) or _kept(key, pool_keys)) and mine[key] != theirs[key]:
+        alike = DRAWS_ALIKE.get(key, lambda v: v)
+        if (not _kept(key, free) or _kept(key, pool_keys)) and alike(mine[key]) != alike(theirs[key]):
             out.append(f"{key} {mine[key]!r} vs {theirs[key]!r}")
     for column, label in SAME_RESULT:
         a, b = run.get(column), base.get(column)

@@ -129,7 +129,8 @@ def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Pa
         settings["vllm_seeds"] = "per prompt"
     if cfg.model.dtype != "auto":   # weights in another precision sample other draws (auto keeps its old keys)
         settings["dtype"] = cfg.model.dtype
-    settings.update(draw_settings(pool_generation_config(cfg)))   # compiled steps, "reject" draws (empty by default)
+    if cfg.pool.backend == "transformers":   # compiled steps, "reject" draws (empty by default; vLLM ignores both)
+        settings.update(draw_settings(pool_generation_config(cfg)))
     if Path(rm_spec).expanduser().is_dir():   # a reward-model folder of the user's: retrained in place, it scores anew
         from pobench.models import model_fingerprint as fingerprint   # not the policy's, the parameter
         settings["rm_weights"] = fingerprint(str(Path(rm_spec).expanduser()))
