@@ -196,7 +196,7 @@ RANGES = {
 # Algorithm parameters that share a meaning across algorithms (a plugin's parameter of the same name is held to it)
 ALGORITHM_RANGES = {
     "beta": _POSITIVE, "tau": _POSITIVE, "beta_rso": _POSITIVE, "label_smoothing": ("in [0, 0.5)", lambda v: 0 <= v < 0.5),
-    "num_candidates": _AT_LEAST_1, "num_accepted": _AT_LEAST_1, "num_negatives": _AT_LEAST_1,
+    "num_candidates": _AT_LEAST_1, "num_accepted": ("at least 2 (a pair is two accepted samples)", lambda v: v >= 2), "num_negatives": _AT_LEAST_1,
     "refresh_every": _AT_LEAST_1, "score_prefix_tokens": _NOT_NEGATIVE, "gamma_beta_ratio": _NOT_NEGATIVE,
 }
 

@@ -36,6 +36,9 @@ def register_algorithm(name: str):
             raise PobenchError(f"{where}: `sampler` must name a registered sampler (a string such as 'dataset_pair')")
         if not callable(getattr(cls, "loss", None)):
             raise PobenchError(f"{where}: it has no `loss(self, policy, reference, cfg)` method")
+        if not isinstance(getattr(cls, "needs_reference", None), bool):
+            raise PobenchError(f"{where}: `needs_reference` must be True or False (whether its loss reads the "
+                               f"reference model's log-probs)")
         cls.name = name
         _defaults_yaml(cls)   # its defaults block must read, now rather than mid-run
         ALGORITHMS[name] = cls

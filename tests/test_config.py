@@ -331,6 +331,18 @@ def test_algorithm_choices_are_checked_at_resolve_time():
                   ["simpo"], simpo.choices)
 
 
+def test_rso_needs_two_accepted_samples_for_a_pair():
+    """num_accepted=1 passed the check and failed at step 1 (after the model, reference cache and pools were
+    built) with a message about tied scores."""
+    from pobench.registry import get_algorithm, load_suite
+    rso = get_algorithm("rso")
+    with raises("config key 'algorithm.num_accepted' for algorithm 'rso': must be at least 2"):
+        resolve(load_suite("hh-rlhf"), "rso", algorithm_defaults(rso), {}, {"rso": {"num_accepted": 1}}, ["rso"],
+                rso.choices)
+    assert resolve(load_suite("hh-rlhf"), "rso", algorithm_defaults(rso), {}, {"rso": {"num_accepted": 2}}, ["rso"],
+                   rso.choices).algorithm["num_accepted"] == 2
+
+
 def test_a_config_file_for_a_whole_study_serves_a_run_of_some_of_its_algorithms(tmp_path):
     """--config with sections for dpo and simpo, run with --algo dpo: the simpo section is left out (it was an
     error, 'unknown config key simpo'); the run goes on to its next check (here: the model folder, which is

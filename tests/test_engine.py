@@ -263,7 +263,11 @@ def test_readme_example_algorithm_loads_and_reduces_to_dpo():
     want, _, _ = dpo_loss(policy.chosen, policy.rejected, reference.chosen, reference.rejected, 0.1)
     torch.testing.assert_close(out.losses, want)
     noisy = algo.loss(policy, reference, types.SimpleNamespace(beta=0.1, eps=0.2))
-    assert not torch.allclose(noisy.losses, want)
+    # Chowdhury et al.'s loss worked out by hand: h = 0.1 x (margin - reference margin) = +0.15 and -0.15, and
+    # L = ((1 - eps) softplus(-h) - eps softplus(h)) / (1 - 2 eps): unbiased, unlike cDPO's smoothing
+    def by_hand(h, eps=0.2):
+        return ((1 - eps) * math.log1p(math.exp(-h)) - eps * math.log1p(math.exp(h))) / (1 - 2 * eps)
+    torch.testing.assert_close(noisy.losses, torch.tensor([by_hand(0.15), by_hand(-0.15)]))
 
 
 def test_gradient_checkpointing_gives_the_same_run(tmp_path, tiny_model_dir):
@@ -577,11 +581,20 @@ from pobench.registry import register_algorithm
 class NoLoss:
     sampler = "dataset_pair"
 ''', "algorithm 'no_loss_algo' ({file}): it has no `loss(self, policy, reference, cfg)` method"),
+    "no_needs_reference": ('''
+from pobench.registry import register_algorithm
+@register_algorithm("no_reference_flag_algo")
+class NoFlag:
+    sampler = "dataset_pair"
+    def loss(self, policy, reference, cfg):
+        pass
+''', "algorithm 'no_reference_flag_algo' ({file}): `needs_reference` must be True or False"),
     "bad_defaults": ('''
 from pobench.registry import register_algorithm
 @register_algorithm("bad_defaults_algo")
 class BadDefaults:
     sampler = "dataset_pair"
+    needs_reference = True
     defaults = """
 beta: [0.1,
 """
@@ -593,6 +606,7 @@ from pobench.registry import register_algorithm
 @register_algorithm("list_defaults_algo")
 class ListDefaults:
     sampler = "dataset_pair"
+    needs_reference = True
     defaults = "- beta"
     def loss(self, policy, reference, cfg):
         pass

@@ -73,6 +73,22 @@ def test_pool_order_and_chosen_exclusion():
     assert sampler().pool(TokenizedPair([1], [10], [20]))[0] == [[20]]   # no candidates: the dataset pair
 
 
+def test_the_drawn_rank_is_among_the_scored_candidates_of_a_generated_pool():
+    """A generated pool scores its samples but not the dataset's rejected (pool index 0): the rank is taken among
+    the scored ones (it was missing whenever one candidate had no score, so on every generated pool)."""
+    rec = TokenizedPair([1], [10], [20], candidates=[[30], [40], [50]], scores=[3.0, 1.0, 2.0])
+    items, scores = sampler().pool(rec)
+    assert items == [[20], [30], [40], [50]] and scores == [None, 3.0, 1.0, 2.0]
+    ranks = []
+    for step in range(40):
+        pairs, metrics = sampler(kernel="uniform")([rec], kernel_context(step=step))
+        drawn_item = pairs[0].rejected
+        expected = {(30,): 0.0, (50,): 0.5, (40,): 1.0}.get(tuple(drawn_item))
+        assert metrics.get("sampler/drawn_rm_rank") == expected       # none when the dataset's rejected is drawn
+        ranks.append(expected)
+    assert None in ranks and len(set(ranks)) == 4                        # every case met
+
+
 @pytest.fixture(scope="module")
 def pool_data(tmp_path_factory):
     """UltraFeedback sample rows in the on-policy schema: a 4-candidate pool per prompt with scores."""
@@ -346,3 +362,21 @@ def test_a_ranking_steps_reward_metrics_count_every_record_once():
     assert m["logps/chosen"] == pytest.approx(-15.0) and m["logps/rejected"] == pytest.approx((-1.0 - 3.0) / 2)
     plain = pair_metrics(out, policy)
     assert plain["rewards/chosen"] == pytest.approx(0.65) and plain["loss"] == pytest.approx(3.25)
+
+
+def test_a_kernel_sampler_refuses_settings_it_does_not_know():
+    """A plugin that reuses mc_kernel or online_pool without `choices` for their settings: refused when the sampler
+    is built (a misspelt kernel sampled by softmax, a misspelt pairing drew by the kernel)."""
+    from pobench.errors import PobenchError
+    from pobench.sampling.online import OnlinePool
+    with pytest.raises(PobenchError, match="mcpo.kernel='softmax': one of sample, argmax, uniform"):
+        sampler(kernel="softmax")
+    with pytest.raises(PobenchError, match="kernel_score='reward_mean'"):
+        sampler(kernel_score="reward_mean")
+    cfg = types.SimpleNamespace(algorithm_name="my_online", seed=1)
+    params = dict(num_candidates=4, kernel="sample", kernel_score="reward", tau=1.0, beta=0.1)
+    with pytest.raises(PobenchError, match="my_online.pairing='best-worst': one of kernel, best_worst"):
+        OnlinePool(types.SimpleNamespace(**params, pairing="best-worst"), cfg)
+    with pytest.raises(PobenchError, match="my_online.kernel='hard'"):
+        OnlinePool(types.SimpleNamespace(**{**params, "kernel": "hard"}, pairing="kernel"), cfg)
+    OnlinePool(types.SimpleNamespace(**{**params, "kernel": "unused"}, pairing="best_worst"), cfg)   # no kernel

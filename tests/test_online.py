@@ -421,3 +421,31 @@ def test_a_copy_of_the_chosen_sample_is_not_its_negative(pairing):
     assert pairs[0].chosen == [5, 6] and pairs[0].rejected == [7]
     assert pairs[1].chosen == pairs[1].rejected == [5, 6]
     assert logged["sampler/identical_pair"] == 0.5
+
+
+def test_the_online_kernel_leans_to_the_negative_the_policy_rates_above_the_reference():
+    """OnMC-PO's kernel scores beta (log pi - log pi_ref) of each non-preferred sample: with argmax it draws the
+    sample the policy likes most *relative to the reference* (a hard negative), not the one it likes most, nor the
+    one it likes least; and softmax at a small tau leans the same way."""
+    import types
+
+    from pobench.data.tokenize import TokenizedPair
+    from pobench.sampling.online import OnlinePool
+    policy = {(30,): -1.0, (40,): -2.0, (50,): -3.0}       # the policy likes [30] most
+    reference = {(30,): -0.5, (40,): -4.0, (50,): -3.0}    # but [40] most above the reference (+2.0)
+
+    class Context(_KernelContext):
+        def policy_logps(self, seqs):
+            return torch.tensor([policy[tuple(c)] for _, c in seqs]), torch.ones(len(seqs), dtype=torch.long)
+
+        def lookup_sequences(self, seqs, device=None):
+            return torch.tensor([reference[tuple(c)] for _, c in seqs]), torch.ones(len(seqs), dtype=torch.long)
+
+    record = TokenizedPair([1], [10], [20])
+    for kernel, tau in (("argmax", 1.0), ("sample", 0.01)):
+        params = types.SimpleNamespace(include_dataset_chosen=False, pairing="kernel", kernel=kernel, tau=tau,
+                                       kernel_score="reward", beta=0.1)
+        sampler = OnlinePool(params, types.SimpleNamespace(seed=1))
+        sampler.pools[0] = [([[60], [30], [40], [50]], [5.0, 1.0, 1.0, 1.0], 0.0)]   # [60]: the preferred
+        pairs, logged = sampler([record], Context(0, 0))
+        assert (pairs[0].chosen, pairs[0].rejected) == ([60], [40]), kernel

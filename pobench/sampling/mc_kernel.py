@@ -35,6 +35,18 @@ def kernel_probs(scores: torch.Tensor, kernel: str, tau: float) -> torch.Tensor:
     return torch.softmax(scores / tau, dim=0)
 
 
+KERNELS = ("sample", "argmax", "uniform")
+KERNEL_SCORES = ("reward", "loglik", "loglik_mean")
+
+
+def check_kernel(params, algorithm: str) -> None:
+    """The kernel's settings, checked when the sampler is built: a plugin that reuses a kernel sampler without
+    `choices` for them would otherwise sample by softmax whatever it named (or fail at step 1)."""
+    for key, allowed in (("kernel", KERNELS), ("kernel_score", KERNEL_SCORES)):
+        if getattr(params, key) not in allowed:
+            raise PobenchError(f"{algorithm}.{key}={getattr(params, key)!r}: one of {', '.join(allowed)}")
+
+
 def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
     return int(torch.multinomial(probs, 1, generator=generator))
 
@@ -47,6 +59,7 @@ def entropy(probs: torch.Tensor) -> float:
 @register_sampler("mc_kernel")
 class MCKernel:
     def __init__(self, params, cfg):
+        check_kernel(params, getattr(cfg, "algorithm_name", "mcpo"))
         self.num_candidates = params.num_candidates
         self.kernel = params.kernel
         self.tau = params.tau
@@ -87,9 +100,8 @@ class MCKernel:
                 continue  # the chosen completion enters the pool only through include_chosen_in_pool
             items.append(candidate)
         items = items[:self.num_candidates]
+        # None where a candidate has no score: a generated pool scores its samples, not the dataset's rejected
         scores = [scores_by_text.get(tuple(c)) for c in items] if scores_by_text else None
-        if scores is not None and any(s is None for s in scores):
-            scores = None
         return items, scores
 
     def state_dict(self) -> dict:
@@ -172,10 +184,12 @@ class MCKernel:
                 pairs.append(pair)
                 drawn_scores.append(float(s[j]))
                 is_rejected.append(float(j == 0))
-                if rm_scores is not None and len(items) > 1:
-                    # rank of the drawn candidate by reward-model score: 0 = the pool's best, 1 = its worst
-                    order = sorted(range(len(items)), key=lambda i: -rm_scores[i])
-                    ranks.append(order.index(j) / (len(items) - 1))
+                scored = [i for i in range(len(items)) if rm_scores is not None and rm_scores[i] is not None]
+                if j in scored and len(scored) > 1:
+                    # rank of the drawn candidate by reward-model score among the pool's scored candidates:
+                    # 0 = the best, 1 = the worst
+                    order = sorted(scored, key=lambda i: -rm_scores[i])
+                    ranks.append(order.index(j) / (len(scored) - 1))
         metrics = {
             "sampler/pool_size": sum(len(items) for items, _ in pools) / len(pools),
             "sampler/kernel_entropy": sum(entropies) / len(entropies),

@@ -16,7 +16,10 @@ import time
 from pobench.errors import PobenchError
 from pobench.registry import register_sampler
 from pobench.sampling import pair_sequences, record_generator, record_seed
-from pobench.sampling.mc_kernel import draw, entropy, kernel_probs
+from pobench.sampling.mc_kernel import check_kernel, draw, entropy, kernel_probs
+
+
+PAIRINGS = ("kernel", "best_worst")    # the negative: drawn by the MC kernel, or the reward model's worst
 
 
 @register_sampler("online_pool")
@@ -29,6 +32,11 @@ class OnlinePool:
         if samples + bool(getattr(params, "include_dataset_chosen", False)) < 2:
             raise PobenchError(f"{cfg.algorithm_name}.num_candidates={samples} with include_dataset_chosen "
                                f"false leaves no negative beside the preferred sample: sample at least 2")
+        # checked here for a plugin that reuses this sampler without `choices` (its run would fail at step 1)
+        if getattr(params, "pairing", "kernel") not in PAIRINGS:
+            raise PobenchError(f"{cfg.algorithm_name}.pairing={params.pairing!r}: one of {', '.join(PAIRINGS)}")
+        if getattr(params, "pairing", "kernel") == "kernel":
+            check_kernel(params, getattr(cfg, "algorithm_name", "onmcpo"))
         self.params = params
         self.cfg = cfg
         self.pools: dict[int, tuple] = {}   # step -> per record (candidate ids, rm scores, dataset chosen score)
