@@ -232,6 +232,19 @@ def new_eval(win_rate: float, acc: float) -> dict:
             "held_out": {"final": {"eval/rewards/accuracies": acc, "eval/loss": 0.6}, "initial": {}, "pairs": 4}}
 
 
+def test_each_judge_is_named_with_its_own_accuracy(tmp_path):
+    """Per-seed auto judges: each with its held-out accuracy (names and accuracies were sorted apart, so the
+    line paired 'a' with b's accuracy)."""
+    for seed, (name, acc) in enumerate((("z-judge", 0.75), ("a-judge", 0.5)), 1):
+        ev = new_eval(0.5, 0.6)
+        ev["judge"] = {**ev["judge"], "name": name, "held_out_accuracy": acc}
+        write_run(tmp_path, "dpo", seed, [0.5, 0.6], eval_json=ev)
+    report, _, _ = build_report(tmp_path)
+    assert report["suites"][0]["judge_held_out_accuracy"] == {"a-judge": 0.5, "z-judge": 0.75}
+    md = to_markdown(sections(report))
+    assert "judge: a-judge, z-judge (reward_model, held-out pair accuracy a-judge 0.500, z-judge 0.750)" in md
+
+
 def test_reader_accepts_both_eval_forms_and_adds_the_initial_point(tmp_path):
     write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7])
     write_run(tmp_path, "simpo", 1, [0.5, 0.55, 0.6], eval_json=new_eval(0.62, 0.61))

@@ -68,11 +68,19 @@ def leaderboard(runs, chosen: dict, spreads: dict) -> list[dict]:
     return rows
 
 
+def judge_accuracies(runs) -> dict:
+    """{judge: its held-out pair accuracy} for the judges that recorded one (each judge's own, not sorted apart)."""
+    if "judge" not in runs or "judge_held_out_accuracy" not in runs:
+        return {}
+    return {str(j): float(a) for j, a in sorted(zip(runs["judge"], runs["judge_held_out_accuracy"]), key=str)
+            if j is not None and j == j and a is not None and a == a}
+
+
 def about(runs) -> dict:
     """Who judged and what scored: named with every table."""
     kinds = _unique(runs, "judge_kind")
     return {"judge": _unique(runs, "judge"), "judge_kind": kinds,
-            "judge_held_out_accuracy": _unique(runs, "judge_held_out_accuracy"),
+            "judge_held_out_accuracy": judge_accuracies(runs),
             "eval_set": _unique(runs, "eval_set"), "reference": _unique(runs, "reference_kind"),
             "lc_method": _unique(runs, "lc_method"), "length_unit": _unique(runs, "length_unit"),
             "pool_reward_model": _unique(runs, "reward_model"),

@@ -74,8 +74,13 @@ def fmt_point(p: float) -> str:
 def _judge_line(s: dict) -> str:
     if not s["judge"]:
         return "judge: none yet (held-out preference pairs only; `pobench eval` adds win rates, LC win rate, score, KL)"
-    accuracies = ", ".join(f"{float(a):.3f}" for a in s["judge_held_out_accuracy"])
-    acc = f", its held-out pair accuracy {accuracies}" if accuracies else ""
+    by_judge = s["judge_held_out_accuracy"]
+    if len(by_judge) == 1:
+        acc = f", its held-out pair accuracy {next(iter(by_judge.values())):.3f}"
+    elif by_judge:
+        acc = ", held-out pair accuracy " + ", ".join(f"{j} {a:.3f}" for j, a in by_judge.items())
+    else:
+        acc = ""
     return f"judge: {', '.join(s['judge'])} ({', '.join(s['judge_kind']) or 'kind not recorded'}{acc})"
 
 
