@@ -158,6 +158,36 @@ def test_eval_again_with_a_gold_judge_and_the_dataset_reference(finished_run, tm
     assert result["judge"]["held_out_agreement"]["pairs"] == 4
 
 
+def test_a_crash_while_evaluating_again_never_leaves_new_generations_under_the_old_result(finished_run, tmp_path,
+                                                                                          monkeypatch):
+    """eval.json names the judge generations.jsonl was judged by: killed after the new generations were written and
+    before the new eval.json, the run is left unevaluated (the last result kept as eval.previous.json), not with
+    the old judge's result beside the new judge's rows; the next evaluation completes and clears it."""
+    import test_eval_judges  # noqa: F401  registers gold:test-eval-length in this process
+
+    from pobench.cli import app
+    from pobench.engine import io
+    from pobench.eval import runner
+    finished_run = copy_run(finished_run, tmp_path)
+    old = (finished_run / "eval.json").read_text()
+    real = io.atomic_write_json
+
+    def killed_at_eval_json(path, data):
+        if Path(path).name == "eval.json":
+            raise KeyboardInterrupt("killed")
+        return real(path, data)
+    monkeypatch.setattr(io, "atomic_write_json", killed_at_eval_json)
+    args = ["eval", str(finished_run), "--judge", "gold:test-eval-length", "--num-prompts", "3"]
+    CliRunner().invoke(app, args)
+    assert not (finished_run / "eval.json").exists()
+    assert (finished_run / runner.PREVIOUS_EVAL).read_text() == old
+    assert {r["judge"] for r in rows(finished_run)} == {"gold:test-eval-length"}
+    monkeypatch.setattr(io, "atomic_write_json", real)
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert json.loads((finished_run / "eval.json").read_text())["judge"]["name"] == "gold:test-eval-length"
+    assert not (finished_run / runner.PREVIOUS_EVAL).exists()
+
+
 def test_eval_on_alpaca_eval_instructions_with_the_local_llm_judge(finished_run, tiny_model_dir, tmp_path):
     pytest.importorskip("alpaca_eval")
     from pobench.cli import app

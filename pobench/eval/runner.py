@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import time
 import types
 from pathlib import Path
@@ -28,6 +29,8 @@ from pobench.errors import PobenchError
 from pobench.data.records import records_digest
 from pobench.eval.alpaca_set import EvalItem
 from pobench.generation import SAMPLING_SCHEME, draw_settings
+
+PREVIOUS_EVAL = "eval.previous.json"   # a run's last eval.json while a new evaluation is being written
 
 
 # -- inputs -------------------------------------------------------------------------------------------------------
@@ -499,6 +502,12 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
                          "scores": row["scores"], "finished": o[0].finished, "output_tokens": len(o[0].token_ids),
                          "judge": judge_name, "judge_extra": row["judge_extra"]}, ensure_ascii=False)
              for i, (it, p, r, row, o) in enumerate(zip(items, policy_out, ref_out, rows, outs))]
+    # eval.json names the judge and settings that generations.jsonl was judged under: the old one steps aside first,
+    # so a crash before the new one is written leaves the run unevaluated (its last result kept beside it), never
+    # new generations under the old result
+    previous = run_dir / "eval.json"
+    if previous.exists():
+        os.replace(previous, run_dir / PREVIOUS_EVAL)
     atomic_write_text(run_dir / "generations.jsonl", "\n".join(lines) + "\n")
     if cfg.eval.eval_set == "alpaca_eval":
         generator = f"pobench-{cfg.suite}-{cfg.algorithm_name}-seed{cfg.seed}"
@@ -506,6 +515,7 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
         result["model_outputs"] = str(run_dir / "model_outputs.json")
     result["eval_time_s"] = round(time.time() - started, 1)
     atomic_write_json(run_dir / "eval.json", result)
+    (run_dir / PREVIOUS_EVAL).unlink(missing_ok=True)
     if progress and task is not None:
         progress.remove_task(task)
     return result
