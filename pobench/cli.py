@@ -114,7 +114,7 @@ def run(
     # Resolve and check everything before anything is written.
     from pobench.engine.lock import RunLock
     from pobench.engine.trainer import make_sampler
-    from pobench.eval.runner import check_eval_config
+    from pobench.eval.runner import check_auto_judge_records, check_eval_config
     from pobench.report.grid import check_point_applied, plan_grid
     grid_plan, budget_warning = plan_grid(grid, {n: algorithm_defaults(get_algorithm(n)) for n in algos})
     if budget_warning:
@@ -169,6 +169,8 @@ def run(
                 raise PobenchError(f"config key 'train.batch_size': {global_batch} records per step"
                                    f"{f' ({num_processes} processes)' if (num_processes or 1) > 1 else ''} is more than "
                                    f"the {len(datasets_by_key[key].train)} training records")
+            if not no_eval:
+                check_auto_judge_records(cfg, len(datasets_by_key[key].train), global_batch)
             sampler = make_sampler(algorithm, cfg)
             check_dataset_pools(cfg, sampler, datasets_by_key[key])
             if datasets_by_key[key].check_config:

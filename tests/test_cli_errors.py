@@ -106,6 +106,11 @@ CASES = {
     "batch_larger_than_the_data": (RUN + ["--set", "data.max_train_records=40", "--set", "train.batch_size=1e10"],
                                    None, ["config key 'train.batch_size': 10000000000 records per step",
                                           "more than the 40 training records"]),
+    # one pass over 16 records trains on the whole second half, which the default judge trains on: refused before
+    # training (it failed at evaluation, after the budget was spent, and the command's later runs were dropped)
+    "auto_judge_without_records": (["run", "--out", "out", "--model", "no-such-model", "--max-steps", "0", "--set",
+                                    "data.max_train_records=16"], None,
+                                   ["eval.judge auto:", "train on every one of the 8 records the judge would train on"]),
     "not_a_device": (RUN + ["--set", "model.device=banana"], None, ["config key 'model.device'", "'banana'"]),
     "mcpo_dataset_pool_without_pools": (RUN + ["--algo", "dpo,mcpo", "--set", "pool.source=dataset"], None,
                                         ["mcpo: pool.source=dataset", "harmless-base-test-2000.jsonl.gz carries no "

@@ -279,6 +279,21 @@ def run_training_indices(cfg, n_train: int, run_dir: Path) -> set[int]:
     return set(data_order(n_train, cfg.seed, steps, max(1, seen // steps)))
 
 
+def check_auto_judge_records(cfg, n_train: int, global_batch: int) -> None:
+    """Before training: `eval.judge auto` trains on the second half of the training records the run does not
+    touch; a budget that touches all of them would fail only at evaluation, after the training was spent."""
+    if cfg.eval.judge != "auto" or cfg.eval.eval_set != "held_out":
+        return
+    from pobench.engine.trainer import data_order
+    steps = cfg.train.max_steps or max(1, n_train // global_batch)      # as the trainer reads it
+    used = set(data_order(n_train, cfg.seed, steps, global_batch))
+    half = n_train // 2
+    if all(i in used for i in range(half, n_train)):
+        raise PobenchError(f"eval.judge auto: {steps} steps of {global_batch} records train on every one of the "
+                           f"{n_train - half} records the judge would train on (the second half of the training "
+                           f"records); pass --judge rm:<folder> or gold:<name>, fewer train.max_steps, or --no-eval")
+
+
 def auto_judge_model(cfg, suite_data, used: set[int], cache_dir: Path, progress=None) -> tuple[str, dict]:
     """A MiniLM Bradley-Terry reward model trained on the second half of the training records minus every
     record the run trained on, so the policy is never graded by a model of its own training pairs. Runs with
