@@ -333,13 +333,21 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
                 continue
             data = datasets_by_key[_data_key(cfg)]
             run_dir.mkdir(parents=True, exist_ok=True)
+            from pobench.models import pick_device
+            env = environment_info(pick_device(cfg.model.device))
+            # A resumed run keeps the files it started with (its config and records were checked equal above; its
+            # env.json names the software that trained its first steps) and adds this environment once it has
+            # trained: a resume refused by a damaged checkpoint changes nothing.
+            resuming = resume and (run_dir / "env.json").is_file()
             with _discard_if_unstarted(run_dir), out_of_memory_as_error(str(run_dir), cfg):
-                atomic_write_text(run_dir / "config.yaml", dump(cfg))
-                atomic_write_json(run_dir / "data.json", data.report)
-                from pobench.models import pick_device
-                atomic_write_json(run_dir / "env.json", environment_info(pick_device(cfg.model.device)))
+                if not resuming:
+                    atomic_write_text(run_dir / "config.yaml", dump(cfg))
+                    atomic_write_json(run_dir / "data.json", data.report)
+                    atomic_write_json(run_dir / "env.json", env)
                 summary = train(cfg, algorithm, data, run_dir, out / ".cache", resume=resume, progress=progress,
                                 tokenized=tokenized)
+            if resuming:
+                _record_resume(run_dir, env, cfg)
             if not no_eval:  # generate, judge, metrics -> eval.json + generations.jsonl (pobench/eval/runner.py)
                 from pobench.eval.runner import evaluate_run
                 with out_of_memory_as_error(f"{run_dir} (evaluation)", cfg):
@@ -349,6 +357,23 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
     _print_summary(summaries, time.time() - started)
     from pobench.report.command import print_leaderboard
     print_leaderboard(out, {cfg.suite for _, cfg, _, _ in plans})
+
+
+def _record_resume(run_dir: Path, env: dict, cfg) -> None:
+    """Adds a finished resume to env.json's `resumed` list: its environment and the settings a resume may change
+    (config.yaml keeps the ones the run started with). A damaged env.json is left as it is."""
+    from pobench import config as C
+    from pobench.engine.io import atomic_write_json
+    from pobench.report.collect import read_json
+    try:
+        started = read_json(run_dir / "env.json")
+    except PobenchError:
+        return
+    if not isinstance(started, dict):
+        return
+    flat = C.flatten(cfg.to_dict())
+    entry = {**env, "settings": {k: flat.get(k) for k in C.RESUMABLE_CHANGES}}
+    atomic_write_json(run_dir / "env.json", {**started, "resumed": [*(started.get("resumed") or []), entry]})
 
 
 def _print_summary(summaries: list[tuple[str, dict]], wall: float) -> None:

@@ -322,3 +322,47 @@ def test_a_damaged_checkpoint_is_named(tmp_path, damage):
     path.write_bytes(text if text is not None else path.read_bytes()[:40])
     with pytest.raises(PobenchError, match=f"{file}: .*damaged checkpoint"):
         load_checkpoint(folder, model, optimizer, scheduler)
+
+
+def test_a_resume_keeps_the_runs_env_json_and_adds_itself_once_it_has_trained(tmp_path, tiny_model_dir, monkeypatch):
+    """env.json names the software that trained a run's first steps. --resume rewrote it before anything was
+    checked, so a resume refused by a damaged checkpoint (exit 2) still changed it, and a successful one lost
+    the first environment. Now the first stays, and each finished resume is appended under `resumed`."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from pobench import faults
+    from pobench.cli import app
+
+    class Killed(BaseException):
+        pass
+
+    def kill():
+        raise Killed()
+    monkeypatch.setattr(faults, "kill_now", kill)
+    monkeypatch.setattr(faults, "_reached", faults.Counter())
+    out = tmp_path / "out"
+    args = ["run", "--algo", "dpo", "--model", str(tiny_model_dir), "--data", "sample", "--max-steps", "3", "--out",
+            str(out), "--no-eval", "--set", "train.save_every=1", "--set", "data.max_train_records=16", "--set",
+            "data.eval_size=4", "--set", "train.batch_size=2"]
+    monkeypatch.setenv("POBENCH_KILL_AT", "step:2")
+    with pytest.raises(Killed):
+        CliRunner().invoke(app, args, catch_exceptions=False)
+    monkeypatch.delenv("POBENCH_KILL_AT")
+    folder = out / "hh-rlhf" / "dpo" / "seed1"
+    first = (folder / "env.json").read_text()
+    checkpoint = folder / "checkpoints" / "latest"
+    shutil.copytree(checkpoint, tmp_path / "kept")
+    (checkpoint / "optimizer.pt").write_bytes((checkpoint / "optimizer.pt").read_bytes()[:40])
+    refused = CliRunner().invoke(app, args + ["--resume"])   # the CLI's entry point makes this error exit 2
+    assert isinstance(refused.exception, PobenchError) and "optimizer.pt" in str(refused.exception)
+    assert (folder / "env.json").read_text() == first
+    shutil.rmtree(checkpoint)
+    shutil.copytree(tmp_path / "kept", checkpoint)
+    resumed = CliRunner().invoke(app, args + ["--resume", "--set", "train.log_every=2"])
+    assert resumed.exit_code == 0, resumed.output
+    env = json.loads((folder / "env.json").read_text())
+    assert {k: v for k, v in env.items() if k != "resumed"} == json.loads(first)
+    assert len(env["resumed"]) == 1 and env["resumed"][0]["pobench"] == env["pobench"]   # in process: argv is pytest's
+    assert env["resumed"][0]["settings"]["train.log_every"] == 2
