@@ -366,3 +366,24 @@ def test_a_resume_keeps_the_runs_env_json_and_adds_itself_once_it_has_trained(tm
     assert {k: v for k, v in env.items() if k != "resumed"} == json.loads(first)
     assert len(env["resumed"]) == 1 and env["resumed"][0]["pobench"] == env["pobench"]   # in process: argv is pytest's
     assert env["resumed"][0]["settings"]["train.log_every"] == 2
+
+
+def test_a_metrics_value_or_resume_counter_of_the_wrong_type_is_named(tmp_path):
+    """metrics.jsonl's values are numbers: a string one was a TypeError or ValueError deep in the report (exit 1,
+    no file named). state.json's counters are what a resume adds to: a missing one was a KeyError."""
+    from pobench.engine.checkpoint import check_resumable_state
+    from pobench.report.collect import read_metrics
+    path = tmp_path / "metrics.jsonl"
+    good = {"step": 1, "pairs_seen": 2, "records_seen": 2, "loss": 0.69, "eval/loss": None}
+    path.write_text(json.dumps(good) + "\n")
+    assert read_metrics(path) == [good]
+    for key, value in (("records_seen", "x"), ("eval/rewards/accuracies", "x"), ("loss", True)):
+        path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "step": 2, key: value}) + "\n")
+        with pytest.raises(PobenchError, match=f"metrics.jsonl:2: '{key}' must be a number, got {value!r}"):
+            read_metrics(path)
+    state = {"step": 3, "pairs_seen": 6, "records_seen": 6, "time_s": 1.5}
+    check_resumable_state(state, tmp_path)
+    for key, value in (("pairs_seen", None), ("time_s", "1.5"), ("records_seen", 6.0)):
+        broken = {k: v for k, v in {**state, key: value}.items() if v is not None}
+        with pytest.raises(PobenchError, match=f"state.json: '{key}' must be a number"):
+            check_resumable_state(broken, tmp_path)

@@ -110,6 +110,17 @@ def read_state(path: Path) -> dict:
     return state
 
 
+RESUMED_COUNTERS = (("pairs_seen", int), ("records_seen", int), ("time_s", (int, float)))   # a resume adds to them
+
+
+def check_resumable_state(state: dict, checkpoint: Path) -> None:
+    """The counters a resumed run continues from, present and numbers (a damaged state.json was a KeyError)."""
+    for key, kind in RESUMED_COUNTERS:
+        if isinstance(state.get(key), bool) or not isinstance(state.get(key), kind):
+            raise PobenchError(f"{Path(checkpoint) / 'state.json'}: '{key}' must be a number, got "
+                               f"{state.get(key)!r}: {_DAMAGED}")
+
+
 def read_weights(path: Path) -> dict:
     """A checkpoint's trainable.safetensors; a damaged one is an error naming the file."""
     file = Path(path) / "trainable.safetensors"

@@ -22,7 +22,7 @@ from pobench.config import RunConfig
 from pobench.data import SuiteData
 from pobench.data.tokenize import ChatFormatter, TokenizedPair, encode_completion, tokenize_record, truncation_counts
 from pobench.engine import distributed as D
-from pobench.engine.checkpoint import (find_checkpoint, load_checkpoint, load_sampler_states, read_state,
+from pobench.engine.checkpoint import (check_resumable_state, find_checkpoint, load_checkpoint, load_sampler_states, read_state,
                                        save_checkpoint)
 from pobench.engine.io import MetricsLog, atomic_write_json
 from pobench.engine.loggers import Trackers
@@ -534,6 +534,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
             raise PobenchError(f"{run_dir}: --resume under {world} process(es), but the run was started under "
                                f"{saved_world}; resume it with --num-processes {saved_world}")
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        check_resumable_state(state, checkpoint)
         sampler_states = load_sampler_states(checkpoint)
         if hasattr(sampler, "load_state_dict") and sampler_states and len(sampler_states) == world:
             sampler.load_state_dict(sampler_states[rank])   # this rank's, for its own records

@@ -85,7 +85,16 @@ def read_summary(path: Path) -> dict:
 
 
 def read_metrics(path: Path) -> list[dict]:
-    return [row for _, row in read_jsonl(path, "pairs_seen")] if path.exists() else []
+    """metrics.jsonl's rows; every value a number (or null), as the trainer writes them."""
+    if not path.exists():
+        return []
+    rows = []
+    for line, row in read_jsonl(path, "pairs_seen"):
+        for key, v in row.items():
+            if v is not None and not is_number(v):
+                raise PobenchError(f"{path}:{line}: '{key}' must be a number, got {v!r}")
+        rows.append(row)
+    return rows
 
 
 def grid_point_of(run_dir: Path, algo: str) -> str:
