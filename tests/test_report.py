@@ -517,6 +517,16 @@ def test_against_dpo_differences_are_paired_by_seed_and_prompt(tmp_path):
     assert math.isnan(table.loc["dpo", "vs_win_rate_mean"])
 
 
+def test_a_per_prompt_row_over_fewer_seeds_says_so(tmp_path):
+    """The per-prompt difference pairs the seeds whose runs both have generations.jsonl; with one missing, the row
+    says over how many seeds it is (it read as all of the table's seeds)."""
+    root = seeded_results(tmp_path)
+    (root / "hh-rlhf" / "dpo" / "seed2" / "generations.jsonl").unlink()
+    row = build_report(root)[0]["suites"][0]["versus"]["rows"][0]
+    assert row["prompt_paired"] is not None and row["seeds"] == [1, 2, 3]
+    assert "per prompt: 2 of the 3 seeds (the others have no generations.jsonl on one side)" in row["unlike_baseline"]
+
+
 def test_against_dpo_corrects_for_comparing_several_algorithms(tmp_path):
     """Three algorithms against DPO: 'maybe' is better at p = 0.029 on its own (`*`), which Holm's correction over
     the three (p x 2 for the second smallest) no longer calls a difference; 'sure' (p = 0.00013) keeps its `†`."""

@@ -292,7 +292,11 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
             for s in seeds:
                 unlike += [d for d in differences(mine[s], base[s], tuned) if d not in unlike]
             generations = [(read_generations(mine[s]["run_dir"]), read_generations(base[s]["run_dir"])) for s in seeds]
-            paired, notes = prompt_paired([(a, b) for a, b in generations if a is not None and b is not None])
+            judged = [(a, b) for a, b in generations if a is not None and b is not None]
+            paired, notes = prompt_paired(judged)
+            if paired is not None and len(judged) < len(seeds):
+                notes.append(f"per prompt: {len(judged)} of the {len(seeds)} seeds (the others have no "
+                             f"generations.jsonl on one side)")
             row["prompt_paired"] = paired
             row["head_to_head"], stale = head_to_head([(mine[s], base[s], g) for s, g in zip(seeds, generations)])
             notes += stale
