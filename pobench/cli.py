@@ -164,12 +164,13 @@ def run(
             datasets_by_key[key] = load_suite_data(cfg.data, cfg.seed)
             console.print(describe_loaded(datasets_by_key[key].report), highlight=False, markup=False)
         if not done:
-            global_batch = cfg.train.batch_size * (num_processes or 1)
+            world = planned_world(num_processes, launch_config)
+            global_batch = cfg.train.batch_size * (world or 1)
             if global_batch > len(datasets_by_key[key].train):   # every step would repeat records (or never end)
                 raise PobenchError(f"config key 'train.batch_size': {global_batch} records per step"
-                                   f"{f' ({num_processes} processes)' if (num_processes or 1) > 1 else ''} is more than "
+                                   f"{f' ({world} processes)' if (world or 1) > 1 else ''} is more than "
                                    f"the {len(datasets_by_key[key].train)} training records")
-            if not no_eval:
+            if not no_eval and world:
                 check_auto_judge_records(cfg, len(datasets_by_key[key].train), global_batch)
             sampler = make_sampler(algorithm, cfg)
             check_dataset_pools(cfg, sampler, datasets_by_key[key])
@@ -339,6 +340,7 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
             # env.json names the software that trained its first steps) and adds this environment once it has
             # trained: a resume refused by a damaged checkpoint changes nothing.
             resuming = resume and (run_dir / "env.json").is_file()
+            trains = not (run_dir / "train_summary.json").is_file()   # not a finished run resumed to evaluate
             with _discard_if_unstarted(run_dir), out_of_memory_as_error(str(run_dir), cfg):
                 if not resuming:
                     atomic_write_text(run_dir / "config.yaml", dump(cfg))
@@ -346,7 +348,7 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
                     atomic_write_json(run_dir / "env.json", env)
                 summary = train(cfg, algorithm, data, run_dir, out / ".cache", resume=resume, progress=progress,
                                 tokenized=tokenized)
-            if resuming:
+            if resuming and trains:
                 _record_resume(run_dir, env, cfg)
             if not no_eval:  # generate, judge, metrics -> eval.json + generations.jsonl (pobench/eval/runner.py)
                 from pobench.eval.runner import evaluate_run
@@ -357,6 +359,16 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
     _print_summary(summaries, time.time() - started)
     from pobench.report.command import print_leaderboard
     print_leaderboard(out, {cfg.suite for _, cfg, _, _ in plans})
+
+
+def planned_world(num_processes: int | None, launch_config: str | None) -> int | None:
+    """The processes the runs will train under, as the trainer will count them: inside a launch the launcher's;
+    before one, --num-processes, or None where only a launch preset names it (the world-dependent checks then
+    wait for the launched processes, which plan again)."""
+    from pobench.engine.distributed import inside_launch, launched_world_size
+    if inside_launch():
+        return launched_world_size()
+    return num_processes or (None if launch_config else 1)
 
 
 def _record_resume(run_dir: Path, env: dict, cfg) -> None:

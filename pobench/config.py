@@ -509,6 +509,9 @@ def changed_keys(saved: dict, cfg: RunConfig) -> list[str]:
     """'key: saved value -> new value' for every key where a run's saved config.yaml and `cfg` differ, but for
     RESUMABLE_CHANGES."""
     old, new = flatten(saved), flatten(cfg.to_dict())
+    # a key the saved config lacks was added to pobench after the run started: its default is what the run had
+    defaults = flatten(RunConfig().to_dict())
+    old = {**{k: v for k, v in defaults.items() if k not in old and k in new}, **old}
     return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k) and k not in RESUMABLE_CHANGES]
 

@@ -185,7 +185,7 @@ def model_fingerprint(path: str) -> str:
 
 def hub_commit(repo_id: str) -> str | None:
     """The commit the local hub cache's `main` points to for a hub model id, or None (not a hub id, not cached)."""
-    if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
+    if repo_id.count("/") > 1 or repo_id.startswith((".", "/", "~")):   # org/name, or a bare name as gpt2
         return None
     try:
         from huggingface_hub import constants

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -36,8 +37,8 @@ def register_algorithm(name: str):
             raise PobenchError(f"{where}: `sampler` must name a registered sampler (a string such as 'dataset_pair')")
         if not callable(getattr(cls, "loss", None)):
             raise PobenchError(f"{where}: it has no `loss(self, policy, reference, cfg)` method")
-        if not isinstance(getattr(cls, "needs_reference", None), bool):
-            raise PobenchError(f"{where}: `needs_reference` must be True or False (whether its loss reads the "
+        if not hasattr(cls, "needs_reference") or isinstance(inspect.getattr_static(cls, "needs_reference"), property):
+            raise PobenchError(f"{where}: it has no `needs_reference` class attribute (True when its loss reads the "
                                f"reference model's log-probs)")
         cls.name = name
         _defaults_yaml(cls)   # its defaults block must read, now rather than mid-run

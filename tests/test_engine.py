@@ -588,7 +588,7 @@ class NoFlag:
     sampler = "dataset_pair"
     def loss(self, policy, reference, cfg):
         pass
-''', "algorithm 'no_reference_flag_algo' ({file}): `needs_reference` must be True or False"),
+''', "algorithm 'no_reference_flag_algo' ({file}): it has no `needs_reference` class attribute"),
     "bad_defaults": ('''
 from pobench.registry import register_algorithm
 @register_algorithm("bad_defaults_algo")

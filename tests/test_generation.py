@@ -549,6 +549,21 @@ def test_reject_searches_where_it_would_take_too_many_tries():
     assert draw_settings(GenerationConfig(top_p_method="reject")) == {"top_p_method": "reject"}
 
 
+def test_select_is_the_sort_where_the_step_is_traced(model, tokenizer, prompts, monkeypatch):
+    """model.top_p_method=select with compiled decoding (or CUDA graphs) was a ValueError from the decoder, after
+    training: the backend leaves the choice to the decoder there, which takes the sort (the same nucleus)."""
+    from pobench.generation.static import DecoderPool
+    asked = []
+    real = DecoderPool.get
+    monkeypatch.setattr(DecoderPool, "get", lambda self, *a, **kw: asked.append(kw["top_p_method"]) or real(
+        self, *a, **kw))
+    backend = get_backend("transformers", model, tokenizer)
+    cfg = dict(n=1, temperature=1.0, top_p=0.9, max_new_tokens=2, fast="on")
+    backend.generate(prompts, GenerationConfig(top_p_method="select", **cfg))
+    backend.generate(prompts, GenerationConfig(top_p_method="reject", **cfg))
+    assert asked == [None, "reject"]
+
+
 def test_mix32_is_lowbias32():
     from pobench.generation.static import mix32
 

@@ -95,6 +95,7 @@ def test_a_hub_models_fingerprint_follows_the_commit_its_cache_holds(tmp_path, m
     from huggingface_hub import constants
 
     from pobench.models import hub_commit, model_fingerprint
+    uncached_other = model_fingerprint("org/other")           # before the cache is pointed at tmp_path
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     uncached = model_fingerprint("org/name")
     assert hub_commit("org/name") is None
@@ -105,5 +106,9 @@ def test_a_hub_models_fingerprint_follows_the_commit_its_cache_holds(tmp_path, m
     assert hub_commit("org/name") == "a" * 40 and first != uncached
     ref.write_text("b" * 40)
     assert model_fingerprint("org/name") not in (first, uncached)
-    assert model_fingerprint("org/other") == model_fingerprint("org/other")          # uncached: stable by name
+    assert model_fingerprint("org/other") == uncached_other                          # uncached: by name, as before
+    bare = tmp_path / "models--gpt2" / "refs" / "main"                               # a hub id without an org
+    bare.parent.mkdir(parents=True)
+    bare.write_text("c" * 40)
+    assert hub_commit("gpt2") == "c" * 40
     assert hub_commit("gold:test-length") is None and hub_commit("./a/b") is None     # not hub ids

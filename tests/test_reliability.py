@@ -387,3 +387,30 @@ def test_a_metrics_value_or_resume_counter_of_the_wrong_type_is_named(tmp_path):
         broken = {k: v for k, v in {**state, key: value}.items() if v is not None}
         with pytest.raises(PobenchError, match=f"state.json: '{key}' must be a number"):
             check_resumable_state(broken, tmp_path)
+
+
+def test_checks_before_training_count_the_processes_the_trainer_will(monkeypatch):
+    """Inside `accelerate launch` (WORLD_SIZE set) without --num-processes, the checks counted one process while the
+    trainer counts the launch's: a valid run was refused by the auto judge's check, and an invalid one let through."""
+    from pobench.cli import planned_world
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert planned_world(None, None) == 1 and planned_world(4, None) == 4
+    assert planned_world(None, "fsdp") is None                   # only the preset knows: checked inside the launch
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert planned_world(None, None) == 8 and planned_world(None, "fsdp") == 8
+
+
+def test_old_runs_resume_and_plugins_may_log_their_own_values(tmp_path):
+    """A run whose config.yaml predates a config key resumes (the key's default is what it ran with); a sampler's
+    own metric may be a flag, which the report leaves alone."""
+    from pobench.config import RunConfig, changed_keys
+    from pobench.report.collect import read_metrics
+    saved = RunConfig().to_dict()
+    del saved["model"]["top_p_method"]
+    assert changed_keys(saved, RunConfig()) == []
+    changed = RunConfig()
+    changed.model.top_p_method = "reject"
+    assert changed_keys(saved, changed) == ["model.top_p_method 'auto' -> 'reject'"]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 1, "pairs_seen": 2, "sampler/refreshed": True, "sampler/note": "x"}) + "\n")
+    assert read_metrics(path)[0]["sampler/refreshed"] is True

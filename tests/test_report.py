@@ -240,9 +240,14 @@ def test_each_judge_is_named_with_its_own_accuracy(tmp_path):
         ev["judge"] = {**ev["judge"], "name": name, "held_out_accuracy": acc}
         write_run(tmp_path, "dpo", seed, [0.5, 0.6], eval_json=ev)
     report, _, _ = build_report(tmp_path)
-    assert report["suites"][0]["judge_held_out_accuracy"] == {"a-judge": 0.5, "z-judge": 0.75}
+    assert report["suites"][0]["judge_held_out_accuracy"] == {"a-judge": [0.5], "z-judge": [0.75]}
     md = to_markdown(sections(report))
     assert "judge: a-judge, z-judge (reward_model, held-out pair accuracy a-judge 0.500, z-judge 0.750)" in md
+    ev = new_eval(0.5, 0.6)
+    ev["judge"] = {**ev["judge"], "name": "b-judge", "held_out_accuracy": None}
+    write_run(tmp_path, "dpo", 3, [0.5, 0.6], eval_json=ev)                 # a judge without an accuracy
+    md = to_markdown(sections(build_report(tmp_path)[0]))
+    assert "judge: a-judge, b-judge, z-judge (reward_model, held-out pair accuracy a-judge 0.500, z-judge 0.750)" in md
 
 
 def test_reader_accepts_both_eval_forms_and_adds_the_initial_point(tmp_path):
@@ -921,7 +926,8 @@ def test_top_p_methods_that_draw_alike_are_no_difference():
     is not flagged; "reject" draws others and is."""
     from pobench.report.versus import differences
 
-    def run(method):
-        return {"config": {"model": {"top_p_method": method}}}
+    def run(method, top_p=0.95):
+        return {"config": {"model": {"top_p_method": method}, "pool": {"temperature": 0.8, "top_p": top_p}}}
     assert differences(run("radix"), run("auto")) == []
     assert differences(run("reject"), run("auto")) == ["model.top_p_method 'reject' vs 'auto'"]
+    assert differences(run("reject", top_p=1.0), run("auto", top_p=1.0)) == []    # no nucleus: nothing rejected

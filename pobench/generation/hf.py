@@ -244,7 +244,9 @@ class TransformersBackend:
         input_ids, attention_mask = left_pad(rows, self.pad_id, multiple=prompt_rounding(cfg))
         decoder = self._decoders.get(self.model, len(rows), input_ids.shape[1], cfg.max_new_tokens, self.eos_ids,
                                      self.pad_id, cfg.temperature, cfg.top_p, compile_step=cfg.compile,
-                                     top_p_method=None if cfg.top_p_method == "auto" else cfg.top_p_method)
+                                     # "select" asks the host, which a CUDA graph or compiled step cannot: there
+                                     # the decoder picks the sort, whose nucleus is the same
+                                     top_p_method=None if cfg.top_p_method in ("auto", "select") else cfg.top_p_method)
         return decoder.generate(input_ids, attention_mask, keys)
 
     def _completion(self, ids: list[int]) -> Completion:

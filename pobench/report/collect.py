@@ -84,14 +84,20 @@ def read_summary(path: Path) -> dict:
     return summary
 
 
+# metrics.jsonl keys the report reads as numbers (a sampler's own `sampler/*` values are the plugin's business)
+NUMERIC_METRICS = ("step", "pairs_seen", "records_seen", "time_s", "loss")
+NUMERIC_METRIC_PREFIXES = ("eval/", "rewards/", "logps/")
+
+
 def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl's rows; every value a number (or null), as the trainer writes them."""
+    """metrics.jsonl's rows; the values the report reads are numbers (or null), as the trainer writes them."""
     if not path.exists():
         return []
     rows = []
     for line, row in read_jsonl(path, "pairs_seen"):
         for key, v in row.items():
-            if v is not None and not is_number(v):
+            numeric = key in NUMERIC_METRICS or key.startswith(NUMERIC_METRIC_PREFIXES)
+            if numeric and v is not None and not is_number(v):
                 raise PobenchError(f"{path}:{line}: '{key}' must be a number, got {v!r}")
         rows.append(row)
     return rows

@@ -69,11 +69,15 @@ def leaderboard(runs, chosen: dict, spreads: dict) -> list[dict]:
 
 
 def judge_accuracies(runs) -> dict:
-    """{judge: its held-out pair accuracy} for the judges that recorded one (each judge's own, not sorted apart)."""
+    """{judge: its held-out pair accuracies (one, unless a judge of that name was retrained)} for the judges that
+    recorded one: each judge's own, not sorted apart from the names."""
     if "judge" not in runs or "judge_held_out_accuracy" not in runs:
         return {}
-    return {str(j): float(a) for j, a in sorted(zip(runs["judge"], runs["judge_held_out_accuracy"]), key=str)
-            if j is not None and j == j and a is not None and a == a}
+    out: dict = {}
+    for j, a in zip(runs["judge"], runs["judge_held_out_accuracy"]):
+        if j is not None and j == j and a is not None and a == a:
+            out.setdefault(str(j), set()).add(float(a))
+    return {j: sorted(out[j]) for j in sorted(out)}
 
 
 def about(runs) -> dict:

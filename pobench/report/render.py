@@ -74,11 +74,11 @@ def fmt_point(p: float) -> str:
 def _judge_line(s: dict) -> str:
     if not s["judge"]:
         return "judge: none yet (held-out preference pairs only; `pobench eval` adds win rates, LC win rate, score, KL)"
-    by_judge = s["judge_held_out_accuracy"]
-    if len(by_judge) == 1:
-        acc = f", its held-out pair accuracy {next(iter(by_judge.values())):.3f}"
-    elif by_judge:
-        acc = ", held-out pair accuracy " + ", ".join(f"{j} {a:.3f}" for j, a in by_judge.items())
+    by_judge = {j: "/".join(f"{a:.3f}" for a in accs) for j, accs in s["judge_held_out_accuracy"].items()}
+    if len(s["judge"]) == 1 and by_judge:
+        acc = f", its held-out pair accuracy {next(iter(by_judge.values()))}"
+    elif by_judge:     # named: some judges may have recorded none
+        acc = ", held-out pair accuracy " + ", ".join(f"{j} {a}" for j, a in by_judge.items())
     else:
         acc = ""
     return f"judge: {', '.join(s['judge'])} ({', '.join(s['judge_kind']) or 'kind not recorded'}{acc})"

@@ -37,9 +37,21 @@ HOW_COMPUTED = ("seed", "description", "train.batch_size", "train.grad_accum", "
                 "model.gradient_checkpointing", "model.compile", "model.compile_decoding", "eval.batch_size",
                 "eval.bootstrap", "eval.judge_decoder", "eval.judge_check_pairs")
 FREE_CONFIG = HOW_COMPUTED + ("algorithm.", "algorithm_name", "suite", "train.lr", "pool.")
-# keys whose values name several ways to the same draws: compared by what they draw (the nucleus searches make the
-# same tokens; "reject" others)
-DRAWS_ALIKE = {"model.top_p_method": lambda v: "reject" if v == "reject" else "a nucleus search"}
+def top_p_draws(method, config: dict) -> str:
+    """What model.top_p_method draws in a run of this (flattened) config: "reject" only where it draws by rejection
+    (pool or evaluation sampling with a nucleus, on the transformers backend: pobench.generation.rejects); the
+    nucleus searches, and "reject" anywhere else, make the same tokens."""
+    from pobench.generation import rejects
+    if method == "reject":
+        pool = config.get("pool.backend", "transformers") == "transformers" and \
+            rejects(config.get("pool.temperature", 0.8), config.get("pool.top_p", 0.95))
+        if pool or rejects(config.get("eval.temperature", 0.0), config.get("eval.top_p", 1.0)):
+            return "reject"
+    return "a nucleus search"
+
+
+# keys whose values name several ways to the same draws: compared by what they draw
+DRAWS_ALIKE = {"model.top_p_method": top_p_draws}
 # the pool keys that must be equal, by what both runs' samplers use: a stored pool (source), a generated one (how it
 # was drawn and labelled), samples drawn during training (OnMC-PO, online DPO: how they are drawn and labelled)
 SAMPLE_KEYS = {
@@ -97,8 +109,8 @@ def differences(run: dict, base: dict, tuned: tuple = (), free_config: tuple = F
     if _present(run.get("data_digest")) and run.get("data_digest") == base.get("data_digest"):
         free += ("data.",)
     for key in sorted(set(mine) & set(theirs)):
-        alike = DRAWS_ALIKE.get(key, lambda v: v)
-        if (not _kept(key, free) or _kept(key, pool_keys)) and alike(mine[key]) != alike(theirs[key]):
+        alike = DRAWS_ALIKE.get(key, lambda v, _: v)
+        if (not _kept(key, free) or _kept(key, pool_keys)) and alike(mine[key], mine) != alike(theirs[key], theirs):
             out.append(f"{key} {mine[key]!r} vs {theirs[key]!r}")
     for column, label in SAME_RESULT:
         a, b = run.get(column), base.get(column)
