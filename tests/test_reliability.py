@@ -377,6 +377,9 @@ def test_a_metrics_value_or_resume_counter_of_the_wrong_type_is_named(tmp_path):
     good = {"step": 1, "pairs_seen": 2, "records_seen": 2, "loss": 0.69, "eval/loss": None}
     path.write_text(json.dumps(good) + "\n")
     assert read_metrics(path) == [good]
+    path.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")     # `head -1 metrics.jsonl >> metrics.jsonl`
+    with pytest.raises(PobenchError, match="metrics.jsonl:2: step 1 after step 1"):
+        read_metrics(path)
     for key, value in (("records_seen", "x"), ("eval/rewards/accuracies", "x"), ("loss", True)):
         path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "step": 2, key: value}) + "\n")
         with pytest.raises(PobenchError, match=f"metrics.jsonl:2: '{key}' must be a number, got {value!r}"):

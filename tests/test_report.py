@@ -931,3 +931,16 @@ def test_top_p_methods_that_draw_alike_are_no_difference():
     assert differences(run("radix"), run("auto")) == []
     assert differences(run("reject"), run("auto")) == ["model.top_p_method 'reject' vs 'auto'"]
     assert differences(run("reject", top_p=1.0), run("auto", top_p=1.0)) == []    # no nucleus: nothing rejected
+
+
+@pytest.mark.parametrize("content", ["null", "[]", "{}"])
+def test_an_empty_or_null_eval_json_is_damaged_not_absent(tmp_path, content):
+    """An eval.json holding null, [] or {} read as a run never evaluated ([1/2] in the tables): it is a broken
+    file, named as such; a missing eval.json is still a run not evaluated yet."""
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6], eval_json=new_eval(0.5, 0.6))
+    write_run(tmp_path, "dpo", 2, [0.5, 0.6], eval_json=new_eval(0.5, 0.6))
+    (run / "eval.json").write_text(content)
+    with pytest.raises(PobenchError, match=f"seed1/eval.json: expected a JSON object with the evaluation"):
+        collect(tmp_path)
+    (run / "eval.json").unlink()
+    assert len(collect(tmp_path)[0]) == 2

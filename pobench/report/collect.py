@@ -99,6 +99,10 @@ def read_metrics(path: Path) -> list[dict]:
             numeric = key in NUMERIC_METRICS or key.startswith(NUMERIC_METRIC_PREFIXES)
             if numeric and v is not None and not is_number(v):
                 raise PobenchError(f"{path}:{line}: '{key}' must be a number, got {v!r}")
+        # the trainer logs each step once, in order (a resume cuts the rows after its checkpoint first)
+        if rows and is_number(row.get("step")) and is_number(rows[-1].get("step")) and row["step"] <= rows[-1]["step"]:
+            raise PobenchError(f"{path}:{line}: step {row['step']} after step {rows[-1]['step']} (a repeated or "
+                               f"out-of-order row)")
         rows.append(row)
     return rows
 
@@ -227,8 +231,11 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     summary = read_summary(run_dir / "train_summary.json")
     config_path = run_dir / "config.yaml"
     config = read_yaml(config_path) if config_path.exists() else {}   # one line naming the file and line if damaged
-    raw_eval = read_json(run_dir / "eval.json", required=False)
-    ev = eval_fields(raw_eval, run_dir / "eval.json")
+    eval_path = run_dir / "eval.json"
+    raw_eval = read_json(eval_path, required=False)
+    if eval_path.exists() and not (isinstance(raw_eval, dict) and raw_eval):   # null, [] or {}: damaged, not absent
+        raise PobenchError(f"{eval_path}: expected a JSON object with the evaluation, got {raw_eval!r}")
+    ev = eval_fields(raw_eval, eval_path)
     recorded = raw_eval.get("eval_config") if isinstance(raw_eval, dict) else None
     if isinstance(recorded, dict) and isinstance(config, dict):   # the settings the evaluation used (pobench eval --set)
         config = {**config, "eval": {**(config.get("eval") or {}), **recorded}}
