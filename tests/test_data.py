@@ -111,6 +111,8 @@ def test_hh_record_splits_prompt_and_final_answers():
     ({"chosen": "", "rejected": ""}, "no_final_assistant_turn"),
     ({"chosen": "\n\nHuman: a\n\nAssistant: ", "rejected": "\n\nHuman: a\n\nAssistant: no"}, "empty_completion"),
     ({"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: a\n\nAssistant:   \n"}, "empty_completion"),
+    ({"chosen": "\n\nHuman: a\n\nAssistant: same", "rejected": "\n\nHuman: a\n\nAssistant:  same"},
+     "identical_completions"),
     ({"chosen": "\n\nAssistant: yes", "rejected": "\n\nAssistant: no"}, "no_prompt"),
     ({"chosen": "intro\n\nHuman: a\n\nAssistant: yes", "rejected": "intro\n\nHuman: a\n\nAssistant: no"},
      "text_before_first_turn"),
@@ -152,7 +154,7 @@ def test_parse_transcript_round_trip(turns, drop_leading_blank_line):
 @settings(max_examples=200, deadline=None)
 @given(dialogues(min_turns=1, max_turns=6).filter(lambda d: d[-1][0] == "user"), _TEXT, _TEXT)
 def test_hh_record_round_trip(prompt, chosen, rejected):
-    assume(chosen.strip() and rejected.strip())
+    assume(chosen.strip() and rejected.strip() and chosen.strip() != rejected.strip())   # else: no preference
     rec = hh_record(hh_row(prompt, chosen, rejected), "x:1")
     assert rec.prompt == [{"role": r, "content": t.strip()} for r, t in prompt]
     assert (rec.chosen, rec.rejected) == (chosen.strip(), rejected.strip())

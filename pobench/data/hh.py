@@ -46,5 +46,7 @@ def hh_record(row: dict, row_id: str) -> PreferenceRecord:
         raise RowSkip("no_prompt")
     if not chosen[-1]["content"] or not rejected[-1]["content"]:
         raise RowSkip("empty_completion")
+    if chosen[-1]["content"] == rejected[-1]["content"]:   # no preference, as in UltraFeedback's rows
+        raise RowSkip("identical_completions")
     return PreferenceRecord(prompt=chosen[:-1], chosen=chosen[-1]["content"],
                             rejected=rejected[-1]["content"], id=row_id)

@@ -21,7 +21,8 @@ class PreferenceRecord:
 
 def records_digest(records) -> str:
     """A hash of the records' content (ids, prompts, completions, pools), for the keys of models trained on them:
-    the same data read from another path hits the cache, a file edited in place does not."""
+    the same data read from another folder hits the cache, a file edited in place does not. Records without an id
+    of their source's (HH-RLHF) are named "<file name>:<row>", so a renamed file is other data here."""
     digest = hashlib.sha1()
     for record in records:
         digest.update(json.dumps(record.to_json(), sort_keys=True, default=str).encode())

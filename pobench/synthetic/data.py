@@ -173,6 +173,11 @@ def _cache_path(settings: SyntheticSettings, eval_size: int, reference: str) -> 
     return cache_root() / "synthetic" / f"data-task{settings.task_seed}-{hashlib.sha1(key.encode()).hexdigest()[:12]}.json"
 
 
+def best_possible_gold(task: SyntheticTask, prompts) -> float:
+    """The mean over prompts of the best gold any answer reaches (SyntheticTask.best_gold), to 4 digits."""
+    return round(float(np.mean([task.best_gold(p) for p in prompts])), 4)
+
+
 def build_data(settings: SyntheticSettings, eval_size: int, reference: str) -> dict:
     """Train and held-out records (as JSON) plus the report, made from scratch."""
     import time
@@ -188,7 +193,7 @@ def build_data(settings: SyntheticSettings, eval_size: int, reference: str) -> d
                                                       settings, noisy=True)
     held, eval_skipped, _ = make_records(task, "eval", eval_prompts, candidates[len(train_prompts):], settings,
                                          noisy=False)
-    best = float(np.mean([task.best_gold(p) for p in train_prompts]))
+    best = best_possible_gold(task, train_prompts)
     source = f"synthetic task {settings.task_seed} ({settings.num_candidates} reference samples per prompt, gold-labelled)"
     report = {
         "source": "synthetic", "train_source": source, "train_rows": len(train_prompts), "train_records": len(train),
@@ -196,7 +201,7 @@ def build_data(settings: SyntheticSettings, eval_size: int, reference: str) -> d
         "eval_records": len(held), "eval_skipped": dict(eval_skipped),
         "synthetic": {"settings": dataclasses.asdict(settings), "reference_model": reference,
                       "gold_name": gold_name(settings.task_seed), "candidate_sampling_s": round(sample_s, 2),
-                      "reference_gold": gold_spread(train_scores, train), "best_possible_gold_mean": round(best, 4)},
+                      "reference_gold": gold_spread(train_scores, train), "best_possible_gold_mean": best},
     }
     return {"train": [r.to_json() for r in train], "eval": [r.to_json() for r in held], "report": report}
 
@@ -231,5 +236,9 @@ def load_synthetic(data_cfg):
     if data_cfg.max_train_records:
         train = train[:data_cfg.max_train_records]
     report = dict(made["report"], train_records=len(train), cache=str(path))
+    # computed afresh: data cached before best_gold was corrected (2026-11-27) holds the mean of the 16 best tokens
+    task = SyntheticTask(settings.task_seed)
+    report["synthetic"] = {**report["synthetic"], "best_possible_gold_mean": best_possible_gold(
+        task, draw_prompts(task, settings.train_prompts, data_cfg.eval_size)[0])}
     return SuiteData(train, held, report, evaluator=partial(GoldEvaluator.for_run, settings=settings),
                      check_config=partial(check_gold_task, settings=settings))

@@ -11,7 +11,8 @@ machine:
   tokens of y that already occurred earlier in y. The max(|y|, 8) makes very short answers pay (one good token
   is worth 1/8 of it), the penalty makes "repeat the best token" pay, and the best tokens differ per prompt,
   so no single trick (length, one token, one fixed set) scores well: a policy must read the prompt.
-  The empty completion scores 0. The best possible score is the mean of the 16 largest distinct s(x, t).
+  The empty completion scores 0. The best possible score is that of the k largest distinct s(x, t) for the best
+  k, usually 8 (best_gold).
 * the behaviour process the reference policy is fine-tuned on: a hidden Markov chain over content tokens
   (random transition logits, start logits) tilted by exp(TILT * s(x, t)), run for a length drawn uniformly from
   4..16. It is mildly correlated with the gold reward, so reference samples spread widely in it.
@@ -108,8 +109,12 @@ class SyntheticTask:
         return total / max(len(completion), LENGTH_FLOOR) - REPEAT_PENALTY * repeated(completion) / len(completion)
 
     def best_gold(self, prompt) -> float:
-        """The largest r* any completion can reach: the 16 best distinct tokens."""
-        return float(np.sort(self.token_scores(prompt))[-MAX_COMPLETION:].mean())
+        """The largest r* any completion can reach: the k best distinct tokens for the best k (r* divides by
+        max(|y|, 8), so with eight good tokens a ninth only pays if it beats their mean: usually k = 8), or the
+        empty completion's 0 where no token scores above 0."""
+        best = np.sort(self.token_scores(prompt))[::-1][:MAX_COMPLETION]
+        k = np.arange(1, len(best) + 1)
+        return float(max(0.0, (np.cumsum(best) / np.maximum(k, LENGTH_FLOOR)).max()))
 
     def gold_text(self, prompt_messages: list[dict], completion: str) -> float:
         """r*(x, y) on pobench's text form (the registered gold reward)."""
