@@ -541,3 +541,26 @@ def test_a_user_error_inside_a_launch_ends_the_command_with_exit_2(tmp_path, tin
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "in use by another pobench run" in last, last
+
+
+def test_ranks_shard_the_main_processes_list_of_missing_items(monkeypatch):
+    """Each rank read the shared cache itself: with another run appending between two ranks' reads, rank 0 missed
+    [a, b, c, d] and rank 1 [c, d], their shards did not line up, and c's result was stored under d. The ranks now
+    shard the main process's list (gathered from it), and a rank that would have had nothing to do still joins."""
+    import types
+
+    from pobench.engine import distributed as D
+    sent = {}
+
+    def gather(local, accelerator):          # two ranks: rank 0's list travels, rank 1 sends nothing
+        if accelerator.is_main_process:
+            sent["main"] = list(local)
+        return list(sent["main"])
+    monkeypatch.setattr(D, "gather_lists", gather)
+    main = types.SimpleNamespace(num_processes=2, is_main_process=True)
+    other = types.SimpleNamespace(num_processes=2, is_main_process=False)
+    assert D.main_process_list(["a", "b", "c", "d"], main) == ["a", "b", "c", "d"]
+    assert D.main_process_list(["c", "d"], other) == ["a", "b", "c", "d"]
+    assert D.main_process_list([], other) == ["a", "b", "c", "d"]
+    assert D.main_process_list(["x"], None) == ["x"] == D.main_process_list(["x"], types.SimpleNamespace(
+        num_processes=1, is_main_process=True))

@@ -56,6 +56,15 @@ def gather_lists(local: list, accelerator) -> list:
     return gather_object(list(local))
 
 
+def main_process_list(local: list, accelerator) -> list:
+    """The main process's `local`, on every rank: what ranks shard must be one list, and each rank's own reading of a
+    cache file that concurrent runs append to may differ from the others' (shards of two lists mismatch their
+    results, and a rank with nothing to do would skip a collective the others wait in)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return list(local)
+    return gather_lists([list(local)] if accelerator.is_main_process else [], accelerator)[0]
+
+
 def map_sharded(fn: Callable[[list], list], items: Sequence, accelerator) -> list:
     """fn over all items, each rank computing its shard; the per-item results in item order, on every rank.
     `fn` returns one picklable result per item it is given."""

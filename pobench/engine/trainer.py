@@ -341,10 +341,13 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
     # computed in that precision too, or the implicit rewards start at the rounding gap instead of 0
     mixed = accelerator.mixed_precision if accelerator is not None else "no"
     fingerprint = f"{model_fingerprint(model_path)}-{cfg.model.dtype}" + (f"-{mixed}" if mixed != "no" else "")
-    cache = ReferenceCache(cache_dir / "reflogps" / f"{fingerprint}.pt")
-    missing = cache.missing(seqs)
+    path = cache_dir / "reflogps" / f"{fingerprint}.pt"
+    cache = ReferenceCache(path)
+    own = cache.missing(seqs)
+    missing = D.main_process_list(own, accelerator)
     if not missing:
-        return cache
+        # this rank read the file before another run had finished adding what the main process found there
+        return ReferenceCache(path) if own else cache
     task = progress.add_task("reference log-probs", total=len(missing)) if progress else None
     bs = max(2, 2 * cfg.train.batch_size)
 
@@ -367,6 +370,8 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
         cache.save()
     if world > 1:
         accelerator.wait_for_everyone()  # the next run's ranks read the file this one wrote
+        if not accelerator.is_main_process and cache.missing(seqs):
+            cache = ReferenceCache(path)   # entries the main process read that this rank's earlier read lacked
     if progress:
         progress.remove_task(task)
     return cache
@@ -395,8 +400,11 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
         return {"source": "dataset"}
     rm = D.main_process_first(lambda: P.auto_reward_model(cfg, data, cache_dir, progress), accelerator)
     rm_name = reward_model_name(rm, cache_dir)
-    store = P.PoolStore(P.store_path(cache_dir, model_fingerprint(model_path), cfg, rm_name))
-    missing = [i for i in indices if P.prompt_key(train_pairs[i].prompt) not in store.entries]
+    store_file = P.store_path(cache_dir, model_fingerprint(model_path), cfg, rm_name)
+    store = P.PoolStore(store_file)
+    own = [i for i in indices if P.prompt_key(train_pairs[i].prompt) not in store.entries]
+    agreed = D.main_process_list(own, accelerator)   # one list to shard (see main_process_list)
+    missing = agreed
     world = accelerator.num_processes if accelerator is not None else 1
     if missing:
         from pobench.rewards import get_scorer
@@ -419,6 +427,8 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
         else:
             store.entries.update((e["key"], e) for e in new)
         accelerator.wait_for_everyone()
+    if set(own) - set(agreed):   # this rank read the store before another run finished adding what the main read
+        store = P.PoolStore(store_file)
     for i in indices:
         texts, scores, finished = P.pool_for(store, train_pairs[i].prompt)
         record = data.train[i]
