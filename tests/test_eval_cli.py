@@ -361,6 +361,34 @@ def test_compare_refuses_what_is_not_comparable(finished_run, tmp_path):
     assert isinstance(result.exception, PobenchError) and "no seed in both" in str(result.exception)
 
 
+def test_compare_refuses_other_prompts_under_the_same_ids_and_answers_made_otherwise(finished_run, tmp_path):
+    """Rows were matched by id only: two runs of other data (ids are '<file>:<row>' or positions) were judged
+    against each other's prompts; a chat template or prompt cut of its own on one side was not named either."""
+    import shutil
+    from pobench.cli import app
+    suite = finished_run.parents[1]
+    other = tmp_path / "hh-rlhf" / "dpo" / "seed1"
+    shutil.copytree(finished_run, other, ignore=shutil.ignore_patterns("checkpoints"))
+    gen = other / "generations.jsonl"
+    kept = gen.read_text()
+    rows = [json.loads(line) for line in kept.splitlines()]
+    rows[1]["prompt"] = [{"role": "user", "content": "another question"}]
+    gen.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(other)])
+    assert isinstance(result.exception, PobenchError)
+    assert "1 of the 4 eval prompts differ under the same id" in str(result.exception)
+    gen.write_text(kept)
+    config = (other / "config.yaml").read_text()
+    assert "max_prompt_length: 128" in config
+    (other / "config.yaml").write_text(config.replace("max_prompt_length: 128", "max_prompt_length: 64"))
+    result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(other)])
+    assert isinstance(result.exception, PobenchError)
+    assert "decoding max_prompt_length 128 vs 64" in str(result.exception)
+    result = CliRunner().invoke(app, ["compare", str(suite / "simpo"), "--against", str(finished_run), "--set",
+                                      "train.lr=1"])
+    assert isinstance(result.exception, PobenchError) and "--set train.lr:" in str(result.exception)
+
+
 def test_compare_with_the_local_llm_judge_through_alpaca_eval(finished_run, tiny_model_dir):
     """The LLM-judge path of a head-to-head comparison: alpaca_eval's annotator answered by a local model; only the
     judge's keys can be set, the stored answers' generation settings cannot."""

@@ -61,6 +61,12 @@ def check_comparable(cfg, other_cfg, run_dir: Path, other_dir: Path) -> None:
         a, b = getattr(cfg.eval, key), getattr(other_cfg.eval, key)
         if a != b:
             problems.append(f"eval.{key} {a!r} vs {b!r}")
+    # the rest of how the answers were made: the prompt's rendering and cut, compiled steps, rejection draws
+    from pobench.eval.runner import decoding_record
+    mine, theirs = decoding_record(cfg), decoding_record(other_cfg)
+    for key in sorted(set(mine) | set(theirs)):
+        if key not in ("batch_size",) + SAME_EVAL and mine.get(key) != theirs.get(key):
+            problems.append(f"decoding {key} {mine.get(key)!r} vs {theirs.get(key)!r}")
     if problems:
         raise PobenchError(f"{run_dir} against {other_dir}: not comparable head to head ({'; '.join(problems)})")
 
@@ -81,13 +87,19 @@ def check_pair(run_dir: Path, other_dir: Path) -> tuple:
     if set(mine) != set(theirs):
         raise PobenchError(f"{run_dir} against {other_dir}: the two generations.jsonl hold different prompts "
                            f"({len(set(mine) ^ set(theirs))} in only one); evaluate both with the same settings")
+    other_prompt = [k for k in mine if mine[k].get("prompt") != theirs[k].get("prompt")]   # same ids, other data
+    if other_prompt:
+        raise PobenchError(f"{run_dir} against {other_dir}: {len(other_prompt)} of the {len(mine)} eval prompts "
+                           f"differ under the same id (first: {other_prompt[0]!r}); the runs answered other data")
     return generated, other_cfg, mine, theirs
 
 
 def check_overrides(overrides: dict | None) -> None:
     for section, keys in (overrides or {}).items():
-        if section != "eval" or not isinstance(keys, dict):
+        if not isinstance(keys, dict):
             bad = [section]
+        elif section != "eval":
+            bad = [f"{section}.{k}" for k in keys]
         else:
             bad = [f"eval.{k}" for k in keys if k not in JUDGE_KEYS]
         if bad:
