@@ -88,7 +88,7 @@ def run(
 ):
     """Train every algorithm x seed on a suite and write results/<suite>/<algo>/seed<k>/."""
     from pobench import config as C
-    from pobench.data import describe_loaded, load_suite_data
+    from pobench.data import check_run_records, describe_loaded, load_suite_data
     from pobench.models import check_model_source
     from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite
     from pobench.sampling.pools import candidates_per_prompt, check_dataset_pools
@@ -182,7 +182,7 @@ def run(
                 warned.add(warning)
                 console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
             if resume:
-                _check_same_records(run_dir, datasets_by_key[key].report)
+                check_run_records(run_dir, datasets_by_key[key].report, "--resume")
     from pobench.engine.distributed import inside_launch
     if inside_launch():
         from pobench.launch import check_inside_launch
@@ -211,19 +211,6 @@ def _quiet_unless_main() -> bool:
     is_main = launched_rank() == 0
     console.quiet = not is_main
     return is_main
-
-
-def _check_same_records(run_dir: Path, report: dict) -> None:
-    """A resumed run goes on with the records it started on: `data.path: auto` may now reach the hub where it read
-    the sample, and a local file may have been edited since (the config alone cannot tell)."""
-    from pobench.report.collect import read_json
-    started = read_json(run_dir / "data.json", required=False)
-    started = started.get("records_digest") if isinstance(started, dict) else None
-    if isinstance(started, dict) and started != report["records_digest"]:
-        split = "training" if started.get("train") != report["records_digest"]["train"] else "held-out"
-        raise PobenchError(f"{run_dir}: --resume on other {split} records than the run started on (data.json's "
-                           f"records_digest; now read from {report['train_source']}); start a new run with another "
-                           f"--out, or restore the data")
 
 
 def _train_other_rank(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: bool) -> None:

@@ -389,6 +389,24 @@ def test_compare_refuses_other_prompts_under_the_same_ids_and_answers_made_other
     assert isinstance(result.exception, PobenchError) and "--set train.lr:" in str(result.exception)
 
 
+def test_eval_and_compare_refuse_other_records_than_the_run_trained_on(finished_run, tmp_path):
+    """Only --resume compared the records read now with data.json's digest: `pobench eval` of a run whose data file
+    was edited (or `data.path: auto` reaching the hub where it read the sample) judged other held-out prompts, and
+    the auto judge's 'none of the run's records' replayed positions in other data."""
+    import shutil
+    from pobench.cli import app
+    run = copy_run(finished_run, tmp_path)
+    report = json.loads((run / "data.json").read_text())
+    report["records_digest"]["train"] = "0" * 40
+    (run / "data.json").write_text(json.dumps(report))
+    result = CliRunner().invoke(app, ["eval", str(run), "--num-prompts", "2"])
+    assert isinstance(result.exception, PobenchError)
+    assert "pobench eval on other training records than the run started on" in str(result.exception)
+    result = CliRunner().invoke(app, ["compare", str(finished_run.parents[1] / "simpo"), "--against", str(run)])
+    assert isinstance(result.exception, PobenchError)
+    assert "pobench compare on other training records than the run started on" in str(result.exception)
+
+
 def test_compare_with_the_local_llm_judge_through_alpaca_eval(finished_run, tiny_model_dir):
     """The LLM-judge path of a head-to-head comparison: alpaca_eval's annotator answered by a local model; only the
     judge's keys can be set, the stored answers' generation settings cannot."""

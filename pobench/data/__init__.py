@@ -94,6 +94,26 @@ def _load_records(data_cfg, seed: int) -> SuiteData:
     return SuiteData(train_records, eval_records, report)
 
 
+def check_run_records(run_dir, report: dict, doing: str) -> None:
+    """`doing` (a resume, an evaluation, a comparison) reads the records the run was trained on, as its data.json
+    names them by digest: `data.path: auto` may now reach the hub where it read the sample, and a local file may
+    have been edited since (the config alone cannot tell). Runs made before data.json held digests pass."""
+    import json
+    from pathlib import Path
+    path = Path(run_dir) / "data.json"
+    try:
+        started = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PobenchError(f"{path}: not valid JSON ({e})") from None
+    started = started.get("records_digest") if isinstance(started, dict) else None
+    now = report.get("records_digest")
+    if isinstance(started, dict) and isinstance(now, dict) and started != now:
+        split = "training" if started.get("train") != now.get("train") else "held-out"
+        raise PobenchError(f"{run_dir}: {doing} on other {split} records than the run started on (data.json's "
+                           f"records_digest; now read from {report.get('train_source')}); restore the data, or "
+                           f"start a new run with another --out")
+
+
 def describe_loaded(report: dict) -> str:
     """One line for a run's console: what was read and, per split, the rows skipped by reason."""
     skipped = [f"skipped {split} rows: {report[f'{split}_skipped']}"

@@ -123,7 +123,7 @@ def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, 
     generated, other_cfg, mine, theirs = check_pair(run_dir, other_dir)
     cfg = load_run_config(run_dir, overrides, as_evaluated=True)   # with the judge asked for, else the evaluation's
     keys = list(mine)
-    suite_data = eval_items(cfg)[2] if cfg.eval.judge == "auto" else None
+    suite_data = eval_items(cfg, [run_dir, other_dir], "pobench compare")[2] if cfg.eval.judge == "auto" else None
     cache_dir = Path(cache_dir) if cache_dir else results_root(run_dir, cfg.suite) / ".cache"
     judge = build_run_judge(cfg, suite_data, [run_dir, other_dir], cache_dir, str(pick_device(device or cfg.model.device)),
                             progress)

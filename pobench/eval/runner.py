@@ -113,15 +113,19 @@ def check_eval_config(cfg) -> None:
         check_difficulty_file(Path(cfg.eval.lc_difficulty_file).expanduser())   # its columns, before any work
 
 
-def eval_items(cfg) -> tuple[list[EvalItem], str, object]:
-    """(items, source, suite data or None): the suite's held-out records or AlpacaEval's instructions."""
+def eval_items(cfg, run_dirs=(), doing: str = "pobench eval") -> tuple[list[EvalItem], str, object]:
+    """(items, source, suite data or None): the suite's held-out records or AlpacaEval's instructions. The suite's
+    records must be those `run_dirs` were trained on (their data.json): the held-out prompts, and the records the
+    auto judge may train on, are chosen from them by position."""
     if cfg.eval.eval_set == "alpaca_eval":
         from pobench.eval.alpaca_set import load_alpaca_eval
         items, source = load_alpaca_eval(cfg.eval.eval_file)
         data = None
     else:
-        from pobench.data import load_suite_data
+        from pobench.data import check_run_records, load_suite_data
         data = load_suite_data(cfg.data, cfg.seed)
+        for run_dir in run_dirs:
+            check_run_records(run_dir, data.report, doing)
         items = [EvalItem(r.prompt, r.chosen, r.id) for r in data.eval]
         source = data.report.get("eval_source", "")
     n = cfg.eval.num_prompts
@@ -470,7 +474,7 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
                            f"pobench run --resume first")
     held_out_block(run_dir)   # a damaged summary is named now, before the answers are generated
     cache_dir = Path(cache_dir) if cache_dir else results_root(run_dir, cfg.suite) / ".cache"
-    items, source, suite_data = eval_items(cfg)
+    items, source, suite_data = eval_items(cfg, [run_dir])
     if not items:
         raise PobenchError(f"{run_dir}: the eval set {cfg.eval.eval_set} has no prompts")
     policy, tokenizer, model_path = load_trained_policy(cfg, run_dir, dev)
