@@ -564,3 +564,15 @@ def test_ranks_shard_the_main_processes_list_of_missing_items(monkeypatch):
     assert D.main_process_list([], other) == ["a", "b", "c", "d"]
     assert D.main_process_list(["x"], None) == ["x"] == D.main_process_list(["x"], types.SimpleNamespace(
         num_processes=1, is_main_process=True))
+
+
+def test_candidates_refuse_vllm_pools_under_a_launch_as_a_run_does():
+    import types
+
+    from pobench.engine.trainer import refuse_vllm_pools_under_a_launch
+    from pobench.errors import PobenchError
+    cfg = types.SimpleNamespace(pool=types.SimpleNamespace(backend="vllm"))
+    refuse_vllm_pools_under_a_launch(cfg, None)
+    refuse_vllm_pools_under_a_launch(cfg, types.SimpleNamespace(num_processes=1))
+    with pytest.raises(PobenchError, match="pool.backend=vllm runs in one process"):
+        refuse_vllm_pools_under_a_launch(cfg, types.SimpleNamespace(num_processes=2))

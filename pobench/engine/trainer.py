@@ -441,6 +441,13 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
             "samples_per_prompt": cfg.pool.num_samples}
 
 
+def refuse_vllm_pools_under_a_launch(cfg: RunConfig, accelerator) -> None:
+    if cfg.pool.backend == "vllm" and accelerator is not None and accelerator.num_processes > 1:
+        # accelerate gives each rank a GPU by index, but every rank's vLLM engine would start on the first visible one
+        raise PobenchError("pool.backend=vllm runs in one process (each rank's engine would start on the same GPU); "
+                           "use pool.backend=transformers under a multi-process launch")
+
+
 def build_pools(cfg: RunConfig, data: SuiteData, cache_dir: Path, progress=None) -> dict:
     """`pobench candidates`: the pools a run with this config would generate, made ahead of time."""
     device = pick_device(cfg.model.device)
@@ -449,6 +456,7 @@ def build_pools(cfg: RunConfig, data: SuiteData, cache_dir: Path, progress=None)
         from accelerate import Accelerator
         accelerator = Accelerator(cpu=device.type == "cpu")
         device = accelerator.device
+    refuse_vllm_pools_under_a_launch(cfg, accelerator)     # as a run under the launch refuses it
     global_batch = cfg.train.batch_size * (accelerator.num_processes if accelerator else 1)  # as train() reads it
     model, tokenizer, model_path = load_policy(cfg.model, device)
     formatter = ChatFormatter(tokenizer, cfg.model.chat_template)
@@ -479,10 +487,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         raise PobenchError("the synthetic suite measures the policy's gold reward on the main process alone during "
                            "training, which FSDP and ZeRO-3 cannot do (their forwards are collectives over weights "
                            "sharded across the ranks); use the ddp preset")
-    if cfg.pool.backend == "vllm" and accelerator.num_processes > 1:
-        # accelerate gives each rank a GPU by index, but every rank's vLLM engine would start on the first visible one
-        raise PobenchError("pool.backend=vllm runs in one process (each rank's engine would start on the same GPU); "
-                           "use pool.backend=transformers under a multi-process launch")
+    refuse_vllm_pools_under_a_launch(cfg, accelerator)
     device = accelerator.device
     if cfg.train.deterministic:  # cuBLAS refuses deterministic mode without a fixed workspace (read at first use)
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
