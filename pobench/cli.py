@@ -629,7 +629,11 @@ def eval_(
     folders = _run_folders(run_dirs)
     from pobench.eval.runner import check_eval_config
     for folder in folders:   # every config, and the judge it names, is checked before the first evaluation starts
-        check_eval_config(load_run_config(folder, overrides))
+        resolved = load_run_config(folder, overrides)
+        if eval_file and resolved.eval.eval_set != "alpaca_eval":   # it would be silently unused
+            raise PobenchError(f"--eval-file {eval_file}: read for the alpaca_eval set only, and {folder} is "
+                               f"evaluated on {resolved.eval.eval_set} (add --eval-set alpaca_eval)")
+        check_eval_config(resolved)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -407,6 +407,15 @@ def test_eval_and_compare_refuse_other_records_than_the_run_trained_on(finished_
     assert "pobench compare on other training records than the run started on" in str(result.exception)
 
 
+def test_options_that_would_be_ignored_or_meaningless_are_refused(finished_run, tmp_path):
+    from pobench.cli import app
+    result = CliRunner().invoke(app, ["eval", str(finished_run), "--eval-file", str(tmp_path / "a.json")])
+    assert isinstance(result.exception, PobenchError) and "read for the alpaca_eval set only" in str(result.exception)
+    for target in ("2", "-1", "nan"):
+        result = CliRunner().invoke(app, ["report", str(finished_run.parents[2]), "--target", target])
+        assert isinstance(result.exception, PobenchError) and f"--target {float(target)}" in str(result.exception)
+
+
 def test_compare_with_the_local_llm_judge_through_alpaca_eval(finished_run, tiny_model_dir):
     """The LLM-judge path of a head-to-head comparison: alpaca_eval's annotator answered by a local model; only the
     judge's keys can be set, the stored answers' generation settings cannot."""

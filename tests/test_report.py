@@ -944,3 +944,14 @@ def test_an_empty_or_null_eval_json_is_damaged_not_absent(tmp_path, content):
         collect(tmp_path)
     (run / "eval.json").unlink()
     assert len(collect(tmp_path)[0]) == 2
+
+
+def test_runs_without_curves_still_report(tmp_path):
+    """No metrics.jsonl and no initial held-out point: the report failed with KeyError 'suite' (exit 1)."""
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6], eval_json=new_eval(0.5, 0.6))
+    (run / "metrics.jsonl").unlink()
+    summary = json.loads((run / "train_summary.json").read_text())
+    del summary["held_out_initial"]
+    (run / "train_summary.json").write_text(json.dumps(summary))
+    report = build_report(tmp_path)[0]
+    assert report["suites"][0]["leaderboard"][0]["algo"] == "dpo"

@@ -297,4 +297,6 @@ def collect(root: Path):
     runs = pd.DataFrame(rows)
     if not runs.empty:
         runs = runs.sort_values(["suite", "algo", "grid_point", "seed"], kind="stable").reset_index(drop=True)
-    return runs, pd.DataFrame(curves)
+    # runs without curve rows (no metrics.jsonl, no initial held-out point) still make a curve table with its keys
+    return runs, pd.DataFrame(curves, columns=None if curves else ["suite", "algo", "grid_point", "seed", "pairs_seen",
+                                                                   "records_seen", "step", "time_s"])

@@ -48,6 +48,8 @@ def report(
     if format_ not in FORMATS:
         raise PobenchError(f"--format {format_}: choose one of {', '.join(FORMATS)}")
     suites = [s.strip() for s in suite.split(",") if s.strip()] if suite else None
+    if not 0 < target <= 1:   # nan fails this too
+        raise PobenchError(f"--target {target}: a held-out reward accuracy in (0, 1]")
     rep, runs, curves = build_report(results, select, _points(points), target, suites, baseline, axis)
     secs = render.sections(rep)
     written = []
