@@ -137,8 +137,9 @@ def fixed_point_mass(probs: torch.Tensor, from_bits: bool | None = None) -> torc
     if not (probs.device.type == "mps" if from_bits is None else from_bits):
         return (probs.double() * FIXED_POINT).long()
     bits = probs.float().view(torch.int32).long()
-    exponent = ((bits >> 23) & 0xFF).clamp(min=1)                # subnormals: exponent field 0 counts as 1
-    mantissa = torch.where(bits >> 23 & 0xFF > 0, (bits & 0x7FFFFF) | (1 << 23), bits & 0x7FFFFF)
+    field = (bits >> 23) & 0xFF
+    exponent = field.clamp(min=1)                                 # subnormals: exponent field 0 counts as 1
+    mantissa = torch.where(field > 0, (bits & 0x7FFFFF) | (1 << 23), bits & 0x7FFFFF)
     shift = exponent - 98                                         # probabilities <= 1: shift <= 29, mass <= 2^53
     return torch.where(shift >= 0, mantissa << shift.clamp(min=0), mantissa >> (-shift).clamp(max=63))
 
@@ -272,8 +273,9 @@ def _rejection_sample(probs: torch.Tensor, top_p: float, keys: torch.Tensor | No
     each by inverse CDF over the whole row with its own uniform (try_keys), and one fused membership pass
     (inside_nucleus); where every try misses (chance <= REJECT_MISS per token) the row takes its most probable
     token, which is always kept. It costs a cumulative sum, a binary search and one pass over the row compiled
-    (one per try eager), whatever the nucleus's width: the sort, the searches and the radix select cost several passes or a sort (for a
-    compiled decode step on a random model's flat rows, the nucleus search was a third of a step, GPU.md)."""
+    (one per try eager), whatever the nucleus's width; the sort, the searches and the radix select cost a sort or
+    several passes (for a compiled decode step on a random model's flat rows, the nucleus search was a third of a
+    step, GPU.md)."""
     tries = tries or rejection_tries(top_p)
     wide = torch.float32 if probs.device.type == "mps" else torch.float64
     cdf = blockwise_cumsum(probs.to(wide))
