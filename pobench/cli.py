@@ -120,8 +120,11 @@ def run(
     if budget_warning:
         console.print(f"[yellow]warning:[/yellow] {escape(budget_warning)}", highlight=False)
     if launch_config:
-        from pobench.launch import preset_path
-        preset_path(launch_config)   # a bad name fails now, before any folder exists
+        from pobench.engine.distributed import inside_launch
+        from pobench.launch import check_one_machine, preset_path
+        config_file = preset_path(launch_config)   # a bad name fails now, before any folder exists
+        if not inside_launch():
+            check_one_machine(config_file)
     plans, planned = [], {}
     for name in algos:
         algorithm = get_algorithm(name)

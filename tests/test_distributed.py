@@ -576,3 +576,15 @@ def test_candidates_refuse_vllm_pools_under_a_launch_as_a_run_does():
     refuse_vllm_pools_under_a_launch(cfg, types.SimpleNamespace(num_processes=1))
     with pytest.raises(PobenchError, match="pool.backend=vllm runs in one process"):
         refuse_vllm_pools_under_a_launch(cfg, types.SimpleNamespace(num_processes=2))
+
+
+def test_a_config_for_several_machines_is_not_launched_from_one(tmp_path):
+    """--launch-config multinode-ddp replaced the preset's rendezvous port with a local one and had no machine rank:
+    it could not work. It is refused with the command to run on each machine; one-machine presets pass."""
+    from pobench.errors import PobenchError
+    from pobench.launch import check_one_machine, preset_path
+    for name in ("ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"):
+        check_one_machine(preset_path(name))
+    with pytest.raises(PobenchError, match="a config for 2 machines; run `accelerate launch --config_file .* "
+                                           "--machine_rank K"):
+        check_one_machine(preset_path("multinode-ddp"))

@@ -35,6 +35,19 @@ def preset_path(name_or_path: str) -> Path:
                        f"accelerate config file")
 
 
+def check_one_machine(config: Path) -> None:
+    """`--launch-config` launches on this machine with a rendezvous port of its own: a config for several machines
+    is launched on each of them with `accelerate launch --machine_rank K` instead (the multinode preset's header)."""
+    import yaml
+    try:
+        machines = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("num_machines", 1)
+    except (OSError, yaml.YAMLError, AttributeError) as e:
+        raise PobenchError(f"--launch-config {config}: not a readable accelerate config ({type(e).__name__})") from None
+    if isinstance(machines, int) and machines > 1:
+        raise PobenchError(f"--launch-config {config}: a config for {machines} machines; run `accelerate launch "
+                           f"--config_file {config} --machine_rank K -m pobench.cli run ...` on each machine instead")
+
+
 def free_port() -> int:
     """A free TCP port for the rendezvous, so that two launches on one machine (parallel tests) do not collide."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -78,6 +91,7 @@ def relaunch(pobench_args: list[str], num_processes: int | None, launch_config: 
     ended without the launch (its one line last, exit code 2), not with the launcher's exit code 1."""
     import tempfile
     config = preset_path(launch_config or DEFAULT_PRESET)
+    check_one_machine(config)
     cmd = launch_command(pobench_args, num_processes, config, free_port())
     with tempfile.TemporaryDirectory(prefix="pobench-launch-") as tmp:
         errors = Path(tmp) / "errors.jsonl"
