@@ -207,6 +207,13 @@ def run(
             _remove_if_empty(lock.path.parent, out)
 
 
+def _folder_lock(folder: Path, is_main: bool = True):
+    """The run folder's lock for a command that rewrites its files (the main process takes it for every rank)."""
+    import contextlib
+    from pobench.engine.lock import RunLock
+    return RunLock(folder) if is_main else contextlib.nullcontext()
+
+
 def _quiet_unless_main() -> bool:
     """Under a multi-process launch only global rank 0 prints progress and tables (errors still print, see main);
     True on the main process."""
@@ -642,7 +649,9 @@ def eval_(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         for folder in folders:
-            with out_of_memory_as_error(f"{folder} (evaluation)"):
+            # the folder's lock, as a run holds it: an evaluation beside `pobench run` evaluating the same folder
+            # (or another `pobench eval`) would leave one's eval.json beside the other's generations
+            with _folder_lock(folder, is_main), out_of_memory_as_error(f"{folder} (evaluation)"):
                 results.append((folder, evaluate_run(folder, cache_dir, overrides, progress)))
     if not is_main:
         return
@@ -709,7 +718,8 @@ def compare(
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,
                   transient=True) as progress:
         for run, other in pairs:
-            results.append(head_to_head(run, other, cache_dir, overrides, progress))
+            with _folder_lock(run):   # head_to_head.json is read, added to and written again
+                results.append(head_to_head(run, other, cache_dir, overrides, progress))
     if json_:
         for r in results:
             typer.echo(json.dumps({k: v for k, v in r.items() if k != "rows"}))

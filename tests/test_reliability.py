@@ -417,3 +417,20 @@ def test_old_runs_resume_and_plugins_may_log_their_own_values(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text(json.dumps({"step": 1, "pairs_seen": 2, "sampler/refreshed": True, "sampler/note": "x"}) + "\n")
     assert read_metrics(path)[0]["sampler/refreshed"] is True
+
+
+def test_eval_and_compare_take_the_run_folders_lock(tmp_path, monkeypatch):
+    """`pobench eval` beside a `pobench run` evaluating the same folder (or two compares into one head_to_head.json)
+    interleaved their writes; both commands now hold the folder's lock while they write there."""
+    from pobench import cli
+    from pobench.engine.lock import RunLock
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with RunLock(folder):                               # held by "another run": a second holder is refused...
+        with pytest.raises(PobenchError, match="in use by another pobench run"):
+            with cli._folder_lock(folder):
+                pass
+    with cli._folder_lock(folder):                      # ...and a free folder is locked, then released
+        assert (folder / ".lock").exists()
+    import contextlib
+    assert isinstance(cli._folder_lock(folder, is_main=False), contextlib.nullcontext)
