@@ -200,7 +200,7 @@ def run(
     _writable(out)
     locks = _lock_run_folders(plans, resume)
     try:
-        _run_plans(plans, datasets_by_key, out, resume, no_eval)
+        _run_plans(plans, datasets_by_key, out, resume, no_eval, {lock.path.parent: lock for lock in locks})
     finally:
         for lock in locks:
             lock.release()
@@ -306,7 +306,9 @@ def _data_key(cfg) -> str:
     return json.dumps([cfg.data.__dict__, seed], sort_keys=True, default=str)
 
 
-def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: bool) -> None:
+def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: bool, locks: dict | None = None) -> None:
+    """Trains (and evaluates) the plans in order; each run folder's lock is released once its run is done, so that
+    `pobench eval` or `compare` of a finished seed need not wait for the whole grid."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pobench.config import dump
@@ -352,6 +354,8 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
                 with out_of_memory_as_error(f"{run_dir} (evaluation)", cfg):
                     evaluate_run(run_dir, out / ".cache", progress=progress)
             summaries.append((point, summary))
+            if locks and run_dir in locks:
+                locks[run_dir].release()
             progress.advance(overall)
     _print_summary(summaries, time.time() - started)
     from pobench.report.command import print_leaderboard

@@ -69,6 +69,7 @@ def test_run_ends_with_eval_json_in_the_contract(finished_run):
     got = rows(finished_run)
     assert len(got) == 4 and all(ROW_KEYS <= set(r) for r in got)
     assert result["identical_to_reference"] == sum(r["output"] == r["reference_output"] for r in got)
+    assert result["policy_first_share"] == sum(r["policy_first"] for r in got) / len(got)
     for r in got:   # the reward-model judge: P(policy wins) = sigmoid of the score difference
         assert r["preference"] == pytest.approx(1 / (1 + math.exp(r["scores"]["reference"] - r["scores"]["policy"])))
     # the reference outputs are cached once for the suite, shared by every run: DPO's and SimPO's evaluations
@@ -414,6 +415,19 @@ def test_options_that_would_be_ignored_or_meaningless_are_refused(finished_run, 
     for target in ("2", "-1", "nan"):
         result = CliRunner().invoke(app, ["report", str(finished_run.parents[2]), "--target", target])
         assert isinstance(result.exception, PobenchError) and f"--target {float(target)}" in str(result.exception)
+
+
+def test_eval_and_compare_wait_for_a_run_writing_the_folder(finished_run, tmp_path):
+    """The folder's lock, held here as a `pobench run` still evaluating it would: `pobench eval` of it, and
+    `pobench compare` writing its head_to_head.json, are refused with exit 2 instead of interleaving writes."""
+    from pobench.cli import app
+    from pobench.engine.lock import RunLock
+    run = copy_run(finished_run, tmp_path)
+    with RunLock(run):
+        result = CliRunner().invoke(app, ["eval", str(run), "--num-prompts", "2"])
+        assert isinstance(result.exception, PobenchError) and "in use by another pobench run" in str(result.exception)
+        result = CliRunner().invoke(app, ["compare", str(run), "--against", str(finished_run.parents[1] / "simpo")])
+        assert isinstance(result.exception, PobenchError) and "in use by another pobench run" in str(result.exception)
 
 
 def test_compare_with_the_local_llm_judge_through_alpaca_eval(finished_run, tiny_model_dir):

@@ -109,9 +109,10 @@ def check_run_records(run_dir, report: dict, doing: str) -> None:
     now = report.get("records_digest")
     if isinstance(started, dict) and isinstance(now, dict) and started != now:
         split = "training" if started.get("train") != now.get("train") else "held-out"
+        fix = "start a new run with another --out, or restore the data" if doing == "--resume" else \
+            "read the data the run was trained on (its data.path and data.* settings, the file as it was)"
         raise PobenchError(f"{run_dir}: {doing} on other {split} records than the run started on (data.json's "
-                           f"records_digest; now read from {report.get('train_source')}); restore the data, or "
-                           f"start a new run with another --out")
+                           f"records_digest; now read from {report.get('train_source')}); {fix}")
 
 
 def describe_loaded(report: dict) -> str:

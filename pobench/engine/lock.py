@@ -101,7 +101,7 @@ class RunLock:
         if held_elsewhere or live_here or not same_host:
             where = "" if same_host else f" (another host: remove {self.path} if that run is gone)"
             raise PobenchError(f"{self.path.parent}: in use by another pobench run ({_owner_text(owner)}){where}; "
-                               f"wait for it, or choose another --out")
+                               f"wait for it (a new run can also choose another --out)")
 
     def acquire(self) -> "RunLock":
         busy = 0

@@ -331,6 +331,16 @@ def reference_policy(cfg: RunConfig, model, scorer, device, fresh_policy: bool):
             del ref_model
 
 
+def _reread(path: Path, seqs) -> ReferenceCache:
+    """The reference cache read again by a rank whose first read lacked what the main process saw: it must now hold
+    every sequence (the file is rewritten whole; a concurrent run's rewrite can lose another's additions)."""
+    cache = ReferenceCache(path)
+    if cache.missing(seqs):
+        raise PobenchError(f"{path}: another run rewrote the reference cache while this one read it, and "
+                           f"{len(cache.missing(seqs))} sequences are gone; run the command again")
+    return cache
+
+
 def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, model, scorer, seqs, pad_id,
                           device, fresh_policy: bool, progress=None, accelerator=None) -> ReferenceCache:
     """Reference log-probs for every sequence the run will touch, computed before the first update. Under several
@@ -347,7 +357,7 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
     missing = D.main_process_list(own, accelerator)
     if not missing:
         # this rank read the file before another run had finished adding what the main process found there
-        return ReferenceCache(path) if own else cache
+        return _reread(path, seqs) if own else cache
     task = progress.add_task("reference log-probs", total=len(missing)) if progress else None
     bs = max(2, 2 * cfg.train.batch_size)
 
@@ -371,7 +381,7 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
     if world > 1:
         accelerator.wait_for_everyone()  # the next run's ranks read the file this one wrote
         if not accelerator.is_main_process and cache.missing(seqs):
-            cache = ReferenceCache(path)   # entries the main process read that this rank's earlier read lacked
+            cache = _reread(path, seqs)   # entries the main process read that this rank's earlier read lacked
     if progress:
         progress.remove_task(task)
     return cache
@@ -413,7 +423,11 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
         if world > 1:
             # unpadded shards: generation runs on each rank's whole model copy, never as a collective
             start, stop, _ = D.shard_bounds(len(missing), accelerator.process_index, world)
-            missing, target = missing[start:stop], _PoolShard(store.entries)
+            # every prompt of the agreed list is this rank's to make, even one its own (later) read of the store
+            # already holds: the main process, which did not see it there, needs it from this rank
+            agreed_keys = {P.prompt_key(train_pairs[i].prompt) for i in agreed}
+            missing, target = missing[start:stop], _PoolShard({k: e for k, e in store.entries.items()
+                                                               if k not in agreed_keys})
         with reference_policy(cfg, model, scorer, device, fresh_policy) as (ref_model, _):
             # one process: the run's whole prompt list, so that chunk boundaries survive a crash (generate_pools)
             todo = missing if world > 1 else indices

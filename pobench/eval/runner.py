@@ -444,6 +444,9 @@ def summarize(cfg, rows: list[dict], policy_out: list[str], ref_out: list[str], 
     return {**out, **lc, "n_unjudged": len(rows) - len(judged),
             # a policy that has not moved from the reference answers as it does: its win rate is 0.5 by construction
             "identical_to_reference": sum(policy_out[i] == ref_out[i] for i in judged),
+            # each prompt is judged in one order, a seeded coin per prompt: how balanced the coins came out, for a
+            # judge with a position bias (an order-blind reward model is unaffected)
+            "policy_first_share": sum(bool(rows[i]["policy_first"]) for i in judged) / len(judged),
             "avg_length": sum(pol_len) / len(pol_len), "reference_avg_length": sum(ref_len) / len(ref_len),
             "length_unit": "characters",
             "reward_mean": M.mean_or_none([s["policy"] for s in scores]),
