@@ -394,7 +394,6 @@ def test_eval_and_compare_refuse_other_records_than_the_run_trained_on(finished_
     """Only --resume compared the records read now with data.json's digest: `pobench eval` of a run whose data file
     was edited (or `data.path: auto` reaching the hub where it read the sample) judged other held-out prompts, and
     the auto judge's 'none of the run's records' replayed positions in other data."""
-    import shutil
     from pobench.cli import app
     run = copy_run(finished_run, tmp_path)
     report = json.loads((run / "data.json").read_text())

@@ -940,7 +940,7 @@ def test_an_empty_or_null_eval_json_is_damaged_not_absent(tmp_path, content):
     run = write_run(tmp_path, "dpo", 1, [0.5, 0.6], eval_json=new_eval(0.5, 0.6))
     write_run(tmp_path, "dpo", 2, [0.5, 0.6], eval_json=new_eval(0.5, 0.6))
     (run / "eval.json").write_text(content)
-    with pytest.raises(PobenchError, match=f"seed1/eval.json: expected a JSON object with the evaluation"):
+    with pytest.raises(PobenchError, match="seed1/eval.json: expected a JSON object with the evaluation"):
         collect(tmp_path)
     (run / "eval.json").unlink()
     assert len(collect(tmp_path)[0]) == 2
