@@ -98,13 +98,10 @@ def check_run_records(run_dir, report: dict, doing: str) -> None:
     """`doing` (a resume, an evaluation, a comparison) reads the records the run was trained on, as its data.json
     names them by digest: `data.path: auto` may now reach the hub where it read the sample, and a local file may
     have been edited since (the config alone cannot tell). Runs made before data.json held digests pass."""
-    import json
     from pathlib import Path
-    path = Path(run_dir) / "data.json"
-    try:
-        started = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PobenchError(f"{path}: not valid JSON ({e})") from None
+
+    from pobench.report.collect import read_json
+    started = read_json(Path(run_dir) / "data.json", required=False)
     started = started.get("records_digest") if isinstance(started, dict) else None
     now = report.get("records_digest")
     if isinstance(started, dict) and isinstance(now, dict) and started != now:

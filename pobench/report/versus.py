@@ -37,6 +37,8 @@ HOW_COMPUTED = ("seed", "description", "train.batch_size", "train.grad_accum", "
                 "model.gradient_checkpointing", "model.compile", "model.compile_decoding", "eval.batch_size",
                 "eval.bootstrap", "eval.judge_decoder", "eval.judge_check_pairs")
 FREE_CONFIG = HOW_COMPUTED + ("algorithm.", "algorithm_name", "suite", "train.lr", "pool.")
+
+
 def top_p_draws(method, config: dict) -> str:
     """What model.top_p_method draws in a run of this (flattened) config: "reject" only where it draws by rejection
     (pool or evaluation sampling with a nucleus, on the transformers backend: pobench.generation.rejects); the
@@ -52,6 +54,7 @@ def top_p_draws(method, config: dict) -> str:
 
 # keys whose values name several ways to the same draws: compared by what they draw
 DRAWS_ALIKE = {"model.top_p_method": top_p_draws}
+
 # the pool keys that must be equal, by what both runs' samplers use: a stored pool (source), a generated one (how it
 # was drawn and labelled), samples drawn during training (OnMC-PO, online DPO: how they are drawn and labelled)
 SAMPLE_KEYS = {
