@@ -96,6 +96,9 @@ def run(
     is_main = _quiet_unless_main()
     if num_processes is not None and num_processes < 1:
         raise PobenchError(f"--num-processes {num_processes}: expected 1 or more")
+    from pobench.engine.distributed import collective_timeout, inside_launch
+    if inside_launch() or (num_processes or 1) > 1 or launch_config:
+        collective_timeout()   # a bad $POBENCH_COLLECTIVE_TIMEOUT_MIN is named before any work
     discover([str(p) for p in plugin])
     algos = _split_list(algo, "--algo")
     seed_list = _seeds(seeds)
@@ -186,7 +189,6 @@ def run(
                 console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
             if resume:
                 check_run_records(run_dir, datasets_by_key[key].report, "--resume")
-    from pobench.engine.distributed import inside_launch
     if inside_launch():
         from pobench.launch import check_inside_launch
         check_inside_launch(num_processes or 1)

@@ -588,3 +588,64 @@ def test_a_config_for_several_machines_is_not_launched_from_one(tmp_path):
     with pytest.raises(PobenchError, match="a config for 2 machines; run `accelerate launch --config_file .* "
                                            "--machine_rank K"):
         check_one_machine(preset_path("multinode-ddp"))
+
+
+def test_ranks_wait_for_the_main_process_as_long_as_the_collective_timeout_says(tmp_path, monkeypatch):
+    """An LLM judge (or an auto judge's reward model) runs on the main process alone while the other ranks wait in a
+    collective: NCCL's default 10 minutes would abort them. Every place that may create pobench's process group
+    passes $POBENCH_COLLECTIVE_TIMEOUT_MIN (180 by default); the real process group takes it."""
+    import torch
+    from pobench.engine import trainer as T
+    from pobench.eval import runner
+    from test_engine import make_cfg
+
+    class Made(Exception):
+        pass
+
+    def recorder(name):   # test double for accelerate's constructors: records their arguments, builds nothing
+        def construct(*args, **kwargs):
+            made[name] = kwargs
+            raise Made
+        return construct
+
+    made = {}
+    monkeypatch.setenv(D.COLLECTIVE_TIMEOUT_ENV, "7")
+    monkeypatch.setattr("accelerate.Accelerator", recorder("trainer"))
+    monkeypatch.setattr("accelerate.PartialState", recorder("eval"))
+    cfg, algorithm = make_cfg(tmp_path / "unused-model")
+    with pytest.raises(Made):
+        T.train(cfg, algorithm, None, tmp_path / "run", tmp_path / "cache")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Made):
+        T.build_pools(cfg, None, tmp_path / "cache")
+    made["pools"] = made.pop("trainer")
+    with pytest.raises(Made):
+        T.train(cfg, algorithm, None, tmp_path / "run", tmp_path / "cache")
+    with pytest.raises(Made):
+        runner.launch_state(torch.device("cpu"))
+    assert made["eval"]["timeout"].total_seconds() == 420
+    for name in ("trainer", "pools"):
+        (handler,) = made[name]["kwargs_handlers"]
+        assert handler.to_kwargs() == {"timeout": made["eval"]["timeout"]}, name
+
+    monkeypatch.undo()
+    script = ("import torch, torch.distributed as dist; from accelerate import Accelerator; "
+              "from pobench.engine import distributed as D; "
+              "Accelerator(cpu=True, kwargs_handlers=D.process_group_handlers()); "
+              "print(dist.distributed_c10d._get_default_group()._get_backend(torch.device('cpu'))"
+              ".options._timeout.total_seconds()); dist.destroy_process_group()")
+    env = {**os.environ, "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(29400 + os.getpid() % 500)}
+    for setting, seconds in ((None, 180 * 60.0), ("0.5", 30.0)):
+        env.pop(D.COLLECTIVE_TIMEOUT_ENV, None)
+        if setting:
+            env[D.COLLECTIVE_TIMEOUT_ENV] = setting
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and float(done.stdout.split()[-1]) == seconds, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "soon", "inf", "nan"])
+def test_a_bad_collective_timeout_is_named_before_the_processes_start(monkeypatch, value):
+    monkeypatch.setenv(D.COLLECTIVE_TIMEOUT_ENV, value)
+    with pytest.raises(PobenchError, match=f"{D.COLLECTIVE_TIMEOUT_ENV}='{value}'"):
+        D.collective_timeout()

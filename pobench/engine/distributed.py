@@ -34,6 +34,33 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+# Phases that the main process runs alone while the other ranks wait in a collective: training an auto judge's
+# reward model, an LLM judge's calls, a reference model converted once. NCCL's default timeout (10 minutes) would
+# abort the waiting ranks in the middle of a long judge, so pobench's process group waits this long instead.
+COLLECTIVE_TIMEOUT_ENV = "POBENCH_COLLECTIVE_TIMEOUT_MIN"
+DEFAULT_COLLECTIVE_TIMEOUT_MIN = 180
+
+
+def collective_timeout():
+    """How long a rank waits in one collective: $POBENCH_COLLECTIVE_TIMEOUT_MIN minutes, 180 by default."""
+    from datetime import timedelta
+    raw = os.environ.get(COLLECTIVE_TIMEOUT_ENV, str(DEFAULT_COLLECTIVE_TIMEOUT_MIN))
+    try:
+        minutes = float(raw)
+    except ValueError:
+        minutes = float("nan")
+    if not minutes > 0 or minutes == float("inf"):
+        raise PobenchError(f"{COLLECTIVE_TIMEOUT_ENV}={raw!r}: give the minutes a rank may wait in one collective, "
+                           f"a positive number (default {DEFAULT_COLLECTIVE_TIMEOUT_MIN})")
+    return timedelta(minutes=minutes)
+
+
+def process_group_handlers() -> list:
+    """accelerate kwargs handlers for an Accelerator that may create the process group (with collective_timeout)."""
+    from accelerate.utils import InitProcessGroupKwargs
+    return [InitProcessGroupKwargs(timeout=collective_timeout())]
+
+
 def shard_bounds(n: int, rank: int, world: int) -> tuple[int, int, int]:
     """(start, stop, padded size) of rank's contiguous share of n items."""
     size = -(-n // world) if n else 0

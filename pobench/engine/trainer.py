@@ -468,7 +468,7 @@ def build_pools(cfg: RunConfig, data: SuiteData, cache_dir: Path, progress=None)
     accelerator = None
     if D.launched_world_size() > 1:  # under accelerate launch: each rank generates its shard of the prompts
         from accelerate import Accelerator
-        accelerator = Accelerator(cpu=device.type == "cpu")
+        accelerator = Accelerator(cpu=device.type == "cpu", kwargs_handlers=D.process_group_handlers())
         device = accelerator.device
     refuse_vllm_pools_under_a_launch(cfg, accelerator)     # as a run under the launch refuses it
     global_batch = cfg.train.batch_size * (accelerator.num_processes if accelerator else 1)  # as train() reads it
@@ -492,7 +492,8 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     device = pick_device(cfg.model.device)
     _, mixed_precision = pick_dtype(cfg.model.dtype, device)
     D.refuse_sharding_on_cpu(device)
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision,
+                              kwargs_handlers=D.process_group_handlers())
     if getattr(accelerator, "is_fsdp2", False):  # its weights are DTensors, which pobench's FSDP code does not handle
         raise PobenchError("fsdp_version: 2 (FSDP2) is not supported (on the CPU it failed at gradient clipping: "
                            "'got mixed torch.Tensor and DTensor'); use FSDP1, as the fsdp preset does")

@@ -195,11 +195,11 @@ def generate(model, tokenizer, prompt_ids, gen):
 def launch_state(device):
     """accelerate's process state (rank, world size, this rank's device) under a launch of several processes; None
     in a single process, whose code path is then the one it always was."""
-    from pobench.engine.distributed import launched_world_size
+    from pobench.engine.distributed import collective_timeout, launched_world_size
     if launched_world_size() <= 1:
         return None
     from accelerate import PartialState
-    return PartialState(cpu=device.type == "cpu")
+    return PartialState(cpu=device.type == "cpu", timeout=collective_timeout())
 
 
 def map_prompts(fn, items: list, state) -> list:
