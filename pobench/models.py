@@ -218,6 +218,22 @@ def pick_dtype(dtype: str, device: torch.device) -> tuple[torch.dtype, str]:
     return table[dtype], "no"
 
 
+def training_dtype_warning(dtype: str) -> str | None:
+    """Refuses weights a run cannot train in; the warning for those it trains poorly in. AdamW updates the weights
+    in their own dtype, with no fp32 master copy: fp16's moments underflow (on the CPU the weights were -inf after
+    one step), and a bf16 weight keeps only an update above ~1/256 of itself (at lr 5e-6, 4 steps of a tiny model
+    changed 7.5% of its weights, against all of them in fp32)."""
+    if dtype == "float16":
+        raise PobenchError("model.dtype float16: pobench trains the weights in their own dtype, with no fp32 master "
+                           "copy or loss scaling, and fp16 Adam moments underflow; use auto (fp32 weights, bf16 "
+                           "autocast on CUDA), float32 or bfloat16")
+    if dtype == "bfloat16":
+        return ("model.dtype bfloat16 trains bf16 weights with no fp32 master copy: an update under ~1/256 of a "
+                "weight is rounded away, so at small learning rates most weights never change; auto (fp32 weights, "
+                "bf16 autocast on CUDA) trains as intended when memory allows")
+    return None
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
     try:
@@ -273,9 +289,15 @@ def add_lora(model, cfg):
                       target_modules=target if target == "all-linear" else [t.strip() for t in target.split(",")],
                       task_type="CAUSAL_LM")
     try:
-        return get_peft_model(model, lora)
+        wrapped = get_peft_model(model, lora)
     except ValueError as e:   # target modules the model does not have
         raise PobenchError(f"config key 'model.lora_target_modules': {target!r}: {e}") from None
+    if hasattr(wrapped.get_output_embeddings(), "lora_A"):
+        # pobench's log-probs take the target token's logit from the output layer's weight (engine/logps.py), which
+        # an adapter on that layer would bypass: the log-probs would not be normalised
+        raise PobenchError(f"config key 'model.lora_target_modules': {target!r} puts an adapter on the output "
+                           f"layer, which pobench's log-probs do not support; leave it out (all-linear does)")
+    return wrapped
 
 
 def compile_decoder_layers(model) -> None:
@@ -312,6 +334,8 @@ def load_policy(cfg, device: torch.device):
     tokenizer = load_tokenizer(path)
     model = load_causal_lm(path, dtype, cfg.attn_implementation)
     disable_dropout(model)
+    from pobench.engine.logps import check_logps_match_the_forward
+    check_logps_match_the_forward(model, cfg.name_or_path)
     if cfg.gradient_checkpointing:
         if hasattr(model, "activation_checkpointing_enable"):   # transformers >= 5.2x; the old name is deprecated
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

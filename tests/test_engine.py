@@ -60,6 +60,76 @@ def test_sequence_logps_match_full_logits(tiny_model_dir):
         assert counts.tolist() == want_counts.tolist() == [5, 11, 1, 9, 2, 4]
 
 
+def _tiny_causal_lm(model_type: str, **extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+    config = AutoConfig.for_model(model_type, vocab_size=1000, hidden_size=32, intermediate_size=64,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                  **extra)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():   # logits of tens, as trained models have, so that a cap or scale left out shows
+        model.get_output_embeddings().weight.mul_(40)
+    return model
+
+
+@pytest.mark.parametrize("model_type, extra", [("gemma2", {"final_logit_softcapping": 30.0}),
+                                               ("cohere", {"logit_scale": 0.0625}),
+                                               ("granite", {"logits_scaling": 8.0})])
+def test_sequence_logps_apply_the_models_own_logit_transform(model_type, extra):
+    """Gemma 2 soft-caps its logits, Cohere and Granite scale them: pobench, computing the output layer itself,
+    applies the same transform, or DPO would train the model on a distribution it never samples from."""
+    from pobench.engine.logps import LogitTransform, check_logps_match_the_forward
+    model = _tiny_causal_lm(model_type, **extra)
+    pairs = [TokenizedPair([5, 9, 14, 3], [7, 8, 400], [12, 900, 31, 2]), TokenizedPair([4, 4], [6], [88, 77])]
+    batch = collate_pairs(pairs, pad_id=0)
+    want, _ = reference_logps_naive(model, batch)
+    got, _ = SequenceLogps(model)(**batch)
+    plain = SequenceLogps(model)
+    plain.transform = LogitTransform()
+    assert (plain(**batch)[0] - want).abs().max() > 1        # (left out, the transform would matter here)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    check_logps_match_the_forward(model, model_type)
+
+
+def test_a_model_whose_forward_transforms_logits_unknowingly_is_refused():
+    """A transform pobench does not know (here: a scale the forward ignores, so the two paths part) is found when
+    the model is loaded, not after a run trained on the wrong log-probs."""
+    from pobench.engine.logps import check_logps_match_the_forward
+    from pobench.errors import PobenchError
+    model = _tiny_causal_lm("llama")
+    check_logps_match_the_forward(model, "tiny-llama")
+    model.config.logit_scale = 0.5     # read by pobench's LogitTransform, ignored by Llama's forward
+    with pytest.raises(PobenchError, match="tiny-llama: its forward transforms the output layer's logits"):
+        check_logps_match_the_forward(model, "tiny-llama")
+
+
+def test_lora_on_the_output_layer_is_refused(tiny_model_dir):
+    import types
+    from pobench.errors import PobenchError
+    from pobench.models import add_lora, load_causal_lm
+    lora = {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0}
+    add_lora(load_causal_lm(str(tiny_model_dir), torch.float32, "sdpa"),
+             types.SimpleNamespace(lora_target_modules="q_proj,v_proj", **lora))
+    with pytest.raises(PobenchError, match="'q_proj,lm_head' puts an adapter on the output layer"):
+        add_lora(load_causal_lm(str(tiny_model_dir), torch.float32, "sdpa"),
+                 types.SimpleNamespace(lora_target_modules="q_proj,lm_head", **lora))
+
+
+def test_pure_bf16_training_warns_of_lost_updates():
+    """What the warning claims, measured: one AdamW step at a suite's learning rate leaves most bf16 weights as they
+    were, and changes every fp32 weight."""
+    from pobench.models import training_dtype_warning
+    assert "rounded away" in training_dtype_warning("bfloat16") and training_dtype_warning("auto") is None
+    changed = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        weights = torch.nn.Parameter(torch.randn(4096, generator=torch.Generator().manual_seed(0)).to(dtype))
+        before = weights.detach().clone()
+        weights.grad = torch.randn(4096, generator=torch.Generator().manual_seed(1)).to(dtype)
+        torch.optim.AdamW([weights], lr=5e-6).step()
+        changed[dtype] = (weights.detach() != before).float().mean().item()
+    assert changed[torch.float32] == 1.0 and changed[torch.bfloat16] < 0.1, changed
+
+
 def test_output_layer_gradient_is_the_same_every_time():
     """Two `pobench run`s of one seed on the 2-core CPU parted in the last bits of the (tied) output layer's gradient
     from step 1: indexing the layer's rows by the target tokens adds repeated targets with threaded atomics in its

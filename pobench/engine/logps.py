@@ -12,11 +12,14 @@ once per completion.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pobench.data.tokenize import TokenizedPair
+from pobench.errors import PobenchError
 
 
 def collate_pairs(pairs: list[TokenizedPair], pad_id: int) -> dict:
@@ -102,25 +105,55 @@ def collate_sequences_shared(seqs: list[tuple[list[int], list[int]]], pad_id: in
                           pad_id, order)
 
 
-def _unwrap_peft(model):
+def unwrap_peft(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, chunk: int) -> torch.Tensor:
-    """log softmax(head(hidden))[target] for each row, chunked; logsumexp in fp32."""
+@dataclass(frozen=True)
+class LogitTransform:
+    """What a model's forward does to its output layer's result before the softmax, which token_logps, computing
+    the output layer itself, must do too: Cohere multiplies by `logit_scale`, Granite divides by `logits_scaling`,
+    Gemma 2/3 soft-cap with `final_logit_softcapping` (cap * tanh(logits / cap)). The identity for most models."""
+    scale: float = 1.0
+    softcap: float | None = None
+
+    @classmethod
+    def of(cls, config) -> "LogitTransform":
+        scale = float(getattr(config, "logit_scale", None) or 1.0)
+        scale /= float(getattr(config, "logits_scaling", None) or 1.0)
+        cap = getattr(config, "final_logit_softcapping", None)
+        return cls(scale, float(cap) if cap else None)
+
+    @property
+    def is_identity(self) -> bool:
+        return self.scale == 1.0 and self.softcap is None
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.scale != 1.0:
+            logits = logits * self.scale
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, chunk: int,
+                transform: LogitTransform = LogitTransform()) -> torch.Tensor:
+    """log softmax(transform(head(hidden)))[target] for each row, chunked; logsumexp in fp32."""
     out = []
     weight = head.weight
     for start in range(0, hidden.shape[0], chunk):
         h = hidden[start:start + chunk]
         t = targets[start:start + chunk]
-        logits = head(h)
+        logits = head(h).float()
         # F.embedding, not weight[t]: on a multi-threaded CPU indexing's backward adds repeated targets' rows with
         # atomics, in whatever order the threads meet, so two runs of one seed parted in the last bits from step 1;
         # embedding's backward sums them in a fixed order
         target_logit = (h * F.embedding(t, weight)).sum(-1).float()
         if head.bias is not None:
             target_logit = target_logit + F.embedding(t, head.bias[:, None]).squeeze(-1).float()
-        out.append(target_logit - torch.logsumexp(logits.float(), dim=-1))
+        if not transform.is_identity:
+            logits, target_logit = transform(logits), transform(target_logit)
+        out.append(target_logit - torch.logsumexp(logits, dim=-1))
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
@@ -132,17 +165,19 @@ class SequenceLogps(nn.Module):
         super().__init__()
         self.model = model
         self.chunk = chunk
+        self.transform = LogitTransform.of(unwrap_peft(model).config)
 
     def forward(self, input_ids, attention_mask, completion_mask=None, position_ids=None, token_rows=None,
                 token_cols=None, token_targets=None, token_seqs=None, num_seqs=None):
         """Either a padded batch with a completion mask (collate_sequences / collate_pairs) or a shared-prompt
         batch (collate_shared and friends); both return (summed log-probs, token counts) per sequence."""
-        base = _unwrap_peft(self.model)
+        base = unwrap_peft(self.model)
         if token_rows is not None:
             attention_mask = self._mask_for(base, attention_mask)
             hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                         use_cache=False).last_hidden_state
-            logps = token_logps(hidden[token_rows, token_cols], token_targets, base.get_output_embeddings(), self.chunk)
+            logps = token_logps(hidden[token_rows, token_cols], token_targets, base.get_output_embeddings(), self.chunk,
+                                self.transform)
             n = int(num_seqs)
             sums = torch.zeros(n, dtype=torch.float32, device=input_ids.device).index_add(0, token_seqs, logps)
             return sums, torch.bincount(token_seqs, minlength=n)
@@ -151,7 +186,7 @@ class SequenceLogps(nn.Module):
         predicts = completion_mask[:, 1:]               # position t predicts token t + 1
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(predicts)[predicts]
         logps = token_logps(hidden[:, :-1][predicts], input_ids[:, 1:][predicts],
-                            base.get_output_embeddings(), self.chunk)
+                            base.get_output_embeddings(), self.chunk, self.transform)
         sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(0, rows, logps)
         return sums, predicts.sum(1)
 
@@ -172,3 +207,24 @@ def reference_logps_naive(model, batch: dict) -> tuple[torch.Tensor, torch.Tenso
     logp = torch.log_softmax(logits, -1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
     mask = batch["completion_mask"][:, 1:]
     return (logp * mask).sum(1), mask.sum(1)
+
+
+def check_logps_match_the_forward(model, name: str) -> None:
+    """token_logps computes the output layer itself: a model whose forward does more to the logits than
+    LogitTransform knows (a scale or cap of a newer architecture) would be trained on log-probs other than those it
+    samples from, silently. One short sequence through both paths, once per loaded model, names that model."""
+    vocab = model.get_output_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (1, 12), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids, dtype=torch.bool),
+             "completion_mask": torch.arange(12)[None] >= 4}
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    with torch.no_grad():
+        ours = SequenceLogps(model)(**batch)[0].item()
+        forward = reference_logps_naive(model, batch)[0].item()
+    # fp32 paths differ by rounding (~1e-5); half precision rounds each of the 8 logits to ~3 significant digits
+    tolerance = 1e-3 if next(model.parameters()).dtype == torch.float32 else 0.05 * 8
+    if not abs(ours - forward) <= tolerance + 1e-3 * abs(forward):
+        raise PobenchError(f"{name}: its forward transforms the output layer's logits in a way pobench's log-probs "
+                           f"do not reproduce (summed log-prob {ours:.4f} against the forward's {forward:.4f}); "
+                           f"its architecture ({type(model).__name__}) is not supported for training yet")

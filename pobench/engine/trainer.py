@@ -26,10 +26,11 @@ from pobench.engine.checkpoint import (check_resumable_state, find_checkpoint, l
                                        save_checkpoint)
 from pobench.engine.io import MetricsLog, atomic_write_json
 from pobench.engine.loggers import Trackers
-from pobench.engine.logps import SequenceLogps, collate_pairs, collate_pairs_shared, collate_sequences_shared
+from pobench.engine.logps import (LogitTransform, SequenceLogps, unwrap_peft, collate_pairs, collate_pairs_shared,
+                                  collate_sequences_shared)
 from pobench.engine.refcache import ReferenceCache
 from pobench.errors import PobenchError
-from pobench.models import load_policy, model_fingerprint, pick_device, pick_dtype
+from pobench.models import load_policy, model_fingerprint, pick_device, pick_dtype, training_dtype_warning
 from pobench.registry import get_sampler
 from pobench.rewards import reward_model_name
 
@@ -351,6 +352,9 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
     # computed in that precision too, or the implicit rewards start at the rounding gap instead of 0
     mixed = accelerator.mixed_precision if accelerator is not None else "no"
     fingerprint = f"{model_fingerprint(model_path)}-{cfg.model.dtype}" + (f"-{mixed}" if mixed != "no" else "")
+    transform = LogitTransform.of(unwrap_peft(model).config)
+    if not transform.is_identity:   # caches made before log-probs applied the transform hold other values
+        fingerprint += f"-logits{transform.scale:g}" + (f"cap{transform.softcap:g}" if transform.softcap else "")
     path = cache_dir / "reflogps" / f"{fingerprint}.pt"
     cache = ReferenceCache(path)
     own = cache.missing(seqs)
@@ -491,6 +495,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     run_dir.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg.model.device)
     _, mixed_precision = pick_dtype(cfg.model.dtype, device)
+    training_dtype_warning(cfg.model.dtype)   # (refuses float16; the CLI prints the bfloat16 warning)
     D.refuse_sharding_on_cpu(device)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision,
                               kwargs_handlers=D.process_group_handlers())
