@@ -89,7 +89,7 @@ def run(
     """Train every algorithm x seed on a suite and write results/<suite>/<algo>/seed<k>/."""
     from pobench import config as C
     from pobench.data import check_run_records, describe_loaded, load_suite_data
-    from pobench.models import check_model_source
+    from pobench.models import check_model_source, training_dtype_warning
     from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite
     from pobench.sampling.pools import candidates_per_prompt, check_dataset_pools
 
@@ -158,6 +158,8 @@ def run(
                 RunLock(run_dir).refuse_if_in_use()   # a run writing there now is named as such
                 raise PobenchError(f"{run_dir}: already holds a run; pass --resume to continue or skip it, "
                                    f"or choose another --out")
+            if not done:
+                training_dtype_warning(cfg.model.dtype)   # refuses float16 now, before the model is read
             plans.append((algorithm, cfg, run_dir, done))
     for model_source in dict.fromkeys((cfg.model.name_or_path, cfg.model.gguf_file) for _, cfg, _, _ in plans):
         check_model_source(*model_source)
@@ -182,11 +184,13 @@ def run(
             check_dataset_pools(cfg, sampler, datasets_by_key[key])
             if datasets_by_key[key].check_config:
                 datasets_by_key[key].check_config(cfg)
-            warning = sampler.plan_warning(candidates_per_prompt(cfg, datasets_by_key[key])) \
-                if hasattr(sampler, "plan_warning") else None
-            if warning and warning not in warned:
-                warned.add(warning)
-                console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+            warnings = [training_dtype_warning(cfg.model.dtype),
+                        sampler.plan_warning(candidates_per_prompt(cfg, datasets_by_key[key]))
+                        if hasattr(sampler, "plan_warning") else None]
+            for warning in filter(None, warnings):
+                if warning not in warned:
+                    warned.add(warning)
+                    console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
             if resume:
                 check_run_records(run_dir, datasets_by_key[key].report, "--resume")
     if inside_launch():

@@ -41,7 +41,8 @@ class DataConfig:
 class ModelConfig:
     name_or_path: str = "smollm2-135m-instruct"  # hub id, local folder, .gguf file, or a built-in alias
     gguf_file: str | None = None   # file name inside name_or_path when it is a folder holding a GGUF
-    dtype: str = "auto"            # auto (fp32 weights; bf16 autocast on CUDA) | float32 | bfloat16 | float16
+    dtype: str = "auto"            # auto (fp32 weights; bf16 autocast on CUDA) | float32 | bfloat16 (pure bf16:
+                                   # small updates round away) | float16 (refused: fp16 Adam needs loss scaling)
     device: str = "auto"           # auto | cpu | cuda
     chat_template: str = "auto"    # auto (the tokenizer's) | plain (User:/Assistant: lines) | a Jinja string
     attn_implementation: str = "sdpa"  # sdpa (torch picks its fused kernel) | eager; flash-attention kernels
@@ -178,7 +179,7 @@ _BETA = ("in [0, 1)", lambda v: 0 <= v < 1)                          # Adam's mo
 RANGES = {
     "seed": _SEED, "pool.seed": _SEED, "eval.seed": _SEED,
     "data.eval_size": _AT_LEAST_1, "data.max_train_records": _NOT_NEGATIVE,
-    "model.lora_r": _NOT_NEGATIVE, "model.lora_dropout": _FRACTION,
+    "model.lora_r": _NOT_NEGATIVE, "model.lora_alpha": _POSITIVE, "model.lora_dropout": _FRACTION,
     "train.max_prompt_length": _AT_LEAST_1, "train.max_completion_length": _AT_LEAST_1,
     "train.batch_size": _AT_LEAST_1, "train.grad_accum": _AT_LEAST_1, "train.max_steps": _NOT_NEGATIVE,
     "train.lr": _POSITIVE, "train.weight_decay": _NOT_NEGATIVE, "train.warmup_ratio": _FRACTION,

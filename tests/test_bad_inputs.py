@@ -109,6 +109,10 @@ CASES = {
     "config_latin1": (run("--config", "{c}/config_latin1.yaml"), "error", ["config_latin1.yaml: not UTF-8"]),
     "config_bad_choice": (run("--config", "{c}/config_bad_choice.yaml"), "error", ["config key 'pool.backend'", "vllmm"]),
     "set_negative_steps": (run("--set", "train.max_steps=-3"), "error", ["config key 'train.max_steps': must be at least 0"]),
+    "set_float16_weights": (run("--set", "model.dtype=float16"), "error",
+                            ["model.dtype float16: pobench trains the weights in their own dtype"]),
+    "set_zero_lora_alpha": (run("--set", "model.lora_r=8", "--set", "model.lora_alpha=0"), "error",
+                            ["config key 'model.lora_alpha': must be greater than 0"]),   # (trained nothing, silently)
     "grad_accum_not_dividing_batch": (run("--set", "train.batch_size=3", "--set", "train.grad_accum=2"), "error",
                                       ["config key 'train.batch_size': 3 must be a multiple of train.grad_accum=2"]),
     "seed_listed_twice": (run("--seeds", "2,2"), "error", ["seed2: planned twice (dpo seed 2 and dpo seed 2)"]),
