@@ -167,6 +167,7 @@ def pool_entries(cache: Path) -> dict:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
+        entry.pop("seconds")   # what making it took: a measurement, not part of the pool
         entries.setdefault(entry["key"], entry)
     return entries
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from pobench.rewards import register_gold
 from pobench.sampling.pools import PoolStore
 from test_engine import make_cfg, metrics, run_train
@@ -41,11 +43,15 @@ def test_generated_pool_is_made_once_and_shared(tmp_path, tiny_model_dir):
     assert all(r["sampler/pool_size"] == 4 for r in rows)        # the dataset's rejected + 3 generated
     summary = json.loads((tmp_path / "mcpo" / "train_summary.json").read_text())
     assert summary["candidate_pool"]["reward_model"] == "gold:test-chars"
+    made_in = summary["candidate_pool"]["generation_s"]    # the pools' cost, made before training (not in train_time_s)
+    assert made_in > 0 and made_in == pytest.approx(sum(e["seconds"] for e in entries.values()), abs=1e-3)
     # a second algorithm at the same seed reuses the stored pool: nothing is generated again
     run_train(tmp_path / "rso", tiny_model_dir, algo="rso", pool=pool, algorithm={"num_accepted": 2},
               **pool_overrides(cache))
     assert stores[0].read_text() == before
     assert all(r["sampler/accepted"] == 2 for r in metrics(tmp_path / "rso"))
+    # ...and is charged what making it cost, as the run that made it was
+    assert json.loads((tmp_path / "rso" / "train_summary.json").read_text())["candidate_pool"]["generation_s"] == made_in
 
 
 def test_torn_store_line_is_ignored(tmp_path):

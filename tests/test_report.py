@@ -317,6 +317,21 @@ def test_leaderboard_takes_the_best_point_on_validation_never_on_test(tmp_path):
     assert acc["dpo"]["reached"] == "3/3" and acc["simpo"]["reached"] == "1/1"
 
 
+def test_the_leaderboard_charges_offline_samplers_their_pools(tmp_path):
+    """MC-PO's candidates are generated before training, OnMC-PO's inside it: the leaderboard shows the pools'
+    generation time beside the training time (train_summary's candidate_pool.generation_s), not hidden."""
+    for seed in (1, 2):
+        write_run(tmp_path, "dpo", seed, [0.5, 0.6])
+        run = write_run(tmp_path, "mcpo", seed, [0.5, 0.7])
+        summary = json.loads((run / "train_summary.json").read_text())
+        summary["candidate_pool"] = {"source": "generated", "generation_s": 30.0 + seed}
+        (run / "train_summary.json").write_text(json.dumps(summary))
+    report, _, _ = build_report(tmp_path)
+    rows = {r["algo"]: r for r in report["suites"][0]["leaderboard"]}
+    assert rows["mcpo"]["pool_s"]["mean"] == pytest.approx(31.5) and rows["dpo"]["pool_s"]["mean"] is None
+    assert "pool s" in to_markdown(sections(report))
+
+
 def test_formats_agree(tmp_path):
     report, _, _ = build_report(grid_results(tmp_path))
     md = to_markdown(sections(report))

@@ -456,7 +456,8 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
                                      for t, done in zip(texts, finished)]
         train_pairs[i].scores = scores
     return {"source": "generated", "reward_model": rm_name, "store": str(store.path), "prompts": len(indices),
-            "samples_per_prompt": cfg.pool.num_samples}
+            "samples_per_prompt": cfg.pool.num_samples,
+            "generation_s": P.pool_seconds(store, [train_pairs[i].prompt for i in indices])}
 
 
 def refuse_vllm_pools_under_a_launch(cfg: RunConfig, accelerator) -> None:

@@ -55,6 +55,13 @@ def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def pool_generation_seconds(summary: dict) -> float | None:
+    """The candidate pools' generation time a run drew from (made before training, so not in train_time_s)."""
+    pool = summary.get("candidate_pool")
+    value = pool.get("generation_s") if isinstance(pool, dict) else None
+    return value if is_number(value) else None
+
+
 def read_summary(path: Path) -> dict:
     """A run's train_summary.json, its fields of the types the report and `pobench run` read (a file edited or
     written by something else is an error naming the key, not a crash in the table)."""
@@ -252,6 +259,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         "samples": samples_used(summary),
         "pool_source": (summary.get("candidate_pool") or {}).get("source")
         if isinstance(summary.get("candidate_pool"), dict) else None,
+        "pool_s": pool_generation_seconds(summary),
         "data_digest": data_digest(read_json(run_dir / "data.json", required=False), run_dir / "data.json"),
         "reward_model": rm if isinstance(rm, str) or rm is None else json.dumps(rm, sort_keys=True),
         "config": config or {},

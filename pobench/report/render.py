@@ -12,7 +12,7 @@ from pobench.report.leaderboard import METRICS
 from pobench.report.versus import ACC_AUC, AUTO_JUDGE, DELTA_METRICS, SOFTWARE
 
 DIGITS = {"win_rate": 3, "lc_win_rate": 3, "reward_mean": 3, "kl": 3, "avg_length": 1, "held_out_acc": 3,
-          "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "pairs_per_s": 2,
+          "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "pool_s": 0, "pairs_per_s": 2,
           "held_out_acc_auc": 3}
 CURVE_TITLES = {ACCURACY: "held-out reward accuracy", "eval/rewards/margins": "held-out reward margin",
                 "eval/loss": "held-out loss", "gold/win_rate": "gold win rate against the reference",

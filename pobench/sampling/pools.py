@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from pobench import faults
@@ -162,6 +163,7 @@ def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]],
     task = progress.add_task(f"candidate pools ({cfg.pool.num_samples}/prompt)",
                              total=sum(map(len, chunks))) if progress else None
     for part in chunks:
+        started = time.perf_counter()
         completions = backend.generate([p for _, p in part], gen)
         entries = []
         for (record, ids), outs in zip(part, completions):
@@ -169,12 +171,23 @@ def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]],
             scores = scorer.score([record.prompt] * len(texts), texts)
             entries.append({"key": prompt_key(ids), "record": record.id, "candidates": texts,
                             "scores": [float(s) for s in scores], "finished": [c.finished for c in outs]})
+        # what the pools cost, stored with them: every run that draws from them is charged it (pool_seconds), not
+        # only the one that happened to make them
+        for entry in entries:
+            entry["seconds"] = round((time.perf_counter() - started) / len(entries), 4)
         store.add(entries)
         faults.kill_point("pool")
         if progress:
             progress.advance(task, len(part))
     if progress:
         progress.remove_task(task)
+
+
+def pool_seconds(store: PoolStore, prompts: list[list[int]]) -> float | None:
+    """Generation and scoring time of the pools of `prompts` (each prompt once), wherever and whenever they were
+    made; None where a pool's time was not recorded (a store older than the record)."""
+    seconds = [store.entries[key].get("seconds") for key in dict.fromkeys(map(prompt_key, prompts))]
+    return round(sum(seconds), 3) if all(isinstance(s, (int, float)) for s in seconds) else None
 
 
 def pool_for(store: PoolStore, prompt_ids: list[int]) -> tuple[list[str], list[float], list[bool]]:
