@@ -638,6 +638,32 @@ def test_an_unfinished_answer_keeps_what_the_template_puts_before_it(tiny_model_
     assert formatter.completion_text(messages, prompt, "in", finished=True) == "<think>\n\n</think>\n\nin<|im_end|>\n"
 
 
+# Mistral's and Gemma's template checks, in short: roles alternate from user; no system turn
+STRICT_TEMPLATE = (
+    "{% for m in messages %}{% if m.role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% if (m.role == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}{% endif %}[{{ m.role }}] {{ m.content }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+
+def test_a_strict_chat_template_gets_the_turns_merged_not_the_run_aborted(tiny_model_dir):
+    """4 of the HH-RLHF samples hold two human turns in a row, which alternation-checking templates reject (the run
+    stopped at the first); such a prompt's turns are merged, a system turn folded into the first user turn, and a
+    prompt the template takes is rendered as it is."""
+    from transformers import AutoTokenizer
+    formatter = ChatFormatter(AutoTokenizer.from_pretrained(tiny_model_dir), STRICT_TEMPLATE)
+    plain = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    assert formatter.prompt_text(plain) == "[user] a\n[assistant] b\n[user] c\n[assistant] "
+    twice = [{"role": "user", "content": "a"}, {"role": "user", "content": "again"}]
+    prompt = formatter.prompt_text(twice)
+    assert prompt == "[user] a\n\nagain\n[assistant] "
+    assert formatter.completion_text(twice, prompt, "yes") == "yes\n"          # the answer after the merged prompt
+    system = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a"}]
+    assert formatter.prompt_text(system) == "[user] be brief\n\na\n[assistant] "
+    with pytest.raises(Exception, match="must alternate"):                     # nothing simpler helps: its error
+        formatter.prompt_text([{"role": "assistant", "content": "a"}])
+
+
 PLUGIN_MISTAKES = {
     "dup_sampler": ('''
 from pobench.registry import register_sampler

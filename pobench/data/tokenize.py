@@ -38,6 +38,26 @@ def _plain_prompt(messages: list[dict]) -> str:
     return "".join(f"{role.get(m['role'], m['role'])}: {m['content']}\n\n" for m in messages) + "Assistant:"
 
 
+def _merge_turns(messages: list[dict]) -> list[dict]:
+    """Consecutive messages of one role as one message, their texts a blank line apart."""
+    merged: list[dict] = []
+    for m in messages:
+        if merged and merged[-1]["role"] == m["role"]:
+            merged[-1] = {**merged[-1], "content": merged[-1]["content"] + "\n\n" + m["content"]}
+        else:
+            merged.append(dict(m))
+    return merged
+
+
+def _simpler_conversations(messages: list[dict]):
+    """What a strict template may take instead: the turns merged; then a leading system turn folded into the
+    first user turn too."""
+    merged = _merge_turns(messages)
+    yield merged
+    if len(merged) > 1 and merged[0]["role"] == "system" and merged[1]["role"] == "user":
+        yield [{"role": "user", "content": merged[0]["content"] + "\n\n" + merged[1]["content"]}] + merged[2:]
+
+
 class ChatFormatter:
     """Renders prompts with the tokenizer's chat template ('auto'), a plain fallback ('plain'), or a given
     Jinja template; completions are whatever the template appends for an assistant turn (e.g. <|im_end|>)."""
@@ -56,7 +76,22 @@ class ChatFormatter:
         if self.mode == "plain":
             bos = self.tokenizer.bos_token or ""
             return bos + _plain_prompt(messages)
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self._render(messages, add_generation_prompt=True)
+
+    def _render(self, messages: list[dict], **options) -> str:
+        """The chat template's text. Templates that insist on alternating user/assistant turns (Mistral's, Llama
+        2's) or on no system turn (Gemma's) reject some records (4 of HH-RLHF's 1,992 samples hold two turns of one
+        role in a row): those get the turns merged, then the system turn folded into the first user turn; a prompt
+        the template takes as it is stays as it is."""
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, **options)
+        except Exception as rejected:
+            for simpler in _simpler_conversations(messages):
+                try:
+                    return self.tokenizer.apply_chat_template(simpler, tokenize=False, **options)
+                except Exception:
+                    continue
+            raise rejected
 
     def completion_text(self, messages: list[dict], prompt_text: str, completion: str, finished: bool = True) -> str:
         """The text after the prompt. `finished=False` (a sample cut by its token limit) keeps it open: no end of
@@ -73,8 +108,7 @@ class ChatFormatter:
         return marked[:at] if at >= 0 else completion
 
     def _assistant_turn(self, messages: list[dict], prompt_text: str, completion: str, eos: str) -> str:
-        full = self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
-                                                  tokenize=False)
+        full = self._render(messages + [{"role": "assistant", "content": completion}])
         # templates that rewrite earlier turns: fall back to text + EOS
         return full[len(prompt_text):] if full.startswith(prompt_text) else completion + eos
 
