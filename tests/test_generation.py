@@ -412,6 +412,60 @@ def test_fast_auto_is_plain_generate_on_cpu(model, tokenizer):
         GenerationConfig(fast="yes")
 
 
+def _windowed_mistral(window: int):
+    from transformers import MistralConfig, MistralForCausalLM
+    config = MistralConfig(vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=window,
+                           max_position_embeddings=256, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1)
+    torch.manual_seed(0)
+    return MistralForCausalLM(config).eval()
+
+
+def test_a_sliding_window_shorter_than_the_call_keeps_to_plain_generate(tokenizer, monkeypatch):
+    """StaticCache gives a sliding-window layer only its window's slots while the decoder's mask spans prompt +
+    new tokens: 30- and 21-token prompts (padded to 32) with 12 new tokens under a window of 8 crashed the fast path
+    ("size of tensor a (32) must match ... (44)"). "auto" now takes plain generate there (on CUDA, stood in for),
+    "on" is a PobenchError naming the window; a window the call fits in keeps the fast path, which gives generate's
+    tokens; a compiled step is refused for any window (it recompiled at every token)."""
+    prompts = [list(range(3, 33)), list(range(5, 26))]
+    greedy = dict(temperature=0.0, max_new_tokens=12)
+    short = get_backend("transformers", _windowed_mistral(8), tokenizer)
+    with pytest.raises(PobenchError, match="fast='on'.*window of 8 tokens.*44"):
+        short.generate(prompts, GenerationConfig(fast="on", **greedy))
+    monkeypatch.setattr(short, "_device", lambda: torch.device("cuda"))
+    assert not short.uses_fast_path(GenerationConfig(**greedy), prompts)
+    assert not short.uses_fast_path(GenerationConfig(**greedy))                   # width unknown: any window
+    monkeypatch.undo()
+    plain = short.generate(prompts, GenerationConfig(fast="off", **greedy))
+    assert [len(c[0].token_ids) for c in plain] == [12, 12]
+
+    wide = get_backend("transformers", _windowed_mistral(48), tokenizer)
+    monkeypatch.setattr(wide, "_device", lambda: torch.device("cuda"))
+    assert wide.uses_fast_path(GenerationConfig(**greedy), prompts)                # 32 + 12 <= 48
+    assert not wide.uses_fast_path(GenerationConfig(compile=True, **greedy), prompts)
+    assert not wide.uses_fast_path(GenerationConfig(**{**greedy, "max_new_tokens": 17}), prompts)
+    monkeypatch.undo()
+    assert ids(wide.generate(prompts, GenerationConfig(fast="on", **greedy))) == \
+        ids(wide.generate(prompts, GenerationConfig(fast="off", **greedy)))
+
+
+def test_layer_kinds_the_static_decoder_serves():
+    """Read as StaticCache reads a config: per-layer types (Gemma 2/3, Qwen2 with use_sliding_window), a chunked
+    window (Llama 4), anything else (linear attention) refused; Qwen2 without its window is all full attention."""
+    from transformers import Gemma2Config, Qwen2Config
+    from pobench.generation.static import window_conflict
+    assert window_conflict(Qwen2Config(num_hidden_layers=2), 10_000) is None
+    assert window_conflict(Qwen2Config(num_hidden_layers=2, use_sliding_window=True, sliding_window=64,
+                                       max_window_layers=1), 65) is not None
+    assert window_conflict(Gemma2Config(num_hidden_layers=2, sliding_window=64), 64) is None
+    assert "sliding_attention" in window_conflict(Gemma2Config(num_hidden_layers=2, sliding_window=64), 65)
+    chunked = SimpleNamespace(num_hidden_layers=2, layer_types=["chunked_attention", "full_attention"],
+                              attention_chunk_size=16)
+    assert window_conflict(chunked, 16) is None and "chunked_attention" in window_conflict(chunked, 17)
+    linear = SimpleNamespace(num_hidden_layers=1, layer_types=["linear_attention"])
+    assert "linear_attention" in window_conflict(linear, 8)
+
+
 @pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])
 def test_the_nucleus_searches_keep_the_same_tokens(scale):
     """From nearly flat (a random model's) to very peaked distributions, rows x 5000 tokens, several top_p: the

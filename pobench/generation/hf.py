@@ -90,6 +90,12 @@ def prompt_rounding(cfg: GenerationConfig) -> int:
     return 128 if cfg.compile else 16
 
 
+def fast_path_capacity(prompt_ids: list[list[int]], cfg: GenerationConfig) -> int:
+    """Cache slots the static decoder needs for a call: its widest prompt as the decoder pads it, plus
+    max_new_tokens (each chunk's prompts are no wider)."""
+    return -(-max(map(len, prompt_ids)) // prompt_rounding(cfg)) * prompt_rounding(cfg) + cfg.max_new_tokens
+
+
 CPU_BATCH_ROWS = 64      # off CUDA: SmolLM2-135M on 2 cores decoded 1.68x the tokens/s of 16 rows, and 128 no more
                          # (benchmarks/cpu_generate.py --batch-sweep)
 MAX_BATCH_ROWS = 256     # on CUDA: on an H200 batch 256 decoded 2.1x the new tokens/s of batch 64 (benchmarks/GPU.md)
@@ -150,13 +156,22 @@ class TransformersBackend:
         self.pad_id = int(pad) if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
         self._decoders = None   # static-cache decoders by shape, built on first fast call
 
-    def uses_fast_path(self, cfg: GenerationConfig) -> bool:
+    def uses_fast_path(self, cfg: GenerationConfig, prompt_ids: list[list[int]] | None = None) -> bool:
+        """Whether generate() takes the static decoder for these prompts (None: not known yet, so a model with a
+        sliding window is refused). fast="on" where the decoder cannot serve the call is a PobenchError: the
+        user asked for that path."""
         from pobench.generation import static
         if cfg.fast == "off":
             return False
         if cfg.fast == "auto" and self._device().type != "cuda":
             return False
-        return static.supported(self.model)
+        capacity = None if not prompt_ids else fast_path_capacity(prompt_ids, cfg)
+        reason = static.unsupported_reason(self.model, capacity, compiled=cfg.compile)
+        if reason is not None and cfg.fast == "on":
+            from pobench.errors import PobenchError
+            raise PobenchError(f"generation fast='on': the static-cache decoder cannot run this model: {reason} "
+                               f"(use fast='auto' or 'off')")
+        return reason is None
 
     def auto_batch_rows(self, prompt_ids: list[list[int]], cfg: GenerationConfig) -> int:
         """Rows per batch for batch_size 0 (see auto_batch_rows), sized for the call's longest prompt."""
@@ -166,10 +181,9 @@ class TransformersBackend:
             return auto_batch_rows(rows, device.type, 0, 0)
         free, _ = torch.cuda.mem_get_info(device)
         free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)   # torch's cached blocks
-        width = -(-max(map(len, prompt_ids)) // prompt_rounding(cfg)) * prompt_rounding(cfg)
         dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
         config = (self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model).config
-        per_row = decode_bytes_per_row(config, torch.finfo(dtype).bits // 8, width + cfg.max_new_tokens,
+        per_row = decode_bytes_per_row(config, torch.finfo(dtype).bits // 8, fast_path_capacity(prompt_ids, cfg),
                                        48 if cfg.top_p_method == "reject" else 32)
         return auto_batch_rows(rows, device.type, per_row, free)
 
@@ -205,7 +219,7 @@ class TransformersBackend:
         rows.sort(key=lambda r: -len(prompt_ids[r[0]]))   # stable: ties keep prompt-major order
         device = self._device()
         kwargs = self._sampling_kwargs(cfg)
-        fast = self.uses_fast_path(cfg)
+        fast = self.uses_fast_path(cfg, prompt_ids)
         sampling = cfg.temperature > 0
         keys = row_keys(prompt_ids, rows, cfg.seed, cfg.max_new_tokens).to(device) if sampling else None
         out: list[list[Completion | None]] = [[None] * cfg.n for _ in prompt_ids]

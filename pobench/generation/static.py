@@ -14,7 +14,8 @@ noise keys the caller hands in (the transformers backend's per-prompt streams, p
 plain and the fast path give the same samples wherever their logits agree.
 
 Needs transformers' StaticCache with an in-place `cumulative_length` (transformers >= 5.2x, `cache=` keyword);
-`supported(model)` says whether a model qualifies, and callers fall back to `generate` where it does not.
+`supported(model, capacity)` says whether a model qualifies for a call (a sliding window shorter than the call's
+prompt width + max_new_tokens does not), and callers fall back to `generate` where it does not.
 """
 from __future__ import annotations
 
@@ -28,16 +29,60 @@ import torch.nn.functional as F
 from pobench.generation import TOP_P_METHODS as GENERATION_TOP_P_METHODS, rejection_tries, rejects
 
 
-def supported(model) -> bool:
-    """True when the model's forward takes a `cache` keyword and transformers has the static cache this needs."""
+def unsupported_reason(model, capacity: int | None = None, compiled: bool = False) -> str | None:
+    """Why the static decoder cannot run `model` for `capacity` cache slots (prompt width + max_new_tokens; None:
+    not known yet), with its step compiled or not, or None where it can."""
     try:
         from transformers import StaticCache  # noqa: F401
         from transformers.cache_utils import StaticLayer
     except ImportError:
-        return False
+        return "this transformers has no StaticCache"
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     params = inspect.signature(base.forward).parameters
-    return "cache" in params and "logits_to_keep" in params and hasattr(StaticLayer(8), "cumulative_length")
+    if not ("cache" in params and "logits_to_keep" in params and hasattr(StaticLayer(8), "cumulative_length")):
+        return (f"{type(base).__name__}'s forward takes no `cache` and `logits_to_keep`, or this transformers' "
+                f"StaticLayer has no in-place cumulative_length")
+    return window_conflict(base.config, capacity, compiled)
+
+
+def window_conflict(config, capacity: int | None, compiled: bool = False) -> str | None:
+    """Where a layer's cache would be shorter than `capacity`, why; else None. StaticCache gives a sliding-window
+    or chunked layer (Mistral v0.1, Gemma 2/3, Qwen2 with use_sliding_window, Llama 4) only its window's slots, and
+    rolls them once full, while the decoder's mask spans every slot of prompt + new tokens: a mismatch of sizes
+    (seen: "size of tensor a (32) must match ... (44)"). A window at least `capacity` long never fills, so it
+    masks nothing the causal mask keeps and its layer writes slots as a full one does. Any other kind of layer
+    (linear attention, shared or absent caches) is refused: the decoder's masks and slot bookkeeping assume
+    attention over a cache of every position. Compiled, any window is refused: its layer branches on a Python
+    count of the tokens it holds, so every step compiled anew (measured on the CPU: 5 graphs for 5 steps of a
+    windowed Mistral, 1 without the window)."""
+    config = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    try:   # the reading StaticCache itself makes of the config
+        from transformers.cache_utils import get_layer_types_and_kwargs
+        kinds, kwargs = get_layer_types_and_kwargs(config)
+    except (ImportError, AttributeError):
+        window = getattr(config, "sliding_window", None) or getattr(config, "attention_chunk_size", None)
+        kinds = getattr(config, "layer_types", None) or \
+            ["sliding_attention" if window else "full_attention"] * config.num_hidden_layers
+        kwargs = [{"sliding_window": window} for _ in kinds]
+    for kind, layer in zip(kinds, kwargs):
+        if kind == "full_attention":
+            continue
+        if kind not in ("sliding_attention", "chunked_attention"):
+            return f"its layers of type {kind!r} are not plain attention over a static cache"
+        window = layer.get("sliding_window")
+        if compiled:
+            return f"its {kind} layers (window {window}) recompile a compiled decode step at every token"
+        if capacity is None:
+            return f"its {kind} layers keep a window of {window} tokens (the call's prompt width is not known)"
+        if window is None or window < capacity:
+            return (f"its {kind} layers keep a window of {window} tokens, fewer than the call's prompt width + "
+                    f"max_new_tokens ({capacity}) that the decoder attends over")
+    return None
+
+
+def supported(model, capacity: int | None = None, compiled: bool = False) -> bool:
+    """True when the static decoder can run `model` with `capacity` cache slots (see unsupported_reason)."""
+    return unsupported_reason(model, capacity, compiled) is None
 
 
 def blockwise_cumsum(values: torch.Tensor, block: int = 1024) -> torch.Tensor:
