@@ -398,6 +398,23 @@ def test_the_cli_destroys_its_process_group_before_exit(tmp_path, monkeypatch, a
             dist.destroy_process_group()
 
 
+def test_generation_runs_in_lockstep_only_where_the_weights_are_sharded_across_processes():
+    """FSDP and ZeRO-3 over several processes make every forward a collective: the trainer hands the online
+    sampler's backend a GenerationRanks there (plain generate, synced, one chunk size), and nothing elsewhere
+    (DDP, ZeRO-1/2, one process), where each rank may decode on its own, fast path included."""
+    from accelerate.utils import DistributedType
+
+    def accelerator(kind, processes, stage=None):
+        return types.SimpleNamespace(distributed_type=kind, num_processes=processes, state=types.SimpleNamespace(
+            deepspeed_plugin=types.SimpleNamespace(zero_stage=stage)))
+    assert isinstance(D.lockstep_generation(accelerator(DistributedType.FSDP, 2)), D.GenerationRanks)
+    assert isinstance(D.lockstep_generation(accelerator(DistributedType.DEEPSPEED, 4, stage=3)), D.GenerationRanks)
+    for alone in (accelerator(DistributedType.FSDP, 1), accelerator(DistributedType.DEEPSPEED, 1, stage=3),
+                  accelerator(DistributedType.DEEPSPEED, 2, stage=2), accelerator(DistributedType.MULTI_GPU, 2),
+                  accelerator(DistributedType.NO, 1)):
+        assert D.lockstep_generation(alone) is None
+
+
 def test_fsdp_or_deepspeed_launch_on_the_cpu_is_refused(monkeypatch):
     """On the CPU accelerate would train plain DDP under an FSDP/DeepSpeed launch: refused, not passed off as one."""
     import torch

@@ -449,6 +449,43 @@ def test_a_sliding_window_shorter_than_the_call_keeps_to_plain_generate(tokenize
         ids(wide.generate(prompts, GenerationConfig(fast="off", **greedy)))
 
 
+def test_generation_from_sharded_weights_keeps_every_rank_in_step(model, tokenizer, prompts, monkeypatch):
+    """FSDP/ZeRO-3 over several processes (a GenerationRanks given, stood in for here): each forward is a collective,
+    so the fast path (which stops on the rank's own rows and records gathers into CUDA graphs) is not taken, plain
+    generate keeps stepping until all ranks are done (synced_gpus), every rank decodes chunks of the ranks' smallest
+    auto size, and as many of them as the busiest rank (a rank short of chunks decodes its last one again)."""
+    class OtherRanks:   # another rank's GPU had less free memory; another rank had one chunk more
+        asked = []
+
+        def min(self, value):
+            self.asked.append(("min", value))
+            return 2
+
+        def max(self, value):
+            self.asked.append(("max", value))
+            return value + 1
+    backend = get_backend("transformers", model, tokenizer, ranks=OtherRanks())
+    cfg = GenerationConfig(n=2, temperature=0.8, max_new_tokens=5, seed=4)
+    with monkeypatch.context() as m:
+        m.setattr(backend, "_device", lambda: torch.device("cuda"))
+        assert not backend.uses_fast_path(cfg, prompts)
+    with pytest.raises(PobenchError, match="fast='on'.*sharded across processes"):
+        backend.generate(prompts, GenerationConfig(fast="on"))
+    calls = []
+    real = model.generate
+
+    def generate(**kw):
+        calls.append((kw["input_ids"].shape[0], kw.pop("synced_gpus", None)))   # no process group here to sync
+        return real(**kw)
+    monkeypatch.setattr(model, "generate", generate)
+    out = backend.generate(prompts, cfg)
+    assert OtherRanks.asked == [("min", 6), ("max", 3)]                     # 6 rows: auto 6 here, 2 agreed
+    assert calls == [(2, True)] * 4                                          # 3 chunks + the busiest rank's 4th
+    monkeypatch.setattr(model, "generate", real)
+    assert ids(out) == ids(get_backend("transformers", model, tokenizer).generate(
+        prompts, GenerationConfig(n=2, temperature=0.8, max_new_tokens=5, seed=4, batch_size=2)))
+
+
 def test_layer_kinds_the_static_decoder_serves():
     """Read as StaticCache reads a config: per-layer types (Gemma 2/3, Qwen2 with use_sliding_window), a chunked
     window (Llama 4), anything else (linear attention) refused; Qwen2 without its window is all full attention."""

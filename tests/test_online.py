@@ -222,6 +222,18 @@ def test_refresh_seeds_the_call_per_rank_unless_the_backend_seeds_each_prompt(mo
     assert seeds[0] != seeds[1] and seeds[2] == seeds[3]
     assert finished_flags and all(flags == [True, False] for flags in finished_flags)
 
+    # sharded weights (FSDP/ZeRO-3 over several processes): the backend is built to decode in lockstep with the
+    # other ranks; elsewhere it gets no such argument (a plugin backend need not know it)
+    built = []
+    monkeypatch.setattr(G, "get_backend", lambda *a, **k: built.append(k) or Backend(True))
+    ranks = object()
+    for ctx_ranks in (None, ranks):
+        sampler.backend = None
+        ctx = Ctx(3, 0)
+        ctx.generation_ranks = ctx_ranks
+        sampler._refresh(ctx)
+    assert built == [{}, {"ranks": ranks}]
+
 
 # -- online rounds through the vLLM backend, with a stand-in `vllm` package (vLLM itself is CUDA-only) ----------------
 

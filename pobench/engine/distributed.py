@@ -201,6 +201,29 @@ def weights_are_sharded(accelerator) -> bool:
         accelerator.state.deepspeed_plugin.zero_stage == 3
 
 
+class GenerationRanks:
+    """What generation agrees on across ranks where the policy's weights are sharded (lockstep_generation)."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+
+    def min(self, value: int) -> int:
+        return min(gather_lists([value], self.accelerator))
+
+    def max(self, value: int) -> int:
+        return max_over_ranks(value, self.accelerator)
+
+
+def lockstep_generation(accelerator) -> GenerationRanks | None:
+    """Where generating from the policy is a collective - FSDP or ZeRO-3 across several processes: every forward
+    gathers weights from all ranks, so each rank must run the same forwards, and a rank's own early stop (all of its
+    rows at EOS) or its own batch size (from its GPU's free memory) would leave the others waiting in a gather
+    forever. The backend then decodes in lockstep with the others (pobench/generation/hf.py); None elsewhere."""
+    if accelerator.num_processes > 1 and weights_are_sharded(accelerator):
+        return GenerationRanks(accelerator)
+    return None
+
+
 def optimizer_state_is_sharded(accelerator) -> bool:
     """FSDP and ZeRO shard the optimizer state across ranks: the main process alone cannot save it."""
     return forwards_need_all_ranks(accelerator)

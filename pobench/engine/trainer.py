@@ -45,11 +45,12 @@ class SamplerContext:
     what samplers key their per-record random draws on (pobench.sampling.record_generator).
 
     A sampler that generates from `model` does so inside `with ctx.generation_weights():` (every rank enters it:
-    under FSDP it gathers the weights that generation needs, see distributed.generation_weights)."""
+    under FSDP it gathers the weights that generation needs, see distributed.generation_weights), with a backend
+    given `ranks=ctx.generation_ranks` where that is not None (generation is then a collective)."""
 
     def __init__(self, cfg: RunConfig, scorer, model, tokenizer, formatter, refcache, device, pad_id: int,
                  batch_at, max_steps: int, reward_scorer, reference, batch_offset: int = 0,
-                 generation_weights=contextlib.nullcontext, agree_forwards=None):
+                 generation_weights=contextlib.nullcontext, agree_forwards=None, generation_ranks=None):
         self.cfg, self.scorer, self.model, self.tokenizer, self.formatter = cfg, scorer, model, tokenizer, formatter
         self.refcache, self.device, self.pad_id, self.batch_at, self.max_steps = refcache, device, pad_id, batch_at, max_steps
         self.batch_offset = batch_offset
@@ -60,6 +61,8 @@ class SamplerContext:
         self.step = 0
         self._reward_scorer, self._reference = reward_scorer, reference
         self.generation_weights = generation_weights
+        # distributed.GenerationRanks where generating is a collective (sharded weights), else None
+        self.generation_ranks = generation_ranks
 
     def reward_scorer(self):
         """The suite's reward model (built on first use)."""
@@ -639,6 +642,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     ctx = SamplerContext(cfg, scoring, model, tokenizer, formatter, refcache, device, pad_id, batch_at, max_steps,
                          reward_scorer, reference, batch_offset=batch_offset,
                          generation_weights=lambda: D.generation_weights(accelerator, scorer),
+                         generation_ranks=D.lockstep_generation(accelerator),
                          agree_forwards=agree_forwards if D.forwards_need_all_ranks(accelerator) else None)
     eval_bs = max(2, tc.batch_size)
 

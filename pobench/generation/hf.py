@@ -145,7 +145,9 @@ class TransformersBackend:
     name = "transformers"
     seeds_each_prompt = True   # per-(prompt, sample) streams, see the module docstring (read by sampling/online.py)
 
-    def __init__(self, model, tokenizer, **_ignored):
+    def __init__(self, model, tokenizer, ranks=None, **_ignored):
+        """`ranks` (distributed.GenerationRanks): given where the model's weights are sharded across processes, so
+        that every forward is a collective; generation then runs in lockstep with the other ranks (see generate)."""
         if model is None or tokenizer is None:
             from pobench.errors import PobenchError
             raise PobenchError("the transformers generation backend needs a loaded model and its tokenizer")
@@ -155,6 +157,7 @@ class TransformersBackend:
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
         self._decoders = None   # static-cache decoders by shape, built on first fast call
+        self.ranks = ranks
 
     def uses_fast_path(self, cfg: GenerationConfig, prompt_ids: list[list[int]] | None = None) -> bool:
         """Whether generate() takes the static decoder for these prompts (None: not known yet, so a model with a
@@ -165,8 +168,13 @@ class TransformersBackend:
             return False
         if cfg.fast == "auto" and self._device().type != "cuda":
             return False
-        capacity = None if not prompt_ids else fast_path_capacity(prompt_ids, cfg)
-        reason = static.unsupported_reason(self.model, capacity, compiled=cfg.compile)
+        if self.ranks is not None:
+            # the decoder stops when its own rows are done and would capture the weight gathers in a CUDA graph
+            reason = ("the model's weights are sharded across processes (FSDP, ZeRO-3), where every forward is a "
+                      "collective that all ranks must run alike")
+        else:
+            capacity = None if not prompt_ids else fast_path_capacity(prompt_ids, cfg)
+            reason = static.unsupported_reason(self.model, capacity, compiled=cfg.compile)
         if reason is not None and cfg.fast == "on":
             from pobench.errors import PobenchError
             raise PobenchError(f"generation fast='on': the static-cache decoder cannot run this model: {reason} "
@@ -198,6 +206,10 @@ class TransformersBackend:
         result does not depend on a checkpoint's generation_config.json."""
         kw = dict(max_new_tokens=cfg.max_new_tokens, min_new_tokens=0, eos_token_id=self.eos_ids,
                   pad_token_id=self.pad_id, use_cache=True, num_beams=1, repetition_penalty=1.0)
+        if self.ranks is not None:
+            # every rank keeps stepping until all ranks are done; transformers infers this for ZeRO-3 but not for
+            # the module inside an FSDP1 wrapper, which is what pobench generates from
+            kw["synced_gpus"] = True
         # Sampling (temperature, then top-p) happens in _RowSampler, each row with its own noise; generate itself
         # runs greedy over the one token left finite, so transformers' warpers (and its default top_k=50, which
         # vLLM and SimPO's recipe do not apply) never run.
@@ -228,7 +240,12 @@ class TransformersBackend:
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 batch = rows_per_call(self, prompt_ids, cfg)
-                for start in range(0, len(rows), batch):
+                if self.ranks is not None:   # one chunk size for all (auto sizing reads each GPU's own free memory)
+                    batch = self.ranks.min(batch)
+                starts = list(range(0, len(rows), batch))
+                if self.ranks is not None:   # as many chunks as the busiest rank: a repeat of the last one, unused
+                    starts += starts[-1:] * (self.ranks.max(len(starts)) - len(starts))
+                for n, start in enumerate(starts):
                     chunk = rows[start:start + batch]
                     chunk_keys = keys[start:start + len(chunk)] if sampling else None
                     if fast:
@@ -244,6 +261,8 @@ class TransformersBackend:
                                                             attention_mask=attention_mask.to(device),
                                                             logits_processor=processors, **kwargs)
                         new_tokens = sequences[:, input_ids.shape[1]:].tolist()
+                    if n > 0 and start == starts[n - 1]:
+                        continue   # a repeat that kept this rank in step with the others
                     for (p, s), ids in zip(chunk, new_tokens):
                         out[p][s] = self._completion(ids)
         finally:

@@ -77,7 +77,10 @@ class OnlinePool:
         records = [r for b in batches for r in b]
         synced = time.perf_counter()
         if self.backend is None:
-            self.backend = get_backend(pc.backend, ctx.model, ctx.tokenizer)
+            # sharded weights: the backend decodes in lockstep with the other ranks (distributed.lockstep_generation)
+            ranks = getattr(ctx, "generation_ranks", None)
+            self.backend = get_backend(pc.backend, ctx.model, ctx.tokenizer,
+                                       **({"ranks": ranks} if ranks is not None else {}))
         elif hasattr(self.backend, "sync_weights"):
             # vLLM generates from its own copy of the weights, loaded when it was built: every refresh after the
             # first follows an optimizer step, so the engine takes the current policy's weights first
