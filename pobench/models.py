@@ -68,19 +68,39 @@ def converted_folder(gguf: Path) -> Path:
 
 
 def convert_gguf(folder: Path, file: str) -> Path:
-    """De-quantise a GGUF once into a cached safetensors folder (written atomically)."""
+    """De-quantise a GGUF once into a cached safetensors folder (written atomically). Under a launch of several
+    processes each one resolves the model on its own: they take turns on a lock beside the folder, so one converts
+    and the rest find its folder (converting side by side, a later finisher removed the folder another was loading,
+    and a third one's os.replace onto the filled folder failed: ENOTEMPTY)."""
+    from pobench.engine.lock import waiting_lock
+
     target = converted_folder(folder / file)
     if (target / "model.safetensors").is_file():
         return target
+    with waiting_lock(target.with_name(target.name + ".lock")):
+        if (target / "model.safetensors").is_file():   # converted by the process that held the lock before
+            return target
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            _write_conversion(folder, file, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)   # a half-written copy (disk full, interrupted) is no cache
+            raise
+        shutil.rmtree(target, ignore_errors=True)   # a folder left without its weights
+        os.replace(tmp, target)
+    return target
+
+
+def _write_conversion(folder: Path, file: str, tmp: Path) -> None:
+    """The GGUF's model (de-quantised), generation config and tokenizer, saved as a model folder at `tmp`."""
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     from rich.console import Console
-    Console(stderr=True).print(f"converting {file} to safetensors once (about 20 s), cached in {target.parent}")
+    Console(stderr=True).print(f"converting {file} to safetensors once (about 20 s), cached in {tmp.parent}")
     previous = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"  # transformers' own GGUF progress bar
     try:
@@ -101,9 +121,6 @@ def convert_gguf(folder: Path, file: str) -> Path:
     tokenizer.save_pretrained(tmp)
     save_model(model, str(tmp / "model.safetensors"))
     (tmp / "pobench_source.json").write_text(json.dumps({"gguf": str(folder / file)}))
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
 
 
 def _check_safetensors(path: Path) -> None:

@@ -1,6 +1,10 @@
 """Model sources: where a GGUF's safetensors conversion is cached."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from pobench import models
 
 
@@ -17,6 +21,64 @@ def test_a_gguf_conversion_is_keyed_by_content_not_by_path(tmp_path, monkeypatch
     assert models.converted_folder(copies[0]).parent == tmp_path / "cache" / "models"
     copies[1].write_bytes(b"GGUF" + bytes(range(256)) * 65)
     assert models.converted_folder(copies[0]) != models.converted_folder(copies[1])
+
+
+def _slow_conversion(log: Path):
+    """A stand-in for the GGUF read and save (20 s for SmolLM2): slow enough for two processes to overlap, and
+    logging each conversion it makes."""
+    def write(folder, file, tmp):
+        import os
+        import time
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        tmp.mkdir(parents=True)
+        time.sleep(1.0)
+        (tmp / "model.safetensors").write_bytes(b"weights")
+    return write
+
+
+def _convert_in_child(folder, file, out):
+    out.put(str(models.convert_gguf(folder, file)))
+
+
+def test_processes_of_one_launch_convert_a_gguf_once(tmp_path, monkeypatch):
+    """Every process of a launch resolves the model itself: with an empty cache each converted, and a later
+    finisher's rmtree removed the folder another was loading (3+ processes: os.replace failed, ENOTEMPTY). They now
+    take turns on a lock beside the folder: one converts, the other finds the folder made."""
+    import multiprocessing
+    monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(range(256)))
+    log = tmp_path / "conversions.log"
+    monkeypatch.setattr(models, "_write_conversion", _slow_conversion(log))
+    context = multiprocessing.get_context("fork")      # the children keep the stand-in
+    out = context.Queue()
+    children = [context.Process(target=_convert_in_child, args=(tmp_path, gguf.name, out)) for _ in range(2)]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join(60)
+    assert [child.exitcode for child in children] == [0, 0]
+    target = models.converted_folder(gguf)
+    assert [out.get(timeout=5) for _ in children] == [str(target)] * 2
+    assert len(log.read_text().splitlines()) == 1
+    assert (target / "model.safetensors").read_bytes() == b"weights"
+    assert sorted(p.name for p in target.parent.iterdir()) == sorted([target.name, target.name + ".lock"])
+
+
+def test_a_failed_conversion_leaves_no_half_written_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv("POBENCH_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+
+    def fail(folder, file, tmp):
+        tmp.mkdir(parents=True)
+        raise OSError("disk full")
+    monkeypatch.setattr(models, "_write_conversion", fail)
+    with pytest.raises(OSError, match="disk full"):
+        models.convert_gguf(tmp_path, gguf.name)
+    assert [p.name for p in models.converted_folder(gguf).parent.iterdir()] == [models.converted_folder(gguf).name
+                                                                                + ".lock"]
 
 
 def test_the_policy_trains_without_the_models_own_dropout(tmp_path, smollm2_dir):

@@ -13,6 +13,7 @@ appended one whole line at a time, and a lost race only recomputes an entry.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -24,6 +25,7 @@ from pathlib import Path
 from pobench.errors import PobenchError
 
 LOCK_NAME = ".lock"
+NO_FLOCK = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL)   # a filesystem that cannot flock
 
 
 def _process_start(pid: int) -> str | None:
@@ -87,7 +89,7 @@ class RunLock:
         except BlockingIOError:
             return False
         except OSError as e:
-            if e.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            if e.errno not in NO_FLOCK:
                 os.close(fd)
                 raise
         return True
@@ -169,3 +171,23 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path):
+    """Hold an exclusive flock(2) on `path` (created if missing), waiting while another process holds it: for a
+    shared cache entry that one process fills and the others, once let in, find filled (a GGUF converted once).
+    The file stays: removing it would let a process that opened it before the removal lock an orphan beside a
+    newcomer. A filesystem without flock gets no lock, as RunLock."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in NO_FLOCK:
+                raise
+        yield
+    finally:
+        os.close(fd)   # drops the lock
