@@ -219,9 +219,16 @@ def pick_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise PobenchError(f"model.device {device}: CUDA is not available on this machine")
     try:
-        return torch.device(device)
+        picked = torch.device(device)
     except RuntimeError:
         raise PobenchError(f"config key 'model.device': {device!r} is not a device (auto, cpu, cuda, cuda:N, ...)") from None
+    # torch.device accepts any index; a GPU the machine lacks would fail later, deep in a CUDA call
+    # ("invalid device ordinal")
+    if picked.type == "cuda" and picked.index is not None and picked.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise PobenchError(f"model.device {device}: this machine has {count} CUDA device(s), "
+                           f"cuda:0 to cuda:{count - 1}")
+    return picked
 
 
 def pick_dtype(dtype: str, device: torch.device) -> tuple[torch.dtype, str]:

@@ -81,6 +81,25 @@ def test_a_failed_conversion_leaves_no_half_written_copy(tmp_path, monkeypatch):
                                                                                 + ".lock"]
 
 
+def test_a_gpu_index_the_machine_lacks_is_named(monkeypatch):
+    """model.device=cuda:7 on a machine with 2 GPUs passed and later failed deep in CUDA ("invalid device
+    ordinal"): it is now a one-line error naming the key, as a machine without CUDA is."""
+    import torch
+    from pobench.errors import PobenchError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(PobenchError, match=r"^model.device cuda:7: this machine has 2 CUDA device\(s\), cuda:0 to "
+                                           r"cuda:1$"):
+        models.pick_device("cuda:7")
+    with pytest.raises(PobenchError, match="model.device cuda:2"):
+        models.pick_device("cuda:2")
+    assert models.pick_device("cuda:1") == torch.device("cuda:1")
+    assert models.pick_device("cuda") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PobenchError, match="model.device cuda:0: CUDA is not available"):
+        models.pick_device("cuda:0")
+
+
 def test_the_policy_trains_without_the_models_own_dropout(tmp_path, smollm2_dir):
     """A model with dropout (GPT-2's modules, Llama's and OPT's functional dropout) gave training forwards that
     differ from the same weights' no-gradient scores (MC-PO's kernel) and a non-zero implicit reward at the start;
