@@ -388,6 +388,59 @@ def test_static_decoder_reuses_its_decoder_and_sees_new_weights(model, tokenizer
         prompts, GenerationConfig(batch_size=3, temperature=0.0, max_new_tokens=6, fast="off")))
 
 
+def test_the_decoder_pool_evicts_the_least_recently_used_shape(model):
+    """Oldest-first eviction dropped a shape used in every round (its graph captured, its step compiled, again):
+    a decoder used again is the last to go. An evicted decoder gives back its cache at once."""
+    from pobench.generation.static import DecoderPool
+    pool = DecoderPool(keep=2)
+    get = lambda width: pool.get(model, 2, width, 4, [1], 0, 0.0, 1.0)   # noqa: E731
+    hot = get(16)
+    get(32)
+    assert get(16) is hot                                                   # reused, and now the most recent
+    cold = pool.decoders[next(iter(pool.decoders))]
+    get(48)
+    assert [k[2] for k in pool.decoders] == [16, 48] and pool.decoders[next(iter(pool.decoders))] is hot
+    assert cold.cache is None                                               # released, not left to the collector
+
+
+def test_retained_decoders_count_against_the_decode_memory_share(model, tokenizer, prompts, monkeypatch):
+    """Up to 4 decoders (each a full KV cache, on CUDA a graph's memory) outlived their calls beside training,
+    outside the quarter of free memory that auto sizing gives one batch. On CUDA (stood in for) the pool keeps them
+    all, a new one included, within that share, evicting the least recently used; auto sizing counts their memory
+    as free (the pool gives it back), so a retained decoder does not shrink the next call's batch into a new shape."""
+    from pobench.generation import hf
+    from pobench.generation.static import DecoderPool
+    pool = DecoderPool()
+    get = lambda width, need, budget: pool.get(model, 2, width, 4, [1], 0, 0.0, 1.0, need_bytes=need,  # noqa: E731
+                                               budget_bytes=budget)
+    get(16, 100, 300)
+    get(32, 100, 300)
+    get(16, 100, 300)                                                       # a hit: the 16 is now the most recent
+    assert pool.held_bytes() == 200
+    get(48, 150, 300)                                                       # 350 > 300: the 32 goes
+    assert [k[2] for k in pool.decoders] == [16, 48] and pool.held_bytes() == 250
+    get(64, 400, 300)                                                       # larger than the share alone: alone
+    assert [k[2] for k in pool.decoders] == [64] and pool.held_bytes() == 400
+
+    backend = get_backend("transformers", model, tokenizer)
+    held = lambda: backend._decoders.held_bytes() if backend._decoders else 0   # noqa: E731
+    monkeypatch.setattr(backend, "_device", lambda: torch.device("cuda"))
+    # a 4 MiB GPU, less what the pool's decoders hold; 64 KiB a row: 16 rows make the quarter share
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: ((4 << 20) - held(), 80 << 30))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 0)
+    monkeypatch.setattr(hf, "decode_bytes_per_row", lambda config, nbytes, capacity, sampler: 1 << 16)
+    cfg = GenerationConfig(n=8, temperature=0.0, max_new_tokens=4)
+    assert backend.auto_batch_rows(prompts, cfg) == 16
+    backend._decode_static([prompts[0]] * 8, cfg)
+    assert held() == 8 << 16
+    assert backend.auto_batch_rows(prompts, cfg) == 16                      # not 14: the pool's bytes count as free
+    backend._decode_static([prompts[1]] * 12, cfg)                          # 8 + 12 rows > 16: the 8 go
+    assert [k[1] for k in backend._decoders.decoders] == [12] and held() == 12 << 16
+    backend._decode_static([prompts[2]] * 2, cfg)                           # 12 + 2 <= 16: both kept
+    assert [k[1] for k in backend._decoders.decoders] == [12, 2]
+
+
 def test_sample_tokens_follows_top_p_distribution():
     """Temperature then top-p as transformers' TopPLogitsWarper: with probabilities (.5, .3, .15, .05) and
     top_p .8 the kept set is the first two tokens (mass before the third is .8), renormalised to (.625, .375)."""

@@ -187,13 +187,21 @@ class TransformersBackend:
         device = self._device()
         if device.type != "cuda":
             return auto_batch_rows(rows, device.type, 0, 0)
+        # the pool's decoders count as free: it gives them back where a new shape needs the room (_decode_static),
+        # and sizing around them would make new shapes, hence more decoders
+        held = self._decoders.held_bytes() if self._decoders is not None else 0
+        return auto_batch_rows(rows, device.type, self._bytes_per_row(fast_path_capacity(prompt_ids, cfg), cfg),
+                               self._free_bytes(device) + held)
+
+    def _free_bytes(self, device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)   # torch's cached blocks
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)   # torch's cached blocks
+
+    def _bytes_per_row(self, capacity: int, cfg: GenerationConfig) -> int:
         dtype = next(p for p in self.model.parameters() if p.is_floating_point()).dtype
         config = (self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model).config
-        per_row = decode_bytes_per_row(config, torch.finfo(dtype).bits // 8, fast_path_capacity(prompt_ids, cfg),
-                                       48 if cfg.top_p_method == "reject" else 32)
-        return auto_batch_rows(rows, device.type, per_row, free)
+        return decode_bytes_per_row(config, torch.finfo(dtype).bits // 8, capacity,
+                                    48 if cfg.top_p_method == "reject" else 32)
 
     def _device(self) -> torch.device:
         try:
@@ -275,11 +283,17 @@ class TransformersBackend:
         if self._decoders is None:
             self._decoders = DecoderPool()
         input_ids, attention_mask = left_pad(rows, self.pad_id, multiple=prompt_rounding(cfg))
+        need, budget = 0, None
+        device = self._device()
+        if device.type == "cuda":   # the pool's decoders and the new one, within auto_batch_rows' share
+            need = len(rows) * self._bytes_per_row(input_ids.shape[1] + cfg.max_new_tokens, cfg)
+            budget = int(MEMORY_SHARE * (self._free_bytes(device) + self._decoders.held_bytes()))
         decoder = self._decoders.get(self.model, len(rows), input_ids.shape[1], cfg.max_new_tokens, self.eos_ids,
                                      self.pad_id, cfg.temperature, cfg.top_p, compile_step=cfg.compile,
                                      # "select" asks the host, which a CUDA graph or compiled step cannot: there
                                      # the decoder picks the sort, whose nucleus is the same
-                                     top_p_method=None if cfg.top_p_method in ("auto", "select") else cfg.top_p_method)
+                                     top_p_method=None if cfg.top_p_method in ("auto", "select") else cfg.top_p_method,
+                                     need_bytes=need, budget_bytes=budget)
         return decoder.generate(input_ids, attention_mask, keys)
 
     def _completion(self, ids: list[int]) -> Completion:
