@@ -239,6 +239,17 @@ def test_overlong_prompt_keeps_its_end(tiny_model_dir):
     assert len(pair.chosen) <= 5
 
 
+# -- alpaca_eval files ---------------------------------------------------------------------------------------------
+def test_an_eval_file_that_is_not_utf8_is_named(tmp_path):
+    """A Latin-1 eval file raised UnicodeDecodeError: an internal error, exit 1, after the training."""
+    from pobench.errors import PobenchError
+    from pobench.eval.alpaca_set import load_alpaca_eval
+    path = tmp_path / "alpaca_latin1.json"
+    path.write_bytes('[{"instruction": "caf\u00e9?", "output": "oui"}]'.encode("latin-1"))
+    with pytest.raises(PobenchError, match=f"{path}: not UTF-8 text"):
+        load_alpaca_eval(str(path))
+
+
 # -- property-based: the HH transcript parser and the config merge ---------------------------------------------
 TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
 TURN_TEXT = TEXT.filter(lambda t: "\n\nHuman:" not in t and "\n\nAssistant:" not in t)

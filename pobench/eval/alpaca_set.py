@@ -28,7 +28,11 @@ class EvalItem:
 
 
 def _read_items(path: Path) -> list:
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PobenchError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); alpaca_eval's files are "
+                           f"UTF-8 JSON") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
