@@ -22,6 +22,8 @@ from pobench.data.loading import SAMPLES_DIR, read_json_rows
 HH_SAMPLE = SAMPLES_DIR / "hh-rlhf" / "harmless-base-test-2000.jsonl.gz"
 RUN = ["run", "--out", "out", "--model", "no-such-model", "--max-steps", "1", "--no-eval"]
 FIXTURES = Path(__file__).parent / "fixtures"
+# the alpaca_eval set with a judge that may grade it (a hub id: not looked up before the evaluation)
+ALPACA = RUN[:-1] + ["--set", "eval.eval_set=alpaca_eval", "--set", "eval.judge=rm:org/judge-rm"]
 GOOD = {"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: a\n\nAssistant: no"}
 
 
@@ -92,13 +94,33 @@ CASES = {
     "openai_judge_without_credentials": (RUN[:-1] + ["--set", "eval.judge=alpaca_eval:weighted_alpaca_eval_gpt4_turbo"],
                                          None, ["alpaca_eval:weighted_alpaca_eval_gpt4_turbo calls OpenAI",
                                                 "set OPENAI_API_KEY, OPENAI_API_KEYS or OPENAI_CLIENT_CONFIG_PATH first"]),
-    "eval_file_missing": (RUN[:-1] + ["--set", "eval.eval_set=alpaca_eval", "--set", "eval.eval_file=/no/such.json"],
+    "eval_file_missing": (ALPACA + ["--set", "eval.eval_file=/no/such.json"],
                           None, ["config key 'eval.eval_file': /no/such.json: no such file"]),
+    # the alpaca_eval set's settings that failed only after the training, once the answers were generated
+    "alpaca_set_with_the_auto_judge": (RUN[:-1] + ["--set", "eval.eval_set=alpaca_eval", "--set",
+                                                   f"eval.eval_file={FIXTURES / 'alpaca_eval_sample.json'}"], None,
+                                       ["eval.judge auto trains on the suite's pairs", "eval.eval_set held_out"]),
+    "alpaca_reference_on_held_out": (RUN[:-1] + ["--set", "eval.reference=alpaca_eval"], None,
+                                     ["eval.reference alpaca_eval needs eval.eval_set alpaca_eval"]),
+    "alpaca_set_offline_without_a_file": (ALPACA, None, ["config key 'eval.eval_file': none given",
+                                                         "hub", "not reachable", "--eval-file"]),
+    "eval_file_bad_json": (ALPACA + ["--set", "eval.eval_file=bad.json"],
+                           lambda d: (d / "bad.json").write_text('[{"instruction": "a",\n'), ["bad.json:1: bad JSON"]),
+    "eval_file_not_utf8": (ALPACA + ["--set", "eval.eval_file=latin.json"],
+                           lambda d: (d / "latin.json").write_bytes('[{"instruction": "caf\u00e9"}]'.encode("latin-1")),
+                           ["latin.json: not UTF-8 text"]),
+    "eval_file_without_the_reference_outputs": (
+        ALPACA + ["--set", "eval.eval_file=no_output.json", "--set", "eval.reference=alpaca_eval"],
+        lambda d: (d / "no_output.json").write_text(json.dumps([{"instruction": "a", "output": "x"}, {"instruction": "b"}])),
+        ["config key 'eval.eval_file': no_output.json: row 2 has no 'output'", "eval.reference alpaca_eval"]),
+    # the reference policy answers every instruction itself: the file's outputs are not needed
+    "eval_file_without_outputs_read_for_sft": (ALPACA + ["--set", "eval.eval_file=no_output.json"],
+                                               lambda d: (d / "no_output.json").write_text(json.dumps([{"instruction": "b"}])),
+                                               ["no-such-model"]),
     # a difficulty file is read for alpaca_eval's set only: with the held-out set, a missing one is not refused
     # (the run then fails on the missing model, as every case here does)
-    "lc_file_without_a_column": (RUN[:-1] + ["--set", "eval.eval_set=alpaca_eval", "--set",
-                                             f"eval.eval_file={FIXTURES / 'alpaca_eval_sample.json'}", "--set",
-                                             "eval.lc_difficulty_file=gamed.csv"],
+    "lc_file_without_a_column": (ALPACA + ["--set", f"eval.eval_file={FIXTURES / 'alpaca_eval_sample.json'}", "--set",
+                                           "eval.lc_difficulty_file=gamed.csv"],
                                  lambda d: (d / "gamed.csv").write_text("index,preference\n0,0.5\n"),
                                  ["eval.lc_difficulty_file gamed.csv: no column 'instruction_difficulty'"]),
     "lc_file_unread_by_held_out": (RUN[:-1] + ["--set", "eval.lc_difficulty_file=/no/such.csv"], None,

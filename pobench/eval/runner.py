@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -80,10 +81,15 @@ def evaluated_eval_config(run_dir: Path) -> dict:
     return recorded
 
 
+AUTO_JUDGE_NEEDS_HELD_OUT = ("eval.judge auto trains on the suite's pairs: it needs eval.eval_set held_out; name a "
+                             "judge for the alpaca_eval set (--judge alpaca_eval:<config> or rm:<folder>)")
+ALPACA_REFERENCE_NEEDS_SET = "eval.reference alpaca_eval needs eval.eval_set alpaca_eval (--eval-set alpaca_eval)"
+
+
 def check_eval_config(cfg) -> None:
-    """What the evaluation of `cfg` needs that can be checked without a model or the network: the judge's spec, a
-    gold reward's name, a local reward-model folder, the eval and difficulty files. `pobench run` checks before
-    training, so that a typo costs seconds, not the training budget."""
+    """What the evaluation of `cfg` needs that can be checked without a model: the judge's spec, a gold reward's
+    name, a local reward-model folder, the eval set with its judge and reference, the eval and difficulty files.
+    `pobench run` checks before training, so that a typo costs seconds, not the training budget."""
     import re
 
     from pobench.eval.judges import check_judge_spec
@@ -102,15 +108,50 @@ def check_eval_config(cfg) -> None:
     # a hub id (org/name, dots allowed) is only found at load time; a path spelled as one can be checked now
     if kind == "rm" and arg.startswith((".", "/", "~")) and not Path(arg).expanduser().exists():
         raise PobenchError(f"config key 'eval.judge': {spec}: no such reward-model folder")
-    if cfg.eval.eval_set == "alpaca_eval" and cfg.eval.eval_file and not Path(cfg.eval.eval_file).expanduser().is_file():
-        raise PobenchError(f"config key 'eval.eval_file': {cfg.eval.eval_file}: no such file")
-    if (cfg.eval.eval_set == "alpaca_eval" and cfg.eval.lc_difficulty_file   # read for alpaca_eval's set only
-            and not Path(cfg.eval.lc_difficulty_file).expanduser().is_file()):
-        raise PobenchError(f"config key 'eval.lc_difficulty_file': {cfg.eval.lc_difficulty_file}: no such file "
+    if cfg.eval.reference == "alpaca_eval" and cfg.eval.eval_set != "alpaca_eval":
+        raise PobenchError(ALPACA_REFERENCE_NEEDS_SET)
+    if cfg.eval.eval_set == "alpaca_eval":
+        check_alpaca_eval_set(cfg.eval)
+
+
+def check_alpaca_eval_set(e) -> None:
+    """The alpaca_eval set's settings (`e`: the eval section): each of these failed only once the answers were
+    generated, after the training."""
+    if e.judge == "auto":
+        raise PobenchError(AUTO_JUDGE_NEEDS_HELD_OUT)
+    if e.lc_difficulty_file and not Path(e.lc_difficulty_file).expanduser().is_file():
+        raise PobenchError(f"config key 'eval.lc_difficulty_file': {e.lc_difficulty_file}: no such file "
                            f"(alpaca_eval's df_gamed.csv)")
-    if cfg.eval.eval_set == "alpaca_eval" and cfg.eval.lc_difficulty_file:
+    if e.lc_difficulty_file:
         from pobench.eval.metrics import check_difficulty_file
-        check_difficulty_file(Path(cfg.eval.lc_difficulty_file).expanduser())   # its columns, before any work
+        check_difficulty_file(Path(e.lc_difficulty_file).expanduser())   # its columns, before any work
+    if not e.eval_file:
+        from pobench.data.loading import hub_reachable
+        from pobench.eval.alpaca_set import HUB_FILE, HUB_REPO
+        if not hub_reachable():
+            raise PobenchError(f"config key 'eval.eval_file': none given, and the hub the alpaca_eval set is read "
+                               f"from then is not reachable; pass --eval-file with a local copy of {HUB_REPO}/{HUB_FILE}")
+        return
+    path = Path(e.eval_file).expanduser()
+    if not path.is_file():
+        raise PobenchError(f"config key 'eval.eval_file': {e.eval_file}: no such file")
+    st = path.stat()
+    has_output = eval_file_outputs(str(path), st.st_mtime_ns, st.st_size)
+    used = has_output[:e.num_prompts] if e.num_prompts else has_output
+    if not used:
+        raise PobenchError(f"config key 'eval.eval_file': {e.eval_file}: no instructions")
+    if e.reference != "sft" and not all(used):   # dataset and alpaca_eval both compare with the file's outputs
+        raise PobenchError(f"config key 'eval.eval_file': {e.eval_file}: row {used.index(False) + 1} has no "
+                           f"'output', which eval.reference {e.reference} compares the answers with")
+
+
+@functools.lru_cache(maxsize=8)
+def eval_file_outputs(path: str, mtime_ns: int, size: int) -> tuple[bool, ...]:
+    """Whether each of the eval file's instructions has a reference output, read once per file and version however
+    many runs a command plans (reading it is the check of its form)."""
+    from pobench.eval.alpaca_set import load_alpaca_eval
+    items, _ = load_alpaca_eval(path)
+    return tuple(it.reference_output is not None for it in items)
 
 
 def eval_items(cfg, run_dirs=(), doing: str = "pobench eval") -> tuple[list[EvalItem], str, object]:
@@ -263,7 +304,7 @@ def reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, ca
         raise PobenchError(f"eval.reference {kind}: item {missing[0]} has no reference output")
     what = "the held-out records' chosen responses" if kind == "dataset" else "the eval file's outputs"
     if kind == "alpaca_eval" and cfg.eval.eval_set != "alpaca_eval":
-        raise PobenchError("eval.reference alpaca_eval needs eval.eval_set alpaca_eval (--eval-set alpaca_eval)")
+        raise PobenchError(ALPACA_REFERENCE_NEEDS_SET)
     return [it.reference_output for it in items], {"kind": kind, "source": what}
 
 
@@ -334,8 +375,7 @@ def build_run_judge(cfg, suite_data, run_dirs: list[Path], cache_dir: Path, devi
     spec = cfg.eval.judge
     if spec == "auto":
         if suite_data is None:
-            raise PobenchError("eval.judge auto trains on the suite's pairs: it needs eval.eval_set held_out; "
-                               "name a judge for the alpaca_eval set (--judge alpaca_eval:<config> or rm:<folder>)")
+            raise PobenchError(AUTO_JUDGE_NEEDS_HELD_OUT)
         used = set().union(*(run_training_indices(cfg, len(suite_data.train), d) for d in run_dirs))
         path, info = auto_judge_model(cfg, suite_data, used, cache_dir, progress)
         judge = rm_judge(path, {"spec": "auto", **info})
