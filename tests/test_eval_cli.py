@@ -210,6 +210,22 @@ def test_eval_on_alpaca_eval_instructions_with_the_local_llm_judge(finished_run,
     assert [r["reference_output"] for r in rows(finished_run)] == [f["output"] for f in fixture]
 
 
+def test_the_reference_answers_are_named_by_the_set_they_come_from():
+    """reference dataset on the alpaca_eval set compares with the eval file's outputs: eval.json called them the
+    held-out records' chosen responses."""
+    from types import SimpleNamespace
+
+    from pobench.eval.alpaca_set import EvalItem
+    from pobench.eval.runner import reference_outputs
+    items = [EvalItem([{"role": "user", "content": "q"}], "the file's answer", "alpaca_eval:0", 0)]
+    for eval_set, reference, source in (("alpaca_eval", "dataset", "the eval file's outputs"),
+                                        ("alpaca_eval", "alpaca_eval", "the eval file's outputs"),
+                                        ("held_out", "dataset", "the held-out records' chosen responses")):
+        cfg = SimpleNamespace(eval=SimpleNamespace(eval_set=eval_set, reference=reference))
+        outs, info = reference_outputs(cfg, items, [[1]], None, None, None, None)
+        assert outs == ["the file's answer"] and info == {"kind": reference, "source": source}
+
+
 def test_eval_errors_name_the_problem(finished_run, tmp_path):
     from pobench.eval.runner import evaluate_run
     with pytest.raises(PobenchError, match="not a run folder"):

@@ -302,7 +302,8 @@ def reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, ca
     missing = [it.id for it in items if it.reference_output is None]
     if missing:
         raise PobenchError(f"eval.reference {kind}: item {missing[0]} has no reference output")
-    what = "the held-out records' chosen responses" if kind == "dataset" else "the eval file's outputs"
+    # the answers the set carries: reference dataset on the alpaca_eval set is its file's outputs too
+    what = "the held-out records' chosen responses" if cfg.eval.eval_set == "held_out" else "the eval file's outputs"
     if kind == "alpaca_eval" and cfg.eval.eval_set != "alpaca_eval":
         raise PobenchError(ALPACA_REFERENCE_NEEDS_SET)
     return [it.reference_output for it in items], {"kind": kind, "source": what}
