@@ -225,3 +225,47 @@ def test_the_difficulty_file_is_checked_once_per_version(tmp_path, monkeypatch):
         with pytest.raises(PobenchError, match="no column 'instruction_difficulty'"):
             M.check_difficulty_file(path)
     assert len(reads) == 3
+
+
+def test_alpaca_eval_glm_with_one_answer_or_equal_length_differences(tmp_path):
+    """One prompt divided its length difference by a NaN spread (an IndexingError inside alpaca_eval: internal error,
+    the answers lost); equal differences by a zero one (tanh(inf): a made-up length effect). As the length-only GLM:
+    no LC win rate where length cannot be told from quality, the GLM where the lengths are equal."""
+    pytest.importorskip("alpaca_eval")
+    df_gamed, _ = synthetic_df_gamed(np.random.default_rng(4))
+    path = tmp_path / "df_gamed.csv"
+    df_gamed.to_csv(path, index=False)
+    for prefs, policy, reference in (([0.7], ["x" * 10], ["x" * 20]),
+                                     ([0.7, 0.2, 0.9], ["x" * 10] * 3, ["x" * 20] * 3)):
+        out = M.alpaca_eval_lc_win_rate(prefs, policy, reference, range(len(prefs)), path)
+        assert out["lc_win_rate"] is None and "cannot be told apart" in out["lc_note"]
+        assert out["lc_method"] == "alpaca_eval_glm_length_controlled_v1"
+    for prefs in ([0.7], [0.7, 0.2, 0.9]):
+        out = M.alpaca_eval_lc_win_rate(prefs, ["x" * 10] * len(prefs), ["y" * 10] * len(prefs), range(len(prefs)), path)
+        assert 0 < out["lc_win_rate"] < 1 and "lc_note" not in out
+
+
+def test_alpaca_eval_glm_only_against_its_own_reference_outputs(tmp_path):
+    """Its instruction difficulties were measured against AlpacaEval's reference outputs: against the reference
+    policy's answers (or any other) it was applied all the same; the length-only GLM is used, and eval.json says so."""
+    from types import SimpleNamespace
+
+    from pobench.eval.alpaca_set import EvalItem
+    from pobench.eval.runner import summarize
+    pytest.importorskip("alpaca_eval")
+    rng = np.random.default_rng(5)
+    df_gamed, _ = synthetic_df_gamed(rng)
+    path = tmp_path / "df_gamed.csv"
+    df_gamed.to_csv(path, index=False)
+    n = 40
+    policy = ["x" * int(k) for k in rng.integers(10, 300, n)]
+    reference = ["y" * int(k) for k in rng.integers(10, 300, n)]
+    rows = [{"preference": float(p), "policy_first": True, "scores": None} for p in rng.uniform(0, 1, n)]
+    items = [EvalItem([{"role": "user", "content": f"q{i}"}], reference[i], f"alpaca_eval:{i}", i) for i in range(n)]
+    for reference_kind, method in (("alpaca_eval", "alpaca_eval_glm_length_controlled_v1"),
+                                   ("sft", "length_only_glm"), ("dataset", "length_only_glm")):
+        e = SimpleNamespace(eval_set="alpaca_eval", reference=reference_kind, lc_difficulty_file=str(path),
+                            bootstrap=100, seed=0)
+        out = summarize(SimpleNamespace(eval=e), rows, policy, reference, items)
+        assert out["lc_method"] == method
+        assert ("eval.lc_difficulty_file unused" in out.get("lc_note", "")) == (reference_kind != "alpaca_eval")

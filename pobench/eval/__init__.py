@@ -25,7 +25,8 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
                                           length_coef: the GLM's weight on tanh(standardised length difference),
                                           > 0 when the judge favours the policy where its output is the longer one;
                                           null, with lc_note, where every length difference is the same non-zero
-                                          number (length and quality cannot be told apart)
+                                          number (length and quality cannot be told apart); alpaca_eval's GLM only
+                                          with reference alpaca_eval (else lc_note names the unused difficulty file)
     avg_length, reference_avg_length      mean output length in characters (length_unit)
     reward_mean, reference_reward_mean    mean judge score of the outputs (reward-model / gold judges; else null)
     kl, kl_se, kl_info                    KL(policy || reference) estimated from samples (null with eval.kl_samples 0)

@@ -92,6 +92,18 @@ def standardized_length_difference(policy_lengths, reference_lengths) -> np.ndar
     return delta / sd if sd > 0 else np.zeros_like(delta)
 
 
+def length_confounded(z: np.ndarray, policy_lengths, reference_lengths) -> bool:
+    """Whether the answers differ in length from their references, but all by the same amount (or there is one
+    answer): the standardised differences are then all zero, and a length effect is the intercept's."""
+    return not np.any(z) and bool(np.any(_array(policy_lengths, "lengths") != _array(reference_lengths, "lengths")))
+
+
+def no_lc_win_rate(method: str) -> dict:
+    return {"lc_win_rate": None, "lc_win_rate_se": None, "lc_method": method, "length_coef": None,
+            "lc_note": "every judged answer differs in length from its reference by the same amount: a length "
+                       "effect cannot be told apart from a quality effect"}
+
+
 def length_controlled_win_rate(preferences, policy_lengths, reference_lengths) -> dict:
     """The length-only GLM: p_i = sigmoid(a + b * tanh(z_i)), z = standardised length difference; LC = sigmoid(a).
 
@@ -103,10 +115,8 @@ def length_controlled_win_rate(preferences, policy_lengths, reference_lengths) -
     z = standardized_length_difference(policy_lengths, reference_lengths)
     if p.size != z.size:
         raise PobenchError(f"LC win rate: {p.size} preferences but {z.size} length pairs")
-    if not np.any(z) and np.any(_array(policy_lengths, "lengths") != _array(reference_lengths, "lengths")):
-        return {"lc_win_rate": None, "lc_win_rate_se": None, "lc_method": "length_only_glm", "length_coef": None,
-                "lc_note": "every judged answer differs in length from its reference by the same amount: a length "
-                           "effect cannot be told apart from a quality effect"}
+    if length_confounded(z, policy_lengths, reference_lengths):
+        return no_lc_win_rate("length_only_glm")
     if not np.any(z):
         w, cov = fit_logistic(np.ones((p.size, 1)), p)
         coef = 0.0
@@ -165,15 +175,20 @@ def alpaca_eval_lc_win_rate(preferences, policy_outputs, reference_outputs, inst
     df_gamed = read_difficulty_file(path).drop(columns=["model"], errors="ignore")
     difficulty = df_gamed.drop_duplicates("index").set_index("index")["instruction_difficulty"]
     info = GLM_INFO["length_controlled_v1"]
-    # alpaca_eval's orientation: output_1 = reference, output_2 = model, preference 1..2 -> 0..1 = model wins
-    len_1 = np.array([len(o) for o in reference_outputs], dtype=float)
-    len_2 = np.array([len(o) for o in policy_outputs], dtype=float)
-    delta = len_1 - len_2
+    method = "alpaca_eval_glm_length_controlled_v1"
+    policy_len, reference_len = [len(o) for o in policy_outputs], [len(o) for o in reference_outputs]
+    z = standardized_length_difference(policy_len, reference_len)
+    # one answer, or equal differences, divided by a zero spread: NaN rows broke alpaca_eval's fit, infinite ones
+    # made up a length effect
+    if length_confounded(z, policy_len, reference_len):
+        return no_lc_win_rate(method)
     df = pd.DataFrame({"preference": _array(preferences, "LC win rate"), "index": list(instruction_index)})
     missing = sorted(set(df["index"]) - set(difficulty.index))
     if missing:
         raise PobenchError(f"{path}: no instruction difficulty for AlpacaEval index {missing[0]}")
-    df["std_delta_len"] = delta / delta.std(ddof=1)
+    # alpaca_eval's orientation: output_1 = reference, output_2 = model, so its length difference is reference minus
+    # model; preference 1..2 -> 0..1 = model wins
+    df["std_delta_len"] = -z
     df["instruction_difficulty"] = df["index"].map(difficulty)
     df["not_gamed_baseline"] = True
     df_test = df[["instruction_difficulty", "not_gamed_baseline"]].copy()
@@ -190,7 +205,7 @@ def alpaca_eval_lc_win_rate(preferences, policy_outputs, reference_outputs, inst
                                          sample_weight=weight[keep], **info["kwargs"])
     predicted = model.predict_proba(x_test)[:, 1]
     return {"lc_win_rate": float(predicted.mean()),
-            "lc_win_rate_se": float(pd.Series(predicted).sem()), "lc_method": "alpaca_eval_glm_length_controlled_v1",
+            "lc_win_rate_se": float(pd.Series(predicted).sem()), "lc_method": method,
             # alpaca_eval's length difference is reference minus model: negated, the coefficient reads as the length-only
             # GLM's does (> 0: the judge favours the policy where its output is the longer one)
             "length_coef": -float(dict(zip(x_test.columns, model.coef_[0])).get("np.tanh(std_delta_len)", float("nan")))}

@@ -467,6 +467,22 @@ def versions() -> dict:
     return {"pobench": info["pobench"], "git_commit": info["git_commit"], "python": info["python"], **info["packages"]}
 
 
+def length_controlled(cfg, prefs: list[float], policy_out: list[str], ref_out: list[str], indices: list) -> dict:
+    """The LC win rate: alpaca_eval's `length_controlled_v1` GLM against its own reference outputs, else the
+    length-only GLM. That GLM's instruction difficulties and gamed baselines were measured against those outputs
+    (GPT-4-turbo's), so against any other reference they would misplace the policy."""
+    from pobench.eval import metrics as M
+    e = cfg.eval
+    if e.lc_difficulty_file and e.eval_set == "alpaca_eval" and e.reference == "alpaca_eval":
+        return M.alpaca_eval_lc_win_rate(prefs, policy_out, ref_out, indices, e.lc_difficulty_file)
+    lc = M.length_controlled_win_rate(prefs, [len(o) for o in policy_out], [len(o) for o in ref_out])
+    if e.lc_difficulty_file and e.eval_set == "alpaca_eval":
+        unused = (f"eval.lc_difficulty_file unused: alpaca_eval's GLM holds the difficulty of each instruction against "
+                  f"its own reference outputs, and eval.reference is {e.reference}")
+        lc["lc_note"] = "; ".join(filter(None, [lc.get("lc_note"), unused]))
+    return lc
+
+
 def summarize(cfg, rows: list[dict], policy_out: list[str], ref_out: list[str], items) -> dict:
     from pobench.eval import metrics as M
     judged = [i for i, r in enumerate(rows) if r["preference"] is not None]
@@ -476,11 +492,8 @@ def summarize(cfg, rows: list[dict], policy_out: list[str], ref_out: list[str], 
     out = M.win_rate(prefs, cfg.eval.bootstrap, cfg.eval.seed)
     pol_len = [len(policy_out[i]) for i in judged]
     ref_len = [len(ref_out[i]) for i in judged]
-    if cfg.eval.lc_difficulty_file and cfg.eval.eval_set == "alpaca_eval":
-        lc = M.alpaca_eval_lc_win_rate(prefs, [policy_out[i] for i in judged], [ref_out[i] for i in judged],
-                                       [items[i].index for i in judged], cfg.eval.lc_difficulty_file)
-    else:
-        lc = M.length_controlled_win_rate(prefs, pol_len, ref_len)
+    lc = length_controlled(cfg, prefs, [policy_out[i] for i in judged], [ref_out[i] for i in judged],
+                           [items[i].index for i in judged])
     scores = [rows[i]["scores"] for i in judged if rows[i]["scores"]]
     return {**out, **lc, "n_unjudged": len(rows) - len(judged),
             # a policy that has not moved from the reference answers as it does: its win rate is 0.5 by construction
