@@ -669,20 +669,26 @@ def eval_(
         for _, r in results:
             typer.echo(json.dumps(r))
         return
+    Console(width=max(120, Console().width)).print(_eval_table([r for _, r in results]))
+
+
+def _eval_table(results: list[dict]) -> Table:
+    """pobench eval's summary of eval.json results. "judged" is what the win rate is over: prompts the judge gave no
+    verdict on are left out of it."""
     table = Table(title=f"pobench eval: {len(results)} run(s)", caption=escape(
-        "win rate: P(output beats the reference), ties half, +/- standard error; 95% CI: bootstrap; LC: length-"
-        "controlled; length: characters, policy vs reference; judges: " +
-        "; ".join(sorted({f"{r['judge']['name']} ({r['judge']['kind']})" for _, r in results}))))
-    for col in ("suite", "algo", "seed", "reference", "n", "win rate", "95% CI", "LC", "length", "reward", "KL"):
+        "win rate: P(output beats the reference), ties half, +/- standard error; 95% CI: bootstrap; judged: prompts "
+        "with a verdict of those answered; LC: length-controlled; length: characters, policy vs reference; judges: " +
+        "; ".join(sorted({f"{r['judge']['name']} ({r['judge']['kind']})" for r in results}))))
+    for col in ("suite", "algo", "seed", "reference", "judged", "win rate", "95% CI", "LC", "length", "reward", "KL"):
         table.add_column(col, no_wrap=True)
-    for _, r in results:
-        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        table.add_row(r["suite"], r["algorithm"], str(r["seed"]), r["reference"]["kind"], str(r["n_prompts"]),
-                      f"{r['win_rate']:.3f} +/- {r['win_rate_se']:.3f}",
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    for r in results:
+        table.add_row(r["suite"], r["algorithm"], str(r["seed"]), r["reference"]["kind"],
+                      f"{r['n_judged']}/{r['n_prompts']}", f"{r['win_rate']:.3f} +/- {r['win_rate_se']:.3f}",
                       f"[{r['win_rate_ci95'][0]:.3f}, {r['win_rate_ci95'][1]:.3f}]", fmt(r["lc_win_rate"], ".3f"),
                       f"{r['avg_length']:.0f} vs {r['reference_avg_length']:.0f}", fmt(r["reward_mean"], ".3f"),
                       fmt(r["kl"], ".3f"))
-    Console(width=max(120, Console().width)).print(table)
+    return table
 
 
 @app.command("compare")

@@ -226,6 +226,21 @@ def test_the_reference_answers_are_named_by_the_set_they_come_from():
         assert outs == ["the file's answer"] and info == {"kind": reference, "source": source}
 
 
+def test_the_eval_table_shows_how_many_prompts_were_judged():
+    """The win rate is over the prompts the judge gave a verdict on: the table showed the prompts answered."""
+    from rich.console import Console
+
+    from pobench.cli import _eval_table
+    result = {"suite": "hh-rlhf", "algorithm": "dpo", "seed": 1, "reference": {"kind": "sft"}, "n_prompts": 4,
+              "n_judged": 3, "n_unjudged": 1, "win_rate": 0.5, "win_rate_se": 0.1, "win_rate_ci95": [0.3, 0.7],
+              "lc_win_rate": None, "avg_length": 10.0, "reference_avg_length": 12.0, "reward_mean": None, "kl": None,
+              "judge": {"name": "alpaca_eval:local(x)", "kind": "llm"}}
+    console = Console(width=200, record=True)
+    console.print(_eval_table([result]))
+    text = console.export_text()
+    assert "judged" in text and " 3/4 " in text
+
+
 def test_eval_errors_name_the_problem(finished_run, tmp_path):
     from pobench.eval.runner import evaluate_run
     with pytest.raises(PobenchError, match="not a run folder"):

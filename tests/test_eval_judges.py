@@ -85,6 +85,36 @@ def test_local_llm_judge_runs_through_alpaca_eval(tmp_path, tiny_model_dir):
     assert judge.caching_path.read_text() == damaged                   # left as it was
 
 
+class FailsOnce:
+    """A judge decoder whose first answer cannot be parsed (as an API error or a cut-off completion gives); the real
+    decoder's otherwise."""
+
+    def __init__(self, decoder):
+        self.decoder, self.prompts = decoder, []
+
+    def __call__(self, prompts, **kwargs):
+        from pobench.eval.llm_judge import completions_result
+        result = self.decoder(prompts, **kwargs)
+        if not self.prompts:
+            result = completions_result([{"text": "", "total_tokens": 0}] + result["completions_all"][1:], 0.0)
+        self.prompts += prompts
+        return result
+
+
+def test_a_failed_verdict_is_asked_again_not_cached(tmp_path, tiny_model_dir):
+    """alpaca_eval cached a verdict it could not parse: every later judging of that prompt returned None from the cache
+    and the prompt dropped out of the win rate, unnoticed."""
+    pytest.importorskip("alpaca_eval")
+    judge = build_judge("alpaca_eval:local", cache_dir=tmp_path, judge_model=str(tiny_model_dir), device="cpu")
+    judge.decoder = FailsOnce(judge.decoder)
+    first = judge_against_reference(judge, PROMPTS[:3], POLICY[:3], REFERENCE[:3], seed=0)
+    assert sum(r["preference"] is None for r in first) == 1
+    failed = judge.decoder.prompts[0]
+    again = judge_against_reference(judge, PROMPTS[:3], POLICY[:3], REFERENCE[:3], seed=0)
+    assert all(r["preference"] is not None for r in again)
+    assert judge.decoder.prompts[3:] == [failed]   # asked again; the two verdicts given came from the cache
+
+
 class FakeOpenAIHandler(BaseHTTPRequestHandler):
     """Test double of the OpenAI chat-completions API (the real one is unreachable offline): answers every
     request with the token 'm' and top log-probs m = log 0.8, M = log 0.2, and records what it was sent."""

@@ -21,6 +21,7 @@ judge's identity, so re-judging the same outputs costs nothing.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -265,6 +266,22 @@ def config_identity(annotators_config: Path | str) -> str:
     return digest.hexdigest()[:10]
 
 
+@functools.lru_cache(maxsize=None)
+def annotator_class():
+    """alpaca_eval's PairwiseAnnotator, able to leave failed verdicts out of its cache: alpaca_eval 0.6.6 then looks
+    for stored failures in a cache that may not exist yet (None, or an empty file read back without columns)."""
+    from alpaca_eval.annotators import PairwiseAnnotator
+
+    class Annotator(PairwiseAnnotator):
+        def _apply_cached_annotations(self, df_to_annotate):
+            cache = self.df_annotations
+            if cache is None or self.annotation_key not in cache.columns:
+                return df_to_annotate
+            return super()._apply_cached_annotations(df_to_annotate)
+
+    return Annotator
+
+
 class AlpacaEvalJudge:
     kind = "llm"
 
@@ -287,14 +304,16 @@ class AlpacaEvalJudge:
         self.caching_path = (Path(cache_dir) / "judges" / f"alpaca_eval-{ident}-annotations.json") if cache_dir else None
 
     def annotator(self):
-        from alpaca_eval.annotators import PairwiseAnnotator
         kwargs = {"fn_completions": self.decoder} if self.decoder is not None else {}
         if self.caching_path is not None:
             self.caching_path.parent.mkdir(parents=True, exist_ok=True)
             self._check_cache()
-        # pobench randomises the order itself (judges.judge_against_reference), the same way for every judge
-        return PairwiseAnnotator(annotators_config=self.annotators_config, seed=self.seed,
-                                 caching_path=self.caching_path, is_randomize_output_order=False, **kwargs)
+        # pobench randomises the order itself (judges.judge_against_reference), the same way for every judge. A
+        # failed verdict is not cached: alpaca_eval would return it as None ever after, and the prompt would drop out
+        # of every later win rate unnoticed; it is asked again instead
+        return annotator_class()(annotators_config=self.annotators_config, seed=self.seed,
+                                 caching_path=self.caching_path, is_randomize_output_order=False,
+                                 is_store_missing_annotations=False, **kwargs)
 
     def _check_cache(self) -> None:
         """alpaca_eval reads its annotation cache whole when the annotator is built (pandas, one JSON document); a
