@@ -115,6 +115,34 @@ def test_a_failed_verdict_is_asked_again_not_cached(tmp_path, tiny_model_dir):
     assert judge.decoder.prompts[3:] == [failed]   # asked again; the two verdicts given came from the cache
 
 
+def test_local_judge_verdicts_do_not_depend_on_the_batch(tmp_path, smollm2_dir):
+    """Prompts are left-padded to a batch: without position ids counted from each prompt's first token, a judge with
+    absolute position embeddings (GPT-2) read a padded prompt at shifted positions and gave another verdict."""
+    pytest.importorskip("alpaca_eval")
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from pobench.eval.llm_judge import LocalJudgeDecoder
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=64, n_layer=2, n_head=4,
+                               bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+                    ).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    decoder = LocalJudgeDecoder(str(tmp_path / "gpt2"), device="cpu", batch_size=3)
+    prompts = [f"<|im_start|>user\n{text}\n<|im_end|>" for text in
+               ("Which is better?", "Which of these two answers to the question about the weather is better? " * 3,
+                "m or M " * 9)]
+
+    def choices(result):
+        return [{t["token"]: t["logprob"] for t in e["logprobs"]["content"][0]["top_logprobs"]}
+                for e in result["completions_all"]]
+    batched = choices(decoder(prompts))
+    alone = [choices(decoder([p]))[0] for p in prompts]
+    for b, a in zip(batched, alone):
+        assert b == pytest.approx(a, abs=1e-4)
+
+
 class FakeOpenAIHandler(BaseHTTPRequestHandler):
     """Test double of the OpenAI chat-completions API (the real one is unreachable offline): answers every
     request with the token 'm' and top log-probs m = log 0.8, M = log 0.2, and records what it was sent."""

@@ -138,8 +138,12 @@ class LocalJudgeDecoder:
         for start in range(0, len(prompts), self.batch_size):
             rows = [self.encode(p) for p in prompts[start:start + self.batch_size]]
             input_ids, mask = left_pad(rows, pad)
+            # counted from each prompt's first token: a model with absolute position embeddings (GPT-2) read a
+            # left-padded prompt at shifted positions, and its verdict depended on the batch it was in
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
-                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                logits = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                                    position_ids=positions.to(self.device)).logits
             logps = torch.log_softmax(logits[:, -1].float(), dim=-1).cpu()
             for row, lp in zip(rows, logps):
                 entries.append(openai_entry({t: float(lp[i]) for t, i in self.choice_ids.items()}, len(row)))
