@@ -92,6 +92,9 @@ class FailsOnce:
     def __init__(self, decoder):
         self.decoder, self.prompts = decoder, []
 
+    def __getattr__(self, name):   # the real decoder's tokenizer, window and identity
+        return getattr(self.decoder, name)
+
     def __call__(self, prompts, **kwargs):
         from pobench.eval.llm_judge import completions_result
         result = self.decoder(prompts, **kwargs)
@@ -141,6 +144,30 @@ def test_local_judge_verdicts_do_not_depend_on_the_batch(tmp_path, smollm2_dir):
     alone = [choices(decoder([p]))[0] for p in prompts]
     for b, a in zip(batched, alone):
         assert b == pytest.approx(a, abs=1e-4)
+
+
+def test_a_long_judge_prompt_shortens_both_answers_alike(tmp_path, tiny_model_dir):
+    """A prompt over the local judge's window kept its last tokens: the instruction and the start of the answer shown
+    first were cut, never the second answer, unrecorded. Both answers lose the same number of tokens now, and the
+    instruction, both answers' beginnings and the task after them reach the judge."""
+    pytest.importorskip("alpaca_eval")
+    judge = build_judge("alpaca_eval:local", cache_dir=tmp_path, judge_model=str(tiny_model_dir), device="cpu")
+    decoder = judge.decoder
+    decoder.max_length = 500   # the prompt around the answers takes about 300 tokens
+    seen = []
+    encode = decoder.encode
+    decoder.encode = lambda prompt: seen.append(encode(prompt)) or seen[-1]
+    first, second = "FIRST ANSWER" + " alpha" * 400, "SECOND ANSWER" + " beta" * 250
+    prompts = [[{"role": "user", "content": "THE INSTRUCTION: which is better?"}]] * 2
+    result = judge.compare(prompts, [first, "short"], [second, "answers"])
+    assert len(seen) == 2 and all(len(ids) <= 500 for ids in seen)
+    text = decoder.tokenizer.decode(max(seen, key=len))
+    for kept in ("THE INSTRUCTION", "FIRST ANSWER", "SECOND ANSWER", "Best Model Identifier"):
+        assert kept in text
+    cut = result.extra[0]["answer_tokens_cut"]   # a word is a token here: each answer lost as many words
+    assert cut > 0 and 400 - text.count("alpha") == 250 - text.count("beta") == cut
+    assert result.extra[1]["answer_tokens_cut"] == 0
+    assert judge.describe()["truncated_prompts"] == 1 and judge.describe()["max_prompt_tokens"] == 500
 
 
 class FakeOpenAIHandler(BaseHTTPRequestHandler):

@@ -15,6 +15,9 @@ bias); it exists so that the whole LLM-judge path runs offline, and a bigger loc
 pobench/eval/vllm_judge.py: the same prompts, token ids and log-probabilities, decoded by vLLM on a CUDA GPU), or
 `auto` (vLLM where it is installed and CUDA is available, transformers otherwise).
 
+A local judge's prompt longer than its window has both answers shortened by the same number of tokens
+(`fit_answers`), recorded per row (`answer_tokens_cut`) and counted in describe() (`truncated_prompts`).
+
 Annotations are cached by alpaca_eval under the pobench cache (never inside site-packages), keyed by the
 judge's identity, so re-judging the same outputs costs nothing.
 """
@@ -75,16 +78,45 @@ def choice_token_ids(tokenizer, model: str) -> dict[str, int]:
     return ids
 
 
-def encode_judge_prompt(tokenizer, prompt: str, max_length: int) -> list[int]:
+def judge_prompt_ids(tokenizer, prompt: str) -> list[int]:
     """alpaca_eval's ChatML prompt -> the judge's own chat template, as token ids (every local decoder feeds the
-    model these ids); a prompt longer than the model's window keeps its end (the outputs and the question)."""
+    model these ids)."""
     from alpaca_eval.utils import prompt_to_chatml
     messages = [{"role": m["role"], "content": m["content"]} for m in prompt_to_chatml(prompt)]
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     else:
         text = "".join(f"{m['role']}: {m['content']}\n\n" for m in messages) + "assistant:"
-    return tokenizer(text, add_special_tokens=False)["input_ids"][-max_length:]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_judge_prompt(tokenizer, prompt: str, max_length: int) -> list[int]:
+    """judge_prompt_ids within the model's window. The judge shortens the answers to fit it first (fit_answers), so
+    only an instruction that fills the window alone is cut here, keeping the prompt's end (the task)."""
+    return judge_prompt_ids(tokenizer, prompt)[-max_length:]
+
+
+def render_judge_prompt(template: str, row: dict) -> str:
+    """The prompt alpaca_eval makes of a row ({instruction, output_1, output_2}), by its own function."""
+    import pandas as pd
+    from alpaca_eval.utils import make_prompts
+    return make_prompts(pd.DataFrame([row]), template)[0][0]
+
+
+def fit_answers(decoder, template: str, row: dict) -> tuple[dict, int]:
+    """(row, tokens cut from the end of each answer) such that the judge prompt fits the decoder's window. Both
+    answers lose the same number of tokens (all of a shorter one): cutting the prompt's start instead took the
+    instruction and the first answer, never the second, so the answer shown first lost where the other did not."""
+    tokenizer, limit = decoder.tokenizer, decoder.max_length
+    excess = len(judge_prompt_ids(tokenizer, render_judge_prompt(template, row))) - limit
+    answers = [tokenizer(row[k], add_special_tokens=False)["input_ids"] for k in ("output_1", "output_2")]
+    longest, cut, fitted = max(map(len, answers)), 0, row
+    while excess > 0 and cut < longest:
+        cut = min(longest, cut + (excess + 1) // 2)   # a token less in each answer: about two less in the prompt
+        fitted = {**row, **{k: tokenizer.decode(ids[:max(0, len(ids) - cut)])
+                            for k, ids in zip(("output_1", "output_2"), answers)}}
+        excess = len(judge_prompt_ids(tokenizer, render_judge_prompt(template, fitted))) - limit
+    return fitted, cut
 
 
 def openai_entry(choice_logprobs: dict[str, float], total_tokens: int) -> dict:
@@ -295,7 +327,7 @@ class AlpacaEvalJudge:
         require_alpaca_eval()
         with quiet_logging():
             import alpaca_eval.annotators  # noqa: F401
-        self.config, self.seed, self.decoder = config, seed, None
+        self.config, self.seed, self.decoder, self.truncated = config, seed, None, 0
         if config == LOCAL_CONFIG:
             self.decoder = make_judge_decoder(judge_decoder, judge_model, device, batch_size, vllm_options)
             ident = hashlib.sha1(f"{self.decoder.cache_key}".encode()).hexdigest()[:10]
@@ -338,13 +370,25 @@ class AlpacaEvalJudge:
         path = os.environ.get("OPENAI_CLIENT_CONFIG_PATH")
         return {"client_config_path": path} if path and self.decoder is None else {}
 
+    def fit_rows(self, rows: list[dict]) -> tuple[list[dict], list[int]]:
+        """The rows with both answers shortened alike where a local judge's window needs it (fit_answers), and the
+        tokens cut per row. A remote judge gets them whole: its service sets and reports its own limit."""
+        if self.decoder is None:
+            return rows, [0] * len(rows)
+        import alpaca_eval.constants as AC
+        template = (Path(AC.EVALUATORS_CONFIG_DIR) / PROMPT_TEMPLATE).read_text(encoding="utf-8")
+        fitted = [fit_answers(self.decoder, template, row) for row in rows]
+        self.truncated += sum(cut > 0 for _, cut in fitted)
+        return [row for row, _ in fitted], [cut for _, cut in fitted]
+
     def compare(self, prompts: list[list[dict]], first: list[str], second: list[str]) -> Comparison:
-        rows = [{"instruction": prompt_text(p), "output_1": a, "output_2": b} for p, a, b in zip(prompts, first, second)]
+        rows, cuts = self.fit_rows([{"instruction": prompt_text(p), "output_1": a, "output_2": b}
+                                    for p, a, b in zip(prompts, first, second)])
         with quiet_logging():
             annotated = self.annotator().annotate_pairs(rows, **self.decoding_kwargs())
         by_key = {(r["instruction"], r["output_1"], r["output_2"]): r for r in annotated}
         preferences, extra = [], []
-        for row in rows:
+        for row, cut in zip(rows, cuts):
             got = by_key.get((row["instruction"], row["output_1"], row["output_2"]), {})
             pref = got.get("preference")
             # alpaca_eval: 1 = output_1 preferred, 2 = output_2, 1.5 = tie (floats in between for soft judges)
@@ -352,7 +396,8 @@ class AlpacaEvalJudge:
             preferences.append(2.0 - float(pref) if ok else None)
             raw = got.get("preference_raw_completion")
             extra.append({"alpaca_eval_preference": float(pref) if ok else None,
-                          "raw_completion": raw if isinstance(raw, (str, type(None))) else json.dumps(raw, default=str)[:2000]})
+                          "raw_completion": raw if isinstance(raw, (str, type(None))) else json.dumps(raw, default=str)[:2000],
+                          **({"answer_tokens_cut": cut} if self.decoder is not None else {})})
         return Comparison(preferences, extra=extra)
 
     def describe(self) -> dict:
@@ -360,7 +405,10 @@ class AlpacaEvalJudge:
                 "annotators_config": str(self.annotators_config), "order": "randomised per prompt by pobench",
                 "caching_path": str(self.caching_path) if self.caching_path else None}
         if self.decoder is not None:
-            info.update(self.decoder.describe(), note="a local judge; SmolLM2-135M-Instruct (the default) is weak")
+            info.update(self.decoder.describe(), note="a local judge; SmolLM2-135M-Instruct (the default) is weak",
+                        max_prompt_tokens=self.decoder.max_length,
+                        # prompts whose two answers were both shortened by the same number of tokens to fit
+                        truncated_prompts=self.truncated)
         return info
 
 
