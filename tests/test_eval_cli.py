@@ -354,6 +354,25 @@ def test_compare_judges_simpo_against_dpo_head_to_head(finished_run):
     assert "head to head of 1 seed(s) left out: answers changed since (pobench compare again)" in row["unlike_baseline"]
 
 
+def test_compare_and_report_leave_out_generations_without_their_eval_json(finished_run, tmp_path):
+    """generations.jsonl without eval.json is what an evaluation stopped between its two writes leaves (unevaluated,
+    by design): compare judged those rows anyway, under settings read from config.yaml, and the report paired them."""
+    import shutil
+    from pobench.cli import app
+    from pobench.report.build import build_report
+    run = copy_run(finished_run, tmp_path)
+    (run / "eval.json").unlink()
+    simpo = run.parents[1] / "simpo" / "seed1"
+    shutil.copytree(finished_run.parents[1] / "simpo" / "seed1", simpo, ignore=shutil.ignore_patterns("checkpoints"))
+    result = CliRunner().invoke(app, ["compare", str(simpo.parent), "--against", str(run.parent)])
+    assert isinstance(result.exception, PobenchError)
+    assert f"{run}: generations.jsonl without eval.json" in str(result.exception)
+    assert f"run pobench eval {run} again" in str(result.exception)
+    row = build_report(tmp_path / "results")[0]["suites"][0]["versus"]["rows"][0]
+    assert row["prompt_paired"] is None
+    assert any("dpo/seed1: generations.jsonl without eval.json" in note for note in row["unlike_baseline"])
+
+
 def test_compare_refuses_what_is_not_comparable(finished_run, tmp_path):
     import shutil
     from pobench.cli import app

@@ -7,12 +7,27 @@ from pobench.engine.io import read_jsonl
 from pobench.errors import PobenchError
 
 
+def unfinished_evaluation(run_dir: Path) -> str | None:
+    """Why a run's generations.jsonl cannot be used (None when it can, or there is none): without eval.json beside it,
+    its evaluation stopped between the two writes (eval.json names what the rows were judged by, and steps aside
+    first, so the run is then unevaluated by design)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "generations.jsonl").is_file() and not (run_dir / "eval.json").is_file():
+        return (f"{run_dir}: generations.jsonl without eval.json (its evaluation did not finish); run pobench eval "
+                f"{run_dir} again")
+    return None
+
+
 def read_generations(run_dir: Path) -> dict | None:
-    """{prompt key: row} of a run's generations.jsonl (None when the run was not evaluated). The key is the record
-    id where every row has a distinct one, else the row's position."""
+    """{prompt key: row} of a run's generations.jsonl (None when the run was not evaluated; an error where its
+    evaluation did not finish). The key is the record id where every row has a distinct one, else the row's
+    position."""
     path = Path(run_dir) / "generations.jsonl"
     if not path.is_file():
         return None
+    problem = unfinished_evaluation(run_dir)
+    if problem:
+        raise PobenchError(problem)
     numbered = read_jsonl(path, "preference")
     for i, row in numbered:
         # what compare judges again and the report's digest reads: the prompt (text or chat messages), the answer

@@ -78,9 +78,10 @@ def check_pair(run_dir: Path, other_dir: Path) -> tuple:
     from pobench.eval.generations import read_generations
     from pobench.eval.runner import load_run_config
 
+    # read first: an unfinished evaluation has no eval.json, whose settings are compared next
+    mine, theirs = read_generations(run_dir), read_generations(other_dir)
     generated, other_cfg = load_run_config(run_dir, as_evaluated=True), load_run_config(other_dir, as_evaluated=True)
     check_comparable(generated, other_cfg, run_dir, other_dir)
-    mine, theirs = read_generations(run_dir), read_generations(other_dir)
     for folder, rows in ((run_dir, mine), (other_dir, theirs)):
         if rows is None:
             raise PobenchError(f"{folder}: no generations.jsonl; evaluate the run first (pobench eval {folder})")

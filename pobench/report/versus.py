@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pobench.config import flatten
 from pobench.errors import PobenchError
-from pobench.eval.generations import read_generations
+from pobench.eval.generations import read_generations, unfinished_evaluation
 from pobench.eval.head_to_head import FILE as HEAD_TO_HEAD, answers_digest, read_comparisons
 from pobench.report.collect import read_json
 from pobench.report.leaderboard import METRICS
@@ -207,6 +207,16 @@ def prompt_paired(pairs: list[tuple[dict, dict]]) -> tuple[dict | None, list[str
     return {**over_units(per_prompt), "prompts": len(per_prompt)}, notes
 
 
+def evaluated_generations(run_dir, notes: list[str]) -> dict | None:
+    """A run's generations.jsonl rows; those of an evaluation that did not finish are left out (their eval.json,
+    which says what they were judged by, is missing), with a note naming the folder."""
+    problem = unfinished_evaluation(run_dir)
+    if problem:
+        notes.append(problem)
+        return None
+    return read_generations(run_dir)
+
+
 def read_held_out_pairs(run_dir) -> dict | None:
     """{pair id: final held-out reward margin} of a run's held_out_pairs.json (None for runs made before it)."""
     path = Path(run_dir) / "held_out_pairs.json"
@@ -306,12 +316,15 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
             tuned = tuned_keys.get(algo, ()) + tuned_keys.get(baseline, ())
             for s in seeds:
                 unlike += [d for d in differences(mine[s], base[s], tuned) if d not in unlike]
-            generations = [(read_generations(mine[s]["run_dir"]), read_generations(base[s]["run_dir"])) for s in seeds]
+            unfinished: list[str] = []
+            generations = [(evaluated_generations(mine[s]["run_dir"], unfinished),
+                            evaluated_generations(base[s]["run_dir"], unfinished)) for s in seeds]
             judged = [(a, b) for a, b in generations if a is not None and b is not None]
             paired, notes = prompt_paired(judged)
             if paired is not None and len(judged) < len(seeds):
                 notes.append(f"per prompt: {len(judged)} of the {len(seeds)} seeds (the others have no "
                              f"generations.jsonl on one side)")
+            notes += unfinished
             row["prompt_paired"] = paired
             row["head_to_head"], stale = head_to_head([(mine[s], base[s], g) for s, g in zip(seeds, generations)])
             notes += stale
