@@ -280,6 +280,34 @@ def test_eval_errors_name_the_problem(finished_run, tmp_path):
     assert generated == []
 
 
+def test_evaluation_on_cuda_loads_the_bf16_weights_its_training_forwards_ran_in(finished_run, monkeypatch):
+    """model.dtype auto trains fp32 master weights under bf16 autocast on CUDA; evaluation there loads bf16 (a
+    decode step reads every weight per token: half the bytes), the policy and the full-fine-tuning reference alike,
+    and records it. Elsewhere the run's own dtype (CPU: fp32)."""
+    import torch
+
+    from pobench.eval import runner
+    cfg = runner.load_run_config(finished_run)
+    assert cfg.model.dtype == "auto" and runner.evaluation_dtype(cfg, "cpu") == "auto"
+    assert runner.evaluation_dtype(cfg, "cuda") == runner.evaluation_dtype(cfg, torch.device("cuda:1")) == "bfloat16"
+    assert json.loads((finished_run / "eval.json").read_text())["weights_dtype"] == "auto"
+    loaded = []
+
+    class Asked(Exception):
+        pass
+
+    def recorded(model_cfg, device):   # test double for load_policy: no GPU here; records what it was asked for
+        loaded.append((model_cfg.dtype, str(device)))
+        raise Asked
+
+    monkeypatch.setattr("pobench.models.load_policy", recorded)
+    with pytest.raises(Asked):
+        runner.load_trained_policy(cfg, finished_run, "cuda")
+    with pytest.raises(Asked), runner.reference_model(cfg, None, "cuda"):
+        pass
+    assert loaded == [("bfloat16", "cuda"), ("bfloat16", "cuda")]
+
+
 def test_lora_run_is_evaluated_with_its_adapter(tmp_path, tiny_model_dir):
     """A LoRA run saves only the adapter: eval loads it onto the base model, and the reference is the same model
     with the adapter disabled, so a trained adapter shows as KL > 0 (a forgotten one would give exactly 0)."""

@@ -173,6 +173,15 @@ def eval_items(cfg, run_dirs=(), doing: str = "pobench eval") -> tuple[list[Eval
     return (items[:n] if n else items), source, data
 
 
+def evaluation_dtype(cfg, device) -> str:
+    """The weights evaluation loads (model.dtype's values). On CUDA `auto` trained fp32 master weights under bf16
+    autocast: evaluation loads bf16, the precision those forwards ran in, and a decode step, which reads every
+    weight once per token, then moves half the bytes (the GPU figures in benchmarks/GPU.md are bf16 weights).
+    Elsewhere the run's own setting."""
+    import torch
+    return "bfloat16" if cfg.model.dtype == "auto" and torch.device(device).type == "cuda" else cfg.model.dtype
+
+
 def load_trained_policy(cfg, run_dir: Path, device):
     """(model, tokenizer, base path): the base model (+ LoRA adapter) with the final checkpoint's trainable
     weights copied in by name: full fine-tuning saves every weight, LoRA saves the adapter only."""
@@ -185,7 +194,8 @@ def load_trained_policy(cfg, run_dir: Path, device):
     checkpoint = find_checkpoint(run_dir)
     if checkpoint is None:
         raise PobenchError(f"{run_dir}: no checkpoint to evaluate (checkpoints/latest/state.json); finish the run first")
-    model_cfg = types.SimpleNamespace(**{**vars(cfg.model), "gradient_checkpointing": False})
+    model_cfg = types.SimpleNamespace(**{**vars(cfg.model), "gradient_checkpointing": False,
+                                         "dtype": evaluation_dtype(cfg, device)})
     model, tokenizer, path = load_policy(model_cfg, device)
     copy_weights(checkpoint, model)
     return model.eval(), tokenizer, path
@@ -200,7 +210,8 @@ def reference_model(cfg, policy, device):
             yield policy
         return
     from pobench.models import load_policy
-    model_cfg = types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0, "gradient_checkpointing": False})
+    model_cfg = types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0, "gradient_checkpointing": False,
+                                         "dtype": evaluation_dtype(cfg, device)})
     ref, _, _ = load_policy(model_cfg, device)
     try:
         yield ref.eval()
@@ -272,7 +283,8 @@ def sft_reference_outputs(cfg, prompt_ids, ref_model, tokenizer, model_path: str
     from pobench.models import model_fingerprint
     from pobench.sampling.pools import PoolStore, prompt_key
     settings = json.dumps(decoding_record(cfg), sort_keys=True)
-    key = hashlib.sha1(f"{model_fingerprint(model_path)}-{cfg.model.dtype}-{settings}".encode()).hexdigest()[:16]
+    weights = evaluation_dtype(cfg, next(ref_model.parameters()).device)   # (the run's model.dtype off CUDA)
+    key = hashlib.sha1(f"{model_fingerprint(model_path)}-{weights}-{settings}".encode()).hexdigest()[:16]
     store = PoolStore(Path(cache_dir) / "eval_reference" / f"{key}.jsonl", fields={"output": str, "finished": bool})
     todo = [p for p in dict.fromkeys(map(tuple, prompt_ids)) if prompt_key(list(p)) not in store.entries]
     if state is not None:   # the main process's list, should another run have appended to the store meanwhile
@@ -564,7 +576,8 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
         judge_info["held_out_agreement"] = check
     result = {
         "eval_set": cfg.eval.eval_set, "eval_source": source, "n_prompts": len(items),
-        "decoding": decoding_record(cfg), "reference": reference, "judge": judge_info,
+        "decoding": decoding_record(cfg), "weights_dtype": evaluation_dtype(cfg, dev),
+        "reference": reference, "judge": judge_info,
         # the eval section as this evaluation resolved it (config.yaml keeps the run's; --set/--judge change this)
         "eval_config": dataclasses.asdict(cfg.eval),
         **summarize(cfg, rows, policy_out, ref_out, items),
