@@ -700,7 +700,7 @@ def compare(
     judge: Optional[str] = typer.Option(None, "--judge", help="auto | rm:<folder or hub id> | gold:<name> | "
                                         "alpaca_eval:<config> | alpaca_eval:local (default: the runs' eval.judge)."),
     set_: List[str] = typer.Option([], "--set", help="A judge key, e.g. --set eval.judge_model=<model> "
-                                   "(eval.judge, judge_model, judge_decoder, judge_rm_steps, bootstrap)."),
+                                   "(eval.judge, judge_model, judge_decoder, judge_rm_steps, judge_both_orders, bootstrap)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Caches (judges); default: <results root>/.cache."),
     json_: bool = typer.Option(False, "--json", help="Print every comparison as one JSON line (without its rows)."),
 ):

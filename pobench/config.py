@@ -121,6 +121,10 @@ class EvalConfig:
                                    # 'pobench[vllm]'; the same log-probs, see pobench/eval/vllm_judge.py) | auto (vllm
                                    # where it is installed and CUDA is available, transformers otherwise); recorded in
                                    # eval.json (judge.judge_decoder)
+    judge_both_orders: bool = False  # a pairwise (LLM) judge sees every prompt in both orders and its two verdicts
+                                   # are averaged, so a position bias cancels (the local SmolLM2 judge picked the
+                                   # second answer 31 of 32 times) at twice the judge calls; scoring judges (auto,
+                                   # rm, gold) are blind to the order and judge once either way
     judge_rm_steps: int = 40       # training steps (16 pairs each) of the auto judge's reward model, once per seed x
                                    # budget; on this 2-core CPU a step costs ~4 s of CPU, and 150 steps reached only
                                    # 0.53 held-out pair accuracy on HH (32 pairs): a weak judge either way

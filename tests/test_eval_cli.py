@@ -196,11 +196,15 @@ def test_eval_on_alpaca_eval_instructions_with_the_local_llm_judge(finished_run,
     r = CliRunner().invoke(app, ["eval", str(finished_run), "--eval-set", "alpaca_eval", "--eval-file",
                                  str(FIXTURES / "alpaca_eval_sample.json"), "--reference", "alpaca_eval", "--judge",
                                  "alpaca_eval:local", "--set", f"eval.judge_model={tiny_model_dir}", "--num-prompts",
-                                 "0", "--json"])
+                                 "0", "--set", "eval.judge_both_orders=true", "--json"])
     assert r.exit_code == 0, r.output
     result = json.loads(r.output.strip().splitlines()[-1])
     check_contract(result, 5)
     assert result["judge"]["kind"] == "llm" and result["eval_set"] == "alpaca_eval"
+    # both orders: each prompt's preference is the mean of its two verdicts, both kept
+    assert result["eval_config"]["judge_both_orders"] and 0 <= result["order_agreement"] <= 1
+    for row in rows(finished_run):
+        assert row["preference"] == pytest.approx(sum(row["preference_orders"]) / 2)
     # the decoder's identity is part of the judge's (eval.judge_decoder auto: vLLM only where it and CUDA are here)
     assert result["judge"]["judge_decoder"] in ("transformers", "vllm") and result["judge"]["model_fingerprint"]
     outputs = json.loads((finished_run / "model_outputs.json").read_text())

@@ -42,6 +42,44 @@ def test_gold_judge_is_the_bradley_terry_probability_whatever_the_order():
     assert judge.describe()["held_out_accuracy"] is None
 
 
+class SidePicker:
+    """Test double for a pairwise LLM judge: prefers a longer answer by `skill`, and the second shown by `bias`."""
+
+    def __init__(self, skill: float, bias: float):
+        self.skill, self.bias, self.calls = skill, bias, 0
+
+    def compare(self, prompts, first, second):
+        from pobench.eval.judges import Comparison
+        self.calls += 1
+        return Comparison([min(1.0, max(0.0, 0.5 + self.skill * ((len(a) > len(b)) - (len(a) < len(b))) - self.bias))
+                           for a, b in zip(first, second)], extra=[{"order": (a, b)} for a, b in zip(first, second)])
+
+
+def test_both_orders_cancel_a_judges_position_bias():
+    """eval.judge_both_orders: a judge that always picks the second answer says nothing about the policy (every
+    preference 0.5, its two orders never agree); one blind to the order keeps its verdicts (they always agree).
+    One order only, the biased judge's win rate is its coin's: 1 - policy_first_share, roughly."""
+    from pobench.eval.runner import order_agreement
+    biased = SidePicker(skill=0.0, bias=0.4)
+    one = judge_against_reference(biased, PROMPTS, POLICY, REFERENCE, seed=0)
+    assert {round(r["preference"], 6) for r in one} == {0.1, 0.9} and "preference_orders" not in one[0]
+    both = judge_against_reference(biased, PROMPTS, POLICY, REFERENCE, seed=0, both_orders=True)
+    assert biased.calls == 3 and all(r["preference"] == pytest.approx(0.5) for r in both)
+    assert [r["policy_first"] for r in both] == [r["policy_first"] for r in one]     # the coin's order is kept
+    for row, single in zip(both, one):
+        assert row["preference_orders"][0] == single["preference"]
+        assert row["preference_orders"][1] == pytest.approx(1 - single["preference"])
+        assert row["judge_extra"]["other_order"]["order"] == row["judge_extra"]["coin_order"]["order"][::-1]
+    assert order_agreement(both, list(range(20))) == {"order_agreement": 0.0}
+    fair = judge_against_reference(SidePicker(skill=0.3, bias=0.0), PROMPTS, POLICY, REFERENCE, seed=0,
+                                   both_orders=True)
+    assert all(r["preference"] == pytest.approx(0.8) for r in fair)   # every policy answer is the longer one
+    assert order_agreement(fair, list(range(20))) == {"order_agreement": 1.0}
+    gold = build_judge("gold:test-eval-length")                        # scores: blind to the order, judged once
+    rows = judge_against_reference(gold, PROMPTS, POLICY, REFERENCE, seed=0, both_orders=True)
+    assert "preference_orders" not in rows[0] and order_agreement(rows, list(range(20))) == {}
+
+
 def test_judge_specs_are_checked():
     for spec in ("nope", "rm:", "gpt4", "unknown:x"):
         with pytest.raises(PobenchError, match="eval.judge"):

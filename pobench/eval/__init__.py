@@ -21,6 +21,9 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
     win_rate_se, win_rate_ci95 [lo, hi]   standard error; percentile bootstrap 95% CI (eval.bootstrap resamples)
     identical_to_reference                judged prompts whose output is the reference's, character for character
                                           (a policy that has not moved wins 0.5 there by construction)
+    policy_first_share                    judged prompts the judge saw with the policy's answer first (coin order)
+    order_agreement   (eval.judge_both_orders, pairwise judges) share of prompts whose two orders named the same
+                      winner (a tie counts half): 1 for a judge blind to the order, near 0 for one that picks a side
     lc_win_rate, lc_win_rate_se, lc_method ("length_only_glm" | "alpaca_eval_glm_length_controlled_v1"), length_coef
                                           length_coef: the GLM's weight on tanh(standardised length difference),
                                           > 0 when the judge favours the policy where its output is the longer one;
@@ -35,6 +38,7 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
     model_outputs     (alpaca_eval set only) path of model_outputs.json in alpaca_eval's format
 
 `<run_dir>/generations.jsonl`: one row per prompt: index, id, prompt (chat messages), output, reference_output,
-preference (P(policy wins), null if the judge gave none), policy_first (the order the judge saw), scores
+preference (P(policy wins), null if the judge gave none), policy_first (the order the judge saw; with
+eval.judge_both_orders the coin's order, and preference_orders: the preferences in that order and the other), scores
 ({"policy", "reference"} for scoring judges, else null), finished, output_tokens, judge (name), judge_extra.
 """

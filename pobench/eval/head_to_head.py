@@ -29,7 +29,7 @@ from pobench.errors import PobenchError
 
 FILE = "head_to_head.json"
 # what `pobench compare --set` may change: the judge, not what the stored answers were generated with
-JUDGE_KEYS = ("judge", "judge_model", "judge_decoder", "judge_rm_steps", "bootstrap")
+JUDGE_KEYS = ("judge", "judge_model", "judge_decoder", "judge_rm_steps", "judge_both_orders", "bootstrap")
 # eval.* keys that must agree: the two runs answered the same prompts, drawn the same way
 SAME_EVAL = ("eval_set", "eval_file", "num_prompts", "temperature", "top_p", "max_new_tokens", "seed")
 
@@ -131,7 +131,7 @@ def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, 
     task = progress.add_task(f"{cfg.algorithm_name} vs {other_cfg.algorithm_name} seed{cfg.seed}", total=None) \
         if progress else None
     verdicts = judge_rows(judge, [mine[k]["prompt"] for k in keys], [mine[k]["output"] for k in keys],
-                          [theirs[k]["output"] for k in keys], cfg.eval.seed)
+                          [theirs[k]["output"] for k in keys], cfg.eval.seed, both_orders=cfg.eval.judge_both_orders)
     if progress and task is not None:
         progress.remove_task(task)
     judged = [(k, v) for k, v in zip(keys, verdicts) if v["preference"] is not None]
@@ -148,7 +148,8 @@ def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, 
         "answers_digest": answers_digest(mine, theirs),
         "judge": judge.describe(), "decoding": decoding_record(generated),
         # scores (scoring judges): "policy" is this run's answer, "reference" the other run's
-        "rows": [{"id": k, "preference": v["preference"], "policy_first": v["policy_first"], "scores": v["scores"]}
+        "rows": [{"id": k, "preference": v["preference"], "policy_first": v["policy_first"], "scores": v["scores"],
+                  **({"preference_orders": v["preference_orders"]} if "preference_orders" in v else {})}
                  for k, v in zip(keys, verdicts)],
         "time_s": round(time.time() - started, 3), "versions": versions(),
     }

@@ -134,17 +134,28 @@ def policy_goes_first(instruction: str, seed: int) -> bool:
 
 
 def judge_against_reference(judge, prompts: list[list[dict]], policy: list[str], reference: list[str],
-                            seed: int = 0) -> list[dict]:
-    """Per prompt: {"preference": P(policy beats reference) or None, "policy_first", "scores", "judge_extra"}."""
+                            seed: int = 0, both_orders: bool = False) -> list[dict]:
+    """Per prompt: {"preference": P(policy beats reference) or None, "policy_first", "scores", "judge_extra"}, the
+    order a seeded coin per prompt. `both_orders`: a pairwise judge (one that gives no scores) also sees the other
+    order; the preference is then the mean of the two (None where either is), each kept in "preference_orders"
+    (coin order first)."""
     first_is_policy = [policy_goes_first(prompt_text(p), seed) for p in prompts]
     first = [a if f else b for a, b, f in zip(policy, reference, first_is_policy)]
     second = [b if f else a for a, b, f in zip(policy, reference, first_is_policy)]
     result = judge.compare(prompts, first, second)
+    swapped = judge.compare(prompts, second, first) if both_orders and result.scores_first is None else None
     rows = []
     for i, f in enumerate(first_is_policy):
         p = result.preferences[i]
         row = {"preference": None if p is None else (p if f else 1.0 - p), "policy_first": f, "scores": None,
                "judge_extra": result.extra[i] if result.extra else None}
+        if swapped is not None:
+            q = swapped.preferences[i]
+            orders = [row["preference"], None if q is None else (1.0 - q if f else q)]
+            row["preference_orders"] = orders
+            row["preference"] = None if None in orders else (orders[0] + orders[1]) / 2
+            if swapped.extra:
+                row["judge_extra"] = {"coin_order": row["judge_extra"], "other_order": swapped.extra[i]}
         if result.scores_first is not None:
             s1, s2 = result.scores_first[i], result.scores_second[i]
             row["scores"] = {"policy": s1 if f else s2, "reference": s2 if f else s1}

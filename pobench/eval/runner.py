@@ -398,24 +398,25 @@ def build_run_judge(cfg, suite_data, run_dirs: list[Path], cache_dir: Path, devi
                        judge_decoder=cfg.eval.judge_decoder)
 
 
-def judge_rows(judge, prompts, policy: list[str], reference: list[str], seed: int, state=None) -> list[dict]:
+def judge_rows(judge, prompts, policy: list[str], reference: list[str], seed: int, state=None,
+               both_orders: bool = False) -> list[dict]:
     """judge_against_reference, each rank judging its shard of the prompts where `state` is given."""
     from pobench.eval.judges import judge_against_reference
     if state is None:
-        return judge_against_reference(judge, prompts, policy, reference, seed)
+        return judge_against_reference(judge, prompts, policy, reference, seed, both_orders)
     return map_prompts(lambda idx: judge_against_reference(judge, [prompts[i] for i in idx], [policy[i] for i in idx],
-                                                           [reference[i] for i in idx], seed),
+                                                           [reference[i] for i in idx], seed, both_orders),
                        list(range(len(prompts))), state)
 
 
-def judge_agreement(judge, suite_data, n: int, seed: int, state=None) -> dict | None:
+def judge_agreement(judge, suite_data, n: int, seed: int, state=None, both_orders: bool = False) -> dict | None:
     """How often the judge prefers the dataset's chosen answer to its rejected one on the first n held-out pairs
     (ties half): a reading of its quality on this suite, for any judge, beside its win rates."""
     if n < 1 or suite_data is None or not suite_data.eval:
         return None
     records = suite_data.eval[:n]
     rows = judge_rows(judge, [r.prompt for r in records], [r.chosen for r in records],
-                      [r.rejected for r in records], seed, state)
+                      [r.rejected for r in records], seed, state, both_orders)
     prefs = [r["preference"] for r in rows if r["preference"] is not None]
     if not prefs:
         return None
@@ -495,6 +496,17 @@ def length_controlled(cfg, prefs: list[float], policy_out: list[str], ref_out: l
     return lc
 
 
+def order_agreement(rows: list[dict], judged: list[int]) -> dict:
+    """Judged in both orders (eval.judge_both_orders): the share of prompts whose two verdicts name the same winner
+    (a tie in either counts as half): 1 for a judge blind to the order, near 0 for one that always picks a side."""
+    orders = [rows[i]["preference_orders"] for i in judged if rows[i].get("preference_orders")]
+    if not orders:
+        return {}
+    side = lambda p: 0.5 if p == 0.5 else float(p > 0.5)   # noqa: E731
+    agree = [1.0 - abs(side(a) - side(b)) for a, b in orders]
+    return {"order_agreement": sum(agree) / len(agree)}
+
+
 def summarize(cfg, rows: list[dict], policy_out: list[str], ref_out: list[str], items) -> dict:
     from pobench.eval import metrics as M
     judged = [i for i, r in enumerate(rows) if r["preference"] is not None]
@@ -513,6 +525,7 @@ def summarize(cfg, rows: list[dict], policy_out: list[str], ref_out: list[str], 
             # each prompt is judged in one order, a seeded coin per prompt: how balanced the coins came out, for a
             # judge with a position bias (an order-blind reward model is unaffected)
             "policy_first_share": sum(bool(rows[i]["policy_first"]) for i in judged) / len(judged),
+            **order_agreement(rows, judged),
             "avg_length": sum(pol_len) / len(pol_len), "reference_avg_length": sum(ref_len) / len(ref_len),
             "length_unit": "characters",
             "reward_mean": M.mean_or_none([s["policy"] for s in scores]),
@@ -567,9 +580,10 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
         judge = main_process_first(lambda: build_run_judge(cfg, suite_data, [run_dir], cache_dir, str(dev),
                                                            progress if state.is_main_process else None), state)
     prompts = [it.prompt for it in items]
-    rows = judge_rows(judge, prompts, policy_out, ref_out, cfg.eval.seed, judge_state)
+    rows = judge_rows(judge, prompts, policy_out, ref_out, cfg.eval.seed, judge_state, cfg.eval.judge_both_orders)
     judge_info = judge.describe() if is_main(state) else None
-    check = judge_agreement(judge, suite_data, cfg.eval.judge_check_pairs, cfg.eval.seed, judge_state)
+    check = judge_agreement(judge, suite_data, cfg.eval.judge_check_pairs, cfg.eval.seed, judge_state,
+                            cfg.eval.judge_both_orders)
     if not is_main(state):
         return None
     if check:
@@ -588,6 +602,7 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     judge_name = result["judge"]["name"]
     lines = [json.dumps({"index": i, "id": it.id, "prompt": it.prompt, "output": p, "reference_output": r,
                          "preference": row["preference"], "policy_first": row["policy_first"],
+                         **({"preference_orders": row["preference_orders"]} if "preference_orders" in row else {}),
                          "scores": row["scores"], "finished": o[0].finished, "output_tokens": len(o[0].token_ids),
                          "judge": judge_name, "judge_extra": row["judge_extra"]}, ensure_ascii=False)
              for i, (it, p, r, row, o) in enumerate(zip(items, policy_out, ref_out, rows, outs))]
