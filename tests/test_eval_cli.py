@@ -189,6 +189,43 @@ def test_a_crash_while_evaluating_again_never_leaves_new_generations_under_the_o
     assert not (finished_run / runner.PREVIOUS_EVAL).exists()
 
 
+def test_an_evaluation_stopped_after_some_answers_starts_again_from_them(finished_run, tmp_path, monkeypatch):
+    """The policy's answers are stored as they are made (chunks of EVAL_CHUNK_PROMPTS prompts): a judge that fails
+    after them costs the judging only, a crash in the middle the chunk it was making. Chunks change no answer
+    (sampling is seeded per prompt): one prompt per chunk gives the answers the run's own evaluation made."""
+    import test_eval_judges  # noqa: F401  registers gold:test-eval-length in this process
+
+    from pobench.eval import runner
+    run = copy_run(finished_run, tmp_path)
+    gold = {"eval": {"judge": "gold:test-eval-length"}}
+    monkeypatch.setattr(runner, "EVAL_CHUNK_PROMPTS", 1)
+
+    def judge_is_down(*args, **kwargs):   # test double for a judge whose service fails
+        raise PobenchError("the judge's service is down")
+
+    real_judge_rows, real_generate = runner.judge_rows, runner.generate
+    monkeypatch.setattr(runner, "judge_rows", judge_is_down)
+    with pytest.raises(PobenchError, match="down"):
+        runner.evaluate_run(run, overrides=gold)
+    store = next((tmp_path / "results" / ".cache" / "eval_policy").glob("*.jsonl"))
+    lines = store.read_text().splitlines()
+    assert len(lines) == 4
+    store.write_text("\n".join(lines[:2]) + "\n")   # as a crash after the second chunk would have left it
+    answered = []
+
+    def counted(model, tokenizer, prompt_ids, gen):
+        if gen.temperature != 1.0:   # the answers (KL's pure samples are drawn at temperature 1)
+            answered.extend(prompt_ids)
+        return real_generate(model, tokenizer, prompt_ids, gen)
+
+    monkeypatch.setattr(runner, "judge_rows", real_judge_rows)
+    monkeypatch.setattr(runner, "generate", counted)
+    runner.evaluate_run(run, overrides=gold)
+    assert len(answered) == 2                          # only the two answers the crash lost; the reference's cached
+    assert [r["output"] for r in rows(run)] == [r["output"] for r in rows(finished_run)]
+    assert [r["output_tokens"] for r in rows(run)] == [r["output_tokens"] for r in rows(finished_run)]
+
+
 def test_eval_on_alpaca_eval_instructions_with_the_local_llm_judge(finished_run, tiny_model_dir, tmp_path):
     pytest.importorskip("alpaca_eval")
     from pobench.cli import app

@@ -281,27 +281,58 @@ def sft_reference_outputs(cfg, prompt_ids, ref_model, tokenizer, model_path: str
     the model and the decoding: generated once and shared by every algorithm and seed of the suite. Under several
     processes the missing prompts are split across the ranks and the main process alone appends them."""
     from pobench.models import model_fingerprint
-    from pobench.sampling.pools import PoolStore, prompt_key
+    from pobench.sampling.pools import PoolStore
     settings = json.dumps(decoding_record(cfg), sort_keys=True)
     weights = evaluation_dtype(cfg, next(ref_model.parameters()).device)   # (the run's model.dtype off CUDA)
     key = hashlib.sha1(f"{model_fingerprint(model_path)}-{weights}-{settings}".encode()).hexdigest()[:16]
     store = PoolStore(Path(cache_dir) / "eval_reference" / f"{key}.jsonl", fields={"output": str, "finished": bool})
+    answers = stored_answers(store, prompt_ids, ref_model, tokenizer, generation_config(cfg), state)
+    return [a["output"] for a in answers], str(store.path)
+
+
+EVAL_CHUNK_PROMPTS = 64   # prompts per process generated between two appends to an answer store: what a crash loses
+
+
+def stored_answers(store, prompt_ids, model, tokenizer, gen, state=None) -> list[dict]:
+    """Each prompt's answer ({"output", "finished", "tokens"}) from `store`, the missing ones generated in chunks
+    appended as they are made, so an evaluation stopped partway (a crash, a judge that failed after the answers)
+    starts again where it stopped. Sampling is seeded per prompt, so chunking changes no answer. Under several
+    processes each chunk is split across the ranks and the main process alone appends."""
+    from pobench.sampling.pools import prompt_key
     todo = [p for p in dict.fromkeys(map(tuple, prompt_ids)) if prompt_key(list(p)) not in store.entries]
     if state is not None:   # the main process's list, should another run have appended to the store meanwhile
         from pobench.engine.distributed import gather_lists
         todo = gather_lists([todo] if state.is_main_process else [], state)[0]
-    if todo:
-        outs = map_prompts(lambda share: generate(ref_model, tokenizer, [list(p) for p in share], generation_config(cfg)),
-                           todo, state)
-        entries = [{"key": prompt_key(list(p)), "output": o[0].text, "finished": o[0].finished}
-                   for p, o in zip(todo, outs)]
+    step = EVAL_CHUNK_PROMPTS * (state.num_processes if state is not None else 1)
+    for start in range(0, len(todo), step):
+        part = todo[start:start + step]
+        outs = map_prompts(lambda share: generate(model, tokenizer, [list(p) for p in share], gen), part, state)
+        entries = [{"key": prompt_key(list(p)), "output": o[0].text, "finished": o[0].finished,
+                    "tokens": len(o[0].token_ids)} for p, o in zip(part, outs)]
         if is_main(state):
             store.add(entries)
         else:
             store.entries.update((e["key"], e) for e in entries)
         if state is not None:
             state.wait_for_everyone()
-    return [store.entries[prompt_key(p)]["output"] for p in prompt_ids], str(store.path)
+    return [store.entries[prompt_key(list(p))] for p in prompt_ids]
+
+
+def policy_answer_store(cfg, run_dir: Path, model, cache_dir: Path):
+    """Where a run's evaluation answers are kept: keyed by its final checkpoint's bytes, the weights' dtype and
+    the decoding, so a changed checkpoint or decoding starts afresh."""
+    from pobench.engine.checkpoint import find_checkpoint
+    from pobench.sampling.pools import PoolStore
+    digest = hashlib.sha1()
+    checkpoint = find_checkpoint(run_dir)
+    for name in ("state.json", "trainable.safetensors"):
+        with open(checkpoint / name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+    weights = evaluation_dtype(cfg, next(model.parameters()).device)
+    digest.update(f"-{weights}-{json.dumps(decoding_record(cfg), sort_keys=True)}".encode())
+    return PoolStore(Path(cache_dir) / "eval_policy" / f"{digest.hexdigest()[:16]}.jsonl",
+                     fields={"output": str, "finished": bool, "tokens": int})
 
 
 def reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, cache_dir,
@@ -564,8 +595,9 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     prompt_ids = [formatter.encode(formatter.prompt_text(it.prompt))[-cfg.train.max_prompt_length:] for it in items]
     task = progress.add_task(f"eval {cfg.algorithm_name} seed{cfg.seed}", total=None) if progress else None
 
-    outs = map_prompts(lambda share: generate(policy, tokenizer, share, generation_config(cfg)), prompt_ids, state)
-    policy_out = [row[0].text for row in outs]
+    answers = stored_answers(policy_answer_store(cfg, run_dir, policy, cache_dir), prompt_ids, policy, tokenizer,
+                             generation_config(cfg), state)
+    policy_out = [a["output"] for a in answers]
     ref_ctx = lambda: reference_model(cfg, policy, dev)  # noqa: E731  (entered once per use: memory is freed between)
     ref_out, reference = reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, cache_dir, state)
     kl = estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, dev, state)
@@ -603,9 +635,9 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     lines = [json.dumps({"index": i, "id": it.id, "prompt": it.prompt, "output": p, "reference_output": r,
                          "preference": row["preference"], "policy_first": row["policy_first"],
                          **({"preference_orders": row["preference_orders"]} if "preference_orders" in row else {}),
-                         "scores": row["scores"], "finished": o[0].finished, "output_tokens": len(o[0].token_ids),
+                         "scores": row["scores"], "finished": o["finished"], "output_tokens": o["tokens"],
                          "judge": judge_name, "judge_extra": row["judge_extra"]}, ensure_ascii=False)
-             for i, (it, p, r, row, o) in enumerate(zip(items, policy_out, ref_out, rows, outs))]
+             for i, (it, p, r, row, o) in enumerate(zip(items, policy_out, ref_out, rows, answers))]
     # eval.json names the judge and settings that generations.jsonl was judged under: the old one steps aside first,
     # so a crash before the new one is written leaves the run unevaluated (its last result kept beside it), never
     # new generations under the old result
