@@ -91,7 +91,7 @@ def run(
     from pobench.data import check_run_records, describe_loaded, load_suite_data
     from pobench.models import check_model_source, training_dtype_warning
     from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite
-    from pobench.sampling.pools import candidates_per_prompt, check_dataset_pools
+    from pobench.sampling.pools import check_dataset_pools
 
     is_main = _quiet_unless_main()
     if num_processes is not None and num_processes < 1:
@@ -184,9 +184,7 @@ def run(
             check_dataset_pools(cfg, sampler, datasets_by_key[key])
             if datasets_by_key[key].check_config:
                 datasets_by_key[key].check_config(cfg)
-            warnings = [training_dtype_warning(cfg.model.dtype),
-                        sampler.plan_warning(candidates_per_prompt(cfg, datasets_by_key[key]))
-                        if hasattr(sampler, "plan_warning") else None]
+            warnings = [training_dtype_warning(cfg.model.dtype), plan_warning(sampler, cfg, datasets_by_key[key])]
             for warning in filter(None, warnings):
                 if warning not in warned:
                     warned.add(warning)
@@ -366,6 +364,15 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
     _print_summary(summaries, time.time() - started)
     from pobench.report.command import print_leaderboard
     print_leaderboard(out, {cfg.suite for _, cfg, _, _ in plans})
+
+
+def plan_warning(sampler, cfg, data) -> str | None:
+    """A sampler's warning about the planned run (RSO: a pool too small to reject from), told the pools' size and
+    the setting that sizes them."""
+    from pobench.sampling.pools import candidates_per_prompt, pool_size_setting
+    if not hasattr(sampler, "plan_warning"):
+        return None
+    return sampler.plan_warning(candidates_per_prompt(cfg, data), pool_size_setting(cfg, data))
 
 
 def planned_world(num_processes: int | None, launch_config: str | None) -> int | None:

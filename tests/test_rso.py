@@ -154,3 +154,16 @@ def test_a_pool_no_larger_than_k_is_named_before_the_run():
     assert candidates_per_prompt(cfg("auto"), scored) == 4      # the records' own pools
     assert candidates_per_prompt(cfg("auto"), bare) == 16       # generated
     assert candidates_per_prompt(cfg("generated"), scored) == 16
+    # the warning names the setting that sizes the pools the run draws from: pool.num_samples only where generated
+    # (the synthetic suite's pools come with its data, and raising pool.num_samples there changed nothing)
+    from pobench.cli import plan_warning
+
+    def config(source, path):
+        return types.SimpleNamespace(pool=types.SimpleNamespace(source=source, num_samples=4),
+                                     data=types.SimpleNamespace(path=path))
+    params.num_candidates = 64
+    assert plan_warning(sampler, config("auto", "synthetic"), scored).endswith(
+        "raise data.synthetic.num_candidates (these pools come with the data; pool.source=generated makes "
+        "pool.num_samples instead), or lower rso.num_accepted")
+    assert "raise the dataset's pools" in plan_warning(sampler, config("auto", "sample"), scored)
+    assert "raise pool.num_samples, or" in plan_warning(sampler, config("generated", "synthetic"), scored)

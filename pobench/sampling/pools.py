@@ -77,6 +77,15 @@ def uses_dataset_pools(cfg, records) -> bool:
     return cfg.pool.source == "dataset" or (cfg.pool.source == "auto" and all(has_own_pool(r) for r in records))
 
 
+def pool_size_setting(cfg, data) -> str:
+    """The setting that gives a run's prompts more candidates: pool.num_samples only where the pools are generated
+    (a dataset's own pools ignore it)."""
+    if not uses_dataset_pools(cfg, data.train):
+        return "pool.num_samples"
+    own = "data.synthetic.num_candidates" if getattr(cfg.data, "path", None) == "synthetic" else "the dataset's pools"
+    return f"{own} (these pools come with the data; pool.source=generated makes pool.num_samples instead)"
+
+
 def candidates_per_prompt(cfg, data) -> int:
     """The most candidates a prompt's pool will hold: the records' own or the pool.num_samples generated."""
     if uses_dataset_pools(cfg, data.train):

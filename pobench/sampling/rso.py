@@ -77,13 +77,14 @@ class RejectionSampler:
                                "(pool.source=generated, or auto; `pobench candidates` makes it ahead of time)")
         return record.candidates[:self.num_candidates], record.scores[:self.num_candidates]
 
-    def plan_warning(self, candidates: int) -> str | None:
+    def plan_warning(self, candidates: int, pool_setting: str = "pool.num_samples") -> str | None:
         """With k at least the pool's size nothing is rejected: every candidate is accepted, and only the order
-        of acceptance (which decides the first-round pairs) still leans to high scores."""
+        of acceptance (which decides the first-round pairs) still leans to high scores. `pool_setting`: what gives
+        the run's prompts more candidates (pools.pool_size_setting)."""
         n = min(self.num_candidates, candidates)
         if n and self.k >= n:
             return (f"rso: num_accepted={self.k} >= the {n} candidates per prompt, so rejection sampling rejects "
-                    f"nothing (the paper accepts 8 of 64): raise pool.num_samples, or lower rso.num_accepted")
+                    f"nothing (the paper accepts 8 of 64): raise {pool_setting}, or lower rso.num_accepted")
         return None
 
     def reference_sequences(self, records) -> list[tuple]:
