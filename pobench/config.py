@@ -491,6 +491,11 @@ def resolve(suite_cfg: dict, algo_name: str, algo_defaults: dict, file_cfg: dict
     if cfg.train.batch_size % cfg.train.grad_accum:   # accumulation splits a batch into equal micro-batches of records
         raise PobenchError(f"config key 'train.batch_size': {cfg.train.batch_size} must be a multiple of "
                            f"train.grad_accum={cfg.train.grad_accum}")
+    template = cfg.model.chat_template
+    if template not in ("auto", "plain") and "{{" not in template and "{%" not in template:
+        # read as a Jinja template it would render every prompt as that word and every answer as nothing
+        raise PobenchError(f"config key 'model.chat_template': {template!r} is neither auto, plain nor a Jinja "
+                           f"template (one with {{{{ }}}} or {{% %}})")
     return cfg
 
 

@@ -111,6 +111,8 @@ CASES = {
     "set_negative_steps": (run("--set", "train.max_steps=-3"), "error", ["config key 'train.max_steps': must be at least 0"]),
     "set_float16_weights": (run("--set", "model.dtype=float16"), "error",
                             ["model.dtype float16: pobench trains the weights in their own dtype"]),
+    "set_chat_template_word": (run("--set", "model.chat_template=Plain"), "error",
+                               ["config key 'model.chat_template': 'Plain' is neither auto, plain nor a Jinja template"]),
     "set_zero_lora_alpha": (run("--set", "model.lora_r=8", "--set", "model.lora_alpha=0"), "error",
                             ["config key 'model.lora_alpha': must be greater than 0"]),   # (trained nothing, silently)
     "grad_accum_not_dividing_batch": (run("--set", "train.batch_size=3", "--set", "train.grad_accum=2"), "error",
