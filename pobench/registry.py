@@ -178,14 +178,15 @@ def suite_files() -> dict[str, Path]:
 
 def load_suite(name: str) -> dict:
     from pobench.config import read_yaml
-    path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        data = read_yaml(path)
-        data.setdefault("suite", path.stem)
-        return data
-    files = suite_files()
-    if name not in files:
-        raise PobenchError(f"unknown suite '{name}' (known: {', '.join(files)}; or a path to a suite .yaml)")
-    data = read_yaml(files[name])
-    data.setdefault("suite", name)
+    path, suite = Path(name), Path(name).stem
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        files = suite_files()
+        if name not in files:
+            raise PobenchError(f"unknown suite '{name}' (known: {', '.join(files)}; or a path to a suite .yaml)")
+        path, suite = files[name], name
+    data = read_yaml(path)
+    for key, option in (("seed", "--seeds"), ("algorithm_name", "--algo")):
+        if key in data:   # the command's own choice would replace it silently
+            raise PobenchError(f"{path}: '{key}' is chosen with {option}, not in a suite file")
+    data.setdefault("suite", suite)
     return data

@@ -125,6 +125,8 @@ CASES = {
                                              "onmcpo.include_dataset_chosen=false"), "error",
                                          ["onmcpo.num_candidates=1 with include_dataset_chosen false leaves no negative"]),
     "suite_unknown_data_key": (run("--suite", "{c}/suite_unknown_data_key.yaml"), "error", ["unknown config key 'data.paht'"]),
+    "suite_with_a_seed": (run("--suite", "{c}/suite_with_a_seed.yaml"), "error",
+                          ["suite_with_a_seed.yaml: 'seed' is chosen with --seeds, not in a suite file"]),
     # models: checked before any run folder is written
     "model_missing_folder": (run(model="./no_such_model_folder"), "error", ["./no_such_model_folder: no such model folder"]),
     "model_without_config": (run(model="{c}/model_without_config"), "error", ["model_without_config: no config.json"]),
