@@ -90,6 +90,7 @@ def run(
     from pobench import config as C
     from pobench.data import check_run_records, describe_loaded, load_suite_data
     from pobench.models import check_model_source, training_dtype_warning
+    from pobench.rewards import check_scorer_spec
     from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite
     from pobench.sampling.pools import check_dataset_pools
 
@@ -160,6 +161,7 @@ def run(
                                    f"or choose another --out")
             if not done:
                 training_dtype_warning(cfg.model.dtype)   # refuses float16 now, before the model is read
+                check_scorer_spec(cfg.pool.reward_model, "pool.reward_model")
             plans.append((algorithm, cfg, run_dir, done))
     for model_source in dict.fromkeys((cfg.model.name_or_path, cfg.model.gguf_file) for _, cfg, _, _ in plans):
         check_model_source(*model_source)

@@ -113,6 +113,12 @@ CASES = {
                             ["model.dtype float16: pobench trains the weights in their own dtype"]),
     "set_chat_template_word": (run("--set", "model.chat_template=Plain"), "error",
                                ["config key 'model.chat_template': 'Plain' is neither auto, plain nor a Jinja template"]),
+    # reward settings are checked whether or not the algorithm uses them (DPO draws no pool: it was saved as is)
+    "set_unknown_gold_pool_reward": (run("--set", "pool.reward_model=gold:nosuch"), "error",
+                                     ["config key 'pool.reward_model': unknown gold reward 'nosuch' (known: ",
+                                      "synthetic-<task seed>"]),
+    "set_missing_reward_model_folder": (run("--set", "pool.reward_model=./no_such_rm"), "error",
+                                        ["config key 'pool.reward_model': unknown reward model './no_such_rm'"]),
     "set_zero_lora_alpha": (run("--set", "model.lora_r=8", "--set", "model.lora_alpha=0"), "error",
                             ["config key 'model.lora_alpha': must be greater than 0"]),   # (trained nothing, silently)
     "grad_accum_not_dividing_batch": (run("--set", "train.batch_size=3", "--set", "train.grad_accum=2"), "error",

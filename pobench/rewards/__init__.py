@@ -83,8 +83,9 @@ class GoldScorer:
     def __init__(self, gold_name: str):
         builtin_gold(gold_name)
         if gold_name not in GOLD_REWARDS:
-            known = ", ".join(sorted(GOLD_REWARDS)) or "none registered"
-            raise PobenchError(f"unknown gold reward '{gold_name}' (known: {known})")
+            known = ", ".join(sorted(set(GOLD_REWARDS) | {"synthetic", "synthetic-<task seed>"}))
+            raise PobenchError(f"unknown gold reward '{gold_name}' (known: {known}; a --plugin registers more "
+                               f"with @register_gold)")
         self.gold_name = gold_name
         self.fn = GOLD_REWARDS[gold_name]
         self.name = f"gold:{gold_name}"
@@ -113,17 +114,36 @@ def get_scorer(spec: str, **kw) -> Scorer:
     spec = str(spec).strip()
     if spec.startswith("gold:"):
         return GoldScorer(spec[len("gold:"):])
+    from pobench.rewards.classifier import SequenceClassifierScorer
+    return SequenceClassifierScorer(_model_source(spec), **kw)
+
+
+def _model_source(spec: str) -> str:
+    """A reward model's folder or hub id, checked without loading it."""
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise PobenchError(f"reward model {spec}: the folder has no config.json (not a saved model)")
-    elif path.exists():
+        return str(path)
+    if path.exists():
         raise PobenchError(f"reward model {spec}: expected a model folder, got a file")
-    elif not _looks_like_hub_id(spec):
+    if not _looks_like_hub_id(spec):
         raise PobenchError(f"unknown reward model '{spec}': expected gold:<name>, a reward-model folder, "
                            f"or a hub id like org/name")
-    from pobench.rewards.classifier import SequenceClassifierScorer
-    return SequenceClassifierScorer(str(path) if path.is_dir() else spec, **kw)
+    return spec
+
+
+def check_scorer_spec(spec: str, key: str) -> None:
+    """A reward setting's mistake named before any run starts, whether or not the run's algorithm uses it (an
+    unused one would be saved in config.yaml as if it were fine): `auto`, a known gold reward, a model folder
+    or a hub id."""
+    spec = str(spec).strip()
+    if spec == "auto":
+        return
+    try:
+        GoldScorer(spec[len("gold:"):]) if spec.startswith("gold:") else _model_source(spec)
+    except PobenchError as e:
+        raise PobenchError(f"config key '{key}': {e}") from None
 
 
 def __getattr__(name: str):
