@@ -332,6 +332,25 @@ def test_the_leaderboard_charges_offline_samplers_their_pools(tmp_path):
     assert "pool s" in to_markdown(sections(report))
 
 
+def test_rows_evaluated_otherwise_are_marked_on_the_leaderboard(tmp_path):
+    """DPO evaluated again on AlpacaEval with an LLM judge, SimPO on the held-out prompts with the auto judge: their
+    win rates share a column but not a scale, and the leaderboard says so. Per-seed auto judges are one kind."""
+    for seed in (1, 2):
+        write_run(tmp_path, "dpo", seed, [0.5, 0.6], eval_json={
+            **new_eval(0.57, 0.6), "eval_set": "alpaca_eval", "judge": {"name": "alpaca_eval:local", "kind": "llm"}})
+        write_run(tmp_path, "simpo", seed, [0.5, 0.6], eval_json={
+            **new_eval(0.5, 0.6), "judge": {"name": f"auto:judges/hh-{seed}", "kind": "reward_model"}})
+    report, _, _ = build_report(tmp_path)
+    mixed = report["suites"][0]["mixed_evaluations"]
+    assert mixed == {"dpo": "eval set alpaca_eval, judge alpaca_eval:local, reference reference_policy",
+                     "simpo": "eval set hh-rlhf-test, judge auto, reference reference_policy"}
+    assert "MIXED EVALUATIONS: the rows' win rates come from other evaluations" in to_markdown(sections(report))
+    alike = tmp_path / "alike"
+    for algo in ("dpo", "simpo"):
+        write_run(alike, algo, 1, [0.5, 0.6], eval_json=new_eval(0.5, 0.6))
+    assert build_report(alike)[0]["suites"][0]["mixed_evaluations"] == {}
+
+
 def test_formats_agree(tmp_path):
     report, _, _ = build_report(grid_results(tmp_path))
     md = to_markdown(sections(report))

@@ -6,7 +6,7 @@ from pathlib import Path
 from pobench.errors import PobenchError
 from pobench.report.collect import collect
 from pobench.report.convergence import AXES, DEFAULT_TARGET, accuracy_auc_by_run, convergence, matched_kl
-from pobench.report.leaderboard import about, grid_table, leaderboard, spread
+from pobench.report.leaderboard import about, grid_table, leaderboard, mixed_evaluations, spread
 from pobench.report.versus import DEFAULT_BASELINE, NO_BASELINE, unlike_across_seeds, versus
 
 
@@ -46,6 +46,7 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
             "suite": suite, **about(suite_runs),
             "leaderboard": leaderboard(suite_runs, chosen, spreads),
             "unlike_across_seeds": unlike_across_seeds(suite_runs, chosen),
+            "mixed_evaluations": mixed_evaluations(suite_runs, chosen),
             "grid": grid_rows if any(s["points"] > 1 for s in spreads.values()) else [],
             "spread": spreads,
             "versus": versus(suite_runs, chosen, baseline, auc) if baseline != NO_BASELINE else None,

@@ -68,6 +68,21 @@ def leaderboard(runs, chosen: dict, spreads: dict) -> list[dict]:
     return rows
 
 
+def evaluated_as(frame) -> str:
+    """How a row's runs were evaluated, named: eval set, judge and reference (each seed's auto judge is one kind)."""
+    judges = sorted({"auto" if str(j).startswith("auto:") else str(j) for j in _unique(frame, "judge")})
+    return (f"eval set {', '.join(_unique(frame, 'eval_set')) or '-'}, judge {', '.join(judges) or '-'}, "
+            f"reference {', '.join(_unique(frame, 'reference_kind')) or '-'}")
+
+
+def mixed_evaluations(runs, chosen: dict) -> dict:
+    """{algo: how its row was evaluated} where the leaderboard's rows were not all evaluated alike (a run evaluated
+    again with another judge or eval set): their win rates share a column but not a scale. Empty otherwise."""
+    named = {algo: evaluated_as(runs[(runs["algo"] == algo) & (runs["grid_point"] == point)])
+             for algo, point in chosen.items()}
+    return named if len(set(named.values())) > 1 else {}
+
+
 def judge_accuracies(runs) -> dict:
     """{judge: its held-out pair accuracies (one, unless a judge of that name was retrained)} for the judges that
     recorded one: each judge's own, not sorted apart from the names."""

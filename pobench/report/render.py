@@ -118,6 +118,9 @@ def leaderboard_section(s: dict, select: str) -> Section:
         body.append(cells)
     if any(of_seeds(r[c], len(r["seeds"])) for r in rows for c, _ in measured):
         caption.append(PARTIAL_NOTE)
+    if s.get("mixed_evaluations"):
+        caption.append("MIXED EVALUATIONS: the rows' win rates come from other evaluations, so they are not on one "
+                       "scale: " + "; ".join(f"{a}: {how}" for a, how in s["mixed_evaluations"].items()))
     for algo, unlike in (s.get("unlike_across_seeds") or {}).items():
         caption.append(f"UNLIKE SEEDS: {algo}'s runs differ in more than the seed, so its row is not one setting "
                        f"(against seed {unlike['against_seed']}): {'; '.join(unlike['differences'])}")
