@@ -619,11 +619,37 @@ def test_the_suites_hub_data_dir_applies_to_its_own_hub_dataset_only(monkeypatch
         raise ConnectionError("offline test double")
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr("pobench.data.loading.hub_reachable", lambda timeout=2.0: True)   # (and a reachable hub)
     for path in ("Anthropic/hh-rlhf", "someone/other"):
         cfg = DataConfig(path=path, hub_id="Anthropic/hh-rlhf", hub_data_dir="harmless-base", schema="hh")
         with pytest.raises(PobenchError, match="cannot load from the hub"):
             load_suite_data(cfg)
     assert [(p, d) for p, d, _ in asked] == [("Anthropic/hh-rlhf", "harmless-base"), ("someone/other", None)]
+
+
+def test_an_unreachable_hub_is_named_at_once(monkeypatch):
+    """datasets retried an unreachable hub for ~30 s, logging each try above pobench's error; pobench asks first
+    (2 s) and says so in one line. Offline mode (HF_DATASETS_OFFLINE=1) still reads the hub cache."""
+    import datasets
+    asked = []
+
+    def fake_load_dataset(path, data_dir=None, split=None):   # stands in for the hub cache
+        asked.append(path)
+        raise FileNotFoundError("not in the cache (test double)")
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr("pobench.data.loading.hub_reachable", lambda timeout=2.0: False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    cfg = DataConfig(path="someone/other", schema="hh")
+    with pytest.raises(PobenchError, match="someone/other: not a local file or folder, and the Hugging Face hub "
+                                           "cannot be reached from here"):
+        load_suite_data(cfg)
+    assert asked == []
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(PobenchError, match="cannot load from the hub"):
+        load_suite_data(cfg)
+    assert asked == ["someone/other"]
 
 
 def test_a_runs_data_line_keeps_each_splits_skip_counts():
@@ -660,6 +686,7 @@ def test_a_hub_dataset_without_a_held_out_split_is_carved(monkeypatch, splits):
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setattr(datasets, "get_dataset_split_names",
                         lambda path, data_dir=None: [s.split("[")[0] for s in splits])   # the hub lists no slices
+    monkeypatch.setattr("pobench.data.loading.hub_reachable", lambda timeout=2.0: True)
     eval_split = splits[-1] if len(splits) > 1 else "test"
     data = load_suite_data(DataConfig(path="someone/prefs", hub_id="", schema="hh", eval_size=4, eval_split=eval_split))
     if splits == ["train"]:

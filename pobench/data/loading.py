@@ -5,6 +5,7 @@ with its file and row number; parquet, arrow, `save_to_disk` folders and hub ids
 """
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import json
@@ -42,6 +43,18 @@ def hub_reachable(timeout: float = 2.0) -> bool:
         return True
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def hub_logs_quiet():
+    """huggingface_hub logs each failed request it retries: a failure reaches the user as pobench's one line."""
+    from huggingface_hub.utils import logging as hub_logging
+    level = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hub_logging.set_verbosity(level)
 
 
 def _open_binary(path: Path):
@@ -167,8 +180,13 @@ def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[s
     if path.startswith((".", "/", "~")) or path.endswith(JSON_SUFFIXES + (".parquet", ".arrow")):
         raise PobenchError(f"{path}: no such file or folder")
     import datasets
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+    if not offline and not hub_reachable():   # (datasets would retry for ~30 s, logging each try)
+        raise PobenchError(f"{path}: not a local file or folder, and the Hugging Face hub cannot be reached from "
+                           f"here; give the data's local path (or set HF_DATASETS_OFFLINE=1 to read the hub cache)")
     try:
-        ds = datasets.load_dataset(path, data_dir=hub_data_dir, split=split)
+        with hub_logs_quiet():
+            ds = datasets.load_dataset(path, data_dir=hub_data_dir, split=split)
     except Exception as e:
         raise PobenchError(f"{path}: cannot load from the hub ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     return f"hub:{path}" + (f"/{hub_data_dir}" if hub_data_dir else "") + f"[{split}]", _dataset_rows(ds, path)
@@ -193,9 +211,12 @@ def source_has_split(path: str, split: str, hub_data_dir: str | None = None) -> 
         return bool(split_files(p, split))
     if path.startswith((".", "/", "~")):
         return True   # a missing local path: read_rows names it
+    if not hub_reachable():
+        return True   # assumed: reading the split reports the unreachable hub (or reads the offline cache)
     import datasets
     try:   # a sliced split (`test[:500]`) is there when its split is
-        return split.split("[")[0] in datasets.get_dataset_split_names(path, data_dir=hub_data_dir)
+        with hub_logs_quiet():
+            return split.split("[")[0] in datasets.get_dataset_split_names(path, data_dir=hub_data_dir)
     except Exception:
         return True
 
