@@ -124,7 +124,6 @@ def run(
     if budget_warning:
         console.print(f"[yellow]warning:[/yellow] {escape(budget_warning)}", highlight=False)
     if launch_config:
-        from pobench.engine.distributed import inside_launch
         from pobench.launch import check_one_machine, preset_path
         config_file = preset_path(launch_config)   # a bad name fails now, before any folder exists
         if not inside_launch():

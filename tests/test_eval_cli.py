@@ -203,7 +203,8 @@ def test_an_evaluation_stopped_after_some_answers_starts_again_from_them(finishe
     def judge_is_down(*args, **kwargs):   # test double for a judge whose service fails
         raise PobenchError("the judge's service is down")
 
-    real_judge_rows, real_generate = runner.judge_rows, runner.generate
+    from pobench.generation.hf import TransformersBackend
+    real_judge_rows, real_generate = runner.judge_rows, TransformersBackend.generate
     monkeypatch.setattr(runner, "judge_rows", judge_is_down)
     with pytest.raises(PobenchError, match="down"):
         runner.evaluate_run(run, overrides=gold)
@@ -213,13 +214,13 @@ def test_an_evaluation_stopped_after_some_answers_starts_again_from_them(finishe
     store.write_text("\n".join(lines[:2]) + "\n")   # as a crash after the second chunk would have left it
     answered = []
 
-    def counted(model, tokenizer, prompt_ids, gen):
+    def counted(backend, prompt_ids, gen):
         if gen.temperature != 1.0:   # the answers (KL's pure samples are drawn at temperature 1)
             answered.extend(prompt_ids)
-        return real_generate(model, tokenizer, prompt_ids, gen)
+        return real_generate(backend, prompt_ids, gen)
 
     monkeypatch.setattr(runner, "judge_rows", real_judge_rows)
-    monkeypatch.setattr(runner, "generate", counted)
+    monkeypatch.setattr(TransformersBackend, "generate", counted)
     runner.evaluate_run(run, overrides=gold)
     assert len(answered) == 2                          # only the two answers the crash lost; the reference's cached
     assert [r["output"] for r in rows(run)] == [r["output"] for r in rows(finished_run)]

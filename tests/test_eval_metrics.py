@@ -262,10 +262,11 @@ def test_alpaca_eval_glm_only_against_its_own_reference_outputs(tmp_path):
     reference = ["y" * int(k) for k in rng.integers(10, 300, n)]
     rows = [{"preference": float(p), "policy_first": True, "scores": None} for p in rng.uniform(0, 1, n)]
     items = [EvalItem([{"role": "user", "content": f"q{i}"}], reference[i], f"alpaca_eval:{i}", i) for i in range(n)]
+    # reference dataset on the alpaca_eval set is the file's own outputs, as reference alpaca_eval
     for reference_kind, method in (("alpaca_eval", "alpaca_eval_glm_length_controlled_v1"),
-                                   ("sft", "length_only_glm"), ("dataset", "length_only_glm")):
+                                   ("sft", "length_only_glm"), ("dataset", "alpaca_eval_glm_length_controlled_v1")):
         e = SimpleNamespace(eval_set="alpaca_eval", reference=reference_kind, lc_difficulty_file=str(path),
                             bootstrap=100, seed=0)
         out = summarize(SimpleNamespace(eval=e), rows, policy, reference, items)
         assert out["lc_method"] == method
-        assert ("eval.lc_difficulty_file unused" in out.get("lc_note", "")) == (reference_kind != "alpaca_eval")
+        assert ("eval.lc_difficulty_file unused" in out.get("lc_note", "")) == (reference_kind == "sft")

@@ -35,11 +35,25 @@ class LoadedSplit:
     skipped: Counter = field(default_factory=Counter)   # reason -> count
 
 
+def hub_offline() -> bool:
+    """huggingface_hub's or datasets' offline mode (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE, any value they read as
+    true): the hub is not asked, its local cache is read."""
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE) or \
+        os.environ.get("HF_DATASETS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
+    """Whether the hub (HF_ENDPOINT's host: huggingface.co or a mirror) answers, offline mode aside."""
+    if hub_offline():
         return False
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+    endpoint = urlparse(constants.ENDPOINT)
     try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        socket.create_connection((endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)),
+                                 timeout=timeout).close()
         return True
     except OSError:
         return False
@@ -180,8 +194,7 @@ def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[s
     if path.startswith((".", "/", "~")) or path.endswith(JSON_SUFFIXES + (".parquet", ".arrow")):
         raise PobenchError(f"{path}: no such file or folder")
     import datasets
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-    if not offline and not hub_reachable():   # (datasets would retry for ~30 s, logging each try)
+    if not hub_offline() and not hub_reachable():   # (datasets would retry for ~30 s, logging each try)
         raise PobenchError(f"{path}: not a local file or folder, and the Hugging Face hub cannot be reached from "
                            f"here; give the data's local path (or set HF_DATASETS_OFFLINE=1 to read the hub cache)")
     try:

@@ -12,6 +12,7 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
     decoding          {backend, temperature, top_p, top_k, max_new_tokens, seed, batch_size, chat_template, max_prompt_length}
     eval_config       the eval.* section this evaluation resolved (pobench eval's --set/--judge/... included;
                       config.yaml keeps the run's own): what pobench compare and pobench report check runs against
+    weights_dtype     the weights evaluation loaded (bfloat16 on CUDA for model.dtype auto; else the run's model.dtype)
     reference         {"kind": "sft" | "dataset" | "alpaca_eval", ...}  (sft: model + the shared cache file)
     judge             {"name", "kind": "reward_model" | "llm" | "gold", "held_out_accuracy": float | null, ...};
                       held_out_accuracy: a pobench-trained reward model's pair accuracy (rm_info.json); with
@@ -29,7 +30,7 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
                                           > 0 when the judge favours the policy where its output is the longer one;
                                           null, with lc_note, where every length difference is the same non-zero
                                           number (length and quality cannot be told apart); alpaca_eval's GLM only
-                                          with reference alpaca_eval (else lc_note names the unused difficulty file)
+                                          against the file's outputs (reference alpaca_eval or dataset; else lc_note)
     avg_length, reference_avg_length      mean output length in characters (length_unit)
     reward_mean, reference_reward_mean    mean judge score of the outputs (reward-model / gold judges; else null)
     kl, kl_se, kl_info                    KL(policy || reference) estimated from samples (null with eval.kl_samples 0)

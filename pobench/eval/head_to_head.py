@@ -146,7 +146,8 @@ def head_to_head(run_dir: Path, other_dir: Path, cache_dir: Path | None = None, 
         "better": sum(p > 0.5 for p in prefs), "tied": sum(p == 0.5 for p in prefs), "worse": sum(p < 0.5 for p in prefs),
         "identical_outputs": sum(mine[k]["output"] == theirs[k]["output"] for k in keys),
         "answers_digest": answers_digest(mine, theirs),
-        "judge": judge.describe(), "decoding": decoding_record(generated),
+        "judge": judge.describe(), "judge_both_orders": cfg.eval.judge_both_orders,
+        "decoding": decoding_record(generated),
         # scores (scoring judges): "policy" is this run's answer, "reference" the other run's
         "rows": [{"id": k, "preference": v["preference"], "policy_first": v["policy_first"], "scores": v["scores"],
                   **({"preference_orders": v["preference_orders"]} if "preference_orders" in v else {})}

@@ -154,7 +154,9 @@ class LocalJudgeDecoder:
         limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
         self.max_length = min(max_length, limit)
         self.fingerprint = model_fingerprint(self.path)
-        self.cache_key = self.fingerprint   # the annotation cache of this decoder (unchanged since it was the only one)
+        # the annotation cache of this decoder: verdicts cached before left-padded batches got position ids differ
+        # for judges with absolute position embeddings, so those are not reused
+        self.cache_key = f"{self.fingerprint}-position-ids"
         self.choice_ids = choice_token_ids(self.tokenizer, model)
 
     def encode(self, prompt: str) -> list[int]:

@@ -126,9 +126,12 @@ def check_alpaca_eval_set(e) -> None:
         from pobench.eval.metrics import check_difficulty_file
         check_difficulty_file(Path(e.lc_difficulty_file).expanduser())   # its columns, before any work
     if not e.eval_file:
+        from huggingface_hub import try_to_load_from_cache
+
         from pobench.data.loading import hub_reachable
         from pobench.eval.alpaca_set import HUB_FILE, HUB_REPO
-        if not hub_reachable():
+        cached = isinstance(try_to_load_from_cache(HUB_REPO, HUB_FILE, repo_type="dataset"), str)
+        if not cached and not hub_reachable():   # (offline mode reads the hub cache)
             raise PobenchError(f"config key 'eval.eval_file': none given, and the hub the alpaca_eval set is read "
                                f"from then is not reachable; pass --eval-file with a local copy of {HUB_REPO}/{HUB_FILE}")
         return
@@ -290,7 +293,8 @@ def sft_reference_outputs(cfg, prompt_ids, ref_model, tokenizer, model_path: str
     return [a["output"] for a in answers], str(store.path)
 
 
-EVAL_CHUNK_PROMPTS = 64   # prompts per process generated between two appends to an answer store: what a crash loses
+EVAL_CHUNK_PROMPTS = 256   # prompts per process between two appends to an answer store (what a crash loses): one
+                          # full decode batch on CUDA (generation.hf.MAX_BATCH_ROWS) at one sample per prompt
 
 
 def stored_answers(store, prompt_ids, model, tokenizer, gen, state=None) -> list[dict]:
@@ -303,10 +307,12 @@ def stored_answers(store, prompt_ids, model, tokenizer, gen, state=None) -> list
     if state is not None:   # the main process's list, should another run have appended to the store meanwhile
         from pobench.engine.distributed import gather_lists
         todo = gather_lists([todo] if state.is_main_process else [], state)[0]
+    from pobench.generation import get_backend
+    backend = get_backend("transformers", model, tokenizer)   # one for every chunk: its captured decoders are reused
     step = EVAL_CHUNK_PROMPTS * (state.num_processes if state is not None else 1)
     for start in range(0, len(todo), step):
         part = todo[start:start + step]
-        outs = map_prompts(lambda share: generate(model, tokenizer, [list(p) for p in share], gen), part, state)
+        outs = map_prompts(lambda share: backend.generate([list(p) for p in share], gen), part, state)
         entries = [{"key": prompt_key(list(p)), "output": o[0].text, "finished": o[0].finished,
                     "tokens": len(o[0].token_ids)} for p, o in zip(part, outs)]
         if is_main(state):
@@ -318,19 +324,20 @@ def stored_answers(store, prompt_ids, model, tokenizer, gen, state=None) -> list
     return [store.entries[prompt_key(list(p))] for p in prompt_ids]
 
 
-def policy_answer_store(cfg, run_dir: Path, model, cache_dir: Path):
-    """Where a run's evaluation answers are kept: keyed by its final checkpoint's bytes, the weights' dtype and
-    the decoding, so a changed checkpoint or decoding starts afresh."""
+def policy_answer_store(cfg, run_dir: Path, model, model_path: str, cache_dir: Path):
+    """Where a run's evaluation answers are kept: keyed by its final checkpoint (its state, and its weights file's
+    size and time: a checkpoint is replaced whole, by a rename, never rewritten in place; reading tens of GB of a
+    large model's weights for a key would cost more than it saves), the base model, the weights' dtype and the
+    decoding, so a changed checkpoint or decoding starts afresh."""
     from pobench.engine.checkpoint import find_checkpoint
+    from pobench.models import model_fingerprint
     from pobench.sampling.pools import PoolStore
-    digest = hashlib.sha1()
     checkpoint = find_checkpoint(run_dir)
-    for name in ("state.json", "trainable.safetensors"):
-        with open(checkpoint / name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 22), b""):
-                digest.update(block)
+    weights_file = (checkpoint / "trainable.safetensors").stat()
+    digest = hashlib.sha1((checkpoint / "state.json").read_bytes())
     weights = evaluation_dtype(cfg, next(model.parameters()).device)
-    digest.update(f"-{weights}-{json.dumps(decoding_record(cfg), sort_keys=True)}".encode())
+    digest.update(f"-{weights_file.st_size}-{weights_file.st_mtime_ns}-{model_fingerprint(model_path)}-{weights}-"
+                  f"{json.dumps(decoding_record(cfg), sort_keys=True)}".encode())
     return PoolStore(Path(cache_dir) / "eval_policy" / f"{digest.hexdigest()[:16]}.jsonl",
                      fields={"output": str, "finished": bool, "tokens": int})
 
@@ -517,7 +524,8 @@ def length_controlled(cfg, prefs: list[float], policy_out: list[str], ref_out: l
     (GPT-4-turbo's), so against any other reference they would misplace the policy."""
     from pobench.eval import metrics as M
     e = cfg.eval
-    if e.lc_difficulty_file and e.eval_set == "alpaca_eval" and e.reference == "alpaca_eval":
+    # on the alpaca_eval set, reference dataset is the file's own outputs too: only sft answers otherwise
+    if e.lc_difficulty_file and e.eval_set == "alpaca_eval" and e.reference != "sft":
         return M.alpaca_eval_lc_win_rate(prefs, policy_out, ref_out, indices, e.lc_difficulty_file)
     lc = M.length_controlled_win_rate(prefs, [len(o) for o in policy_out], [len(o) for o in ref_out])
     if e.lc_difficulty_file and e.eval_set == "alpaca_eval":
@@ -595,8 +603,8 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     prompt_ids = [formatter.encode(formatter.prompt_text(it.prompt))[-cfg.train.max_prompt_length:] for it in items]
     task = progress.add_task(f"eval {cfg.algorithm_name} seed{cfg.seed}", total=None) if progress else None
 
-    answers = stored_answers(policy_answer_store(cfg, run_dir, policy, cache_dir), prompt_ids, policy, tokenizer,
-                             generation_config(cfg), state)
+    answers = stored_answers(policy_answer_store(cfg, run_dir, policy, model_path, cache_dir), prompt_ids, policy,
+                             tokenizer, generation_config(cfg), state)
     policy_out = [a["output"] for a in answers]
     ref_ctx = lambda: reference_model(cfg, policy, dev)  # noqa: E731  (entered once per use: memory is freed between)
     ref_out, reference = reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, cache_dir, state)
