@@ -348,6 +348,7 @@ def test_rows_evaluated_otherwise_are_marked_on_the_leaderboard(tmp_path):
     alike = tmp_path / "alike"
     for algo in ("dpo", "simpo"):
         write_run(alike, algo, 1, [0.5, 0.6], eval_json=new_eval(0.5, 0.6))
+    write_run(alike, "rso", 1, [0.5, 0.6])     # not evaluated (held-out pairs only): nothing of its own to mix
     assert build_report(alike)[0]["suites"][0]["mixed_evaluations"] == {}
 
 

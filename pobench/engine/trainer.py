@@ -439,7 +439,7 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
             # one process: the run's whole prompt list, so that chunk boundaries survive a crash (generate_pools)
             todo = missing if world > 1 else indices
             P.generate_pools([data.train[i] for i in todo], [train_pairs[i].prompt for i in todo], ref_model,
-                             tokenizer, cfg, target, rm_scorer, progress)
+                             tokenizer, cfg, target, rm_scorer, progress, processes=world)
         del rm_scorer
     if world > 1:  # every rank takes part, even one whose shard was empty
         new = list({e["key"]: e for e in D.gather_lists(target.new if missing else [], accelerator)}.values())

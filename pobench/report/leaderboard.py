@@ -78,8 +78,11 @@ def evaluated_as(frame) -> str:
 def mixed_evaluations(runs, chosen: dict) -> dict:
     """{algo: how its row was evaluated} where the leaderboard's rows were not all evaluated alike (a run evaluated
     again with another judge or eval set): their win rates share a column but not a scale. Empty otherwise."""
-    named = {algo: evaluated_as(runs[(runs["algo"] == algo) & (runs["grid_point"] == point)])
-             for algo, point in chosen.items()}
+    named = {}
+    for algo, point in chosen.items():
+        frame = runs[(runs["algo"] == algo) & (runs["grid_point"] == point)]
+        if _unique(frame, "eval_set") or _unique(frame, "judge"):   # a row not evaluated has no win rate to mix
+            named[algo] = evaluated_as(frame)
     return named if len(set(named.values())) > 1 else {}
 
 

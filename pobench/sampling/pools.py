@@ -149,8 +149,9 @@ def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Pa
 
 
 def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]], model, tokenizer, cfg, store: PoolStore,
-                   scorer, progress=None) -> None:
-    """Generate and score the pools of `records` missing from `store` (chunks of prompts, appended as made)."""
+                   scorer, progress=None, processes: int = 1) -> None:
+    """Generate and score the pools of `records` missing from `store` (chunks of prompts, appended as made).
+    `processes`: how many make their shares at once, so that each pool's recorded seconds add up to wall time."""
     from pobench.generation import get_backend, rows_per_call
 
     seen, unique = set(), []
@@ -180,10 +181,11 @@ def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]],
             scores = scorer.score([record.prompt] * len(texts), texts)
             entries.append({"key": prompt_key(ids), "record": record.id, "candidates": texts,
                             "scores": [float(s) for s in scores], "finished": [c.finished for c in outs]})
-        # what the pools cost, stored with them: every run that draws from them is charged it (pool_seconds), not
-        # only the one that happened to make them
+        # what the pools cost in wall time, stored with them: every run that draws from them is charged it
+        # (pool_seconds), not only the one that happened to make them; ranks making their shares side by side
+        # each count a share of the wall time
         for entry in entries:
-            entry["seconds"] = round((time.perf_counter() - started) / len(entries), 4)
+            entry["seconds"] = round((time.perf_counter() - started) / len(entries) / processes, 4)
         store.add(entries)
         faults.kill_point("pool")
         if progress:
@@ -193,7 +195,7 @@ def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]],
 
 
 def pool_seconds(store: PoolStore, prompts: list[list[int]]) -> float | None:
-    """Generation and scoring time of the pools of `prompts` (each prompt once), wherever and whenever they were
+    """Generation and scoring wall time of the pools of `prompts` (each prompt once), wherever and whenever they were
     made; None where a pool's time was not recorded (a store older than the record)."""
     seconds = [store.entries[key].get("seconds") for key in dict.fromkeys(map(prompt_key, prompts))]
     return round(sum(seconds), 3) if all(isinstance(s, (int, float)) for s in seconds) else None
