@@ -639,7 +639,7 @@ def test_an_unreachable_hub_is_named_at_once(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     monkeypatch.setattr("pobench.data.loading.hub_reachable", lambda timeout=2.0: False)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)   # (the tests run offline: conftest)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     cfg = DataConfig(path="someone/other", schema="hh")
     with pytest.raises(PobenchError, match="someone/other: not a local file or folder, and the Hugging Face hub "
@@ -695,3 +695,45 @@ def test_a_hub_dataset_without_a_held_out_split_is_carved(monkeypatch, splits):
     else:
         assert read == ["train", eval_split] and data.report["eval_source"] == f"hub:someone/prefs[{eval_split}]"
     assert len(data.eval) == 4
+
+
+def test_offline_mode_and_mirrors_are_read_as_huggingface_hub_reads_them(monkeypatch):
+    """HF_HUB_OFFLINE=true (not only "1") and HF_DATASETS_OFFLINE=yes are offline mode; the hub probed is
+    HF_ENDPOINT's host (a mirror), not huggingface.co."""
+    import socket
+
+    from huggingface_hub import constants
+
+    from pobench.data import loading
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert loading.hub_offline() and not loading.hub_reachable()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "yes")
+    assert loading.hub_offline()
+    monkeypatch.delenv("HF_DATASETS_OFFLINE")
+    asked = []
+
+    def connect(address, timeout=None):   # test double for the network: records the host asked
+        asked.append(address)
+        raise OSError("unreachable (test double)")
+
+    monkeypatch.setattr(socket, "create_connection", connect)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hf-mirror.example.org")
+    assert not loading.hub_reachable() and asked == [("hf-mirror.example.org", 443)]
+
+
+def test_the_alpaca_eval_set_in_the_hub_cache_needs_no_network(monkeypatch):
+    """No eval file and no network: refused, unless the hub cache already holds the set (offline mode reads it)."""
+    import huggingface_hub
+
+    from pobench.eval.runner import check_alpaca_eval_set
+    from types import SimpleNamespace
+    monkeypatch.setattr("pobench.data.loading.hub_reachable", lambda timeout=2.0: False)
+    e = SimpleNamespace(eval_set="alpaca_eval", judge="alpaca_eval:local", reference="alpaca_eval", eval_file=None,
+                        lc_difficulty_file=None, num_prompts=0)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    with pytest.raises(PobenchError, match="is not reachable"):
+        check_alpaca_eval_set(e)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/cache/alpaca_eval.json")
+    check_alpaca_eval_set(e)
