@@ -14,7 +14,7 @@ noise keys the caller hands in (the transformers backend's per-prompt streams, p
 plain and the fast path give the same samples wherever their logits agree.
 
 Needs transformers' StaticCache with an in-place `cumulative_length` (transformers >= 5.2x, `cache=` keyword);
-`supported(model, capacity)` says whether a model qualifies for a call (a sliding window shorter than the call's
+`unsupported_reason(model, capacity)` says why a model does not qualify for a call (a sliding window shorter than the call's
 prompt width + max_new_tokens does not), and callers fall back to `generate` where it does not.
 """
 from __future__ import annotations
@@ -79,11 +79,6 @@ def window_conflict(config, capacity: int | None, compiled: bool = False) -> str
             return (f"its {kind} layers keep a window of {window} tokens, fewer than the call's prompt width + "
                     f"max_new_tokens ({capacity}) that the decoder attends over")
     return None
-
-
-def supported(model, capacity: int | None = None, compiled: bool = False) -> bool:
-    """True when the static decoder can run `model` with `capacity` cache slots (see unsupported_reason)."""
-    return unsupported_reason(model, capacity, compiled) is None
 
 
 def blockwise_cumsum(values: torch.Tensor, block: int = 1024) -> torch.Tensor:
