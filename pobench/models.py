@@ -213,20 +213,22 @@ def hub_commit(repo_id: str) -> str | None:
         return None
 
 
-def pick_device(device: str) -> torch.device:
+def pick_device(device: str | torch.device, key: str = "model.device") -> torch.device:
+    """`key` names the setting the device came from, for the error."""
+    device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise PobenchError(f"model.device {device}: CUDA is not available on this machine")
+        raise PobenchError(f"{key} {device}: CUDA is not available on this machine")
     try:
         picked = torch.device(device)
     except RuntimeError:
-        raise PobenchError(f"config key 'model.device': {device!r} is not a device (auto, cpu, cuda, cuda:N, ...)") from None
+        raise PobenchError(f"config key {key!r}: {device!r} is not a device (auto, cpu, cuda, cuda:N, ...)") from None
     # torch.device accepts any index; a GPU the machine lacks would fail later, deep in a CUDA call
     # ("invalid device ordinal")
     if picked.type == "cuda" and picked.index is not None and picked.index >= torch.cuda.device_count():
         count = torch.cuda.device_count()
-        raise PobenchError(f"model.device {device}: this machine has {count} CUDA device(s), "
+        raise PobenchError(f"{key} {device}: this machine has {count} CUDA device(s), "
                            f"cuda:0 to cuda:{count - 1}")
     return picked
 

@@ -214,3 +214,17 @@ def test_the_synthetic_gold_rewards_need_no_suite_loaded_first():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["gold:synthetic", "gold:synthetic-3"]
+
+
+def test_a_reward_model_on_a_gpu_the_machine_lacks_is_named(tiny_bert_dir, monkeypatch):
+    """The scorer picked its device without the index check the policy gets: cuda:3 on a 2-GPU machine loaded
+    the model and then failed inside CUDA. It now stops with one line before loading."""
+    import torch
+    from pobench.errors import PobenchError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(PobenchError, match=r"^reward model device cuda:3: this machine has 2 CUDA device\(s\)"):
+        SequenceClassifierScorer(str(tiny_bert_dir), device="cuda:3")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PobenchError, match="reward model device cuda:0: CUDA is not available"):
+        SequenceClassifierScorer(str(tiny_bert_dir), device="cuda:0")

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from pobench.errors import PobenchError
+from pobench.models import pick_device
 
 _ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
 
@@ -70,12 +71,6 @@ def prepare_pad_token(model, tokenizer) -> None:
         model.config.pad_token_id = tokenizer.pad_token_id
 
 
-def pick_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 class SequenceClassifierScorer:
     def __init__(self, path_or_id: str, batch_size: int = 16, max_length: int | None = None, device: str = "auto"):
         """max_length None: the length the model was trained with (its rm_info.json), else 512 tokens or the
@@ -84,6 +79,7 @@ class SequenceClassifierScorer:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        device = pick_device(device, key="reward model device")   # before the load, which may take minutes
         try:
             tokenizer = AutoTokenizer.from_pretrained(path_or_id)
             model = AutoModelForSequenceClassification.from_pretrained(path_or_id, dtype=torch.float32)
@@ -112,7 +108,7 @@ class SequenceClassifierScorer:
         prepare_pad_token(model, tokenizer)
         self.model, self.tokenizer, self.name, self.path = model, tokenizer, name, path
         self.batch_size, self.max_length = batch_size, max_length
-        self.device = pick_device(device) if path is not None else next(model.parameters()).device
+        self.device = device if path is not None else next(model.parameters()).device
         if path is not None:
             self.model.to(self.device).eval()
 

