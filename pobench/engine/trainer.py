@@ -355,6 +355,9 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
     # computed in that precision too, or the implicit rewards start at the rounding gap instead of 0
     mixed = accelerator.mixed_precision if accelerator is not None else "no"
     fingerprint = f"{model_fingerprint(model_path)}-{cfg.model.dtype}" + (f"-{mixed}" if mixed != "no" else "")
+    # "-lp2": caches from before token_logps read the target's logit from the normalised logits hold values that
+    # differ (under bf16 autocast by up to ~0.06 nats a token)
+    fingerprint += "-lp2"
     transform = LogitTransform.of(unwrap_peft(model).config)
     if not transform.is_identity:   # caches made before log-probs applied the transform hold other values
         fingerprint += f"-logits{transform.scale:g}" + (f"cap{transform.softcap:g}" if transform.softcap else "")
