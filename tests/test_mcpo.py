@@ -278,6 +278,10 @@ def test_mcpo_ranking_nce_trains_on_several_negatives(tmp_path, tiny_model_dir, 
         sampler(num_negatives=2)
     with pytest.raises(PobenchError, match="label_smoothing applies to the pairwise objective only"):
         sampler(objective="ranking_nce", num_negatives=2, label_smoothing=0.1)
+    # the chosen as a negative of itself in every term: the normaliser counts it twice, the loss stops at log 2
+    with pytest.raises(PobenchError, match="include_chosen_in_pool=true with objective=ranking_nce_pool"):
+        sampler(objective="ranking_nce_pool", include_chosen_in_pool=True)
+    sampler(objective="ranking_nce", num_negatives=2, include_chosen_in_pool=True)   # drawing it is the setting
 
 
 def test_mcpo_ranking_nce_over_the_whole_pool(tmp_path, tiny_model_dir, pool_data):

@@ -78,6 +78,11 @@ class MCKernel:
         if self.objective != "ranking_nce" and self.num_negatives != 1:
             raise PobenchError(f"mcpo.num_negatives={self.num_negatives} needs mcpo.objective=ranking_nce "
                                f"(pairwise trains one negative per record, ranking_nce_pool the whole pool)")
+        if self.objective == "ranking_nce_pool" and self.include_chosen:
+            # the chosen would be one of its own negatives: counted twice in the normaliser, the loss could not
+            # fall below log 2 (drawn objectives may draw it, which is what the setting is for)
+            raise PobenchError("mcpo.include_chosen_in_pool=true with objective=ranking_nce_pool: the chosen would "
+                               "be a negative of itself in every term; use objective=ranking_nce or pairwise")
         if self.objective != "pairwise" and getattr(params, "label_smoothing", 0.0):
             raise PobenchError(f"mcpo.label_smoothing applies to the pairwise objective only, not to {self.objective}")
 
