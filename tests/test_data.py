@@ -549,6 +549,30 @@ def test_bad_rows_in_a_json_array_name_the_element(tmp_path):
     assert f"{g}:3: bad JSON" in _error(g)
 
 
+def test_an_integer_too_long_to_read_is_bad_json(tmp_path):
+    """Python reads no integer of over 4300 digits: its ValueError is not a JSONDecodeError and went past the
+    loader as an internal error (exit 1)."""
+    huge = json.dumps(GOOD)[:-1] + ', "extra": ' + "9" * 4400 + "}"
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps(GOOD) + "\n" + huge + "\n")
+    assert f"{f}:2: bad JSON line (Exceeds the limit (4300 digits)" in _error(f)
+    g = tmp_path / "d.json"
+    g.write_text(f"[{json.dumps(GOOD)},\n{huge}]")
+    assert f"{g}: bad JSON (Exceeds the limit (4300 digits)" in _error(g)
+
+
+def test_a_score_too_big_for_a_float_names_the_row(tmp_path):
+    """An integer score of a few hundred digits reads as JSON but float() raises OverflowError, which parse_rows
+    did not catch: an internal error instead of the row."""
+    raw = next(read_json_rows(UF_RAW))[1]
+    raw["completions"][0]["overall_score"] = 10 ** 400
+    f = _write_lines(tmp_path / "raw.jsonl", [json.dumps(raw)])
+    assert f"{f}:1: malformed row for schema ultrafeedback-raw (OverflowError" in _error(f)
+    onpolicy = {"prompt_id": "p", "prompt": "q", "all_generated_responses": ["a", "b"], "all_rm_scores": [1.0, 10 ** 400]}
+    g = _write_lines(tmp_path / "onpolicy.jsonl", [json.dumps(onpolicy)])
+    assert f"{g}:1: malformed row for schema ultrafeedback-onpolicy (OverflowError" in _error(g)
+
+
 def test_bad_row_in_the_binarized_schema(tmp_path):
     rows = _sample_rows(UF_TEST, 2)
     rows[1]["chosen"] = "not a list of messages"

@@ -84,6 +84,12 @@ def _decode(raw: bytes, path: Path, line: int) -> str:
         raise PobenchError(f"{path}:{line}: not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
 
 
+def _too_long(error: ValueError) -> str:
+    """json's one ValueError that is not a JSONDecodeError: Python's limit on the digits of an integer it reads
+    (its advice, sys.set_int_max_str_digits, is for programmers, not for whoever wrote the file)."""
+    return str(error).split(";")[0] or type(error).__name__
+
+
 def _check_text(row, where: str) -> None:
     """A JSON escape can spell a lone UTF-16 surrogate ("\\ud800"), which no tokenizer (and no UTF-8 file) takes."""
     try:
@@ -120,6 +126,8 @@ def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
                         rows = json.loads(text)
                     except json.JSONDecodeError as e:
                         raise PobenchError(f"{path}:{line - 1 + e.lineno}: bad JSON ({e.msg}, column {e.colno})") from None
+                    except ValueError as e:   # an integer too long for Python to read (over 4300 digits)
+                        raise PobenchError(f"{path}: bad JSON ({_too_long(e)})") from None
                     except RecursionError:
                         raise PobenchError(f"{path}: bad JSON (nested too deeply)") from None
                     for i, row in enumerate(rows, 1):
@@ -131,6 +139,8 @@ def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
                     row = json.loads(text)
                 except json.JSONDecodeError as e:
                     raise PobenchError(f"{path}:{line}: bad JSON line ({e.msg}, column {e.colno})") from None
+                except ValueError as e:   # an integer too long for Python to read (over 4300 digits)
+                    raise PobenchError(f"{path}:{line}: bad JSON line ({_too_long(e)})") from None
                 except RecursionError:
                     raise PobenchError(f"{path}:{line}: bad JSON line (nested too deeply)") from None
                 if "\\u" in text:
@@ -315,7 +325,7 @@ def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "aut
             out.skipped[skip.reason] += 1
         except KeyError as e:
             raise PobenchError(f"{source}:{i}: missing key {e} for schema {schema}") from None
-        except (TypeError, AttributeError, IndexError, ValueError) as e:
+        except (TypeError, AttributeError, IndexError, ValueError, OverflowError) as e:   # (a score too big for a float)
             raise PobenchError(f"{source}:{i}: malformed row for schema {schema} ({type(e).__name__}: {e})") from None
     if out.rows_read == 0:
         raise PobenchError(f"{source}: no rows")
