@@ -45,7 +45,7 @@ CASES = {
     "utf16_file": (data("hh_utf16.jsonl"), "error", ["hh_utf16.jsonl:1: not UTF-8"]),
     "array_missing_comma": (data("array_missing_comma.json"), "error", ["array_missing_comma.json:4: bad JSON"]),
     "array_latin1": (data("array_latin1.json"), "error", ["array_latin1.json:4: not UTF-8"]),
-    "array_of_numbers": (data("array_of_numbers.json"), "error", ["array_of_numbers.json:1: a row must be a JSON object"]),
+    "array_of_numbers": (data("array_of_numbers.json"), "error", ["array_of_numbers.json (element 1): a row must be a JSON object"]),
     "array_empty": (data("array_empty.json"), "error", ["array_empty.json: no rows"]),
     "only_blank_lines": (data("only_blank_lines.jsonl"), "error", ["only_blank_lines.jsonl: no rows"]),
     # schema

@@ -541,9 +541,25 @@ def test_bad_rows_name_the_row(tmp_path, second_row, expected):
 
 
 def test_bad_rows_in_a_json_array_name_the_element(tmp_path):
+    """A JSON array's rows are its elements, not its lines: "file:3" (the form of a line number) sent the reader to
+    line 3 of a pretty-printed file, inside another element. A syntax error still names its line."""
     f = tmp_path / "d.json"
     f.write_text(json.dumps([GOOD, GOOD, 7]))
-    assert f"{f}:3: a row must be a JSON object, got int" in _error(f)
+    assert f"{f} (element 3): a row must be a JSON object, got int" in _error(f)
+    f.write_text(json.dumps([GOOD, GOOD, {"chosen": GOOD["chosen"]}], indent=2))
+    assert f"{f} (element 3): missing key 'rejected' for schema hh" in _error(f)
+    f.write_text(json.dumps([GOOD, {"chosen": 5, "rejected": "x"}], indent=2))
+    assert f"{f} (element 2): malformed row for schema hh" in _error(f)
+    f.write_text(json.dumps([{"question": "q"}]))
+    assert f"{f} (element 1): unknown schema" in _error(f)
+    f.write_text(json.dumps([GOOD, dict(GOOD, chosen=GOOD["chosen"] + "!")]))
+    assert [r.id for r in load(f).records] == ["d.json:1", "d.json:2"]   # ids unchanged: so are the records' digests
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "train-00000-of-00002.jsonl").write_text(json.dumps(GOOD) + "\n")
+    (shards / "train-00001-of-00002.json").write_text(json.dumps([GOOD, 7], indent=2))
+    with pytest.raises(PobenchError, match=r"shards\[train\]:train-00001-of-00002.json \(element 2\): a row must be"):
+        parse_rows(*read_rows(str(shards), "train"))
     g = tmp_path / "e.json"
     g.write_text('[\n  {"chosen": "a",\n  "rejected": }\n]\n')
     assert f"{g}:3: bad JSON" in _error(g)

@@ -27,6 +27,25 @@ JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
 SCHEMAS = ("hh", "ultrafeedback-binarized", "ultrafeedback-raw", "ultrafeedback-onpolicy")
 
 
+class Element(int):
+    """The number of a JSON array file's element: not a line number, so errors say "file (element N)" where they
+    say "file:N" of a line (a record's id, "<file>:N", is the same either way)."""
+
+
+class _ShardElement(str):
+    """"<shard>:N" for element N of a JSON array shard in a folder of split files."""
+
+
+def row_place(source: str, row) -> str:
+    """A row's place for an error message: "file:N" (a line or a table's row), "file (element N)"."""
+    if isinstance(row, Element):
+        return f"{source} (element {row})"
+    if isinstance(row, _ShardElement):
+        shard, n = row.rsplit(":", 1)
+        return f"{source}:{shard} (element {n})"
+    return f"{source}:{row}"
+
+
 @dataclass
 class LoadedSplit:
     records: list[PreferenceRecord]
@@ -100,7 +119,7 @@ def _check_text(row, where: str) -> None:
 
 
 def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """(1-based line number, object) for JSON Lines; (1-based element number, object) for a JSON array file.
+    """(1-based line number, object) for JSON Lines; (1-based Element number, object) for a JSON array file.
 
     Read as bytes and decoded line by line, so that a bad line, a non-UTF-8 byte or a truncated gzip is reported
     with its line number (leading blank lines count)."""
@@ -131,8 +150,8 @@ def read_json_rows(path: Path) -> Iterator[tuple[int, dict]]:
                     except RecursionError:
                         raise PobenchError(f"{path}: bad JSON (nested too deeply)") from None
                     for i, row in enumerate(rows, 1):
-                        _check_text(row, f"{path} (element {i})")
-                        yield i, row
+                        _check_text(row, row_place(str(path), Element(i)))
+                        yield Element(i), row
                     return
                 first = False
                 try:
@@ -199,7 +218,7 @@ def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[s
         def every_shard() -> Iterator[tuple[str, dict]]:   # rows named by shard and row: "train-00001-of-00002.parquet:5"
             for f in files:
                 for i, row in read_rows(str(f), split)[1]:
-                    yield f"{f.name}:{i}", row
+                    yield (_ShardElement if isinstance(i, Element) else str)(f"{f.name}:{i}"), row
         return f"{p}[{split}]", every_shard()
     if path.startswith((".", "/", "~")) or path.endswith(JSON_SUFFIXES + (".parquet", ".arrow")):
         raise PobenchError(f"{path}: no such file or folder")
@@ -303,13 +322,13 @@ def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "aut
             break
         out.rows_read += 1
         if not isinstance(row, dict):
-            raise PobenchError(f"{source}:{i}: a row must be a JSON object, got {type(row).__name__}")
+            raise PobenchError(f"{row_place(source, i)}: a row must be a JSON object, got {type(row).__name__}")
         if parser is None:
             if schema == "auto":
                 try:
                     schema = detect_schema(row)
                 except PobenchError as e:
-                    raise PobenchError(f"{source}:{i}: {e}") from None
+                    raise PobenchError(f"{row_place(source, i)}: {e}") from None
             parser = record_parser(schema, raw_rejected, seed)
         try:
             record = parser(row, f"{Path(source).name}:{i}")
@@ -324,9 +343,9 @@ def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "aut
         except RowSkip as skip:
             out.skipped[skip.reason] += 1
         except KeyError as e:
-            raise PobenchError(f"{source}:{i}: missing key {e} for schema {schema}") from None
+            raise PobenchError(f"{row_place(source, i)}: missing key {e} for schema {schema}") from None
         except (TypeError, AttributeError, IndexError, ValueError, OverflowError) as e:   # (a score too big for a float)
-            raise PobenchError(f"{source}:{i}: malformed row for schema {schema} ({type(e).__name__}: {e})") from None
+            raise PobenchError(f"{row_place(source, i)}: malformed row for schema {schema} ({type(e).__name__}: {e})") from None
     if out.rows_read == 0:
         raise PobenchError(f"{source}: no rows")
     if not out.records:
