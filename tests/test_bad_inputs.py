@@ -57,7 +57,7 @@ CASES = {
     "hh_every_row_skipped": (data("hh_every_row_without_assistant_turn.jsonl"), "error",
                              ["hh_every_row_without_assistant_turn.jsonl: every row was skipped", "no_final_assistant_turn': 3"]),
     "uf_message_without_content": (data("uf_binarized_message_without_content.jsonl", "ultrafeedback"), "error",
-                                   ["uf_binarized_message_without_content.jsonl:5: missing key 'content'"]),
+                                   ["uf_binarized_message_without_content.jsonl:5: missing key 'chosen[1].content'"]),
     "uf_messages_are_strings": (data("uf_binarized_messages_are_strings.jsonl", "ultrafeedback"), "error",
                                 ["uf_binarized_messages_are_strings.jsonl:5: malformed row for schema ultrafeedback-binarized"]),
     "uf_raw_score_is_a_word": (data("uf_raw_score_is_a_word.jsonl", "ultrafeedback"), "error",

@@ -589,6 +589,60 @@ def test_a_score_too_big_for_a_float_names_the_row(tmp_path):
     assert f"{g}:1: malformed row for schema ultrafeedback-onpolicy (OverflowError" in _error(g)
 
 
+def _user(content="q?"):
+    return {"role": "user", "content": content}
+
+
+def _answer(content="a"):
+    return {"role": "assistant", "content": content}
+
+
+def _binarized(turns=None, chosen=None, rejected=None, **extra):
+    turns = [_user()] if turns is None else turns
+    return {"prompt_id": "b", "prompt": "q?", "chosen": turns + [chosen or _answer("yes")],
+            "rejected": turns + [rejected or _answer("no")], **extra}
+
+
+def _raw(instruction="q?", second=None):
+    first = {"response": "good", "overall_score": 9.0}
+    return {"instruction": instruction, "completions": [first, second or {"response": "bad", "overall_score": 2.0}]}
+
+
+def _onpolicy(**extra):
+    return {"prompt_id": "o", "prompt": "q?", "all_generated_responses": ["a", "b"], "all_rm_scores": [1.0, 0.0], **extra}
+
+
+@pytest.mark.parametrize("schema, row, expected", [
+    ("binarized", _binarized([_user(None)]), "(TypeError: chosen[0].content must be a string, got NoneType)"),
+    ("binarized", _binarized([_user(5)]), "(TypeError: chosen[0].content must be a string, got int)"),
+    ("binarized", _binarized(["q?"]), "(TypeError: chosen[0] must be a message (an object with role and content), got str)"),
+    ("binarized", _binarized([{"content": "q?"}]), "missing key 'chosen[0].role'"),
+    ("binarized", _binarized([{"role": "tool", "content": "q?"}]), "(ValueError: chosen[0].role must be one of system, "
+                                                                   "user, assistant, got 'tool')"),
+    ("binarized", _binarized(chosen={"content": "yes"}), "missing key 'chosen[1].role'"),   # was skipped, unnamed
+    ("binarized", _binarized(chosen={"role": "assistant"}), "missing key 'chosen[1].content'"),
+    ("binarized", _binarized(rejected=_answer(7)), "(TypeError: rejected[1].content must be a string, got int)"),
+    ("binarized", _binarized([], prompt=123), "(TypeError: 'prompt' must be a string, got int)"),
+    ("raw", _raw(None), "(TypeError: 'instruction' must be a string, got NoneType)"),
+    ("raw", _raw(second={"overall_score": 2.0}), "missing key 'completions[1].response'"),   # was dropped unseen
+    ("raw", _raw(second={"response": None, "overall_score": 2.0}),
+     "(TypeError: completions[1].response must be a string, got NoneType)"),
+    ("onpolicy", _onpolicy(prompt=None), "(TypeError: 'prompt' must be a string, got NoneType)"),
+    ("onpolicy", _onpolicy(chosen=[_user(None), _answer("a")], rejected=[_user(None), _answer("b")]),
+     "(TypeError: chosen[0].content must be a string, got NoneType)"),
+])
+def test_prompt_messages_and_texts_are_checked_where_the_row_is_read(tmp_path, schema, row, expected):
+    """A prompt's message had to be {role: system | user | assistant, content: text}, but only the chat template
+    found out, in training, after the model's load, naming a record id (and with chat_template plain a null was
+    trained on as "None"); a final message without a role was skipped where one without content was an error, and a
+    raw completion without a response was dropped where a null one was an error."""
+    good = {"binarized": _binarized, "raw": _raw, "onpolicy": _onpolicy}[schema]()
+    f = _write_lines(tmp_path / "d.jsonl", [json.dumps(good), json.dumps(row)])
+    message = _error(f)
+    assert message.startswith(f"{f}:2: ") and f"for schema ultrafeedback-{schema}" in message
+    assert expected in message
+
+
 def test_bad_row_in_the_binarized_schema(tmp_path):
     rows = _sample_rows(UF_TEST, 2)
     rows[1]["chosen"] = "not a list of messages"

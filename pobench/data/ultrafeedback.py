@@ -7,6 +7,8 @@ import random
 from pobench.data.hh import RowSkip
 from pobench.data.records import PreferenceRecord
 
+ROLES = ("system", "user", "assistant")
+
 
 def _list(row: dict, key: str) -> list:
     """row[key], which must be a list: a string here is a schema defect (an error naming the row), not a skip."""
@@ -14,6 +16,35 @@ def _list(row: dict, key: str) -> list:
     if not isinstance(value, list):
         raise TypeError(f"'{key}' must be a list, got {type(value).__name__}")
     return value
+
+
+def _text(row: dict, key: str) -> str:
+    """row[key], which must be a string: anything else became a prompt's text (null trained on as "None")."""
+    value = row[key]
+    if not isinstance(value, str):
+        raise TypeError(f"'{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _messages(row: dict, key: str) -> list[dict]:
+    """row[key] as chat messages, each {"role": system | user | assistant, "content": a string}, checked here: a
+    defect used to surface only in training, after the model's load, naming a record id rather than the row."""
+    messages = _list(row, key)
+    for n, message in enumerate(messages):
+        _check_message(message, f"{key}[{n}]")
+    return messages
+
+
+def _check_message(message, where: str) -> None:
+    if not isinstance(message, dict):
+        raise TypeError(f"{where} must be a message (an object with role and content), got {type(message).__name__}")
+    for key in ("role", "content"):   # a missing role is an error as a missing content is, not a skipped row
+        if key not in message:
+            raise KeyError(f"{where}.{key}")
+    if message["role"] not in ROLES:
+        raise ValueError(f"{where}.role must be one of {', '.join(ROLES)}, got {message['role']!r}")
+    if not isinstance(message["content"], str):
+        raise TypeError(f"{where}.content must be a string, got {type(message['content']).__name__}")
 
 
 def _last_assistant(messages: list[dict]) -> str:
@@ -30,8 +61,8 @@ def _check_scores(scores: list) -> list[float]:
 
 
 def binarized_record(row: dict, row_id: str) -> PreferenceRecord:
-    chosen, rejected = _list(row, "chosen"), _list(row, "rejected")
-    prompt = chosen[:-1] if len(chosen) > 1 else [{"role": "user", "content": row["prompt"]}]
+    chosen, rejected = _messages(row, "chosen"), _messages(row, "rejected")
+    prompt = chosen[:-1] if len(chosen) > 1 else [{"role": "user", "content": _text(row, "prompt")}]
     if rejected[:-1] and rejected[:-1] != prompt:
         raise RowSkip("prefix_mismatch")
     record = PreferenceRecord(prompt=prompt, chosen=_last_assistant(chosen), rejected=_last_assistant(rejected),
@@ -45,7 +76,8 @@ def binarized_record(row: dict, row_id: str) -> PreferenceRecord:
 
 def raw_record(row: dict, row_id: str, rejected: str = "worst", seed: int = 0) -> PreferenceRecord:
     """openbmb/UltraFeedback: chosen = best overall_score, rejected = worst (or a random lower one)."""
-    completions = [c for c in row["completions"] if c.get("response", "").strip()]
+    every, instruction = _list(row, "completions"), _text(row, "instruction")   # (an error before any skip)
+    completions = [c for n, c in enumerate(every) if _response(c, n).strip()]
     if len(completions) < 2:
         raise RowSkip("fewer_than_two_completions")
     scores = _check_scores([c["overall_score"] for c in completions])
@@ -58,8 +90,19 @@ def raw_record(row: dict, row_id: str, rejected: str = "worst", seed: int = 0) -
         worst = min(lower, key=scores.__getitem__)
     else:  # seeded per row so every algorithm and rerun sees the same pair
         worst = random.Random(f"{seed}:{row_id}").choice(lower)
-    return PreferenceRecord(prompt=[{"role": "user", "content": row["instruction"]}], chosen=responses[best],
+    return PreferenceRecord(prompt=[{"role": "user", "content": instruction}], chosen=responses[best],
                             rejected=responses[worst], candidates=responses, scores=scores, id=row_id)
+
+
+def _response(completion, n: int) -> str:
+    """A raw completion's text. A missing one is an error naming it, as a null one is (it was dropped unseen)."""
+    if not isinstance(completion, dict):
+        raise TypeError(f"completions[{n}] must be an object, got {type(completion).__name__}")
+    if "response" not in completion:
+        raise KeyError(f"completions[{n}].response")
+    if not isinstance(completion["response"], str):
+        raise TypeError(f"completions[{n}].response must be a string, got {type(completion['response']).__name__}")
+    return completion["response"]
 
 
 def onpolicy_record(row: dict, row_id: str) -> PreferenceRecord:
@@ -72,13 +115,13 @@ def onpolicy_record(row: dict, row_id: str) -> PreferenceRecord:
     if len(responses) != len(scores):
         raise RowSkip("scores_do_not_match_responses")
     if row.get("chosen"):
-        chosen_turns, rejected_turns = _list(row, "chosen"), _list(row, "rejected")
-        prompt = chosen_turns[:-1] or [{"role": "user", "content": row["prompt"]}]
+        chosen_turns, rejected_turns = _messages(row, "chosen"), _messages(row, "rejected")
+        prompt = chosen_turns[:-1] or [{"role": "user", "content": _text(row, "prompt")}]
         if rejected_turns[:-1] and rejected_turns[:-1] != prompt:   # an answer to another conversation
             raise RowSkip("prefix_mismatch")
         chosen, rejected_text = _last_assistant(chosen_turns), _last_assistant(rejected_turns)
     else:
-        prompt = [{"role": "user", "content": row["prompt"]}]
+        prompt = [{"role": "user", "content": _text(row, "prompt")}]
         chosen = responses[max(range(len(scores)), key=scores.__getitem__)]
         rejected_text = responses[min(range(len(scores)), key=scores.__getitem__)]
     if not chosen.strip() or not rejected_text.strip():
