@@ -307,6 +307,22 @@ def test_raw_ultrafeedback_edge_cases():
         raw_record(dict(base, completions=comps), "f:1")
 
 
+def test_raw_ultrafeedback_never_pairs_a_text_with_itself():
+    """The raw schema paired the chosen with a lower-scored copy of its own text (a margin of 0, no preference),
+    which the other schemas skip as identical_completions; the rejected is drawn among the other texts."""
+    base = next(read_json_rows(UF_RAW))[1]
+    comps = [dict(c) for c in base["completions"]]   # scores 7.5, 9.0, 3.0, 6.0
+    comps[2]["response"] = comps[1]["response"]      # the worst is the best's text
+    for mode in ("worst", "random"):
+        for seed in range(10):
+            rec = raw_record(dict(base, completions=comps), "f:1", rejected=mode, seed=seed)
+            assert rec.rejected != rec.chosen and rec.rejected in {comps[0]["response"], comps[3]["response"]}
+    assert raw_record(dict(base, completions=comps), "f:1").rejected == comps[3]["response"]   # 6.0 < 7.5
+    same = [dict(c, response="The same answer.") for c in comps]
+    with pytest.raises(RowSkip, match="identical_completions"):
+        raw_record(dict(base, completions=same), "f:1")
+
+
 def test_raw_rejected_must_be_worst_or_random():
     with pytest.raises(PobenchError, match="raw_rejected"):
         load(UF_RAW, raw_rejected="wrost")

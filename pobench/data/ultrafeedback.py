@@ -86,6 +86,11 @@ def raw_record(row: dict, row_id: str, rejected: str = "worst", seed: int = 0) -
     lower = [i for i in range(len(scores)) if scores[i] < scores[best]]
     if not lower:
         raise RowSkip("all_scores_tied")
+    # the chosen's own text scored lower is no preference to learn (as in the other schemas' identical_completions);
+    # left out of the draw rather than skipped after it, so that which rows are kept does not depend on the seed
+    lower = [i for i in lower if responses[i] != responses[best]]
+    if not lower:
+        raise RowSkip("identical_completions")
     if rejected == "worst":
         worst = min(lower, key=scores.__getitem__)
     else:  # seeded per row so every algorithm and rerun sees the same pair
