@@ -279,6 +279,26 @@ def test_error_message_keeps_brackets(tmp_path, name):
     assert f"error: {name}: no such file or folder" in result.stderr
 
 
+def _parquet(path: Path, rows: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    text = pa.array([GOOD["chosen"]] * rows, pa.string())
+    pq.write_table(pa.table({"chosen": text, "rejected": text}), path)
+
+
+@pytest.mark.parametrize("name, setup, error", [
+    ("empty.parquet", lambda p: p.write_bytes(b""), "empty.parquet: cannot read (ArrowInvalid: Parquet file size is 0 bytes)"),
+    ("no_rows.parquet", lambda p: _parquet(p, 0), "no_rows.parquet: no rows"),
+])
+def test_a_parquet_file_that_cannot_be_read_is_one_line(tmp_path, name, setup, error):
+    """datasets logged its own "Failed to read schema ..." line above pobench's error, and a parquet file without
+    rows was "cannot read (ValueError: Instruction "train" corresponds to no data!)" where a jsonl one is "no rows"."""
+    setup(tmp_path / name)
+    result = pobench(["data", "hh-rlhf", "--data", name], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"error: {error}"]
+
+
 def test_data_head_json(tmp_path):
     result = pobench(["data", "hh-rlhf", "--json", "--head", "3"], tmp_path)
     assert result.returncode == 0, result.stderr

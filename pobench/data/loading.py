@@ -90,6 +90,29 @@ def hub_logs_quiet():
         hub_logging.set_verbosity(level)
 
 
+@contextlib.contextmanager
+def datasets_logs_quiet():
+    """datasets logs a local file it cannot read (as an error) before it raises: the failure reaches the user as
+    pobench's one line, not two."""
+    from datasets.utils import logging as datasets_logging
+    level = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(datasets_logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets_logging.set_verbosity(level)
+
+
+def _empty_parquet(path: Path) -> bool:
+    """A parquet file with a schema and no rows, which datasets refuses ("Instruction "train" corresponds to no
+    data!", after a progress bar of 0 examples)."""
+    import pyarrow.parquet as pq
+    try:
+        return pq.ParquetFile(path).metadata.num_rows == 0
+    except Exception:   # unreadable: the caller reports datasets' error
+        return False
+
+
 def _open_binary(path: Path):
     if path.name.endswith(".gz"):
         return gzip.open(path, "rb")
@@ -183,16 +206,15 @@ def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[s
     if p.is_file():
         if p.name.endswith(JSON_SUFFIXES):
             return str(p), read_json_rows(p)
+        if p.suffix not in (".parquet", ".arrow"):
+            raise PobenchError(f"{p}: unknown data format (use jsonl, json, parquet, arrow or a save_to_disk folder)")
+        if p.suffix == ".parquet" and _empty_parquet(p):
+            return str(p), iter(())   # parse_rows says "no rows", as of an empty jsonl file
         import datasets
+        read = datasets.Dataset.from_parquet if p.suffix == ".parquet" else datasets.Dataset.from_file
         try:
-            if p.suffix == ".parquet":
-                ds = datasets.Dataset.from_parquet(str(p))
-            elif p.suffix == ".arrow":
-                ds = datasets.Dataset.from_file(str(p))
-            else:
-                raise PobenchError(f"{p}: unknown data format (use jsonl, json, parquet, arrow or a save_to_disk folder)")
-        except PobenchError:
-            raise
+            with datasets_logs_quiet():
+                ds = read(str(p))
         except Exception as e:
             raise PobenchError(f"{p}: cannot read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         return str(p), _dataset_rows(ds, str(p))
@@ -200,7 +222,8 @@ def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[s
         if any((p / marker).exists() for marker in ("dataset_dict.json", "state.json", "dataset_info.json")):
             import datasets
             try:
-                ds = datasets.load_from_disk(str(p))
+                with datasets_logs_quiet():
+                    ds = datasets.load_from_disk(str(p))
             except Exception as e:
                 raise PobenchError(f"{p}: not a readable save_to_disk folder ({type(e).__name__})") from None
             if isinstance(ds, datasets.DatasetDict):
