@@ -501,7 +501,7 @@ def data(
     merged = C.deep_merge(load_suite(suite), C.parse_set(set_))
     if data_path:
         merged = C.deep_merge(merged, {"data": {"path": data_path}})
-    cfg = C._build(C.RunConfig, {k: v for k, v in merged.items() if k != "algorithm"}, "")
+    cfg = C.check_new_config(C._build(C.RunConfig, {k: v for k, v in merged.items() if k != "algorithm"}, ""))
     loaded = load_suite_data(cfg.data, cfg.seed)  # the seed `run` uses, for per-row random choices
     records = loaded.train if split == "train" else loaded.eval
     if head:
@@ -549,7 +549,7 @@ def train_rm(
     merged = load_suite(suite)
     if data_path:
         merged = C.deep_merge(merged, {"data": {"path": data_path}})
-    cfg = C._build(C.RunConfig, {k: v for k, v in merged.items() if k != "algorithm"}, "")
+    cfg = C.check_new_config(C._build(C.RunConfig, {k: v for k, v in merged.items() if k != "algorithm"}, ""))
     loaded = load_suite_data(cfg.data, cfg.seed)   # the records `run` trains on, in file order
     train_records = loaded.train
     first = len(train_records) // 2 if disjoint else 0

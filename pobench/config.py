@@ -460,6 +460,35 @@ def coerce_algorithm_params(params: dict, defaults: dict, algo: str, choices: di
     return out
 
 
+_SUITE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_suite_name(name: str, where: str = "config key 'suite'") -> None:
+    """A suite's name is a folder under the results root (<out>/<suite>/<algorithm>/seed<k>): `../../x` wrote
+    outside it, `.` into the root itself."""
+    if not _SUITE_NAME.fullmatch(name) or ".." in name or name == ".":
+        raise PobenchError(f"{where}: {name!r} is not a suite name (letters, digits, '_', '.' and '-', no '..': "
+                           f"it names a folder under the results root)")
+
+
+def check_data_keys(data: DataConfig) -> None:
+    """Settings that would be read otherwise than written, or not at all."""
+    if not data.path.strip():   # Path("") is the current folder, which was read as a folder of split files
+        raise PobenchError("config key 'data.path': empty (give auto, sample, hub, synthetic, a local path or a "
+                           "hub id)")
+    if data.synthetic and data.path != "synthetic":   # read by the synthetic suite's loader only: ignored, and saved
+        raise PobenchError(f"config key 'data.synthetic': set ({', '.join(sorted(data.synthetic))}), but data.path "
+                           f"is {data.path!r}: these settings apply to data.path synthetic only")
+
+
+def check_new_config(cfg: RunConfig) -> RunConfig:
+    """Checks of a config being made for a command, which a run's saved config.yaml (read back as it was, perhaps
+    made before a check existed) is not held to."""
+    check_suite_name(cfg.suite)
+    check_data_keys(cfg.data)
+    return cfg
+
+
 def resolve(suite_cfg: dict, algo_name: str, algo_defaults: dict, file_cfg: dict, set_cfg: dict,
             algo_names: list[str], algo_choices: dict | None = None) -> RunConfig:
     """Merge the layers for one algorithm. In --config/--set, `algorithm.k` applies to every algorithm of the
@@ -486,7 +515,7 @@ def resolve(suite_cfg: dict, algo_name: str, algo_defaults: dict, file_cfg: dict
     for layer in layers:
         merged = deep_merge(merged, layer)
     merged["algorithm_name"] = algo_name
-    cfg = _build(RunConfig, merged, "")
+    cfg = check_new_config(_build(RunConfig, merged, ""))
     cfg.algorithm = coerce_algorithm_params(cfg.algorithm, algo_defaults, algo_name, algo_choices)
     if cfg.train.batch_size % cfg.train.grad_accum:   # accumulation splits a batch into equal micro-batches of records
         raise PobenchError(f"config key 'train.batch_size': {cfg.train.batch_size} must be a multiple of "

@@ -177,7 +177,7 @@ def suite_files() -> dict[str, Path]:
 
 
 def load_suite(name: str) -> dict:
-    from pobench.config import read_yaml
+    from pobench.config import check_suite_name, read_yaml
     path, suite = Path(name), Path(name).stem
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         files = suite_files()
@@ -188,5 +188,7 @@ def load_suite(name: str) -> dict:
     for key, option in (("seed", "--seeds"), ("algorithm_name", "--algo")):
         if key in data:   # the command's own choice would replace it silently
             raise PobenchError(f"{path}: '{key}' is chosen with {option}, not in a suite file")
+    if isinstance(data.get("suite"), str):   # (another type is refused where the config is typed)
+        check_suite_name(data["suite"], f"{path}: 'suite'")
     data.setdefault("suite", suite)
     return data

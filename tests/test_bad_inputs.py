@@ -133,6 +133,12 @@ CASES = {
     "suite_unknown_data_key": (run("--suite", "{c}/suite_unknown_data_key.yaml"), "error", ["unknown config key 'data.paht'"]),
     "suite_with_a_seed": (run("--suite", "{c}/suite_with_a_seed.yaml"), "error",
                           ["suite_with_a_seed.yaml: 'seed' is chosen with --seeds, not in a suite file"]),
+    "suite_name_leaves_the_results_folder": (run("--suite", "{c}/suite_name_leaves_the_results_folder.yaml"), "error",
+                                             ["suite_name_leaves_the_results_folder.yaml: 'suite': '../../escape' is "
+                                              "not a suite name"]),
+    "set_empty_data_path": (run("--set", "data.path="), "error", ["config key 'data.path': empty"]),   # (read ./)
+    "set_synthetic_key_for_other_data": (run("--set", "data.synthetic.task_seed=3"), "error",
+                                         ["config key 'data.synthetic': set (task_seed), but data.path is 'auto'"]),
     # models: checked before any run folder is written
     "model_missing_folder": (run(model="./no_such_model_folder"), "error", ["./no_such_model_folder: no such model folder"]),
     "model_without_config": (run(model="{c}/model_without_config"), "error", ["model_without_config: no config.json"]),

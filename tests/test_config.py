@@ -8,8 +8,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pobench.config import (DataConfig, RunConfig, TrainConfig, _build, _plain, deep_merge, dump, load_yaml, parse_set,
-                            read_yaml, resolve)
+from pobench.config import (DataConfig, RunConfig, TrainConfig, _build, _plain, check_new_config, deep_merge, dump,
+                            load_yaml, parse_set, read_yaml, resolve)
 from pobench.errors import PobenchError
 from pobench.registry import algorithm_defaults, get_algorithm, load_suite, suite_files
 
@@ -115,6 +115,41 @@ def test_unknown_keys_are_named(where, layer, message):
 def test_unknown_key_in_the_suite_is_named():
     with raises("unknown config key 'trainer'"):
         res(suite=dict(SUITE, trainer={"lr": 1}))
+
+
+@pytest.mark.parametrize("item", ["data.path=", "data.path= "])
+def test_an_empty_data_path_is_refused(item):
+    """`--set data.path=` was the path "", which reads as the current folder: its split files were trained on."""
+    with raises("config key 'data.path': empty"):
+        res(set_cfg=parse_set([item]))
+
+
+def test_synthetic_settings_are_refused_for_other_data():
+    """data.synthetic is read by the synthetic suite's loader only: for any other data.path it was ignored without a
+    word (and saved in config.yaml as if it had applied)."""
+    with raises(r"config key 'data.synthetic': set \(label_noise, task_seed\), but data.path is 'sample'"):
+        res(set_cfg=parse_set(["data.synthetic.task_seed=3", "data.synthetic.label_noise=0.1"]))
+    synthetic = dict(SUITE, data={"path": "synthetic", "eval_size": 8})
+    assert res(suite=synthetic, set_cfg=parse_set(["data.synthetic.task_seed=3"])).data.synthetic == {"task_seed": 3}
+
+
+@pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ".", "", "x..y", "my suite"])
+def test_a_suite_name_must_be_a_folder_name_under_the_results_root(tmp_path, name):
+    """A suite's name is the folder <out>/<suite>: `suite: ../../escape` wrote its runs two levels above --out."""
+    with raises("config key 'suite': .* is not a suite name"):
+        res(suite=dict(SUITE, suite=name))
+    f = tmp_path / "mine.yaml"
+    f.write_text(yaml.safe_dump({"suite": name, "data": {"path": "x.jsonl"}}))
+    with raises(f"{f}: 'suite': .* is not a suite name"):
+        load_suite(str(f))
+
+
+def test_suite_names_of_letters_digits_dots_and_dashes_pass_and_saved_configs_are_read_as_they_are():
+    assert res(suite=dict(SUITE, suite="my-suite_2.0")).suite == "my-suite_2.0"
+    # a run's config.yaml (read back by eval and report) is not held to checks newer than the run
+    saved = _build(RunConfig, {"suite": "../old", "data": {"path": "x.jsonl", "synthetic": {"task_seed": 1}}}, "")
+    with raises("config key 'suite'"):
+        check_new_config(saved)
 
 
 @pytest.mark.parametrize("layer, message", [
