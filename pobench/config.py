@@ -31,7 +31,8 @@ class DataConfig:
     train_split: str = "train"
     eval_split: str | None = "test"  # None: carve eval_size rows off the end of the train split
     eval_size: int = 64            # held-out pairs scored every train.eval_every steps
-    max_train_records: int = 0     # 0 = all; parsing stops after this many records
+    max_train_records: int = 0     # 0 = all; else the first N training records are trained on: every row is still
+                                   # read (skip counts, duplicates and the held-out cut are the whole file's)
     raw_rejected: str = "worst"    # raw UltraFeedback: worst | random (among lower-scored completions)
     synthetic: dict = field(default_factory=dict)  # data.path synthetic: the task's settings, every key documented
                                                    # in pobench/synthetic/data.py (SyntheticSettings); {} = defaults
