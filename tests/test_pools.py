@@ -138,6 +138,48 @@ def test_auto_reward_models_are_keyed_by_the_records_not_their_path(tmp_path, mo
     assert edited_judge_half[0] == first[0] and edited_judge_half[1] != first[1] and len(trainings) == 4
 
 
+def test_runs_in_parallel_train_a_shared_reward_model_once(tmp_path, monkeypatch):
+    """Runs side by side (mcpo and rso of one suite, or dpo and simpo evaluated at one seed) both missed the cached
+    pool reward model or judge and both trained it; the later finisher's move onto the filled folder failed
+    (ENOTEMPTY) and ended that run. They now take turns: one trains, the other waits and finds its folder."""
+    import threading
+    import time
+    import types
+
+    import pobench.rewards.train as rm_train
+    from pobench.eval.runner import auto_judge_model
+    from pobench.sampling.pools import auto_reward_model
+
+    trainings = []
+
+    def slow_fake_train(records, eval_records, backbone, out, **kw):   # a stand-in: the lock is under test
+        trainings.append(out)
+        time.sleep(0.5)
+        Path(out).mkdir(parents=True)   # as the real one fails on a filled folder
+        (Path(out) / "config.json").write_text("{}")
+
+    monkeypatch.setattr(rm_train, "train_reward_model", slow_fake_train)
+    cfg = types.SimpleNamespace(suite="s", pool=types.SimpleNamespace(reward_model="auto", rm_steps=3),
+                                eval=types.SimpleNamespace(judge_rm_steps=3))
+    data = types.SimpleNamespace(train=[record(i) for i in range(10)], eval=[record(99)], report={})
+    for make in (lambda: auto_reward_model(cfg, data, tmp_path),
+                 lambda: auto_judge_model(cfg, data, used={1}, cache_dir=tmp_path)[0]):
+        results, errors = [], []
+
+        def run():
+            try:
+                results.append(make())
+            except Exception as e:   # noqa: BLE001 - reported below
+                errors.append(e)
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and len(set(results)) == 1
+    assert len(trainings) == 2   # one pool reward model, one judge
+
+
 def test_pools_drawn_another_way_are_another_store():
     """A compiled decode step (bf16 kernels round otherwise on a GPU) and "reject" draws make other samples from
     the same seeds: other stores. The nucleus searches draw the same tokens: the same store."""

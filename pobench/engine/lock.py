@@ -8,8 +8,10 @@ a file that the next run simply locks, so `--resume` after a crash just works, a
 pobench process of this host that holds no flock (an older pobench) or another host (whose locks a network
 filesystem may not show here) is refused all the same: the user removes it when sure.
 Folders of different runs (other algorithms, seeds, suites) never share a lock, so runs of one comparison can go
-in parallel. The shared caches under `results/.cache` need no lock: every cache file is replaced atomically or
-appended one whole line at a time, and a lost race only recomputes an entry.
+in parallel. The shared cache files under `results/.cache` need no lock: every one is replaced atomically or
+appended one whole line at a time, and a lost race only recomputes an entry. The models cached there as folders (a
+converted GGUF, the `auto` reward models, the synthetic reference) take turns on a waiting_lock instead: training
+one twice costs minutes, and a second move onto the filled folder fails.
 """
 from __future__ import annotations
 

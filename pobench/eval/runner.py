@@ -409,12 +409,18 @@ def auto_judge_model(cfg, suite_data, used: set[int], cache_dir: Path, progress=
             f"minus the {len(used & set(range(half, len(suite_data.train))))} the run trained on",
             "disjoint_from_policy_pairs": True, "steps": cfg.eval.judge_rm_steps}
     if not (out / "config.json").is_file():
-        if progress:
-            progress.console.print(f"eval judge auto: training a Bradley-Terry MiniLM reward model on {len(keep)} "
-                                   f"pairs disjoint from the run's, cached in {out}", markup=False, highlight=False)
-        train_reward_model([suite_data.train[i] for i in keep], suite_data.eval, "minilm", out,
-                           steps=cfg.eval.judge_rm_steps, seed=0, show_progress=False, max_length=128,
-                           extra_info={"suite": cfg.suite, "made_by": "eval.judge=auto", **info})
+        from pobench.engine.lock import waiting_lock
+        # the runs of one seed (dpo and simpo evaluated in parallel) share this judge: one trains, the others wait
+        # and find it (side by side, the later finisher failed on the filled folder after its training was spent)
+        with waiting_lock(out.with_name(out.name + ".lock")):
+            if not (out / "config.json").is_file():
+                if progress:
+                    progress.console.print(f"eval judge auto: training a Bradley-Terry MiniLM reward model on "
+                                           f"{len(keep)} pairs disjoint from the run's, cached in {out}",
+                                           markup=False, highlight=False)
+                train_reward_model([suite_data.train[i] for i in keep], suite_data.eval, "minilm", out,
+                                   steps=cfg.eval.judge_rm_steps, seed=0, show_progress=False, max_length=128,
+                                   extra_info={"suite": cfg.suite, "made_by": "eval.judge=auto", **info})
     return str(out), info
 
 

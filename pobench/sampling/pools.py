@@ -107,15 +107,20 @@ def auto_reward_model(cfg, suite_data, cache_dir: Path, progress=None) -> str:
     out = Path(cache_dir) / "reward_models" / f"{cfg.suite}-minilm-{fingerprint}"
     if (out / "config.json").is_file():
         return str(out)
+    from pobench.engine.lock import waiting_lock
     from pobench.rewards.train import train_reward_model
 
-    if progress:
-        progress.console.print(f"pool.reward_model auto: training a Bradley-Terry MiniLM reward model on "
-                               f"{half} pairs (first half of train), cached in {out}")
-    train_reward_model(suite_data.train[:half], suite_data.eval, "minilm", out, steps=cfg.pool.rm_steps,
-                       seed=0, show_progress=False, max_length=128,
-                       extra_info={"suite": cfg.suite, "train_records_range": records,
-                                   "made_by": "pool.reward_model=auto"})
+    # runs in parallel (mcpo and rso of one suite) take turns: one trains, the others find its folder (side by side,
+    # the later finisher's move onto the filled folder failed, ENOTEMPTY, and ended its run)
+    with waiting_lock(out.with_name(out.name + ".lock")):
+        if not (out / "config.json").is_file():
+            if progress:
+                progress.console.print(f"pool.reward_model auto: training a Bradley-Terry MiniLM reward model on "
+                                       f"{half} pairs (first half of train), cached in {out}")
+            train_reward_model(suite_data.train[:half], suite_data.eval, "minilm", out, steps=cfg.pool.rm_steps,
+                               seed=0, show_progress=False, max_length=128,
+                               extra_info={"suite": cfg.suite, "train_records_range": records,
+                                           "made_by": "pool.reward_model=auto"})
     return str(out)
 
 

@@ -160,6 +160,16 @@ def ensure_reference(task_seed: int = 0, recipe: ReferenceRecipe | None = None, 
     out = reference_dir(task_seed, recipe)
     if (out / "model.safetensors").is_file():
         return out
+    from pobench.engine.lock import waiting_lock
+    # parallel runs take turns: one trains, the others find its folder (side by side, a later finisher replaced the
+    # folder another run was reading, and its time moved the model's fingerprint, which keys the run's caches)
+    with waiting_lock(out.with_name(out.name + ".lock")):
+        if not (out / "model.safetensors").is_file():
+            _train_and_report(task_seed, recipe, out, console)
+    return out
+
+
+def _train_and_report(task_seed: int, recipe, out: Path, console) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if console is None:
         from rich.console import Console
@@ -170,7 +180,6 @@ def ensure_reference(task_seed: int = 0, recipe: ReferenceRecipe | None = None, 
     console.print(f"synthetic suite: reference trained in {info['train_s']:.0f} s; held-out NLL/token "
                   f"{info['heldout_nll_per_token']:.3f} (the behaviour process itself: "
                   f"{info['behaviour_nll_per_token']:.3f})", highlight=False, markup=False)
-    return out
 
 
 def parse_alias(name: str) -> tuple[int, int] | None:
