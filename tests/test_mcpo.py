@@ -117,6 +117,30 @@ def test_mcpo_with_one_candidate_is_dpo(tmp_path, tiny_model_dir):
     assert all(r["sampler/kernel_entropy"] == 0.0 for r in mcpo)
 
 
+def test_runs_record_what_they_trained_on(tmp_path, tiny_model_dir, pool_data):
+    """"Same data order, same candidates" was inferred from equal settings: train_summary.json now records digests
+    of the records in the order consumed and of the pools drawn from (token ids), equal for every algorithm of one
+    seed and data, and the report names a difference between algorithms (not between seeds, which differ by design)."""
+    from pobench.report.versus import differences
+    cache = tmp_path / "cache"
+    dpo, _ = run_train(tmp_path / "dpo", tiny_model_dir, algo="dpo", cache=cache, data_path=str(pool_data), max_steps=2)
+    mcpo, _ = run_train(tmp_path / "mcpo", tiny_model_dir, algo="mcpo", cache=cache, data_path=str(pool_data),
+                        max_steps=2, algorithm={"num_candidates": 3})
+    from pobench.data import load_suite_data
+    from pobench.engine import trainer as T
+    from test_engine import make_cfg
+    cfg, algorithm = make_cfg(tiny_model_dir, "mcpo", {"num_candidates": 3}, str(pool_data), max_steps=2)
+    cfg.seed = 2
+    (tmp_path / "seed2").mkdir()
+    other = T.train(cfg, algorithm, load_suite_data(cfg.data, cfg.seed), tmp_path / "seed2", cache)
+    assert dpo["data_order_digest"] == mcpo["data_order_digest"] != other["data_order_digest"]
+    assert "pool_digest" not in dpo and len(mcpo["pool_digest"]) == 16
+    assert json.loads((tmp_path / "mcpo" / "train_summary.json").read_text())["pool_digest"] == mcpo["pool_digest"]
+    assert differences({"data_order_digest": "a"}, {"data_order_digest": "a"}) == []
+    assert differences({"data_order_digest": "a"}, {"data_order_digest": "b"}) == \
+        ["records trained on, in order a vs b"]
+
+
 def test_mcpo_trains_on_a_pool_and_logs_the_kernel(tmp_path, tiny_model_dir, pool_data):
     run_train(tmp_path / "m", tiny_model_dir, algo="mcpo", data_path=str(pool_data), max_steps=3,
               algorithm={"num_candidates": 3, "tau": 0.05})

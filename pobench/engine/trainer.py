@@ -214,6 +214,25 @@ def tokenize_all(records, formatter, cfg: RunConfig, with_candidates: bool = Fal
                             with_candidates) for r in records]
 
 
+def trained_digests(train_pairs, order: list[int], with_pools: bool) -> dict:
+    """Digests of what a run trained on, as token ids: the records in the order consumed (template and truncation
+    included) and the candidate pools it drew from. Runs a comparison calls alike are checked to be alike on these,
+    not only on equal settings (pobench report names a difference)."""
+    import hashlib
+    import json
+
+    def digest(items) -> str:
+        h = hashlib.sha1()
+        for item in items:
+            h.update(json.dumps(item, separators=(",", ":")).encode())
+        return h.hexdigest()[:16]
+    out = {"data_order_digest": digest([train_pairs[i].prompt, train_pairs[i].chosen, train_pairs[i].rejected]
+                                       for i in order)}
+    if with_pools:
+        out["pool_digest"] = digest([train_pairs[i].candidates, train_pairs[i].scores] for i in sorted(set(order)))
+    return out
+
+
 def data_order(n: int, seed: int, steps: int, batch: int) -> list[int]:
     """Record indices for `steps` global batches: a seeded permutation per epoch, the same for every algorithm."""
     out: list[int] = []
@@ -782,6 +801,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "code": {"algorithm": code_identity(type(algo)), "sampler": {"name": algo.sampler, **code_identity(type(sampler))}},
         "records_seen": state["records_seen"], "candidate_pool": pool_info, "truncated": truncated,
         "num_processes": world, "global_batch_size": global_batch, "distributed": str(accelerator.distributed_type),
+        **trained_digests(train_pairs, order, with_pools=sampler.needs_candidates),
         # an online sampler's labeller, also where no step ran in this process (resumed from the final checkpoint)
         "reward_model": (reward_model_name(reward_spec(), cache_dir)
                          if "rm_spec" in frozen or getattr(sampler, "uses_reward_model", False)

@@ -261,6 +261,9 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         if isinstance(summary.get("candidate_pool"), dict) else None,
         "pool_s": pool_generation_seconds(summary),
         "data_digest": data_digest(read_json(run_dir / "data.json", required=False), run_dir / "data.json"),
+        # what was trained on, as token ids (trainer.trained_digests); None for runs made before they were recorded
+        "data_order_digest": summary.get("data_order_digest") if isinstance(summary.get("data_order_digest"), str)
+        else None,
         "reward_model": rm if isinstance(rm, str) or rm is None else json.dumps(rm, sort_keys=True),
         "config": config or {},
         "software": software_fields(read_json(run_dir / "env.json", required=False), run_dir / "env.json"),

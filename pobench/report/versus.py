@@ -66,7 +66,8 @@ SAMPLE_KEYS = {
 # run-table columns (train_summary.json, eval.json) that must be equal: the training budget and the judge
 SAME_RESULT = (("steps", "optimizer steps"), ("global_batch_size", "global batch"), ("judge", "judge"),
                ("eval_set", "eval set"), ("n_prompts", "eval prompts"), ("data_digest", "records"),
-               ("reward_model", "reward model"), ("pool_source", "candidate pool"))
+               ("reward_model", "reward model"), ("pool_source", "candidate pool"),
+               ("data_order_digest", "records trained on, in order"))
 # the default judge's name prefix: a reward model trained for each seed on training records that seed's runs did not
 # see, so it differs between seeds (and is the same for every algorithm of one seed)
 AUTO_JUDGE = "auto:"
@@ -144,6 +145,7 @@ def unlike_across_seeds(runs, chosen: dict) -> dict:
             pair = (by_seed[seed], by_seed[first])
             if all(flatten(r.get("config")).get("data.raw_rejected") == "random" for r in pair):
                 found = [d for d in found if not d.startswith("records ")]   # drawn per seed, by design
+            found = [d for d in found if not d.startswith("records trained on")]   # each seed's order, by design
             if all(str(r.get("judge") or "").startswith(AUTO_JUDGE) for r in pair):
                 found = [d for d in found if not d.startswith("judge ")]     # each seed's own, by design
             unlike += [f"seed {seed}: {d}" for d in found]
