@@ -317,6 +317,40 @@ def test_leaderboard_takes_the_best_point_on_validation_never_on_test(tmp_path):
     assert acc["dpo"]["reached"] == "3/3" and acc["simpo"]["reached"] == "1/1"
 
 
+def test_grid_points_run_on_other_seeds_are_scored_on_the_seeds_they_share(tmp_path):
+    """Point B ran on seed 1 only, A on seeds 1-3: B's one-seed mean (0.68) beat A's three-seed mean (0.64), though A
+    is better on the one seed both have (0.70). A mean of fewer seeds swings further, so B could win on its seed's
+    luck; every point is scored on the seeds all of the algorithm's points share, and the grid says so."""
+    for seed, acc in zip((1, 2, 3), (0.70, 0.60, 0.62)):
+        write_run(tmp_path, "dpo", seed, [0.5, acc], point="A")
+    write_run(tmp_path, "dpo", 1, [0.5, 0.68], point="B")
+    suite = build_report(tmp_path)[0]["suites"][0]
+    assert suite["leaderboard"][0]["grid_point"] == "A" and suite["leaderboard"][0]["seeds"] == [1, 2, 3]
+    grid = {r["grid_point"]: r for r in suite["grid"]}
+    assert grid["A"]["scored_on"] == [1] and grid["A"]["seeds"] == 3 and grid["A"]["scoring"] == "shared"
+    assert grid["A"]["validation"]["mean"] == pytest.approx(0.70) and grid["B"]["validation"]["mean"] == 0.68
+    md = to_markdown(sections(build_report(tmp_path)[0]))
+    assert "dpo's grid points ran on different seeds: each is scored (validation and acc AUC) on the seeds all " \
+           "of them have, 1" in md
+    assert "| dpo | A | 3 | 1 | 0.700 | 0.600 | * |" in md
+
+
+def test_grid_points_that_share_no_seed_are_scored_on_equally_many_seeds(tmp_path):
+    """B ran on seed 4 only, A on seeds 1-3: with no seed in common, each point is scored on as many seeds as the
+    point with the fewest has (so a one-seed mean does not compete with a three-seed one), taking first the seeds
+    most points have, and the grid says the choice is weaker."""
+    from pobench.report.leaderboard import scoring_seeds
+    assert scoring_seeds({"A": [1, 2, 3], "B": [2, 3], "C": [4], "D": []}) == (
+        {"A": [2], "B": [2], "C": [4], "D": []}, "equal count")
+    assert scoring_seeds({"A": [1, 2], "B": [1, 2], "C": []}) == ({"A": [1, 2], "B": [1, 2], "C": []}, "alike")
+    for seed, acc in zip((1, 2, 3), (0.70, 0.60, 0.62)):
+        write_run(tmp_path, "dpo", seed, [0.5, acc], point="A")
+    write_run(tmp_path, "dpo", 4, [0.5, 0.68], point="B")
+    report = build_report(tmp_path)[0]
+    assert report["suites"][0]["leaderboard"][0]["grid_point"] == "A"
+    assert "dpo's grid points share no seed: each is scored on as many of its own seeds" in to_markdown(sections(report))
+
+
 def test_the_leaderboard_charges_offline_samplers_their_pools(tmp_path):
     """MC-PO's candidates are generated before training, OnMC-PO's inside it: the leaderboard shows the pools'
     generation time beside the training time (train_summary's candidate_pool.generation_s), not hidden."""

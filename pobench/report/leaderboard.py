@@ -24,16 +24,43 @@ def _unique(frame, column: str) -> list:
     return sorted({str(v) for v in frame[column].tolist() if v is not None and v == v})
 
 
+def scoring_seeds(seeds_by_point: dict) -> tuple[dict, str]:
+    """({point: the seeds it is scored on}, how) for one algorithm's grid points, from {point: the seeds whose runs
+    hold the validation metric}. A mean over fewer seeds swings further, so a point run on one seed could win on
+    that seed's luck against points run on three: every point is scored on the seeds all of them share ("shared";
+    "alike" when they all have the same seeds). Where they share none, each is scored on as many of its own seeds as
+    the point with the fewest has, taking the seeds most points have first ("equal count"): equally noisy means,
+    though not of the same seeds. A point with no value at all bounds nothing (it cannot win either way)."""
+    measured = {p: set(s) for p, s in seeds_by_point.items() if s}
+    out = {p: [] for p in seeds_by_point}
+    if len({frozenset(s) for s in measured.values()}) <= 1:
+        return {**out, **{p: sorted(s) for p, s in measured.items()}}, "alike"
+    shared = set.intersection(*measured.values())
+    if shared:
+        return {**out, **{p: sorted(shared) for p in measured}}, "shared"
+    k = min(len(s) for s in measured.values())
+    have = {seed: sum(seed in s for s in measured.values()) for s in measured.values() for seed in s}
+    return {**out, **{p: sorted(sorted(s, key=lambda seed: (-have[seed], seed))[:k]) for p, s in measured.items()}}, \
+        "equal count"
+
+
 def grid_table(runs, auc_by_run: dict, select: str) -> tuple[dict, list[dict]]:
-    """({algo: chosen point}, one row per algorithm x grid point with the validation metric over seeds)."""
+    """({algo: chosen point}, one row per algorithm x grid point with the validation metric over the seeds the
+    algorithm's points are scored on (scoring_seeds: `scored_on`, `scoring`))."""
     column = SELECT[select][0]
     chosen, rows = {}, []
     for algo, frame in runs.groupby("algo", sort=True):
+        frames = dict(list(frame.groupby("grid_point", sort=False)))
+        measured = {point: [int(s) for s, v in zip(pf["seed"].tolist(), _values(pf, column)) if v is not None and v == v]
+                    for point, pf in frames.items()}
+        scored, how = scoring_seeds(measured)
         per_point = []
-        for point, pf in frame.groupby("grid_point", sort=False):
-            aucs = [auc_by_run.get((algo, point, s)) for s in pf["seed"].tolist()]
+        for point, pf in frames.items():
+            on = pf[pf["seed"].isin(scored[point])]
+            aucs = [auc_by_run.get((algo, point, s)) for s in on["seed"].tolist()]
             per_point.append({"algo": algo, "grid_point": point, "seeds": len(pf),
-                              "validation": mean_ci(_values(pf, column)), "acc_auc": mean_ci(aucs),
+                              "scored_on": scored[point], "scoring": how,
+                              "validation": mean_ci(_values(on, column)), "acc_auc": mean_ci(aucs),
                               "win_rate": mean_ci(_values(pf, "win_rate"))})
         best = choose_best([{"point": p["grid_point"], "value": p["validation"]["mean"],
                              "tiebreak": p["acc_auc"]["mean"]} for p in per_point], select)

@@ -134,10 +134,26 @@ def grid_section(s: dict, select: str) -> Section:
     caption = [f"grid points per algorithm: {budget}" + ("" if len(sizes) == 1 else " (UNEQUAL tuning budget)"),
                f"spread (max - min over the grid of the validation metric): {spreads or '-'}",
                "* = chosen on validation; test win rate shown for information only, never used to choose"]
+    scoring = {r["algo"]: r.get("scoring", "alike") for r in s["grid"]}
+    for algo, how in scoring.items():
+        if how == "shared":
+            on = next(r["scored_on"] for r in s["grid"] if r["algo"] == algo and r["scored_on"])
+            caption.append(f"{algo}'s grid points ran on different seeds: each is scored (validation and acc AUC) on "
+                           f"the seeds all of them have, {','.join(map(str, on))}, so that none wins on the luck of "
+                           f"fewer seeds")
+        elif how == "equal count":
+            caption.append(f"{algo}'s grid points share no seed: each is scored on as many of its own seeds as the "
+                           f"point with the fewest has (those most points have first), equally noisy means but not "
+                           f"of the same seeds, so the choice is weaker than usual; run every point on the same "
+                           f"seeds to compare them alike")
+    uneven = any(how != "alike" for how in scoring.values())
     has_wr = any(r["win_rate"]["mean"] is not None for r in s["grid"])
     val = f"validation: held-out {'acc' if select == 'acc' else 'loss'}"
-    columns = ["algo", "grid point", "seeds", val, "acc AUC"] + (["win rate"] if has_wr else []) + ["chosen"]
-    body = [[r["algo"], r["grid_point"] or "(default)", str(r["seeds"]), fmt_ci(r["validation"]), fmt_ci(r["acc_auc"])]
+    columns = (["algo", "grid point", "seeds"] + (["scored on"] if uneven else []) + [val, "acc AUC"]
+               + (["win rate"] if has_wr else []) + ["chosen"])
+    body = [[r["algo"], r["grid_point"] or "(default)", str(r["seeds"])]
+            + ([",".join(map(str, r["scored_on"])) or "-"] if uneven else [])
+            + [fmt_ci(r["validation"]), fmt_ci(r["acc_auc"])]
             + ([fmt_ci(r["win_rate"])] if has_wr else []) + ["*" if r["chosen"] else ""] for r in s["grid"]]
     return Section(f"tuning grid: {s['suite']}", caption, columns, body)
 
