@@ -591,6 +591,36 @@ def test_against_dpo_differences_are_paired_by_seed_and_prompt(tmp_path):
     assert math.isnan(table.loc["dpo", "vs_win_rate_mean"])
 
 
+def test_per_prompt_and_per_pair_intervals_are_not_marked_as_tests(tmp_path):
+    """The per-prompt and per-pair rows take a t-interval over prompts (pairs) of seed-averaged differences: the
+    prompts of one seed share its training luck, which that interval never sees, so one seed got a starred,
+    Holm-marked "better" (and an A/A simulation marked 12% at the 5% level). They describe the trained models:
+    no `*`, no `†`, and no p or p_holm in the report, its JSON or its CSV; the caption says only the seed-level rows
+    test "is X better"."""
+    for algo, shift in (("dpo", 0.0), ("mcpo", 0.1), ("simpo", 0.12)):
+        run = write_run(tmp_path, algo, 1, [0.5, 0.6], eval_json=new_eval(0.3 + shift, 0.6))
+        write_generations(run, [0.3 + shift + 0.01 * (i % 3) for i in range(8)])
+        margins = [-1.0] * 8 if algo == "dpo" else [1.0] * 6 + [-1.0] * 2
+        (run / "held_out_pairs.json").write_text(json.dumps({"ids": list("abcdefgh"), "margins": margins}))
+    report = build_report(tmp_path)[0]
+    rows = {r["algo"]: r for r in report["suites"][0]["versus"]["rows"]}
+    for row in rows.values():
+        for kind in ("prompt_paired", "pair_paired"):
+            assert row[kind]["difference"]["lo"] > 0 and not {"p", "p_holm"} & set(row[kind]["difference"])
+    md = to_markdown(sections(report))
+    line = next(l for l in md.splitlines() if l.startswith("| per prompt: Δ win rate |"))
+    pair_line = next(l for l in md.splitlines() if l.startswith("| per pair: Δ held-out acc |"))
+    assert "±" in line and "*" not in line + pair_line and "†" not in line + pair_line
+    assert "only the seed-level Δ rows test \"is the algorithm better\"" in md
+    assert "p_holm" not in json.dumps(json.loads(to_json(report))["suites"][0]["versus"]["rows"][0]["prompt_paired"])
+    import io
+    import pandas as pd
+    table = pd.read_csv(io.StringIO(to_csv(report)))
+    assert "vs_prompt_win_rate_mean" in table.columns and "vs_pair_held_out_acc_lo" in table.columns
+    assert not [c for c in table.columns if c.startswith(("vs_prompt_win_rate_p", "vs_pair_held_out_acc_p"))]
+    assert "vs_win_rate_p" in table.columns and "vs_win_rate_p_holm" in table.columns
+
+
 def test_a_per_prompt_row_over_fewer_seeds_says_so(tmp_path):
     """The per-prompt difference pairs the seeds whose runs both have generations.jsonl; with one missing, the row
     says over how many seeds it is (it read as all of the table's seeds)."""

@@ -150,7 +150,7 @@ VERSUS_PANELS = (
     ("held-out reward accuracy", lambda r: r["delta"].get("held_out_acc")),
     ("held-out accuracy AUC (speed)", lambda r: r["delta"].get("held_out_acc_auc")),
     ("win rate (seeds)", lambda r: r["delta"].get("win_rate")),
-    ("win rate (per prompt)", lambda r: (r["prompt_paired"] or {}).get("difference")),
+    ("win rate (per prompt, no seed spread)", lambda r: (r["prompt_paired"] or {}).get("difference")),
     ("gold reward", lambda r: r["delta"].get("gold_reward")),
     ("gold win rate", lambda r: r["delta"].get("gold_win_rate")),
 )
@@ -158,7 +158,8 @@ VERSUS_PANELS = (
 
 def versus_figure(s: dict, out_dir: Path, plt) -> Path | None:
     """Each algorithm minus the baseline, a dot with its 95% interval per panel, and the zero line: where an
-    interval clears zero, the difference is more than the seeds' (or prompts') noise."""
+    seed-level interval clears zero, the difference is more than the seeds' noise (the per-prompt panel's interval
+    leaves the seeds' training luck out: it describes the trained models, versus.over_units)."""
     v = s.get("versus")
     if not v or not v["rows"]:
         return None

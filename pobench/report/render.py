@@ -56,6 +56,13 @@ def fmt_delta(ci: dict, digits: int = 3, adjusted: bool = False) -> str:
     return ("+" if ci["mean"] >= 0 else "") + fmt_around(ci, 0.0, digits) + holm
 
 
+def fmt_signed(ci: dict, digits: int = 3) -> str:
+    """A signed difference with its interval and no mark: an interval that describes, not a test."""
+    if ci is None or ci.get("mean") is None:
+        return "-"
+    return ("+" if ci["mean"] >= 0 else "") + fmt_ci(ci, digits)
+
+
 def fmt_around(ci: dict, center: float, digits: int = 3) -> str:
     """A value with its interval; `*` marks an interval that excludes `center` (0.5 for a win rate)."""
     if ci is None or ci.get("mean") is None:
@@ -175,7 +182,7 @@ def versus_section(s: dict) -> Section | None:
                + (f" (at its chosen grid point {v['grid_point'] or '(default)'})" if gridded else "")
                + " at the same seed (same data order, held-out pairs, eval prompts, reference and judge), then "
                "mean ± half-width of the 95% t-interval over those seeds; * = the interval excludes 0 (each interval "
-               "on its own: of many cells, about 1 in 20 excludes 0 by chance)"
+               "on its own: of many cells, about 1 in 20 excludes 0 by chance; seed-level rows only)"
                + (f"; † = still so after Holm's correction over the {len(rows)} algorithms of its row (at most a 5% "
                   "chance that any of them is marked by luck alone)" if many else ""),
                (f"held-out acc AUC: held-out reward accuracy averaged over the "
@@ -184,12 +191,16 @@ def versus_section(s: dict) -> Section | None:
                + f"train time ×: the algorithm's training time over {base}'s, per seed"]
     if has_prompts:
         caption.append(f"per prompt: the judge's preference for the algorithm's output over the reference minus its "
-                       f"preference for {base}'s, averaged over seeds, t-interval over prompts (prompt and judge "
-                       f"noise; with one seed it says nothing of seed-to-seed spread); better/tied/worse: prompts")
+                       f"preference for {base}'s, averaged over seeds, t-interval over prompts; better/tied/worse: "
+                       f"prompts")
     if has_pairs:
         caption.append(f"per pair: on each held-out pair, whether the algorithm's final implicit reward ranks chosen "
                        f"over rejected minus whether {base}'s does, averaged over seeds, t-interval over pairs; "
                        f"won/tied/lost: pairs")
+    if has_prompts or has_pairs:
+        caption.append("the per-prompt and per-pair intervals describe these trained models (prompt, pair and judge "
+                       "noise), not the algorithms: seed-to-seed training luck never enters them, so they are not "
+                       "marked; only the seed-level Δ rows test \"is the algorithm better\"")
     if has_h2h:
         judges = sorted({j for r in rows if r.get("head_to_head") for j in r["head_to_head"]["judge"]})
         caption.append(f"head to head: the judge's P(the algorithm's answer beats {base}'s on the same prompt) "
@@ -215,11 +226,11 @@ def versus_section(s: dict) -> Section | None:
             any(of_seeds(r["time_ratio"], len(r["seeds"])) for r in rows):
         caption.append(PARTIAL_NOTE.replace("the row's n seeds", "the n seeds both runs have"))
     if has_prompts:
-        body.append(["per prompt: Δ win rate"] + [fmt_delta(r["prompt_paired"]["difference"], 3, many)
+        body.append(["per prompt: Δ win rate"] + [fmt_signed(r["prompt_paired"]["difference"])
                                                   if r["prompt_paired"] else "-" for r in rows])
         body.append(["prompts better/tied/worse"] + [counts(r["prompt_paired"]) for r in rows])
     if has_pairs:
-        body.append(["per pair: Δ held-out acc"] + [fmt_delta(r["pair_paired"]["difference"], 3, many)
+        body.append(["per pair: Δ held-out acc"] + [fmt_signed(r["pair_paired"]["difference"])
                                                     if r.get("pair_paired") else "-" for r in rows])
         body.append(["pairs won/tied/lost"] + [counts(r.get("pair_paired")) for r in rows])
     if has_h2h:
@@ -346,7 +357,8 @@ def versus_columns(v: dict | None, algo: str) -> dict:
     t-test's p and its Holm-adjusted p over the algorithms compared),
     vs_time_ratio_*, vs_prompt_win_rate_* (the per-prompt paired difference), vs_pair_held_out_acc_* (per held-out
     pair), vs_head_to_head_win_rate_* (pobench compare), vs_unlike (what differs) and vs_unpaired_seeds (seeds only
-    one of the two has)."""
+    one of the two has). Only the seed-level differences have a p: the per-prompt and per-pair intervals leave the
+    seeds' training luck out (versus.over_units)."""
     row = next((r for r in v["rows"] if r["algo"] == algo), None) if v else None
     if row is None:
         return {}
@@ -356,7 +368,7 @@ def versus_columns(v: dict | None, algo: str) -> dict:
            "vs_pair_held_out_acc": (row.get("pair_paired") or {}).get("difference"),
            "vs_head_to_head_win_rate": (row.get("head_to_head") or {}).get("win_rate")}
     for name, ci in cis.items():
-        tested = name not in ("vs_time_ratio", "vs_head_to_head_win_rate")   # differences from 0, t-tested
+        tested = name in {f"vs_{c}" for c, _ in DELTA_METRICS}   # seed-level differences from 0, t-tested
         for k in ("mean", "lo", "hi", "n") + (("p", "p_holm") if tested else ()):
             out[f"{name}_{k}"] = (ci or {}).get(k)
     out["vs_unlike"] = "; ".join(row["unlike_baseline"])
