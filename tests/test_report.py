@@ -621,6 +621,39 @@ def test_per_prompt_and_per_pair_intervals_are_not_marked_as_tests(tmp_path):
     assert "vs_win_rate_p" in table.columns and "vs_win_rate_p_holm" in table.columns
 
 
+def test_held_out_accuracy_differences_are_not_tested_where_a_grid_chose_on_them(tmp_path):
+    """DPO's grid point was chosen on the held-out pairs that also measure Δ held-out acc (and its AUC): the best of
+    two points leans its way by selection alone, yet the row was starred with no caveat. Where a grid chose, those
+    rows are unmarked and have no p, and the caption says why; without a grid they are tested as before. With
+    eval set held_out the leaderboard says the win rates come from the same held-out records' prompts (it said
+    "never the test prompts' win rate", as if they were other prompts)."""
+    def results(root: Path, points: tuple) -> Path:
+        for seed, luck in zip((1, 2, 3), (0.0, 0.02, 0.04)):
+            for point in points:
+                write_run(root, "dpo", seed, [0.5, 0.6 + luck], point=point,
+                          eval_json={**new_eval(0.5, 0.6 + luck), "eval_set": "held_out"})
+            write_run(root, "mcpo", seed, [0.5, 0.7 + luck + 0.001 * seed],
+                      eval_json={**new_eval(0.5, 0.7 + luck + 0.001 * seed), "eval_set": "held_out"})
+        return root
+
+    report = build_report(results(tmp_path / "grid", ("beta=0.1", "beta=0.5")))[0]
+    row = report["suites"][0]["versus"]["rows"][0]
+    assert row["chosen_on_held_out"] and row["delta"]["held_out_acc"]["lo"] > 0
+    assert row["delta"]["held_out_acc"]["p"] is None and row["delta"]["held_out_acc_auc"]["p"] is None
+    md = to_markdown(sections(report))
+    assert "| Δ held-out acc | +0.102 ± 0.002 |" in md
+    assert "held-out acc, held-out acc AUC: measured on the held-out pairs that chose dpo's grid point (so in every " \
+           "column): the best of several points reads optimistically on them by selection alone, so these rows are " \
+           "not marked and have no p" in md
+    assert "never the test prompts' win rate" not in md
+    assert "eval set held_out: the win rates are measured on the prompts of the same held-out records whose pairs " \
+           "chose the grid point" in md
+    plain = build_report(results(tmp_path / "plain", ("",)))[0]
+    assert not plain["suites"][0]["versus"]["rows"][0]["chosen_on_held_out"]
+    md = to_markdown(sections(plain))
+    assert "| Δ held-out acc | +0.102 ± 0.002* |" in md and "chose" not in md
+
+
 def test_a_per_prompt_row_over_fewer_seeds_says_so(tmp_path):
     """The per-prompt difference pairs the seeds whose runs both have generations.jsonl; with one missing, the row
     says over how many seeds it is (it read as all of the table's seeds)."""

@@ -1,5 +1,5 @@
 """Fair tuning: `--grid 'lr=3e-7,1e-6;beta=0.01,0.1'` -> every algorithm's grid points, and the choice of each
-algorithm's best point on the validation metric (held-out preference pairs, never the test prompts).
+algorithm's best point on the validation metric (held-out preference pairs, never a win rate).
 `--grid default` takes each algorithm's own grid (`grid:` in its defaults; every shipped one has 4 points, the
 same tuning budget), and combines with other keys: `--grid 'default;lr=1e-6,5e-6'`.
 

@@ -9,7 +9,7 @@ import json
 
 from pobench.report.convergence import ACCURACY, UNITS
 from pobench.report.leaderboard import METRICS
-from pobench.report.versus import ACC_AUC, AUTO_JUDGE, DELTA_METRICS, SOFTWARE
+from pobench.report.versus import ACC_AUC, AUTO_JUDGE, DELTA_METRICS, ON_VALIDATION, SOFTWARE
 
 DIGITS = {"win_rate": 3, "lc_win_rate": 3, "reward_mean": 3, "kl": 3, "avg_length": 1, "held_out_acc": 3,
           "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "pool_s": 0, "pairs_per_s": 2,
@@ -113,9 +113,13 @@ def leaderboard_section(s: dict, select: str) -> Section:
     caption.append(CI_NOTE + ("" if not missing else f"; not measured: {', '.join(missing)}"))
     if gridded:
         caption.append(f"each algorithm at its best grid point by {VALIDATION[select]} on the held-out "
-                       f"pairs (validation, never the test prompts' win rate); the grid is listed below; the held-out "
+                       f"pairs (validation, never by a win rate); the grid is listed below; the held-out "
                        f"pair metrics are the ones the point was chosen on, so they read optimistically, the more so "
                        f"the more grid points an algorithm had")
+        if "held_out" in s["eval_set"]:
+            caption.append("eval set held_out: the win rates are measured on the prompts of the same held-out records "
+                           "whose pairs chose the grid point (the choice saw the pairs, never the generations or the "
+                           "judge); --eval-set alpaca_eval keeps the two fully apart")
     columns = ["algo"] + (["grid point", "grid"] if gridded else []) + ["seeds"] + [labels[c] for c, _ in measured]
     body = []
     for r in rows:
@@ -140,7 +144,7 @@ def grid_section(s: dict, select: str) -> Section:
     spreads = ", ".join(f"{a} {v['range']:.3f}" for a, v in s["spread"].items() if v["range"] is not None)
     caption = [f"grid points per algorithm: {budget}" + ("" if len(sizes) == 1 else " (UNEQUAL tuning budget)"),
                f"spread (max - min over the grid of the validation metric): {spreads or '-'}",
-               "* = chosen on validation; test win rate shown for information only, never used to choose"]
+               "* = chosen on validation; win rate shown for information only, never used to choose"]
     scoring = {r["algo"]: r.get("scoring", "alike") for r in s["grid"]}
     for algo, how in scoring.items():
         if how == "shared":
@@ -189,6 +193,14 @@ def versus_section(s: dict) -> Section | None:
                 f"{UNITS.get((s.get('convergence') or {}).get('axis'), 'records')} every run covers (how fast it "
                 "learns; the convergence table's AUC); " if ACC_AUC in labels else "")
                + f"train time ×: the algorithm's training time over {base}'s, per seed"]
+    picked = [r["algo"] for r in rows if r.get("chosen_on_held_out")]
+    if picked:
+        on = [labels[c] for c in ON_VALIDATION if c in labels] + (["per pair"] if has_pairs else [])
+        whose = (f"{base}'s grid point (so in every column)" if s["spread"].get(base, {}).get("points", 1) > 1
+                 else f"the grid points of {', '.join(picked)}")
+        caption.append(f"{', '.join(on)}: measured on the held-out pairs that chose {whose}: the best of several "
+                       f"points reads optimistically on them by selection alone, so these rows are not marked and "
+                       f"have no p")
     if has_prompts:
         caption.append(f"per prompt: the judge's preference for the algorithm's output over the reference minus its "
                        f"preference for {base}'s, averaged over seeds, t-interval over prompts; better/tied/worse: "
@@ -219,8 +231,14 @@ def versus_section(s: dict) -> Section | None:
         return f"{p['better']}/{p['tied']}/{p['worse']}" if p else "-"
 
     body = [["seeds"] + [",".join(map(str, r["seeds"])) or "none shared" for r in rows]]
-    body += [[f"Δ {labels[c]}"] + [fmt_delta(r["delta"].get(c), DIGITS[c], many) + of_seeds(r["delta"].get(c), len(r["seeds"]))
-                                   for r in rows] for c, _ in measured]
+
+    def delta(r: dict, c: str) -> str:
+        if r.get("chosen_on_held_out") and c in ON_VALIDATION:
+            return fmt_signed(r["delta"].get(c), DIGITS[c])
+        return fmt_delta(r["delta"].get(c), DIGITS[c], many)
+
+    body += [[f"Δ {labels[c]}"] + [delta(r, c) + of_seeds(r["delta"].get(c), len(r["seeds"])) for r in rows]
+             for c, _ in measured]
     body.append(["train time ×"] + [fmt_ci(r["time_ratio"], 2) + of_seeds(r["time_ratio"], len(r["seeds"])) for r in rows])
     if any(of_seeds(r["delta"].get(c), len(r["seeds"])) for r in rows for c, _ in measured) or \
             any(of_seeds(r["time_ratio"], len(r["seeds"])) for r in rows):
