@@ -924,6 +924,24 @@ def test_a_value_from_fewer_seeds_than_its_row_says_so(tmp_path):
     assert "0.465 ± 1.334 [2/3]" in out.getvalue()
 
 
+def test_convergence_and_matched_kl_cells_from_fewer_seeds_say_so(tmp_path):
+    """Seed 2 stopped at 96 records, seed 1 went on to 192: the convergence cell at 192 is seed 1's alone, and seed
+    2 logged no gold curve, so every matched-KL cell is seed 1's; both read as the mean of the row's 2 seeds (the
+    leaderboard says `[k/n]`, these tables did not)."""
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7, 0.8, 0.9], suite="synthetic")
+    write_run(tmp_path, "dpo", 2, [0.5, 0.6, 0.7], suite="synthetic")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows, 1):
+        row.update({"gold/reward": 0.1 * i, "gold/kl": 0.05 * i})
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = build_report(tmp_path, points=[48, 192])[0]
+    md = to_markdown(sections(report))
+    assert "| dpo | 0.600 ± 0.000 | 0.900 [1/2] | 0.600 ± 0.000 | 48 ± 0 | 2/2 |" in md   # AUC over 0-96: both
+    assert "| dpo | 0.100 [1/2] | 0.200 [1/2] | 0.300 [1/2] | 0.400 [1/2] |" in md
+    assert "[k/n]: from the k of the row's n seeds whose runs hold the value (the others' curves do not reach that " \
+           "point)" in md
+
+
 def test_runs_of_one_row_that_differ_beyond_the_seed_are_named(tmp_path):
     """Seed 1 run for 12 steps, seed 2 later for 48 into the same folder: one leaderboard row, two settings."""
     write_run(tmp_path, "dpo", 1, [0.5, 0.6])

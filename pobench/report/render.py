@@ -276,9 +276,10 @@ def convergence_sections(s: dict, metrics=tuple(CURVE_TITLES)) -> list[Section]:
             columns += [f"{unit} to {conv['target']:g}", "reached"]
         body = []
         for r in rows:
-            cells = [r["algo"]] + [fmt_ci(ci) for ci in r["at"]] + [fmt_ci(r["auc"])]
+            # a run that stopped short has no value at the later points: say from how many seeds each cell is
+            cells = [r["algo"]] + [fmt_ci(ci) + of_seeds(ci, r["seeds"]) for ci in r["at"] + [r["auc"]]]
             if is_acc:
-                cells += [fmt_ci(r["to_target"], 0), r["reached"]]
+                cells += [fmt_ci(r["to_target"], 0), r["reached"]]   # `reached` says how many seeds did
             body.append(cells)
         along = ("records_seen, the training budget (steps x global batch; records 0 = before training)"
                  if unit == "records" else "pairs_seen (pairs 0 = before training; pairs per record are each "
@@ -288,6 +289,9 @@ def convergence_sections(s: dict, metrics=tuple(CURVE_TITLES)) -> list[Section]:
         if is_acc:
             caption.append(f"{unit} to {conv['target']:g}: first crossing, interpolated; mean over the seeds that "
                            f"reached it")
+        if any(of_seeds(ci, r["seeds"]) for r in rows for ci in r["at"] + [r["auc"]]):
+            caption.append(PARTIAL_NOTE.replace("(the others lack it: no evaluation yet, or one that failed)",
+                                                "(the others' curves do not reach that point)"))
         out.append(Section(f"convergence: {CURVE_TITLES[metric]} ({s['suite']})", caption, columns, body))
     return out
 
@@ -297,9 +301,11 @@ def matched_kl_section(s: dict) -> Section | None:
     if not m or not m["rows"]:
         return None
     columns = ["algo"] + [f"@{m['kl']} {k:.3g}" for k in m["levels"]]
-    body = [[r["algo"]] + [fmt_ci(ci) for ci in r["at"]] for r in m["rows"]]
+    body = [[r["algo"]] + [fmt_ci(ci) + of_seeds(ci, r["seeds"]) for ci in r["at"]] for r in m["rows"]]
     caption = [f"{m['value']} when {m['kl']} first reached each level during training (interpolated between "
                f"evaluations; levels up to the largest KL every run reached); " + CI_NOTE]
+    if any(of_seeds(ci, r["seeds"]) for r in m["rows"] for ci in r["at"]):
+        caption.append(PARTIAL_NOTE)
     return Section(f"at matched KL: {m['value']} ({s['suite']})", caption, columns, body)
 
 
