@@ -892,7 +892,7 @@ def test_convergence_runs_on_the_shared_budget_of_records_not_on_pairs(tmp_path)
     acc = {r["algo"]: r for r in conv["metrics"]["eval/rewards/accuracies"]}
     assert acc["rso"]["at"][-1]["mean"] == pytest.approx(0.525)
     assert "@96 pairs" in to_markdown(sections(by_pairs))
-    assert "held-out reward accuracy averaged over the pairs every run covers" in to_markdown(sections(by_pairs))
+    assert "held-out reward accuracy averaged over pairs 0-96 (how fast it learns)" in to_markdown(sections(by_pairs))
     with pytest.raises(PobenchError, match="--axis steps: choose one of records, pairs"):
         build_report(tmp_path, axis="steps")
     (rso / "config.yaml").write_text("suite: hh-rlhf\nseed: 1\n")                          # no batch size anywhere
@@ -900,6 +900,26 @@ def test_convergence_runs_on_the_shared_budget_of_records_not_on_pairs(tmp_path)
     assert conv["x_max"] == 96
     assert {r["algo"]: r["auc"]["mean"] is not None for r in conv["metrics"]["eval/rewards/accuracies"]} == {
         "dpo": True, "rso": False}
+
+
+def test_accuracy_auc_is_taken_over_the_range_of_the_runs_it_compares(tmp_path):
+    """The AUC's range was the shortest run of the whole suite: one short DPO seed that MC-PO lacks (so unpaired)
+    cut the paired "Δ held-out acc AUC" to records 0-48, where it read -0.025 instead of +0.025 over the 0-96 both
+    paired runs cover; and another algorithm's short run decided a grid's tie-break. The comparison takes the range
+    of the runs it compares, the tie-break that of the algorithm's own grid runs."""
+    for seed in (1, 2):
+        write_run(tmp_path, "dpo", seed, [0.5, 0.6, 0.6])
+        write_run(tmp_path, "mcpo", seed, [0.5, 0.55, 0.8])
+    write_run(tmp_path, "dpo", 3, [0.5, 0.6])                     # to 48 records only, and no mcpo seed 3
+    write_run(tmp_path, "simpo", 1, [0.5, 0.6, 0.5, 0.6], point="a")    # a tie at 0.6: a ahead over 0-48,
+    write_run(tmp_path, "simpo", 1, [0.5, 0.55, 0.8, 0.6], point="b")   # b over the 0-144 both cover
+    suite = build_report(tmp_path)[0]["suites"][0]
+    rows = {r["algo"]: r for r in suite["versus"]["rows"]}
+    assert rows["mcpo"]["acc_auc_range"] == 96
+    assert rows["mcpo"]["delta"]["held_out_acc_auc"]["mean"] == pytest.approx(0.025)   # 0.6 - 0.575
+    grid = {r["grid_point"]: r for r in suite["grid"] if r["algo"] == "simpo"}
+    assert grid["b"]["chosen"] and grid["b"]["acc_auc"]["mean"] == pytest.approx((0.525 + 0.675 + 0.7) / 3)
+    assert suite["convergence"]["x_max"] == 48   # the convergence table keeps the range every run of the suite covers
 
 
 def test_a_value_from_fewer_seeds_than_its_row_says_so(tmp_path):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pobench.errors import PobenchError
 from pobench.report.collect import collect
-from pobench.report.convergence import AXES, DEFAULT_TARGET, accuracy_auc_by_run, convergence, matched_kl
+from pobench.report.convergence import AXES, DEFAULT_TARGET, convergence, grid_auc_by_run, matched_kl
 from pobench.report.leaderboard import about, grid_table, leaderboard, mixed_evaluations, spread
 from pobench.report.versus import DEFAULT_BASELINE, NO_BASELINE, unlike_across_seeds, versus
 
@@ -39,8 +39,7 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
               "baseline": None if baseline == NO_BASELINE else baseline, "axis": x, "suites": []}
     for suite, suite_runs in runs.groupby("suite", sort=True):
         suite_curves = curves[curves["suite"] == suite]
-        auc = accuracy_auc_by_run(suite_curves, x)
-        chosen, grid_rows = grid_table(suite_runs, auc, select)
+        chosen, grid_rows = grid_table(suite_runs, grid_auc_by_run(suite_curves, x), select)
         spreads = spread(grid_rows)
         report["suites"].append({
             "suite": suite, **about(suite_runs),
@@ -49,7 +48,7 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
             "mixed_evaluations": mixed_evaluations(suite_runs, chosen),
             "grid": grid_rows if any(s["points"] > 1 for s in spreads.values()) else [],
             "spread": spreads,
-            "versus": versus(suite_runs, chosen, baseline, auc) if baseline != NO_BASELINE else None,
+            "versus": versus(suite_runs, chosen, baseline, suite_curves, x) if baseline != NO_BASELINE else None,
             "convergence": convergence(suite_curves, chosen, points, target, x),
             "matched_kl": matched_kl(suite_curves, chosen),
         })

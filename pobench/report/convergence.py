@@ -92,11 +92,23 @@ def convergence(curves, chosen: dict, points: list[float] | None = None, target:
     return out
 
 
-def accuracy_auc_by_run(curves, x: str = BUDGET) -> dict:
-    """{(algo, grid_point, seed): held-out accuracy AUC over the suite's common range}: the grid tie-break."""
+def accuracy_auc(by_run: dict, keys, x: str = BUDGET) -> tuple[dict, float | None]:
+    """({key: held-out accuracy AUC}, the range) for the runs `keys` of run_curves' {key: curve}, over the range all
+    of them cover: runs compared with each other are compared over one range, which no other run bounds."""
+    runs = {k: by_run[k] for k in keys if k in by_run}
+    x_max = common_range(runs, x=x)
+    return {k: (area_under_curve(*curve(f, ACCURACY, x), x_max) if x_max else None) for k, f in runs.items()}, x_max
+
+
+def grid_auc_by_run(curves, x: str = BUDGET) -> dict:
+    """{(algo, grid_point, seed): held-out accuracy AUC}: the grid tie-break, which compares one algorithm's points
+    with each other, over the range that algorithm's grid runs cover (another algorithm's short run, or one seed
+    of another's, moved it)."""
     by_run = run_curves(curves, x)
-    x_max = common_range(by_run, x=x)
-    return {k: (area_under_curve(*curve(f, ACCURACY, x), x_max) if x_max else None) for k, f in by_run.items()}
+    out = {}
+    for algo in sorted({k[0] for k in by_run}):
+        out.update(accuracy_auc(by_run, [k for k in by_run if k[0] == algo], x)[0])
+    return out
 
 
 FRONTIER = ("gold/kl", "gold/reward")  # (KL, reward) logged at evaluation steps by suites with a known reward

@@ -143,7 +143,8 @@ def grid_section(s: dict, select: str) -> Section:
     sizes = {v["points"] for v in s["spread"].values()}
     spreads = ", ".join(f"{a} {v['range']:.3f}" for a, v in s["spread"].items() if v["range"] is not None)
     caption = [f"grid points per algorithm: {budget}" + ("" if len(sizes) == 1 else " (UNEQUAL tuning budget)"),
-               f"spread (max - min over the grid of the validation metric): {spreads or '-'}",
+               f"spread (max - min over the grid of the validation metric): {spreads or '-'}; acc AUC (the "
+               f"tie-break): held-out accuracy averaged over the range all of the algorithm's grid runs cover",
                "* = chosen on validation; win rate shown for information only, never used to choose"]
     scoring = {r["algo"]: r.get("scoring", "alike") for r in s["grid"]}
     for algo, how in scoring.items():
@@ -182,6 +183,10 @@ def versus_section(s: dict) -> Section | None:
     has_h2h = any(r.get("head_to_head") for r in rows)
     has_pairs = any(r.get("pair_paired") for r in rows)
     many = len(rows) > 1   # with one algorithm the correction changes nothing
+    unit = UNITS.get((s.get("convergence") or {}).get("axis"), "records")
+    spans = {r["algo"]: fmt_point(r["acc_auc_range"]) for r in rows if r.get("acc_auc_range")}
+    ranges = (next(iter(spans.values())) if len(set(spans.values())) == 1
+              else " / ".join(f"{v} ({a})" for a, v in spans.items()) or "-")
     caption = [f"each algorithm minus {base}"
                + (f" (at its chosen grid point {v['grid_point'] or '(default)'})" if gridded else "")
                + " at the same seed (same data order, held-out pairs, eval prompts, reference and judge), then "
@@ -189,9 +194,9 @@ def versus_section(s: dict) -> Section | None:
                "on its own: of many cells, about 1 in 20 excludes 0 by chance; seed-level rows only)"
                + (f"; † = still so after Holm's correction over the {len(rows)} algorithms of its row (at most a 5% "
                   "chance that any of them is marked by luck alone)" if many else ""),
-               (f"held-out acc AUC: held-out reward accuracy averaged over the "
-                f"{UNITS.get((s.get('convergence') or {}).get('axis'), 'records')} every run covers (how fast it "
-                "learns; the convergence table's AUC); " if ACC_AUC in labels else "")
+               (f"held-out acc AUC: held-out reward accuracy averaged over {unit} 0-{ranges} (how fast it learns), "
+                f"the range that the runs compared in the column ({base}'s and the algorithm's at the seeds both have) "
+                f"cover, so that no other run moves it; " if ACC_AUC in labels else "")
                + f"train time ×: the algorithm's training time over {base}'s, per seed"]
     picked = [r["algo"] for r in rows if r.get("chosen_on_held_out")]
     if picked:

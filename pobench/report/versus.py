@@ -18,6 +18,7 @@ from pobench.errors import PobenchError
 from pobench.eval.generations import read_generations, unfinished_evaluation
 from pobench.eval.head_to_head import FILE as HEAD_TO_HEAD, answers_digest, read_comparisons
 from pobench.report.collect import read_json
+from pobench.report.convergence import BUDGET, accuracy_auc, run_curves
 from pobench.report.leaderboard import METRICS
 from pobench.report.stats import holm, mean_ci, t_test_p
 
@@ -283,18 +284,17 @@ def _seed_runs(frame) -> dict:
     return {int(r["seed"]): r for r in frame.to_dict("records")}
 
 
-def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> dict | None:
+def versus(runs, chosen: dict, baseline: str, curves=None, x: str = BUDGET) -> dict | None:
     """One suite: every other algorithm at its chosen grid point against `baseline` at its own, seed by seed.
-    `acc_auc`: {(algo, grid point, seed): held-out accuracy AUC} (the convergence tables' area under the curve,
-    compared as ACC_AUC). None when the suite has no run of the baseline."""
+    `curves`: the suite's curve table, for the held-out accuracy's AUC (ACC_AUC), taken over the range that the
+    compared runs (both algorithms' at the seeds both have) cover: the runs of neither, such as unchosen grid points,
+    other algorithms or a seed only one has, must not move it. None when the suite has no run of the baseline."""
     if baseline not in chosen:
         return None
+    by_run = run_curves(curves, x) if curves is not None and len(curves) else {}
 
     def at_point(algo):
-        by_seed = _seed_runs(runs[(runs["algo"] == algo) & (runs["grid_point"] == chosen[algo])])
-        for seed, run in by_seed.items():
-            run[ACC_AUC] = (acc_auc or {}).get((algo, chosen[algo], seed))
-        return by_seed
+        return _seed_runs(runs[(runs["algo"] == algo) & (runs["grid_point"] == chosen[algo])])
 
     base = at_point(baseline)
     tuned_keys = grid_keys(runs)
@@ -306,10 +306,14 @@ def versus(runs, chosen: dict, baseline: str, acc_auc: dict | None = None) -> di
         mine = at_point(algo)
         seeds = sorted(set(mine) & set(base))
         row = {"algo": algo, "grid_point": chosen[algo], "seeds": seeds,
-               "chosen_on_held_out": points.get(algo, 1) > 1 or points.get(baseline, 1) > 1,
+               "chosen_on_held_out": points.get(algo, 1) > 1 or points.get(baseline, 1) > 1, "acc_auc_range": None,
                "unpaired_seeds": sorted(set(mine) ^ set(base)), "delta": {}, "time_ratio": None,
                "prompt_paired": None, "pair_paired": None, "head_to_head": None, "unlike_baseline": []}
         if seeds:
+            keys = {(a, s): (a, chosen[a], s) for a in (algo, baseline) for s in seeds}
+            auc, row["acc_auc_range"] = accuracy_auc(by_run, list(keys.values()), x)
+            for s in seeds:
+                mine[s][ACC_AUC], base[s][ACC_AUC] = auc.get(keys[algo, s]), auc.get(keys[baseline, s])
             for column, _ in DELTA_METRICS:
                 diffs = [mine[s].get(column) - base[s].get(column) for s in seeds
                          if _present(mine[s].get(column)) and _present(base[s].get(column))]
