@@ -58,6 +58,20 @@ def test_t_test_p_known_answers(values, want):
     assert t_test_p([0.1]) is None and t_test_p([0.0, 0.0]) == 1.0
 
 
+@pytest.mark.parametrize("t,df,want", [(17.0, 127, 1.606658407417203e-34), (9.0, 3000, 3.913623012057606e-19),
+                                        (40.0, 5, 1.8411962171772954e-07), (3.0, 2, 0.09546596626670913),
+                                        (0.5, 1, 0.7048327646991335), (2.0, 1000, 0.04577034649325166)])
+def test_tiny_p_values_are_computed_as_tails_not_written_as_zero(t, df, want):
+    """p was 1 - P(|T| <= t), which is exactly 0 below the double's rounding of 1 (~1e-16): 128 prompts that all
+    agree closely read "p = 0". The tail itself (an incomplete beta function) keeps them positive and exact.
+    Expected values: 2 * scipy.stats.t.sf(t, df), scipy 1.17.1."""
+    from pobench.report.stats import student_t_p
+    assert student_t_p(t, df) == pytest.approx(want, rel=1e-9)
+    assert student_t_p(-t, df) == student_t_p(t, df) and student_t_p(0.0, df) == 1.0
+    close = [1 + 0.01 * (-1) ** i for i in range(128)]        # t ~ 1131 over 127 degrees of freedom
+    assert 0 < t_test_p(close) < 1e-100
+
+
 def test_differences_that_all_agree_are_not_marked():
     """Two seeds that agree on +1/32 held-out accuracy (quantised: it happens by chance) gave p = 0, so `*†`."""
     from pobench.report.render import fmt_delta

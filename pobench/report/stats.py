@@ -27,6 +27,52 @@ def student_t_two_sided(t: float, df: int) -> float:
     return s * total
 
 
+def student_t_p(t: float, df: int) -> float:
+    """P(|T| >= t), the two-sided tail, computed as the tail itself: I_x(df/2, 1/2) with x = df / (df + t^2), the
+    regularised incomplete beta function (Abramowitz & Stegun 26.7.1, 26.5.8). 1 - P(|T| <= t) loses everything
+    below the double's rounding of 1 (~1e-16) and wrote such p-values as exactly 0."""
+    t = abs(t)
+    if t == 0:
+        return 1.0
+    if math.isinf(t):
+        return 0.0
+    x, y = df / (df + t * t), t * t / (df + t * t)   # y = 1 - x, each from its own ratio: neither loses digits
+    return regularized_beta(df / 2, 0.5, x, y)
+
+
+def regularized_beta(a: float, b: float, x: float, y: float | None = None) -> float:
+    """I_x(a, b) for a, b > 0 and 0 <= x <= 1 (`y`: 1 - x, when the caller has it more precisely), by the continued
+    fraction of Numerical Recipes' betacf on the side where it converges fast (Press et al., 6.4)."""
+    y = 1.0 - x if y is None else y
+    if x <= 0:
+        return 0.0
+    if y <= 0:
+        return 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(y)
+    if x < (a + 1) / (a + b + 2):
+        return math.exp(log_front) * _beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, y) / b
+
+
+def _beta_fraction(a: float, b: float, x: float, eps: float = 1e-16, max_terms: int = 100_000) -> float:
+    """The continued fraction of I_x(a, b) (modified Lentz), converging for x < (a + 1) / (a + b + 2)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, max_terms + 1):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < eps:
+            return h
+    return h
+
+
 @functools.lru_cache(maxsize=256)  # a report asks for the same few (confidence, df) many times
 def t_quantile(confidence: float, df: int) -> float:
     """The t such that P(|T| <= t) = confidence (e.g. 0.95 -> 12.706 for df=1, 2.776 for df=4), by bisection."""
@@ -81,7 +127,7 @@ def t_test_p(values: Sequence[float], center: float = 0.0) -> float | None:
     sd = _sd(xs, mean)
     if sd == 0:
         return 1.0 if mean == center else None
-    return 1.0 - student_t_two_sided(abs(mean - center) / (sd / math.sqrt(n)), n - 1)
+    return student_t_p((mean - center) / (sd / math.sqrt(n)), n - 1)
 
 
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
