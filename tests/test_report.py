@@ -1082,6 +1082,28 @@ def test_damaged_held_out_metrics_in_eval_json_are_named(tmp_path, edit, message
         collect(tmp_path)
 
 
+@pytest.mark.parametrize("file, edit, message", [
+    ("eval.json", lambda e: {**e, "kl": float("inf")}, "eval.json: 'kl' must be a finite number, got inf"),
+    ("eval.json", lambda e: {**e, "reward_mean": -float("inf")}, "'reward_mean' must be a finite number, got -inf"),
+    ("eval.json", lambda e: {**e, "held_out": {"final": {"eval/loss": float("inf")}}},
+     "eval.json: 'held_out.final.eval/loss' must be a finite number, got inf"),
+    ("gold_eval.json", lambda e: {"final": {"gold/reward": 0.4, "gold/kl": float("inf")}},
+     "gold_eval.json: 'final.gold/kl' must be a finite number, got inf"),
+])
+def test_an_infinite_result_is_refused_naming_the_file_and_key(tmp_path, file, edit, message):
+    """Python's json reads `Infinity`: the mean over seeds was inf, markdown printed "inf", and --format json (strict
+    JSON) crashed with "internal error: ValueError: Out of range float values" (exit 1). It is a damaged file: one
+    line naming the file and key, exit 2."""
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6], eval_json=new_eval(0.5, 0.6))
+    (run / file).write_text(json.dumps(edit(new_eval(0.5, 0.6))))
+    with pytest.raises(PobenchError, match=re.escape(message)):
+        collect(tmp_path)
+    if file == "eval.json" and "kl" in message:
+        proc = subprocess.run([sys.executable, "-m", "pobench.cli", "report", str(tmp_path), "--format", "json"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr
+
+
 def test_the_csv_names_each_rows_own_judges(tmp_path):
     """The CSV's judge column listed every judge of the suite on every row."""
     import io

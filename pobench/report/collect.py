@@ -55,6 +55,14 @@ def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def check_finite(v, path: Path, key: str) -> None:
+    """Python's json reads Infinity and -Infinity: a mean over seeds would carry it into every table (and --format
+    json, which writes strict JSON, could not write it), so an infinite result is refused. NaN stays what the
+    readers make of it: not measured, left out of the means."""
+    if is_number(v) and math.isinf(v):
+        raise PobenchError(f"{path}: '{key}' must be a finite number, got {v!r}")
+
+
 def pool_generation_seconds(summary: dict) -> float | None:
     """The candidate pools' generation time a run drew from (made before training, so not in train_time_s)."""
     pool = summary.get("candidate_pool")
@@ -149,9 +157,10 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
             raise PobenchError(f"{path}: '{key}' must be a fraction in [0, 1], got {v!r}")
     for key in ("avg_length", "reward_mean", "kl", "judge_held_out_accuracy"):
         v = out[key]
+        name = "judge.held_out_accuracy" if key == "judge_held_out_accuracy" else key   # as eval.json has it
         if v is not None and not is_number(v):
-            name = "judge.held_out_accuracy" if key == "judge_held_out_accuracy" else key   # as eval.json has it
             raise PobenchError(f"{path}: '{name}' must be a number, got {v!r}")
+        check_finite(v, path, name)
     held, name = ev.get("held_out") or ev.get("held_out_pairs"), "held_out"  # pobench eval's form, the older one
     if isinstance(held, dict) and "final" in held:
         held, name = held["final"], "held_out.final"   # pobench eval keeps {"final", "initial", "pairs"}
@@ -160,6 +169,7 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
     for metric, v in (held or {}).items():
         if v is not None and not is_number(v):
             raise PobenchError(f"{path}: '{name}.{metric}' must be a number, got {v!r}")
+        check_finite(v, path, f"{name}.{metric}")
     out["held_out"] = held or {}
     return out
 
@@ -177,6 +187,8 @@ def gold_fields(gold: dict | None, path: Path) -> dict:
     bad = next((k for k, v in out.items() if v is not None and not is_number(v)), None)
     if bad:
         raise PobenchError(f"{path}: 'final.gold/{bad[len('gold_'):]}' must be a number, got {out[bad]!r}")
+    for key, v in out.items():
+        check_finite(v, path, f"final.gold/{key[len('gold_'):]}")
     return out
 
 
