@@ -463,6 +463,30 @@ def test_plots_and_self_contained_html(tmp_path):
     assert "src='http" not in html and 'src="http' not in html   # nothing fetched when opened
 
 
+def test_a_plot_that_fails_half_way_leaves_the_earlier_png(tmp_path, monkeypatch):
+    """PNGs were written straight to their path (fig.savefig(path)): a plot stopped half-way (a full disk, Ctrl-C)
+    left a truncated image where the earlier one was. They are written to a temporary file and renamed, as the rest
+    of the report's output is."""
+    from matplotlib.figure import Figure
+    from pobench.report.plots import plot_report
+    report, runs, curves = build_report(grid_results(tmp_path / "results"))
+    plot_report(report, runs, curves, tmp_path / "plots")
+    earlier = {p.name: p.read_bytes() for p in (tmp_path / "plots").glob("*.png")}
+
+    def fails_half_way(self, target, *args, **kwargs):
+        if isinstance(target, (str, Path)):
+            Path(target).write_bytes(b"\x89PNG half")
+        else:
+            target.write(b"\x89PNG half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", fails_half_way)
+    with pytest.raises(OSError):
+        plot_report(report, runs, curves, tmp_path / "plots")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "plots").glob("*.png")} == earlier
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(earlier)   # no temporary file left
+
+
 def test_report_usage_errors_exit_2(tmp_path):
     from typer.testing import CliRunner
     from pobench.cli import app

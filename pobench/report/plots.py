@@ -3,6 +3,7 @@ one line per algorithm (at its chosen grid point) with a band over seeds; reward
 paired differences from the baseline with their intervals."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pobench.report.convergence import ACCURACY, BUDGET
@@ -193,8 +194,20 @@ def versus_figure(s: dict, out_dir: Path, plt) -> Path | None:
 
 
 def _save(fig, path: Path, plt) -> Path:
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    """The PNG whole or not at all, as the rest of the report is written: a plot stopped half-way (a full disk,
+    Ctrl-C) leaves the earlier file at `path`, not a truncated image."""
+    from pobench.engine.io import fsync_dir
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            fig.savefig(f, dpi=100, format="png")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
     return path
 
 
