@@ -1034,6 +1034,67 @@ def test_runs_of_one_row_that_differ_beyond_the_seed_are_named(tmp_path):
                          if unlike else {})
 
 
+def test_leaderboard_rows_of_other_budgets_or_settings_are_named(tmp_path):
+    """SimPO run for 12 steps, MC-PO for 48 (another `pobench run` copied into the same folder): only the table
+    against DPO compared budgets, so with no DPO run, or --baseline none, the leaderboard set the two side by side
+    without a word. Every row is now held to the first (the baseline's where there is one) as against the baseline:
+    the learning rate and the algorithms' own parameters may differ, a completion length may not."""
+    def results(root: Path, algos=("mcpo", "simpo")) -> Path:
+        for seed in (1, 2):
+            for algo in algos:
+                run = write_run(root, algo, seed, [0.5, 0.6] if algo == "simpo" else [0.5, 0.6, 0.7, 0.8, 0.9])
+                length = 128 if algo == "simpo" else 64
+                (run / "config.yaml").write_text(f"suite: hh-rlhf\nseed: {seed}\ntrain:\n  lr: {seed}.0e-6\n  "
+                                                 f"max_completion_length: {length}\nalgorithm:\n  beta: {seed}\n")
+        return root
+
+    unlike = {"simpo": {"against": "mcpo", "seeds": [1, 2], "across_seeds": None, "differences": [
+        "train.max_completion_length 128 vs 64", "optimizer steps 12 vs 48"]}}
+    report = build_report(results(tmp_path / "no-dpo"))[0]
+    assert report["suites"][0]["unlike_rows"] == unlike
+    md = to_markdown(sections(report))
+    assert "UNLIKE ROWS: simpo's runs differ from mcpo's in what a fair comparison needs equal, so the two rows do " \
+           "not compare (at seeds 1,2; simpo's value vs mcpo's): train.max_completion_length 128 vs 64; optimizer " \
+           "steps 12 vs 48" in md
+    assert json.loads(to_json(report))["suites"][0]["unlike_rows"] == unlike
+    import io
+    import pandas as pd
+    table = pd.read_csv(io.StringIO(to_csv(report)), keep_default_na=False).set_index("algo")
+    assert table.loc["simpo", "unlike_rows"] == "vs mcpo: train.max_completion_length 128 vs 64; optimizer steps 12 vs 48"
+    assert table.loc["mcpo", "unlike_rows"] == ""
+    # --baseline none: the first row is the reference; with a baseline, the baseline's row
+    with_dpo = results(tmp_path / "dpo", ("dpo", "mcpo", "simpo"))
+    for baseline, against, named in (("none", "dpo", {"simpo"}), ("dpo", "dpo", {"simpo"}), ("simpo", "simpo", {"dpo", "mcpo"})):
+        found = build_report(with_dpo, baseline=baseline)[0]["suites"][0]["unlike_rows"]
+        assert set(found) == named and {u["against"] for u in found.values()} == {against}
+    assert build_report(results(tmp_path / "alike", ("mcpo",)))[0]["suites"][0]["unlike_rows"] == {}
+
+
+def test_rows_are_compared_at_the_seeds_both_have(tmp_path):
+    """The records' order (data_order_digest) is the same for every algorithm of one seed and differs between seeds
+    by design: rows are held to it at a shared seed, and rows that share no seed are compared at their lowest seeds
+    without it (and without each seed's own auto judge), but still on the budget."""
+    def run(root: Path, algo: str, seed: int, order: str, accs=(0.5, 0.6)):
+        path = write_run(root, algo, seed, list(accs), eval_json={
+            **new_eval(0.5, 0.6), "judge": {"name": f"auto:judges/hh-{seed}", "kind": "reward_model"}})
+        summary = json.loads((path / "train_summary.json").read_text())
+        (path / "train_summary.json").write_text(json.dumps({**summary, "data_order_digest": order}))
+
+    run(tmp_path / "shared", "dpo", 1, "order1")
+    run(tmp_path / "shared", "simpo", 1, "order1-truncated")
+    found = build_report(tmp_path / "shared")[0]["suites"][0]["unlike_rows"]
+    assert found["simpo"]["differences"] == ["records trained on, in order order1-truncated vs order1"]
+    run(tmp_path / "apart", "dpo", 1, "order1")
+    run(tmp_path / "apart", "simpo", 2, "order2")
+    assert build_report(tmp_path / "apart")[0]["suites"][0]["unlike_rows"] == {}
+    run(tmp_path / "apart", "mcpo", 3, "order3", accs=(0.5, 0.6, 0.7))
+    found = build_report(tmp_path / "apart")[0]["suites"][0]["unlike_rows"]
+    assert found == {"mcpo": {"against": "dpo", "seeds": [], "across_seeds": [3, 1],
+                              "differences": ["optimizer steps 24 vs 12"]}}
+    assert "(no seed in common: its seed 3 against dpo's seed 1; mcpo's value vs dpo's): optimizer steps 24 vs 12" \
+        in to_markdown(sections(build_report(tmp_path / "apart")[0]))
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda s: {**s, "seed": "two"}, "'seed' must be an integer, got 'two'"),
     (lambda s: {**s, "algorithm": ["dpo"]}, "'algorithm' must be a name"),

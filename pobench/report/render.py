@@ -132,6 +132,12 @@ def leaderboard_section(s: dict, select: str) -> Section:
     if s.get("mixed_evaluations"):
         caption.append("MIXED EVALUATIONS: the rows' win rates come from other evaluations, so they are not on one "
                        "scale: " + "; ".join(f"{a}: {how}" for a, how in s["mixed_evaluations"].items()))
+    for algo, unlike in (s.get("unlike_rows") or {}).items():
+        ref = unlike["against"]
+        at = (f"at seeds {','.join(map(str, unlike['seeds']))}" if unlike["seeds"] else
+              f"no seed in common: its seed {unlike['across_seeds'][0]} against {ref}'s seed {unlike['across_seeds'][1]}")
+        caption.append(f"UNLIKE ROWS: {algo}'s runs differ from {ref}'s in what a fair comparison needs equal, so the "
+                       f"two rows do not compare ({at}; {algo}'s value vs {ref}'s): {'; '.join(unlike['differences'])}")
     for algo, unlike in (s.get("unlike_across_seeds") or {}).items():
         caption.append(f"UNLIKE SEEDS: {algo}'s runs differ in more than the seed, so its row is not one setting "
                        f"(against seed {unlike['against_seed']}): {'; '.join(unlike['differences'])}")
@@ -362,7 +368,8 @@ def print_tables(secs: list[Section], console=None) -> None:
 
 
 def to_csv(report: dict) -> str:
-    """One row per suite x algorithm (at its chosen grid point): mean, lo, hi, n of every leaderboard metric."""
+    """One row per suite x algorithm (at its chosen grid point): mean, lo, hi, n of every leaderboard metric, and
+    `unlike_rows`: what differs from the reference row (build's unlike_rows), empty where nothing does."""
     import pandas as pd
 
     rows = []
@@ -374,6 +381,9 @@ def to_csv(report: dict) -> str:
             for col, _ in METRICS:
                 for k in ("mean", "lo", "hi", "n"):
                     row[f"{col}_{k}"] = r[col][k]
+            # the leaderboard's UNLIKE ROWS: a table read without its caption must not hide them
+            unlike = (s.get("unlike_rows") or {}).get(r["algo"])
+            row["unlike_rows"] = f"vs {unlike['against']}: {'; '.join(unlike['differences'])}" if unlike else ""
             row.update(versus_columns(s.get("versus"), r["algo"]))
             rows.append(row)
     buf = io.StringIO()

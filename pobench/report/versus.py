@@ -145,15 +145,52 @@ def unlike_across_seeds(runs, chosen: dict) -> dict:
         free = HOW_COMPUTED + ("pool.",)
         for seed in others:
             found = differences(by_seed[seed], by_seed[first], (), free)
-            pair = (by_seed[seed], by_seed[first])
-            if all(flatten(r.get("config")).get("data.raw_rejected") == "random" for r in pair):
-                found = [d for d in found if not d.startswith("records ")]   # drawn per seed, by design
-            found = [d for d in found if not d.startswith("records trained on")]   # each seed's order, by design
-            if all(str(r.get("judge") or "").startswith(AUTO_JUDGE) for r in pair):
-                found = [d for d in found if not d.startswith("judge ")]     # each seed's own, by design
-            unlike += [f"seed {seed}: {d}" for d in found]
+            unlike += [f"seed {seed}: {d}" for d in by_design_across_seeds(found, (by_seed[seed], by_seed[first]))]
         if unlike:
             out[algo] = {"against_seed": first, "differences": unlike}
+    return out
+
+
+def by_design_across_seeds(found: list[str], pair: tuple) -> list[str]:
+    """differences() between two runs of other seeds, less what differs between seeds by design."""
+    if all(flatten(r.get("config")).get("data.raw_rejected") == "random" for r in pair):
+        found = [d for d in found if not d.startswith("records ")]   # drawn per seed, by design
+    found = [d for d in found if not d.startswith("records trained on")]   # each seed's order, by design
+    if all(str(r.get("judge") or "").startswith(AUTO_JUDGE) for r in pair):
+        found = [d for d in found if not d.startswith("judge ")]     # each seed's own, by design
+    return found
+
+
+def unlike_rows(runs, chosen: dict, reference: str | None = None) -> dict:
+    """{algorithm: what differs between its leaderboard row and the reference row} for the rows that differ in what a
+    fair comparison needs equal (differences(), as against the baseline: learning rate, the algorithms' own
+    parameters and what either grid tuned are free). The reference is `reference` (the baseline) where the suite has
+    it, else the first row: the leaderboard sets every row beside every other whether or not a baseline table checks
+    them, so 20 steps beside 300 must be named there too. Runs are compared at the seeds both rows have (`seeds`),
+    where the data order is the same by design; rows that share no seed, at their lowest seeds (`across_seeds`: this
+    row's, the reference's), less what differs between seeds by design."""
+    if not chosen:
+        return {}
+    ref = reference if reference in chosen else next(iter(chosen))
+
+    def at_point(algo):
+        return _seed_runs(runs[(runs["algo"] == algo) & (runs["grid_point"] == chosen[algo])])
+
+    base, tuned_keys, out = at_point(ref), grid_keys(runs), {}
+    for algo in chosen:
+        if algo == ref:
+            continue
+        mine = at_point(algo)
+        tuned = tuned_keys.get(algo, ()) + tuned_keys.get(ref, ())
+        seeds, across, found = sorted(set(mine) & set(base)), None, []
+        for s in seeds:
+            found += [d for d in differences(mine[s], base[s], tuned) if d not in found]
+        if not seeds and mine and base:
+            across = [min(mine), min(base)]
+            pair = (mine[across[0]], base[across[1]])
+            found = by_design_across_seeds(differences(*pair, tuned), pair)
+        if found:
+            out[algo] = {"against": ref, "seeds": seeds, "across_seeds": across, "differences": found}
     return out
 
 
