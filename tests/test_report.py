@@ -1070,6 +1070,25 @@ def test_leaderboard_rows_of_other_budgets_or_settings_are_named(tmp_path):
     assert build_report(results(tmp_path / "alike", ("mcpo",)))[0]["suites"][0]["unlike_rows"] == {}
 
 
+def test_the_csv_and_json_say_each_rows_budget(tmp_path):
+    """The CSV and JSON leaderboard, read without the captions, had no column for how long a row trained: 12 and 48
+    optimizer steps looked alike. Each row lists its seeds' steps and global batch (distinct values)."""
+    for seed in (1, 2):
+        write_run(tmp_path, "dpo", seed, [0.5, 0.6])
+        run = write_run(tmp_path, "mcpo", seed, [0.5, 0.6] if seed == 1 else [0.5, 0.6, 0.7, 0.8, 0.9])
+        summary = json.loads((run / "train_summary.json").read_text())
+        (run / "train_summary.json").write_text(json.dumps({**summary, "global_batch_size": 4}))
+    report = build_report(tmp_path)[0]
+    board = {r["algo"]: r for r in json.loads(to_json(report))["suites"][0]["leaderboard"]}
+    assert (board["mcpo"]["steps"], board["mcpo"]["global_batch_size"]) == ([12, 48], [4])
+    assert (board["dpo"]["steps"], board["dpo"]["global_batch_size"]) == ([12], [])   # not recorded: none shown
+    import io
+    import pandas as pd
+    table = pd.read_csv(io.StringIO(to_csv(report)), dtype=str, keep_default_na=False).set_index("algo")
+    assert table.loc["mcpo", "steps"] == "12;48" and table.loc["mcpo", "global_batch_size"] == "4"
+    assert table.loc["dpo", "steps"] == "12" and table.loc["dpo", "global_batch_size"] == ""
+
+
 def test_rows_are_compared_at_the_seeds_both_have(tmp_path):
     """The records' order (data_order_digest) is the same for every algorithm of one seed and differs between seeds
     by design: rows are held to it at a shared seed, and rows that share no seed are compared at their lowest seeds

@@ -85,12 +85,23 @@ def spread(grid_rows: list[dict]) -> dict:
     return out
 
 
+def _counts(frame, column: str) -> list[int]:
+    """The distinct counts a column holds (a column with a missing value holds them as floats)."""
+    return sorted({int(v) for v in _values(frame, column) if v is not None and v == v})
+
+
+# the training budget of a row (its seeds' distinct values): without it a reader of the CSV or JSON, who sees no
+# caption, could not tell rows of 20 and 300 steps apart
+BUDGET_COLUMNS = ("steps", "global_batch_size")
+
+
 def leaderboard(runs, chosen: dict, spreads: dict) -> list[dict]:
     rows = []
     for algo, point in chosen.items():
         frame = runs[(runs["algo"] == algo) & (runs["grid_point"] == point)]
         rows.append({"algo": algo, "grid_point": point, "grid_points": spreads[algo]["points"],
                      "seeds": sorted(int(s) for s in frame["seed"].tolist()), "judge": _unique(frame, "judge"),
+                     **{col: _counts(frame, col) for col in BUDGET_COLUMNS},
                      **{col: mean_ci(_values(frame, col)) for col, _ in METRICS}})
     return rows
 

@@ -8,7 +8,7 @@ import io
 import json
 
 from pobench.report.convergence import ACCURACY, UNITS
-from pobench.report.leaderboard import METRICS
+from pobench.report.leaderboard import BUDGET_COLUMNS, METRICS
 from pobench.report.versus import ACC_AUC, AUTO_JUDGE, DELTA_METRICS, ON_VALIDATION, SOFTWARE
 
 DIGITS = {"win_rate": 3, "lc_win_rate": 3, "reward_mean": 3, "kl": 3, "avg_length": 1, "held_out_acc": 3,
@@ -368,7 +368,8 @@ def print_tables(secs: list[Section], console=None) -> None:
 
 
 def to_csv(report: dict) -> str:
-    """One row per suite x algorithm (at its chosen grid point): mean, lo, hi, n of every leaderboard metric, and
+    """One row per suite x algorithm (at its chosen grid point): its seeds' optimizer steps and global batch (their
+    distinct values, `;`-joined), mean, lo, hi, n of every leaderboard metric, and
     `unlike_rows`: what differs from the reference row (build's unlike_rows), empty where nothing does."""
     import pandas as pd
 
@@ -377,7 +378,8 @@ def to_csv(report: dict) -> str:
         for r in s["leaderboard"]:
             row = {"suite": s["suite"], "algo": r["algo"], "grid_point": r["grid_point"],
                    "grid_points": r["grid_points"], "seeds": ";".join(map(str, r["seeds"])),
-                   "judge": ";".join(r["judge"])}   # the row's own judges (the auto judge is per seed)
+                   "judge": ";".join(r["judge"]),   # the row's own judges (the auto judge is per seed)
+                   **{col: ";".join(map(str, r[col])) for col in BUDGET_COLUMNS}}
             for col, _ in METRICS:
                 for k in ("mean", "lo", "hi", "n"):
                     row[f"{col}_{k}"] = r[col][k]
