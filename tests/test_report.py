@@ -726,6 +726,42 @@ def test_against_dpo_corrects_for_comparing_several_algorithms(tmp_path):
     assert "vs_time_ratio_p" not in table.columns
 
 
+def test_a_row_unlike_the_baseline_is_no_test(tmp_path):
+    """'maybe' trained 99 steps against DPO's 12: its column said "unlike dpo: optimizer steps 99 vs 12" and still
+    had its `*`, a p, and a place in Holm's family, where it made the others' correction stricter (sure's p x 3).
+    Such a row is compared, not tested: no marks, no p or p_holm, left out of the family (sure's p x 2), and the
+    caption says so. A note on files that only the untested rows use (noise: a seed without generations.jsonl)
+    withdraws nothing."""
+    gaps = {"sure": (0.050, 0.051, 0.049), "maybe": (0.035, 0.05, 0.065), "noise": (0.1, -0.05, 0.02)}
+    for i, (seed, luck) in enumerate(zip((1, 2, 3), (0.3, 0.5, 0.7))):
+        write_generations(write_run(tmp_path, "dpo", seed, [0.5, 0.6], eval_json=new_eval(luck, 0.6)), [luck] * 4)
+        for algo, gap in gaps.items():
+            run = write_run(tmp_path, algo, seed, [0.5, 0.6], eval_json=new_eval(luck + gap[i], 0.6))
+            if algo == "maybe":
+                summary = json.loads((run / "train_summary.json").read_text())
+                (run / "train_summary.json").write_text(json.dumps({**summary, "steps": 99}))
+            if algo == "noise" and seed < 3:
+                write_generations(run, [luck] * 4)
+    report = build_report(tmp_path)[0]
+    rows = {r["algo"]: r for r in report["suites"][0]["versus"]["rows"]}
+    assert rows["maybe"]["unlike_baseline"] == ["optimizer steps 99 vs 12"] and not rows["maybe"]["alike"]
+    assert all(ci["p"] is None and ci["p_holm"] is None for ci in rows["maybe"]["delta"].values())
+    assert rows["noise"]["alike"] and rows["noise"]["unlike_baseline"] == [
+        "per prompt: 2 of the 3 seeds (the others have no generations.jsonl on one side)"]
+    sure = rows["sure"]["delta"]["win_rate"]
+    assert sure["p_holm"] == pytest.approx(2 * sure["p"])
+    md = to_markdown(sections(report))
+    assert "| Δ win rate | +0.050 ± 0.037 | +0.023 ± 0.186 | +0.050 ± 0.002*† |" in md
+    assert "† = still so after Holm's correction over the 2 algorithms of its row" in md
+    assert "(the numbers of such a row do not answer the question; its Δ rows carry no * or † and no p, and it is " \
+           "left out of Holm's correction)" in md
+    import io
+    import pandas as pd
+    table = pd.read_csv(io.StringIO(to_csv(report))).set_index("algo")
+    assert math.isnan(table.loc["maybe", "vs_win_rate_p"]) and math.isnan(table.loc["maybe", "vs_win_rate_p_holm"])
+    assert table.loc["maybe", "vs_win_rate_mean"] == pytest.approx(0.05)   # the difference itself is still shown
+
+
 def test_against_dpo_names_what_is_unlike_the_baseline(tmp_path):
     root = seeded_results(tmp_path)
     run = root / "hh-rlhf" / "mcpo" / "seed1"

@@ -188,7 +188,8 @@ def versus_section(s: dict) -> Section | None:
     has_unlike = any(r["unlike_baseline"] or r["unpaired_seeds"] for r in rows)
     has_h2h = any(r.get("head_to_head") for r in rows)
     has_pairs = any(r.get("pair_paired") for r in rows)
-    many = len(rows) > 1   # with one algorithm the correction changes nothing
+    tests = sum(r.get("alike", True) for r in rows)   # rows unlike the baseline are no tests (versus.versus)
+    many = tests > 1   # with one algorithm the correction changes nothing
     unit = UNITS.get((s.get("convergence") or {}).get("axis"), "records")
     spans = {r["algo"]: fmt_point(r["acc_auc_range"]) for r in rows if r.get("acc_auc_range")}
     ranges = (next(iter(spans.values())) if len(set(spans.values())) == 1
@@ -198,7 +199,7 @@ def versus_section(s: dict) -> Section | None:
                + " at the same seed (same data order, held-out pairs, eval prompts, reference and judge), then "
                "mean ± half-width of the 95% t-interval over those seeds; * = the interval excludes 0 (each interval "
                "on its own: of many cells, about 1 in 20 excludes 0 by chance; seed-level rows only)"
-               + (f"; † = still so after Holm's correction over the {len(rows)} algorithms of its row (at most a 5% "
+               + (f"; † = still so after Holm's correction over the {tests} algorithms of its row (at most a 5% "
                   "chance that any of them is marked by luck alone)" if many else ""),
                (f"held-out acc AUC: held-out reward accuracy averaged over {unit} 0-{ranges} (how fast it learns), "
                 f"the range that the runs compared in the column ({base}'s and the algorithm's at the seeds both have) "
@@ -231,7 +232,9 @@ def versus_section(s: dict) -> Section | None:
                        f"seed ± half its bootstrap 95% interval over prompts; * = the interval excludes 0.5")
     if has_unlike:
         caption.append(f"unlike {base}: what differs from {base}'s runs although a fair comparison needs it equal "
-                       f"(the numbers of such a row do not answer the question)"
+                       f"(the numbers of such a row do not answer the question"
+                       + ("; its Δ rows carry no * or † and no p, and it is left out of Holm's correction)"
+                          if not all(r.get("alike", True) for r in rows) else ")")
                        + ("; software: the pobench code, packages or hardware the runs trained on (env.json), which "
                           "can move numbers by themselves: a fix, or another order of floating-point sums"
                           if any(d.startswith(SOFTWARE) for r in rows for d in r["unlike_baseline"]) else ""))
@@ -244,7 +247,7 @@ def versus_section(s: dict) -> Section | None:
     body = [["seeds"] + [",".join(map(str, r["seeds"])) or "none shared" for r in rows]]
 
     def delta(r: dict, c: str) -> str:
-        if r.get("chosen_on_held_out") and c in ON_VALIDATION:
+        if not r.get("alike", True) or (r.get("chosen_on_held_out") and c in ON_VALIDATION):
             return fmt_signed(r["delta"].get(c), DIGITS[c])
         return fmt_delta(r["delta"].get(c), DIGITS[c], many)
 

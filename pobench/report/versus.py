@@ -203,7 +203,8 @@ def tested(differences: list[float]) -> dict:
 def adjust_for_many(rows: list[dict]) -> None:
     """Holm's correction per column over the algorithms compared with the baseline: each difference's `p_holm`.
     One baseline and k algorithms make k tests of one question per column; `p_holm < 0.05` keeps the chance that
-    any of the k is called different by luck alone at 5%."""
+    any of the k is called different by luck alone at 5%. A row not `alike` (its p withdrawn) is no test and is left
+    out of the family."""
     # the per-prompt and per-pair rows are not tests (over_units): only the seed-level differences are corrected
     table = [r["delta"] for r in rows]
     for column in {c for t in table for c in t}:
@@ -345,7 +346,8 @@ def versus(runs, chosen: dict, baseline: str, curves=None, x: str = BUDGET) -> d
         row = {"algo": algo, "grid_point": chosen[algo], "seeds": seeds,
                "chosen_on_held_out": points.get(algo, 1) > 1 or points.get(baseline, 1) > 1, "acc_auc_range": None,
                "unpaired_seeds": sorted(set(mine) ^ set(base)), "delta": {}, "time_ratio": None,
-               "prompt_paired": None, "pair_paired": None, "head_to_head": None, "unlike_baseline": []}
+               "prompt_paired": None, "pair_paired": None, "head_to_head": None, "unlike_baseline": [],
+               "alike": True}
         if seeds:
             keys = {(a, s): (a, chosen[a], s) for a in (algo, baseline) for s in seeds}
             auc, row["acc_auc_range"] = accuracy_auc(by_run, list(keys.values()), x)
@@ -372,6 +374,14 @@ def versus(runs, chosen: dict, baseline: str, curves=None, x: str = BUDGET) -> d
                             evaluated_generations(base[s]["run_dir"], unfinished)) for s in seeds]
             judged = [(a, b) for a, b in generations if a is not None and b is not None]
             paired, notes = prompt_paired(judged)
+            # other eval prompts or reference outputs make the win rates unlike too; the notes added below only say
+            # which files the per-prompt and head-to-head rows (never tested) could not use
+            row["alike"] = not (unlike or notes)
+            if not row["alike"]:
+                # a difference between runs that differ in budget, data or evaluation measures that difference as
+                # much as the algorithm: no test of it, and no place in the Holm family of those that are tests
+                for ci in row["delta"].values():
+                    ci["p"] = None
             if paired is not None and len(judged) < len(seeds):
                 notes.append(f"per prompt: {len(judged)} of the {len(seeds)} seeds (the others have no "
                              f"generations.jsonl on one side)")
