@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -787,6 +788,66 @@ def test_a_loss_of_the_wrong_shape_and_a_missing_reference_are_named():
         T.checked_sampler_output([TokenizedPair([1], [2], [3])], "mine")
     with pytest.raises(PobenchError, match=r"must call `ctx.ensure_reference\(seqs\)`"):
         ReferenceCache(Path("/nonexistent/cache.pt")).lookup_sequences([([1], [2])])
+
+
+RAISING_PLUGIN = '''
+from pobench.algorithm import LossOutput
+from pobench.registry import register_algorithm, register_sampler
+
+
+@register_sampler("raising_sampler_test")
+class Raising:
+    def __init__(self, params, cfg):
+        pass
+
+    def __call__(self, batch, ctx):
+        return {}["no such key"]
+
+
+@register_algorithm("raising_loss_test")
+class RaisingLoss:
+    sampler = "raising_sampler_test"
+    needs_reference = False
+    defaults = "detach: false"
+
+    def loss(self, policy, reference, cfg):
+        if cfg.detach:
+            return LossOutput(policy.chosen.detach(), policy.chosen.detach(), policy.rejected.detach())
+        raise KeyError("oops")
+'''
+
+
+def test_an_exception_in_a_plugins_loss_or_sampler_names_its_line_and_a_detached_loss_is_named(tmp_path):
+    """A plugin's own bug ended as "internal error: KeyError: 'oops'" (pobench's bug, by its words), and a detached
+    loss as torch's "element 0 of tensors does not require grad"; pobench's own code still raises unchanged."""
+    import types
+
+    from pobench.algorithm import SeqLogps
+    from pobench.errors import PobenchError
+    from pobench.registry import get_algorithm, load_plugin
+    path = tmp_path / "raising.py"
+    path.write_text(RAISING_PLUGIN)
+    load_plugin(path)
+    algo = get_algorithm("raising_loss_test")
+    policy = SeqLogps(torch.zeros(2, requires_grad=True), torch.zeros(2, requires_grad=True), torch.ones(2),
+                      torch.ones(2))
+    line = RAISING_PLUGIN.splitlines().index('        raise KeyError("oops")') + 1
+    with pytest.raises(PobenchError, match=f"algorithm 'raising_loss_test': its loss raised KeyError: 'oops' "
+                                           f"\\({re.escape(str(path.resolve()))}:{line}\\)"):
+        T.checked_loss(algo, policy, None, types.SimpleNamespace(detach=False))
+    with pytest.raises(PobenchError, match="'raising_loss_test' .*: losses do not require grad: detached from"):
+        T.checked_loss(algo, policy, None, types.SimpleNamespace(detach=True))
+    with torch.no_grad():   # held-out scoring: nothing requires grad, and nothing is asked
+        T.checked_loss(algo, SeqLogps(*(torch.ones(2) for _ in range(4))), None, types.SimpleNamespace(detach=True))
+    sampler = T.make_sampler(algo, types.SimpleNamespace(algorithm={"detach": False}))
+    error = T.plugin_error(KeyError("no such key"), sampler, "sampler 'raising_sampler_test'")
+    assert isinstance(error, PobenchError) and f"{path.resolve()})" in str(error)
+    try:
+        sampler([], None)
+    except KeyError as e:
+        assert f"{path.resolve()}:12)" in str(T.plugin_error(e, sampler, "sampler 'raising_sampler_test'"))
+    own = KeyError("x")   # a shipped algorithm's bug stays an internal error, with its traceback
+    assert T.plugin_error(own, get_algorithm("dpo"), "algorithm 'dpo': its loss") is own
 
 
 def test_a_sampler_reading_a_parameter_its_algorithm_lacks_is_named():

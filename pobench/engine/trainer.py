@@ -10,6 +10,7 @@ import contextlib
 import math
 import os
 import time
+import traceback
 import types
 from collections import Counter
 from pathlib import Path
@@ -181,6 +182,11 @@ def checked_loss(algo, policy: SeqLogps, reference, params):
             raise PobenchError(f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss reads "
                                f"parameter '{e.name}', which its defaults do not define") from None
         raise
+    except Exception as e:
+        wrapped = plugin_error(e, algo, f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss")
+        if wrapped is e:
+            raise
+        raise wrapped from None
     b = len(policy.chosen)
     fields = ("losses", "chosen_rewards", "rejected_rewards")
     shapes = {f: tuple(getattr(getattr(out, f, None), "shape", ())) for f in fields}
@@ -190,7 +196,43 @@ def checked_loss(algo, policy: SeqLogps, reference, params):
         raise PobenchError(f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': loss must return a "
                            f"LossOutput of one value per pair, shape [{b}], for losses, chosen_rewards and "
                            f"rejected_rewards; got {got}")
+    if policy.chosen.requires_grad and not out.losses.requires_grad:   # else: torch's own words, from backward
+        raise PobenchError(f"algorithm '{getattr(algo, 'name', type(algo).__name__)}'{_in_plugin(algo)}: losses do "
+                           f"not require grad: detached from the policy's log-probs?")
     return out
+
+
+def _user_file(cls) -> str | None:
+    """The file of a class that is a user's plugin, not pobench's own code (the package, or its shipped
+    algorithms/ folder): None for pobench's own, whose bugs stay internal errors with their traceback."""
+    from pobench.registry import builtin_dir, source_file
+    path = source_file(cls)
+    if not path:
+        return None
+    resolved = Path(path).resolve()
+    ours = [Path(__file__).resolve().parents[1]]
+    with contextlib.suppress(PobenchError):
+        ours.append(builtin_dir("algorithms").resolve())
+    return None if any(resolved.is_relative_to(d) for d in ours) else str(resolved)
+
+
+def _in_plugin(obj) -> str:
+    path = _user_file(type(obj))
+    return f" ({path})" if path else ""
+
+
+def plugin_error(error: Exception, obj, what: str) -> Exception:
+    """An exception from a user's loss or sampler, as one line naming it and the plugin's line that raised
+    (the user's bug, not pobench's: "internal error" sent them to pobench's tracker). pobench's own code, and
+    out-of-memory (reported with its knobs further up), are returned unchanged."""
+    path = _user_file(type(obj))
+    if path is None or isinstance(error, PobenchError) or faults.is_out_of_memory(error):
+        return error
+    where = path
+    for frame, line in traceback.walk_tb(error.__traceback__):
+        if Path(frame.f_code.co_filename).resolve() == Path(path):
+            where = f"{path}:{line}"   # the innermost of the plugin's frames
+    return PobenchError(f"{what} raised {type(error).__name__}: {error} ({where})")
 
 
 def checked_sampler_output(result, sampler_name: str) -> tuple[list, dict]:
@@ -698,7 +740,14 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         ctx.step = step
-        pairs, sampler_metrics = checked_sampler_output(sampler(batch_at(step), ctx), algo.sampler)
+        try:
+            drawn = sampler(batch_at(step), ctx)
+        except Exception as e:
+            wrapped = plugin_error(e, sampler, f"sampler '{algo.sampler}'")
+            if wrapped is e:
+                raise
+            raise wrapped from None
+        pairs, sampler_metrics = checked_sampler_output(drawn, algo.sampler)
         # DDP/FSDP average gradients over ranks: dividing each rank's weighted loss sum by the mean weight per rank
         # makes that average the gradient of the global batch's mean (over records where a ranking objective gives
         # a record several pairs), even where a sampler gives ranks unequal pair counts
