@@ -117,7 +117,7 @@ def run(
 
     # Resolve and check everything before anything is written.
     from pobench.engine.lock import RunLock
-    from pobench.engine.trainer import make_sampler
+    from pobench.engine.trainer import dry_check_loss, make_sampler
     from pobench.eval.runner import check_auto_judge_records, check_eval_config
     from pobench.report.grid import check_point_applied, plan_grid
     grid_plan, budget_warning = plan_grid(grid, {n: algorithm_defaults(get_algorithm(n)) for n in algos})
@@ -138,6 +138,7 @@ def run(
                             getattr(algorithm, "choices", None))
             check_point_applied(cfg, point_cfg, point)
             make_sampler(algorithm, cfg)   # the sampler's own parameter checks, before anything is written
+            dry_check_loss(algorithm, cfg)   # a broken loss found now, not after other algorithms trained
             if not no_eval:
                 check_eval_config(cfg)     # a judge typo found now, not after the training budget is spent
             run_dir = out / cfg.suite / name / point / f"seed{seed}"  # point '' without --grid

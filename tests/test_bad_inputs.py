@@ -149,6 +149,13 @@ CASES = {
     # results folder and plugins
     "plugin_syntax_error": (run("--plugin", "{c}/plugin_syntax_error.py"), "error",
                             ["plugin_syntax_error.py: failed to import (SyntaxError"]),
+    # a broken loss, found before the first run (dpo, listed first) trains
+    "plugin_loss_mean": (run("--algo", "dpo,bad_input_loss_mean", "--plugin", "{c}/plugin_loss_mean.py"), "error",
+                         ["algorithm 'bad_input_loss_mean': loss must return", "shape [2]", "got losses []"]),
+    "plugin_loss_forgets_reference": (run("--algo", "dpo,bad_input_forgets_reference", "--plugin",
+                                          "{c}/plugin_loss_forgets_reference.py"), "error",
+                                      ["'bad_input_forgets_reference': its loss reads the reference, but it says "
+                                       "needs_reference = False"]),
 }
 # the results-folder cases need a model that passes the check: they use the real tiny model (see below)
 RESULTS_CASES = {

@@ -850,6 +850,23 @@ def test_an_exception_in_a_plugins_loss_or_sampler_names_its_line_and_a_detached
     assert T.plugin_error(own, get_algorithm("dpo"), "algorithm 'dpo': its loss") is own
 
 
+def test_every_shipped_algorithm_passes_the_dry_loss_check_at_its_grid_points():
+    """`pobench run` calls each planned loss on two made-up pairs before training: no shipped loss may fail it (the
+    ranking objectives read `group`), at its defaults and at every point of its default grid."""
+    import itertools
+    import types
+
+    from pobench.registry import ALGORITHMS, algorithm_defaults, algorithm_grid, discover, get_algorithm
+    discover()
+    shipped = [n for n, c in ALGORITHMS.items() if c.__module__.startswith("pobench.algorithms.")]
+    assert {"dpo", "simpo", "mcpo"} <= set(shipped)
+    for name in shipped:
+        algo, grid = get_algorithm(name), algorithm_grid(get_algorithm(name))
+        choices = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+        for extra in [{}] + choices + [{k: v} for k, vs in getattr(algo, "choices", {}).items() for v in vs]:
+            T.dry_check_loss(algo, types.SimpleNamespace(algorithm={**algorithm_defaults(algo), **extra}))
+
+
 def test_a_sampler_reading_a_parameter_its_algorithm_lacks_is_named():
     """A plugin algorithm on the `rso` sampler without RSO's parameters in its defaults: named at planning, not an
     internal AttributeError."""

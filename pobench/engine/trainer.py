@@ -235,6 +235,27 @@ def plugin_error(error: Exception, obj, what: str) -> Exception:
     return PobenchError(f"{what} raised {type(error).__name__}: {error} ({where})")
 
 
+def dry_check_loss(algo, cfg: RunConfig) -> None:
+    """checked_loss on two made-up pairs, so that `pobench run` finds a loss that breaks its contract (shape, an
+    undefined parameter, the reference read without needs_reference, a detached loss) before the first run trains,
+    not when that algorithm's turn comes. A fresh instance: an algorithm may keep state across calls."""
+    fresh = type(algo)()
+    fresh.name = getattr(algo, "name", type(algo).__name__)
+
+    def logps(grad: bool) -> SeqLogps:
+        # group [0, 1]: each pair its own record, as a ranking objective's None means, for losses that read it
+        return SeqLogps(torch.tensor([-20.0, -31.0], requires_grad=grad),
+                        torch.tensor([-24.0, -29.0], requires_grad=grad),
+                        torch.tensor([12, 17]), torch.tensor([14, 15]), group=torch.tensor([0, 1]))
+    try:
+        checked_loss(fresh, logps(True), logps(False) if algo.needs_reference else None,
+                     types.SimpleNamespace(**cfg.algorithm))
+    except Exception as e:
+        if faults.is_out_of_memory(e):   # two pairs cannot run out of memory: it is the run's to report, if real
+            return
+        raise
+
+
 def checked_sampler_output(result, sampler_name: str) -> tuple[list, dict]:
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], list)
             and isinstance(result[1], dict)):
