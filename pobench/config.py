@@ -464,12 +464,12 @@ def coerce_algorithm_params(params: dict, defaults: dict, algo: str, choices: di
 _SUITE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def check_suite_name(name: str, where: str = "config key 'suite'") -> None:
+def check_suite_name(name: str, where: str = "config key 'suite'", kind: str = "suite") -> None:
     """A suite's name is a folder under the results root (<out>/<suite>/<algorithm>/seed<k>): `../../x` wrote
-    outside it, `.` into the root itself."""
+    outside it, `.` into the root itself. An algorithm's name is one too (kind="algorithm")."""
     if not _SUITE_NAME.fullmatch(name) or ".." in name or name == ".":
-        raise PobenchError(f"{where}: {name!r} is not a suite name (letters, digits, '_', '.' and '-', no '..': "
-                           f"it names a folder under the results root)")
+        raise PobenchError(f"{where}: {name!r} is not a{'n' if kind[0] in 'aeiou' else ''} {kind} name (letters, "
+                           f"digits, '_', '.' and '-', no '..': it names a folder under the results root)")
 
 
 def check_data_keys(data: DataConfig) -> None:

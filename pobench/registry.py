@@ -30,6 +30,10 @@ def register_algorithm(name: str):
     """Class decorator: `@register_algorithm("dpo")`. The class gives `sampler`, `needs_reference`,
     `defaults` (YAML text: the algorithm's parameters with their default values) and `loss(...)`."""
     def wrap(cls):
+        from pobench.config import check_suite_name
+        # the name is a folder of every run (<out>/<suite>/<algorithm>/seed<k>): '../evil' wrote outside the suite's
+        check_suite_name(name if isinstance(name, str) else "", f"@register_algorithm in {_source(cls)}",
+                         "algorithm")
         if name in ALGORITHMS and ALGORITHMS[name].__module__ != cls.__module__:
             raise PobenchError(f"algorithm '{name}' is registered twice ({ALGORITHMS[name].__module__} and {cls.__module__})")
         where = f"algorithm '{name}' ({_source(cls)})"
