@@ -786,6 +786,9 @@ def test_a_loss_of_the_wrong_shape_and_a_missing_reference_are_named():
         T.checked_loss(ReadsMargin(), policy, None, types.SimpleNamespace(beta=0.1))
     with pytest.raises(PobenchError, match="sampler 'mine': must return \\(pairs, metrics\\)"):
         T.checked_sampler_output([TokenizedPair([1], [2], [3])], "mine")
+    with pytest.raises(PobenchError, match="sampler 'mine': metric 'loss' must be named 'sampler/...'"):
+        T.checked_sampler_output(([], {"sampler/x": 1.0, "loss": 123.0}), "mine")   # it overwrote the logged loss
+    assert T.checked_sampler_output(([], {"sampler/x": 1.0}), "mine") == ([], {"sampler/x": 1.0})
     with pytest.raises(PobenchError, match=r"must call `ctx.ensure_reference\(seqs\)`"):
         ReferenceCache(Path("/nonexistent/cache.pt")).lookup_sequences([([1], [2])])
 

@@ -261,6 +261,10 @@ def checked_sampler_output(result, sampler_name: str) -> tuple[list, dict]:
             and isinstance(result[1], dict)):
         raise PobenchError(f"sampler '{sampler_name}': must return (pairs, metrics): a list of TokenizedPair and a "
                            f"dict of sampler/* numbers; got {type(result).__name__}")
+    for key in result[1]:   # the step's own keys share the record: {"loss": ...} replaced the logged loss
+        if not (isinstance(key, str) and key.startswith("sampler/")):
+            raise PobenchError(f"sampler '{sampler_name}': metric {key!r} must be named 'sampler/...', so that it "
+                               f"cannot replace the step's own values (loss, rewards, ...)")
     return result
 
 
