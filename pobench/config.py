@@ -446,7 +446,11 @@ def coerce_algorithm_params(params: dict, defaults: dict, algo: str, choices: di
             raise PobenchError(f"unknown config key 'algorithm.{k}' for algorithm '{algo}' "
                                f"(known: {', '.join(sorted(defaults))})")
         d = defaults[k]
-        out[k] = _plain(v) if d is None else _coerce(v, type(d), f"algorithm.{k}")
+        try:
+            out[k] = _plain(v) if d is None else _coerce(v, type(d), f"algorithm.{k}")
+        except PobenchError as e:   # which algorithm's parameter: --set rdpo_len.alpha=abc said 'algorithm.alpha'
+            raise PobenchError(str(e).replace(f"config key 'algorithm.{k}'",
+                                              f"config key 'algorithm.{k}' for algorithm '{algo}'", 1)) from None
     for k, (text, ok) in ALGORITHM_RANGES.items():
         v = out.get(k)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and (not math.isfinite(v) or not ok(v)):

@@ -24,6 +24,7 @@ SAMPLERS: dict[str, object] = {}
 
 _PACKAGE_DIR = Path(__file__).parent
 _discovered = False
+_registrations = 0   # decorator calls so far: a --plugin file that adds none is warned about
 
 
 def register_algorithm(name: str):
@@ -34,8 +35,8 @@ def register_algorithm(name: str):
         # the name is a folder of every run (<out>/<suite>/<algorithm>/seed<k>): '../evil' wrote outside the suite's
         check_suite_name(name if isinstance(name, str) else "", f"@register_algorithm in {_source(cls)}",
                          "algorithm")
-        if name in ALGORITHMS and ALGORITHMS[name].__module__ != cls.__module__:
-            raise PobenchError(f"algorithm '{name}' is registered twice ({ALGORITHMS[name].__module__} and {cls.__module__})")
+        if name in ALGORITHMS and ALGORITHMS[name].__module__ != cls.__module__:   # files: module names are generated
+            raise PobenchError(f"algorithm '{name}' is registered twice ({_source(ALGORITHMS[name])} and {_source(cls)})")
         where = f"algorithm '{name}' ({_source(cls)})"
         if not isinstance(getattr(cls, "sampler", None), str):
             raise PobenchError(f"{where}: `sampler` must name a registered sampler (a string such as 'dataset_pair')")
@@ -47,8 +48,14 @@ def register_algorithm(name: str):
         cls.name = name
         _defaults_yaml(cls)   # its defaults block must read, now rather than mid-run
         ALGORITHMS[name] = cls
+        _count_registration()
         return cls
     return wrap
+
+
+def _count_registration() -> None:
+    global _registrations
+    _registrations += 1
 
 
 def source_file(obj) -> str | None:
@@ -70,6 +77,7 @@ def register_sampler(name: str):
             raise PobenchError(f"sampler '{name}' is registered twice ({_source(known)} and {_source(cls)})")
         cls.name = name
         SAMPLERS[name] = cls
+        _count_registration()
         return cls
     return wrap
 
@@ -97,6 +105,7 @@ def load_plugin(path: str | Path) -> None:
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    before = _registrations
     try:
         spec.loader.exec_module(module)
     except PobenchError:
@@ -104,6 +113,12 @@ def load_plugin(path: str | Path) -> None:
     except Exception as e:
         del sys.modules[module_name]
         raise PobenchError(f"{path}: failed to import ({type(e).__name__}: {e})") from None
+    if _registrations == before and module_name.startswith("pobench.plugins."):   # a missing decorator, or a typo
+        from rich.console import Console
+        from rich.markup import escape
+        Console(stderr=True).print(f"[yellow]warning:[/yellow] --plugin {escape(str(path))}: registers no algorithm "
+                                   f"or sampler (@register_algorithm / @register_sampler)", highlight=False,
+                                   soft_wrap=True)
 
 
 def discover(plugins: list[str] | tuple = ()) -> None:

@@ -106,6 +106,8 @@ def test_algorithm_name_and_seed():
     ("file", {"model": {"name": "x"}}, "unknown config key 'model.name'"),
     ("set", {"algorithm": {"betta": 0.1}}, "unknown config key 'algorithm.betta' for algorithm 'dpo'"),
     ("set", {"dpo": {"gamma_beta_ratio": 0.1}}, "unknown config key 'algorithm.gamma_beta_ratio' for algorithm 'dpo'"),
+    # a wrong type names the algorithm too (--set rdpo_len.alpha=abc said only 'algorithm.alpha')
+    ("set", {"dpo": {"beta": "abc"}}, "config key 'algorithm.beta' for algorithm 'dpo': expected a number"),
 ])
 def test_unknown_keys_are_named(where, layer, message):
     with raises(message):

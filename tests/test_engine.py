@@ -719,6 +719,15 @@ beta: [0.1,
     def loss(self, policy, reference, cfg):
         pass
 ''', "algorithm 'bad_defaults_algo' ({file}): bad YAML in `defaults`"),
+    "dup_algorithm": ('''
+from pobench.registry import register_algorithm
+@register_algorithm("dpo")
+class Mine:
+    sampler = "dataset_pair"
+    needs_reference = True
+    def loss(self, policy, reference, cfg):
+        pass
+''', "algorithm 'dpo' is registered twice ("),   # files, not generated module names: checked below
     "list_defaults": ('''
 from pobench.registry import register_algorithm
 @register_algorithm("list_defaults_algo")
@@ -745,6 +754,33 @@ def test_a_plugin_authors_mistakes_are_named_when_the_plugin_loads(tmp_path, nam
     with pytest.raises(PobenchError) as err:
         load_plugin(path)
     assert message.format(file=path.resolve()) in str(err.value)
+    if name == "dup_algorithm":
+        assert str(err.value).endswith(f"algorithms/dpo.py and {path.resolve()})"), str(err.value)
+
+
+def test_a_plugin_that_registers_nothing_is_warned_about(tmp_path, capsys):
+    from pobench.registry import discover, load_plugin
+    discover()
+    capsys.readouterr()
+    path = tmp_path / "empty.py"
+    path.write_text("import torch\n")
+    load_plugin(path)
+    err = capsys.readouterr().err
+    assert "warning: --plugin" in err and "empty.py: registers no algorithm or sampler" in err, err
+    path = tmp_path / "one.py"
+    path.write_text("from pobench.registry import register_sampler\n@register_sampler('warn_test_sampler')\n"
+                    "class S:\n    pass\n")
+    load_plugin(path)
+    assert "warning" not in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_names_the_algorithm_and_a_bug_in_the_loss(tmp_path):
+    from pobench.errors import PobenchError
+    from pobench.registry import get_algorithm
+    with pytest.raises(PobenchError, match=r"algorithm 'dpo': step 4: non-finite loss \(nan\); .*lower train.lr, check "
+                                           r"the data, or look for a bug in the loss"):
+        T.check_finite_loss(torch.tensor([0.5, float("nan")]), 4, tmp_path, get_algorithm("dpo"))
+    T.check_finite_loss(torch.tensor([0.5, 0.1]), 4, tmp_path, get_algorithm("dpo"))
 
 
 def test_a_loss_of_the_wrong_shape_and_a_missing_reference_are_named():

@@ -34,8 +34,8 @@ def run_args(model_dir, *extra: str, algo: str = "faulty_dpo", steps: int = 6, o
 
 
 # -- training faults -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fault, message", [("nan_loss", "step 3: non-finite loss (nan)"),
-                                            ("inf_loss", "step 3: non-finite loss (inf)"),
+@pytest.mark.parametrize("fault, message", [("nan_loss", "faulty_loss.py): step 3: non-finite loss (nan)"),
+                                            ("inf_loss", "faulty_loss.py): step 3: non-finite loss (inf)"),
                                             ("nan_grad", "step 3: non-finite gradient norm (nan)")])
 def test_non_finite_training_stops_and_keeps_the_last_good_checkpoint(fault, message, tmp_path, tiny_model_dir,
                                                                        monkeypatch, capsys):

@@ -268,12 +268,15 @@ def checked_sampler_output(result, sampler_name: str) -> tuple[list, dict]:
     return result
 
 
-def check_finite_loss(losses: torch.Tensor, step: int, run_dir: Path) -> None:
-    """NaN/inf loss stops the run before its backward pass, so no update and no checkpoint ever holds it."""
+def check_finite_loss(losses: torch.Tensor, step: int, run_dir: Path, algo=None) -> None:
+    """NaN/inf loss stops the run before its backward pass, so no update and no checkpoint ever holds it. The
+    algorithm is named, and its file for a plugin: a new loss's own bug (a log of 0) is as likely as the lr."""
     if not torch.isfinite(losses).all():
         bad = losses[~torch.isfinite(losses)][0].item()
-        raise PobenchError(f"step {step}: non-finite loss ({bad}); stopped before the update, "
-                           f"{last_good_checkpoint(run_dir)} (lower train.lr or check the data)")
+        who = "" if algo is None else f"algorithm '{getattr(algo, 'name', type(algo).__name__)}'{_in_plugin(algo)}: "
+        raise PobenchError(f"{who}step {step}: non-finite loss ({bad}); stopped before the update, "
+                           f"{last_good_checkpoint(run_dir)} (lower train.lr, check the data, or look for a bug "
+                           f"in the loss)")
 
 
 def tokenize_all(records, formatter, cfg: RunConfig, with_candidates: bool = False) -> list[TokenizedPair]:
@@ -798,7 +801,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                 policy = SeqLogps(sums[:micro], sums[micro:], counts[:micro], counts[micro:], group=pair_groups(chunk))
                 reference = refcache.lookup(chunk, device) if refcache else None
                 out = checked_loss(algo, policy, reference, params)
-                check_finite_loss(out.losses, step + 1, run_dir)
+                check_finite_loss(out.losses, step + 1, run_dir, algo)
                 # weighted sum / units: accumulated micro-batches give the gradient of the full batch's mean
                 total = out.losses.sum() if policy.group is None else \
                     (out.losses * torch.tensor(pair_weights(chunk), device=out.losses.device)).sum()
