@@ -24,7 +24,6 @@ SAMPLERS: dict[str, object] = {}
 
 _PACKAGE_DIR = Path(__file__).parent
 _discovered = False
-_registrations = 0   # decorator calls so far: a --plugin file that adds none is warned about
 
 
 def register_algorithm(name: str):
@@ -48,14 +47,19 @@ def register_algorithm(name: str):
         cls.name = name
         _defaults_yaml(cls)   # its defaults block must read, now rather than mid-run
         ALGORITHMS[name] = cls
-        _count_registration()
         return cls
     return wrap
 
 
-def _count_registration() -> None:
-    global _registrations
-    _registrations += 1
+def _registered() -> set:
+    """What the registries hold, so that a --plugin file that adds nothing is warned about (a missing decorator).
+    Those a plugin may fill besides algorithms and samplers are looked at where already imported (importing them
+    here would cost every command their imports)."""
+    registries = [ALGORITHMS, SAMPLERS]
+    for module, attr in (("pobench.rewards", "GOLD_REWARDS"), ("pobench.generation", "BACKENDS"),
+                         ("pobench.eval.judges", "JUDGES")):
+        registries.append(getattr(sys.modules.get(module), attr, {}))
+    return {(i, k, id(v)) for i, r in enumerate(registries) for k, v in r.items()}
 
 
 def source_file(obj) -> str | None:
@@ -77,7 +81,6 @@ def register_sampler(name: str):
             raise PobenchError(f"sampler '{name}' is registered twice ({_source(known)} and {_source(cls)})")
         cls.name = name
         SAMPLERS[name] = cls
-        _count_registration()
         return cls
     return wrap
 
@@ -105,7 +108,7 @@ def load_plugin(path: str | Path) -> None:
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    before = _registrations
+    before = _registered()
     try:
         spec.loader.exec_module(module)
     except PobenchError:
@@ -113,7 +116,7 @@ def load_plugin(path: str | Path) -> None:
     except Exception as e:
         del sys.modules[module_name]
         raise PobenchError(f"{path}: failed to import ({type(e).__name__}: {e})") from None
-    if _registrations == before and module_name.startswith("pobench.plugins."):   # a missing decorator, or a typo
+    if _registered() <= before and module_name.startswith("pobench.plugins."):
         from rich.console import Console
         from rich.markup import escape
         Console(stderr=True).print(f"[yellow]warning:[/yellow] --plugin {escape(str(path))}: registers no algorithm "

@@ -771,6 +771,8 @@ def test_a_plugin_that_registers_nothing_is_warned_about(tmp_path, capsys):
     path.write_text("from pobench.registry import register_sampler\n@register_sampler('warn_test_sampler')\n"
                     "class S:\n    pass\n")
     load_plugin(path)
+    gold = Path(__file__).parent / "plugins" / "gold_length.py"   # a gold reward is something too
+    load_plugin(gold)
     assert "warning" not in capsys.readouterr().err
 
 
