@@ -117,7 +117,8 @@ def run(
 
     # Resolve and check everything before anything is written.
     from pobench.engine.lock import RunLock
-    from pobench.engine.trainer import dry_check_loss, make_sampler
+    from pobench.engine.checkpoint import changed_code, find_checkpoint, read_state
+    from pobench.engine.trainer import dry_check_loss, make_sampler, run_code
     from pobench.eval.runner import check_auto_judge_records, check_eval_config
     from pobench.report.grid import check_point_applied, plan_grid
     grid_plan, budget_warning = plan_grid(grid, {n: algorithm_defaults(get_algorithm(n)) for n in algos})
@@ -137,7 +138,7 @@ def run(
                                                                               {"seed": seed}), algos,
                             getattr(algorithm, "choices", None))
             check_point_applied(cfg, point_cfg, point)
-            make_sampler(algorithm, cfg)   # the sampler's own parameter checks, before anything is written
+            sampler = make_sampler(algorithm, cfg)   # the sampler's own parameter checks, before anything is written
             dry_check_loss(algorithm, cfg)   # a broken loss found now, not after other algorithms trained
             if not no_eval:
                 check_eval_config(cfg)     # a judge typo found now, not after the training budget is spent
@@ -155,6 +156,13 @@ def run(
                     raise PobenchError(f"{run_dir}: --resume with other settings than the run's ({'; '.join(changed[:4])}"
                                        f"{'; ...' if len(changed) > 4 else ''}); resume with the run's settings, or "
                                        f"start a new run with another --out")
+                checkpoint = find_checkpoint(run_dir)
+                if checkpoint is not None and not (run_dir / "train_summary.json").exists():
+                    changed = changed_code(read_state(checkpoint).get("code"), run_code(algorithm, sampler))
+                    if changed:   # (the config names only the algorithm: an edited plugin passed the check above)
+                        raise PobenchError(f"{run_dir}: --resume with other code than the run's ({'; '.join(changed)}); "
+                                           f"a run trained by two versions of its algorithm is not one run: start "
+                                           f"it afresh in another --out, or remove {run_dir}")
             if _holds_run(run_dir) and not resume and is_main:  # other ranks: the main one checks (and may have written)
                 RunLock(run_dir).refuse_if_in_use()   # a run writing there now is named as such
                 raise PobenchError(f"{run_dir}: already holds a run; pass --resume to continue or skip it, "
@@ -354,7 +362,7 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
                 summary = train(cfg, algorithm, data, run_dir, out / ".cache", resume=resume, progress=progress,
                                 tokenized=tokenized)
             if resuming and trains:
-                _record_resume(run_dir, env, cfg)
+                _record_resume(run_dir, env, cfg, summary.get("code"))
             if not no_eval:  # generate, judge, metrics -> eval.json + generations.jsonl (pobench/eval/runner.py)
                 from pobench.eval.runner import evaluate_run
                 with out_of_memory_as_error(f"{run_dir} (evaluation)", cfg):
@@ -387,9 +395,10 @@ def planned_world(num_processes: int | None, launch_config: str | None) -> int |
     return num_processes or (None if launch_config else 1)
 
 
-def _record_resume(run_dir: Path, env: dict, cfg) -> None:
-    """Adds a finished resume to env.json's `resumed` list: its environment and the settings a resume may change
-    (config.yaml keeps the ones the run started with). A damaged env.json is left as it is."""
+def _record_resume(run_dir: Path, env: dict, cfg, code: dict | None = None) -> None:
+    """Adds a finished resume to env.json's `resumed` list: its environment, the settings a resume may change
+    (config.yaml keeps the ones the run started with) and the algorithm's and sampler's code it ran (equal to the
+    checkpoint's, or the first record of it for a checkpoint older than that). A damaged env.json is left as it is."""
     from pobench import config as C
     from pobench.engine.io import atomic_write_json
     from pobench.report.collect import read_json
@@ -400,7 +409,7 @@ def _record_resume(run_dir: Path, env: dict, cfg) -> None:
     if not isinstance(started, dict):
         return
     flat = C.flatten(cfg.to_dict())
-    entry = {**env, "settings": {k: flat.get(k) for k in C.RESUMABLE_CHANGES}}
+    entry = {**env, "settings": {k: flat.get(k) for k in C.RESUMABLE_CHANGES}, "code": code}
     atomic_write_json(run_dir / "env.json", {**started, "resumed": [*(started.get("resumed") or []), entry]})
 
 

@@ -368,6 +368,78 @@ def test_a_resume_keeps_the_runs_env_json_and_adds_itself_once_it_has_trained(tm
     assert env["resumed"][0]["settings"]["train.log_every"] == 2
 
 
+EDITED_PLUGIN = """
+from pobench.algorithm import LossOutput
+from pobench.losses import dpo_loss
+from pobench.registry import register_algorithm
+
+
+@register_algorithm("edited_dpo")
+class EditedDPO:
+    sampler = "dataset_pair"
+    needs_reference = True
+    defaults = "beta: 0.1\\n"
+
+    def loss(self, policy, reference, cfg):
+        return LossOutput(*dpo_loss(policy.chosen, policy.rejected, reference.chosen, reference.rejected, cfg.beta))
+"""
+
+
+def test_a_resume_with_an_edited_plugin_is_refused_and_the_code_is_recorded(tmp_path, tiny_model_dir, monkeypatch):
+    """A plugin's loss edited between the interruption and --resume: the run went on under the new loss without a
+    word (the config names only the algorithm), and train_summary.json kept the new file's hash alone. The
+    checkpoint now records the code it trained with; a resume under other code is refused, naming the file and both
+    hashes, and one under the same code adds that code to env.json's `resumed` entry. A checkpoint written before
+    the record has none and resumes as before."""
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from pobench import faults
+    from pobench.cli import app
+    from pobench.engine.checkpoint import changed_code
+
+    class Killed(BaseException):
+        pass
+
+    def kill():
+        raise Killed()
+    monkeypatch.setattr(faults, "kill_now", kill)
+    monkeypatch.setattr(faults, "_reached", faults.Counter())
+    plugin = tmp_path / "edited.py"
+    plugin.write_text(EDITED_PLUGIN)
+    first_sha = hashlib.sha1(plugin.read_bytes()).hexdigest()[:12]
+    out = tmp_path / "out"
+    args = ["run", "--algo", "edited_dpo", "--plugin", str(plugin), "--model", str(tiny_model_dir), "--data",
+            "sample", "--max-steps", "3", "--out", str(out), "--no-eval", "--set", "train.save_every=1", "--set",
+            "data.max_train_records=16", "--set", "data.eval_size=4", "--set", "train.batch_size=2"]
+    monkeypatch.setenv("POBENCH_KILL_AT", "step:2")
+    with pytest.raises(Killed):
+        CliRunner().invoke(app, args, catch_exceptions=False)
+    monkeypatch.delenv("POBENCH_KILL_AT")
+    folder = out / "hh-rlhf" / "edited_dpo" / "seed1"
+    state = json.loads((folder / "checkpoints" / "latest" / "state.json").read_text())
+    assert state["code"]["algorithm"]["sha1"] == first_sha
+    metrics = (folder / "metrics.jsonl").read_text()
+    plugin.write_text(EDITED_PLUGIN + "# beta doubled\n")
+    edited_sha = hashlib.sha1(plugin.read_bytes()).hexdigest()[:12]
+    refused = CliRunner().invoke(app, args + ["--resume"])
+    message = str(refused.exception)
+    assert isinstance(refused.exception, PobenchError) and "\n" not in message, refused.output
+    assert f"algorithm code {plugin} {first_sha} -> {edited_sha}" in message, message
+    assert "not one run" in message and "another --out" in message
+    assert (folder / "metrics.jsonl").read_text() == metrics and not (folder / "train_summary.json").exists()
+    plugin.write_text(EDITED_PLUGIN)
+    resumed = CliRunner().invoke(app, args + ["--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    summary = json.loads((folder / "train_summary.json").read_text())
+    env = json.loads((folder / "env.json").read_text())
+    assert summary["code"]["algorithm"]["sha1"] == first_sha
+    assert env["resumed"][0]["code"] == summary["code"]
+    assert changed_code(None, summary["code"]) == []             # a checkpoint from before the record
+    assert changed_code(summary["code"], summary["code"]) == []
+
+
 def test_a_metrics_value_or_resume_counter_of_the_wrong_type_is_named(tmp_path):
     """metrics.jsonl's values are numbers: a string one was a TypeError or ValueError deep in the report (exit 1,
     no file named). state.json's counters are what a resume adds to: a missing one was a KeyError."""

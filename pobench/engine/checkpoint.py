@@ -172,3 +172,19 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
         scheduler.load_state_dict(extra["scheduler"])
         set_rng_state(extra["rng"])
     return state
+
+
+def changed_code(saved, current: dict) -> list[str]:
+    """'<file> <saved sha1> -> <current sha1>' for the algorithm's and the sampler's file whose code changed since
+    the checkpoint's state.json recorded it (trainer.run_code); [] for a checkpoint written before it was recorded."""
+    out, named = [], set()
+    for part in ("algorithm", "sampler"):
+        old = saved.get(part) if isinstance(saved, dict) else None
+        new = current.get(part) or {}
+        if not isinstance(old, dict) or not old.get("sha1") or not new.get("sha1") or old["sha1"] == new["sha1"]:
+            continue
+        file = new.get("file") or old.get("file") or new.get("module")
+        if file not in named:   # a plugin file holding both the algorithm and its sampler is named once
+            named.add(file)
+            out.append(f"{part} code {file} {old['sha1']} -> {new['sha1']}")
+    return out

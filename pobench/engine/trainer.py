@@ -168,6 +168,12 @@ def code_identity(cls) -> dict:
     return {"module": cls.__module__, "file": path, "sha1": digest}
 
 
+def run_code(algo, sampler) -> dict:
+    """The code identity of a run's algorithm and sampler: train_summary.json's `code`, and state.json's, which a
+    resume holds the code it runs now to (cli.run)."""
+    return {"algorithm": code_identity(type(algo)), "sampler": {"name": algo.sampler, **code_identity(type(sampler))}}
+
+
 def checked_loss(algo, policy: SeqLogps, reference, params):
     """algo.loss, held to its contract: one loss and one implicit reward per side for each of the B pairs. A
     broadcasting slip ([B, B]) or a mean taken inside the loss ([]) trained silently or failed deep in the
@@ -652,7 +658,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
 
     # -- resume ---------------------------------------------------------------------------------------
     metrics = MetricsLog(run_dir / "metrics.jsonl")
-    state = {"step": 0, "records_seen": 0, "pairs_seen": 0, "time_s": 0.0, "initial_eval": None, "num_processes": world}
+    code = run_code(algo, sampler)
+    state = {"step": 0, "records_seen": 0, "pairs_seen": 0, "time_s": 0.0, "initial_eval": None, "num_processes": world,
+             "code": code}
     checkpoint = find_checkpoint(run_dir) if resume else None
     if checkpoint is not None and D.optimizer_state_is_sharded(accelerator):
         raise PobenchError(f"{run_dir}: --resume is supported for single-process and DDP runs; FSDP/DeepSpeed "
@@ -666,6 +674,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                                f"{saved_world}; resume it with --num-processes {saved_world}")
         state = load_checkpoint(checkpoint, model, optimizer, scheduler)
         check_resumable_state(state, checkpoint)
+        # checked equal before this run started (cli.run); a checkpoint older than the record takes today's, so that
+        # a resume of it is recorded from here on. A finished run evaluated again keeps the code that trained it.
+        state.setdefault("code", code)
         sampler_states = load_sampler_states(checkpoint)
         if hasattr(sampler, "load_state_dict") and sampler_states and len(sampler_states) == world:
             sampler.load_state_dict(sampler_states[rank])   # this rank's, for its own records
@@ -875,7 +886,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "final_loss": rows[-1]["loss"] if rows else None,
         "held_out_initial": state["initial_eval"], "held_out_final": last_eval,
         "reference_model": model_path, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
-        "code": {"algorithm": code_identity(type(algo)), "sampler": {"name": algo.sampler, **code_identity(type(sampler))}},
+        "code": state["code"],
         "records_seen": state["records_seen"], "candidate_pool": pool_info, "truncated": truncated,
         "num_processes": world, "global_batch_size": global_batch, "distributed": str(accelerator.distributed_type),
         **trained_digests(train_pairs, order, with_pools=sampler.needs_candidates),
