@@ -1070,6 +1070,26 @@ def test_runs_of_one_row_that_differ_beyond_the_seed_are_named(tmp_path):
                          if unlike else {})
 
 
+def test_seeds_trained_by_other_versions_of_a_plugin_are_named_but_algorithms_code_is_not_compared(tmp_path):
+    """Seeds 1-2 of a plugin run with one loss, seed 3 after the loss was edited: averaged as one setting, and
+    UNLIKE SEEDS named nothing (train_summary.json's `code` was not read). Two algorithms' code differs by design:
+    it is no difference between rows, nor against the baseline."""
+    def set_code(run, algo_sha, file="/p/hardneg.py"):
+        summary = json.loads((run / "train_summary.json").read_text())
+        summary["code"] = {"algorithm": {"module": "m", "file": file, "sha1": algo_sha},
+                           "sampler": {"name": "s", "module": "m", "file": file, "sha1": algo_sha}}
+        (run / "train_summary.json").write_text(json.dumps(summary))
+    for seed, sha in ((1, "aaaaaaaaaaaa"), (2, "aaaaaaaaaaaa"), (3, "bbbbbbbbbbbb")):
+        set_code(write_run(tmp_path, "dpo_hardneg", seed, [0.5, 0.6]), sha)
+    for seed in (1, 2, 3):
+        set_code(write_run(tmp_path, "dpo", seed, [0.5, 0.6]), "dddddddddddd", "/pobench/algorithms/dpo.py")
+    report = build_report(tmp_path)[0]["suites"][0]
+    assert report["unlike_across_seeds"] == {"dpo_hardneg": {"against_seed": 1, "differences": [
+        "seed 3: algorithm code /p/hardneg.py bbbbbbbbbbbb vs aaaaaaaaaaaa"]}}   # its sampler, in the same file: once
+    assert report["unlike_rows"] == {}
+    assert all(row["alike"] and not row["unlike_baseline"] for row in report["versus"]["rows"])
+
+
 def test_leaderboard_rows_of_other_budgets_or_settings_are_named(tmp_path):
     """SimPO run for 12 steps, MC-PO for 48 (another `pobench run` copied into the same folder): only the table
     against DPO compared budgets, so with no DPO run, or --baseline none, the leaderboard set the two side by side

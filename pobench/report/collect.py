@@ -232,6 +232,19 @@ def samples_used(summary: dict) -> list[str]:
     return kinds
 
 
+def code_fields(summary: dict) -> dict:
+    """{"algorithm"/"sampler": {"file", "sha1"}} from train_summary.json's `code` (trainer.code_identity): which
+    version of a plugin's loss or sampler trained the run. Parts a run made before the record lacks are left out."""
+    code = summary.get("code") if isinstance(summary.get("code"), dict) else {}
+    out = {}
+    for part in ("algorithm", "sampler"):
+        entry = code.get(part)
+        if isinstance(entry, dict) and isinstance(entry.get("sha1"), str):
+            out[part] = {"file": entry.get("file") if isinstance(entry.get("file"), str) else None,
+                         "sha1": entry["sha1"]}
+    return out
+
+
 def data_digest(report, path: Path) -> str | None:
     """12 hex digits naming the records a run trained and was held out on (data.json; None for older runs)."""
     if report is None:
@@ -278,6 +291,8 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         else None,
         "reward_model": rm if isinstance(rm, str) or rm is None else json.dumps(rm, sort_keys=True),
         "config": config or {},
+        # compared between seeds of one algorithm only (versus.unlike_across_seeds): algorithms differ by design
+        "code": code_fields(summary),
         "software": software_fields(read_json(run_dir / "env.json", required=False), run_dir / "env.json"),
         **{k: v for k, v in ev.items()},
         **gold_fields(read_json(run_dir / "gold_eval.json", required=False), run_dir / "gold_eval.json"),

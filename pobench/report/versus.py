@@ -130,6 +130,20 @@ def differences(run: dict, base: dict, tuned: tuple = (), free_config: tuple = F
     return out
 
 
+def code_differences(run: dict, other: dict) -> list[str]:
+    """'algorithm code <file> <sha1> vs <sha1>' (and the sampler's) where two runs of one algorithm were trained by
+    other versions of its file (a plugin edited between seeds). Not part of differences(): between two algorithms
+    the code differs by design; a run made before the record (no `code`) is not compared."""
+    out, named = [], set()
+    mine, theirs = (r.get("code") if isinstance(r.get("code"), dict) else {} for r in (run, other))
+    for part in ("algorithm", "sampler"):
+        a, b = mine.get(part), theirs.get(part)
+        if a and b and a["sha1"] != b["sha1"] and (a["file"], a["sha1"]) not in named:
+            named.add((a["file"], a["sha1"]))   # a plugin holding both the algorithm and its sampler: named once
+            out.append(f"{part} code {a['file'] or b['file']} {a['sha1']} vs {b['sha1']}")
+    return out
+
+
 def unlike_across_seeds(runs, chosen: dict) -> dict:
     """{algorithm: what differs between its runs of other seeds at its chosen grid point}, each seed's run against
     its lowest seed's: a leaderboard row averages them as one setting (e.g. seed 1 run for 10 steps, seeds 2-3
@@ -144,7 +158,8 @@ def unlike_across_seeds(runs, chosen: dict) -> dict:
         # pool keys are compared by what the sampler uses (differences' SAMPLE_KEYS), as between algorithms
         free = HOW_COMPUTED + ("pool.",)
         for seed in others:
-            found = differences(by_seed[seed], by_seed[first], (), free)
+            found = differences(by_seed[seed], by_seed[first], (), free) + \
+                code_differences(by_seed[seed], by_seed[first])
             unlike += [f"seed {seed}: {d}" for d in by_design_across_seeds(found, (by_seed[seed], by_seed[first]))]
         if unlike:
             out[algo] = {"against_seed": first, "differences": unlike}
