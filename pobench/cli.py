@@ -121,6 +121,15 @@ def run(
     from pobench.engine.trainer import dry_check_loss, make_sampler, run_code
     from pobench.eval.runner import check_auto_judge_records, check_eval_config
     from pobench.report.grid import check_point_applied, plan_grid
+    for name in algos:
+        try:
+            get_algorithm(name)
+        except PobenchError as e:   # a plugin's run resumed without its --plugin: the run folder knows which
+            plugins = _plugins_started_with(out, name)
+            if not plugins:
+                raise
+            raise PobenchError(f"{e}; its runs under {out} were started with "
+                               f"{' '.join('--plugin ' + p for p in plugins)}: pass it again") from None
     grid_plan, budget_warning = plan_grid(grid, {n: algorithm_defaults(get_algorithm(n)) for n in algos})
     if budget_warning:
         console.print(f"[yellow]warning:[/yellow] {escape(budget_warning)}", highlight=False)
@@ -171,6 +180,16 @@ def run(
                 training_dtype_warning(cfg.model.dtype)   # refuses float16 now, before the model is read
                 check_scorer_spec(cfg.pool.reward_model, "pool.reward_model")
             plans.append((algorithm, cfg, run_dir, done))
+    if resume and not any((run_dir / "config.yaml").is_file() for _, _, run_dir, _ in plans):
+        # `--resume` alone plans the default runs: they would start from scratch while the interrupted ones wait
+        unfinished = _unfinished_runs(out)
+        if unfinished:
+            shown = "; ".join(f"{run_dir} (started by `{_started_by(run_dir)}`)" for run_dir in unfinished[:3])
+            more = f"; and {len(unfinished) - 3} more" if len(unfinished) > 3 else ""
+            raise PobenchError(f"--resume: none of the planned runs ({', '.join(algos)} on {plans[0][1].suite}"
+                               f", seeds {seeds}) has a folder under {out}, which holds unfinished runs: "
+                               f"{shown}{more}; resume them with their --suite, --algo, --seeds and --plugin, or "
+                               f"drop --resume to start the planned runs")
     for model_source in dict.fromkeys((cfg.model.name_or_path, cfg.model.gguf_file) for _, cfg, _, _ in plans):
         check_model_source(*model_source)
     # Data is read now too, so that bad data fails before any folder or progress bar exists.
@@ -219,6 +238,44 @@ def run(
         for lock in locks:
             lock.release()
             _remove_if_empty(lock.path.parent, out)
+
+
+def _run_command(run_dir: Path) -> list[str] | None:
+    """The command line that started a run (env.json's `command`), or None where env.json lacks it."""
+    try:
+        command = json.loads((run_dir / "env.json").read_text(encoding="utf-8")).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return command if isinstance(command, list) and all(isinstance(a, str) for a in command) else None
+
+
+def _plugins_started_with(out: Path, algo: str) -> list[str]:
+    """The --plugin files recorded in env.json by `algo`'s run folders under `out` (as typed, so relative to where
+    that run was started)."""
+    found: list[str] = []
+    for env_file in sorted(Path(out).glob(f"*/{algo}/**/env.json")):
+        command = _run_command(env_file.parent) or []
+        for i, arg in enumerate(command):
+            path = command[i + 1] if arg == "--plugin" and i + 1 < len(command) else \
+                arg.split("=", 1)[1] if arg.startswith("--plugin=") else None
+            if path and path not in found:
+                found.append(path)
+    return found
+
+
+def _unfinished_runs(out: Path) -> list[Path]:
+    """Run folders under `out` that were started (config.yaml) and hold no train_summary.json; caches excluded."""
+    if not Path(out).is_dir():
+        return []
+    return sorted(p.parent for p in Path(out).rglob("config.yaml")
+                  if not any(part.startswith(".") for part in p.parent.relative_to(out).parts)
+                  and not (p.parent / "train_summary.json").is_file())
+
+
+def _started_by(run_dir: Path) -> str:
+    import shlex
+    command = _run_command(run_dir)
+    return shlex.join(["pobench", *command[1:]]) if command else "a command env.json does not record"
 
 
 def _folder_lock(folder: Path, is_main: bool = True):

@@ -65,6 +65,19 @@ def _setup_existing_run(d: Path) -> None:
     (run_dir / "config.yaml").write_text("# an earlier run\nseed: 1\n")
 
 
+def _setup_interrupted_plugin_run(d: Path) -> None:
+    """What `pobench run --algo dpo_hardneg --plugin hardneg.py --suite synthetic` leaves when interrupted."""
+    run_dir = d / "out" / "synthetic" / "dpo_hardneg" / "seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("suite: synthetic\nseed: 1\nalgorithm_name: dpo_hardneg\n")
+    (run_dir / "env.json").write_text(json.dumps({"command": [
+        "/venv/bin/pobench", "run", "--suite", "synthetic", "--algo", "dpo_hardneg", "--plugin", "hardneg.py",
+        "--out", "out"]}))
+    (d / "out" / "hh-rlhf" / "dpo" / "seed1").mkdir(parents=True)   # a finished run: not listed
+    (d / "out" / "hh-rlhf" / "dpo" / "seed1" / "config.yaml").write_text("seed: 1\n")
+    (d / "out" / "hh-rlhf" / "dpo" / "seed1" / "train_summary.json").write_text("{}")
+
+
 # name: (arguments, setup(cwd), substrings the error line must hold)
 # `pobench run` cases pay ~2 s each for importing torch, so the rest of the data and config checks go through
 # `pobench data` (no torch), which reads the same files through the same code (and test_config/test_data cover
@@ -72,6 +85,14 @@ def _setup_existing_run(d: Path) -> None:
 CASES = {
     "unknown_algorithm": (RUN + ["--algo", "dpo,nope"], None, ["unknown algorithm 'nope'", "dpo", "simpo"]),
     "unknown_suite": (RUN + ["--suite", "nope"], None, ["unknown suite 'nope'", "hh-rlhf", "ultrafeedback"]),
+    # `run --resume` alone planned the default runs and trained them from scratch beside the interrupted one
+    "resume_with_no_planned_run_to_resume": (RUN + ["--resume", "--algo", "simpo"], _setup_interrupted_plugin_run, [
+        "--resume: none of the planned runs (simpo on hh-rlhf, seeds 1) has a folder under out",
+        "out/synthetic/dpo_hardneg/seed1 (started by `pobench run --suite synthetic --algo dpo_hardneg --plugin "
+        "hardneg.py --out out`)", "drop --resume"]),
+    "resume_a_plugin_run_without_its_plugin": (RUN + ["--resume", "--algo", "dpo_hardneg", "--suite", "synthetic"],
+                                               _setup_interrupted_plugin_run, [
+        "unknown algorithm 'dpo_hardneg'", "started with --plugin hardneg.py: pass it again"]),
     "bad_set_key": (RUN + ["--set", "train.lrr=1e-6"], None, ["unknown config key 'train.lrr'"]),
     "bad_set_type": (RUN + ["--set", "train.lr=fast"], None, ["config key 'train.lr'", "expected a number", "fast"]),
     "missing_config": (RUN + ["--config", "missing.yaml"], None, ["missing.yaml: no such file"]),
