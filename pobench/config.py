@@ -465,15 +465,18 @@ def coerce_algorithm_params(params: dict, defaults: dict, algo: str, choices: di
     return out
 
 
-_SUITE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-
 def check_suite_name(name: str, where: str = "config key 'suite'", kind: str = "suite") -> None:
-    """A suite's name is a folder under the results root (<out>/<suite>/<algorithm>/seed<k>): `../../x` wrote
-    outside it, `.` into the root itself. An algorithm's name is one too (kind="algorithm")."""
-    if not _SUITE_NAME.fullmatch(name) or ".." in name or name == ".":
-        raise PobenchError(f"{where}: {name!r} is not a{'n' if kind[0] in 'aeiou' else ''} {kind} name (letters, "
-                           f"digits, '_', '.' and '-', no '..': it names a folder under the results root)")
+    """A suite's name is one folder under the results root (<out>/<suite>/<algorithm>/seed<k>): `../../x` wrote
+    outside it, `.` into the root itself. Any other folder name passes (a suite file's stem: `my suite`, `lora+dpo`).
+    An algorithm's name is one too (kind="algorithm"), and an item of --algo's comma-separated list: no comma or
+    space."""
+    bad = (not name or name in (".", "..") or any(c in name for c in "/\\") or not name.isprintable()
+           or (kind == "algorithm" and any(c == "," or c.isspace() for c in name)))
+    if bad:
+        rule = "no comma or space, " if kind == "algorithm" else ""
+        raise PobenchError(f"{where}: {name!r} is not a{'n' if kind[0] in 'aeiou' else ''} {kind} name (one "
+                           f"folder name: no '/' or '\\', not '.' or '..', {rule}it names a folder under the "
+                           f"results root)")
 
 
 def check_data_keys(data: DataConfig) -> None:

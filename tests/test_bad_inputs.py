@@ -151,7 +151,7 @@ CASES = {
                             ["plugin_syntax_error.py: failed to import (SyntaxError"]),
     "plugin_name_escapes": (run("--plugin", "{c}/plugin_name_escapes.py"), "error",
                             ["@register_algorithm in ", "plugin_name_escapes.py: '../evil' is not an algorithm name",
-                             "no '..'"]),
+                             "no '/'"]),
     # a broken loss, found before the first run (dpo, listed first) trains
     "plugin_loss_mean": (run("--algo", "dpo,bad_input_loss_mean", "--plugin", "{c}/plugin_loss_mean.py"), "error",
                          ["algorithm 'bad_input_loss_mean': loss must return", "shape [2]", "got losses []"]),
