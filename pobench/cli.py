@@ -118,7 +118,7 @@ def run(
     # Resolve and check everything before anything is written.
     from pobench.engine.lock import RunLock
     from pobench.engine.checkpoint import changed_code, find_checkpoint, read_state
-    from pobench.engine.trainer import dry_check_loss, make_sampler, run_code
+    from pobench.engine.trainer import dry_check_loss, make_sampler, plugin_code
     from pobench.eval.runner import check_auto_judge_records, check_eval_config
     from pobench.report.grid import check_point_applied, plan_grid
     for name in algos:
@@ -167,7 +167,7 @@ def run(
                                        f"start a new run with another --out")
                 checkpoint = find_checkpoint(run_dir)
                 if checkpoint is not None and not (run_dir / "train_summary.json").exists():
-                    changed = changed_code(read_state(checkpoint).get("code"), run_code(algorithm, sampler))
+                    changed = changed_code(read_state(checkpoint).get("code"), plugin_code(algorithm, sampler))
                     if changed:   # (the config names only the algorithm: an edited plugin passed the check above)
                         raise PobenchError(f"{run_dir}: --resume with other code than the run's ({'; '.join(changed)}); "
                                            f"a run trained by two versions of its algorithm is not one run: start "
@@ -180,7 +180,7 @@ def run(
                 training_dtype_warning(cfg.model.dtype)   # refuses float16 now, before the model is read
                 check_scorer_spec(cfg.pool.reward_model, "pool.reward_model")
             plans.append((algorithm, cfg, run_dir, done))
-    if resume and not any((run_dir / "config.yaml").is_file() for _, _, run_dir, _ in plans):
+    if resume and plans and not any((run_dir / "config.yaml").is_file() for _, _, run_dir, _ in plans):
         # `--resume` alone plans the default runs: they would start from scratch while the interrupted ones wait
         unfinished = _unfinished_runs(out)
         if unfinished:
@@ -269,7 +269,17 @@ def _unfinished_runs(out: Path) -> list[Path]:
         return []
     return sorted(p.parent for p in Path(out).rglob("config.yaml")
                   if not any(part.startswith(".") for part in p.parent.relative_to(out).parts)
-                  and not (p.parent / "train_summary.json").is_file())
+                  and not (p.parent / "train_summary.json").is_file() and not _in_use(p.parent))
+
+
+def _in_use(run_dir: Path) -> bool:
+    """Whether another pobench command is writing the folder now (a run of a command started beside this one)."""
+    from pobench.engine.lock import RunLock
+    try:
+        RunLock(run_dir).refuse_if_in_use()
+    except PobenchError:
+        return True
+    return False
 
 
 def _started_by(run_dir: Path) -> str:

@@ -849,11 +849,13 @@ class Raising:
 class RaisingLoss:
     sampler = "raising_sampler_test"
     needs_reference = False
-    defaults = "detach: false"
+    defaults = "{detach: false, typo: false}"
 
     def loss(self, policy, reference, cfg):
         if cfg.detach:
             return LossOutput(policy.chosen.detach(), policy.chosen.detach(), policy.rejected.detach())
+        if cfg.typo:
+            return policy.chosen_logps
         raise KeyError("oops")
 '''
 
@@ -875,11 +877,21 @@ def test_an_exception_in_a_plugins_loss_or_sampler_names_its_line_and_a_detached
     line = RAISING_PLUGIN.splitlines().index('        raise KeyError("oops")') + 1
     with pytest.raises(PobenchError, match=f"algorithm 'raising_loss_test': its loss raised KeyError: 'oops' "
                                            f"\\({re.escape(str(path.resolve()))}:{line}\\)"):
-        T.checked_loss(algo, policy, None, types.SimpleNamespace(detach=False))
+        T.checked_loss(algo, policy, None, types.SimpleNamespace(detach=False, typo=False))
     with pytest.raises(PobenchError, match="'raising_loss_test' .*: losses do not require grad: detached from"):
-        T.checked_loss(algo, policy, None, types.SimpleNamespace(detach=True))
+        T.checked_loss(algo, policy, None, types.SimpleNamespace(detach=True, typo=False))
+    # an AttributeError of the plugin's own (not a parameter or the reference) is named too: the handler for those
+    # re-raised it past the wrapping
+    with pytest.raises(PobenchError, match="its loss raised AttributeError: .*chosen_logps"):
+        T.checked_loss(algo, policy, None, types.SimpleNamespace(detach=False, typo=True))
+    # a resume is held to a plugin's code, not to pobench's own (an upgrade mid-run changes shipped files)
+    dpo = get_algorithm("dpo")
+    assert T.plugin_code(dpo, T.make_sampler(dpo, types.SimpleNamespace(algorithm={}))) == {}
+    assert set(T.plugin_code(algo, T.make_sampler(algo, types.SimpleNamespace(algorithm={"detach": False})))) == \
+        {"algorithm", "sampler"}
     with torch.no_grad():   # held-out scoring: nothing requires grad, and nothing is asked
-        T.checked_loss(algo, SeqLogps(*(torch.ones(2) for _ in range(4))), None, types.SimpleNamespace(detach=True))
+        T.checked_loss(algo, SeqLogps(*(torch.ones(2) for _ in range(4))), None,
+                       types.SimpleNamespace(detach=True, typo=False))
     sampler = T.make_sampler(algo, types.SimpleNamespace(algorithm={"detach": False}))
     error = T.plugin_error(KeyError("no such key"), sampler, "sampler 'raising_sampler_test'")
     assert isinstance(error, PobenchError) and f"{path.resolve()})" in str(error)

@@ -506,3 +506,20 @@ def test_eval_and_compare_take_the_run_folders_lock(tmp_path, monkeypatch):
         assert (folder / ".lock").exists()
     import contextlib
     assert isinstance(cli._folder_lock(folder, is_main=False), contextlib.nullcontext)
+
+
+def test_resume_does_not_count_runs_another_command_is_training(tmp_path):
+    """`pobench run --algo dpo --resume` and `--algo simpo --resume` started side by side into one --out: the second
+    found the first's folder unfinished, and refused to start (nothing to resume) while it was being trained."""
+    from pobench.cli import _unfinished_runs
+    from pobench.engine.lock import RunLock
+    run_dir = tmp_path / "out" / "hh-rlhf" / "dpo" / "seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed: 1\n")
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        assert _unfinished_runs(tmp_path / "out") == []
+    finally:
+        lock.release()
+    assert _unfinished_runs(tmp_path / "out") == [run_dir]

@@ -168,6 +168,14 @@ def code_identity(cls) -> dict:
     return {"module": cls.__module__, "file": path, "sha1": digest}
 
 
+def plugin_code(algo, sampler) -> dict:
+    """run_code's parts that are a user's plugin: what a resume holds to the checkpoint's record. pobench's own
+    algorithms and samplers change with its versions, which env.json records; an upgrade mid-run is no reason to
+    refuse the resume."""
+    code = run_code(algo, sampler)
+    return {part: code[part] for part, obj in (("algorithm", algo), ("sampler", sampler)) if _user_file(type(obj))}
+
+
 def run_code(algo, sampler) -> dict:
     """The code identity of a run's algorithm and sampler: train_summary.json's `code`, and state.json's, which a
     resume holds the code it runs now to (cli.run)."""
@@ -187,7 +195,10 @@ def checked_loss(algo, policy: SeqLogps, reference, params):
         if getattr(e, "name", None) and isinstance(getattr(e, "obj", None), types.SimpleNamespace):
             raise PobenchError(f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss reads "
                                f"parameter '{e.name}', which its defaults do not define") from None
-        raise
+        wrapped = plugin_error(e, algo, f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss")
+        if wrapped is e:   # (a sibling `except Exception` does not see what this handler raises)
+            raise
+        raise wrapped from None
     except Exception as e:
         wrapped = plugin_error(e, algo, f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss")
         if wrapped is e:
@@ -889,7 +900,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "code": state["code"],
         "records_seen": state["records_seen"], "candidate_pool": pool_info, "truncated": truncated,
         "num_processes": world, "global_batch_size": global_batch, "distributed": str(accelerator.distributed_type),
-        **trained_digests(train_pairs, order, with_pools=sampler.needs_candidates),
+        # the main process writes the summary; a pool's tokens can run to 10^7 ids
+        **(trained_digests(train_pairs, order, with_pools=sampler.needs_candidates)
+           if accelerator.is_main_process else {}),
         # an online sampler's labeller, also where no step ran in this process (resumed from the final checkpoint)
         "reward_model": (reward_model_name(reward_spec(), cache_dir)
                          if "rm_spec" in frozen or getattr(sampler, "uses_reward_model", False)
