@@ -324,6 +324,19 @@ def test_a_damaged_checkpoint_is_named(tmp_path, damage):
         load_checkpoint(folder, model, optimizer, scheduler)
 
 
+class Killed(BaseException):
+    """A kill point reached in-process (faults.kill_now), where the subprocess tests send SIGKILL."""
+
+
+def kill_in_process(monkeypatch) -> None:
+    from pobench import faults
+
+    def kill():
+        raise Killed()
+    monkeypatch.setattr(faults, "kill_now", kill)
+    monkeypatch.setattr(faults, "_reached", faults.Counter())
+
+
 def test_a_resume_keeps_the_runs_env_json_and_adds_itself_once_it_has_trained(tmp_path, tiny_model_dir, monkeypatch):
     """env.json names the software that trained a run's first steps. --resume rewrote it before anything was
     checked, so a resume refused by a damaged checkpoint (exit 2) still changed it, and a successful one lost
@@ -332,16 +345,9 @@ def test_a_resume_keeps_the_runs_env_json_and_adds_itself_once_it_has_trained(tm
 
     from typer.testing import CliRunner
 
-    from pobench import faults
     from pobench.cli import app
 
-    class Killed(BaseException):
-        pass
-
-    def kill():
-        raise Killed()
-    monkeypatch.setattr(faults, "kill_now", kill)
-    monkeypatch.setattr(faults, "_reached", faults.Counter())
+    kill_in_process(monkeypatch)
     out = tmp_path / "out"
     args = ["run", "--algo", "dpo", "--model", str(tiny_model_dir), "--data", "sample", "--max-steps", "3", "--out",
             str(out), "--no-eval", "--set", "train.save_every=1", "--set", "data.max_train_records=16", "--set",
@@ -395,17 +401,10 @@ def test_a_resume_with_an_edited_plugin_is_refused_and_the_code_is_recorded(tmp_
 
     from typer.testing import CliRunner
 
-    from pobench import faults
     from pobench.cli import app
     from pobench.engine.checkpoint import changed_code
 
-    class Killed(BaseException):
-        pass
-
-    def kill():
-        raise Killed()
-    monkeypatch.setattr(faults, "kill_now", kill)
-    monkeypatch.setattr(faults, "_reached", faults.Counter())
+    kill_in_process(monkeypatch)
     plugin = tmp_path / "edited.py"
     plugin.write_text(EDITED_PLUGIN)
     first_sha = hashlib.sha1(plugin.read_bytes()).hexdigest()[:12]

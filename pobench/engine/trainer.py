@@ -195,15 +195,10 @@ def checked_loss(algo, policy: SeqLogps, reference, params):
         if getattr(e, "name", None) and isinstance(getattr(e, "obj", None), types.SimpleNamespace):
             raise PobenchError(f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss reads "
                                f"parameter '{e.name}', which its defaults do not define") from None
-        wrapped = plugin_error(e, algo, f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss")
-        if wrapped is e:   # (a sibling `except Exception` does not see what this handler raises)
-            raise
-        raise wrapped from None
+        # (a sibling `except Exception` does not see what this handler raises)
+        raise_from_plugin(e, algo, f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss")
     except Exception as e:
-        wrapped = plugin_error(e, algo, f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss")
-        if wrapped is e:
-            raise
-        raise wrapped from None
+        raise_from_plugin(e, algo, f"algorithm '{getattr(algo, 'name', type(algo).__name__)}': its loss")
     b = len(policy.chosen)
     fields = ("losses", "chosen_rewards", "rejected_rewards")
     shapes = {f: tuple(getattr(getattr(out, f, None), "shape", ())) for f in fields}
@@ -250,6 +245,14 @@ def plugin_error(error: Exception, obj, what: str) -> Exception:
         if Path(frame.f_code.co_filename).resolve() == Path(path):
             where = f"{path}:{line}"   # the innermost of the plugin's frames
     return PobenchError(f"{what} raised {type(error).__name__}: {error} ({where})")
+
+
+def raise_from_plugin(error: Exception, obj, what: str):
+    """Raise `error` as plugin_error words it; called in the handler that caught it, which it never returns to."""
+    wrapped = plugin_error(error, obj, what)
+    if wrapped is error:
+        raise error
+    raise wrapped from None
 
 
 def dry_check_loss(algo, cfg: RunConfig) -> None:
@@ -793,10 +796,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         try:
             drawn = sampler(batch_at(step), ctx)
         except Exception as e:
-            wrapped = plugin_error(e, sampler, f"sampler '{algo.sampler}'")
-            if wrapped is e:
-                raise
-            raise wrapped from None
+            raise_from_plugin(e, sampler, f"sampler '{algo.sampler}'")
         pairs, sampler_metrics = checked_sampler_output(drawn, algo.sampler)
         # DDP/FSDP average gradients over ranks: dividing each rank's weighted loss sum by the mean weight per rank
         # makes that average the gradient of the global batch's mean (over records where a ranking objective gives
