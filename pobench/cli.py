@@ -64,6 +64,7 @@ def _writable(out: Path) -> None:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     algo: str = typer.Option(DEFAULT_ALGOS, "--algo", help="Comma-separated algorithm names (see `pobench list`)."),
     suite: str = typer.Option(DEFAULT_SUITE, "--suite", help="Suite name or path to a suite .yaml."),
     model: Optional[str] = typer.Option(None, "--model", help="Policy: hub id, local folder, .gguf, or alias."),
@@ -190,6 +191,15 @@ def run(
                                f", seeds {seeds}) has a folder under {out}, which holds unfinished runs: "
                                f"{shown}{more}; resume them with their --suite, --algo, --seeds and --plugin, or "
                                f"drop --resume to start the planned runs")
+        finished = _finished_runs(out)
+        if finished and all(_from_default(ctx, name) for name in ("algo", "suite", "seeds")):
+            # bare `run --resume` after everything finished would otherwise start the default runs from scratch
+            shown = "; ".join(str(run_dir) for run_dir in finished[:3])
+            more = f"; and {len(finished) - 3} more" if len(finished) > 3 else ""
+            raise PobenchError(f"--resume: nothing to resume under {out}: its {len(finished)} run(s) are finished "
+                               f"({shown}{more}) and the default runs ({', '.join(algos)} on {plans[0][1].suite}, "
+                               f"seeds {seeds}) were never started; name them with --algo, --suite and --seeds to "
+                               f"start them")
     for model_source in dict.fromkeys((cfg.model.name_or_path, cfg.model.gguf_file) for _, cfg, _, _ in plans):
         check_model_source(*model_source)
     # Data is read now too, so that bad data fails before any folder or progress bar exists.
@@ -263,13 +273,27 @@ def _plugins_started_with(out: Path, algo: str) -> list[str]:
     return found
 
 
-def _unfinished_runs(out: Path) -> list[Path]:
-    """Run folders under `out` that were started (config.yaml) and hold no train_summary.json; caches excluded."""
+def _started_runs(out: Path) -> list[Path]:
+    """Folders under `out` where a run was started (config.yaml); caches (dot folders) excluded."""
     if not Path(out).is_dir():
         return []
     return sorted(p.parent for p in Path(out).rglob("config.yaml")
-                  if not any(part.startswith(".") for part in p.parent.relative_to(out).parts)
-                  and not (p.parent / "train_summary.json").is_file() and not _in_use(p.parent))
+                  if not any(part.startswith(".") for part in p.parent.relative_to(out).parts))
+
+
+def _unfinished_runs(out: Path) -> list[Path]:
+    """Started runs under `out` with no train_summary.json that no other command is training now."""
+    return [d for d in _started_runs(out) if not (d / "train_summary.json").is_file() and not _in_use(d)]
+
+
+def _finished_runs(out: Path) -> list[Path]:
+    return [d for d in _started_runs(out) if (d / "train_summary.json").is_file()]
+
+
+def _from_default(ctx: typer.Context, name: str) -> bool:
+    """Whether option `name` was left at its default (not typed, not from the environment)."""
+    source = ctx.get_parameter_source(name)   # by name: typer may carry its own copy of click's enum
+    return source is None or source.name == "DEFAULT"
 
 
 def _in_use(run_dir: Path) -> bool:

@@ -78,6 +78,13 @@ def _setup_interrupted_plugin_run(d: Path) -> None:
     (d / "out" / "hh-rlhf" / "dpo" / "seed1" / "train_summary.json").write_text("{}")
 
 
+def _setup_finished_run(d: Path) -> None:
+    run_dir = d / "out" / "ultrafeedback" / "mcpo" / "seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("seed: 1\n")
+    (run_dir / "train_summary.json").write_text("{}")
+
+
 # name: (arguments, setup(cwd), substrings the error line must hold)
 # `pobench run` cases pay ~2 s each for importing torch, so the rest of the data and config checks go through
 # `pobench data` (no torch), which reads the same files through the same code (and test_config/test_data cover
@@ -90,6 +97,13 @@ CASES = {
         "--resume: none of the planned runs (simpo on hh-rlhf, seeds 1) has a folder under out",
         "out/synthetic/dpo_hardneg/seed1 (started by `pobench run --suite synthetic --algo dpo_hardneg --plugin "
         "hardneg.py --out out`)", "drop --resume"]),
+    # bare `run --resume` when every run under --out is finished started the default runs from scratch
+    "resume_with_every_run_finished": (RUN + ["--resume"], _setup_finished_run, [
+        "--resume: nothing to resume under out: its 1 run(s) are finished (out/ultrafeedback/mcpo/seed1)",
+        "the default runs (dpo, simpo on hh-rlhf, seeds 1) were never started", "--algo"]),
+    # ... while naming the runs keeps `--resume` usable as "start or continue" (this one stops at the model)
+    "resume_naming_new_runs_beside_finished_ones": (RUN + ["--resume", "--algo", "dpo"], _setup_finished_run,
+                                                    ["no-such-model"]),
     "resume_a_plugin_run_without_its_plugin": (RUN + ["--resume", "--algo", "dpo_hardneg", "--suite", "synthetic"],
                                                _setup_interrupted_plugin_run, [
         "unknown algorithm 'dpo_hardneg'", "started with --plugin hardneg.py: pass it again"]),
