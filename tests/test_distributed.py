@@ -560,6 +560,23 @@ def test_a_user_error_inside_a_launch_ends_the_command_with_exit_2(tmp_path, tin
     assert last.startswith("error:") and "in use by another pobench run" in last, last
 
 
+@pytest.mark.slow
+def test_a_plugin_sampler_failing_on_one_rank_ends_the_launch(tmp_path, tiny_model_dir):
+    """A plugin's sampler that raises on rank 1 only: the command ends with the plugin's one line and exit 2 well
+    within the collective timeout, instead of rank 0 waiting for rank 1 in the step's all-reduce."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "POBENCH_COLLECTIVE_TIMEOUT_MIN": "30"}
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pobench.cli", "run", "--algo", "dpo_rank1_fault", "--plugin",
+                           str(Path(__file__).parent / "plugins" / "rank_fault.py"), "--out", str(tmp_path / "out"),
+                           "--no-eval", "--num-processes", "2", *_set_args(_settings(tiny_model_dir, 2))],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "rank 1 fails on purpose" in last and "rank_fault.py:" in last, last
+    assert time.monotonic() - started < 300
+
+
 def test_ranks_shard_the_main_processes_list_of_missing_items(monkeypatch):
     """Each rank read the shared cache itself: with another run appending between two ranks' reads, rank 0 missed
     [a, b, c, d] and rank 1 [c, d], their shards did not line up, and c's result was stored under d. The ranks now
