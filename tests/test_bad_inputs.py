@@ -62,6 +62,18 @@ CASES = {
                                 ["uf_binarized_messages_are_strings.jsonl:5: malformed row for schema ultrafeedback-binarized"]),
     "uf_raw_score_is_a_word": (data("uf_raw_score_is_a_word.jsonl", "ultrafeedback"), "error",
                                ["uf_raw_score_is_a_word.jsonl:5: malformed row for schema ultrafeedback-raw", "high"]),
+    "uf_raw_score_is_true": (data("uf_raw_score_is_true.jsonl", "ultrafeedback"), "error",
+                             ["uf_raw_score_is_true.jsonl:5: malformed row for schema ultrafeedback-raw",
+                              "completions[1].overall_score must be a number, got bool True"]),
+    "uf_raw_score_is_a_numeric_string": (data("uf_raw_score_is_a_numeric_string.jsonl", "ultrafeedback"), "error",
+                                         ["uf_raw_score_is_a_numeric_string.jsonl:5: malformed row",
+                                          "completions[1].overall_score must be a number, got str '9'"]),
+    "uf_onpolicy_score_is_a_string": (data("uf_onpolicy_score_is_a_string.jsonl", "ultrafeedback"), "error",
+                                      ["uf_onpolicy_score_is_a_string.jsonl:5: malformed row for schema "
+                                       "ultrafeedback-onpolicy", "all_rm_scores[1] must be a number, got str '0.7'"]),
+    "uf_binarized_prompt_id_is_a_list": (data("uf_binarized_prompt_id_is_a_list.jsonl", "ultrafeedback"), "error",
+                                         ["uf_binarized_prompt_id_is_a_list.jsonl:3: malformed row",
+                                          "'prompt_id' must be a string or an integer, got list"]),
     "uf_onpolicy_candidate_not_a_string": (data("uf_onpolicy_candidate_not_a_string.jsonl", "ultrafeedback"), "error",
                                            ["uf_onpolicy_candidate_not_a_string.jsonl:5: malformed row for schema "
                                             "ultrafeedback-onpolicy", "must hold strings, got NoneType"]),

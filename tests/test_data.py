@@ -659,6 +659,44 @@ def test_prompt_messages_and_texts_are_checked_where_the_row_is_read(tmp_path, s
     assert expected in message
 
 
+@pytest.mark.parametrize("schema, row, expected", [
+    ("raw", _raw(second={"response": "bad", "overall_score": True}),
+     "(TypeError: completions[1].overall_score must be a number, got bool True)"),
+    ("raw", _raw(second={"response": "bad", "overall_score": "9"}),
+     "(TypeError: completions[1].overall_score must be a number, got str '9')"),
+    ("raw", _raw(second={"response": "bad", "overall_score": "nan"}),     # was a nan_score skip
+     "(TypeError: completions[1].overall_score must be a number, got str 'nan')"),
+    ("raw", _raw(second={"response": "bad", "overall_score": [2.0]}),
+     "(TypeError: completions[1].overall_score must be a number, got list [2.0])"),
+    ("onpolicy", _onpolicy(all_rm_scores=[1.0, False]), "(TypeError: all_rm_scores[1] must be a number, got bool False)"),
+    ("onpolicy", _onpolicy(all_rm_scores=["1.0", 0.0]), "(TypeError: all_rm_scores[0] must be a number, got str '1.0')"),
+    ("binarized", _binarized(prompt_id=["b"]), "(TypeError: 'prompt_id' must be a string or an integer, got list ['b'])"),
+    ("binarized", _binarized(prompt_id={"id": "b"}), "'prompt_id' must be a string or an integer, got dict {'id': 'b'}"),
+    ("binarized", _binarized(prompt_id=True), "'prompt_id' must be a string or an integer, got bool True"),
+    ("binarized", _binarized(prompt_id=1.5), "'prompt_id' must be a string or an integer, got float 1.5"),
+    ("onpolicy", _onpolicy(prompt_id=["o"]), "'prompt_id' must be a string or an integer, got list ['o']"),
+])
+def test_scores_and_ids_of_another_type_name_the_row_and_key(tmp_path, schema, row, expected):
+    """float() took a score of true (1.0) or "9", and str() made an id of a list ("['b']") or of true: a schema
+    mix-up trained on silently. Only JSON numbers are scores, and text or integers ids."""
+    good = {"binarized": _binarized, "raw": _raw, "onpolicy": _onpolicy}[schema]()
+    f = _write_lines(tmp_path / "d.jsonl", [json.dumps(good), json.dumps(row)])
+    message = _error(f)
+    assert message.startswith(f"{f}:2: ") and f"for schema ultrafeedback-{schema}" in message
+    assert expected in message
+
+
+def test_integer_ids_and_scores_and_null_scores_are_still_read():
+    assert binarized_record(_binarized(prompt_id=7), "f:1").id == "7"
+    assert binarized_record(_binarized(prompt_id=0), "f:1").id == "0"         # (a falsy id read as missing before)
+    assert binarized_record(_binarized(prompt_id=""), "f:1").id == "f:1"
+    assert onpolicy_record(_onpolicy(prompt_id=None), "f:2").id == "f:2"
+    assert raw_record(_raw(second={"response": "bad", "overall_score": 2}), "f:1").scores == [9.0, 2.0]
+    assert onpolicy_record(_onpolicy(all_rm_scores=[1, 0]), "f:1").scores == [1.0, 0.0]
+    with pytest.raises(RowSkip, match="nan_score"):   # a missing score upstream, counted as NaN is
+        raw_record(_raw(second={"response": "bad", "overall_score": None}), "f:1")
+
+
 def test_bad_row_in_the_binarized_schema(tmp_path):
     rows = _sample_rows(UF_TEST, 2)
     rows[1]["chosen"] = "not a list of messages"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import random
 
 from pobench.data.hh import RowSkip
@@ -53,11 +54,31 @@ def _last_assistant(messages: list[dict]) -> str:
     return messages[-1]["content"]
 
 
-def _check_scores(scores: list) -> list[float]:
-    out = [float(s) if s is not None else math.nan for s in scores]
-    if any(math.isnan(s) or math.isinf(s) for s in out):
+def _score(value, where: str) -> float:
+    """A score as a float. It must be a JSON number: float() also took true (1.0) and text ("9", "nan"), so a
+    schema mix-up ranked answers silently. A null is a score missing upstream, skipped as nan_score with NaN."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{where} must be a number, got {type(value).__name__} {value!r:.40}")
+    return float(value)
+
+
+def _check_scores(scores: list[float]) -> list[float]:
+    if any(math.isnan(s) or math.isinf(s) for s in scores):
         raise RowSkip("nan_score")
-    return out
+    return scores
+
+
+def _id(row: dict, row_id: str) -> str:
+    """The row's prompt_id, else its place in the file. Only text or an integer is an id: str() turned a list or a
+    bool into one ("['a']", "True"), hiding a schema mix-up, and two such rows could not match as duplicates."""
+    value = row.get("prompt_id")
+    if value is None or value == "":
+        return row_id
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise TypeError(f"'prompt_id' must be a string or an integer, got {type(value).__name__} {value!r:.40}")
+    return str(value)
 
 
 def binarized_record(row: dict, row_id: str) -> PreferenceRecord:
@@ -66,7 +87,7 @@ def binarized_record(row: dict, row_id: str) -> PreferenceRecord:
     if rejected[:-1] and rejected[:-1] != prompt:
         raise RowSkip("prefix_mismatch")
     record = PreferenceRecord(prompt=prompt, chosen=_last_assistant(chosen), rejected=_last_assistant(rejected),
-                              id=str(row.get("prompt_id") or row_id))
+                              id=_id(row, row_id))
     if not record.chosen.strip() or not record.rejected.strip():
         raise RowSkip("empty_completion")
     if record.chosen == record.rejected:   # no preference to learn; its margin is 0 and it would count as wrong
@@ -77,10 +98,12 @@ def binarized_record(row: dict, row_id: str) -> PreferenceRecord:
 def raw_record(row: dict, row_id: str, rejected: str = "worst", seed: int = 0) -> PreferenceRecord:
     """openbmb/UltraFeedback: chosen = best overall_score, rejected = worst (or a random lower one)."""
     every, instruction = _list(row, "completions"), _text(row, "instruction")   # (an error before any skip)
-    completions = [c for n, c in enumerate(every) if _response(c, n).strip()]
+    kept = [(n, c) for n, c in enumerate(every) if _response(c, n).strip()]
+    scores = [_score(c["overall_score"], f"completions[{n}].overall_score") for n, c in kept]   # (an error before any skip)
+    completions = [c for _, c in kept]
     if len(completions) < 2:
         raise RowSkip("fewer_than_two_completions")
-    scores = _check_scores([c["overall_score"] for c in completions])
+    scores = _check_scores(scores)
     responses = [c["response"] for c in completions]
     best = max(range(len(scores)), key=scores.__getitem__)
     lower = [i for i in range(len(scores)) if scores[i] < scores[best]]
@@ -116,7 +139,7 @@ def onpolicy_record(row: dict, row_id: str) -> PreferenceRecord:
     if not all(isinstance(r, str) for r in responses):
         raise TypeError(f"'all_generated_responses' must hold strings, got "
                         f"{next(type(r).__name__ for r in responses if not isinstance(r, str))}")
-    scores = _check_scores(_list(row, "all_rm_scores"))
+    scores = _check_scores([_score(s, f"all_rm_scores[{i}]") for i, s in enumerate(_list(row, "all_rm_scores"))])
     if len(responses) != len(scores):
         raise RowSkip("scores_do_not_match_responses")
     if row.get("chosen"):
@@ -134,4 +157,4 @@ def onpolicy_record(row: dict, row_id: str) -> PreferenceRecord:
     if chosen == rejected_text:
         raise RowSkip("all_scores_tied")
     return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected_text, candidates=responses,
-                            scores=scores, id=str(row.get("prompt_id") or row_id))
+                            scores=scores, id=_id(row, row_id))
