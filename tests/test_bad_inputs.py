@@ -101,6 +101,9 @@ CASES = {
     "corrupt_save_to_disk": (data("save_to_disk_corrupt"), "error", ["save_to_disk_corrupt: not a readable save_to_disk folder"]),
     "folder_without_train_file": (data("folder_without_train_file"), "error",
                                   ["folder_without_train_file: no file for split 'train'"]),
+    "folder_with_train_jsonl_beside_parquet_shards": (data("folder_with_train_jsonl_beside_parquet_shards"), "error",
+                                                      ["folder_with_train_jsonl_beside_parquet_shards: train.jsonl "
+                                                       "and train-00000-of-00002.parquet both hold split 'train'"]),
     # configs (through `run`: --config files and suite files are resolved there)
     "config_typo_in_section": (run("--config", "{c}/config_typo_in_section.yaml"), "error", ["unknown config key 'trian' in --config"]),
     "config_unknown_key": (run("--config", "{c}/config_unknown_key.yaml"), "error", ["unknown config key 'train.lrr'"]),

@@ -451,6 +451,53 @@ def test_a_split_in_shards_is_read_whole(tmp_path):
         parse_rows(*read_rows(str(tmp_path), "train"))
 
 
+def _write_split(path: Path, rows: list[dict]) -> None:
+    """rows as a file of the format its name ends with: JSON Lines (gzipped or not), a JSON array or parquet."""
+    if path.name.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    elif path.name.endswith(".json"):
+        path.write_text(json.dumps(rows))
+    else:
+        text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        path.write_bytes(gzip.compress(text) if path.name.endswith(".gz") else text)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".jsonl.gz", ".json", ".parquet"])
+def test_shards_in_one_format_are_read_whole(tmp_path, suffix):
+    rows = _sample_rows(HH_SAMPLE, 7)
+    _write_split(tmp_path / f"train-00000-of-00002{suffix}", rows[:4])
+    _write_split(tmp_path / f"train-00001-of-00002{suffix}", rows[4:])
+    got = parse_rows(*read_rows(str(tmp_path), "train"))
+    assert [r.chosen for r in got.records] == [r.chosen for r in parse_rows("x", enumerate(rows, 1)).records]
+
+
+@pytest.mark.parametrize("whole, shards", [("train.jsonl", ".parquet"), ("train.json", ".parquet"),
+                                           ("train.parquet", ".parquet"), ("train.jsonl", ".jsonl")])
+def test_a_whole_split_file_beside_shards_is_refused(tmp_path, whole, shards):
+    """train.jsonl beside train-00000-of-00002.parquet was read as one more shard of the split: a copy of the
+    shards trained on twice, or two exports of the data mixed."""
+    rows = _sample_rows(HH_SAMPLE, 6)
+    _write_split(tmp_path / whole, rows)
+    _write_split(tmp_path / f"train-00000-of-00002{shards}", rows[:3])
+    _write_split(tmp_path / f"train-00001-of-00002{shards}", rows[3:])
+    with pytest.raises(PobenchError) as e:
+        read_rows(str(tmp_path), "train")
+    assert str(e.value) == (f"{tmp_path}: {whole} and train-00000-of-00002{shards} both hold split 'train' (a whole "
+                            f"file beside shards); keep one")
+
+
+def test_shards_in_two_formats_are_refused(tmp_path):
+    rows = _sample_rows(HH_SAMPLE, 6)
+    _write_split(tmp_path / "train.jsonl", rows)
+    _write_split(tmp_path / "test-00000-of-00002.jsonl", rows[:3])
+    _write_split(tmp_path / "test-00001-of-00002.parquet", rows[3:])
+    with pytest.raises(PobenchError, match=r"test-00000-of-00002.jsonl and test-00001-of-00002.parquet are shards of "
+                                           r"split 'test' in two formats; keep one$"):
+        load_suite_data(_data_cfg(tmp_path, eval_size=2))   # (the held-out split, found by source_has_split)
+
+
 def _data_cfg(path, eval_split="test", eval_size=4):
     return DataConfig(path=str(path), hub_id="", schema="auto", train_split="train", eval_split=eval_split,
                       eval_size=eval_size)

@@ -301,7 +301,22 @@ def split_files(folder: Path, split: str) -> list[Path]:
                                        f"'{split}' (one compressed copy of the other?); keep one")
                 by_stem[stem] = f
                 found.append(f)
+    # each file was read as one shard of the split: a whole train.jsonl beside train-00000-of-00002.parquet (a
+    # copy of the shards, or another version) trained on both, and shards in two formats are two exports mixed
+    whole = by_stem.get(split)
+    shard = next((f for f in found if f is not whole), None)
+    if whole and shard:
+        raise PobenchError(f"{folder}: {whole.name} and {shard.name} both hold split '{split}' (a whole file beside "
+                           f"shards); keep one")
+    other = next((f for f in found if _format(f) != _format(found[0])), None)
+    if other:
+        raise PobenchError(f"{folder}: {found[0].name} and {other.name} are shards of split '{split}' in two "
+                           f"formats; keep one")
     return found
+
+
+def _format(path: Path) -> str:
+    return "json" if path.name.endswith(JSON_SUFFIXES) else path.suffix
 
 
 def detect_schema(row: dict) -> str:
