@@ -95,6 +95,8 @@ CASES = {
                                                 "skip", ["'prefix_mismatch': 1"]),
     "uf_onpolicy_scores_do_not_match": (data("uf_onpolicy_scores_do_not_match.jsonl", "ultrafeedback"), "skip",
                                         ["'scores_do_not_match_responses': 1"]),
+    "test_prompts_in_train": (data("folder_with_test_prompts_in_train", "hh-rlhf", "--split", "eval"), "skip",
+                              ["'prompt_in_train': 2"]),
     # formats and folders
     "corrupt_parquet": (data("corrupt.parquet"), "error", ["corrupt.parquet: cannot read"]),
     "csv_file": (data("rows.csv"), "error", ["rows.csv: unknown data format"]),

@@ -375,6 +375,7 @@ def local_copies(tmp_path_factory):
     out = {}
     for name, path in (("hh", HH_SAMPLE), ("uf", UF_TRAIN)):
         rows = _sample_rows(path, 12)
+        held = _sample_rows(path, 15)[12:]   # the test split: other prompts (one of train's would be dropped from it)
         d = root / name
         d.mkdir()
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -384,7 +385,7 @@ def local_copies(tmp_path_factory):
         (d / "rows.json").write_text(json.dumps(rows, indent=2, ensure_ascii=False), encoding="utf-8")
         ds = datasets.Dataset.from_list(rows)
         ds.to_parquet(str(d / "rows.parquet"))
-        datasets.DatasetDict(train=ds, test=datasets.Dataset.from_list(rows[:3])).save_to_disk(str(d / "saved"))
+        datasets.DatasetDict(train=ds, test=datasets.Dataset.from_list(held)).save_to_disk(str(d / "saved"))
         arrow = sorted((d / "saved" / "train").glob("*.arrow"))
         assert len(arrow) == 1
         (d / "rows.arrow").write_bytes(arrow[0].read_bytes())
@@ -406,7 +407,8 @@ def test_local_formats_give_identical_records(local_copies, name):
         assert got.rows_read == len(rows) and got.skipped == expected.skipped
     source, it = read_rows(str(d / "saved"), "test")
     assert source.endswith("saved[test]")
-    assert [content(r) for r in parse_rows(source, it).records] == [content(r) for r in expected.records[:3]]
+    held = parse_rows("x", enumerate(_sample_rows({"hh": HH_SAMPLE, "uf": UF_TRAIN}[name], 15)[12:], 1))
+    assert [content(r) for r in parse_rows(source, it).records] == [content(r) for r in held.records]
     with pytest.raises(PobenchError, match=r"no split 'validation' \(has train, test\)"):
         read_rows(str(d / "saved"), "validation")
 
@@ -890,6 +892,74 @@ def test_a_hub_dataset_without_a_held_out_split_is_carved(monkeypatch, splits):
     else:
         assert read == ["train", eval_split] and data.report["eval_source"] == f"hub:someone/prefs[{eval_split}]"
     assert len(data.eval) == 4
+
+
+def _qa(prompt: str, chosen: str = "yes", rejected: str = "no") -> dict:
+    return hh_row([("user", prompt)], chosen, rejected)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_held_out_records_whose_prompt_is_trained_on_are_dropped_and_counted(tmp_path):
+    """Duplicates were removed within a split only: a held-out record whose prompt a training record has (the same
+    row in both splits, or the prompt with other answers) was measured as held out."""
+    from pobench.data import describe_loaded
+    _write_jsonl(tmp_path / "train.jsonl", [_qa(f"q{i}?", f"yes {i}") for i in range(8)])
+    _write_jsonl(tmp_path / "test.jsonl", [
+        _qa("q1?", "yes 1"),                                          # a training row again
+        _qa("q2?", "another answer", "a worse one"),                  # a training prompt, other answers
+        hh_row([("user", "q2?"), ("assistant", "a"), ("user", "and?")], "yes", "no"),   # a longer dialogue: kept
+        *[_qa(f"t{i}?") for i in range(4)]])
+    data = load_suite_data(_data_cfg(tmp_path, eval_size=4))
+    assert [r.prompt[-1]["content"] for r in data.eval] == ["and?", "t0?", "t1?", "t2?"]
+    assert len(data.train) == 8
+    # counted over the whole held-out split, as its skipped rows are; shown on the run's line, saved in data.json
+    assert data.report["eval_skipped"] == {"prompt_in_train": 2} and data.report["eval_records"] == 4
+    assert "skipped eval rows: {'prompt_in_train': 2}" in describe_loaded(data.report)
+    # against every training record, not only those max_train_records trains on: one held-out set for any limit
+    limited = load_suite_data(DataConfig(**{**_data_cfg(tmp_path, eval_size=4).__dict__, "max_train_records": 1}))
+    assert limited.eval == data.eval and len(limited.train) == 1
+
+
+def test_a_held_out_split_wholly_in_the_training_split_is_refused(tmp_path):
+    _write_jsonl(tmp_path / "train.jsonl", [_qa(f"q{i}?") for i in range(8)])
+    _write_jsonl(tmp_path / "test.jsonl", [_qa("q1?"), _qa("q2?", "other")])
+    with pytest.raises(PobenchError) as e:
+        load_suite_data(_data_cfg(tmp_path, eval_size=2))
+    assert str(e.value) == (f"{tmp_path / 'test.jsonl'}: every held-out record's prompt is also a training record's "
+                            f"(2 records): nothing left to hold out")
+
+
+def test_carved_held_out_records_whose_prompt_is_trained_on_are_dropped():
+    """Without a held-out split the last eval_size records are held out: two of the HH sample's prompts come twice
+    (records 250 and 1479, 1258 and 1448), and with 600 held out the later of each pair was held out while the
+    earlier was trained on. They are dropped from the held-out records, not replaced: the training records stay
+    the first N - eval_size, as in a run that holds out fewer (the default 32 holds out neither)."""
+    cfg = DataConfig(path="sample", sample_train="hh-rlhf/harmless-base-test-2000.jsonl.gz", sample_eval=None,
+                     schema="hh", eval_size=600)
+    records = load(HH_SAMPLE).records
+    data = load_suite_data(cfg)
+    assert data.train == records[:-600]
+    assert data.eval == [r for i, r in enumerate(records[-600:], len(records) - 600) if i not in (1447, 1478)]
+    assert data.report["eval_skipped"] == {"prompt_in_train": 2} and data.report["eval_records"] == 598
+    assert load_suite_data(DataConfig(**{**cfg.__dict__, "eval_size": 32})).report["eval_skipped"] == {}
+
+
+def test_a_hub_test_split_loses_the_prompts_of_its_train_split(monkeypatch):
+    """The hub's splits go through the same loading: a test row whose prompt is a train row's is dropped there too.
+    The hub is a test double."""
+    import datasets
+    splits = {"train": [_qa(f"q{i}?") for i in range(6)], "test": [_qa("q3?", "other"), _qa("t0?"), _qa("t1?")]}
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda path, data_dir=None, split=None: datasets.Dataset.from_list(splits[split]))
+    monkeypatch.setattr(datasets, "get_dataset_split_names", lambda path, data_dir=None: list(splits))
+    monkeypatch.setattr("pobench.data.loading.hub_reachable", lambda timeout=2.0: True)
+    data = load_suite_data(DataConfig(path="someone/prefs", schema="hh", eval_size=4))
+    assert [r.prompt[-1]["content"] for r in data.eval] == ["t0?", "t1?"]
+    assert data.report["eval_skipped"] == {"prompt_in_train": 1}
+    assert data.report["eval_source"] == "hub:someone/prefs[test]"
 
 
 def test_offline_mode_and_mirrors_are_read_as_huggingface_hub_reads_them(monkeypatch):

@@ -1,9 +1,11 @@
 """Suites' data: upstream rows -> PreferenceRecords -> tokenized pairs, split into train and held-out."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
-from pobench.data.loading import SAMPLES_DIR, LoadedSplit, hub_reachable, parse_rows, read_rows, source_has_split
+from pobench.data.loading import (SAMPLES_DIR, LoadedSplit, content_key, hub_reachable, parse_rows, read_rows,
+                                  source_has_split)
 from pobench.data.records import PreferenceRecord, records_digest
 from pobench.errors import PobenchError
 
@@ -45,7 +47,7 @@ def _load(source: str, split: str, data_cfg, seed: int, limit: int = 0) -> Loade
 
 def load_suite_data(data_cfg, seed: int = 0) -> SuiteData:
     """Train and held-out records. Without a held-out split, the last `eval_size` train records are held out
-    (and never trained on)."""
+    (and never trained on). A held-out record whose prompt is a training record's is dropped (`prompt_in_train`)."""
     if data_cfg.path == "synthetic":  # generated, not read: pobench/synthetic/data.py
         from pobench.synthetic.data import load_synthetic
         return with_digests(load_synthetic(data_cfg))
@@ -80,16 +82,29 @@ def _load_records(data_cfg, seed: int) -> SuiteData:
         eval_records = train.records[-data_cfg.eval_size:]
         train_records = train.records[:-data_cfg.eval_size]
     else:
-        eval_records = held.records[:data_cfg.eval_size]
+        eval_records = held.records
         train_records = train.records
+    # a held-out prompt that is also trained on (with other answers, or the same row in both splits upstream)
+    # measures recall, not generalisation. Checked against every training record, not only the max_train_records
+    # trained on, so that the held-out set does not depend on that limit; carved records are dropped, not replaced,
+    # so that the training records stay the first N - eval_size
+    eval_skipped = Counter(held.skipped if held else {})
+    trained = {content_key(r.prompt) for r in train_records}
+    kept = [r for r in eval_records if content_key(r.prompt) not in trained]
+    if len(kept) < len(eval_records):
+        eval_skipped["prompt_in_train"] = len(eval_records) - len(kept)
+    eval_source = held.source if held else f"{train.source} (last {data_cfg.eval_size} records)"
+    if not kept:
+        raise PobenchError(f"{eval_source}: every held-out record's prompt is also a training record's "
+                           f"({len(eval_records)} records): nothing left to hold out")
+    eval_records = kept[:data_cfg.eval_size]
     if limit:
         train_records = train_records[:limit]
     report = {
         "source": "sample" if source == "sample" else source,
         "train_source": train.source, "train_rows": train.rows_read, "train_records": len(train_records),
         "train_skipped": dict(train.skipped),
-        "eval_source": held.source if held else f"{train.source} (last {data_cfg.eval_size} records)",
-        "eval_records": len(eval_records), "eval_skipped": dict(held.skipped) if held else {},
+        "eval_source": eval_source, "eval_records": len(eval_records), "eval_skipped": dict(eval_skipped),
     }
     return SuiteData(train_records, eval_records, report)
 

@@ -345,6 +345,12 @@ def record_parser(schema: str, raw_rejected: str = "worst", seed: int = 0) -> Ca
     raise PobenchError(f"data.schema: unknown schema '{schema}' (choose auto or one of {', '.join(SCHEMAS)})")
 
 
+def content_key(*parts) -> bytes:
+    """What tells records apart, within a split (prompt and answers) and across splits (the prompt): the exact JSON
+    of the chat messages and texts, as parsed (HH-RLHF turns are stripped of surrounding spaces)."""
+    return hashlib.sha1(json.dumps(list(parts)).encode()).digest()
+
+
 def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "auto",
                raw_rejected: str = "worst", seed: int = 0, limit: int = 0) -> LoadedSplit:
     """Parse rows into records. Schema defects (missing keys, wrong types) are errors naming the row;
@@ -372,7 +378,7 @@ def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "aut
             record = parser(row, f"{Path(source).name}:{i}")
             if record.id in seen_ids:  # the same prompt twice would weigh double and could straddle the held-out cut
                 raise RowSkip("duplicate_id")
-            content = hashlib.sha1(json.dumps([record.prompt, record.chosen, record.rejected]).encode()).digest()
+            content = content_key(record.prompt, record.chosen, record.rejected)
             if content in seen_content:   # likewise: a copy could be trained on and held out
                 raise RowSkip("duplicate_record")
             seen_ids.add(record.id)
