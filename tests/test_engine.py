@@ -553,6 +553,121 @@ def test_a_cut_sample_with_empty_text_is_scored_as_the_empty_answer(tiny_model_d
         collate_shared([(formatter.encode(prompt), [[], [5, 6]])], pad_id=0)
 
 
+# -- completions tokenized after their prompt ---------------------------------------------------------------------
+
+def sentencepiece_tokenizer(style: str, merge: bool = False):
+    """A SentencePiece-style tokenizer built in memory (a Unigram model with byte fallback) that starts every call
+    with the dummy prefix '▁': 'legacy' as Llama 2's converted tokenizer.json (Prepend + Replace normalizer, a
+    Llama 2 chat template with a space before the answer), 'always' as a Metaspace pre-tokenizer with
+    prepend_scheme="always" (a Mistral v0.1 template, no space before the answer). `merge` adds a piece ']H' that
+    joins the prompt's last character to the answer's first."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    b = "\u2581"
+    words = ["Hi", "there", "hello", "INST", "Sure", "ok"]
+    pieces = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0)] + [(f"<0x{i:02X}>", 0.0) for i in range(256)]
+    pieces += [(b, -3.0)] + [(c, -5.0) for c in sorted(set("".join(words) + "[]/"))]
+    pieces += [(b + w, -1.0) for w in words] + [(w, -2.0) for w in words] + [(b + "[", -2.0)]
+    pieces += [("]H", -0.5)] if merge else []
+    core = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=True))
+    if style == "legacy":
+        core.normalizer = normalizers.Sequence([normalizers.Prepend(b), normalizers.Replace(" ", b)])
+        core.decoder = decoders.Sequence([decoders.Replace(b, " "), decoders.ByteFallback(), decoders.Fuse(),
+                                          decoders.Strip(" ", 1, 0)])
+    else:
+        core.pre_tokenizer = pre_tokenizers.Metaspace(replacement=b, prepend_scheme="always", split=False)
+        core.decoder = decoders.Metaspace(replacement=b, prepend_scheme="always", split=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    space = " " if style == "legacy" else ""
+    tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
+                               "[INST] {{ m['content'] }} [/INST]{% else %}" + space + "{{ m['content'] }}" + space +
+                               "{{ eos_token }}{% endif %}{% endfor %}")
+    return tokenizer
+
+
+@pytest.mark.parametrize("style", ["legacy", "always"])
+def test_sentencepiece_completions_take_the_ids_of_the_joint_text(tmp_path, style):
+    """A tokenizer that adds '▁' at the start of every call gave a completion tokenized alone another first token
+    than prompt + completion has ('▁' '▁Hi' or '▁Hi' where the joint text has '▁Hi' or 'Hi'): the policy was
+    trained and scored on a sequence it would not produce after the prompt. Every path that tokenizes a completion
+    (the dataset's pairs and candidates, pools and online samples, open and closed) now gives the joint text's ids."""
+    from pobench.data.records import PreferenceRecord
+    from pobench.data.tokenize import encode_completion, tokenize_record
+    from pobench.engine.refcache import ReferenceCache
+    formatter = ChatFormatter(sentencepiece_tokenizer(style))
+    messages = [{"role": "user", "content": "hello"}]
+    record = PreferenceRecord(id="r", prompt=messages, chosen="Hi there", rejected="Sure ok",
+                              candidates=["Hi there", "Sure ok", "ok"], scores=[1.0, 0.0, 0.5])
+    prompt = formatter.prompt_text(messages)
+    pair = tokenize_record(record, formatter, max_prompt=100, max_completion=100, with_candidates=True)
+    assert pair.prompt == formatter.encode(prompt)
+    for text, ids in zip(["Hi there", "Sure ok", "Hi there", "Sure ok", "ok"],
+                         [pair.chosen, pair.rejected] + pair.candidates):
+        completion = formatter.completion_text(messages, prompt, text)
+        assert pair.prompt + ids == formatter.encode(prompt + completion)
+        assert ids != formatter.encode(completion)       # the defect: alone, the completion starts with '▁'
+        assert encode_completion(formatter, messages, prompt, text, 100) == ids   # pools, online samples
+        left_open = formatter.completion_text(messages, prompt, text, finished=False)
+        assert pair.prompt + encode_completion(formatter, messages, prompt, text, 100, finished=False) == \
+            formatter.encode(prompt + left_open)
+    first = formatter.tokenizer.convert_ids_to_tokens(pair.chosen)[0]
+    assert first == ("\u2581Hi" if style == "legacy" else "Hi")
+    assert formatter.adds_prefix
+    # the truncation rules as before: the prompt keeps its last tokens, a completion its first
+    cut = tokenize_record(record, formatter, max_prompt=3, max_completion=2)
+    assert (cut.prompt, cut.chosen, cut.rejected) == (pair.prompt[-3:], pair.chosen[:2], pair.rejected[:2])
+    assert cut.truncated == (True, True)
+    # a reference cache made on the ids of before serves none of the new ones: its entries are keyed by the ids
+    # (sequence_key), so no stale log-prob is read and its file name needs no new suffix
+    cache = ReferenceCache(tmp_path / "ref.pt")
+    old = (pair.prompt, formatter.encode(formatter.completion_text(messages, prompt, "Hi there")))
+    cache.add([old], torch.tensor([-1.0]), torch.tensor([len(old[1])]))
+    assert cache.missing([(pair.prompt, pair.chosen)]) == [(pair.prompt, pair.chosen)]
+
+
+def test_a_token_across_the_prompts_end_keeps_the_prompt_and_no_dummy_prefix():
+    """Where a piece joins the prompt's last character to the answer's first (']H'), no split of the joint ids
+    leaves the prompt's ids as they are given to the model: the prompt keeps them, and the answer is tokenized as it
+    reads after other text ('Hi', not the call's '▁Hi')."""
+    from pobench.data.records import PreferenceRecord
+    from pobench.data.tokenize import tokenize_record
+    formatter = ChatFormatter(sentencepiece_tokenizer("always", merge=True))
+    tokens = formatter.tokenizer.convert_ids_to_tokens
+    messages = [{"role": "user", "content": "hello"}]
+    prompt = formatter.prompt_text(messages)
+    completion = formatter.completion_text(messages, prompt, "Hi there")
+    assert "]H" in tokens(formatter.encode(prompt + completion))
+    pair = tokenize_record(PreferenceRecord(id="r", prompt=messages, chosen="Hi there", rejected="Sure ok"),
+                           formatter, max_prompt=100, max_completion=100)
+    assert pair.prompt == formatter.encode(prompt)
+    assert tokens(formatter.encode(completion)) == ["\u2581Hi", "\u2581there", "</s>"]   # alone: the dummy prefix
+    assert tokens(pair.chosen) == ["Hi", "\u2581there", "</s>"]
+    assert tokens(pair.rejected) == ["Sure", "\u2581ok", "</s>"]                           # no merge: the joint ids
+
+
+def test_default_model_ids_are_unchanged_on_the_hh_sample(smollm2_dir):
+    """SmolLM2's byte-level BPE with its chat template: every record of the shipped HH-RLHF sample tokenizes as it
+    did when completions were tokenized alone (the prompt's ids, then the completion's text's ids), so the figures
+    made before completions took the joint text's ids hold."""
+    from transformers import AutoTokenizer
+
+    from pobench.data.loading import SAMPLES_DIR, parse_rows, read_json_rows
+    from pobench.data.tokenize import tokenize_record
+    formatter = ChatFormatter(AutoTokenizer.from_pretrained(smollm2_dir))
+    sample = SAMPLES_DIR / "hh-rlhf" / "harmless-base-test-2000.jsonl.gz"
+    records = parse_rows(str(sample), read_json_rows(sample), schema="auto").records
+    assert len(records) == 1992
+    for record in records:
+        prompt = formatter.prompt_text(record.prompt)
+        before = [formatter.encode(prompt)] + [formatter.encode(formatter.completion_text(record.prompt, prompt, t))
+                                               for t in (record.chosen, record.rejected)]
+        pair = tokenize_record(record, formatter, max_prompt=10**6, max_completion=10**6)
+        assert [pair.prompt, pair.chosen, pair.rejected] == before, record.id
+        cut = tokenize_record(record, formatter, max_prompt=128, max_completion=64)   # the suite's lengths
+        assert [cut.prompt, cut.chosen, cut.rejected] == [before[0][-128:], before[1][:64], before[2][:64]]
+    assert not formatter.adds_prefix   # a text that merges at the prompt's end is tokenized alone, as before
+
+
 def test_resume_on_other_records_is_refused(tmp_path, tiny_model_dir):
     """A local file edited after a crash (or `data.path: auto` reaching the hub where it read the sample) would
     continue the run's data order over other records: data.json names the records, and --resume compares."""

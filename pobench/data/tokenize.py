@@ -1,4 +1,7 @@
-"""Chat template + truncation: PreferenceRecord -> token ids of prompt, chosen and rejected."""
+"""Chat template + truncation: PreferenceRecord -> token ids of prompt, chosen and rejected.
+
+A completion's ids are those of the joint text prompt + completion after the prompt's ids (ChatFormatter.encode_after),
+one path for every completion tokenized (completion_ids / encode_completion)."""
 from __future__ import annotations
 
 import hashlib
@@ -115,15 +118,73 @@ class ChatFormatter:
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    def encode_after(self, prompt_text: str, prompt_ids: list[int], text: str) -> list[int]:
+        """The ids of `text` where it follows the prompt: those of the joint text prompt + `text` after the prompt's
+        own ids. Tokenized alone, a completion can start otherwise than in the joint text: a SentencePiece tokenizer
+        with a dummy prefix (Llama 2, Mistral v0.1: legacy, add_dummy_prefix) starts every call with a word boundary
+        '▁', so '[/INST]' + 'Hi' gave '▁Hi' where the joint text has 'Hi', and '[/INST]' + ' Hi' gave '▁' '▁Hi'
+        where it has '▁Hi': a sequence the policy, continuing the prompt's ids, would not produce.
 
-def encode_completion(formatter: ChatFormatter, messages: list[dict], prompt_text: str, text: str,
-                      max_completion: int, finished: bool = True) -> list[int]:
-    ids = formatter.encode(formatter.completion_text(messages, prompt_text, text, finished))[:max_completion]
+        Where the prompt's ids are not a prefix of the joint ids (a token merges the prompt's last characters with
+        the completion's first), no split of the joint ids leaves the prompt as the model is given it, here and at
+        generation: the prompt keeps its ids, and the completion is its text tokenized as it reads after other
+        text (`encode_continuation`), so a dummy prefix is not added there either.
+
+        SmolLM2's byte-level BPE (the default) gives the ids it gave when completions were tokenized alone: its
+        pre-tokenizer splits at the template's last newline and tokenizes what follows as it did alone, and an answer
+        that starts with whitespace (which joins that newline) is tokenized alone, as before, since the tokenizer
+        adds no prefix. Tested on every record of the shipped HH-RLHF sample."""
+        joint = self.encode(prompt_text + text)
+        n = len(prompt_ids)
+        if joint[:n] == prompt_ids:
+            return joint[n:]
+        return self.encode_continuation(text)
+
+    def encode_continuation(self, text: str) -> list[int]:
+        """`text`'s ids as they read after other text. A tokenizer that starts each call with a word boundary
+        (`adds_prefix`) gives them after a newline, with the newline's own ids cut off (a newline is not part of a
+        word, so the completion's first word is tokenized as it is mid-text); if the text's start merges with the
+        newline, or the tokenizer adds no prefix, they are the text's ids alone (as before joint tokenization)."""
+        if not self.adds_prefix:
+            return self.encode(text)
+        anchor = self.encode("\n")
+        ids = self.encode("\n" + text)
+        return ids[len(anchor):] if anchor and ids[:len(anchor)] == anchor else self.encode(text)
+
+    @property
+    def adds_prefix(self) -> bool:
+        """Whether the tokenizer starts every call with a word boundary: 'a' alone gives other ids than 'a' after a
+        newline ('▁a' against 'a'). Probed once; a tokenizer the probe cannot read counts as adding none."""
+        if not hasattr(self, "_adds_prefix"):
+            try:
+                anchor, after = self.encode("\n"), self.encode("\na")
+                self._adds_prefix = bool(anchor) and after[:len(anchor)] == anchor and \
+                    after[len(anchor):] != self.encode("a")
+            except Exception:
+                self._adds_prefix = False
+        return self._adds_prefix
+
+
+def completion_ids(formatter: ChatFormatter, messages: list[dict], prompt_text: str, text: str,
+                   finished: bool = True, prompt_ids: list[int] | None = None) -> list[int]:
+    """A completion's ids after its prompt (`ChatFormatter.encode_after`), untruncated: the one path every
+    completion is tokenized by (the dataset's pairs and candidates, generated pools, online samples).
+    `prompt_ids`: the whole prompt's ids (before any truncation), when the caller has them."""
+    if prompt_ids is None:
+        prompt_ids = formatter.encode(prompt_text)
+    ids = formatter.encode_after(prompt_text, prompt_ids,
+                                 formatter.completion_text(messages, prompt_text, text, finished))
     if not ids and not finished:
         # a cut sample whose text is empty (its tokens were all special ones) has no token to score, open: it is
         # scored closed, as the empty answer, so that every sequence has a token (a log-prob, a length)
-        ids = formatter.encode(formatter.completion_text(messages, prompt_text, text, True))[:max_completion]
+        ids = formatter.encode_after(prompt_text, prompt_ids, formatter.completion_text(messages, prompt_text, text))
     return ids
+
+
+def encode_completion(formatter: ChatFormatter, messages: list[dict], prompt_text: str, text: str,
+                      max_completion: int, finished: bool = True, prompt_ids: list[int] | None = None) -> list[int]:
+    """A completion's ids after its prompt, its first `max_completion` kept."""
+    return completion_ids(formatter, messages, prompt_text, text, finished, prompt_ids)[:max_completion]
 
 
 def tokenize_record(record: PreferenceRecord, formatter: ChatFormatter, max_prompt: int, max_completion: int,
@@ -134,13 +195,13 @@ def tokenize_record(record: PreferenceRecord, formatter: ChatFormatter, max_prom
     except Exception as e:  # a template that rejects the roles or their order
         raise PobenchError(f"record {record.id}: the chat template rejects this prompt ({type(e).__name__}: {e})") from None
 
-    def completion(text: str) -> list[int]:
-        return encode_completion(formatter, record.prompt, prompt_text, text, max_completion)
-
-    candidates = [completion(c) for c in record.candidates] if with_candidates else []
     prompt_ids = formatter.encode(prompt_text)
-    full = [formatter.encode(formatter.completion_text(record.prompt, prompt_text, t))
-            for t in (record.chosen, record.rejected)]
+
+    def completion(text: str) -> list[int]:
+        return completion_ids(formatter, record.prompt, prompt_text, text, prompt_ids=prompt_ids)
+
+    candidates = [completion(c)[:max_completion] for c in record.candidates] if with_candidates else []
+    full = [completion(t) for t in (record.chosen, record.rejected)]
     return TokenizedPair(prompt_ids[-max_prompt:], full[0][:max_completion], full[1][:max_completion], candidates,
                          record.scores if with_candidates else None, source=record,
                          truncated=(len(prompt_ids) > max_prompt, any(len(c) > max_completion for c in full)))

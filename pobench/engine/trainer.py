@@ -91,8 +91,9 @@ class SamplerContext:
         """Token ids of a prompt's samples; a sample cut by its token limit (finished False) stays unclosed."""
         record = pair.source
         prompt_text = self.formatter.prompt_text(record.prompt)  # rendered once for all of the prompt's samples
+        prompt_ids = self.formatter.encode(prompt_text)
         return [encode_completion(self.formatter, record.prompt, prompt_text, t, self.cfg.train.max_completion_length,
-                                  done) for t, done in zip(texts, finished)]
+                                  done, prompt_ids) for t, done in zip(texts, finished)]
 
 
 def last_good_checkpoint(run_dir: Path) -> str:
@@ -566,8 +567,9 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
         texts, scores, finished = P.pool_for(store, train_pairs[i].prompt)
         record = data.train[i]
         prompt_text = formatter.prompt_text(record.prompt)
+        prompt_ids = formatter.encode(prompt_text)
         train_pairs[i].candidates = [encode_completion(formatter, record.prompt, prompt_text, t,
-                                                       cfg.train.max_completion_length, done)
+                                                       cfg.train.max_completion_length, done, prompt_ids)
                                      for t, done in zip(texts, finished)]
         train_pairs[i].scores = scores
     return {"source": "generated", "reward_model": rm_name, "store": str(store.path), "prompts": len(indices),
