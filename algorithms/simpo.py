@@ -8,6 +8,7 @@ from pobench.registry import register_algorithm
 class SimPO:
     sampler = "dataset_pair"
     needs_reference = False
+    logps_per_token = True  # logps/chosen, logps/rejected: per-token means, as TRL's CPOTrainer logs for SimPO
     choices = {"loss_type": ("sigmoid", "hinge")}
     defaults = """
 beta: 2.0               # reward scale: r(y) = beta / |y| * log pi(y|x)

@@ -274,9 +274,41 @@ def test_lora_reference_is_the_adapter_disabled_policy(tmp_path, tiny_model_dir)
 
 
 def test_simpo_needs_no_reference(tmp_path, tiny_model_dir):
-    run_train(tmp_path / "s", tiny_model_dir, algo="simpo", max_steps=2)
+    summary, cfg = run_train(tmp_path / "s", tiny_model_dir, algo="simpo", max_steps=2)
     assert not (tmp_path / "s" / "cache" / "reflogps").exists()
-    assert len(metrics(tmp_path / "s")) == 2
+    rows = metrics(tmp_path / "s")
+    assert len(rows) == 2
+    # logps/* as TRL's CPOTrainer logs them for loss_type="simpo": per-token means, so that the reward (beta times
+    # the per-token mean, TRL's rewards/* too) is beta times them, in training and held-out rows alike
+    beta = cfg.algorithm["beta"]
+    for row in rows + [summary["held_out_initial"]]:
+        for prefix in ("", "eval/"):
+            for side in ("chosen", "rejected"):
+                if f"{prefix}logps/{side}" in row:
+                    assert beta * row[f"{prefix}logps/{side}"] == pytest.approx(row[f"{prefix}rewards/{side}"], rel=1e-5)
+    assert "eval/logps/chosen" in rows[-1] and -20 < rows[-1]["logps/chosen"] < 0   # a mean, not a sum
+
+
+def test_only_simpo_logs_per_token_logps():
+    """pair_metrics sums logps/* unless the algorithm says `logps_per_token` (SimPO); every other shipped algorithm
+    logs sums, as TRL's DPOTrainer does."""
+    import types
+
+    from pobench.algorithm import SeqLogps
+    from pobench.registry import ALGORITHMS, discover
+    discover()
+    shipped = {n for n, c in ALGORITHMS.items() if c.__module__.startswith("pobench.algorithms.")}
+    assert {n for n in shipped if getattr(ALGORITHMS[n], "logps_per_token", False)} == {"simpo"}
+    out = types.SimpleNamespace(losses=torch.tensor([1.0, 2.0]), chosen_rewards=torch.tensor([0.1, 0.2]),
+                                rejected_rewards=torch.tensor([0.0, 0.1]))
+    policy = SeqLogps(torch.tensor([-10.0, -6.0]), torch.tensor([-8.0, -9.0]), torch.tensor([5, 2]), torch.tensor([4, 3]))
+    summed, mean = T.pair_metrics(out, policy), T.pair_metrics(out, policy, per_token=True)
+    assert (summed["logps/chosen"], summed["logps/rejected"]) == (pytest.approx(-8.0), pytest.approx(-8.5))
+    assert (mean["logps/chosen"], mean["logps/rejected"]) == (pytest.approx(-2.5), pytest.approx(-2.5))
+    assert {k: v for k, v in mean.items() if not k.startswith("logps/")} == \
+        {k: v for k, v in summed.items() if not k.startswith("logps/")}
+    weighted = T.pair_metrics(out, policy, weights=[1.0, 0.5], per_token=True)
+    assert weighted["logps/chosen"] == pytest.approx((-2.0 - 3.0 * 0.5) / 1.5)
 
 
 PLUGIN = '''

@@ -402,9 +402,12 @@ def gather_step(out, policy: SeqLogps, weights: list[float], accelerator):
     return out, policy, [w for rank in every for w in rank[2]]
 
 
-def pair_metrics(out, policy: SeqLogps, prefix: str = "", weights: list[float] | None = None) -> dict:
+def pair_metrics(out, policy: SeqLogps, prefix: str = "", weights: list[float] | None = None,
+                 per_token: bool = False) -> dict:
     """TRL's metrics of a step's (or the held-out) pairs, each the mean the step optimised: a ranking objective's
-    record counts once however many pairs it has (pair_weights), in the loss and in the rewards alike."""
+    record counts once however many pairs it has (pair_weights), in the loss and in the rewards alike.
+    `logps/*` are summed over completion tokens, or with `per_token` (an algorithm's `logps_per_token`: SimPO, as
+    TRL's CPOTrainer logs for loss_type="simpo") their per-token means."""
     if weights is None or all(w == 1.0 for w in weights):
         def mean(t):
             return t.mean().item()
@@ -423,8 +426,8 @@ def pair_metrics(out, policy: SeqLogps, prefix: str = "", weights: list[float] |
         # pairs at step 1 only up to the last bits, as the reference cache scored them in other batches) counts
         # half, as a tie does in a win rate: no preference is no better than a coin (TRL's strict > counts it wrong)
         f"{prefix}rewards/accuracies": mean((margins > 0).float() + 0.5 * (margins == 0).float()),
-        f"{prefix}logps/chosen": mean(policy.chosen),
-        f"{prefix}logps/rejected": mean(policy.rejected),
+        f"{prefix}logps/chosen": mean(policy.chosen / policy.chosen_tokens if per_token else policy.chosen),
+        f"{prefix}logps/rejected": mean(policy.rejected / policy.rejected_tokens if per_token else policy.rejected),
     }
 
 
@@ -764,6 +767,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                          generation_ranks=D.lockstep_generation(accelerator),
                          agree_forwards=agree_forwards if D.forwards_need_all_ranks(accelerator) else None)
     eval_bs = max(2, tc.batch_size)
+    per_token_logps = bool(getattr(algo, "logps_per_token", False))   # logps/* as the algorithm's TRL trainer logs
 
     def held_out(before_training: bool = False) -> dict:
         policy = score_pairs_sharded(scoring, eval_pairs, pad_id, device, eval_bs, accelerator)
@@ -775,7 +779,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         with torch.no_grad():
             out = checked_loss(algo, policy, reference, params)
         frozen["held_out_margins"] = (out.chosen_rewards - out.rejected_rewards).tolist()   # the latest, per pair
-        return pair_metrics(out, policy, prefix="eval/")
+        return pair_metrics(out, policy, prefix="eval/", per_token=per_token_logps)
 
     if state["initial_eval"] is None:
         state["initial_eval"] = held_out(before_training=state["step"] == 0)
@@ -857,7 +861,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                             for f in ("chosen", "rejected", "chosen_tokens", "rejected_tokens")))
         out, policy, pair_w = gather_step(out, policy, pair_w, accelerator)
         row = {"step": step + 1, "pairs_seen": state["pairs_seen"], "records_seen": state["records_seen"],
-               **pair_metrics(out, policy, weights=pair_w),
+               **pair_metrics(out, policy, weights=pair_w, per_token=per_token_logps),
                "learning_rate": lr, "grad_norm": float(grad_norm), "time_s": round(state["time_s"], 4),
                "step_time_s": round(elapsed, 4), "tokens_per_s": round(tokens / elapsed, 1),
                "pairs_per_s": round(step_pairs / elapsed, 3), **sampler_metrics}
