@@ -208,6 +208,33 @@ def test_dpo_starts_at_log2_and_learns(tmp_path, tiny_model_dir):
     assert initial["eval/rewards/accuracies"] == 0.5 and initial["eval/loss"] == pytest.approx(math.log(2), abs=1e-7)
 
 
+def test_held_out_metrics_that_are_not_finite_are_written_as_metrics_jsonl_writes_them(tmp_path, tiny_model_dir,
+                                                                                         monkeypatch):
+    """No training step checks the held-out evaluation: a loss that is infinite there (a plugin's) was written into
+    train_summary.json as `Infinity` (and NaN as `NaN`), which pobench report refuses as a damaged file, so `pobench
+    run` would have ended in that error after training. It is written as metrics.jsonl writes it."""
+    from pobench.algorithm import LossOutput
+    from pobench.report.collect import read_summary
+    cfg, algorithm = make_cfg(tiny_model_dir, max_steps=2)
+    real = algorithm.loss
+
+    def loss(policy, reference, params):
+        out = real(policy, reference, params)
+        if torch.is_grad_enabled():   # a training step: finite
+            return out
+        return LossOutput(out.losses + math.inf, out.chosen_rewards * math.nan, out.rejected_rewards)
+    monkeypatch.setattr(algorithm, "loss", loss)
+    T.train(cfg, algorithm, load_suite_data(cfg.data, cfg.seed), tmp_path / "run", tmp_path / "cache")
+
+    def strict(constant):
+        raise AssertionError(f"train_summary.json holds {constant}, which is not JSON")
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text(), parse_constant=strict)
+    final = summary["held_out_final"]
+    assert final["eval/loss"] == 1e308 and final["eval/rewards/chosen"] is None
+    assert final == {k: v for k, v in metrics(tmp_path / "run")[-1].items() if k.startswith("eval/")}
+    read_summary(tmp_path / "run" / "train_summary.json")   # what pobench report and pobench eval read
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_model_dir):
     from safetensors.torch import load_file
     cache = tmp_path / "cache"

@@ -68,6 +68,14 @@ def _clean(value):
     return value
 
 
+def finite_metrics(row: dict | None) -> dict | None:
+    """A row of metrics as metrics.jsonl holds it: strict JSON, NaN as null (not measured), an infinity as +-1e308.
+    train_summary.json's held-out metrics go through it too: json.dumps wrote NaN and Infinity there (a plugin loss
+    that is not finite on the held-out pairs, which no training step checks), and pobench report refuses an
+    infinity as a damaged file, so `pobench run` would have ended in that error after training."""
+    return None if row is None else {k: _clean(v) for k, v in row.items()}
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per logged step, flushed per line."""
 
@@ -99,7 +107,7 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def append(self, row: dict) -> None:
-        append_line(self.path, json.dumps({k: _clean(v) for k, v in row.items()}), "metrics")
+        append_line(self.path, json.dumps(finite_metrics(row)), "metrics")
 
     def read(self) -> list[dict]:
         if not self.path.exists():

@@ -25,7 +25,7 @@ from pobench.data.tokenize import ChatFormatter, TokenizedPair, encode_completio
 from pobench.engine import distributed as D
 from pobench.engine.checkpoint import (check_resumable_state, find_checkpoint, load_checkpoint, load_sampler_states, read_state,
                                        save_checkpoint)
-from pobench.engine.io import MetricsLog, atomic_write_json
+from pobench.engine.io import MetricsLog, atomic_write_json, finite_metrics
 from pobench.engine.loggers import Trackers
 from pobench.engine.logps import (LogitTransform, SequenceLogps, unwrap_peft, collate_pairs, collate_pairs_shared,
                                   collate_sequences_shared)
@@ -901,7 +901,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         "pairs_seen": state["pairs_seen"], "train_time_s": round(state["time_s"], 3),
         "pairs_per_s": round(state["pairs_seen"] / state["time_s"], 4) if state["time_s"] else None,
         "final_loss": rows[-1]["loss"] if rows else None,
-        "held_out_initial": state["initial_eval"], "held_out_final": last_eval,
+        "held_out_initial": finite_metrics(state["initial_eval"]), "held_out_final": finite_metrics(last_eval),
         "reference_model": model_path, "eval_pairs": len(eval_pairs), "train_pairs": len(train_pairs),
         "code": state["code"],
         "records_seen": state["records_seen"], "candidate_pool": pool_info, "truncated": truncated,
