@@ -1264,6 +1264,67 @@ def test_an_infinite_result_is_refused_naming_the_file_and_key(tmp_path, file, e
         assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr
 
 
+def edit_summary(run: Path, edit) -> None:
+    path = run / "train_summary.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+
+
+def edit_metrics_row(run: Path, line: int, edit) -> None:
+    path = run / "metrics.jsonl"
+    rows = [json.loads(text) for text in path.read_text().splitlines()]
+    rows[line - 1] = edit(rows[line - 1])
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("file, edit, message", [
+    ("train_summary.json", lambda s: {**s, "held_out_final": {**s["held_out_final"], "eval/loss": float("inf")}},
+     "train_summary.json: 'held_out_final.eval/loss' must be a finite number, got inf"),
+    ("train_summary.json", lambda s: {**s, "train_time_s": float("inf")},
+     "train_summary.json: 'train_time_s' must be a finite number, got inf"),
+    ("train_summary.json", lambda s: {**s, "steps": float("nan")},     # a count: NaN is no "not measured"
+     "train_summary.json: 'steps' must be a finite number, got nan"),
+    ("metrics.jsonl", lambda r: {**r, "eval/rewards/margins": -float("inf")},
+     "metrics.jsonl:2: 'eval/rewards/margins' must be a finite number, got -inf"),
+    ("metrics.jsonl", lambda r: {**r, "records_seen": float("nan")},
+     "metrics.jsonl:2: 'records_seen' must be a finite number, got nan"),
+    ("metrics.jsonl", lambda r: {**r, "gold/kl": float("inf")},
+     "metrics.jsonl:2: 'gold/kl' must be a finite number, got inf"),
+    ("metrics.jsonl", lambda r: {**r, "gold/kl": "0.2"}, "metrics.jsonl:2: 'gold/kl' must be a number, got '0.2'"),
+    ("gold_eval.json", lambda g: {**g, "curve": [{"pairs_seen": 0, "gold/kl": float("inf")}]},
+     "gold_eval.json: 'curve[0].gold/kl' must be a finite number, got inf"),
+])
+def test_an_infinite_training_record_is_refused_naming_the_file_and_key(tmp_path, file, edit, message):
+    """As eval.json's and gold_eval.json's final results are: an infinite value in train_summary.json or
+    metrics.jsonl (or gold_eval.json's first curve point) became the mean over seeds, an AUC or a matched-KL level,
+    printed 'inf' and crashed --format json (exit 1). One line naming the file (metrics.jsonl's line) and key, exit
+    2. NaN in a metric stays 'not measured' (the trainer writes it as null), but not in a count or a clock."""
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7], suite="synthetic")
+    (run / "gold_eval.json").write_text(json.dumps({"final": {"gold/reward": 1.4}, "curve": []}))
+    if file == "train_summary.json":
+        edit_summary(run, edit)
+    elif file == "metrics.jsonl":
+        edit_metrics_row(run, 2, edit)
+    else:
+        (run / file).write_text(json.dumps(edit(json.loads((run / file).read_text()))))
+    with pytest.raises(PobenchError, match=re.escape(message)):
+        collect(tmp_path)
+    if "gold/kl' must be a finite" in message and file == "metrics.jsonl":
+        proc = subprocess.run([sys.executable, "-m", "pobench.cli", "report", str(tmp_path), "--format", "json"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr
+
+
+def test_nan_in_a_training_metric_reads_as_not_measured(tmp_path):
+    """NaN is the report's 'not measured' for a metric (eval.json's too): left out of the means, not refused."""
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7])
+    write_run(tmp_path, "dpo", 2, [0.5, 0.6, 0.8])
+    (run / "eval.json").unlink()   # its held-out metrics would take precedence over train_summary.json's
+    edit_summary(run, lambda s: {**s, "held_out_final": {**s["held_out_final"], "eval/loss": float("nan")}})
+    edit_metrics_row(run, 1, lambda r: {**r, "eval/rewards/margins": float("nan")})
+    runs, curves = collect(tmp_path)
+    assert len(runs) == 2 and math.isnan(runs.set_index("seed").loc[1, "held_out_loss"])
+
+
 def test_the_csv_names_each_rows_own_judges(tmp_path):
     """The CSV's judge column listed every judge of the suite on every row."""
     import io

@@ -55,11 +55,13 @@ def is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def check_finite(v, path: Path, key: str) -> None:
+def check_finite(v, path, key: str, nan_is_missing: bool = True) -> None:
     """Python's json reads Infinity and -Infinity: a mean over seeds would carry it into every table (and --format
     json, which writes strict JSON, could not write it), so an infinite result is refused. NaN stays what the
-    readers make of it: not measured, left out of the means."""
-    if is_number(v) and math.isinf(v):
+    readers make of it: not measured, left out of the means; but not for a count or a clock (`nan_is_missing`
+    False: steps, records, time), which places a row on the curve's axis and is always written. `path` may carry
+    a line number (metrics.jsonl:3)."""
+    if is_number(v) and (math.isinf(v) or (math.isnan(v) and not nan_is_missing)):
         raise PobenchError(f"{path}: '{key}' must be a finite number, got {v!r}")
 
 
@@ -87,6 +89,8 @@ def read_summary(path: Path) -> dict:
     for key in SUMMARY_NUMBERS:
         if summary.get(key) is not None and not is_number(summary[key]):
             raise PobenchError(f"{path}: '{key}' must be a number, got {summary[key]!r}")
+        # the trainer writes each of these as a number or null: a NaN is no "not measured" here
+        check_finite(summary.get(key), path, key, nan_is_missing=False)
     for key in ("held_out_initial", "held_out_final"):
         metrics = summary.get(key)
         if metrics is None:
@@ -96,16 +100,20 @@ def read_summary(path: Path) -> dict:
         for name, v in metrics.items():
             if v is not None and not is_number(v):
                 raise PobenchError(f"{path}: '{key}.{name}' must be a number, got {v!r}")
+            check_finite(v, path, f"{key}.{name}")
     return summary
 
 
-# metrics.jsonl keys the report reads as numbers (a sampler's own `sampler/*` values are the plugin's business)
-NUMERIC_METRICS = ("step", "pairs_seen", "records_seen", "time_s", "loss")
-NUMERIC_METRIC_PREFIXES = ("eval/", "rewards/", "logps/")
+# metrics.jsonl keys the report reads as numbers (a sampler's own `sampler/*` values are the plugin's business);
+# the first four place a row on the curves' axes (and in order), so NaN there is no "not measured"
+AXIS_METRICS = ("step", "pairs_seen", "records_seen", "time_s")
+NUMERIC_METRICS = AXIS_METRICS + ("loss",)
+NUMERIC_METRIC_PREFIXES = ("eval/", "rewards/", "logps/", "gold/")
 
 
 def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl's rows; the values the report reads are numbers (or null), as the trainer writes them."""
+    """metrics.jsonl's rows; the values the report reads are finite numbers (or null), as the trainer writes them
+    (pobench.engine.io.MetricsLog: NaN as null)."""
     if not path.exists():
         return []
     rows = []
@@ -114,6 +122,8 @@ def read_metrics(path: Path) -> list[dict]:
             numeric = key in NUMERIC_METRICS or key.startswith(NUMERIC_METRIC_PREFIXES)
             if numeric and v is not None and not is_number(v):
                 raise PobenchError(f"{path}:{line}: '{key}' must be a number, got {v!r}")
+            if numeric:
+                check_finite(v, f"{path}:{line}", key, nan_is_missing=key not in AXIS_METRICS)
         # the trainer logs each step once, in order (a resume cuts the rows after its checkpoint first)
         if rows and is_number(row.get("step")) and is_number(rows[-1].get("step")) and row["step"] <= rows[-1]["step"]:
             raise PobenchError(f"{path}:{line}: step {row['step']} after step {rows[-1]['step']} (a repeated or "
@@ -194,10 +204,16 @@ def gold_fields(gold: dict | None, path: Path) -> dict:
 
 def gold_initial(run_dir: Path) -> dict:
     """gold/* metrics before training (the first point of gold_eval.json's curve; metrics.jsonl starts at step 1)."""
-    gold = read_json(run_dir / "gold_eval.json", required=False) or {}
+    path = run_dir / "gold_eval.json"
+    gold = read_json(path, required=False) or {}
     curve = gold.get("curve") if isinstance(gold, dict) else None
     if isinstance(curve, list) and curve and isinstance(curve[0], dict) and curve[0].get("pairs_seen") == 0:
-        return {k: v for k, v in curve[0].items() if k.startswith("gold/")}
+        out = {k: v for k, v in curve[0].items() if k.startswith("gold/")}
+        for key, v in out.items():   # the first point of the curves metrics.jsonl's gold/* rows continue
+            if v is not None and not is_number(v):
+                raise PobenchError(f"{path}: 'curve[0].{key}' must be a number, got {v!r}")
+            check_finite(v, path, f"curve[0].{key}")
+        return out
     return {}
 
 
