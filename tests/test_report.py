@@ -996,6 +996,34 @@ def test_accuracy_auc_is_taken_over_the_range_of_the_runs_it_compares(tmp_path):
     assert suite["convergence"]["x_max"] == 48   # the convergence table keeps the range every run of the suite covers
 
 
+def with_gold_curve(run: Path, kls: list[float], rewards: list[float]) -> Path:
+    """gold/kl and gold/reward at a run's evaluations (metrics.jsonl's rows), from KL 0 and reward 1.0 before training
+    (gold_eval.json's first curve point)."""
+    for line, (kl, reward) in enumerate(zip(kls, rewards), 1):
+        edit_metrics_row(run, line, lambda r: {**r, "gold/kl": kl, "gold/reward": reward})
+    (run / "gold_eval.json").write_text(json.dumps({"final": {"gold/kl": kls[-1], "gold/reward": rewards[-1]}, "curve": [
+        {"pairs_seen": 0, "gold/kl": 0.0, "gold/reward": 1.0}]}))
+    return run
+
+
+def test_matched_kl_levels_are_taken_from_the_runs_the_table_compares(tmp_path):
+    """The levels went up to the largest KL that every run of the suite reached: an unchosen grid point of SimPO that
+    stopped at KL 0.04 set every row's levels to 0.01-0.04 (where DPO and SimPO's chosen point, which reach 0.2, are
+    barely apart). The table compares the runs at the chosen points: their levels, 0.05-0.2."""
+    for seed in (1, 2):
+        with_gold_curve(write_run(tmp_path, "dpo", seed, [0.5, 0.6, 0.7], suite="synthetic"), [0.1, 0.2], [1.2, 1.4])
+    with_gold_curve(write_run(tmp_path, "simpo", 1, [0.5, 0.6, 0.8], point="a", suite="synthetic"),
+                    [0.1, 0.2], [1.3, 1.6])
+    with_gold_curve(write_run(tmp_path, "simpo", 1, [0.5, 0.55, 0.6], point="b", suite="synthetic"),  # not chosen
+                    [0.02, 0.04], [1.0, 1.0])
+    suite = build_report(tmp_path)[0]["suites"][0]
+    assert {r["algo"]: r["grid_point"] for r in suite["leaderboard"]} == {"dpo": "", "simpo": "a"}
+    frontier = suite["matched_kl"]
+    assert frontier["levels"] == pytest.approx([0.05, 0.1, 0.15, 0.2])
+    rows = {r["algo"]: [ci["mean"] for ci in r["at"]] for r in frontier["rows"]}
+    assert rows == {"dpo": pytest.approx([1.1, 1.2, 1.3, 1.4]), "simpo": pytest.approx([1.15, 1.3, 1.45, 1.6])}
+
+
 def test_a_value_from_fewer_seeds_than_its_row_says_so(tmp_path):
     """SimPO's seed 3 has no win rate (not evaluated yet): its leaderboard cell and its difference from DPO are
     the mean of 2 seeds, which the seeds column (1,2,3) hid."""

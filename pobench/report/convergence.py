@@ -35,6 +35,12 @@ def common_range(by_run: dict, metric: str = ACCURACY, x: str = BUDGET) -> float
     return min(ends) if ends else None
 
 
+def at_chosen_points(by_run: dict, chosen: dict) -> dict:
+    """run_curves' {(algo, grid_point, seed): curve} of the runs at each algorithm's chosen grid point: the runs a
+    table of the chosen rows shows."""
+    return {k: f for k, f in by_run.items() if k[0] in chosen and chosen[k[0]] == k[1]}
+
+
 def default_points(x_max: float | None, n: int = DEFAULT_POINTS) -> list[float]:
     if not x_max:
         return []
@@ -116,13 +122,16 @@ FRONTIER = ("gold/kl", "gold/reward")  # (KL, reward) logged at evaluation steps
 
 def matched_kl(curves, chosen: dict, n: int = DEFAULT_POINTS, kl: str = FRONTIER[0], value: str = FRONTIER[1]) -> dict:
     """Reward at matched KL: for every algorithm at its chosen grid point, `value` at the moment its `kl` first
-    reached each of n evenly spaced KL levels (up to the largest KL every run reached), mean and CI over seeds.
-    An algorithm that gains less per record can still sit on a better reward-KL frontier; this table shows it."""
+    reached each of n evenly spaced KL levels (up to the largest KL every run of the table reached), mean and CI over
+    seeds. An algorithm that gains less per record can still sit on a better reward-KL frontier; this table shows
+    it."""
     if kl not in curves or value not in curves:
         return {}
     by_run = run_curves(curves)
     reach = []
-    for frame in by_run.values():
+    # the levels are those of the runs the table compares: an unchosen grid point's run that stopped at a low KL
+    # moved every row's levels, as the AUC's range was moved (accuracy_auc)
+    for frame in at_chosen_points(by_run, chosen).values():
         ks = frame[kl].dropna()
         if len(ks):
             reach.append(float(ks.max()))

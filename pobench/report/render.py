@@ -317,7 +317,8 @@ def matched_kl_section(s: dict) -> Section | None:
     columns = ["algo"] + [f"@{m['kl']} {k:.3g}" for k in m["levels"]]
     body = [[r["algo"]] + [fmt_ci(ci) + of_seeds(ci, r["seeds"]) for ci in r["at"]] for r in m["rows"]]
     caption = [f"{m['value']} when {m['kl']} first reached each level during training (interpolated between "
-               f"evaluations; levels up to the largest KL every run reached); " + CI_NOTE]
+               f"evaluations; levels up to the largest KL every run of the table, at its chosen grid point, reached); "
+               + CI_NOTE]
     if any(of_seeds(ci, r["seeds"]) for r in m["rows"] for ci in r["at"]):
         caption.append(PARTIAL_NOTE)
     return Section(f"at matched KL: {m['value']} ({s['suite']})", caption, columns, body)
