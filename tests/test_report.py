@@ -996,6 +996,22 @@ def test_accuracy_auc_is_taken_over_the_range_of_the_runs_it_compares(tmp_path):
     assert suite["convergence"]["x_max"] == 48   # the convergence table keeps the range every run of the suite covers
 
 
+def test_the_grid_tie_break_is_taken_over_the_runs_each_point_is_scored_on(tmp_path):
+    """SimPO's points a and b tie on validation at the seeds both have (1, 2), where b learns faster over the 0-144
+    records they cover; a's seed 3, which b lacks and so is scored on by neither, stopped at 48 records and cut the
+    tie-break's range to 0-48, where a led: a seed left out of the scores chose the point."""
+    for seed in (1, 2):
+        write_run(tmp_path, "simpo", seed, [0.5, 0.6, 0.5, 0.6], point="a")
+        write_run(tmp_path, "simpo", seed, [0.5, 0.55, 0.8, 0.6], point="b")
+    write_run(tmp_path, "simpo", 3, [0.5, 0.6], point="a")
+    suite = build_report(tmp_path)[0]["suites"][0]
+    grid = {r["grid_point"]: r for r in suite["grid"]}
+    assert grid["a"]["scored_on"] == grid["b"]["scored_on"] == [1, 2]
+    assert grid["b"]["chosen"] and not grid["a"]["chosen"]
+    assert grid["b"]["acc_auc"]["mean"] == pytest.approx((0.525 + 0.675 + 0.7) / 3)
+    assert grid["a"]["acc_auc_range"] == grid["b"]["acc_auc_range"] == 144
+
+
 def with_gold_curve(run: Path, kls: list[float], rewards: list[float]) -> Path:
     """gold/kl and gold/reward at a run's evaluations (metrics.jsonl's rows), from KL 0 and reward 1.0 before training
     (gold_eval.json's first curve point)."""

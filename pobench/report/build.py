@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pobench.errors import PobenchError
 from pobench.report.collect import collect
-from pobench.report.convergence import AXES, DEFAULT_TARGET, convergence, grid_auc_by_run, matched_kl
+from pobench.report.convergence import AXES, DEFAULT_TARGET, convergence, matched_kl
 from pobench.report.leaderboard import about, grid_table, leaderboard, mixed_evaluations, spread
 from pobench.report.versus import DEFAULT_BASELINE, NO_BASELINE, unlike_across_seeds, unlike_rows, versus
 
@@ -39,7 +39,7 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
               "baseline": None if baseline == NO_BASELINE else baseline, "axis": x, "suites": []}
     for suite, suite_runs in runs.groupby("suite", sort=True):
         suite_curves = curves[curves["suite"] == suite]
-        chosen, grid_rows = grid_table(suite_runs, grid_auc_by_run(suite_curves, x), select)
+        chosen, grid_rows = grid_table(suite_runs, suite_curves, select, x)
         spreads = spread(grid_rows)
         report["suites"].append({
             "suite": suite, **about(suite_runs),

@@ -106,17 +106,6 @@ def accuracy_auc(by_run: dict, keys, x: str = BUDGET) -> tuple[dict, float | Non
     return {k: (area_under_curve(*curve(f, ACCURACY, x), x_max) if x_max else None) for k, f in runs.items()}, x_max
 
 
-def grid_auc_by_run(curves, x: str = BUDGET) -> dict:
-    """{(algo, grid_point, seed): held-out accuracy AUC}: the grid tie-break, which compares one algorithm's points
-    with each other, over the range that algorithm's grid runs cover (another algorithm's short run, or one seed
-    of another's, moved it)."""
-    by_run = run_curves(curves, x)
-    out = {}
-    for algo in sorted({k[0] for k in by_run}):
-        out.update(accuracy_auc(by_run, [k for k in by_run if k[0] == algo], x)[0])
-    return out
-
-
 FRONTIER = ("gold/kl", "gold/reward")  # (KL, reward) logged at evaluation steps by suites with a known reward
 
 

@@ -2,6 +2,7 @@
 t-interval over seeds of every result; the grid itself, with the spread of the validation metric."""
 from __future__ import annotations
 
+from pobench.report.convergence import BUDGET, accuracy_auc, run_curves
 from pobench.report.grid import SELECT, choose_best
 from pobench.report.stats import mean_ci
 
@@ -44,16 +45,21 @@ def scoring_seeds(seeds_by_point: dict) -> tuple[dict, str]:
         "equal count"
 
 
-def grid_table(runs, auc_by_run: dict, select: str) -> tuple[dict, list[dict]]:
+def grid_table(runs, curves, select: str, x: str = BUDGET) -> tuple[dict, list[dict]]:
     """({algo: chosen point}, one row per algorithm x grid point with the validation metric over the seeds the
-    algorithm's points are scored on (scoring_seeds: `scored_on`, `scoring`))."""
+    algorithm's points are scored on (scoring_seeds: `scored_on`, `scoring`), and the tie-break, the held-out
+    accuracy's AUC (`acc_auc`) of the same runs over the range they all cover (`acc_auc_range`)."""
     column = SELECT[select][0]
+    by_run = run_curves(curves, x) if curves is not None and len(curves) else {}
     chosen, rows = {}, []
     for algo, frame in runs.groupby("algo", sort=True):
         frames = dict(list(frame.groupby("grid_point", sort=False)))
         measured = {point: [int(s) for s, v in zip(pf["seed"].tolist(), _values(pf, column)) if v is not None and v == v]
                     for point, pf in frames.items()}
         scored, how = scoring_seeds(measured)
+        # the range of the runs the points are scored on: a seed a point is not scored on (one the other points
+        # lack) cut it short and so moved the tie-break, though its own value was left out
+        auc_by_run, auc_range = accuracy_auc(by_run, [(algo, p, s) for p, seeds in scored.items() for s in seeds], x)
         per_point = []
         for point, pf in frames.items():
             on = pf[pf["seed"].isin(scored[point])]
@@ -61,7 +67,7 @@ def grid_table(runs, auc_by_run: dict, select: str) -> tuple[dict, list[dict]]:
             per_point.append({"algo": algo, "grid_point": point, "seeds": len(pf),
                               "scored_on": scored[point], "scoring": how,
                               "validation": mean_ci(_values(on, column)), "acc_auc": mean_ci(aucs),
-                              "win_rate": mean_ci(_values(pf, "win_rate"))})
+                              "acc_auc_range": auc_range, "win_rate": mean_ci(_values(pf, "win_rate"))})
         best = choose_best([{"point": p["grid_point"], "value": p["validation"]["mean"],
                              "tiebreak": p["acc_auc"]["mean"]} for p in per_point], select)
         chosen[algo] = best

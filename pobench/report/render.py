@@ -150,7 +150,8 @@ def grid_section(s: dict, select: str) -> Section:
     spreads = ", ".join(f"{a} {v['range']:.3f}" for a, v in s["spread"].items() if v["range"] is not None)
     caption = [f"grid points per algorithm: {budget}" + ("" if len(sizes) == 1 else " (UNEQUAL tuning budget)"),
                f"spread (max - min over the grid of the validation metric): {spreads or '-'}; acc AUC (the "
-               f"tie-break): held-out accuracy averaged over the range all of the algorithm's grid runs cover",
+               f"tie-break): held-out accuracy averaged over the range that all of the algorithm's runs the points are "
+               f"scored on cover",
                "* = chosen on validation; win rate shown for information only, never used to choose"]
     scoring = {r["algo"]: r.get("scoring", "alike") for r in s["grid"]}
     for algo, how in scoring.items():
