@@ -993,7 +993,7 @@ def test_accuracy_auc_is_taken_over_the_range_of_the_runs_it_compares(tmp_path):
     assert rows["mcpo"]["delta"]["held_out_acc_auc"]["mean"] == pytest.approx(0.025)   # 0.6 - 0.575
     grid = {r["grid_point"]: r for r in suite["grid"] if r["algo"] == "simpo"}
     assert grid["b"]["chosen"] and grid["b"]["acc_auc"]["mean"] == pytest.approx((0.525 + 0.675 + 0.7) / 3)
-    assert suite["convergence"]["x_max"] == 48   # the convergence table keeps the range every run of the suite covers
+    assert suite["convergence"]["x_max"] == 48   # the convergence table keeps the range every run it shows covers
 
 
 def test_the_grid_tie_break_is_taken_over_the_runs_each_point_is_scored_on(tmp_path):
@@ -1010,6 +1010,19 @@ def test_the_grid_tie_break_is_taken_over_the_runs_each_point_is_scored_on(tmp_p
     assert grid["b"]["chosen"] and not grid["a"]["chosen"]
     assert grid["b"]["acc_auc"]["mean"] == pytest.approx((0.525 + 0.675 + 0.7) / 3)
     assert grid["a"]["acc_auc_range"] == grid["b"]["acc_auc_range"] == 144
+
+
+def test_the_convergence_range_is_that_of_the_runs_the_table_shows(tmp_path):
+    """The table's range and default points were those every run of the suite covers: SimPO's unchosen grid point b,
+    stopped at 48 records, cut every row's AUC to 0-48 and its points to 12-48, where all the rows shown reach 96."""
+    for seed in (1, 2):
+        write_run(tmp_path, "dpo", seed, [0.5, 0.6, 0.7])
+    write_run(tmp_path, "simpo", 1, [0.5, 0.6, 0.8], point="a")
+    write_run(tmp_path, "simpo", 1, [0.5, 0.55], point="b")         # not chosen
+    conv = build_report(tmp_path)[0]["suites"][0]["convergence"]
+    assert conv["x_max"] == 96 and conv["points"] == [24, 48, 72, 96]
+    acc = {r["algo"]: r for r in conv["metrics"]["eval/rewards/accuracies"]}
+    assert acc["simpo"]["grid_point"] == "a" and acc["simpo"]["auc"]["mean"] == pytest.approx((0.55 + 0.7) / 2)
 
 
 def with_gold_curve(run: Path, kls: list[float], rewards: list[float]) -> Path:

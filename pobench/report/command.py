@@ -33,7 +33,7 @@ def report(
     select: str = typer.Option("acc", "--select", help="Validation metric that picks each algorithm's best grid "
                                "point: acc (held-out pair accuracy, max) or loss (held-out loss, min)."),
     points: Optional[str] = typer.Option(None, "--points", help="Points of the convergence tables, in --axis units "
-                                         "(default: 4 evenly spaced up to the range every run covers)."),
+                                         "(default: 4 evenly spaced up to the range every run of the table covers)."),
     target: float = typer.Option(0.6, "--target", help="Held-out reward accuracy for 'records (or pairs) to target'."),
     axis: str = typer.Option("records", "--axis", help="What convergence tables and plots run on: records (training "
                              "records seen, the budget all algorithms share) or pairs (pairs seen, each algorithm's "

@@ -14,7 +14,7 @@ BUDGET = "records_seen"
 AXES = {"records": BUDGET, "pairs": "pairs_seen"}   # `pobench report --axis`: pairs for pairs' sake (DESIGN's view)
 UNITS = {v: k for k, v in AXES.items()}
 DEFAULT_TARGET = 0.6   # held-out reward accuracy a run must reach for "records (or pairs) to target"; chance is 0.5
-DEFAULT_POINTS = 4     # evenly spaced budget points up to the range every run of the suite covers
+DEFAULT_POINTS = 4     # evenly spaced budget points up to the range every run of the table covers
 
 
 def run_curves(curves, x: str = BUDGET) -> dict:
@@ -75,15 +75,17 @@ def convergence(curves, chosen: dict, points: list[float] | None = None, target:
     seeds), its area under the curve over [0, x_max] (the mean value over training), and, for held-out
     accuracy, the records (or pairs: x) needed to reach `target` (mean over the seeds that reached it, and how many
     did)."""
-    by_run = run_curves(curves, x)
-    x_max = common_range(by_run, x=x)
+    # the range (and the default points) of the runs the table shows: an unchosen grid point's run that stopped
+    # short cut every row's AUC and points, as it moved the matched-KL levels
+    shown = at_chosen_points(run_curves(curves, x), chosen)
+    x_max = common_range(shown, x=x)
     points = list(points) if points else default_points(x_max)
     out = {"axis": x, "points": points, "x_max": x_max, "target": target, "metrics": {}}
     for metric in eval_metrics(curves):
         rows = []
         for algo, point in chosen.items():
             seeds = [run_summary(f, metric, points, x_max, target if metric == ACCURACY else None, x)
-                     for (a, g, _), f in by_run.items() if a == algo and g == point]
+                     for (a, g, _), f in shown.items() if a == algo and g == point]
             if not seeds:
                 continue
             reached = [s["to_target"] for s in seeds if s["to_target"] is not None]

@@ -300,7 +300,7 @@ def convergence_sections(s: dict, metrics=tuple(CURVE_TITLES)) -> list[Section]:
                  if unit == "records" else "pairs_seen (pairs 0 = before training; pairs per record are each "
                  "algorithm's own: --axis records compares equal budgets)")
         caption = [f"{metric} interpolated linearly between evaluations at fixed {along}; AUC = mean value over "
-                   f"{unit} 0-{fmt_point(conv['x_max'])}, the range every run covers; " + CI_NOTE]
+                   f"{unit} 0-{fmt_point(conv['x_max'])}, the range every run of the table covers; " + CI_NOTE]
         if is_acc:
             caption.append(f"{unit} to {conv['target']:g}: first crossing, interpolated; mean over the seeds that "
                            f"reached it")
