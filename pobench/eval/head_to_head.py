@@ -182,8 +182,11 @@ def _malformed(c: dict) -> str | None:
     from pobench.report.collect import is_number
     if not is_number(c.get("win_rate")):
         return f"'win_rate' must be a number, got {c.get('win_rate')!r}"
+    # json reads NaN and Infinity: the report's mean printed them and --format json (strict JSON) crashed on them
+    if not 0 <= c["win_rate"] <= 1:
+        return f"'win_rate' must be a fraction in [0, 1], got {c['win_rate']!r}"
     ci = c.get("win_rate_ci95")
-    if not (isinstance(ci, list) and len(ci) == 2 and all(map(is_number, ci))):
+    if not (isinstance(ci, list) and len(ci) == 2 and all(is_number(v) and 0 <= v <= 1 for v in ci)):
         return f"'win_rate_ci95' must be [low, high], got {ci!r}"
     for key in ("seed", "better", "tied", "worse"):
         if not isinstance(c.get(key), int) or isinstance(c.get(key), bool):
