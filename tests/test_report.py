@@ -1343,6 +1343,8 @@ def edit_metrics_row(run: Path, line: int, edit) -> None:
      "train_summary.json: 'train_time_s' must be a finite number, got inf"),
     ("train_summary.json", lambda s: {**s, "steps": float("nan")},     # a count: NaN is no "not measured"
      "train_summary.json: 'steps' must be a finite number, got nan"),
+    ("train_summary.json", lambda s: {**s, "candidate_pool": {"source": "generated", "generation_s": float("inf")}},
+     "train_summary.json: 'candidate_pool.generation_s' must be a finite number, got inf"),
     ("metrics.jsonl", lambda r: {**r, "eval/rewards/margins": -float("inf")},
      "metrics.jsonl:2: 'eval/rewards/margins' must be a finite number, got -inf"),
     ("metrics.jsonl", lambda r: {**r, "records_seen": float("nan")},

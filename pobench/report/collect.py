@@ -91,6 +91,7 @@ def read_summary(path: Path) -> dict:
             raise PobenchError(f"{path}: '{key}' must be a number, got {summary[key]!r}")
         # the trainer writes each of these as a number or null: a NaN is no "not measured" here
         check_finite(summary.get(key), path, key, nan_is_missing=False)
+    check_finite(pool_generation_seconds(summary), path, "candidate_pool.generation_s")   # the leaderboard's pool s
     for key in ("held_out_initial", "held_out_final"):
         metrics = summary.get(key)
         if metrics is None:
