@@ -1444,3 +1444,14 @@ def test_runs_without_curves_still_report(tmp_path):
     (run / "train_summary.json").write_text(json.dumps(summary))
     report = build_report(tmp_path)[0]
     assert report["suites"][0]["leaderboard"][0]["algo"] == "dpo"
+
+
+def test_runs_whose_curves_end_where_they_start_still_report(tmp_path):
+    """No metrics.jsonl, but the initial held-out point of train_summary.json: the convergence tables had rows and no
+    range, and rendering them failed with "TypeError: float() argument must be ... not 'NoneType'" (exit 1)."""
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6], eval_json=new_eval(0.5, 0.6))
+    (run / "metrics.jsonl").unlink()
+    report = build_report(tmp_path)[0]
+    assert report["suites"][0]["convergence"]["x_max"] is None
+    md = to_markdown(sections(report))
+    assert "### leaderboard: hh-rlhf" in md and "### convergence" not in md

@@ -279,6 +279,8 @@ def versus_section(s: dict) -> Section | None:
 
 def convergence_sections(s: dict, metrics=tuple(CURVE_TITLES)) -> list[Section]:
     conv = s["convergence"]
+    if conv["x_max"] is None:   # no run shown has a curve past its start (metrics.jsonl lost): nothing to tabulate
+        return []
     out = []
     for metric in metrics:
         rows = conv["metrics"].get(metric)
