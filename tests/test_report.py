@@ -1381,10 +1381,12 @@ def test_nan_in_a_training_metric_reads_as_not_measured(tmp_path):
     run = write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7])
     write_run(tmp_path, "dpo", 2, [0.5, 0.6, 0.8])
     (run / "eval.json").unlink()   # its held-out metrics would take precedence over train_summary.json's
-    edit_summary(run, lambda s: {**s, "held_out_final": {**s["held_out_final"], "eval/loss": float("nan")}})
+    edit_summary(run, lambda s: {**s, "held_out_final": {**s["held_out_final"], "eval/loss": float("nan")},
+                                 "pairs_per_s": float("nan"), "final_loss": float("nan")})
     edit_metrics_row(run, 1, lambda r: {**r, "eval/rewards/margins": float("nan")})
     runs, curves = collect(tmp_path)
     assert len(runs) == 2 and math.isnan(runs.set_index("seed").loc[1, "held_out_loss"])
+    assert build_report(tmp_path)[0]["suites"][0]["leaderboard"][0]["pairs_per_s"]["n"] == 1
 
 
 def test_the_csv_names_each_rows_own_judges(tmp_path):

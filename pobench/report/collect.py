@@ -47,8 +47,10 @@ def read_json(path: Path, required: bool = True):
         raise PobenchError(f"{path}: not valid JSON ({e})") from None
 
 
-SUMMARY_NUMBERS = ("steps", "pairs_seen", "records_seen", "train_time_s", "pairs_per_s", "final_loss",
-                   "global_batch_size", "eval_pairs", "num_processes")
+# the counts and clocks of a run, which the trainer always writes (NaN is no "not measured" there), and its results
+SUMMARY_COUNTS = ("steps", "pairs_seen", "records_seen", "train_time_s", "global_batch_size", "eval_pairs",
+                  "num_processes")
+SUMMARY_NUMBERS = SUMMARY_COUNTS + ("pairs_per_s", "final_loss")
 
 
 def is_number(v) -> bool:
@@ -58,9 +60,9 @@ def is_number(v) -> bool:
 def check_finite(v, path, key: str, nan_is_missing: bool = True) -> None:
     """Python's json reads Infinity and -Infinity: a mean over seeds would carry it into every table (and --format
     json, which writes strict JSON, could not write it), so an infinite result is refused. NaN stays what the
-    readers make of it: not measured, left out of the means; but not for a count or a clock (`nan_is_missing`
-    False: steps, records, time), which places a row on the curve's axis and is always written. `path` may carry
-    a line number (metrics.jsonl:3)."""
+    readers make of it: not measured, left out of the means; but not in a count or a clock (`nan_is_missing`
+    False), which the trainer always writes: a NaN step slipped past the order check and a NaN records_seen took a
+    row off the curve's axis. `path` may carry a line number (metrics.jsonl:3)."""
     if is_number(v) and (math.isinf(v) or (math.isnan(v) and not nan_is_missing)):
         raise PobenchError(f"{path}: '{key}' must be a finite number, got {v!r}")
 
@@ -89,8 +91,7 @@ def read_summary(path: Path) -> dict:
     for key in SUMMARY_NUMBERS:
         if summary.get(key) is not None and not is_number(summary[key]):
             raise PobenchError(f"{path}: '{key}' must be a number, got {summary[key]!r}")
-        # the trainer writes each of these as a number or null: a NaN is no "not measured" here
-        check_finite(summary.get(key), path, key, nan_is_missing=False)
+        check_finite(summary.get(key), path, key, nan_is_missing=key not in SUMMARY_COUNTS)
     check_finite(pool_generation_seconds(summary), path, "candidate_pool.generation_s")   # the leaderboard's pool s
     for key in ("held_out_initial", "held_out_final"):
         metrics = summary.get(key)
