@@ -1030,8 +1030,9 @@ def with_gold_curve(run: Path, kls: list[float], rewards: list[float]) -> Path:
     (gold_eval.json's first curve point)."""
     for line, (kl, reward) in enumerate(zip(kls, rewards), 1):
         edit_metrics_row(run, line, lambda r: {**r, "gold/kl": kl, "gold/reward": reward})
-    (run / "gold_eval.json").write_text(json.dumps({"final": {"gold/kl": kls[-1], "gold/reward": rewards[-1]}, "curve": [
-        {"pairs_seen": 0, "gold/kl": 0.0, "gold/reward": 1.0}]}))
+    initial = {"pairs_seen": 0, "gold/kl": 0.0, "gold/reward": 1.0}
+    (run / "gold_eval.json").write_text(json.dumps({"final": {"gold/kl": kls[-1], "gold/reward": rewards[-1]},
+                                                    "curve": [initial]}))
     return run
 
 
