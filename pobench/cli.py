@@ -738,7 +738,7 @@ def eval_(
                                         "alpaca_eval:<config> | alpaca_eval:local (eval.judge)."),
     reference: Optional[str] = typer.Option(None, "--reference", help="sft | dataset | alpaca_eval (eval.reference)."),
     eval_set: Optional[str] = typer.Option(None, "--eval-set", help="held_out | alpaca_eval (eval.eval_set)."),
-    eval_file: Optional[Path] = typer.Option(None, "--eval-file", help="Local alpaca_eval.json for --eval-set alpaca_eval."),
+    eval_file: Optional[Path] = typer.Option(None, "--eval-file", help="Local alpaca_eval_gpt4_baseline.json for --eval-set alpaca_eval."),
     num_prompts: Optional[int] = typer.Option(None, "--num-prompts", help="Prompts to judge (eval.num_prompts; 0 = all)."),
     set_: List[str] = typer.Option([], "--set", help="Override an eval key, e.g. --set eval.max_new_tokens=128."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Caches (reference outputs, judges); "

@@ -111,7 +111,7 @@ class EvalConfig:
     """`pobench eval` and the evaluation at the end of `pobench run` (pobench/eval/). The defaults keep the
     default run affordable on a 2-core CPU: 16 prompts, 64 new tokens."""
     eval_set: str = "held_out"     # held_out (the suite's held-out prompts) | alpaca_eval (AlpacaEval's 805 instructions)
-    eval_file: str | None = None   # alpaca_eval set: a local alpaca_eval.json; None = the hub when reachable
+    eval_file: str | None = None   # alpaca_eval set: a local alpaca_eval_gpt4_baseline.json; None: the hub
     num_prompts: int = 16          # prompts generated and judged per run (0 = all of the eval set)
     reference: str = "sft"         # sft (the reference policy's own outputs, cached per suite) | dataset (held-out
                                    # chosen responses) | alpaca_eval (the eval file's reference outputs)

@@ -250,6 +250,7 @@ def test_eval_on_alpaca_eval_instructions_with_the_local_llm_judge(finished_run,
     assert [o["instruction"] for o in outputs] == [f["instruction"] for f in fixture]
     assert all(set(o) >= {"instruction", "output", "generator"} for o in outputs)
     assert [r["reference_output"] for r in rows(finished_run)] == [f["output"] for f in fixture]
+    assert result["reference"]["generator"] == "test_reference"   # the file's generator field, kept
 
 
 def test_the_reference_answers_are_named_by_the_set_they_come_from():
@@ -265,7 +266,93 @@ def test_the_reference_answers_are_named_by_the_set_they_come_from():
                                         ("held_out", "dataset", "the held-out records' chosen responses")):
         cfg = SimpleNamespace(eval=SimpleNamespace(eval_set=eval_set, reference=reference))
         outs, info = reference_outputs(cfg, items, [[1]], None, None, None, None)
-        assert outs == ["the file's answer"] and info == {"kind": reference, "source": source}
+        assert outs == ["the file's answer"] and info.pop("generator", None) is None   # the item names none
+        assert info == {"kind": reference, "source": source}
+
+
+def alpaca_rows(n: int, generator: str | None = "gpt4_turbo") -> list[dict]:
+    return [{"instruction": f"Instruction {i}?", "output": f"Answer {i}.", "dataset": "helpful_base",
+             **({"generator": generator} if generator else {})} for i in range(n)]
+
+
+def test_the_alpaca_eval_set_is_alpaca_eval_2s_and_its_reference_generator_is_recorded(tmp_path, monkeypatch):
+    """The hub's alpaca_eval.json is AlpacaEval 1's reference outputs (text-davinci-003), which pobench read and called
+    GPT-4-turbo's: the set is read from AlpacaEval 2's alpaca_eval_gpt4_baseline.json, and eval.json's reference
+    names the model that wrote the outputs (the generator field was dropped)."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from pobench.eval import alpaca_set
+    from pobench.eval.runner import reference_outputs
+    asked = []
+    local = tmp_path / "baseline.json"
+    local.write_text(json.dumps(alpaca_rows(3)))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, file, **k: asked.append((repo, file)) or local)
+    items, source = alpaca_set.load_alpaca_eval(None)
+    assert asked == [("tatsu-lab/alpaca_eval", "alpaca_eval_gpt4_baseline.json")]
+    assert source == "hub:tatsu-lab/alpaca_eval/alpaca_eval_gpt4_baseline.json"
+    assert [it.generator for it in items] == ["gpt4_turbo"] * 3
+    cfg = SimpleNamespace(eval=SimpleNamespace(eval_set="alpaca_eval", reference="alpaca_eval"))
+    assert reference_outputs(cfg, items, [[1]] * 3, None, None, None, None)[1]["generator"] == "gpt4_turbo"
+    mixed = alpaca_set.parse_items(alpaca_rows(2, "text_davinci_003") + alpaca_rows(1), "f.json")
+    assert reference_outputs(cfg, mixed, [[1]] * 3, None, None, None, None)[1]["generator"] == [
+        "gpt4_turbo", "text_davinci_003"]
+    assert alpaca_set.reference_generator(alpaca_set.parse_items(alpaca_rows(2, None), "f.json")) is None
+    with pytest.raises(PobenchError, match=r"^f.json: row 2: 'generator' must be a string"):
+        alpaca_set.parse_items([{"instruction": "a"}, {"instruction": "b", "generator": 3}], "f.json")
+
+
+def test_alpaca_eval_glm_is_refused_against_another_reference_or_a_subset_of_the_set(tmp_path, monkeypatch):
+    """eval.lc_difficulty_file fits alpaca_eval's length_controlled_v1 GLM, whose difficulties were measured against
+    GPT-4-turbo's outputs and are looked up by position among the 805 instructions: it was fitted against
+    text-davinci-003's outputs, and a subset file got other instructions' difficulties, without a word. Refused up
+    front (pobench run: before training) and where the items are read (pobench eval, the hub's file too); the sft
+    reference leaves the file unused, as before."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from pobench.eval.runner import check_alpaca_eval_set, eval_items
+    gamed = tmp_path / "df_gamed.csv"
+    gamed.write_text("index,instruction_difficulty,preference,std_delta_len,not_gamed_baseline\n0,0.1,0.5,0.2,True\n")
+
+    def settings(path, reference="alpaca_eval", num_prompts=0, eval_file=True):
+        return SimpleNamespace(eval_set="alpaca_eval", judge="alpaca_eval:local", reference=reference,
+                               eval_file=str(path) if eval_file else None, lc_difficulty_file=str(gamed),
+                               num_prompts=num_prompts)
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text(json.dumps(rows))
+        return path
+
+    ae2 = write("ae2.json", alpaca_rows(805))
+    davinci = write("ae1.json", alpaca_rows(805, "text_davinci_003"))
+    unnamed = write("unnamed.json", alpaca_rows(805, None))
+    subset = write("subset.json", alpaca_rows(100))
+    check_alpaca_eval_set(settings(ae2))
+    check_alpaca_eval_set(settings(ae2, "dataset", num_prompts=16))   # a prefix keeps the positions
+    for path, reference in ((davinci, "alpaca_eval"), (davinci, "dataset")):
+        with pytest.raises(PobenchError, match=r"^config key 'eval.lc_difficulty_file': .*GPT-4-turbo's outputs "
+                                               r".*ae1.json row 1's reference output has generator 'text_davinci_003'"):
+            check_alpaca_eval_set(settings(path, reference))
+    with pytest.raises(PobenchError, match="unnamed.json row 1's reference output has no 'generator'"):
+        check_alpaca_eval_set(settings(unnamed))
+    with pytest.raises(PobenchError, match=r"position among AlpacaEval's 805 instructions, and .*subset.json has 100 "
+                                           r"rows"):
+        check_alpaca_eval_set(settings(subset, num_prompts=16))
+    check_alpaca_eval_set(settings(davinci, "sft"))   # the reference policy's answers: the file is not used
+    # pobench eval reads the items (from the hub where no file is given) before generating anything
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, file, **k: davinci)
+    with pytest.raises(PobenchError, match="hub:tatsu-lab/alpaca_eval/alpaca_eval_gpt4_baseline.json row 1's "
+                                           "reference output has generator 'text_davinci_003'"):
+        eval_items(SimpleNamespace(eval=settings(None, eval_file=False)))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, file, **k: ae2)
+    items, source, _ = eval_items(SimpleNamespace(eval=settings(None, num_prompts=4, eval_file=False)))
+    assert len(items) == 4 and [it.index for it in items] == [0, 1, 2, 3]
+    with pytest.raises(PobenchError, match="subset.json has 100 rows"):
+        eval_items(SimpleNamespace(eval=settings(subset)))
 
 
 def test_the_eval_table_shows_how_many_prompts_were_judged():

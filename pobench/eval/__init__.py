@@ -13,7 +13,9 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
     eval_config       the eval.* section this evaluation resolved (pobench eval's --set/--judge/... included;
                       config.yaml keeps the run's own): what pobench compare and pobench report check runs against
     weights_dtype     the weights evaluation loaded (bfloat16 on CUDA for model.dtype auto; else the run's model.dtype)
-    reference         {"kind": "sft" | "dataset" | "alpaca_eval", ...}  (sft: model + the shared cache file)
+    reference         {"kind": "sft" | "dataset" | "alpaca_eval", ...}  (sft: model + the shared cache file; the
+                      alpaca_eval set's outputs: generator, who wrote them as the file says, "gpt4_turbo" for
+                      AlpacaEval 2's; a list where the file names several, null where it names none)
     judge             {"name", "kind": "reward_model" | "llm" | "gold", "held_out_accuracy": float | null, ...};
                       held_out_accuracy: a pobench-trained reward model's pair accuracy (rm_info.json); with
                       eval.judge_check_pairs > 0 also held_out_agreement {agreement, pairs, mean_preference}: how
@@ -30,7 +32,8 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
                                           > 0 when the judge favours the policy where its output is the longer one;
                                           null, with lc_note, where every length difference is the same non-zero
                                           number (length and quality cannot be told apart); alpaca_eval's GLM only
-                                          against the file's outputs (reference alpaca_eval or dataset; else lc_note)
+                                          against the file's outputs (reference alpaca_eval or dataset; else lc_note),
+                                          which must be GPT-4-turbo's on AlpacaEval's 805 instructions (else exit 2)
     avg_length, reference_avg_length      mean output length in characters (length_unit)
     reward_mean, reference_reward_mean    mean judge score of the outputs (reward-model / gold judges; else null)
     kl, kl_se, kl_info                    KL(policy || reference) estimated from samples (null with eval.kl_samples 0)

@@ -139,31 +139,44 @@ def check_alpaca_eval_set(e) -> None:
     if not path.is_file():
         raise PobenchError(f"config key 'eval.eval_file': {e.eval_file}: no such file")
     st = path.stat()
-    has_output = eval_file_outputs(str(path), st.st_mtime_ns, st.st_size)
-    used = has_output[:e.num_prompts] if e.num_prompts else has_output
+    items = eval_file_items(str(path), st.st_mtime_ns, st.st_size)
+    used = items[:e.num_prompts] if e.num_prompts else items
     if not used:
         raise PobenchError(f"config key 'eval.eval_file': {e.eval_file}: no instructions")
-    if e.reference != "sft" and not all(used):   # dataset and alpaca_eval both compare with the file's outputs
-        raise PobenchError(f"config key 'eval.eval_file': {e.eval_file}: row {used.index(False) + 1} has no "
+    missing = next((it for it in used if it.reference_output is None), None)
+    if e.reference != "sft" and missing:   # dataset and alpaca_eval both compare with the file's outputs
+        raise PobenchError(f"config key 'eval.eval_file': {e.eval_file}: row {missing.index + 1} has no "
                            f"'output', which eval.reference {e.reference} compares the answers with")
+    if uses_difficulty_file(e):
+        from pobench.eval.alpaca_set import check_difficulty_reference
+        check_difficulty_reference(list(used), len(items), e.eval_file)
 
 
 @functools.lru_cache(maxsize=8)
-def eval_file_outputs(path: str, mtime_ns: int, size: int) -> tuple[bool, ...]:
-    """Whether each of the eval file's instructions has a reference output, read once per file and version however
-    many runs a command plans (reading it is the check of its form)."""
+def eval_file_items(path: str, mtime_ns: int, size: int) -> tuple[EvalItem, ...]:
+    """The eval file's instructions, read once per file and version however many runs a command plans (reading it
+    is the check of its form)."""
     from pobench.eval.alpaca_set import load_alpaca_eval
     items, _ = load_alpaca_eval(path)
-    return tuple(it.reference_output is not None for it in items)
+    return tuple(items)
+
+
+def uses_difficulty_file(e) -> bool:
+    """Whether the LC win rate is alpaca_eval's GLM (`e`: the eval section): on the alpaca_eval set against the
+    file's own outputs (reference dataset there is them too); against the sft reference the file is left unused."""
+    return bool(e.lc_difficulty_file) and e.eval_set == "alpaca_eval" and e.reference != "sft"
 
 
 def eval_items(cfg, run_dirs=(), doing: str = "pobench eval") -> tuple[list[EvalItem], str, object]:
     """(items, source, suite data or None): the suite's held-out records or AlpacaEval's instructions. The suite's
     records must be those `run_dirs` were trained on (their data.json): the held-out prompts, and the records the
     auto judge may train on, are chosen from them by position."""
+    n = cfg.eval.num_prompts
     if cfg.eval.eval_set == "alpaca_eval":
-        from pobench.eval.alpaca_set import load_alpaca_eval
+        from pobench.eval.alpaca_set import check_difficulty_reference, load_alpaca_eval
         items, source = load_alpaca_eval(cfg.eval.eval_file)
+        if uses_difficulty_file(cfg.eval):   # also read from the hub, which check_alpaca_eval_set does not read
+            check_difficulty_reference(items[:n] if n else items, len(items), source)
         data = None
     else:
         from pobench.data import check_run_records, load_suite_data
@@ -172,7 +185,6 @@ def eval_items(cfg, run_dirs=(), doing: str = "pobench eval") -> tuple[list[Eval
             check_run_records(run_dir, data.report, doing)
         items = [EvalItem(r.prompt, r.chosen, r.id) for r in data.eval]
         source = data.report.get("eval_source", "")
-    n = cfg.eval.num_prompts
     return (items[:n] if n else items), source, data
 
 
@@ -353,10 +365,14 @@ def reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, ca
     if missing:
         raise PobenchError(f"eval.reference {kind}: item {missing[0]} has no reference output")
     # the answers the set carries: reference dataset on the alpaca_eval set is its file's outputs too
-    what = "the held-out records' chosen responses" if cfg.eval.eval_set == "held_out" else "the eval file's outputs"
     if kind == "alpaca_eval" and cfg.eval.eval_set != "alpaca_eval":
         raise PobenchError(ALPACA_REFERENCE_NEEDS_SET)
-    return [it.reference_output for it in items], {"kind": kind, "source": what}
+    if cfg.eval.eval_set == "held_out":
+        return [it.reference_output for it in items], {"kind": kind, "source": "the held-out records' chosen responses"}
+    from pobench.eval.alpaca_set import reference_generator
+    # who wrote them, as the file says: AlpacaEval 2's are GPT-4-turbo's (gpt4_turbo), AlpacaEval 1's text-davinci-003's
+    return [it.reference_output for it in items], {"kind": kind, "source": "the eval file's outputs",
+                                                   "generator": reference_generator(items)}
 
 
 # -- the judge ----------------------------------------------------------------------------------------------------
@@ -525,13 +541,14 @@ def versions() -> dict:
 
 
 def length_controlled(cfg, prefs: list[float], policy_out: list[str], ref_out: list[str], indices: list) -> dict:
-    """The LC win rate: alpaca_eval's `length_controlled_v1` GLM against its own reference outputs, else the
-    length-only GLM. That GLM's instruction difficulties and gamed baselines were measured against those outputs
-    (GPT-4-turbo's), so against any other reference they would misplace the policy."""
+    """The LC win rate: alpaca_eval's `length_controlled_v1` GLM against the eval file's reference outputs, else the
+    length-only GLM. That GLM's instruction difficulties and gamed baselines were measured against GPT-4-turbo's
+    outputs, so against any other reference they would misplace the policy: the sft reference's answers leave the
+    file unused (lc_note), a file whose outputs are another model's is refused (check_difficulty_reference, when
+    the eval items are read)."""
     from pobench.eval import metrics as M
     e = cfg.eval
-    # on the alpaca_eval set, reference dataset is the file's own outputs too: only sft answers otherwise
-    if e.lc_difficulty_file and e.eval_set == "alpaca_eval" and e.reference != "sft":
+    if uses_difficulty_file(e):
         return M.alpaca_eval_lc_win_rate(prefs, policy_out, ref_out, indices, e.lc_difficulty_file)
     lc = M.length_controlled_win_rate(prefs, [len(o) for o in policy_out], [len(o) for o in ref_out])
     if e.lc_difficulty_file and e.eval_set == "alpaca_eval":
