@@ -775,8 +775,9 @@ def eval_(
     if not is_main:
         return
     if json_:
+        from pobench.engine.io import json_text
         for _, r in results:
-            typer.echo(json.dumps(r))
+            typer.echo(json_text(r))   # as eval.json holds it: strict JSON, NaN as null
         return
     Console(width=max(120, Console().width)).print(_eval_table([r for _, r in results]))
 
@@ -793,7 +794,8 @@ def _eval_table(results: list[dict]) -> Table:
     fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
     for r in results:
         table.add_row(r["suite"], r["algorithm"], str(r["seed"]), r["reference"]["kind"],
-                      f"{r['n_judged']}/{r['n_prompts']}", f"{r['win_rate']:.3f} +/- {r['win_rate_se']:.3f}",
+                      f"{r['n_judged']}/{r['n_prompts']}",
+                      f"{r['win_rate']:.3f}" + ("" if r["win_rate_se"] is None else f" +/- {r['win_rate_se']:.3f}"),
                       f"[{r['win_rate_ci95'][0]:.3f}, {r['win_rate_ci95'][1]:.3f}]", fmt(r["lc_win_rate"], ".3f"),
                       f"{r['avg_length']:.0f} vs {r['reference_avg_length']:.0f}", fmt(r["reward_mean"], ".3f"),
                       fmt(r["kl"], ".3f"))
@@ -846,8 +848,9 @@ def compare(
             with _folder_lock(run):   # head_to_head.json is read, added to and written again
                 results.append(head_to_head(run, other, cache_dir, overrides, progress))
     if json_:
+        from pobench.engine.io import json_text
         for r in results:
-            typer.echo(json.dumps({k: v for k, v in r.items() if k != "rows"}))
+            typer.echo(json_text({k: v for k, v in r.items() if k != "rows"}))   # strict JSON, as head_to_head.json
         return
     table = Table(title=f"pobench compare: {len(results)} pair(s)", caption=escape(
         "win rate: P(the run's answer beats the other run's on the same prompt), ties half, +/- standard error; "
@@ -856,7 +859,7 @@ def compare(
     for col in ("suite", "seed", "run", "against", "n", "win rate", "95% CI", "won/tied/lost", "same text"):
         table.add_column(col, no_wrap=True)
     for r in results:
-        se = "" if r["win_rate_se"] != r["win_rate_se"] else f" +/- {r['win_rate_se']:.3f}"   # NaN: one prompt
+        se = "" if r["win_rate_se"] is None else f" +/- {r['win_rate_se']:.3f}"   # None: one prompt
         table.add_row(r["suite"], str(r["seed"]), r["run"], r["against"], str(r["n_judged"]), f"{r['win_rate']:.3f}{se}",
                       f"[{r['win_rate_ci95'][0]:.3f}, {r['win_rate_ci95'][1]:.3f}]",
                       f"{r['better']}/{r['tied']}/{r['worse']}", str(r["identical_outputs"]))

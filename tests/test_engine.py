@@ -233,6 +233,11 @@ def test_held_out_metrics_that_are_not_finite_are_written_as_metrics_jsonl_write
     assert final["eval/loss"] == 1e308 and final["eval/rewards/chosen"] is None
     assert final == {k: v for k, v in metrics(tmp_path / "run")[-1].items() if k.startswith("eval/")}
     read_summary(tmp_path / "run" / "train_summary.json")   # what pobench report and pobench eval read
+    # the per-pair margins (NaN here: chosen rewards x NaN) were written as bare NaN too: null, which the report reads
+    from pobench.report.versus import read_held_out_pairs
+    pairs = json.loads((tmp_path / "run" / "held_out_pairs.json").read_text(), parse_constant=strict)
+    assert pairs["margins"] and all(m is None for m in pairs["margins"])
+    assert set(read_held_out_pairs(tmp_path / "run").values()) == {None}
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, tiny_model_dir):

@@ -159,6 +159,27 @@ def test_eval_again_with_a_gold_judge_and_the_dataset_reference(finished_run, tm
     assert result["judge"]["held_out_agreement"]["pairs"] == 4
 
 
+def test_an_eval_of_one_prompt_writes_strict_json(finished_run, tmp_path):
+    """One judged prompt and one KL sample have no standard error: eval.json held a bare NaN for both, which is not
+    JSON (strict readers refuse the file); they are null, and the eval table shows the win rate without one."""
+    import test_eval_judges  # noqa: F401  registers gold:test-eval-length in this process
+
+    from pobench.cli import app
+    finished_run = copy_run(finished_run, tmp_path)
+
+    def strict(constant):
+        raise AssertionError(f"{constant} written, which is not JSON")
+    r = CliRunner().invoke(app, ["eval", str(finished_run), "--judge", "gold:test-eval-length", "--num-prompts", "1",
+                                 "--set", "eval.kl_samples=1"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((finished_run / "eval.json").read_text(), parse_constant=strict)
+    assert result["n_judged"] == 1 and result["win_rate_se"] is None
+    assert result["kl_info"]["kl_samples"] == 1 and result["kl_se"] is None and result["kl_info"]["kl_se"] is None
+    assert f"{result['win_rate']:.3f}" in r.output and f"{result['win_rate']:.3f} +/-" not in r.output
+    for line in (finished_run / "generations.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=strict)
+
+
 def test_a_crash_while_evaluating_again_never_leaves_new_generations_under_the_old_result(finished_run, tmp_path,
                                                                                           monkeypatch):
     """eval.json names the judge generations.jsonl was judged by: killed after the new generations were written and

@@ -23,6 +23,8 @@ def test_win_rate_counts_ties_half_and_reports_se_and_ci():
     assert 0 <= lo <= 0.625 <= hi <= 1 and out["n_judged"] == 4
     ties = M.win_rate([0.5] * 10)
     assert ties["win_rate"] == 0.5 and ties["win_rate_se"] == 0 and ties["win_rate_ci95"] == [0.5, 0.5]
+    # one preference has no spread: its standard error is not measured, None (eval.json held a bare NaN, not JSON)
+    assert M.win_rate([0.7])["win_rate_se"] is None and M.win_rate([0.7])["win_rate_ci95"] == [0.7, 0.7]
     with pytest.raises(PobenchError, match=r"must lie in \[0, 1\]"):
         M.win_rate([1.2, 0.0])
     with pytest.raises(PobenchError, match="no values"):
@@ -132,6 +134,8 @@ def test_kl_estimate_matches_the_exact_kl_of_two_categoricals():
     exact = float(np.sum(p * np.log(p / q)))
     assert out["kl"] == pytest.approx(exact, abs=4 * out["kl_se"]) and out["kl_samples"] == 20000
     assert M.kl_estimate([-3.0, -4.0], [-3.0, -4.0])["kl"] == 0.0
+    one = M.kl_estimate([-3.0], [-4.0])   # one sample: no standard error (was NaN)
+    assert one["kl"] == 1.0 and one["kl_se"] is None and one["kl_samples"] == 1
 
 
 def synthetic_df_gamed(rng, n=805):

@@ -518,17 +518,39 @@ def test_the_same_run_twice_under_one_root_is_refused(tmp_path):
 
 
 def test_an_eval_of_one_prompt_reads_back(tmp_path):
-    """pobench eval of a single prompt writes win_rate_se NaN (no spread from one prompt): the report reads it as not
-    measured rather than refusing the file."""
+    """pobench eval of a single prompt has no win_rate_se (no spread from one prompt): eval.json held a bare NaN
+    there, which is not JSON; it holds null (a NaN anywhere in it too: kl_se here), and the report reads it as not
+    measured, as it reads the NaN of an eval.json written before."""
     from pobench.engine.io import atomic_write_json
     from pobench.eval.metrics import win_rate
-    ev = new_eval(0.7, 0.6)
+
+    def strict(constant):
+        raise AssertionError(f"eval.json holds {constant}, which is not JSON")
+    ev = new_eval(0.7, 0.6)   # its kl_se is NaN
     ev.update(win_rate([0.7]))
-    assert math.isnan(ev["win_rate_se"])
+    assert ev["win_rate_se"] is None
     run = write_run(tmp_path, "dpo", 1, [0.5, 0.6])
     atomic_write_json(run / "eval.json", ev)
+    written = json.loads((run / "eval.json").read_text(), parse_constant=strict)
+    assert written["win_rate_se"] is None and written["kl_se"] is None
     row = build_report(tmp_path)[0]["suites"][0]["leaderboard"][0]
     assert row["win_rate"]["mean"] == pytest.approx(0.7)
+    (run / "eval.json").write_text(json.dumps({**ev, "win_rate_se": float("nan")}))   # written before: bare NaN
+    assert build_report(tmp_path)[0]["suites"][0]["leaderboard"][0]["win_rate"]["mean"] == pytest.approx(0.7)
+
+
+def test_result_files_are_written_as_strict_json(tmp_path):
+    """Every JSON file pobench writes whole (atomic_write_json) follows metrics.jsonl's rule, through nested values:
+    NaN as null (not measured), an infinity as +-1e308; json.dumps wrote them bare, which is not JSON."""
+    from pobench.engine.io import atomic_write_json, json_text
+
+    def strict(constant):
+        raise AssertionError(f"{constant} written, which is not JSON")
+    path = tmp_path / "result.json"
+    atomic_write_json(path, {"a": math.nan, "b": [1.5, math.inf, {"c": -math.inf}], "d": (math.nan, 2), "e": "nan"})
+    assert json.loads(path.read_text(), parse_constant=strict) == {
+        "a": None, "b": [1.5, 1e308, {"c": -1e308}], "d": [None, 2], "e": "nan"}
+    assert json_text([math.nan]) == "[null]"
 
 
 def test_run_with_a_grid_ends_with_the_leaderboard_that_report_reproduces(tmp_path, tiny_model_dir):
@@ -906,6 +928,11 @@ def test_held_out_accuracy_paired_pair_by_pair(tmp_path):
     assert (paired["better"], paired["tied"], paired["worse"], paired["pairs"]) == (1, 2, 1, 4)
     md = to_markdown(sections(build_report(tmp_path)[0]))
     assert "| per pair: Δ held-out acc |" in md and "| pairs won/tied/lost | 1/2/1 |" in md
+    # a NaN margin (a diverged policy) is written as null, strict JSON: it ranks the pair wrong, as the trainer's
+    # accuracy counts NaN (the file was refused as damaged); mcpo seed 2's pair c: -2 -> NaN, wrong either way
+    (tmp_path / "hh-rlhf" / "mcpo" / "seed2" / "held_out_pairs.json").write_text(
+        json.dumps({"ids": ["a", "b", "c", "d"], "margins": [1, 1, None, -1]}))
+    assert build_report(tmp_path)[0]["suites"][0]["versus"]["rows"][0]["pair_paired"] == paired
     (tmp_path / "hh-rlhf" / "mcpo" / "seed2" / "held_out_pairs.json").write_text('{"ids": ["a"], "margins": []}')
     with pytest.raises(PobenchError, match="mcpo/seed2/held_out_pairs.json: expected 'ids' and 'margins'"):
         build_report(tmp_path)

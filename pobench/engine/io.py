@@ -38,7 +38,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_write_json(path: Path, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+    """Strict JSON (`json_text`): every result file pobench writes whole (eval.json, train_summary.json,
+    head_to_head.json, gold_eval.json, a checkpoint's state.json) goes through here."""
+    atomic_write_text(path, json_text(data, indent=2, default=str) + "\n")
 
 
 def append_line(path: Path, line: str, kill_point: str | None = None) -> None:
@@ -66,6 +68,23 @@ def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
     return value
+
+
+def finite_json(value):
+    """`value` with finite_metrics' rule applied through its dicts, lists and tuples: NaN as null (not measured), an
+    infinity as +-1e308. Python's json writes NaN and Infinity bare, which is not JSON: strict readers (jq,
+    JavaScript, `pobench report --format json`'s own writer) refuse the file; eval.json held a bare NaN for the
+    standard error of one judged prompt."""
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return _clean(value)
+
+
+def json_text(data, **kwargs) -> str:
+    """json.dumps of finite_json(data), refusing (ValueError) any non-finite number left, so nothing writes one."""
+    return json.dumps(finite_json(data), allow_nan=False, **kwargs)
 
 
 def finite_metrics(row: dict | None) -> dict | None:

@@ -5,7 +5,8 @@ llm_judge.py (alpaca_eval annotators, local judge decoder), metrics.py (win rate
 alpaca_set.py (AlpacaEval's 805 instructions, model_outputs.json), generations.py (generations.jsonl read back),
 head_to_head.py (`pobench compare`: two runs' answers judged against each other, head_to_head.json).
 
-Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the end of `pobench run`:
+Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the end of `pobench run`, strict JSON (a
+number not measured is null, never NaN):
 
     eval_set          "held_out" | "alpaca_eval";  eval_source: where the prompts came from
     n_prompts         prompts generated (= n_judged + n_unjudged)
@@ -21,7 +22,8 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
                       eval.judge_check_pairs > 0 also held_out_agreement {agreement, pairs, mean_preference}: how
                       often this judge picked the held-out chosen answer over the rejected one (any judge)
     win_rate          mean P(policy output beats reference output) in [0, 1]; ties count half
-    win_rate_se, win_rate_ci95 [lo, hi]   standard error; percentile bootstrap 95% CI (eval.bootstrap resamples)
+    win_rate_se, win_rate_ci95 [lo, hi]   standard error (null with one judged prompt); percentile bootstrap 95% CI
+                                          (eval.bootstrap resamples)
     identical_to_reference                judged prompts whose output is the reference's, character for character
                                           (a policy that has not moved wins 0.5 there by construction)
     policy_first_share                    judged prompts the judge saw with the policy's answer first (coin order)
@@ -36,7 +38,8 @@ Contract: `<run_dir>/eval.json`, written by `pobench eval RUN_DIR` and at the en
                                           which must be GPT-4-turbo's on AlpacaEval's 805 instructions (else exit 2)
     avg_length, reference_avg_length      mean output length in characters (length_unit)
     reward_mean, reference_reward_mean    mean judge score of the outputs (reward-model / gold judges; else null)
-    kl, kl_se, kl_info                    KL(policy || reference) estimated from samples (null with eval.kl_samples 0)
+    kl, kl_se, kl_info                    KL(policy || reference) estimated from samples (null with eval.kl_samples 0;
+                                          kl_se null with one sample)
     held_out          {"final": {eval/... pair metrics}, "initial": {...}, "pairs": n} from train_summary.json
     suite, algorithm, seed, eval_time_s, versions {pobench, git_commit, python, torch, transformers, ...}
     model_outputs     (alpaca_eval set only) path of model_outputs.json in alpaca_eval's format

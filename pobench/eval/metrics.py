@@ -42,12 +42,13 @@ def _array(values, what: str) -> np.ndarray:
 
 
 def win_rate(preferences, n_bootstrap: int = DEFAULT_BOOTSTRAP, seed: int = 0) -> dict:
-    """{"win_rate", "win_rate_se", "win_rate_ci95": [lo, hi], "n_judged"}; ties (0.5) count half by construction."""
+    """{"win_rate", "win_rate_se", "win_rate_ci95": [lo, hi], "n_judged"}; ties (0.5) count half by construction.
+    win_rate_se is None for one preference."""
     p = _array(preferences, "win rate")
     if np.any((p < 0) | (p > 1)):
         raise PobenchError("win rate: preferences must lie in [0, 1]")
     n = p.size
-    se = float(p.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    se = float(p.std(ddof=1) / math.sqrt(n)) if n > 1 else None   # one prompt has no spread: not measured (null)
     rng = np.random.default_rng(seed)
     means = p[rng.integers(0, n, size=(n_bootstrap, n))].mean(axis=1)
     lo, hi = np.quantile(means, [0.025, 0.975])
@@ -254,7 +255,8 @@ def kl_estimate(policy_logps, reference_logps) -> dict:
     if a.size != b.size:
         raise PobenchError(f"KL: {a.size} policy log-probs but {b.size} reference log-probs")
     d = a - b
-    return {"kl": float(d.mean()), "kl_se": float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan"),
+    # one sample has no spread: its standard error is not measured (null in eval.json)
+    return {"kl": float(d.mean()), "kl_se": float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None,
             "kl_samples": int(d.size)}
 
 

@@ -600,7 +600,7 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     launch of several processes every rank must call it (the work is split across them, see the module docstring);
     the main process writes and returns eval.json, the others return None."""
     from pobench.data.tokenize import ChatFormatter
-    from pobench.engine.io import atomic_write_json, atomic_write_text
+    from pobench.engine.io import atomic_write_json, atomic_write_text, json_text
     from pobench.eval.alpaca_set import model_outputs
     from pobench.models import pick_device
 
@@ -663,11 +663,11 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
         "eval_time_s": None, "versions": versions(),
     }
     judge_name = result["judge"]["name"]
-    lines = [json.dumps({"index": i, "id": it.id, "prompt": it.prompt, "output": p, "reference_output": r,
-                         "preference": row["preference"], "policy_first": row["policy_first"],
-                         **({"preference_orders": row["preference_orders"]} if "preference_orders" in row else {}),
-                         "scores": row["scores"], "finished": o["finished"], "output_tokens": o["tokens"],
-                         "judge": judge_name, "judge_extra": row["judge_extra"]}, ensure_ascii=False)
+    lines = [json_text({"index": i, "id": it.id, "prompt": it.prompt, "output": p, "reference_output": r,
+                        "preference": row["preference"], "policy_first": row["policy_first"],
+                        **({"preference_orders": row["preference_orders"]} if "preference_orders" in row else {}),
+                        "scores": row["scores"], "finished": o["finished"], "output_tokens": o["tokens"],
+                        "judge": judge_name, "judge_extra": row["judge_extra"]}, ensure_ascii=False)
              for i, (it, p, r, row, o) in enumerate(zip(items, policy_out, ref_out, rows, answers))]
     # eval.json names the judge and settings that generations.jsonl was judged under: the old one steps aside first,
     # so a crash before the new one is written leaves the run unevaluated (its last result kept beside it), never

@@ -282,17 +282,19 @@ def read_held_out_pairs(run_dir) -> dict | None:
     if data is None:
         return None
     ids, margins = (data.get("ids"), data.get("margins")) if isinstance(data, dict) else (None, None)
+    # a margin that was NaN (a diverged policy) is written as null (pobench.engine.io.json_text)
     if not isinstance(ids, list) or not isinstance(margins, list) or len(ids) != len(margins) or not all(
-            isinstance(m, (int, float)) and not isinstance(m, bool) for m in margins):
+            m is None or (isinstance(m, (int, float)) and not isinstance(m, bool)) for m in margins):
         raise PobenchError(f"{path}: expected 'ids' and 'margins', two lists of one entry per held-out pair")
     if len(set(map(str, ids))) != len(ids):
         ids = list(range(len(ids)))   # no usable ids: the held-out pairs come in the same order for every run
     return dict(zip(map(str, ids), margins))
 
 
-def pair_credit(margin: float) -> float:
-    """1 for a pair ranked right, 0 wrong, 0.5 tied: the trainer's rewards/accuracies, pair by pair."""
-    return 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
+def pair_credit(margin: float | None) -> float:
+    """1 for a pair ranked right, 0 wrong, 0.5 tied: the trainer's rewards/accuracies, pair by pair. A NaN margin
+    (null in the file) ranks nothing right, as the trainer's accuracy counts it."""
+    return 0.0 if margin is None else 1.0 if margin > 0 else 0.5 if margin == 0 else 0.0
 
 
 def pair_paired(pairs: list[tuple[dict, dict]]) -> dict | None:

@@ -10,7 +10,6 @@ held-out pair's two rewards, for confidence intervals or audits later).
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import shutil
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from pobench.engine.checkpoint import rng_state_kept
+from pobench.engine.io import json_text
 from pobench.data.records import PreferenceRecord
 from pobench.errors import PobenchError
 from pobench.models import pick_device
@@ -184,8 +184,9 @@ def train_reward_model(train_records: list[PreferenceRecord], eval_records: list
         }
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "rm_info.json").write_text(json.dumps(info, indent=2))
-        (tmp / "eval_scores.json").write_text(json.dumps({
+        # strict JSON (NaN as null): a diverged model's losses and scores were written as bare NaN
+        (tmp / "rm_info.json").write_text(json_text(info, indent=2))
+        (tmp / "eval_scores.json").write_text(json_text({
             "ids": [r.id for r in eval_records], "chosen": after["chosen"], "rejected": after["rejected"],
             "chosen_before": before["chosen"], "rejected_before": before["rejected"]}))
         if out_dir.exists():
