@@ -156,6 +156,110 @@ def test_a_failed_verdict_is_asked_again_not_cached(tmp_path, tiny_model_dir):
     assert judge.decoder.prompts[3:] == [failed]   # asked again; the two verdicts given came from the cache
 
 
+class Instant:
+    """A judge decoder that answers at once, P(first) = 0.8 for every prompt: the real decoder's tokenizer, window and
+    identity (fit_rows reads them), no model call."""
+
+    def __init__(self, decoder):
+        self.decoder, self.prompts = decoder, 0
+
+    def __getattr__(self, name):
+        return getattr(self.decoder, name)
+
+    def __call__(self, prompts, **_kwargs):
+        from pobench.eval.llm_judge import completions_result, openai_entry
+        self.prompts += len(prompts)
+        return completions_result([openai_entry({"m": math.log(0.8), "M": math.log(0.2)}, 10) for _ in prompts], 0.0)
+
+
+# one process judging its own rows with the local judge on a shared cache (test_judges_sharing_a_cache_...)
+CACHE_WRITER = """
+import sys, time, warnings
+warnings.simplefilter("ignore")
+from pathlib import Path
+sys.path.insert(0, sys.argv[4])
+from test_eval_judges import Instant
+from pobench.eval.judges import build_judge
+tag, cache, model = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+cache.mkdir(parents=True, exist_ok=True)
+judge = build_judge("alpaca_eval:local", cache_dir=cache, judge_model=model, device="cpu")
+judge.decoder = Instant(judge.decoder)
+judge.fit_rows = lambda rows: (rows, [0] * len(rows))   # the answers fit: no tokenizing, the saves overlap more
+n = 700
+prompts = [[{"role": "user", "content": f"{tag} instruction {i} " + "x" * 300}] for i in range(n)]
+(cache / f"ready-{tag}").touch()   # all three start judging together
+deadline = time.time() + 120
+while len(list(cache.glob("ready-*"))) < 3 and time.time() < deadline:
+    time.sleep(0.01)
+result = judge.compare(prompts, ["a" * 400] * n, ["b" * 400] * n)
+print(tag, "judged", sum(p is not None for p in result.preferences))
+"""
+
+
+def test_judges_sharing_a_cache_keep_every_verdict(tmp_path, tiny_model_dir):
+    """Evaluations judging side by side with one LLM judge share its annotation cache, which alpaca_eval re-reads and
+    rewrites whole after every 128 rows. Three processes on one cache: one crashed on the others' half-written file
+    (ValueError: Expected object or value) and the cache lost rows. Now they take turns and write it atomically."""
+    pytest.importorskip("alpaca_eval")
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+    script = tmp_path / "writer.py"
+    script.write_text(CACHE_WRITER)
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), tag, str(tmp_path / "cache"), str(tiny_model_dir),
+                               str(Path(__file__).parent)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for tag in "ABC"]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for (out, err), proc in zip(outs, procs):
+        assert proc.returncode == 0, err[-2000:]
+    assert sorted(out.split()[-1] for out, _ in outs) == ["700"] * 3
+    (cache,) = (tmp_path / "cache" / "judges").glob("alpaca_eval-*-annotations.json")
+    rows = pd.read_json(cache)
+    assert len(rows) == 2100 and rows["preference"].notna().all()
+
+
+def test_a_save_cut_short_leaves_the_previous_cache(tmp_path, tiny_model_dir, monkeypatch):
+    """A kill while alpaca_eval wrote the annotation cache in place left a truncated file, which the judge then refused
+    (and every verdict in it, paid ones too, was lost). The save now writes a temporary file and renames it: a kill
+    before the rename leaves the previous cache whole."""
+    pytest.importorskip("alpaca_eval")
+    import os
+
+    import pandas as pd
+    judge = build_judge("alpaca_eval:local", cache_dir=tmp_path, judge_model=str(tiny_model_dir), device="cpu")
+    judge.decoder = Instant(judge.decoder)
+    judge.compare(PROMPTS[:3], POLICY[:3], REFERENCE[:3])
+    before = judge.caching_path.read_text()
+    assert len(pd.read_json(judge.caching_path)) == 3
+
+    class Killed(BaseException):
+        """The process dying mid-write (nothing catches it, as nothing survives a SIGKILL)."""
+
+    to_json = pd.DataFrame.to_json
+
+    def half_written(frame, path_or_buf=None, *args, **kwargs):   # a write into the file itself stops half-way
+        text = to_json(frame, None, *args, **kwargs)
+        if path_or_buf is None:
+            return text
+        Path(path_or_buf).write_text(text[:len(text) // 2])
+        raise Killed()
+
+    def no_rename(*_args):   # a write to a temporary file is killed before its rename
+        raise Killed()
+    with monkeypatch.context() as m:
+        m.setattr(pd.DataFrame, "to_json", half_written)
+        m.setattr(os, "replace", no_rename)
+        with pytest.raises(Killed):
+            judge.compare(PROMPTS[3:6], POLICY[3:6], REFERENCE[3:6])
+    assert judge.caching_path.read_text() == before
+    asked = judge.decoder.prompts
+    assert all(p == pytest.approx(0.8) for p in judge.compare(PROMPTS[:3], POLICY[:3], REFERENCE[:3]).preferences)
+    assert judge.decoder.prompts == asked   # its verdicts still come from the cache
+
+
 def test_local_judge_verdicts_do_not_depend_on_the_batch(tmp_path, smollm2_dir):
     """Prompts are left-padded to a batch: without position ids counted from each prompt's first token, a judge with
     absolute position embeddings (GPT-2) read a padded prompt at shifted positions and gave another verdict."""

@@ -11,7 +11,9 @@ Folders of different runs (other algorithms, seeds, suites) never share a lock, 
 in parallel. The shared cache files under `results/.cache` need no lock: every one is replaced atomically or
 appended one whole line at a time, and a lost race only recomputes an entry. The models cached there as folders (a
 converted GGUF, the `auto` reward models, the synthetic reference) take turns on a waiting_lock instead: training
-one twice costs minutes, and a second move onto the filled folder fails.
+one twice costs minutes, and a second move onto the filled folder fails. So does an LLM judge's annotation cache
+(`.cache/judges/alpaca_eval-*-annotations.json`, replaced atomically too): alpaca_eval re-reads it and writes it
+whole after every chunk of rows, so a lost race there loses verdicts, which may have been paid for.
 """
 from __future__ import annotations
 

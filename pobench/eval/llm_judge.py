@@ -19,7 +19,8 @@ A local judge's prompt longer than its window has both answers shortened by the 
 (`fit_answers`), recorded per row (`answer_tokens_cut`) and counted in describe() (`truncated_prompts`).
 
 Annotations are cached by alpaca_eval under the pobench cache (never inside site-packages), keyed by the
-judge's identity, so re-judging the same outputs costs nothing.
+judge's identity, so re-judging the same outputs costs nothing. Evaluations judging side by side share that file: they
+take turns on a lock beside it (AlpacaEvalJudge.cache_lock), and each save replaces it atomically.
 """
 from __future__ import annotations
 
@@ -307,8 +308,11 @@ def config_identity(annotators_config: Path | str) -> str:
 @functools.lru_cache(maxsize=None)
 def annotator_class():
     """alpaca_eval's PairwiseAnnotator, able to leave failed verdicts out of its cache: alpaca_eval 0.6.6 then looks
-    for stored failures in a cache that may not exist yet (None, or an empty file read back without columns)."""
+    for stored failures in a cache that may not exist yet (None, or an empty file read back without columns); and
+    saving its cache atomically (save)."""
     from alpaca_eval.annotators import PairwiseAnnotator
+
+    from pobench.engine.io import atomic_write_text
 
     class Annotator(PairwiseAnnotator):
         def _apply_cached_annotations(self, df_to_annotate):
@@ -316,6 +320,20 @@ def annotator_class():
             if cache is None or self.annotation_key not in cache.columns:
                 return df_to_annotate
             return super()._apply_cached_annotations(df_to_annotate)
+
+        def save(self, path=None):
+            """alpaca_eval's save (BaseAnnotatorJSON.save: re-read the file, add this annotator's verdicts, drop the
+            failed ones, write it all), written to a temporary file and renamed into place. alpaca_eval writes the
+            file in place (`to_json(path)`) after every chunk of 128 rows: a process reading it meanwhile got a
+            half-written file (ValueError), and a kill during the write left one that every later judge refuses,
+            with every verdict in it, paid ones included. Writers take turns on AlpacaEvalJudge.cache_lock."""
+            path = path or self.caching_path
+            if path is None:
+                return
+            self._refresh_annotations_()
+            if not self.is_store_missing_annotations:
+                self.df_annotations = self.df_annotations[~self.df_annotations[self.annotation_key].isna()]
+            atomic_write_text(Path(path), self.df_annotations.to_json(orient="records", indent=2))
 
     return Annotator
 
@@ -340,6 +358,16 @@ class AlpacaEvalJudge:
             ident = config_identity(self.annotators_config)
             self.name = f"alpaca_eval:{config}"
         self.caching_path = (Path(cache_dir) / "judges" / f"alpaca_eval-{ident}-annotations.json") if cache_dir else None
+
+    def cache_lock(self):
+        """The annotation cache is one file that every process judging with this judge re-reads and rewrites whole
+        (alpaca_eval's save): two evaluations judging side by side lost each other's verdicts, or read the other's
+        half-written file. The cache is loaded, extended and saved with this lock held, beside the cache file; a
+        second judge waits, then finds the first one's verdicts (a shared row is not asked, or paid for, twice)."""
+        if self.caching_path is None:
+            return contextlib.nullcontext()
+        from pobench.engine.lock import waiting_lock
+        return waiting_lock(self.caching_path.with_name(self.caching_path.name + ".lock"))
 
     def annotator(self):
         kwargs = {"fn_completions": self.decoder} if self.decoder is not None else {}
@@ -386,7 +414,7 @@ class AlpacaEvalJudge:
     def compare(self, prompts: list[list[dict]], first: list[str], second: list[str]) -> Comparison:
         rows, cuts = self.fit_rows([{"instruction": prompt_text(p), "output_1": a, "output_2": b}
                                     for p, a, b in zip(prompts, first, second)])
-        with quiet_logging():
+        with quiet_logging(), self.cache_lock():
             annotated = self.annotator().annotate_pairs(rows, **self.decoding_kwargs())
         by_key = {(r["instruction"], r["output_1"], r["output_2"]): r for r in annotated}
         preferences, extra = [], []
