@@ -42,6 +42,31 @@ def test_gold_judge_is_the_bradley_terry_probability_whatever_the_order():
     assert judge.describe()["held_out_accuracy"] is None
 
 
+def test_a_reward_model_scores_identical_outputs_as_an_exact_tie():
+    """A reward model scores in length-sorted, padded batches: the same text in two batches got scores a few 1e-9
+    apart (1 of 20 identical pairs here), and a policy answering as the reference does won or lost instead of tying
+    (win counts, judge agreement, order agreement). Each distinct output is scored once now: exactly 0.5."""
+    import random
+
+    from pobench.eval.judges import ScorerJudge
+    from pobench.rewards.classifier import SequenceClassifierScorer
+    from pobench.rewards.train import load_backbone, minilm_path
+    model, tokenizer = load_backbone(minilm_path(), 0)
+    judge = ScorerJudge(SequenceClassifierScorer.from_model(model.eval(), tokenizer, batch_size=16, max_length=128),
+                        "reward_model")
+    rng = random.Random(0)
+    words = "the a cat dog runs quickly over under bright dark house tree river".split()
+    prompts = [[{"role": "user", "content": " ".join(rng.choices(words, k=rng.randint(3, 30)))}] for _ in range(40)]
+    outputs = [" ".join(rng.choices(words, k=rng.randint(1, 60))) for _ in range(40)]
+    references = [o if i % 2 == 0 else " ".join(rng.choices(words, k=rng.randint(1, 60)))
+                  for i, o in enumerate(outputs)]
+    rows = judge_against_reference(judge, prompts, outputs, references, seed=0)
+    same = [r for r, a, b in zip(rows, outputs, references) if a == b]
+    assert len(same) == 20
+    assert all(r["preference"] == 0.5 and r["scores"]["policy"] == r["scores"]["reference"] for r in same)
+    assert len({r["preference"] for r in rows}) > 2   # the others are judged as before
+
+
 class SidePicker:
     """Test double for a pairwise LLM judge: prefers a longer answer by `skill`, and the second shown by `bias`."""
 

@@ -23,6 +23,7 @@ Registry entries are dotted paths imported on first use: no alpaca_eval import u
 from __future__ import annotations
 
 import importlib
+import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -51,7 +52,17 @@ class ScorerJudge:
         self.name = scorer.name
 
     def compare(self, prompts: list[list[dict]], first: list[str], second: list[str]) -> Comparison:
-        scores = self.scorer.score(list(prompts) + list(prompts), list(first) + list(second))
+        # each distinct (prompt, output) is scored once: a reward model scores in length-sorted, padded batches, so
+        # the same text in two batches got scores a few 1e-9 apart, and a tie (a policy answering as the reference
+        # does) was counted as a win or a loss. Identical outputs now get one score, hence exactly 0.5, as
+        # alpaca_eval gives identical outputs
+        messages, outputs = list(prompts) * 2, list(first) + list(second)
+        keys = [(json.dumps(p, sort_keys=True, default=str), t) for p, t in zip(messages, outputs)]
+        once = {}   # (prompt, output) -> its place among the distinct ones, in order of first appearance
+        for i, key in enumerate(keys):
+            once.setdefault(key, (len(once), i))
+        scored = self.scorer.score([messages[i] for _, i in once.values()], [outputs[i] for _, i in once.values()])
+        scores = [scored[once[key][0]] for key in keys]
         a, b = scores[:len(first)], scores[len(first):]
         return Comparison([_sigmoid(x - y) for x, y in zip(a, b)], list(a), list(b))
 
