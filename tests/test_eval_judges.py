@@ -422,6 +422,31 @@ def test_llm_judge_annotations_are_cached_per_config_content(tmp_path, monkeypat
     assert config_identity("weighted_alpaca_eval_gpt4_turbo") != before
 
 
+def test_local_judge_annotations_are_cached_per_prompt_template(tmp_path, tiny_model_dir, monkeypatch):
+    """alpaca_eval:local keyed its cache on the judge model alone: an edited prompt template (or another alpaca_eval
+    version's) reused verdicts given to the old prompt. The template as alpaca-eval 0.6.6 ships it keeps the key that
+    caches made before had."""
+    pytest.importorskip("alpaca_eval")
+    import hashlib
+    import shutil
+
+    import alpaca_eval.constants as AC
+    judge = build_judge("alpaca_eval:local", cache_dir=tmp_path, judge_model=str(tiny_model_dir), device="cpu")
+    shipped = judge.caching_path
+    before = hashlib.sha1(judge.decoder.cache_key.encode()).hexdigest()[:10]   # the key's formula until now
+    assert shipped.name == f"alpaca_eval-{before}-annotations.json"
+    configs = tmp_path / "evaluators_configs"
+    shutil.copytree(Path(AC.EVALUATORS_CONFIG_DIR) / "alpaca_eval_clf_gpt4_turbo", configs / "alpaca_eval_clf_gpt4_turbo")
+    monkeypatch.setattr(AC, "EVALUATORS_CONFIG_DIR", configs)
+    assert build_judge("alpaca_eval:local", cache_dir=tmp_path, judge_model=str(tiny_model_dir),
+                       device="cpu").caching_path == shipped   # the same content elsewhere: the same cache
+    template = configs / "alpaca_eval_clf_gpt4_turbo" / "alpaca_eval_clf.txt"
+    template.write_text(template.read_text() + "\nBe strict.")
+    edited = build_judge("alpaca_eval:local", cache_dir=tmp_path, judge_model=str(tiny_model_dir), device="cpu")
+    assert edited.caching_path != shipped
+    assert str(template) in (edited.annotators_config.read_text())   # and that template is the one it judges with
+
+
 def test_unknown_alpaca_eval_config_is_a_user_error(tmp_path):
     pytest.importorskip("alpaca_eval")
     with pytest.raises(PobenchError, match="alpaca_eval:no_such_config"):

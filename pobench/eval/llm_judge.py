@@ -40,6 +40,9 @@ LOCAL_CONFIG = "local"
 PROMPT_TEMPLATE = "alpaca_eval_clf_gpt4_turbo/alpaca_eval_clf.txt"   # the weighted GPT-4-turbo judge's prompt
 CHOICE_TOKENS = ("m", "M")   # that prompt's identifiers: 'm' = output_1, 'M' = output_2
 JUDGE_DECODERS = ("auto", "transformers", "vllm")   # eval.judge_decoder
+# sha1 of PROMPT_TEMPLATE as alpaca-eval 0.6.6 (the pinned version) ships it: the annotation caches of alpaca_eval:local
+# made before the template's content was part of their key were made with it, so they keep their key (local_ident)
+SHIPPED_TEMPLATE_SHA1 = "132d2b946b2b58ee40ddde64f42f6145e3f2201d"
 
 
 def require_alpaca_eval():
@@ -217,15 +220,29 @@ def make_judge_decoder(choice: str, model: str, device: str = "auto", batch_size
     return LocalJudgeDecoder(model, device, batch_size)
 
 
+def local_template() -> Path:
+    import alpaca_eval.constants as AC
+    return Path(AC.EVALUATORS_CONFIG_DIR) / PROMPT_TEMPLATE
+
+
+def local_ident(decoder_key: str) -> str:
+    """What alpaca_eval:local's annotation cache is keyed by: the decoder (its model's fingerprint, its engine) and
+    the prompt template's content, so a template edited in place or changed by another alpaca_eval version never
+    reuses verdicts given to the old prompt (as config_identity does for named configs). The template as shipped
+    adds nothing to the key, which caches made before it was included keep."""
+    digest = hashlib.sha1(local_template().read_bytes()).hexdigest()
+    extra = "" if digest == SHIPPED_TEMPLATE_SHA1 else f"-template-{digest}"
+    return hashlib.sha1(f"{decoder_key}{extra}".encode()).hexdigest()[:10]
+
+
 def local_config(cache_dir: Path, ident: str) -> Path:
     """The annotators config of `alpaca_eval:local`: alpaca_eval's weighted GPT-4-turbo judge minus its
     decoder (passed in as a function), written once under the cache."""
-    import alpaca_eval.constants as AC
     import yaml
     folder = Path(cache_dir) / "judges" / f"alpaca_eval_local-{ident}"
     path = folder / "configs.yaml"
     config = {f"pobench_local_{ident}": {
-        "prompt_template": str(Path(AC.EVALUATORS_CONFIG_DIR) / PROMPT_TEMPLATE),
+        "prompt_template": str(local_template()),
         "fn_completion_parser": "logprob_parser",
         "completion_parser_kwargs": {"numerator_token": "m", "denominator_tokens": list(CHOICE_TOKENS),
                                      "is_binarize": False},
@@ -350,7 +367,7 @@ class AlpacaEvalJudge:
         self.config, self.seed, self.decoder, self.truncated = config, seed, None, 0
         if config == LOCAL_CONFIG:
             self.decoder = make_judge_decoder(judge_decoder, judge_model, device, batch_size, vllm_options)
-            ident = hashlib.sha1(f"{self.decoder.cache_key}".encode()).hexdigest()[:10]
+            ident = local_ident(self.decoder.cache_key)
             self.annotators_config = local_config(Path(cache_dir or ".pobench-judge"), ident)
             self.name = f"alpaca_eval:local({judge_model})"
         else:
@@ -405,8 +422,7 @@ class AlpacaEvalJudge:
         tokens cut per row. A remote judge gets them whole: its service sets and reports its own limit."""
         if self.decoder is None:
             return rows, [0] * len(rows)
-        import alpaca_eval.constants as AC
-        template = (Path(AC.EVALUATORS_CONFIG_DIR) / PROMPT_TEMPLATE).read_text(encoding="utf-8")
+        template = local_template().read_text(encoding="utf-8")
         fitted = [fit_answers(self.decoder, template, row) for row in rows]
         self.truncated += sum(cut > 0 for _, cut in fitted)
         return [row for row, _ in fitted], [cut for _, cut in fitted]
