@@ -373,6 +373,7 @@ def fake_openai(tmp_path, monkeypatch):
     config = tmp_path / "openai_configs.yaml"
     config.write_text(f"default:\n  - api_key: test-double-key\n    base_url: http://127.0.0.1:{server.server_port}/v1\n")
     monkeypatch.setenv("OPENAI_CLIENT_CONFIG_PATH", str(config))
+    FakeOpenAIHandler.port = server.server_port
     yield FakeOpenAIHandler
     server.shutdown()
 
@@ -392,7 +393,46 @@ def test_gpt4_turbo_judge_config_runs_to_the_api_call(tmp_path, fake_openai):
     text = json.dumps([r["body"]["messages"] for r in fake_openai.requests])
     for prompt, p, r in zip(PROMPTS[:4], POLICY[:4], REFERENCE[:4]):
         assert prompt[0]["content"] in text and p.strip() in text and r in text
-    assert judge.describe()["kind"] == "llm"
+    info = judge.describe()
+    assert info["kind"] == "llm"
+    # what answered: the model asked for and the server it was sent to (a local test double, not OpenAI), never the key
+    base_url = f"http://127.0.0.1:{fake_openai.port}/v1"
+    assert info["identity"]["models"] == ["gpt-4-1106-preview"] and info["identity"]["endpoints"] == [base_url]
+    assert "test-double-key" not in json.dumps(info)
+
+
+def test_an_openai_judge_names_the_server_it_calls(tmp_path, monkeypatch):
+    """describe()'s identity follows alpaca_eval's choice of client config: the model's own entries (with the
+    default's where it lists "default"), else the default's; without a client config, OPENAI_API_BASE or OpenAI's
+    API. An edited config or template changes its content digest; an API key is in none of it."""
+    pytest.importorskip("alpaca_eval")
+    import alpaca_eval.constants as AC
+    for name in ("OPENAI_CLIENT_CONFIG_PATH", "OPENAI_API_BASE", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(AC, "OPENAI_CLIENT_CONFIG_PATH", tmp_path / "none.yaml")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-key")
+    identity = build_judge("alpaca_eval:weighted_alpaca_eval_gpt4_turbo", cache_dir=tmp_path).describe()["identity"]
+    assert identity["endpoints"] == ["https://api.openai.com/v1"] and identity["models"] == ["gpt-4-1106-preview"]
+    monkeypatch.setenv("OPENAI_API_BASE", "http://old-style:1/v1")
+    info = build_judge("alpaca_eval:weighted_alpaca_eval_gpt4_turbo", cache_dir=tmp_path).describe()
+    assert info["identity"]["endpoints"] == ["http://old-style:1/v1"] and "sk-secret" not in json.dumps(info)
+    client = tmp_path / "client.yaml"
+    client.write_text("default:\n  - api_key: sk-secret-1\n    base_url: http://default:1/v1\n"
+                      "gpt-4-1106-preview:\n  - default\n  - api_key: sk-secret-2\n    base_url: http://local:2/v1\n"
+                      "    client_class: openai.OpenAI\n")
+    monkeypatch.setenv("OPENAI_CLIENT_CONFIG_PATH", str(client))
+    info = build_judge("alpaca_eval:weighted_alpaca_eval_gpt4_turbo", cache_dir=tmp_path).describe()
+    assert info["identity"]["endpoints"] == ["http://default:1/v1", "http://local:2/v1 (client_class openai.OpenAI)"]
+    assert "sk-secret" not in json.dumps(info) and info["identity"]["config"] == identity["config"]
+    client.write_text("gpt-4o:\n  - api_key: x\n    base_url: http://other:3/v1\ndefault:\n  - api_key: y\n")
+    info = build_judge("alpaca_eval:weighted_alpaca_eval_gpt4_turbo", cache_dir=tmp_path).describe()
+    assert info["identity"]["endpoints"] == ["https://api.openai.com/v1"]   # not its model's entry: the default's
+
+
+def test_local_judges_name_their_engine_and_dtype(tmp_path, tiny_model_dir):
+    pytest.importorskip("alpaca_eval")
+    judge = build_judge("alpaca_eval:local", cache_dir=tmp_path, judge_model=str(tiny_model_dir), device="cpu")
+    assert judge.describe()["identity"] == {"decoder": "transformers", "dtype": "float32"}
 
 
 def test_llm_judge_annotations_are_cached_per_config_content(tmp_path, monkeypatch):
@@ -665,6 +705,7 @@ def test_vllm_judge_decoder_loads_vllm_as_configured(tmp_path, tiny_model_dir, m
     info = judge.describe()
     assert info["judge_decoder"] == "vllm" and info["decoder"] == "pobench VLLMJudgeDecoder (vllm 0.0+test-double)"
     assert info["dtype"] == "float32" and info["model"] == str(tiny_model_dir)
+    assert info["identity"] == {"decoder": "vllm", "dtype": "float32"}
 
 
 def test_judge_decoder_selection(monkeypatch):

@@ -1155,6 +1155,40 @@ def test_runs_of_one_row_that_differ_beyond_the_seed_are_named(tmp_path):
                          if unlike else {})
 
 
+def test_judges_of_one_name_with_other_models_behind_it_are_other_judges(tmp_path):
+    """alpaca_eval:<config> named the config only: a local OpenAI-compatible server answering under
+    weighted_alpaca_eval_gpt4_turbo was reported as that judge (GPT-4-turbo), and alpaca_eval:local(m) was one judge
+    whether vLLM (float16) or transformers (float32) ran it. eval.json's judge.identity now tells them apart."""
+    gpt4 = {"name": "alpaca_eval:weighted_alpaca_eval_gpt4_turbo", "kind": "llm",
+            "identity": {"models": ["gpt-4-1106-preview"], "endpoints": ["https://api.openai.com/v1"],
+                         "config": "33016f9a00"}}
+    local_server = {**gpt4, "identity": {**gpt4["identity"], "endpoints": ["http://127.0.0.1:8000/v1"]}}
+    for seed, judge in ((1, gpt4), (2, local_server)):
+        write_run(tmp_path / "api", "dpo", seed, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": judge})
+    report = build_report(tmp_path / "api")[0]["suites"][0]
+    named = "alpaca_eval:weighted_alpaca_eval_gpt4_turbo [models gpt-4-1106-preview; endpoints {}; config 33016f9a00]"
+    assert report["judge"] == [named.format("http://127.0.0.1:8000/v1"), named.format("https://api.openai.com/v1")]
+    assert report["unlike_across_seeds"]["dpo"]["differences"] == [
+        f"seed 2: judge {named.format('http://127.0.0.1:8000/v1')} vs {named.format('https://api.openai.com/v1')}"]
+    # the local judge: transformers (recorded before the identity was: float32 then too) against vLLM in float16
+    old = {"name": "alpaca_eval:local(m)", "kind": "llm", "judge_decoder": "transformers"}
+    new = {**old, "identity": {"decoder": "transformers", "dtype": "float32"}}
+    fp16 = {**old, "judge_decoder": "vllm", "dtype": "float16", "identity": {"decoder": "vllm", "dtype": "float16"}}
+    for seed, judge in ((1, old), (2, new)):
+        write_run(tmp_path / "local", "dpo", seed, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": judge})
+        write_run(tmp_path / "local", "simpo", seed, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": fp16})
+    report = build_report(tmp_path / "local")[0]["suites"][0]
+    assert report["unlike_across_seeds"] == {}   # one judge, recorded before and after the identity was
+    assert report["mixed_evaluations"] == {
+        "dpo": "eval set hh-rlhf-test, judge alpaca_eval:local(m) [decoder transformers; dtype float32], "
+               "reference reference_policy",
+        "simpo": "eval set hh-rlhf-test, judge alpaca_eval:local(m) [decoder vllm; dtype float16], "
+                 "reference reference_policy"}
+    write_run(tmp_path / "bad", "dpo", 1, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": {**gpt4, "identity": 3}})
+    with pytest.raises(PobenchError, match=r"eval.json: 'judge.identity' must be an object of names"):
+        build_report(tmp_path / "bad")
+
+
 def test_seeds_trained_by_other_versions_of_a_plugin_are_named_but_algorithms_code_is_not_compared(tmp_path):
     """Seeds 1-2 of a plugin run with one loss, seed 3 after the loss was edited: averaged as one setting, and
     UNLIKE SEEDS named nothing (train_summary.json's `code` was not read). Two algorithms' code differs by design:

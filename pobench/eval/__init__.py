@@ -18,6 +18,10 @@ number not measured is null, never NaN):
                       alpaca_eval set's outputs: generator, who wrote them as the file says, "gpt4_turbo" for
                       AlpacaEval 2's; a list where the file names several, null where it names none)
     judge             {"name", "kind": "reward_model" | "llm" | "gold", "held_out_accuracy": float | null, ...};
+                      LLM judges add identity: what stands behind the name ({models, endpoints, config} of an
+                      alpaca_eval config: the models asked for, the servers its OpenAI client config sends them to,
+                      never a key, and a digest of the config and its templates; {decoder, dtype} of a local judge),
+                      which pobench report names with the judge, so judges of one name that differ are not mixed;
                       held_out_accuracy: a pobench-trained reward model's pair accuracy (rm_info.json); with
                       eval.judge_check_pairs > 0 also held_out_agreement {agreement, pairs, mean_preference}: how
                       often this judge picked the held-out chosen answer over the rejected one (any judge)

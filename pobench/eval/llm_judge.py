@@ -153,7 +153,8 @@ class LocalJudgeDecoder:
         self.path = resolve_model_path(model)
         self.device = pick_device(device)
         self.tokenizer = load_tokenizer(self.path)
-        self.model = load_causal_lm(self.path, torch.float32).to(self.device).eval()
+        self.dtype = "float32"
+        self.model = load_causal_lm(self.path, getattr(torch, self.dtype)).to(self.device).eval()
         self.batch_size, self.spec = batch_size, model
         limit = getattr(self.model.config, "max_position_embeddings", None) or max_length
         self.max_length = min(max_length, limit)
@@ -189,7 +190,8 @@ class LocalJudgeDecoder:
 
     def describe(self) -> dict:
         return {"decoder": "pobench LocalJudgeDecoder (transformers)", "judge_decoder": self.kind, "model": self.spec,
-                "model_path": self.path, "model_fingerprint": self.fingerprint}
+                "model_path": self.path, "model_fingerprint": self.fingerprint, "dtype": self.dtype,
+                "device": str(self.device)}
 
 
 def vllm_importable() -> bool:
@@ -302,11 +304,8 @@ def check_alpaca_eval_judge(config: str) -> None:
                            f"{', '.join(OPENAI_CREDENTIALS[:-1])} or {OPENAI_CREDENTIALS[-1]} first")
 
 
-def config_identity(annotators_config: Path | str) -> str:
-    """What the annotation cache is keyed by: the config's name or path, the content of its configs.yaml and of the
-    prompt templates it names, and of OPENAI_CLIENT_CONFIG_PATH's file (which server answers), so that an edited
-    prompt or another model never reuses annotations made before."""
-    digest = hashlib.sha1(str(annotators_config).encode())
+def config_files(annotators_config: Path | str) -> list[Path]:
+    """Its configs.yaml and the prompt templates it names (those that exist)."""
     path, entries = config_entries(annotators_config)
     # alpaca_eval reads templates relative to the folder above the config's own (its evaluators_configs)
     files, templates_dir = [path], path.parents[1]
@@ -314,12 +313,84 @@ def config_identity(annotators_config: Path | str) -> str:
         template = entry.get("prompt_template")
         if isinstance(template, str):
             files.append(templates_dir / template)
-    client = os.environ.get("OPENAI_CLIENT_CONFIG_PATH")
-    files += [Path(client)] if client else []
+    return files
+
+
+def files_digest(digest, files: list[Path]) -> str:
     for f in files:
         if f.is_file():
             digest.update(f.name.encode() + b"\0" + f.read_bytes())
     return digest.hexdigest()[:10]
+
+
+def config_identity(annotators_config: Path | str) -> str:
+    """What the annotation cache is keyed by: the config's name or path, the content of its configs.yaml and of the
+    prompt templates it names, and of OPENAI_CLIENT_CONFIG_PATH's file (which server answers), so that an edited
+    prompt or another model never reuses annotations made before."""
+    client = os.environ.get("OPENAI_CLIENT_CONFIG_PATH")
+    return files_digest(hashlib.sha1(str(annotators_config).encode()),
+                        config_files(annotators_config) + ([Path(client)] if client else []))
+
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"   # where the openai client sends requests given no base_url
+# what an OpenAI client config entry may say about where requests go (never its api_key, nor any other field)
+ENDPOINT_FIELDS = ("base_url", "azure_endpoint", "azure_deployment", "api_version", "client_class")
+
+
+def client_config_path() -> Path | None:
+    """The OpenAI client config alpaca_eval reads: OPENAI_CLIENT_CONFIG_PATH now (decoding_kwargs passes it on at call
+    time), else alpaca_eval's default (fixed at its import)."""
+    import alpaca_eval.constants as AC
+    path = os.environ.get("OPENAI_CLIENT_CONFIG_PATH") or getattr(AC, "OPENAI_CLIENT_CONFIG_PATH", None)
+    return Path(path) if path else None
+
+
+def client_entries(model: str) -> list[dict]:
+    """The client configs alpaca_eval's OpenAI decoder picks among for `model` (alpaca_eval.utils.get_all_clients:
+    the file's entries for the model, with "default"'s where it lists "default", else "default"'s; without the file,
+    OPENAI_API_BASE), reduced to ENDPOINT_FIELDS."""
+    import yaml
+    path = client_config_path()
+    configs = None
+    if path is not None and path.is_file():
+        try:
+            configs = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            configs = None   # alpaca_eval says what is wrong with it at the first call
+    if not isinstance(configs, dict):
+        entries = [{"base_url": os.environ.get("OPENAI_API_BASE")}]
+    elif isinstance(configs.get(model), list):
+        listed = configs[model]
+        entries = ((configs.get("default") or []) if "default" in listed else []) + [e for e in listed if e != "default"]
+    else:
+        entries = configs.get("default") or []
+    return [{k: e[k] for k in ENDPOINT_FIELDS if e.get(k) is not None} for e in entries if isinstance(e, dict)]
+
+
+def endpoint_text(entry: dict) -> str:
+    """Where one client config sends requests: its base_url (or Azure endpoint), else the openai client's default
+    (OPENAI_BASE_URL, else OpenAI's API), with the client class, deployment and API version where given."""
+    where = entry.get("base_url") or entry.get("azure_endpoint") or os.environ.get("OPENAI_BASE_URL") or OPENAI_BASE_URL
+    extra = [f"{k} {entry[k]}" for k in ("client_class", "azure_deployment", "api_version") if k in entry]
+    return f"{where} ({', '.join(extra)})" if extra else str(where)
+
+
+def config_judge_identity(annotators_config: Path | str) -> dict:
+    """What stands behind an `alpaca_eval:<config>` judge's name, for describe() and the report: the models its
+    annotators ask for, where an OpenAI decoder sends them (from the client config; a local OpenAI-compatible server
+    answering under `weighted_alpaca_eval_gpt4_turbo` is not GPT-4-turbo), and a digest of the config's and its
+    prompt templates' content. Never an API key: the client config's keys are neither read into it nor hashed."""
+    _, entries = config_entries(annotators_config)
+    models, endpoints = set(), set()
+    for entry in entries.values():
+        kwargs = entry.get("completions_kwargs") if isinstance(entry.get("completions_kwargs"), dict) else {}
+        model = kwargs.get("model_name") or kwargs.get("model")
+        if model is not None:
+            models.add(str(model))
+        if model is not None and "openai" in str(entry.get("fn_completions")):
+            endpoints.update(endpoint_text(e) for e in client_entries(str(model)))
+    return {"models": sorted(models), "endpoints": sorted(endpoints),
+            "config": files_digest(hashlib.sha1(), config_files(annotators_config))}
 
 
 @functools.lru_cache(maxsize=None)
@@ -446,15 +517,25 @@ class AlpacaEvalJudge:
                           **({"answer_tokens_cut": cut} if self.decoder is not None else {})})
         return Comparison(preferences, extra=extra)
 
+    def identity(self) -> dict:
+        """What tells apart judges of one name (the report's judge, pobench/report/collect.py judge_label): a local
+        judge's engine and the dtype it ran in (vLLM in float16 and transformers in float32 give other verdicts);
+        a config's models, endpoints and content (config_judge_identity)."""
+        if self.decoder is not None:
+            return {"decoder": self.decoder.kind, "dtype": self.decoder.describe().get("dtype")}
+        return config_judge_identity(self.annotators_config)
+
     def describe(self) -> dict:
         info = {"name": self.name, "kind": self.kind, "held_out_accuracy": None,
                 "annotators_config": str(self.annotators_config), "order": "randomised per prompt by pobench",
-                "caching_path": str(self.caching_path) if self.caching_path else None}
+                "caching_path": str(self.caching_path) if self.caching_path else None, "identity": self.identity()}
         if self.decoder is not None:
             info.update(self.decoder.describe(), note="a local judge; SmolLM2-135M-Instruct (the default) is weak",
                         max_prompt_tokens=self.decoder.max_length,
                         # prompts whose two answers were both shortened by the same number of tokens to fit
                         truncated_prompts=self.truncated)
+        else:
+            info["config_identity"] = config_identity(self.annotators_config)   # its cache's key
         return info
 
 

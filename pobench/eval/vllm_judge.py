@@ -110,6 +110,15 @@ def model_window(path: str, max_length: int) -> int:
     return min(max_length, limit - 2) if limit else max_length
 
 
+def engine_dtype(llm, configured: str) -> str:
+    """The dtype vLLM runs in: `auto` is resolved by the engine (a float32 checkpoint runs in float16), and the judge's
+    identity is the dtype its verdicts came from. The configured one where the engine does not say."""
+    try:
+        return str(llm.llm_engine.model_config.dtype).removeprefix("torch.")
+    except AttributeError:
+        return configured
+
+
 class VLLMJudgeDecoder:
     """An alpaca_eval decoder (`fn_completions`) backed by vLLM's offline `LLM`; the call contract of
     `LocalJudgeDecoder` (see the module docstring for how the log-probabilities are obtained)."""
@@ -148,6 +157,7 @@ class VLLMJudgeDecoder:
         extra = {"max_logprobs": self.top_logprobs} if self.top_logprobs > TOP_LOGPROBS else {}
         self.llm = LLM(model=self.path, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
                        max_model_len=self.max_length + 2, enable_prefix_caching=True, **extra, **llm_kwargs)
+        self.dtype = engine_dtype(self.llm, dtype)
         self.generate = lambda prompts, kw: self.llm.generate(prompts, SamplingParams(**kw), use_tqdm=False)
 
     def encode(self, prompt: str) -> list[int]:

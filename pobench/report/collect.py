@@ -143,6 +143,30 @@ def grid_point_of(run_dir: Path, algo: str) -> str:
     return NO_GRID
 
 
+def judge_label(judge: dict, path: Path | None = None) -> str | None:
+    """The judge as the report tells judges apart (the runs' `judge` column: same judge or not, across seeds and
+    algorithms): its name, with what eval.json's `judge.identity` says stands behind it, e.g. an LLM judge's models
+    and endpoints (a local server answering under alpaca_eval's GPT-4-turbo config is not GPT-4-turbo), or a local
+    judge's engine and dtype (vLLM in float16 and transformers in float32 give other verdicts under one name).
+    A local judge evaluated before the identity was recorded is read from its `judge_decoder` (transformers ran
+    float32 then too)."""
+    name = judge.get("name")
+    identity = judge.get("identity")
+    if identity is None and judge.get("judge_decoder") in ("transformers", "vllm"):
+        decoder = judge["judge_decoder"]
+        identity = {"decoder": decoder, "dtype": judge.get("dtype") or ("float32" if decoder == "transformers" else None)}
+    if identity is None:
+        return name
+    if not isinstance(identity, dict) or not all(isinstance(v, (str, list, type(None))) for v in identity.values()):
+        raise PobenchError(f"{path}: 'judge.identity' must be an object of names or lists of names, got {identity!r}")
+    parts = []
+    for key, value in identity.items():
+        value = ", ".join(map(str, value)) if isinstance(value, list) else value
+        if value:
+            parts.append(f"{key} {value}")
+    return f"{name} [{'; '.join(parts)}]" if parts else name
+
+
 def eval_fields(ev: dict | None, path: Path) -> dict:
     """The leaderboard's fields from eval.json, old or new form; held-out pair metrics under `held_out`."""
     if not ev:
@@ -157,7 +181,7 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
         "reference_avg_length": ev.get("reference_avg_length"), "length_unit": ev.get("length_unit"),
         "reward_mean": ev.get("reward_mean"),
         "kl": ev.get("kl"), "eval_set": ev.get("eval_set"), "n_prompts": ev.get("n_prompts"),
-        "judge": judge.get("name"), "judge_kind": judge.get("kind"),
+        "judge": judge_label(judge, path), "judge_kind": judge.get("kind"),
         "judge_held_out_accuracy": judge.get("held_out_accuracy"), "reference_kind": reference.get("kind"),
     }
     for key in FRACTIONS + ("avg_length", "reward_mean", "kl", "judge_held_out_accuracy"):

@@ -17,7 +17,7 @@ from pobench.config import flatten
 from pobench.errors import PobenchError
 from pobench.eval.generations import read_generations, unfinished_evaluation
 from pobench.eval.head_to_head import FILE as HEAD_TO_HEAD, answers_digest, read_comparisons
-from pobench.report.collect import read_json
+from pobench.report.collect import judge_label, read_json
 from pobench.report.convergence import BUDGET, accuracy_auc, run_curves
 from pobench.report.leaderboard import METRICS
 from pobench.report.stats import holm, mean_ci, t_test_p
@@ -315,15 +315,17 @@ def head_to_head(pairs: list[tuple[dict, dict, tuple]]) -> tuple[dict | None, li
     algorithm's run folders): win rate, mean and t-interval over the seeds compared, or with one seed its bootstrap
     interval over prompts; prompts better, tied and worse summed over seeds. `pairs`: (run, baseline run, their
     generations). A comparison of answers either run has since replaced is left out and noted."""
-    found, stale = [], 0
+    found, stale, judges = [], 0, set()
     for mine, base, (gen, base_gen) in pairs:
-        stored = read_comparisons(Path(mine["run_dir"]) / HEAD_TO_HEAD).get(base.get("in_suite") or "")
+        path = Path(mine["run_dir"]) / HEAD_TO_HEAD
+        stored = read_comparisons(path).get(base.get("in_suite") or "")
         if not stored:
             continue
         if gen is None or base_gen is None or stored.get("answers_digest") != answers_digest(gen, base_gen):
             stale += 1
             continue
         found.append(stored)
+        judges.add(judge_label(stored["judge"], path))   # named as the leaderboard names judges
     notes = [f"head to head of {stale} seed(s) left out: answers changed since (pobench compare again)"] if stale else []
     if not found:
         return None, notes
@@ -332,7 +334,7 @@ def head_to_head(pairs: list[tuple[dict, dict, tuple]]) -> tuple[dict | None, li
         win["lo"], win["hi"] = found[0]["win_rate_ci95"]
     return {"win_rate": win, "seeds": [c["seed"] for c in found],
             **{k: sum(c[k] for c in found) for k in ("better", "tied", "worse")},
-            "judge": sorted({c["judge"]["name"] for c in found})}, notes
+            "judge": sorted(judges)}, notes
 
 
 def _seed_runs(frame) -> dict:
