@@ -77,6 +77,10 @@ def test_run_ends_with_eval_json_in_the_contract(finished_run):
     store = Path(result["reference"]["store"])
     assert store.is_file() and ".cache" in str(store)
     assert len(store.read_text().splitlines()) == 4
+    # how the answers were computed: eval.batch_size 0 (auto) took all 4 prompts in one forward, on the CPU, by the
+    # plain path
+    assert result["decoding"]["batch_size"] == 0 and result["decoding"]["batch_size_used"] == [4]
+    assert result["decoding"]["decoder"] == "plain" and result["versions"]["device"] == "cpu"
 
 
 def test_report_pairs_simpo_with_dpo_prompt_by_prompt(finished_run):
@@ -456,6 +460,45 @@ def test_evaluation_on_cuda_loads_the_bf16_weights_its_training_forwards_ran_in(
     with pytest.raises(Asked), runner.reference_model(cfg, None, "cuda"):
         pass
     assert loaded == [("bfloat16", "cuda"), ("bfloat16", "cuda")]
+
+
+def test_answers_made_on_another_device_or_path_are_not_served_from_the_store(finished_run, tmp_path, monkeypatch):
+    """The answer stores (the suite's shared reference answers, a run's own) were keyed by the model, the weights'
+    dtype and the decoding: answers generated on a GPU (another rounding, the static decoder) were served to an
+    evaluation on the CPU and the reverse. The device type, decode path, attention kernel and compiled layers are
+    in their keys now where they differ from the CPU's plain sdpa path, whose stores keep the keys they had."""
+    import hashlib
+    import types
+
+    import test_eval_judges  # noqa: F401  registers gold:test-eval-length in this process
+    import torch
+
+    from pobench.eval import runner
+    from pobench.models import model_fingerprint, resolve_model_path
+    cfg = runner.load_run_config(finished_run)
+    result = json.loads((finished_run / "eval.json").read_text())
+    settings = json.dumps(runner.decoding_record(cfg), sort_keys=True)
+    before = f"{model_fingerprint(resolve_model_path(cfg.model.name_or_path))}-auto-{settings}"   # the key until now
+    assert Path(result["reference"]["store"]).name == hashlib.sha1(before.encode()).hexdigest()[:16] + ".jsonl"
+    on_cpu = types.SimpleNamespace(model=torch.nn.Linear(1, 1), uses_fast_path=lambda gen, ids: False)
+    assert runner.answers_context(cfg, on_cpu, [[1, 2]]) == {}
+    cfg.model.attn_implementation, cfg.model.compile = "eager", True
+    assert runner.answers_context(cfg, on_cpu, [[1, 2]]) == {"attn_implementation": "eager", "model_compile": True}
+    elsewhere = types.SimpleNamespace(model=torch.nn.Linear(1, 1, device="meta"), uses_fast_path=lambda gen, ids: True)
+    assert runner.answers_context(runner.load_run_config(finished_run), elsewhere, [[1]]) == \
+        {"device": "meta", "decoder": "static"}
+    # evaluated where the static decoder runs on a GPU (a test double for that context; the model stays on the CPU)
+    run = copy_run(finished_run, tmp_path)
+    import shutil
+    for kind in ("eval_reference", "eval_policy"):   # the stores the CPU evaluations made
+        shutil.copytree(finished_run.parents[2] / ".cache" / kind, tmp_path / "results" / ".cache" / kind)
+    made = len(list((tmp_path / "results" / ".cache" / "eval_policy").glob("*.jsonl")))
+    monkeypatch.setattr(runner, "answers_context", lambda *_: {"device": "cuda", "decoder": "static"})
+    again = runner.evaluate_run(run, overrides={"eval": {"judge": "gold:test-eval-length"}})
+    assert Path(again["reference"]["store"]).name != Path(result["reference"]["store"]).name
+    assert len(Path(again["reference"]["store"]).read_text().splitlines()) == 4   # answered again, in its own store
+    assert len(list((tmp_path / "results" / ".cache" / "eval_policy").glob("*.jsonl"))) == made + 1
+    assert again["decoding"]["decoder"] == "static" and again["decoding"]["batch_size_used"] == [4]
 
 
 def test_lora_run_is_evaluated_with_its_adapter(tmp_path, tiny_model_dir):

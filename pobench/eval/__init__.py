@@ -10,7 +10,11 @@ number not measured is null, never NaN):
 
     eval_set          "held_out" | "alpaca_eval";  eval_source: where the prompts came from
     n_prompts         prompts generated (= n_judged + n_unjudged)
-    decoding          {backend, temperature, top_p, top_k, max_new_tokens, seed, batch_size, chat_template, max_prompt_length}
+    decoding          {backend, temperature, top_p, top_k, max_new_tokens, seed, batch_size, chat_template,
+                      max_prompt_length, decoder, batch_size_used}: batch_size as set (0 = auto); decoder the
+                      path the policy's answers are decoded by ("static": the static-cache decoder on CUDA, "plain":
+                      generate); batch_size_used the rows per forward this evaluation's generation used ([]: every
+                      answer came from the answer store)
     eval_config       the eval.* section this evaluation resolved (pobench eval's --set/--judge/... included;
                       config.yaml keeps the run's own): what pobench compare and pobench report check runs against
     weights_dtype     the weights evaluation loaded (bfloat16 on CUDA for model.dtype auto; else the run's model.dtype)
@@ -45,7 +49,8 @@ number not measured is null, never NaN):
     kl, kl_se, kl_info                    KL(policy || reference) estimated from samples (null with eval.kl_samples 0;
                                           kl_se null with one sample)
     held_out          {"final": {eval/... pair metrics}, "initial": {...}, "pairs": n} from train_summary.json
-    suite, algorithm, seed, eval_time_s, versions {pobench, git_commit, python, torch, transformers, ...}
+    suite, algorithm, seed, eval_time_s, versions {pobench, git_commit, python, torch, transformers, ..., device,
+                      gpu (on CUDA)}: the device the evaluation ran on
     model_outputs     (alpaca_eval set only) path of model_outputs.json in alpaca_eval's format
 
 `<run_dir>/generations.jsonl`: one row per prompt: index, id, prompt (chat messages), output, reference_output,

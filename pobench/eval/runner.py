@@ -290,6 +290,42 @@ def shards_judge(spec: str) -> bool:
 
 # -- reference outputs --------------------------------------------------------------------------------------------
 
+def answers_context(cfg, backend, prompt_ids: list[list[int]]) -> dict:
+    """How the answers of a store are computed beyond the model, the weights' dtype and the decoding (decoding_record),
+    as far as it moves their tokens: part of the keys of the reference and policy answer stores. Each entry changes
+    the rounding of the logits, which moves a token only where it crosses a near-tie, but does move some: sdpa against
+    eager attention gave 1 of 24 sampled answers (SmolLM2-135M, fp32, CPU, temperature 0.7, 64 tokens) another
+    token, and in bf16 on a GPU far more do. So answers made on a GPU are never served to an evaluation on the CPU
+    (or the reverse): the device type (its kernels; with model.dtype auto also bf16 weights, which `weights` in the
+    key already says), the decode path (pobench's static-cache decoder with CUDA graphs, or plain `generate`:
+    eval.batch_size's path on CUDA), the attention kernel and compiled decoder layers (model.compile; the compiled
+    decode step is decoding_record's). Entries only where they differ from the CPU's plain sdpa path, so stores
+    made there (all of them until now: the path is plain on the CPU whatever the settings) keep their keys. Not
+    included: the batch size, which is decoding_record's; the static and plain paths gave the same greedy tokens on
+    the CPU, but off CUDA evaluation never takes the static one."""
+    context = {}
+    device = next(backend.model.parameters()).device.type
+    if device != "cpu":
+        context["device"] = device
+    if backend.uses_fast_path(generation_config(cfg), prompt_ids):
+        context["decoder"] = "static"
+    if cfg.model.attn_implementation != "sdpa":
+        context["attn_implementation"] = cfg.model.attn_implementation
+    if cfg.model.compile:
+        context["model_compile"] = True
+    return context
+
+
+def context_suffix(context: dict) -> str:
+    return f"-{json.dumps(context, sort_keys=True)}" if context else ""
+
+
+def answer_backend(model, tokenizer):
+    """The generation backend of an answer store (one per model: its captured decoders are reused by every chunk)."""
+    from pobench.generation import get_backend
+    return get_backend("transformers", model, tokenizer)
+
+
 def sft_reference_outputs(cfg, prompt_ids, ref_model, tokenizer, model_path: str, cache_dir: Path,
                           state=None) -> tuple[list[str], str]:
     """The reference policy's own outputs with the eval decoding, one JSON line per prompt in a store keyed by
@@ -299,9 +335,11 @@ def sft_reference_outputs(cfg, prompt_ids, ref_model, tokenizer, model_path: str
     from pobench.sampling.pools import PoolStore
     settings = json.dumps(decoding_record(cfg), sort_keys=True)
     weights = evaluation_dtype(cfg, next(ref_model.parameters()).device)   # (the run's model.dtype off CUDA)
-    key = hashlib.sha1(f"{model_fingerprint(model_path)}-{weights}-{settings}".encode()).hexdigest()[:16]
+    backend = answer_backend(ref_model, tokenizer)
+    context = context_suffix(answers_context(cfg, backend, prompt_ids))
+    key = hashlib.sha1(f"{model_fingerprint(model_path)}-{weights}-{settings}{context}".encode()).hexdigest()[:16]
     store = PoolStore(Path(cache_dir) / "eval_reference" / f"{key}.jsonl", fields={"output": str, "finished": bool})
-    answers = stored_answers(store, prompt_ids, ref_model, tokenizer, generation_config(cfg), state)
+    answers = stored_answers(store, prompt_ids, ref_model, tokenizer, generation_config(cfg), state, backend)
     return [a["output"] for a in answers], str(store.path)
 
 
@@ -309,7 +347,7 @@ EVAL_CHUNK_PROMPTS = 256   # prompts per process between two appends to an answe
                           # full decode batch on CUDA (generation.hf.MAX_BATCH_ROWS) at one sample per prompt
 
 
-def stored_answers(store, prompt_ids, model, tokenizer, gen, state=None) -> list[dict]:
+def stored_answers(store, prompt_ids, model, tokenizer, gen, state=None, backend=None) -> list[dict]:
     """Each prompt's answer ({"output", "finished", "tokens"}) from `store`, the missing ones generated in chunks
     appended as they are made, so an evaluation stopped partway (a crash, a judge that failed after the answers)
     starts again where it stopped. Sampling is seeded per prompt, so chunking changes no answer. Under several
@@ -319,8 +357,7 @@ def stored_answers(store, prompt_ids, model, tokenizer, gen, state=None) -> list
     if state is not None:   # the main process's list, should another run have appended to the store meanwhile
         from pobench.engine.distributed import gather_lists
         todo = gather_lists([todo] if state.is_main_process else [], state)[0]
-    from pobench.generation import get_backend
-    backend = get_backend("transformers", model, tokenizer)   # one for every chunk: its captured decoders are reused
+    backend = backend or answer_backend(model, tokenizer)   # one for every chunk: its captured decoders are reused
     step = EVAL_CHUNK_PROMPTS * (state.num_processes if state is not None else 1)
     for start in range(0, len(todo), step):
         part = todo[start:start + step]
@@ -336,11 +373,11 @@ def stored_answers(store, prompt_ids, model, tokenizer, gen, state=None) -> list
     return [store.entries[prompt_key(list(p))] for p in prompt_ids]
 
 
-def policy_answer_store(cfg, run_dir: Path, model, model_path: str, cache_dir: Path):
+def policy_answer_store(cfg, run_dir: Path, model, model_path: str, cache_dir: Path, context: dict | None = None):
     """Where a run's evaluation answers are kept: keyed by its final checkpoint (its state, and its weights file's
     size and time: a checkpoint is replaced whole, by a rename, never rewritten in place; reading tens of GB of a
-    large model's weights for a key would cost more than it saves), the base model, the weights' dtype and the
-    decoding, so a changed checkpoint or decoding starts afresh."""
+    large model's weights for a key would cost more than it saves), the base model, the weights' dtype, the
+    decoding and how the answers are computed (answers_context), so a changed checkpoint or decoding starts afresh."""
     from pobench.engine.checkpoint import find_checkpoint
     from pobench.models import model_fingerprint
     from pobench.sampling.pools import PoolStore
@@ -349,7 +386,7 @@ def policy_answer_store(cfg, run_dir: Path, model, model_path: str, cache_dir: P
     digest = hashlib.sha1((checkpoint / "state.json").read_bytes())
     weights = evaluation_dtype(cfg, next(model.parameters()).device)
     digest.update(f"-{weights_file.st_size}-{weights_file.st_mtime_ns}-{model_fingerprint(model_path)}-{weights}-"
-                  f"{json.dumps(decoding_record(cfg), sort_keys=True)}".encode())
+                  f"{json.dumps(decoding_record(cfg), sort_keys=True)}{context_suffix(context or {})}".encode())
     return PoolStore(Path(cache_dir) / "eval_policy" / f"{digest.hexdigest()[:16]}.jsonl",
                      fields={"output": str, "finished": bool, "tokens": int})
 
@@ -534,10 +571,26 @@ def held_out_block(run_dir: Path) -> dict | None:
     return {"final": s.get("held_out_final"), "initial": s.get("held_out_initial"), "pairs": s.get("eval_pairs")}
 
 
-def versions() -> dict:
+def versions(device=None) -> dict:
+    """Software versions, and the device that computed the results (its GPU's name on CUDA): env.json records
+    the training's, and an evaluation may run elsewhere (pobench eval --device, another machine)."""
     from pobench.environment import environment_info
     info = environment_info()
-    return {"pobench": info["pobench"], "git_commit": info["git_commit"], "python": info["python"], **info["packages"]}
+    out = {"pobench": info["pobench"], "git_commit": info["git_commit"], "python": info["python"], **info["packages"]}
+    if device is not None:
+        import torch
+        device = torch.device(device)
+        out["device"] = str(device)
+        if device.type == "cuda":
+            out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
+def generated_with(context: dict, backend) -> dict:
+    """eval.json's record of how the policy's answers were computed, beside decoding_record (the configured settings,
+    batch_size 0 = auto): the decode path and the rows per forward that this evaluation's generation used ([]
+    where every answer came from the answer store, made earlier under the same key)."""
+    return {"decoder": context.get("decoder", "plain"), "batch_size_used": sorted(backend.batch_rows_used)}
 
 
 def length_controlled(cfg, prefs: list[float], policy_out: list[str], ref_out: list[str], indices: list) -> dict:
@@ -626,8 +679,12 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     prompt_ids = [formatter.encode(formatter.prompt_text(it.prompt))[-cfg.train.max_prompt_length:] for it in items]
     task = progress.add_task(f"eval {cfg.algorithm_name} seed{cfg.seed}", total=None) if progress else None
 
-    answers = stored_answers(policy_answer_store(cfg, run_dir, policy, model_path, cache_dir), prompt_ids, policy,
-                             tokenizer, generation_config(cfg), state)
+    backend = answer_backend(policy, tokenizer)
+    context = answers_context(cfg, backend, prompt_ids)
+    answers = stored_answers(policy_answer_store(cfg, run_dir, policy, model_path, cache_dir, context), prompt_ids,
+                             policy, tokenizer, generation_config(cfg), state, backend)
+    generation = generated_with(context, backend)
+    del backend   # it holds the policy (and on CUDA its captured decoders): freed below, before the judge loads
     policy_out = [a["output"] for a in answers]
     ref_ctx = lambda: reference_model(cfg, policy, dev)  # noqa: E731  (entered once per use: memory is freed between)
     ref_out, reference = reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, cache_dir, state)
@@ -653,14 +710,15 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
         judge_info["held_out_agreement"] = check
     result = {
         "eval_set": cfg.eval.eval_set, "eval_source": source, "n_prompts": len(items),
-        "decoding": decoding_record(cfg), "weights_dtype": evaluation_dtype(cfg, dev),
+        "decoding": {**decoding_record(cfg), **generation},
+        "weights_dtype": evaluation_dtype(cfg, dev),
         "reference": reference, "judge": judge_info,
         # the eval section as this evaluation resolved it (config.yaml keeps the run's; --set/--judge change this)
         "eval_config": dataclasses.asdict(cfg.eval),
         **summarize(cfg, rows, policy_out, ref_out, items),
         "kl": kl["kl"] if kl else None, "kl_se": kl["kl_se"] if kl else None, "kl_info": kl,
         "held_out": held_out_block(run_dir), "suite": cfg.suite, "algorithm": cfg.algorithm_name, "seed": cfg.seed,
-        "eval_time_s": None, "versions": versions(),
+        "eval_time_s": None, "versions": versions(dev),
     }
     judge_name = result["judge"]["name"]
     lines = [json_text({"index": i, "id": it.id, "prompt": it.prompt, "output": p, "reference_output": r,

@@ -158,6 +158,7 @@ class TransformersBackend:
         self.pad_id = int(pad) if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
         self._decoders = None   # static-cache decoders by shape, built on first fast call
         self.ranks = ranks
+        self.batch_rows_used: set[int] = set()   # rows per forward of its calls (batch_size 0: auto), for eval.json
 
     def uses_fast_path(self, cfg: GenerationConfig, prompt_ids: list[list[int]] | None = None) -> bool:
         """Whether generate() takes the static decoder for these prompts (None: not known yet, so a model with a
@@ -250,6 +251,7 @@ class TransformersBackend:
                 batch = rows_per_call(self, prompt_ids, cfg)
                 if self.ranks is not None:   # one chunk size for all (auto sizing reads each GPU's own free memory)
                     batch = self.ranks.min(batch)
+                self.batch_rows_used.add(min(batch, len(rows)))
                 starts = list(range(0, len(rows), batch))
                 if self.ranks is not None:   # as many chunks as the busiest rank: a repeat of the last one, unused
                     starts += starts[-1:] * (self.ranks.max(len(starts)) - len(starts))
