@@ -476,7 +476,8 @@ def test_local_judge_annotations_are_cached_per_prompt_template(tmp_path, tiny_m
     before = hashlib.sha1(judge.decoder.cache_key.encode()).hexdigest()[:10]   # the key's formula until now
     assert shipped.name == f"alpaca_eval-{before}-annotations.json"
     configs = tmp_path / "evaluators_configs"
-    shutil.copytree(Path(AC.EVALUATORS_CONFIG_DIR) / "alpaca_eval_clf_gpt4_turbo", configs / "alpaca_eval_clf_gpt4_turbo")
+    name = "alpaca_eval_clf_gpt4_turbo"
+    shutil.copytree(Path(AC.EVALUATORS_CONFIG_DIR) / name, configs / name)
     monkeypatch.setattr(AC, "EVALUATORS_CONFIG_DIR", configs)
     assert build_judge("alpaca_eval:local", cache_dir=tmp_path, judge_model=str(tiny_model_dir),
                        device="cpu").caching_path == shipped   # the same content elsewhere: the same cache

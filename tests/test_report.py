@@ -1184,7 +1184,8 @@ def test_judges_of_one_name_with_other_models_behind_it_are_other_judges(tmp_pat
                "reference reference_policy",
         "simpo": "eval set hh-rlhf-test, judge alpaca_eval:local(m) [decoder vllm; dtype float16], "
                  "reference reference_policy"}
-    write_run(tmp_path / "bad", "dpo", 1, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": {**gpt4, "identity": 3}})
+    write_run(tmp_path / "bad", "dpo", 1, [0.5, 0.6],
+              eval_json={**new_eval(0.6, 0.6), "judge": {**gpt4, "identity": 3}})
     with pytest.raises(PobenchError, match=r"eval.json: 'judge.identity' must be an object of names"):
         build_report(tmp_path / "bad")
 

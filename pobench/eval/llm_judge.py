@@ -361,7 +361,8 @@ def client_entries(model: str) -> list[dict]:
         entries = [{"base_url": os.environ.get("OPENAI_API_BASE")}]
     elif isinstance(configs.get(model), list):
         listed = configs[model]
-        entries = ((configs.get("default") or []) if "default" in listed else []) + [e for e in listed if e != "default"]
+        shared = (configs.get("default") or []) if "default" in listed else []
+        entries = shared + [e for e in listed if e != "default"]
     else:
         entries = configs.get("default") or []
     return [{k: e[k] for k in ENDPOINT_FIELDS if e.get(k) is not None} for e in entries if isinstance(e, dict)]

@@ -154,7 +154,8 @@ def judge_label(judge: dict, path: Path | None = None) -> str | None:
     identity = judge.get("identity")
     if identity is None and judge.get("judge_decoder") in ("transformers", "vllm"):
         decoder = judge["judge_decoder"]
-        identity = {"decoder": decoder, "dtype": judge.get("dtype") or ("float32" if decoder == "transformers" else None)}
+        dtype = judge.get("dtype") or ("float32" if decoder == "transformers" else None)
+        identity = {"decoder": decoder, "dtype": dtype}
     if identity is None:
         return name
     if not isinstance(identity, dict) or not all(isinstance(v, (str, list, type(None))) for v in identity.values()):
