@@ -293,16 +293,16 @@ def shards_judge(spec: str) -> bool:
 def answers_context(cfg, backend, prompt_ids: list[list[int]]) -> dict:
     """How the answers of a store are computed beyond the model, the weights' dtype and the decoding (decoding_record),
     as far as it moves their tokens: part of the keys of the reference and policy answer stores. Each entry changes
-    the rounding of the logits, which moves a token only where it crosses a near-tie, but does move some: sdpa against
-    eager attention gave 1 of 24 sampled answers (SmolLM2-135M, fp32, CPU, temperature 0.7, 64 tokens) another
-    token, and in bf16 on a GPU far more do. So answers made on a GPU are never served to an evaluation on the CPU
-    (or the reverse): the device type (its kernels; with model.dtype auto also bf16 weights, which `weights` in the
-    key already says), the decode path (pobench's static-cache decoder with CUDA graphs, or plain `generate`:
-    eval.batch_size's path on CUDA), the attention kernel and compiled decoder layers (model.compile; the compiled
-    decode step is decoding_record's). Entries only where they differ from the CPU's plain sdpa path, so stores
-    made there (all of them until now: the path is plain on the CPU whatever the settings) keep their keys. Not
-    included: the batch size, which is decoding_record's; the static and plain paths gave the same greedy tokens on
-    the CPU, but off CUDA evaluation never takes the static one."""
+    the kernels, hence the rounding of the logits, which moves a token only where it crosses a near-tie, but does
+    move some: sdpa against eager attention gave 1 of 24 sampled answers another token (SmolLM2-135M, fp32, CPU,
+    temperature 0.7, 64 tokens; greedy: none of 12), and bf16's coarser rounding on a GPU is expected to move more. So
+    answers made on a GPU are never served to an evaluation on the CPU, or the reverse: the device type (with
+    model.dtype auto also bf16 weights, which `weights` in the key says already), the decode path (pobench's
+    static-cache decoder with CUDA graphs, or plain `generate`), the attention kernel and compiled decoder layers
+    (model.compile; a compiled decode step is in decoding_record). Entries only where they differ from the CPU's
+    plain sdpa path without model.compile, so the stores made there keep their keys; others (made on a GPU, with
+    eager attention or compiled layers) are generated again once. On the CPU evaluation always takes the plain path
+    (the static one gave the same greedy tokens there, measured)."""
     context = {}
     device = next(backend.model.parameters()).device.type
     if device != "cpu":
