@@ -708,6 +708,30 @@ def test_prompt_messages_and_texts_are_checked_where_the_row_is_read(tmp_path, s
     assert expected in message
 
 
+@pytest.mark.parametrize("row, expected", [
+    (_binarized(), "'chosen' must be text for schema hh (a whole transcript), got a list of messages); the row "
+                   "reads as ultrafeedback-binarized: set data.schema to auto (or ultrafeedback-binarized)"),
+    ({"chosen": None, "rejected": "x"}, "'chosen' must be text for schema hh (a whole transcript), got null)"),
+    ({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": 5}, "'rejected' must be text for schema hh (a whole "
+                                                                  "transcript), got int 5)"),
+])
+def test_a_row_of_another_shape_under_schema_hh_says_what_it_holds(tmp_path, row, expected):
+    """UltraFeedback rows read with `schema: hh` (the hh-rlhf suite's, or a suite copied from it) failed with
+    "(AttributeError: 'list' object has no attribute 'startswith')": Python's words, not the data's."""
+    f = _write_lines(tmp_path / "d.jsonl", [json.dumps(row)])
+    message = _error(f, schema="hh")
+    assert message.startswith(f"{f}:1: malformed row for schema hh (TypeError: ")
+    assert expected in message and "AttributeError" not in message
+
+
+def test_hh_rows_read_as_binarized_name_the_schema_they_read_as(tmp_path):
+    f = _write_lines(tmp_path / "d.jsonl", [json.dumps({"chosen": "\n\nHuman: q\n\nAssistant: a",
+                                                        "rejected": "\n\nHuman: q\n\nAssistant: b"})])
+    assert _error(f, schema="ultrafeedback-binarized").endswith(
+        "; the row reads as hh: set data.schema to auto (or hh)")
+    assert "reads as" not in _error(_write_lines(tmp_path / "e.jsonl", [json.dumps({"chosen": []})]))   # auto
+
+
 @pytest.mark.parametrize("schema, row, expected", [
     ("raw", _raw(second={"response": "bad", "overall_score": True}),
      "(TypeError: completions[1].overall_score must be a number, got bool True)"),

@@ -17,6 +17,16 @@ class RowSkip(Exception):
         self.reason = reason
 
 
+def describe_value(value) -> str:
+    """What a row holds where text was expected, in the data's terms: "a list of messages" (a chat schema's
+    turns), "null", "int 5"."""
+    if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m for m in value):
+        return "a list of messages"
+    if value is None:
+        return "null"
+    return f"{type(value).__name__} {value!r:.40}"
+
+
 def parse_transcript(text: str) -> list[dict]:
     """Split an HH transcript into chat messages. Text before the first turn marker is a defect."""
     if text.startswith(("Human:", "Assistant:")):
@@ -37,6 +47,9 @@ def hh_record(row: dict, row_id: str) -> PreferenceRecord:
     (RowSkip "prefix_mismatch"): training on them would attach one answer to the wrong dialogue.
     """
     chosen, rejected = row["chosen"], row["rejected"]   # both keys first: a missing one is an error, not a skip
+    for key, value in (("chosen", chosen), ("rejected", rejected)):
+        if not isinstance(value, str):   # parse_transcript's str methods failed on it with a Python AttributeError
+            raise TypeError(f"'{key}' must be text for schema hh (a whole transcript), got {describe_value(value)}")
     chosen, rejected = parse_transcript(chosen), parse_transcript(rejected)
     if not chosen or chosen[-1]["role"] != "assistant" or not rejected or rejected[-1]["role"] != "assistant":
         raise RowSkip("no_final_assistant_turn")

@@ -331,6 +331,18 @@ def detect_schema(row: dict) -> str:
     raise PobenchError(f"unknown schema: keys {sorted(row)[:8]} match none of {', '.join(SCHEMAS)}")
 
 
+def _other_schema(row: dict, schema: str) -> str:
+    """The hint for a row that fails the schema it was read with but has another schema's keys (binarized rows read
+    with the hh-rlhf suite's `schema: hh`): what to set instead, or ''."""
+    try:
+        detected = detect_schema(row)
+    except PobenchError:
+        return ""
+    if detected == schema:
+        return ""
+    return f"; the row reads as {detected}: set data.schema to auto (or {detected})"
+
+
 def record_parser(schema: str, raw_rejected: str = "worst", seed: int = 0) -> Callable[[dict, str], PreferenceRecord]:
     if schema == "hh":
         return hh.hh_record
@@ -358,6 +370,7 @@ def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "aut
     id (UltraFeedback's prompt_id) repeats an earlier one, or whose prompt and answers repeat an earlier record's
     (HH-RLHF holds exact copies): the first is kept."""
     out = LoadedSplit(records=[], source=source)
+    forced = schema != "auto"   # named by the suite or the user: a row of another schema fails in its parser
     parser = None
     seen_ids: set[str] = set()
     seen_content: set[bytes] = set()
@@ -387,9 +400,11 @@ def parse_rows(source: str, rows: Iterator[tuple[int, dict]], schema: str = "aut
         except RowSkip as skip:
             out.skipped[skip.reason] += 1
         except KeyError as e:
-            raise PobenchError(f"{row_place(source, i)}: missing key {e} for schema {schema}") from None
+            raise PobenchError(f"{row_place(source, i)}: missing key {e} for schema {schema}"
+                               f"{_other_schema(row, schema) if forced else ''}") from None
         except (TypeError, AttributeError, IndexError, ValueError, OverflowError) as e:   # (a score too big for a float)
-            raise PobenchError(f"{row_place(source, i)}: malformed row for schema {schema} ({type(e).__name__}: {e})") from None
+            raise PobenchError(f"{row_place(source, i)}: malformed row for schema {schema} ({type(e).__name__}: {e})"
+                               f"{_other_schema(row, schema) if forced else ''}") from None
     if out.rows_read == 0:
         raise PobenchError(f"{source}: no rows")
     if not out.records:
