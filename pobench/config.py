@@ -29,7 +29,9 @@ class DataConfig:
     sample_eval: str | None = None # shipped held-out sample; None: carve eval_size rows off the end of train
     schema: str = "auto"           # auto | hh | ultrafeedback-binarized | ultrafeedback-raw | ultrafeedback-onpolicy
     train_split: str = "train"
-    eval_split: str | None = "test"  # None: carve eval_size rows off the end of the train split
+    eval_split: str | None = "test"  # None (null): carve eval_size rows off the end of the train split; so does a split
+                                   # the data lacks where it holds no other (one file, a folder of train files only);
+                                   # where it holds another split (test.jsonl beside train.jsonl), that is an error
     eval_size: int = 64            # held-out pairs scored every train.eval_every steps
     max_train_records: int = 0     # 0 = all; else the first N training records are trained on: every row is still
                                    # read (skip counts, duplicates and the held-out cut are the whole file's)

@@ -521,9 +521,31 @@ def test_a_save_to_disk_folder_uses_its_splits(local_copies):
     data = load_suite_data(_data_cfg(d / "saved", eval_size=2))
     assert (len(data.train), len(data.eval)) == (len(rows), 2)
     assert data.report["eval_source"].endswith("saved[test]")
-    # a DatasetDict without the eval split: carve the held-out records off the train split instead of failing
-    data = load_suite_data(_data_cfg(d / "saved", eval_split="validation", eval_size=2))
+    # a DatasetDict without the eval split but with another (test): a typo that would leave test unread, refused;
+    # eval_split null carves the held-out records off the train split on purpose
+    with pytest.raises(PobenchError, match=r"saved: no split 'validation' \(data.eval_split\), but it holds train, test: "):
+        load_suite_data(_data_cfg(d / "saved", eval_split="validation", eval_size=2))
+    data = load_suite_data(_data_cfg(d / "saved", eval_split=None, eval_size=2))
     assert (len(data.train), len(data.eval)) == (len(rows) - 2, 2)
+
+
+def test_an_eval_split_typo_beside_a_test_split_is_refused(tmp_path):
+    """`--set data.eval_split=tset` on a folder of train.jsonl + test.jsonl carved 4 held-out records off train and
+    never read test.jsonl, without a word; a train_split typo was an error. Only where the folder holds no other
+    split (train files alone) is a missing eval split carved, as for a single file."""
+    _write_jsonl(tmp_path / "train.jsonl", [_qa(f"q{i}?") for i in range(8)])
+    _write_jsonl(tmp_path / "test.jsonl", [_qa(f"t{i}?") for i in range(4)])
+    with pytest.raises(PobenchError) as e:
+        load_suite_data(_data_cfg(tmp_path, eval_split="tset"))
+    assert str(e.value) == (f"{tmp_path}: no split 'tset' (data.eval_split), but it holds test, train: name the "
+                            f"held-out one with data.eval_split, or set data.eval_split to null to hold out the last "
+                            f"data.eval_size training records instead")
+    carved = load_suite_data(_data_cfg(tmp_path, eval_split=None))   # asked for: test.jsonl is left unread
+    assert [r.prompt[-1]["content"] for r in carved.eval] == ["q4?", "q5?", "q6?", "q7?"]
+    assert [r.prompt[-1]["content"] for r in load_suite_data(_data_cfg(tmp_path)).eval] == ["t0?", "t1?", "t2?", "t3?"]
+    (tmp_path / "test.jsonl").unlink()   # train shards and train.jsonl alone: no other split, carved as before
+    (tmp_path / "train.jsonl").rename(tmp_path / "train-00000-of-00001.jsonl")
+    assert len(load_suite_data(_data_cfg(tmp_path, eval_split="tset")).eval) == 4
 
 
 def test_too_few_records_to_hold_out(tmp_path):
@@ -886,8 +908,9 @@ def test_a_runs_data_line_keeps_each_splits_skip_counts():
     assert describe_loaded({**report, "train_skipped": {}, "eval_skipped": {}}).count("skipped") == 0
 
 
-@pytest.mark.parametrize("splits", [["train"], ["train", "test"], ["train", "test[:10]"]])
-def test_a_hub_dataset_without_a_held_out_split_is_carved(monkeypatch, splits):
+@pytest.mark.parametrize("splits, eval_split", [(["train"], "test"), (["train", "test"], "test"),
+                                                (["train", "test[:10]"], "test[:10]"), (["train", "test"], "tset")])
+def test_a_hub_dataset_without_a_held_out_split_is_carved(monkeypatch, splits, eval_split):
     """`--data someone/prefs` with only a train split on the hub: the last data.eval_size records are held out, as
     for a local file (reading the missing split was an error). With a test split, that split is read. The hub is a
     test double: the rows are the shipped HH sample's."""
@@ -908,8 +931,13 @@ def test_a_hub_dataset_without_a_held_out_split_is_carved(monkeypatch, splits):
     monkeypatch.setattr(datasets, "get_dataset_split_names",
                         lambda path, data_dir=None: [s.split("[")[0] for s in splits])   # the hub lists no slices
     monkeypatch.setattr("pobench.data.loading.hub_reachable", lambda timeout=2.0: True)
-    eval_split = splits[-1] if len(splits) > 1 else "test"
-    data = load_suite_data(DataConfig(path="someone/prefs", hub_id="", schema="hh", eval_size=4, eval_split=eval_split))
+    cfg = DataConfig(path="someone/prefs", hub_id="", schema="hh", eval_size=4, eval_split=eval_split)
+    if eval_split == "tset":   # a typo beside the hub's test split: refused, naming the splits the hub lists
+        with pytest.raises(PobenchError, match=r"^someone/prefs: no split 'tset' \(data.eval_split\), but it holds "
+                                               r"train, test: "):
+            load_suite_data(cfg)
+        return
+    data = load_suite_data(cfg)
     if splits == ["train"]:
         assert read == ["train"] and data.report["eval_source"] == "hub:someone/prefs[train] (last 4 records)"
         assert len(data.train) + len(data.eval) == 30 - sum(data.report["train_skipped"].values())

@@ -62,6 +62,19 @@ def with_digests(data: SuiteData) -> SuiteData:
     return data
 
 
+def _check_no_other_split(source: str, data_cfg, hub_data_dir: str | None) -> None:
+    """A data.eval_split the data lacks is carved off the train split only where the data holds no other split (one
+    file, a folder of train files): beside a test.jsonl it is a typo (`tset`), which trained and held out on the
+    train split while the real test split went unread. `data.eval_split: null` carves on purpose."""
+    from pobench.data.loading import source_splits
+    splits = source_splits(source, hub_data_dir) or []
+    train = data_cfg.train_split.split("[")[0]
+    if any(s != train and not s.startswith(train + "-") for s in splits):   # (split_files' shards of train)
+        raise PobenchError(f"{source}: no split '{data_cfg.eval_split}' (data.eval_split), but it holds "
+                           f"{', '.join(splits)}: name the held-out one with data.eval_split, or set data.eval_split "
+                           f"to null to hold out the last data.eval_size training records instead")
+
+
 def _load_records(data_cfg, seed: int) -> SuiteData:
     source = resolve_source(data_cfg)
     limit = data_cfg.max_train_records
@@ -72,8 +85,10 @@ def _load_records(data_cfg, seed: int) -> SuiteData:
         train = _load(source, data_cfg.train_split, data_cfg, seed)
         # A local file, a folder or a hub dataset without the split has no held-out split: carve it off the end, below,
         # rather than reading the same rows again as "held out".
-        has_eval = bool(data_cfg.eval_split) and source_has_split(
-            source, data_cfg.eval_split, data_cfg.hub_data_dir if source == data_cfg.hub_id else None)
+        hub_data_dir = data_cfg.hub_data_dir if source == data_cfg.hub_id else None
+        has_eval = bool(data_cfg.eval_split) and source_has_split(source, data_cfg.eval_split, hub_data_dir)
+        if data_cfg.eval_split and not has_eval:
+            _check_no_other_split(source, data_cfg, hub_data_dir)
         held = _load(source, data_cfg.eval_split, data_cfg, seed) if has_eval else None
     if held is None:
         if len(train.records) <= data_cfg.eval_size:

@@ -10,6 +10,7 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import socket
 import zlib
 from collections import Counter
@@ -284,6 +285,35 @@ def source_has_split(path: str, split: str, hub_data_dir: str | None = None) -> 
             return split.split("[")[0] in datasets.get_dataset_split_names(path, data_dir=hub_data_dir)
     except Exception:
         return True
+
+
+def source_splits(path: str, hub_data_dir: str | None = None) -> list[str] | None:
+    """The splits `path` holds, as source_has_split reads them: a DatasetDict folder's, a folder of split files'
+    (shards named once: `train-00000-of-00002.parquet` is split train), the hub's where it can be asked; None for
+    one table (a file, a single-Dataset folder) and where it cannot be told."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        return None
+    if p.is_dir():
+        if (p / "dataset_dict.json").exists():
+            try:
+                return [str(s) for s in json.loads((p / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]]
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        if any((p / marker).exists() for marker in ("state.json", "dataset_info.json")):
+            return None
+        suffixes = JSON_SUFFIXES + (".parquet", ".arrow")
+        stems = [f.name[:-len(x)] for f in sorted(p.iterdir()) if f.is_file()
+                 for x in [next((x for x in suffixes if f.name.endswith(x)), None)] if x]
+        return list(dict.fromkeys(re.sub(r"-\d+-of-\d+$", "", stem) for stem in stems))
+    if path.startswith((".", "/", "~")) or not hub_reachable():
+        return None
+    import datasets
+    try:
+        with hub_logs_quiet():
+            return list(datasets.get_dataset_split_names(path, data_dir=hub_data_dir))
+    except Exception:
+        return None
 
 
 def split_files(folder: Path, split: str) -> list[Path]:
