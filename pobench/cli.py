@@ -146,7 +146,7 @@ def run(
         for (point, point_cfg), seed in ((p, s) for p in grid_plan[name] for s in seed_list):
             cfg = C.resolve(suite_cfg, name, defaults, file_cfg, C.deep_merge(C.deep_merge(set_cfg, point_cfg),
                                                                               {"seed": seed}), algos,
-                            getattr(algorithm, "choices", None))
+                            getattr(algorithm, "choices", None), f"--config {config}")
             check_point_applied(cfg, point_cfg, point)
             sampler = make_sampler(algorithm, cfg)   # the sampler's own parameter checks, before anything is written
             dry_check_loss(algorithm, cfg)   # a broken loss found now, not after other algorithms trained
@@ -599,12 +599,15 @@ def data(
 
     if split not in ("train", "eval"):
         raise PobenchError(f"--split {split}: choose train or eval")
-    merged = C.deep_merge(load_suite(suite), C.parse_set(set_))
+    set_cfg = C.parse_set(set_)
+    C.check_layer(set_cfg, "--set")   # a typo named as typed there, not as if the suite held it
+    merged = C.deep_merge(load_suite(suite), set_cfg)
     if data_path:
         merged = C.deep_merge(merged, {"data": {"path": data_path}})
     cfg = C.check_new_config(C._build(C.RunConfig, {k: v for k, v in merged.items() if k != "algorithm"}, ""))
     loaded = load_suite_data(cfg.data, cfg.seed)  # the seed `run` uses, for per-row random choices
     records = loaded.train if split == "train" else loaded.eval
+    total = len(records)
     if head:
         records = records[:head]
     skipped = loaded.report["train_skipped"] if split == "train" else loaded.report["eval_skipped"]
@@ -623,7 +626,11 @@ def data(
         con.print(f"[red]rejected[/red]: {r.rejected}")
         if r.candidates:
             con.print(f"candidates: {len(r.candidates)} scores: {r.scores}")
-    console.print(f"{len(records)} records ({loaded.report['train_source'] if split == 'train' else loaded.report['eval_source']})")
+    # the split's whole count, and how many of them --head showed ("2 records" read as the split's size)
+    count = f"{total} {'training' if split == 'train' else 'held-out'} record{'' if total == 1 else 's'}"
+    shown = f"showing {len(records)} of {count}" if len(records) < total else count
+    console.print(f"{shown} ({loaded.report['train_source'] if split == 'train' else loaded.report['eval_source']})",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command("train-rm")

@@ -175,6 +175,10 @@ CHOICES = {  # keys with a fixed set of values, checked when the config is resol
     "eval.judge_decoder": ("auto", "transformers", "vllm"),
 }
 TOP_LEVEL = {"suite", "algorithm_name", "seed", "description", "algorithm", *SECTIONS}
+# top-level keys a layer may not set, each refused with the option that chooses it (registry.load_suite, cli.run):
+# left out of the "known" keys its errors list, which would otherwise offer them
+NOT_IN_SUITE = ("seed", "algorithm_name", "algorithm")     # --seeds, --algo, --config/--set sections
+NOT_ON_COMMAND = ("seed", "suite", "algorithm_name")       # --seeds, --suite, --algo
 # Numeric keys with a valid range, checked when the config is built: a zero batch or a negative learning rate
 # would otherwise surface as a division by zero or a silently useless run, after run folders exist.
 _AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
@@ -416,27 +420,42 @@ def _coerce(value, annotation, key: str):
     return value
 
 
-def _build(cls, values: dict, prefix: str):
+def _build(cls, values: dict, prefix: str, origin: str = "", hidden: tuple = ()):
+    """`cls` from `values`, every key checked. `origin` (a suite file, `--config FILE`, `--set`) is named in the
+    errors, so that a typo is found where it was typed; `hidden`: top-level keys that origin may not set, left out
+    of the known keys an unknown one lists."""
+    where = f" in {origin}" if origin else ""
     if not isinstance(values, dict):
-        raise PobenchError(f"config key '{prefix.rstrip('.')}': expected a mapping, got {values!r}")
+        raise PobenchError(f"{origin + ': ' if origin else ''}config key '{prefix.rstrip('.')}': expected a mapping, "
+                           f"got {values!r}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise PobenchError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
+        raise PobenchError(f"unknown config key '{prefix}{unknown[0]}'{where} "
+                           f"(known: {', '.join(sorted(set(fields) - set(hidden)))})")
     kwargs = {}
     for name, value in values.items():
         f = fields[name]
         if name in SECTIONS and cls is RunConfig:
-            kwargs[name] = _build(SECTIONS[name], value, f"{name}.")
+            kwargs[name] = _build(SECTIONS[name], value, f"{name}.", origin)
         elif name == "algorithm" and cls is RunConfig and isinstance(value, dict):
             kwargs[name] = value   # typed by coerce_algorithm_params, against the algorithm's defaults
         else:
-            kwargs[name] = _coerce(value, f.type, prefix + name)
-            _check_range(prefix + name, kwargs[name])
-            if prefix + name in CHOICES and kwargs[name] not in CHOICES[prefix + name]:
-                raise PobenchError(f"config key '{prefix}{name}': {kwargs[name]!r} is not one of "
-                                   f"{', '.join(CHOICES[prefix + name])}")
+            try:
+                kwargs[name] = _coerce(value, f.type, prefix + name)
+                _check_range(prefix + name, kwargs[name])
+                if prefix + name in CHOICES and kwargs[name] not in CHOICES[prefix + name]:
+                    raise PobenchError(f"config key '{prefix}{name}': {kwargs[name]!r} is not one of "
+                                       f"{', '.join(CHOICES[prefix + name])}")
+            except PobenchError as e:
+                raise PobenchError(f"{origin}: {e}" if origin else str(e)) from None
     return cls(**kwargs)
+
+
+def check_layer(layer: dict, origin: str, hidden: tuple = ()) -> None:
+    """One layer's keys and values checked on their own (every field has a default), before the layers are merged:
+    an error names the layer it is in (the suite file, `--config FILE`, `--set`), not just the key."""
+    _build(RunConfig, layer, "", origin, hidden)
 
 
 def coerce_algorithm_params(params: dict, defaults: dict, algo: str, choices: dict | None = None) -> dict:
@@ -500,11 +519,12 @@ def check_new_config(cfg: RunConfig) -> RunConfig:
 
 
 def resolve(suite_cfg: dict, algo_name: str, algo_defaults: dict, file_cfg: dict, set_cfg: dict,
-            algo_names: list[str], algo_choices: dict | None = None) -> RunConfig:
+            algo_names: list[str], algo_choices: dict | None = None, file_origin: str = "--config") -> RunConfig:
     """Merge the layers for one algorithm. In --config/--set, `algorithm.k` applies to every algorithm of the
-    run and `<algo>.k` (e.g. `dpo.beta`) to that algorithm only."""
+    run and `<algo>.k` (e.g. `dpo.beta`) to that algorithm only. `file_origin` names the --config file in errors.
+    (The suite layer is checked where its file is read, registry.load_suite.)"""
     layers = [suite_cfg, {"algorithm": algo_defaults}]
-    for user, origin in ((file_cfg, "--config"), (set_cfg, "--set")):
+    for user, origin in ((file_cfg, file_origin), (set_cfg, "--set")):
         user = dict(user)
         scoped = {}
         for name in algo_names:
@@ -516,8 +536,10 @@ def resolve(suite_cfg: dict, algo_name: str, algo_defaults: dict, file_cfg: dict
                     scoped = part
         for k in user:
             if k not in TOP_LEVEL:
-                raise PobenchError(f"unknown config key '{k}' in {origin} (known: {', '.join(sorted(TOP_LEVEL))}, "
-                                   f"or an algorithm name of this run)")
+                raise PobenchError(f"unknown config key '{k}' in {origin} (known: "
+                                   f"{', '.join(sorted(TOP_LEVEL - set(NOT_ON_COMMAND)))}, or an algorithm name of "
+                                   f"this run)")
+        check_layer(user, origin, NOT_ON_COMMAND)
         layers.append(user)
         if scoped:
             layers.append({"algorithm": scoped})

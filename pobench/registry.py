@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import inspect
+import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -198,10 +199,19 @@ def suite_files() -> dict[str, Path]:
     return {p.stem: p for p in sorted(builtin_dir("suites").glob("*.yaml"))}
 
 
+def is_suite_path(name: str) -> bool:
+    """A --suite (or `pobench data SUITE`) that names a file rather than a shipped suite: it has a folder in it or
+    ends in .yaml/.yml. A missing one is then "no such file", not an unknown suite name."""
+    return "/" in name or os.sep in name or name.endswith((".yaml", ".yml"))
+
+
 def load_suite(name: str) -> dict:
-    from pobench.config import check_suite_name, read_yaml
-    path, suite = Path(name), Path(name).stem
-    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+    from pobench.config import NOT_IN_SUITE, TOP_LEVEL, check_layer, check_suite_name, read_yaml
+    if is_suite_path(name):
+        path, suite = Path(name), Path(name).stem
+        if not path.exists():   # (a folder is named by read_yaml)
+            raise PobenchError(f"{name}: no such suite file")
+    else:
         files = suite_files()
         if name not in files:
             raise PobenchError(f"unknown suite '{name}' (known: {', '.join(files)}; or a path to a suite .yaml)")
@@ -210,7 +220,19 @@ def load_suite(name: str) -> dict:
     for key, option in (("seed", "--seeds"), ("algorithm_name", "--algo")):
         if key in data:   # the command's own choice would replace it silently
             raise PobenchError(f"{path}: '{key}' is chosen with {option}, not in a suite file")
+    if "algorithm" in data:   # merged under the algorithm's defaults, a suite's parameters were silently outranked
+        raise PobenchError(f"{path}: 'algorithm' does not go in a suite file: algorithm parameters are set with "
+                           f"--config (an `algorithm:` section for every algorithm, `dpo:` for one) or --set (e.g. "
+                           f"--set dpo.beta=0.2)")
     if isinstance(data.get("suite"), str):   # (another type is refused where the config is typed)
         check_suite_name(data["suite"], f"{path}: 'suite'")
+    unknown = [key for key in data if key not in TOP_LEVEL]
+    if unknown:
+        algorithms = set(ALGORITHMS) | {p.stem for p in builtin_dir("algorithms").glob("*.py")}   # (none imported)
+        hint = (f"; {unknown[0]}'s parameters go in --config or --set (e.g. --set {unknown[0]}.beta=0.2), not in a "
+                f"suite file" if unknown[0] in algorithms else "")
+        raise PobenchError(f"unknown config key '{unknown[0]}' in {path} (known: "
+                           f"{', '.join(sorted(TOP_LEVEL - set(NOT_IN_SUITE)))}{hint})")
+    check_layer(data, str(path), NOT_IN_SUITE)
     data.setdefault("suite", suite)
     return data

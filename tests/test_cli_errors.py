@@ -214,6 +214,21 @@ CASES = {
                             ["config key 'data.raw_rejected'", "wrost"]),
     "data_cmd_bad_split": (["data", "hh-rlhf", "--split", "dev"], None, ["--split dev: choose train or eval"]),
     "data_cmd_unknown_suite": (["data", "nope"], None, ["unknown suite 'nope'"]),
+    # a name with a folder in it, or ending .yaml, is a path: "unknown suite 'bad/nosuch.yaml' (known: hh-rlhf, ...)"
+    "data_cmd_missing_suite_file": (["data", "bad/nosuch.yaml"], None, ["error: bad/nosuch.yaml: no such suite file"]),
+    # a suite file without data.path: "data.path sample: this suite ships no sample", a value nobody wrote
+    "data_cmd_suite_without_data_path": (["data", "mine.yaml"], lambda d: (d / "mine.yaml").write_text(
+        "data:\n  schema: hh\n"), ["data.path auto: the suite names neither a hub dataset (data.hub_id) nor a "
+                                   "shipped sample", "set data.path in the suite file's data: section, or pass --data"]),
+    # which layer a bad key is in: the suite file, --set
+    "data_cmd_suite_key_typo": (["data", "mine.yaml"], lambda d: (d / "mine.yaml").write_text(
+        "data:\n  path: x.jsonl\ntrain:\n  max_completon_length: 3\n"),
+                                ["unknown config key 'train.max_completon_length' in mine.yaml (known: "]),
+    "data_cmd_set_key_typo": (["data", "hh-rlhf", "--set", "train.max_completon_length=3"], None,
+                              ["unknown config key 'train.max_completon_length' in --set (known: "]),
+    "data_cmd_suite_algorithm_section": (["data", "mine.yaml"], lambda d: (d / "mine.yaml").write_text(
+        "data:\n  path: x.jsonl\nalgorithm:\n  beta: 0.3\n"),
+                                         ["mine.yaml: 'algorithm' does not go in a suite file", "--set dpo.beta=0.2"]),
     "data_cmd_wrong_schema": (["data", "hh-rlhf", "--set", "data.schema=ultrafeedback-binarized"], None,
                               ["harmless-base-test-2000.jsonl.gz:1: malformed row for schema ultrafeedback-binarized"]),
 }
@@ -346,6 +361,15 @@ def test_data_head_json(tmp_path):
         assert rec["candidates"] == [] and rec["scores"] is None
     assert records[0]["id"] == "harmless-base-test-2000.jsonl.gz:1"
     assert not (tmp_path / "results").exists()
+
+
+def test_data_head_says_how_many_it_shows_of_how_many(tmp_path):
+    """`pobench data --head 2` ended with "2 records": the number shown, read as the split's size (and "1 records")."""
+    result = pobench(["data", "hh-rlhf", "--head", "1"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("showing 1 of 1960 training records (")
+    result = pobench(["data", "hh-rlhf", "--split", "eval", "--head", "40"], tmp_path)   # all of them
+    assert result.stderr.strip().splitlines()[-1].startswith("32 held-out records (")
 
 
 def test_data_json_from_a_local_file_with_a_candidate_pool(tmp_path):

@@ -119,6 +119,57 @@ def test_unknown_key_in_the_suite_is_named():
         res(suite=dict(SUITE, trainer={"lr": 1}))
 
 
+def _suite_file(tmp_path, text: str):
+    f = tmp_path / "mine.yaml"
+    f.write_text("data:\n  path: x.jsonl\n" + text)
+    return f
+
+
+@pytest.mark.parametrize("text, message", [
+    # a nested typo, and a wrong type, named in the suite file rather than as if typed anywhere
+    ("train:\n  max_completon_length: 3\n", "unknown config key 'train.max_completon_length' in {f} (known: "),
+    ("train:\n  max_steps: two\n", "{f}: config key 'train.max_steps': expected an integer, got 'two'"),
+    ("model:\n  dtype: fp16\n", "{f}: config key 'model.dtype': 'fp16' is not one of auto, "),
+    # the top-level keys a suite may hold: seed, algorithm_name and algorithm are refused there, so not offered
+    ("evaluation: {}\n", "unknown config key 'evaluation' in {f} (known: data, description, eval, model, pool, "
+                          "suite, train)$"),
+    ("dpo:\n  beta: 0.3\n", "unknown config key 'dpo' in {f} (known: data, description, eval, model, pool, suite, "
+                             "train; dpo's parameters go in --config or --set (e.g. --set dpo.beta=0.2), not in a "
+                             "suite file)"),
+])
+def test_a_suite_files_config_errors_name_the_file(tmp_path, text, message):
+    """`unknown config key 'train.max_completon_length'` did not say it came from the suite file (rather than
+    --config or --set), and listed seed and algorithm_name, which a suite file may not set, as known keys."""
+    f = _suite_file(tmp_path, text)
+    with pytest.raises(PobenchError) as e:
+        load_suite(str(f))
+    assert str(e.value).startswith(message.format(f=f).rstrip("$"))
+    assert not message.endswith("$") or str(e.value) == message.format(f=f)[:-1]
+
+
+def test_an_algorithm_section_in_a_suite_is_refused(tmp_path):
+    """`algorithm:` in a suite file was merged under the algorithm's defaults, which outranked it: ignored without a
+    word, while `dpo:` was an error listing `algorithm` as a known key."""
+    f = _suite_file(tmp_path, "algorithm:\n  beta: 0.3\n")
+    with raises(f"^{f}: 'algorithm' does not go in a suite file: algorithm parameters are set with --config \\(an "
+                f"`algorithm:` section for every algorithm, `dpo:` for one\\) or --set \\(e.g. --set dpo.beta=0.2\\)$"):
+        load_suite(str(f))
+
+
+def test_config_errors_name_the_layer_they_come_from():
+    with raises("^unknown config key 'train.lrr' in --set \\(known: "):
+        res(set_cfg={"train": {"lrr": 1}})
+    with raises("^--config study.yaml: config key 'train.lr': expected a number, got 'fast'$"):
+        resolve(SUITE, "dpo", DPO_DEFAULTS, {"train": {"lr": "fast"}}, {}, ["dpo"], file_origin="--config study.yaml")
+    with raises("^unknown config key 'data.shema' in --config study.yaml \\(known: "):
+        resolve(SUITE, "dpo", DPO_DEFAULTS, {"data": {"shema": "hh"}}, {}, ["dpo"], file_origin="--config study.yaml")
+    # seed, suite and algorithm_name are chosen with --seeds, --suite and --algo: not offered as known keys there
+    with pytest.raises(PobenchError) as e:
+        res(set_cfg={"bogus": 1})
+    known = str(e.value).split("(known: ")[1]
+    assert "algorithm, data, description, eval, model, pool, train, or an algorithm name" in known
+
+
 @pytest.mark.parametrize("item", ["data.path=", "data.path= "])
 def test_an_empty_data_path_is_refused(item):
     """`--set data.path=` was the path "", which reads as the current folder: its split files were trained on."""
@@ -316,6 +367,15 @@ def test_load_suite_by_path(tmp_path):
     assert res(suite=suite).train.max_steps == 2
     with raises("unknown suite 'nope'"):
         load_suite("nope")
+
+
+@pytest.mark.parametrize("name", ["bad/nosuch.yaml", "nosuch.yaml", "nosuch.yml", "suites/mine"])
+def test_a_missing_suite_path_is_no_such_file(tmp_path, monkeypatch, name):
+    """A name with a folder in it, or ending .yaml/.yml, is a path: a missing one was "unknown suite
+    'bad/nosuch.yaml' (known: hh-rlhf, ...)", as if it were a shipped suite's name misspelt."""
+    monkeypatch.chdir(tmp_path)
+    with raises(f"^{name}: no such suite file$"):
+        load_suite(name)
 
 
 @pytest.mark.parametrize("algo", ["dpo", "simpo"])

@@ -26,6 +26,12 @@ class SuiteData:
 def resolve_source(data_cfg) -> str:
     """'auto' -> the hub when reachable, else the shipped sample; 'sample' and 'hub' force one."""
     path = data_cfg.path
+    if path == "auto" and not data_cfg.hub_id and not data_cfg.sample_train:
+        # (DataConfig's default: a suite file without data.path gets here, and "ships no sample" named a choice
+        # the user never made)
+        raise PobenchError("data.path auto: the suite names neither a hub dataset (data.hub_id) nor a shipped sample, "
+                           "so there is no data to read; set data.path in the suite file's data: section, or pass "
+                           "--data PATH (or --set data.path=PATH)")
     if path == "auto":
         path = "hub" if data_cfg.hub_id and hub_reachable() else "sample"
     if path == "hub":
@@ -34,7 +40,9 @@ def resolve_source(data_cfg) -> str:
         return data_cfg.hub_id
     if path == "sample":
         if not data_cfg.sample_train:
-            raise PobenchError("data.path sample: this suite ships no sample (data.sample_train is empty)")
+            why = "" if data_cfg.path == "sample" else f"the hub ({data_cfg.hub_id}) cannot be reached, and "
+            raise PobenchError(f"data.path {data_cfg.path}: {why}this suite ships no sample (data.sample_train is "
+                               f"empty); pass --data with a local copy of the data")
         return "sample"
     return path
 
