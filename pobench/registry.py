@@ -234,5 +234,7 @@ def load_suite(name: str) -> dict:
         raise PobenchError(f"unknown config key '{unknown[0]}' in {path} (known: "
                            f"{', '.join(sorted(TOP_LEVEL - set(NOT_IN_SUITE)))}{hint})")
     check_layer(data, str(path), NOT_IN_SUITE)
+    from pobench.paths import rebase_file_paths
+    data = rebase_file_paths(data, path)   # `data.path: ../mydata` is beside the suite file, not the shell
     data.setdefault("suite", suite)
     return data

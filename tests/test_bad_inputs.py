@@ -135,7 +135,8 @@ CASES = {
                                      ["config key 'pool.reward_model': unknown gold reward 'nosuch' (known: ",
                                       "synthetic-<task seed>"]),
     "set_missing_reward_model_folder": (run("--set", "pool.reward_model=./no_such_rm"), "error",
-                                        ["config key 'pool.reward_model': unknown reward model './no_such_rm'"]),
+                                        ["config key 'pool.reward_model': reward model ", # (absolute: the run's
+                                         "/no_such_rm: no such reward-model folder"]),    # config names it so)
     "set_zero_lora_alpha": (run("--set", "model.lora_r=8", "--set", "model.lora_alpha=0"), "error",
                             ["config key 'model.lora_alpha': must be greater than 0"]),   # (trained nothing, silently)
     "grad_accum_not_dividing_batch": (run("--set", "train.batch_size=3", "--set", "train.grad_accum=2"), "error",
@@ -157,7 +158,8 @@ CASES = {
     "set_synthetic_key_for_other_data": (run("--set", "data.synthetic.task_seed=3"), "error",
                                          ["config key 'data.synthetic': set (task_seed), but data.path is 'auto'"]),
     # models: checked before any run folder is written
-    "model_missing_folder": (run(model="./no_such_model_folder"), "error", ["./no_such_model_folder: no such model folder"]),
+    "model_missing_folder": (run(model="./no_such_model_folder"), "error",
+                             ["/no_such_model_folder: no such model folder"]),
     "model_without_config": (run(model="{c}/model_without_config"), "error", ["model_without_config: no config.json"]),
     "model_corrupt_config": (run(model="{c}/model_corrupt_config"), "error", ["model_corrupt_config/config.json: corrupt"]),
     "model_truncated_weights": (run(model="{c}/model_truncated_weights"), "error",

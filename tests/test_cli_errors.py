@@ -147,7 +147,8 @@ CASES = {
     "eval_file_without_the_reference_outputs": (
         ALPACA + ["--set", "eval.eval_file=no_output.json", "--set", "eval.reference=alpaca_eval"],
         lambda d: (d / "no_output.json").write_text(json.dumps([{"instruction": "a", "output": "x"}, {"instruction": "b"}])),
-        ["config key 'eval.eval_file': no_output.json: row 2 has no 'output'", "eval.reference alpaca_eval"]),
+        # (absolute: a config holds its local paths so, pobench/paths.py)
+        ["config key 'eval.eval_file': /", "/no_output.json: row 2 has no 'output'", "eval.reference alpaca_eval"]),
     # the reference policy answers every instruction itself: the file's outputs are not needed
     "eval_file_without_outputs_read_for_sft": (ALPACA + ["--set", "eval.eval_file=no_output.json"],
                                                lambda d: (d / "no_output.json").write_text(json.dumps([{"instruction": "b"}])),
@@ -157,7 +158,7 @@ CASES = {
     "lc_file_without_a_column": (ALPACA + ["--set", f"eval.eval_file={FIXTURES / 'alpaca_eval_sample.json'}", "--set",
                                            "eval.lc_difficulty_file=gamed.csv"],
                                  lambda d: (d / "gamed.csv").write_text("index,preference\n0,0.5\n"),
-                                 ["eval.lc_difficulty_file gamed.csv: no column 'instruction_difficulty'"]),
+                                 ["eval.lc_difficulty_file /", "/gamed.csv: no column 'instruction_difficulty'"]),
     "lc_file_unread_by_held_out": (RUN[:-1] + ["--set", "eval.lc_difficulty_file=/no/such.csv"], None,
                                    ["no-such-model"]),
     "batch_larger_than_the_data": (RUN + ["--set", "data.max_train_records=40", "--set", "train.batch_size=1e10"],
@@ -219,7 +220,8 @@ CASES = {
     # a suite file without data.path: "data.path sample: this suite ships no sample", a value nobody wrote
     "data_cmd_suite_without_data_path": (["data", "mine.yaml"], lambda d: (d / "mine.yaml").write_text(
         "data:\n  schema: hh\n"), ["data.path auto: the suite names neither a hub dataset (data.hub_id) nor a "
-                                   "shipped sample", "set data.path in the suite file's data: section, or pass --data"]),
+                                   "shipped sample",
+                                   "set data.path in the suite file's data: section, or pass --data"]),
     # which layer a bad key is in: the suite file, --set
     "data_cmd_suite_key_typo": (["data", "mine.yaml"], lambda d: (d / "mine.yaml").write_text(
         "data:\n  path: x.jsonl\ntrain:\n  max_completon_length: 3\n"),
@@ -326,7 +328,7 @@ def test_error_message_keeps_brackets(tmp_path, name):
     result = pobench(["data", "hh-rlhf", "--data", name], tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
-    assert f"error: {name}: no such file or folder" in result.stderr
+    assert f"error: {tmp_path / name}: no such file or folder" in result.stderr   # (read from the current folder)
 
 
 def _parquet(path: Path, rows: int) -> None:
@@ -346,7 +348,7 @@ def test_a_parquet_file_that_cannot_be_read_is_one_line(tmp_path, name, setup, e
     setup(tmp_path / name)
     result = pobench(["data", "hh-rlhf", "--data", name], tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [f"error: {error}"]
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path}/{error}"]
 
 
 def test_data_head_json(tmp_path):

@@ -245,7 +245,8 @@ def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[s
                     yield (_ShardElement if isinstance(i, Element) else str)(f"{f.name}:{i}"), row
         return f"{p}[{split}]", every_shard()
     if path.startswith((".", "/", "~")) or path.endswith(JSON_SUFFIXES + (".parquet", ".arrow")):
-        raise PobenchError(f"{path}: no such file or folder")
+        from pobench.paths import written_in
+        raise PobenchError(f"{path}: no such file or folder{written_in(path)}")
     import datasets
     if not hub_offline() and not hub_reachable():   # (datasets would retry for ~30 s, logging each try)
         raise PobenchError(f"{path}: not a local file or folder, and the Hugging Face hub cannot be reached from "

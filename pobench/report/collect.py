@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 from pobench.config import read_yaml
+from pobench.paths import saved_config
 from pobench.engine.io import read_jsonl
 from pobench.errors import PobenchError
 
@@ -306,6 +307,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     summary = read_summary(run_dir / "train_summary.json")
     config_path = run_dir / "config.yaml"
     config = read_yaml(config_path) if config_path.exists() else {}   # one line naming the file and line if damaged
+    config = saved_config(config, run_dir)   # an older run's relative paths made absolute, as newer runs' are
     eval_path = run_dir / "eval.json"
     raw_eval = read_json(eval_path, required=False)
     if eval_path.exists() and not (isinstance(raw_eval, dict) and raw_eval):   # null, [] or {}: damaged, not absent

@@ -127,6 +127,9 @@ def _model_source(spec: str) -> str:
         return str(path)
     if path.exists():
         raise PobenchError(f"reward model {spec}: expected a model folder, got a file")
+    if spec.startswith((".", "/", "~")):   # spelled as a path (configs hold local paths absolute: pobench/paths.py)
+        from pobench.paths import written_in
+        raise PobenchError(f"reward model {spec}: no such reward-model folder{written_in(spec)}")
     if not _looks_like_hub_id(spec):
         raise PobenchError(f"unknown reward model '{spec}': expected gold:<name>, a reward-model folder, "
                            f"or a hub id like org/name")
