@@ -523,7 +523,8 @@ def test_a_save_to_disk_folder_uses_its_splits(local_copies):
     assert data.report["eval_source"].endswith("saved[test]")
     # a DatasetDict without the eval split but with another (test): a typo that would leave test unread, refused;
     # eval_split null carves the held-out records off the train split on purpose
-    with pytest.raises(PobenchError, match=r"saved: no split 'validation' \(data.eval_split\), but it holds train, test: "):
+    with pytest.raises(PobenchError, match=r"saved: no split 'validation' \(data.eval_split\), but it holds train, "
+                                           r"test: "):
         load_suite_data(_data_cfg(d / "saved", eval_split="validation", eval_size=2))
     data = load_suite_data(_data_cfg(d / "saved", eval_split=None, eval_size=2))
     assert (len(data.train), len(data.eval)) == (len(rows) - 2, 2)
