@@ -126,6 +126,23 @@ def test_a_config_files_paths_are_read_from_its_folder(project):
     assert layer == {"data": {"path": str(project / "mydata" / "hh.jsonl")}, "model": {"name_or_path": "gone"}}
 
 
+def test_pobench_run_reads_a_config_files_paths_from_its_folder(project):
+    """Through `pobench run --config`: the model the file names beside it is looked for there (here: missing, so
+    nothing trains, and the error says which file named it)."""
+    from typer.testing import CliRunner
+
+    from pobench.cli import app
+    (project / "study").mkdir()
+    (project / "study" / "c.yaml").write_text("model:\n  name_or_path: ./no_model\n")
+    result = CliRunner().invoke(app, ["run", "--algo", "dpo", "--config", str(project / "study" / "c.yaml"),
+                                      "--out", str(project / "r")])
+    assert isinstance(result.exception, PobenchError)
+    assert str(result.exception) == (f"model.name_or_path {project / 'study' / 'no_model'}: no such model folder "
+                                     f"(model.name_or_path './no_model' in {project / 'study' / 'c.yaml'}, whose "
+                                     f"relative paths are read from its folder)")
+    assert not (project / "r").exists()
+
+
 def _old_run(tmp_path: Path, cwd: str | None) -> Path:
     run = tmp_path / "results" / "mine" / "dpo" / "seed1"
     run.mkdir(parents=True)
