@@ -859,9 +859,13 @@ def compare(
         raise PobenchError(f"no seed in both: {', '.join(map(str, runs))} and {against} (seeds {sorted(theirs)}) "
                            f"share no seed")
     from pobench.eval.judges import check_judge_spec
+    from pobench.rewards import check_reward_model
     for run, other in pairs:   # every pair is checked before the first judge runs
         check_pair(run, other)
-        check_judge_spec(load_run_config(run, overrides, as_evaluated=True).eval.judge)   # the judge asked for
+        spec = load_run_config(run, overrides, as_evaluated=True).eval.judge   # the judge asked for
+        kind, arg = check_judge_spec(spec) or (None, None)
+        if kind == "rm":
+            check_reward_model(arg, "eval.judge", shown=spec)
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,

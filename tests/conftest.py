@@ -42,3 +42,24 @@ def build_tiny_model(target: Path, tokenizer_dir: Path, layers: int = 2, hidden:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, smollm2_dir) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), smollm2_dir)
+
+
+def build_tiny_reward_model(target: Path, seed: int = 0, rm_info: dict | None = None, num_labels: int = 1) -> Path:
+    """A random 1-layer BERT sequence classifier of MiniLM's vocabulary and tokenizer, saved as a reward-model folder
+    (with `rm_info`, as `pobench train-rm` writes it, where given)."""
+    import json
+
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from pobench.rewards.train import minilm_path
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                        num_labels=num_labels)
+    torch.manual_seed(seed)
+    BertForSequenceClassification(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    if rm_info is not None:
+        (target / "rm_info.json").write_text(json.dumps(rm_info))
+    return target

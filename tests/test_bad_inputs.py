@@ -135,8 +135,8 @@ CASES = {
                                      ["config key 'pool.reward_model': unknown gold reward 'nosuch' (known: ",
                                       "synthetic-<task seed>"]),
     "set_missing_reward_model_folder": (run("--set", "pool.reward_model=./no_such_rm"), "error",
-                                        ["config key 'pool.reward_model': reward model ", # (absolute: the run's
-                                         "/no_such_rm: no such reward-model folder"]),    # config names it so)
+                                        ["config key 'pool.reward_model': ",   # (absolute: the run's config
+                                         "/no_such_rm: no such reward-model folder"]),   # names it so)
     "set_zero_lora_alpha": (run("--set", "model.lora_r=8", "--set", "model.lora_alpha=0"), "error",
                             ["config key 'model.lora_alpha': must be greater than 0"]),   # (trained nothing, silently)
     "grad_accum_not_dividing_batch": (run("--set", "train.batch_size=3", "--set", "train.grad_accum=2"), "error",

@@ -22,8 +22,10 @@ from pobench.data.loading import SAMPLES_DIR, read_json_rows
 HH_SAMPLE = SAMPLES_DIR / "hh-rlhf" / "harmless-base-test-2000.jsonl.gz"
 RUN = ["run", "--out", "out", "--model", "no-such-model", "--max-steps", "1", "--no-eval"]
 FIXTURES = Path(__file__).parent / "fixtures"
-# the alpaca_eval set with a judge that may grade it (a hub id: not looked up before the evaluation)
-ALPACA = RUN[:-1] + ["--set", "eval.eval_set=alpaca_eval", "--set", "eval.judge=rm:org/judge-rm"]
+# a reward model's config.json, tokenizer config and a stand-in weights file: it passes the checks before a run
+RM_CONFIG = FIXTURES / "reward-model-config"
+# the alpaca_eval set with a judge that may grade it (a hub id offline is refused now: a folder)
+ALPACA = RUN[:-1] + ["--set", "eval.eval_set=alpaca_eval", "--set", f"eval.judge=rm:{RM_CONFIG}"]
 GOOD = {"chosen": "\n\nHuman: a\n\nAssistant: yes", "rejected": "\n\nHuman: a\n\nAssistant: no"}
 
 
@@ -78,6 +80,14 @@ def _setup_interrupted_plugin_run(d: Path) -> None:
     (d / "out" / "hh-rlhf" / "dpo" / "seed1" / "train_summary.json").write_text("{}")
 
 
+def _causal_lm_config(folder: Path) -> None:
+    """A causal LM's config, tokenizer config and a stand-in weights file, as RM_CONFIG holds a reward model's."""
+    folder.mkdir()
+    for name in ("tokenizer_config.json", "pytorch_model.bin"):
+        (folder / name).write_bytes((RM_CONFIG / name).read_bytes())
+    (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
+
+
 def _setup_finished_run(d: Path) -> None:
     run_dir = d / "out" / "ultrafeedback" / "mcpo" / "seed1"
     run_dir.mkdir(parents=True)
@@ -124,6 +134,18 @@ CASES = {
     "judge_typo_before_training": (RUN[:-1] + ["--set", "eval.judge=bogus"], None, ["eval.judge 'bogus'"]),
     "judge_rm_missing": (RUN[:-1] + ["--set", "eval.judge=rm:/nonexistent/rm"], None,
                          ["config key 'eval.judge': rm:/nonexistent/rm: no such reward-model folder"]),
+    # an rm: judge failed only after the training ('unknown reward model', 'cannot load', 'has 2 labels') while the
+    # same mistakes in pool.reward_model were refused up front: one check for both now
+    "judge_rm_typo": (RUN[:-1] + ["--set", "eval.judge=rm:rm_hhh"], None,
+                      ["config key 'eval.judge': rm:rm_hhh: no such reward-model folder in", "not a hub id"]),
+    "judge_rm_hub_id_offline": (RUN[:-1] + ["--set", "eval.judge=rm:myorg/my-rm"], None,
+                                ["config key 'eval.judge': rm:myorg/my-rm: not in the local hub cache",
+                                 "the hub cannot be reached"]),
+    "judge_rm_causal_lm": (RUN[:-1] + ["--set", "eval.judge=rm:lm"], lambda d: _causal_lm_config(d / "lm"),
+                           ["config key 'eval.judge': rm:lm: its config.json names LlamaForCausalLM, not a sequence "
+                            "classifier"]),
+    "pool_rm_causal_lm": (RUN + ["--set", "pool.reward_model=lm"], lambda d: _causal_lm_config(d / "lm"),
+                          ["config key 'pool.reward_model': lm: its config.json names LlamaForCausalLM"]),
     "judge_gold_of_another_suite": (RUN[:-1] + ["--set", "eval.judge=gold:synthetic"], None,
                                     ["gold:synthetic scores the synthetic suite's token language", "hh-rlhf"]),
     "openai_judge_without_credentials": (RUN[:-1] + ["--set", "eval.judge=alpaca_eval:weighted_alpaca_eval_gpt4_turbo"],

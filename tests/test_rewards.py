@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -231,3 +232,42 @@ def test_a_reward_model_on_a_gpu_the_machine_lacks_is_named(tiny_bert_dir, monke
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(PobenchError, match="reward model device cuda:0: CUDA is not available"):
         SequenceClassifierScorer(str(tiny_bert_dir), device="cuda:0")
+
+
+def test_reward_models_are_checked_before_any_run_as_pool_and_judge_alike(tmp_path, tiny_model_dir, monkeypatch):
+    """`--set eval.judge=rm:rm_hhh` (a typo), `rm:myorg/my-rm` offline and `rm:tiny-llama` (a causal LM) passed the
+    pre-run checks and failed after the training ('unknown reward model', 'cannot load', 'has 2 labels'), while
+    pool.reward_model=rm_hhh was refused up front. One check serves both keys now, before any run starts."""
+    from conftest import build_tiny_reward_model
+    from pobench import config as C
+    from pobench.eval.runner import check_eval_config
+    from pobench.rewards import check_reward_model, check_scorer_spec
+
+    monkeypatch.chdir(tmp_path)
+    build_tiny_reward_model(tmp_path / "rm_hh")
+    build_tiny_reward_model(tmp_path / "two_labels", num_labels=2)
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "no_tokenizer").mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (tmp_path / "no_tokenizer" / f).write_bytes((tmp_path / "rm_hh" / f).read_bytes())
+    bad = {
+        "rm_hhh": f"rm_hhh: no such reward-model folder in {tmp_path}, and not a hub id (org/name)",
+        "./missing": "./missing: no such reward-model folder",
+        "myorg/my-rm": "myorg/my-rm: not in the local hub cache, and the hub cannot be reached (offline)",
+        str(tiny_model_dir): "names LlamaForCausalLM, not a sequence classifier",
+        "two_labels": "two_labels: BertForSequenceClassification has 2 labels; a reward model has one output",
+        "notes.txt": "notes.txt: expected a reward-model folder, got a file",
+        "empty": "empty: the folder has no config.json",
+        "no_tokenizer": "no tokenizer files",
+    }
+    for spec, message in bad.items():
+        with pytest.raises(PobenchError, match=re.escape(f"config key 'pool.reward_model': ") + ".*" + re.escape(message)):
+            check_scorer_spec(spec, "pool.reward_model")
+        cfg = C._build(C.RunConfig, {"eval": {"judge": f"rm:{spec}"}}, "")
+        with pytest.raises(PobenchError, match=re.escape(f"config key 'eval.judge': rm:") + ".*" + re.escape(message)):
+            check_eval_config(cfg)
+    # a folder given by a bare relative name, as the reviewer's rm_hh, and one pobench trained pass
+    check_scorer_spec("rm_hh", "pool.reward_model")
+    check_eval_config(C._build(C.RunConfig, {"eval": {"judge": "rm:rm_hh"}}, ""))
+    check_reward_model(str(tmp_path / "rm_hh"), "eval.judge")

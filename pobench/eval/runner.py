@@ -88,7 +88,8 @@ ALPACA_REFERENCE_NEEDS_SET = "eval.reference alpaca_eval needs eval.eval_set alp
 
 def check_eval_config(cfg) -> None:
     """What the evaluation of `cfg` needs that can be checked without a model: the judge's spec, a gold reward's
-    name, a local reward-model folder, the eval set with its judge and reference, the eval and difficulty files.
+    name, the eval set with its judge and reference, the eval and difficulty files, and an `rm:` judge's reward
+    model as pool.reward_model's is checked (a folder, a bare relative name included, or a hub id: its config).
     `pobench run` checks before training, so that a typo costs seconds, not the training budget."""
     import re
 
@@ -105,13 +106,13 @@ def check_eval_config(cfg) -> None:
     if kind == "alpaca_eval":
         from pobench.eval.llm_judge import check_alpaca_eval_judge
         check_alpaca_eval_judge(arg)
-    # a hub id (org/name, dots allowed) is only found at load time; a path spelled as one can be checked now
-    if kind == "rm" and arg.startswith((".", "/", "~")) and not Path(arg).expanduser().exists():
-        raise PobenchError(f"config key 'eval.judge': {spec}: no such reward-model folder")
     if cfg.eval.reference == "alpaca_eval" and cfg.eval.eval_set != "alpaca_eval":
         raise PobenchError(ALPACA_REFERENCE_NEEDS_SET)
     if cfg.eval.eval_set == "alpaca_eval":
         check_alpaca_eval_set(cfg.eval)
+    if kind == "rm":   # last, as it reads the model's config (hub cache, or hub); the check pool.reward_model gets
+        from pobench.rewards import check_reward_model
+        check_reward_model(arg, "eval.judge", shown=spec)
 
 
 def check_alpaca_eval_set(e) -> None:

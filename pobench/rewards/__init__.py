@@ -138,15 +138,89 @@ def _model_source(spec: str) -> str:
 
 def check_scorer_spec(spec: str, key: str) -> None:
     """A reward setting's mistake named before any run starts, whether or not the run's algorithm uses it (an
-    unused one would be saved in config.yaml as if it were fine): `auto`, a known gold reward, a model folder
-    or a hub id."""
+    unused one would be saved in config.yaml as if it were fine): `auto`, a known gold reward, or a reward model
+    that check_reward_model finds usable."""
     spec = str(spec).strip()
     if spec == "auto":
         return
+    if spec.startswith("gold:"):
+        try:
+            GoldScorer(spec[len("gold:"):])
+        except PobenchError as e:
+            raise PobenchError(f"config key '{key}': {e}") from None
+        return
+    check_reward_model(spec, key)
+
+
+def _is_path_like(spec: str) -> bool:
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+
+
+def check_reward_model(spec: str, key: str, shown: str | None = None) -> None:
+    """The checks a reward model (pool.reward_model, or an `rm:` judge: `shown` is the spec as the key holds it)
+    gets before any run starts, without loading its weights: each of these failed only at load, which for the eval
+    judge is after the training budget is spent. A local folder (a bare relative name too, read from the current
+    folder as at load) must be a saved model with intact weights (models.check_model_source); a hub id must be in
+    the local hub cache when the hub cannot be reached; and the config either names must be a sequence classifier
+    with one output, which is what SequenceClassifierScorer loads (a causal LM gets an untrained score head of 2
+    labels)."""
+    from pobench.models import check_model_source
+    spec, shown = str(spec).strip(), shown or str(spec).strip()
+
+    def refuse(reason: str):
+        raise PobenchError(f"config key '{key}': {shown}: {reason}")
+
+    path = Path(spec).expanduser()
+    if path.is_file():
+        refuse("expected a reward-model folder, got a file")
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            refuse("the folder has no config.json (not a saved model)")
+        try:
+            check_model_source(spec)
+        except PobenchError as e:
+            refuse(str(e))
+        source = str(path)
+    elif _is_path_like(spec):
+        refuse("no such reward-model folder")
+    elif not _looks_like_hub_id(spec):
+        refuse(f"no such reward-model folder in {Path.cwd()}, and not a hub id (org/name)")
+    else:
+        source = spec
+        _check_hub_reward_model(spec, refuse)
+    config = _reward_model_config(source, refuse)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if architectures and not any(a.endswith("ForSequenceClassification") for a in architectures):
+        refuse(f"its config.json names {', '.join(architectures)}, not a sequence classifier: a reward model is "
+               f"loaded as AutoModelForSequenceClassification, which would put an untrained score head on it")
+    if config.num_labels != 1:
+        refuse(f"{', '.join(architectures) or config.model_type} has {config.num_labels} labels; a reward model has "
+               f"one output (num_labels=1)")
+
+
+def _check_hub_reward_model(repo_id: str, refuse) -> None:
+    """A hub id is loaded from the local hub cache when the hub cannot be reached (HF_HUB_OFFLINE, no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from pobench.data.loading import hub_reachable
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return
+    if not hub_reachable():
+        refuse("not in the local hub cache, and the hub cannot be reached (offline): download it where the hub is "
+               "reachable, or give a local reward-model folder")
+
+
+def _reward_model_config(source: str, refuse):
+    """The model config (no weights) of a folder or hub id: read from the hub cache, or fetched (one small file)."""
+    from transformers import AutoConfig
+
+    from pobench.data.loading import hub_logs_quiet
     try:
-        GoldScorer(spec[len("gold:"):]) if spec.startswith("gold:") else _model_source(spec)
-    except PobenchError as e:
-        raise PobenchError(f"config key '{key}': {e}") from None
+        with hub_logs_quiet():
+            return AutoConfig.from_pretrained(source)
+    except Exception as e:   # a hub id that does not exist, a gated repo, a config transformers cannot read
+        first = str(e).splitlines()[0] if str(e) else ""
+        refuse(f"cannot read its config ({type(e).__name__}: {first})")
 
 
 def __getattr__(name: str):
