@@ -167,6 +167,21 @@ def run(
                 # a run saved before paths were stored absolute holds them relative to the folder it started in
                 saved = saved_config(C.read_yaml(run_dir / "config.yaml"), run_dir, RUN_NEEDS)
                 changed = C.changed_keys(saved, cfg)
+                # eval.* settings do not touch the training: a run not evaluated yet (its evaluation failed after the
+                # training, or it ran with --no-eval) is evaluated under the ones asked for now, which eval.json's
+                # eval_config records while config.yaml keeps the run's, as after `pobench eval --set`
+                if changed and all(c.startswith("eval.") for c in changed):
+                    if (run_dir / "eval.json").is_file() and not no_eval:
+                        # an evaluated run is skipped: eval settings other than those it was started or last
+                        # evaluated with would go unused, silently
+                        from pobench.eval.runner import evaluated_eval_config
+                        other = C.changed_keys(C.deep_merge(saved, {"eval": evaluated_eval_config(run_dir)}), cfg)
+                        if other:
+                            raise PobenchError(f"{run_dir}: finished and evaluated with other eval settings than "
+                                               f"these ({'; '.join(other[:4])}{'; ...' if len(other) > 4 else ''}); "
+                                               f"--resume skips a finished run: evaluate it again with `pobench eval "
+                                               f"{run_dir} --set eval.KEY=VALUE`, or leave it out of this command")
+                    changed = []
                 if changed:
                     raise PobenchError(f"{run_dir}: --resume with other settings than the run's ({'; '.join(changed[:4])}"
                                        f"{'; ...' if len(changed) > 4 else ''}); resume with the run's settings, or "
@@ -345,7 +360,7 @@ def _train_other_rank(plans, datasets_by_key: dict, out: Path, resume: bool, no_
                   tokenized=tokenized)
             if not no_eval:
                 from pobench.eval.runner import evaluate_run
-                evaluate_run(run_dir, out / ".cache")
+                evaluate_run(run_dir, out / ".cache", _eval_settings(cfg))
 
 
 def _holds_run(run_dir: Path) -> bool:
@@ -460,8 +475,14 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
                 _record_resume(run_dir, env, cfg, summary.get("code"))
             if not no_eval:  # generate, judge, metrics -> eval.json + generations.jsonl (pobench/eval/runner.py)
                 from pobench.eval.runner import evaluate_run
-                with out_of_memory_as_error(f"{run_dir} (evaluation)", cfg):
-                    evaluate_run(run_dir, out / ".cache", progress=progress)
+                try:
+                    with out_of_memory_as_error(f"{run_dir} (evaluation)", cfg):
+                        evaluate_run(run_dir, out / ".cache", _eval_settings(cfg), progress=progress)
+                except PobenchError as e:   # the training is done and kept: say how to evaluate it without retraining
+                    raise PobenchError(f"{e}; {run_dir} finished training and is kept: evaluate it with `pobench eval "
+                                       f"{run_dir}` (--judge or --set eval.KEY=VALUE to change a setting), or rerun "
+                                       f"this command with --resume, which may change its eval.* settings, to evaluate "
+                                       f"it and train the runs left") from None
             summaries.append((point, summary))
             if locks and run_dir in locks:
                 locks[run_dir].release()
@@ -469,6 +490,13 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
     _print_summary(summaries, time.time() - started)
     from pobench.report.command import print_leaderboard
     print_leaderboard(out, {cfg.suite for _, cfg, _, _ in plans})
+
+
+def _eval_settings(cfg) -> dict:
+    """The eval section a run is evaluated under, as evaluate_run's overrides of its config.yaml: the same but where
+    `--resume` changed an eval.* setting of a run not evaluated yet."""
+    import dataclasses
+    return {"eval": dataclasses.asdict(cfg.eval)}
 
 
 def plan_warning(sampler, cfg, data) -> str | None:

@@ -163,6 +163,62 @@ def test_eval_again_with_a_gold_judge_and_the_dataset_reference(finished_run, tm
     assert result["judge"]["held_out_agreement"]["pairs"] == 4
 
 
+def test_a_failed_evaluation_keeps_the_training_and_resume_may_change_the_eval_settings(tmp_path, tiny_model_dir,
+                                                                                        monkeypatch):
+    """A judge that failed after the training stopped the command (the next algorithm never trained), and a --resume
+    with the judge corrected was refused: 'with other settings than the run's (eval.judge ...)'. Evaluation settings
+    do not touch the training: the error says how to evaluate the trained run, and --resume may change them for a
+    run not evaluated yet; for one evaluated already, which --resume skips, it says to evaluate it again."""
+    import shutil
+
+    import test_eval_judges  # noqa: F401  registers gold:test-eval-length in this process
+
+    import pobench.eval.runner as R
+    from pobench.cli import app
+    from pobench.config import read_yaml
+    out = tmp_path / "results"
+    command = ["run", "--model", str(tiny_model_dir), "--data", "sample", "--max-steps", "1", "--out", str(out),
+               "--set", "data.max_train_records=16", "--set", "data.eval_size=4", "--set", "eval.max_new_tokens=4",
+               "--set", "eval.kl_samples=0", "--set", "eval.judge=gold:test-eval-length"]
+    dpo, simpo = out / "hh-rlhf" / "dpo" / "seed1", out / "hh-rlhf" / "simpo" / "seed1"
+
+    def broken(*args, **kwargs):
+        raise PobenchError("reward model rm_x: cannot load (OSError: offline)")
+    monkeypatch.setattr(R, "evaluate_run", broken)
+    r = CliRunner().invoke(app, command + ["--algo", "dpo,simpo", "--set", "eval.num_prompts=2"])
+    assert isinstance(r.exception, PobenchError), r.output
+    assert str(r.exception) == (
+        f"reward model rm_x: cannot load (OSError: offline); {dpo} finished training and is kept: evaluate it with "
+        f"`pobench eval {dpo}` (--judge or --set eval.KEY=VALUE to change a setting), or rerun this command with "
+        f"--resume, which may change its eval.* settings, to evaluate it and train the runs left")
+    assert (dpo / "train_summary.json").is_file() and not (dpo / "eval.json").exists() and not simpo.exists()
+    monkeypatch.undo()
+    # what the error says: `pobench eval` evaluates the trained run (here a copy of it) ...
+    copy = shutil.copytree(dpo, tmp_path / "copy" / "hh-rlhf" / "dpo" / "seed1")
+    r = CliRunner().invoke(app, ["eval", str(copy), "--num-prompts", "1"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((copy / "eval.json").read_text())["n_prompts"] == 1
+    # ... and --resume evaluates it under the eval settings asked for now, and trains the runs left
+    r = CliRunner().invoke(app, command + ["--algo", "dpo,simpo", "--resume", "--set", "eval.num_prompts=3"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    for run in (dpo, simpo):
+        result = json.loads((run / "eval.json").read_text())
+        assert result["n_prompts"] == 3 and result["eval_config"]["num_prompts"] == 3
+    assert read_yaml(dpo / "config.yaml")["eval"]["num_prompts"] == 2   # as the run was started
+    assert read_yaml(simpo / "config.yaml")["eval"]["num_prompts"] == 3
+    # an evaluated run is skipped: other eval settings would go unused, so they are refused, naming `pobench eval`
+    r = CliRunner().invoke(app, command + ["--algo", "dpo", "--resume", "--set", "eval.num_prompts=4"])
+    assert isinstance(r.exception, PobenchError) and str(r.exception) == (
+        f"{dpo}: finished and evaluated with other eval settings than these (eval.num_prompts 3 -> 4); --resume skips "
+        f"a finished run: evaluate it again with `pobench eval {dpo} --set eval.KEY=VALUE`, or leave it out of this "
+        f"command")
+    # ... while those it was started with, or last evaluated with, skip it as before
+    for prompts in (2, 3):
+        r = CliRunner().invoke(app, command + ["--algo", "dpo", "--resume", "--set", f"eval.num_prompts={prompts}"])
+        assert r.exit_code == 0, (r.output, r.exception)
+        assert "finished earlier, skipped" in r.output
+
+
 def test_an_eval_of_one_prompt_writes_strict_json(finished_run, tmp_path):
     """One judged prompt and one KL sample have no standard error: eval.json held a bare NaN for both, which is not
     JSON (strict readers refuse the file); they are null, and the eval table shows the win rate without one."""
