@@ -163,6 +163,32 @@ def test_eval_again_with_a_gold_judge_and_the_dataset_reference(finished_run, tm
     assert result["judge"]["held_out_agreement"]["pairs"] == 4
 
 
+def test_an_rm_judges_held_out_accuracy_is_measured_on_the_runs_own_pairs(finished_run, tmp_path):
+    """rm:rm_uf (trained on suite myuf) judging suite myhh reported rm_info.json's accuracy on myuf's pairs as its
+    held-out pair accuracy. On the held-out set it is measured on the run's own held-out pairs, and says so; the
+    judge's identity names what stands behind its folder."""
+    from conftest import build_tiny_reward_model
+    from pobench.cli import app
+    from pobench.eval.runner import eval_items, load_run_config
+    from pobench.rewards import get_scorer
+    rm = build_tiny_reward_model(tmp_path / "rm_uf", rm_info={
+        "suite": "myuf", "eval_source": "uf.jsonl (last 8 records)", "eval_pairs": 8, "eval_accuracy_after": 0.123,
+        "max_length": 64})
+    run = copy_run(finished_run, tmp_path)
+    r = CliRunner().invoke(app, ["eval", str(run), "--judge", f"rm:{rm}", "--num-prompts", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    judge = json.loads(r.output.strip().splitlines()[-1])["judge"]
+    _, source, data = eval_items(load_run_config(run))
+    scorer = get_scorer(str(rm))
+    chosen = scorer.score([p.prompt for p in data.eval], [p.chosen for p in data.eval])
+    rejected = scorer.score([p.prompt for p in data.eval], [p.rejected for p in data.eval])
+    want = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(chosen, rejected)) / len(data.eval)
+    assert judge["held_out_accuracy"] == pytest.approx(want) and judge["scorer"]["rm_info"]["eval_accuracy_after"] == 0.123
+    assert judge["held_out_accuracy_on"] == {"suite": "hh-rlhf", "source": source, "pairs": len(data.eval),
+                                             "measured_by": "pobench eval", "run_held_out": True}
+    assert set(judge["identity"]) == {"rm_info"}
+
+
 def test_a_failed_evaluation_keeps_the_training_and_resume_may_change_the_eval_settings(tmp_path, tiny_model_dir,
                                                                                         monkeypatch):
     """A judge that failed after the training stopped the command (the next algorithm never trained), and a --resume

@@ -435,6 +435,46 @@ def test_local_judges_name_their_engine_and_dtype(tmp_path, tiny_model_dir):
     assert judge.describe()["identity"] == {"decoder": "transformers", "dtype": "float32"}
 
 
+RM_INFO = {"backbone": "minilm", "steps": 5, "seed": 1, "suite": "myuf", "eval_source": "mydata/uf.jsonl (last 8 "
+           "records)", "eval_pairs": 8, "eval_accuracy_after": 1.0, "train_time_s": 2.5,
+           "train_loss_curve": [0.69, 0.65]}
+
+
+def test_an_rm_judge_is_named_by_what_stands_behind_its_folder(tmp_path):
+    """rm_uf retrained in place (other steps and seed) between two seeds' evaluations was reported as one judge:
+    eval.json held another rm_info, but the report compared judges by name. An rm: judge now records an identity
+    (its rm_info.json's digest; a folder without one, its files'), which the report names with it, and an eval.json
+    written before the identity was recorded is identified by the rm_info it holds, alike."""
+    from conftest import build_tiny_reward_model
+    from pobench.report.collect import judge_label
+
+    first = build_tiny_reward_model(tmp_path / "rm_uf", seed=1, rm_info=RM_INFO)
+    judge = build_judge(f"rm:{first}")
+    info = judge.describe()
+    assert set(info["identity"]) == {"rm_info"} and judge_label(info) == f"rm:{first} [rm_info {info['identity']['rm_info']}]"
+    # where its rm_info.json accuracy was measured: another suite's pairs, here
+    assert info["held_out_accuracy"] == 1.0 and info["held_out_accuracy_on"] == {
+        "suite": "myuf", "source": "mydata/uf.jsonl (last 8 records)", "pairs": 8, "measured_by": "rm_info.json"}
+    old_form = {k: v for k, v in info.items() if k not in ("identity", "held_out_accuracy_on")}
+    assert judge_label(json.loads(json.dumps(old_form))) == judge_label(info)   # as eval.json held it, read back
+    # retrained into the same folder with other steps and seed: another judge under the same name
+    import shutil
+    shutil.rmtree(first)
+    build_tiny_reward_model(first, seed=2, rm_info={**RM_INFO, "steps": 8, "seed": 2, "train_time_s": 3.1})
+    again = build_judge(f"rm:{first}").describe()
+    assert again["name"] == info["name"] and judge_label(again) != judge_label(info)
+    # a reward model pobench did not train (no rm_info.json): its files' content, wherever the folder lives
+    plain = build_tiny_reward_model(tmp_path / "plain", seed=3)
+    copy = shutil.copytree(plain, tmp_path / "elsewhere" / "plain")
+    weights = build_judge(f"rm:{plain}").describe()["identity"]
+    assert set(weights) == {"weights"} and build_judge(f"rm:{copy}").describe()["identity"] == weights
+    build_tiny_reward_model(copy, seed=4)   # other weights saved over the copy
+    assert build_judge(f"rm:{copy}").describe()["identity"] != weights
+    # the auto judge is named by the records it trains on: no identity (its labels stay those of earlier results)
+    from pobench.eval.judges import rm_judge
+    assert "identity" not in rm_judge(str(first), {"spec": "auto"}).describe()
+
+
 def test_llm_judge_annotations_are_cached_per_config_content(tmp_path, monkeypatch):
     """An edited configs.yaml or prompt template, or another OpenAI client config (another model behind the same
     name), gets its own annotation cache: annotations made under the old one are never reused."""

@@ -1190,6 +1190,58 @@ def test_judges_of_one_name_with_other_models_behind_it_are_other_judges(tmp_pat
         build_report(tmp_path / "bad")
 
 
+def rm_judge_block(rm_info: dict, identity: bool, measured_here: bool = False) -> dict:
+    """eval.json's judge block of `rm:rm_uf`, as pobench eval writes it now (identity, where the accuracy was measured)
+    or wrote it before (the rm_info alone)."""
+    from pobench.rewards import reward_model_identity
+    block = {"name": "rm:rm_uf", "kind": "reward_model", "held_out_accuracy": rm_info["eval_accuracy_after"],
+             "scorer": {"name": "rm:rm_uf", "kind": "sequence_classifier", "path": "rm_uf", "rm_info": rm_info}}
+    if identity:
+        block["identity"] = reward_model_identity(rm_info)
+        block["held_out_accuracy_on"] = {"suite": rm_info["suite"], "source": rm_info["eval_source"],
+                                         "pairs": rm_info["eval_pairs"], "measured_by": "rm_info.json",
+                                         "run_held_out": False}
+        if measured_here:
+            block["held_out_accuracy"] = 0.625
+            block["held_out_accuracy_on"] = {"suite": "hh-rlhf", "source": "test.jsonl", "pairs": 8,
+                                             "measured_by": "pobench eval", "run_held_out": True}
+    return block
+
+
+def test_an_rm_judge_retrained_in_place_is_another_judge_and_its_accuracy_says_where_it_was_measured(tmp_path):
+    """rm_uf retrained between two seeds' evaluations (other steps and seed) showed as one judge, with no UNLIKE SEEDS;
+    and an rm: judge trained on suite myuf judging hh-rlhf showed myuf's held-out pair accuracy as its own. Judges are
+    now told apart by their identity (in eval.json written before it: their rm_info), and an accuracy measured
+    elsewhere names its pairs."""
+    first = {"steps": 5, "seed": 1, "suite": "myuf", "eval_source": "mydata/uf.jsonl (last 8 records)",
+             "eval_pairs": 8, "eval_accuracy_after": 1.0}
+    second = {**first, "steps": 8, "seed": 2}
+    # evaluations made before the identity was recorded (the reviewer's files), then one of each form
+    for root, blocks in (("old", (rm_judge_block(first, False), rm_judge_block(second, False))),
+                         ("mixed", (rm_judge_block(first, False), rm_judge_block(second, True)))):
+        for seed, block in enumerate(blocks, 1):
+            write_run(tmp_path / root, "dpo", seed, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": block})
+        report = build_report(tmp_path / root)[0]["suites"][0]
+        (diff,) = report["unlike_across_seeds"]["dpo"]["differences"]
+        assert re.fullmatch(r"seed 2: judge rm:rm_uf \[rm_info \w{12}\] vs rm:rm_uf \[rm_info \w{12}\]", diff), diff
+        md = to_markdown(sections(build_report(tmp_path / root)[0]))
+        assert "1.000 on 8 held-out pairs of suite myuf (mydata/uf.jsonl (last 8 records); rm_info.json)" in md
+    # the same rm_uf in an old and a new eval.json is one judge
+    for seed, block in enumerate((rm_judge_block(first, False), rm_judge_block(first, True)), 1):
+        write_run(tmp_path / "same", "dpo", seed, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": block})
+    report = build_report(tmp_path / "same")[0]["suites"][0]
+    assert report["unlike_across_seeds"] == {} and len(report["judge"]) == 1
+    # measured at evaluation on the run's own held-out pairs: no note
+    write_run(tmp_path / "here", "dpo", 1, [0.5, 0.6],
+              eval_json={**new_eval(0.6, 0.6), "judge": rm_judge_block(first, True, measured_here=True)})
+    md = to_markdown(sections(build_report(tmp_path / "here")[0]))
+    assert re.search(r"judge: rm:rm_uf \[rm_info \w{12}\] \(reward_model, its held-out pair accuracy 0.625\)", md)
+    write_run(tmp_path / "bad", "dpo", 1, [0.5, 0.6], eval_json={
+        **new_eval(0.6, 0.6), "judge": {**rm_judge_block(first, True), "held_out_accuracy_on": "myuf"}})
+    with pytest.raises(PobenchError, match="eval.json: 'judge.held_out_accuracy_on' must be an object"):
+        build_report(tmp_path / "bad")
+
+
 def test_seeds_trained_by_other_versions_of_a_plugin_are_named_but_algorithms_code_is_not_compared(tmp_path):
     """Seeds 1-2 of a plugin run with one loss, seed 3 after the loss was edited: averaged as one setting, and
     UNLIKE SEEDS named nothing (train_summary.json's `code` was not read). Two algorithms' code differs by design:

@@ -26,7 +26,13 @@ number not measured is null, never NaN):
                       alpaca_eval config: the models asked for, the servers its OpenAI client config sends them to,
                       never a key, and a digest of the config and its templates; {decoder, dtype} of a local judge),
                       which pobench report names with the judge, so judges of one name that differ are not mixed;
-                      held_out_accuracy: a pobench-trained reward model's pair accuracy (rm_info.json); with
+                      an rm: judge's identity is {rm_info} (a digest of its rm_info.json) for one pobench trained,
+                      else {weights} (a digest of its folder's files, or its hub commit);
+                      held_out_accuracy: a reward model's held-out pair accuracy: an rm: judge's measured on the
+                      run's own held-out pairs at evaluation (ties half), the auto judge's (on the run's pairs too)
+                      and an rm: judge's on the alpaca_eval set from rm_info.json (ties wrong); held_out_accuracy_on
+                      {suite, source, pairs, measured_by: "pobench eval" | "rm_info.json", run_held_out}: which
+                      pairs (run_held_out: the evaluated run's own held-out pairs; the report names others); with
                       eval.judge_check_pairs > 0 also held_out_agreement {agreement, pairs, mean_preference}: how
                       often this judge picked the held-out chosen answer over the rejected one (any judge)
     win_rate          mean P(policy output beats reference output) in [0, 1]; ties count half

@@ -80,11 +80,21 @@ class ScorerJudge:
 
 def rm_judge(spec: str, info: dict | None = None, **_options) -> ScorerJudge:
     """A reward-model folder or hub id; its held-out pair accuracy comes from its rm_info.json when pobench
-    trained it (`pobench train-rm` or the auto judge)."""
-    from pobench.rewards import get_scorer
+    trained it (`pobench train-rm` or the auto judge), with the pairs it was measured on (`held_out_accuracy_on`:
+    an `rm:` judge's may be another suite's; the eval runner measures it on the run's own held-out pairs where it
+    can). An `rm:` judge's `identity` (rewards.reward_model_identity) tells judges of one name apart in the report,
+    as a folder retrained in place keeps its name. The auto judge has none: its name is already keyed by the records
+    and steps it trains on."""
+    from pobench.rewards import get_scorer, reward_model_identity
     scorer = get_scorer(spec)
-    rm_info = scorer.describe().get("rm_info") or {}
-    info = {"held_out_accuracy": rm_info.get("eval_accuracy_after"), **(info or {})}
+    described = scorer.describe()
+    rm_info = described.get("rm_info") or {}
+    accuracy = rm_info.get("eval_accuracy_after")
+    on = None if accuracy is None else {"suite": rm_info.get("suite"), "source": rm_info.get("eval_source"),
+                                        "pairs": rm_info.get("eval_pairs"), "measured_by": "rm_info.json"}
+    auto = (info or {}).get("spec") == "auto"
+    identity = {} if auto else {"identity": reward_model_identity(described.get("rm_info"), scorer.path or spec)}
+    info = {"held_out_accuracy": accuracy, "held_out_accuracy_on": on, **identity, **(info or {})}
     return ScorerJudge(scorer, "reward_model", info)
 
 

@@ -705,10 +705,21 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     judge_info = judge.describe() if is_main(state) else None
     check = judge_agreement(judge, suite_data, cfg.eval.judge_check_pairs, cfg.eval.seed, judge_state,
                             cfg.eval.judge_both_orders)
+    # an rm: judge's rm_info.json accuracy was measured on the pairs it was trained beside, maybe another suite's
+    # (rm:rm_uf judging suite myhh showed myuf's 1.000): on the held-out set it is measured on this run's held-out
+    # pairs instead, which costs one score per answer of them
+    own = judge_agreement(judge, suite_data, len(suite_data.eval), cfg.eval.seed, judge_state) \
+        if cfg.eval.judge.startswith("rm:") and suite_data is not None else None
     if not is_main(state):
         return None
     if check:
         judge_info["held_out_agreement"] = check
+    if own:
+        judge_info["held_out_accuracy"] = own["agreement"]
+        judge_info["held_out_accuracy_on"] = {"suite": cfg.suite, "source": source, "pairs": own["pairs"],
+                                              "measured_by": "pobench eval"}
+    if judge_info.get("held_out_accuracy_on"):   # the auto judge's are this run's too: it is measured on them
+        judge_info["held_out_accuracy_on"]["run_held_out"] = bool(own) or cfg.eval.judge == "auto"
     result = {
         "eval_set": cfg.eval.eval_set, "eval_source": source, "n_prompts": len(items),
         "decoding": {**decoding_record(cfg), **generation},

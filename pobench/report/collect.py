@@ -153,6 +153,11 @@ def judge_label(judge: dict, path: Path | None = None) -> str | None:
     float32 then too)."""
     name = judge.get("name")
     identity = judge.get("identity")
+    rm_info = judge.get("scorer", {}).get("rm_info") if isinstance(judge.get("scorer"), dict) else None
+    if identity is None and judge.get("kind") == "reward_model" and judge.get("spec") != "auto" and \
+            isinstance(rm_info, dict):   # an rm: judge evaluated before the identity was recorded: its rm_info is
+        from pobench.rewards import reward_model_identity
+        identity = reward_model_identity(rm_info)
     if identity is None and judge.get("judge_decoder") in ("transformers", "vllm"):
         decoder = judge["judge_decoder"]
         dtype = judge.get("dtype") or ("float32" if decoder == "transformers" else None)
@@ -167,6 +172,28 @@ def judge_label(judge: dict, path: Path | None = None) -> str | None:
         if value:
             parts.append(f"{key} {value}")
     return f"{name} [{'; '.join(parts)}]" if parts else name
+
+
+def held_out_elsewhere(judge: dict, suite, path: Path) -> str | None:
+    """Where a judge's held-out pair accuracy was measured, where that was not the evaluated run's held-out pairs (an
+    `rm:` judge's rm_info.json figure: rm:rm_uf judging suite myhh showed myuf's pairs' 1.000 as its accuracy), else
+    None. eval.json's `judge.held_out_accuracy_on` says; one written before it was recorded held an rm: judge's
+    rm_info.json figure, told apart by the suite rm_info.json names."""
+    on = judge.get("held_out_accuracy_on")
+    if on is None:
+        rm_info = judge.get("scorer", {}).get("rm_info") if isinstance(judge.get("scorer"), dict) else None
+        if judge.get("held_out_accuracy") is None or not isinstance(rm_info, dict) or judge.get("spec") == "auto":
+            return None
+        on = {"suite": rm_info.get("suite"), "source": rm_info.get("eval_source"), "pairs": rm_info.get("eval_pairs"),
+              "measured_by": "rm_info.json", "run_held_out": rm_info.get("suite") == suite}
+    if not isinstance(on, dict):
+        raise PobenchError(f"{path}: 'judge.held_out_accuracy_on' must be an object, got {on!r}")
+    if on.get("run_held_out"):
+        return None
+    pairs = f"{on['pairs']} " if on.get("pairs") is not None else ""
+    of = f" of suite {on['suite']}" if on.get("suite") else ""
+    source = f"{on['source']}; " if on.get("source") else ""
+    return f"on {pairs}held-out pairs{of} ({source}{on.get('measured_by') or 'source not recorded'})"
 
 
 def eval_fields(ev: dict | None, path: Path) -> dict:
@@ -185,6 +212,7 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
         "kl": ev.get("kl"), "eval_set": ev.get("eval_set"), "n_prompts": ev.get("n_prompts"),
         "judge": judge_label(judge, path), "judge_kind": judge.get("kind"),
         "judge_held_out_accuracy": judge.get("held_out_accuracy"), "reference_kind": reference.get("kind"),
+        "judge_held_out_on": held_out_elsewhere(judge, ev.get("suite"), path),
     }
     for key in FRACTIONS + ("avg_length", "reward_mean", "kl", "judge_held_out_accuracy"):
         if isinstance(out[key], float) and math.isnan(out[key]):

@@ -142,11 +142,23 @@ def judge_accuracies(runs) -> dict:
     return {j: sorted(out[j]) for j in sorted(out)}
 
 
+def judge_accuracy_sources(runs) -> dict:
+    """{judge: where its held-out pair accuracy was measured} for the judges whose figure is not from the evaluated
+    runs' own held-out pairs (collect.held_out_elsewhere)."""
+    if "judge" not in runs or "judge_held_out_on" not in runs:
+        return {}
+    out: dict = {}
+    for j, on in zip(runs["judge"], runs["judge_held_out_on"]):
+        if j is not None and j == j and isinstance(on, str):
+            out.setdefault(str(j), set()).add(on)
+    return {j: sorted(out[j]) for j in sorted(out)}
+
+
 def about(runs) -> dict:
     """Who judged and what scored: named with every table."""
     kinds = _unique(runs, "judge_kind")
     return {"judge": _unique(runs, "judge"), "judge_kind": kinds,
-            "judge_held_out_accuracy": judge_accuracies(runs),
+            "judge_held_out_accuracy": judge_accuracies(runs), "judge_held_out_on": judge_accuracy_sources(runs),
             "eval_set": _unique(runs, "eval_set"), "reference": _unique(runs, "reference_kind"),
             "lc_method": _unique(runs, "lc_method"), "length_unit": _unique(runs, "length_unit"),
             "pool_reward_model": _unique(runs, "reward_model"),

@@ -81,7 +81,9 @@ def fmt_point(p: float) -> str:
 def _judge_line(s: dict) -> str:
     if not s["judge"]:
         return "judge: none yet (held-out preference pairs only; `pobench eval` adds win rates, LC win rate, score, KL)"
-    by_judge = {j: "/".join(f"{a:.3f}" for a in accs) for j, accs in s["judge_held_out_accuracy"].items()}
+    elsewhere = s.get("judge_held_out_on") or {}   # an rm: judge's rm_info.json figure: maybe another suite's pairs
+    by_judge = {j: "/".join(f"{a:.3f}" for a in accs) + "".join(f" {on}" for on in elsewhere.get(j, ()))
+                for j, accs in s["judge_held_out_accuracy"].items()}
     if len(s["judge"]) == 1 and by_judge:
         acc = f", its held-out pair accuracy {next(iter(by_judge.values()))}"
     elif by_judge:     # named: some judges may have recorded none

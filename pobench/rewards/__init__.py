@@ -44,6 +44,22 @@ def reward_model_name(spec: str, cache_dir) -> str:
     return f"auto:{inside.as_posix()}"
 
 
+def reward_model_identity(rm_info: dict | None, path: str | None = None) -> dict:
+    """What stands behind a reward model's name, by content, for eval.json's `judge.identity` (the report tells judges
+    of one name apart by it: a folder retrained in place, with other steps or seed, kept its name). One that pobench
+    trained is identified by its rm_info.json, which `pobench train-rm` writes with the weights and which tells each
+    training apart (its settings, losses and clocks), less the loss curve that eval.json leaves out: so an eval.json
+    written before the identity was recorded, which holds that rm_info, is identified alike. Any other by a digest
+    of its files, or its hub commit (models.model_content_digest; None when neither is known)."""
+    import hashlib
+    import json
+    if isinstance(rm_info, dict):
+        kept = {k: v for k, v in rm_info.items() if k != "train_loss_curve"}
+        return {"rm_info": hashlib.sha1(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]}
+    from pobench.models import model_content_digest
+    return {"weights": (model_content_digest(path) if path else "") or None}
+
+
 def register_gold(name: str):
     """Decorator for a suite whose true reward is known (e.g. a synthetic suite):
 
