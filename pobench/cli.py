@@ -92,7 +92,7 @@ def run(
     from pobench.data import check_run_records, describe_loaded, load_suite_data
     from pobench.models import check_model_source, training_dtype_warning
     from pobench.rewards import check_scorer_spec
-    from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite
+    from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite, suite_source
     from pobench.sampling.pools import check_dataset_pools
 
     is_main = _quiet_unless_main()
@@ -105,6 +105,7 @@ def run(
     algos = _split_list(algo, "--algo")
     seed_list = _seeds(seeds)
     suite_cfg = load_suite(suite)
+    suite_file = suite_source(suite)
     from pobench.paths import rebase_file_paths
     # its relative paths are read from its own folder, as a suite file's are (pobench/paths.py)
     file_cfg = rebase_file_paths(C.read_yaml(config), config) if config else {}
@@ -220,6 +221,8 @@ def run(
                                f"({shown}{more}) and the default runs ({', '.join(algos)} on {plans[0][1].suite}, "
                                f"seeds {seeds}) were never started; name them with --algo, --suite and --seeds to "
                                f"start them")
+    for suite_name in dict.fromkeys(cfg.suite for _, cfg, _, _ in plans):
+        _check_suite_file(out / suite_name, suite, suite_file)
     for model_source in dict.fromkeys((cfg.model.name_or_path, cfg.model.gguf_file) for _, cfg, _, _ in plans):
         check_model_source(*model_source)
     # Data is read now too, so that bad data fails before any folder or progress bar exists.
@@ -263,7 +266,7 @@ def run(
     _writable(out)
     locks = _lock_run_folders(plans, resume)
     try:
-        _run_plans(plans, datasets_by_key, out, resume, no_eval, {lock.path.parent: lock for lock in locks})
+        _run_plans(plans, datasets_by_key, out, resume, no_eval, {lock.path.parent: lock for lock in locks}, suite_file)
     finally:
         for lock in locks:
             lock.release()
@@ -272,6 +275,27 @@ def run(
 
 # the saved paths a run's resume or evaluation reads (the others are checked where they are used, if they are)
 RUN_NEEDS = ("data.path", "model.name_or_path")
+
+
+def _check_suite_file(folder: Path, suite: str, suite_file: dict | None) -> None:
+    """Runs of two suite files of one name (suites/myuf.yaml and other/myuf.yaml, other data) went into one results
+    folder, results/myuf/, and their report mixed them as one suite. A suite folder whose runs were started from
+    another file (env.json's `suite_file`) with other content is refused; the same file edited since, or a copy of
+    it elsewhere (another checkout), is not: a config that differs is then named by the report. Runs made before
+    the file was recorded are not compared."""
+    if suite_file is None or not folder.is_dir():
+        return
+    for env_file in sorted(folder.rglob("env.json")):
+        try:
+            other = json.loads(env_file.read_text(encoding="utf-8")).get("suite_file")
+        except (OSError, ValueError, AttributeError):
+            continue   # a damaged env.json is the report's to name
+        if isinstance(other, dict) and other.get("file") != suite_file["file"] and \
+                other.get("sha1") != suite_file["sha1"]:
+            raise PobenchError(f"{folder}: holds runs of the suite file {other.get('file')} ({env_file.parent}), and "
+                               f"--suite {suite} is {suite_file['file']}, with other content: the report would take "
+                               f"the two for one suite; choose another --out, or name this suite apart (`suite: "
+                               f"<name>` in its file)")
 
 
 def _run_command(run_dir: Path) -> list[str] | None:
@@ -430,9 +454,11 @@ def _data_key(cfg) -> str:
     return json.dumps([cfg.data.__dict__, seed], sort_keys=True, default=str)
 
 
-def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: bool, locks: dict | None = None) -> None:
+def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: bool, locks: dict | None = None,
+               suite_file: dict | None = None) -> None:
     """Trains (and evaluates) the plans in order; each run folder's lock is released once its run is done, so that
-    `pobench eval` or `compare` of a finished seed need not wait for the whole grid."""
+    `pobench eval` or `compare` of a finished seed need not wait for the whole grid. `suite_file`: the suite file's
+    place and content digest (registry.suite_source), recorded in env.json."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from pobench.config import dump
@@ -458,7 +484,7 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
             data = datasets_by_key[_data_key(cfg)]
             run_dir.mkdir(parents=True, exist_ok=True)
             from pobench.models import pick_device
-            env = environment_info(pick_device(cfg.model.device))
+            env = {**environment_info(pick_device(cfg.model.device)), "suite_file": suite_file}
             # A resumed run keeps the files it started with (its config and records were checked equal above; its
             # env.json names the software that trained its first steps) and adds this environment once it has
             # trained: a resume refused by a damaged checkpoint changes nothing.

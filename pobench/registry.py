@@ -238,3 +238,19 @@ def load_suite(name: str) -> dict:
     data = rebase_file_paths(data, path)   # `data.path: ../mydata` is beside the suite file, not the shell
     data.setdefault("suite", suite)
     return data
+
+
+def suite_source(name: str) -> dict | None:
+    """Which suite file `--suite name` reads, by place and content, for env.json: {"file": ..., "sha1": ...}. A shipped
+    suite is named "builtin:<name>", the same whichever install holds it (its edits are pobench's own, which env.json's
+    version records); any other by its absolute path. None where `name` names no file (load_suite refuses it)."""
+    import os
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or "/" in name or os.sep in name:   # a path, as load_suite reads one
+        file = str(path.resolve()) if path.is_file() else None
+    else:
+        path = suite_files().get(name)
+        file = f"builtin:{name}" if path is not None else None
+    if file is None:
+        return None
+    return {"file": file, "sha1": hashlib.sha1(path.read_bytes()).hexdigest()[:12]}

@@ -88,6 +88,15 @@ def _causal_lm_config(folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
 
 
+def _setup_runs_of_another_suite_file(d: Path) -> None:
+    (d / "mine").mkdir()
+    (d / "mine" / "hh.yaml").write_text("data:\n  path: sample\n")
+    run_dir = d / "out" / "hh" / "dpo" / "seed1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("suite: hh\nseed: 1\n")
+    (run_dir / "env.json").write_text(json.dumps({"suite_file": {"file": "/elsewhere/hh.yaml", "sha1": "0123456789ab"}}))
+
+
 def _setup_finished_run(d: Path) -> None:
     run_dir = d / "out" / "ultrafeedback" / "mcpo" / "seed1"
     run_dir.mkdir(parents=True)
@@ -146,6 +155,11 @@ CASES = {
                             "classifier"]),
     "pool_rm_causal_lm": (RUN + ["--set", "pool.reward_model=lm"], lambda d: _causal_lm_config(d / "lm"),
                           ["config key 'pool.reward_model': lm: its config.json names LlamaForCausalLM"]),
+    # suites/myuf.yaml's runs and other/myuf.yaml's (other data) went into one results/myuf/ folder
+    "suite_file_of_another_suite": (RUN + ["--suite", "mine/hh.yaml", "--algo", "dpo", "--seeds", "2"],
+                                    _setup_runs_of_another_suite_file,
+                                    ["out/hh: holds runs of the suite file /elsewhere/hh.yaml", "--suite mine/hh.yaml",
+                                     "with other content", "choose another --out"]),
     "judge_gold_of_another_suite": (RUN[:-1] + ["--set", "eval.judge=gold:synthetic"], None,
                                     ["gold:synthetic scores the synthetic suite's token language", "hh-rlhf"]),
     "openai_judge_without_credentials": (RUN[:-1] + ["--set", "eval.judge=alpaca_eval:weighted_alpaca_eval_gpt4_turbo"],
