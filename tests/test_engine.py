@@ -504,6 +504,12 @@ def test_truncated_records_are_counted_and_reported(tmp_path, tiny_model_dir, ca
     for run in ("a", "b"):
         summary = T.train(cfg, get_algorithm("dpo"), data, tmp_path / run, tmp_path / "cache", tokenized=tokenized)
         assert summary["truncated"]["prompts"] > 0                  # still counted
+    # ... nor one per tokenization of the same records: `pobench run --algo dpo,mcpo` said it once per algorithm, as
+    # MC-PO's sampler tokenizes them apart (with its pools; here: the records read again, another cache key)
+    again = T.train(cfg, get_algorithm("dpo"), load_suite_data(cfg.data, cfg.seed), tmp_path / "c", tmp_path / "cache",
+                    tokenized=tokenized)
+    assert again["truncated"] == summary["truncated"]   # tokenized apart (another cache key), counted again
+    assert len([key for key in tokenized if isinstance(key, tuple)]) == 2
     assert capsys.readouterr().out.count("had prompts over") == 1
 
 

@@ -607,6 +607,9 @@ def build_pools(cfg: RunConfig, data: SuiteData, cache_dir: Path, progress=None)
                          model_path, device, fresh_policy=True, progress=progress, accelerator=accelerator)
 
 
+TRUNCATION_WARNED = "truncation warnings printed"   # a key of train()'s `tokenized` dict, beside its cache keys
+
+
 def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path, resume: bool = False,
           progress=None, tokenized: dict | None = None) -> dict:
     from accelerate import Accelerator
@@ -660,7 +663,12 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
                    f"train.max_prompt_length={tc.max_prompt_length} (their last tokens kept) and "
                    f"{truncated['completions']} had a completion over train.max_completion_length="
                    f"{tc.max_completion_length} (cut at the end)")
-        (progress.console.print if progress is not None else print)(message)
+        # the same records tokenized again for another sampler (DPO's pairs, then MC-PO's with pools) count alike:
+        # the line is said once per command, not once per algorithm
+        warned = tokenized.setdefault(TRUNCATION_WARNED, set()) if tokenized is not None else set()
+        if message not in warned:
+            warned.add(message)
+            (progress.console.print if progress is not None else print)(message)
 
     if tc.batch_size % tc.grad_accum:
         raise PobenchError(f"train.batch_size={tc.batch_size} must be a multiple of train.grad_accum={tc.grad_accum}")
