@@ -627,7 +627,7 @@ def list_(
         t.add_column(c)
     for a in algos:
         t.add_row(a["name"], a["sampler"], "yes" if a["needs_reference"] else "no",
-                  ", ".join(f"{k}={v}" for k, v in a["defaults"].items()), a["doc"].splitlines()[0] if a["doc"] else "")
+                  ", ".join(f"{k}={v}" for k, v in a["defaults"].items()), _first_sentence(a["doc"]))
     con.print(t)
     t = Table(title="suites")
     t.add_column("name")
@@ -639,6 +639,15 @@ def list_(
                                                   for b in backends), highlight=False)
     con.print("reward models: " + ", ".join(scorers), highlight=False, markup=False)
     con.print("judges (pobench eval --judge): " + ", ".join(judges), highlight=False, markup=False)
+
+
+def _first_sentence(doc: str) -> str:
+    """A docstring's first sentence, its line breaks undone: its first line was cut mid-sentence where the source
+    wraps ("MC-PO (...): DPO on a negative drawn"). A sentence ends at . ! or ? before a capital ("et al. 2025" and
+    "e.g. a" go on)."""
+    import re
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z])", paragraph)[0]
 
 
 @app.command()

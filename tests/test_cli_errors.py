@@ -438,6 +438,18 @@ def test_list_json_names_every_registry(tmp_path):
     assert {s["name"] for s in listed["samplers"]} >= {"dataset_pair", "mc_kernel", "rso", "online_pool"}
 
 
+def test_list_says_what_each_algorithm_is_in_a_whole_sentence():
+    """The table's "about" was the docstring's first source line, cut mid-sentence ("... DPO on a negative drawn")."""
+    from pobench.cli import _first_sentence
+    from pobench.registry import ALGORITHMS, discover
+    discover()
+    about = _first_sentence(sys.modules[ALGORITHMS["mcpo"].__module__].__doc__)
+    assert about.startswith("MC-PO (Chen et al. 2025") and about.endswith("that favours candidates the current "
+                                                                         "policy rates highly.")
+    assert _first_sentence("SimPO (Meng et al. 2024): reference-free,\nwith a margin. More here.\n\nDetails.") == \
+        "SimPO (Meng et al. 2024): reference-free, with a margin."
+
+
 def test_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, capsys):
     """Typer, run without standalone mode, returns Ctrl-C as the exit code 130 instead of raising it: the code was
     dropped, so an interrupted `pobench run ... && pobench report` carried on as if the run had finished."""
