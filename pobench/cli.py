@@ -974,6 +974,7 @@ def main() -> None:
     from pobench.engine.distributed import close_process_group
     # deprecation notices that transformers raises from inside peft: noise for a user, nothing they can act on
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    _quiet_deepspeed_cpu_notice()
     completed = False
     try:
         _run_app()
@@ -983,6 +984,19 @@ def main() -> None:
         raise
     finally:
         close_process_group(completed)  # under a launch: before exit, or gloo may abort a finished rank
+
+
+def _quiet_deepspeed_cpu_notice() -> None:
+    """accelerate imports DeepSpeed, where it is installed, whenever pobench imports accelerate (every run and eval,
+    DeepSpeed used or not), and DeepSpeed's import logs "[WARNING] ... Setting accelerator to CPU. If you have GPU or
+    other accelerator, we were unable to detect it." to stdout on every machine without CUDA: noise on each command,
+    and on the CPU nothing to act on. That one notice is dropped (a filter on DeepSpeed's logger, set before the
+    import creates it); every other DeepSpeed message still shows."""
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Setting accelerator to CPU.")
+    logging.getLogger("DeepSpeed").addFilter(keep)
 
 
 INTERRUPTED = 130   # the shell's code for a run stopped by Ctrl-C (128 + SIGINT)

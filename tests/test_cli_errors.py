@@ -8,6 +8,7 @@ The subprocesses are started together (each spends ~2 s importing torch) and che
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import os
 import subprocess
@@ -448,6 +449,22 @@ def test_list_says_what_each_algorithm_is_in_a_whole_sentence():
                                                                          "policy rates highly.")
     assert _first_sentence("SimPO (Meng et al. 2024): reference-free,\nwith a margin. More here.\n\nDetails.") == \
         "SimPO (Meng et al. 2024): reference-free, with a margin."
+
+
+def test_deepspeeds_cpu_notice_is_dropped_and_its_other_messages_kept():
+    """Every command printed DeepSpeed's "[WARNING] [real_accelerator.py:...] Setting accelerator to CPU ..." to stdout
+    on a machine without CUDA: accelerate imports DeepSpeed where it is installed (Accelerator.unwrap_model does, to
+    ask whether the model is a DeepSpeed engine), and DeepSpeed's import logs it."""
+    if importlib.util.find_spec("deepspeed") is None:
+        pytest.skip("DeepSpeed is not installed")
+    code = ("import logging, sys; from pobench.cli import _quiet_deepspeed_cpu_notice; {}import deepspeed; "
+            "logging.getLogger('DeepSpeed').warning('a real DeepSpeed warning')")
+    env = {**_env(), "CUDA_VISIBLE_DEVICES": ""}
+    out = {quiet: subprocess.run([sys.executable, "-c", code.format("_quiet_deepspeed_cpu_notice(); " if quiet else "")],
+                                 capture_output=True, text=True, env=env, timeout=120) for quiet in (False, True)}
+    assert "Setting accelerator to CPU" in out[False].stdout + out[False].stderr   # what it printed
+    assert "Setting accelerator to CPU" not in out[True].stdout + out[True].stderr
+    assert "a real DeepSpeed warning" in out[True].stdout
 
 
 def test_ctrl_c_exits_130_with_the_resume_hint(monkeypatch, capsys):
