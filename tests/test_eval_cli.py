@@ -526,7 +526,9 @@ def test_evaluation_on_cuda_loads_the_bf16_weights_its_training_forwards_ran_in(
     cfg = runner.load_run_config(finished_run)
     assert cfg.model.dtype == "auto" and runner.evaluation_dtype(cfg, "cpu") == "auto"
     assert runner.evaluation_dtype(cfg, "cuda") == runner.evaluation_dtype(cfg, torch.device("cuda:1")) == "bfloat16"
-    assert json.loads((finished_run / "eval.json").read_text())["weights_dtype"] == "auto"
+    # recorded resolved (it read "auto", which on the CPU loads float32): the answer stores keep the setting's name
+    assert json.loads((finished_run / "eval.json").read_text())["weights_dtype"] == "float32"
+    assert runner.loaded_dtype(cfg, "cuda") == "bfloat16"
     loaded = []
 
     class Asked(Exception):

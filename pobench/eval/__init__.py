@@ -17,7 +17,8 @@ number not measured is null, never NaN):
                       answer came from the answer store)
     eval_config       the eval.* section this evaluation resolved (pobench eval's --set/--judge/... included;
                       config.yaml keeps the run's own): what pobench compare and pobench report check runs against
-    weights_dtype     the weights evaluation loaded (bfloat16 on CUDA for model.dtype auto; else the run's model.dtype)
+    weights_dtype     the dtype the evaluated weights were loaded in, resolved (bfloat16 on CUDA for model.dtype auto,
+                      float32 for auto elsewhere; else the run's model.dtype)
     reference         {"kind": "sft" | "dataset" | "alpaca_eval", ...}  (sft: model + the shared cache file; the
                       alpaca_eval set's outputs: generator, who wrote them as the file says, "gpt4_turbo" for
                       AlpacaEval 2's; a list where the file names several, null where it names none)

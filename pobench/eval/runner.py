@@ -198,6 +198,17 @@ def evaluation_dtype(cfg, device) -> str:
     return "bfloat16" if cfg.model.dtype == "auto" and torch.device(device).type == "cuda" else cfg.model.dtype
 
 
+def loaded_dtype(cfg, device) -> str:
+    """The dtype the evaluation's weights were loaded in, resolved (eval.json's `weights_dtype`): model.dtype auto
+    is float32 off CUDA, where evaluation_dtype keeps the setting's name, "auto", because the answer stores are keyed
+    by it."""
+    import torch
+
+    from pobench.models import pick_dtype
+    device = torch.device(device)
+    return str(pick_dtype(evaluation_dtype(cfg, device), device)[0]).removeprefix("torch.")
+
+
 def load_trained_policy(cfg, run_dir: Path, device):
     """(model, tokenizer, base path): the base model (+ LoRA adapter) with the final checkpoint's trainable
     weights copied in by name: full fine-tuning saves every weight, LoRA saves the adapter only."""
@@ -723,7 +734,7 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
     result = {
         "eval_set": cfg.eval.eval_set, "eval_source": source, "n_prompts": len(items),
         "decoding": {**decoding_record(cfg), **generation},
-        "weights_dtype": evaluation_dtype(cfg, dev),
+        "weights_dtype": loaded_dtype(cfg, dev),
         "reference": reference, "judge": judge_info,
         # the eval section as this evaluation resolved it (config.yaml keeps the run's; --set/--judge change this)
         "eval_config": dataclasses.asdict(cfg.eval),
