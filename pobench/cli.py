@@ -564,6 +564,7 @@ def _record_resume(run_dir: Path, env: dict, cfg, code: dict | None = None) -> N
 
 def _print_summary(summaries: list[tuple[str, dict]], wall: float) -> None:
     """One row per run: (its grid point, '' without a grid; its train_summary.json)."""
+    from pobench.report.render import seconds_digits
     gridded = any(point for point, _ in summaries)
     table = Table(title=f"pobench run: {len(summaries)} run(s) in {wall:.0f} s", caption="held-out: "
                   "the algorithm's implicit-reward accuracy and margin on held-out pairs, before -> after")
@@ -577,7 +578,8 @@ def _print_summary(summaries: list[tuple[str, dict]], wall: float) -> None:
         init, final = s.get("held_out_initial") or {}, s.get("held_out_final") or {}
         table.add_row(s["suite"], s["algorithm"], *([Text(point or "(default)")] if gridded else []),
                       str(s["seed"]), str(s.get("steps", "-")), str(s.get("pairs_seen", "-")),
-                      num(s.get("train_time_s"), 0), num(s.get("pairs_per_s") or 0, 2), num(s.get("final_loss"), 3),
+                      num(s.get("train_time_s"), seconds_digits(s.get("train_time_s"))),
+                      num(s.get("pairs_per_s") or 0, 2), num(s.get("final_loss"), 3),
                       f"{num(init.get('eval/rewards/accuracies'), 2)}->{num(final.get('eval/rewards/accuracies'), 2)}",
                       f"{num(init.get('eval/rewards/margins'), 3)}->{num(final.get('eval/rewards/margins'), 3)}")
     Console(width=max(120, Console().width)).print(table)

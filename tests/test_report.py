@@ -1242,6 +1242,29 @@ def test_an_rm_judge_retrained_in_place_is_another_judge_and_its_accuracy_says_w
         build_report(tmp_path / "bad")
 
 
+def test_counts_in_the_csv_are_integers_and_short_times_keep_a_decimal(tmp_path):
+    """The CSV's vs_*_n columns read 2.0 (the baseline's own row has none, so pandas made the column float) where the
+    *_n columns read 2; and a sub-second training time read "0 ± 0"."""
+    import io
+
+    import pandas as pd
+    for algo in ("dpo", "simpo"):
+        for seed in (1, 2):
+            write_run(tmp_path, algo, seed, [0.5, 0.6 + 0.01 * seed], eval_json=new_eval(0.5 + 0.01 * seed, 0.6),
+                      pairs_per_eval=4, time_per_pair=0.05 + 0.01 * seed)
+    report = build_report(tmp_path)[0]
+    text = to_csv(report)
+    header, dpo, simpo = text.splitlines()[:3]
+    columns = header.split(",")
+    counts = [i for i, c in enumerate(columns) if c.endswith("_n")]
+    assert "vs_win_rate_n" in columns and "win_rate_n" in columns
+    assert all(simpo.split(",")[i] in ("", "0", "2") for i in counts)   # 2.0 before
+    assert simpo.split(",")[columns.index("vs_win_rate_n")] == "2" and dpo.split(",")[columns.index("vs_win_rate_n")] == ""
+    assert pd.read_csv(io.StringIO(text)).loc[1, "vs_win_rate_n"] == 2
+    md = to_markdown(sections(report))
+    assert "| 0.600 ± 0.000 | 0.26 ± 0.25 |" in md   # train s: 4 pairs at 0.06 and 0.07 s each (read "0 ± 0")
+
+
 def test_seeds_trained_by_other_versions_of_a_plugin_are_named_but_algorithms_code_is_not_compared(tmp_path):
     """Seeds 1-2 of a plugin run with one loss, seed 3 after the loss was edited: averaged as one setting, and
     UNLIKE SEEDS named nothing (train_summary.json's `code` was not read). Two algorithms' code differs by design:

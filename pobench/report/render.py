@@ -29,6 +29,22 @@ class Section:
     rows: list[list[str]]
 
 
+SECONDS = ("train_time_s", "pool_s")   # shown whole where that reads well
+
+
+def seconds_digits(seconds) -> int:
+    """Decimals for a time in seconds: none from 100 s, one from 1 s, two below (a sub-second run read "0 ± 0")."""
+    seconds = abs(seconds or 0.0)
+    return 0 if seconds >= 100 else 1 if seconds >= 1 else 2
+
+
+def cell_digits(column: str, ci: dict | None) -> int:
+    """Decimals of a leaderboard cell: the column's (DIGITS); a time's by the size of its mean."""
+    if column not in SECONDS or not ci or ci.get("mean") is None:
+        return DIGITS[column]
+    return seconds_digits(ci["mean"])
+
+
 def fmt_ci(ci: dict, digits: int = 3) -> str:
     if ci is None or ci.get("mean") is None:
         return "-"
@@ -127,7 +143,7 @@ def leaderboard_section(s: dict, select: str) -> Section:
     for r in rows:
         cells = [r["algo"]] + ([r["grid_point"] or "(default)", str(r["grid_points"])] if gridded else [])
         cells.append(",".join(map(str, r["seeds"])))
-        cells += [fmt_ci(r[c], DIGITS[c]) + of_seeds(r[c], len(r["seeds"])) for c, _ in measured]
+        cells += [fmt_ci(r[c], cell_digits(c, r[c])) + of_seeds(r[c], len(r["seeds"])) for c, _ in measured]
         body.append(cells)
     if any(of_seeds(r[c], len(r["seeds"])) for r in rows for c, _ in measured):
         caption.append(PARTIAL_NOTE)
@@ -397,8 +413,12 @@ def to_csv(report: dict) -> str:
             row["unlike_rows"] = f"vs {unlike['against']}: {'; '.join(unlike['differences'])}" if unlike else ""
             row.update(versus_columns(s.get("versus"), r["algo"]))
             rows.append(row)
+    frame = pd.DataFrame(rows)
+    for col in frame.columns:   # counts: a row without the baseline's columns (the baseline's own) made them 2.0
+        if col.endswith("_n"):
+            frame[col] = frame[col].astype("Int64")
     buf = io.StringIO()
-    pd.DataFrame(rows).to_csv(buf, index=False)
+    frame.to_csv(buf, index=False)
     return buf.getvalue()
 
 
