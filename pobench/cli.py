@@ -989,11 +989,11 @@ def main() -> None:
 
 
 def _quiet_deepspeed_cpu_notice() -> None:
-    """accelerate imports DeepSpeed, where it is installed, whenever pobench imports accelerate (every run and eval,
-    DeepSpeed used or not), and DeepSpeed's import logs "[WARNING] ... Setting accelerator to CPU. If you have GPU or
-    other accelerator, we were unable to detect it." to stdout on every machine without CUDA: noise on each command,
-    and on the CPU nothing to act on. That one notice is dropped (a filter on DeepSpeed's logger, set before the
-    import creates it); every other DeepSpeed message still shows."""
+    """accelerate imports DeepSpeed where it is installed, DeepSpeed used or not (Accelerator.unwrap_model does, on
+    every run, to ask whether the model is a DeepSpeed engine), and DeepSpeed's import logs "[WARNING] ... Setting
+    accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it." to stdout on every machine
+    without CUDA: noise on each command, and on the CPU nothing to act on. That one notice is dropped (a filter on
+    DeepSpeed's logger, set before the import creates it); every other DeepSpeed message still shows."""
     import logging
 
     def keep(record: logging.LogRecord) -> bool:
