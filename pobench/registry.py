@@ -244,9 +244,8 @@ def suite_source(name: str) -> dict | None:
     """Which suite file `--suite name` reads, by place and content, for env.json: {"file": ..., "sha1": ...}. A shipped
     suite is named "builtin:<name>", the same whichever install holds it (its edits are pobench's own, which env.json's
     version records); any other by its absolute path. None where `name` names no file (load_suite refuses it)."""
-    import os
     path = Path(name)
-    if path.suffix in (".yaml", ".yml") or "/" in name or os.sep in name:   # a path, as load_suite reads one
+    if is_suite_path(name):
         file = str(path.resolve()) if path.is_file() else None
     else:
         path = suite_files().get(name)

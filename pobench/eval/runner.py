@@ -592,7 +592,7 @@ def versions(device=None) -> dict:
     if device is not None:
         import torch
         device = torch.device(device)
-        out["device"] = str(device)
+        out["device"] = device.type if device.type == "cpu" else str(device)   # (a launch's rank is "cpu:0")
         if device.type == "cuda":
             out["gpu"] = torch.cuda.get_device_name(device)
     return out
