@@ -152,10 +152,10 @@ CASES = {
                                 ["config key 'eval.judge': rm:myorg/my-rm: not in the local hub cache",
                                  "the hub cannot be reached"]),
     "judge_rm_causal_lm": (RUN[:-1] + ["--set", "eval.judge=rm:lm"], lambda d: _causal_lm_config(d / "lm"),
-                           ["config key 'eval.judge': rm:lm: its config.json names LlamaForCausalLM, not a sequence "
-                            "classifier"]),
+                           ["config key 'eval.judge': rm:/", "/lm: its config.json names LlamaForCausalLM, not a "
+                            "sequence classifier"]),   # (absolute: the run's config names it so)
     "pool_rm_causal_lm": (RUN + ["--set", "pool.reward_model=lm"], lambda d: _causal_lm_config(d / "lm"),
-                          ["config key 'pool.reward_model': lm: its config.json names LlamaForCausalLM"]),
+                          ["config key 'pool.reward_model': /", "/lm: its config.json names LlamaForCausalLM"]),
     # suites/myuf.yaml's runs and other/myuf.yaml's (other data) went into one results/myuf/ folder
     "suite_file_of_another_suite": (RUN + ["--suite", "mine/hh.yaml", "--algo", "dpo", "--seeds", "2"],
                                     _setup_runs_of_another_suite_file,
