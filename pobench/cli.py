@@ -213,7 +213,7 @@ def run(
                                f"{shown}{more}; resume them with their --suite, --algo, --seeds and --plugin, or "
                                f"drop --resume to start the planned runs")
         finished = _finished_runs(out)
-        if finished and all(_from_default(ctx, name) for name in ("algo", "suite", "seeds")):
+        if finished and all(_from_default(ctx, name) for name in ("algo", "suite", "seeds", "grid")):
             # bare `run --resume` after everything finished would otherwise start the default runs from scratch
             shown = "; ".join(str(run_dir) for run_dir in finished[:3])
             more = f"; and {len(finished) - 3} more" if len(finished) > 3 else ""

@@ -52,7 +52,8 @@ def load_run_config(run_dir: Path, overrides: dict | None = None, as_evaluated: 
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise PobenchError(f"{run_dir}: not a run folder (no config.yaml)")
-    base = C.read_yaml(path)
+    from pobench.paths import saved_config
+    base = saved_config(C.read_yaml(path), run_dir)   # an older run's relative paths: from the folder it started in
     if as_evaluated:
         base = C.deep_merge(base, {"eval": evaluated_eval_config(run_dir)})
     merged = C.deep_merge(base, overrides or {})
