@@ -1514,6 +1514,24 @@ def test_an_infinite_training_record_is_refused_naming_the_file_and_key(tmp_path
         assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr
 
 
+def test_a_metrics_line_is_strict_json_at_every_depth(tmp_path):
+    """MetricsLog cleaned a row's top-level values only, and json.dumps wrote what was left bare: a sampler's
+    nested `sampler/*` value with a NaN made a line that is not JSON (README: every file is strict JSON)."""
+    from pobench.engine.io import MetricsLog, finite_json, finite_metrics
+    log = MetricsLog(tmp_path / "metrics.jsonl")
+    log.append({"step": 1, "pairs_seen": 4, "loss": math.nan,
+                "sampler/stats": {"scores": [0.5, math.nan, -math.inf], "spread": (math.inf, 1.0)}})
+
+    def strict(constant):
+        raise AssertionError(f"metrics.jsonl holds {constant}, which is not JSON")
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert json.loads(line, parse_constant=strict) == {
+        "step": 1, "pairs_seen": 4, "loss": None,
+        "sampler/stats": {"scores": [0.5, None, -1e308], "spread": [1e308, 1.0]}}
+    row = {"eval/loss": math.inf, "sampler/x": [math.nan]}
+    assert finite_metrics(row) == finite_json(row) == {"eval/loss": 1e308, "sampler/x": [None]}
+
+
 def test_nan_in_a_training_metric_reads_as_not_measured(tmp_path):
     """NaN is the report's 'not measured' for a metric (eval.json's too): left out of the means, not refused."""
     run = write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7])

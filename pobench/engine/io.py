@@ -64,17 +64,28 @@ def append_line(path: Path, line: str, kill_point: str | None = None) -> None:
         os.close(fd)
 
 
+# How every result file pobench writes holds an infinity (+-INFINITY): strict JSON has no Infinity. Readers take a
+# number this large (is_written_infinity) for the infinity it stands for, never for a value (a mean over seeds of
+# 1e308 and 0.5 overflowed; of 1e308 twice it was inf, which `pobench report --format json` could not write).
+INFINITY = 1e308
+
+
+def is_written_infinity(value) -> bool:
+    """Whether `value` is a number the writer's rule makes of an infinity (or an infinity itself)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) >= INFINITY
+
+
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else (1e308 if value > 0 else -1e308)
+        return None if math.isnan(value) else (INFINITY if value > 0 else -INFINITY)
     return value
 
 
 def finite_json(value):
-    """`value` with finite_metrics' rule applied through its dicts, lists and tuples: NaN as null (not measured), an
-    infinity as +-1e308. Python's json writes NaN and Infinity bare, which is not JSON: strict readers (jq,
+    """`value` with the result files' rule applied through its dicts, lists and tuples: NaN as null (not measured),
+    an infinity as +-INFINITY. Python's json writes NaN and Infinity bare, which is not JSON: strict readers (jq,
     JavaScript, `pobench report --format json`'s own writer) refuse the file; eval.json held a bare NaN for the
-    standard error of one judged prompt."""
+    standard error of one judged prompt, and metrics.jsonl a sampler's nested one."""
     if isinstance(value, dict):
         return {k: finite_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -88,11 +99,11 @@ def json_text(data, **kwargs) -> str:
 
 
 def finite_metrics(row: dict | None) -> dict | None:
-    """A row of metrics as metrics.jsonl holds it: strict JSON, NaN as null (not measured), an infinity as +-1e308.
-    train_summary.json's held-out metrics go through it too: json.dumps wrote NaN and Infinity there (a plugin loss
-    that is not finite on the held-out pairs, which no training step checks), and pobench report refuses an
-    infinity as a damaged file, so `pobench run` would have ended in that error after training."""
-    return None if row is None else {k: _clean(v) for k, v in row.items()}
+    """A row of metrics as metrics.jsonl holds it: finite_json's rule (NaN as null, an infinity as +-INFINITY), at
+    every depth (a sampler's `sampler/*` value may be a list or an object). train_summary.json's held-out metrics go
+    through it too: json.dumps wrote NaN and Infinity there (a plugin loss that is not finite on the held-out pairs,
+    which no training step checks), and pobench report refuses a literal Infinity as a damaged file."""
+    return None if row is None else finite_json(row)
 
 
 class MetricsLog:
@@ -126,7 +137,7 @@ class MetricsLog:
         atomic_write_text(self.path, "".join(k + "\n" for k in kept))
 
     def append(self, row: dict) -> None:
-        append_line(self.path, json.dumps(finite_metrics(row)), "metrics")
+        append_line(self.path, json_text(row), "metrics")   # strict JSON, as every result file
 
     def read(self) -> list[dict]:
         if not self.path.exists():
