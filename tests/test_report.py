@@ -1514,6 +1514,70 @@ def test_an_infinite_training_record_is_refused_naming_the_file_and_key(tmp_path
         assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and message in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("file, key, message", [
+    ("train_summary.json", "steps", "train_summary.json: 'steps' must be a finite number, got 1e+308"),
+    ("train_summary.json", "train_time_s", "train_summary.json: 'train_time_s' must be a finite number, got 1e+308"),
+    ("metrics.jsonl", "time_s", "metrics.jsonl:2: 'time_s' must be a finite number, got -1e+308"),
+    ("metrics.jsonl", "records_seen", "metrics.jsonl:2: 'records_seen' must be a finite number, got 1e+308"),
+])
+def test_the_writers_infinity_in_a_count_or_a_clock_is_refused(tmp_path, file, key, message):
+    """pobench writes an infinity as +-1e308 (strict JSON has none), which the report read as a value. In a count, a
+    clock or a curve's axis, where NaN is no "not measured" either, it is refused as `Infinity` is: one line naming
+    the file (metrics.jsonl's line) and key."""
+    from pobench.engine.io import MetricsLog, atomic_write_json
+    run = write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7])
+    infinity = -math.inf if key == "time_s" else math.inf
+    if file == "train_summary.json":
+        summary = json.loads((run / file).read_text())
+        atomic_write_json(run / file, {**summary, key: infinity})
+    else:
+        rows = [json.loads(text) for text in (run / file).read_text().splitlines()]
+        (run / file).unlink()
+        log = MetricsLog(run / file)
+        for i, row in enumerate(rows, 1):
+            log.append({**row, key: infinity} if i == 2 else row)
+    with pytest.raises(PobenchError, match=re.escape(message)):
+        collect(tmp_path)
+
+
+def test_the_writers_infinity_in_a_result_reads_as_not_measured(tmp_path):
+    """The trainer's held-out pass checks nothing: a plugin's loss that is infinite there is written (train_summary's
+    held_out_final, eval.json's held-out metrics, metrics.jsonl) as 1e308, which the report averaged as a value:
+    two such seeds gave a mean of inf and `--format json` crashed (allow_nan=False); 1e308 with 0.5 overflowed
+    (OverflowError, a traceback). A result the writer made of an infinity reads as NaN does: not measured, left out
+    of the means (a count or a clock refuses it, as it refuses NaN)."""
+    from pobench.engine.io import MetricsLog, atomic_write_json
+    for algo, losses in (("dpo", (math.inf, math.inf)), ("simpo", (math.inf, 0.5))):
+        for seed, loss in enumerate(losses, 1):
+            run = write_run(tmp_path, algo, seed, [0.5, 0.6, 0.7])
+            summary = json.loads((run / "train_summary.json").read_text())
+            final = {**summary["held_out_final"], "eval/loss": loss}
+            atomic_write_json(run / "train_summary.json", {**summary, "held_out_final": final})
+            atomic_write_json(run / "eval.json", {"held_out_pairs": final, "judge": None})
+            rows = [json.loads(text) for text in (run / "metrics.jsonl").read_text().splitlines()]
+            (run / "metrics.jsonl").unlink()
+            log = MetricsLog(run / "metrics.jsonl")
+            for row in rows[:-1] + [{**rows[-1], "eval/loss": loss, "eval/rewards/margins": -math.inf}]:
+                log.append(row)
+    assert json.loads((run / "train_summary.json").read_text())["held_out_final"]["eval/loss"] == 0.5
+    assert json.loads((tmp_path / "hh-rlhf" / "dpo" / "seed1" / "train_summary.json").read_text())[
+        "held_out_final"]["eval/loss"] == 1e308   # as the writer has it
+    runs, curves = collect(tmp_path)
+    loss = runs.set_index(["algo", "seed"])["held_out_loss"]
+    assert math.isnan(loss["dpo", 1]) and math.isnan(loss["dpo", 2]) and math.isnan(loss["simpo", 1])
+    assert loss["simpo", 2] == 0.5
+    assert curves["eval/loss"].abs().max() < 1 and curves["eval/rewards/margins"].abs().max() < 1
+    proc = subprocess.run([sys.executable, "-m", "pobench.cli", "report", str(tmp_path), "--select", "loss",
+                           "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+    def strict(constant):
+        raise AssertionError(f"the report's JSON holds {constant}")
+    spread = json.loads(proc.stdout, parse_constant=strict)["suites"][0]["spread"]   # the seed-mean held-out loss
+    assert spread == {"dpo": {"points": 1, "min": None, "max": None, "range": None},
+                      "simpo": {"points": 1, "min": 0.5, "max": 0.5, "range": 0.0}}
+
+
 def test_a_metrics_line_is_strict_json_at_every_depth(tmp_path):
     """MetricsLog cleaned a row's top-level values only, and json.dumps wrote what was left bare: a sampler's
     nested `sampler/*` value with a NaN made a line that is not JSON (README: every file is strict JSON)."""

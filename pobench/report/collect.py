@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pobench.config import read_yaml
 from pobench.paths import saved_config
-from pobench.engine.io import read_jsonl
+from pobench.engine.io import is_written_infinity, read_jsonl
 from pobench.errors import PobenchError
 
 # eval.json fields that are fractions in [0, 1]: a value outside is a broken file, not a result
@@ -63,21 +63,42 @@ def check_finite(v, path, key: str, nan_is_missing: bool = True) -> None:
     json, which writes strict JSON, could not write it), so an infinite result is refused. NaN stays what the
     readers make of it: not measured, left out of the means; but not in a count or a clock (`nan_is_missing`
     False), which the trainer always writes: a NaN step slipped past the order check and a NaN records_seen took a
-    row off the curve's axis. `path` may carry a line number (metrics.jsonl:3)."""
-    if is_number(v) and (math.isinf(v) or (math.isnan(v) and not nan_is_missing)):
+    row off the curve's axis. The writer's infinity (+-INFINITY, pobench.engine.io) follows NaN's rule, as
+    `measured` reads it: refused in a count or a clock, not measured in a result. `path` may carry a line number
+    (metrics.jsonl:3)."""
+    if not is_number(v):
+        return
+    if math.isinf(v) or (math.isnan(v) and not nan_is_missing):
         raise PobenchError(f"{path}: '{key}' must be a finite number, got {v!r}")
+    if is_written_infinity(v) and not nan_is_missing:
+        raise PobenchError(f"{path}: '{key}' must be a finite number, got {v!r} (how pobench writes an infinity)")
+
+
+def measured(v):
+    """`v` as the report reads a result: the writer's infinity (+-INFINITY, which pobench writes for an infinite loss
+    or margin, e.g. a held-out pass of a diverged policy, which no training step checks) is not measured (None), as
+    NaN is (the writer's null): averaged as a value, 1e308 and 0.5 overflowed (a traceback) and 1e308 twice gave
+    inf, which --format json could not write. check_finite has refused it where NaN is no "not measured"."""
+    return None if is_written_infinity(v) else v
+
+
+def measured_metrics(metrics: dict | None) -> dict | None:
+    """A dict of results (held-out metrics), each as `measured` reads it."""
+    return metrics if not isinstance(metrics, dict) else {k: measured(v) for k, v in metrics.items()}
 
 
 def pool_generation_seconds(summary: dict) -> float | None:
     """The candidate pools' generation time a run drew from (made before training, so not in train_time_s)."""
     pool = summary.get("candidate_pool")
     value = pool.get("generation_s") if isinstance(pool, dict) else None
-    return value if is_number(value) else None
+    return measured(value) if is_number(value) else None
 
 
 def read_summary(path: Path) -> dict:
     """A run's train_summary.json, its fields of the types the report and `pobench run` read (a file edited or
-    written by something else is an error naming the key, not a crash in the table)."""
+    written by something else is an error naming the key, not a crash in the table). Its values are as written
+    (`pobench eval` keeps the held-out metrics in eval.json as they are): the report reads its results through
+    `measured`."""
     summary = read_json(path)
     if not isinstance(summary, dict):
         raise PobenchError(f"{path}: expected a JSON object")
@@ -93,7 +114,9 @@ def read_summary(path: Path) -> dict:
         if summary.get(key) is not None and not is_number(summary[key]):
             raise PobenchError(f"{path}: '{key}' must be a number, got {summary[key]!r}")
         check_finite(summary.get(key), path, key, nan_is_missing=key not in SUMMARY_COUNTS)
-    check_finite(pool_generation_seconds(summary), path, "candidate_pool.generation_s")   # the leaderboard's pool s
+    pool = summary.get("candidate_pool")
+    check_finite(pool.get("generation_s") if isinstance(pool, dict) else None, path,
+                 "candidate_pool.generation_s")   # the leaderboard's pool s
     for key in ("held_out_initial", "held_out_final"):
         metrics = summary.get(key)
         if metrics is None:
@@ -127,6 +150,7 @@ def read_metrics(path: Path) -> list[dict]:
                 raise PobenchError(f"{path}:{line}: '{key}' must be a number, got {v!r}")
             if numeric:
                 check_finite(v, f"{path}:{line}", key, nan_is_missing=key not in AXIS_METRICS)
+                row[key] = measured(v)
         # the trainer logs each step once, in order (a resume cuts the rows after its checkpoint first)
         if rows and is_number(row.get("step")) and is_number(rows[-1].get("step")) and row["step"] <= rows[-1]["step"]:
             raise PobenchError(f"{path}:{line}: step {row['step']} after step {rows[-1]['step']} (a repeated or "
@@ -227,6 +251,7 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
         if v is not None and not is_number(v):
             raise PobenchError(f"{path}: '{name}' must be a number, got {v!r}")
         check_finite(v, path, name)
+        out[key] = measured(v)
     held, name = ev.get("held_out") or ev.get("held_out_pairs"), "held_out"  # pobench eval's form, the older one
     if isinstance(held, dict) and "final" in held:
         held, name = held["final"], "held_out.final"   # pobench eval keeps {"final", "initial", "pairs"}
@@ -236,7 +261,7 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
         if v is not None and not is_number(v):
             raise PobenchError(f"{path}: '{name}.{metric}' must be a number, got {v!r}")
         check_finite(v, path, f"{name}.{metric}")
-    out["held_out"] = held or {}
+    out["held_out"] = measured_metrics(held) or {}
     return out
 
 
@@ -255,7 +280,7 @@ def gold_fields(gold: dict | None, path: Path) -> dict:
         raise PobenchError(f"{path}: 'final.gold/{bad[len('gold_'):]}' must be a number, got {out[bad]!r}")
     for key, v in out.items():
         check_finite(v, path, f"final.gold/{key[len('gold_'):]}")
-    return out
+    return measured_metrics(out)
 
 
 def gold_initial(run_dir: Path) -> dict:
@@ -269,7 +294,7 @@ def gold_initial(run_dir: Path) -> dict:
             if v is not None and not is_number(v):
                 raise PobenchError(f"{path}: 'curve[0].{key}' must be a number, got {v!r}")
             check_finite(v, path, f"curve[0].{key}")
-        return out
+        return measured_metrics(out)
     return {}
 
 
@@ -344,14 +369,14 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     recorded = raw_eval.get("eval_config") if isinstance(raw_eval, dict) else None
     if isinstance(recorded, dict) and isinstance(config, dict):   # the settings the evaluation used (pobench eval --set)
         config = {**config, "eval": {**(config.get("eval") or {}), **recorded}}
-    held = ev.pop("held_out", None) or summary.get("held_out_final") or {}
+    held = ev.pop("held_out", None) or measured_metrics(summary.get("held_out_final")) or {}
     rm = summary.get("reward_model")
     row = {
         "suite": summary["suite"], "algo": summary["algorithm"], "grid_point": grid_point_of(run_dir, summary["algorithm"]),
         "seed": summary["seed"], "run_dir": str(run_dir),
         "held_out_acc": held.get(HELD_OUT_ACC), "held_out_margin": held.get("eval/rewards/margins"),
         "held_out_loss": held.get("eval/loss"),
-        "train_time_s": summary.get("train_time_s"), "pairs_per_s": summary.get("pairs_per_s"),
+        "train_time_s": summary.get("train_time_s"), "pairs_per_s": measured(summary.get("pairs_per_s")),
         "steps": summary.get("steps"), "pairs_seen": summary.get("pairs_seen"),
         "eval_pairs": summary.get("eval_pairs"), "global_batch_size": summary.get("global_batch_size"),
         "samples": samples_used(summary),
@@ -371,7 +396,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         **gold_fields(read_json(run_dir / "gold_eval.json", required=False), run_dir / "gold_eval.json"),
     }
     curve = []
-    initial = summary.get("held_out_initial")
+    initial = measured_metrics(summary.get("held_out_initial"))
     if isinstance(initial, dict):
         curve.append({"pairs_seen": 0, "records_seen": 0, "step": 0, "time_s": 0.0, **initial, **gold_initial(run_dir)})
     batch = summary.get("global_batch_size")
