@@ -89,7 +89,7 @@ def run(
 ):
     """Train every algorithm x seed on a suite and write results/<suite>/<algo>/seed<k>/."""
     from pobench import config as C
-    from pobench.data import check_run_records, describe_loaded, load_suite_data
+    from pobench.data import RECORDS_RULE, check_run_records, describe_loaded, load_suite_data, run_records_rule
     from pobench.models import check_model_source, training_dtype_warning
     from pobench.rewards import check_scorer_spec
     from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite, suite_source
@@ -227,13 +227,17 @@ def run(
         check_model_source(*model_source)
     # Data is read now too, so that bad data fails before any folder or progress bar exists.
     datasets_by_key: dict = {}
+    data_by_run: dict = {}   # the records each run trains on
     warned: set = set()
     for algorithm, cfg, run_dir, done in plans:
-        key = _data_key(cfg)
+        # a run resumed keeps the rules its records were chosen by (data.json's records_rule: an older pobench's)
+        rule = run_records_rule(run_dir) if resume else RECORDS_RULE
+        key = _data_key(cfg, rule)
         if not done and key not in datasets_by_key:
-            datasets_by_key[key] = load_suite_data(cfg.data, cfg.seed)
+            datasets_by_key[key] = load_suite_data(cfg.data, cfg.seed, rule)
             console.print(describe_loaded(datasets_by_key[key].report), highlight=False, markup=False)
         if not done:
+            data_by_run[run_dir] = datasets_by_key[key]
             world = planned_world(num_processes, launch_config)
             global_batch = cfg.train.batch_size * (world or 1)
             if global_batch > len(datasets_by_key[key].train):   # every step would repeat records (or never end)
@@ -257,7 +261,7 @@ def run(
         from pobench.launch import check_inside_launch
         check_inside_launch(num_processes or 1)
         if not is_main:  # the main process checks, locks and writes; the other ranks train and evaluate alongside it
-            _train_other_rank(plans, datasets_by_key, out, resume, no_eval)
+            _train_other_rank(plans, data_by_run, out, resume, no_eval)
             return
     elif (num_processes or 1) > 1 or launch_config:  # everything is checked: now run it again, in N processes
         from pobench.launch import relaunch
@@ -266,7 +270,7 @@ def run(
     _writable(out)
     locks = _lock_run_folders(plans, resume)
     try:
-        _run_plans(plans, datasets_by_key, out, resume, no_eval, {lock.path.parent: lock for lock in locks}, suite_file)
+        _run_plans(plans, data_by_run, out, resume, no_eval, {lock.path.parent: lock for lock in locks}, suite_file)
     finally:
         for lock in locks:
             lock.release()
@@ -371,7 +375,7 @@ def _quiet_unless_main() -> bool:
     return is_main
 
 
-def _train_other_rank(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: bool) -> None:
+def _train_other_rank(plans, data_by_run: dict, out: Path, resume: bool, no_eval: bool) -> None:
     """A rank other than the main one: train and evaluate the same runs in the same order (every step is a
     collective with the main process, and evaluation is split across the ranks) and write nothing; the main process
     writes every file."""
@@ -380,7 +384,7 @@ def _train_other_rank(plans, datasets_by_key: dict, out: Path, resume: bool, no_
     tokenized: dict = {}
     for algorithm, cfg, run_dir, done in plans:
         if not (done and resume):
-            train(cfg, algorithm, datasets_by_key[_data_key(cfg)], run_dir, out / ".cache", resume=resume,
+            train(cfg, algorithm, data_by_run[run_dir], run_dir, out / ".cache", resume=resume,
                   tokenized=tokenized)
             if not no_eval:
                 from pobench.eval.runner import evaluate_run
@@ -448,13 +452,14 @@ def _lock_run_folders(plans, resume: bool) -> list:
     return locks
 
 
-def _data_key(cfg) -> str:
-    """Records depend on the data config, and on the seed only where a random choice is made per row."""
+def _data_key(cfg, rule: int) -> str:
+    """Records depend on the data config, on the seed only where a random choice is made per row, and on the rules
+    choosing them (pobench.data.RECORDS_RULE)."""
     seed = cfg.seed if cfg.data.raw_rejected == "random" else None
-    return json.dumps([cfg.data.__dict__, seed], sort_keys=True, default=str)
+    return json.dumps([cfg.data.__dict__, seed, rule], sort_keys=True, default=str)
 
 
-def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: bool, locks: dict | None = None,
+def _run_plans(plans, data_by_run: dict, out: Path, resume: bool, no_eval: bool, locks: dict | None = None,
                suite_file: dict | None = None) -> None:
     """Trains (and evaluates) the plans in order; each run folder's lock is released once its run is done, so that
     `pobench eval` or `compare` of a finished seed need not wait for the whole grid. `suite_file`: the suite file's
@@ -481,7 +486,7 @@ def _run_plans(plans, datasets_by_key: dict, out: Path, resume: bool, no_eval: b
                 progress.console.print(f"[dim]{run_dir}: finished earlier, skipped[/dim]")
                 progress.advance(overall)
                 continue
-            data = datasets_by_key[_data_key(cfg)]
+            data = data_by_run[run_dir]
             run_dir.mkdir(parents=True, exist_ok=True)
             from pobench.models import pick_device
             env = {**environment_info(pick_device(cfg.model.device)), "suite_file": suite_file}

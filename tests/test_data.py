@@ -1055,3 +1055,108 @@ def test_the_alpaca_eval_set_in_the_hub_cache_needs_no_network(monkeypatch):
         check_alpaca_eval_set(e)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/cache/alpaca_eval.json")
     check_alpaca_eval_set(e)
+
+
+# -- runs made before records_rule 2 (pobench.data.RECORDS_RULE) -------------------------------------------------
+
+def _old_run(tmp_path: Path, train, held, name: str = "run") -> Path:
+    """A run folder whose data.json an older pobench wrote: digests of the records it chose, no records_rule."""
+    from pobench.data.records import records_digest
+    run = tmp_path / name
+    run.mkdir()
+    (run / "data.json").write_text(json.dumps({"source": "x", "train_source": "x", "records_digest": {
+        "train": records_digest(train), "eval": records_digest(held)}}))
+    return run
+
+
+def _run_cfg(data_cfg):
+    from pobench.config import RunConfig
+    cfg = RunConfig(data=data_cfg)
+    cfg.eval.num_prompts = 0
+    return cfg
+
+
+def test_a_run_made_before_prompt_in_train_is_evaluated_on_its_own_held_out_records(tmp_path):
+    """A run trained before held-out prompts that are also training prompts were dropped was held out on them: its
+    data.json's digest names that set, and `pobench eval`, `compare` and `--resume` refused it ('on other held-out
+    records than the run started on'). Its records are rebuilt by the rules it was made with; a new run keeps the
+    new rule, and a run on other data is still refused."""
+    from pobench.data import RECORDS_RULE, check_run_records, run_records_rule
+    from pobench.eval.runner import eval_items
+    d = tmp_path / "data"
+    d.mkdir()
+    _write_jsonl(d / "train.jsonl", [_qa(f"q{i}?", f"yes {i}") for i in range(8)])
+    _write_jsonl(d / "test.jsonl", [_qa("q1?", "yes 1"), *[_qa(f"t{i}?") for i in range(4)]])
+    data_cfg = _data_cfg(d, eval_size=4)
+    train, held = load(d / "train.jsonl").records, load(d / "test.jsonl").records
+    old = _old_run(tmp_path, train, held[:4])   # as the run was held out: q1? among them
+    assert run_records_rule(old) == 1
+    items, _, data = eval_items(_run_cfg(data_cfg), [old])
+    assert [it.prompt[-1]["content"] for it in items] == ["q1?", "t0?", "t1?", "t2?"]
+    assert data.report["records_rule"] == 1 and data.report["eval_skipped"] == {}
+    # a new run: the rule it was made by is saved, and it is evaluated without the training prompt
+    new = tmp_path / "new"
+    new.mkdir()
+    report = load_suite_data(data_cfg).report
+    assert report["records_rule"] == RECORDS_RULE == 2
+    (new / "data.json").write_text(json.dumps(report))
+    assert run_records_rule(new) == 2
+    items, _, _ = eval_items(_run_cfg(data_cfg), [new])
+    assert [it.prompt[-1]["content"] for it in items] == ["t0?", "t1?", "t2?", "t3?"]
+    # the two compared: each is checked against its own records, the prompts are the current rule's
+    items, _, _ = eval_items(_run_cfg(data_cfg), [old, new], "pobench compare")
+    assert [it.prompt[-1]["content"] for it in items] == ["t0?", "t1?", "t2?", "t3?"]
+    # the old run's records under the new rule are other records (the refusal this fixes) ...
+    with pytest.raises(PobenchError, match="on other held-out records than the run started on"):
+        check_run_records(old, report, "pobench eval")
+    # ... and an old run on data edited since is still refused
+    _write_jsonl(d / "test.jsonl", [_qa("q1?", "yes 1"), *[_qa(f"u{i}?") for i in range(4)]])
+    with pytest.raises(PobenchError, match="on other held-out records than the run started on"):
+        eval_items(_run_cfg(data_cfg), [old])
+
+
+def test_a_run_made_before_the_eval_split_and_shard_refusals_reads_its_data_as_it_did(tmp_path):
+    """A data.eval_split the data lacks beside another split, and a whole split file beside shards, are refused for
+    new runs; a run made before was trained on what they read then (the carved train split; every file as a
+    shard), which its digest names: its records are read that way again."""
+    from pobench.eval.runner import eval_items
+    rows = [_qa(f"q{i}?") for i in range(8)]
+    d = tmp_path / "data"
+    d.mkdir()
+    _write_jsonl(d / "train.jsonl", rows)
+    _write_jsonl(d / "test.jsonl", [_qa(f"t{i}?") for i in range(4)])
+    typo = _data_cfg(d, eval_split="tset")
+    records = load(d / "train.jsonl").records
+    old = _old_run(tmp_path, records[:-4], records[-4:])
+    with pytest.raises(PobenchError, match="no split 'tset'"):
+        load_suite_data(typo)
+    items, _, _ = eval_items(_run_cfg(typo), [old])
+    assert [it.prompt[-1]["content"] for it in items] == ["q4?", "q5?", "q6?", "q7?"]
+
+    (d / "test.jsonl").unlink()
+    _write_jsonl(d / "train-00000-of-00002.jsonl", [_qa(f"s{i}?") for i in range(4)])   # another version
+    _write_jsonl(d / "train-00001-of-00002.jsonl", [_qa(f"s{i}?") for i in range(4, 8)])
+    # every file one shard, in name order (the shards, then train.jsonl), rows named by file and row
+    files = ("train-00000-of-00002.jsonl", "train-00001-of-00002.jsonl", "train.jsonl")
+    both = parse_rows(f"{d}[train]", ((f"{f}:{i}", row) for f in files for i, row in read_json_rows(d / f))).records
+    old = _old_run(tmp_path, both[:-4], both[-4:], "sharded")
+    with pytest.raises(PobenchError, match="both hold split 'train'"):
+        load_suite_data(_data_cfg(d, eval_split=None))
+    _, _, data = eval_items(_run_cfg(_data_cfg(d, eval_split=None)), [old])
+    assert len(data.train) == 12 and [r.prompt[-1]["content"] for r in data.eval] == ["q4?", "q5?", "q6?", "q7?"]
+
+
+def test_datasets_metadata_files_are_not_splits(tmp_path):
+    """A hub repo's dataset_infos.json beside its split files was read as a split: a data.eval_split the folder
+    lacks was refused naming 'dataset_infos, train' rather than carved off train."""
+    from pobench.data.loading import source_has_split, source_splits
+    _write_jsonl(tmp_path / "train.jsonl", [_qa(f"q{i}?") for i in range(8)])
+    (tmp_path / "dataset_infos.json").write_text(json.dumps({"default": {"splits": {}}}))
+    (tmp_path / ".train.jsonl").write_text("")   # hidden: an editor's or a copy's leftover
+    assert source_splits(str(tmp_path)) == ["train"]
+    assert not source_has_split(str(tmp_path), "dataset_infos")
+    assert len(load_suite_data(_data_cfg(tmp_path)).eval) == 4   # eval_split test: carved off train
+    _write_jsonl(tmp_path / "validation-00000-of-00001.jsonl", [_qa("v?")])
+    assert source_splits(str(tmp_path)) == ["train", "validation"]
+    with pytest.raises(PobenchError, match=r"no split 'test' \(data.eval_split\), but it holds train, validation: "):
+        load_suite_data(_data_cfg(tmp_path))

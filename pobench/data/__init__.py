@@ -9,6 +9,13 @@ from pobench.data.loading import (SAMPLES_DIR, LoadedSplit, content_key, hub_rea
 from pobench.data.records import PreferenceRecord, records_digest
 from pobench.errors import PobenchError
 
+# The version of the rules that choose a run's records, saved in its data.json as `records_rule`. 2: a held-out
+# record whose prompt is also a training record's is dropped (prompt_in_train); a data.eval_split the data lacks is
+# refused where it holds another split; a folder's whole split file beside that split's shards, or shards in two
+# formats, are refused. A data.json without the key was written before (1: none of these): evaluating, comparing or
+# resuming that run rebuilds its records by the rules it was made with, which its records_digest was taken of.
+RECORDS_RULE = 2
+
 
 @dataclass
 class SuiteData:
@@ -47,27 +54,42 @@ def resolve_source(data_cfg) -> str:
     return path
 
 
-def _load(source: str, split: str, data_cfg, seed: int, limit: int = 0) -> LoadedSplit:
+def _load(source: str, split: str, data_cfg, seed: int, limit: int = 0, legacy: bool = False) -> LoadedSplit:
     # the suite's data_dir (hh-rlhf: harmless-base) belongs to the suite's own hub dataset, not to another one
-    name, rows = read_rows(source, split, data_cfg.hub_data_dir if source == data_cfg.hub_id else None)
+    name, rows = read_rows(source, split, data_cfg.hub_data_dir if source == data_cfg.hub_id else None, legacy)
     return parse_rows(name, rows, data_cfg.schema, data_cfg.raw_rejected, seed, limit)
 
 
-def load_suite_data(data_cfg, seed: int = 0) -> SuiteData:
+def load_suite_data(data_cfg, seed: int = 0, rule: int = RECORDS_RULE) -> SuiteData:
     """Train and held-out records. Without a held-out split, the last `eval_size` train records are held out
-    (and never trained on). A held-out record whose prompt is a training record's is dropped (`prompt_in_train`)."""
-    if data_cfg.path == "synthetic":  # generated, not read: pobench/synthetic/data.py
+    (and never trained on). A held-out record whose prompt is a training record's is dropped (`prompt_in_train`).
+    `rule`: a RECORDS_RULE version, older for a run made before it (run_records_rule)."""
+    if data_cfg.path == "synthetic":  # generated, not read: pobench/synthetic/data.py (alike under every rule)
         from pobench.synthetic.data import load_synthetic
-        return with_digests(load_synthetic(data_cfg))
-    return with_digests(_load_records(data_cfg, seed))
+        return with_digests(load_synthetic(data_cfg), rule)
+    return with_digests(_load_records(data_cfg, seed, rule), rule)
 
 
-def with_digests(data: SuiteData) -> SuiteData:
+def with_digests(data: SuiteData, rule: int = RECORDS_RULE) -> SuiteData:
     """The report names the records' content (data.json): `data.path: auto` reads the hub or the sample depending
     on the network, and a local file can be edited, so two runs of one config may have trained on other data;
-    `pobench report` and `--resume` compare these."""
+    `pobench report` and `--resume` compare these. `records_rule`: the rules they were chosen by."""
     data.report["records_digest"] = {"train": records_digest(data.train), "eval": records_digest(data.eval)}
+    data.report["records_rule"] = rule
     return data
+
+
+def run_records_rule(run_dir) -> int:
+    """The RECORDS_RULE a run's records were chosen by: its data.json's `records_rule`; 1 for a data.json written
+    before the key was; the current rule for a folder without data.json (nothing to match)."""
+    from pathlib import Path
+
+    from pobench.report.collect import read_json
+    report = read_json(Path(run_dir) / "data.json", required=False)
+    if not isinstance(report, dict):
+        return RECORDS_RULE
+    rule = report.get("records_rule", 1)
+    return rule if isinstance(rule, int) and not isinstance(rule, bool) and 1 <= rule <= RECORDS_RULE else RECORDS_RULE
 
 
 def _check_no_other_split(source: str, data_cfg, hub_data_dir: str | None) -> None:
@@ -83,21 +105,22 @@ def _check_no_other_split(source: str, data_cfg, hub_data_dir: str | None) -> No
                            f"to null to hold out the last data.eval_size training records instead")
 
 
-def _load_records(data_cfg, seed: int) -> SuiteData:
+def _load_records(data_cfg, seed: int, rule: int = RECORDS_RULE) -> SuiteData:
     source = resolve_source(data_cfg)
     limit = data_cfg.max_train_records
+    legacy = rule < 2   # read as before records_rule 2 (RECORDS_RULE)
     if source == "sample":
         train = _load(str(SAMPLES_DIR / data_cfg.sample_train), "train", data_cfg, seed)
         held = _load(str(SAMPLES_DIR / data_cfg.sample_eval), "test", data_cfg, seed) if data_cfg.sample_eval else None
     else:
-        train = _load(source, data_cfg.train_split, data_cfg, seed)
+        train = _load(source, data_cfg.train_split, data_cfg, seed, legacy=legacy)
         # A local file, a folder or a hub dataset without the split has no held-out split: carve it off the end, below,
         # rather than reading the same rows again as "held out".
         hub_data_dir = data_cfg.hub_data_dir if source == data_cfg.hub_id else None
-        has_eval = bool(data_cfg.eval_split) and source_has_split(source, data_cfg.eval_split, hub_data_dir)
-        if data_cfg.eval_split and not has_eval:
+        has_eval = bool(data_cfg.eval_split) and source_has_split(source, data_cfg.eval_split, hub_data_dir, legacy)
+        if data_cfg.eval_split and not has_eval and not legacy:
             _check_no_other_split(source, data_cfg, hub_data_dir)
-        held = _load(source, data_cfg.eval_split, data_cfg, seed) if has_eval else None
+        held = _load(source, data_cfg.eval_split, data_cfg, seed, legacy=legacy) if has_eval else None
     if held is None:
         if len(train.records) <= data_cfg.eval_size:
             raise PobenchError(f"{train.source}: {len(train.records)} records, too few to hold out "
@@ -113,11 +136,12 @@ def _load_records(data_cfg, seed: int) -> SuiteData:
     # so that the training records stay the first N - eval_size
     eval_skipped = Counter(held.skipped if held else {})
     trained = {content_key(r.prompt) for r in train_records}
-    kept = [r for r in eval_records if content_key(r.prompt) not in trained]
+    # (a run made before records_rule 2 was held out on them: kept, for its records_digest to match)
+    kept = eval_records if legacy else [r for r in eval_records if content_key(r.prompt) not in trained]
     if len(kept) < len(eval_records):
         eval_skipped["prompt_in_train"] = len(eval_records) - len(kept)
     eval_source = held.source if held else f"{train.source} (last {data_cfg.eval_size} records)"
-    if not kept:
+    if not kept and not legacy:
         raise PobenchError(f"{eval_source}: every held-out record's prompt is also a training record's "
                            f"({len(eval_records)} records): nothing left to hold out")
     eval_records = kept[:data_cfg.eval_size]

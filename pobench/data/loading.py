@@ -25,6 +25,8 @@ from pobench.errors import PobenchError
 
 SAMPLES_DIR = Path(__file__).parent / "samples"
 JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".ndjson")
+# datasets' metadata files, never a split's data (dataset_infos.json beside a hub repo's split files)
+NOT_SPLITS = ("dataset_infos", "dataset_info", "dataset_dict", "state")
 SCHEMAS = ("hh", "ultrafeedback-binarized", "ultrafeedback-raw", "ultrafeedback-onpolicy")
 
 
@@ -201,8 +203,10 @@ def _dataset_rows(ds, name: str) -> Iterator[tuple[int, dict]]:
         yield i, row
 
 
-def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[str, Iterator[tuple[int, dict]]]:
-    """Resolve `path` (a local file, a local folder, or a hub id) to (source name, rows of `split`)."""
+def read_rows(path: str, split: str, hub_data_dir: str | None = None,
+              legacy: bool = False) -> tuple[str, Iterator[tuple[int, dict]]]:
+    """Resolve `path` (a local file, a local folder, or a hub id) to (source name, rows of `split`). `legacy`: a
+    folder's files as split_files read them for a run made before records_rule 2 (pobench.data.RECORDS_RULE)."""
     p = Path(path).expanduser()
     if p.is_file():
         if p.name.endswith(JSON_SUFFIXES):
@@ -232,7 +236,7 @@ def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[s
                     raise PobenchError(f"{p}: no split '{split}' (has {', '.join(ds)})")
                 ds = ds[split]
             return f"{p}[{split}]", _dataset_rows(ds, str(p))
-        files = split_files(p, split)
+        files = split_files(p, split, legacy)
         if not files:
             raise PobenchError(f"{p}: no file for split '{split}' (expected {split}.jsonl, {split}.parquet, ... or "
                                f"shards {split}-00000-of-00002.parquet, ...)")
@@ -259,7 +263,7 @@ def read_rows(path: str, split: str, hub_data_dir: str | None = None) -> tuple[s
     return f"hub:{path}" + (f"/{hub_data_dir}" if hub_data_dir else "") + f"[{split}]", _dataset_rows(ds, path)
 
 
-def source_has_split(path: str, split: str, hub_data_dir: str | None = None) -> bool:
+def source_has_split(path: str, split: str, hub_data_dir: str | None = None, legacy: bool = False) -> bool:
     """Whether `path` holds a separate `split`. A local file or a single-Dataset save_to_disk folder is one table
     with no splits; a DatasetDict folder has the splits it lists; a folder of files has the splits its file names
     start with; a hub dataset has the splits the hub lists for it (assumed, where the hub cannot say: reading the
@@ -268,14 +272,10 @@ def source_has_split(path: str, split: str, hub_data_dir: str | None = None) -> 
     if p.is_file():
         return False
     if p.is_dir():
-        if (p / "dataset_dict.json").exists():
-            try:
-                return split in json.loads((p / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
-            except (OSError, ValueError, AttributeError):
-                return True  # let read_rows report the folder
-        if any((p / marker).exists() for marker in ("state.json", "dataset_info.json")):
-            return False
-        return bool(split_files(p, split))
+        splits = _folder_splits(p)
+        if splits is _UNREADABLE:
+            return True  # let read_rows report the folder
+        return split in splits if splits is not None else bool(split_files(p, split, legacy))
     if path.startswith((".", "/", "~")):
         return True   # a missing local path: read_rows names it
     if not hub_reachable():
@@ -296,17 +296,15 @@ def source_splits(path: str, hub_data_dir: str | None = None) -> list[str] | Non
     if p.is_file():
         return None
     if p.is_dir():
-        if (p / "dataset_dict.json").exists():
-            try:
-                return [str(s) for s in json.loads((p / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]]
-            except (OSError, ValueError, KeyError, TypeError):
-                return None
-        if any((p / marker).exists() for marker in ("state.json", "dataset_info.json")):
+        splits = _folder_splits(p)
+        if splits is _UNREADABLE:
             return None
-        suffixes = JSON_SUFFIXES + (".parquet", ".arrow")
-        stems = [f.name[:-len(x)] for f in sorted(p.iterdir()) if f.is_file()
-                 for x in [next((x for x in suffixes if f.name.endswith(x)), None)] if x]
-        return list(dict.fromkeys(re.sub(r"-\d+-of-\d+$", "", stem) for stem in stems))
+        if splits is not None:
+            return splits or None   # a single Dataset folder: one table
+        # the files split_files would read as a split: train.jsonl, train-00000-of-00002.parquet (split train), not
+        # dataset_infos.json, a README or a split's other files
+        return list(dict.fromkeys(split for f in sorted(p.iterdir()) if f.is_file()
+                                  for split in [_split_of(f.name)] if split))
     if path.startswith((".", "/", "~")) or not hub_reachable():
         return None
     import datasets
@@ -317,15 +315,47 @@ def source_splits(path: str, hub_data_dir: str | None = None) -> list[str] | Non
         return None
 
 
-def split_files(folder: Path, split: str) -> list[Path]:
+_UNREADABLE = object()
+_SHARD = re.compile(r"-\d+-of-\d+$")
+
+
+def _folder_splits(folder: Path):
+    """A save_to_disk folder's splits: its DatasetDict's list, [] for a single Dataset (one table), _UNREADABLE for
+    a dataset_dict.json that cannot be read; None for a folder of split files (split_files reads them)."""
+    if (folder / "dataset_dict.json").exists():
+        try:
+            splits = json.loads((folder / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+            return [str(s) for s in splits] if isinstance(splits, list) else _UNREADABLE
+        except (OSError, ValueError, KeyError, TypeError):
+            return _UNREADABLE
+    if any((folder / marker).exists() for marker in ("state.json", "dataset_info.json")):
+        return []
+    return None
+
+
+def _split_stem(name: str) -> str | None:
+    """A data file's name without its format's suffix (`train-00000-of-00002`), None for another file."""
+    suffix = next((x for x in JSON_SUFFIXES + (".parquet", ".arrow") if name.endswith(x)), None)
+    return name[:-len(suffix)] if suffix and not name.startswith(".") else None
+
+
+def _split_of(name: str) -> str | None:
+    """The split a folder's file holds as split_files reads it (`train-00000-of-00002.parquet`, `train.jsonl`:
+    train), None for a file that is no split's data (dataset_infos.json, dataset_dict.json, state.json)."""
+    stem = _split_stem(name)
+    if stem is None or stem in NOT_SPLITS:
+        return None
+    return _SHARD.sub("", stem)
+
+
+def split_files(folder: Path, split: str, legacy: bool = False) -> list[Path]:
     """The data files of `split` in a folder, in order: `<split>.<suffix>` or the hub's shards
-    `<split>-00000-of-00002.<suffix>`, ... (not `train_prefs.*` for split `train`: another split)."""
-    suffixes = JSON_SUFFIXES + (".parquet", ".arrow")
+    `<split>-00000-of-00002.<suffix>`, ... (not `train_prefs.*` for split `train`: another split). `legacy`: every
+    such file, as read for runs made before records_rule 2 (a whole file beside shards, shards in two formats)."""
     found, by_stem = [], {}
     for f in sorted(folder.iterdir()):
-        suffix = next((x for x in suffixes if f.name.endswith(x)), None)
-        if suffix and f.is_file():
-            stem = f.name[:-len(suffix)]
+        stem = _split_stem(f.name)
+        if stem is not None and stem not in NOT_SPLITS and f.is_file():
             if stem == split or stem.startswith(split + "-"):
                 if stem in by_stem:   # train.jsonl beside train.jsonl.gz: read as two shards, every record twice
                     raise PobenchError(f"{folder}: {by_stem[stem].name} and {f.name} hold the same part of split "
@@ -334,6 +364,8 @@ def split_files(folder: Path, split: str) -> list[Path]:
                 found.append(f)
     # each file was read as one shard of the split: a whole train.jsonl beside train-00000-of-00002.parquet (a
     # copy of the shards, or another version) trained on both, and shards in two formats are two exports mixed
+    if legacy:
+        return found
     whole = by_stem.get(split)
     shard = next((f for f in found if f is not whole), None)
     if whole and shard:

@@ -181,10 +181,15 @@ def eval_items(cfg, run_dirs=(), doing: str = "pobench eval") -> tuple[list[Eval
             check_difficulty_reference(items[:n] if n else items, len(items), source)
         data = None
     else:
-        from pobench.data import check_run_records, load_suite_data
-        data = load_suite_data(cfg.data, cfg.seed)
+        from pobench.data import RECORDS_RULE, check_run_records, load_suite_data, run_records_rule
+        # a run made by an older pobench (data.json's records_rule) is checked against the records those rules
+        # chose, and evaluated on them; a comparison of runs made under two rules is on the current rule's
+        rules = {run_dir: run_records_rule(run_dir) for run_dir in run_dirs}
+        rule = next(iter(set(rules.values()))) if len(set(rules.values())) == 1 else RECORDS_RULE
+        by_rule = {r: load_suite_data(cfg.data, cfg.seed, r) for r in sorted({*rules.values(), rule})}
         for run_dir in run_dirs:
-            check_run_records(run_dir, data.report, doing)
+            check_run_records(run_dir, by_rule[rules[run_dir]].report, doing)
+        data = by_rule[rule]
         items = [EvalItem(r.prompt, r.chosen, r.id) for r in data.eval]
         source = data.report.get("eval_source", "")
     return (items[:n] if n else items), source, data
