@@ -27,6 +27,11 @@ fi
 export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python -c "import torch, transformers; print(torch.__version__, transformers.__version__)" | tee -a "$OUT/gpu.txt"
+git rev-parse HEAD 2>/dev/null | sed 's/^/pobench commit /' | tee -a "$OUT/gpu.txt"
+# the decoders need transformers 5.x (StaticDecoder's cache=): without the carried wheel every step would fail late
+python -c "import transformers, sys; sys.exit(int(transformers.__version__.split('.')[0]) < 5)" || {
+  echo "transformers 5.x needed: carry .whl/ (pip download transformers==5.24.0 --no-deps -d .whl)" | tee -a "$OUT/gpu.txt"
+  exit 2; }
 
 export PYTHONUNBUFFERED=1
 # 1. generation at batch 64 and 256: plain generate, the graph-replayed decoder, and the whole step compiled (one
@@ -41,7 +46,9 @@ grep -E "^(64|256|backend) " "$OUT/gen.log"
 
 # 2. the sampler alone, compiled as the compiled step holds it: no nucleus, the sort, the radix select, rejection
 if [ "${SAMPLING:-1}" = 1 ]; then
-  timeout 90 python benchmarks/sampling_step.py --device cuda --rows 64 --compile --methods none,sort,radix,reject \
+  # (rejection right after the baseline: four compilations may not all fit, and it is the new measurement)
+  timeout ${SAMPLING_TIMEOUT:-150} python benchmarks/sampling_step.py --device cuda --rows 64 --compile \
+    --methods none,reject,sort,radix \
     --json "$OUT/sampling.json" > "$OUT/sampling.log" 2>&1; echo "sampling_step rc=$?" | tee -a "$OUT/gpu.txt"
   grep "^rows" "$OUT/sampling.log"
 fi
