@@ -1208,6 +1208,47 @@ def rm_judge_block(rm_info: dict, identity: bool, measured_here: bool = False) -
     return block
 
 
+def test_one_judge_evaluated_before_and_after_its_identity_was_recorded_is_one_judge(tmp_path):
+    """An old eval.json (no identity; an rm: folder or a configs.yaml named relative to the folder the run was started
+    in; vLLM's unresolved dtype auto) and a new one (identity, absolute path, the engine's float16) of the same judge
+    were reported as two judges: UNLIKE SEEDS and mixed evaluations. An identity not recorded is unknown now."""
+    work = tmp_path / "work"
+    (work / "rm_uf").mkdir(parents=True)
+    (work / "cfgs").mkdir()
+    (work / "cfgs" / "configs.yaml").write_text("x: {}\n")
+    judges = {   # algo: (the old eval.json's judge, the new one's)
+        "dpo": ({"name": "rm:rm_uf", "kind": "reward_model", "scorer": {"path": "rm_uf"}},
+                {"name": f"rm:{work / 'rm_uf'}", "kind": "reward_model", "identity": {"weights": "0123456789ab"}}),
+        "simpo": ({"name": "alpaca_eval:cfgs/configs.yaml", "kind": "llm"},
+                  {"name": f"alpaca_eval:{work / 'cfgs' / 'configs.yaml'}", "kind": "llm",
+                   "identity": {"models": ["m"], "endpoints": [], "config": "33016f9a00"}}),
+        "ipo": ({"name": "alpaca_eval:local(m)", "kind": "llm", "judge_decoder": "vllm", "dtype": "auto"},
+                {"name": "alpaca_eval:local(m)", "kind": "llm", "judge_decoder": "vllm", "dtype": "float16",
+                 "identity": {"decoder": "vllm", "dtype": "float16"}}),
+    }
+    for algo, (old, new) in judges.items():
+        root = tmp_path / algo
+        for seed, judge in ((1, old), (2, new)):
+            run = write_run(root, algo, seed, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": judge})
+            (run / "env.json").write_text(json.dumps({"cwd": str(work)}))
+        for seed, judge in ((1, new), (2, old)):   # another algorithm: each seed judged in the other form
+            run = write_run(root, "dpo" if algo != "dpo" else "orpo", seed, [0.5, 0.6],
+                            eval_json={**new_eval(0.6, 0.6), "judge": judge})
+            (run / "env.json").write_text(json.dumps({"cwd": str(work)}))
+        report = build_report(root)[0]["suites"][0]
+        assert report["unlike_across_seeds"] == {}, algo
+        assert report["mixed_evaluations"] == {}, algo
+        assert all("judge" not in " ".join(r["differences"]) for r in report.get("unlike_rows", {}).values()), algo
+    runs = collect(tmp_path / "dpo")[0]
+    assert set(runs["judge_name"]) == {f"rm:{work / 'rm_uf'}"}   # the old relative name read from env.json's cwd
+    # a judge whose identity both record, and differs, is still another judge; so is another name
+    fp32 = {**judges["ipo"][1], "dtype": "float32", "identity": {"decoder": "vllm", "dtype": "float32"}}
+    for seed, judge in ((1, judges["ipo"][1]), (2, fp32)):
+        write_run(tmp_path / "other", "dpo", seed, [0.5, 0.6], eval_json={**new_eval(0.6, 0.6), "judge": judge})
+    (diff,) = build_report(tmp_path / "other")[0]["suites"][0]["unlike_across_seeds"]["dpo"]["differences"]
+    assert "dtype float32" in diff and "dtype float16" in diff
+
+
 def test_an_rm_judge_retrained_in_place_is_another_judge_and_its_accuracy_says_where_it_was_measured(tmp_path):
     """rm_uf retrained between two seeds' evaluations (other steps and seed) showed as one judge, with no UNLIKE SEEDS;
     and an rm: judge trained on suite myuf judging hh-rlhf showed myuf's held-out pair accuracy as its own. Judges are

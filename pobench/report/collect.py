@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
 
 from pobench.config import read_yaml
@@ -168,14 +169,27 @@ def grid_point_of(run_dir: Path, algo: str) -> str:
     return NO_GRID
 
 
-def judge_label(judge: dict, path: Path | None = None) -> str | None:
-    """The judge as the report tells judges apart (the runs' `judge` column: same judge or not, across seeds and
-    algorithms): its name, with what eval.json's `judge.identity` says stands behind it, e.g. an LLM judge's models
-    and endpoints (a local server answering under alpaca_eval's GPT-4-turbo config is not GPT-4-turbo), or a local
-    judge's engine and dtype (vLLM in float16 and transformers in float32 give other verdicts under one name).
-    A local judge evaluated before the identity was recorded is read from its `judge_decoder` (transformers ran
-    float32 then too)."""
-    name = judge.get("name")
+def judge_name(name, run_dir: Path | None = None):
+    """A judge's name as eval.json records it, with an `rm:` folder or an `alpaca_eval:` configs.yaml (or the
+    `alpaca_eval:local(<model>)` model folder) given as a relative path made absolute as newer evaluations record it:
+    from the folder the run was started in (env.json's `cwd`), else the current one (paths.saved_config's rule).
+    `rm:rm_uf` evaluated before paths were stored absolute and `rm:/work/rm_uf` after are one judge."""
+    if not isinstance(name, str) or run_dir is None:
+        return name
+    local = re.fullmatch(r"alpaca_eval:local\((.*)\)", name)
+    if local:
+        model = saved_config({"eval": {"judge_model": local.group(1)}}, run_dir)["eval"]["judge_model"]
+        return f"alpaca_eval:local({model})"
+    return saved_config({"eval": {"judge": name}}, run_dir)["eval"]["judge"]
+
+
+def judge_identity(judge: dict, path: Path | None = None) -> dict | None:
+    """What eval.json's `judge.identity` says stands behind the judge's name, e.g. an LLM judge's models and endpoints
+    (a local server answering under alpaca_eval's GPT-4-turbo config is not GPT-4-turbo), or a local judge's engine
+    and dtype (vLLM in float16 and transformers in float32 give other verdicts under one name). None where it is not
+    known: an eval.json written before the identity was recorded, except an rm: judge's (read from the rm_info it
+    holds) and a local judge's engine (from its `judge_decoder`; transformers ran float32 then too, vLLM's `auto`
+    dtype was not resolved, so it is unknown). A value of None is unknown too."""
     identity = judge.get("identity")
     rm_info = judge.get("scorer", {}).get("rm_info") if isinstance(judge.get("scorer"), dict) else None
     if identity is None and judge.get("kind") == "reward_model" and judge.get("spec") != "auto" and \
@@ -187,15 +201,58 @@ def judge_label(judge: dict, path: Path | None = None) -> str | None:
         dtype = judge.get("dtype") or ("float32" if decoder == "transformers" else None)
         identity = {"decoder": decoder, "dtype": dtype}
     if identity is None:
-        return name
+        return None
     if not isinstance(identity, dict) or not all(isinstance(v, (str, list, type(None))) for v in identity.values()):
         raise PobenchError(f"{path}: 'judge.identity' must be an object of names or lists of names, got {identity!r}")
+    if identity.get("dtype") == "auto":   # the configured dtype, not the one the engine resolved it to
+        identity = {**identity, "dtype": None}
+    return identity
+
+
+def judge_label(judge: dict, path: Path | None = None, run_dir: Path | None = None) -> str | None:
+    """The judge as the report names judges (the runs' `judge` column): its name (judge_name), with what its identity
+    says stands behind it (judge_identity), e.g. "alpaca_eval:local(m) [decoder vllm; dtype float16]". Judges are
+    told apart by same_judge, which reads an identity not recorded as unknown, not as another judge."""
+    name = judge_name(judge.get("name"), run_dir)
+    identity = judge_identity(judge, path)
+    if identity is None:
+        return name
     parts = []
     for key, value in identity.items():
         value = ", ".join(map(str, value)) if isinstance(value, list) else value
         if value:
             parts.append(f"{key} {value}")
     return f"{name} [{'; '.join(parts)}]" if parts else name
+
+
+def identity_text(identity: dict | None) -> str | None:
+    """An identity as the runs table holds it (JSON text, so that pandas keeps it whole); None where not known."""
+    return None if identity is None else json.dumps(identity, sort_keys=True)
+
+
+def identities_agree(a: str | dict | None, b: str | dict | None) -> bool:
+    """Whether two judge identities (dicts or identity_text) may be one: unknown (None) agrees with anything, as does
+    a field either leaves unknown (None or absent); a field both know must be equal."""
+    a, b = (json.loads(x) if isinstance(x, str) else x for x in (a, b))
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return True
+    return all(a[k] == b[k] for k in set(a) & set(b) if a[k] is not None and b[k] is not None)
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def same_judge(a: dict, b: dict) -> bool:
+    """Whether two runs (rows of the runs table) were judged by one judge: the same name (judge_name) and identities
+    that agree (identities_agree). An evaluation written before the identity was recorded is compared by name only:
+    it was split from a newer one of the same judge. Rows without the name (none evaluated) compare their labels."""
+    if _missing(a.get("judge_name")) or _missing(b.get("judge_name")):
+        return a.get("judge") == b.get("judge")
+    if a["judge_name"] != b["judge_name"]:
+        return False
+    ia, ib = (None if _missing(r.get("judge_identity")) else r.get("judge_identity") for r in (a, b))
+    return identities_agree(ia, ib)
 
 
 def held_out_elsewhere(judge: dict, suite, path: Path) -> str | None:
@@ -234,7 +291,10 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
         "reference_avg_length": ev.get("reference_avg_length"), "length_unit": ev.get("length_unit"),
         "reward_mean": ev.get("reward_mean"),
         "kl": ev.get("kl"), "eval_set": ev.get("eval_set"), "n_prompts": ev.get("n_prompts"),
-        "judge": judge_label(judge, path), "judge_kind": judge.get("kind"),
+        "judge": judge_label(judge, path, Path(path).parent) if judge else None,
+        "judge_name": judge_name(judge.get("name"), Path(path).parent),
+        "judge_identity": identity_text(judge_identity(judge, path)) if judge else None,
+        "judge_kind": judge.get("kind"),
         "judge_held_out_accuracy": judge.get("held_out_accuracy"), "reference_kind": reference.get("kind"),
         "judge_held_out_on": held_out_elsewhere(judge, ev.get("suite"), path),
     }

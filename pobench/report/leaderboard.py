@@ -2,6 +2,7 @@
 t-interval over seeds of every result; the grid itself, with the spread of the validation metric."""
 from __future__ import annotations
 
+from pobench.report.collect import same_judge
 from pobench.report.convergence import BUDGET, accuracy_auc, run_curves
 from pobench.report.grid import SELECT, choose_best
 from pobench.report.stats import mean_ci
@@ -119,15 +120,44 @@ def evaluated_as(frame) -> str:
             f"reference {', '.join(_unique(frame, 'reference_kind')) or '-'}")
 
 
+def _judges(frame) -> list[dict]:
+    """The distinct judges of a row's runs, as same_judge reads them (each seed's auto judge is one: "auto")."""
+    out = []
+    for _, r in frame.iterrows():
+        j = r.get("judge")
+        if j is None or j != j:
+            continue
+        if str(j).startswith("auto:"):
+            judge = {"judge": "auto", "judge_name": "auto", "judge_identity": None}
+        else:
+            judge = {k: r.get(k) for k in ("judge", "judge_name", "judge_identity")}
+        if judge not in out:
+            out.append(judge)
+    return out
+
+
+def evaluated_alike(a, b) -> bool:
+    """Whether two leaderboard rows' runs were evaluated alike: the same eval sets and references, and judges that
+    are one (same_judge: an older eval.json, which recorded no identity, is compared by its judge's name)."""
+    if _unique(a, "eval_set") != _unique(b, "eval_set") or _unique(a, "reference_kind") != _unique(b, "reference_kind"):
+        return False
+    ja, jb = _judges(a), _judges(b)
+    return all(any(same_judge(x, y) for y in jb) for x in ja) and all(any(same_judge(y, x) for x in ja) for y in jb)
+
+
 def mixed_evaluations(runs, chosen: dict) -> dict:
     """{algo: how its row was evaluated} where the leaderboard's rows were not all evaluated alike (a run evaluated
     again with another judge or eval set): their win rates share a column but not a scale. Empty otherwise."""
-    named = {}
+    frames = {}
     for algo, point in chosen.items():
         frame = runs[(runs["algo"] == algo) & (runs["grid_point"] == point)]
         if _unique(frame, "eval_set") or _unique(frame, "judge"):   # a row not evaluated has no win rate to mix
-            named[algo] = evaluated_as(frame)
-    return named if len(set(named.values())) > 1 else {}
+            frames[algo] = frame
+    frames_list = list(frames.values())
+    # pair by pair: an unknown identity agrees with two known ones that do not agree with each other
+    if all(evaluated_alike(a, b) for i, a in enumerate(frames_list) for b in frames_list[i + 1:]):
+        return {}
+    return {algo: evaluated_as(frame) for algo, frame in frames.items()}
 
 
 def judge_accuracies(runs) -> dict:

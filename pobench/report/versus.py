@@ -17,7 +17,7 @@ from pobench.config import flatten
 from pobench.errors import PobenchError
 from pobench.eval.generations import read_generations, unfinished_evaluation
 from pobench.eval.head_to_head import FILE as HEAD_TO_HEAD, answers_digest, read_comparisons
-from pobench.report.collect import judge_label, read_json
+from pobench.report.collect import judge_label, read_json, same_judge
 from pobench.report.convergence import BUDGET, accuracy_auc, run_curves
 from pobench.report.leaderboard import METRICS
 from pobench.report.stats import holm, mean_ci, t_test_p
@@ -121,6 +121,10 @@ def differences(run: dict, base: dict, tuned: tuple = (), free_config: tuple = F
             out.append(f"{key} {mine[key]!r} vs {theirs[key]!r}")
     for column, label in SAME_RESULT:
         a, b = run.get(column), base.get(column)
+        if column == "judge":   # by name and identity, an identity not recorded (an older eval.json) read as unknown
+            if _present(a) and _present(b) and not same_judge(run, base):
+                out.append(f"{label} {a} vs {b}")
+            continue
         if _present(a) and _present(b) and a != b:
             out.append(f"{label} {_shown(a)} vs {_shown(b)}")
     mine, theirs = run.get("software") or {}, base.get("software") or {}
