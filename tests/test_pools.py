@@ -236,6 +236,34 @@ def test_a_cached_reward_model_has_one_name_however_the_results_path_is_typed(tm
         assert reward_model_name(spec, Path("results/.cache")) == spec   # not pobench's: as given
 
 
+def test_a_reward_model_folder_keys_its_pools_by_its_weights_not_its_spelling(tmp_path, monkeypatch):
+    """pool.reward_model ./my_rm, which runs stored before config paths were absolute, and /abs/my_rm (runs since)
+    keyed two pool stores: the pools (minutes of generation) were made again. A folder is keyed by its weights; the
+    auto reward model, hub ids and gold rewards keep the keys their stores have."""
+    import types
+    from pobench.sampling.pools import store_path
+    monkeypatch.chdir(tmp_path)
+    cfg = types.SimpleNamespace(pool=types.SimpleNamespace(num_samples=2, temperature=1.0, top_p=1.0, max_new_tokens=4,
+                                                           seed=0, backend="transformers", batch_size=0),
+                                model=types.SimpleNamespace(chat_template="auto", dtype="auto", compile_decoding=False,
+                                                            top_p_method="auto"),
+                                train=types.SimpleNamespace(max_prompt_length=8))
+    folder = tmp_path / "my_rm"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"x" * 10)
+    spellings = ("my_rm", "./my_rm", str(folder), str(tmp_path / ".." / tmp_path.name / "my_rm"))
+    assert len({store_path(Path("c"), "fp", cfg, spec).name for spec in spellings}) == 1
+    before = store_path(Path("c"), "fp", cfg, "./my_rm").name
+    (folder / "model.safetensors").write_bytes(b"y" * 20)   # retrained in place: scored anew
+    assert store_path(Path("c"), "fp", cfg, str(folder)).name != before
+    # the keys the default suites' stores have had (computed before this change)
+    assert store_path(Path("c"), "fp", cfg, "auto:reward_models/s-minilm-0123456789ab").name == "fp-94d777e091f8.jsonl"
+    assert store_path(Path("c"), "fp", cfg, "gold:test-length").name == "fp-690e38003701.jsonl"
+    assert store_path(Path("c"), "fp", cfg,
+                      "OpenAssistant/reward-model-deberta-v3-large").name == "fp-a87d15642d4c.jsonl"
+
+
 def test_pool_reward_model_and_eval_judge_train_on_disjoint_records(tmp_path, monkeypatch):
     """RSO and OnMC-PO are trained on pairs the pool reward model labels; the auto eval judge must not be a
     sibling of that labeller, so the two train on disjoint halves of the training records."""

@@ -1249,6 +1249,21 @@ def test_one_judge_evaluated_before_and_after_its_identity_was_recorded_is_one_j
     assert "dtype float32" in diff and "dtype float16" in diff
 
 
+def test_a_pool_reward_model_named_relative_by_an_older_run_is_the_one_named_absolute(tmp_path):
+    """train_summary's reward_model of a run stored before config paths were absolute names the folder as typed
+    (./my_rm), a newer run's absolute: the report read them as other reward models (UNLIKE SEEDS)."""
+    work = tmp_path / "work"
+    (work / "my_rm").mkdir(parents=True)
+    for seed, rm in ((1, "./my_rm"), (2, str(work / "my_rm"))):
+        run = write_run(tmp_path / "results", "dpo", seed, [0.5, 0.6])
+        summary = json.loads((run / "train_summary.json").read_text())
+        (run / "train_summary.json").write_text(json.dumps({**summary, "reward_model": rm}))
+        (run / "env.json").write_text(json.dumps({"cwd": str(work)}))
+    report = build_report(tmp_path / "results")[0]["suites"][0]
+    assert report["unlike_across_seeds"] == {}
+    assert report["pool_reward_model"] == [str(work / "my_rm")]
+
+
 def test_an_rm_judge_retrained_in_place_is_another_judge_and_its_accuracy_says_where_it_was_measured(tmp_path):
     """rm_uf retrained between two seeds' evaluations (other steps and seed) showed as one judge, with no UNLIKE SEEDS;
     and an rm: judge trained on suite myuf judging hh-rlhf showed myuf's held-out pair accuracy as its own. Judges are

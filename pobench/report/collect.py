@@ -431,6 +431,8 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         config = {**config, "eval": {**(config.get("eval") or {}), **recorded}}
     held = ev.pop("held_out", None) or measured_metrics(summary.get("held_out_final")) or {}
     rm = summary.get("reward_model")
+    if isinstance(rm, str):   # a reward-model folder as an older run named it, relative: absolute, as newer runs do
+        rm = saved_config({"pool": {"reward_model": rm}}, run_dir)["pool"]["reward_model"]
     row = {
         "suite": summary["suite"], "algo": summary["algorithm"], "grid_point": grid_point_of(run_dir, summary["algorithm"]),
         "seed": summary["seed"], "run_dir": str(run_dir),

@@ -149,6 +149,10 @@ def store_path(cache_dir: Path, model_fingerprint: str, cfg, rm_spec: str) -> Pa
     if Path(rm_spec).expanduser().is_dir():   # a reward-model folder of the user's: retrained in place, it scores anew
         from pobench.models import model_fingerprint as fingerprint   # not the policy's, the parameter
         settings["rm_weights"] = fingerprint(str(Path(rm_spec).expanduser()))
+        # keyed by its weights (the resolved folder and its files), not by how the path is spelled: `./my_rm`, which
+        # runs stored before config paths were absolute, and `/abs/my_rm` are one folder and draw one pool. The auto
+        # reward model ("auto:reward_models/..."), a hub id and gold:<name> keep their keys
+        settings["rm"] = "a folder (rm_weights)"
     key = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cache_dir) / "pools" / f"{model_fingerprint}-{key}.jsonl"
 
