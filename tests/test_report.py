@@ -1264,6 +1264,34 @@ def test_a_pool_reward_model_named_relative_by_an_older_run_is_the_one_named_abs
     assert report["pool_reward_model"] == [str(work / "my_rm")]
 
 
+def test_alpaca_eval_1_and_2_reference_outputs_are_told_apart(tmp_path):
+    """An eval.json against AlpacaEval 1's reference outputs (text-davinci-003's: every file written before
+    reference.generator was recorded) and one against AlpacaEval 2's (GPT-4-turbo's) both read reference alpaca_eval:
+    the report mixed their win rates, which are on other scales. Both are named, and differ."""
+    def alpaca(generator=None, recorded=True):
+        reference = {"kind": "alpaca_eval", "source": "the eval file's outputs"}
+        if recorded:
+            reference["generator"] = generator
+        return {**new_eval(0.6, 0.6), "eval_set": "alpaca_eval", "reference": reference}
+    write_run(tmp_path / "mixed", "dpo", 1, [0.5, 0.6], eval_json=alpaca(recorded=False))   # AlpacaEval 1, old file
+    write_run(tmp_path / "mixed", "dpo", 2, [0.5, 0.6], eval_json=alpaca("gpt4_turbo"))
+    write_run(tmp_path / "mixed", "simpo", 1, [0.5, 0.6], eval_json=alpaca("gpt4_turbo"))
+    report = build_report(tmp_path / "mixed")[0]["suites"][0]
+    assert report["unlike_across_seeds"]["dpo"]["differences"] == [
+        "seed 2: reference outputs by gpt4_turbo vs text_davinci_003"]
+    assert report["mixed_evaluations"]["simpo"].endswith("reference alpaca_eval (gpt4_turbo's outputs)")
+    assert report["mixed_evaluations"]["dpo"].endswith(
+        "reference alpaca_eval (gpt4_turbo's outputs), alpaca_eval (text_davinci_003's outputs)")
+    # an old file and a new one recording AlpacaEval 1's outputs are one reference; the held-out set names none
+    write_run(tmp_path / "same", "dpo", 1, [0.5, 0.6], eval_json=alpaca(recorded=False))
+    write_run(tmp_path / "same", "dpo", 2, [0.5, 0.6], eval_json=alpaca("text_davinci_003"))
+    write_run(tmp_path / "same", "simpo", 1, [0.5, 0.6], eval_json=alpaca("text_davinci_003"))
+    report = build_report(tmp_path / "same")[0]["suites"][0]
+    assert report["unlike_across_seeds"] == {} and report["mixed_evaluations"] == {}
+    assert report["reference"] == ["alpaca_eval (text_davinci_003's outputs)"]
+    assert collect(tmp_path / "same")[0]["reference_generator"].tolist() == ["text_davinci_003"] * 3
+
+
 def test_an_rm_judge_retrained_in_place_is_another_judge_and_its_accuracy_says_where_it_was_measured(tmp_path):
     """rm_uf retrained between two seeds' evaluations (other steps and seed) showed as one judge, with no UNLIKE SEEDS;
     and an rm: judge trained on suite myuf judging hh-rlhf showed myuf's held-out pair accuracy as its own. Judges are

@@ -277,6 +277,25 @@ def held_out_elsewhere(judge: dict, suite, path: Path) -> str | None:
     return f"on {pairs}held-out pairs{of} ({source}{on.get('measured_by') or 'source not recorded'})"
 
 
+# who wrote AlpacaEval 1's reference outputs (alpaca_eval.json's `generator`), which pobench read before it read
+# AlpacaEval 2's (GPT-4-turbo's) and recorded the generator
+ALPACA_EVAL_1_GENERATOR = "text_davinci_003"
+
+
+def reference_generator(ev: dict, reference: dict) -> str | None:
+    """Who wrote the reference outputs a win rate was measured against, where they are an eval file's (the
+    alpaca_eval set): AlpacaEval 1's (text-davinci-003's) and 2's (GPT-4-turbo's) win rates are on other scales. An
+    eval.json written before `reference.generator` was recorded read AlpacaEval 1's file, so it is read as that. None
+    for other references (held-out records' responses, the SFT policy's answers)."""
+    if ev.get("eval_set") != "alpaca_eval" or reference.get("kind") not in ("alpaca_eval", "dataset"):
+        return None
+    if "generator" not in reference:
+        return ALPACA_EVAL_1_GENERATOR
+    generator = reference["generator"]
+    return ", ".join(map(str, generator)) if isinstance(generator, list) else \
+        (None if generator is None else str(generator))
+
+
 def eval_fields(ev: dict | None, path: Path) -> dict:
     """The leaderboard's fields from eval.json, old or new form; held-out pair metrics under `held_out`."""
     if not ev:
@@ -296,8 +315,11 @@ def eval_fields(ev: dict | None, path: Path) -> dict:
         "judge_identity": identity_text(judge_identity(judge, path)) if judge else None,
         "judge_kind": judge.get("kind"),
         "judge_held_out_accuracy": judge.get("held_out_accuracy"), "reference_kind": reference.get("kind"),
+        "reference_generator": reference_generator(ev, reference),
         "judge_held_out_on": held_out_elsewhere(judge, ev.get("suite"), path),
     }
+    out["reference"] = out["reference_kind"] if out["reference_generator"] is None else \
+        f"{out['reference_kind']} ({out['reference_generator']}'s outputs)"
     for key in FRACTIONS + ("avg_length", "reward_mean", "kl", "judge_held_out_accuracy"):
         if isinstance(out[key], float) and math.isnan(out[key]):
             out[key] = None   # not measured (a standard error of one judged prompt), as pobench eval writes it

@@ -117,7 +117,7 @@ def evaluated_as(frame) -> str:
     """How a row's runs were evaluated, named: eval set, judge and reference (each seed's auto judge is one kind)."""
     judges = sorted({"auto" if str(j).startswith("auto:") else str(j) for j in _unique(frame, "judge")})
     return (f"eval set {', '.join(_unique(frame, 'eval_set')) or '-'}, judge {', '.join(judges) or '-'}, "
-            f"reference {', '.join(_unique(frame, 'reference_kind')) or '-'}")
+            f"reference {', '.join(_unique(frame, 'reference')) or '-'}")
 
 
 def _judges(frame) -> list[dict]:
@@ -139,7 +139,7 @@ def _judges(frame) -> list[dict]:
 def evaluated_alike(a, b) -> bool:
     """Whether two leaderboard rows' runs were evaluated alike: the same eval sets and references, and judges that
     are one (same_judge: an older eval.json, which recorded no identity, is compared by its judge's name)."""
-    if _unique(a, "eval_set") != _unique(b, "eval_set") or _unique(a, "reference_kind") != _unique(b, "reference_kind"):
+    if _unique(a, "eval_set") != _unique(b, "eval_set") or _unique(a, "reference") != _unique(b, "reference"):
         return False
     ja, jb = _judges(a), _judges(b)
     return all(any(same_judge(x, y) for y in jb) for x in ja) and all(any(same_judge(y, x) for x in ja) for y in jb)
@@ -189,7 +189,7 @@ def about(runs) -> dict:
     kinds = _unique(runs, "judge_kind")
     return {"judge": _unique(runs, "judge"), "judge_kind": kinds,
             "judge_held_out_accuracy": judge_accuracies(runs), "judge_held_out_on": judge_accuracy_sources(runs),
-            "eval_set": _unique(runs, "eval_set"), "reference": _unique(runs, "reference_kind"),
+            "eval_set": _unique(runs, "eval_set"), "reference": _unique(runs, "reference"),
             "lc_method": _unique(runs, "lc_method"), "length_unit": _unique(runs, "length_unit"),
             "pool_reward_model": _unique(runs, "reward_model"),
             "score_label": "gold score" if kinds == ["gold"] else "RM score"}

@@ -70,7 +70,9 @@ SAMPLE_KEYS = {
 SAME_RESULT = (("steps", "optimizer steps"), ("global_batch_size", "global batch"), ("judge", "judge"),
                ("eval_set", "eval set"), ("n_prompts", "eval prompts"), ("data_digest", "records"),
                ("reward_model", "reward model"), ("pool_source", "candidate pool"),
-               ("data_order_digest", "records trained on, in order"))
+               ("data_order_digest", "records trained on, in order"),
+               # AlpacaEval 1's reference outputs (text-davinci-003's) or 2's (GPT-4-turbo's): other win-rate scales
+               ("reference_generator", "reference outputs by"))
 # the default judge's name prefix: a reward model trained for each seed on training records that seed's runs did not
 # see, so it differs between seeds (and is the same for every algorithm of one seed)
 AUTO_JUDGE = "auto:"
