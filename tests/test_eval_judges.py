@@ -502,6 +502,28 @@ def test_llm_judge_annotations_are_cached_per_config_content(tmp_path, monkeypat
     assert config_identity("weighted_alpaca_eval_gpt4_turbo") != before
 
 
+def test_an_llm_judge_cache_key_holds_no_api_key(tmp_path, monkeypatch):
+    """config_identity hashed the whole OPENAI_CLIENT_CONFIG_PATH file, api_key included: a rotated key re-keyed the
+    annotation cache (verdicts bought again) and a digest of the key went into eval.json. Only where requests go
+    counts now; without a client config the key is the one caches have had."""
+    pytest.importorskip("alpaca_eval")
+    import hashlib
+    from pobench.eval.llm_judge import config_files, config_identity, files_digest
+    name = "weighted_alpaca_eval_gpt4_turbo"
+    monkeypatch.delenv("OPENAI_CLIENT_CONFIG_PATH", raising=False)
+    assert config_identity(name) == files_digest(hashlib.sha1(name.encode()), config_files(name))   # as it was
+    client = tmp_path / "client.yaml"
+    client.write_text("default:\n  - api_key: sk-old\n    base_url: http://127.0.0.1:1/v1\n")
+    monkeypatch.setenv("OPENAI_CLIENT_CONFIG_PATH", str(client))
+    before = config_identity(name)
+    client.write_text("default:\n  - api_key: sk-rotated\n    base_url: http://127.0.0.1:1/v1\n")
+    assert config_identity(name) == before
+    judge = build_judge(f"alpaca_eval:{name}", cache_dir=tmp_path)
+    assert judge.describe()["config_identity"] == before and before in judge.caching_path.name
+    client.write_text("default:\n  - api_key: sk-rotated\n    base_url: http://127.0.0.1:2/v1\n")
+    assert config_identity(name) != before   # another server: another cache
+
+
 def test_local_judge_annotations_are_cached_per_prompt_template(tmp_path, tiny_model_dir, monkeypatch):
     """alpaca_eval:local keyed its cache on the judge model alone: an edited prompt template (or another alpaca_eval
     version's) reused verdicts given to the old prompt. The template as alpaca-eval 0.6.6 ships it keeps the key that

@@ -325,11 +325,28 @@ def files_digest(digest, files: list[Path]) -> str:
 
 def config_identity(annotators_config: Path | str) -> str:
     """What the annotation cache is keyed by: the config's name or path, the content of its configs.yaml and of the
-    prompt templates it names, and of OPENAI_CLIENT_CONFIG_PATH's file (which server answers), so that an edited
-    prompt or another model never reuses annotations made before."""
-    client = os.environ.get("OPENAI_CLIENT_CONFIG_PATH")
-    return files_digest(hashlib.sha1(str(annotators_config).encode()),
-                        config_files(annotators_config) + ([Path(client)] if client else []))
+    prompt templates it names, and, where OPENAI_CLIENT_CONFIG_PATH is set, where that client config sends its OpenAI
+    models (client_entries: the endpoint fields, never an api_key: a rotated key re-keyed the cache, so verdicts
+    were bought again), so that an edited prompt or another model never reuses annotations made before. Without a
+    client config the key is what it always was."""
+    digest = hashlib.sha1(str(annotators_config).encode())
+    if os.environ.get("OPENAI_CLIENT_CONFIG_PATH"):
+        sent = {model: client_entries(model) for model, openai in config_models(annotators_config) if openai}
+        if sent:
+            digest.update(b"client config\0" + json.dumps(sent, sort_keys=True).encode())
+    return files_digest(digest, config_files(annotators_config))
+
+
+def config_models(annotators_config: Path | str) -> list[tuple[str, bool]]:
+    """(model, whether an OpenAI decoder asks for it) for each annotator of the config that names a model."""
+    _, entries = config_entries(annotators_config)
+    out = []
+    for entry in entries.values():
+        kwargs = entry.get("completions_kwargs") if isinstance(entry.get("completions_kwargs"), dict) else {}
+        model = kwargs.get("model_name") or kwargs.get("model")
+        if model is not None:
+            out.append((str(model), "openai" in str(entry.get("fn_completions"))))
+    return out
 
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"   # where the openai client sends requests given no base_url
@@ -381,15 +398,11 @@ def config_judge_identity(annotators_config: Path | str) -> dict:
     annotators ask for, where an OpenAI decoder sends them (from the client config; a local OpenAI-compatible server
     answering under `weighted_alpaca_eval_gpt4_turbo` is not GPT-4-turbo), and a digest of the config's and its
     prompt templates' content. Never an API key: the client config's keys are neither read into it nor hashed."""
-    _, entries = config_entries(annotators_config)
     models, endpoints = set(), set()
-    for entry in entries.values():
-        kwargs = entry.get("completions_kwargs") if isinstance(entry.get("completions_kwargs"), dict) else {}
-        model = kwargs.get("model_name") or kwargs.get("model")
-        if model is not None:
-            models.add(str(model))
-        if model is not None and "openai" in str(entry.get("fn_completions")):
-            endpoints.update(endpoint_text(e) for e in client_entries(str(model)))
+    for model, openai in config_models(annotators_config):
+        models.add(model)
+        if openai:
+            endpoints.update(endpoint_text(e) for e in client_entries(model))
     return {"models": sorted(models), "endpoints": sorted(endpoints),
             "config": files_digest(hashlib.sha1(), config_files(annotators_config))}
 
