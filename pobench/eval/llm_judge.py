@@ -20,7 +20,8 @@ A local judge's prompt longer than its window has both answers shortened by the 
 
 Annotations are cached by alpaca_eval under the pobench cache (never inside site-packages), keyed by the
 judge's identity, so re-judging the same outputs costs nothing. Evaluations judging side by side share that file: they
-take turns on a lock beside it (AlpacaEvalJudge.cache_lock), and each save replaces it atomically.
+take turns on a lock beside it (AlpacaEvalJudge.cache_lock) to read it and to save (each save merges the file's
+rows and replaces it atomically), and ask for verdicts side by side.
 """
 from __future__ import annotations
 
@@ -428,14 +429,18 @@ def annotator_class():
             failed ones, write it all), written to a temporary file and renamed into place. alpaca_eval writes the
             file in place (`to_json(path)`) after every chunk of 128 rows: a process reading it meanwhile got a
             half-written file (ValueError), and a kill during the write left one that every later judge refuses,
-            with every verdict in it, paid ones included. Writers take turns on AlpacaEvalJudge.cache_lock."""
+            with every verdict in it, paid ones included. Writers take turns on AlpacaEvalJudge.cache_lock, held
+            for the save alone."""
             path = path or self.caching_path
             if path is None:
                 return
-            self._refresh_annotations_()
-            if not self.is_store_missing_annotations:
-                self.df_annotations = self.df_annotations[~self.df_annotations[self.annotation_key].isna()]
-            atomic_write_text(Path(path), self.df_annotations.to_json(orient="records", indent=2))
+            # the re-read, merge and write under the cache's lock (AlpacaEvalJudge.cache_lock): another judge's rows
+            # saved meanwhile are merged in, never written over
+            with getattr(self, "pobench_cache_lock", contextlib.nullcontext)():
+                self._refresh_annotations_()
+                if not self.is_store_missing_annotations:
+                    self.df_annotations = self.df_annotations[~self.df_annotations[self.annotation_key].isna()]
+                atomic_write_text(Path(path), self.df_annotations.to_json(orient="records", indent=2))
 
     return Annotator
 
@@ -464,8 +469,10 @@ class AlpacaEvalJudge:
     def cache_lock(self):
         """The annotation cache is one file that every process judging with this judge re-reads and rewrites whole
         (alpaca_eval's save): two evaluations judging side by side lost each other's verdicts, or read the other's
-        half-written file. The cache is loaded, extended and saved with this lock held, beside the cache file; a
-        second judge waits, then finds the first one's verdicts (a shared row is not asked, or paid for, twice)."""
+        half-written file. This lock, beside the cache file, is held while the cache is read (the annotator is built)
+        and around each save (which re-reads the file and merges this judge's verdicts into it), not while verdicts
+        are asked for: two evaluations with one judge judge side by side (held around the whole judging, they ran
+        one after the other, silently). A row both ask for before either saved it is asked twice."""
         if self.caching_path is None:
             return contextlib.nullcontext()
         from pobench.engine.lock import waiting_lock
@@ -515,8 +522,11 @@ class AlpacaEvalJudge:
     def compare(self, prompts: list[list[dict]], first: list[str], second: list[str]) -> Comparison:
         rows, cuts = self.fit_rows([{"instruction": prompt_text(p), "output_1": a, "output_2": b}
                                     for p, a, b in zip(prompts, first, second)])
-        with quiet_logging(), self.cache_lock():
-            annotated = self.annotator().annotate_pairs(rows, **self.decoding_kwargs())
+        with quiet_logging():
+            with self.cache_lock():   # reading the cache; each save takes the lock again (annotator_class's save)
+                annotator = self.annotator()
+            annotator.pobench_cache_lock = self.cache_lock
+            annotated = annotator.annotate_pairs(rows, **self.decoding_kwargs())
         by_key = {(r["instruction"], r["output_1"], r["output_2"]): r for r in annotated}
         preferences, extra = [], []
         for row, cut in zip(rows, cuts):
