@@ -209,7 +209,7 @@ def test_dpo_starts_at_log2_and_learns(tmp_path, tiny_model_dir):
 
 
 def test_held_out_metrics_that_are_not_finite_are_written_as_metrics_jsonl_writes_them(tmp_path, tiny_model_dir,
-                                                                                         monkeypatch):
+                                                                                         monkeypatch, capsys):
     """No training step checks the held-out evaluation: a loss that is infinite there (a plugin's) was written into
     train_summary.json as `Infinity` (and NaN as `NaN`), which pobench report refuses as a damaged file, so `pobench
     run` would have ended in that error after training. It is written as metrics.jsonl writes it."""
@@ -225,6 +225,8 @@ def test_held_out_metrics_that_are_not_finite_are_written_as_metrics_jsonl_write
         return LossOutput(out.losses + math.inf, out.chosen_rewards * math.nan, out.rejected_rewards)
     monkeypatch.setattr(algorithm, "loss", loss)
     T.train(cfg, algorithm, load_suite_data(cfg.data, cfg.seed), tmp_path / "run", tmp_path / "cache")
+    # ... and said, since the report reads it as not measured: a seed would leave the held-out rows without a reason
+    assert "the held-out loss is inf at step 0 (the report reads it as not measured)" in capsys.readouterr().out
 
     def strict(constant):
         raise AssertionError(f"train_summary.json holds {constant}, which is not JSON")

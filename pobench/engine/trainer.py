@@ -787,7 +787,14 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         with torch.no_grad():
             out = checked_loss(algo, policy, reference, params)
         frozen["held_out_margins"] = (out.chosen_rewards - out.rejected_rewards).tolist()   # the latest, per pair
-        return pair_metrics(out, policy, prefix="eval/", per_token=per_token_logps)
+        metrics = pair_metrics(out, policy, prefix="eval/", per_token=per_token_logps)
+        if not math.isfinite(metrics.get("eval/loss", 0.0)) and accelerator.is_main_process:
+            # training losses stop the run when they are not finite; a held-out one is kept, and the report reads it
+            # as not measured: said here, so that a seed missing from the held-out rows has a reason
+            (progress.console.print if progress is not None else print)(
+                f"warning: {cfg.algorithm_name} seed{cfg.seed}: the held-out loss is {metrics['eval/loss']} at step "
+                f"{state['step']} (the report reads it as not measured)")
+        return metrics
 
     if state["initial_eval"] is None:
         state["initial_eval"] = held_out(before_training=state["step"] == 0)
