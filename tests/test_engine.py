@@ -625,6 +625,27 @@ def test_a_cut_sample_with_empty_text_is_scored_as_the_empty_answer(tiny_model_d
         collate_shared([(formatter.encode(prompt), [[], [5, 6]])], pad_id=0)
 
 
+def test_a_finished_sample_is_closed_as_the_template_closes_a_dataset_completion(tiny_model_dir):
+    """Generation stops at SmolLM2's <|im_end|>, and the template puts a newline after it: a finished online sample
+    takes exactly what a dataset completion has after that token (closing_ids), so neither is told apart by its
+    ending; a plain prompt ends completions with the EOS itself, and an EOS the template does not close turns with
+    gets nothing."""
+    from transformers import AutoTokenizer
+
+    from pobench.data.tokenize import closing_ids, completion_ids
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    messages = [{"role": "user", "content": "hello"}]
+    eos = tokenizer.eos_token_id
+    for template, closing in (("auto", tokenizer("\n", add_special_tokens=False)["input_ids"]), ("plain", [])):
+        formatter = ChatFormatter(tokenizer, template)
+        prompt = formatter.prompt_text(messages)
+        prompt_ids = formatter.encode(prompt)
+        dataset = completion_ids(formatter, messages, prompt, "Hi there", prompt_ids=prompt_ids)
+        assert dataset[len(dataset) - len(closing) - 1:] == [eos] + closing, template
+        assert closing_ids(formatter, messages, prompt, prompt_ids, eos) == closing, template
+        assert closing_ids(formatter, messages, prompt, prompt_ids, tokenizer.bos_token_id) == []
+
+
 # -- completions tokenized after their prompt ---------------------------------------------------------------------
 
 def sentencepiece_tokenizer(style: str, merge: bool = False):
@@ -662,7 +683,7 @@ def test_sentencepiece_completions_take_the_ids_of_the_joint_text(tmp_path, styl
     """A tokenizer that adds '▁' at the start of every call gave a completion tokenized alone another first token
     than prompt + completion has ('▁' '▁Hi' or '▁Hi' where the joint text has '▁Hi' or 'Hi'): the policy was
     trained and scored on a sequence it would not produce after the prompt. Every path that tokenizes a completion
-    (the dataset's pairs and candidates, pools and online samples, open and closed) now gives the joint text's ids."""
+    (the dataset's pairs and candidates, generated pools, open and closed) now gives the joint text's ids."""
     from pobench.data.records import PreferenceRecord
     from pobench.data.tokenize import encode_completion, tokenize_record
     from pobench.engine.refcache import ReferenceCache
@@ -678,7 +699,7 @@ def test_sentencepiece_completions_take_the_ids_of_the_joint_text(tmp_path, styl
         completion = formatter.completion_text(messages, prompt, text)
         assert pair.prompt + ids == formatter.encode(prompt + completion)
         assert ids != formatter.encode(completion)       # the defect: alone, the completion starts with '▁'
-        assert encode_completion(formatter, messages, prompt, text, 100) == ids   # pools, online samples
+        assert encode_completion(formatter, messages, prompt, text, 100) == ids   # generated pools
         left_open = formatter.completion_text(messages, prompt, text, finished=False)
         assert pair.prompt + encode_completion(formatter, messages, prompt, text, 100, finished=False) == \
             formatter.encode(prompt + left_open)

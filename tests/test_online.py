@@ -120,6 +120,39 @@ def test_a_run_resumed_from_its_final_checkpoint_still_names_its_labeller(tmp_pa
     assert json.loads(summary.read_text())["reward_model"] == "gold:test-length"
 
 
+def test_fresh_samples_are_trained_on_the_ids_generated_not_their_text_tokenized_again(tmp_path, tiny_model_dir,
+                                                                                        monkeypatch):
+    """A sampled sequence is often not the canonical tokenization of its text (for a random model nearly always):
+    re-tokenizing the text trained and scored a sequence the policy did not sample. A stub backend (test double)
+    returns samples split otherwise than their text tokenizes: the pairs trained on hold exactly those ids, a
+    finished one followed by the newline SmolLM2's template puts after <|im_end|> (as a dataset completion ends),
+    the unfinished one as generated (open)."""
+    from transformers import AutoTokenizer
+
+    from pobench.engine import trainer as T
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    eos = tokenizer.eos_token_id
+    samples = [("Hello there", encode("H") + encode("ello") + encode(" there") + [eos], True),
+               ("Hi you all", encode("H") + encode("i") + encode(" you") + encode(" all") + [eos], True),
+               ("Hey", encode("He") + encode("y"), False)]
+    assert all(ids[:len(encode(text))] != encode(text) for text, ids, _ in samples)   # none canonical
+
+    class StubBackend:
+        seeds_each_prompt = True
+
+        def generate(self, prompts, cfg):
+            return [[G.Completion(text, list(ids), done) for text, ids, done in samples][:cfg.n] for _ in prompts]
+
+    trained, collate = [], T.collate_pairs_shared
+    monkeypatch.setattr(G, "get_backend", lambda *a, **k: StubBackend())
+    monkeypatch.setattr(T, "collate_pairs_shared", lambda pairs, pad_id: trained.extend(pairs) or collate(pairs, pad_id))
+    run_train(tmp_path / "r", tiny_model_dir, algo="online_dpo",
+              algorithm={"num_candidates": 3, "include_dataset_chosen": False}, **ONLINE)
+    assert len(trained) == 4                       # 2 steps of 2 records; gold:test-length counts words
+    assert all(p.chosen == samples[1][1] + encode("\n") and p.rejected == samples[2][1] for p in trained)
+
+
 class _KernelContext:
     """What OnlinePool's kernel draw reads from the trainer's SamplerContext: flat policy scores (log-prob = -length)
     and zero reference log-probs, so that with tau large the kernel is close to uniform."""
@@ -176,7 +209,8 @@ def test_online_generation_seed_differs_per_rank_unless_the_backend_seeds_each_p
 
 def test_refresh_seeds_the_call_per_rank_unless_the_backend_seeds_each_prompt(monkeypatch):
     """_refresh hands the backend the rank-independent seed only when the backend declares `seeds_each_prompt`,
-    and tells the encoder which samples ended (a sample cut by max_new_tokens is encoded without end of turn)."""
+    and hands each prompt's completions, with which of them ended, to what makes their ids (a sample cut by
+    max_new_tokens stays open)."""
     import types
 
     from pobench.data.tokenize import TokenizedPair
@@ -205,9 +239,9 @@ def test_refresh_seeds_the_call_per_rank_unless_the_backend_seeds_each_prompt(mo
         def chosen_text(self, record):
             return ""
 
-        def encode_completions(self, record, texts, finished):
-            finished_flags.append(finished)
-            return [[5] for _ in texts]
+        def sample_ids(self, record, completions):
+            finished_flags.append([c.finished for c in completions])
+            return [c.token_ids for c in completions]
 
     sampler = _online_pool(0, [])
     sampler.cfg = types.SimpleNamespace(seed=1, pool=types.SimpleNamespace(

@@ -1,7 +1,8 @@
 """Chat template + truncation: PreferenceRecord -> token ids of prompt, chosen and rejected.
 
 A completion's ids are those of the joint text prompt + completion after the prompt's ids (ChatFormatter.encode_after),
-one path for every completion tokenized (completion_ids / encode_completion)."""
+one path for every completion tokenized (completion_ids / encode_completion). Online samples are not tokenized: they
+keep the ids generated, closed as the template closes a completion (closing_ids)."""
 from __future__ import annotations
 
 import hashlib
@@ -168,7 +169,8 @@ class ChatFormatter:
 def completion_ids(formatter: ChatFormatter, messages: list[dict], prompt_text: str, text: str,
                    finished: bool = True, prompt_ids: list[int] | None = None) -> list[int]:
     """A completion's ids after its prompt (`ChatFormatter.encode_after`), untruncated: the one path every
-    completion is tokenized by (the dataset's pairs and candidates, generated pools, online samples).
+    completion is tokenized by (the dataset's pairs and candidates, generated pools; online samples keep the ids
+    generated, see closing_ids).
     `prompt_ids`: the whole prompt's ids (before any truncation), when the caller has them."""
     if prompt_ids is None:
         prompt_ids = formatter.encode(prompt_text)
@@ -185,6 +187,18 @@ def encode_completion(formatter: ChatFormatter, messages: list[dict], prompt_tex
                       max_completion: int, finished: bool = True, prompt_ids: list[int] | None = None) -> list[int]:
     """A completion's ids after its prompt, its first `max_completion` kept."""
     return completion_ids(formatter, messages, prompt_text, text, finished, prompt_ids)[:max_completion]
+
+
+def closing_ids(formatter: ChatFormatter, messages: list[dict], prompt_text: str, prompt_ids: list[int],
+                end_id: int) -> list[int]:
+    """The ids the template puts after `end_id` where it closes an answer: what a dataset completion has after the
+    token a generated one stops at (SmolLM2: the newline after <|im_end|>, which generation never produces). A
+    finished sample takes them, so that neither a sample nor the dataset's chosen is told apart by its ending. []
+    where the closed turn ends with `end_id` or does not hold it (plain prompts; a model that stops at an EOS the
+    template does not close turns with). The closing follows a special token, so any answer gives the same ids."""
+    closed = completion_ids(formatter, messages, prompt_text, "", prompt_ids=prompt_ids)
+    ends = [i for i, t in enumerate(closed) if t == end_id]
+    return closed[ends[-1] + 1:] if ends else []
 
 
 def tokenize_record(record: PreferenceRecord, formatter: ChatFormatter, max_prompt: int, max_completion: int,

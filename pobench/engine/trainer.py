@@ -21,7 +21,8 @@ from pobench import faults
 from pobench.algorithm import SeqLogps
 from pobench.config import RunConfig
 from pobench.data import SuiteData
-from pobench.data.tokenize import ChatFormatter, TokenizedPair, encode_completion, tokenize_record, truncation_counts
+from pobench.data.tokenize import (ChatFormatter, TokenizedPair, closing_ids, encode_completion, tokenize_record,
+                                   truncation_counts)
 from pobench.engine import distributed as D
 from pobench.engine.checkpoint import (check_resumable_state, find_checkpoint, load_checkpoint, load_sampler_states, read_state,
                                        save_checkpoint)
@@ -87,13 +88,25 @@ class SamplerContext:
     def chosen_text(self, pair: TokenizedPair) -> str:
         return pair.source.chosen
 
-    def encode_completions(self, pair: TokenizedPair, texts: list[str], finished: list[bool]) -> list[list[int]]:
-        """Token ids of a prompt's samples; a sample cut by its token limit (finished False) stays unclosed."""
+    def sample_ids(self, pair: TokenizedPair, completions: list) -> list[list[int]]:
+        """The ids a prompt's fresh samples are trained and scored on: those generated (Completion.token_ids, cut
+        after the first EOS), not their text tokenized again, which is often another sequence than the one sampled
+        (a sampled split of a word is rarely the tokenizer's). A finished sample is closed as the template closes a
+        dataset completion (closing_ids: SmolLM2's newline after <|im_end|>); one cut by its token limit stays open.
+        Each keeps its first train.max_completion_length ids."""
         record = pair.source
-        prompt_text = self.formatter.prompt_text(record.prompt)  # rendered once for all of the prompt's samples
+        prompt_text = self.formatter.prompt_text(record.prompt)   # rendered once for all of the prompt's samples
         prompt_ids = self.formatter.encode(prompt_text)
-        return [encode_completion(self.formatter, record.prompt, prompt_text, t, self.cfg.train.max_completion_length,
-                                  done, prompt_ids) for t, done in zip(texts, finished)]
+        closings: dict[int, list[int]] = {}    # by the EOS a sample ended with (a model may have several)
+        out = []
+        for c in completions:
+            ids = list(c.token_ids)
+            if c.finished:   # its ids end with the EOS it stopped at
+                if ids[-1] not in closings:
+                    closings[ids[-1]] = closing_ids(self.formatter, record.prompt, prompt_text, prompt_ids, ids[-1])
+                ids += closings[ids[-1]]
+            out.append(ids[:self.cfg.train.max_completion_length])
+        return out
 
 
 def last_good_checkpoint(run_dir: Path) -> str:

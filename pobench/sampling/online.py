@@ -6,7 +6,8 @@ best of the generated set (with the dataset's chosen competing when `include_dat
 drawn from the rest by MC-PO's kernel (OnMC-PO), or is the worst of them (online DPO, Guo et al. 2024: the
 comparator that tells the gain of being online from the gain of the kernel). Reference log-probs of the fresh
 samples are computed as they appear (LoRA: adapter disabled; full fine-tuning: a frozen copy of the initial
-weights, loaded once).
+weights, loaded once). The samples are trained and scored as the token ids the policy generated (ctx.sample_ids);
+the reward model, with a tokenizer of its own, scores their text.
 """
 from __future__ import annotations
 
@@ -102,7 +103,7 @@ class OnlinePool:
                 texts = [c.text for c in completions[k]]
                 messages = ctx.prompt_messages(record)
                 scores = rm.score([messages] * (len(texts) + 1), texts + [ctx.chosen_text(record)])
-                ids = ctx.encode_completions(record, texts, [c.finished for c in completions[k]])
+                ids = ctx.sample_ids(record, completions[k])
                 per_record.append((ids, [float(x) for x in scores[:-1]], float(scores[-1])))
                 k += 1
             out[s] = per_record
