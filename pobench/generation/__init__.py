@@ -107,16 +107,17 @@ def draw_settings(cfg: GenerationConfig) -> dict:
 @dataclass
 class Completion:
     text: str              # decoded without special tokens, cut before the first EOS
-    token_ids: list[int]   # generated ids, up to and including the first EOS (what the trainer should score)
+    token_ids: list[int]   # generated ids, up to and including the first EOS (what online samplers train on)
     finished: bool         # True when generation ended at an EOS, False when it hit max_new_tokens
 
 
 def truncate_at_eos(token_ids: list[int], eos_ids) -> tuple[list[int], bool]:
     """(ids up to and including the first EOS, whether there was one).
 
-    The EOS is kept in `token_ids` because the chat template's completions end with it (<|im_end|> for
-    SmolLM2), so a generated completion scored by the trainer looks like a dataset completion; whatever a
-    backend emits after it (padding of finished rows) is dropped."""
+    The EOS is kept in `token_ids` because the chat template's completions hold it (<|im_end|> for SmolLM2,
+    which the template follows with a newline: the trainer adds that, pobench.data.tokenize.closing_ids), so a
+    generated completion scored by the trainer looks like a dataset completion; whatever a backend emits after it
+    (padding of finished rows) is dropped."""
     eos = set(eos_ids)
     for i, t in enumerate(token_ids):
         if t in eos:
