@@ -19,7 +19,10 @@ from rich.text import Text
 
 from pobench.errors import PobenchError
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+# rich_markup_mode None: click's plain help. typer 0.29's rich help (rich_utils._print_options_panel) prints every
+# option's type, flags' too, as though they took a value (`--resume <bool>`, `--help <bool>`); the plain help
+# (TyperOption.get_help_record) leaves a flag's type out: `--resume`, `--disjoint / --no-disjoint`
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False, rich_markup_mode=None,
                   help="Benchmark preference-optimisation algorithms on the same data, budget and judge.")
 console = Console(stderr=True)
 

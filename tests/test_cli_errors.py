@@ -360,6 +360,24 @@ def test_click_usage_errors_exit_2(tmp_path, args, text):
     assert text in result.stderr
 
 
+def test_help_shows_boolean_options_as_flags():
+    """typer 0.29's rich help printed a type column for every option, flags included: `--resume <bool>`, `--help
+    <bool>`, `--disjoint --no-disjoint <bool>`, as though they took a value."""
+    from typer.testing import CliRunner
+
+    from pobench.cli import app
+    commands = [c.name or c.callback.__name__ for c in app.registered_commands]
+    for args in [["--help"]] + [[name, "--help"] for name in commands]:
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output, " ".join(args)
+        assert "--help" in result.output
+    run_help = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    assert "--resume " in run_help and "--no-eval " in run_help and "--max-steps <int>" in run_help
+    assert "--disjoint / --no-disjoint " in CliRunner().invoke(app, ["train-rm", "--help"],
+                                                               env={"COLUMNS": "200"}).output
+
+
 @pytest.mark.parametrize("name", ["rows[v2].jsonl", "rows[/].jsonl"])
 def test_error_message_keeps_brackets(tmp_path, name):
     result = pobench(["data", "hh-rlhf", "--data", name], tmp_path)
