@@ -92,7 +92,8 @@ def run(
 ):
     """Train every algorithm x seed on a suite and write results/<suite>/<algo>/seed<k>/."""
     from pobench import config as C
-    from pobench.data import RECORDS_RULE, check_run_records, describe_loaded, load_suite_data, run_records_rule
+    from pobench.data import (RECORDS_RULE, check_run_records, describe_loaded, load_suite_data,
+                              older_rules_warning, run_records_rule)
     from pobench.models import check_model_source, training_dtype_warning
     from pobench.rewards import check_scorer_spec
     from pobench.registry import algorithm_defaults, discover, get_algorithm, load_suite, suite_source
@@ -138,8 +139,7 @@ def run(
             raise PobenchError(f"{e}; its runs under {out} were started with "
                                f"{' '.join('--plugin ' + p for p in plugins)}: pass it again") from None
     grid_plan, budget_warning = plan_grid(grid, {n: algorithm_defaults(get_algorithm(n)) for n in algos})
-    if budget_warning:
-        console.print(f"[yellow]warning:[/yellow] {escape(budget_warning)}", highlight=False)
+    _warn(budget_warning)
     if launch_config:
         from pobench.launch import check_one_machine, preset_path
         config_file = preset_path(launch_config)   # a bad name fails now, before any folder exists
@@ -232,9 +232,11 @@ def run(
     datasets_by_key: dict = {}
     data_by_run: dict = {}   # the records each run trains on
     warned: set = set()
+    # a run resumed keeps the rules its records were chosen by (data.json's records_rule: an older pobench's)
+    rules = {run_dir: run_records_rule(run_dir) if resume else RECORDS_RULE for _, _, run_dir, _ in plans}
+    _warn(older_rules_warning(rules.values()))
     for algorithm, cfg, run_dir, done in plans:
-        # a run resumed keeps the rules its records were chosen by (data.json's records_rule: an older pobench's)
-        rule = run_records_rule(run_dir) if resume else RECORDS_RULE
+        rule = rules[run_dir]
         key = _data_key(cfg, rule)
         if not done and key not in datasets_by_key:
             datasets_by_key[key] = load_suite_data(cfg.data, cfg.seed, rule)
@@ -257,7 +259,7 @@ def run(
             for warning in filter(None, warnings):
                 if warning not in warned:
                     warned.add(warning)
-                    console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
+                    _warn(warning)
             if resume:
                 check_run_records(run_dir, datasets_by_key[key].report, "--resume")
     if inside_launch():
@@ -282,6 +284,11 @@ def run(
 
 # the saved paths a run's resume or evaluation reads (the others are checked where they are used, if they are)
 RUN_NEEDS = ("data.path", "model.name_or_path")
+
+
+def _warn(warning: str | None) -> None:
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
 
 
 def _check_suite_file(folder: Path, suite: str, suite_file: dict | None) -> None:
@@ -853,6 +860,8 @@ def eval_(
             raise PobenchError(f"--eval-file {eval_file}: read for the alpaca_eval set only, and {folder} is "
                                f"evaluated on {resolved.eval.eval_set} (add --eval-set alpaca_eval)")
         check_eval_config(resolved)
+    from pobench.data import older_rules_warning, run_records_rule
+    _warn(older_rules_warning(map(run_records_rule, folders)))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -939,6 +948,8 @@ def compare(
         kind, arg = check_judge_spec(spec) or (None, None)
         if kind == "rm":
             check_reward_model(arg, "eval.judge", shown=spec)
+    from pobench.data import older_rules_warning, run_records_rule
+    _warn(older_rules_warning(map(run_records_rule, dict.fromkeys(run for pair in pairs for run in pair))))
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     results = []
     with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console,

@@ -762,6 +762,38 @@ def test_eval_and_compare_refuse_other_records_than_the_run_trained_on(finished_
     assert "pobench compare on other training records than the run started on" in str(result.exception)
 
 
+def test_eval_compare_and_resume_name_runs_made_under_older_data_rules_once(finished_run, tmp_path, tiny_model_dir):
+    """Runs whose data.json has no records_rule (an older pobench's) are evaluated, compared and resumed on the
+    records those rules chose, whose held-out set may hold training prompts: that was done silently. Each command
+    says it in one line, however many such runs it reads."""
+    import shutil
+
+    import test_eval_judges  # noqa: F401  registers gold:test-eval-length in this process
+
+    from pobench.cli import app
+    root = tmp_path / "results"
+    for algo in ("dpo", "simpo"):
+        run = shutil.copytree(finished_run.parents[1] / algo / "seed1", root / "hh-rlhf" / algo / "seed1")
+        report = json.loads((run / "data.json").read_text())
+        assert report.pop("records_rule") == 2
+        (run / "data.json").write_text(json.dumps(report))
+
+    def said_once(result) -> None:
+        assert result.exit_code == 0, (result.output, result.exception)
+        text = " ".join(result.stderr.split())   # (the console wraps its lines)
+        assert text.count("older data rules") == 1, text
+        assert "warning: 2 runs were made under older data rules (data.json without records_rule 2) and read on " \
+               "the records those rules chose: their held-out set may hold training records' prompts" in text, text
+    said_once(CliRunner().invoke(app, ["eval", str(root), "--judge", "gold:test-eval-length", "--num-prompts", "1",
+                                       "--set", "eval.kl_samples=0"]))
+    said_once(CliRunner().invoke(app, ["compare", str(root / "hh-rlhf" / "simpo"), "--against",
+                                       str(root / "hh-rlhf" / "dpo"), "--judge", "gold:test-eval-length"]))
+    command = ["run", "--algo", "dpo,simpo", "--model", str(tiny_model_dir), "--data", "sample",
+               "--max-steps", "2", "--out", str(root), "--set", "data.max_train_records=16", "--set",
+               "data.eval_size=4", "--set", "train.lr=1e-2", *EVAL_SETTINGS, "--resume"]
+    said_once(CliRunner().invoke(app, command))
+
+
 def test_options_that_would_be_ignored_or_meaningless_are_refused(finished_run, tmp_path):
     from pobench.cli import app
     result = CliRunner().invoke(app, ["eval", str(finished_run), "--eval-file", str(tmp_path / "a.json")])

@@ -507,6 +507,38 @@ def test_report_usage_errors_exit_2(tmp_path):
     assert "leaderboard: hh-rlhf" in earlier.read_text() and not list(tmp_path.glob(".report.txt.tmp*"))
 
 
+def test_runs_made_under_older_data_rules_are_named_once_per_report(tmp_path):
+    """A run whose data.json has no records_rule (an older pobench's: held-out records whose prompt was trained on
+    were kept) was read silently; its held-out metrics may be measured on training prompts. `pobench report` says
+    so in one line however many such runs it reads: runs of the current rule, and runs without data.json (nothing
+    to rebuild), are not counted."""
+    from typer.testing import CliRunner
+
+    from pobench.cli import app
+    from pobench.data import RECORDS_RULE
+    digest = {"records_digest": {"train": "t", "eval": "e"}}
+    for algo, seed, report in (("dpo", 1, digest), ("dpo", 2, digest), ("simpo", 1, {**digest, "records_rule": 2}),
+                               ("simpo", 2, None)):
+        run = write_run(tmp_path, algo, seed, [0.5, 0.6])
+        if report is not None:
+            (run / "data.json").write_text(json.dumps(report))
+    assert RECORDS_RULE == 2
+    assert sorted(collect(tmp_path)[0]["records_rule"]) == [1, 1, 2, 2]
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "older data rules" in line]
+    assert warnings == [
+        "warning: 2 runs were made under older data rules (data.json without records_rule 2) and read on the records "
+        "those rules chose: their held-out set may hold training records' prompts (since dropped as prompt_in_train); "
+        "to rebuild a run under the current rules, start it again (pobench run, without --resume, into a new --out "
+        "or after removing its folder)"]
+    assert "older data rules" not in result.stdout   # the report itself is unchanged
+    for run in (tmp_path / "hh-rlhf" / "dpo").iterdir():
+        (run / "data.json").write_text(json.dumps({**digest, "records_rule": 2}))
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--format", "markdown"])
+    assert result.exit_code == 0 and "older data rules" not in result.output
+
+
 def test_the_same_run_twice_under_one_root_is_refused(tmp_path):
     """A copy of a suite folder below the same results root would count one seed twice (and mix its curves)."""
     import shutil

@@ -85,11 +85,29 @@ def run_records_rule(run_dir) -> int:
     from pathlib import Path
 
     from pobench.report.collect import read_json
-    report = read_json(Path(run_dir) / "data.json", required=False)
+    return records_rule_of(read_json(Path(run_dir) / "data.json", required=False))
+
+
+def records_rule_of(report) -> int:
+    """run_records_rule of a data.json's content (None where the run has none)."""
     if not isinstance(report, dict):
         return RECORDS_RULE
     rule = report.get("records_rule", 1)
     return rule if isinstance(rule, int) and not isinstance(rule, bool) and 1 <= rule <= RECORDS_RULE else RECORDS_RULE
+
+
+def older_rules_warning(rules) -> str | None:
+    """The one line a command says of the runs it reads (`rules`: each one's run_records_rule) that were made under
+    older rules, else None. Their records are rebuilt by those rules, so that their digests match, and nothing
+    else says so: a held-out set of rule 1 may hold training records' prompts, which inflates held-out metrics."""
+    old = sum(rule < RECORDS_RULE for rule in rules)
+    if not old:
+        return None
+    runs = "1 run was" if old == 1 else f"{old} runs were"
+    return (f"{runs} made under older data rules (data.json without records_rule {RECORDS_RULE}) and read on the "
+            f"records those rules chose: their held-out set may hold training records' prompts (since dropped as "
+            f"prompt_in_train); to rebuild a run under the current rules, start it again (pobench run, without "
+            f"--resume, into a new --out or after removing its folder)")
 
 
 def _check_no_other_split(source: str, data_cfg, hub_data_dir: str | None) -> None:

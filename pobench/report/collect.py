@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from pobench.config import read_yaml
+from pobench.data import records_rule_of
 from pobench.paths import saved_config
 from pobench.engine.io import is_written_infinity, read_jsonl
 from pobench.errors import PobenchError
@@ -452,6 +453,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     if isinstance(recorded, dict) and isinstance(config, dict):   # the settings the evaluation used (pobench eval --set)
         config = {**config, "eval": {**(config.get("eval") or {}), **recorded}}
     held = ev.pop("held_out", None) or measured_metrics(summary.get("held_out_final")) or {}
+    data_report = read_json(run_dir / "data.json", required=False)
     rm = summary.get("reward_model")
     if isinstance(rm, str):   # a reward-model folder as an older run named it, relative: absolute, as newer runs do
         rm = saved_config({"pool": {"reward_model": rm}}, run_dir)["pool"]["reward_model"]
@@ -467,7 +469,8 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         "pool_source": (summary.get("candidate_pool") or {}).get("source")
         if isinstance(summary.get("candidate_pool"), dict) else None,
         "pool_s": pool_generation_seconds(summary),
-        "data_digest": data_digest(read_json(run_dir / "data.json", required=False), run_dir / "data.json"),
+        "data_digest": data_digest(data_report, run_dir / "data.json"),
+        "records_rule": records_rule_of(data_report),   # the data rules its records were chosen by
         # what was trained on, as token ids (trainer.trained_digests); None for runs made before they were recorded
         "data_order_digest": summary.get("data_order_digest") if isinstance(summary.get("data_order_digest"), str)
         else None,

@@ -51,6 +51,10 @@ def report(
     if not 0 < target <= 1:   # nan fails this too
         raise PobenchError(f"--target {target}: a held-out reward accuracy in (0, 1]")
     rep, runs, curves = build_report(results, select, _points(points), target, suites, baseline, axis)
+    from pobench.data import older_rules_warning
+    older = older_rules_warning(runs["records_rule"])
+    if older:
+        typer.echo(f"warning: {older}", err=True)
     secs = render.sections(rep)
     written = []
     with tempfile.TemporaryDirectory() as tmp:  # html without --plots: the PNGs live only until embedded
