@@ -1694,6 +1694,69 @@ def test_the_writers_infinity_in_a_result_reads_as_not_measured(tmp_path):
                       "simpo": {"points": 1, "min": 0.5, "max": 0.5, "range": 0.0}}
 
 
+def test_a_held_out_loss_that_is_not_finite_is_named_not_read_silently_as_not_measured(tmp_path):
+    """The trainer keeps a held-out loss that is not finite (no training step checks it) and writes it as the
+    writer's infinity or null; the report read it as not measured without a word: a diverged seed only made the
+    held-out loss cells `[1/2]`, whose caption said its curve did not reach the point. `pobench report` names each
+    such run (algorithm, seed, steps) in a warning line, and the leaderboard and held-out loss table in a caption."""
+    from typer.testing import CliRunner
+
+    from pobench.cli import app
+    from pobench.engine.io import MetricsLog, atomic_write_json
+
+    def diverge(run: Path, step_0: bool, last: bool, loss: float) -> None:
+        summary = json.loads((run / "train_summary.json").read_text())
+        if step_0:
+            summary["held_out_initial"]["eval/loss"] = loss
+        if last:
+            summary["held_out_final"]["eval/loss"] = loss
+            atomic_write_json(run / "eval.json", {"held_out_pairs": summary["held_out_final"], "judge": None})
+        atomic_write_json(run / "train_summary.json", summary)   # as the trainer writes it: inf as 1e308, NaN null
+        rows = [json.loads(text) for text in (run / "metrics.jsonl").read_text().splitlines()]
+        (run / "metrics.jsonl").unlink()
+        for row in rows[:-1] + [{**rows[-1], "eval/loss": loss} if last else rows[-1]]:
+            MetricsLog(run / "metrics.jsonl").append(row)
+
+    for algo in ("dpo", "simpo"):
+        for seed in (1, 2):
+            write_run(tmp_path, algo, seed, [0.5, 0.6, 0.7, 0.8])   # evaluated at steps 12, 24, 36
+    diverge(tmp_path / "hh-rlhf" / "dpo" / "seed2", step_0=False, last=True, loss=math.inf)
+    diverge(tmp_path / "hh-rlhf" / "simpo" / "seed1", step_0=True, last=False, loss=math.nan)
+    runs, _ = collect(tmp_path)
+    assert runs.set_index(["algo", "seed"])["held_out_loss_not_finite"].to_dict() == {
+        ("dpo", 1): [], ("dpo", 2): [36], ("simpo", 1): [0], ("simpo", 2): []}
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--format", "markdown"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        "warning: hh-rlhf dpo seed2: the held-out loss was not finite (diverged) at step 36; the report reads it as "
+        "not measured",
+        "warning: hh-rlhf simpo seed1: the held-out loss was not finite (diverged) at step 0; the report reads it as "
+        "not measured"]
+    md = result.stdout
+    named = ("HELD-OUT LOSS NOT FINITE: the held-out loss of dpo seed 2 at step 36; simpo seed 1 at step 0 was not "
+             "finite (diverged), read as not measured")
+    leaderboard, loss_table = (md.split("### leaderboard: hh-rlhf")[1].split("###")[0],
+                               md.split("### convergence: held-out loss (hh-rlhf)")[1].split("###")[0])
+    assert named in leaderboard and named in loss_table and md.count(named) == 2   # not the other curves' tables
+    # the cells a diverged seed is missing from say so, with the reason
+    assert "[k/n]: from the k of the row's n seeds whose runs hold the value (the others' curves do not reach that " \
+           "point, or their held-out loss is not finite there (HELD-OUT LOSS NOT FINITE below))" in loss_table
+    assert re.search(r"\| dpo \| [^|]+ \| [^|]+ \| [^|]+ \| [0-9.± ]+ \[1/2\] \| [0-9.± ]+ \[1/2\] \|", loss_table), loss_table
+    assert re.search(r"\| simpo \| [0-9.± ]+ \[1/2\] \|", loss_table), loss_table
+    report = build_report(tmp_path)[0]
+    assert report["suites"][0]["held_out_loss_not_finite"] == [
+        {"algo": "dpo", "grid_point": "", "seed": 2, "steps": [36]},
+        {"algo": "simpo", "grid_point": "", "seed": 1, "steps": [0]}]
+    # a grid chosen on the held-out loss names them where its validation is read, the points not chosen too
+    write_run(tmp_path, "dpo", 1, [0.5, 0.6, 0.7, 0.8], point="beta=0.5")
+    diverge(tmp_path / "hh-rlhf" / "dpo" / "beta=0.5" / "seed1", step_0=False, last=True, loss=-math.inf)
+    secs = sections(build_report(tmp_path, select="loss")[0])
+    grid = next(sec for sec in secs if sec.title == "tuning grid: hh-rlhf")
+    assert "HELD-OUT LOSS NOT FINITE: the held-out loss of dpo seed 2 at step 36; dpo (beta=0.5) seed 1 at step 36; " \
+           "simpo seed 1 at step 0 was not finite (diverged), read as not measured (so left out of its point's " \
+           "validation)" in grid.caption
+
+
 def test_a_metrics_line_is_strict_json_at_every_depth(tmp_path):
     """MetricsLog cleaned a row's top-level values only, and json.dumps wrote what was left bare: a sampler's
     nested `sampler/*` value with a NaN made a line that is not JSON (README: every file is strict JSON)."""

@@ -6,7 +6,8 @@ from pathlib import Path
 from pobench.errors import PobenchError
 from pobench.report.collect import collect
 from pobench.report.convergence import AXES, DEFAULT_TARGET, convergence, matched_kl
-from pobench.report.leaderboard import about, grid_table, leaderboard, mixed_evaluations, spread
+from pobench.report.leaderboard import (about, grid_table, held_out_loss_not_finite, leaderboard, mixed_evaluations,
+                                        spread)
 from pobench.report.versus import DEFAULT_BASELINE, NO_BASELINE, unlike_across_seeds, unlike_rows, versus
 
 
@@ -46,6 +47,7 @@ def build_report(root: Path, select: str = "acc", points: list[float] | None = N
             "leaderboard": leaderboard(suite_runs, chosen, spreads),
             "unlike_across_seeds": unlike_across_seeds(suite_runs, chosen),
             "mixed_evaluations": mixed_evaluations(suite_runs, chosen),
+            "held_out_loss_not_finite": held_out_loss_not_finite(suite_runs),
             "unlike_rows": unlike_rows(suite_runs, chosen, None if baseline == NO_BASELINE else baseline),
             "grid": grid_rows if any(s["points"] > 1 for s in spreads.values()) else [],
             "spread": spreads,

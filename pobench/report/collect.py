@@ -22,6 +22,7 @@ from pobench.errors import PobenchError
 # eval.json fields that are fractions in [0, 1]: a value outside is a broken file, not a result
 FRACTIONS = ("win_rate", "lc_win_rate", "win_rate_se")
 HELD_OUT_ACC = "eval/rewards/accuracies"
+HELD_OUT_LOSS = "eval/loss"
 NO_GRID = ""  # the grid point of a run made without --grid
 
 
@@ -437,6 +438,22 @@ def data_digest(report, path: Path) -> str | None:
     return hashlib.sha1(json.dumps(digest, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def is_not_finite(v) -> bool:
+    """Whether a result the trainer wrote stands for a value that was not finite: null (its NaN), a bare NaN (a file
+    written before that rule) or its infinity (+-INFINITY)."""
+    return v is None or (isinstance(v, float) and math.isnan(v)) or is_written_infinity(v)
+
+
+def held_out_loss_not_finite(summary: dict, rows: list[dict]) -> list[int]:
+    """The steps at which a run's held-out loss was measured and not finite (a policy that diverged on the held-out
+    pairs, which no training step checks; the trainer said so as it ran): train_summary.json's held-out metrics
+    before training (step 0) and at the end, and metrics.jsonl's rows (read_metrics'), where they hold the loss."""
+    measured_at = [(0, summary.get("held_out_initial")), (summary.get("steps"), summary.get("held_out_final"))]
+    measured_at += [(row.get("step"), row) for row in rows]
+    return sorted({step for step, metrics in measured_at if isinstance(metrics, dict) and isinstance(step, int)
+                   and HELD_OUT_LOSS in metrics and is_not_finite(metrics[HELD_OUT_LOSS])})
+
+
 def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     """(one leaderboard row, the run's curve rows). The curve starts at records_seen = 0 with the held-out
     metrics measured before the first update (train_summary's `held_out_initial`)."""
@@ -461,7 +478,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         "suite": summary["suite"], "algo": summary["algorithm"], "grid_point": grid_point_of(run_dir, summary["algorithm"]),
         "seed": summary["seed"], "run_dir": str(run_dir),
         "held_out_acc": held.get(HELD_OUT_ACC), "held_out_margin": held.get("eval/rewards/margins"),
-        "held_out_loss": held.get("eval/loss"),
+        "held_out_loss": held.get(HELD_OUT_LOSS),
         "train_time_s": summary.get("train_time_s"), "pairs_per_s": measured(summary.get("pairs_per_s")),
         "steps": summary.get("steps"), "pairs_seen": summary.get("pairs_seen"),
         "eval_pairs": summary.get("eval_pairs"), "global_batch_size": summary.get("global_batch_size"),
@@ -490,7 +507,10 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
     if not isinstance(batch, int):   # runs from before global_batch_size: one process, train.batch_size records
         per_process = ((config or {}).get("train") or {}).get("batch_size")
         batch = per_process * (summary.get("num_processes") or 1) if isinstance(per_process, int) else None
-    for logged in read_metrics(run_dir / "metrics.jsonl"):
+    logged_rows = read_metrics(run_dir / "metrics.jsonl")
+    # read as not measured in every table, as NaN is; named (build_report, render) so that it is not silently so
+    row["held_out_loss_not_finite"] = held_out_loss_not_finite(summary, logged_rows)
+    for logged in logged_rows:
         if "records_seen" not in logged and isinstance(batch, int) and isinstance(logged.get("step"), int):
             logged["records_seen"] = logged["step"] * batch   # runs logged before records_seen was
         curve.append(logged)

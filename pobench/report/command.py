@@ -55,6 +55,8 @@ def report(
     older = older_rules_warning(runs["records_rule"])
     if older:
         typer.echo(f"warning: {older}", err=True)
+    for warning in render.not_finite_warnings(rep):
+        typer.echo(warning, err=True)
     secs = render.sections(rep)
     written = []
     with tempfile.TemporaryDirectory() as tmp:  # html without --plots: the PNGs live only until embedded

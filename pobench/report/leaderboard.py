@@ -184,6 +184,14 @@ def judge_accuracy_sources(runs) -> dict:
     return {j: sorted(out[j]) for j in sorted(out)}
 
 
+def held_out_loss_not_finite(runs) -> list[dict]:
+    """[{algo, grid_point, seed, steps}] of the runs whose held-out loss was not finite at some evaluation
+    (collect.held_out_loss_not_finite's steps): the tables read it as not measured, and name these runs."""
+    return [{"algo": r["algo"], "grid_point": r["grid_point"], "seed": int(r["seed"]),
+             "steps": list(r["held_out_loss_not_finite"])}
+            for _, r in runs.iterrows() if len(r["held_out_loss_not_finite"])]
+
+
 def about(runs) -> dict:
     """Who judged and what scored: named with every table."""
     kinds = _unique(runs, "judge_kind")

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 
+from pobench.report.collect import HELD_OUT_LOSS
 from pobench.report.convergence import ACCURACY, UNITS
 from pobench.report.leaderboard import BUDGET_COLUMNS, METRICS
 from pobench.report.versus import ACC_AUC, AUTO_JUDGE, DELTA_METRICS, ON_VALIDATION, SOFTWARE
@@ -55,6 +56,29 @@ def fmt_ci(ci: dict, digits: int = 3) -> str:
 
 PARTIAL_NOTE = "[k/n]: from the k of the row's n seeds whose runs hold the value (the others lack it: no evaluation yet, "\
                "or one that failed)"
+NOT_FINITE = "HELD-OUT LOSS NOT FINITE"
+
+
+def not_finite_line(s: dict, chosen_only: bool = True) -> str | None:
+    """The caption line naming the suite's runs whose held-out loss was not finite (build's
+    `held_out_loss_not_finite`), which the tables read as not measured; `chosen_only`: those of the rows shown (each
+    algorithm at its chosen grid point). None where there are none."""
+    chosen = {(r["algo"], r["grid_point"]) for r in s["leaderboard"]}
+    named = [f"{e['algo']}{f' ({p})' if (p := e['grid_point']) else ''} seed {e['seed']} at "
+             f"step{'s' if len(e['steps']) > 1 else ''} {', '.join(map(str, e['steps']))}"
+             for e in s.get("held_out_loss_not_finite") or () if not chosen_only or (e["algo"], e["grid_point"]) in chosen]
+    if not named:
+        return None
+    return f"{NOT_FINITE}: the held-out loss of {'; '.join(named)} was not finite (diverged), read as not measured"
+
+
+def not_finite_warnings(report: dict) -> list[str]:
+    """One line per run of the report whose held-out loss was not finite, for `pobench report` to say beside the
+    tables (which name only the rows they show)."""
+    return [f"warning: {s['suite']} {e['algo']}{f' {p}' if (p := e['grid_point']) else ''} seed{e['seed']}: the "
+            f"held-out loss was not finite (diverged) at step{'s' if len(e['steps']) > 1 else ''} "
+            f"{', '.join(map(str, e['steps']))}; the report reads it as not measured"
+            for s in report["suites"] for e in s.get("held_out_loss_not_finite") or ()]
 
 
 def of_seeds(ci: dict | None, seeds: int) -> str:
@@ -147,6 +171,9 @@ def leaderboard_section(s: dict, select: str) -> Section:
         body.append(cells)
     if any(of_seeds(r[c], len(r["seeds"])) for r in rows for c, _ in measured):
         caption.append(PARTIAL_NOTE)
+    diverged = not_finite_line(s)
+    if diverged:
+        caption.append(diverged)
     if s.get("mixed_evaluations"):
         caption.append("MIXED EVALUATIONS: the rows' win rates come from other evaluations, so they are not on one "
                        "scale: " + "; ".join(f"{a}: {how}" for a, how in s["mixed_evaluations"].items()))
@@ -183,6 +210,9 @@ def grid_section(s: dict, select: str) -> Section:
                            f"point with the fewest has (those most points have first), equally noisy means but not "
                            f"of the same seeds, so the choice is weaker than usual; run every point on the same "
                            f"seeds to compare them alike")
+    diverged = not_finite_line(s, chosen_only=False) if select == "loss" else None   # the validation metric
+    if diverged:
+        caption.append(diverged + " (so left out of its point's validation)")
     uneven = any(how != "alike" for how in scoring.values())
     has_wr = any(r["win_rate"]["mean"] is not None for r in s["grid"])
     val = f"validation: held-out {'acc' if select == 'acc' else 'loss'}"
@@ -324,9 +354,13 @@ def convergence_sections(s: dict, metrics=tuple(CURVE_TITLES)) -> list[Section]:
         if is_acc:
             caption.append(f"{unit} to {conv['target']:g}: first crossing, interpolated; mean over the seeds that "
                            f"reached it")
+        diverged = not_finite_line(s) if metric == HELD_OUT_LOSS else None
         if any(of_seeds(ci, r["seeds"]) for r in rows for ci in r["at"] + [r["auc"]]):
-            caption.append(PARTIAL_NOTE.replace("(the others lack it: no evaluation yet, or one that failed)",
-                                                "(the others' curves do not reach that point)"))
+            why = "the others' curves do not reach that point" + (
+                f", or their held-out loss is not finite there ({NOT_FINITE} below)" if diverged else "")
+            caption.append(PARTIAL_NOTE.replace("the others lack it: no evaluation yet, or one that failed", why))
+        if diverged:
+            caption.append(diverged)
         out.append(Section(f"convergence: {CURVE_TITLES[metric]} ({s['suite']})", caption, columns, body))
     return out
 
