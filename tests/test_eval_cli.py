@@ -334,6 +334,47 @@ def test_an_evaluation_stopped_after_some_answers_starts_again_from_them(finishe
     assert [r["output_tokens"] for r in rows(run)] == [r["output_tokens"] for r in rows(finished_run)]
 
 
+def test_an_evaluation_stopped_after_some_kl_samples_starts_again_from_them(finished_run, tmp_path, monkeypatch):
+    """The KL estimate's samples were drawn again by every evaluation of a run: one stopped by a failing judge, and
+    one with another judge. They are seeded per prompt (eval.seed), so drawing them again gave the same samples, the
+    time spent again; their log-probs are now stored as the answers are, chunk by chunk, and reused."""
+    import test_eval_judges  # noqa: F401  registers gold:test-eval-length in this process
+
+    from pobench.eval import runner
+    run = copy_run(finished_run, tmp_path)
+    gold = {"eval": {"judge": "gold:test-eval-length"}}
+    monkeypatch.setattr(runner, "EVAL_CHUNK_PROMPTS", 1)
+
+    def judge_is_down(*args, **kwargs):   # test double for a judge whose service fails
+        raise PobenchError("the judge's service is down")
+
+    from pobench.generation.hf import TransformersBackend
+    real_judge_rows, real_generate = runner.judge_rows, TransformersBackend.generate
+    monkeypatch.setattr(runner, "judge_rows", judge_is_down)
+    with pytest.raises(PobenchError, match="down"):
+        runner.evaluate_run(run, overrides=gold)
+    store = next((tmp_path / "results" / ".cache" / "eval_kl").glob("*.jsonl"))
+    lines = store.read_text().splitlines()
+    assert len(lines) == 4   # one per prompt, a chunk each
+    drawn = []
+
+    def counted(backend, prompt_ids, gen):
+        if gen.temperature == 1.0 and gen.top_p == 1.0:   # KL's pure samples (the answers are drawn at 0.7)
+            drawn.extend(prompt_ids)
+        return real_generate(backend, prompt_ids, gen)
+
+    monkeypatch.setattr(runner, "judge_rows", real_judge_rows)
+    monkeypatch.setattr(TransformersBackend, "generate", counted)
+    result = runner.evaluate_run(run, overrides=gold)
+    assert drawn == []                                 # none drawn again
+    kl = json.loads((finished_run / "eval.json").read_text())["kl"]
+    assert result["kl"] == pytest.approx(kl, rel=1e-5)   # as the run's own evaluation drew them, in one chunk
+    store.write_text("\n".join(lines[:2]) + "\n")      # as a crash after the second chunk would have left it
+    result = runner.evaluate_run(run, overrides=gold)
+    assert len(drawn) == 2 and result["kl"] == pytest.approx(kl, rel=1e-5)   # only the two the crash lost
+    assert result["kl_info"]["kl_samples"] == 4
+
+
 def test_eval_on_alpaca_eval_instructions_with_the_local_llm_judge(finished_run, tiny_model_dir, tmp_path):
     pytest.importorskip("alpaca_eval")
     from pobench.cli import app

@@ -202,7 +202,7 @@ def test_lc_win_rate_stays_finite_when_length_separates_a_few_prompts():
     assert 0.4 < lc["lc_win_rate"] < 0.6 and 0 < lc["length_coef"] < 5 and math.isfinite(lc["lc_win_rate_se"])
 
 
-def test_the_kl_estimate_is_of_the_policy_against_the_reference(tiny_model_dir):
+def test_the_kl_estimate_is_of_the_policy_against_the_reference(tiny_model_dir, tmp_path):
     """estimate_kl samples the policy and scores the samples under both models: a policy sharper than its reference
     (output layer x 3) is far from it, KL(policy || reference) clearly positive; the reference against itself is 0.
     Swapping the two models inside it would sample the reference and give a negative mean."""
@@ -214,6 +214,7 @@ def test_the_kl_estimate_is_of_the_policy_against_the_reference(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pobench.eval.runner import estimate_kl
+    from pobench.sampling.pools import PoolStore
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     reference = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -229,8 +230,11 @@ def test_the_kl_estimate_is_of_the_policy_against_the_reference(tiny_model_dir):
     def against(model):
         return lambda: contextlib.nullcontext(model)
 
-    sharper = estimate_kl(cfg, policy, tokenizer, prompts, against(reference), torch.device("cpu"))
-    same = estimate_kl(cfg, reference, tokenizer, prompts, against(reference), torch.device("cpu"))
+    def store(name: str):
+        return PoolStore(tmp_path / f"{name}.jsonl", fields={"logps": list})
+
+    sharper = estimate_kl(cfg, policy, tokenizer, prompts, against(reference), torch.device("cpu"), store("sharper"))
+    same = estimate_kl(cfg, reference, tokenizer, prompts, against(reference), torch.device("cpu"), store("same"))
     assert sharper["kl_samples"] == 24 and sharper["kl"] > 4 * sharper["kl_se"] > 0
     assert same["kl"] == pytest.approx(0.0, abs=1e-4)
 

@@ -365,23 +365,21 @@ EVAL_CHUNK_PROMPTS = 256   # prompts per process between two appends to an answe
                           # full decode batch on CUDA (generation.hf.MAX_BATCH_ROWS) at one sample per prompt
 
 
-def stored_answers(store, prompt_ids, model, tokenizer, gen, state=None, backend=None) -> list[dict]:
-    """Each prompt's answer ({"output", "finished", "tokens"}) from `store`, the missing ones generated in chunks
-    appended as they are made, so an evaluation stopped partway (a crash, a judge that failed after the answers)
-    starts again where it stopped. Sampling is seeded per prompt, so chunking changes no answer. Under several
+def stored_per_prompt(store, prompt_ids, compute, state=None) -> list[dict]:
+    """Each prompt's entry from `store`, the missing ones computed (`compute(prompts)`: one dict per prompt) in
+    chunks appended as they are made, so an evaluation stopped partway (a crash, a judge that failed after them)
+    starts again where it stopped. Sampling is seeded per prompt, so chunking changes no sample. Under several
     processes each chunk is split across the ranks and the main process alone appends."""
     from pobench.sampling.pools import prompt_key
     todo = [p for p in dict.fromkeys(map(tuple, prompt_ids)) if prompt_key(list(p)) not in store.entries]
     if state is not None:   # the main process's list, should another run have appended to the store meanwhile
         from pobench.engine.distributed import gather_lists
         todo = gather_lists([todo] if state.is_main_process else [], state)[0]
-    backend = backend or answer_backend(model, tokenizer)   # one for every chunk: its captured decoders are reused
     step = EVAL_CHUNK_PROMPTS * (state.num_processes if state is not None else 1)
     for start in range(0, len(todo), step):
         part = todo[start:start + step]
-        outs = map_prompts(lambda share: backend.generate([list(p) for p in share], gen), part, state)
-        entries = [{"key": prompt_key(list(p)), "output": o[0].text, "finished": o[0].finished,
-                    "tokens": len(o[0].token_ids)} for p, o in zip(part, outs)]
+        computed = map_prompts(lambda share: compute([list(p) for p in share]), part, state)
+        entries = [{"key": prompt_key(list(p)), **entry} for p, entry in zip(part, computed)]
         if is_main(state):
             store.add(entries)
         else:
@@ -389,6 +387,17 @@ def stored_answers(store, prompt_ids, model, tokenizer, gen, state=None, backend
         if state is not None:
             state.wait_for_everyone()
     return [store.entries[prompt_key(list(p))] for p in prompt_ids]
+
+
+def stored_answers(store, prompt_ids, model, tokenizer, gen, state=None, backend=None) -> list[dict]:
+    """Each prompt's answer ({"output", "finished", "tokens"}) from `store`, the missing ones generated
+    (stored_per_prompt)."""
+    backend = backend or answer_backend(model, tokenizer)   # one for every chunk: its captured decoders are reused
+
+    def answer(share: list) -> list[dict]:
+        return [{"output": o[0].text, "finished": o[0].finished, "tokens": len(o[0].token_ids)}
+                for o in backend.generate(share, gen)]
+    return stored_per_prompt(store, prompt_ids, answer, state)
 
 
 def policy_answer_store(cfg, run_dir: Path, model, model_path: str, cache_dir: Path, context: dict | None = None):
@@ -548,29 +557,41 @@ def sample_logps(model, seqs, pad_id: int, device, chunk: int) -> list[float]:
     return sums.tolist()
 
 
-def estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, device, state=None) -> dict | None:
-    """KL(policy || reference) from eval.kl_samples pure samples per prompt (temperature 1, top_p 1: y ~ pi).
-    Under several processes each rank samples and scores its shard of the prompts."""
+def kl_store(cfg, answers):
+    """Where a run's KL samples' log-probs are kept, one entry per prompt: keyed by the policy's answer store's key
+    (`answers`: the checkpoint, the models, the weights' dtype, the eval decoding and how answers are computed; the
+    reference policy is the base model or the policy without its adapter, named by these) and the KL's own settings."""
+    from pobench.sampling.pools import PoolStore
+    settings = json.dumps({"kl_samples": cfg.eval.kl_samples, "logps_chunk": cfg.train.logps_chunk}, sort_keys=True)
+    key = hashlib.sha1(f"{answers.path.stem}-{settings}".encode()).hexdigest()[:16]
+    return PoolStore(answers.path.parent.parent / "eval_kl" / f"{key}.jsonl", fields={"logps": list})
+
+
+def estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, device, store, state=None) -> dict | None:
+    """KL(policy || reference) from eval.kl_samples pure samples per prompt (temperature 1, top_p 1: y ~ pi), their
+    log-probs kept in `store` (kl_store) as they are made, chunk by chunk (stored_per_prompt): an evaluation
+    stopped after them, or one with another judge, draws none again. Under several processes each rank samples and
+    scores its shard of the prompts."""
     from pobench.eval.metrics import kl_estimate
     if cfg.eval.kl_samples < 1:
         return None
     pad = tokenizer.pad_token_id
 
-    def logps(share: list) -> list[list[tuple[float, float]]]:
-        """Per prompt, (policy, reference) log-probs of each of its non-empty samples."""
+    def logps(share: list) -> list[dict]:
+        """Per prompt, [policy, reference] log-probs of each of its non-empty samples."""
         outs = generate(policy, tokenizer, share, generation_config(cfg, n=cfg.eval.kl_samples, pure=True))
         seqs = [(p, c.token_ids) for p, row in zip(share, outs) for c in row if c.token_ids]
         if not seqs:
-            return [[] for _ in share]
+            return [{"logps": []} for _ in share]
         pol = sample_logps(policy, seqs, pad, device, cfg.train.logps_chunk)
-        with ref_ctx() as ref:
+        with ref_ctx() as ref:   # once per chunk: its memory is freed before the next chunk's samples are drawn
             refl = sample_logps(ref, seqs, pad, device, cfg.train.logps_chunk)
         pairs, out = iter(zip(pol, refl)), []
         for row in outs:
-            out.append([next(pairs) for c in row if c.token_ids])
+            out.append({"logps": [list(next(pairs)) for c in row if c.token_ids]})
         return out
 
-    pairs = [pair for prompt in map_prompts(logps, prompt_ids, state) for pair in prompt]
+    pairs = [pair for entry in stored_per_prompt(store, prompt_ids, logps, state) for pair in entry["logps"]]
     if not pairs:
         return None
     return {**kl_estimate([a for a, _ in pairs], [b for _, b in pairs]), "kl_decoding": "temperature 1, top_p 1",
@@ -699,14 +720,14 @@ def evaluate_run(run_dir: Path, cache_dir: Path | None = None, overrides: dict |
 
     backend = answer_backend(policy, tokenizer)
     context = answers_context(cfg, backend, prompt_ids)
-    answers = stored_answers(policy_answer_store(cfg, run_dir, policy, model_path, cache_dir, context), prompt_ids,
-                             policy, tokenizer, generation_config(cfg), state, backend)
+    answer_store = policy_answer_store(cfg, run_dir, policy, model_path, cache_dir, context)
+    answers = stored_answers(answer_store, prompt_ids, policy, tokenizer, generation_config(cfg), state, backend)
     generation = generated_with(context, backend)
     del backend   # it holds the policy (and on CUDA its captured decoders): freed below, before the judge loads
     policy_out = [a["output"] for a in answers]
     ref_ctx = lambda: reference_model(cfg, policy, dev)  # noqa: E731  (entered once per use: memory is freed between)
     ref_out, reference = reference_outputs(cfg, items, prompt_ids, ref_ctx, tokenizer, model_path, cache_dir, state)
-    kl = estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, dev, state)
+    kl = estimate_kl(cfg, policy, tokenizer, prompt_ids, ref_ctx, dev, kl_store(cfg, answer_store), state)
     del policy
     judge_state = state if shards_judge(cfg.eval.judge) else None   # None: the main process judges alone
     if state is not None and judge_state is None and not state.is_main_process:
