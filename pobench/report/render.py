@@ -59,13 +59,16 @@ PARTIAL_NOTE = "[k/n]: from the k of the row's n seeds whose runs hold the value
 NOT_FINITE = "HELD-OUT LOSS NOT FINITE"
 
 
+def at_steps(steps: list[int]) -> str:
+    return f"step{'s' if len(steps) > 1 else ''} {', '.join(map(str, steps))}"
+
+
 def not_finite_line(s: dict, chosen_only: bool = True) -> str | None:
     """The caption line naming the suite's runs whose held-out loss was not finite (build's
     `held_out_loss_not_finite`), which the tables read as not measured; `chosen_only`: those of the rows shown (each
     algorithm at its chosen grid point). None where there are none."""
     chosen = {(r["algo"], r["grid_point"]) for r in s["leaderboard"]}
-    named = [f"{e['algo']}{f' ({p})' if (p := e['grid_point']) else ''} seed {e['seed']} at "
-             f"step{'s' if len(e['steps']) > 1 else ''} {', '.join(map(str, e['steps']))}"
+    named = [f"{e['algo']}{f' ({p})' if (p := e['grid_point']) else ''} seed {e['seed']} at {at_steps(e['steps'])}"
              for e in s.get("held_out_loss_not_finite") or () if not chosen_only or (e["algo"], e["grid_point"]) in chosen]
     if not named:
         return None
@@ -76,8 +79,7 @@ def not_finite_warnings(report: dict) -> list[str]:
     """One line per run of the report whose held-out loss was not finite, for `pobench report` to say beside the
     tables (which name only the rows they show)."""
     return [f"warning: {s['suite']} {e['algo']}{f' {p}' if (p := e['grid_point']) else ''} seed{e['seed']}: the "
-            f"held-out loss was not finite (diverged) at step{'s' if len(e['steps']) > 1 else ''} "
-            f"{', '.join(map(str, e['steps']))}; the report reads it as not measured"
+            f"held-out loss was not finite (diverged) at {at_steps(e['steps'])}; the report reads it as not measured"
             for s in report["suites"] for e in s.get("held_out_loss_not_finite") or ()]
 
 
