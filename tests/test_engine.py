@@ -307,9 +307,31 @@ def test_lora_reference_is_the_adapter_disabled_policy(tmp_path, tiny_model_dir)
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
 
 
+def test_a_reference_cache_without_seconds_serves_its_log_probs_and_leaves_reference_s_not_measured(tmp_path,
+                                                                                                     tiny_model_dir):
+    """A cache file written before entries kept what scoring them took holds two columns (log-prob, token count):
+    its log-probs still serve, and a run on it has no reference time to be charged, so its reference_s is not
+    measured (None), never 0, and its time is the steps' own. A file of today keeps the seconds across a save."""
+    from pobench.engine.refcache import ReferenceCache
+    cache = tmp_path / "cache"
+    first, _ = run_train(tmp_path / "a", tiny_model_dir, cache=cache, max_steps=1)
+    path = next((cache / "reflogps").glob("*.pt"))
+    data = torch.load(path, weights_only=True)
+    assert data["values"].shape[1] == 3 and first["reference_s"] > 0
+    today = ReferenceCache(path)
+    assert len(today.spent) == len(today.entries) and all(s > 0 for s in today.spent.values())
+    torch.save({"keys": data["keys"], "values": data["values"][:, :2]}, path)
+    old = ReferenceCache(path)
+    assert old.entries == today.entries and not old.spent
+    second, _ = run_train(tmp_path / "b", tiny_model_dir, cache=cache, max_steps=1)
+    assert second["reference_s"] is None and second["train_time_s"] > 0
+    assert metrics(tmp_path / "b") == metrics(tmp_path / "a")
+
+
 def test_simpo_needs_no_reference(tmp_path, tiny_model_dir):
     summary, cfg = run_train(tmp_path / "s", tiny_model_dir, algo="simpo", max_steps=2)
     assert not (tmp_path / "s" / "cache" / "reflogps").exists()
+    assert summary["reference_s"] == 0 and summary["reference_load_s"] is None   # measured: none spent
     rows = metrics(tmp_path / "s")
     assert len(rows) == 2
     # logps/* as TRL's CPOTrainer logs them for loss_type="simpo": per-token means, so that the reward (beta times

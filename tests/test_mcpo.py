@@ -141,6 +141,28 @@ def test_runs_record_what_they_trained_on(tmp_path, tiny_model_dir, pool_data):
         ["records trained on, in order a vs b"]
 
 
+def test_every_run_is_charged_the_reference_log_probs_of_what_it_trains_on(tmp_path, tiny_model_dir, pool_data):
+    """MC-PO's pool candidates were scored against the reference before step 1, outside every step: in neither
+    train_time_s nor pool s, while an online sampler's fresh samples are scored inside its steps. Each cache entry
+    now keeps what scoring it took, and a run is charged those of the sequences it trains on (reference_s, within
+    train_time_s and the curves' time_s), whoever scored them: DPO, on MC-PO's cache, scores nothing itself and is
+    charged its pairs'; MC-PO is charged its pools' besides. The held-out pairs' scoring is evaluation: no one's."""
+    from pobench.engine.refcache import ReferenceCache
+    cache = tmp_path / "cache"
+    mcpo, _ = run_train(tmp_path / "mcpo", tiny_model_dir, algo="mcpo", cache=cache, data_path=str(pool_data),
+                        max_steps=1, algorithm={"num_candidates": 3})
+    files = sorted((cache / "reflogps").glob("*.pt"))
+    made = [f.read_bytes() for f in files]
+    dpo, _ = run_train(tmp_path / "dpo", tiny_model_dir, algo="dpo", cache=cache, data_path=str(pool_data), max_steps=1)
+    assert [f.read_bytes() for f in files] == made       # every sequence DPO needs was scored by the MC-PO run
+    assert 0 < dpo["reference_s"] < mcpo["reference_s"]
+    assert mcpo["reference_s"] < sum(ReferenceCache(files[0]).spent.values())   # + the held-out pairs'
+    for summary, run in ((dpo, "dpo"), (mcpo, "mcpo")):
+        assert summary["reference_s"] < summary["train_time_s"]
+        last = json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1])
+        assert last["time_s"] == pytest.approx(summary["train_time_s"], abs=1e-3)
+
+
 def test_mcpo_trains_on_a_pool_and_logs_the_kernel(tmp_path, tiny_model_dir, pool_data):
     run_train(tmp_path / "m", tiny_model_dir, algo="mcpo", data_path=str(pool_data), max_steps=3,
               algorithm={"num_candidates": 3, "tau": 0.05})

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import math
+import time
+import types
 
 import pytest
 import torch
@@ -446,6 +448,32 @@ def test_fresh_samples_are_scored_against_the_initial_policy(tmp_path, tiny_mode
         want, _ = T.score_sequences(initial, seqs, 0, torch.device("cpu"), 8)
         torch.testing.assert_close(reference.float(), want.float(), rtol=1e-4, atol=1e-3)
         assert (trained.float() - want.float()).abs().max() > 1e-2   # the policy has moved: the check can fail
+
+
+def test_online_runs_hold_their_fresh_samples_reference_once_and_not_the_reference_copys_load(tmp_path, tiny_model_dir,
+                                                                                               monkeypatch):
+    """Online DPO scores its fresh samples against the reference inside its steps: reference_s holds them beside
+    the dataset pairs' (scored before step 1 and charged as DPO's are), within train_time_s. Loading the frozen
+    reference copy at the first fresh sample (full fine-tuning) landed in step 1's time; it is setup, as loading the
+    policy is, and as the reference model of the pass before step 1 is: kept out of the step, as reference_load_s."""
+    from pobench.engine import trainer as T
+    cache = tmp_path / "cache"
+    dpo, _ = run_train(tmp_path / "dpo", tiny_model_dir, algo="dpo", cache=cache, **ONLINE)
+    real, loads, skew = T.load_policy, [], [0.0]
+
+    def slow_load(*args, **kwargs):   # the policy, then the reference copy, which takes 1000 s on the trainer's clock
+        loads.append(1)
+        if len(loads) > 1:
+            skew[0] += 1000.0
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "load_policy", slow_load)
+    monkeypatch.setattr(T, "time", types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + skew[0]))
+    online, _ = run_train(tmp_path / "online", tiny_model_dir, algo="online_dpo", cache=cache, **ONLINE)
+    assert len(loads) == 2 and online["reference_load_s"] >= 1000
+    assert online["train_time_s"] < 1000
+    assert dpo["reference_load_s"] is None
+    assert 0 < dpo["reference_s"] < online["reference_s"] < online["train_time_s"]
 
 
 @pytest.mark.parametrize("pairing", ["best_worst", "kernel"])

@@ -21,8 +21,8 @@ from pobench import faults
 from pobench.algorithm import SeqLogps
 from pobench.config import RunConfig
 from pobench.data import SuiteData
-from pobench.data.tokenize import (ChatFormatter, TokenizedPair, closing_ids, encode_completion, tokenize_record,
-                                   truncation_counts)
+from pobench.data.tokenize import (ChatFormatter, TokenizedPair, closing_ids, encode_completion, sequence_key,
+                                   tokenize_record, truncation_counts)
 from pobench.engine import distributed as D
 from pobench.engine.checkpoint import (check_resumable_state, find_checkpoint, load_checkpoint, load_sampler_states, read_state,
                                        save_checkpoint)
@@ -501,8 +501,12 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
         rows = []
         for start in range(0, len(share), bs):
             chunk = share[start:start + bs]
+            started = time.perf_counter()
             sums, counts = score_sequences(ref_scorer, chunk, pad_id, device, bs)
-            rows.extend(zip(sums.tolist(), counts.tolist()))
+            # each sequence's share of the wall time, kept with it: every run that uses it is charged that
+            # (reference_charges); ranks scoring their shares side by side each count a share of the wall time
+            seconds = (time.perf_counter() - started) / len(chunk) / world
+            rows.extend((lp, n, seconds) for lp, n in zip(sums.tolist(), counts.tolist()))
             faults.kill_point("refcache")
             if progress:
                 progress.advance(task, len(chunk) * world)  # the other ranks advance alongside
@@ -511,7 +515,8 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
     with reference_policy(cfg, model, scorer, device, fresh_policy) as (_, ref_scorer), \
             (accelerator.autocast() if accelerator is not None else contextlib.nullcontext()):
         rows = D.map_sharded(score_share, missing, accelerator) if world > 1 else score_share(missing)
-    cache.add(missing, torch.tensor([r[0] for r in rows], dtype=torch.float64), torch.tensor([r[1] for r in rows]))
+    cache.add(missing, torch.tensor([r[0] for r in rows], dtype=torch.float64), torch.tensor([r[1] for r in rows]),
+              [r[2] for r in rows])
     if accelerator is None or accelerator.is_main_process:
         cache.save()
     if world > 1:
@@ -521,6 +526,25 @@ def build_reference_cache(cfg: RunConfig, cache_dir: Path, model_path: str, mode
     if progress:
         progress.remove_task(task)
     return cache
+
+
+def reference_charges(refcache: ReferenceCache, sampler, train_pairs, order, global_batch: int,
+                      max_steps: int) -> list[float] | None:
+    """Per step, the seconds the reference pass before step 1 spent on the sequences (those the sampler lists) that
+    the step is the first to use, whoever scored them. Charged to the step, they put an offline sampler's reference
+    log-probs (a whole pool's) into its training time, as an online sampler's, scored inside its steps, are. None
+    where a sequence's time was not recorded (a cache file older than the record). The held-out pairs' are
+    evaluation, which no step's time holds."""
+    seen, charges = set(), []
+    for step in range(max_steps):
+        batch = [train_pairs[i] for i in order[step * global_batch:(step + 1) * global_batch]]
+        first = {sequence_key(p, c) for p, c in sampler.reference_sequences(batch)} - seen
+        spent = [refcache.spent.get(key) for key in first]
+        if None in spent:
+            return None
+        charges.append(sum(spent))
+        seen |= first
+    return charges
 
 
 class _PoolShard:
@@ -699,8 +723,9 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     # -- resume ---------------------------------------------------------------------------------------
     metrics = MetricsLog(run_dir / "metrics.jsonl")
     code = run_code(algo, sampler)
-    state = {"step": 0, "records_seen": 0, "pairs_seen": 0, "time_s": 0.0, "initial_eval": None, "num_processes": world,
-             "code": code}
+    # reference_s: the part of time_s spent on reference log-probs (None: not measured, see reference_charges)
+    state = {"step": 0, "records_seen": 0, "pairs_seen": 0, "time_s": 0.0, "reference_s": 0.0, "initial_eval": None,
+             "num_processes": world, "code": code}
     checkpoint = find_checkpoint(run_dir) if resume else None
     if checkpoint is not None and D.optimizer_state_is_sharded(accelerator):
         raise PobenchError(f"{run_dir}: --resume is supported for single-process and DDP runs; FSDP/DeepSpeed "
@@ -717,6 +742,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         # checked equal before this run started (cli.run); a checkpoint older than the record takes today's, so that
         # a resume of it is recorded from here on. A finished run evaluated again keeps the code that trained it.
         state.setdefault("code", code)
+        state.setdefault("reference_s", None)   # a checkpoint from before: its steps' time_s lacks the reference pass
         sampler_states = load_sampler_states(checkpoint)
         if hasattr(sampler, "load_state_dict") and sampler_states and len(sampler_states) == world:
             sampler.load_state_dict(sampler_states[rank])   # this rank's, for its own records
@@ -737,6 +763,12 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
             [(p.prompt, c) for p in eval_pairs for c in (p.chosen, p.rejected)]
         refcache = build_reference_cache(cfg, cache_dir, model_path, model, scorer, needed, pad_id, device,
                                          fresh_policy=state["step"] == 0, progress=progress, accelerator=accelerator)
+    charges = None   # per step, the seconds of the reference pass above that the step's time is charged
+    if state["reference_s"] is not None:
+        charges = [0.0] * max_steps if refcache is None else \
+            reference_charges(refcache, sampler, train_pairs, order, global_batch, max_steps)
+        if charges is None:
+            state["reference_s"] = None
 
     # FSDP's transformer auto-wrap reads the layer classes to shard from the model it is given
     scorer._no_split_modules = getattr(model, "_no_split_modules", None)
@@ -770,17 +802,28 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     def agree_forwards(n: int) -> int:
         return D.max_over_ranks(n, accelerator) if D.forwards_need_all_ranks(accelerator) else n
 
+    in_step = {"reference_s": 0.0, "setup_s": 0.0}   # the current step's, measured by reference()
+
     def reference(seqs):
         """Reference log-probs of sequences met during training: the adapter-disabled policy (LoRA) or a
         frozen copy of the initial weights, loaded on first use (full fine-tuning)."""
-        if cfg.model.lora_r > 0:   # the policy's own scoring (and its forward count under sharded weights)
-            with torch.no_grad(), model.disable_adapter():
-                return ctx.policy_logps(seqs)
-        if "ref" not in frozen:
+        if cfg.model.lora_r == 0 and "ref" not in frozen:
+            loading = time.perf_counter()
             ref_model, _, _ = load_policy(types.SimpleNamespace(**{**vars(cfg.model), "lora_r": 0}), device)
             frozen["ref"] = SequenceLogps(ref_model.eval().requires_grad_(False), tc.logps_chunk)
-        with accelerator.autocast():   # the policy's precision (the prepared policy scores under it)
-            return score_sequences(frozen["ref"], seqs, pad_id, device, 2 * tc.batch_size)
+            # setup, as loading the policy is, and the reference model an offline run scores with before step 1
+            # (the policy itself, or a copy loaded on resuming): kept out of the step's time
+            frozen["reference_load_s"] = time.perf_counter() - loading
+            in_step["setup_s"] += frozen["reference_load_s"]
+        started = time.perf_counter()
+        if cfg.model.lora_r > 0:   # the policy's own scoring (and its forward count under sharded weights)
+            with torch.no_grad(), model.disable_adapter():
+                out = ctx.policy_logps(seqs)
+        else:
+            with accelerator.autocast():   # the policy's precision (the prepared policy scores under it)
+                out = score_sequences(frozen["ref"], seqs, pad_id, device, 2 * tc.batch_size)
+        in_step["reference_s"] += time.perf_counter() - started
+        return out
 
     ctx = SamplerContext(cfg, scoring, model, tokenizer, formatter, refcache, device, pad_id, batch_at, max_steps,
                          reward_scorer, reference, batch_offset=batch_offset,
@@ -824,6 +867,7 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     last_eval = None
     for step in range(state["step"], max_steps):
         t0 = time.perf_counter()
+        in_step.update(reference_s=0.0, setup_s=0.0)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         ctx.step = step
@@ -875,11 +919,16 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0 - in_step["setup_s"]
         state["step"] = step + 1
         state["records_seen"] += global_batch
         state["pairs_seen"] += step_pairs
-        state["time_s"] += elapsed
+        # the reference log-probs scored before step 1 for this step's sequences count in its time, as those scored
+        # inside the step (an online sampler's fresh samples, in `elapsed`) do: every algorithm's time holds them
+        charge = charges[step] if charges is not None else 0.0
+        state["time_s"] += elapsed + charge
+        if state["reference_s"] is not None:
+            state["reference_s"] += charge + in_step["reference_s"]
         tokens = D.sum_over_ranks(tokens, accelerator)
         sampler_metrics = D.mean_over_ranks(sampler_metrics, accelerator)
 
@@ -927,6 +976,10 @@ def train(cfg: RunConfig, algo, data: SuiteData, run_dir: Path, cache_dir: Path,
     summary = {
         "suite": cfg.suite, "algorithm": cfg.algorithm_name, "seed": cfg.seed, "steps": state["step"],
         "pairs_seen": state["pairs_seen"], "train_time_s": round(state["time_s"], 3),
+        "reference_s": round(state["reference_s"], 3) if state["reference_s"] is not None else None,
+        # the frozen reference copy an online sampler under full fine-tuning loads at its first use: setup, not in
+        # train_time_s (None: none was loaded during the steps)
+        "reference_load_s": round(frozen["reference_load_s"], 3) if "reference_load_s" in frozen else None,
         "pairs_per_s": round(state["pairs_seen"] / state["time_s"], 4) if state["time_s"] else None,
         "final_loss": rows[-1]["loss"] if rows else None,
         "held_out_initial": finite_metrics(state["initial_eval"]), "held_out_final": finite_metrics(last_eval),
