@@ -380,6 +380,24 @@ def test_the_leaderboard_charges_offline_samplers_their_pools(tmp_path):
     assert "pool s" in to_markdown(sections(report))
 
 
+def test_the_leaderboard_shows_the_reference_time_and_reads_runs_from_before_it_as_not_measured(tmp_path):
+    """train_summary's reference_s (the part of train_time_s spent on reference log-probs, MC-PO's pools' included)
+    is the leaderboard's ref s; a run from before it was recorded has none: not measured, and the table says that
+    such a run's train s leaves the reference pass before step 1 out, rather than read it as 0."""
+    for seed in (1, 2):
+        write_run(tmp_path, "dpo", seed, [0.5, 0.6])      # as written before reference_s
+        run = write_run(tmp_path, "mcpo", seed, [0.5, 0.7])
+        summary = json.loads((run / "train_summary.json").read_text())
+        (run / "train_summary.json").write_text(json.dumps({**summary, "reference_s": 10.0 + seed}))
+    report, _, _ = build_report(tmp_path)
+    rows = {r["algo"]: r for r in report["suites"][0]["leaderboard"]}
+    assert rows["mcpo"]["reference_s"]["mean"] == pytest.approx(11.5)
+    assert rows["dpo"]["reference_s"] == {"mean": None, "lo": None, "hi": None, "n": 0}
+    text = to_markdown(sections(report))
+    assert "| ref s |" in text and "ref s not measured for runs of dpo" in text
+    assert "every algorithm's reference log-probs in it" in text
+
+
 def test_rows_evaluated_otherwise_are_marked_on_the_leaderboard(tmp_path):
     """DPO evaluated again on AlpacaEval with an LLM judge, SimPO on the held-out prompts with the auto judge: their
     win rates share a column but not a scale, and the leaderboard says so. Per-seed auto judges are one kind."""

@@ -52,8 +52,8 @@ def read_json(path: Path, required: bool = True):
 
 
 # the counts and clocks of a run, which the trainer always writes (NaN is no "not measured" there), and its results
-SUMMARY_COUNTS = ("steps", "pairs_seen", "records_seen", "train_time_s", "global_batch_size", "eval_pairs",
-                  "num_processes")
+SUMMARY_COUNTS = ("steps", "pairs_seen", "records_seen", "train_time_s", "reference_s", "global_batch_size",
+                  "eval_pairs", "num_processes")
 SUMMARY_NUMBERS = SUMMARY_COUNTS + ("pairs_per_s", "final_loss")
 
 
@@ -480,6 +480,9 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
         "held_out_acc": held.get(HELD_OUT_ACC), "held_out_margin": held.get("eval/rewards/margins"),
         "held_out_loss": held.get(HELD_OUT_LOSS),
         "train_time_s": summary.get("train_time_s"), "pairs_per_s": measured(summary.get("pairs_per_s")),
+        # the part of train_time_s spent on reference log-probs; None (not measured) for runs from before it was
+        # recorded, whose train_time_s leaves out those scored before step 1 (trainer.reference_charges)
+        "reference_s": summary.get("reference_s"),
         "steps": summary.get("steps"), "pairs_seen": summary.get("pairs_seen"),
         "eval_pairs": summary.get("eval_pairs"), "global_batch_size": summary.get("global_batch_size"),
         "samples": samples_used(summary),

@@ -12,7 +12,7 @@ METRICS = (
     ("win_rate", "win rate"), ("lc_win_rate", "LC win rate"), ("reward_mean", "RM score"), ("kl", "KL"),
     ("avg_length", "length"), ("gold_win_rate", "gold/win_rate"), ("gold_reward", "gold/reward"),
     ("gold_kl", "gold/kl"), ("gold_length", "gold/length"), ("held_out_acc", "held-out acc"),
-    ("train_time_s", "train s"), ("pool_s", "pool s"), ("pairs_per_s", "pairs/s"),
+    ("train_time_s", "train s"), ("reference_s", "ref s"), ("pool_s", "pool s"), ("pairs_per_s", "pairs/s"),
 )  # gold_*: suites with a known reward: gold_eval.json, the trainer's own gold evaluation of the final policy
 
 

@@ -13,8 +13,8 @@ from pobench.report.leaderboard import BUDGET_COLUMNS, METRICS
 from pobench.report.versus import ACC_AUC, AUTO_JUDGE, DELTA_METRICS, ON_VALIDATION, SOFTWARE
 
 DIGITS = {"win_rate": 3, "lc_win_rate": 3, "reward_mean": 3, "kl": 3, "avg_length": 1, "held_out_acc": 3,
-          "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "pool_s": 0, "pairs_per_s": 2,
-          "held_out_acc_auc": 3}
+          "gold_win_rate": 3, "gold_reward": 3, "gold_kl": 3, "gold_length": 1, "train_time_s": 0, "reference_s": 0,
+          "pool_s": 0, "pairs_per_s": 2, "held_out_acc_auc": 3}
 CURVE_TITLES = {ACCURACY: "held-out reward accuracy", "eval/rewards/margins": "held-out reward margin",
                 "eval/loss": "held-out loss", "gold/win_rate": "gold win rate against the reference",
                 "gold/reward": "gold reward", "gold/kl": "gold KL to the reference"}
@@ -30,7 +30,7 @@ class Section:
     rows: list[list[str]]
 
 
-SECONDS = ("train_time_s", "pool_s")   # shown whole where that reads well
+SECONDS = ("train_time_s", "reference_s", "pool_s")   # shown whole where that reads well
 
 
 def seconds_digits(seconds) -> int:
@@ -135,6 +135,22 @@ def _judge_line(s: dict) -> str:
     return f"judge: {', '.join(s['judge'])} ({', '.join(s['judge_kind']) or 'kind not recorded'}{acc})"
 
 
+def reference_time_notes(rows: list[dict], measured: list) -> list[str]:
+    """What train s holds of the reference log-probs, and the rows whose runs are from before it held them all."""
+    notes = []
+    if ("reference_s", "ref s") in measured:
+        notes.append("train s: the training steps' wall time, every algorithm's reference log-probs in it (ref s: that "
+                     "part; those of the data's pairs and of an offline sampler's pools, scored before step 1, counted "
+                     "at the steps that use them, an online sampler's fresh samples' inside its steps); pool s is "
+                     "outside it")
+    lacking = [r["algo"] for r in rows if r["reference_s"]["n"] < len(r["seeds"])]
+    if lacking:
+        notes.append(f"ref s not measured for runs of {', '.join(lacking)} (trained before it was recorded, or on a "
+                     f"reference cache from then): their train s leaves out the reference log-probs scored before "
+                     f"step 1, which an offline sampler's pools make large")
+    return notes
+
+
 def leaderboard_section(s: dict, select: str) -> Section:
     rows = s["leaderboard"]
     gridded = bool(s["grid"])
@@ -155,6 +171,7 @@ def leaderboard_section(s: dict, select: str) -> Section:
         caption.append("gold/*: the suite's known reward on the final policy's samples against the reference "
                        "(gold_eval.json, measured by the trainer)")
     caption.append(CI_NOTE + ("" if not missing else f"; not measured: {', '.join(missing)}"))
+    caption += reference_time_notes(rows, measured)
     if gridded:
         caption.append(f"each algorithm at its best grid point by {VALIDATION[select]} on the held-out "
                        f"pairs (validation, never by a win rate); the grid is listed below; the held-out "
