@@ -25,8 +25,10 @@ objective: pairwise            # pairwise: DPO's loss on one drawn negative | ra
 num_negatives: 1               # negatives drawn per record (with replacement); > 1 needs ranking_nce
 # Opt-in approximations of the kernel's scores, for cost (benchmarks/mcpo_step.py); defaults are exact:
 score_prefix_tokens: 0         # >0: score candidates by their first N tokens only (policy and reference alike)
-persistent_scores: false       # true: a candidate scored at an earlier visit of its prompt keeps that score
-                               # (exact in the first epoch; later epochs skip the pool forward)
+persistent_scores: false       # true: a candidate is scored once, at its prompt's first visit, and keeps that
+                               # score for the rest of the run, never rescored (exact in the first epoch; later
+                               # epochs skip the pool forward, and a record first seen early keeps scores from
+                               # near initialisation, r ~ 0: a near-uniform kernel, for the whole run)
 grid:                          # default tuning grid (`--grid default`): 4 points, as every shipped algorithm has
   beta: [0.05, 0.1]
   tau: [0.5, 1.0]
