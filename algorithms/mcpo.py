@@ -10,13 +10,16 @@ class MCPO:
     sampler = "mc_kernel"
     needs_reference = True
     choices = {"kernel": ("sample", "argmax", "uniform"), "kernel_score": ("reward", "loglik", "loglik_mean"),
-               "objective": ("pairwise", "ranking_nce", "ranking_nce_pool")}
+               "objective": ("pairwise", "ranking_nce", "ranking_nce_pool"), "negatives": ("below_chosen", "any")}
     defaults = """
 beta: 0.1                      # DPO's KL strength; also scales the kernel's implicit reward
 num_candidates: 8              # L: pool size (the dataset's rejected first, then the record's candidates)
 kernel: sample                 # sample: j ~ softmax(score / tau) | argmax | uniform (the last two are ablations)
 tau: 1.0                       # kernel temperature
 include_chosen_in_pool: false  # let the chosen completion be drawn as its own negative
+negatives: below_chosen        # below_chosen: a candidate enters the pool only if scored strictly below the chosen
+                               # (where both scores are known; the dataset's rejected always enters) | any: every
+                               # candidate, ties with the chosen and better ones too (the pool before this setting)
 kernel_score: reward           # reward: beta * (log pi - log ref) | loglik: log pi summed | loglik_mean: per token
 label_smoothing: 0.0
 objective: pairwise            # pairwise: DPO's loss on one drawn negative | ranking_nce: -log softmax of the chosen

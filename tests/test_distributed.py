@@ -279,6 +279,9 @@ def test_ddp_mcpo_generates_each_pool_once_across_ranks(tmp_path, tiny_model_dir
     lines = [json.loads(line) for line in store.read_text().splitlines()]
     assert len(lines) == len({e["key"] for e in lines}) == summary["candidate_pool"]["prompts"] == 16
     assert all(len(e["candidates"]) == 3 for e in lines)
+    # the records' chosen, scored by the same reward model for MC-PO's negatives: once, by the main process
+    chosen = [json.loads(line) for line in (store.parent / "chosen" / store.name).read_text().splitlines()]
+    assert len(chosen) == len({e["key"] for e in chosen}) == 16
 
 
 # -- FSDP and DeepSpeed on the CPU -------------------------------------------------------------------------------

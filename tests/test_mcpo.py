@@ -73,6 +73,62 @@ def test_pool_order_and_chosen_exclusion():
     assert sampler().pool(TokenizedPair([1], [10], [20]))[0] == [[20]]   # no candidates: the dataset pair
 
 
+def tied_record() -> TokenizedPair:
+    """Raw UltraFeedback's answers scored [8, 8, 5, 3]: chosen A (8), rejected D (the worst), B tied with A."""
+    from pobench.data.tokenize import ChatFormatter, tokenize_record
+    from pobench.data.ultrafeedback import raw_record
+
+    class CharTokenizer:   # one id per character: the pool's texts are readable back
+        chat_template, bos_token, eos_token = None, "", ""
+
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [ord(c) for c in text]}
+
+    row = {"instruction": "Q?", "completions": [{"response": text, "overall_score": score} for text, score in
+                                                (("A", 8.0), ("B", 8.0), ("C", 5.0), ("D", 3.0))]}
+    return tokenize_record(raw_record(row, "r0"), ChatFormatter(CharTokenizer()), 64, 64, with_candidates=True)
+
+
+def test_a_negative_is_rated_below_the_chosen():
+    """A candidate tied with the chosen (or better) was drawn as its negative, a third of the time on this record at
+    the start: a pair DPO never trains on (raw UltraFeedback's rejected is below the chosen) and RSO drops."""
+    rec = tied_record()
+    text = lambda items: ["".join(map(chr, c)).strip() for c in items]   # noqa: E731
+    items, scores = sampler().pool(rec)
+    assert text(items) == ["D", "C"] and scores == [3.0, 5.0]
+    assert text(sampler(negatives="any").pool(rec)[0]) == ["D", "B", "C"]        # the pool before the setting
+    assert text(sampler(include_chosen_in_pool=True).pool(rec)[0]) == ["D", "A", "C"]
+    pairs, m = sampler(kernel="uniform")([rec], kernel_context())
+    assert m["sampler/pool_filtered"] == 0.5 and m["sampler/pool_size"] == 2     # B left out of B and C
+    assert sampler(negatives="any", kernel="uniform")([rec], kernel_context())[1]["sampler/pool_filtered"] == 0.0
+    pairs, m = sampler(objective="ranking_nce_pool")([rec, rec], kernel_context())   # pools of every size
+    assert [text([p.rejected])[0] for p in pairs] == ["D", "C", "D", "C"] and m["sampler/pool_filtered"] == 0.5
+    from pobench.errors import PobenchError
+    with pytest.raises(PobenchError, match="mcpo.negatives='below': one of below_chosen, any"):
+        sampler(negatives="below")
+
+
+def test_a_generated_pools_negatives_are_rated_below_the_chosen_by_its_reward_model():
+    """The dataset's chosen is scored by the pool's reward model (chosen_score): a sample rated above it is no
+    negative, and the dataset's rejected, which has no score, always stays. Unknown chosen score: every candidate."""
+    rec = TokenizedPair([1], [10], [20], candidates=[[30], [40], [50]], scores=[3.0, 1.0, 2.5], chosen_score=2.5)
+    assert sampler().pool(rec) == ([[20], [40]], [None, 1.0])
+    assert sampler(negatives="any").pool(rec)[0] == [[20], [30], [40], [50]]
+    rec.chosen_score = None
+    assert sampler().pool(rec)[0] == [[20], [30], [40], [50]]
+    rec.chosen_score = math.nan     # a NaN score says nothing of what rates below it
+    assert sampler().pool(rec)[0] == [[20], [30], [40], [50]]
+    all_better = TokenizedPair([1], [10], [20], candidates=[[30], [40]], scores=[3.0, 4.0], chosen_score=1.0)
+    assert sampler().pool(all_better)[0] == [[20]]    # the dataset's pair, as DPO trains on it
+    # persistent_scores keys candidates by content: pools that lost some are scored once all the same
+    rec.chosen_score = 2.5
+    s, ctx = sampler(persistent_scores=True), kernel_context()
+    s([rec, all_better], ctx)
+    assert ctx.scorer.seen == [3]    # the kept pools' rows: 2 + 1
+    s([rec, all_better], ctx)
+    assert ctx.scorer.seen == [3] and s.rescored == 0.0
+
+
 def test_the_drawn_rank_is_among_the_scored_candidates_of_a_generated_pool():
     """A generated pool scores its samples but not the dataset's rejected (pool index 0): the rank is taken among
     the scored ones (it was missing whenever one candidate had no score, so on every generated pool)."""

@@ -40,7 +40,9 @@ def test_generated_pool_is_made_once_and_shared(tmp_path, tiny_model_dir):
         assert len(e["candidates"]) == 3 and e["scores"] == [float(len(t)) for t in e["candidates"]]
     before = stores[0].read_text()
     rows = metrics(tmp_path / "mcpo")
-    assert all(r["sampler/pool_size"] == 4 for r in rows)        # the dataset's rejected + 3 generated
+    # the dataset's rejected + the 3 generated, less those rated no lower than the chosen by the same reward model
+    assert all(r["sampler/pool_size"] == pytest.approx(4 - 3 * r["sampler/pool_filtered"]) for r in rows)
+    assert any(r["sampler/pool_filtered"] > 0 for r in rows)    # samples longer than the chosen: no negatives
     summary = json.loads((tmp_path / "mcpo" / "train_summary.json").read_text())
     assert summary["candidate_pool"]["reward_model"] == "gold:test-chars"
     made_in = summary["candidate_pool"]["generation_s"]    # the pools' cost, made before training (not in train_time_s)
@@ -315,7 +317,9 @@ def test_a_pool_generated_through_vllm_comes_from_the_reference_and_is_stored_ap
     assert llm.used and all(c == pytest.approx(initial, abs=1e-6) for c in llm.used)
     stores = sorted((cache / "pools").glob("*.jsonl"))
     assert len(stores) == 2 and all(len(PoolStore(s).entries) == 4 for s in stores)
-    assert all(r["sampler/pool_size"] == 4 for r in metrics(tmp_path / "vllm"))
+    # the dataset's rejected + the 3 samples, less those the reward model rates no lower than the chosen
+    assert all(r["sampler/pool_size"] == pytest.approx(4 - 3 * r["sampler/pool_filtered"])
+               for r in metrics(tmp_path / "vllm"))
 
 
 def test_compile_decoding_reaches_every_generation(tmp_path, tiny_model_dir, monkeypatch):
@@ -372,6 +376,47 @@ def test_a_sample_cut_by_its_token_limit_is_encoded_without_an_end_of_turn(tmp_p
     assert cut == "Cut in"
 
 
+def test_a_generated_pools_chosen_is_scored_by_its_reward_model_once(tmp_path, tiny_model_dir, monkeypatch):
+    """A reference sample that the pool's reward model rates above the dataset's chosen was drawable as MC-PO's
+    negative: the chosen had no score on the pool's scale. It is scored now, by that model, once, and stored beside
+    the pool; a pool stored before (this one, made by hand) keeps its candidates and gets its chosen scored."""
+    from transformers import AutoTokenizer
+
+    from pobench.data import load_suite_data
+    from pobench.data.tokenize import ChatFormatter
+    from pobench.engine import trainer as T
+    from pobench.models import model_fingerprint
+    from pobench.sampling import pools as P
+    from test_mcpo import sampler
+
+    cfg, _ = make_cfg(tiny_model_dir, algo="mcpo", pool={"source": "generated", "reward_model": "gold:test-chars"})
+    data = load_suite_data(cfg.data, cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    formatter = ChatFormatter(tokenizer)
+    pairs = T.tokenize_all(data.train[:1], formatter, cfg)
+    chosen = data.train[0].chosen
+    better, worse = "Yes, " + chosen, chosen[:len(chosen) // 2]
+    store = PoolStore(P.store_path(tmp_path, model_fingerprint(str(tiny_model_dir)), cfg, "gold:test-chars"))
+    store.add([{"key": P.prompt_key(pairs[0].prompt), "record": data.train[0].id, "candidates": [better, worse],
+                "scores": [float(len(better)), float(len(worse))], "finished": [True, True]}])
+
+    def prepare():
+        return T.prepare_pools(cfg, data, pairs, [0], None, tokenizer, None, formatter, tmp_path,
+                               str(tiny_model_dir), "cpu", False)
+    prepare()
+    assert pairs[0].chosen_score == float(len(chosen))
+    items, _ = sampler().pool(pairs[0])
+    assert items == [pairs[0].rejected, pairs[0].candidates[1]]                 # `better` is no negative
+    assert sampler(negatives="any").pool(pairs[0])[0] == [pairs[0].rejected, *pairs[0].candidates]
+    chosen_store = P.chosen_store_path(store.path)
+    assert [e["score"] for e in PoolStore(chosen_store, P.CHOSEN_FIELDS).entries.values()] == [float(len(chosen))]
+    before = chosen_store.read_text()
+    monkeypatch.setattr("pobench.rewards.get_scorer", lambda spec: pytest.fail("the chosen scored again"))
+    pairs[0].chosen_score = None
+    prepare()                                                                  # stored: read, not scored again
+    assert pairs[0].chosen_score == float(len(chosen)) and chosen_store.read_text() == before
+
+
 def test_runs_sharing_tokenized_records_keep_their_own_pools(tmp_path, tiny_model_dir, pool_data):
     """The runs of one command share tokenized records (a grid over pool.source here): the dataset point trained
     on the generated point's pools, which prepare_pools had attached to the shared records."""
@@ -381,8 +426,9 @@ def test_runs_sharing_tokenized_records_keep_their_own_pools(tmp_path, tiny_mode
     for name, pool in (("generated", {"source": "generated", "reward_model": "gold:test-chars", "num_samples": 5,
                                       "max_new_tokens": 5}),
                        ("dataset", {"source": "dataset"})):
-        cfg, algorithm = make_cfg(tiny_model_dir, "mcpo", data_path=str(pool_data), pool=pool, max_steps=2,
-                                  batch_size=2)
+        # (negatives: any, so that a pool's size tells its source)
+        cfg, algorithm = make_cfg(tiny_model_dir, "mcpo", {"negatives": "any"}, data_path=str(pool_data), pool=pool,
+                                  max_steps=2, batch_size=2)
         data = data or load_suite_data(cfg.data, cfg.seed)
         T.train(cfg, algorithm, data, tmp_path / name, tmp_path / "cache", tokenized=tokenized)
     assert {r["sampler/pool_size"] for r in metrics(tmp_path / "generated")} == {6}   # the rejected + 5 generated

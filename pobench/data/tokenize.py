@@ -32,6 +32,8 @@ class TokenizedPair:
     truncated: tuple[bool, bool] = field(default=(False, False), compare=False)  # (prompt cut, a completion cut)
     group: int | None = field(default=None, compare=False)     # set by samplers that draw several negatives per
                                                                # record: pairs of one record share it
+    chosen_score: float | None = None   # the chosen's score by a generated pool's reward model (a dataset pool's
+                                        # is that of the chosen's text among its candidates: mc_kernel.chosen_score)
 
     def with_rejected(self, rejected: list[int]) -> "TokenizedPair":
         return TokenizedPair(self.prompt, self.chosen, rejected, source=self.source)

@@ -612,6 +612,11 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
                                                        cfg.train.max_completion_length, done, prompt_ids)
                                      for t, done in zip(texts, finished)]
         train_pairs[i].scores = scores
+    # the chosen by the candidates' reward model, for MC-PO's negatives: below_chosen (main process first: it stores)
+    chosen = D.main_process_first(lambda: P.score_chosen(P.chosen_store_path(store_file),
+                                                         [data.train[i] for i in indices], rm), accelerator)
+    for i, score in zip(indices, chosen):
+        train_pairs[i].chosen_score = score
     return {"source": "generated", "reward_model": rm_name, "store": str(store.path), "prompts": len(indices),
             "samples_per_prompt": cfg.pool.num_samples,
             "generation_s": P.pool_seconds(store, [train_pairs[i].prompt for i in indices])}

@@ -37,6 +37,7 @@ def kernel_probs(scores: torch.Tensor, kernel: str, tau: float) -> torch.Tensor:
 
 KERNELS = ("sample", "argmax", "uniform")
 KERNEL_SCORES = ("reward", "loglik", "loglik_mean")
+NEGATIVES = ("below_chosen", "any")
 
 
 def check_kernel(params, algorithm: str) -> None:
@@ -45,6 +46,17 @@ def check_kernel(params, algorithm: str) -> None:
     for key, allowed in (("kernel", KERNELS), ("kernel_score", KERNEL_SCORES)):
         if getattr(params, key) not in allowed:
             raise PobenchError(f"{algorithm}.{key}={getattr(params, key)!r}: one of {', '.join(allowed)}")
+
+
+def chosen_score(record) -> float | None:
+    """The chosen's score on its pool's scale: the one a generated pool's reward model gave it, else the best score
+    its ids have among the record's own candidates (raw UltraFeedback's and the synthetic suite's chosen is one of
+    them); None where neither is known (an on-policy row whose chosen is not among its scored samples, or a NaN
+    score, below which nothing would rate)."""
+    known = [record.chosen_score] if record.chosen_score is not None else \
+        [s for c, s in zip(record.candidates, record.scores or []) if c == record.chosen and s is not None]
+    known = [s for s in known if math.isfinite(s)]
+    return max(known) if known else None
 
 
 def draw(probs: torch.Tensor, generator: torch.Generator) -> int:
@@ -64,6 +76,11 @@ class MCKernel:
         self.kernel = params.kernel
         self.tau = params.tau
         self.include_chosen = params.include_chosen_in_pool
+        # a plugin reusing this sampler without the setting gets what mcpo's default gives
+        self.negatives = getattr(params, "negatives", "below_chosen")
+        if self.negatives not in NEGATIVES:
+            raise PobenchError(f"{getattr(cfg, 'algorithm_name', 'mcpo')}.negatives={self.negatives!r}: one of "
+                               f"{', '.join(NEGATIVES)}")
         self.kernel_score = params.kernel_score
         self.beta = params.beta
         self.seed = cfg.seed
@@ -91,23 +108,45 @@ class MCKernel:
         """With L = 1 the pool is the dataset's rejected alone: nothing to generate or tokenize."""
         return self.num_candidates > 1
 
+    def candidates(self, record) -> tuple[list[list[int]], int]:
+        """(the record's candidates a negative may be, in stored order; how many `negatives: below_chosen` left out).
+        A negative is by definition rated below the chosen: with the chosen's score known, a candidate scored as
+        high or higher is left out (raw UltraFeedback keeps answers tied with the chosen among its candidates, and a
+        reference sample can outscore the dataset's chosen). Where the chosen's score is unknown every candidate is
+        kept, as with `any`; so is a candidate without a (finite) score. Copies of the chosen (it enters only through
+        include_chosen_in_pool), of the rejected and of each other count in neither."""
+        bar = chosen_score(record) if self.negatives == "below_chosen" else None
+        scores = record.scores if record.scores is not None else [None] * len(record.candidates)
+        kept, left_out, seen = [], 0, [record.chosen, record.rejected]
+        for candidate, score in zip(record.candidates, scores):
+            if candidate in seen:
+                continue
+            seen.append(candidate)
+            if bar is not None and score is not None and score >= bar:   # (a NaN score is no score: kept)
+                left_out += 1
+            else:
+                kept.append(candidate)
+        return kept, left_out
+
     def pool(self, record) -> tuple[list[list[int]], list[float] | None]:
-        """The dataset's rejected first, then the record's other candidates in stored order, cut to L.
+        """The dataset's rejected first (the dataset's own label, never left out, so no pool is empty), then the
+        record's candidates that may be a negative (`candidates`), cut to L.
         With L = 1 the pool is the dataset's rejected alone, and MC-PO is DPO exactly."""
         scores_by_text = {}
         if record.scores is not None:
             scores_by_text = {tuple(c): s for c, s in zip(record.candidates, record.scores)}
-        items = [record.rejected]
-        if self.include_chosen:
-            items.append(record.chosen)
-        for candidate in record.candidates:
-            if candidate == record.chosen or candidate in items:
-                continue  # the chosen completion enters the pool only through include_chosen_in_pool
-            items.append(candidate)
+        items = [record.rejected] + ([record.chosen] if self.include_chosen else []) + self.candidates(record)[0]
         items = items[:self.num_candidates]
         # None where a candidate has no score: a generated pool scores its samples, not the dataset's rejected
         scores = [scores_by_text.get(tuple(c)) for c in items] if scores_by_text else None
         return items, scores
+
+    def left_out_fraction(self, batch) -> float:
+        """Of the batch's candidates (the chosen's and the rejected's copies aside), the fraction left out as
+        scored no lower than the chosen."""
+        counts = [(len(kept), left_out) for kept, left_out in map(self.candidates, batch)]
+        considered = sum(k + n for k, n in counts)
+        return sum(n for _, n in counts) / considered if considered else 0.0
 
     def state_dict(self) -> dict:
         """persistent_scores: the scores kept from earlier visits, which a resumed run must keep too."""
@@ -161,7 +200,8 @@ class MCKernel:
                 pair = record.with_rejected(item)
                 pair.group = index
                 pairs.append(pair)
-        return pairs, {"sampler/pool_size": sum(len(items) for items, _ in pools) / len(pools)}
+        return pairs, {"sampler/pool_size": sum(len(items) for items, _ in pools) / len(pools),
+                       "sampler/pool_filtered": self.left_out_fraction(batch)}
 
     def __call__(self, batch, ctx):
         pools = [self.pool(r) for r in batch]
@@ -197,6 +237,7 @@ class MCKernel:
                     ranks.append(order.index(j) / (len(scored) - 1))
         metrics = {
             "sampler/pool_size": sum(len(items) for items, _ in pools) / len(pools),
+            "sampler/pool_filtered": self.left_out_fraction(batch),
             "sampler/kernel_entropy": sum(entropies) / len(entropies),
             "sampler/kernel_entropy_uniform": sum(math.log(len(items)) for items, _ in pools) / len(pools),
             "sampler/drawn_kernel_score": sum(drawn_scores) / len(drawn_scores),

@@ -7,7 +7,8 @@ by `pool.reward_model`; `auto` trains a Bradley-Terry reward model on the MiniLM
 first half of the training records, and caches it (the eval judge `auto` trains on the second half: an algorithm
 whose pairs this model labels, RSO or OnMC-PO, is never graded by a sibling of its own labeller). The store is keyed by the policy's fingerprint, the
 generation settings and the reward model; an entry is one JSON line per prompt, appended as it is made, so an
-interrupted generation resumes where it stopped.
+interrupted generation resumes where it stopped. The same reward model scores each record's chosen answer once,
+stored beside the pool (score_chosen): MC-PO's negatives are the candidates rated below it.
 """
 from __future__ import annotations
 
@@ -201,6 +202,42 @@ def generate_pools(records: list[PreferenceRecord], prompt_ids: list[list[int]],
             progress.advance(task, len(part))
     if progress:
         progress.remove_task(task)
+
+
+CHOSEN_FIELDS = {"score": float}
+
+
+def chosen_store_path(pool_path: Path) -> Path:
+    """Where the dataset's chosen answers are scored by a pool's reward model: under the pool's key, in `chosen/`
+    beside it (so that the pools' folder holds pools alone). Apart from the pool's entries, which are one per prompt:
+    records that share a prompt can have other chosen answers, and a pool stored before the chosen were scored keeps
+    its candidates (its chosen are scored on first use)."""
+    return pool_path.parent / "chosen" / pool_path.name
+
+
+def chosen_key(record: PreferenceRecord) -> str:
+    """What the reward model scores: the prompt's messages and the chosen's text."""
+    return hashlib.sha1(json.dumps([record.prompt, record.chosen], sort_keys=True).encode()).hexdigest()
+
+
+def score_chosen(path: Path, records: list[PreferenceRecord], rm_spec: str) -> list[float]:
+    """Each record's chosen answer scored by the pool's reward model as its candidates are (so that MC-PO can tell
+    which candidates rate below it), scored once and stored at `path` (chosen_store_path): every later run and
+    seed reads the same scores. Under a lock, so that runs side by side neither score twice nor keep scores of
+    another batching than the stored ones."""
+    from pobench.engine.lock import waiting_lock
+    from pobench.rewards import get_scorer
+
+    keys = [chosen_key(r) for r in records]
+    store = PoolStore(path, CHOSEN_FIELDS)
+    if any(k not in store.entries for k in keys):
+        with waiting_lock(path.with_name(path.name + ".lock")):
+            store = PoolStore(path, CHOSEN_FIELDS)   # with what another run stored while this one waited
+            todo = {k: r for k, r in zip(keys, records) if k not in store.entries}
+            if todo:
+                scores = get_scorer(rm_spec).score([r.prompt for r in todo.values()], [r.chosen for r in todo.values()])
+                store.add([{"key": k, "record": r.id, "score": float(s)} for (k, r), s in zip(todo.items(), scores)])
+    return [store.entries[k]["score"] for k in keys]
 
 
 def pool_seconds(store: PoolStore, prompts: list[list[int]]) -> float | None:
