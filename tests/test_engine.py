@@ -631,16 +631,17 @@ def test_a_cut_sample_with_empty_text_is_scored_as_the_empty_answer(tiny_model_d
     shared-prompt scoring every no-gradient path uses failed in index_add_, and SimPO's length was 0."""
     from transformers import AutoTokenizer
 
-    from pobench.data.tokenize import encode_completion
+    from pobench.data.tokenize import encode_completions
     from pobench.engine.logps import collate_shared
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     messages = [{"role": "user", "content": "hello"}]
     formatter = ChatFormatter(tokenizer, "auto")
     prompt = formatter.prompt_text(messages)
-    empty = encode_completion(formatter, messages, prompt, "", 16, finished=False)
-    assert empty == encode_completion(formatter, messages, prompt, "", 16, finished=True) and empty
-    assert encode_completion(formatter, messages, prompt, "hi", 16, finished=False) != \
-        encode_completion(formatter, messages, prompt, "hi", 16, finished=True)
+    # one prompt's samples in one call, as a pool's: only the empty open one is scored closed
+    hi_open, empty, hi, empty_closed = encode_completions(formatter, messages, prompt, ["hi", "", "hi", ""], 16,
+                                                          [False, False, True, True])
+    assert empty == empty_closed and empty
+    assert hi_open != hi and hi[:len(hi_open)] == hi_open
     batch = collate_shared([(formatter.encode(prompt), [empty, [5, 6]])], pad_id=0)
     assert batch["token_cols"].numel() == batch["token_targets"].numel() == len(empty) + 2
     with pytest.raises(ValueError, match="non-empty completions"):
@@ -661,11 +662,11 @@ def test_a_finished_sample_is_closed_as_the_template_closes_a_dataset_completion
     for template, closing in (("auto", tokenizer("\n", add_special_tokens=False)["input_ids"]), ("plain", [])):
         formatter = ChatFormatter(tokenizer, template)
         prompt = formatter.prompt_text(messages)
-        prompt_ids = formatter.encode(prompt)
-        dataset = completion_ids(formatter, messages, prompt, "Hi there", prompt_ids=prompt_ids)
+        encoded = formatter.encode_prompts([prompt])[0]
+        dataset = completion_ids(formatter, [messages], [encoded], ["Hi there"])[0]
         assert dataset[len(dataset) - len(closing) - 1:] == [eos] + closing, template
-        assert closing_ids(formatter, messages, prompt, prompt_ids, eos) == closing, template
-        assert closing_ids(formatter, messages, prompt, prompt_ids, tokenizer.bos_token_id) == []
+        assert closing_ids(formatter, messages, encoded, eos) == closing, template
+        assert closing_ids(formatter, messages, encoded, tokenizer.bos_token_id) == []
 
 
 # -- completions tokenized after their prompt ---------------------------------------------------------------------
@@ -674,7 +675,8 @@ def sentencepiece_tokenizer(style: str, merge: bool = False):
     """A SentencePiece-style tokenizer built in memory (a Unigram model with byte fallback) that starts every call
     with the dummy prefix '▁': 'legacy' as Llama 2's converted tokenizer.json (Prepend + Replace normalizer, a
     Llama 2 chat template with a space before the answer), 'always' as a Metaspace pre-tokenizer with
-    prepend_scheme="always" (a Mistral v0.1 template, no space before the answer). `merge` adds a piece ']H' that
+    prepend_scheme="always" (a Mistral v0.1 template, no space before the answer), 'first' with prepend_scheme
+    "first" (the prefix only at the start of the text, not after a special token). `merge` adds a piece ']H' that
     joins the prompt's last character to the answer's first."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -690,8 +692,8 @@ def sentencepiece_tokenizer(style: str, merge: bool = False):
         core.decoder = decoders.Sequence([decoders.Replace(b, " "), decoders.ByteFallback(), decoders.Fuse(),
                                           decoders.Strip(" ", 1, 0)])
     else:
-        core.pre_tokenizer = pre_tokenizers.Metaspace(replacement=b, prepend_scheme="always", split=False)
-        core.decoder = decoders.Metaspace(replacement=b, prepend_scheme="always", split=False)
+        core.pre_tokenizer = pre_tokenizers.Metaspace(replacement=b, prepend_scheme=style, split=False)
+        core.decoder = decoders.Metaspace(replacement=b, prepend_scheme=style, split=False)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     space = " " if style == "legacy" else ""
     tokenizer.chat_template = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}"
@@ -707,7 +709,7 @@ def test_sentencepiece_completions_take_the_ids_of_the_joint_text(tmp_path, styl
     trained and scored on a sequence it would not produce after the prompt. Every path that tokenizes a completion
     (the dataset's pairs and candidates, generated pools, open and closed) now gives the joint text's ids."""
     from pobench.data.records import PreferenceRecord
-    from pobench.data.tokenize import encode_completion, tokenize_record
+    from pobench.data.tokenize import encode_completions, tokenize_record
     from pobench.engine.refcache import ReferenceCache
     formatter = ChatFormatter(sentencepiece_tokenizer(style))
     messages = [{"role": "user", "content": "hello"}]
@@ -721,9 +723,9 @@ def test_sentencepiece_completions_take_the_ids_of_the_joint_text(tmp_path, styl
         completion = formatter.completion_text(messages, prompt, text)
         assert pair.prompt + ids == formatter.encode(prompt + completion)
         assert ids != formatter.encode(completion)       # the defect: alone, the completion starts with '▁'
-        assert encode_completion(formatter, messages, prompt, text, 100) == ids   # generated pools
+        assert encode_completions(formatter, messages, prompt, [text], 100) == [ids]   # generated pools
         left_open = formatter.completion_text(messages, prompt, text, finished=False)
-        assert pair.prompt + encode_completion(formatter, messages, prompt, text, 100, finished=False) == \
+        assert pair.prompt + encode_completions(formatter, messages, prompt, [text], 100, [False])[0] == \
             formatter.encode(prompt + left_open)
     first = formatter.tokenizer.convert_ids_to_tokens(pair.chosen)[0]
     assert first == ("\u2581Hi" if style == "legacy" else "Hi")
@@ -760,27 +762,64 @@ def test_a_token_across_the_prompts_end_keeps_the_prompt_and_no_dummy_prefix():
     assert tokens(pair.rejected) == ["Sure", "\u2581ok", "</s>"]                           # no merge: the joint ids
 
 
+@pytest.mark.parametrize("style", ["legacy", "always", "first"])
+def test_completions_tokenized_from_the_prompts_tail_get_the_whole_joint_texts_ids(style):
+    """A completion is tokenized with the prompt's text from its last special token on, not the whole prompt
+    again: its ids are those the whole joint text gives (after the prompt's ids; or, where a token spans the
+    prompt's end, the completion as it reads after other text), here on multi-turn prompts whose last special token
+    (</s>) is mid-prompt. 'first' adds the dummy prefix only at the start of a call: the text after the special
+    token, tokenized without it, would start with '▁' (the tail keeps the token)."""
+    from pobench.data.records import PreferenceRecord
+    from pobench.data.tokenize import tokenize_records
+    formatter = ChatFormatter(sentencepiece_tokenizer(style))
+    texts = ["Hi there", " Hi there", "ok", "", "\nSure ok", "Sure  ok "]
+    conversations = [[{"role": "user", "content": "hello"}, {"role": "assistant", "content": answer},
+                      {"role": "user", "content": question}]
+                     for answer in ("Hi", " Sure ok") for question in ("hello there", "ok")]
+    records = [PreferenceRecord(id=str(k), prompt=m, chosen=c, rejected=r, candidates=texts, scores=[0.0] * 6)
+               for k, m in enumerate(conversations) for c, r in zip(texts, texts[1:])]
+    pairs = tokenize_records(records, formatter, 10**6, 10**6, with_candidates=True, chunk=5)
+    for record, pair in zip(records, pairs):
+        prompt = formatter.prompt_text(record.prompt)
+        (encoded,) = formatter.encode_prompts([prompt])
+        assert prompt[encoded.tail_start:].startswith("</s>") and encoded.tail_start > 0   # the shortcut is taken
+        assert pair.prompt == formatter.encode(prompt)
+        for text, ids in zip(texts + [record.chosen, record.rejected], pair.candidates + [pair.chosen, pair.rejected]):
+            completion = formatter.completion_text(record.prompt, prompt, text)
+            whole = formatter.encode(prompt + completion)
+            if whole[:len(pair.prompt)] == pair.prompt:
+                assert ids == whole[len(pair.prompt):], (text, prompt)
+            else:
+                assert ids == formatter.encode_continuations([completion])[0], (text, prompt)
+
+
 def test_default_model_ids_are_unchanged_on_the_hh_sample(smollm2_dir):
     """SmolLM2's byte-level BPE with its chat template: every record of the shipped HH-RLHF sample tokenizes as it
     did when completions were tokenized alone (the prompt's ids, then the completion's text's ids), so the figures
-    made before completions took the joint text's ids hold."""
+    made before completions took the joint text's ids hold; and so does the suite's path, many records per
+    tokenizer call, each completion tokenized with the prompt's tail ('<|im_start|>assistant\\n')."""
     from transformers import AutoTokenizer
 
     from pobench.data.loading import SAMPLES_DIR, parse_rows, read_json_rows
-    from pobench.data.tokenize import tokenize_record
+    from pobench.data.tokenize import tokenize_record, tokenize_records
     formatter = ChatFormatter(AutoTokenizer.from_pretrained(smollm2_dir))
     sample = SAMPLES_DIR / "hh-rlhf" / "harmless-base-test-2000.jsonl.gz"
     records = parse_rows(str(sample), read_json_rows(sample), schema="auto").records
     assert len(records) == 1992
+    cuts = []
     for record in records:
         prompt = formatter.prompt_text(record.prompt)
         before = [formatter.encode(prompt)] + [formatter.encode(formatter.completion_text(record.prompt, prompt, t))
                                                for t in (record.chosen, record.rejected)]
         pair = tokenize_record(record, formatter, max_prompt=10**6, max_completion=10**6)
         assert [pair.prompt, pair.chosen, pair.rejected] == before, record.id
-        cut = tokenize_record(record, formatter, max_prompt=128, max_completion=64)   # the suite's lengths
-        assert [cut.prompt, cut.chosen, cut.rejected] == [before[0][-128:], before[1][:64], before[2][:64]]
+        cuts.append(tokenize_record(record, formatter, max_prompt=128, max_completion=64))   # the suite's lengths
+        assert [cuts[-1].prompt, cuts[-1].chosen, cuts[-1].rejected] == \
+            [before[0][-128:], before[1][:64], before[2][:64]]
     assert not formatter.adds_prefix   # a text that merges at the prompt's end is tokenized alone, as before
+    assert tokenize_records(records, formatter, 128, 64) == cuts
+    assert {p.tail for p in formatter.encode_prompts([formatter.prompt_text(r.prompt) for r in records[:8]])} == \
+        {"<|im_start|>assistant\n"}
 
 
 def test_resume_on_other_records_is_refused(tmp_path, tiny_model_dir):

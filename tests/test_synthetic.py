@@ -80,7 +80,7 @@ def test_behaviour_process_is_mildly_tilted_towards_gold():
 def test_tokenizer_works_through_the_generic_chat_code(tmp_path):
     from transformers import AutoTokenizer
 
-    from pobench.data.tokenize import ChatFormatter, encode_completion
+    from pobench.data.tokenize import ChatFormatter, encode_completions
 
     build_tokenizer().save_pretrained(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)   # what pobench.models.load_tokenizer does
@@ -89,8 +89,8 @@ def test_tokenizer_works_through_the_generic_chat_code(tmp_path):
     messages = [{"role": "user", "content": "t03 t17 t42 t08"}]
     prompt = formatter.prompt_text(messages)
     assert formatter.encode(prompt) == [1] + [content_token_id(i) for i in (3, 17, 42, 8)] + [2]
-    assert encode_completion(formatter, messages, prompt, "t05 t09", 17) == [content_token_id(5), content_token_id(9), 3]
-    assert encode_completion(formatter, messages, prompt, "", 17) == [3]
+    assert encode_completions(formatter, messages, prompt, ["t05 t09", ""], 17) == \
+        [[content_token_id(5), content_token_id(9), 3], [3]]
     ids = [content_token_id(i) for i in range(64)]
     assert tokenizer.decode(ids + [3, 0], skip_special_tokens=True) == " ".join(CONTENT_TOKENS)
 

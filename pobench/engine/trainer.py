@@ -21,8 +21,8 @@ from pobench import faults
 from pobench.algorithm import SeqLogps
 from pobench.config import RunConfig
 from pobench.data import SuiteData
-from pobench.data.tokenize import (ChatFormatter, TokenizedPair, closing_ids, encode_completion, sequence_key,
-                                   tokenize_record, truncation_counts)
+from pobench.data.tokenize import (ChatFormatter, TokenizedPair, closing_ids, encode_completions, sequence_key,
+                                   tokenize_records, truncation_counts)
 from pobench.engine import distributed as D
 from pobench.engine.checkpoint import (check_resumable_state, find_checkpoint, load_checkpoint, load_sampler_states, read_state,
                                        save_checkpoint)
@@ -95,15 +95,15 @@ class SamplerContext:
         dataset completion (closing_ids: SmolLM2's newline after <|im_end|>); one cut by its token limit stays open.
         Each keeps its first train.max_completion_length ids."""
         record = pair.source
-        prompt_text = self.formatter.prompt_text(record.prompt)   # rendered once for all of the prompt's samples
-        prompt_ids = self.formatter.encode(prompt_text)
+        # rendered and tokenized once for all of the prompt's samples
+        prompt = self.formatter.encode_prompts([self.formatter.prompt_text(record.prompt)])[0]
         closings: dict[int, list[int]] = {}    # by the EOS a sample ended with (a model may have several)
         out = []
         for c in completions:
             ids = list(c.token_ids)
             if c.finished:   # its ids end with the EOS it stopped at
                 if ids[-1] not in closings:
-                    closings[ids[-1]] = closing_ids(self.formatter, record.prompt, prompt_text, prompt_ids, ids[-1])
+                    closings[ids[-1]] = closing_ids(self.formatter, record.prompt, prompt, ids[-1])
                 ids += closings[ids[-1]]
             out.append(ids[:self.cfg.train.max_completion_length])
         return out
@@ -314,8 +314,8 @@ def check_finite_loss(losses: torch.Tensor, step: int, run_dir: Path, algo=None)
 
 
 def tokenize_all(records, formatter, cfg: RunConfig, with_candidates: bool = False) -> list[TokenizedPair]:
-    return [tokenize_record(r, formatter, cfg.train.max_prompt_length, cfg.train.max_completion_length,
-                            with_candidates) for r in records]
+    return tokenize_records(records, formatter, cfg.train.max_prompt_length, cfg.train.max_completion_length,
+                            with_candidates)
 
 
 def trained_digests(train_pairs, order: list[int], with_pools: bool) -> dict:
@@ -606,11 +606,8 @@ def prepare_pools(cfg: RunConfig, data: SuiteData, train_pairs, indices, model, 
     for i in indices:
         texts, scores, finished = P.pool_for(store, train_pairs[i].prompt)
         record = data.train[i]
-        prompt_text = formatter.prompt_text(record.prompt)
-        prompt_ids = formatter.encode(prompt_text)
-        train_pairs[i].candidates = [encode_completion(formatter, record.prompt, prompt_text, t,
-                                                       cfg.train.max_completion_length, done, prompt_ids)
-                                     for t, done in zip(texts, finished)]
+        train_pairs[i].candidates = encode_completions(formatter, record.prompt, formatter.prompt_text(record.prompt),
+                                                       texts, cfg.train.max_completion_length, finished)
         train_pairs[i].scores = scores
     # the chosen by the candidates' reward model, for MC-PO's negatives: below_chosen (main process first: it stores)
     chosen = D.main_process_first(lambda: P.score_chosen(P.chosen_store_path(store_file),
