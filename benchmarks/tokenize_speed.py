@@ -1,6 +1,7 @@
-"""Tokenizing the shipped samples with SmolLM2's tokenizer: records/s of `tokenize_record` (each completion's ids
-taken from the joint text prompt + completion), against the path before c129c4e (each completion's text tokenized
-alone), in one process, rounds alternating which goes first.
+"""Tokenizing the shipped samples with SmolLM2's tokenizer: records/s of the suite's path, `tokenize_records` (each
+completion's ids taken from the joint text prompt + completion, 512 records per tokenizer call), of `tokenize_record`
+called once per record, and of the path before c129c4e (each completion's text tokenized alone, one record at a time),
+in one process, each round running the three in another order.
 
 Workloads (pobench/data/samples):
   hh       HH-RLHF harmless-base, 1,992 records: prompt, chosen, rejected
@@ -9,9 +10,10 @@ Workloads (pobench/data/samples):
            (`with_candidates`). The binarized samples hold no pool, so each is made of the record's and the next 3
            records' answers, cut to 240 characters (a generated pool sample's mean length is 237)
 
-Per workload: the median records/s of each path, and the ratio joint / alone (time per record) of each round, whose
-median is the figure to read: the machine is shared and the rates move from run to run. `differ` counts the records
-whose ids differ between the two paths (SmolLM2's should be 0: the joint path changes no id of this tokenizer).
+Per workload: the median records/s of each path, and the ratios of each round's times to the path before (`joint`:
+tokenize_records, `1 by 1`: tokenize_record), whose medians are the figures to read: the machine is shared and the
+rates move from run to run. `differ` counts the records whose ids differ from the path before's (SmolLM2's should
+be 0: the joint path changes no id of this tokenizer).
 
     python benchmarks/tokenize_speed.py [--rounds 5] [--workloads hh,uf,uf-pool] [--json PATH]
 """
@@ -27,7 +29,7 @@ from transformers import AutoTokenizer
 
 from pobench.data.loading import SAMPLES_DIR, parse_rows, read_json_rows
 from pobench.data.records import PreferenceRecord
-from pobench.data.tokenize import ChatFormatter, TokenizedPair, tokenize_record
+from pobench.data.tokenize import ChatFormatter, TokenizedPair, tokenize_record, tokenize_records
 from pobench.models import resolve_model_path
 
 MAX_PROMPT, MAX_COMPLETION = 128, 64   # the suites' lengths
@@ -72,9 +74,16 @@ def tokenize_alone(record: PreferenceRecord, formatter: ChatFormatter, max_promp
                          truncated=(len(prompt_ids) > max_prompt, any(len(c) > max_completion for c in full)))
 
 
-def timed(tokenize, records, formatter, with_candidates) -> tuple[float, list[TokenizedPair]]:
+def one_by_one(tokenize):
+    return lambda records, *args: [tokenize(r, *args) for r in records]
+
+
+PATHS = {"joint": tokenize_records, "1 by 1": one_by_one(tokenize_record), "alone": one_by_one(tokenize_alone)}
+
+
+def timed(path: str, records, formatter, with_candidates) -> tuple[float, list[TokenizedPair]]:
     start = time.perf_counter()
-    pairs = [tokenize(r, formatter, MAX_PROMPT, MAX_COMPLETION, with_candidates) for r in records]
+    pairs = PATHS[path](records, formatter, MAX_PROMPT, MAX_COMPLETION, with_candidates)
     return time.perf_counter() - start, pairs
 
 
@@ -91,26 +100,29 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m-instruct"))
     formatter = ChatFormatter(tokenizer)
     chosen = workloads()
-    paths = {"joint": tokenize_record, "alone": tokenize_alone}
     print(f"SmolLM2-135M-Instruct tokenizer, {os.cpu_count()} CPUs, load average at start "
           f"{os.getloadavg()[0]:.2f}, {args.rounds} rounds")
-    print(f"{'workload':9} {'records':>7} {'joint rec/s':>11} {'alone rec/s':>11} {'joint/alone':>11} "
-          f"{'(min-max)':>11} {'differ':>6}")
+    print(f"{'workload':9} {'records':>7} {'joint rec/s':>11} {'1 by 1 rec/s':>12} {'alone rec/s':>11} "
+          f"{'joint/alone':>11} {'(min-max)':>11} {'1 by 1/alone':>12} {'differ':>6}")
     results = {}
     for name in args.workloads.split(","):
         records, with_candidates = chosen[name]
-        timed(tokenize_record, records[:50], formatter, with_candidates)   # warm-up: templates compiled, caches
-        times = {path: [] for path in paths}
+        timed("joint", records[:50], formatter, with_candidates)   # warm-up: templates compiled, caches
+        times = {path: [] for path in PATHS}
         out = {}
         for k in range(args.rounds):
-            for path in (paths if k % 2 == 0 else reversed(paths)):
-                seconds, out[path] = timed(paths[path], records, formatter, with_candidates)
+            order = list(PATHS)[k % len(PATHS):] + list(PATHS)[:k % len(PATHS)]
+            for path in (order if k % 2 == 0 else reversed(order)):
+                seconds, out[path] = timed(path, records, formatter, with_candidates)
                 times[path].append(seconds)
-        ratios = [j / a for j, a in zip(times["joint"], times["alone"])]
-        differ = sum(ids(j) != ids(a) for j, a in zip(out["joint"], out["alone"]))
+        ratios = {path: [t / a for t, a in zip(times[path], times["alone"])] for path in ("joint", "1 by 1")}
+        differ = sum(ids(j) != ids(a) or ids(o) != ids(a)
+                     for j, o, a in zip(out["joint"], out["1 by 1"], out["alone"]))
         rate = {path: len(records) / statistics.median(t) for path, t in times.items()}
-        print(f"{name:9} {len(records):7d} {rate['joint']:11.0f} {rate['alone']:11.0f} "
-              f"{statistics.median(ratios):11.2f} {min(ratios):5.2f}-{max(ratios):<5.2f} {differ:6d}")
+        joint = ratios["joint"]
+        print(f"{name:9} {len(records):7d} {rate['joint']:11.0f} {rate['1 by 1']:12.0f} {rate['alone']:11.0f} "
+              f"{statistics.median(joint):11.2f} {min(joint):5.2f}-{max(joint):<5.2f} "
+              f"{statistics.median(ratios['1 by 1']):12.2f} {differ:6d}")
         results[name] = {"records": len(records), "seconds": times, "ratios": ratios, "records_per_s": rate,
                          "differ": differ}
     print(f"load average at end {os.getloadavg()[0]:.2f}")
