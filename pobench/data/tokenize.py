@@ -252,7 +252,7 @@ def completion_ids(formatter: ChatFormatter, messages: list[list[dict]], prompts
                                            for m, p, text, done in zip(messages, prompts, texts, finished)])
     # a cut sample whose text is empty (its tokens were all special ones) has no token to score, open: it is
     # scored closed, as the empty answer, so that every sequence has a token (a log-prob, a length)
-    empty = [k for k, done in enumerate(finished) if not ids[k] and not done]
+    empty = [k for k, (found, done) in enumerate(zip(ids, finished)) if not found and not done]
     closed = formatter.encode_after([prompts[k] for k in empty],
                                     [formatter.completion_text(messages[k], prompts[k].text, texts[k]) for k in empty])
     for k, closed_ids in zip(empty, closed):
