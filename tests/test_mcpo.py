@@ -81,8 +81,9 @@ def tied_record() -> TokenizedPair:
     class CharTokenizer:   # one id per character: the pool's texts are readable back
         chat_template, bos_token, eos_token = None, "", ""
 
-        def __call__(self, text, add_special_tokens=False):
-            return {"input_ids": [ord(c) for c in text]}
+        def __call__(self, text, add_special_tokens=False):   # one text, or a batch of them
+            ids = [[ord(c) for c in t] for t in ([text] if isinstance(text, str) else text)]
+            return {"input_ids": ids[0] if isinstance(text, str) else ids}
 
     row = {"instruction": "Q?", "completions": [{"response": text, "overall_score": score} for text, score in
                                                 (("A", 8.0), ("B", 8.0), ("C", 5.0), ("D", 3.0))]}
