@@ -296,25 +296,35 @@ def test_a_crash_while_evaluating_again_never_leaves_new_generations_under_the_o
     assert not (finished_run / runner.PREVIOUS_EVAL).exists()
 
 
-def test_an_evaluation_stopped_after_some_answers_starts_again_from_them(finished_run, tmp_path, monkeypatch):
-    """The policy's answers are stored as they are made (chunks of EVAL_CHUNK_PROMPTS prompts): a judge that fails
-    after them costs the judging only, a crash in the middle the chunk it was making. Chunks change no answer
-    (sampling is seeded per prompt): one prompt per chunk gives the answers the run's own evaluation made."""
+def evaluate_with_a_judge_that_fails(finished_run, tmp_path, monkeypatch):
+    """A copy of the run evaluated one prompt a chunk by a judge whose service fails (a test double), after its
+    answers and KL samples are stored; the real judge is put back. Returns (run, the overrides, generate)."""
     import test_eval_judges  # noqa: F401  registers gold:test-eval-length in this process
 
     from pobench.eval import runner
+    from pobench.generation.hf import TransformersBackend
     run = copy_run(finished_run, tmp_path)
     gold = {"eval": {"judge": "gold:test-eval-length"}}
     monkeypatch.setattr(runner, "EVAL_CHUNK_PROMPTS", 1)
 
-    def judge_is_down(*args, **kwargs):   # test double for a judge whose service fails
+    def judge_is_down(*args, **kwargs):
         raise PobenchError("the judge's service is down")
 
-    from pobench.generation.hf import TransformersBackend
-    real_judge_rows, real_generate = runner.judge_rows, TransformersBackend.generate
+    real_judge_rows = runner.judge_rows
     monkeypatch.setattr(runner, "judge_rows", judge_is_down)
     with pytest.raises(PobenchError, match="down"):
         runner.evaluate_run(run, overrides=gold)
+    monkeypatch.setattr(runner, "judge_rows", real_judge_rows)
+    return run, gold, TransformersBackend.generate
+
+
+def test_an_evaluation_stopped_after_some_answers_starts_again_from_them(finished_run, tmp_path, monkeypatch):
+    """The policy's answers are stored as they are made (chunks of EVAL_CHUNK_PROMPTS prompts): a judge that fails
+    after them costs the judging only, a crash in the middle the chunk it was making. Chunks change no answer
+    (sampling is seeded per prompt): one prompt per chunk gives the answers the run's own evaluation made."""
+    from pobench.eval import runner
+    from pobench.generation.hf import TransformersBackend
+    run, gold, real_generate = evaluate_with_a_judge_that_fails(finished_run, tmp_path, monkeypatch)
     store = next((tmp_path / "results" / ".cache" / "eval_policy").glob("*.jsonl"))
     lines = store.read_text().splitlines()
     assert len(lines) == 4
@@ -326,7 +336,6 @@ def test_an_evaluation_stopped_after_some_answers_starts_again_from_them(finishe
             answered.extend(prompt_ids)
         return real_generate(backend, prompt_ids, gen)
 
-    monkeypatch.setattr(runner, "judge_rows", real_judge_rows)
     monkeypatch.setattr(TransformersBackend, "generate", counted)
     runner.evaluate_run(run, overrides=gold)
     assert len(answered) == 2                          # only the two answers the crash lost; the reference's cached
@@ -338,21 +347,9 @@ def test_an_evaluation_stopped_after_some_kl_samples_starts_again_from_them(fini
     """The KL estimate's samples were drawn again by every evaluation of a run: one stopped by a failing judge, and
     one with another judge. They are seeded per prompt (eval.seed), so drawing them again gave the same samples, the
     time spent again; their log-probs are now stored as the answers are, chunk by chunk, and reused."""
-    import test_eval_judges  # noqa: F401  registers gold:test-eval-length in this process
-
     from pobench.eval import runner
-    run = copy_run(finished_run, tmp_path)
-    gold = {"eval": {"judge": "gold:test-eval-length"}}
-    monkeypatch.setattr(runner, "EVAL_CHUNK_PROMPTS", 1)
-
-    def judge_is_down(*args, **kwargs):   # test double for a judge whose service fails
-        raise PobenchError("the judge's service is down")
-
     from pobench.generation.hf import TransformersBackend
-    real_judge_rows, real_generate = runner.judge_rows, TransformersBackend.generate
-    monkeypatch.setattr(runner, "judge_rows", judge_is_down)
-    with pytest.raises(PobenchError, match="down"):
-        runner.evaluate_run(run, overrides=gold)
+    run, gold, real_generate = evaluate_with_a_judge_that_fails(finished_run, tmp_path, monkeypatch)
     store = next((tmp_path / "results" / ".cache" / "eval_kl").glob("*.jsonl"))
     lines = store.read_text().splitlines()
     assert len(lines) == 4   # one per prompt, a chunk each
@@ -363,7 +360,6 @@ def test_an_evaluation_stopped_after_some_kl_samples_starts_again_from_them(fini
             drawn.extend(prompt_ids)
         return real_generate(backend, prompt_ids, gen)
 
-    monkeypatch.setattr(runner, "judge_rows", real_judge_rows)
     monkeypatch.setattr(TransformersBackend, "generate", counted)
     result = runner.evaluate_run(run, overrides=gold)
     assert drawn == []                                 # none drawn again
