@@ -497,6 +497,61 @@ def test_a_copy_of_the_chosen_sample_is_not_its_negative(pairing):
     assert logged["sampler/identical_pair"] == 0.5
 
 
+def test_a_sample_rated_as_high_as_the_chosen_is_not_its_negative():
+    """Samples are trained as generated, so one text can come in two token splits: two sequences, one answer. The
+    reward model rates them alike (one score per distinct text), and a sample rated as high as the preferred one is
+    no negative of it (as MC-PO's negatives: below_chosen), though the kernel's argmax would draw it (the policy rates
+    the short split highest); where every other sample ties, they stay candidates."""
+    import types
+
+    from pobench.data.tokenize import TokenizedPair
+    from pobench.sampling.online import OnlinePool
+    params = types.SimpleNamespace(include_dataset_chosen=False, pairing="kernel", kernel="argmax", tau=1.0,
+                                   kernel_score="reward", beta=0.1)
+    sampler = OnlinePool(params, types.SimpleNamespace(seed=1))
+    records = [TokenizedPair([1], [10], [20]), TokenizedPair([2], [10], [20])]
+    sampler.pools[0] = [([[5, 6], [56], [7, 8, 9]], [2.0, 2.0, 1.0], 0.0),    # [5, 6] and [56]: one text, two splits
+                        ([[5, 6], [56]], [2.0, 2.0], 0.0)]
+    pairs, _ = sampler(records, _KernelContext(0, 0))
+    assert (pairs[0].chosen, pairs[0].rejected) == ([5, 6], [7, 8, 9])
+    assert (pairs[1].chosen, pairs[1].rejected) == ([5, 6], [56])
+
+
+def test_samples_of_one_text_get_one_reward_score(monkeypatch):
+    """A reward model scoring in batches can rate one text a few 1e-9 apart (padding): a refresh keeps the first
+    score of each distinct text, the dataset's chosen's too, so that ties are ties."""
+    import types
+
+    from pobench.generation import Completion
+    from pobench.sampling.online import OnlinePool
+    import pobench.generation as G
+
+    class Backend:   # test double: fixed samples, no model
+        def generate(self, prompts, gen):
+            return [[Completion("same", [5, 6], False), Completion("same", [56], False),
+                     Completion("other", [7], False)] for _ in prompts]
+
+    class Scorer:    # test double: a reward model whose batches round differently
+        def score(self, prompts, texts):
+            return [1.0 + 1e-9 * k for k, _ in enumerate(texts)]
+
+    monkeypatch.setattr(G, "get_backend", lambda *a, **k: Backend())
+    params = types.SimpleNamespace(include_dataset_chosen=True, pairing="best_worst", num_candidates=3,
+                                   refresh_every=1)
+    cfg = types.SimpleNamespace(seed=1, algorithm_name="online_dpo",
+                                pool=types.SimpleNamespace(backend="hf", temperature=1.0, top_p=1.0, max_new_tokens=4,
+                                                           batch_size=0),
+                                model=types.SimpleNamespace(compile_decoding=False, top_p_method="sort"))
+    sampler = OnlinePool(params, cfg)
+    record = types.SimpleNamespace(prompt=[1])
+    ctx = types.SimpleNamespace(step=0, max_steps=1, batch_at=lambda s: [record], batch_offset=0, model=None,
+                                tokenizer=None, reward_scorer=Scorer, prompt_messages=lambda r: [],
+                                chosen_text=lambda r: "same", sample_ids=lambda r, cs: [c.token_ids for c in cs])
+    sampler._refresh(ctx)
+    ids, scores, chosen = sampler.pools[0][0]
+    assert scores == [1.0, 1.0, 1.0 + 2e-9] and chosen == 1.0
+
+
 def test_the_online_kernel_leans_to_the_negative_the_policy_rates_above_the_reference():
     """OnMC-PO's kernel scores beta (log pi - log pi_ref) of each non-preferred sample: with argmax it draws the
     sample the policy likes most *relative to the reference* (a hard negative), not the one it likes most, nor the

@@ -102,9 +102,14 @@ class OnlinePool:
             for record in batch:
                 texts = [c.text for c in completions[k]]
                 messages = ctx.prompt_messages(record)
-                scores = rm.score([messages] * (len(texts) + 1), texts + [ctx.chosen_text(record)])
+                texts.append(ctx.chosen_text(record))
+                scores = rm.score([messages] * len(texts), texts)
+                # one score per distinct text: samples of one text in other token splits (trained as generated)
+                # are one answer to the reward model, tied exactly, so that none is the negative of another
+                first: dict[str, float] = {}
+                scores = [first.setdefault(text, float(x)) for text, x in zip(texts, scores)]
                 ids = ctx.sample_ids(record, completions[k])
-                per_record.append((ids, [float(x) for x in scores[:-1]], float(scores[-1])))
+                per_record.append((ids, scores[:-1], scores[-1]))
                 k += 1
             out[s] = per_record
         self.pools = out
@@ -122,10 +127,12 @@ class OnlinePool:
                 items.append(record.chosen)  # token ids, like the samples
                 item_scores.append(dataset_chosen_score)
             best = max(range(len(items)), key=item_scores.__getitem__)
-            # a sample drawn twice is no negative of itself: its copies leave the candidates (unless nothing else
-            # is left, where the pair trains on nothing and sampler/identical_pair counts it)
+            # a sample drawn twice is no negative of itself, nor is one the reward model rates as high (the same
+            # text in another token split among them): both leave the candidates, unless nothing else is left (a
+            # pair of copies trains on nothing; sampler/identical_pair counts it)
             others = [i for i in range(len(items)) if i != best]
-            rest = [i for i in others if list(items[i]) != list(items[best])] or others
+            distinct = [i for i in others if list(items[i]) != list(items[best])]
+            rest = [i for i in distinct if item_scores[i] < item_scores[best]] or distinct or others
             if p.pairing == "best_worst":
                 j = min(rest, key=item_scores.__getitem__)
                 entropies.append(0.0)
